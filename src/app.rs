@@ -1,0 +1,173 @@
+//! The edge of the program: parse the command line, set up logging and the runtime, run the
+//! subcommand, and turn the outcome into an exit code and a message on stderr.
+
+use std::ffi::OsString;
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::Parser;
+use clap::error::ErrorKind;
+use tracing_subscriber::EnvFilter;
+
+use crate::cli::{Cli, Command, Global, StartArgs};
+use crate::client::{self, ClientError, Settings};
+use crate::config::{ConfigError, Env, LogFormat, NodeConfig, StartFlags};
+use crate::node::{self, NodeError};
+use crate::output::Output;
+use crate::secret::SecretSource;
+
+/// Exit code for bad usage or invalid input (SPEC §1).
+const EXIT_USAGE: u8 = 2;
+
+/// Runs `kvnode` with these arguments and returns its exit code.
+pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
+    let args: Vec<OsString> = args.into_iter().collect();
+    let json = args.iter().any(|a| a == "--json");
+    let cli = match Cli::try_parse_from(&args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = match e.kind() {
+                ErrorKind::DisplayHelp
+                | ErrorKind::DisplayVersion
+                | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => 0,
+                _ => EXIT_USAGE,
+            };
+            if code != 0 {
+                let message = e.kind().as_str().map_or_else(|| e.to_string(), str::to_string);
+                Output::new(json).error(&message, code);
+            }
+            let _ = e.print();
+            return ExitCode::from(if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                EXIT_USAGE
+            } else {
+                code
+            });
+        }
+    };
+    let env = match Env::from_process() {
+        Ok(env) => env,
+        Err(e) => return fail(&e.to_string(), EXIT_USAGE, &mut Output::new(cli.global.json)),
+    };
+    match cli.command {
+        Command::Start(args) => start(args, cli.global, env),
+        command => client_command(command, cli.global, env),
+    }
+}
+
+/// Prints `error: ...` on stderr (and the JSON error object on stdout with `--json`).
+fn fail(message: &str, code: u8, out: &mut Output) -> ExitCode {
+    out.error(message, code);
+    eprintln!("error: {message}");
+    ExitCode::from(code)
+}
+
+fn init_logging(global: &Global, default: &str, format: LogFormat) {
+    let level = match (global.verbose, global.quiet) {
+        (0, 0) => None,
+        (1, _) => Some("kvnode=debug,info"),
+        (v, _) if v >= 2 => Some("trace"),
+        (_, 1) => Some("error"),
+        _ => Some("off"),
+    };
+    let filter = match (level, std::env::var("RUST_LOG")) {
+        (Some(level), _) => EnvFilter::new(level),
+        (None, Ok(env)) if !env.is_empty() => EnvFilter::new(env),
+        _ => EnvFilter::new(default),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter)
+        .with_target(false);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn start(args: StartArgs, global: Global, env: Env) -> ExitCode {
+    let flags = StartFlags {
+        name: args.name,
+        listen: args.listen,
+        join: args.join,
+        config: args.config,
+        table: args.table,
+        data_dir: args.data_dir,
+        in_memory: args.in_memory,
+        auto_reply: args.auto_reply,
+        secret_file: global.secret_file.clone(),
+        timeout: global.timeout,
+        log_format: global.log_format,
+    };
+    let mut out = Output::new(global.json);
+    let config = match NodeConfig::resolve(flags, &env) {
+        Ok(c) => c,
+        Err(e) => return fail(&e.to_string(), config_exit_code(&e), &mut out),
+    };
+    init_logging(&global, "kvnode=info,warn", config.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return fail(&format!("cannot start the runtime: {e}"), 6, &mut out),
+    };
+    match runtime.block_on(node::run(config, shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let code = match &e {
+                NodeError::Directory(_) | NodeError::Secret(_) => EXIT_USAGE,
+                NodeError::Transport(crate::transport::TransportError::Bind { .. }) => EXIT_USAGE,
+                _ => 6,
+            };
+            fail(&e.to_string(), code, &mut out)
+        }
+    }
+}
+
+fn config_exit_code(_: &ConfigError) -> u8 {
+    EXIT_USAGE
+}
+
+/// Resolves on the first SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot listen for SIGTERM/SIGINT; stop the node with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}
+
+fn client_command(command: Command, global: Global, env: Env) -> ExitCode {
+    init_logging(&global, "warn", global.log_format.unwrap_or_default());
+    let mut out = Output::new(global.json);
+    let name = match &command {
+        Command::Chat(c) => c.as_name.clone(),
+        _ => None,
+    }
+    .unwrap_or_else(client::default_client_name);
+    let settings = Settings {
+        secret: SecretSource::choose(global.secret_file.clone(), env.secret.clone(), None, &env.home),
+        home: env.home,
+        timeout: global.timeout.unwrap_or(std::time::Duration::from_secs(5)),
+        via: None,
+        name,
+    };
+    // One thread: a client does one thing at a time, and starts faster without a pool.
+    // The bench drives many clients and gets a thread per core.
+    let runtime = match &command {
+        Command::Bench(_) => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
+        _ => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+    };
+    let runtime = match runtime {
+        Ok(rt) => rt,
+        Err(e) => return fail(&format!("cannot start the runtime: {e}"), 6, &mut out),
+    };
+    let result: Result<(), ClientError> = runtime.block_on(crate::commands::run(command, settings, &mut out));
+    // Dropping the runtime would wait for nothing useful; leave without QUIC's draining period.
+    runtime.shutdown_background();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e.to_string(), e.exit_code(), &mut out),
+    }
+}

@@ -1,0 +1,181 @@
+//! `kvnode bench`: throughput and latency of puts and gets, like redis-benchmark.
+//!
+//! Each client keeps `--pipeline` requests in flight on its connection; latencies are
+//! recorded per request and reported as ops/s and p50/p99/p99.9.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use serde_json::json;
+use tokio::time::Instant;
+
+use crate::cli::{BenchArgs, BenchTest};
+use crate::client::{self, Client, ClientError, Settings};
+use crate::output::Output;
+use crate::wire::{BucketOp, BucketRequest, Reply, Request};
+
+/// The figures of one test.
+#[derive(Clone, Debug)]
+pub struct BenchResult {
+    pub test: BenchTest,
+    pub requests: u64,
+    pub elapsed: Duration,
+    pub p50: Duration,
+    pub p99: Duration,
+    pub p999: Duration,
+}
+
+impl BenchResult {
+    pub fn ops_per_sec(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+pub async fn run(args: BenchArgs, settings: &Settings, out: &mut Output) -> Result<(), ClientError> {
+    let deadline = Instant::now() + settings.timeout;
+    let target = client::resolve(settings, deadline).await?;
+    let connections = args.connections.unwrap_or(args.clients).min(args.clients) as usize;
+    let secret = settings.secret.load()?;
+    let mut clients = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        let deadline = Instant::now() + settings.timeout;
+        clients.push(Arc::new(
+            Client::connect_with(&secret, &settings.name, &target, deadline).await?,
+        ));
+    }
+    let value = vec![b'x'; args.data_size as usize];
+    for &test in &args.tests {
+        let result = run_test(test, &args, &clients, &value, settings.timeout).await?;
+        report(&result, &args, connections, out);
+    }
+    for c in clients {
+        if let Ok(c) = Arc::try_unwrap(c) {
+            c.close();
+        }
+    }
+    Ok(())
+}
+
+fn request(test: BenchTest, bucket: &[u8], key: Vec<u8>, value: &[u8]) -> Request {
+    let op = match test {
+        BenchTest::Put => BucketOp::Put {
+            key,
+            value: value.to_vec(),
+        },
+        BenchTest::Get => BucketOp::Get { key },
+    };
+    Request::Bucket(BucketRequest {
+        bucket: bucket.to_vec(),
+        op,
+        path: Vec::new(),
+    })
+}
+
+async fn run_test(
+    test: BenchTest,
+    args: &BenchArgs,
+    clients: &[Arc<Client>],
+    value: &[u8],
+    timeout: Duration,
+) -> Result<BenchResult, ClientError> {
+    // A get of a key nobody put measures an error path; make sure every key exists.
+    if test == BenchTest::Get {
+        let c = &clients[0];
+        for k in 0..args.keyspace.min(100_000) {
+            c.call_within(request(BenchTest::Put, args.bucket.as_bytes(), key(k), value), timeout)
+                .await?;
+        }
+    }
+    let issued = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..args.clients as usize {
+        let client = Arc::clone(&clients[i % clients.len()]);
+        let issued = Arc::clone(&issued);
+        let (total, keyspace, pipeline) = (args.requests, args.keyspace, args.pipeline as usize);
+        let bucket = args.bucket.clone().into_bytes();
+        let value = value.to_vec();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut in_flight = FuturesUnordered::new();
+            let next = || {
+                let n = issued.fetch_add(1, Ordering::Relaxed);
+                (n < total).then(|| request(test, &bucket, key(n % keyspace), &value))
+            };
+            loop {
+                while in_flight.len() < pipeline {
+                    let Some(req) = next() else { break };
+                    let client = &client;
+                    in_flight.push(async move {
+                        let sent = Instant::now();
+                        let reply = client.call_within(req, timeout).await;
+                        (sent.elapsed(), reply)
+                    });
+                }
+                let Some((latency, reply)) = in_flight.next().await else {
+                    break;
+                };
+                match reply? {
+                    Reply::Done | Reply::Value(_) => latencies.push(latency),
+                    other => {
+                        return Err(ClientError::Unexpected {
+                            node: client.describe(),
+                            answer: format!("{other:?}"),
+                        });
+                    }
+                }
+            }
+            Ok::<_, ClientError>(latencies)
+        }));
+    }
+    let mut latencies = Vec::with_capacity(args.requests as usize);
+    for t in tasks {
+        latencies.extend(t.await.expect("bench client task")?);
+    }
+    let elapsed = start.elapsed();
+    latencies.sort_unstable();
+    let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
+    Ok(BenchResult {
+        test,
+        requests: latencies.len() as u64,
+        elapsed,
+        p50: pct(0.50),
+        p99: pct(0.99),
+        p999: pct(0.999),
+    })
+}
+
+fn key(n: u64) -> Vec<u8> {
+    format!("key:{n:012}").into_bytes()
+}
+
+fn report(r: &BenchResult, args: &BenchArgs, connections: usize, out: &mut Output) {
+    let name = match r.test {
+        BenchTest::Put => "put",
+        BenchTest::Get => "get",
+    };
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    if out.is_json() {
+        out.object(json!({
+            "test": name, "requests": r.requests, "seconds": r.elapsed.as_secs_f64(),
+            "ops_per_sec": r.ops_per_sec(), "p50_ms": ms(r.p50), "p99_ms": ms(r.p99), "p999_ms": ms(r.p999),
+            "clients": args.clients, "connections": connections, "pipeline": args.pipeline, "data_size": args.data_size,
+        }));
+    } else {
+        out.line(&format!(
+            "{name}: {:.0} requests per second, p50={:.3} ms p99={:.3} ms p99.9={:.3} ms ({} requests, {} clients, {} connections, pipeline {}, {} bytes)",
+            r.ops_per_sec(),
+            ms(r.p50),
+            ms(r.p99),
+            ms(r.p999),
+            r.requests,
+            args.clients,
+            connections,
+            args.pipeline,
+            args.data_size
+        ));
+    }
+}

@@ -1,0 +1,288 @@
+//! The command line, declared with clap. Parsing only: no IO, no defaults from the environment
+//! beyond what clap reads (`KVNODE_VIA`); `app` turns it into resolved settings.
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{ArgAction, ArgGroup, Args, Parser, Subcommand};
+
+use crate::config::{LogFormat, parse_duration};
+use crate::names::{NodeName, NodeRef};
+
+const ABOUT: &str = "A distributed key-value store in one binary: named nodes, gossip membership, \
+routed buckets, QUIC with a shared secret.";
+
+const EXAMPLES: &str = "\
+Examples:
+  kvnode start --name foo                 # run a node (in another terminal, or with &)
+  kvnode put shopping eggs 3 --via foo    # store a value
+  kvnode get shopping eggs --via foo      # prints 3
+  kvnode chat kate \"hi\"                   # printed on kate's stdout
+
+Exit codes: 0 ok, 1 not found, 2 bad usage, 3 unreachable or deadline passed,
+4 authentication refused, 5 routing failed, 6 internal error on the node.";
+
+#[derive(Parser, Debug)]
+#[command(name = "kvnode", version, about = ABOUT, after_help = EXAMPLES, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every subcommand takes.
+#[derive(Args, Debug, Clone, Default)]
+pub struct Global {
+    /// Read the shared secret from FILE (must be mode 0600); overrides KVNODE_SECRET
+    #[arg(long, global = true, value_name = "FILE")]
+    pub secret_file: Option<PathBuf>,
+    /// Give up after this long, e.g. 500ms, 5s, 1m [default: 5s]
+    #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+    /// Print answers, and errors, as JSON Lines on stdout
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// More log output on stderr (-v, -vv)
+    #[arg(short, long, global = true, action = ArgAction::Count, conflicts_with = "quiet")]
+    pub verbose: u8,
+    /// Less log output on stderr (-q, -qq)
+    #[arg(short, long, global = true, action = ArgAction::Count)]
+    pub quiet: u8,
+    /// How logs on stderr look
+    #[arg(long, global = true, value_enum, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a node in the foreground until SIGINT or SIGTERM
+    #[command(
+        after_help = "Examples:\n  kvnode start --name foo\n  kvnode start --name bar --join foo --table 'a-m=foo,n-z=bar'\n  kvnode start --config config/foo.toml"
+    )]
+    Start(StartArgs),
+    /// Store VALUE under KEY in BUCKET (prints nothing on success)
+    #[command(after_help = "Examples:\n  kvnode put shopping eggs 3 --via foo\n  date | kvnode put log today -")]
+    Put(PutArgs),
+    /// Print the value stored under KEY in BUCKET
+    #[command(after_help = "Examples:\n  kvnode get shopping eggs --via foo\n  kvnode get files logo --raw > logo.png")]
+    Get(GetArgs),
+    /// Remove KEY from BUCKET (prints nothing on success)
+    #[command(after_help = "Example:\n  kvnode delete shopping eggs --via foo")]
+    Delete(KeyArgs),
+    /// Print the node that owns BUCKET, the routing table, or set a new table
+    #[command(
+        after_help = "Examples:\n  owner=$(kvnode route hello)\n  kvnode route hello --json        # with the hops taken\n  kvnode route --table\n  kvnode route --set 'a-m=foo,n-z=bar'"
+    )]
+    Route(RouteArgs),
+    /// Send a message to NODE, which prints it; no MESSAGE: one message per stdin line
+    #[command(
+        after_help = "Examples:\n  kvnode chat kate \"hi\"\n  kvnode chat moebi hi --via alex\n  printf 'one\\ntwo\\n' | kvnode chat kate"
+    )]
+    Chat(ChatArgs),
+    /// List the members a node knows: name, address, state, incarnation, last change
+    #[command(after_help = "Example:\n  kvnode members --via foo")]
+    Members(ViaArgs),
+    /// Print pong if NODE answers (exit 0), else pang (exit 3)
+    #[command(after_help = "Example:\n  kvnode ping foo && echo up")]
+    Ping(PingArgs),
+    /// Print the keys of BUCKET, one per line
+    #[command(after_help = "Example:\n  kvnode keys shopping --via foo")]
+    Keys(BucketArgs),
+    /// Measure throughput and latency, like redis-benchmark
+    #[command(
+        after_help = "Examples:\n  kvnode bench --via foo\n  kvnode bench -c 50 -n 100000 -d 3 --pipeline 16 -t put,get"
+    )]
+    Bench(BenchArgs),
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct StartArgs {
+    /// This node's name: [a-z0-9_-]{1,64}, unique in the cluster
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<NodeName>,
+    /// UDP address to listen on [default: 127.0.0.1:0, an ephemeral port]
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Join the cluster through this member (repeatable): NAME, NAME@HOST:PORT or HOST:PORT
+    #[arg(long = "join", value_name = "NODE")]
+    pub join: Vec<NodeRef>,
+    /// Read settings from this TOML file (flags override it)
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Routing table, e.g. 'a-m=foo,n-z=bar' or '0x00-0x60=baz'
+    #[arg(long, value_name = "SPEC")]
+    pub table: Option<String>,
+    /// Where data and the node certificate live [default: KVNODE_HOME/NAME]
+    #[arg(long, value_name = "DIR", conflicts_with = "in_memory")]
+    pub data_dir: Option<PathBuf>,
+    /// Keep all data in memory (lost when the node stops)
+    #[arg(long)]
+    pub in_memory: bool,
+    /// Answer every chat message with TEXT
+    #[arg(long, value_name = "TEXT")]
+    pub auto_reply: Option<String>,
+}
+
+/// `--via NODE`: which node to talk to.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ViaArgs {
+    /// The node to talk to: NAME, NAME@HOST:PORT or HOST:PORT [default: the only local node]
+    #[arg(long, value_name = "NODE", env = "KVNODE_VIA")]
+    pub via: Option<NodeRef>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BucketArgs {
+    /// Bucket name (1-1024 bytes)
+    pub bucket: OsString,
+    #[command(flatten)]
+    pub via: ViaArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct KeyArgs {
+    /// Bucket name (1-1024 bytes)
+    pub bucket: OsString,
+    /// Key (1-1024 bytes)
+    pub key: OsString,
+    #[command(flatten)]
+    pub via: ViaArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct PutArgs {
+    /// Bucket name (1-1024 bytes); created by its first put
+    pub bucket: OsString,
+    /// Key (1-1024 bytes)
+    pub key: OsString,
+    /// The value (up to 8 MiB), or - to read it from stdin as bytes
+    #[arg(allow_hyphen_values = true)]
+    pub value: OsString,
+    #[command(flatten)]
+    pub via: ViaArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct GetArgs {
+    #[command(flatten)]
+    pub key: KeyArgs,
+    /// Print the exact bytes of the value, with no newline
+    #[arg(long)]
+    pub raw: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+#[command(group(ArgGroup::new("what").required(true).args(["bucket", "table", "set"])))]
+pub struct RouteArgs {
+    /// The bucket whose owner to print
+    pub bucket: Option<OsString>,
+    /// Print the routing table the node holds, with its version
+    #[arg(long)]
+    pub table: bool,
+    /// Set a new routing table for the whole cluster, e.g. 'a-m=foo,n-z=bar'
+    #[arg(long, value_name = "SPEC")]
+    pub set: Option<String>,
+    #[command(flatten)]
+    pub via: ViaArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ChatArgs {
+    /// Who receives the message: NAME, NAME@HOST:PORT or HOST:PORT
+    pub node: NodeRef,
+    /// The message; without it, one message per line of stdin until EOF
+    pub message: Option<String>,
+    /// Send through this node (which also prints the reply)
+    #[arg(long, value_name = "NODE")]
+    pub via: Option<NodeRef>,
+    /// The sender name shown to NODE [default: the --via node's name, or client@HOST]
+    #[arg(long = "as", value_name = "NAME")]
+    pub as_name: Option<String>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct PingArgs {
+    /// The node to ping: NAME, NAME@HOST:PORT or HOST:PORT
+    pub node: NodeRef,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Concurrent clients
+    #[arg(short = 'c', long = "clients", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub clients: u32,
+    /// Requests per test
+    #[arg(short = 'n', long = "requests", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub requests: u64,
+    /// Value size in bytes
+    #[arg(short = 'd', long = "data-size", default_value_t = 3, value_parser = clap::value_parser!(u32).range(0..=8 * 1024 * 1024))]
+    pub data_size: u32,
+    /// Requests each client keeps in flight
+    #[arg(short = 'P', long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub pipeline: u32,
+    /// Tests to run, comma-separated: put, get
+    #[arg(short = 't', long = "tests", default_value = "put,get", value_delimiter = ',')]
+    pub tests: Vec<BenchTest>,
+    /// Distinct keys used (keys are key:000000000000 .. key:K-1)
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub keyspace: u64,
+    /// QUIC connections the clients share [default: one per client, as redis-benchmark does]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub connections: Option<u32>,
+    /// The bucket to use
+    #[arg(long, default_value = "bench")]
+    pub bucket: String,
+    #[command(flatten)]
+    pub via: ViaArgs,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchTest {
+    Put,
+    Get,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_subcommand_has_an_example_in_its_help() {
+        for sub in Cli::command().get_subcommands() {
+            let help = sub.get_after_help().map(|h| h.to_string()).unwrap_or_default();
+            assert!(help.contains("kvnode"), "{} has no example", sub.get_name());
+        }
+    }
+
+    #[test]
+    fn the_briefs_lines_parse() {
+        for line in [
+            "kvnode start --name foo",
+            "kvnode put shopping eggs 3 --via foo",
+            "kvnode get shopping eggs --via foo",
+            "kvnode chat kate hi",
+            "kvnode put b k - --via foo@127.0.0.1:4040",
+            "kvnode route --set a-m=foo,n-z=bar",
+            "kvnode route hello --json",
+            "kvnode ping foo --timeout 1s",
+            "kvnode put b k -5",
+        ] {
+            Cli::try_parse_from(line.split(' ')).unwrap_or_else(|e| panic!("{line}: {e}"));
+        }
+    }
+
+    #[test]
+    fn route_takes_exactly_one_of_bucket_table_and_set() {
+        assert!(Cli::try_parse_from(["kvnode", "route"]).is_err());
+        assert!(Cli::try_parse_from(["kvnode", "route", "b", "--table"]).is_err());
+    }
+}

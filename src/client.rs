@@ -1,0 +1,337 @@
+//! The client side: find the node a user named, connect, authenticate, ask.
+//!
+//! Used by the command-line subcommands and by `bench`. Everything is bounded by the caller's
+//! deadline; every failure is a `ClientError` that knows its exit code.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::auth::Me;
+use crate::config::Limits;
+use crate::directory::Directory;
+use crate::names::{HostPort, NodeName, NodeRef};
+use crate::rpc::{CallError, Channel};
+use crate::secret::{Secret, SecretError, SecretSource};
+use crate::transport::{self, ConnectError};
+use crate::wire::{RemoteError, Reply, Request, Role};
+
+/// Why a client command failed; each variant has one exit code (SPEC §1).
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// A bare name not found locally or in any local node's membership (exit 3).
+    #[error(
+        "no node named {name:?} in KVNODE_HOME/nodes (known: {known}); give --via NAME, NAME@HOST:PORT or HOST:PORT"
+    )]
+    NoSuchNode { name: String, known: String },
+    /// No `--via`, no `KVNODE_VIA`, and no node running locally (exit 3).
+    #[error(
+        "no node is running in KVNODE_HOME/nodes ({home}); start one with `kvnode start --name NAME`, or give --via NAME@HOST:PORT"
+    )]
+    NoNodeRunning { home: String },
+    /// Several local nodes and no choice made (exit 2).
+    #[error("several nodes are running here ({known}); say which with --via NAME or KVNODE_VIA")]
+    WhichNode { known: String },
+    /// The host part of `--via` does not resolve (exit 3).
+    #[error("cannot resolve {host}: {reason}")]
+    Resolve { host: String, reason: String },
+    /// The node could not be reached (exit 3).
+    #[error("node {node} is unreachable: {reason}")]
+    Unreachable { node: String, reason: String },
+    /// Nothing came back before the deadline (exit 3).
+    #[error("no answer from node {node} within {after:?}; is it running? (raise --timeout to wait longer)")]
+    Timeout { node: String, after: Duration },
+    /// The secrets differ (exit 4).
+    #[error("authentication refused by node {node}: the secrets differ — check KVNODE_SECRET or --secret-file")]
+    AuthRefused { node: String },
+    /// `NAME@HOST:PORT` reached a node with another name (exit 3).
+    #[error("the node at {addr} is named {found}, not {expected}")]
+    WrongNode {
+        addr: SocketAddr,
+        expected: NodeName,
+        found: String,
+    },
+    /// No usable secret (exit 2).
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    /// The arguments are invalid (exit 2).
+    #[error("{0}")]
+    Usage(String),
+    /// The node answered with an error.
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
+    /// The node answered something this command did not ask for (exit 6).
+    #[error("unexpected answer from node {node}: {answer}")]
+    Unexpected { node: String, answer: String },
+}
+
+impl ClientError {
+    /// The exit code of SPEC §1.
+    pub fn exit_code(&self) -> u8 {
+        use ClientError::*;
+        match self {
+            NoSuchNode { .. }
+            | NoNodeRunning { .. }
+            | Resolve { .. }
+            | Unreachable { .. }
+            | Timeout { .. }
+            | WrongNode { .. } => 3,
+            WhichNode { .. } | Secret(_) | Usage(_) => 2,
+            AuthRefused { .. } => 4,
+            Remote(e) => e.exit_code(),
+            Unexpected { .. } => 6,
+        }
+    }
+}
+
+/// What every client command needs, resolved from flags and environment.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub home: PathBuf,
+    pub secret: SecretSource,
+    pub timeout: Duration,
+    /// `--via`, else `KVNODE_VIA`.
+    pub via: Option<NodeRef>,
+    /// How this client introduces itself: `client@HOST` unless told otherwise.
+    pub name: String,
+}
+
+/// A resolved node: where to connect and, when known, what it must be called.
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub addr: SocketAddr,
+    pub name: Option<NodeName>,
+}
+
+impl Target {
+    /// `foo (127.0.0.1:4040)` or just the address.
+    pub fn describe(&self) -> String {
+        match &self.name {
+            Some(n) => format!("{n} ({})", self.addr),
+            None => self.addr.to_string(),
+        }
+    }
+}
+
+/// `client@HOST`, the default name a command-line client gives itself.
+pub fn default_client_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    format!("client@{host}")
+}
+
+fn resolve_host(hp: &HostPort) -> Result<SocketAddr, ClientError> {
+    if let Some(addr) = hp.as_socket_addr() {
+        return Ok(addr);
+    }
+    let err = |reason: String| ClientError::Resolve {
+        host: hp.to_string(),
+        reason,
+    };
+    (hp.host.as_str(), hp.port)
+        .to_socket_addrs()
+        .map_err(|e| err(e.to_string()))?
+        .next()
+        .ok_or_else(|| err("no address found".into()))
+}
+
+fn known(dir: &Directory) -> String {
+    let names: Vec<String> = dir.live_nodes().into_iter().map(|e| e.name.to_string()).collect();
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names.join(", ")
+    }
+}
+
+/// Finds the node a user named with `--via` (or `KVNODE_VIA`, or the only local node).
+pub async fn resolve(settings: &Settings, deadline: Instant) -> Result<Target, ClientError> {
+    let dir = Directory::new(&settings.home);
+    match &settings.via {
+        Some(via) => resolve_ref(via, settings, deadline).await,
+        None => {
+            let nodes = dir.live_nodes();
+            match nodes.as_slice() {
+                [only] => Ok(Target {
+                    addr: only.addr,
+                    name: Some(only.name.clone()),
+                }),
+                [] => Err(ClientError::NoNodeRunning {
+                    home: dir.root().display().to_string(),
+                }),
+                _ => Err(ClientError::WhichNode { known: known(&dir) }),
+            }
+        }
+    }
+}
+
+/// Resolves `name`, `name@host:port` or `host:port`.
+pub async fn resolve_ref(via: &NodeRef, settings: &Settings, deadline: Instant) -> Result<Target, ClientError> {
+    match via {
+        NodeRef::Addr(hp) => Ok(Target {
+            addr: resolve_host(hp)?,
+            name: None,
+        }),
+        NodeRef::NameAt(name, hp) => Ok(Target {
+            addr: resolve_host(hp)?,
+            name: Some(name.clone()),
+        }),
+        NodeRef::Name(name) => {
+            let dir = Directory::new(&settings.home);
+            if let Some(entry) = dir.lookup(name.as_str()) {
+                return Ok(Target {
+                    addr: entry.addr,
+                    name: Some(entry.name),
+                });
+            }
+            // Not a local node: ask the local nodes whom they know through gossip.
+            for local in dir.live_nodes() {
+                let target = Target {
+                    addr: local.addr,
+                    name: Some(local.name),
+                };
+                let Ok(client) = Client::connect(settings, &target, deadline).await else {
+                    continue;
+                };
+                let members = client.call(Request::Members).await;
+                client.close();
+                if let Ok(Reply::Members(members)) = members
+                    && let Some(m) = members.iter().find(|m| m.name == *name && m.state == "alive")
+                    && let Ok(addr) = m.addr.parse()
+                {
+                    return Ok(Target {
+                        addr,
+                        name: Some(name.clone()),
+                    });
+                }
+            }
+            Err(ClientError::NoSuchNode {
+                name: name.to_string(),
+                known: known(&dir),
+            })
+        }
+    }
+}
+
+/// One authenticated connection to a node, with one request stream.
+pub struct Client {
+    endpoint: quinn::Endpoint,
+    conn: quinn::Connection,
+    channel: Channel,
+    /// The node's name as it introduced itself.
+    pub node: String,
+    pub addr: SocketAddr,
+    deadline: Instant,
+}
+
+impl Client {
+    /// Connects and authenticates, all before `deadline`.
+    pub async fn connect(settings: &Settings, target: &Target, deadline: Instant) -> Result<Self, ClientError> {
+        let secret = settings.secret.load()?;
+        Self::connect_with(&secret, &settings.name, target, deadline).await
+    }
+
+    pub async fn connect_with(
+        secret: &Secret,
+        my_name: &str,
+        target: &Target,
+        deadline: Instant,
+    ) -> Result<Self, ClientError> {
+        let shown = target.describe();
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let config = transport::client_config(&Limits::default(), remaining.max(Duration::from_secs(1)), None)
+            .map_err(|e| ClientError::Unreachable {
+                node: shown.clone(),
+                reason: e.to_string(),
+            })?;
+        let endpoint = transport::client_endpoint(target.addr, config).map_err(|e| ClientError::Unreachable {
+            node: shown.clone(),
+            reason: e.to_string(),
+        })?;
+        let me = Me {
+            role: Role::Client,
+            name: my_name,
+            listen: None,
+        };
+        let authed =
+            match tokio::time::timeout_at(deadline, transport::connect(&endpoint, target.addr, secret, &me)).await {
+                Err(_) => {
+                    return Err(ClientError::Timeout {
+                        node: shown,
+                        after: remaining,
+                    });
+                }
+                Ok(Err(ConnectError::AuthRefused { .. })) => return Err(ClientError::AuthRefused { node: shown }),
+                Ok(Err(e)) => {
+                    return Err(ClientError::Unreachable {
+                        node: shown,
+                        reason: e.to_string(),
+                    });
+                }
+                Ok(Ok(authed)) => authed,
+            };
+        let node = authed.peer.name.clone();
+        if let Some(expected) = &target.name
+            && *expected != *node
+        {
+            authed.conn.close(transport::close::DONE, b"wrong node");
+            return Err(ClientError::WrongNode {
+                addr: target.addr,
+                expected: expected.clone(),
+                found: node,
+            });
+        }
+        let (send, recv) = authed.conn.open_bi().await.map_err(|e| ClientError::Unreachable {
+            node: shown,
+            reason: e.to_string(),
+        })?;
+        Ok(Self {
+            endpoint,
+            channel: Channel::spawn(recv, send),
+            conn: authed.conn,
+            node,
+            addr: target.addr,
+            deadline,
+        })
+    }
+
+    /// `foo (127.0.0.1:4040)`
+    pub fn describe(&self) -> String {
+        format!("{} ({})", self.node, self.addr)
+    }
+
+    /// Asks one thing, bounded by what is left of the deadline.
+    pub async fn call(&self, request: Request) -> Result<Reply, ClientError> {
+        let remaining = self.deadline.saturating_duration_since(Instant::now());
+        self.call_within(request, remaining).await
+    }
+
+    /// Asks one thing with its own timeout (for long-running sessions such as chat).
+    pub async fn call_within(&self, request: Request, timeout: Duration) -> Result<Reply, ClientError> {
+        match self.channel.call(request, timeout).await {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(e)) => Err(ClientError::Remote(e)),
+            Err(CallError::Timeout(after)) => Err(ClientError::Timeout {
+                node: self.describe(),
+                after,
+            }),
+            Err(CallError::TooLarge(e)) => Err(ClientError::Usage(e)),
+            Err(CallError::Broken(reason)) => Err(ClientError::Unreachable {
+                node: self.describe(),
+                reason,
+            }),
+        }
+    }
+
+    /// Closes at once: the close is sent, and the process does not wait out QUIC's draining
+    /// period (the node forgets the connection when the close arrives).
+    pub fn close(self) {
+        self.conn.close(transport::close::DONE, b"done");
+        self.endpoint.close(transport::close::DONE, b"done");
+    }
+}

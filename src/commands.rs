@@ -1,0 +1,417 @@
+//! The client subcommands: build a request, send it through `client`, print the answer.
+
+use std::io::{BufRead, Read};
+use std::os::unix::ffi::OsStringExt;
+
+use serde_json::{Map, Value, json};
+use tokio::time::Instant;
+
+use crate::cli::{ChatArgs, Command, GetArgs, KeyArgs, PingArgs, PutArgs, RouteArgs};
+use crate::client::{self, Client, ClientError, Settings, Target};
+use crate::config::TableSpec;
+use crate::names::NodeRef;
+use crate::output::{Output, bytes_field, printable};
+use crate::routing::RoutingTable;
+use crate::wire::{self, BucketOp, BucketRequest, ChatMessage, MAX_VALUE, Reply, Request};
+
+/// Runs one client subcommand to completion.
+pub async fn run(command: Command, mut settings: Settings, out: &mut Output) -> Result<(), ClientError> {
+    let deadline = Instant::now() + settings.timeout;
+    match command {
+        Command::Start(_) => unreachable!("`start` is not a client command"),
+        Command::Put(args) => {
+            settings.via = args.via.via.clone().or(settings.via);
+            put(args, &settings, deadline, out).await
+        }
+        Command::Get(args) => {
+            settings.via = args.key.via.via.clone().or(settings.via);
+            get(args, &settings, deadline, out).await
+        }
+        Command::Delete(args) => {
+            settings.via = args.via.via.clone().or(settings.via);
+            delete(args, &settings, deadline, out).await
+        }
+        Command::Keys(args) => {
+            settings.via = args.via.via.clone().or(settings.via);
+            let bucket = arg_bytes(args.bucket);
+            wire::check_bucket(&bucket).map_err(ClientError::Usage)?;
+            let reply = ask(&settings, deadline, bucket_request(bucket.clone(), BucketOp::Keys)).await?;
+            let Reply::Keys(keys) = reply else {
+                return unexpected(&reply);
+            };
+            for key in keys {
+                if out.is_json() {
+                    let mut o = Map::new();
+                    bytes_field(&mut o, "key", &key);
+                    out.object(Value::Object(o));
+                } else {
+                    out.line(&printable(&key));
+                }
+            }
+            Ok(())
+        }
+        Command::Route(args) => {
+            settings.via = args.via.via.clone().or(settings.via);
+            route(args, &settings, deadline, out).await
+        }
+        Command::Members(args) => {
+            settings.via = args.via.or(settings.via);
+            members(&settings, deadline, out).await
+        }
+        Command::Ping(args) => ping(args, &settings, deadline, out).await,
+        Command::Chat(args) => chat(args, &settings, deadline, out).await,
+        Command::Bench(args) => {
+            settings.via = args.via.via.clone().or(settings.via);
+            crate::bench::run(args, &settings, out).await
+        }
+    }
+}
+
+fn arg_bytes(arg: std::ffi::OsString) -> Vec<u8> {
+    arg.into_vec()
+}
+
+fn bucket_request(bucket: Vec<u8>, op: BucketOp) -> Request {
+    Request::Bucket(BucketRequest {
+        bucket,
+        op,
+        path: Vec::new(),
+    })
+}
+
+fn unexpected<T>(reply: &Reply) -> Result<T, ClientError> {
+    Err(ClientError::Unexpected {
+        node: "the node".into(),
+        answer: format!("{reply:?}"),
+    })
+}
+
+/// Resolves the node, connects, asks one thing, and closes.
+async fn ask(settings: &Settings, deadline: Instant, request: Request) -> Result<Reply, ClientError> {
+    let target = client::resolve(settings, deadline).await?;
+    let client = Client::connect(settings, &target, deadline).await?;
+    let reply = client.call(request).await;
+    client.close();
+    reply
+}
+
+async fn put(args: PutArgs, settings: &Settings, deadline: Instant, out: &mut Output) -> Result<(), ClientError> {
+    let (bucket, key) = (arg_bytes(args.bucket), arg_bytes(args.key));
+    wire::check_bucket(&bucket).map_err(ClientError::Usage)?;
+    wire::check_key(&key).map_err(ClientError::Usage)?;
+    let value = if args.value == "-" {
+        read_stdin_value()?
+    } else {
+        arg_bytes(args.value)
+    };
+    wire::check_value(&value).map_err(ClientError::Usage)?;
+    let reply = ask(
+        settings,
+        deadline,
+        bucket_request(
+            bucket.clone(),
+            BucketOp::Put {
+                key: key.clone(),
+                value,
+            },
+        ),
+    )
+    .await?;
+    let Reply::Done = reply else { return unexpected(&reply) };
+    if out.is_json() {
+        let mut o = Map::new();
+        o.insert("ok".into(), Value::Bool(true));
+        bytes_field(&mut o, "bucket", &bucket);
+        bytes_field(&mut o, "key", &key);
+        out.object(Value::Object(o));
+    }
+    Ok(())
+}
+
+/// The value from stdin, read as bytes; refused past the value limit without reading it all.
+fn read_stdin_value() -> Result<Vec<u8>, ClientError> {
+    let mut value = Vec::new();
+    std::io::stdin()
+        .lock()
+        .take(MAX_VALUE as u64 + 1)
+        .read_to_end(&mut value)
+        .map_err(|e| ClientError::Usage(format!("cannot read the value from stdin: {e}")))?;
+    if value.len() > MAX_VALUE {
+        return Err(ClientError::Usage(format!(
+            "the value on stdin is over the limit of {MAX_VALUE} bytes"
+        )));
+    }
+    Ok(value)
+}
+
+async fn get(args: GetArgs, settings: &Settings, deadline: Instant, out: &mut Output) -> Result<(), ClientError> {
+    let (bucket, key) = (arg_bytes(args.key.bucket), arg_bytes(args.key.key));
+    wire::check_bucket(&bucket).map_err(ClientError::Usage)?;
+    wire::check_key(&key).map_err(ClientError::Usage)?;
+    let reply = ask(
+        settings,
+        deadline,
+        bucket_request(bucket.clone(), BucketOp::Get { key: key.clone() }),
+    )
+    .await?;
+    let Reply::Value(value) = reply else {
+        return unexpected(&reply);
+    };
+    if out.is_json() {
+        let mut o = Map::new();
+        bytes_field(&mut o, "bucket", &bucket);
+        bytes_field(&mut o, "key", &key);
+        bytes_field(&mut o, "value", &value);
+        out.object(Value::Object(o));
+    } else if args.raw {
+        out.bytes(&value);
+    } else {
+        out.line(&printable(&value));
+    }
+    Ok(())
+}
+
+async fn delete(args: KeyArgs, settings: &Settings, deadline: Instant, out: &mut Output) -> Result<(), ClientError> {
+    let (bucket, key) = (arg_bytes(args.bucket), arg_bytes(args.key));
+    wire::check_bucket(&bucket).map_err(ClientError::Usage)?;
+    wire::check_key(&key).map_err(ClientError::Usage)?;
+    let reply = ask(
+        settings,
+        deadline,
+        bucket_request(bucket.clone(), BucketOp::Delete { key: key.clone() }),
+    )
+    .await?;
+    let Reply::Done = reply else { return unexpected(&reply) };
+    if out.is_json() {
+        let mut o = Map::new();
+        o.insert("ok".into(), Value::Bool(true));
+        bytes_field(&mut o, "bucket", &bucket);
+        bytes_field(&mut o, "key", &key);
+        out.object(Value::Object(o));
+    }
+    Ok(())
+}
+
+async fn route(args: RouteArgs, settings: &Settings, deadline: Instant, out: &mut Output) -> Result<(), ClientError> {
+    if let Some(bucket) = args.bucket {
+        let bucket = arg_bytes(bucket);
+        wire::check_bucket(&bucket).map_err(ClientError::Usage)?;
+        let reply = ask(settings, deadline, bucket_request(bucket.clone(), BucketOp::Route)).await?;
+        let Reply::Owner { node, path } = reply else {
+            return unexpected(&reply);
+        };
+        if out.is_json() {
+            let mut o = Map::new();
+            bytes_field(&mut o, "bucket", &bucket);
+            o.insert("owner".into(), json!(node.as_str()));
+            o.insert(
+                "path".into(),
+                json!(path.iter().map(|n| n.as_str()).collect::<Vec<_>>()),
+            );
+            o.insert("hops".into(), json!(path.len().saturating_sub(1)));
+            out.object(Value::Object(o));
+        } else {
+            out.line(node.as_str());
+        }
+        return Ok(());
+    }
+    let request = match &args.set {
+        Some(spec) => {
+            let entries = TableSpec::parse([spec.as_str()])
+                .map_err(|e| ClientError::Usage(format!("invalid --set: {e}")))?
+                .0;
+            Request::SetTable { entries }
+        }
+        None => Request::Table,
+    };
+    let reply = ask(settings, deadline, request).await?;
+    let Reply::Table(table) = reply else {
+        return unexpected(&reply);
+    };
+    print_table(&table, out);
+    Ok(())
+}
+
+/// `# version 3, set by foo` then one `range=node` per line, so the entries can be fed back
+/// to `route --set`; in JSON, one object per entry.
+fn print_table(table: &RoutingTable, out: &mut Output) {
+    if out.is_json() {
+        for e in table.entries() {
+            out.object(json!({
+                "range": e.range(), "first": e.first, "last": e.last, "node": e.node.as_str(),
+                "version": table.version(), "setter": table.setter(),
+            }));
+        }
+    } else {
+        out.line(&format!("# version {}, set by {}", table.version(), table.setter()));
+        for e in table.entries() {
+            out.line(&e.to_string());
+        }
+    }
+}
+
+async fn members(settings: &Settings, deadline: Instant, out: &mut Output) -> Result<(), ClientError> {
+    let reply = ask(settings, deadline, Request::Members).await?;
+    let Reply::Members(mut members) = reply else {
+        return unexpected(&reply);
+    };
+    members.sort_by(|a, b| a.name.cmp(&b.name));
+    if out.is_json() {
+        for m in &members {
+            out.object(json!({
+                "name": m.name.as_str(), "addr": m.addr, "state": m.state,
+                "incarnation": m.incarnation, "last_change_ms": m.last_change_ms,
+            }));
+        }
+        return Ok(());
+    }
+    let width = members.iter().map(|m| m.name.as_str().len()).max().unwrap_or(4).max(4);
+    let addr_width = members.iter().map(|m| m.addr.len()).max().unwrap_or(7).max(7);
+    out.line(&format!(
+        "{:width$}  {:addr_width$}  {:7}  {:>11}  LAST CHANGE",
+        "NAME", "ADDRESS", "STATE", "INCARNATION"
+    ));
+    for m in &members {
+        out.line(&format!(
+            "{:width$}  {:addr_width$}  {:7}  {:>11}  {} ago",
+            m.name.as_str(),
+            m.addr,
+            m.state,
+            m.incarnation,
+            ago(m.last_change_ms)
+        ));
+    }
+    Ok(())
+}
+
+fn ago(ms: u64) -> String {
+    match ms {
+        0..1_000 => format!("{ms}ms"),
+        1_000..120_000 => format!("{:.1}s", ms as f64 / 1000.0),
+        120_000..7_200_000 => format!("{}m", ms / 60_000),
+        _ => format!("{}h", ms / 3_600_000),
+    }
+}
+
+/// `pong` when the node answers, `pang` (exit 3) whatever the reason it did not.
+async fn ping(args: PingArgs, settings: &Settings, deadline: Instant, out: &mut Output) -> Result<(), ClientError> {
+    let result = async {
+        let target = client::resolve_ref(&args.node, settings, deadline).await?;
+        let client = Client::connect(settings, &target, deadline).await?;
+        let reply = client.call(Request::Ping).await;
+        client.close();
+        reply
+    }
+    .await;
+    match result {
+        Ok(Reply::Pong { name }) => {
+            if out.is_json() {
+                out.object(json!({ "node": name.as_str(), "answer": "pong" }));
+            } else {
+                out.line("pong");
+            }
+            Ok(())
+        }
+        Ok(other) => unexpected(&other),
+        Err(e) => {
+            if out.is_json() {
+                out.object(json!({ "node": args.node.to_string(), "answer": "pang", "reason": e.to_string() }));
+            } else {
+                out.line("pang");
+            }
+            tracing::warn!("{}", e);
+            Err(ClientError::Unreachable {
+                node: args.node.to_string(),
+                reason: e.to_string(),
+            })
+        }
+    }
+}
+
+/// Sends one message, or one per stdin line, to the chat target; prints any reply.
+async fn chat(args: ChatArgs, settings: &Settings, deadline: Instant, out: &mut Output) -> Result<(), ClientError> {
+    // Through --via when given; else straight to the addressee.
+    let via = args.via.as_ref().unwrap_or(&args.node);
+    let target: Target = client::resolve_ref(via, settings, deadline).await?;
+    let client = Client::connect(settings, &target, deadline).await?;
+    let to = match (&args.node, &args.via) {
+        (NodeRef::Name(n) | NodeRef::NameAt(n, _), _) => n.clone(),
+        (NodeRef::Addr(_), None) => client.node.parse().map_err(|e| ClientError::Usage(format!("{e}")))?,
+        (NodeRef::Addr(a), Some(_)) => {
+            return Err(ClientError::Usage(format!(
+                "with --via, name the addressee (NAME or NAME@{a}), not only its address"
+            )));
+        }
+    };
+    let from = args.as_name.clone().unwrap_or_else(|| match &args.via {
+        Some(_) => client.node.clone(),
+        None => settings.name.clone(),
+    });
+    if from.is_empty() || from.len() > 128 {
+        return Err(ClientError::Usage("--as takes a name of 1 to 128 bytes".into()));
+    }
+    let send = |text: String| {
+        let msg = ChatMessage {
+            to: to.clone(),
+            from: from.clone(),
+            text,
+            path: Vec::new(),
+        };
+        client.call_within(Request::Chat(msg), settings.timeout)
+    };
+    let print_reply = |reply: Reply, out: &mut Output| match reply {
+        Reply::ChatAck { reply: Some(line) } => {
+            if out.is_json() {
+                out.object(json!({ "delivered": true, "reply": { "from": line.from, "text": line.text } }));
+            } else {
+                out.line(&format!(
+                    "{}: {}",
+                    crate::names::escape_text(&line.from),
+                    crate::names::escape_text(&line.text)
+                ));
+            }
+            Ok(())
+        }
+        Reply::ChatAck { reply: None } => {
+            if out.is_json() {
+                out.object(json!({ "delivered": true }));
+            }
+            Ok(())
+        }
+        other => unexpected(&other),
+    };
+    let result = match args.message {
+        Some(text) => match send(text).await {
+            Ok(reply) => print_reply(reply, out),
+            Err(e) => Err(e),
+        },
+        None => {
+            // One message per line, read on a blocking thread so replies print as they come.
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<String>>(16);
+            std::thread::spawn(move || {
+                for line in std::io::stdin().lock().lines() {
+                    if tx.blocking_send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+            let mut result = Ok(());
+            while let Some(line) = rx.recv().await {
+                let line = match line {
+                    Ok(l) => l,
+                    Err(e) => {
+                        result = Err(ClientError::Usage(format!("cannot read stdin: {e}")));
+                        break;
+                    }
+                };
+                if let Err(e) = send(line).await.and_then(|r| print_reply(r, out)) {
+                    result = Err(e);
+                    break;
+                }
+            }
+            result
+        }
+    };
+    client.close();
+    result
+}

@@ -1,0 +1,538 @@
+//! Node configuration: the TOML file, and its merge with flags and environment (SPEC §9).
+//!
+//! Precedence is flag > environment > config file > default. Everything is validated here,
+//! once; nothing after this re-parses user input. Reads the config file, touches nothing else.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::gossip::GossipConfig;
+use crate::names::{HostPort, NodeName, NodeRef};
+use crate::routing::{Entry, RoutingTable, TableError};
+use crate::secret::SecretSource;
+
+/// What the process environment contributes, read once at start-up.
+#[derive(Clone, Debug, Default)]
+pub struct Env {
+    /// `KVNODE_HOME`, else `~/.kvnode`.
+    pub home: PathBuf,
+    /// `KVNODE_SECRET`.
+    pub secret: Option<Vec<u8>>,
+    /// `KVNODE_VIA`.
+    pub via: Option<String>,
+}
+
+impl Env {
+    /// Reads `KVNODE_HOME`, `KVNODE_SECRET` and `KVNODE_VIA`.
+    pub fn from_process() -> Result<Self, ConfigError> {
+        use std::os::unix::ffi::OsStringExt;
+        let home = match std::env::var_os("KVNODE_HOME") {
+            Some(h) if !h.is_empty() => PathBuf::from(h),
+            _ => std::env::home_dir()
+                .filter(|h| !h.as_os_str().is_empty())
+                .map(|h| h.join(".kvnode"))
+                .ok_or(ConfigError::NoHome)?,
+        };
+        Ok(Self {
+            home,
+            secret: std::env::var_os("KVNODE_SECRET").map(|s| s.into_vec()),
+            via: std::env::var("KVNODE_VIA").ok().filter(|v| !v.is_empty()),
+        })
+    }
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Neither `KVNODE_HOME` nor `HOME` is set.
+    #[error("neither KVNODE_HOME nor HOME is set; set KVNODE_HOME to a directory kvnode may use")]
+    NoHome,
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    /// The config file is not valid TOML or has an unknown key or a bad value.
+    /// The message from the TOML parser names the line, column and key.
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: String, message: String },
+    /// No name from `--name` or the config file.
+    #[error("no node name: give --name NAME or name = \"NAME\" in the config file")]
+    NoName,
+    /// A flag's value is not acceptable.
+    #[error("invalid {what}: {reason}")]
+    Invalid { what: String, reason: String },
+}
+
+/// A duration written as in the CLI: `500ms`, `5s`, `1.5s`, `2m`, `1h`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or_else(|| format!("{s:?} has no unit; write it like 500ms, 5s or 2m"))?;
+    let (number, unit) = s.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration; write it like 500ms, 5s or 2m"))?;
+    let scale = match unit {
+        "ms" => 0.001,
+        "s" => 1.0,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        _ => return Err(format!("{unit:?} in {s:?} is not a unit; use ms, s, m or h")),
+    };
+    Duration::try_from_secs_f64(number * scale).map_err(|e| format!("{s:?}: {e}"))
+}
+
+/// A duration in a config file (a TOML string such as "5s").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConfigDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for ConfigDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_duration(&s).map(ConfigDuration).map_err(serde::de::Error::custom)
+    }
+}
+
+impl<'de> Deserialize<'de> for HostPort {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// `routing_table = ["a-m=foo", "n-z=bar"]`, validated as a whole (overlaps are errors).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TableSpec(pub Vec<Entry>);
+
+impl TableSpec {
+    pub fn parse<'a>(specs: impl IntoIterator<Item = &'a str>) -> Result<Self, TableError> {
+        RoutingTable::parse(specs, 0, "").map(|t| TableSpec(t.entries().to_vec()))
+    }
+}
+
+impl<'de> Deserialize<'de> for TableSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let specs = Vec::<String>::deserialize(d)?;
+        TableSpec::parse(specs.iter().map(String::as_str)).map_err(serde::de::Error::custom)
+    }
+}
+
+/// The config file as written; every key optional, unknown keys refused.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    pub name: Option<NodeName>,
+    pub listen: Option<SocketAddr>,
+    pub join: Option<Vec<NodeRef>>,
+    pub routing_table: Option<TableSpec>,
+    pub peers: Option<BTreeMap<NodeName, HostPort>>,
+    pub data_dir: Option<PathBuf>,
+    pub in_memory: Option<bool>,
+    pub auto_reply: Option<String>,
+    pub secret_file: Option<PathBuf>,
+    pub log_format: Option<LogFormat>,
+    #[serde(default)]
+    pub timeouts: TimeoutsFile,
+    #[serde(default)]
+    pub limits: LimitsFile,
+    #[serde(default)]
+    pub supervisor: SupervisorFile,
+    #[serde(default)]
+    pub gossip: crate::gossip::GossipFile,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, for machines.
+    Json,
+}
+
+/// `[timeouts]`
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutsFile {
+    pub request: Option<ConfigDuration>,
+    pub handshake: Option<ConfigDuration>,
+    pub idle: Option<ConfigDuration>,
+    pub shutdown: Option<ConfigDuration>,
+}
+
+/// `[limits]`
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsFile {
+    pub max_connections: Option<u32>,
+    pub max_streams_per_connection: Option<u32>,
+    pub max_requests_per_stream: Option<u32>,
+}
+
+/// `[supervisor]`
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SupervisorFile {
+    pub max_restarts: Option<u32>,
+    pub restart_window: Option<ConfigDuration>,
+}
+
+impl ConfigFile {
+    /// Reads and validates a config file; errors name the file, line and key.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let mut file = Self::parse(&text).map_err(|message| ConfigError::Parse {
+            path: path.display().to_string(),
+            message,
+        })?;
+        // Relative paths in a config file are relative to the file, not to wherever the
+        // node happens to be started from.
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [&mut file.data_dir, &mut file.secret_file].into_iter().flatten() {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        Ok(file)
+    }
+
+    pub fn parse(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())
+    }
+}
+
+/// Request, handshake and connection deadlines.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// The deadline of a request that arrives without one.
+    pub request: Duration,
+    /// A connection that has not finished the secret handshake by then is dropped.
+    pub handshake: Duration,
+    /// A connection with no traffic for this long is closed.
+    pub idle: Duration,
+    /// How long a stopping node waits for requests in flight.
+    pub shutdown: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            request: Duration::from_secs(5),
+            handshake: Duration::from_secs(5),
+            idle: Duration::from_secs(30),
+            shutdown: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Resource limits that keep one peer from exhausting a node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub max_connections: u32,
+    pub max_streams_per_connection: u32,
+    pub max_requests_per_stream: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 4096,
+            max_streams_per_connection: 256,
+            max_requests_per_stream: 1024,
+        }
+    }
+}
+
+/// The `one_for_one` restart budget of the node's long-lived parts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SupervisorConfig {
+    pub max_restarts: u32,
+    pub window: Duration,
+}
+
+impl Default for SupervisorConfig {
+    fn default() -> Self {
+        Self {
+            max_restarts: 3,
+            window: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Everything a node needs to start, resolved and validated.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub name: NodeName,
+    pub home: PathBuf,
+    pub listen: SocketAddr,
+    pub join: Vec<NodeRef>,
+    /// The configured table; `None` means "own everything until a cluster says otherwise".
+    pub table: Option<Vec<Entry>>,
+    pub peers: BTreeMap<NodeName, HostPort>,
+    pub data_dir: PathBuf,
+    pub in_memory: bool,
+    pub auto_reply: Option<String>,
+    pub secret: SecretSource,
+    pub log_format: LogFormat,
+    pub timeouts: Timeouts,
+    pub limits: Limits,
+    pub supervisor: SupervisorConfig,
+    pub gossip: GossipConfig,
+}
+
+/// The `kvnode start` flags, as far as configuration is concerned.
+#[derive(Clone, Debug, Default)]
+pub struct StartFlags {
+    pub name: Option<NodeName>,
+    pub listen: Option<SocketAddr>,
+    pub join: Vec<NodeRef>,
+    pub config: Option<PathBuf>,
+    pub table: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub in_memory: bool,
+    pub auto_reply: Option<String>,
+    pub secret_file: Option<PathBuf>,
+    pub timeout: Option<Duration>,
+    pub log_format: Option<LogFormat>,
+}
+
+/// The default listen address: loopback, ephemeral port (recorded in the node directory).
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:0";
+
+impl NodeConfig {
+    /// Merges flags, environment, config file and defaults, in that order of precedence.
+    pub fn resolve(flags: StartFlags, env: &Env) -> Result<Self, ConfigError> {
+        let file = match &flags.config {
+            Some(path) => ConfigFile::load(path)?,
+            None => ConfigFile::default(),
+        };
+        let name = flags.name.or(file.name).ok_or(ConfigError::NoName)?;
+        let table = match flags.table {
+            Some(spec) => Some(
+                TableSpec::parse([spec.as_str()])
+                    .map_err(|e| ConfigError::Invalid {
+                        what: "--table".into(),
+                        reason: e.to_string(),
+                    })?
+                    .0,
+            ),
+            None => file.routing_table.map(|t| t.0),
+        };
+        let in_memory = flags.in_memory || file.in_memory.unwrap_or(false);
+        let data_dir = flags
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(|| env.home.join(name.as_str()));
+        let secret = SecretSource::choose(flags.secret_file, env.secret.clone(), file.secret_file, &env.home);
+        let d = Timeouts::default();
+        let t = &file.timeouts;
+        let timeouts = Timeouts {
+            request: flags.timeout.or(t.request.map(|d| d.0)).unwrap_or(d.request),
+            handshake: t.handshake.map_or(d.handshake, |d| d.0),
+            idle: t.idle.map_or(d.idle, |d| d.0),
+            shutdown: t.shutdown.map_or(d.shutdown, |d| d.0),
+        };
+        let dl = Limits::default();
+        let limits = Limits {
+            max_connections: file.limits.max_connections.unwrap_or(dl.max_connections),
+            max_streams_per_connection: file
+                .limits
+                .max_streams_per_connection
+                .unwrap_or(dl.max_streams_per_connection),
+            max_requests_per_stream: file
+                .limits
+                .max_requests_per_stream
+                .unwrap_or(dl.max_requests_per_stream),
+        };
+        for (what, v) in [
+            ("limits.max_connections", limits.max_connections),
+            ("limits.max_streams_per_connection", limits.max_streams_per_connection),
+            ("limits.max_requests_per_stream", limits.max_requests_per_stream),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::Invalid {
+                    what: what.into(),
+                    reason: "must be at least 1".into(),
+                });
+            }
+        }
+        let ds = SupervisorConfig::default();
+        let supervisor = SupervisorConfig {
+            max_restarts: file.supervisor.max_restarts.unwrap_or(ds.max_restarts),
+            window: file.supervisor.restart_window.map_or(ds.window, |d| d.0),
+        };
+        let gossip = GossipConfig::from_file(&file.gossip);
+        let mut join = flags.join;
+        if join.is_empty() {
+            join = file.join.unwrap_or_default();
+        }
+        Ok(Self {
+            name,
+            home: env.home.clone(),
+            listen: flags
+                .listen
+                .or(file.listen)
+                .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid default")),
+            join,
+            table,
+            peers: file.peers.unwrap_or_default(),
+            data_dir,
+            in_memory,
+            auto_reply: flags.auto_reply.or(file.auto_reply),
+            secret,
+            log_format: flags.log_format.or(file.log_format).unwrap_or_default(),
+            timeouts,
+            limits,
+            supervisor,
+            gossip,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units_and_refuse_without() {
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("5").unwrap_err().contains("no unit"));
+        assert!(parse_duration("5y").unwrap_err().contains("not a unit"));
+        assert!(parse_duration("fast").is_err());
+    }
+
+    #[test]
+    fn a_full_config_file_parses() {
+        let f = ConfigFile::parse(
+            r#"
+            name = "foo"
+            listen = "127.0.0.1:4040"
+            join = ["bar", "baz@10.0.0.3:4040"]
+            routing_table = ["a-m=foo", "n-z=bar"]
+            data_dir = "/tmp/foo"
+            in_memory = true
+            auto_reply = "chicken?"
+            [peers]
+            bar = "10.0.0.2:4040"
+            [timeouts]
+            request = "2s"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(f.name.unwrap().as_str(), "foo");
+        assert_eq!(f.join.unwrap().len(), 2);
+        assert_eq!(f.routing_table.unwrap().0.len(), 2);
+        assert_eq!(f.timeouts.request, Some(ConfigDuration(Duration::from_secs(2))));
+        assert_eq!(f.peers.unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_typo_in_a_key_names_the_line_and_the_key() {
+        let err = ConfigFile::parse("name = \"foo\"\nlsiten = \"127.0.0.1:1\"\n").unwrap_err();
+        assert!(err.contains("line 2"), "{err}");
+        assert!(err.contains("lsiten"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_the_line_and_say_why() {
+        let cases = [
+            ("name = \"Foo\"", "contains 'F'"),
+            ("listen = \"nowhere\"", "line 1"),
+            ("routing_table = [\"a-m=foo\", \"k-z=bar\"]", "overlap"),
+            ("[timeouts]\nrequest = \"5 parsecs\"", "line 2"),
+            ("[limits]\nmax_connections = -1", "line 2"),
+        ];
+        for (text, expect) in cases {
+            let err = ConfigFile::parse(text).unwrap_err();
+            assert!(err.contains(expect), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn flags_beat_the_file_which_beats_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("foo.toml");
+        std::fs::write(
+            &path,
+            "name = \"foo\"\nlisten = \"127.0.0.1:4040\"\nauto_reply = \"hi\"\n[timeouts]\nrequest = \"2s\"\n",
+        )
+        .unwrap();
+        let env = Env {
+            home: dir.path().join("home"),
+            ..Env::default()
+        };
+        let from_file = NodeConfig::resolve(
+            StartFlags {
+                config: Some(path.clone()),
+                ..Default::default()
+            },
+            &env,
+        )
+        .unwrap();
+        assert_eq!(from_file.name.as_str(), "foo");
+        assert_eq!(from_file.listen.port(), 4040);
+        assert_eq!(from_file.timeouts.request, Duration::from_secs(2));
+        assert_eq!(from_file.data_dir, env.home.join("foo"));
+        let flagged = NodeConfig::resolve(
+            StartFlags {
+                config: Some(path),
+                name: Some(NodeName::new("bar").unwrap()),
+                listen: Some("127.0.0.1:5050".parse().unwrap()),
+                timeout: Some(Duration::from_secs(9)),
+                ..Default::default()
+            },
+            &env,
+        )
+        .unwrap();
+        assert_eq!(flagged.name.as_str(), "bar");
+        assert_eq!(flagged.listen.port(), 5050);
+        assert_eq!(flagged.timeouts.request, Duration::from_secs(9));
+        assert_eq!(flagged.auto_reply.as_deref(), Some("hi"));
+        let none = NodeConfig::resolve(StartFlags::default(), &env).unwrap_err();
+        assert!(matches!(none, ConfigError::NoName));
+    }
+
+    #[test]
+    fn a_bad_table_flag_quotes_the_entry() {
+        let env = Env {
+            home: "/tmp/h".into(),
+            ..Env::default()
+        };
+        let err = NodeConfig::resolve(
+            StartFlags {
+                name: Some(NodeName::new("foo").unwrap()),
+                table: Some("a-m=foo,m-z=bar".into()),
+                ..Default::default()
+            },
+            &env,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("--table") && err.contains("\"m-z=bar\""), "{err}");
+    }
+
+    #[test]
+    fn the_example_configs_in_the_repository_are_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                ConfigFile::load(&path).unwrap_or_else(|e| panic!("{e}"));
+                seen += 1;
+            }
+        }
+        assert!(seen >= 4, "config/ holds the example files");
+    }
+}

@@ -1,0 +1,89 @@
+//! Gossip intervals and their `[gossip]` config keys.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::config::ConfigDuration;
+
+/// The protocol's tunables. Defaults start from HashiCorp memberlist's LAN profile.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GossipConfig {
+    /// How often a member probes one other member.
+    pub probe_interval: Duration,
+    /// How long a direct probe waits for its ack before asking others.
+    pub probe_timeout: Duration,
+    /// How many members are asked to probe indirectly (k).
+    pub indirect_checks: usize,
+    /// How often piggyback-only gossip is sent.
+    pub gossip_interval: Duration,
+    /// To how many members each gossip round goes.
+    pub gossip_fanout: usize,
+    /// How often a full-state exchange runs with one random member.
+    pub push_pull_interval: Duration,
+    /// Suspicion lasts `suspicion_mult * log10(n) * probe_interval` at least.
+    pub suspicion_mult: u32,
+    /// ... and at most `suspicion_max_mult` times that, shrinking with confirmations.
+    pub suspicion_max_mult: u32,
+    /// Each update is retransmitted `retransmit_mult * log10(n + 1)` times.
+    pub retransmit_mult: u32,
+    /// How often a dead member is contacted again, so healed partitions merge.
+    pub reconnect_interval: Duration,
+    /// How long dead and left members are remembered before being forgotten.
+    pub dead_retention: Duration,
+}
+
+impl Default for GossipConfig {
+    fn default() -> Self {
+        Self {
+            probe_interval: Duration::from_secs(1),
+            probe_timeout: Duration::from_millis(500),
+            indirect_checks: 3,
+            gossip_interval: Duration::from_millis(200),
+            gossip_fanout: 3,
+            push_pull_interval: Duration::from_secs(30),
+            suspicion_mult: 4,
+            suspicion_max_mult: 6,
+            retransmit_mult: 4,
+            reconnect_interval: Duration::from_secs(10),
+            dead_retention: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// `[gossip]` in a config file; every key optional.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GossipFile {
+    pub probe_interval: Option<ConfigDuration>,
+    pub probe_timeout: Option<ConfigDuration>,
+    pub indirect_checks: Option<usize>,
+    pub gossip_interval: Option<ConfigDuration>,
+    pub gossip_fanout: Option<usize>,
+    pub push_pull_interval: Option<ConfigDuration>,
+    pub suspicion_mult: Option<u32>,
+    pub suspicion_max_mult: Option<u32>,
+    pub retransmit_mult: Option<u32>,
+    pub reconnect_interval: Option<ConfigDuration>,
+    pub dead_retention: Option<ConfigDuration>,
+}
+
+impl GossipConfig {
+    pub fn from_file(f: &GossipFile) -> Self {
+        let d = Self::default();
+        let dur = |v: Option<ConfigDuration>, default| v.map_or(default, |v| v.0);
+        Self {
+            probe_interval: dur(f.probe_interval, d.probe_interval),
+            probe_timeout: dur(f.probe_timeout, d.probe_timeout),
+            indirect_checks: f.indirect_checks.unwrap_or(d.indirect_checks),
+            gossip_interval: dur(f.gossip_interval, d.gossip_interval),
+            gossip_fanout: f.gossip_fanout.unwrap_or(d.gossip_fanout),
+            push_pull_interval: dur(f.push_pull_interval, d.push_pull_interval),
+            suspicion_mult: f.suspicion_mult.unwrap_or(d.suspicion_mult),
+            suspicion_max_mult: f.suspicion_max_mult.unwrap_or(d.suspicion_max_mult),
+            retransmit_mult: f.retransmit_mult.unwrap_or(d.retransmit_mult),
+            reconnect_interval: dur(f.reconnect_interval, d.reconnect_interval),
+            dead_retention: dur(f.dead_retention, d.dead_retention),
+        }
+    }
+}

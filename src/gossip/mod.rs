@@ -1,0 +1,5 @@
+//! Gossip membership and routing-table spread (SPEC §6).
+
+mod config;
+
+pub use config::{GossipConfig, GossipFile};

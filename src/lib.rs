@@ -1,0 +1,41 @@
+//! kvnode: a distributed key-value store in one binary.
+//!
+//! Module map, from the edge inwards:
+//!
+//! - [`app`]: the edge; parses arguments, sets up logging and the runtime, picks exit codes.
+//! - [`cli`]: the command line, declared with clap; parsing only.
+//! - [`commands`]: the client subcommands (`put`, `get`, `route`, `chat`, ...) and their output.
+//! - [`bench`]: `kvnode bench`, throughput and latency like redis-benchmark.
+//! - [`output`]: answers on stdout, as text or JSON Lines.
+//! - [`client`]: finding a node (`--via`), connecting and asking it, with exit-coded errors.
+//! - [`config`]: the TOML config file and its merge with flags and environment.
+//! - [`node`]: a running node; wires transport, store, routing and gossip together.
+//! - [`rpc`]: many requests in flight over one stream, and the per-request supervised task.
+//! - [`transport`]: QUIC endpoints, node certificates, authenticated connections (only quinn user).
+//! - [`auth`]: the secret-proving handshake bound to the TLS exporter.
+//! - [`wire`]: frames, limits and the request/response messages (knows no quinn).
+//! - [`routing`]: the routing table and its parser (knows no network).
+//! - [`gossip`]: membership and table spread; a sans-IO core and its simulator.
+//! - [`store`]: buckets of keys and values, in memory or on disk (knows no network).
+//! - [`directory`]: the local node directory under `KVNODE_HOME/nodes` (epmd for kvnode).
+//! - [`secret`]: where the shared secret comes from and who may read it.
+//! - [`names`]: node names and the `name`, `name@host:port`, `host:port` forms.
+
+pub mod app;
+pub mod auth;
+pub mod bench;
+pub mod cli;
+pub mod client;
+pub mod commands;
+pub mod config;
+pub mod directory;
+pub mod gossip;
+pub mod names;
+pub mod node;
+pub mod output;
+pub mod routing;
+pub mod rpc;
+pub mod secret;
+pub mod store;
+pub mod transport;
+pub mod wire;

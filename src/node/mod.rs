@@ -1,0 +1,220 @@
+//! A running node: wires the transport, the store, the routing table, the peer pool and the
+//! request handlers together. The only module that knows all the others.
+
+mod handler;
+mod peers;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::Me;
+use crate::config::NodeConfig;
+use crate::directory::{Directory, DirectoryError};
+use crate::names::NodeName;
+use crate::routing::RoutingTable;
+use crate::rpc::{self, ServeContext};
+use crate::secret::{Secret, SecretError};
+use crate::store::Store;
+use crate::transport::{self, AcceptError, Identity, TransportError};
+use crate::wire::Role;
+
+pub use peers::{PeerPool, hop_margin};
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Directory(#[from] DirectoryError),
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error("cannot publish the node in {path}: {source}")]
+    Publish { path: String, source: std::io::Error },
+}
+
+/// How often a pooled node-to-node connection is kept alive.
+const PEER_KEEP_ALIVE: Duration = Duration::from_secs(2);
+
+/// The shared state of a running node.
+pub struct Node {
+    name: NodeName,
+    config: NodeConfig,
+    listen: SocketAddr,
+    secret: Secret,
+    store: Store,
+    table: RwLock<Arc<RoutingTable>>,
+    peers: PeerPool,
+    directory: Directory,
+    serve: ServeContext,
+    connections: AtomicUsize,
+}
+
+impl Node {
+    pub fn name(&self) -> &NodeName {
+        &self.name
+    }
+
+    /// The routing table this node holds now.
+    pub fn table(&self) -> Arc<RoutingTable> {
+        Arc::clone(&self.table.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Installs `table` if it supersedes the one held; returns whether it did.
+    pub fn offer_table(&self, table: RoutingTable) -> bool {
+        let mut held = self.table.write().unwrap_or_else(PoisonError::into_inner);
+        if !table.supersedes(&held) {
+            return false;
+        }
+        tracing::info!(version = table.version(), setter = table.setter(), table = %table, "routing table changed");
+        *held = Arc::new(table);
+        true
+    }
+
+    /// Where node `name` can be reached: the local directory, then `[peers]` in the config.
+    pub fn address_of(&self, name: &NodeName) -> Option<SocketAddr> {
+        if *name == self.name {
+            return Some(self.listen);
+        }
+        if let Some(entry) = self.directory.lookup(name.as_str()) {
+            return Some(entry.addr);
+        }
+        let hp = self.config.peers.get(name)?;
+        hp.as_socket_addr().or_else(|| {
+            use std::net::ToSocketAddrs;
+            (hp.host.as_str(), hp.port).to_socket_addrs().ok()?.next()
+        })
+    }
+}
+
+/// Runs a node until `shutdown` resolves, then drains requests in flight and exits cleanly.
+pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
+    let directory = Directory::new(&config.home);
+    let claim = directory.claim(&config.name)?;
+    let secret = config.secret.load_or_create()?;
+    let identity = Identity::load_or_create(&config.data_dir, &config.name)?;
+    let server = transport::server_config(&identity, &config.limits, &config.timeouts)?;
+    let client = transport::client_config(&config.limits, config.timeouts.idle, Some(PEER_KEEP_ALIVE))?;
+    let endpoint = transport::node_endpoint(config.listen, server, client)?;
+    let listen = endpoint.local_addr().map_err(|source| TransportError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let store = Store::in_memory();
+    claim.publish(listen).map_err(|source| NodeError::Publish {
+        path: directory.root().display().to_string(),
+        source,
+    })?;
+    let table = match &config.table {
+        Some(entries) => RoutingTable::new(entries.clone(), 1, config.name.as_str())
+            .expect("validated when the configuration was resolved"),
+        None => RoutingTable::owns_everything(&config.name),
+    };
+    tracing::info!(node = %config.name, %listen, table = %table, in_memory = config.in_memory, "node up");
+    let serve = ServeContext {
+        max_in_flight: config.limits.max_requests_per_stream as usize,
+        default_timeout: config.timeouts.request,
+        tasks: TaskTracker::new(),
+        stopping: CancellationToken::new(),
+    };
+    let node = Arc::new(Node {
+        name: config.name.clone(),
+        peers: PeerPool::new(endpoint.clone(), secret.clone(), config.name.clone(), listen),
+        listen,
+        secret,
+        store,
+        table: RwLock::new(Arc::new(table)),
+        directory,
+        serve,
+        connections: AtomicUsize::new(0),
+        config,
+    });
+
+    accept_until(&node, &endpoint, shutdown).await;
+
+    // Stop: unlist the node, take no new requests, let those in flight finish (bounded).
+    tracing::info!(node = %node.name, "shutting down");
+    claim.remove();
+    node.serve.stopping.cancel();
+    node.serve.tasks.close();
+    if tokio::time::timeout(node.config.timeouts.shutdown, node.serve.tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(after = ?node.config.timeouts.shutdown, "requests still in flight at the shutdown deadline; closing anyway");
+    }
+    endpoint.close(transport::close::SHUTDOWN, b"node shutting down");
+    let _ = tokio::time::timeout(Duration::from_millis(500), endpoint.wait_idle()).await;
+    tracing::info!(node = %node.name, "node stopped");
+    Ok(())
+}
+
+async fn accept_until(node: &Arc<Node>, endpoint: &quinn::Endpoint, shutdown: impl Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    loop {
+        let incoming = tokio::select! {
+            incoming = endpoint.accept() => incoming,
+            () = &mut shutdown => return,
+        };
+        let Some(incoming) = incoming else { return };
+        if node.connections.load(Ordering::Relaxed) >= node.config.limits.max_connections as usize {
+            tracing::warn!(peer = %incoming.remote_address(), limit = node.config.limits.max_connections, "refused a connection: too many open");
+            incoming.refuse();
+            continue;
+        }
+        node.serve.tasks.spawn(Arc::clone(node).serve_connection(incoming));
+    }
+}
+
+impl Node {
+    /// Authenticates one incoming connection, then serves every stream it opens.
+    async fn serve_connection(self: Arc<Self>, incoming: quinn::Incoming) {
+        let peer = incoming.remote_address();
+        let me = Me {
+            role: Role::Node,
+            name: self.name.as_str(),
+            listen: Some(self.listen.to_string()),
+        };
+        let authed = match transport::accept(incoming, &self.secret, &me, self.config.timeouts.handshake).await {
+            Ok(a) => a,
+            Err(AcceptError::AuthRefused) => {
+                tracing::warn!(%peer, "refused a connection: its secret differs from this node's");
+                return;
+            }
+            Err(e @ AcceptError::Timeout(_)) => {
+                tracing::info!(%peer, error = %e, "dropped a connection");
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "connection failed before authenticating");
+                return;
+            }
+        };
+        tracing::debug!(%peer, name = %authed.peer.name, role = ?authed.peer.role, "authenticated");
+        self.connections.fetch_add(1, Ordering::Relaxed);
+        let conn = authed.conn;
+        loop {
+            let stream = tokio::select! {
+                s = conn.accept_bi() => s,
+                () = self.serve.stopping.cancelled() => break,
+            };
+            match stream {
+                Ok((send, recv)) => {
+                    let ctx = self.serve.clone();
+                    self.serve.tasks.spawn(rpc::serve(recv, send, Arc::clone(&self), ctx));
+                }
+                Err(e) => {
+                    tracing::trace!(%peer, error = %e, "connection ended");
+                    break;
+                }
+            }
+        }
+        self.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}

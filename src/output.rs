@@ -1,0 +1,104 @@
+//! What client commands print on stdout: answers only, as text or JSON Lines.
+//!
+//! A closed stdout (`kvnode members | head -1`) is not an error: writes stop quietly.
+
+use std::io::{self, Write};
+
+use serde_json::{Value, json};
+
+/// stdout for answers; logs and errors go to stderr elsewhere.
+pub struct Output {
+    json: bool,
+    out: io::StdoutLock<'static>,
+    closed: bool,
+}
+
+impl Output {
+    pub fn new(json: bool) -> Self {
+        Self {
+            json,
+            out: io::stdout().lock(),
+            closed: false,
+        }
+    }
+
+    pub fn is_json(&self) -> bool {
+        self.json
+    }
+
+    /// Writes raw bytes (for `get --raw`).
+    pub fn bytes(&mut self, bytes: &[u8]) {
+        self.write(|out| out.write_all(bytes));
+    }
+
+    /// Writes one line of text.
+    pub fn line(&mut self, text: &str) {
+        self.write(|out| writeln!(out, "{text}"));
+    }
+
+    /// Writes one JSON object as a line.
+    pub fn object(&mut self, value: Value) {
+        self.write(|out| writeln!(out, "{value}"));
+    }
+
+    /// An error as `{"error": ..., "code": N}` (only in JSON mode; stderr gets the message anyway).
+    pub fn error(&mut self, message: &str, code: u8) {
+        if self.json {
+            self.object(json!({ "error": message, "code": code }));
+        }
+    }
+
+    fn write(&mut self, f: impl FnOnce(&mut io::StdoutLock<'static>) -> io::Result<()>) {
+        if self.closed {
+            return;
+        }
+        if let Err(e) = f(&mut self.out).and_then(|()| self.out.flush()) {
+            if e.kind() != io::ErrorKind::BrokenPipe {
+                eprintln!("error: cannot write to stdout: {e}");
+            }
+            self.closed = true;
+        }
+    }
+}
+
+/// Bytes as text for humans: as is when they are printable UTF-8, else escaped (`\xNN`).
+pub fn printable(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(s) if !s.chars().any(|c| c.is_control() && c != '\t') => s.to_string(),
+        _ => bytes.escape_ascii().to_string(),
+    }
+}
+
+/// Bytes as a JSON field: `"name": "text"` when UTF-8, else `"name_hex": "6869"`.
+pub fn bytes_field(obj: &mut serde_json::Map<String, Value>, name: &str, bytes: &[u8]) {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => {
+            obj.insert(name.to_string(), Value::String(s.to_string()));
+        }
+        Err(_) => {
+            let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            obj.insert(format!("{name}_hex"), Value::String(hex));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn printable_escapes_only_what_would_harm_a_terminal() {
+        assert_eq!(printable(b"3"), "3");
+        assert_eq!(printable("héllo\tthere".as_bytes()), "héllo\tthere");
+        assert_eq!(printable(b"a\x1b[2Jb"), "a\\x1b[2Jb");
+        assert_eq!(printable(&[0xff, 0x00]), "\\xff\\x00");
+    }
+
+    #[test]
+    fn binary_json_fields_are_hex() {
+        let mut m = serde_json::Map::new();
+        bytes_field(&mut m, "value", b"3");
+        bytes_field(&mut m, "key", &[0xff]);
+        assert_eq!(Value::Object(m), json!({"value": "3", "key_hex": "ff"}));
+    }
+}

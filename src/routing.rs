@@ -1,0 +1,350 @@
+//! The routing table: which node owns a bucket, by the first byte of its name (SPEC §5).
+//!
+//! Pure data and parsing; it knows no network and no gossip. Forwarding lives in `node::router`.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::names::{NodeName, escape_bytes};
+
+/// One entry: buckets whose first byte is in `first..=last` belong to `node`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Entry {
+    pub first: u8,
+    pub last: u8,
+    pub node: NodeName,
+}
+
+/// An ordered list of entries plus the version that orders tables cluster-wide.
+///
+/// Two tables are compared by `(version, setter)`: the higher pair wins everywhere, so every
+/// node settles on the same table however the updates arrive.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RoutingTable {
+    entries: Vec<Entry>,
+    version: u64,
+    setter: String,
+}
+
+/// Why a table specification was refused; every variant quotes the offending entry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TableError {
+    /// The specification holds no entry.
+    #[error("the routing table is empty; give entries like 'a-m=foo,n-z=bar'")]
+    Empty,
+    /// An entry is not `RANGE=NODE`.
+    #[error("routing entry {entry:?} is not RANGE=NODE (like 'a-m=foo' or '0x00-0x60=baz')")]
+    Malformed { entry: String },
+    /// A range bound is not a single printable character or `0xNN`.
+    #[error("routing entry {entry:?}: {bound:?} is not a byte; use one printable ASCII character or 0x00-0xff")]
+    BadByte { entry: String, bound: String },
+    /// `first` comes after `last`.
+    #[error("routing entry {entry:?} is reversed: {first} comes after {last}")]
+    Reversed { entry: String, first: String, last: String },
+    /// The node name is not a valid name.
+    #[error("routing entry {entry:?}: {reason}")]
+    BadNode { entry: String, reason: String },
+    /// Two entries cover a common byte.
+    #[error("routing entries {first:?} and {second:?} overlap")]
+    Overlap { first: String, second: String },
+}
+
+impl RoutingTable {
+    /// The table of a lone node that owns everything, at version 0 so any configured
+    /// table a cluster gossips wins over it.
+    pub fn owns_everything(node: &NodeName) -> Self {
+        Self {
+            entries: vec![Entry {
+                first: 0x00,
+                last: 0xff,
+                node: node.clone(),
+            }],
+            version: 0,
+            setter: node.to_string(),
+        }
+    }
+
+    /// Builds a table from entries, checking that no two overlap.
+    pub fn new(entries: Vec<Entry>, version: u64, setter: impl Into<String>) -> Result<Self, TableError> {
+        if entries.is_empty() {
+            return Err(TableError::Empty);
+        }
+        for (i, a) in entries.iter().enumerate() {
+            for b in &entries[..i] {
+                if a.first <= b.last && b.first <= a.last {
+                    return Err(TableError::Overlap {
+                        first: b.to_string(),
+                        second: a.to_string(),
+                    });
+                }
+            }
+        }
+        Ok(Self {
+            entries,
+            version,
+            setter: setter.into(),
+        })
+    }
+
+    /// Parses `a-m=foo,n-z=bar` (or a list of such entries from a config file).
+    pub fn parse<'a>(
+        specs: impl IntoIterator<Item = &'a str>,
+        version: u64,
+        setter: impl Into<String>,
+    ) -> Result<Self, TableError> {
+        let mut entries = Vec::new();
+        for spec in specs {
+            for entry in spec.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+                entries.push(entry.parse()?);
+            }
+        }
+        Self::new(entries, version, setter)
+    }
+
+    /// The node that owns `bucket`, by its first byte; the first matching entry wins.
+    pub fn owner_of(&self, bucket: &[u8]) -> Option<&NodeName> {
+        let first = *bucket.first()?;
+        self.entries
+            .iter()
+            .find(|e| e.first <= first && first <= e.last)
+            .map(|e| &e.node)
+    }
+
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// The node that set this version (`route --set` on it, or its config file).
+    pub fn setter(&self) -> &str {
+        &self.setter
+    }
+
+    /// Whether `self` should replace `other` (the higher `(version, setter)` wins).
+    pub fn supersedes(&self, other: &RoutingTable) -> bool {
+        (self.version, &self.setter) > (other.version, &other.setter)
+    }
+
+    /// The same entries under a new version and setter (`route --set`).
+    pub fn with_version(mut self, version: u64, setter: impl Into<String>) -> Self {
+        self.version = version;
+        self.setter = setter.into();
+        self
+    }
+
+    /// Every node the table names, once each.
+    pub fn nodes(&self) -> Vec<&NodeName> {
+        let mut nodes: Vec<&NodeName> = self.entries.iter().map(|e| &e.node).collect();
+        nodes.sort();
+        nodes.dedup();
+        nodes
+    }
+
+    /// The error text for a bucket the table does not cover (the tutorial's message).
+    pub fn no_entry_message(&self, bucket: &[u8]) -> String {
+        format!(
+            "could not find entry for \"{}\" in routing table {self} (version {})",
+            escape_bytes(bucket),
+            self.version
+        )
+    }
+}
+
+impl fmt::Display for RoutingTable {
+    /// `[a-m=foo, n-z=bar]`
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[")?;
+        for (i, e) in self.entries.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{e}")?;
+        }
+        f.write_str("]")
+    }
+}
+
+impl Entry {
+    /// The range alone: `a-m`, `0x00-0x60`, or `x` for a single byte.
+    pub fn range(&self) -> String {
+        if self.first == self.last {
+            byte_to_string(self.first)
+        } else {
+            format!("{}-{}", byte_to_string(self.first), byte_to_string(self.last))
+        }
+    }
+}
+
+impl fmt::Display for Entry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}={}", self.range(), self.node)
+    }
+}
+
+impl FromStr for Entry {
+    type Err = TableError;
+
+    fn from_str(entry: &str) -> Result<Self, TableError> {
+        let malformed = || TableError::Malformed {
+            entry: entry.to_string(),
+        };
+        let (range, node) = entry.rsplit_once('=').ok_or_else(malformed)?;
+        let (range, node) = (range.trim(), node.trim());
+        let node = NodeName::new(node).map_err(|e| TableError::BadNode {
+            entry: entry.to_string(),
+            reason: e.to_string(),
+        })?;
+        let (first, last) = split_range(range).ok_or_else(malformed)?;
+        let parse = |bound: &str| {
+            parse_byte(bound).ok_or_else(|| TableError::BadByte {
+                entry: entry.to_string(),
+                bound: bound.to_string(),
+            })
+        };
+        let (first, last) = (parse(first)?, parse(last)?);
+        if first > last {
+            return Err(TableError::Reversed {
+                entry: entry.to_string(),
+                first: byte_to_string(first),
+                last: byte_to_string(last),
+            });
+        }
+        Ok(Entry { first, last, node })
+    }
+}
+
+/// Splits `a-m`, `0x00-0x60`, `--0x7f` (from '-') or a single bound `x` into its two bounds.
+fn split_range(range: &str) -> Option<(&str, &str)> {
+    if range.is_empty() {
+        return None;
+    }
+    if range.chars().count() == 1 || (range.starts_with("0x") && range.len() == 4) {
+        return Some((range, range));
+    }
+    // The separator is the '-' after the first bound, which is one character or `0xNN`.
+    let first_len = if range.starts_with("0x") {
+        4
+    } else {
+        range.chars().next()?.len_utf8()
+    };
+    let (first, rest) = range.split_at_checked(first_len)?;
+    let last = rest.strip_prefix('-')?;
+    (!last.is_empty()).then_some((first, last))
+}
+
+fn parse_byte(bound: &str) -> Option<u8> {
+    if let Some(hex) = bound.strip_prefix("0x") {
+        return (hex.len() == 2).then(|| u8::from_str_radix(hex, 16).ok()).flatten();
+    }
+    match bound.as_bytes() {
+        [b] if b.is_ascii_graphic() => Some(*b),
+        _ => None,
+    }
+}
+
+fn byte_to_string(b: u8) -> String {
+    if b.is_ascii_graphic() && !matches!(b, b'-' | b',' | b'=' | b'[' | b']') {
+        (b as char).to_string()
+    } else {
+        format!("0x{b:02x}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(spec: &str) -> RoutingTable {
+        RoutingTable::parse([spec], 1, "test").unwrap()
+    }
+
+    fn name(n: &str) -> NodeName {
+        NodeName::new(n).unwrap()
+    }
+
+    #[test]
+    fn the_tutorial_table_routes_hello_to_foo_and_world_to_bar() {
+        let t = table("a-m=foo,n-z=bar");
+        assert_eq!(t.owner_of(b"hello"), Some(&name("foo")));
+        assert_eq!(t.owner_of(b"world"), Some(&name("bar")));
+        assert_eq!(t.owner_of(b"\x00"), None);
+        assert_eq!(t.owner_of(b""), None);
+        assert_eq!(
+            t.no_entry_message(b"\x00"),
+            r#"could not find entry for "\x00" in routing table [a-m=foo, n-z=bar] (version 1)"#
+        );
+    }
+
+    #[test]
+    fn byte_forms_single_characters_and_digits_parse() {
+        let t = table("0x00-0x2f=baz, 0-9=qux, x=one, 0x7f=del");
+        assert_eq!(t.owner_of(b"\x10"), Some(&name("baz")));
+        assert_eq!(t.owner_of(b"5"), Some(&name("qux")));
+        assert_eq!(t.owner_of(b"x"), Some(&name("one")));
+        assert_eq!(t.owner_of(b"\x7f"), Some(&name("del")));
+        assert_eq!(t.owner_of(b"a"), None);
+    }
+
+    #[test]
+    fn digits_range_is_characters_not_bytes() {
+        let t = table("0-9=digits");
+        assert_eq!(t.owner_of(b"42"), Some(&name("digits")));
+        assert_eq!(t.owner_of(b"\x00"), None);
+    }
+
+    #[test]
+    fn overlapping_reversed_and_bad_entries_are_refused_with_the_entry_quoted() {
+        let err = |s: &str| RoutingTable::parse([s], 1, "t").unwrap_err().to_string();
+        assert_eq!(
+            err("a-m=foo,k-z=bar"),
+            r#"routing entries "a-m=foo" and "k-z=bar" overlap"#
+        );
+        assert!(err("z-a=foo").contains(r#""z-a=foo" is reversed"#));
+        assert!(err("a-m=Foo").contains(r#""a-m=Foo""#));
+        assert!(err("a-m").contains("is not RANGE=NODE"));
+        assert!(err("ab-m=foo").contains("\"ab-m=foo\""));
+        assert!(err("0x1-0x20=foo").contains("\"0x1-0x20=foo\""));
+        assert!(err("é=foo").contains("\"é\""));
+        assert_eq!(err(""), TableError::Empty.to_string());
+    }
+
+    #[test]
+    fn display_round_trips_through_parse() {
+        for spec in [
+            "a-m=foo,n-z=bar",
+            "0x00-0x2c=baz,0x2d=dash,0x80-0xff=hi",
+            "0x00-0xff=solo",
+        ] {
+            let t = table(spec);
+            let shown = t.to_string();
+            let inner = shown.trim_start_matches('[').trim_end_matches(']');
+            let again = RoutingTable::parse([inner.replace(", ", ",").as_str()], 1, "test").unwrap();
+            assert_eq!(t, again, "{shown}");
+        }
+    }
+
+    #[test]
+    fn higher_version_then_higher_setter_wins() {
+        let a = table("a-z=foo").with_version(2, "alpha");
+        let b = table("a-z=bar").with_version(2, "beta");
+        let c = table("a-z=baz").with_version(3, "alpha");
+        assert!(b.supersedes(&a));
+        assert!(!a.supersedes(&b));
+        assert!(c.supersedes(&b));
+        assert!(!a.supersedes(&a));
+    }
+
+    #[test]
+    fn a_lone_node_owns_every_first_byte() {
+        let t = RoutingTable::owns_everything(&name("solo"));
+        for b in 0..=255u8 {
+            assert_eq!(t.owner_of(&[b, 1]), Some(&name("solo")));
+        }
+        assert_eq!(t.version(), 0);
+    }
+}

@@ -1,0 +1,485 @@
+//! Requests and responses multiplexed over one byte stream, many in flight at once.
+//!
+//! Generic over tokio's `AsyncRead`/`AsyncWrite` (a QUIC stream in production, an in-memory
+//! pipe in tests); knows nothing of routing or storage. Frames carry ids, so responses may come
+//! back in any order, and each side batches whatever is queued into one write.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::wire::{self, FrameError, FrameReader, MAX_FRAME, RemoteError, Reply, Request, RequestFrame, ResponseFrame};
+
+/// How many bytes of queued frames one write may carry.
+const MAX_BATCH: usize = 256 * 1024;
+
+type Answer = Result<Reply, RemoteError>;
+
+/// Why a call got no answer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CallError {
+    /// The stream broke or the node went away before answering.
+    #[error("connection lost: {0}")]
+    Broken(String),
+    /// The deadline passed first.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    /// The request is too large to send.
+    #[error("{0}")]
+    TooLarge(String),
+}
+
+#[derive(Default)]
+struct Pending {
+    waiting: HashMap<u64, oneshot::Sender<Answer>>,
+    broken: Option<String>,
+}
+
+/// The calling side of one stream. Cheap to share: calls from many tasks interleave.
+pub struct Channel {
+    frames: mpsc::UnboundedSender<Vec<u8>>,
+    pending: Arc<Mutex<Pending>>,
+    next_id: AtomicU64,
+}
+
+impl Channel {
+    /// Starts the reader and writer tasks for a fresh stream.
+    pub fn spawn<R, W>(reader: R, writer: W) -> Self
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        let pending = Arc::new(Mutex::new(Pending::default()));
+        let (frames, rx) = mpsc::unbounded_channel();
+        tokio::spawn(write_batches(writer, rx, Arc::clone(&pending)));
+        tokio::spawn(read_responses(reader, Arc::clone(&pending)));
+        Self {
+            frames,
+            pending,
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    /// Whether the stream is known to be broken (the caller should open another).
+    pub fn is_broken(&self) -> bool {
+        self.pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .broken
+            .is_some()
+    }
+
+    /// Sends `request` and waits for its answer until `timeout`.
+    pub async fn call(&self, request: Request, timeout: Duration) -> Result<Answer, CallError> {
+        let deadline = Instant::now() + timeout;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let frame = RequestFrame {
+            id,
+            timeout_ms: timeout.as_millis().try_into().unwrap_or(u32::MAX),
+            request,
+        };
+        let bytes = wire::frame(&frame).map_err(|e| CallError::TooLarge(e.to_string()))?;
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut p = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(why) = &p.broken {
+                return Err(CallError::Broken(why.clone()));
+            }
+            p.waiting.insert(id, tx);
+        }
+        // Forget the call however this future ends (answer, timeout, or the caller dropping it).
+        let _forget = Forget {
+            pending: &self.pending,
+            id,
+        };
+        if self.frames.send(bytes).is_err() {
+            return Err(CallError::Broken("stream writer stopped".into()));
+        }
+        match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(_)) => Err(CallError::Broken(
+                self.pending
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .broken
+                    .clone()
+                    .unwrap_or_else(|| "stream closed".into()),
+            )),
+            Err(_) => Err(CallError::Timeout(timeout)),
+        }
+    }
+}
+
+struct Forget<'a> {
+    pending: &'a Mutex<Pending>,
+    id: u64,
+}
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        self.pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .waiting
+            .remove(&self.id);
+    }
+}
+
+fn break_all(pending: &Mutex<Pending>, why: String) {
+    let mut p = pending.lock().unwrap_or_else(PoisonError::into_inner);
+    p.broken.get_or_insert(why);
+    p.waiting.clear(); // dropping the senders wakes every caller with the reason
+}
+
+async fn write_batches<W: AsyncWrite + Unpin>(
+    mut writer: W,
+    mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
+    pending: Arc<Mutex<Pending>>,
+) {
+    let mut batch = Vec::with_capacity(16 * 1024);
+    while let Some(first) = rx.recv().await {
+        batch.clear();
+        batch.extend_from_slice(&first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(more) => batch.extend_from_slice(&more),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = writer.write_all(&batch).await {
+            break_all(&pending, e.to_string());
+            return;
+        }
+    }
+    let _ = writer.shutdown().await;
+}
+
+async fn read_responses<R: AsyncRead + Unpin>(reader: R, pending: Arc<Mutex<Pending>>) {
+    let mut reader = FrameReader::new(reader, MAX_FRAME);
+    let why = loop {
+        match reader.next::<ResponseFrame>().await {
+            Ok(Some(ResponseFrame { id: 0, result: Err(e) })) => break format!("the node reset the stream: {e}"),
+            Ok(Some(frame)) => {
+                let waiter = pending
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .waiting
+                    .remove(&frame.id);
+                if let Some(tx) = waiter {
+                    let _ = tx.send(frame.result);
+                }
+            }
+            Ok(None) => break "the node closed the stream".to_string(),
+            Err(e) => break e.to_string(),
+        }
+    };
+    break_all(&pending, why);
+}
+
+/// What serves requests: the node, or a stand-in in tests.
+pub trait Handler: Send + Sync + 'static {
+    /// Answers one request; the caller bounds it with `deadline`.
+    fn handle(self: Arc<Self>, request: Request, deadline: Instant) -> impl Future<Output = Answer> + Send;
+
+    /// This node's name, for errors raised around the handler (deadline, panic).
+    fn node_name(&self) -> &str;
+}
+
+/// Per-stream serving limits and the node's shared drain machinery.
+#[derive(Clone)]
+pub struct ServeContext {
+    /// Requests in flight per stream, beyond which the stream is not read until one finishes.
+    pub max_in_flight: usize,
+    /// The deadline of a request that arrives without one.
+    pub default_timeout: Duration,
+    /// Every request task is tracked, so shutdown can wait for those in flight.
+    pub tasks: TaskTracker,
+    /// Cancelled when the node stops taking new requests.
+    pub stopping: CancellationToken,
+}
+
+/// Serves one stream: reads request frames, runs each as its own task with its deadline (a
+/// panic becomes an internal-error answer), and writes the answers back in batches.
+pub async fn serve<R, W, H>(reader: R, writer: W, handler: Arc<H>, ctx: ServeContext)
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+    H: Handler,
+{
+    let (tx, rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let writer_task = ctx.tasks.spawn(write_answers(writer, rx));
+    let mut reader = FrameReader::new(reader, MAX_FRAME);
+    let in_flight = Arc::new(Semaphore::new(ctx.max_in_flight));
+    loop {
+        let next = tokio::select! {
+            next = reader.next_frame() => next,
+            () = ctx.stopping.cancelled() => break,
+        };
+        let payload = match next {
+            Ok(Some(p)) => p,
+            Ok(None) => break,
+            Err(e @ FrameError::TooLarge { .. }) => {
+                // The stream cannot be resynchronised after an oversized frame: say why, end it.
+                tracing::warn!(error = %e, "refused an oversized frame; closing the stream");
+                let _ = tx.send(error_frame(0, RemoteError::invalid(e)));
+                break;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "request stream ended");
+                break;
+            }
+        };
+        let frame: RequestFrame = match wire::decode(&payload) {
+            Ok(f) => f,
+            Err(e) => {
+                // The length prefix was sound, so the next frame can still be read.
+                tracing::warn!(error = %e, "undecodable request frame");
+                let _ = tx.send(error_frame(0, RemoteError::invalid(e)));
+                continue;
+            }
+        };
+        let permit = match Arc::clone(&in_flight).acquire_owned().await {
+            Ok(p) => p,
+            Err(_) => break,
+        };
+        let timeout = match frame.timeout_ms {
+            0 => ctx.default_timeout,
+            ms => Duration::from_millis(ms.into()),
+        };
+        let (handler, tx) = (Arc::clone(&handler), tx.clone());
+        ctx.tasks.spawn(async move {
+            let answer = run_supervised(handler, frame.request, timeout).await;
+            let bytes = wire::frame(&ResponseFrame {
+                id: frame.id,
+                result: answer,
+            })
+            .unwrap_or_else(|e| error_frame(frame.id, RemoteError::invalid(format!("answer too large: {e}"))));
+            let _ = tx.send(bytes);
+            drop(permit);
+        });
+    }
+    drop(tx);
+    let _ = writer_task.await;
+}
+
+/// Runs one request under its deadline; a panic inside it is caught and answered as an
+/// internal error, and logged with the request kind.
+pub async fn run_supervised<H: Handler>(handler: Arc<H>, request: Request, timeout: Duration) -> Answer {
+    let kind = request.kind();
+    let start = Instant::now();
+    let node = handler.node_name().to_string();
+    let work = AssertUnwindSafe(Arc::clone(&handler).handle(request, start + timeout)).catch_unwind();
+    match tokio::time::timeout(timeout, work).await {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(panic)) => {
+            let reason = panic_message(&*panic);
+            tracing::error!(request = kind, %reason, "request task panicked; the node goes on");
+            Err(RemoteError::Internal {
+                node,
+                reason: format!("the {kind} request failed: {reason}"),
+            })
+        }
+        Err(_) => Err(RemoteError::DeadlineExceeded {
+            node,
+            waited_ms: start.elapsed().as_millis() as u64,
+        }),
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".into())
+}
+
+fn error_frame(id: u64, e: RemoteError) -> Vec<u8> {
+    wire::frame(&ResponseFrame { id, result: Err(e) }).expect("an error frame is small")
+}
+
+async fn write_answers<W: AsyncWrite + Unpin>(mut writer: W, mut rx: mpsc::UnboundedReceiver<Vec<u8>>) {
+    let mut batch = Vec::with_capacity(16 * 1024);
+    while let Some(first) = rx.recv().await {
+        batch.clear();
+        batch.extend_from_slice(&first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(more) => batch.extend_from_slice(&more),
+                Err(_) => break,
+            }
+        }
+        if writer.write_all(&batch).await.is_err() {
+            return;
+        }
+    }
+    let _ = writer.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{BucketOp, BucketRequest};
+    use bytes::BufMut;
+    use serde_bytes::ByteBuf;
+
+    /// Echoes a `get` key back as the value; `Ping` sleeps forever; key "boom" panics.
+    struct Echo;
+
+    impl Handler for Echo {
+        async fn handle(self: Arc<Self>, request: Request, _deadline: Instant) -> Answer {
+            match request {
+                Request::Bucket(BucketRequest {
+                    op: BucketOp::Get { key },
+                    ..
+                }) => {
+                    if key == b"boom" {
+                        panic!("boom requested");
+                    }
+                    if key == b"slow" {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    Ok(Reply::Value(ByteBuf::from(key)))
+                }
+                Request::Ping => std::future::pending().await,
+                _ => Err(RemoteError::invalid("unsupported")),
+            }
+        }
+
+        fn node_name(&self) -> &str {
+            "echo"
+        }
+    }
+
+    fn get(key: &str) -> Request {
+        Request::Bucket(BucketRequest {
+            bucket: b"b".to_vec(),
+            op: BucketOp::Get {
+                key: key.as_bytes().to_vec(),
+            },
+            path: vec![],
+        })
+    }
+
+    fn ctx() -> ServeContext {
+        ServeContext {
+            max_in_flight: 64,
+            default_timeout: Duration::from_secs(5),
+            tasks: TaskTracker::new(),
+            stopping: CancellationToken::new(),
+        }
+    }
+
+    fn pair() -> Channel {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let (sr, sw) = tokio::io::split(server);
+        tokio::spawn(serve(sr, sw, Arc::new(Echo), ctx()));
+        let (cr, cw) = tokio::io::split(client);
+        Channel::spawn(cr, cw)
+    }
+
+    #[tokio::test]
+    async fn many_calls_in_flight_on_one_stream_each_get_their_own_answer() {
+        let ch = Arc::new(pair());
+        let mut calls = Vec::new();
+        for i in 0..200 {
+            let ch = Arc::clone(&ch);
+            let key = if i % 3 == 0 {
+                "slow".to_string()
+            } else {
+                format!("k{i}")
+            };
+            calls.push(tokio::spawn(async move {
+                let got = ch.call(get(&key), Duration::from_secs(5)).await.unwrap().unwrap();
+                assert_eq!(got, Reply::Value(ByteBuf::from(key.into_bytes())));
+            }));
+        }
+        for c in calls {
+            c.await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panicking_request_is_an_internal_error_and_the_stream_goes_on() {
+        let ch = pair();
+        let err = ch.call(get("boom"), Duration::from_secs(5)).await.unwrap().unwrap_err();
+        assert!(
+            matches!(&err, RemoteError::Internal { reason, .. } if reason.contains("boom requested")),
+            "{err}"
+        );
+        assert_eq!(err.exit_code(), 6);
+        let ok = ch.call(get("after"), Duration::from_secs(5)).await.unwrap();
+        assert_eq!(ok, Ok(Reply::Value(ByteBuf::from(b"after".to_vec()))));
+    }
+
+    #[tokio::test]
+    async fn a_request_past_its_deadline_is_answered_with_a_deadline_error() {
+        let ch = pair();
+        let err = ch.call(Request::Ping, Duration::from_millis(50)).await;
+        // Either side may notice first; both are deadline failures.
+        match err {
+            Err(CallError::Timeout(_)) | Ok(Err(RemoteError::DeadlineExceeded { .. })) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn garbage_between_frames_is_answered_and_later_frames_still_served() {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let (sr, sw) = tokio::io::split(server);
+        tokio::spawn(serve(sr, sw, Arc::new(Echo), ctx()));
+        let (cr, mut cw) = tokio::io::split(client);
+        let mut bytes = Vec::new();
+        bytes.put_u32(5);
+        bytes.extend_from_slice(&[0xff; 5]);
+        wire::encode_frame(
+            &RequestFrame {
+                id: 9,
+                timeout_ms: 1000,
+                request: get("x"),
+            },
+            &mut bytes,
+        )
+        .unwrap();
+        bytes.put_u32(u32::MAX);
+        cw.write_all(&bytes).await.unwrap();
+        let mut reader = FrameReader::new(cr, MAX_FRAME);
+        let mut answers = Vec::new();
+        while let Some(frame) = reader.next::<ResponseFrame>().await.unwrap() {
+            answers.push(frame);
+        }
+        // The request is answered whenever its task finishes; the two errors come in order.
+        let served: Vec<_> = answers.iter().filter(|a| a.id == 9).collect();
+        assert_eq!(served.len(), 1);
+        assert_eq!(served[0].result, Ok(Reply::Value(ByteBuf::from(b"x".to_vec()))));
+        let errors: Vec<String> = answers
+            .iter()
+            .filter(|a| a.id == 0)
+            .map(|a| a.result.clone().unwrap_err().to_string())
+            .collect();
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors[0].contains("undecodable"), "{errors:?}");
+        assert!(errors[1].contains("exceeds"), "{errors:?}");
+    }
+
+    #[tokio::test]
+    async fn a_broken_stream_wakes_every_caller_with_the_reason() {
+        let (client, server) = tokio::io::duplex(1024);
+        let (cr, cw) = tokio::io::split(client);
+        let ch = Channel::spawn(cr, cw);
+        let call = ch.call(get("x"), Duration::from_secs(5));
+        drop(server);
+        assert!(matches!(call.await, Err(CallError::Broken(_))));
+        assert!(ch.is_broken());
+    }
+}

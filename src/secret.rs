@@ -1,0 +1,223 @@
+//! The shared secret: where it comes from, how it is created, and who may read it (SPEC §3).
+//!
+//! File system only; the handshake that proves knowledge of it is in `auth`.
+
+use std::fmt;
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+/// The shared secret's bytes. Never printed: `Debug` shows only its length.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(Vec<u8>);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Secret({} bytes)", self.0.len())
+    }
+}
+
+impl Secret {
+    pub fn new(bytes: Vec<u8>) -> Result<Self, SecretError> {
+        if bytes.is_empty() {
+            return Err(SecretError::Empty);
+        }
+        Ok(Self(bytes))
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// Where the secret was taken from, for error messages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SecretSource {
+    /// `--secret-file` or `secret_file` in the config file.
+    File(PathBuf),
+    /// The `KVNODE_SECRET` environment variable.
+    Env(Vec<u8>),
+    /// `KVNODE_HOME/secret`, which `kvnode start` creates when missing.
+    Home(PathBuf),
+}
+
+/// Why no usable secret was found.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    /// The secret is empty.
+    #[error("the secret is empty; put at least one byte in it (32 random bytes are best)")]
+    Empty,
+    /// The file's mode lets group or others read it.
+    #[error("secret file {path} is readable by group or others (mode {mode:04o}); run: chmod 600 {path}")]
+    TooOpen { path: String, mode: u32 },
+    /// No secret file exists where a client looked.
+    #[error(
+        "no secret: {path} does not exist; start a node first (it creates one), or give --secret-file or KVNODE_SECRET"
+    )]
+    Missing { path: String },
+    /// The file could not be read or created.
+    #[error("cannot use secret file {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+}
+
+impl SecretSource {
+    /// Picks the source by precedence: flag > `KVNODE_SECRET` > config file > `KVNODE_HOME/secret`.
+    pub fn choose(flag: Option<PathBuf>, env: Option<Vec<u8>>, config: Option<PathBuf>, home: &Path) -> Self {
+        match (flag, env, config) {
+            (Some(path), _, _) => SecretSource::File(path),
+            (None, Some(bytes), _) => SecretSource::Env(bytes),
+            (None, None, Some(path)) => SecretSource::File(path),
+            (None, None, None) => SecretSource::Home(home.join("secret")),
+        }
+    }
+
+    /// Reads the secret; a missing `KVNODE_HOME/secret` is an error for clients.
+    pub fn load(&self) -> Result<Secret, SecretError> {
+        match self {
+            SecretSource::File(path) | SecretSource::Home(path) => read_secret_file(path),
+            SecretSource::Env(bytes) => Secret::new(bytes.clone()),
+        }
+    }
+
+    /// Reads the secret, creating `KVNODE_HOME/secret` with 32 random bytes (hex, mode 0600)
+    /// when it does not exist yet, like `~/.erlang.cookie`.
+    pub fn load_or_create(&self) -> Result<Secret, SecretError> {
+        if let SecretSource::Home(path) = self
+            && !path.exists()
+        {
+            create_secret_file(path)?;
+        }
+        self.load()
+    }
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SecretError + '_ {
+    move |source| SecretError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+fn read_secret_file(path: &Path) -> Result<Secret, SecretError> {
+    let meta = std::fs::metadata(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            SecretError::Missing {
+                path: path.display().to_string(),
+            }
+        } else {
+            io_err(path)(e)
+        }
+    })?;
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(SecretError::TooOpen {
+            path: path.display().to_string(),
+            mode,
+        });
+    }
+    let mut bytes = std::fs::read(path).map_err(io_err(path))?;
+    // One trailing newline is not part of the secret, so `echo secret > file` works.
+    if bytes.ends_with(b"\r\n") {
+        bytes.truncate(bytes.len() - 2);
+    } else if bytes.ends_with(b"\n") {
+        bytes.truncate(bytes.len() - 1);
+    }
+    Secret::new(bytes)
+}
+
+/// Creates the secret file atomically: written under a temporary name, then linked into
+/// place, so two nodes starting at once agree on one secret and nobody reads a half file.
+fn create_secret_file(path: &Path) -> Result<(), SecretError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let mut random = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random)
+        .map_err(|_| io_err(path)(std::io::Error::other("the system random source failed")))?;
+    let hex: String = random.iter().map(|b| format!("{b:02x}")).collect();
+    let tmp = dir.join(format!(".secret.{}.tmp", std::process::id()));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io_err(&tmp))?;
+    file.write_all(hex.as_bytes()).map_err(io_err(&tmp))?;
+    file.sync_all().map_err(io_err(&tmp))?;
+    let linked = std::fs::hard_link(&tmp, path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => {
+            tracing::info!(path = %path.display(), "created a new shared secret (mode 0600); copy it to every node of the cluster");
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(io_err(path)(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_missing_home_secret_is_created_once_with_mode_0600() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = SecretSource::choose(None, None, None, dir.path());
+        assert!(matches!(source.load(), Err(SecretError::Missing { .. })));
+        let first = source.load_or_create().unwrap();
+        let second = source.load_or_create().unwrap();
+        assert_eq!(first, second);
+        assert_eq!(first.as_bytes().len(), 64);
+        let mode = std::fs::metadata(dir.path().join("secret")).unwrap().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+
+    #[test]
+    fn a_group_readable_secret_file_is_refused_with_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        std::fs::write(&path, "cookie\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let err = SecretSource::File(path.clone()).load().unwrap_err().to_string();
+        assert!(err.contains("mode 0640"), "{err}");
+        assert!(err.contains(&format!("chmod 600 {}", path.display())), "{err}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(SecretSource::File(path).load().unwrap().as_bytes(), b"cookie");
+    }
+
+    #[test]
+    fn the_flag_beats_the_environment_which_beats_the_config_file() {
+        let home = Path::new("/h");
+        let f = || Some(PathBuf::from("/flag"));
+        let c = || Some(PathBuf::from("/config"));
+        let e = || Some(b"env".to_vec());
+        assert_eq!(
+            SecretSource::choose(f(), e(), c(), home),
+            SecretSource::File("/flag".into())
+        );
+        assert_eq!(
+            SecretSource::choose(None, e(), c(), home),
+            SecretSource::Env(b"env".to_vec())
+        );
+        assert_eq!(
+            SecretSource::choose(None, None, c(), home),
+            SecretSource::File("/config".into())
+        );
+        assert_eq!(
+            SecretSource::choose(None, None, None, home),
+            SecretSource::Home("/h/secret".into())
+        );
+    }
+
+    #[test]
+    fn an_empty_secret_is_refused() {
+        assert!(matches!(SecretSource::Env(vec![]).load(), Err(SecretError::Empty)));
+    }
+
+    #[test]
+    fn debug_output_never_shows_the_secret() {
+        let s = Secret::new(b"hunter2".to_vec()).unwrap();
+        assert_eq!(format!("{s:?}"), "Secret(7 bytes)");
+    }
+}

@@ -1,0 +1,121 @@
+//! The in-memory backend: a sharded map of buckets, each behind its own lock.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::{Arc, PoisonError, RwLock};
+
+use bytes::Bytes;
+
+use super::Lookup;
+
+const SHARDS: usize = 64;
+
+type Bucket = Arc<RwLock<HashMap<Bytes, Bytes>>>;
+
+/// Buckets are isolated: each has its own lock, and a panic while one is held poisons
+/// nothing (poisoned locks are taken over), so one failing request never blocks another bucket.
+#[derive(Clone, Debug)]
+pub struct MemoryStore {
+    shards: Arc<[RwLock<HashMap<Bytes, Bucket>>]>,
+    hasher: RandomState,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
+            hasher: RandomState::new(),
+        }
+    }
+}
+
+impl MemoryStore {
+    fn shard(&self, bucket: &[u8]) -> &RwLock<HashMap<Bytes, Bucket>> {
+        &self.shards[self.hasher.hash_one(bucket) as usize % SHARDS]
+    }
+
+    fn bucket(&self, bucket: &[u8]) -> Option<Bucket> {
+        let shard = self.shard(bucket).read().unwrap_or_else(PoisonError::into_inner);
+        shard.get(bucket).cloned()
+    }
+
+    pub fn put(&self, bucket: &[u8], key: &[u8], value: Bytes) {
+        let b = match self.bucket(bucket) {
+            Some(b) => b,
+            None => {
+                let mut shard = self.shard(bucket).write().unwrap_or_else(PoisonError::into_inner);
+                shard.entry(Bytes::copy_from_slice(bucket)).or_default().clone()
+            }
+        };
+        b.write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(Bytes::copy_from_slice(key), value);
+    }
+
+    pub fn get(&self, bucket: &[u8], key: &[u8]) -> Lookup<Bytes> {
+        let Some(b) = self.bucket(bucket) else {
+            return Lookup::NoBucket;
+        };
+        let b = b.read().unwrap_or_else(PoisonError::into_inner);
+        b.get(key).cloned().map_or(Lookup::NoKey, Lookup::Found)
+    }
+
+    pub fn delete(&self, bucket: &[u8], key: &[u8]) -> Lookup<()> {
+        let Some(b) = self.bucket(bucket) else {
+            return Lookup::NoBucket;
+        };
+        let removed = b.write().unwrap_or_else(PoisonError::into_inner).remove(key);
+        removed.map_or(Lookup::NoKey, |_| Lookup::Found(()))
+    }
+
+    pub fn keys(&self, bucket: &[u8]) -> Lookup<Vec<Bytes>> {
+        let Some(b) = self.bucket(bucket) else {
+            return Lookup::NoBucket;
+        };
+        let mut keys: Vec<Bytes> = b
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys()
+            .cloned()
+            .collect();
+        keys.sort();
+        Lookup::Found(keys)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_created_by_their_first_write_and_isolated() {
+        let s = MemoryStore::default();
+        assert_eq!(s.get(b"shopping", b"eggs"), Lookup::NoBucket);
+        s.put(b"shopping", b"eggs", Bytes::from_static(b"3"));
+        assert_eq!(s.get(b"shopping", b"eggs"), Lookup::Found(Bytes::from_static(b"3")));
+        assert_eq!(s.get(b"shopping", b"milk"), Lookup::NoKey);
+        assert_eq!(s.get(b"other", b"eggs"), Lookup::NoBucket);
+        s.put(b"other", b"eggs", Bytes::from_static(b"9"));
+        assert_eq!(s.get(b"shopping", b"eggs"), Lookup::Found(Bytes::from_static(b"3")));
+    }
+
+    #[test]
+    fn delete_reports_what_was_missing_and_keeps_the_bucket() {
+        let s = MemoryStore::default();
+        assert_eq!(s.delete(b"b", b"k"), Lookup::NoBucket);
+        s.put(b"b", b"k", Bytes::new());
+        assert_eq!(s.delete(b"b", b"k"), Lookup::Found(()));
+        assert_eq!(s.delete(b"b", b"k"), Lookup::NoKey);
+        assert_eq!(s.keys(b"b"), Lookup::Found(vec![]));
+    }
+
+    #[test]
+    fn keys_come_back_sorted() {
+        let s = MemoryStore::default();
+        for k in ["c", "a", "b"] {
+            s.put(b"b", k.as_bytes(), Bytes::new());
+        }
+        let Lookup::Found(keys) = s.keys(b"b") else { panic!() };
+        assert_eq!(keys, vec![Bytes::from("a"), Bytes::from("b"), Bytes::from("c")]);
+    }
+}

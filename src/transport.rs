@@ -1,0 +1,398 @@
+//! QUIC endpoints, node certificates, and connections that have passed the secret handshake.
+//!
+//! The only module that touches quinn and rustls. It does not know what requests mean.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{ConnectionError, VarInt};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+
+use crate::auth::{self, HandshakeError, Me, PeerHello};
+use crate::config::{Limits, Timeouts};
+use crate::names::NodeName;
+use crate::secret::Secret;
+use crate::wire::{ALPN, FrameReader, MAX_HANDSHAKE_FRAME};
+
+/// Application close codes, so the other side can say why a connection ended.
+pub mod close {
+    use quinn::VarInt;
+    /// Normal end of a conversation.
+    pub const DONE: VarInt = VarInt::from_u32(0);
+    /// The peer's proof of the secret was wrong.
+    pub const AUTH_FAILED: VarInt = VarInt::from_u32(1);
+    /// The peer speaks another protocol version.
+    pub const VERSION: VarInt = VarInt::from_u32(2);
+    /// The handshake was malformed.
+    pub const BAD_HANDSHAKE: VarInt = VarInt::from_u32(3);
+    /// The handshake did not finish within its deadline.
+    pub const HANDSHAKE_TIMEOUT: VarInt = VarInt::from_u32(4);
+    /// The node is shutting down.
+    pub const SHUTDOWN: VarInt = VarInt::from_u32(5);
+    /// The node's name is already taken by a live member of the cluster.
+    pub const NAME_TAKEN: VarInt = VarInt::from_u32(6);
+    /// The node has too many connections.
+    pub const BUSY: VarInt = VarInt::from_u32(7);
+}
+
+/// The server name every client asks for; identity comes from the secret handshake, not DNS.
+const SERVER_NAME: &str = "kvnode";
+
+/// Why a transport could not be set up or a connection made.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// The certificate or key file is unreadable or corrupt.
+    #[error("node certificate {path}: {reason}; delete the file to have a new one made")]
+    Identity { path: String, reason: String },
+    /// The UDP socket could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    /// TLS configuration failed (a bug, not a user error).
+    #[error("TLS configuration: {0}")]
+    Tls(String),
+}
+
+/// Why a connection attempt failed, as the caller needs to report it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// No QUIC connection could be made (nobody listening, network down, timed out).
+    #[error("{0}")]
+    Unreachable(String),
+    /// The node refused our proof, or could not prove its own: the secrets differ.
+    #[error("the secrets differ")]
+    AuthRefused { peer_name: Option<String> },
+    /// The node speaks another protocol version.
+    #[error("{0}")]
+    Version(String),
+    /// The node refused for another stated reason (shutting down, busy, name taken).
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// A connection that has passed the handshake; nothing is exchanged on it before that.
+#[derive(Clone, Debug)]
+pub struct Authed {
+    pub conn: quinn::Connection,
+    pub peer: PeerHello,
+}
+
+/// A node's TLS identity: a self-signed certificate kept in its data directory.
+#[derive(Debug)]
+pub struct Identity {
+    cert: CertificateDer<'static>,
+    key: PrivateKeyDer<'static>,
+}
+
+impl Identity {
+    /// Loads `DIR/tls/{cert,key}.der`, or makes a new pair with rcgen the first time.
+    pub fn load_or_create(data_dir: &Path, name: &NodeName) -> Result<Self, TransportError> {
+        let dir = data_dir.join("tls");
+        let (cert_path, key_path) = (dir.join("cert.der"), dir.join("key.der"));
+        let err = |path: &PathBuf, reason: String| TransportError::Identity {
+            path: path.display().to_string(),
+            reason,
+        };
+        if cert_path.exists() && key_path.exists() {
+            let cert = std::fs::read(&cert_path).map_err(|e| err(&cert_path, e.to_string()))?;
+            let key = std::fs::read(&key_path).map_err(|e| err(&key_path, e.to_string()))?;
+            // Check that the pair is usable now rather than on the first connection.
+            rcgen::KeyPair::try_from(key.as_slice()).map_err(|e| err(&key_path, e.to_string()))?;
+            let identity = Self {
+                cert: CertificateDer::from(cert),
+                key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key)),
+            };
+            rustls::ServerConfig::builder_with_provider(provider())
+                .with_protocol_versions(&[&rustls::version::TLS13])
+                .map_err(|e| err(&cert_path, e.to_string()))?
+                .with_no_client_auth()
+                .with_single_cert(vec![identity.cert.clone()], identity.key.clone_key())
+                .map_err(|e| err(&cert_path, e.to_string()))?;
+            return Ok(identity);
+        }
+        let key = rcgen::KeyPair::generate().map_err(|e| err(&key_path, e.to_string()))?;
+        let params = rcgen::CertificateParams::new(vec![SERVER_NAME.to_string(), name.to_string()])
+            .map_err(|e| err(&cert_path, e.to_string()))?;
+        let cert = params.self_signed(&key).map_err(|e| err(&cert_path, e.to_string()))?;
+        std::fs::create_dir_all(&dir).map_err(|e| err(&dir, e.to_string()))?;
+        write_private(&key_path, &key.serialize_der()).map_err(|e| err(&key_path, e.to_string()))?;
+        std::fs::write(&cert_path, cert.der()).map_err(|e| err(&cert_path, e.to_string()))?;
+        tracing::info!(path = %dir.display(), "made a new self-signed node certificate");
+        Ok(Self {
+            cert: cert.der().clone(),
+            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        })
+    }
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(tmp, path)
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn transport_config(limits: &Limits, idle: Duration, keep_alive: Option<Duration>) -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    t.max_concurrent_bidi_streams(VarInt::from_u32(limits.max_streams_per_connection));
+    t.max_concurrent_uni_streams(VarInt::from_u32(0));
+    t.max_idle_timeout(Some(idle.try_into().unwrap_or(quinn::IdleTimeout::from(VarInt::MAX))));
+    t.keep_alive_interval(keep_alive);
+    t.datagram_receive_buffer_size(Some(1 << 20));
+    t
+}
+
+/// The QUIC server side of a node.
+pub fn server_config(
+    identity: &Identity,
+    limits: &Limits,
+    timeouts: &Timeouts,
+) -> Result<quinn::ServerConfig, TransportError> {
+    let tls_err = |e: rustls::Error| TransportError::Tls(e.to_string());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(tls_err)?
+        .with_no_client_auth()
+        .with_single_cert(vec![identity.cert.clone()], identity.key.clone_key())
+        .map_err(tls_err)?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let quic = QuicServerConfig::try_from(tls).map_err(|e| TransportError::Tls(e.to_string()))?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    config.transport_config(Arc::new(transport_config(limits, timeouts.idle, None)));
+    Ok(config)
+}
+
+/// The QUIC client side, for command-line clients and for nodes talking to nodes.
+pub fn client_config(
+    limits: &Limits,
+    idle: Duration,
+    keep_alive: Option<Duration>,
+) -> Result<quinn::ClientConfig, TransportError> {
+    let provider = provider();
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| TransportError::Tls(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(SecretIsTheIdentity(provider)))
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let quic = QuicClientConfig::try_from(tls).map_err(|e| TransportError::Tls(e.to_string()))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(quic));
+    config.transport_config(Arc::new(transport_config(limits, idle, keep_alive)));
+    Ok(config)
+}
+
+/// Accepts any node certificate (they are self-signed, one per node) while still checking the
+/// handshake signature. Who the peer is, is established by the secret handshake, which is
+/// bound to this TLS session's exporter: a man in the middle with its own certificate ends up
+/// with a different exporter on each side, and both proofs fail.
+#[derive(Debug)]
+struct SecretIsTheIdentity(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for SecretIsTheIdentity {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A node's endpoint: serves on `listen` and connects out from the same socket, so peers
+/// see the address they can reach it at.
+pub fn node_endpoint(
+    listen: SocketAddr,
+    server: quinn::ServerConfig,
+    client: quinn::ClientConfig,
+) -> Result<quinn::Endpoint, TransportError> {
+    let mut endpoint =
+        quinn::Endpoint::server(server, listen).map_err(|source| TransportError::Bind { addr: listen, source })?;
+    endpoint.set_default_client_config(client);
+    Ok(endpoint)
+}
+
+/// A client-only endpoint on an ephemeral port of the right address family.
+pub fn client_endpoint(target: SocketAddr, client: quinn::ClientConfig) -> Result<quinn::Endpoint, TransportError> {
+    let bind: SocketAddr = match target {
+        SocketAddr::V4(a) if a.ip().is_loopback() => "127.0.0.1:0",
+        SocketAddr::V4(_) => "0.0.0.0:0",
+        SocketAddr::V6(a) if a.ip().is_loopback() => "[::1]:0",
+        SocketAddr::V6(_) => "[::]:0",
+    }
+    .parse()
+    .expect("valid bind address");
+    let mut endpoint = quinn::Endpoint::client(bind).map_err(|source| TransportError::Bind { addr: bind, source })?;
+    endpoint.set_default_client_config(client);
+    Ok(endpoint)
+}
+
+fn exporter(conn: &quinn::Connection) -> Result<[u8; 32], HandshakeError> {
+    let mut out = [0u8; 32];
+    conn.export_keying_material(&mut out, auth::EXPORTER_LABEL, b"")
+        .map_err(|_| HandshakeError::BadHello("no TLS exporter on this connection".into()))?;
+    Ok(out)
+}
+
+/// Why the peer closed the connection, in words, when it told us.
+fn close_reason(conn: &quinn::Connection) -> Option<ConnectError> {
+    match conn.close_reason()? {
+        ConnectionError::ApplicationClosed(close) => {
+            let reason = String::from_utf8_lossy(&close.reason).into_owned();
+            Some(match close.error_code {
+                close::AUTH_FAILED => ConnectError::AuthRefused { peer_name: None },
+                close::VERSION => ConnectError::Version(reason),
+                _ => ConnectError::Refused(reason),
+            })
+        }
+        other => Some(ConnectError::Unreachable(other.to_string())),
+    }
+}
+
+/// Connects to `addr` and runs the client side of the secret handshake.
+/// The caller bounds the whole of it with its deadline.
+pub async fn connect(
+    endpoint: &quinn::Endpoint,
+    addr: SocketAddr,
+    secret: &Secret,
+    me: &Me<'_>,
+) -> Result<Authed, ConnectError> {
+    let connecting = endpoint
+        .connect(addr, SERVER_NAME)
+        .map_err(|e| ConnectError::Unreachable(e.to_string()))?;
+    let conn = connecting.await.map_err(|e| match e {
+        ConnectionError::ApplicationClosed(_) | ConnectionError::ConnectionClosed(_) => {
+            ConnectError::Refused(e.to_string())
+        }
+        _ => ConnectError::Unreachable(e.to_string()),
+    })?;
+    let result = async {
+        let exporter = exporter(&conn)?;
+        let (mut send, recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| HandshakeError::Frame(std::io::Error::from(e).into()))?;
+        let mut reader = FrameReader::new(recv, MAX_HANDSHAKE_FRAME);
+        let peer = auth::client_handshake(&mut reader, &mut send, secret, me, &exporter).await?;
+        let _ = send.finish();
+        Ok::<_, HandshakeError>(peer)
+    }
+    .await;
+    match result {
+        Ok(peer) => Ok(Authed { conn, peer }),
+        Err(HandshakeError::BadProof) => {
+            conn.close(close::AUTH_FAILED, b"the node could not prove the shared secret");
+            Err(ConnectError::AuthRefused { peer_name: None })
+        }
+        Err(e) => {
+            // The node closes the connection after a failed handshake, but its stream's end
+            // may arrive first: give the close a moment to land, then say why in its words.
+            let _ = tokio::time::timeout(Duration::from_secs(1), conn.closed()).await;
+            let reason = close_reason(&conn).unwrap_or_else(|| match e {
+                HandshakeError::VersionMismatch { .. } => ConnectError::Version(e.to_string()),
+                other => ConnectError::Refused(format!("handshake failed: {other}")),
+            });
+            conn.close(close::BAD_HANDSHAKE, b"handshake failed");
+            Err(reason)
+        }
+    }
+}
+
+/// Why an incoming connection was dropped (logged by the node; the peer is told by close code).
+#[derive(Debug, thiserror::Error)]
+pub enum AcceptError {
+    #[error("QUIC handshake failed: {0}")]
+    Quic(#[from] ConnectionError),
+    #[error("authentication refused: the peer's secret differs")]
+    AuthRefused,
+    #[error("handshake not finished within {0:?}")]
+    Timeout(Duration),
+    #[error("{0}")]
+    Handshake(HandshakeError),
+}
+
+/// Accepts an incoming connection and runs the server side of the secret handshake,
+/// all within `deadline`. Nothing else the peer sends is read before this succeeds.
+pub async fn accept(
+    incoming: quinn::Incoming,
+    secret: &Secret,
+    me: &Me<'_>,
+    deadline: Duration,
+) -> Result<Authed, AcceptError> {
+    let start = tokio::time::Instant::now();
+    let conn = match tokio::time::timeout(deadline, incoming).await {
+        Ok(conn) => conn?,
+        Err(_) => return Err(AcceptError::Timeout(deadline)),
+    };
+    let handshake = async {
+        let exporter = exporter(&conn)?;
+        let (mut send, recv) = conn
+            .accept_bi()
+            .await
+            .map_err(|e| HandshakeError::Frame(std::io::Error::from(e).into()))?;
+        let mut reader = FrameReader::new(recv, MAX_HANDSHAKE_FRAME);
+        let peer = auth::server_handshake(&mut reader, &mut send, secret, me, &exporter).await?;
+        let _ = send.finish();
+        Ok::<_, HandshakeError>(peer)
+    };
+    match tokio::time::timeout_at(start + deadline, handshake).await {
+        Ok(Ok(peer)) => Ok(Authed { conn, peer }),
+        Ok(Err(HandshakeError::BadProof)) => {
+            conn.close(close::AUTH_FAILED, b"authentication failed: the secrets differ");
+            Err(AcceptError::AuthRefused)
+        }
+        Ok(Err(e @ HandshakeError::VersionMismatch { .. })) => {
+            conn.close(close::VERSION, e.to_string().as_bytes());
+            Err(AcceptError::Handshake(e))
+        }
+        Ok(Err(e)) => {
+            conn.close(close::BAD_HANDSHAKE, b"malformed handshake");
+            Err(AcceptError::Handshake(e))
+        }
+        Err(_) => {
+            conn.close(close::HANDSHAKE_TIMEOUT, b"handshake not finished in time");
+            Err(AcceptError::Timeout(deadline))
+        }
+    }
+}

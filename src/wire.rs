@@ -1,0 +1,594 @@
+//! The wire format: length-prefixed postcard frames and the messages they carry (SPEC §4).
+//!
+//! It knows no quinn: frames are encoded into byte buffers and read from any tokio
+//! `AsyncRead`, so the codec is tested on in-memory pipes and fed random bytes.
+
+use std::fmt;
+
+use bytes::{Buf, BytesMut};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use serde_bytes::ByteBuf;
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use crate::names::{NodeName, escape_bytes};
+use crate::routing::{Entry, RoutingTable};
+
+/// Bumped on any incompatible change; checked first in the handshake.
+pub const PROTOCOL_VERSION: u16 = 1;
+/// The TLS ALPN identifier of this protocol.
+pub const ALPN: &[u8] = b"kvnode/1";
+/// The largest frame either side accepts, checked before allocating.
+pub const MAX_FRAME: usize = 16 * 1024 * 1024;
+/// The largest handshake frame: a handshake message is a name, a nonce and a MAC.
+pub const MAX_HANDSHAKE_FRAME: usize = 4096;
+/// Bucket names and keys are 1 to 1024 bytes.
+pub const MAX_BUCKET: usize = 1024;
+pub const MAX_KEY: usize = 1024;
+/// Values are at most 8 MiB.
+pub const MAX_VALUE: usize = 8 * 1024 * 1024;
+/// A request may cross at most this many nodes.
+pub const MAX_HOPS: usize = 8;
+/// Chat messages are at most this many bytes.
+pub const MAX_CHAT: usize = 64 * 1024;
+const LEN_PREFIX: usize = 4;
+
+/// Why a frame could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The length prefix announces more than the limit; nothing was allocated.
+    #[error("frame of {len} bytes exceeds the {max}-byte limit")]
+    TooLarge { len: usize, max: usize },
+    /// The stream ended in the middle of a frame.
+    #[error("stream ended in the middle of a frame ({got} of {want} bytes)")]
+    Truncated { got: usize, want: usize },
+    /// The payload is not a valid message.
+    #[error("undecodable frame: {0}")]
+    Decode(postcard::Error),
+    /// A message could not be encoded (it would exceed the frame limit).
+    #[error("could not encode frame: {0}")]
+    Encode(postcard::Error),
+    /// The underlying stream failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// Appends one frame (4-byte big-endian length, then the postcard payload) to `out`.
+pub fn encode_frame<T: Serialize>(msg: &T, out: &mut Vec<u8>) -> Result<(), FrameError> {
+    let start = out.len();
+    out.extend_from_slice(&[0; LEN_PREFIX]);
+    let mut buf = std::mem::take(out);
+    buf = postcard::to_extend(msg, buf).map_err(FrameError::Encode)?;
+    let len = buf.len() - start - LEN_PREFIX;
+    if len > MAX_FRAME {
+        buf.truncate(start);
+        *out = buf;
+        return Err(FrameError::TooLarge { len, max: MAX_FRAME });
+    }
+    buf[start..start + LEN_PREFIX].copy_from_slice(&(len as u32).to_be_bytes());
+    *out = buf;
+    Ok(())
+}
+
+/// Encodes one message as a fresh frame.
+pub fn frame<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
+    let mut out = Vec::with_capacity(64);
+    encode_frame(msg, &mut out)?;
+    Ok(out)
+}
+
+/// Decodes a payload (a frame without its length prefix); trailing bytes are an error.
+pub fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, FrameError> {
+    match postcard::take_from_bytes(payload) {
+        Ok((msg, [])) => Ok(msg),
+        // A well-formed message followed by junk is as suspect as junk.
+        Ok(_) => Err(FrameError::Decode(postcard::Error::DeserializeBadEncoding)),
+        Err(e) => Err(FrameError::Decode(e)),
+    }
+}
+
+/// Reads frames from a byte stream, several per read when the peer pipelines.
+pub struct FrameReader<R> {
+    inner: R,
+    buf: BytesMut,
+    max: usize,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    pub fn new(inner: R, max: usize) -> Self {
+        Self {
+            inner,
+            buf: BytesMut::with_capacity(8 * 1024),
+            max,
+        }
+    }
+
+    /// The next frame's payload, or `None` when the stream ended cleanly between frames.
+    ///
+    /// The length is checked against the limit before any buffer grows for it.
+    pub async fn next_frame(&mut self) -> Result<Option<BytesMut>, FrameError> {
+        loop {
+            if self.buf.len() >= LEN_PREFIX {
+                let len = u32::from_be_bytes(self.buf[..LEN_PREFIX].try_into().expect("4 bytes")) as usize;
+                if len > self.max {
+                    return Err(FrameError::TooLarge { len, max: self.max });
+                }
+                if self.buf.len() >= LEN_PREFIX + len {
+                    self.buf.advance(LEN_PREFIX);
+                    return Ok(Some(self.buf.split_to(len)));
+                }
+                self.buf.reserve(LEN_PREFIX + len - self.buf.len());
+            } else {
+                self.buf.reserve(LEN_PREFIX);
+            }
+            if self.inner.read_buf(&mut self.buf).await? == 0 {
+                return match self.buf.len() {
+                    0 => Ok(None),
+                    got => Err(FrameError::Truncated {
+                        got,
+                        want: self.pending_len().unwrap_or(LEN_PREFIX),
+                    }),
+                };
+            }
+        }
+    }
+
+    /// Reads and decodes one message; a clean end of stream is `None`.
+    pub async fn next<T: DeserializeOwned>(&mut self) -> Result<Option<T>, FrameError> {
+        match self.next_frame().await? {
+            Some(payload) => decode(&payload).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Whether a whole frame is already buffered (so a writer can wait to batch replies).
+    pub fn has_buffered_frame(&self) -> bool {
+        self.pending_len().is_some_and(|len| self.buf.len() >= LEN_PREFIX + len)
+    }
+
+    fn pending_len(&self) -> Option<usize> {
+        let prefix = self.buf.get(..LEN_PREFIX)?;
+        Some(LEN_PREFIX + u32::from_be_bytes(prefix.try_into().ok()?) as usize)
+    }
+
+    pub fn into_inner(self) -> R {
+        self.inner
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Handshake messages (see `auth` for what the MACs cover).
+
+/// Who opened the connection: a command-line client or another node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    Client,
+    Node,
+}
+
+/// The first message each side sends. `version` is the first field so that a peer of any
+/// version can read it and refuse clearly.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub version: u16,
+    pub role: Role,
+    /// A node's name, or `client@HOST` / the `--as` name for a client.
+    pub name: String,
+    /// Fresh random bytes; both nonces go into both proofs.
+    pub nonce: [u8; 32],
+    /// Where a node can be reached (its listen address), so peers can gossip it.
+    pub listen: Option<String>,
+}
+
+/// The proof that the sender knows the shared secret, bound to this connection.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proof {
+    pub mac: [u8; 32],
+}
+
+/// Reads the protocol version from the front of a `Hello` payload, whatever follows.
+pub fn peek_version(payload: &[u8]) -> Option<u16> {
+    postcard::take_from_bytes::<u16>(payload).ok().map(|(v, _)| v)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Requests and responses.
+
+/// One request on a stream; `id` matches it to its response (responses may come out of order).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestFrame {
+    pub id: u64,
+    /// What is left of the caller's deadline, in milliseconds; it shrinks at every hop.
+    pub timeout_ms: u32,
+    pub request: Request,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResponseFrame {
+    pub id: u64,
+    pub result: Result<Reply, RemoteError>,
+}
+
+/// Everything a client or a node can ask a node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// A request about one bucket, routed to its owner hop by hop.
+    Bucket(BucketRequest),
+    /// The routing table this node holds.
+    Table,
+    /// Set a new routing table for the whole cluster (spread by gossip).
+    SetTable { entries: Vec<Entry> },
+    /// The members this node knows.
+    Members,
+    /// Is the node alive? Answered with its name.
+    Ping,
+    /// Deliver a chat line to node `to` (forwarded when the receiver is not `to`).
+    Chat(ChatMessage),
+    /// Test builds only: a request that panics inside its task.
+    #[cfg(feature = "fault-injection")]
+    Panic,
+    /// Test builds only: crash one long-lived part of the node.
+    #[cfg(feature = "fault-injection")]
+    CrashPart { part: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BucketRequest {
+    #[serde(with = "serde_bytes")]
+    pub bucket: Vec<u8>,
+    pub op: BucketOp,
+    /// The nodes this request has crossed, first to last.
+    pub path: Vec<NodeName>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BucketOp {
+    Put {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+    },
+    Get {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+    },
+    Delete {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+    },
+    Keys,
+    /// Which node owns the bucket; answered by the owner with the path taken.
+    Route,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    pub to: NodeName,
+    pub from: String,
+    pub text: String,
+    pub path: Vec<NodeName>,
+}
+
+/// A chat line as printed: who said what.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatLine {
+    pub from: String,
+    pub text: String,
+}
+
+/// A successful answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reply {
+    Done,
+    Value(ByteBuf),
+    Keys(Vec<ByteBuf>),
+    Owner { node: NodeName, path: Vec<NodeName> },
+    Table(RoutingTable),
+    Members(Vec<MemberInfo>),
+    Pong { name: NodeName },
+    ChatAck { reply: Option<ChatLine> },
+}
+
+/// One member as a node sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberInfo {
+    pub name: NodeName,
+    pub addr: String,
+    pub state: String,
+    pub incarnation: u64,
+    /// Milliseconds since this node last heard of a change of the member.
+    pub last_change_ms: u64,
+}
+
+/// A typed failure; every variant maps onto one exit code of SPEC §1.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum RemoteError {
+    /// The bucket exists but not the key (exit 1).
+    #[error("key \"{}\" not found in bucket \"{}\"", escape_bytes(key), escape_bytes(bucket))]
+    KeyNotFound { bucket: ByteBuf, key: ByteBuf },
+    /// No write ever created the bucket (exit 1).
+    #[error(
+        "bucket \"{}\" not found (buckets are created by their first put)",
+        escape_bytes(bucket)
+    )]
+    BucketNotFound { bucket: ByteBuf },
+    /// The request breaks a limit or is malformed (exit 2).
+    #[error("invalid request: {reason}")]
+    InvalidInput { reason: String },
+    /// A node on the way could not be reached (exit 3).
+    #[error("node {node} ({addr}) is unreachable: {reason}")]
+    Unreachable { node: String, addr: String, reason: String },
+    /// The caller's deadline passed before the answer (exit 3).
+    #[error(
+        "deadline passed after {waited_ms} ms waiting for {node}; the node may be down or overloaded (raise --timeout to wait longer)"
+    )]
+    DeadlineExceeded { node: String, waited_ms: u64 },
+    /// The node is shutting down and takes no new requests (exit 3).
+    #[error("node {node} is shutting down")]
+    ShuttingDown { node: String },
+    /// A node on the way refused another's secret (exit 4).
+    #[error("authentication refused between {from} and {to}: the secrets differ")]
+    AuthRefused { from: String, to: String },
+    /// No routing entry covers the bucket (exit 5).
+    #[error("{message}")]
+    NoRoute { message: String },
+    /// The request came back to a node it had crossed (exit 5).
+    #[error("routing loop: {}", join_path(path))]
+    RoutingLoop { path: Vec<String> },
+    /// The request crossed more than [`MAX_HOPS`] nodes (exit 5).
+    #[error("hop limit of {MAX_HOPS} reached: {}", join_path(path))]
+    HopLimit { path: Vec<String> },
+    /// A name in the table or a chat target is not a known node (exit 5 for routing).
+    #[error("no address known for node {node}: {reason}")]
+    UnknownNode { node: String, reason: String },
+    /// The node failed while serving the request (exit 6).
+    #[error("internal error on node {node}: {reason}")]
+    Internal { node: String, reason: String },
+}
+
+fn join_path(path: &[String]) -> String {
+    path.join(" -> ")
+}
+
+impl RemoteError {
+    /// The exit code of SPEC §1 for this failure.
+    pub fn exit_code(&self) -> u8 {
+        use RemoteError::*;
+        match self {
+            KeyNotFound { .. } | BucketNotFound { .. } => 1,
+            InvalidInput { .. } => 2,
+            Unreachable { .. } | DeadlineExceeded { .. } | ShuttingDown { .. } => 3,
+            AuthRefused { .. } => 4,
+            NoRoute { .. } | RoutingLoop { .. } | HopLimit { .. } | UnknownNode { .. } => 5,
+            Internal { .. } => 6,
+        }
+    }
+
+    pub fn invalid(reason: impl fmt::Display) -> Self {
+        RemoteError::InvalidInput {
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// Checks the limits of SPEC §4 on a bucket name.
+pub fn check_bucket(bucket: &[u8]) -> Result<(), String> {
+    check_len("bucket name", bucket.len(), 1, MAX_BUCKET)
+}
+
+/// Checks the limits of SPEC §4 on a key.
+pub fn check_key(key: &[u8]) -> Result<(), String> {
+    check_len("key", key.len(), 1, MAX_KEY)
+}
+
+/// Checks the limits of SPEC §4 on a value.
+pub fn check_value(value: &[u8]) -> Result<(), String> {
+    check_len("value", value.len(), 0, MAX_VALUE)
+}
+
+fn check_len(what: &str, len: usize, min: usize, max: usize) -> Result<(), String> {
+    if len < min {
+        Err(format!("the {what} is empty; it must be 1 to {max} bytes"))
+    } else if len > max {
+        Err(format!("the {what} is {len} bytes; the limit is {max} bytes"))
+    } else {
+        Ok(())
+    }
+}
+
+impl BucketRequest {
+    /// Checks every size limit of the request before it is acted on.
+    pub fn validate(&self) -> Result<(), String> {
+        check_bucket(&self.bucket)?;
+        match &self.op {
+            BucketOp::Put { key, value } => {
+                check_key(key)?;
+                check_value(value)
+            }
+            BucketOp::Get { key } | BucketOp::Delete { key } => check_key(key),
+            BucketOp::Keys | BucketOp::Route => Ok(()),
+        }?;
+        if self.path.len() > MAX_HOPS + 1 {
+            return Err(format!("path of {} hops is over the limit", self.path.len()));
+        }
+        Ok(())
+    }
+}
+
+impl BucketOp {
+    /// A short name for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            BucketOp::Put { .. } => "put",
+            BucketOp::Get { .. } => "get",
+            BucketOp::Delete { .. } => "delete",
+            BucketOp::Keys => "keys",
+            BucketOp::Route => "route",
+        }
+    }
+}
+
+impl Request {
+    /// A short name for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Request::Bucket(b) => b.op.kind(),
+            Request::Table => "table",
+            Request::SetTable { .. } => "set-table",
+            Request::Members => "members",
+            Request::Ping => "ping",
+            Request::Chat(_) => "chat",
+            #[cfg(feature = "fault-injection")]
+            Request::Panic => "panic",
+            #[cfg(feature = "fault-injection")]
+            Request::CrashPart { .. } => "crash-part",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sample() -> RequestFrame {
+        RequestFrame {
+            id: 7,
+            timeout_ms: 5000,
+            request: Request::Bucket(BucketRequest {
+                bucket: b"shopping".to_vec(),
+                op: BucketOp::Put {
+                    key: b"eggs".to_vec(),
+                    value: b"3".to_vec(),
+                },
+                path: vec![],
+            }),
+        }
+    }
+
+    async fn read_all<T: DeserializeOwned>(bytes: Vec<u8>, max: usize) -> Vec<Result<T, String>> {
+        let mut reader = FrameReader::new(&bytes[..], max);
+        let mut out = Vec::new();
+        loop {
+            match reader.next::<T>().await {
+                Ok(Some(m)) => out.push(Ok(m)),
+                Ok(None) => break,
+                Err(e) => {
+                    out.push(Err(e.to_string()));
+                    break;
+                }
+            }
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn frames_round_trip_several_per_buffer() {
+        let mut bytes = Vec::new();
+        for _ in 0..3 {
+            encode_frame(&sample(), &mut bytes).unwrap();
+        }
+        let got = read_all::<RequestFrame>(bytes, MAX_FRAME).await;
+        assert_eq!(got, vec![Ok(sample()), Ok(sample()), Ok(sample())]);
+    }
+
+    #[tokio::test]
+    async fn an_oversized_length_is_refused_before_allocating() {
+        let bytes = (u32::MAX).to_be_bytes().to_vec();
+        let mut reader = FrameReader::new(&bytes[..], MAX_FRAME);
+        let err = reader.next_frame().await.unwrap_err();
+        assert!(matches!(err, FrameError::TooLarge { len, .. } if len == u32::MAX as usize));
+        assert!(reader.buf.capacity() < 64 * 1024, "no buffer grew for the frame");
+    }
+
+    #[tokio::test]
+    async fn a_truncated_frame_is_an_error_not_a_clean_end() {
+        let mut bytes = frame(&sample()).unwrap();
+        bytes.truncate(bytes.len() - 1);
+        let got = read_all::<RequestFrame>(bytes, MAX_FRAME).await;
+        assert!(got[0].as_ref().unwrap_err().contains("middle of a frame"));
+    }
+
+    #[test]
+    fn the_version_is_readable_whatever_follows() {
+        let hello = Hello {
+            version: 4242,
+            role: Role::Node,
+            name: "foo".into(),
+            nonce: [9; 32],
+            listen: None,
+        };
+        let bytes = postcard::to_stdvec(&hello).unwrap();
+        assert_eq!(peek_version(&bytes), Some(4242));
+    }
+
+    #[test]
+    fn limits_name_the_part_and_the_bound() {
+        assert_eq!(
+            check_bucket(b"").unwrap_err(),
+            "the bucket name is empty; it must be 1 to 1024 bytes"
+        );
+        assert!(
+            check_key(&[0; 1025])
+                .unwrap_err()
+                .contains("1025 bytes; the limit is 1024")
+        );
+        assert!(check_value(&vec![0; MAX_VALUE + 1]).is_err());
+        assert!(check_value(b"").is_ok());
+    }
+
+    #[test]
+    fn every_error_maps_to_its_exit_code() {
+        let b = ByteBuf::from(b"b".to_vec());
+        assert_eq!(RemoteError::BucketNotFound { bucket: b.clone() }.exit_code(), 1);
+        assert_eq!(RemoteError::invalid("x").exit_code(), 2);
+        assert_eq!(
+            RemoteError::RoutingLoop {
+                path: vec!["foo".into(), "bar".into(), "foo".into()]
+            }
+            .to_string(),
+            "routing loop: foo -> bar -> foo"
+        );
+        assert_eq!(RemoteError::HopLimit { path: vec![] }.exit_code(), 5);
+        assert_eq!(
+            RemoteError::Internal {
+                node: "n".into(),
+                reason: "r".into()
+            }
+            .exit_code(),
+            6
+        );
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        /// Random bytes never panic the decoder, and never make it buffer past the limit.
+        #[test]
+        fn random_bytes_never_panic_the_decoder(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            rt.block_on(async {
+                let mut reader = FrameReader::new(&bytes[..], 1024);
+                while let Ok(Some(payload)) = reader.next_frame().await {
+                    prop_assert!(payload.len() <= 1024);
+                    let _ = decode::<RequestFrame>(&payload);
+                    let _ = decode::<ResponseFrame>(&payload);
+                    let _ = decode::<Hello>(&payload);
+                }
+                prop_assert!(reader.buf.capacity() <= 16 * 1024);
+                Ok(())
+            })?;
+        }
+
+        /// A valid frame with bytes flipped decodes to something or to an error, never a panic.
+        #[test]
+        fn mutated_frames_never_panic(flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8)) {
+            let mut bytes = frame(&sample()).unwrap();
+            for (at, b) in flips {
+                let at = 4 + at % (bytes.len() - 4);
+                bytes[at] ^= b;
+            }
+            let _ = decode::<RequestFrame>(&bytes[4..]);
+        }
+    }
+}
