@@ -53,7 +53,7 @@ pub async fn run(args: BenchArgs, settings: &Settings, out: &mut Output) -> Resu
     }
     for c in clients {
         if let Ok(c) = Arc::try_unwrap(c) {
-            c.close();
+            c.close().await;
         }
     }
     Ok(())

@@ -91,7 +91,7 @@ async fn ask(settings: &Settings, deadline: Instant, request: Request) -> Result
     let target = client::resolve(settings, deadline).await?;
     let client = Client::connect(settings, &target, deadline).await?;
     let reply = client.call(request).await;
-    client.close();
+    client.close().await;
     reply
 }
 
@@ -299,7 +299,7 @@ async fn ping(args: PingArgs, settings: &Settings, deadline: Instant, out: &mut 
         let target = client::resolve_ref(&args.node, settings, deadline).await?;
         let client = Client::connect(settings, &target, deadline).await?;
         let reply = client.call(Request::Ping).await;
-        client.close();
+        client.close().await;
         reply
     }
     .await;
@@ -412,6 +412,6 @@ async fn chat(args: ChatArgs, settings: &Settings, deadline: Instant, out: &mut 
             result
         }
     };
-    client.close();
+    client.close().await;
     result
 }

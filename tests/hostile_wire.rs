@@ -1,0 +1,193 @@
+//! Issue 2, bad input on the wire: a real node fed garbage, oversized frames, stalled
+//! handshakes and requests that bypass the CLI's own checks — and still serving afterwards.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::Home;
+use kvnode::auth::Me;
+use kvnode::client::{Client, Target};
+use kvnode::config::Limits;
+use kvnode::secret::{Secret, SecretSource};
+use kvnode::transport;
+use kvnode::wire::{self, BucketOp, BucketRequest, FrameReader, MAX_FRAME, RemoteError, Reply, Request, ResponseFrame, Role};
+use tokio::io::AsyncWriteExt;
+use tokio::time::Instant;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+fn secret(home: &Home) -> Secret {
+    SecretSource::Home(home.secret_path()).load().unwrap()
+}
+
+fn endpoint(addr: std::net::SocketAddr) -> quinn::Endpoint {
+    let config = transport::client_config(&Limits::default(), Duration::from_secs(10), None).unwrap();
+    transport::client_endpoint(addr, config).unwrap()
+}
+
+async fn authed(home: &Home, addr: std::net::SocketAddr) -> transport::Authed {
+    let me = Me { role: Role::Client, name: "test", listen: None };
+    transport::connect(&endpoint(addr), addr, &secret(home), &me).await.unwrap()
+}
+
+fn get(bucket: &[u8], key: &[u8]) -> Request {
+    Request::Bucket(BucketRequest { bucket: bucket.to_vec(), op: BucketOp::Get { key: key.to_vec() }, path: vec![] })
+}
+
+#[test]
+fn garbage_and_oversized_frames_after_authenticating_are_answered_and_survived() {
+    let home = Home::new();
+    let foo = home.start("foo", &[]);
+    runtime().block_on(async {
+        let authed = authed(&home, foo.addr()).await;
+        // 1. A frame whose payload is junk: answered with an error, the stream goes on.
+        let (mut send, recv) = authed.conn.open_bi().await.unwrap();
+        let mut bytes = 9u32.to_be_bytes().to_vec();
+        bytes.extend_from_slice(&[0xde, 0xad, 0xbe, 0xef, 0xff, 0xff, 0xff, 0xff, 0xff]);
+        send.write_all(&bytes).await.unwrap();
+        let mut reader = FrameReader::new(recv, MAX_FRAME);
+        let answer: ResponseFrame = reader.next().await.unwrap().unwrap();
+        assert!(matches!(answer.result, Err(RemoteError::InvalidInput { .. })), "{answer:?}");
+        // 2. An oversized length: answered, the stream ended, nothing allocated for it.
+        send.write_all(&(u32::MAX).to_be_bytes()).await.unwrap();
+        let answer: ResponseFrame = reader.next().await.unwrap().unwrap();
+        match answer.result {
+            Err(RemoteError::InvalidInput { reason }) => assert!(reason.contains("exceeds"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(reader.next::<ResponseFrame>().await.unwrap().is_none());
+        // 3. A truncated frame, then the stream finished.
+        let (mut send, _recv) = authed.conn.open_bi().await.unwrap();
+        send.write_all(&[0, 0, 1, 0, 1, 2]).await.unwrap();
+        send.finish().unwrap();
+        // The same connection still serves a well-formed request.
+        let (send, recv) = authed.conn.open_bi().await.unwrap();
+        let channel = kvnode::rpc::Channel::spawn(recv, send);
+        let answer = channel.call(Request::Ping, Duration::from_secs(5)).await.unwrap();
+        assert!(matches!(answer, Ok(Reply::Pong { .. })), "{answer:?}");
+    });
+    home.run(&["put", "b", "k", "v"]).ok();
+}
+
+#[test]
+fn limits_are_enforced_by_the_node_not_only_by_the_cli() {
+    let home = Home::new();
+    let foo = home.start("foo", &[]);
+    runtime().block_on(async {
+        let target = Target { addr: foo.addr(), name: None };
+        let client = Client::connect_with(&secret(&home), "test", &target, Instant::now() + Duration::from_secs(10)).await.unwrap();
+        for request in [
+            get(b"", b"k"),
+            get(b"b", b""),
+            get(&[b'b'; 1025], b"k"),
+            get(b"b", &[b'k'; 1025]),
+            Request::Bucket(BucketRequest {
+                bucket: b"b".to_vec(),
+                op: BucketOp::Put { key: b"k".to_vec(), value: vec![0; wire::MAX_VALUE + 1] },
+                path: vec![],
+            }),
+        ] {
+            let err = client.call(request).await.unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{err}");
+        }
+        client.close();
+    });
+}
+
+#[test]
+fn a_handshake_that_stalls_is_dropped_at_its_deadline() {
+    let home = Home::new();
+    let config = home.write_file("foo.toml", "name = \"foo\"\n[timeouts]\nhandshake = \"300ms\"\n");
+    let foo = home.start_raw("foo", &["--config", config.to_str().unwrap()]);
+    runtime().block_on(async {
+        // TLS completes, but the secret handshake never starts.
+        let conn = endpoint(foo.addr()).connect(foo.addr(), "kvnode").unwrap().await.unwrap();
+        let started = Instant::now();
+        let reason = tokio::time::timeout(Duration::from_secs(20), conn.closed()).await.expect("the node drops the connection");
+        match reason {
+            quinn::ConnectionError::ApplicationClosed(close) => {
+                assert_eq!(close.error_code, transport::close::HANDSHAKE_TIMEOUT);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(started.elapsed() >= Duration::from_millis(250));
+    });
+    foo.wait_log("the dropped handshake", |l| l.contains("handshake not finished"));
+    home.run(&["put", "b", "k", "v"]).ok();
+}
+
+#[test]
+fn a_peer_speaking_another_protocol_version_gets_a_clear_refusal() {
+    let home = Home::new();
+    let foo = home.start("foo", &[]);
+    runtime().block_on(async {
+        let conn = endpoint(foo.addr()).connect(foo.addr(), "kvnode").unwrap().await.unwrap();
+        let (mut send, _recv) = conn.open_bi().await.unwrap();
+        let hello = wire::Hello { version: 77, role: Role::Client, name: "future".into(), nonce: [0; 32], listen: None };
+        send.write_all(&wire::frame(&hello).unwrap()).await.unwrap();
+        let reason = tokio::time::timeout(Duration::from_secs(20), conn.closed()).await.unwrap();
+        match reason {
+            quinn::ConnectionError::ApplicationClosed(close) => {
+                assert_eq!(close.error_code, transport::close::VERSION);
+                let text = String::from_utf8_lossy(&close.reason).into_owned();
+                assert!(text.contains("version 77") && text.contains("speaks 1"), "{text}");
+            }
+            other => panic!("{other:?}"),
+        }
+    });
+}
+
+#[test]
+fn nothing_sent_before_the_handshake_is_acted_on() {
+    let home = Home::new();
+    let foo = home.start("foo", &[]);
+    runtime().block_on(async {
+        // A peer that skips the handshake and sends a request straight away.
+        let conn = endpoint(foo.addr()).connect(foo.addr(), "kvnode").unwrap().await.unwrap();
+        let (mut send, _recv) = conn.open_bi().await.unwrap();
+        let put = Request::Bucket(BucketRequest {
+            bucket: b"b".to_vec(),
+            op: BucketOp::Put { key: b"sneaky".to_vec(), value: b"v".to_vec() },
+            path: vec![],
+        });
+        let frame = wire::RequestFrame { id: 1, timeout_ms: 1000, request: put };
+        send.write_all(&wire::frame(&frame).unwrap()).await.unwrap();
+        let _ = tokio::time::timeout(Duration::from_secs(20), conn.closed()).await.unwrap();
+    });
+    home.run(&["get", "b", "sneaky"]).expect(1);
+}
+
+#[test]
+fn many_requests_in_flight_on_one_connection_are_served_concurrently() {
+    let home = Home::new();
+    let foo = home.start("foo", &[]);
+    runtime().block_on(async {
+        let target = Target { addr: foo.addr(), name: None };
+        let client = Arc::new(
+            Client::connect_with(&secret(&home), "test", &target, Instant::now() + Duration::from_secs(30)).await.unwrap(),
+        );
+        let calls: Vec<_> = (0..1000)
+            .map(|i| {
+                let client = Arc::clone(&client);
+                tokio::spawn(async move {
+                    let put = Request::Bucket(BucketRequest {
+                        bucket: b"many".to_vec(),
+                        op: BucketOp::Put { key: format!("k{i}").into_bytes(), value: vec![i as u8] },
+                        path: vec![],
+                    });
+                    client.call(put).await.unwrap();
+                    let got = client.call(get(b"many", format!("k{i}").as_bytes())).await.unwrap();
+                    assert_eq!(got, Reply::Value(serde_bytes::ByteBuf::from(vec![i as u8])));
+                })
+            })
+            .collect();
+        for c in calls {
+            c.await.unwrap();
+        }
+    });
+    assert_eq!(home.run(&["keys", "many"]).ok().lines().count(), 1000);
+}
