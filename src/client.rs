@@ -18,6 +18,11 @@ use crate::secret::{Secret, SecretError, SecretSource};
 use crate::transport::{self, ConnectError};
 use crate::wire::{RemoteError, Reply, Request, Role};
 
+/// A client connection with no traffic at all for this long is gone.
+const CLIENT_IDLE: Duration = Duration::from_secs(30);
+/// How often an idle client connection says it is still there.
+const CLIENT_KEEP_ALIVE: Duration = Duration::from_secs(10);
+
 /// Why a client command failed; each variant has one exit code (SPEC §1).
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -244,10 +249,14 @@ impl Client {
     ) -> Result<Self, ClientError> {
         let shown = target.describe();
         let remaining = deadline.saturating_duration_since(Instant::now());
-        let config = transport::client_config(&Limits::default(), remaining.max(Duration::from_secs(1)), None)
-            .map_err(|e| ClientError::Unreachable {
-                node: shown.clone(),
-                reason: e.to_string(),
+        // The deadline governs every call; the idle timeout only has to outlast it, and
+        // keep-alives hold a quiet interactive session (chat from a terminal) open.
+        let config =
+            transport::client_config(&Limits::default(), CLIENT_IDLE, Some(CLIENT_KEEP_ALIVE)).map_err(|e| {
+                ClientError::Unreachable {
+                    node: shown.clone(),
+                    reason: e.to_string(),
+                }
             })?;
         let endpoint = transport::client_endpoint(target.addr, config).map_err(|e| ClientError::Unreachable {
             node: shown.clone(),

@@ -115,6 +115,11 @@ impl Directory {
         self.is_live(name).then_some(entry)
     }
 
+    /// The address `name` last published, even if its process is gone (to name it in errors).
+    pub fn last_known(&self, name: &str) -> Option<DirEntry> {
+        self.read_entry(name)
+    }
+
     /// Every live node, sorted by name.
     pub fn live_nodes(&self) -> Vec<DirEntry> {
         let Ok(dir) = std::fs::read_dir(&self.root) else {

@@ -186,6 +186,21 @@ async fn read_responses<R: AsyncRead + Unpin>(reader: R, pending: Arc<Mutex<Pend
     break_all(&pending, why);
 }
 
+/// The writing half of a stream that can say when everything written has been delivered.
+///
+/// A node that stops must not close its connections while answers still sit in send buffers
+/// (a QUIC close discards them); serving a stream ends only once its answers are delivered.
+pub trait FinishStream: AsyncWrite + Unpin + Send + 'static {
+    /// Ends the stream and waits until the peer has received all of it.
+    fn finish_delivered(self) -> impl Future<Output = ()> + Send;
+}
+
+impl<T: AsyncRead + AsyncWrite + Send + 'static> FinishStream for tokio::io::WriteHalf<T> {
+    async fn finish_delivered(mut self) {
+        let _ = self.shutdown().await;
+    }
+}
+
 /// What serves requests: the node, or a stand-in in tests.
 pub trait Handler: Send + Sync + 'static {
     /// Answers one request; the caller bounds it with `deadline`.
@@ -213,7 +228,7 @@ pub struct ServeContext {
 pub async fn serve<R, W, H>(reader: R, writer: W, handler: Arc<H>, ctx: ServeContext)
 where
     R: AsyncRead + Unpin + Send + 'static,
-    W: AsyncWrite + Unpin + Send + 'static,
+    W: FinishStream,
     H: Handler,
 {
     let (tx, rx) = mpsc::unbounded_channel::<Vec<u8>>();
@@ -308,7 +323,7 @@ fn error_frame(id: u64, e: RemoteError) -> Vec<u8> {
     wire::frame(&ResponseFrame { id, result: Err(e) }).expect("an error frame is small")
 }
 
-async fn write_answers<W: AsyncWrite + Unpin>(mut writer: W, mut rx: mpsc::UnboundedReceiver<Vec<u8>>) {
+async fn write_answers<W: FinishStream>(mut writer: W, mut rx: mpsc::UnboundedReceiver<Vec<u8>>) {
     let mut batch = Vec::with_capacity(16 * 1024);
     while let Some(first) = rx.recv().await {
         batch.clear();
@@ -323,7 +338,7 @@ async fn write_answers<W: AsyncWrite + Unpin>(mut writer: W, mut rx: mpsc::Unbou
             return;
         }
     }
-    let _ = writer.shutdown().await;
+    writer.finish_delivered().await;
 }
 
 #[cfg(test)]

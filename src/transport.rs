@@ -275,6 +275,16 @@ fn exporter(conn: &quinn::Connection) -> Result<[u8; 32], HandshakeError> {
     Ok(out)
 }
 
+impl crate::rpc::FinishStream for quinn::SendStream {
+    async fn finish_delivered(mut self) {
+        if self.finish().is_ok() {
+            // Resolves once the peer acknowledged every byte (or stopped the stream, or the
+            // connection ended); whoever waits on this bounds it.
+            let _ = self.stopped().await;
+        }
+    }
+}
+
 /// Why the peer closed the connection, in words, when it told us.
 fn close_reason(conn: &quinn::Connection) -> Option<ConnectError> {
     match conn.close_reason()? {

@@ -338,9 +338,6 @@ pub enum RemoteError {
     /// The request crossed more than [`MAX_HOPS`] nodes (exit 5).
     #[error("hop limit of {MAX_HOPS} reached: {}", join_path(path))]
     HopLimit { path: Vec<String> },
-    /// A name in the table or a chat target is not a known node (exit 5 for routing).
-    #[error("no address known for node {node}: {reason}")]
-    UnknownNode { node: String, reason: String },
     /// The node failed while serving the request (exit 6).
     #[error("internal error on node {node}: {reason}")]
     Internal { node: String, reason: String },
@@ -359,7 +356,7 @@ impl RemoteError {
             InvalidInput { .. } => 2,
             Unreachable { .. } | DeadlineExceeded { .. } | ShuttingDown { .. } => 3,
             AuthRefused { .. } => 4,
-            NoRoute { .. } | RoutingLoop { .. } | HopLimit { .. } | UnknownNode { .. } => 5,
+            NoRoute { .. } | RoutingLoop { .. } | HopLimit { .. } => 5,
             Internal { .. } => 6,
         }
     }

@@ -12,12 +12,17 @@ use kvnode::client::{Client, Target};
 use kvnode::config::Limits;
 use kvnode::secret::{Secret, SecretSource};
 use kvnode::transport;
-use kvnode::wire::{self, BucketOp, BucketRequest, FrameReader, MAX_FRAME, RemoteError, Reply, Request, ResponseFrame, Role};
-use tokio::io::AsyncWriteExt;
+use kvnode::wire::{
+    self, BucketOp, BucketRequest, FrameReader, MAX_FRAME, RemoteError, Reply, Request, ResponseFrame, Role,
+};
 use tokio::time::Instant;
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 fn secret(home: &Home) -> Secret {
@@ -30,12 +35,22 @@ fn endpoint(addr: std::net::SocketAddr) -> quinn::Endpoint {
 }
 
 async fn authed(home: &Home, addr: std::net::SocketAddr) -> transport::Authed {
-    let me = Me { role: Role::Client, name: "test", listen: None };
-    transport::connect(&endpoint(addr), addr, &secret(home), &me).await.unwrap()
+    let me = Me {
+        role: Role::Client,
+        name: "test",
+        listen: None,
+    };
+    transport::connect(&endpoint(addr), addr, &secret(home), &me)
+        .await
+        .unwrap()
 }
 
 fn get(bucket: &[u8], key: &[u8]) -> Request {
-    Request::Bucket(BucketRequest { bucket: bucket.to_vec(), op: BucketOp::Get { key: key.to_vec() }, path: vec![] })
+    Request::Bucket(BucketRequest {
+        bucket: bucket.to_vec(),
+        op: BucketOp::Get { key: key.to_vec() },
+        path: vec![],
+    })
 }
 
 #[test]
@@ -51,7 +66,10 @@ fn garbage_and_oversized_frames_after_authenticating_are_answered_and_survived()
         send.write_all(&bytes).await.unwrap();
         let mut reader = FrameReader::new(recv, MAX_FRAME);
         let answer: ResponseFrame = reader.next().await.unwrap().unwrap();
-        assert!(matches!(answer.result, Err(RemoteError::InvalidInput { .. })), "{answer:?}");
+        assert!(
+            matches!(answer.result, Err(RemoteError::InvalidInput { .. })),
+            "{answer:?}"
+        );
         // 2. An oversized length: answered, the stream ended, nothing allocated for it.
         send.write_all(&(u32::MAX).to_be_bytes()).await.unwrap();
         let answer: ResponseFrame = reader.next().await.unwrap().unwrap();
@@ -78,8 +96,18 @@ fn limits_are_enforced_by_the_node_not_only_by_the_cli() {
     let home = Home::new();
     let foo = home.start("foo", &[]);
     runtime().block_on(async {
-        let target = Target { addr: foo.addr(), name: None };
-        let client = Client::connect_with(&secret(&home), "test", &target, Instant::now() + Duration::from_secs(10)).await.unwrap();
+        let target = Target {
+            addr: foo.addr(),
+            name: None,
+        };
+        let client = Client::connect_with(
+            &secret(&home),
+            "test",
+            &target,
+            Instant::now() + Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
         for request in [
             get(b"", b"k"),
             get(b"b", b""),
@@ -87,14 +115,17 @@ fn limits_are_enforced_by_the_node_not_only_by_the_cli() {
             get(b"b", &[b'k'; 1025]),
             Request::Bucket(BucketRequest {
                 bucket: b"b".to_vec(),
-                op: BucketOp::Put { key: b"k".to_vec(), value: vec![0; wire::MAX_VALUE + 1] },
+                op: BucketOp::Put {
+                    key: b"k".to_vec(),
+                    value: vec![0; wire::MAX_VALUE + 1],
+                },
                 path: vec![],
             }),
         ] {
             let err = client.call(request).await.unwrap_err();
             assert_eq!(err.exit_code(), 2, "{err}");
         }
-        client.close();
+        client.close().await;
     });
 }
 
@@ -105,9 +136,15 @@ fn a_handshake_that_stalls_is_dropped_at_its_deadline() {
     let foo = home.start_raw("foo", &["--config", config.to_str().unwrap()]);
     runtime().block_on(async {
         // TLS completes, but the secret handshake never starts.
-        let conn = endpoint(foo.addr()).connect(foo.addr(), "kvnode").unwrap().await.unwrap();
+        let conn = endpoint(foo.addr())
+            .connect(foo.addr(), "kvnode")
+            .unwrap()
+            .await
+            .unwrap();
         let started = Instant::now();
-        let reason = tokio::time::timeout(Duration::from_secs(20), conn.closed()).await.expect("the node drops the connection");
+        let reason = tokio::time::timeout(Duration::from_secs(20), conn.closed())
+            .await
+            .expect("the node drops the connection");
         match reason {
             quinn::ConnectionError::ApplicationClosed(close) => {
                 assert_eq!(close.error_code, transport::close::HANDSHAKE_TIMEOUT);
@@ -125,11 +162,23 @@ fn a_peer_speaking_another_protocol_version_gets_a_clear_refusal() {
     let home = Home::new();
     let foo = home.start("foo", &[]);
     runtime().block_on(async {
-        let conn = endpoint(foo.addr()).connect(foo.addr(), "kvnode").unwrap().await.unwrap();
+        let conn = endpoint(foo.addr())
+            .connect(foo.addr(), "kvnode")
+            .unwrap()
+            .await
+            .unwrap();
         let (mut send, _recv) = conn.open_bi().await.unwrap();
-        let hello = wire::Hello { version: 77, role: Role::Client, name: "future".into(), nonce: [0; 32], listen: None };
+        let hello = wire::Hello {
+            version: 77,
+            role: Role::Client,
+            name: "future".into(),
+            nonce: [0; 32],
+            listen: None,
+        };
         send.write_all(&wire::frame(&hello).unwrap()).await.unwrap();
-        let reason = tokio::time::timeout(Duration::from_secs(20), conn.closed()).await.unwrap();
+        let reason = tokio::time::timeout(Duration::from_secs(20), conn.closed())
+            .await
+            .unwrap();
         match reason {
             quinn::ConnectionError::ApplicationClosed(close) => {
                 assert_eq!(close.error_code, transport::close::VERSION);
@@ -147,16 +196,29 @@ fn nothing_sent_before_the_handshake_is_acted_on() {
     let foo = home.start("foo", &[]);
     runtime().block_on(async {
         // A peer that skips the handshake and sends a request straight away.
-        let conn = endpoint(foo.addr()).connect(foo.addr(), "kvnode").unwrap().await.unwrap();
+        let conn = endpoint(foo.addr())
+            .connect(foo.addr(), "kvnode")
+            .unwrap()
+            .await
+            .unwrap();
         let (mut send, _recv) = conn.open_bi().await.unwrap();
         let put = Request::Bucket(BucketRequest {
             bucket: b"b".to_vec(),
-            op: BucketOp::Put { key: b"sneaky".to_vec(), value: b"v".to_vec() },
+            op: BucketOp::Put {
+                key: b"sneaky".to_vec(),
+                value: b"v".to_vec(),
+            },
             path: vec![],
         });
-        let frame = wire::RequestFrame { id: 1, timeout_ms: 1000, request: put };
+        let frame = wire::RequestFrame {
+            id: 1,
+            timeout_ms: 1000,
+            request: put,
+        };
         send.write_all(&wire::frame(&frame).unwrap()).await.unwrap();
-        let _ = tokio::time::timeout(Duration::from_secs(20), conn.closed()).await.unwrap();
+        let _ = tokio::time::timeout(Duration::from_secs(20), conn.closed())
+            .await
+            .unwrap();
     });
     home.run(&["get", "b", "sneaky"]).expect(1);
 }
@@ -166,9 +228,19 @@ fn many_requests_in_flight_on_one_connection_are_served_concurrently() {
     let home = Home::new();
     let foo = home.start("foo", &[]);
     runtime().block_on(async {
-        let target = Target { addr: foo.addr(), name: None };
+        let target = Target {
+            addr: foo.addr(),
+            name: None,
+        };
         let client = Arc::new(
-            Client::connect_with(&secret(&home), "test", &target, Instant::now() + Duration::from_secs(30)).await.unwrap(),
+            Client::connect_with(
+                &secret(&home),
+                "test",
+                &target,
+                Instant::now() + Duration::from_secs(30),
+            )
+            .await
+            .unwrap(),
         );
         let calls: Vec<_> = (0..1000)
             .map(|i| {
@@ -176,7 +248,10 @@ fn many_requests_in_flight_on_one_connection_are_served_concurrently() {
                 tokio::spawn(async move {
                     let put = Request::Bucket(BucketRequest {
                         bucket: b"many".to_vec(),
-                        op: BucketOp::Put { key: format!("k{i}").into_bytes(), value: vec![i as u8] },
+                        op: BucketOp::Put {
+                            key: format!("k{i}").into_bytes(),
+                            value: vec![i as u8],
+                        },
                         path: vec![],
                     });
                     client.call(put).await.unwrap();

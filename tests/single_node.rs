@@ -26,11 +26,19 @@ fn put_get_delete_and_keys_with_their_exit_codes() {
     home.run(&["delete", "b", "k1"]).ok();
     let gone = home.run(&["get", "b", "k1"]);
     gone.expect(1);
-    assert!(gone.stderr.contains(r#"key "k1" not found in bucket "b""#), "{}", gone.stderr);
+    assert!(
+        gone.stderr.contains(r#"key "k1" not found in bucket "b""#),
+        "{}",
+        gone.stderr
+    );
     home.run(&["delete", "b", "k1"]).expect(1);
     let no_bucket = home.run(&["get", "nothing", "k"]);
     no_bucket.expect(1);
-    assert!(no_bucket.stderr.contains(r#"bucket "nothing" not found"#), "{}", no_bucket.stderr);
+    assert!(
+        no_bucket.stderr.contains(r#"bucket "nothing" not found"#),
+        "{}",
+        no_bucket.stderr
+    );
     assert!(no_bucket.stdout.is_empty(), "errors never go to stdout without --json");
     home.run(&["keys", "nothing"]).expect(1);
     // Buckets are isolated from each other.
@@ -81,7 +89,10 @@ fn via_accepts_a_name_a_full_name_and_an_address() {
     let foo = home.start("foo", &[]);
     home.run(&["put", "b", "k", "v", "--via", "foo"]).ok();
     assert_eq!(home.run(&["get", "b", "k", "--via", &foo.full()]).ok(), "v\n");
-    assert_eq!(home.run(&["get", "b", "k", "--via", &foo.addr().to_string()]).ok(), "v\n");
+    assert_eq!(
+        home.run(&["get", "b", "k", "--via", &foo.addr().to_string()]).ok(),
+        "v\n"
+    );
     let via_env = home.run_with(&["get", "b", "k"], |c| {
         c.env("KVNODE_VIA", "foo");
     });
@@ -100,14 +111,20 @@ fn an_unknown_via_name_lists_the_known_nodes() {
     let run = home.run(&["get", "b", "k", "--via", "fo"]);
     run.expect(3);
     assert!(
-        run.stderr.contains(r#"no node named "fo" in KVNODE_HOME/nodes (known: bar, foo); give --via NAME, NAME@HOST:PORT or HOST:PORT"#),
+        run.stderr.contains(
+            r#"no node named "fo" in KVNODE_HOME/nodes (known: bar, foo); give --via NAME, NAME@HOST:PORT or HOST:PORT"#
+        ),
         "{}",
         run.stderr
     );
     // Without --via and with two local nodes, the client says which exist.
     let which = home.run(&["get", "b", "k"]);
     which.expect(2);
-    assert!(which.stderr.contains("several nodes") && which.stderr.contains("bar, foo"), "{}", which.stderr);
+    assert!(
+        which.stderr.contains("several nodes") && which.stderr.contains("bar, foo"),
+        "{}",
+        which.stderr
+    );
 }
 
 #[test]
@@ -150,7 +167,8 @@ fn secret_file_and_environment_secrets_are_honoured() {
     let file = home.write_file("cookie", "sesame\n");
     let _foo = home.start("foo", &["--secret-file", file.to_str().unwrap()]);
     // The same secret by file or by environment works; the default home secret does not.
-    home.run(&["put", "b", "k", "v", "--secret-file", file.to_str().unwrap()]).ok();
+    home.run(&["put", "b", "k", "v", "--secret-file", file.to_str().unwrap()])
+        .ok();
     let env = home.run_with(&["get", "b", "k"], |c| {
         c.env("KVNODE_SECRET", "sesame");
     });
@@ -187,9 +205,21 @@ fn a_group_readable_secret_file_is_refused_by_clients_and_nodes() {
     let home = Home::new();
     let file = home.write_file("cookie", "sesame");
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let client = home.run(&["get", "b", "k", "--via", "127.0.0.1:1", "--secret-file", file.to_str().unwrap()]);
+    let client = home.run(&[
+        "get",
+        "b",
+        "k",
+        "--via",
+        "127.0.0.1:1",
+        "--secret-file",
+        file.to_str().unwrap(),
+    ]);
     client.expect(2);
-    assert!(client.stderr.contains("readable by group or others") && client.stderr.contains("chmod 600"), "{}", client.stderr);
+    assert!(
+        client.stderr.contains("readable by group or others") && client.stderr.contains("chmod 600"),
+        "{}",
+        client.stderr
+    );
     let mut node = home.spawn_node("foo", &["--name", "foo", "--secret-file", file.to_str().unwrap()]);
     let status = node.wait_exit();
     assert_eq!(status.code(), Some(2));
@@ -218,14 +248,20 @@ fn two_nodes_with_the_same_name_in_one_home_are_refused() {
     let status = second.wait_exit();
     assert_eq!(status.code(), Some(2));
     let log = second.stderr().join("\n");
-    assert!(log.contains("already running") && log.contains(&foo.addr().to_string()), "{log}");
+    assert!(
+        log.contains("already running") && log.contains(&foo.addr().to_string()),
+        "{log}"
+    );
     home.run(&["put", "b", "k", "v", "--via", "foo"]).ok();
 }
 
 #[test]
 fn a_config_file_with_a_typo_names_the_file_line_and_key() {
     let home = Home::new();
-    let config = home.write_file("foo.toml", "name = \"foo\"\nlisten = \"127.0.0.1:0\"\nin_memroy = true\n");
+    let config = home.write_file(
+        "foo.toml",
+        "name = \"foo\"\nlisten = \"127.0.0.1:0\"\nin_memroy = true\n",
+    );
     let mut node = home.spawn_node("foo", &["--config", config.to_str().unwrap()]);
     assert_eq!(node.wait_exit().code(), Some(2));
     let log = node.stderr().join("\n");
@@ -236,8 +272,21 @@ fn a_config_file_with_a_typo_names_the_file_line_and_key() {
 #[test]
 fn a_config_file_starts_a_node_and_flags_override_it() {
     let home = Home::new();
-    let config = home.write_file("foo.toml", "name = \"foo\"\nauto_reply = \"hi\"\nrouting_table = [\"a-z=foo\"]\n");
-    let _foo = home.start_raw("bar", &["--config", config.to_str().unwrap(), "--name", "bar", "--table", "a-z=bar"]);
+    let config = home.write_file(
+        "foo.toml",
+        "name = \"foo\"\nauto_reply = \"hi\"\nrouting_table = [\"a-z=foo\"]\n",
+    );
+    let _foo = home.start_raw(
+        "bar",
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--name",
+            "bar",
+            "--table",
+            "a-z=bar",
+        ],
+    );
     assert_eq!(home.run(&["route", "hello"]).ok(), "bar\n");
 }
 
@@ -262,7 +311,10 @@ fn empty_and_oversized_buckets_keys_and_values_are_exit_2() {
     assert!(run.stderr.contains("limit"), "{}", run.stderr);
     // The largest allowed value goes through.
     home.run_stdin(&["put", "b", "k", "-"], &big[1..]).ok();
-    assert_eq!(home.run(&["get", "b", "k", "--raw"]).expect(0).stdout.len(), 8 * 1024 * 1024);
+    assert_eq!(
+        home.run(&["get", "b", "k", "--raw"]).expect(0).stdout.len(),
+        8 * 1024 * 1024
+    );
 }
 
 #[test]
@@ -293,7 +345,11 @@ fn the_certificate_is_kept_in_the_data_directory_across_restarts() {
     assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
     foo.terminate();
     let _again = home.start("foo", &[]);
-    assert_eq!(std::fs::read(&cert).unwrap(), first, "the same certificate after a restart");
+    assert_eq!(
+        std::fs::read(&cert).unwrap(),
+        first,
+        "the same certificate after a restart"
+    );
 }
 
 #[test]
@@ -321,7 +377,9 @@ fn random_datagrams_at_the_port_do_not_disturb_the_node() {
 #[test]
 fn help_for_every_subcommand_shows_an_example() {
     let home = Home::new();
-    for sub in ["start", "put", "get", "delete", "route", "chat", "members", "ping", "keys", "bench"] {
+    for sub in [
+        "start", "put", "get", "delete", "route", "chat", "members", "ping", "keys", "bench",
+    ] {
         let help = home.run(&[sub, "--help"]).ok();
         assert!(help.contains("kvnode "), "{sub}: {help}");
     }

@@ -71,13 +71,8 @@ impl Node {
 
     /// Sends a request one hop on, to `to`, with what is left of the deadline.
     async fn forward(&self, to: &NodeName, request: Request, deadline: Instant) -> Answer {
-        let Some(addr) = self.address_of(to) else {
-            return Err(RemoteError::UnknownNode {
-                node: to.to_string(),
-                reason: "it is not in this node's membership, its local directory, or its [peers]".into(),
-            });
-        };
-        tracing::trace!(to = %to, %addr, kind = request.kind(), "forwarding");
+        let addr = self.locate(to)?;
+        tracing::debug!(to = %to, %addr, kind = request.kind(), "forwarding");
         self.peers.call(to, addr, request, deadline).await
     }
 

@@ -22,7 +22,7 @@ use crate::rpc::{self, ServeContext};
 use crate::secret::{Secret, SecretError};
 use crate::store::Store;
 use crate::transport::{self, AcceptError, Identity, TransportError};
-use crate::wire::Role;
+use crate::wire::{RemoteError, Role};
 
 pub use peers::{PeerPool, hop_margin};
 
@@ -78,17 +78,36 @@ impl Node {
     }
 
     /// Where node `name` can be reached: the local directory, then `[peers]` in the config.
-    pub fn address_of(&self, name: &NodeName) -> Option<SocketAddr> {
+    /// A node known to be down, or not known at all, is an `Unreachable` error naming it.
+    pub fn locate(&self, name: &NodeName) -> Result<SocketAddr, RemoteError> {
         if *name == self.name {
-            return Some(self.listen);
+            return Ok(self.listen);
         }
         if let Some(entry) = self.directory.lookup(name.as_str()) {
-            return Some(entry.addr);
+            return Ok(entry.addr);
         }
-        let hp = self.config.peers.get(name)?;
-        hp.as_socket_addr().or_else(|| {
-            use std::net::ToSocketAddrs;
-            (hp.host.as_str(), hp.port).to_socket_addrs().ok()?.next()
+        if let Some(hp) = self.config.peers.get(name) {
+            let addr = hp.as_socket_addr().or_else(|| {
+                use std::net::ToSocketAddrs;
+                (hp.host.as_str(), hp.port).to_socket_addrs().ok()?.next()
+            });
+            return addr.ok_or_else(|| RemoteError::Unreachable {
+                node: name.to_string(),
+                addr: hp.to_string(),
+                reason: "its [peers] address does not resolve".into(),
+            });
+        }
+        if let Some(entry) = self.directory.last_known(name.as_str()) {
+            return Err(RemoteError::Unreachable {
+                node: name.to_string(),
+                addr: entry.addr.to_string(),
+                reason: "it is not running (its process is gone)".into(),
+            });
+        }
+        Err(RemoteError::Unreachable {
+            node: name.to_string(),
+            addr: "address unknown".into(),
+            reason: "it is not in this node's local directory or [peers]; is it started?".into(),
         })
     }
 }

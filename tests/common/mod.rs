@@ -25,7 +25,10 @@ pub fn wait_for<T>(what: &str, within: Duration, mut cond: impl FnMut() -> Optio
         if let Some(v) = cond() {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {within:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -79,7 +82,10 @@ impl Home {
     /// Runs a client command with `input` on its stdin.
     pub fn run_stdin(&self, args: &[&str], input: &[u8]) -> Run {
         let mut cmd = self.command();
-        cmd.args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         let start = Instant::now();
         let mut child = cmd.spawn().expect("run kvnode");
         child.stdin.take().unwrap().write_all(input).unwrap();
@@ -108,7 +114,11 @@ impl Home {
     /// Spawns a node without waiting for it.
     pub fn spawn_node(&self, name: &str, args: &[&str]) -> Node {
         let mut cmd = self.command();
-        cmd.arg("start").args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.arg("start")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn kvnode start");
         let stdout = Arc::new(Mutex::new(Vec::new()));
         let stderr = Arc::new(Mutex::new(Vec::new()));
@@ -167,7 +177,12 @@ impl Run {
     /// Asserts the exit code, showing everything on failure.
     #[track_caller]
     pub fn expect(&self, code: i32) -> &Self {
-        assert_eq!(self.code, Some(code), "expected exit {code}; got {self:#?}\nstdout: {}", self.stdout());
+        assert_eq!(
+            self.code,
+            Some(code),
+            "expected exit {code}; got {self:#?}\nstdout: {}",
+            self.stdout()
+        );
         self
     }
 
@@ -196,7 +211,11 @@ impl Node {
         let entry = self.home.join("nodes").join(&self.name);
         let addr = wait_for(&format!("node {} to come up", self.name), PATIENCE, || {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("node {} exited with {status} while starting:\n{}", self.name, self.stderr().join("\n"));
+                panic!(
+                    "node {} exited with {status} while starting:\n{}",
+                    self.name,
+                    self.stderr().join("\n")
+                );
             }
             let text = std::fs::read_to_string(&entry).ok()?;
             let pid: u32 = text.lines().find_map(|l| l.strip_prefix("pid="))?.parse().ok()?;
@@ -258,7 +277,9 @@ impl Node {
     /// Waits (bounded) for the process to exit, e.g. after a signal or a failed start.
     pub fn wait_exit(&mut self) -> std::process::ExitStatus {
         let child = self.child.as_mut().expect("running");
-        let status = wait_for(&format!("node {} to exit", self.name), PATIENCE, || child.try_wait().unwrap());
+        let status = wait_for(&format!("node {} to exit", self.name), PATIENCE, || {
+            child.try_wait().unwrap()
+        });
         // The pipes close with the process: once the readers end, every last line is in.
         for reader in self.readers.drain(..) {
             let _ = reader.join();

@@ -1,0 +1,271 @@
+//! Issue 3: every bucket request goes to its owner, hop by hop, across real nodes.
+
+mod common;
+
+use std::time::Duration;
+
+use common::Home;
+
+fn json(out: &str) -> serde_json::Value {
+    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+#[test]
+fn the_tutorials_router_test() {
+    let home = Home::new();
+    let _foo = home.start("foo", &["--table", "a-m=foo,n-z=bar"]);
+    let _bar = home.start("bar", &["--table", "a-m=foo,n-z=bar"]);
+    for via in ["foo", "bar"] {
+        assert_eq!(home.run(&["route", "hello", "--via", via]).ok(), "foo\n", "asked {via}");
+        assert_eq!(home.run(&["route", "world", "--via", via]).ok(), "bar\n", "asked {via}");
+    }
+    // A value put through one node is read through the other, wherever it lives.
+    home.run(&["put", "world", "k", "from-foo", "--via", "foo"]).ok();
+    assert_eq!(home.run(&["get", "world", "k", "--via", "bar"]).ok(), "from-foo\n");
+    home.run(&["put", "hello", "k", "from-bar", "--via", "bar"]).ok();
+    assert_eq!(home.run(&["get", "hello", "k", "--via", "foo"]).ok(), "from-bar\n");
+    // A bucket whose first byte is outside the table.
+    let out = home.run(&["get", "Apple", "k", "--via", "foo"]);
+    out.expect(5);
+    assert!(
+        out.stderr
+            .contains(r#"error: could not find entry for "Apple" in routing table [a-m=foo, n-z=bar] (version 1)"#),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn the_tutorials_zero_byte_bucket_fails_with_could_not_find_entry() {
+    // argv cannot carry a NUL byte, so <<0>> goes through the library client.
+    let home = Home::new();
+    let foo = home.start("foo", &["--table", "a-m=foo,n-z=bar"]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let err = rt.block_on(async {
+        let secret = kvnode::secret::SecretSource::Home(home.secret_path()).load().unwrap();
+        let target = kvnode::client::Target {
+            addr: foo.addr(),
+            name: None,
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let client = kvnode::client::Client::connect_with(&secret, "test", &target, deadline)
+            .await
+            .unwrap();
+        let request = kvnode::wire::Request::Bucket(kvnode::wire::BucketRequest {
+            bucket: vec![0],
+            op: kvnode::wire::BucketOp::Get { key: b"k".to_vec() },
+            path: vec![],
+        });
+        client.call(request).await.unwrap_err()
+    });
+    assert_eq!(err.exit_code(), 5);
+    assert_eq!(
+        err.to_string(),
+        r#"could not find entry for "\x00" in routing table [a-m=foo, n-z=bar] (version 1)"#
+    );
+}
+
+#[test]
+fn route_json_shows_the_hops_and_route_table_shows_the_version() {
+    let home = Home::new();
+    let _foo = home.start("foo", &["--table", "a-m=foo,n-z=bar"]);
+    let _bar = home.start("bar", &["--table", "a-m=foo,n-z=bar"]);
+    let route = json(&home.run(&["route", "world", "--via", "foo", "--json"]).ok());
+    assert_eq!(route["owner"], "bar");
+    assert_eq!(route["path"], serde_json::json!(["foo", "bar"]));
+    assert_eq!(route["hops"], 1);
+    let table = home.run(&["route", "--table", "--via", "foo"]).ok();
+    assert_eq!(table, "# version 1, set by foo\na-m=foo\nn-z=bar\n");
+    let lines = home.run(&["route", "--table", "--via", "bar", "--json"]).ok();
+    let entries: Vec<serde_json::Value> = lines.lines().map(json).collect();
+    assert_eq!(entries.len(), 2);
+    assert_eq!(entries[1]["range"], "n-z");
+    assert_eq!(entries[1]["node"], "bar");
+    assert_eq!(entries[1]["version"], 1);
+}
+
+#[test]
+fn a_chain_of_disagreeing_tables_delivers_to_the_last_owner() {
+    let home = Home::new();
+    let _c1 = home.start("c1", &["--table", "0x00-0xff=c2"]);
+    let _c2 = home.start("c2", &["--table", "0x00-0xff=c3"]);
+    let _c3 = home.start("c3", &[]);
+    home.run(&["put", "anything", "k", "v", "--via", "c1"]).ok();
+    let route = json(&home.run(&["route", "anything", "--via", "c1", "--json"]).ok());
+    assert_eq!(route["path"], serde_json::json!(["c1", "c2", "c3"]));
+    assert_eq!(
+        home.run(&["get", "anything", "k", "--via", "c3"]).ok(),
+        "v\n",
+        "stored on c3 itself"
+    );
+}
+
+#[test]
+fn a_two_node_loop_fails_with_exit_5_quickly() {
+    let home = Home::new();
+    let _l1 = home.start("l1", &["--table", "a-z=l2"]);
+    let _l2 = home.start("l2", &["--table", "a-z=l1"]);
+    let out = home.run(&["get", "loopy", "k", "--via", "l1", "--timeout", "30s"]);
+    out.expect(5);
+    assert!(out.stderr.contains("routing loop: l1 -> l2 -> l1"), "{}", out.stderr);
+    assert!(
+        out.elapsed < Duration::from_secs(15),
+        "failed at once, not at the deadline: {:?}",
+        out.elapsed
+    );
+}
+
+#[test]
+fn more_than_eight_hops_fail_with_the_path() {
+    let home = Home::new();
+    // h0 -> h1 -> ... -> h9, where h9 owns everything.
+    let nodes: Vec<_> = (0..10)
+        .map(|i| {
+            let table = format!("0x00-0xff=h{}", i + 1);
+            let args: Vec<&str> = if i < 9 { vec!["--table", &table] } else { vec![] };
+            home.start(&format!("h{i}"), &args)
+        })
+        .collect();
+    // Eight hops from h1 are allowed.
+    let ok = json(
+        &home
+            .run(&["route", "b", "--via", "h1", "--json", "--timeout", "20s"])
+            .ok(),
+    );
+    assert_eq!(ok["hops"], 8);
+    let out = home.run(&["route", "b", "--via", "h0", "--timeout", "20s"]);
+    out.expect(5);
+    assert!(
+        out.stderr
+            .contains("hop limit of 8 reached: h0 -> h1 -> h2 -> h3 -> h4 -> h5 -> h6 -> h7 -> h8 -> h9"),
+        "{}",
+        out.stderr
+    );
+    drop(nodes);
+}
+
+#[test]
+fn an_owner_killed_mid_test_is_exit_3_naming_it_within_the_timeout() {
+    let home = Home::new();
+    let _foo = home.start("foo", &["--table", "a-m=foo,n-z=bar"]);
+    let mut bar = home.start("bar", &["--table", "a-m=foo,n-z=bar"]);
+    let bar_addr = bar.addr().to_string();
+    home.run(&["put", "world", "k", "v", "--via", "foo"]).ok();
+    bar.kill9();
+    let out = home.run(&["get", "world", "k", "--via", "foo", "--timeout", "2s"]);
+    out.expect(3);
+    assert!(
+        out.stderr.contains("node bar") && out.stderr.contains(&bar_addr),
+        "{}",
+        out.stderr
+    );
+    assert!(out.elapsed < Duration::from_secs(12), "{:?}", out.elapsed);
+}
+
+#[test]
+fn an_owner_that_never_answers_is_exit_3_within_the_timeout() {
+    // bar is only a [peers] address where nothing listens: QUIC hears nothing back.
+    let home = Home::new();
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let config = home.write_file(
+        "foo.toml",
+        &format!(
+            "name = \"foo\"\nrouting_table = [\"a-m=foo\", \"n-z=bar\"]\n[peers]\nbar = \"{}\"\n",
+            silent.local_addr().unwrap()
+        ),
+    );
+    let _foo = home.start_raw("foo", &["--config", config.to_str().unwrap()]);
+    let out = home.run(&["get", "world", "k", "--timeout", "1500ms"]);
+    out.expect(3);
+    assert!(
+        out.stderr.contains("node bar") && out.stderr.contains(&silent.local_addr().unwrap().to_string()),
+        "{}",
+        out.stderr
+    );
+    assert!(out.elapsed < Duration::from_secs(10), "{:?}", out.elapsed);
+}
+
+#[test]
+fn names_resolve_through_peers_in_the_config_file() {
+    // Two homes: the nodes cannot see each other's directory, only the [peers] address.
+    let (home_a, home_b) = (Home::new(), Home::new());
+    let secret = home_a.write_file("shared-secret", "sesame");
+    let p2 = home_b.start(
+        "p2",
+        &["--table", "a-m=p1,n-z=p2", "--secret-file", secret.to_str().unwrap()],
+    );
+    let config = home_a.write_file(
+        "p1.toml",
+        &format!(
+            "name = \"p1\"\nrouting_table = [\"a-m=p1\", \"n-z=p2\"]\n[peers]\np2 = \"{}\"\n",
+            p2.addr()
+        ),
+    );
+    let _p1 = home_a.start_raw(
+        "p1",
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--secret-file",
+            secret.to_str().unwrap(),
+        ],
+    );
+    home_a
+        .run(&["put", "world", "k", "v", "--secret-file", secret.to_str().unwrap()])
+        .ok();
+    assert_eq!(
+        home_b
+            .run(&["get", "world", "k", "--secret-file", secret.to_str().unwrap()])
+            .ok(),
+        "v\n"
+    );
+}
+
+#[test]
+fn forwarded_requests_share_one_pooled_connection_per_peer() {
+    let home = Home::new();
+    let _foo = home.start("foo", &["--table", "a-m=foo,n-z=bar"]);
+    let bar = home.start("bar", &["--table", "a-m=foo,n-z=bar", "-v"]);
+    for i in 0..20 {
+        home.run(&["put", "world", &format!("k{i}"), "v", "--via", "foo"]).ok();
+    }
+    let from_foo = bar
+        .stderr()
+        .iter()
+        .filter(|l| l.contains("authenticated") && l.contains("name=foo"))
+        .count();
+    assert_eq!(from_foo, 1, "{:#?}", bar.stderr());
+}
+
+#[test]
+fn a_stopping_node_finishes_the_requests_in_flight() {
+    let home = Home::new();
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let config = home.write_file(
+        "foo.toml",
+        &format!(
+            "name = \"foo\"\nrouting_table = [\"a-z=bar\"]\n[peers]\nbar = \"{}\"\n",
+            silent.local_addr().unwrap()
+        ),
+    );
+    let mut foo = home.start_raw("foo", &["--config", config.to_str().unwrap(), "-v"]);
+    // A request that will take until its deadline: its owner never answers.
+    let client = {
+        let mut cmd = home.command();
+        cmd.args(["get", "world", "k", "--timeout", "3s"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        cmd.spawn().unwrap()
+    };
+    foo.wait_log("the request to be in flight", |l| l.contains("forwarding"));
+    foo.signal(libc::SIGTERM);
+    let out = client.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // The answer came from the node (naming the owner), not a dropped connection.
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("node bar"), "{stderr}");
+    assert_eq!(foo.wait_exit().code(), Some(0));
+}
