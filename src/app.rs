@@ -114,6 +114,7 @@ fn start(args: StartArgs, global: Global, env: Env) -> ExitCode {
             let code = match &e {
                 NodeError::Directory(_) | NodeError::Secret(_) => EXIT_USAGE,
                 NodeError::Transport(crate::transport::TransportError::Bind { .. }) => EXIT_USAGE,
+                NodeError::GaveUp(_) => 6,
                 _ => 6,
             };
             fail(&e.to_string(), code, &mut out)

@@ -16,6 +16,7 @@
 //! - [`wire`]: frames, limits and the request/response messages (knows no quinn).
 //! - [`routing`]: the routing table and its parser (knows no network).
 //! - [`gossip`]: membership and table spread; a sans-IO core and its simulator.
+//! - [`supervisor`]: the one_for_one supervisor that restarts failed long-lived parts.
 //! - [`store`]: buckets of keys and values, in memory or on disk (knows no network).
 //! - [`directory`]: the local node directory under `KVNODE_HOME/nodes` (epmd for kvnode).
 //! - [`secret`]: where the shared secret comes from and who may read it.
@@ -37,5 +38,6 @@ pub mod routing;
 pub mod rpc;
 pub mod secret;
 pub mod store;
+pub mod supervisor;
 pub mod transport;
 pub mod wire;

@@ -7,19 +7,17 @@ use std::io::{self, Write};
 use serde_json::{Value, json};
 
 /// stdout for answers; logs and errors go to stderr elsewhere.
+///
+/// The lock is taken per write, never held: a node prints chat lines on stdout from its
+/// worker threads while the main thread keeps an `Output` for its own errors.
 pub struct Output {
     json: bool,
-    out: io::StdoutLock<'static>,
     closed: bool,
 }
 
 impl Output {
     pub fn new(json: bool) -> Self {
-        Self {
-            json,
-            out: io::stdout().lock(),
-            closed: false,
-        }
+        Self { json, closed: false }
     }
 
     pub fn is_json(&self) -> bool {
@@ -52,7 +50,8 @@ impl Output {
         if self.closed {
             return;
         }
-        if let Err(e) = f(&mut self.out).and_then(|()| self.out.flush()) {
+        let mut out = io::stdout().lock();
+        if let Err(e) = f(&mut out).and_then(|()| out.flush()) {
             if e.kind() != io::ErrorKind::BrokenPipe {
                 eprintln!("error: cannot write to stdout: {e}");
             }

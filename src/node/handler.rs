@@ -34,7 +34,10 @@ impl Handler for Node {
             #[cfg(feature = "fault-injection")]
             Request::Panic => panic!("fault injection: a request that panics"),
             #[cfg(feature = "fault-injection")]
-            Request::CrashPart { part } => Err(RemoteError::invalid(format!("no part named {part}"))),
+            Request::CrashPart { part } => {
+                self.crash_switch(&part).notify_one();
+                Ok(Reply::Done)
+            }
         }
     }
 

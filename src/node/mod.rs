@@ -21,6 +21,7 @@ use crate::routing::RoutingTable;
 use crate::rpc::{self, ServeContext};
 use crate::secret::{Secret, SecretError};
 use crate::store::Store;
+use crate::supervisor::{GaveUp, Part, Supervisor};
 use crate::transport::{self, AcceptError, Identity, TransportError};
 use crate::wire::{RemoteError, Role};
 
@@ -37,6 +38,9 @@ pub enum NodeError {
     Transport(#[from] TransportError),
     #[error("cannot publish the node in {path}: {source}")]
     Publish { path: String, source: std::io::Error },
+    /// A long-lived part kept failing beyond the restart budget.
+    #[error("stopping the node: {0}")]
+    GaveUp(#[from] GaveUp),
 }
 
 /// How often a pooled node-to-node connection is kept alive.
@@ -54,6 +58,9 @@ pub struct Node {
     directory: Directory,
     serve: ServeContext,
     connections: AtomicUsize,
+    /// Test builds only: switches that make a long-lived part crash.
+    #[cfg(feature = "fault-injection")]
+    crash: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Notify>>>,
 }
 
 impl Node {
@@ -113,6 +120,7 @@ impl Node {
 }
 
 /// Runs a node until `shutdown` resolves, then drains requests in flight and exits cleanly.
+/// If a long-lived part keeps failing beyond the restart budget, returns `GaveUp`.
 pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
     let directory = Directory::new(&config.home);
     let claim = directory.claim(&config.name)?;
@@ -152,10 +160,21 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         directory,
         serve,
         connections: AtomicUsize::new(0),
+        #[cfg(feature = "fault-injection")]
+        crash: Default::default(),
         config,
     });
 
-    accept_until(&node, &endpoint, shutdown).await;
+    let supervisor = Supervisor::new(node.config.supervisor.clone()).with(listener(&node, &endpoint));
+    let mut parts = tokio::spawn(supervisor.run(node.serve.stopping.clone()));
+    let gave_up = tokio::select! {
+        () = shutdown => None,
+        outcome = &mut parts => Some(match outcome {
+            Ok(Err(gave_up)) => gave_up,
+            Ok(Ok(())) => unreachable!("parts end only when the node stops"),
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }),
+    };
 
     // Stop: unlist the node, take no new requests, let those in flight finish (bounded).
     tracing::info!(node = %node.name, "shutting down");
@@ -168,26 +187,67 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     {
         tracing::warn!(after = ?node.config.timeouts.shutdown, "requests still in flight at the shutdown deadline; closing anyway");
     }
+    if gave_up.is_none() {
+        let _ = parts.await;
+    }
     endpoint.close(transport::close::SHUTDOWN, b"node shutting down");
     let _ = tokio::time::timeout(Duration::from_millis(500), endpoint.wait_idle()).await;
-    tracing::info!(node = %node.name, "node stopped");
-    Ok(())
+    match gave_up {
+        None => {
+            tracing::info!(node = %node.name, "node stopped");
+            Ok(())
+        }
+        Some(gave_up) => Err(NodeError::GaveUp(gave_up)),
+    }
 }
 
-async fn accept_until(node: &Arc<Node>, endpoint: &quinn::Endpoint, shutdown: impl Future<Output = ()>) {
-    tokio::pin!(shutdown);
-    loop {
-        let incoming = tokio::select! {
-            incoming = endpoint.accept() => incoming,
-            () = &mut shutdown => return,
-        };
-        let Some(incoming) = incoming else { return };
-        if node.connections.load(Ordering::Relaxed) >= node.config.limits.max_connections as usize {
-            tracing::warn!(peer = %incoming.remote_address(), limit = node.config.limits.max_connections, "refused a connection: too many open");
-            incoming.refuse();
-            continue;
+/// The listener part: accepts connections and hands each to its own task.
+fn listener(node: &Arc<Node>, endpoint: &quinn::Endpoint) -> Part {
+    let (node, endpoint) = (Arc::clone(node), endpoint.clone());
+    Part::new("listener", move || {
+        let (node, endpoint) = (Arc::clone(&node), endpoint.clone());
+        Box::pin(async move {
+            loop {
+                let incoming = tokio::select! {
+                    incoming = endpoint.accept() => incoming,
+                    () = node.serve.stopping.cancelled() => return Ok(()),
+                    never = node.crash_point("listener") => match never {},
+                };
+                let Some(incoming) = incoming else {
+                    return Err("the endpoint stopped accepting".to_string());
+                };
+                if node.connections.load(Ordering::Relaxed) >= node.config.limits.max_connections as usize {
+                    tracing::warn!(peer = %incoming.remote_address(), limit = node.config.limits.max_connections, "refused a connection: too many open");
+                    incoming.refuse();
+                    continue;
+                }
+                node.serve.tasks.spawn(Arc::clone(&node).serve_connection(incoming));
+            }
+        })
+    })
+}
+
+impl Node {
+    /// Test builds only: the switch that makes part `name` crash.
+    #[cfg(feature = "fault-injection")]
+    pub(crate) fn crash_switch(&self, name: &str) -> Arc<tokio::sync::Notify> {
+        let mut switches = self.crash.lock().unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(switches.entry(name.to_string()).or_default())
+    }
+
+    /// Where a long-lived part can be made to crash by a test; in a shipped build it never
+    /// resolves, and no trace of the hook is compiled in.
+    async fn crash_point(&self, part: &str) -> std::convert::Infallible {
+        #[cfg(feature = "fault-injection")]
+        {
+            self.crash_switch(part).notified().await;
+            panic!("fault injection: part {part} crashed");
         }
-        node.serve.tasks.spawn(Arc::clone(node).serve_connection(incoming));
+        #[cfg(not(feature = "fault-injection"))]
+        {
+            let _ = part;
+            std::future::pending().await
+        }
     }
 }
 

@@ -1,0 +1,245 @@
+//! A `one_for_one` supervisor for the node's long-lived parts (listener, gossip, store).
+//!
+//! Each part runs as its own task. When one fails — returns an error, panics, or ends while
+//! the node is not stopping — only that part is restarted. More than `max_restarts` restarts
+//! within `window` means something is persistently wrong: the supervisor gives up and the
+//! node exits non-zero with a clear log, rather than limping on. Knows nothing of what the
+//! parts do.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::SupervisorConfig;
+
+/// What one run of a part returns: `Err` (or a panic) is a failure.
+pub type PartRun = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+
+/// A long-lived part: a name for the logs and a way to start it afresh.
+pub struct Part {
+    pub name: &'static str,
+    start: Box<dyn FnMut() -> PartRun + Send>,
+}
+
+impl Part {
+    pub fn new(name: &'static str, start: impl FnMut() -> PartRun + Send + 'static) -> Self {
+        Self {
+            name,
+            start: Box::new(start),
+        }
+    }
+}
+
+/// The supervisor stopped restarting: the node should stop.
+#[derive(Debug, thiserror::Error)]
+#[error("part {part} failed {failures} times within {window:?} (the limit is {limit} restarts); last failure: {last}")]
+pub struct GaveUp {
+    pub part: &'static str,
+    pub failures: usize,
+    pub window: Duration,
+    pub limit: u32,
+    pub last: String,
+}
+
+pub struct Supervisor {
+    config: SupervisorConfig,
+    parts: Vec<Part>,
+}
+
+impl Supervisor {
+    pub fn new(config: SupervisorConfig) -> Self {
+        Self {
+            config,
+            parts: Vec::new(),
+        }
+    }
+
+    pub fn with(mut self, part: Part) -> Self {
+        self.parts.push(part);
+        self
+    }
+
+    /// Runs every part until `stop` is cancelled (then waits for them to end) or the restart
+    /// budget is spent.
+    pub async fn run(mut self, stop: CancellationToken) -> Result<(), GaveUp> {
+        let mut running = JoinSet::new();
+        let mut which = HashMap::new();
+        for index in 0..self.parts.len() {
+            let id = running.spawn((self.parts[index].start)()).id();
+            which.insert(id, index);
+        }
+        let mut failures: VecDeque<Instant> = VecDeque::new();
+        loop {
+            let joined = tokio::select! {
+                joined = running.join_next_with_id() => joined,
+                () = stop.cancelled() => break,
+            };
+            let Some(joined) = joined else { break };
+            let (id, outcome) = match joined {
+                Ok((id, outcome)) => (id, outcome),
+                Err(e) => {
+                    let id = e.id();
+                    let why = if e.is_panic() {
+                        panic_text(e.into_panic())
+                    } else {
+                        "cancelled".to_string()
+                    };
+                    (id, Err(why))
+                }
+            };
+            let index = which.remove(&id).unwrap_or_default();
+            if stop.is_cancelled() {
+                break;
+            }
+            let name = self.parts[index].name;
+            let why = match outcome {
+                Ok(()) => "it ended on its own".to_string(),
+                Err(why) => why,
+            };
+            let now = Instant::now();
+            failures.push_back(now);
+            while failures
+                .front()
+                .is_some_and(|t| now.duration_since(*t) > self.config.window)
+            {
+                failures.pop_front();
+            }
+            if failures.len() > self.config.max_restarts as usize {
+                tracing::error!(part = name, failures = failures.len(), window = ?self.config.window, reason = %why, "part keeps failing; giving up");
+                running.abort_all();
+                return Err(GaveUp {
+                    part: name,
+                    failures: failures.len(),
+                    window: self.config.window,
+                    limit: self.config.max_restarts,
+                    last: why,
+                });
+            }
+            tracing::warn!(part = name, reason = %why, restart = failures.len(), limit = self.config.max_restarts, window = ?self.config.window, "part failed; restarting it");
+            let id = running.spawn((self.parts[index].start)()).id();
+            which.insert(id, index);
+        }
+        // Stopping: the parts watch `stop` themselves; give them a moment, then abort.
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            while running.join_next().await.is_some() {}
+        })
+        .await;
+        running.abort_all();
+        Ok(())
+    }
+}
+
+fn panic_text(panic: Box<dyn std::any::Any + Send>) -> String {
+    let text = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".into());
+    format!("panicked: {text}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    fn config(max_restarts: u32) -> SupervisorConfig {
+        SupervisorConfig {
+            max_restarts,
+            window: Duration::from_secs(5),
+        }
+    }
+
+    /// A part that fails (by panicking) its first `failures` runs, then runs until stopped.
+    fn flaky(starts: Arc<AtomicU32>, failures: u32, stop: CancellationToken) -> Part {
+        Part::new("flaky", move || {
+            let n = starts.fetch_add(1, Ordering::SeqCst);
+            let stop = stop.clone();
+            Box::pin(async move {
+                if n < failures {
+                    panic!("run {n} fails");
+                }
+                stop.cancelled().await;
+                Ok(())
+            })
+        })
+    }
+
+    #[tokio::test]
+    async fn a_failed_part_is_restarted_and_the_others_are_untouched() {
+        let stop = CancellationToken::new();
+        let (flaky_starts, steady_starts) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
+        let steady = {
+            let (starts, stop) = (Arc::clone(&steady_starts), stop.clone());
+            Part::new("steady", move || {
+                starts.fetch_add(1, Ordering::SeqCst);
+                let stop = stop.clone();
+                Box::pin(async move {
+                    stop.cancelled().await;
+                    Ok(())
+                })
+            })
+        };
+        let sup = Supervisor::new(config(3))
+            .with(flaky(Arc::clone(&flaky_starts), 2, stop.clone()))
+            .with(steady);
+        let run = tokio::spawn(sup.run(stop.clone()));
+        while flaky_starts.load(Ordering::SeqCst) < 3 {
+            tokio::task::yield_now().await;
+        }
+        stop.cancel();
+        assert!(run.await.unwrap().is_ok());
+        assert_eq!(flaky_starts.load(Ordering::SeqCst), 3, "two failures, two restarts");
+        assert_eq!(
+            steady_starts.load(Ordering::SeqCst),
+            1,
+            "one_for_one: the other part kept running"
+        );
+    }
+
+    #[tokio::test]
+    async fn beyond_the_restart_limit_the_supervisor_gives_up_naming_the_part() {
+        let stop = CancellationToken::new();
+        let starts = Arc::new(AtomicU32::new(0));
+        let sup = Supervisor::new(config(3)).with(flaky(Arc::clone(&starts), u32::MAX, stop.clone()));
+        let err = sup.run(stop).await.unwrap_err();
+        assert_eq!((err.part, err.failures, err.limit), ("flaky", 4, 3));
+        assert!(err.last.contains("panicked: run 3 fails"), "{}", err.last);
+        assert!(err.to_string().contains("part flaky failed 4 times"), "{err}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failures_older_than_the_window_do_not_count() {
+        let stop = CancellationToken::new();
+        let starts = Arc::new(AtomicU32::new(0));
+        let part = {
+            let starts = Arc::clone(&starts);
+            let stop = stop.clone();
+            Part::new("slow-flaky", move || {
+                let n = starts.fetch_add(1, Ordering::SeqCst);
+                let stop = stop.clone();
+                Box::pin(async move {
+                    if n < 10 {
+                        // Fails every 2 s: never more than 3 failures in a 5 s window.
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                        return Err(format!("failure {n}"));
+                    }
+                    stop.cancelled().await;
+                    Ok(())
+                })
+            })
+        };
+        let run = tokio::spawn(Supervisor::new(config(3)).with(part).run(stop.clone()));
+        while starts.load(Ordering::SeqCst) < 11 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        stop.cancel();
+        assert!(run.await.unwrap().is_ok());
+    }
+}

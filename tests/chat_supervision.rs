@@ -1,0 +1,189 @@
+//! Issue 5: chat between nodes (the Elixir School lesson), and supervised requests and parts.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::{Home, Node, PATIENCE, wait_for};
+use kvnode::client::{Client, Target};
+use kvnode::secret::SecretSource;
+use kvnode::wire::Request;
+use tokio::time::Instant;
+
+fn example(name: &str) -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("config")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+/// kate, alex and moebi, started from the example configs as in the lesson.
+fn lesson(home: &Home) -> (Node, Node, Node) {
+    let kate = home.start_raw("kate", &["--config", &example("kate.toml")]);
+    let alex = home.start_raw("alex", &["--config", &example("alex.toml")]);
+    let moebi = home.start_raw("moebi", &["--config", &example("moebi.toml")]);
+    (kate, alex, moebi)
+}
+
+#[test]
+fn kate_prints_a_message_sent_to_her_and_no_one_else_does() {
+    let home = Home::new();
+    let (kate, alex, moebi) = lesson(&home);
+    let out = home.run(&["chat", "kate", "hi", "--via", "alex"]);
+    assert_eq!(out.ok(), "", "kate has no auto-reply: nothing to print");
+    assert_eq!(kate.wait_stdout("the message", |l| l.contains("hi")), "alex: hi");
+    // A direct message, from a client named after its host.
+    home.run(&["chat", "kate", "hello there"]).ok();
+    let line = kate.wait_stdout("the direct message", |l| l.contains("hello there"));
+    assert!(line.starts_with("client@") && line.ends_with(": hello there"), "{line}");
+    home.run(&["chat", "kate", "as someone", "--as", "zoe"]).ok();
+    kate.wait_stdout("the --as message", |l| l == "zoe: as someone");
+    assert!(alex.stdout().is_empty(), "alex printed {:?}", alex.stdout());
+    assert!(moebi.stdout().is_empty(), "moebi printed {:?}", moebi.stdout());
+}
+
+#[test]
+fn moebis_reply_reaches_both_the_client_and_alex() {
+    let home = Home::new();
+    let (kate, alex, moebi) = lesson(&home);
+    let out = home.run(&["chat", "moebi", "hi", "--via", "alex"]);
+    assert_eq!(out.ok(), "moebi: chicken?\n");
+    assert_eq!(moebi.wait_stdout("the message", |l| l.contains("hi")), "alex: hi");
+    assert_eq!(
+        alex.wait_stdout("the reply", |l| l.contains("chicken")),
+        "moebi: chicken?"
+    );
+    assert!(kate.stdout().is_empty());
+    let json = home.run(&["chat", "moebi", "again", "--json"]).ok();
+    let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    assert_eq!(v["reply"]["from"], "moebi");
+    assert_eq!(v["reply"]["text"], "chicken?");
+}
+
+#[test]
+fn without_a_message_each_stdin_line_is_one_message() {
+    let home = Home::new();
+    let (kate, _alex, moebi) = lesson(&home);
+    home.run_stdin(&["chat", "kate", "--as", "pipe"], b"one\ntwo\nthree\n")
+        .ok();
+    wait_for("three lines on kate's stdout", PATIENCE, || {
+        (kate.stdout().len() >= 3).then_some(())
+    });
+    assert_eq!(kate.stdout(), vec!["pipe: one", "pipe: two", "pipe: three"]);
+    // Replies are printed as they arrive, one per line sent.
+    let out = home.run_stdin(&["chat", "moebi"], b"a\nb\n").ok();
+    assert_eq!(out, "moebi: chicken?\nmoebi: chicken?\n");
+    assert_eq!(moebi.stdout().len(), 2);
+}
+
+#[test]
+fn control_characters_cannot_reach_a_nodes_terminal() {
+    let home = Home::new();
+    let (kate, _alex, _moebi) = lesson(&home);
+    home.run(&["chat", "kate", "\u{1b}[2Jgotcha\u{7}", "--as", "evil\nname"])
+        .ok();
+    let line = kate.wait_stdout("the escaped line", |l| l.contains("gotcha"));
+    assert_eq!(line, "evil\\nname: \\u{1b}[2Jgotcha\\u{7}");
+}
+
+#[test]
+fn a_message_to_a_dead_node_exits_3_within_the_timeout() {
+    let home = Home::new();
+    let (mut kate, _alex, _moebi) = lesson(&home);
+    kate.kill9();
+    let via = home.run(&["chat", "kate", "hi", "--via", "alex", "--timeout", "2s"]);
+    via.expect(3);
+    assert!(via.stderr.contains("node kate"), "{}", via.stderr);
+    assert!(via.elapsed < Duration::from_secs(12), "{:?}", via.elapsed);
+    let direct = home.run(&["chat", "kate", "hi", "--timeout", "2s"]);
+    direct.expect(3);
+}
+
+fn connect(home: &Home, node: &Node) -> (tokio::runtime::Runtime, Client) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let secret = SecretSource::Home(home.secret_path()).load().unwrap();
+    let target = Target {
+        addr: node.addr(),
+        name: None,
+    };
+    let client = rt
+        .block_on(Client::connect_with(
+            &secret,
+            "test",
+            &target,
+            Instant::now() + Duration::from_secs(60),
+        ))
+        .unwrap();
+    (rt, client)
+}
+
+#[test]
+fn a_panicking_request_is_exit_6_and_the_next_request_succeeds() {
+    let home = Home::new();
+    let foo = home.start("foo", &[]);
+    home.run(&["put", "b", "k", "before"]).ok();
+    let (rt, client) = connect(&home, &foo);
+    let err = rt.block_on(client.call(Request::Panic)).unwrap_err();
+    assert_eq!(err.exit_code(), 6, "{err}");
+    assert!(err.to_string().contains("internal error on node foo"), "{err}");
+    // The same connection, and new ones, keep working; no data was lost.
+    assert!(rt.block_on(client.call(Request::Ping)).is_ok());
+    assert_eq!(home.run(&["get", "b", "k"]).ok(), "before\n");
+    home.run(&["put", "b", "k2", "after"]).ok();
+    foo.wait_log("the logged panic", |l| {
+        l.contains("request task panicked") && l.contains("request=\"panic\"")
+    });
+}
+
+#[test]
+fn a_crashed_part_is_restarted_and_the_node_still_serves() {
+    let home = Home::new();
+    let foo = home.start("foo", &[]);
+    home.run(&["put", "b", "k", "v"]).ok();
+    let (rt, client) = connect(&home, &foo);
+    rt.block_on(client.call(Request::CrashPart {
+        part: "listener".into(),
+    }))
+    .unwrap();
+    foo.wait_log("the restart", |l| {
+        l.contains("part failed; restarting it") && l.contains("part=\"listener\"")
+    });
+    // New connections are accepted by the restarted listener.
+    assert_eq!(home.run(&["get", "b", "k"]).ok(), "v\n");
+}
+
+#[test]
+fn a_part_that_keeps_crashing_stops_the_node_with_a_clear_log() {
+    let home = Home::new();
+    let mut foo = home.start("foo", &[]);
+    let (rt, client) = connect(&home, &foo);
+    // The restart budget is 3 in 5 s by default; the fourth failure is one too many.
+    for _ in 0..4 {
+        rt.block_on(client.call(Request::CrashPart {
+            part: "listener".into(),
+        }))
+        .unwrap();
+        let restarts = foo.stderr().iter().filter(|l| l.contains("restarting it")).count();
+        wait_for("the crash to be seen", PATIENCE, || {
+            let now = foo
+                .stderr()
+                .iter()
+                .filter(|l| l.contains("restarting it") || l.contains("giving up"))
+                .count();
+            (now > restarts).then_some(())
+        });
+    }
+    let status = foo.wait_exit();
+    assert_eq!(status.code(), Some(6));
+    let log = foo.stderr().join("\n");
+    assert!(
+        log.contains("part listener failed 4 times within 5s (the limit is 3 restarts)"),
+        "{log}"
+    );
+    assert!(!home.path().join("nodes/foo").exists(), "unlisted on the way out");
+}
