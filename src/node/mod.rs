@@ -36,6 +36,8 @@ pub enum NodeError {
     Secret(#[from] SecretError),
     #[error(transparent)]
     Transport(#[from] TransportError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
     #[error("cannot publish the node in {path}: {source}")]
     Publish { path: String, source: std::io::Error },
     /// A long-lived part kept failing beyond the restart budget.
@@ -133,7 +135,11 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         addr: config.listen,
         source,
     })?;
-    let store = Store::in_memory();
+    let store = if config.in_memory {
+        Store::in_memory()
+    } else {
+        Store::open(&config.data_dir)?
+    };
     claim.publish(listen).map_err(|source| NodeError::Publish {
         path: directory.root().display().to_string(),
         source,
@@ -143,7 +149,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
             .expect("validated when the configuration was resolved"),
         None => RoutingTable::owns_everything(&config.name),
     };
-    tracing::info!(node = %config.name, %listen, table = %table, in_memory = config.in_memory, "node up");
+    tracing::info!(node = %config.name, %listen, table = %table, store = %store.describe(), "node up");
     let serve = ServeContext {
         max_in_flight: config.limits.max_requests_per_stream as usize,
         default_timeout: config.timeouts.request,
@@ -165,8 +171,13 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         config,
     });
 
-    let supervisor = Supervisor::new(node.config.supervisor.clone()).with(listener(&node, &endpoint));
-    let mut parts = tokio::spawn(supervisor.run(node.serve.stopping.clone()));
+    // Two stops: `serve.stopping` drains requests; `parts_stop` then ends the long-lived parts,
+    // after the requests that need them (the store's writer) are done.
+    let parts_stop = CancellationToken::new();
+    let supervisor = Supervisor::new(node.config.supervisor.clone())
+        .with(listener(&node, &endpoint, &parts_stop))
+        .with(store_writer(&node, &parts_stop));
+    let mut parts = tokio::spawn(supervisor.run(parts_stop.clone()));
     let gave_up = tokio::select! {
         () = shutdown => None,
         outcome = &mut parts => Some(match outcome {
@@ -187,6 +198,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     {
         tracing::warn!(after = ?node.config.timeouts.shutdown, "requests still in flight at the shutdown deadline; closing anyway");
     }
+    parts_stop.cancel();
     if gave_up.is_none() {
         let _ = parts.await;
     }
@@ -202,15 +214,15 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
 }
 
 /// The listener part: accepts connections and hands each to its own task.
-fn listener(node: &Arc<Node>, endpoint: &quinn::Endpoint) -> Part {
-    let (node, endpoint) = (Arc::clone(node), endpoint.clone());
+fn listener(node: &Arc<Node>, endpoint: &quinn::Endpoint, parts_stop: &CancellationToken) -> Part {
+    let (node, endpoint, parts_stop) = (Arc::clone(node), endpoint.clone(), parts_stop.clone());
     Part::new("listener", move || {
-        let (node, endpoint) = (Arc::clone(&node), endpoint.clone());
+        let (node, endpoint, parts_stop) = (Arc::clone(&node), endpoint.clone(), parts_stop.clone());
         Box::pin(async move {
             loop {
                 let incoming = tokio::select! {
                     incoming = endpoint.accept() => incoming,
-                    () = node.serve.stopping.cancelled() => return Ok(()),
+                    () = node.serve.stopping.cancelled() => break,
                     never = node.crash_point("listener") => match never {},
                 };
                 let Some(incoming) = incoming else {
@@ -222,6 +234,23 @@ fn listener(node: &Arc<Node>, endpoint: &quinn::Endpoint) -> Part {
                     continue;
                 }
                 node.serve.tasks.spawn(Arc::clone(&node).serve_connection(incoming));
+            }
+            // Draining: accept nothing more, and end with the other parts.
+            parts_stop.cancelled().await;
+            Ok(())
+        })
+    })
+}
+
+/// The store part: the group-commit writer that makes every put durable.
+fn store_writer(node: &Arc<Node>, parts_stop: &CancellationToken) -> Part {
+    let (node, parts_stop) = (Arc::clone(node), parts_stop.clone());
+    Part::new("store", move || {
+        let (node, parts_stop) = (Arc::clone(&node), parts_stop.clone());
+        Box::pin(async move {
+            tokio::select! {
+                done = node.store.run_writer(parts_stop) => done,
+                never = node.crash_point("store") => match never {},
             }
         })
     })

@@ -1,12 +1,23 @@
 //! The store: buckets of key → value bytes, created by their first write (SPEC §7).
 //!
-//! Knows no network. `Store` is the one type the node holds; the backend behind it is memory
-//! (`--in-memory`) or durable disk storage.
+//! Knows no network. `Store` is the one type the node holds; behind it is memory
+//! (`--in-memory`, like the tutorial) or a durable embedded engine with group commit.
 
+mod disk;
+mod engine;
+#[cfg(feature = "fjall")]
+mod fjall_engine;
 mod memory;
+#[cfg(feature = "redb")]
+mod redb_engine;
+
+use std::path::Path;
 
 use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
 
+pub use disk::{DiskStore, EngineKind};
+pub use engine::{Applied, Op};
 pub use memory::MemoryStore;
 
 /// What a read found.
@@ -25,6 +36,12 @@ pub enum StoreError {
     /// The storage engine failed (disk full, unwritable directory, corruption).
     #[error("storage failed: {0}")]
     Engine(String),
+    /// The data could not be opened; the path names the file or directory at fault.
+    #[error("cannot open the data in {path}: {reason}")]
+    Open { path: String, reason: String },
+    /// Another process has the data directory open.
+    #[error("the data directory {path} is in use by another kvnode process; stop it first or give another --data-dir")]
+    InUse { path: String },
 }
 
 /// The node's store, cheap to clone.
@@ -36,6 +53,7 @@ pub struct Store {
 #[derive(Clone, Debug)]
 enum Backend {
     Memory(MemoryStore),
+    Disk(DiskStore),
 }
 
 impl Store {
@@ -46,6 +64,36 @@ impl Store {
         }
     }
 
+    /// Durable storage under `dir` with the default engine.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with(dir, EngineKind::default())
+    }
+
+    pub fn open_with(dir: &Path, kind: EngineKind) -> Result<Self, StoreError> {
+        Ok(Self {
+            backend: Backend::Disk(DiskStore::open(dir, kind)?),
+        })
+    }
+
+    /// A short description for the logs.
+    pub fn describe(&self) -> String {
+        match &self.backend {
+            Backend::Memory(_) => "in memory".into(),
+            Backend::Disk(d) => format!("on disk at {}", d.path().display()),
+        }
+    }
+
+    /// The store's long-lived part: the group-commit writer (nothing to do in memory).
+    pub async fn run_writer(&self, stop: CancellationToken) -> Result<(), String> {
+        match &self.backend {
+            Backend::Memory(_) => {
+                stop.cancelled().await;
+                Ok(())
+            }
+            Backend::Disk(d) => d.run_writer(stop).await,
+        }
+    }
+
     /// Stores `value` under `key`, creating the bucket if needed. Returns once durable.
     pub async fn put(&self, bucket: &[u8], key: &[u8], value: Bytes) -> Result<(), StoreError> {
         match &self.backend {
@@ -53,12 +101,21 @@ impl Store {
                 m.put(bucket, key, value);
                 Ok(())
             }
+            Backend::Disk(d) => {
+                let op = Op::Put {
+                    bucket: Bytes::copy_from_slice(bucket),
+                    key: Bytes::copy_from_slice(key),
+                    value,
+                };
+                d.write(op).await.map(|_| ())
+            }
         }
     }
 
     pub async fn get(&self, bucket: &[u8], key: &[u8]) -> Result<Lookup<Bytes>, StoreError> {
         match &self.backend {
             Backend::Memory(m) => Ok(m.get(bucket, key)),
+            Backend::Disk(d) => d.get(bucket, key),
         }
     }
 
@@ -66,6 +123,17 @@ impl Store {
     pub async fn delete(&self, bucket: &[u8], key: &[u8]) -> Result<Lookup<()>, StoreError> {
         match &self.backend {
             Backend::Memory(m) => Ok(m.delete(bucket, key)),
+            Backend::Disk(d) => {
+                let op = Op::Delete {
+                    bucket: Bytes::copy_from_slice(bucket),
+                    key: Bytes::copy_from_slice(key),
+                };
+                Ok(match d.write(op).await? {
+                    Applied::Deleted => Lookup::Found(()),
+                    Applied::NoKey => Lookup::NoKey,
+                    Applied::NoBucket | Applied::Stored => Lookup::NoBucket,
+                })
+            }
         }
     }
 
@@ -73,6 +141,107 @@ impl Store {
     pub async fn keys(&self, bucket: &[u8]) -> Result<Lookup<Vec<Bytes>>, StoreError> {
         match &self.backend {
             Backend::Memory(m) => Ok(m.keys(bucket)),
+            Backend::Disk(d) => d.keys(bucket),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kinds() -> Vec<EngineKind> {
+        vec![
+            #[cfg(feature = "fjall")]
+            EngineKind::Fjall,
+            #[cfg(feature = "redb")]
+            EngineKind::Redb,
+        ]
+    }
+
+    async fn with_writer<T>(store: &Store, f: impl std::future::Future<Output = T>) -> T {
+        let stop = CancellationToken::new();
+        let writer = tokio::spawn({
+            let (store, stop) = (store.clone(), stop.clone());
+            async move { store.run_writer(stop).await }
+        });
+        let out = f.await;
+        stop.cancel();
+        writer.await.unwrap().unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn every_engine_behaves_like_the_memory_store() {
+        for kind in kinds() {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open_with(dir.path(), kind).unwrap();
+            with_writer(&store, async {
+                assert_eq!(store.get(b"b", b"k").await.unwrap(), Lookup::NoBucket);
+                assert_eq!(store.delete(b"b", b"k").await.unwrap(), Lookup::NoBucket);
+                store.put(b"b", b"k", Bytes::from_static(b"v")).await.unwrap();
+                store.put(b"b", b"a", Bytes::from_static(b"w")).await.unwrap();
+                store.put(b"bb", b"x", Bytes::from_static(b"y")).await.unwrap();
+                assert_eq!(
+                    store.get(b"b", b"k").await.unwrap(),
+                    Lookup::Found(Bytes::from_static(b"v"))
+                );
+                assert_eq!(store.get(b"b", b"zz").await.unwrap(), Lookup::NoKey);
+                assert_eq!(
+                    store.keys(b"b").await.unwrap(),
+                    Lookup::Found(vec![Bytes::from_static(b"a"), Bytes::from_static(b"k")])
+                );
+                assert_eq!(store.delete(b"b", b"k").await.unwrap(), Lookup::Found(()));
+                assert_eq!(store.delete(b"b", b"k").await.unwrap(), Lookup::NoKey);
+                assert_eq!(
+                    store.keys(b"b").await.unwrap(),
+                    Lookup::Found(vec![Bytes::from_static(b"a")])
+                );
+            })
+            .await;
+        }
+    }
+
+    #[tokio::test]
+    async fn data_survives_reopening() {
+        for kind in kinds() {
+            let dir = tempfile::tempdir().unwrap();
+            {
+                let store = Store::open_with(dir.path(), kind).unwrap();
+                with_writer(&store, async {
+                    let puts = (0..100).map(|i| {
+                        let store = store.clone();
+                        async move {
+                            store
+                                .put(
+                                    format!("b{}", i % 7).as_bytes(),
+                                    &[i as u8],
+                                    Bytes::from(vec![i as u8; 10]),
+                                )
+                                .await
+                        }
+                    });
+                    for r in futures_util::future::join_all(puts).await {
+                        r.unwrap();
+                    }
+                })
+                .await;
+            }
+            let store = Store::open_with(dir.path(), kind).unwrap();
+            for i in 0..100u8 {
+                let got = store.get(format!("b{}", i % 7).as_bytes(), &[i]).await.unwrap();
+                assert_eq!(got, Lookup::Found(Bytes::from(vec![i; 10])), "{kind:?}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_second_store_on_the_same_directory_is_refused() {
+        for kind in kinds() {
+            let dir = tempfile::tempdir().unwrap();
+            let _first = Store::open_with(dir.path(), kind).unwrap();
+            let err = Store::open_with(dir.path(), kind).unwrap_err();
+            assert!(matches!(err, StoreError::InUse { .. }), "{err}");
         }
     }
 }

@@ -1,0 +1,206 @@
+//! Durable storage: an embedded engine behind a group-commit writer.
+//!
+//! Every write is queued to one writer task; while the engine syncs one batch, the next one
+//! gathers, so N concurrent writers share one sync instead of paying for N. A write is
+//! answered only once its batch is durable. The data directory is locked so that a second
+//! process cannot open it.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::engine::{Applied, Engine, EngineError, Op};
+use super::{Lookup, StoreError};
+
+/// At most this many writes share one sync.
+const MAX_BATCH: usize = 4096;
+
+/// Which engine stores the data. Both can be compiled in (for the comparison benchmark);
+/// a node uses [`EngineKind::default`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EngineKind {
+    #[cfg(feature = "fjall")]
+    Fjall,
+    #[cfg(feature = "redb")]
+    Redb,
+}
+
+impl Default for EngineKind {
+    #[allow(unreachable_code)]
+    fn default() -> Self {
+        #[cfg(feature = "fjall")]
+        return EngineKind::Fjall;
+        #[cfg(all(feature = "redb", not(feature = "fjall")))]
+        return EngineKind::Redb;
+    }
+}
+
+impl EngineKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            #[cfg(feature = "fjall")]
+            EngineKind::Fjall => "fjall",
+            #[cfg(feature = "redb")]
+            EngineKind::Redb => "redb",
+        }
+    }
+}
+
+struct Pending {
+    op: Op,
+    done: oneshot::Sender<Result<Applied, EngineError>>,
+}
+
+/// The durable store; cheap to clone.
+#[derive(Clone)]
+pub struct DiskStore {
+    engine: Arc<dyn Engine>,
+    writes: mpsc::UnboundedSender<Pending>,
+    /// The writer takes this for as long as it runs; a restarted writer takes it over.
+    queue: Arc<Mutex<mpsc::UnboundedReceiver<Pending>>>,
+    path: Arc<PathBuf>,
+    _lock: Arc<File>,
+}
+
+impl std::fmt::Debug for DiskStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DiskStore").field("path", &self.path).finish()
+    }
+}
+
+impl DiskStore {
+    /// Opens (or creates) the store under `dir`, refusing a directory another process holds.
+    pub fn open(dir: &Path, kind: EngineKind) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
+            path: dir.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let lock_path = dir.join("LOCK");
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| StoreError::Open {
+                path: lock_path.display().to_string(),
+                reason: e.to_string(),
+            })?;
+        if lock.try_lock().is_err() {
+            return Err(StoreError::InUse {
+                path: dir.display().to_string(),
+            });
+        }
+        let path = match kind {
+            #[cfg(feature = "fjall")]
+            EngineKind::Fjall => dir.join("fjall"),
+            #[cfg(feature = "redb")]
+            EngineKind::Redb => dir.join("data.redb"),
+        };
+        let engine: Arc<dyn Engine> = match kind {
+            #[cfg(feature = "fjall")]
+            EngineKind::Fjall => {
+                Arc::new(super::fjall_engine::FjallEngine::open(&path).map_err(|e| open_err(&path, e))?)
+            }
+            #[cfg(feature = "redb")]
+            EngineKind::Redb => Arc::new(super::redb_engine::RedbEngine::open(&path).map_err(|e| open_err(&path, e))?),
+        };
+        let (writes, queue) = mpsc::unbounded_channel();
+        Ok(Self {
+            engine,
+            writes,
+            queue: Arc::new(Mutex::new(queue)),
+            path: Arc::new(path),
+            _lock: Arc::new(lock),
+        })
+    }
+
+    /// Where the engine keeps its files.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn engine_err(&self, e: EngineError) -> StoreError {
+        StoreError::Engine(format!("{} ({})", e.0, self.path.display()))
+    }
+
+    /// Queues a write and waits until it is durable.
+    pub async fn write(&self, op: Op) -> Result<Applied, StoreError> {
+        let (done, answer) = oneshot::channel();
+        self.writes
+            .send(Pending { op, done })
+            .map_err(|_| StoreError::Engine("the store is closed".into()))?;
+        match answer.await {
+            Ok(result) => result.map_err(|e| self.engine_err(e)),
+            Err(_) => Err(StoreError::Engine(
+                "the store's writer failed before this write was durable; it is being restarted, retry".into(),
+            )),
+        }
+    }
+
+    /// Runs the group-commit writer until `stop` is cancelled and nothing is queued.
+    /// A panic inside the engine ends this run (its batch is answered with an error, nothing
+    /// was acknowledged); the supervisor starts a new one.
+    pub async fn run_writer(&self, stop: CancellationToken) -> Result<(), String> {
+        let mut queue = self.queue.lock().await;
+        let mut batch: Vec<Pending> = Vec::new();
+        loop {
+            let first = tokio::select! {
+                first = queue.recv() => first,
+                () = stop.cancelled(), if queue.is_empty() => return Ok(()),
+            };
+            let Some(first) = first else { return Ok(()) };
+            batch.push(first);
+            while batch.len() < MAX_BATCH {
+                match queue.try_recv() {
+                    Ok(p) => batch.push(p),
+                    Err(_) => break,
+                }
+            }
+            let (ops, waiters): (Vec<Op>, Vec<_>) = batch.drain(..).map(|p| (p.op, p.done)).unzip();
+            let engine = Arc::clone(&self.engine);
+            match tokio::task::spawn_blocking(move || engine.commit(&ops)).await {
+                Ok(Ok(applied)) => {
+                    for (done, applied) in waiters.into_iter().zip(applied) {
+                        let _ = done.send(Ok(applied));
+                    }
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, path = %self.path.display(), writes = waiters.len(), "a batch of writes failed; none of them was acknowledged");
+                    for done in waiters {
+                        let _ = done.send(Err(e.clone()));
+                    }
+                }
+                Err(join) => return Err(format!("the storage engine failed: {join}")),
+            }
+        }
+    }
+
+    pub fn get(&self, bucket: &[u8], key: &[u8]) -> Result<Lookup<Bytes>, StoreError> {
+        if let Some(v) = self.engine.get(bucket, key).map_err(|e| self.engine_err(e))? {
+            return Ok(Lookup::Found(v));
+        }
+        Ok(if self.engine.bucket_exists(bucket).map_err(|e| self.engine_err(e))? {
+            Lookup::NoKey
+        } else {
+            Lookup::NoBucket
+        })
+    }
+
+    pub fn keys(&self, bucket: &[u8]) -> Result<Lookup<Vec<Bytes>>, StoreError> {
+        if !self.engine.bucket_exists(bucket).map_err(|e| self.engine_err(e))? {
+            return Ok(Lookup::NoBucket);
+        }
+        Ok(Lookup::Found(self.engine.keys(bucket).map_err(|e| self.engine_err(e))?))
+    }
+}
+
+fn open_err(path: &Path, e: EngineError) -> StoreError {
+    StoreError::Open {
+        path: path.display().to_string(),
+        reason: e.0,
+    }
+}

@@ -1,0 +1,66 @@
+//! What a storage engine must do for the store, and the key layout every engine shares.
+
+use bytes::Bytes;
+
+/// One write in a group-committed batch.
+#[derive(Clone, Debug)]
+pub enum Op {
+    Put { bucket: Bytes, key: Bytes, value: Bytes },
+    Delete { bucket: Bytes, key: Bytes },
+}
+
+/// What each op of a committed batch did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Applied {
+    Stored,
+    Deleted,
+    /// A delete of a key that was not there.
+    NoKey,
+    /// A delete in a bucket that was never created.
+    NoBucket,
+}
+
+/// Why the engine failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct EngineError(pub String);
+
+/// An embedded storage engine. `commit` makes a whole batch durable with one sync (that is
+/// group commit's saving); reads see every committed write.
+pub trait Engine: Send + Sync + 'static {
+    /// Applies `batch` in order and returns once it is durable on disk.
+    fn commit(&self, batch: &[Op]) -> Result<Vec<Applied>, EngineError>;
+    fn get(&self, bucket: &[u8], key: &[u8]) -> Result<Option<Bytes>, EngineError>;
+    fn bucket_exists(&self, bucket: &[u8]) -> Result<bool, EngineError>;
+    /// The bucket's keys in order.
+    fn keys(&self, bucket: &[u8]) -> Result<Vec<Bytes>, EngineError>;
+}
+
+/// `[bucket length: u16 BE][bucket][key]`: keys of one bucket are contiguous and no two
+/// (bucket, key) pairs collide (`"ab" + "c"` is not `"a" + "bc"`).
+pub fn data_key(bucket: &[u8], key: &[u8]) -> Vec<u8> {
+    let mut k = bucket_prefix(bucket);
+    k.extend_from_slice(key);
+    k
+}
+
+/// The prefix every key of `bucket` starts with.
+pub fn bucket_prefix(bucket: &[u8]) -> Vec<u8> {
+    let len = u16::try_from(bucket.len()).expect("bucket names are at most 1024 bytes");
+    let mut k = Vec::with_capacity(2 + bucket.len() + 32);
+    k.extend_from_slice(&len.to_be_bytes());
+    k.extend_from_slice(bucket);
+    k
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_and_key_boundaries_never_collide() {
+        assert_ne!(data_key(b"ab", b"c"), data_key(b"a", b"bc"));
+        assert!(data_key(b"a", b"bc").starts_with(&bucket_prefix(b"a")));
+        assert!(!data_key(b"ab", b"c").starts_with(&bucket_prefix(b"a")));
+    }
+}

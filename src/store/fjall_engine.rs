@@ -1,0 +1,141 @@
+//! The fjall engine: an LSM tree with a write-ahead journal; a batch is written, then the
+//! journal is synced once.
+
+use std::path::Path;
+
+use bytes::Bytes;
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+
+use super::engine::{Applied, Engine, EngineError, Op, bucket_prefix, data_key};
+
+pub struct FjallEngine {
+    db: Database,
+    data: Keyspace,
+    buckets: Keyspace,
+}
+
+fn err(e: fjall::Error) -> EngineError {
+    use fjall::Error as F;
+    const ENOSPC: i32 = 28;
+    EngineError(match &e {
+        // fjall refuses every write after one failed to reach the disk (it cannot know what
+        // made it): say so, and that reads go on.
+        F::Poisoned => "writes are refused since a write to disk failed (is the disk full or failing?); \
+                        reads still work; free space or check the disk, then restart the node"
+            .to_string(),
+        F::Io(io) | F::Storage(lsm_tree::Error::Io(io)) if io.raw_os_error() == Some(ENOSPC) => {
+            "the disk is full; free space, then restart the node (reads still work)".to_string()
+        }
+        other => format!("{other:?}"),
+    })
+}
+
+/// fjall's open errors, in words that say which part of `dir` is at fault (fjall itself does
+/// not name files) and what the operator can do.
+fn open_err(dir: &Path, e: fjall::Error) -> EngineError {
+    use fjall::Error as F;
+    let d = dir.display();
+    let what = match &e {
+        F::InvalidVersion(_) => format!("the format version file {d}/version is corrupt or from another fjall version"),
+        F::Storage(lsm_tree::Error::Unrecoverable) | F::Unrecoverable => {
+            format!("a table file under {d}/keyspaces is corrupt or truncated")
+        }
+        F::Storage(
+            lsm_tree::Error::ChecksumMismatch { .. }
+            | lsm_tree::Error::InvalidTrailer
+            | lsm_tree::Error::InvalidHeader(_),
+        ) => {
+            format!("a table file under {d}/keyspaces fails its checksum")
+        }
+        F::JournalRecovery(_) | F::InvalidTrailer => format!("the journal {d}/*.jnl is corrupt"),
+        F::Io(io) | F::Storage(lsm_tree::Error::Io(io)) if io.kind() == std::io::ErrorKind::NotFound => {
+            format!("a file under {d} is missing")
+        }
+        F::Locked => format!("{d} is locked by another process"),
+        _ => format!("{d} cannot be opened"),
+    };
+    EngineError(format!(
+        "{what} (fjall: {e:?}); restore the directory from a backup, or move it aside to start with an empty store"
+    ))
+}
+
+impl FjallEngine {
+    pub fn open(dir: &Path) -> Result<Self, EngineError> {
+        let db = Database::builder(dir).open().map_err(|e| open_err(dir, e))?;
+        let data = db
+            .keyspace("data", KeyspaceCreateOptions::default)
+            .map_err(|e| open_err(dir, e))?;
+        let buckets = db
+            .keyspace("buckets", KeyspaceCreateOptions::default)
+            .map_err(|e| open_err(dir, e))?;
+        Ok(Self { db, data, buckets })
+    }
+}
+
+impl Engine for FjallEngine {
+    fn commit(&self, batch: &[Op]) -> Result<Vec<Applied>, EngineError> {
+        // Deletes report whether the key was there, so the batch is applied in order with
+        // reads in between; the journal sync at the end is what makes the whole batch durable.
+        let mut applied = Vec::with_capacity(batch.len());
+        let mut writes = self.db.batch();
+        let mut new_buckets = std::collections::HashSet::new();
+        let mut pending = std::collections::HashMap::<Vec<u8>, bool>::new();
+        for op in batch {
+            match op {
+                Op::Put { bucket, key, value } => {
+                    if !new_buckets.contains(bucket) && !self.buckets.contains_key(bucket).map_err(err)? {
+                        writes.insert(&self.buckets, bucket.as_ref(), b"".as_slice());
+                        new_buckets.insert(bucket.clone());
+                    }
+                    let k = data_key(bucket, key);
+                    writes.insert(&self.data, k.as_slice(), value.as_ref());
+                    pending.insert(k, true);
+                    applied.push(Applied::Stored);
+                }
+                Op::Delete { bucket, key } => {
+                    if !new_buckets.contains(bucket) && !self.buckets.contains_key(bucket).map_err(err)? {
+                        applied.push(Applied::NoBucket);
+                        continue;
+                    }
+                    let k = data_key(bucket, key);
+                    let present = match pending.get(&k) {
+                        Some(p) => *p,
+                        None => self.data.contains_key(&k).map_err(err)?,
+                    };
+                    if present {
+                        writes.remove(&self.data, k.as_slice());
+                        pending.insert(k, false);
+                        applied.push(Applied::Deleted);
+                    } else {
+                        applied.push(Applied::NoKey);
+                    }
+                }
+            }
+        }
+        writes.commit().map_err(err)?;
+        self.db.persist(PersistMode::SyncAll).map_err(err)?;
+        Ok(applied)
+    }
+
+    fn get(&self, bucket: &[u8], key: &[u8]) -> Result<Option<Bytes>, EngineError> {
+        Ok(self
+            .data
+            .get(data_key(bucket, key))
+            .map_err(err)?
+            .map(|v| Bytes::copy_from_slice(&v)))
+    }
+
+    fn bucket_exists(&self, bucket: &[u8]) -> Result<bool, EngineError> {
+        self.buckets.contains_key(bucket).map_err(err)
+    }
+
+    fn keys(&self, bucket: &[u8]) -> Result<Vec<Bytes>, EngineError> {
+        let prefix = bucket_prefix(bucket);
+        let mut keys = Vec::new();
+        for guard in self.data.prefix(&prefix) {
+            let k = guard.key().map_err(err)?;
+            keys.push(Bytes::copy_from_slice(&k[prefix.len()..]));
+        }
+        Ok(keys)
+    }
+}

@@ -1,0 +1,319 @@
+//! Issue 6: durable storage — nothing acknowledged is lost, to kill -9, restarts, a full disk;
+//! data directories are locked; corrupt files are named, never a panic.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{Home, Node, PATIENCE, wait_for};
+use kvnode::client::{Client, Target};
+use kvnode::secret::SecretSource;
+use kvnode::wire::{BucketOp, BucketRequest, Request};
+use tokio::time::Instant;
+
+fn put(bucket: &str, key: &str, value: &str) -> Request {
+    Request::Bucket(BucketRequest {
+        bucket: bucket.as_bytes().to_vec(),
+        op: BucketOp::Put {
+            key: key.as_bytes().to_vec(),
+            value: value.as_bytes().to_vec(),
+        },
+        path: vec![],
+    })
+}
+
+/// `writers` clients put as fast as they can, each on its own connection, until told to stop
+/// or their node dies; returns every (bucket, key, value) the node acknowledged.
+fn write_until_stopped(
+    home: &Home,
+    addr: std::net::SocketAddr,
+    writers: usize,
+    stop: impl FnOnce(&Arc<Mutex<Vec<(String, String)>>>),
+) -> Vec<(String, String)> {
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let secret = SecretSource::Home(home.secret_path()).load().unwrap();
+    let threads: Vec<_> = (0..writers)
+        .map(|w| {
+            let (acked, secret) = (Arc::clone(&acked), secret.clone());
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async {
+                    let target = Target { addr, name: None };
+                    let deadline = Instant::now() + Duration::from_secs(30);
+                    let Ok(client) = Client::connect_with(&secret, "writer", &target, deadline).await else {
+                        return;
+                    };
+                    for i in 0.. {
+                        let (bucket, key) = (format!("w{w}"), format!("k{i:06}"));
+                        match client
+                            .call_within(put(&bucket, &key, &format!("v{i}")), Duration::from_secs(3))
+                            .await
+                        {
+                            Ok(_) => acked.lock().unwrap().push((bucket, key)),
+                            Err(_) => return, // the node is gone
+                        }
+                    }
+                });
+            })
+        })
+        .collect();
+    stop(&acked);
+    for t in threads {
+        t.join().unwrap();
+    }
+    Arc::try_unwrap(acked).unwrap().into_inner().unwrap()
+}
+
+#[test]
+fn kill_9_during_concurrent_puts_loses_no_acknowledged_write() {
+    let home = Home::new();
+    let mut foo = home.start("foo", &[]);
+    let addr = foo.addr();
+    let acked = write_until_stopped(&home, addr, 8, |acked| {
+        wait_for("a few hundred acknowledged writes", PATIENCE, || {
+            (acked.lock().unwrap().len() >= 400).then_some(())
+        });
+        foo.kill9();
+    });
+    let _foo = home.start("foo", &[]);
+    let mut stored = std::collections::HashMap::new();
+    for (bucket, _) in &acked {
+        stored
+            .entry(bucket.clone())
+            .or_insert_with(|| home.run(&["keys", bucket]).ok());
+    }
+    let lost: Vec<_> = acked
+        .iter()
+        .filter(|(b, k)| !stored[b].lines().any(|line| line == k))
+        .collect();
+    assert!(acked.len() >= 400);
+    assert_eq!(
+        lost.len(),
+        0,
+        "{} of {} acknowledged writes lost: {:?}",
+        lost.len(),
+        acked.len(),
+        &lost[..lost.len().min(10)]
+    );
+}
+
+#[test]
+fn a_restarted_node_restores_every_bucket() {
+    let home = Home::new();
+    let mut foo = home.start("foo", &[]);
+    for b in 0..5 {
+        for k in 0..4 {
+            home.run(&["put", &format!("bucket{b}"), &format!("key{k}"), &format!("{b}.{k}")])
+                .ok();
+        }
+    }
+    home.run(&["delete", "bucket0", "key0"]).ok();
+    assert_eq!(foo.terminate().code(), Some(0));
+    let _foo = home.start("foo", &[]);
+    for b in 0..5 {
+        let keys = home.run(&["keys", &format!("bucket{b}")]).ok();
+        let expected: Vec<String> = (0..4)
+            .filter(|k| b != 0 || *k != 0)
+            .map(|k| format!("key{k}"))
+            .collect();
+        assert_eq!(keys.lines().collect::<Vec<_>>(), expected);
+    }
+    assert_eq!(home.run(&["get", "bucket3", "key2"]).ok(), "3.2\n");
+    home.run(&["get", "bucket0", "key0"]).expect(1);
+}
+
+#[test]
+fn in_memory_keeps_nothing_across_a_restart() {
+    let home = Home::new();
+    let mut foo = home.start("foo", &["--in-memory"]);
+    home.run(&["put", "b", "k", "v"]).ok();
+    foo.terminate();
+    let _foo = home.start("foo", &["--in-memory"]);
+    home.run(&["get", "b", "k"]).expect(1);
+}
+
+#[test]
+fn a_second_node_on_the_same_data_directory_is_refused() {
+    let home = Home::new();
+    let dir = home.path().join("shared-data");
+    let d = dir.to_str().unwrap();
+    let _foo = home.start("foo", &["--data-dir", d]);
+    let mut bar = home.spawn_node("bar", &["--name", "bar", "--data-dir", d]);
+    assert_eq!(bar.wait_exit().code(), Some(2));
+    let log = bar.stderr().join("\n");
+    assert!(
+        log.contains(&format!("the data directory {d} is in use by another kvnode process")),
+        "{log}"
+    );
+    home.run(&["put", "b", "k", "v", "--via", "foo"]).ok();
+}
+
+/// Writes data, stops the node, damages one file with `damage`, and starts it again.
+fn start_after_damage(damage: impl FnOnce(&std::path::Path)) -> (Home, Node) {
+    let home = Home::new();
+    let mut foo = home.start("foo", &[]);
+    for k in 0..50 {
+        home.run(&["put", "b", &format!("k{k}"), "some value to store"]).ok();
+    }
+    foo.terminate();
+    let tables = home.path().join("foo/fjall/keyspaces");
+    let table = walk(&tables)
+        .into_iter()
+        .find(|p| p.parent().is_some_and(|d| d.ends_with("tables")))
+        .expect("a table file");
+    damage(&table);
+    let mut again = home.spawn_node("foo", &["--name", "foo"]);
+    again.wait_exit();
+    (home, again)
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_corrupt_data_file_is_a_clear_error_not_a_panic() {
+    let (home, mut node) = start_after_damage(|table| {
+        let len = std::fs::metadata(table).unwrap().len() as usize;
+        std::fs::write(table, vec![0xa5; len]).unwrap();
+    });
+    let log = node.stderr().join("\n");
+    assert_eq!(node.wait_exit().code(), Some(6), "{log}");
+    assert!(!log.contains("panicked"), "{log}");
+    let dir = home.path().join("foo/fjall/keyspaces");
+    assert!(
+        log.contains(&format!("a table file under {} is corrupt", dir.display())),
+        "{log}"
+    );
+    assert!(log.contains("restore the directory from a backup"), "{log}");
+}
+
+#[test]
+fn a_truncated_data_file_is_a_clear_error_not_a_panic() {
+    let (home, node) = start_after_damage(|table| {
+        let f = std::fs::OpenOptions::new().write(true).open(table).unwrap();
+        f.set_len(f.metadata().unwrap().len() / 3).unwrap();
+    });
+    let log = node.stderr().join("\n");
+    assert!(!log.contains("panicked"), "{log}");
+    assert!(
+        log.contains(&home.path().join("foo/fjall").display().to_string()) && log.contains("corrupt"),
+        "{log}"
+    );
+}
+
+#[test]
+fn an_unusable_data_directory_is_named_at_start() {
+    let home = Home::new();
+    let file = home.write_file("not-a-directory", "x");
+    let data = file.join("data");
+    let mut node = home.spawn_node("foo", &["--name", "foo", "--data-dir", data.to_str().unwrap()]);
+    assert_ne!(node.wait_exit().code(), Some(0));
+    let log = node.stderr().join("\n");
+    assert!(
+        log.contains(data.to_str().unwrap()) || log.contains(file.to_str().unwrap()),
+        "{log}"
+    );
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+/// A small tmpfs mounted for one test (root only), unmounted when dropped.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> Option<Self> {
+        if unsafe { libc::geteuid() } != 0 {
+            println!("skipped: mounting a small tmpfs to fill needs root (CI runs as root)");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            println!("skipped: this machine refuses to mount a tmpfs even as root");
+            return None;
+        }
+        Some(Self { dir })
+    }
+
+    fn resize(&self, size: &str) {
+        let status = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(self.dir.path())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+#[test]
+fn a_full_disk_fails_puts_with_exit_6_keeps_reads_and_loses_nothing_acknowledged() {
+    let Some(disk) = SmallDisk::mount("3m") else { return };
+    let home = Home::new();
+    let data = disk.dir.path().join("foo");
+    let d = data.to_str().unwrap();
+    let mut foo = home.start("foo", &["--data-dir", d]);
+    let value = "x".repeat(32 * 1024);
+    let mut acked = Vec::new();
+    let failure = loop {
+        let key = format!("k{:05}", acked.len());
+        let out = home.run_with(&["put", "b", &key, &value], |_| {});
+        match out.code {
+            Some(0) => acked.push(key),
+            _ => break out,
+        }
+        assert!(acked.len() < 10_000, "the disk never filled up");
+    };
+    failure.expect(6);
+    println!("the full disk said: {}", failure.stderr);
+    assert!(
+        failure.stderr.contains("storage failed") && failure.stderr.contains(d),
+        "{}",
+        failure.stderr
+    );
+    // Reads keep working on the full disk.
+    assert!(!acked.is_empty());
+    assert_eq!(home.run(&["get", "b", &acked[0]]).ok().len(), value.len() + 1);
+    // After a crash and with room again, everything acknowledged is there.
+    foo.kill9();
+    disk.resize("64m");
+    let _foo = home.start("foo", &["--data-dir", d]);
+    let keys = home.run(&["keys", "b"]).ok();
+    let lost: Vec<_> = acked
+        .iter()
+        .filter(|k| !keys.lines().any(|l| l == k.as_str()))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged writes lost",
+        lost.len(),
+        acked.len()
+    );
+}
