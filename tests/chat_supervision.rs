@@ -163,21 +163,21 @@ fn a_part_that_keeps_crashing_stops_the_node_with_a_clear_log() {
     let mut foo = home.start("foo", &[]);
     let (rt, client) = connect(&home, &foo);
     // The restart budget is 3 in 5 s by default; the fourth failure is one too many.
+    let seen = || {
+        foo.stderr()
+            .iter()
+            .filter(|l| l.contains("restarting it") || l.contains("giving up"))
+            .count()
+    };
     for _ in 0..4 {
-        rt.block_on(client.call(Request::CrashPart {
+        let before = seen();
+        let crash = Request::CrashPart {
             part: "listener".into(),
-        }))
-        .unwrap();
-        let restarts = foo.stderr().iter().filter(|l| l.contains("restarting it")).count();
-        wait_for("the crash to be seen", PATIENCE, || {
-            let now = foo
-                .stderr()
-                .iter()
-                .filter(|l| l.contains("restarting it") || l.contains("giving up"))
-                .count();
-            (now > restarts).then_some(())
-        });
+        };
+        rt.block_on(client.call(crash)).unwrap();
+        wait_for("the crash to be seen", PATIENCE, || (seen() > before).then_some(()));
     }
+    rt.block_on(client.close());
     let status = foo.wait_exit();
     assert_eq!(status.code(), Some(6));
     let log = foo.stderr().join("\n");
