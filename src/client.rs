@@ -227,7 +227,8 @@ pub async fn resolve_ref(via: &NodeRef, settings: &Settings, deadline: Instant) 
 pub struct Client {
     endpoint: quinn::Endpoint,
     conn: quinn::Connection,
-    channel: Channel,
+    /// The request stream; reopened when the node closed it (it closes idle streams).
+    channel: tokio::sync::Mutex<std::sync::Arc<Channel>>,
     /// The node's name as it introduced itself.
     pub node: String,
     pub addr: SocketAddr,
@@ -301,7 +302,7 @@ impl Client {
         })?;
         Ok(Self {
             endpoint,
-            channel: Channel::spawn(recv, send),
+            channel: tokio::sync::Mutex::new(std::sync::Arc::new(Channel::spawn(recv, send))),
             conn: authed.conn,
             node,
             addr: target.addr,
@@ -322,7 +323,8 @@ impl Client {
 
     /// Asks one thing with its own timeout (for long-running sessions such as chat).
     pub async fn call_within(&self, request: Request, timeout: Duration) -> Result<Reply, ClientError> {
-        match self.channel.call(request, timeout).await {
+        let channel = self.channel().await?;
+        match channel.call(request, timeout).await {
             Ok(Ok(reply)) => Ok(reply),
             Ok(Err(e)) => Err(ClientError::Remote(e)),
             Err(CallError::Timeout(after)) => Err(ClientError::Timeout {
@@ -335,6 +337,21 @@ impl Client {
                 reason,
             }),
         }
+    }
+
+    /// The request stream, or a fresh one if the node has closed the last (say, after a long
+    /// quiet spell in an interactive chat). A request is never resent: only a stream already
+    /// known to be closed is replaced.
+    async fn channel(&self) -> Result<std::sync::Arc<Channel>, ClientError> {
+        let mut channel = self.channel.lock().await;
+        if channel.is_broken() {
+            let (send, recv) = self.conn.open_bi().await.map_err(|e| ClientError::Unreachable {
+                node: self.describe(),
+                reason: e.to_string(),
+            })?;
+            *channel = std::sync::Arc::new(Channel::spawn(recv, send));
+        }
+        Ok(std::sync::Arc::clone(&channel))
     }
 
     /// Closes at once: the close frame goes out, and the process does not wait out QUIC's

@@ -215,8 +215,10 @@ pub trait Handler: Send + Sync + 'static {
 pub struct ServeContext {
     /// Requests in flight per stream, beyond which the stream is not read until one finishes.
     pub max_in_flight: usize,
-    /// The deadline of a request that arrives without one.
+    /// The deadline of a request that arrives without one, and of a new stream's first frame.
     pub default_timeout: Duration,
+    /// How long an open stream may stay silent between frames before it is closed.
+    pub idle_timeout: Duration,
     /// Every request task is tracked, so shutdown can wait for those in flight.
     pub tasks: TaskTracker,
     /// Cancelled when the node stops taking new requests.
@@ -235,11 +237,21 @@ where
     let writer_task = ctx.tasks.spawn(write_answers(writer, rx));
     let mut reader = FrameReader::new(reader, MAX_FRAME);
     let in_flight = Arc::new(Semaphore::new(ctx.max_in_flight));
+    // A stream that opens and sends nothing, or dribbles a frame, is cut off at its deadline:
+    // the first frame must come within the request deadline, later ones within the idle timeout.
+    let mut wait = ctx.default_timeout;
     loop {
         let next = tokio::select! {
-            next = reader.next_frame() => next,
+            next = tokio::time::timeout(wait, reader.next_frame()) => match next {
+                Ok(next) => next,
+                Err(_) => {
+                    tracing::debug!(after = ?wait, "closing a stream that sent no request in time");
+                    break;
+                }
+            },
             () = ctx.stopping.cancelled() => break,
         };
+        wait = ctx.idle_timeout;
         let payload = match next {
             Ok(Some(p)) => p,
             Ok(None) => break,
@@ -390,6 +402,7 @@ mod tests {
         ServeContext {
             max_in_flight: 64,
             default_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(30),
             tasks: TaskTracker::new(),
             stopping: CancellationToken::new(),
         }
@@ -485,6 +498,19 @@ mod tests {
         assert_eq!(errors.len(), 2, "{errors:?}");
         assert!(errors[0].contains("undecodable"), "{errors:?}");
         assert!(errors[1].contains("exceeds"), "{errors:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_that_never_sends_is_closed_at_its_deadline() {
+        let (client, server) = tokio::io::duplex(1024);
+        let (sr, sw) = tokio::io::split(server);
+        let served = tokio::spawn(serve(sr, sw, Arc::new(Echo), ctx()));
+        let (mut cr, _cw) = tokio::io::split(client);
+        // The node ends its side of the stream after the 5 s deadline, although we keep ours open.
+        let mut buf = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut cr, &mut buf).await.unwrap();
+        assert!(buf.is_empty());
+        served.await.unwrap();
     }
 
     #[tokio::test]

@@ -266,3 +266,24 @@ fn many_requests_in_flight_on_one_connection_are_served_concurrently() {
     });
     assert_eq!(home.run(&["keys", "many"]).ok().lines().count(), 1000);
 }
+
+#[test]
+fn a_stream_opened_and_left_silent_is_cut_off_at_the_deadline() {
+    let home = Home::new();
+    let config = home.write_file("foo.toml", "name = \"foo\"\n[timeouts]\nrequest = \"500ms\"\n");
+    let foo = home.start_raw("foo", &["--config", config.to_str().unwrap()]);
+    runtime().block_on(async {
+        let authed = authed(&home, foo.addr()).await;
+        let (mut send, mut recv) = authed.conn.open_bi().await.unwrap();
+        // A stream only exists for the node once something arrives on it: send half a frame.
+        send.write_all(&[0, 0]).await.unwrap();
+        let started = Instant::now();
+        let end = tokio::time::timeout(Duration::from_secs(20), recv.read_to_end(1024)).await.expect("the node ends the stream");
+        assert_eq!(end.unwrap(), Vec::<u8>::new());
+        assert!(started.elapsed() >= Duration::from_millis(400), "{:?}", started.elapsed());
+        // The connection itself is still good.
+        let (send, recv) = authed.conn.open_bi().await.unwrap();
+        let channel = kvnode::rpc::Channel::spawn(recv, send);
+        assert!(matches!(channel.call(Request::Ping, Duration::from_secs(5)).await.unwrap(), Ok(Reply::Pong { .. })));
+    });
+}

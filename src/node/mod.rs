@@ -153,6 +153,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     let serve = ServeContext {
         max_in_flight: config.limits.max_requests_per_stream as usize,
         default_timeout: config.timeouts.request,
+        idle_timeout: config.timeouts.idle,
         tasks: TaskTracker::new(),
         stopping: CancellationToken::new(),
     };
