@@ -170,6 +170,7 @@ pub struct TimeoutsFile {
 #[serde(deny_unknown_fields)]
 pub struct LimitsFile {
     pub max_connections: Option<u32>,
+    pub max_handshakes: Option<u32>,
     pub max_streams_per_connection: Option<u32>,
     pub max_requests_per_stream: Option<u32>,
 }
@@ -237,6 +238,8 @@ impl Default for Timeouts {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Limits {
     pub max_connections: u32,
+    /// Connections allowed to be in their handshakes at once; more are refused cheaply.
+    pub max_handshakes: u32,
     pub max_streams_per_connection: u32,
     pub max_requests_per_stream: u32,
 }
@@ -245,6 +248,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_connections: 4096,
+            max_handshakes: 256,
             max_streams_per_connection: 256,
             max_requests_per_stream: 1024,
         }
@@ -343,6 +347,7 @@ impl NodeConfig {
         let dl = Limits::default();
         let limits = Limits {
             max_connections: file.limits.max_connections.unwrap_or(dl.max_connections),
+            max_handshakes: file.limits.max_handshakes.unwrap_or(dl.max_handshakes),
             max_streams_per_connection: file
                 .limits
                 .max_streams_per_connection
@@ -354,6 +359,7 @@ impl NodeConfig {
         };
         for (what, v) in [
             ("limits.max_connections", limits.max_connections),
+            ("limits.max_handshakes", limits.max_handshakes),
             ("limits.max_streams_per_connection", limits.max_streams_per_connection),
             ("limits.max_requests_per_stream", limits.max_requests_per_stream),
         ] {

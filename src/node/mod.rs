@@ -3,6 +3,7 @@
 
 mod handler;
 mod peers;
+mod penalty;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -60,6 +61,10 @@ pub struct Node {
     directory: Directory,
     serve: ServeContext,
     connections: AtomicUsize,
+    /// Connections between their first packet and the end of the secret handshake.
+    handshaking: AtomicUsize,
+    /// Addresses that failed the handshake, and how fast they may try again.
+    penalties: std::sync::Mutex<penalty::Penalties>,
     /// Test builds only: switches that make a long-lived part crash.
     #[cfg(feature = "fault-injection")]
     crash: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Notify>>>,
@@ -167,6 +172,8 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         directory,
         serve,
         connections: AtomicUsize::new(0),
+        handshaking: AtomicUsize::new(0),
+        penalties: Default::default(),
         #[cfg(feature = "fault-injection")]
         crash: Default::default(),
         config,
@@ -229,8 +236,7 @@ fn listener(node: &Arc<Node>, endpoint: &quinn::Endpoint, parts_stop: &Cancellat
                 let Some(incoming) = incoming else {
                     return Err("the endpoint stopped accepting".to_string());
                 };
-                if node.connections.load(Ordering::Relaxed) >= node.config.limits.max_connections as usize {
-                    tracing::warn!(peer = %incoming.remote_address(), limit = node.config.limits.max_connections, "refused a connection: too many open");
+                if !node.may_handshake(&incoming) {
                     incoming.refuse();
                     continue;
                 }
@@ -282,6 +288,24 @@ impl Node {
 }
 
 impl Node {
+    /// Whether an incoming connection may start its (costly) TLS and secret handshakes: not
+    /// beyond the connection and handshake limits, and not faster than its address is allowed
+    /// after failing to authenticate. Refusing costs almost nothing.
+    fn may_handshake(&self, incoming: &quinn::Incoming) -> bool {
+        let peer = incoming.remote_address();
+        let limits = &self.config.limits;
+        if self.connections.load(Ordering::Relaxed) >= limits.max_connections as usize {
+            tracing::warn!(%peer, limit = limits.max_connections, "refused a connection: too many open");
+            return false;
+        }
+        if self.handshaking.load(Ordering::Relaxed) >= limits.max_handshakes as usize {
+            tracing::debug!(%peer, limit = limits.max_handshakes, "refused a connection: too many handshakes in progress");
+            return false;
+        }
+        let mut penalties = self.penalties.lock().unwrap_or_else(PoisonError::into_inner);
+        penalties.allow(peer, std::time::Instant::now())
+    }
+
     /// Authenticates one incoming connection, then serves every stream it opens.
     async fn serve_connection(self: Arc<Self>, incoming: quinn::Incoming) {
         let peer = incoming.remote_address();
@@ -290,10 +314,26 @@ impl Node {
             name: self.name.as_str(),
             listen: Some(self.listen.to_string()),
         };
-        let authed = match transport::accept(incoming, &self.secret, &me, self.config.timeouts.handshake).await {
+        self.handshaking.fetch_add(1, Ordering::Relaxed);
+        let accepted = transport::accept(incoming, &self.secret, &me, self.config.timeouts.handshake).await;
+        self.handshaking.fetch_sub(1, Ordering::Relaxed);
+        let authed = match accepted {
             Ok(a) => a,
             Err(AcceptError::AuthRefused) => {
-                tracing::warn!(%peer, "refused a connection: its secret differs from this node's");
+                let warning = self
+                    .penalties
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .failed(peer, std::time::Instant::now());
+                match warning {
+                    Some(penalty::Warning::First) => {
+                        tracing::warn!(%peer, "refused a connection: its secret differs from this node's");
+                    }
+                    Some(penalty::Warning::Repeated(n)) => {
+                        tracing::warn!(address = %peer.ip(), attempts = n, "refused more connections with a wrong secret from this address; it is being slowed down");
+                    }
+                    None => {}
+                }
                 return;
             }
             Err(e @ AcceptError::Timeout(_)) => {
