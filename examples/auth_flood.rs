@@ -38,16 +38,26 @@ async fn main() {
     let end = Instant::now() + Duration::from_secs_f64(seconds);
     let tasks: Vec<_> = (0..workers)
         .map(|_| {
-            let (mut endpoint, secret, refused, other) = (endpoint.clone(), secret.clone(), refused.clone(), other.clone());
+            let (mut endpoint, secret, refused, other) =
+                (endpoint.clone(), secret.clone(), refused.clone(), other.clone());
             let config = config.clone();
             tokio::spawn(async move {
-                let me = Me { role: Role::Client, name: "flood", listen: None };
+                let me = Me {
+                    role: Role::Client,
+                    name: "flood",
+                    listen: None,
+                };
                 while Instant::now() < end {
                     if rotate {
                         // A new UDP socket, so every attempt comes from a new port.
                         endpoint = transport::client_endpoint(addr, config.clone()).unwrap();
                     }
-                    match tokio::time::timeout(Duration::from_secs(5), transport::connect(&endpoint, addr, &secret, &me)).await {
+                    match tokio::time::timeout(
+                        Duration::from_secs(5),
+                        transport::connect(&endpoint, addr, &secret, &me),
+                    )
+                    .await
+                    {
                         Ok(Err(ConnectError::AuthRefused { .. })) => refused.fetch_add(1, Ordering::Relaxed),
                         _ => other.fetch_add(1, Ordering::Relaxed),
                     };
@@ -59,5 +69,8 @@ async fn main() {
         t.await.unwrap();
     }
     let (r, o) = (refused.load(Ordering::Relaxed), other.load(Ordering::Relaxed));
-    println!("{:.0} attempts/s ({r} refused for the wrong secret, {o} other outcomes)", (r + o) as f64 / seconds);
+    println!(
+        "{:.0} attempts/s ({r} refused for the wrong secret, {o} other outcomes)",
+        (r + o) as f64 / seconds
+    );
 }

@@ -371,6 +371,57 @@ mod tests {
         ));
     }
 
+    mod property {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn run_server(input: &[u8]) -> Result<PeerHello, HandshakeError> {
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            rt.block_on(async {
+                let mut r = FrameReader::new(input, MAX_HANDSHAKE_FRAME);
+                let me = Me {
+                    role: Role::Node,
+                    name: "foo",
+                    listen: None,
+                };
+                let mut sink = Vec::new();
+                server_handshake(&mut r, &mut sink, &secret("cookie"), &me, &[5; 32]).await
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+
+            /// Random bytes from a peer are an error on either side, never a panic, never a success.
+            #[test]
+            fn random_bytes_never_authenticate(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+                prop_assert!(run_server(&bytes).is_err());
+                let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+                let client = rt.block_on(async {
+                    let mut r = FrameReader::new(&bytes[..], MAX_HANDSHAKE_FRAME);
+                    let me = Me { role: Role::Client, name: "c", listen: None };
+                    let mut sink = Vec::new();
+                    client_handshake(&mut r, &mut sink, &secret("cookie"), &me, &[5; 32]).await
+                });
+                prop_assert!(client.is_err());
+            }
+
+            /// A well-formed hello and a proof made without the secret, with bytes flipped:
+            /// still never authenticated.
+            #[test]
+            fn mutated_handshakes_never_authenticate(flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..6)) {
+                let hello = hello(&Me { role: Role::Client, name: "c", listen: None }, [1; 32]);
+                let mut bytes = wire::frame(&hello).unwrap();
+                bytes.extend(wire::frame(&Proof { mac: [9; 32] }).unwrap());
+                for (at, b) in flips {
+                    let at = at % bytes.len();
+                    bytes[at] ^= b;
+                }
+                prop_assert!(run_server(&bytes).is_err());
+            }
+        }
+    }
+
     #[tokio::test]
     async fn garbage_instead_of_a_hello_is_an_error_not_a_panic() {
         for garbage in [vec![0xff; 64], vec![0, 0, 0, 3, 1, 2, 3], vec![0xff, 0xff, 0xff, 0xff]] {

@@ -278,12 +278,21 @@ fn a_stream_opened_and_left_silent_is_cut_off_at_the_deadline() {
         // A stream only exists for the node once something arrives on it: send half a frame.
         send.write_all(&[0, 0]).await.unwrap();
         let started = Instant::now();
-        let end = tokio::time::timeout(Duration::from_secs(20), recv.read_to_end(1024)).await.expect("the node ends the stream");
+        let end = tokio::time::timeout(Duration::from_secs(20), recv.read_to_end(1024))
+            .await
+            .expect("the node ends the stream");
         assert_eq!(end.unwrap(), Vec::<u8>::new());
-        assert!(started.elapsed() >= Duration::from_millis(400), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() >= Duration::from_millis(400),
+            "{:?}",
+            started.elapsed()
+        );
         // The connection itself is still good.
         let (send, recv) = authed.conn.open_bi().await.unwrap();
         let channel = kvnode::rpc::Channel::spawn(recv, send);
-        assert!(matches!(channel.call(Request::Ping, Duration::from_secs(5)).await.unwrap(), Ok(Reply::Pong { .. })));
+        assert!(matches!(
+            channel.call(Request::Ping, Duration::from_secs(5)).await.unwrap(),
+            Ok(Reply::Pong { .. })
+        ));
     });
 }

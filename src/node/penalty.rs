@@ -69,7 +69,9 @@ impl<K: Hash + Eq + Copy> Buckets<K> {
 
     /// `true` if `key` never failed (or was forgiven), or still has a token.
     fn allow(&mut self, key: K, now: Instant) -> bool {
-        let Some(b) = self.by_key.get_mut(&key) else { return true };
+        let Some(b) = self.by_key.get_mut(&key) else {
+            return true;
+        };
         if now.duration_since(b.last_failure) > FORGIVE_AFTER {
             self.by_key.remove(&key);
             return true;
@@ -84,7 +86,10 @@ impl<K: Hash + Eq + Copy> Buckets<K> {
                 self.by_key.remove(&k);
             }
         }
-        self.by_key.entry(key).or_insert_with(|| Bucket::new(now, self.rate)).last_failure = now;
+        self.by_key
+            .entry(key)
+            .or_insert_with(|| Bucket::new(now, self.rate))
+            .last_failure = now;
     }
 }
 
@@ -191,7 +196,10 @@ mod tests {
         let t0 = Instant::now();
         p.failed(src(1), t0);
         while p.allow(src(1), t0) {}
-        assert!((0..50).all(|_| p.allow(src(2), t0)), "an honest client on the flooder's host");
+        assert!(
+            (0..50).all(|_| p.allow(src(2), t0)),
+            "an honest client on the flooder's host"
+        );
     }
 
     #[test]
@@ -207,7 +215,10 @@ mod tests {
         }
         // The first failure opens the address bucket; from then on it holds the burst.
         assert!(allowed <= ADDRESS_RATE.1 as usize + 1, "{allowed}");
-        assert!(p.allow(SocketAddr::from(([10, 0, 0, 2], 1)), t0), "other addresses are untouched");
+        assert!(
+            p.allow(SocketAddr::from(([10, 0, 0, 2], 1)), t0),
+            "other addresses are untouched"
+        );
     }
 
     #[test]
@@ -234,7 +245,10 @@ mod tests {
             Some(Warning::Repeated(n)) => assert_eq!(n, 51, "49 failures + 1 refusal + this one"),
             other => panic!("{other:?}"),
         }
-        assert_eq!(p.failed(src(1), t0 + WARN_EVERY + FORGIVE_AFTER * 2), Some(Warning::First));
+        assert_eq!(
+            p.failed(src(1), t0 + WARN_EVERY + FORGIVE_AFTER * 2),
+            Some(Warning::First)
+        );
     }
 
     #[test]
