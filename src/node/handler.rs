@@ -49,7 +49,7 @@ impl Handler for Node {
 impl Node {
     /// Routes a bucket request: execute it here if this node owns the bucket, else forward it
     /// to the owner, which checks its own table again.
-    async fn bucket(&self, mut req: BucketRequest, deadline: Instant) -> Answer {
+    async fn bucket(self: &Arc<Self>, mut req: BucketRequest, deadline: Instant) -> Answer {
         req.validate().map_err(RemoteError::invalid)?;
         let seen = req.path.contains(&self.name);
         req.path.push(self.name.clone());
@@ -73,10 +73,11 @@ impl Node {
     }
 
     /// Sends a request one hop on, to `to`, with what is left of the deadline.
-    async fn forward(&self, to: &NodeName, request: Request, deadline: Instant) -> Answer {
+    async fn forward(self: &Arc<Self>, to: &NodeName, request: Request, deadline: Instant) -> Answer {
         let addr = self.locate(to)?;
         tracing::debug!(to = %to, %addr, kind = request.kind(), "forwarding");
-        self.peers.call(to, addr, request, deadline).await
+        let peer = self.peer(to, addr, deadline).await?;
+        peer.call(request, deadline).await
     }
 
     async fn execute(&self, req: BucketRequest) -> Answer {
@@ -145,7 +146,7 @@ impl Node {
 
     /// Delivers a chat line here (printing it, and answering with the auto-reply), or passes
     /// it on to its addressee and prints the reply that comes back, as in the lesson.
-    async fn chat(&self, mut msg: ChatMessage, deadline: Instant) -> Answer {
+    async fn chat(self: &Arc<Self>, mut msg: ChatMessage, deadline: Instant) -> Answer {
         if msg.text.len() > MAX_CHAT || msg.from.is_empty() || msg.from.len() > 128 {
             return Err(RemoteError::invalid(format!(
                 "chat messages are at most {MAX_CHAT} bytes, with a sender name of 1 to 128 bytes"

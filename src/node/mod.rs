@@ -26,7 +26,7 @@ use crate::supervisor::{GaveUp, Part, Supervisor};
 use crate::transport::{self, AcceptError, Identity, TransportError};
 use crate::wire::{RemoteError, Role};
 
-pub use peers::{PeerPool, hop_margin};
+pub use peers::{ConnectFailure, PeerConn, PeerPool, hop_margin};
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -347,7 +347,19 @@ impl Node {
         };
         tracing::debug!(%peer, name = %authed.peer.name, role = ?authed.peer.role, "authenticated");
         self.connections.fetch_add(1, Ordering::Relaxed);
-        let conn = authed.conn;
+        let conn = authed.conn.clone();
+        if authed.peer.role == Role::Node {
+            // Requests and gossip to this node reuse its connection. Nodes connect from their
+            // listen socket, so the address it advertises is where it is.
+            let addr = authed.peer.listen.as_deref().and_then(|a| a.parse().ok()).unwrap_or(peer);
+            self.peers.adopt(authed, addr);
+        }
+        self.serve_streams(&conn).await;
+        self.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Serves every request stream the other side opens on `conn`, until it ends or we stop.
+    async fn serve_streams(self: &Arc<Self>, conn: &quinn::Connection) {
         loop {
             let stream = tokio::select! {
                 s = conn.accept_bi() => s,
@@ -356,14 +368,41 @@ impl Node {
             match stream {
                 Ok((send, recv)) => {
                     let ctx = self.serve.clone();
-                    self.serve.tasks.spawn(rpc::serve(recv, send, Arc::clone(&self), ctx));
+                    self.serve.tasks.spawn(rpc::serve(recv, send, Arc::clone(self), ctx));
                 }
                 Err(e) => {
-                    tracing::trace!(%peer, error = %e, "connection ended");
+                    tracing::trace!(peer = %conn.remote_address(), error = %e, "connection ended");
                     break;
                 }
             }
         }
-        self.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// The connection to node `name` at `addr`: pooled, or made now (and then served in both
+    /// directions, since the peer may send requests and gossip back on it).
+    pub(crate) async fn peer(self: &Arc<Self>, name: &NodeName, addr: SocketAddr, deadline: tokio::time::Instant) -> Result<Arc<PeerConn>, RemoteError> {
+        let (conn, new) = self.peers.connect(addr, deadline).await.map_err(|e| match e {
+            ConnectFailure::AuthRefused => RemoteError::AuthRefused {
+                from: self.name.to_string(),
+                to: format!("{name} ({addr})"),
+            },
+            ConnectFailure::Unreachable(reason) => RemoteError::Unreachable {
+                node: name.to_string(),
+                addr: addr.to_string(),
+                reason,
+            },
+        })?;
+        if new {
+            let (node, c) = (Arc::clone(self), conn.authed.conn.clone());
+            self.serve.tasks.spawn(async move { node.serve_streams(&c).await });
+        }
+        if conn.name() != name.as_str() {
+            return Err(RemoteError::Unreachable {
+                node: name.to_string(),
+                addr: addr.to_string(),
+                reason: format!("the node there is named {}", conn.name()),
+            });
+        }
+        Ok(conn)
     }
 }

@@ -1,5 +1,6 @@
-//! Connections from this node to other nodes: one pooled, authenticated QUIC connection per
-//! peer, with a few long-lived request streams on it that many forwarded requests share.
+//! Connections between this node and other nodes: one pooled, authenticated QUIC connection
+//! per peer address, whichever side opened it, with a few long-lived request streams on it
+//! that many forwarded requests share. Both ends serve requests (and gossip) on it.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -28,8 +29,22 @@ pub struct PeerConn {
 }
 
 impl PeerConn {
-    fn is_alive(&self) -> bool {
+    fn new(authed: Authed, addr: SocketAddr) -> Self {
+        Self {
+            authed,
+            addr,
+            channels: (0..STREAMS_PER_PEER).map(|_| Mutex::new(None)).collect(),
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn is_alive(&self) -> bool {
         self.authed.conn.close_reason().is_none()
+    }
+
+    /// The peer's node name, as it introduced itself in the handshake.
+    pub fn name(&self) -> &str {
+        &self.authed.peer.name
     }
 
     /// A request stream, opened on first use and replaced when it breaks.
@@ -45,18 +60,46 @@ impl PeerConn {
         *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&ch));
         Ok(ch)
     }
+
+    /// Sends `request` on this connection and waits for its answer until `deadline`.
+    pub async fn call(&self, request: Request, deadline: Instant) -> Result<Reply, RemoteError> {
+        let channel = self.channel().await.map_err(|e| self.unreachable(&e))?;
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        match channel.call(request, timeout).await {
+            Ok(answer) => answer,
+            Err(CallError::Timeout(after)) => Err(self.unreachable(&format!("no answer within {after:?}"))),
+            Err(CallError::Broken(why)) => Err(self.unreachable(&why)),
+            Err(CallError::TooLarge(e)) => Err(RemoteError::invalid(e)),
+        }
+    }
+
+    fn unreachable(&self, reason: &str) -> RemoteError {
+        RemoteError::Unreachable {
+            node: self.name().to_string(),
+            addr: self.addr.to_string(),
+            reason: reason.to_string(),
+        }
+    }
 }
 
 /// A peer's connection slot; its lock makes concurrent callers wait for one connection attempt.
 type Slot = Arc<tokio::sync::Mutex<Option<Arc<PeerConn>>>>;
 
-/// The pool: at most one connection per peer name, made on demand, shared by every task.
+/// The pool: at most one connection per peer address, made on demand or adopted from the
+/// peer, shared by every task.
 pub struct PeerPool {
     endpoint: quinn::Endpoint,
     secret: Secret,
     me: NodeName,
     listen: SocketAddr,
-    conns: Mutex<HashMap<NodeName, Slot>>,
+    conns: Mutex<HashMap<SocketAddr, Slot>>,
+}
+
+/// Why no connection to a peer could be had.
+#[derive(Debug)]
+pub enum ConnectFailure {
+    Unreachable(String),
+    AuthRefused,
 }
 
 impl PeerPool {
@@ -70,29 +113,21 @@ impl PeerPool {
         }
     }
 
-    /// The live connection to `name` at `addr`, connecting (once, however many ask) if needed.
-    pub async fn connection(
-        &self,
-        name: &NodeName,
-        addr: SocketAddr,
-        deadline: Instant,
-    ) -> Result<Arc<PeerConn>, RemoteError> {
-        let slot = Arc::clone(
-            self.conns
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .entry(name.clone())
-                .or_default(),
-        );
-        let mut slot = match tokio::time::timeout_at(deadline, slot.lock()).await {
-            Ok(guard) => guard,
-            Err(_) => return Err(self.unreachable(name, addr, "timed out waiting for the connection")),
-        };
+    fn slot(&self, addr: SocketAddr) -> Slot {
+        Arc::clone(self.conns.lock().unwrap_or_else(PoisonError::into_inner).entry(addr).or_default())
+    }
+
+    /// The live connection to the node at `addr`, connecting (once, however many ask) if
+    /// needed. The flag says whether it is new, so that the caller starts serving it.
+    pub async fn connect(&self, addr: SocketAddr, deadline: Instant) -> Result<(Arc<PeerConn>, bool), ConnectFailure> {
+        let slot = self.slot(addr);
+        let mut slot = tokio::time::timeout_at(deadline, slot.lock())
+            .await
+            .map_err(|_| ConnectFailure::Unreachable("timed out waiting for the connection".into()))?;
         if let Some(conn) = slot.as_ref()
             && conn.is_alive()
-            && conn.addr == addr
         {
-            return Ok(Arc::clone(conn));
+            return Ok((Arc::clone(conn), false));
         }
         let me = Me {
             role: Role::Node,
@@ -101,60 +136,31 @@ impl PeerPool {
         };
         let connect = transport::connect(&self.endpoint, addr, &self.secret, &me);
         let authed = match tokio::time::timeout_at(deadline, connect).await {
-            Err(_) => return Err(self.unreachable(name, addr, "no answer before the deadline")),
-            Ok(Err(ConnectError::AuthRefused { .. })) => {
-                return Err(RemoteError::AuthRefused {
-                    from: self.me.to_string(),
-                    to: format!("{name} ({addr})"),
-                });
-            }
-            Ok(Err(e)) => return Err(self.unreachable(name, addr, &e.to_string())),
+            Err(_) => return Err(ConnectFailure::Unreachable("no answer before the deadline".into())),
+            Ok(Err(ConnectError::AuthRefused { .. })) => return Err(ConnectFailure::AuthRefused),
+            Ok(Err(e)) => return Err(ConnectFailure::Unreachable(e.to_string())),
             Ok(Ok(a)) => a,
         };
-        if authed.peer.name != name.as_str() {
-            authed.conn.close(transport::close::DONE, b"wrong node");
-            return Err(self.unreachable(name, addr, &format!("the node there is named {}", authed.peer.name)));
-        }
-        let conn = Arc::new(PeerConn {
-            authed,
-            addr,
-            channels: (0..STREAMS_PER_PEER).map(|_| Mutex::new(None)).collect(),
-            next: AtomicUsize::new(0),
-        });
+        let conn = Arc::new(PeerConn::new(authed, addr));
         *slot = Some(Arc::clone(&conn));
-        Ok(conn)
+        Ok((conn, true))
     }
 
-    /// Sends `request` to the peer and waits for its answer until `deadline`.
-    pub async fn call(
-        &self,
-        name: &NodeName,
-        addr: SocketAddr,
-        request: Request,
-        deadline: Instant,
-    ) -> Result<Reply, RemoteError> {
-        let conn = self.connection(name, addr, deadline).await?;
-        let channel = conn.channel().await.map_err(|e| self.unreachable(name, addr, &e))?;
-        let timeout = deadline.saturating_duration_since(Instant::now());
-        match channel.call(request, timeout).await {
-            Ok(answer) => answer,
-            Err(CallError::Timeout(after)) => Err(self.unreachable(name, addr, &format!("no answer within {after:?}"))),
-            Err(CallError::Broken(why)) => Err(self.unreachable(name, addr, &why)),
-            Err(CallError::TooLarge(e)) => Err(RemoteError::invalid(e)),
+    /// Registers a connection a peer opened to us, so that requests and gossip to that peer
+    /// reuse it rather than open a second one. A live connection already pooled is kept.
+    pub fn adopt(&self, authed: Authed, addr: SocketAddr) -> Arc<PeerConn> {
+        let conn = Arc::new(PeerConn::new(authed, addr));
+        if let Ok(mut slot) = self.slot(addr).try_lock()
+            && !slot.as_ref().is_some_and(|c| c.is_alive())
+        {
+            *slot = Some(Arc::clone(&conn));
         }
+        conn
     }
 
-    /// Drops the pooled connection to `name` (it died, or the member left).
-    pub fn forget(&self, name: &NodeName) {
-        self.conns.lock().unwrap_or_else(PoisonError::into_inner).remove(name);
-    }
-
-    fn unreachable(&self, name: &NodeName, addr: SocketAddr, reason: &str) -> RemoteError {
-        RemoteError::Unreachable {
-            node: name.to_string(),
-            addr: addr.to_string(),
-            reason: reason.to_string(),
-        }
+    /// Drops the pooled connection to `addr` (its node died or left).
+    pub fn forget(&self, addr: SocketAddr) {
+        self.conns.lock().unwrap_or_else(PoisonError::into_inner).remove(&addr);
     }
 }
 
