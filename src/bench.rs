@@ -1,7 +1,8 @@
 //! `kvnode bench`: throughput and latency of puts and gets, like redis-benchmark.
 //!
 //! Each client keeps `--pipeline` requests in flight on its connection; latencies are
-//! recorded per request and reported as ops/s and p50/p99/p99.9.
+//! recorded per request and reported as ops/s and p50/p99/p99.9. A progress bar shows on
+//! stderr when it is a terminal.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -48,7 +49,7 @@ pub async fn run(args: BenchArgs, settings: &Settings, out: &mut Output) -> Resu
     }
     let value = vec![b'x'; args.data_size as usize];
     for &test in &args.tests {
-        let result = run_test(test, &args, &clients, &value, settings.timeout).await?;
+        let result = run_test(test, &args, &clients, &value, settings.timeout, !out.is_json()).await?;
         report(&result, &args, connections, out);
     }
     for c in clients {
@@ -74,12 +75,34 @@ fn request(test: BenchTest, bucket: &[u8], key: Vec<u8>, value: &[u8]) -> Reques
     })
 }
 
+/// A progress bar on stderr while a test runs, only when a person is watching (a terminal).
+fn progress(test: BenchTest, total: u64, show: bool) -> Option<indicatif::ProgressBar> {
+    if !show || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    let style = indicatif::ProgressStyle::with_template("{prefix:>4} [{bar:40}] {pos}/{len} {per_sec} eta {eta}")
+        .expect("a valid template")
+        .progress_chars("=> ");
+    bar.set_style(style);
+    bar.set_prefix(test_name(test));
+    Some(bar)
+}
+
+fn test_name(test: BenchTest) -> &'static str {
+    match test {
+        BenchTest::Put => "put",
+        BenchTest::Get => "get",
+    }
+}
+
 async fn run_test(
     test: BenchTest,
     args: &BenchArgs,
     clients: &[Arc<Client>],
     value: &[u8],
     timeout: Duration,
+    show_progress: bool,
 ) -> Result<BenchResult, ClientError> {
     // A get of a key nobody put measures an error path; make sure every key exists.
     if test == BenchTest::Get {
@@ -90,11 +113,22 @@ async fn run_test(
         }
     }
     let issued = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicU64::new(0));
+    let bar = progress(test, args.requests, show_progress);
+    let ticker = bar.clone().map(|bar| {
+        let done = Arc::clone(&done);
+        tokio::spawn(async move {
+            loop {
+                bar.set_position(done.load(Ordering::Relaxed));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    });
     let start = Instant::now();
     let mut tasks = Vec::new();
     for i in 0..args.clients as usize {
         let client = Arc::clone(&clients[i % clients.len()]);
-        let issued = Arc::clone(&issued);
+        let (issued, done) = (Arc::clone(&issued), Arc::clone(&done));
         let (total, keyspace, pipeline) = (args.requests, args.keyspace, args.pipeline as usize);
         let bucket = args.bucket.clone().into_bytes();
         let value = value.to_vec();
@@ -118,6 +152,7 @@ async fn run_test(
                 let Some((latency, reply)) = in_flight.next().await else {
                     break;
                 };
+                done.fetch_add(1, Ordering::Relaxed);
                 match reply? {
                     Reply::Done | Reply::Value(_) => latencies.push(latency),
                     other => {
@@ -136,6 +171,10 @@ async fn run_test(
         latencies.extend(t.await.expect("bench client task")?);
     }
     let elapsed = start.elapsed();
+    if let (Some(bar), Some(ticker)) = (bar, ticker) {
+        ticker.abort();
+        bar.finish_and_clear();
+    }
     latencies.sort_unstable();
     let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
     Ok(BenchResult {
@@ -153,10 +192,7 @@ fn key(n: u64) -> Vec<u8> {
 }
 
 fn report(r: &BenchResult, args: &BenchArgs, connections: usize, out: &mut Output) {
-    let name = match r.test {
-        BenchTest::Put => "put",
-        BenchTest::Get => "get",
-    };
+    let name = test_name(r.test);
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     if out.is_json() {
         out.object(json!({

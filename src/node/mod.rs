@@ -351,7 +351,12 @@ impl Node {
         if authed.peer.role == Role::Node {
             // Requests and gossip to this node reuse its connection. Nodes connect from their
             // listen socket, so the address it advertises is where it is.
-            let addr = authed.peer.listen.as_deref().and_then(|a| a.parse().ok()).unwrap_or(peer);
+            let addr = authed
+                .peer
+                .listen
+                .as_deref()
+                .and_then(|a| a.parse().ok())
+                .unwrap_or(peer);
             self.peers.adopt(authed, addr);
         }
         self.serve_streams(&conn).await;
@@ -380,7 +385,12 @@ impl Node {
 
     /// The connection to node `name` at `addr`: pooled, or made now (and then served in both
     /// directions, since the peer may send requests and gossip back on it).
-    pub(crate) async fn peer(self: &Arc<Self>, name: &NodeName, addr: SocketAddr, deadline: tokio::time::Instant) -> Result<Arc<PeerConn>, RemoteError> {
+    pub(crate) async fn peer(
+        self: &Arc<Self>,
+        name: &NodeName,
+        addr: SocketAddr,
+        deadline: tokio::time::Instant,
+    ) -> Result<Arc<PeerConn>, RemoteError> {
         let (conn, new) = self.peers.connect(addr, deadline).await.map_err(|e| match e {
             ConnectFailure::AuthRefused => RemoteError::AuthRefused {
                 from: self.name.to_string(),

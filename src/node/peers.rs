@@ -114,7 +114,13 @@ impl PeerPool {
     }
 
     fn slot(&self, addr: SocketAddr) -> Slot {
-        Arc::clone(self.conns.lock().unwrap_or_else(PoisonError::into_inner).entry(addr).or_default())
+        Arc::clone(
+            self.conns
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .entry(addr)
+                .or_default(),
+        )
     }
 
     /// The live connection to the node at `addr`, connecting (once, however many ask) if
