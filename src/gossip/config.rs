@@ -6,7 +6,8 @@ use serde::Deserialize;
 
 use crate::config::ConfigDuration;
 
-/// The protocol's tunables. Defaults start from HashiCorp memberlist's LAN profile.
+/// The protocol's tunables. Defaults start from HashiCorp memberlist's LAN profile and were
+/// tuned with the simulator (see BENCHMARKS.md, "Gossip (simulated)").
 #[derive(Clone, Debug, PartialEq)]
 pub struct GossipConfig {
     /// How often a member probes one other member.
@@ -19,18 +20,29 @@ pub struct GossipConfig {
     pub gossip_interval: Duration,
     /// To how many members each gossip round goes.
     pub gossip_fanout: usize,
-    /// How often a full-state exchange runs with one random member.
+    /// How often a full-state exchange runs with one random member (scaled up beyond 32
+    /// members like memberlist's pushPullScale).
     pub push_pull_interval: Duration,
-    /// Suspicion lasts `suspicion_mult * log10(n) * probe_interval` at least.
+    /// Suspicion lasts `suspicion_mult * max(1, log10(n)) * probe_interval` at least.
     pub suspicion_mult: u32,
     /// ... and at most `suspicion_max_mult` times that, shrinking with confirmations.
     pub suspicion_max_mult: u32,
-    /// Each update is retransmitted `retransmit_mult * log10(n + 1)` times.
+    /// Each update is retransmitted `retransmit_mult * ceil(log10(n + 1))` times.
     pub retransmit_mult: u32,
     /// How often a dead member is contacted again, so healed partitions merge.
     pub reconnect_interval: Duration,
     /// How long dead and left members are remembered before being forgotten.
     pub dead_retention: Duration,
+    /// How long a join attempt waits for the seed's answer before retrying.
+    pub join_timeout: Duration,
+    /// The longest wait between join attempts (the backoff doubles from 1 s up to this).
+    pub join_retry_max: Duration,
+    /// A node that adopts a new routing table forwards it at once to this many members
+    /// ("hot rumor"); 0 waits for the next gossip round.
+    pub hot_rumor_fanout: usize,
+    /// Lifeguard's local health: probing slows down up to this factor while this node's own
+    /// probes keep failing without nacks (1 disables it).
+    pub awareness_max_multiplier: u32,
 }
 
 impl Default for GossipConfig {
@@ -47,6 +59,10 @@ impl Default for GossipConfig {
             retransmit_mult: 4,
             reconnect_interval: Duration::from_secs(10),
             dead_retention: Duration::from_secs(3600),
+            join_timeout: Duration::from_secs(3),
+            join_retry_max: Duration::from_secs(10),
+            hot_rumor_fanout: 3,
+            awareness_max_multiplier: 8,
         }
     }
 }
@@ -66,6 +82,10 @@ pub struct GossipFile {
     pub retransmit_mult: Option<u32>,
     pub reconnect_interval: Option<ConfigDuration>,
     pub dead_retention: Option<ConfigDuration>,
+    pub join_timeout: Option<ConfigDuration>,
+    pub join_retry_max: Option<ConfigDuration>,
+    pub hot_rumor_fanout: Option<usize>,
+    pub awareness_max_multiplier: Option<u32>,
 }
 
 impl GossipConfig {
@@ -84,6 +104,32 @@ impl GossipConfig {
             retransmit_mult: f.retransmit_mult.unwrap_or(d.retransmit_mult),
             reconnect_interval: dur(f.reconnect_interval, d.reconnect_interval),
             dead_retention: dur(f.dead_retention, d.dead_retention),
+            join_timeout: dur(f.join_timeout, d.join_timeout),
+            join_retry_max: dur(f.join_retry_max, d.join_retry_max),
+            hot_rumor_fanout: f.hot_rumor_fanout.unwrap_or(d.hot_rumor_fanout),
+            awareness_max_multiplier: f.awareness_max_multiplier.unwrap_or(d.awareness_max_multiplier),
         }
+    }
+
+    /// The config the core runs with: a zero interval would make a timer fire in a loop, and
+    /// a zero multiplier would make suspicion or retransmission vanish, so both are floored.
+    pub(crate) fn sanitized(mut self) -> Self {
+        const FLOOR: Duration = Duration::from_millis(1);
+        for d in [
+            &mut self.probe_interval,
+            &mut self.probe_timeout,
+            &mut self.gossip_interval,
+            &mut self.push_pull_interval,
+            &mut self.reconnect_interval,
+            &mut self.join_timeout,
+            &mut self.join_retry_max,
+        ] {
+            *d = (*d).max(FLOOR);
+        }
+        self.suspicion_mult = self.suspicion_mult.max(1);
+        self.suspicion_max_mult = self.suspicion_max_mult.max(1);
+        self.retransmit_mult = self.retransmit_mult.max(1);
+        self.awareness_max_multiplier = self.awareness_max_multiplier.max(1);
+        self
     }
 }

@@ -1,0 +1,232 @@
+//! Applying what others say: member updates by precedence, refutation of our own suspicion,
+//! suspicion timers, and routing-table adoption.
+//!
+//! Precedence is `(generation, incarnation, rank)` with rank Alive < Suspect < Dead < Left:
+//! Alive{i} beats Suspect{j} iff i > j, Suspect{i} beats Alive{j} iff i >= j, Dead beats both
+//! at >=, and anything about an older generation of a name loses to the newer generation.
+
+use std::time::Instant;
+
+use super::broadcast::Topic;
+use super::core::{Event, Gossip, Source};
+use super::members::{Member, Slot};
+use super::message::{Ident, MemberState, Sender, SharedTable, State, Update};
+
+/// Incarnations this high cannot be refuted (there is no room above them); only a broken or
+/// hostile peer sends them, so updates about us carrying one are ignored.
+const IMPLAUSIBLE_INCARNATION: u64 = u64::MAX / 2;
+
+impl Gossip {
+    /// Every message is its sender's own claim to be alive at its incarnation.
+    pub(super) fn apply_sender(&mut self, now: Instant, sender: &Sender) {
+        self.apply_member(now, &sender.id, sender.incarnation, State::Alive, None, Source::Gossip);
+    }
+
+    pub(super) fn apply_update(&mut self, now: Instant, update: &Update, source: Source) {
+        match update {
+            Update::Alive { id, incarnation } => self.apply_member(now, id, *incarnation, State::Alive, None, source),
+            Update::Suspect { id, incarnation, by } => {
+                self.apply_member(now, id, *incarnation, State::Suspect, Some(by), source)
+            }
+            Update::Dead { id, incarnation, by } => {
+                self.apply_member(now, id, *incarnation, State::Dead, Some(by), source)
+            }
+            Update::Left { id, incarnation } => self.apply_member(now, id, *incarnation, State::Left, None, source),
+            Update::Table(table) => {
+                if self.adopt_table(table) && self.config.hot_rumor_fanout > 0 {
+                    // Hot rumor: forward a new table at once instead of at the next round.
+                    self.push_now(now, self.config.hot_rumor_fanout, Topic::Table);
+                }
+            }
+        }
+    }
+
+    /// Merges a full state (push-pull) from `sender`.
+    pub(super) fn merge_state(&mut self, now: Instant, sender: &Ident, members: &[MemberState]) {
+        for m in members {
+            let by = (m.state != State::Alive).then_some(sender);
+            self.apply_member(now, &m.id, m.incarnation, m.state, by, Source::PushPull);
+        }
+    }
+
+    /// The heart of the protocol: applies `state` for `id` at `incarnation` if it takes
+    /// precedence, then gossips it on and tells the driver.
+    pub(super) fn apply_member(
+        &mut self,
+        now: Instant,
+        id: &Ident,
+        incarnation: u64,
+        state: State,
+        by: Option<&Ident>,
+        source: Source,
+    ) {
+        if id.name == self.my_id.name {
+            self.about_me(now, id, incarnation, state);
+            return;
+        }
+        let now_ms = self.ms(now);
+        let Some(slot) = self.members.find(&id.name) else {
+            // Like memberlist, news of an unknown member's failure is not worth a record.
+            if state == State::Alive {
+                let slot = self.members.insert(
+                    Member {
+                        id: id.clone(),
+                        incarnation,
+                        changed_ms: now_ms,
+                        state,
+                    },
+                    &mut self.rng,
+                );
+                self.broadcast_member(
+                    slot,
+                    Update::Alive {
+                        id: id.clone(),
+                        incarnation,
+                    },
+                );
+                self.events.push_back(Event::MemberUp {
+                    name: id.name.clone(),
+                    addr: id.addr,
+                });
+            }
+            return;
+        };
+        let Some(old) = self.members.get(slot).cloned() else {
+            return;
+        };
+        // A full state's "dead" is someone's possibly stale opinion (a partition's other
+        // side): suspect instead and give the member the chance to refute, as memberlist does.
+        let state = if source == Source::PushPull && state == State::Dead {
+            State::Suspect
+        } else {
+            state
+        };
+        let key = (id.generation, incarnation, state);
+        if key <= old.key() {
+            if key == old.key()
+                && state == State::Suspect
+                && let Some(by) = by
+                && self.suspicions.confirm(slot, incarnation, by)
+            {
+                // Re-gossip the confirmation so that others count it too.
+                let update = Update::Suspect {
+                    id: old.id.clone(),
+                    incarnation,
+                    by: by.clone(),
+                };
+                self.broadcast_member(slot, update);
+            }
+            return;
+        }
+        let new_process = id.generation != old.id.generation;
+        self.members
+            .update(slot, new_process.then(|| id.clone()), incarnation, state, now_ms);
+        let id = self.members.get(slot).map_or_else(|| id.clone(), |m| m.id.clone());
+        self.suspicions.cancel(slot);
+        let (name, addr) = (id.name.clone(), id.addr);
+        let update = match state {
+            State::Alive => {
+                if old.state != State::Alive || new_process || old.id.addr != addr {
+                    self.events.push_back(Event::MemberUp { name, addr });
+                }
+                Update::Alive { id, incarnation }
+            }
+            State::Suspect => {
+                let by = by.unwrap_or(&self.my_id).clone();
+                let bounds = self.suspicion_bounds();
+                self.suspicions.start(slot, incarnation, &by, now, bounds);
+                if old.state != State::Suspect {
+                    self.events.push_back(Event::MemberSuspect { name, addr });
+                }
+                Update::Suspect { id, incarnation, by }
+            }
+            State::Dead => {
+                self.members.schedule_forget(slot, self.config.dead_retention);
+                if old.state != State::Dead {
+                    self.events.push_back(Event::MemberDead { name, addr });
+                }
+                let by = by.unwrap_or(&self.my_id).clone();
+                Update::Dead { id, incarnation, by }
+            }
+            State::Left => {
+                self.members.schedule_forget(slot, self.config.dead_retention);
+                if old.state != State::Left {
+                    self.events.push_back(Event::MemberLeft { name, addr });
+                }
+                Update::Left { id, incarnation }
+            }
+        };
+        self.broadcast_member(slot, update);
+    }
+
+    /// Someone says something about our name.
+    fn about_me(&mut self, now: Instant, id: &Ident, incarnation: u64, state: State) {
+        let my_generation = self.my_id.generation;
+        if id.generation > my_generation || (id.generation == my_generation && id.addr != self.my_id.addr) {
+            // A newer start of our name (or a twin): a live other process claims it.
+            if state == State::Alive {
+                self.name_conflict(id);
+            }
+            return;
+        }
+        if id.generation < my_generation || !self.is_active() || incarnation >= IMPLAUSIBLE_INCARNATION {
+            // News about our previous life, or we are leaving anyway, or nonsense.
+            return;
+        }
+        let mine = self.my().incarnation;
+        let wrong = match state {
+            State::Alive => incarnation > mine,
+            State::Suspect | State::Dead | State::Left => incarnation >= mine,
+        };
+        if wrong {
+            self.refute(now, incarnation);
+        }
+    }
+
+    /// We are said to be suspect or dead: raise our incarnation above the claim and gossip it.
+    fn refute(&mut self, now: Instant, claimed: u64) {
+        let incarnation = claimed.max(self.my().incarnation) + 1;
+        let me = self.me;
+        self.members.update(me, None, incarnation, State::Alive, self.ms(now));
+        let id = self.my_id.clone();
+        self.broadcast_member(me, Update::Alive { id, incarnation });
+        // Lifeguard: being suspected hints that our own links or CPU are the problem.
+        self.adjust_awareness(1);
+    }
+
+    /// Our own probe of `slot` failed: suspect it (or confirm an existing suspicion).
+    pub(super) fn suspect(&mut self, now: Instant, slot: Slot) {
+        let Some(m) = self.members.get(slot) else {
+            return;
+        };
+        let (id, incarnation) = (m.id.clone(), m.incarnation);
+        let me = self.my_id.clone();
+        self.apply_member(now, &id, incarnation, State::Suspect, Some(&me), Source::Gossip);
+    }
+
+    pub(super) fn expire_suspicions(&mut self, now: Instant) {
+        let mut expired = Vec::new();
+        self.suspicions.expired(now, &mut expired);
+        for (slot, incarnation) in expired {
+            let Some(m) = self.members.get(slot) else {
+                continue;
+            };
+            if m.state == State::Suspect && m.incarnation == incarnation {
+                let id = m.id.clone();
+                let me = self.my_id.clone();
+                self.apply_member(now, &id, incarnation, State::Dead, Some(&me), Source::Gossip);
+            }
+        }
+    }
+
+    /// Adopts `table` if it supersedes ours; returns whether it did.
+    pub(super) fn adopt_table(&mut self, table: &SharedTable) -> bool {
+        if !table.0.supersedes(&self.table.0) {
+            return false;
+        }
+        self.table = table.clone();
+        self.broadcasts.push(Topic::Table, Update::Table(table.clone()));
+        self.events.push_back(Event::TableChanged((*table.0).clone()));
+        true
+    }
+}
