@@ -325,6 +325,9 @@ impl Gossip {
         }
         self.tick_leave(now);
         self.forget_due(now);
+        // A probe that just failed may have confirmed a suspicion past its shortened
+        // deadline: it expires now, not at the next wake-up.
+        self.expire_suspicions(now);
         self.prune_broadcasts();
     }
 
