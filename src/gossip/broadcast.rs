@@ -6,9 +6,9 @@
 //! a datagram is a walk down an ordered map with no encoding.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
-use super::members::Slot;
+use super::members::{FxMap, Slot};
 use super::message::{Update, encoded_len};
 
 /// What an update is about; the queue holds at most one update per topic.
@@ -34,7 +34,7 @@ const MIN_UPDATE_LEN: usize = 12;
 #[derive(Debug, Default)]
 pub(crate) struct Broadcasts {
     order: BTreeMap<Key, Queued>,
-    topics: HashMap<Topic, Key>,
+    topics: FxMap<Topic, Key>,
     next_id: u64,
     taken: Vec<Key>,
 }
@@ -77,7 +77,8 @@ impl Broadcasts {
     ) -> usize {
         let mut used = 0;
         self.taken.clear();
-        if let Some(key) = priority.and_then(|t| self.topics.get(&t).copied())
+        let first = priority.and_then(|t| self.topics.get(&t).copied());
+        if let Some(key) = first
             && let Some(q) = self.order.get(&key)
             && q.size <= budget
             && max_count > 0
@@ -90,7 +91,7 @@ impl Broadcasts {
             if budget - used < MIN_UPDATE_LEN || self.taken.len() >= max_count {
                 break;
             }
-            if q.size <= budget - used && !self.taken.contains(key) {
+            if q.size <= budget - used && Some(*key) != first {
                 out.push(q.update.clone());
                 used += q.size;
                 self.taken.push(*key);
@@ -124,7 +125,9 @@ impl Broadcasts {
             self.topics.remove(&q.topic);
         } else {
             let key = (sent, key.1);
-            self.topics.insert(q.topic, key);
+            if let Some(k) = self.topics.get_mut(&q.topic) {
+                *k = key;
+            }
             self.order.insert(key, q);
         }
     }

@@ -91,9 +91,10 @@ impl Gossip {
             }
             return;
         };
-        let Some(old) = self.members.get(slot).cloned() else {
+        let Some(old) = self.members.get(slot) else {
             return;
         };
+        let (old_key, old_state, old_addr) = (old.key(), old.state, old.id.addr);
         // A full state's "dead" is someone's possibly stale opinion (a partition's other
         // side): suspect instead and give the member the chance to refute, as memberlist does.
         let state = if source == Source::PushPull && state == State::Dead {
@@ -102,8 +103,8 @@ impl Gossip {
             state
         };
         let key = (id.generation, incarnation, state);
-        if key <= old.key() {
-            if key == old.key()
+        if key <= old_key {
+            if key == old_key
                 && state == State::Suspect
                 && let Some(by) = by
                 && self.suspicions.confirm(slot, incarnation, by)
@@ -118,7 +119,7 @@ impl Gossip {
             }
             return;
         }
-        let new_process = id.generation != old.id.generation;
+        let new_process = id.generation != old_key.0;
         self.members
             .update(slot, new_process.then(|| id.clone()), incarnation, state, now_ms);
         let id = self.members.get(slot).map_or_else(|| id.clone(), |m| m.id.clone());
@@ -126,7 +127,7 @@ impl Gossip {
         let (name, addr) = (id.name.clone(), id.addr);
         let update = match state {
             State::Alive => {
-                if old.state != State::Alive || new_process || old.id.addr != addr {
+                if old_state != State::Alive || new_process || old_addr != addr {
                     self.events.push_back(Event::MemberUp { name, addr });
                 }
                 Update::Alive { id, incarnation }
@@ -135,14 +136,14 @@ impl Gossip {
                 let by = by.unwrap_or(&self.my_id).clone();
                 let bounds = self.suspicion_bounds();
                 self.suspicions.start(slot, incarnation, &by, now, bounds);
-                if old.state != State::Suspect {
+                if old_state != State::Suspect {
                     self.events.push_back(Event::MemberSuspect { name, addr });
                 }
                 Update::Suspect { id, incarnation, by }
             }
             State::Dead => {
                 self.members.schedule_forget(slot, self.config.dead_retention);
-                if old.state != State::Dead {
+                if old_state != State::Dead {
                     self.events.push_back(Event::MemberDead { name, addr });
                 }
                 let by = by.unwrap_or(&self.my_id).clone();
@@ -150,7 +151,7 @@ impl Gossip {
             }
             State::Left => {
                 self.members.schedule_forget(slot, self.config.dead_retention);
-                if old.state != State::Left {
+                if old_state != State::Left {
                     self.events.push_back(Event::MemberLeft { name, addr });
                 }
                 Update::Left { id, incarnation }

@@ -6,10 +6,10 @@
 //! to be refuted, while a member that everyone finds silent is declared dead quickly.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
 use std::time::{Duration, Instant};
 
-use super::members::Slot;
+use super::members::{FxMap, Slot};
 use super::message::Ident;
 
 /// `max(min, max - (max - min) * log(C + 1) / log(K + 1))`: `C` confirmations out of `K`
@@ -37,7 +37,7 @@ struct Suspicion {
 
 #[derive(Debug, Default)]
 pub(crate) struct Suspicions {
-    active: HashMap<Slot, Suspicion>,
+    active: FxMap<Slot, Suspicion>,
     /// Deadlines, some stale (moved or cancelled); checked against `active` when popped.
     timers: BinaryHeap<Reverse<(Instant, Slot)>>,
 }
