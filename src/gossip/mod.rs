@@ -13,6 +13,7 @@ mod members;
 mod merge;
 mod message;
 mod probe;
+pub mod sim;
 mod suspicion;
 #[cfg(test)]
 mod tests;
