@@ -1,6 +1,7 @@
 //! SWIM failure detection: one member per probe interval, round-robin over a shuffled list;
-//! a direct ping, then after `probe_timeout` pings through `indirect_checks` helpers plus a
-//! ping on a stream (memberlist's TCP fallback); no ack by the end of the interval: suspect.
+//! a direct ping, then after `probe_timeout` pings through `indirect_checks` helpers, a second
+//! direct ping and a ping on a stream (memberlist's TCP fallback); no ack by the end of the
+//! interval: suspect.
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -132,6 +133,16 @@ impl Gossip {
             p.helpers = helpers.len() as u32;
         }
         self.scratch = helpers;
+        // One more direct datagram: with 10% loss, a lost ping or ack is by far the most
+        // likely reason for silence, and a second try costs one datagram.
+        let again = Message::Ping {
+            from: self.sender(),
+            seq,
+            target: id.clone(),
+            reply_reliably: false,
+            piggyback: Vec::new(),
+        };
+        self.send_datagram(id.addr, again);
         // A stream gets through datagram loss; an ack on it counts like any other.
         let ping = Message::Ping {
             from: self.sender(),
