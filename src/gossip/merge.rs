@@ -65,7 +65,7 @@ impl Gossip {
             return;
         }
         let now_ms = self.ms(now);
-        let Some(slot) = self.members.find(&id.name) else {
+        let Some(slot) = self.members.find_ident(id) else {
             // Like memberlist, news of an unknown member's failure is not worth a record.
             if state == State::Alive {
                 let slot = self.members.insert(

@@ -41,6 +41,11 @@ impl Ident {
     pub fn new(name: NodeName, addr: SocketAddr, generation: u64) -> Self {
         Self(Arc::new(Identity { name, addr, generation }))
     }
+
+    /// Whether both point at the same shared identity (equal without comparing fields).
+    pub(crate) fn ptr_eq(&self, other: &Ident) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
 }
 
 impl Deref for Ident {
