@@ -566,6 +566,10 @@ impl Gossip {
         if self.conflicts.contains(other) {
             return;
         }
+        if self.conflicts.len() >= 64 {
+            // Remembered only to report each impostor once; a flood of them must not grow this.
+            self.conflicts.remove(0);
+        }
         self.conflicts.push(other.clone());
         self.events.push_back(Event::NameConflict {
             name: self.my_id.name.clone(),

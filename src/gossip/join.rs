@@ -60,6 +60,9 @@ impl Leaving {
     }
 }
 
+/// The longest refusal reason passed on to the driver.
+const MAX_REASON: usize = 512;
+
 /// Pending liveness checks are few; a flood of joins must not grow them without bound.
 const MAX_CHECKS: usize = 64;
 
@@ -108,8 +111,16 @@ impl Gossip {
         }
     }
 
-    pub(super) fn on_join_refused(&mut self, token: u32, reason: String) {
+    pub(super) fn on_join_refused(&mut self, token: u32, mut reason: String) {
         if let Some(i) = self.joins.iter().position(|j| j.token == token) {
+            // The reason ends up in a log line; a peer cannot make that line unbounded.
+            if reason.len() > MAX_REASON {
+                let cut = (0..=MAX_REASON)
+                    .rev()
+                    .find(|&i| reason.is_char_boundary(i))
+                    .unwrap_or(0);
+                reason.truncate(cut);
+            }
             let attempt = self.joins.swap_remove(i);
             self.events.push_back(Event::JoinRefused {
                 seed: attempt.seed,
