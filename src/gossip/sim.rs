@@ -13,7 +13,7 @@
 mod metrics;
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
@@ -101,6 +101,7 @@ pub struct Sim {
     detections: Vec<Detection>,
     false_deaths: Vec<FalseDeath>,
     stats: SimStats,
+    suspected: HashSet<(NodeId, u64)>,
     /// Every event, with when and where, if `record_events` is set.
     pub events: Vec<(Duration, NodeId, Event)>,
 }
@@ -143,6 +144,7 @@ impl Sim {
             detections: Vec::new(),
             false_deaths: Vec::new(),
             stats: SimStats::default(),
+            suspected: HashSet::new(),
             events: Vec::new(),
         }
     }
@@ -511,6 +513,13 @@ impl Sim {
                     self.views.set(obs, s, false);
                     if matches!(ev, Event::MemberSuspect { .. }) && self.live(s) {
                         self.stats.false_suspicions += 1;
+                        let incarnation = self.nodes[obs]
+                            .gossip
+                            .member(name.as_str())
+                            .map_or(0, |m| m.incarnation);
+                        if self.suspected.insert((s, incarnation)) {
+                            self.stats.false_suspicion_episodes += 1;
+                        }
                     }
                 }
             }

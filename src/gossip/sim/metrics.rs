@@ -149,5 +149,8 @@ pub struct SimStats {
     pub oversized_datagrams: u64,
     /// Wake-ups where the core asked to be woken again at once (a timer bug; must stay 0).
     pub stuck_timers: u64,
+    /// "Suspect" verdicts about live processes, counted at every observer.
     pub false_suspicions: u64,
+    /// Distinct false suspicions: (live process, incarnation) pairs ever suspected.
+    pub false_suspicion_episodes: u64,
 }
