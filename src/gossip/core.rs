@@ -17,7 +17,7 @@ use super::broadcast::{Broadcasts, Topic};
 use super::config::GossipConfig;
 use super::join::{JoinAttempt, Leaving, LivenessCheck};
 use super::members::{Member, MemberView, Members, Roster, Slot};
-use super::message::{Ident, MAX_DATAGRAM, Message, Sender, SharedTable, State, Update};
+use super::message::{Ident, Message, Sender, SharedTable, State};
 use super::probe::{Probe, Relay};
 use super::suspicion::Suspicions;
 use crate::names::NodeName;
@@ -28,7 +28,8 @@ use crate::routing::RoutingTable;
 pub struct Transmit {
     pub to: SocketAddr,
     pub msg: Message,
-    /// `false`: one datagram of at most [`MAX_DATAGRAM`] bytes encoded; `true`: a stream.
+    /// `false`: one datagram of at most [`MAX_DATAGRAM`](super::MAX_DATAGRAM) bytes encoded;
+    /// `true`: a stream.
     pub reliable: bool,
 }
 
@@ -227,9 +228,10 @@ impl Gossip {
     /// Adopts `table` if it supersedes ours (otherwise ignores it), spreads it, and pushes it
     /// at once to `gossip_fanout` members instead of waiting for the next gossip round.
     pub fn set_routing_table(&mut self, now: Instant, table: RoutingTable) {
+        let _ = now; // Adopting and pushing start no timer; `now` keeps the input contract uniform.
         let table = SharedTable(Arc::new(table));
         if self.adopt_table(&table) {
-            self.push_now(now, self.config.gossip_fanout, Topic::Table);
+            self.push_now(self.config.gossip_fanout, Topic::Table);
         }
     }
 
@@ -436,12 +438,6 @@ impl Gossip {
         self.awareness = self.awareness.saturating_add_signed(delta).min(max);
     }
 
-    /// memberlist's `retransmit_mult * ceil(log10(n + 1))`.
-    pub(super) fn retransmit_limit(&self) -> u32 {
-        let n = self.members.len() as f64;
-        self.config.retransmit_mult * ((n + 1.0).log10().ceil() as u32).max(1)
-    }
-
     /// memberlist's pushPullScale: beyond 32 members the interval grows with log2(n), so
     /// 10,000 nodes do not spend their bandwidth on full-state exchanges.
     pub(super) fn push_pull_interval(&self) -> Duration {
@@ -467,85 +463,6 @@ impl Gossip {
 
     pub(super) fn send(&mut self, to: SocketAddr, msg: Message, reliable: bool) {
         self.transmits.push_back(Transmit { to, msg, reliable });
-    }
-
-    /// Fills `msg`'s piggyback from the broadcast queue up to the datagram budget. The core
-    /// fields are never cut: only piggyback is fitted to what is left.
-    pub(super) fn fill_piggyback(&mut self, msg: &mut Message, priority: Option<Topic>) {
-        let limit = self.retransmit_limit();
-        let header = msg.encoded_len();
-        if let Some(piggyback) = msg.piggyback_mut() {
-            // The element count is one varint byte while it stays below 128.
-            let max_count = 127usize.saturating_sub(piggyback.len());
-            let budget = MAX_DATAGRAM.saturating_sub(header);
-            self.broadcasts.fill(budget, max_count, limit, priority, piggyback);
-        }
-    }
-
-    /// Queues `msg` as a datagram with as much piggyback as fits.
-    pub(super) fn send_datagram(&mut self, to: SocketAddr, mut msg: Message) {
-        self.fill_piggyback(&mut msg, None);
-        self.send(to, msg, false);
-    }
-
-    /// Sends pending gossip to `fanout` random members (a gossip round).
-    fn gossip_round(&mut self) {
-        if self.broadcasts.is_empty() {
-            return;
-        }
-        self.gossip_to_random(self.config.gossip_fanout, None);
-    }
-
-    /// Pushes `topic` at once to `fanout` members (a new table), ahead of the round.
-    pub(super) fn push_now(&mut self, _now: Instant, fanout: usize, topic: Topic) {
-        self.gossip_to_random(fanout, Some(topic));
-    }
-
-    fn gossip_to_random(&mut self, fanout: usize, priority: Option<Topic>) {
-        let mut targets = std::mem::take(&mut self.scratch);
-        let me = self.me;
-        self.members.sample(
-            fanout,
-            &[me],
-            |s| matches!(s, State::Alive | State::Suspect),
-            &mut self.rng,
-            &mut targets,
-        );
-        for &slot in &targets {
-            let Some(addr) = self.members.get(slot).map(|m| m.id.addr) else {
-                continue;
-            };
-            let mut msg = Message::Gossip {
-                from: self.sender(),
-                piggyback: Vec::new(),
-            };
-            // A table too big for a datagram goes alone on a stream.
-            let budget = MAX_DATAGRAM.saturating_sub(msg.encoded_len());
-            if let Some(table) = self.broadcasts.oversized_table(budget, self.retransmit_limit()) {
-                let from = self.sender();
-                self.send(
-                    addr,
-                    Message::Gossip {
-                        from,
-                        piggyback: vec![table],
-                    },
-                    true,
-                );
-            }
-            self.fill_piggyback(&mut msg, priority);
-            if !msg.piggyback().is_empty() {
-                self.send(addr, msg, false);
-            }
-        }
-        self.scratch = targets;
-    }
-
-    /// Keeps the queue bounded (memberlist prunes beyond a depth too).
-    fn prune_broadcasts(&mut self) {
-        let max = (2 * self.members.len()).max(1024);
-        if self.broadcasts.len() > max {
-            self.broadcasts.prune(max);
-        }
     }
 
     fn forget_due(&mut self, now: Instant) {
@@ -576,27 +493,10 @@ impl Gossip {
             other: other.addr,
         });
     }
-
-    pub(super) fn broadcast_member(&mut self, slot: Slot, update: Update) {
-        self.broadcasts.push(Topic::Member(slot), update);
-    }
 }
 
 /// The next tick of a periodic timer: on its grid, but never in the past.
 fn next_tick(previous: Instant, interval: Duration, now: Instant) -> Instant {
     let next = previous + interval;
     if next > now { next } else { now + interval }
-}
-
-impl Message {
-    pub(crate) fn piggyback_mut(&mut self) -> Option<&mut Vec<Update>> {
-        match self {
-            Message::Ping { piggyback, .. }
-            | Message::Ack { piggyback, .. }
-            | Message::Nack { piggyback, .. }
-            | Message::PingReq { piggyback, .. }
-            | Message::Gossip { piggyback, .. } => Some(piggyback),
-            _ => None,
-        }
-    }
 }

@@ -178,7 +178,7 @@ impl Gossip {
     fn merge_push_pull(&mut self, now: Instant, pp: &PushPull) {
         self.merge_state(now, &pp.from.id, &pp.members);
         if self.adopt_table(&pp.table) && self.config.hot_rumor_fanout > 0 {
-            self.push_now(now, self.config.hot_rumor_fanout, super::broadcast::Topic::Table);
+            self.push_now(self.config.hot_rumor_fanout, super::broadcast::Topic::Table);
         }
     }
 

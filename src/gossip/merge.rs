@@ -35,7 +35,7 @@ impl Gossip {
             Update::Table(table) => {
                 if self.adopt_table(table) && self.config.hot_rumor_fanout > 0 {
                     // Hot rumor: forward a new table at once instead of at the next round.
-                    self.push_now(now, self.config.hot_rumor_fanout, Topic::Table);
+                    self.push_now(self.config.hot_rumor_fanout, Topic::Table);
                 }
             }
         }

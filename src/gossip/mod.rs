@@ -14,6 +14,7 @@ mod merge;
 mod message;
 mod probe;
 pub mod sim;
+mod spread;
 mod suspicion;
 #[cfg(test)]
 mod tests;

@@ -1,8 +1,11 @@
-//! What the simulator measures, fed from the events every node emits.
+//! What the simulator measures, fed from the events every node emits, and the queries the
+//! tests and the example ask.
 
 use std::time::Duration;
 
-use super::NodeId;
+use super::{NodeId, Sim};
+use crate::gossip::Event;
+use crate::names::NodeName;
 
 /// Who sees whom alive, as an n×n bit matrix, plus the count of (observer, subject) pairs of
 /// live processes where the observer sees the subject alive: "one membership" is that count
@@ -153,4 +156,128 @@ pub struct SimStats {
     pub false_suspicions: u64,
     /// Distinct false suspicions: (live process, incarnation) pairs ever suspected.
     pub false_suspicion_episodes: u64,
+}
+
+impl Sim {
+    pub(super) fn observe(&mut self, obs: NodeId, ev: &Event) {
+        let subject = |sim: &Sim, name: &NodeName| sim.owners.get(name).copied();
+        match ev {
+            Event::MemberUp { name, .. } => {
+                if let Some(s) = subject(self, name) {
+                    self.views.set(obs, s, true);
+                }
+            }
+            Event::MemberSuspect { name, .. } | Event::MemberLeft { name, .. } => {
+                if let Some(s) = subject(self, name) {
+                    self.views.set(obs, s, false);
+                    if matches!(ev, Event::MemberSuspect { .. }) && self.live(s) {
+                        self.stats.false_suspicions += 1;
+                        let incarnation = self.nodes[obs]
+                            .gossip
+                            .member(name.as_str())
+                            .map_or(0, |m| m.incarnation);
+                        if self.suspected.insert((s, incarnation)) {
+                            self.stats.false_suspicion_episodes += 1;
+                        }
+                    }
+                }
+            }
+            Event::MemberDead { name, .. } => {
+                let Some(s) = subject(self, name) else { return };
+                self.views.set(obs, s, false);
+                if self.live(s) {
+                    self.false_deaths.push(FalseDeath {
+                        at: self.now(),
+                        observer: obs,
+                        subject: s,
+                    });
+                } else if let Some(d) = self.detections.iter_mut().rev().find(|d| d.subject == s)
+                    && let Some(m) = d.marked.get_mut(obs)
+                {
+                    m.get_or_insert(self.now);
+                }
+            }
+            Event::TableChanged(t) => {
+                if let Some(track) = self.table.as_mut()
+                    && t.version() >= track.version
+                    && let Some(a) = track.adopted.get_mut(obs)
+                {
+                    a.get_or_insert(self.now);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    pub fn stats(&self) -> &SimStats {
+        &self.stats
+    }
+
+    pub fn false_deaths(&self) -> &[FalseDeath] {
+        &self.false_deaths
+    }
+
+    /// Whether every live process sees every other live process alive.
+    pub fn one_membership(&self) -> bool {
+        self.views.one_membership()
+    }
+
+    /// How many live processes `id` sees alive (itself excluded).
+    pub fn alive_seen_by(&self, id: NodeId) -> usize {
+        (0..self.nodes.len())
+            .filter(|&s| s != id && self.live(s) && self.views.get(id, s))
+            .count()
+    }
+
+    /// For the tracked table: when each live process adopted it, relative to `set_table`,
+    /// sorted; processes that have not adopted it are missing.
+    pub fn table_adoption_times(&self) -> Vec<Duration> {
+        let Some(track) = &self.table else {
+            return Vec::new();
+        };
+        let mut times: Vec<Duration> = (0..self.nodes.len())
+            .filter(|&i| self.live(i))
+            .filter_map(|i| track.adopted.get(i).copied().flatten())
+            .map(|t| Duration::from_nanos(t - track.started))
+            .collect();
+        times.sort();
+        times
+    }
+
+    /// The fraction of live processes holding the tracked table.
+    pub fn table_fraction(&self) -> f64 {
+        let live = (0..self.nodes.len()).filter(|&i| self.live(i)).count();
+        self.table_adoption_times().len() as f64 / live.max(1) as f64
+    }
+
+    /// When `fraction` of live processes held the tracked table (after `set_table`).
+    pub fn table_time_to(&self, fraction: f64) -> Option<Duration> {
+        let live = (0..self.nodes.len()).filter(|&i| self.live(i)).count();
+        let times = self.table_adoption_times();
+        let need = ((fraction * live as f64).ceil() as usize).max(1);
+        times.get(need - 1).copied()
+    }
+
+    /// How long after `subject` was killed every live process had marked it dead.
+    pub fn detection_time(&self, subject: NodeId) -> Option<Duration> {
+        let d = self.detections.iter().rev().find(|d| d.subject == subject)?;
+        let mut last = d.killed_at;
+        for obs in (0..self.nodes.len()).filter(|&o| self.live(o)) {
+            last = last.max(d.marked.get(obs).copied().flatten()?);
+        }
+        Some(Duration::from_nanos(last - d.killed_at))
+    }
+
+    /// How many live processes have marked the killed `subject` dead.
+    pub fn marked_dead_by(&self, subject: NodeId) -> usize {
+        self.detections
+            .iter()
+            .rev()
+            .find(|d| d.subject == subject)
+            .map_or(0, |d| {
+                (0..self.nodes.len())
+                    .filter(|&o| self.live(o) && d.marked.get(o).copied().flatten().is_some())
+                    .count()
+            })
+    }
 }
