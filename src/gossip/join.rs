@@ -37,7 +37,8 @@ impl JoinAttempt {
 }
 
 /// A join whose name is held by a member alive elsewhere: that member is pinged first, and
-/// the join is refused if it answers, accepted (as a restart) if it stays silent.
+/// the join is refused if it answers, accepted (as a restart) if it stays silent for a probe
+/// interval.
 #[derive(Debug)]
 pub(super) struct LivenessCheck {
     seq: u32,
@@ -198,20 +199,24 @@ impl Gossip {
                 if self.checks.iter().any(|c| c.join.from.id == joiner) || self.checks.len() >= MAX_CHECKS {
                     return;
                 }
+                // A probe of the holder, sturdy against loss: a datagram and a stream at once,
+                // and a full probe interval to answer (a lost ack must not hand its name away).
                 let seq = self.next_seq();
-                let ping = Message::Ping {
-                    from: self.sender(),
-                    seq,
-                    target: old.clone(),
-                    reply_reliably: false,
-                    piggyback: Vec::new(),
-                };
-                self.send(old.addr, ping, false);
+                for reliable in [false, true] {
+                    let ping = Message::Ping {
+                        from: self.sender(),
+                        seq,
+                        target: old.clone(),
+                        reply_reliably: reliable,
+                        piggyback: Vec::new(),
+                    };
+                    self.send(old.addr, ping, reliable);
+                }
                 self.checks.push(LivenessCheck {
                     seq,
                     old,
                     join: pp,
-                    deadline: now + self.config.probe_timeout,
+                    deadline: now + self.config.probe_interval,
                 });
             }
         }

@@ -41,7 +41,7 @@ fn impostor_joins(old_alive: bool) -> Net {
     let now = net.now;
     net.nodes[2].join(now, addr(0));
     net.pump();
-    net.run(GossipConfig::default().probe_timeout * 2, Duration::from_millis(10));
+    net.run(GossipConfig::default().probe_interval * 2, Duration::from_millis(10));
     net
 }
 
@@ -77,6 +77,32 @@ fn restart_with_a_new_generation_is_accepted_when_the_old_one_is_silent() {
     }));
     let x = net.nodes[0].member("x").unwrap();
     assert_eq!((x.addr, x.generation, x.state), (addr(2), 2, State::Alive));
+}
+
+#[test]
+fn the_seed_checks_a_name_holder_on_a_stream_too_so_one_lost_datagram_cannot_hand_its_name_away() {
+    let mut net = Net::converged(&["a", "x"]);
+    net.nodes.push(gossip("x", 2, 2, net.now));
+    net.down.push(false);
+    let now = net.now;
+    net.nodes[2].join(now, addr(0));
+    let join = drain(&mut net.nodes[2]).pop().unwrap();
+    net.nodes[0].handle_message(now, addr(2), join.msg);
+    let checks = drain(&mut net.nodes[0]);
+    assert!(
+        checks
+            .iter()
+            .all(|t| t.to == addr(1) && matches!(t.msg, Message::Ping { .. }))
+    );
+    assert_eq!(checks.iter().filter(|t| t.reliable).count(), 1, "{checks:?}");
+    // The datagram is lost; only the stream ping reaches the holder, which answers on a stream.
+    let stream = checks.into_iter().find(|t| t.reliable).unwrap();
+    net.nodes[1].handle_message(now, addr(0), stream.msg);
+    let ack = drain(&mut net.nodes[1]).pop().unwrap();
+    assert!(ack.reliable);
+    net.nodes[0].handle_message(now, addr(1), ack.msg);
+    let refusal = drain(&mut net.nodes[0]).pop().unwrap();
+    assert!(matches!(refusal.msg, Message::JoinRefused { .. }) && refusal.to == addr(2));
 }
 
 #[test]
