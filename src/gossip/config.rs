@@ -117,25 +117,32 @@ impl GossipConfig {
         }
     }
 
-    /// The config the core runs with: a zero interval would make a timer fire in a loop, and
-    /// a zero multiplier would make suspicion or retransmission vanish, so both are floored.
+    /// The config the core runs with: a zero interval would make a timer fire in a loop, a
+    /// zero multiplier would make suspicion or retransmission vanish, and an absurd one would
+    /// overflow time arithmetic; all are clamped to sane bounds.
     pub(crate) fn sanitized(mut self) -> Self {
         const FLOOR: Duration = Duration::from_millis(1);
+        const CEILING: Duration = Duration::from_secs(365 * 24 * 3600);
         for d in [
             &mut self.probe_interval,
             &mut self.probe_timeout,
             &mut self.gossip_interval,
             &mut self.push_pull_interval,
             &mut self.reconnect_interval,
+            &mut self.dead_retention,
             &mut self.join_timeout,
             &mut self.join_retry_max,
         ] {
-            *d = (*d).max(FLOOR);
+            *d = (*d).clamp(FLOOR, CEILING);
         }
-        self.suspicion_mult = self.suspicion_mult.max(1);
-        self.suspicion_max_mult = self.suspicion_max_mult.max(1);
-        self.retransmit_mult = self.retransmit_mult.max(1);
-        self.awareness_max_multiplier = self.awareness_max_multiplier.max(1);
+        for m in [
+            &mut self.suspicion_mult,
+            &mut self.suspicion_max_mult,
+            &mut self.retransmit_mult,
+            &mut self.awareness_max_multiplier,
+        ] {
+            *m = (*m).clamp(1, 1000);
+        }
         self
     }
 }
@@ -158,10 +165,13 @@ mod tests {
     }
 
     #[test]
-    fn zero_intervals_are_floored_so_no_timer_spins() {
-        let file: GossipFile = toml::from_str("probe_interval = \"0ms\"\nsuspicion_mult = 0").unwrap();
+    fn absurd_intervals_are_clamped_so_no_timer_spins_or_overflows() {
+        let file: GossipFile =
+            toml::from_str("probe_interval = \"0ms\"\nsuspicion_mult = 0\ndead_retention = \"99999999999999h\"")
+                .unwrap();
         let c = GossipConfig::from_file(&file).sanitized();
         assert_eq!(c.probe_interval, Duration::from_millis(1));
         assert_eq!(c.suspicion_mult, 1);
+        assert_eq!(c.dead_retention, Duration::from_secs(365 * 24 * 3600));
     }
 }

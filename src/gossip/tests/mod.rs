@@ -3,6 +3,7 @@
 //! `Net` moves messages between a few `Gossip`s instantly at one virtual instant, so a test
 //! can step time and look at exactly what each node sent and emitted.
 
+mod fuzz;
 mod joining;
 mod membership;
 mod probing;
