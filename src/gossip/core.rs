@@ -18,7 +18,7 @@ use super::config::GossipConfig;
 use super::join::{JoinAttempt, Leaving, LivenessCheck};
 use super::members::{Member, MemberView, Members, Roster, Slot};
 use super::message::{Ident, Message, Sender, SharedTable, State};
-use super::probe::{Probe, Relay};
+use super::probe::{Probe, Relay, Verification};
 use super::suspicion::Suspicions;
 use crate::names::NodeName;
 use crate::routing::RoutingTable;
@@ -114,12 +114,15 @@ pub struct Gossip {
     pub(super) timers: Timers,
     pub(super) probe: Option<Probe>,
     pub(super) relays: Vec<Relay>,
+    pub(super) verifications: Vec<Verification>,
     pub(super) joins: Vec<JoinAttempt>,
     pub(super) checks: Vec<LivenessCheck>,
     pub(super) leaving: Option<Leaving>,
     /// Lifeguard's local health: 0 is healthy; probing slows down by `awareness + 1`.
     pub(super) awareness: u32,
     pub(super) conflicts: Vec<Ident>,
+    /// Recent notices and corrections: (to whom, about whom, incarnation, when).
+    pub(super) notices: Vec<(Ident, Ident, u64, Instant)>,
     pub(super) transmits: VecDeque<Transmit>,
     pub(super) events: VecDeque<Event>,
     pub(super) scratch: Vec<Slot>,
@@ -173,11 +176,13 @@ impl Gossip {
             timers,
             probe: None,
             relays: Vec::new(),
+            verifications: Vec::new(),
             joins: Vec::new(),
             checks: Vec::new(),
             leaving: None,
             awareness: 0,
             conflicts: Vec::new(),
+            notices: Vec::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             scratch: Vec::new(),
@@ -268,12 +273,21 @@ impl Gossip {
         }
         // A joiner is not a member until the seed has checked its name (join.rs).
         let is_join = matches!(&msg, Message::PushPull(pp) if pp.join.is_some() && !pp.is_reply);
+        // Before the sender's own claim revives it: a full state from a member we held dead
+        // is trusted less (merge.rs).
+        let sender_was_down = matches!(msg, Message::PushPull(_)) && self.is_down(&sender.id);
         if !is_join {
             let sender = sender.clone();
             self.apply_sender(now, &sender);
+            self.tell_if_written_off(now, &sender);
         }
+        let mut stale = Vec::new();
         for update in msg.piggyback() {
-            self.apply_update(now, update, Source::Gossip);
+            stale.extend(self.apply_update(now, update, Source::Gossip));
+        }
+        if !stale.is_empty() {
+            let to = msg.sender().id.clone();
+            self.correct(now, &to, &stale);
         }
         match msg {
             Message::Ping {
@@ -287,7 +301,7 @@ impl Gossip {
             Message::Nack { seq, .. } => self.on_nack(seq),
             Message::PingReq { from, seq, target, .. } => self.on_ping_req(now, &from, seq, target),
             Message::Gossip { .. } => {}
-            Message::PushPull(pp) => self.on_push_pull(now, pp),
+            Message::PushPull(pp) => self.on_push_pull(now, pp, sender_was_down),
             Message::JoinRefused { .. } => {}
             Message::Leave { from, seq } => self.on_leave(now, &from, seq),
         }
@@ -297,6 +311,7 @@ impl Gossip {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.expire_suspicions(now);
         self.expire_relays(now);
+        self.expire_verifications(now);
         self.expire_checks(now);
         self.tick_joins(now);
         if self.is_active() {
@@ -364,6 +379,7 @@ impl Gossip {
         }
         consider(self.suspicions.next_deadline());
         consider(self.relays.iter().map(|r| r.deadline).min());
+        consider(self.verifications.iter().map(|v| v.deadline).min());
         consider(self.checks.iter().map(|c| c.deadline).min());
         consider(self.joins.iter().map(JoinAttempt::deadline).min());
         consider(self.leaving.as_ref().and_then(Leaving::deadline));

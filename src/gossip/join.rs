@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use rand::RngExt;
 
 use super::core::{Event, Gossip};
+use super::members::Slot;
 use super::message::{Ident, MemberState, Message, PushPull, Sender, State, Update};
 
 /// The first join retry waits this long; each failure doubles it up to `join_retry_max`.
@@ -152,14 +153,15 @@ impl Gossip {
         })
     }
 
-    pub(super) fn on_push_pull(&mut self, now: Instant, pp: Box<PushPull>) {
+    /// `sender_was_down`: we held the sender dead before its message arrived.
+    pub(super) fn on_push_pull(&mut self, now: Instant, pp: Box<PushPull>, sender_was_down: bool) {
         if let Some(token) = pp.join
             && !pp.is_reply
         {
             self.on_join(now, pp, token);
             return;
         }
-        self.merge_push_pull(now, &pp);
+        self.merge_push_pull(now, &pp, sender_was_down);
         if pp.is_reply {
             if let Some(i) = pp.join.and_then(|t| self.joins.iter().position(|j| j.token == t)) {
                 let attempt = self.joins.swap_remove(i);
@@ -176,8 +178,8 @@ impl Gossip {
         }
     }
 
-    fn merge_push_pull(&mut self, now: Instant, pp: &PushPull) {
-        self.merge_state(now, &pp.from.id, &pp.members);
+    fn merge_push_pull(&mut self, now: Instant, pp: &PushPull, sender_was_down: bool) {
+        self.merge_state(now, &pp.members, sender_was_down);
         if self.adopt_table(&pp.table) && self.config.hot_rumor_fanout > 0 {
             self.push_now(self.config.hot_rumor_fanout, super::broadcast::Topic::Table);
         }
@@ -224,8 +226,9 @@ impl Gossip {
 
     fn accept_join(&mut self, now: Instant, pp: Box<PushPull>, token: u32) {
         let from = pp.from.clone();
+        let was_down = self.is_down(&from.id);
         self.apply_sender(now, &from);
-        self.merge_push_pull(now, &pp);
+        self.merge_push_pull(now, &pp, was_down);
         let reply = self.full_state(Some(token), true);
         self.send(from.id.addr, Message::PushPull(reply), true);
     }
@@ -293,28 +296,50 @@ impl Gossip {
         self.scratch = pick;
     }
 
-    /// A push-pull to a random dead member: if it is alive after all (a healed partition),
-    /// each side learns the other's view and refutes its own death.
+    /// Reaching out to dead members, so that a healed partition merges.
     ///
-    /// Like Serf, only with probability dead / alive: one crashed node in 10,000 is not worth
-    /// 10,000 full states every interval, while the side of a partition that sees half the
-    /// cluster dead (or a node cut off alone, which sees everyone dead) always tries.
+    /// First a ping to up to `gossip_fanout` random dead members: if one is alive after all,
+    /// its ack carries its claim to be alive, and if that claim does not beat our "dead", we
+    /// tell it (`tell_if_written_off`) and it refutes. A datagram each is cheap enough to send
+    /// even to a member that really crashed.
+    ///
+    /// Then, like Serf, a full push-pull to one of them with probability dead / alive: one
+    /// crashed node in 10,000 is not worth 10,000 full states every interval, while the side
+    /// of a partition that sees half the cluster dead (or a node cut off alone, which sees
+    /// everyone dead) always tries.
     pub(super) fn reconnect_random(&mut self) {
+        let mut picked: Vec<Slot> = Vec::new();
+        for _ in 0..self.config.gossip_fanout {
+            match self.members.random_down(&mut self.rng) {
+                Some(slot) if !picked.contains(&slot) => picked.push(slot),
+                _ => {}
+            }
+        }
+        for &slot in &picked {
+            let Some(id) = self.members.get(slot).map(|m| m.id.clone()) else {
+                continue;
+            };
+            let ping = Message::Ping {
+                from: self.sender(),
+                seq: self.next_seq(),
+                target: id.clone(),
+                reply_reliably: false,
+                piggyback: Vec::new(),
+            };
+            self.send_datagram(id.addr, ping);
+        }
         let dead = self.members.count(State::Dead) as f64;
         let alive = (self.members.count(State::Alive) + self.members.count(State::Suspect)) as f64;
-        if dead == 0.0 || self.rng.random::<f64>() >= dead / alive.max(1.0) {
-            return;
-        }
-        let Some(addr) = self
-            .members
-            .random_down(&mut self.rng)
-            .and_then(|s| self.members.get(s))
-            .map(|m| m.id.addr)
-        else {
+        let Some(&slot) = picked.first() else {
             return;
         };
-        let pp = self.full_state(None, false);
-        self.send(addr, Message::PushPull(pp), true);
+        if self.rng.random::<f64>() >= dead / alive.max(1.0) {
+            return;
+        }
+        if let Some(addr) = self.members.get(slot).map(|m| m.id.addr) {
+            let pp = self.full_state(None, false);
+            self.send(addr, Message::PushPull(pp), true);
+        }
     }
 
     pub(super) fn start_leave(&mut self, now: Instant) {
@@ -418,7 +443,7 @@ impl Gossip {
 
     /// A member says it is leaving: record it, acknowledge on the stream it came on.
     pub(super) fn on_leave(&mut self, now: Instant, from: &Sender, seq: u32) {
-        self.apply_member(
+        let _ = self.apply_member(
             now,
             &from.id,
             from.incarnation,

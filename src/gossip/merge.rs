@@ -10,7 +10,7 @@ use std::time::Instant;
 use super::broadcast::Topic;
 use super::core::{Event, Gossip, Source};
 use super::members::{Member, Slot};
-use super::message::{Ident, MemberState, Sender, SharedTable, State, Update};
+use super::message::{Ident, MemberState, Message, Sender, SharedTable, State, Update};
 
 /// Incarnations this high cannot be refuted (there is no room above them); only a broken or
 /// hostile peer sends them, so updates about us carrying one are ignored.
@@ -19,10 +19,12 @@ const IMPLAUSIBLE_INCARNATION: u64 = u64::MAX / 2;
 impl Gossip {
     /// Every message is its sender's own claim to be alive at its incarnation.
     pub(super) fn apply_sender(&mut self, now: Instant, sender: &Sender) {
-        self.apply_member(now, &sender.id, sender.incarnation, State::Alive, None, Source::Gossip);
+        let _ = self.apply_member(now, &sender.id, sender.incarnation, State::Alive, None, Source::Gossip);
     }
 
-    pub(super) fn apply_update(&mut self, now: Instant, update: &Update, source: Source) {
+    /// Applies one update; returns the member's slot when the update was a stale failure
+    /// claim (suspect or dead at an older incarnation than the alive one we know).
+    pub(super) fn apply_update(&mut self, now: Instant, update: &Update, source: Source) -> Option<Slot> {
         match update {
             Update::Alive { id, incarnation } => self.apply_member(now, id, *incarnation, State::Alive, None, source),
             Update::Suspect { id, incarnation, by } => {
@@ -37,20 +39,133 @@ impl Gossip {
                     // Hot rumor: forward a new table at once instead of at the next round.
                     self.push_now(self.config.hot_rumor_fanout, Topic::Table);
                 }
+                None
             }
         }
     }
 
-    /// Merges a full state (push-pull) from `sender`.
-    pub(super) fn merge_state(&mut self, now: Instant, sender: &Ident, members: &[MemberState]) {
+    /// Merges a full state (push-pull).
+    ///
+    /// A "suspect" or "dead" in it is second-hand and possibly stale: after a partition heals,
+    /// every full state from the other side calls half the cluster dead. Where it is news
+    /// (a higher incarnation than ours) it becomes our own suspicion (by us, as in memberlist,
+    /// so one full state is one voice, not a confirmation). Where we hold the member alive at
+    /// the same incarnation, we ping it first (`verify`) and suspect it only if it stays
+    /// silent; from a sender that was itself dead to us (a reconnect across the healed cut)
+    /// not even that, since it could not have reached the member. Believing such states
+    /// outright made healed 1,000-node partitions declare live members dead.
+    pub(super) fn merge_state(&mut self, now: Instant, members: &[MemberState], sender_was_down: bool) {
+        let me = self.my_id.clone();
         for m in members {
-            let by = (m.state != State::Alive).then_some(sender);
-            self.apply_member(now, &m.id, m.incarnation, m.state, by, Source::PushPull);
+            let failure = matches!(m.state, State::Suspect | State::Dead);
+            if failure
+                && m.id.name != me.name
+                && let Some(slot) = self.members.find_ident(&m.id)
+                && let Some(ours) = self.members.get(slot)
+                && ours.id.generation == m.id.generation
+                && ours.incarnation >= m.incarnation
+            {
+                if ours.state == State::Alive && ours.incarnation == m.incarnation && !sender_was_down {
+                    self.verify(now, slot);
+                }
+                continue;
+            }
+            let by = failure.then_some(&me);
+            // A stale entry needs no correction: our answer carries our whole view.
+            let _ = self.apply_member(now, &m.id, m.incarnation, m.state, by, Source::PushPull);
         }
     }
 
+    /// A member we hold suspect or dead is talking to us, so it does not know: tell it at once,
+    /// so it refutes now rather than whenever gossip or a reconnect happens to reach it. This
+    /// is what lets a healed partition converge in seconds: the first probe across the old cut
+    /// makes the prober refute.
+    pub(super) fn tell_if_written_off(&mut self, now: Instant, sender: &Sender) {
+        let Some(m) = self.members.find_ident(&sender.id).and_then(|s| self.members.get(s)) else {
+            return;
+        };
+        if m.id.generation != sender.id.generation || !matches!(m.state, State::Suspect | State::Dead) {
+            return;
+        }
+        let (id, incarnation, state) = (m.id.clone(), m.incarnation, m.state);
+        if self.told_recently(now, &id, &id, incarnation) {
+            return;
+        }
+        let by = self.my_id.clone();
+        let update = if state == State::Dead {
+            Update::Dead {
+                id: id.clone(),
+                incarnation,
+                by,
+            }
+        } else {
+            Update::Suspect {
+                id: id.clone(),
+                incarnation,
+                by,
+            }
+        };
+        let notice = Message::Gossip {
+            from: self.sender(),
+            piggyback: vec![update],
+        };
+        self.send(id.addr, notice, false);
+    }
+
+    /// `to` passed on stale failures of members we know alive at a newer incarnation (it
+    /// missed their refutations, typically after a partition): send it what we know, or it
+    /// may declare them dead on its own.
+    pub(super) fn correct(&mut self, now: Instant, to: &Ident, stale: &[Slot]) {
+        let mut piggyback = Vec::new();
+        for &slot in stale.iter().take(32) {
+            let Some(m) = self.members.get(slot).filter(|m| m.state == State::Alive) else {
+                continue;
+            };
+            let (id, incarnation) = (m.id.clone(), m.incarnation);
+            if !self.told_recently(now, to, &id, incarnation) {
+                piggyback.push(Update::Alive { id, incarnation });
+            }
+        }
+        if !piggyback.is_empty() {
+            let msg = Message::Gossip {
+                from: self.sender(),
+                piggyback,
+            };
+            self.send(to.addr, msg, false);
+        }
+    }
+
+    /// Whether `to` was told about `about` at `incarnation` within a probe interval; records
+    /// it if not. Bounded, so a chatty peer cannot grow it.
+    fn told_recently(&mut self, now: Instant, to: &Ident, about: &Ident, incarnation: u64) -> bool {
+        let window = self.config.probe_interval;
+        let seen = self.notices.iter().any(|(t, a, i, at)| {
+            t.name == to.name
+                && a.name == about.name
+                && *i == incarnation
+                && now.saturating_duration_since(*at) < window
+        });
+        if !seen {
+            if self.notices.len() >= 256 {
+                self.notices.remove(0);
+            }
+            self.notices.push((to.clone(), about.clone(), incarnation, now));
+        }
+        seen
+    }
+
+    /// Whether `id` is a member we hold dead or left (in the same generation).
+    pub(super) fn is_down(&self, id: &Ident) -> bool {
+        self.members
+            .find_ident(id)
+            .and_then(|s| self.members.get(s))
+            .is_some_and(|m| m.id.generation == id.generation && matches!(m.state, State::Dead | State::Left))
+    }
+
     /// The heart of the protocol: applies `state` for `id` at `incarnation` if it takes
-    /// precedence, then gossips it on and tells the driver.
+    /// precedence, then gossips it on and tells the driver. Returns the slot when the update
+    /// was a stale failure claim, so the caller can correct whoever passed it on.
+    #[must_use]
     pub(super) fn apply_member(
         &mut self,
         now: Instant,
@@ -59,10 +174,9 @@ impl Gossip {
         state: State,
         by: Option<&Ident>,
         source: Source,
-    ) {
+    ) -> Option<Slot> {
         if id.name == self.my_id.name {
-            self.about_me(now, id, incarnation, state);
-            return;
+            return self.about_me(now, id, incarnation, state);
         }
         let now_ms = self.ms(now);
         let Some(slot) = self.members.find_ident(id) else {
@@ -89,11 +203,9 @@ impl Gossip {
                     addr: id.addr,
                 });
             }
-            return;
+            return None;
         };
-        let Some(old) = self.members.get(slot) else {
-            return;
-        };
+        let old = self.members.get(slot)?;
         let (old_key, old_state, old_addr) = (old.key(), old.state, old.id.addr);
         // A full state's "dead" is someone's possibly stale opinion (a partition's other
         // side): suspect instead and give the member the chance to refute, as memberlist does.
@@ -117,7 +229,8 @@ impl Gossip {
                 };
                 self.broadcast_member(slot, update);
             }
-            return;
+            let stale = key < old_key && old_state == State::Alive && matches!(state, State::Suspect | State::Dead);
+            return stale.then_some(slot);
         }
         let new_process = id.generation != old_key.0;
         self.members
@@ -158,30 +271,38 @@ impl Gossip {
             }
         };
         self.broadcast_member(slot, update);
+        None
     }
 
     /// Someone says something about our name.
-    fn about_me(&mut self, now: Instant, id: &Ident, incarnation: u64, state: State) {
+    fn about_me(&mut self, now: Instant, id: &Ident, incarnation: u64, state: State) -> Option<Slot> {
         let my_generation = self.my_id.generation;
         if id.generation > my_generation || (id.generation == my_generation && id.addr != self.my_id.addr) {
             // A newer start of our name (or a twin): a live other process claims it.
             if state == State::Alive {
                 self.name_conflict(id);
             }
-            return;
+            return None;
         }
-        if id.generation < my_generation || !self.is_active() || incarnation >= IMPLAUSIBLE_INCARNATION {
-            // News about our previous life, or we are leaving anyway, or nonsense.
-            return;
+        let failure = matches!(state, State::Suspect | State::Dead);
+        if !self.is_active() || incarnation >= IMPLAUSIBLE_INCARNATION {
+            // We are leaving anyway, or this is nonsense.
+            return None;
         }
         let mine = self.my().incarnation;
+        if id.generation < my_generation {
+            // News about our previous life: whoever passed on its failure should learn of us.
+            return failure.then_some(self.me);
+        }
         let wrong = match state {
             State::Alive => incarnation > mine,
             State::Suspect | State::Dead | State::Left => incarnation >= mine,
         };
         if wrong {
             self.refute(now, incarnation);
+            return None;
         }
+        (failure && incarnation < mine).then_some(self.me)
     }
 
     /// We are said to be suspect or dead: raise our incarnation above the claim and gossip it.
@@ -202,7 +323,7 @@ impl Gossip {
         };
         let (id, incarnation) = (m.id.clone(), m.incarnation);
         let me = self.my_id.clone();
-        self.apply_member(now, &id, incarnation, State::Suspect, Some(&me), Source::Gossip);
+        let _ = self.apply_member(now, &id, incarnation, State::Suspect, Some(&me), Source::Gossip);
     }
 
     pub(super) fn expire_suspicions(&mut self, now: Instant) {
@@ -215,7 +336,7 @@ impl Gossip {
             if m.state == State::Suspect && m.incarnation == incarnation {
                 let id = m.id.clone();
                 let me = self.my_id.clone();
-                self.apply_member(now, &id, incarnation, State::Dead, Some(&me), Source::Gossip);
+                let _ = self.apply_member(now, &id, incarnation, State::Dead, Some(&me), Source::Gossip);
             }
         }
     }

@@ -37,6 +37,20 @@ pub(super) struct Relay {
 /// Relays are cheap, but a peer flooding ping-reqs must not grow them without bound.
 const MAX_RELAYS: usize = 1024;
 
+/// A member a full state says failed while we hold it alive: pinged before it is believed.
+#[derive(Debug)]
+pub(super) struct Verification {
+    slot: Slot,
+    id: Ident,
+    incarnation: u64,
+    seq: u32,
+    pub deadline: Instant,
+}
+
+/// Verifications in flight; beyond this a healing partition's flood of stale failures is
+/// ignored (the members refute through other paths, or our own probes find the dead).
+const MAX_VERIFICATIONS: usize = 256;
+
 impl Gossip {
     pub(super) fn start_probe(&mut self, now: Instant) {
         let Some(target) = self.members.next_probe_target(self.me, &mut self.rng) else {
@@ -196,7 +210,56 @@ impl Gossip {
         self.send_datagram(target.addr, ping);
     }
 
+    /// Pings `slot`, which a full state says failed, carrying that suspicion so the member
+    /// refutes it; suspects it only if no ack comes within a probe interval.
+    pub(super) fn verify(&mut self, now: Instant, slot: Slot) {
+        if self.verifications.len() >= MAX_VERIFICATIONS || self.verifications.iter().any(|v| v.slot == slot) {
+            return;
+        }
+        let Some((id, incarnation)) = self.members.get(slot).map(|m| (m.id.clone(), m.incarnation)) else {
+            return;
+        };
+        let seq = self.next_seq();
+        let ping = Message::Ping {
+            from: self.sender(),
+            seq,
+            target: id.clone(),
+            reply_reliably: false,
+            piggyback: vec![Update::Suspect {
+                id: id.clone(),
+                incarnation,
+                by: self.my_id.clone(),
+            }],
+        };
+        self.send(id.addr, ping, false);
+        self.verifications.push(Verification {
+            slot,
+            id,
+            incarnation,
+            seq,
+            deadline: now + self.config.probe_interval,
+        });
+    }
+
+    /// Verifications that got no ack: now it is our own evidence.
+    pub(super) fn expire_verifications(&mut self, now: Instant) {
+        while let Some(i) = self.verifications.iter().position(|v| v.deadline <= now) {
+            let v = self.verifications.swap_remove(i);
+            let unchanged = self
+                .members
+                .get(v.slot)
+                .is_some_and(|m| m.id == v.id && m.state == State::Alive && m.incarnation == v.incarnation);
+            if unchanged {
+                self.suspect(now, v.slot);
+            }
+        }
+    }
+
     pub(super) fn on_ack(&mut self, now: Instant, from: &Sender, seq: u32) {
+        if let Some(i) = self.verifications.iter().position(|v| v.seq == seq) {
+            self.verifications.swap_remove(i);
+            return;
+        }
         if let Some(p) = self.probe.as_mut()
             && p.seq == seq
         {

@@ -123,32 +123,90 @@ fn a_restarted_member_supersedes_its_old_self_at_once() {
     }));
 }
 
-#[test]
-fn dead_in_a_full_state_is_only_suspected() {
-    let now = t0();
-    let mut a = gossip("a", 0, 1, now);
-    let (b, c) = (id("b", 1, 1), id("c", 2, 1));
-    a.handle_message(now, b.addr, gossip_msg(&b, vec![]));
-    let pp = PushPull {
+fn full_state_calling(subject: &Ident, incarnation: u64, state: State, from: &Ident) -> Message {
+    Message::PushPull(Box::new(PushPull {
         from: Sender {
-            id: c.clone(),
+            id: from.clone(),
             incarnation: 0,
         },
         join: None,
         is_reply: true,
         members: vec![MemberState {
-            id: b.clone(),
-            incarnation: 0,
-            state: State::Dead,
+            id: subject.clone(),
+            incarnation,
+            state,
         }],
         table: SharedTable(std::sync::Arc::new(table("n0", 1))),
+    }))
+}
+
+#[test]
+fn a_full_states_dead_is_verified_by_a_ping_before_it_is_believed() {
+    let now = t0();
+    let mut a = gossip("a", 0, 1, now);
+    let (b, c) = (id("b", 1, 1), id("c", 2, 1));
+    a.handle_message(now, b.addr, gossip_msg(&b, vec![]));
+    a.handle_message(now, c.addr, gossip_msg(&c, vec![]));
+    drain(&mut a);
+    a.handle_message(now, c.addr, full_state_calling(&b, 0, State::Dead, &c));
+    assert_eq!(a.member("b").unwrap().state, State::Alive, "not believed yet");
+    let ping = drain(&mut a).into_iter().find(|t| t.to == b.addr).unwrap();
+    let Message::Ping { seq, piggyback, .. } = &ping.msg else {
+        panic!("{ping:?}")
     };
-    a.handle_message(now, c.addr, Message::PushPull(Box::new(pp)));
+    assert!(
+        matches!(&piggyback[..], [Update::Suspect { id, .. }] if id.name == b.name),
+        "so b can refute"
+    );
+    // b answers: nothing happens. Asked again and silent: suspected after a probe interval.
+    let ack = Message::Ack {
+        from: Sender {
+            id: b.clone(),
+            incarnation: 0,
+        },
+        seq: *seq,
+        piggyback: vec![],
+    };
+    a.handle_message(now, b.addr, ack);
+    let interval = GossipConfig::default().probe_interval;
+    a.handle_timeout(now + interval);
+    assert_eq!(a.member("b").unwrap().state, State::Alive);
+    a.handle_message(now + interval, c.addr, full_state_calling(&b, 0, State::Dead, &c));
+    a.handle_timeout(now + interval * 2);
     assert_eq!(
         a.member("b").unwrap().state,
         State::Suspect,
-        "b gets the chance to refute"
+        "a full state's dead is never more"
     );
+}
+
+#[test]
+fn a_full_state_from_a_member_we_held_dead_cannot_make_us_suspect_others() {
+    let now = t0();
+    let mut a = gossip("a", 0, 1, now);
+    let (b, c) = (id("b", 1, 1), id("c", 2, 1));
+    a.handle_message(now, b.addr, gossip_msg(&b, vec![]));
+    a.handle_message(now, c.addr, gossip_msg(&c, vec![]));
+    a.handle_message(now, b.addr, gossip_msg(&b, vec![update(State::Dead, &c, 0, &b)]));
+    assert_eq!(a.member("c").unwrap().state, State::Dead);
+    // c was cut off from us with b; b is alive to it, c is dead to us. c's view of b is stale.
+    a.handle_message(now, c.addr, full_state_calling(&b, 0, State::Dead, &c));
+    assert_eq!(a.member("b").unwrap().state, State::Alive);
+    assert!(
+        drain(&mut a)
+            .iter()
+            .all(|t| t.to != b.addr || !matches!(t.msg, Message::Ping { .. }))
+    );
+}
+
+#[test]
+fn a_full_states_failure_at_a_newer_incarnation_is_suspected_at_once() {
+    let now = t0();
+    let mut a = gossip("a", 0, 1, now);
+    let (b, c) = (id("b", 1, 1), id("c", 2, 1));
+    a.handle_message(now, b.addr, gossip_msg(&b, vec![]));
+    a.handle_message(now, c.addr, full_state_calling(&b, 3, State::Dead, &c));
+    assert_eq!(a.member("b").unwrap().state, State::Suspect, "dead is only suspected");
 }
 
 #[test]
@@ -382,4 +440,73 @@ fn hostile_input_never_panics() {
     let stranger = id("stranger", 8, 1);
     a.handle_message(now, stranger.addr, gossip_msg(&stranger, vec![]));
     assert_eq!(a.member("stranger").unwrap().state, State::Alive);
+}
+
+#[test]
+fn a_member_we_hold_dead_is_told_when_it_talks_to_us() {
+    let now = t0();
+    let mut a = gossip("a", 0, 1, now);
+    let (b, c) = (id("b", 1, 1), id("c", 2, 1));
+    a.handle_message(now, b.addr, gossip_msg(&b, vec![]));
+    a.handle_message(now, c.addr, gossip_msg(&c, vec![update(State::Dead, &b, 0, &c)]));
+    drain(&mut a);
+    // b does not know: it gossips as if nothing happened.
+    a.handle_message(now, b.addr, gossip_msg(&b, vec![]));
+    let told = drain(&mut a);
+    assert!(
+        told.iter()
+            .any(|t| t.to == b.addr && matches!(t.msg.piggyback(), [Update::Dead { id, .. }] if id.name == b.name)),
+        "{told:?}"
+    );
+    a.handle_message(now, b.addr, gossip_msg(&b, vec![]));
+    assert!(drain(&mut a).iter().all(|t| t.to != b.addr), "once per probe interval");
+}
+
+#[test]
+fn whoever_passes_on_a_stale_failure_is_corrected() {
+    let now = t0();
+    let mut a = gossip("a", 0, 1, now);
+    let (b, c) = (id("b", 1, 1), id("c", 2, 1));
+    a.handle_message(
+        now,
+        c.addr,
+        Message::Gossip {
+            from: Sender {
+                id: c.clone(),
+                incarnation: 2,
+            },
+            piggyback: vec![],
+        },
+    );
+    drain(&mut a);
+    // b missed c's refutation to incarnation 2 and passes on a suspicion at 1.
+    a.handle_message(now, b.addr, gossip_msg(&b, vec![update(State::Suspect, &c, 1, &b)]));
+    assert_eq!(a.member("c").unwrap().state, State::Alive);
+    let sent = drain(&mut a);
+    assert!(
+        sent.iter().any(|t| t.to == b.addr
+            && t.msg.piggyback()
+                == [Update::Alive {
+                    id: c.clone(),
+                    incarnation: 2
+                }]),
+        "{sent:?}"
+    );
+}
+
+#[test]
+fn a_member_wrongly_held_dead_comes_back_through_reconnect_pings() {
+    let mut net = Net::converged(&["a", "b", "c"]);
+    let now = net.now;
+    let (b, c) = (net.nodes[1].identity().clone(), net.nodes[2].identity().clone());
+    // Only a believes b dead (say it missed b's refutation); b and c see everyone alive.
+    net.nodes[0].handle_message(now, c.addr, gossip_msg(&c, vec![update(State::Dead, &b, 0, &c)]));
+    assert_eq!(net.nodes[0].member("b").unwrap().state, State::Dead);
+    net.run(
+        GossipConfig::default().reconnect_interval * 2,
+        Duration::from_millis(50),
+    );
+    let seen = net.nodes[0].member("b").unwrap();
+    assert_eq!(seen.state, State::Alive);
+    assert!(seen.incarnation >= 1, "b refuted");
 }
