@@ -107,6 +107,13 @@ fn a_partition_longer_than_the_suspicion_timeout_heals_within_30_seconds() {
     let one = sim.run_until_true(Duration::from_secs(30), Duration::from_millis(100), Sim::one_membership);
     assert!(one.is_some(), "node 0 sees {} alive after 30 s", sim.alive_seen_by(0));
     assert!(one.unwrap() - healed <= Duration::from_secs(30));
+    // Deaths across the cut were the point; none on one's own side, none after the heal.
+    let wrong: Vec<_> = sim
+        .false_deaths()
+        .iter()
+        .filter(|d| (d.observer < n / 2) == (d.subject < n / 2) || d.at >= healed)
+        .collect();
+    assert!(wrong.is_empty(), "{wrong:?}");
     assert_healthy(&sim);
 }
 
