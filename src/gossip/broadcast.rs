@@ -132,6 +132,21 @@ impl Broadcasts {
         }
     }
 
+    /// Drops every queued suspicion and death (see `Gossip::written_off`).
+    pub fn forget_failures(&mut self) {
+        let failed: Vec<Key> = self
+            .order
+            .iter()
+            .filter(|(_, q)| matches!(q.update, Update::Suspect { .. } | Update::Dead { .. }))
+            .map(|(k, _)| *k)
+            .collect();
+        for key in failed {
+            if let Some(q) = self.order.remove(&key) {
+                self.topics.remove(&q.topic);
+            }
+        }
+    }
+
     /// Drops the most-sent, oldest updates beyond `max` (a partition healing at 10,000 nodes
     /// must not grow the queue without bound).
     pub fn prune(&mut self, max: usize) {

@@ -89,6 +89,8 @@ pub enum Event {
 pub(super) enum Source {
     Gossip,
     PushPull,
+    /// Our own evidence: a probe or verification that went unanswered, a suspicion run out.
+    Local,
 }
 
 pub(super) struct Timers {
@@ -273,9 +275,9 @@ impl Gossip {
         }
         // A joiner is not a member until the seed has checked its name (join.rs).
         let is_join = matches!(&msg, Message::PushPull(pp) if pp.join.is_some() && !pp.is_reply);
-        // Before the sender's own claim revives it: a full state from a member we held dead
-        // is trusted less (merge.rs).
-        let sender_was_down = matches!(msg, Message::PushPull(_)) && self.is_down(&sender.id);
+        // Before the sender's own claim revives it: failures reported by a member we held dead
+        // are trusted less (merge.rs).
+        let sender_was_down = self.is_down(&sender.id);
         if !is_join {
             let sender = sender.clone();
             self.apply_sender(now, &sender);
@@ -283,6 +285,9 @@ impl Gossip {
         }
         let mut stale = Vec::new();
         for update in msg.piggyback() {
+            if sender_was_down && self.stale_failure_claim(update) {
+                continue;
+            }
             stale.extend(self.apply_update(now, update, Source::Gossip));
         }
         if !stale.is_empty() {

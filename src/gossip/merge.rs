@@ -66,7 +66,7 @@ impl Gossip {
                 && ours.incarnation >= m.incarnation
             {
                 if ours.state == State::Alive && ours.incarnation == m.incarnation && !sender_was_down {
-                    self.verify(now, slot);
+                    self.verify(now, slot, None);
                 }
                 continue;
             }
@@ -207,9 +207,7 @@ impl Gossip {
         };
         let old = self.members.get(slot)?;
         let (old_key, old_state, old_addr) = (old.key(), old.state, old.id.addr);
-        // A full state's "dead" is someone's possibly stale opinion (a partition's other
-        // side): suspect instead and give the member the chance to refute, as memberlist does.
-        let state = if source == Source::PushPull && state == State::Dead {
+        let state = if state == State::Dead && source == Source::PushPull {
             State::Suspect
         } else {
             state
@@ -231,6 +229,20 @@ impl Gossip {
             }
             let stale = key < old_key && old_state == State::Alive && matches!(state, State::Suspect | State::Dead);
             return stale.then_some(slot);
+        }
+        // A "dead" we never saw coming (we hold the member alive in that generation, so its
+        // suspicion never reached us) is checked before it is believed: typically it is the
+        // verdict of the other side of a partition that just healed, and the member is fine.
+        // We ping it with the suspicion attached (so it refutes) and take the verdict only if
+        // it stays silent. A full state's "dead" is only suspected, as in memberlist.
+        if state == State::Dead && source == Source::Gossip && old_state == State::Alive && old_key.0 == id.generation {
+            let verdict = Update::Dead {
+                id: id.clone(),
+                incarnation,
+                by: by.unwrap_or(&self.my_id).clone(),
+            };
+            self.verify(now, slot, Some(verdict));
+            return None;
         }
         let new_process = id.generation != old_key.0;
         self.members
@@ -300,6 +312,9 @@ impl Gossip {
         };
         if wrong {
             self.refute(now, incarnation);
+            if state == State::Dead {
+                self.written_off();
+            }
             return None;
         }
         (failure && incarnation < mine).then_some(self.me)
@@ -316,6 +331,57 @@ impl Gossip {
         self.adjust_awareness(1);
     }
 
+    /// Others declared us dead: we were cut off (or too slow to answer). Failures we saw in
+    /// that time are likely the other side of the same cut, so stop spreading them, and ask
+    /// every member we suspect directly, with the suspicion attached so it can refute. Without
+    /// this, a minority side's pending suspicions flood the majority after a heal and expire
+    /// there before the accused hear of them.
+    fn written_off(&mut self) {
+        self.broadcasts.forget_failures();
+        let suspects: Vec<Slot> = self
+            .members
+            .iter()
+            .filter(|(_, m)| m.state == State::Suspect)
+            .map(|(s, _)| s)
+            .take(256)
+            .collect();
+        for slot in suspects {
+            let Some((id, incarnation)) = self.members.get(slot).map(|m| (m.id.clone(), m.incarnation)) else {
+                continue;
+            };
+            let ping = Message::Ping {
+                from: self.sender(),
+                seq: self.next_seq(),
+                target: id.clone(),
+                reply_reliably: false,
+                piggyback: vec![Update::Suspect {
+                    id: id.clone(),
+                    incarnation,
+                    by: self.my_id.clone(),
+                }],
+            };
+            self.send(id.addr, ping, false);
+        }
+    }
+
+    /// Whether a failure claim from a sender we held dead should be ignored: it was cut off
+    /// from us, so what it could not reach says nothing about members we hold alive.
+    pub(super) fn stale_failure_claim(&self, update: &Update) -> bool {
+        let (id, incarnation) = match update {
+            Update::Suspect { id, incarnation, .. } | Update::Dead { id, incarnation, .. } => (id, *incarnation),
+            _ => return false,
+        };
+        if id.name == self.my_id.name {
+            return false;
+        }
+        self.members
+            .find_ident(id)
+            .and_then(|s| self.members.get(s))
+            .is_some_and(|m| {
+                m.id.generation == id.generation && m.state == State::Alive && m.incarnation >= incarnation
+            })
+    }
+
     /// Our own probe of `slot` failed: suspect it (or confirm an existing suspicion).
     pub(super) fn suspect(&mut self, now: Instant, slot: Slot) {
         let Some(m) = self.members.get(slot) else {
@@ -323,7 +389,7 @@ impl Gossip {
         };
         let (id, incarnation) = (m.id.clone(), m.incarnation);
         let me = self.my_id.clone();
-        let _ = self.apply_member(now, &id, incarnation, State::Suspect, Some(&me), Source::Gossip);
+        let _ = self.apply_member(now, &id, incarnation, State::Suspect, Some(&me), Source::Local);
     }
 
     pub(super) fn expire_suspicions(&mut self, now: Instant) {
@@ -336,7 +402,7 @@ impl Gossip {
             if m.state == State::Suspect && m.incarnation == incarnation {
                 let id = m.id.clone();
                 let me = self.my_id.clone();
-                let _ = self.apply_member(now, &id, incarnation, State::Dead, Some(&me), Source::Gossip);
+                let _ = self.apply_member(now, &id, incarnation, State::Dead, Some(&me), Source::Local);
             }
         }
     }

@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use super::core::Gossip;
+use super::core::{Gossip, Source};
 use super::members::Slot;
 use super::message::{Ident, Message, Sender, State, Update};
 
@@ -37,19 +37,21 @@ pub(super) struct Relay {
 /// Relays are cheap, but a peer flooding ping-reqs must not grow them without bound.
 const MAX_RELAYS: usize = 1024;
 
-/// A member a full state says failed while we hold it alive: pinged before it is believed.
+/// A member said to have failed while we hold it alive: pinged before it is believed.
 #[derive(Debug)]
 pub(super) struct Verification {
     slot: Slot,
     id: Ident,
     incarnation: u64,
     seq: u32,
+    /// What to apply if it stays silent: a gossiped death, or (none) our own suspicion.
+    verdict: Option<Update>,
     pub deadline: Instant,
 }
 
 /// Verifications in flight; beyond this a healing partition's flood of stale failures is
-/// ignored (the members refute through other paths, or our own probes find the dead).
-const MAX_VERIFICATIONS: usize = 256;
+/// ignored (others gossip the real ones again, and our own probes find the dead).
+const MAX_VERIFICATIONS: usize = 1024;
 
 impl Gossip {
     pub(super) fn start_probe(&mut self, now: Instant) {
@@ -210,9 +212,10 @@ impl Gossip {
         self.send_datagram(target.addr, ping);
     }
 
-    /// Pings `slot`, which a full state says failed, carrying that suspicion so the member
-    /// refutes it; suspects it only if no ack comes within a probe interval.
-    pub(super) fn verify(&mut self, now: Instant, slot: Slot) {
+    /// Pings `slot`, said to have failed, carrying a suspicion so the member refutes it if it
+    /// is alive; if no ack comes within a probe interval, applies `verdict` (a gossiped death)
+    /// or suspects it.
+    pub(super) fn verify(&mut self, now: Instant, slot: Slot, verdict: Option<Update>) {
         if self.verifications.len() >= MAX_VERIFICATIONS || self.verifications.iter().any(|v| v.slot == slot) {
             return;
         }
@@ -237,6 +240,7 @@ impl Gossip {
             id,
             incarnation,
             seq,
+            verdict,
             deadline: now + self.config.probe_interval,
         });
     }
@@ -249,8 +253,12 @@ impl Gossip {
                 .members
                 .get(v.slot)
                 .is_some_and(|m| m.id == v.id && m.state == State::Alive && m.incarnation == v.incarnation);
-            if unchanged {
-                self.suspect(now, v.slot);
+            match v.verdict {
+                Some(Update::Dead { id, incarnation, by }) if unchanged => {
+                    let _ = self.apply_member(now, &id, incarnation, State::Dead, Some(&by), Source::Local);
+                }
+                _ if unchanged => self.suspect(now, v.slot),
+                _ => {}
             }
         }
     }

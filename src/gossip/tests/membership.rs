@@ -22,6 +22,12 @@ fn update(state: State, id: &Ident, incarnation: u64, by: &Ident) -> Update {
     }
 }
 
+/// Tells `g` that `who` died, the usual way: suspected first, then declared dead by `via`.
+fn announce_death(g: &mut Gossip, now: std::time::Instant, who: &Ident, via: &Ident) {
+    let updates = vec![update(State::Suspect, who, 0, via), update(State::Dead, who, 0, via)];
+    g.handle_message(now, via.addr, gossip_msg(via, updates));
+}
+
 #[test]
 fn precedence_follows_swim_with_generation_first() {
     use State::*;
@@ -55,10 +61,18 @@ fn precedence_follows_swim_with_generation_first() {
             ),
         );
         if (old, i) != (Alive, 0) {
-            a.handle_message(now, c.addr, gossip_msg(&c, vec![update(old, &b0, i, &c)]));
+            // A death is announced by a suspicion first (an unannounced one is verified).
+            let setup = if old == Dead {
+                vec![update(Suspect, &b0, i, &c), update(Dead, &b0, i, &c)]
+            } else {
+                vec![update(old, &b0, i, &c)]
+            };
+            a.handle_message(now, c.addr, gossip_msg(&c, setup));
         }
         assert_eq!(a.member("b").unwrap().state, old, "setup {old:?}{i}");
         a.handle_message(now, c.addr, gossip_msg(&c, vec![update(new, &b0, j, &c)]));
+        // An unannounced death is believed once b stays silent to a's ping for an interval.
+        a.handle_timeout(now + GossipConfig::default().probe_interval);
         let expect = if wins { (new, j) } else { (old, i) };
         let got = a.member("b").unwrap();
         assert_eq!((got.state, got.incarnation), expect, "{old:?}{i} then {new:?}{j}");
@@ -187,7 +201,7 @@ fn a_full_state_from_a_member_we_held_dead_cannot_make_us_suspect_others() {
     let (b, c) = (id("b", 1, 1), id("c", 2, 1));
     a.handle_message(now, b.addr, gossip_msg(&b, vec![]));
     a.handle_message(now, c.addr, gossip_msg(&c, vec![]));
-    a.handle_message(now, b.addr, gossip_msg(&b, vec![update(State::Dead, &c, 0, &b)]));
+    announce_death(&mut a, now, &c, &b);
     assert_eq!(a.member("c").unwrap().state, State::Dead);
     // c was cut off from us with b; b is alive to it, c is dead to us. c's view of b is stale.
     a.handle_message(now, c.addr, full_state_calling(&b, 0, State::Dead, &c));
@@ -335,7 +349,7 @@ fn dead_members_are_forgotten_after_retention() {
     let mut a = gossip("a", 0, 1, now);
     let (b, c) = (id("b", 1, 1), id("c", 2, 1));
     a.handle_message(now, b.addr, gossip_msg(&b, vec![]));
-    a.handle_message(now, c.addr, gossip_msg(&c, vec![update(State::Dead, &b, 0, &c)]));
+    announce_death(&mut a, now, &b, &c);
     let retention = GossipConfig::default().dead_retention;
     a.handle_timeout(now + retention - Duration::from_secs(1));
     assert!(a.member("b").is_some());
@@ -448,7 +462,7 @@ fn a_member_we_hold_dead_is_told_when_it_talks_to_us() {
     let mut a = gossip("a", 0, 1, now);
     let (b, c) = (id("b", 1, 1), id("c", 2, 1));
     a.handle_message(now, b.addr, gossip_msg(&b, vec![]));
-    a.handle_message(now, c.addr, gossip_msg(&c, vec![update(State::Dead, &b, 0, &c)]));
+    announce_death(&mut a, now, &b, &c);
     drain(&mut a);
     // b does not know: it gossips as if nothing happened.
     a.handle_message(now, b.addr, gossip_msg(&b, vec![]));
@@ -500,7 +514,7 @@ fn a_member_wrongly_held_dead_comes_back_through_reconnect_pings() {
     let now = net.now;
     let (b, c) = (net.nodes[1].identity().clone(), net.nodes[2].identity().clone());
     // Only a believes b dead (say it missed b's refutation); b and c see everyone alive.
-    net.nodes[0].handle_message(now, c.addr, gossip_msg(&c, vec![update(State::Dead, &b, 0, &c)]));
+    announce_death(&mut net.nodes[0], now, &b, &c);
     assert_eq!(net.nodes[0].member("b").unwrap().state, State::Dead);
     net.run(
         GossipConfig::default().reconnect_interval * 2,
@@ -509,4 +523,40 @@ fn a_member_wrongly_held_dead_comes_back_through_reconnect_pings() {
     let seen = net.nodes[0].member("b").unwrap();
     assert_eq!(seen.state, State::Alive);
     assert!(seen.incarnation >= 1, "b refuted");
+}
+
+#[test]
+fn a_death_we_never_saw_suspected_is_verified_before_it_is_believed() {
+    for b_answers in [true, false] {
+        let now = t0();
+        let mut a = gossip("a", 0, 1, now);
+        let (b, c) = (id("b", 1, 1), id("c", 2, 1));
+        a.handle_message(now, b.addr, gossip_msg(&b, vec![]));
+        drain(&mut a);
+        // Say c was on the other side of a partition and declared b dead there.
+        a.handle_message(now, c.addr, gossip_msg(&c, vec![update(State::Dead, &b, 0, &c)]));
+        assert_eq!(a.member("b").unwrap().state, State::Alive);
+        let ping = drain(&mut a).into_iter().find(|t| t.to == b.addr).unwrap();
+        let Message::Ping { seq, piggyback, .. } = ping.msg else {
+            panic!()
+        };
+        assert!(
+            matches!(&piggyback[..], [Update::Suspect { .. }]),
+            "b learns of it and can refute"
+        );
+        if b_answers {
+            let ack = Message::Ack {
+                from: Sender {
+                    id: b.clone(),
+                    incarnation: 1,
+                },
+                seq,
+                piggyback: vec![],
+            };
+            a.handle_message(now, b.addr, ack);
+        }
+        a.handle_timeout(now + GossipConfig::default().probe_interval);
+        let expect = if b_answers { State::Alive } else { State::Dead };
+        assert_eq!(a.member("b").unwrap().state, expect, "b answers: {b_answers}");
+    }
 }
