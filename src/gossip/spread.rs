@@ -1,0 +1,113 @@
+//! Dissemination: piggybacking queued updates on every datagram up to 1200 bytes, gossip
+//! rounds to `gossip_fanout` random members, and immediate pushes of a new routing table.
+
+use std::net::SocketAddr;
+
+use super::broadcast::Topic;
+use super::core::Gossip;
+use super::members::Slot;
+use super::message::{MAX_DATAGRAM, Message, State, Update};
+
+impl Gossip {
+    /// memberlist's `retransmit_mult * ceil(log10(n + 1))`.
+    pub(super) fn retransmit_limit(&self) -> u32 {
+        let n = self.members.len() as f64;
+        self.config.retransmit_mult * ((n + 1.0).log10().ceil() as u32).max(1)
+    }
+
+    /// Fills `msg`'s piggyback from the broadcast queue up to the datagram budget. The core
+    /// fields are never cut: only piggyback is fitted to what is left.
+    pub(super) fn fill_piggyback(&mut self, msg: &mut Message, priority: Option<Topic>) {
+        let limit = self.retransmit_limit();
+        let header = msg.encoded_len();
+        if let Some(piggyback) = msg.piggyback_mut() {
+            // The element count is one varint byte while it stays below 128.
+            let max_count = 127usize.saturating_sub(piggyback.len());
+            let budget = MAX_DATAGRAM.saturating_sub(header);
+            self.broadcasts.fill(budget, max_count, limit, priority, piggyback);
+        }
+    }
+
+    /// Queues `msg` as a datagram with as much piggyback as fits.
+    pub(super) fn send_datagram(&mut self, to: SocketAddr, mut msg: Message) {
+        self.fill_piggyback(&mut msg, None);
+        self.send(to, msg, false);
+    }
+
+    /// Sends pending gossip to `fanout` random members (a gossip round).
+    pub(super) fn gossip_round(&mut self) {
+        if self.broadcasts.is_empty() {
+            return;
+        }
+        self.gossip_to_random(self.config.gossip_fanout, None);
+    }
+
+    /// Pushes `topic` at once to `fanout` members (a new table), ahead of the round.
+    pub(super) fn push_now(&mut self, fanout: usize, topic: Topic) {
+        self.gossip_to_random(fanout, Some(topic));
+    }
+
+    fn gossip_to_random(&mut self, fanout: usize, priority: Option<Topic>) {
+        let mut targets = std::mem::take(&mut self.scratch);
+        let me = self.me;
+        self.members.sample(
+            fanout,
+            &[me],
+            |s| matches!(s, State::Alive | State::Suspect),
+            &mut self.rng,
+            &mut targets,
+        );
+        for &slot in &targets {
+            let Some(addr) = self.members.get(slot).map(|m| m.id.addr) else {
+                continue;
+            };
+            let mut msg = Message::Gossip {
+                from: self.sender(),
+                piggyback: Vec::new(),
+            };
+            // A table too big for a datagram goes alone on a stream.
+            let budget = MAX_DATAGRAM.saturating_sub(msg.encoded_len());
+            if let Some(table) = self.broadcasts.oversized_table(budget, self.retransmit_limit()) {
+                let from = self.sender();
+                self.send(
+                    addr,
+                    Message::Gossip {
+                        from,
+                        piggyback: vec![table],
+                    },
+                    true,
+                );
+            }
+            self.fill_piggyback(&mut msg, priority);
+            if !msg.piggyback().is_empty() {
+                self.send(addr, msg, false);
+            }
+        }
+        self.scratch = targets;
+    }
+
+    /// Keeps the queue bounded (memberlist prunes beyond a depth too).
+    pub(super) fn prune_broadcasts(&mut self) {
+        let max = (2 * self.members.len()).max(1024);
+        if self.broadcasts.len() > max {
+            self.broadcasts.prune(max);
+        }
+    }
+
+    pub(super) fn broadcast_member(&mut self, slot: Slot, update: Update) {
+        self.broadcasts.push(Topic::Member(slot), update);
+    }
+}
+
+impl Message {
+    pub(crate) fn piggyback_mut(&mut self) -> Option<&mut Vec<Update>> {
+        match self {
+            Message::Ping { piggyback, .. }
+            | Message::Ack { piggyback, .. }
+            | Message::Nack { piggyback, .. }
+            | Message::PingReq { piggyback, .. }
+            | Message::Gossip { piggyback, .. } => Some(piggyback),
+            _ => None,
+        }
+    }
+}

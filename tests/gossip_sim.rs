@@ -1,0 +1,213 @@
+//! The gossip simulator at small size: spread, detection, false deaths, healing, determinism.
+//!
+//! Sizes are kept small enough for a debug build on two cores; the example
+//! `gossip_sim` runs the same scenarios at 10,000 nodes.
+
+use std::time::{Duration, Instant};
+
+use kvnode::gossip::sim::{NodeId, Sim, SimConfig};
+use kvnode::gossip::{Event, GossipConfig, State};
+use kvnode::routing::RoutingTable;
+
+fn config(seed: u64, loss: f64) -> SimConfig {
+    SimConfig {
+        seed,
+        loss,
+        ..SimConfig::default()
+    }
+}
+
+fn table(version: u64) -> RoutingTable {
+    RoutingTable::parse(["0x00-0x7f=n0,0x80-0xff=n1"], version, "n0").unwrap()
+}
+
+/// The longest a suspicion can last in a cluster of `n` (no confirmations at all).
+fn longest_suspicion(g: &GossipConfig, n: usize) -> Duration {
+    let min = g
+        .probe_interval
+        .mul_f64(f64::from(g.suspicion_mult) * (n as f64).log10().max(1.0));
+    min * g.suspicion_max_mult
+}
+
+fn assert_healthy(sim: &Sim) {
+    assert_eq!(sim.stats().stuck_timers, 0, "a timer did not advance");
+    assert_eq!(sim.stats().oversized_datagrams, 0, "a datagram exceeded 1200 bytes");
+}
+
+fn table_spreads_to_everyone(loss: f64) -> Duration {
+    let mut sim = Sim::converged(config(7, loss), Instant::now(), 200);
+    sim.run_until(Duration::from_secs(1));
+    sim.set_table(3, table(2));
+    let done = sim.run_until_true(Duration::from_secs(10), Duration::from_millis(10), |s| {
+        s.table_fraction() >= 1.0
+    });
+    assert!(done.is_some(), "only {:.3} hold the table", sim.table_fraction());
+    assert_healthy(&sim);
+    sim.table_time_to(1.0).unwrap()
+}
+
+#[test]
+fn a_table_change_reaches_every_node() {
+    let t = table_spreads_to_everyone(0.0);
+    assert!(t <= Duration::from_secs(2), "{t:?}");
+}
+
+#[test]
+fn a_table_change_reaches_every_node_despite_10_percent_loss() {
+    let t = table_spreads_to_everyone(0.1);
+    assert!(t <= Duration::from_millis(2300), "{t:?}");
+}
+
+#[test]
+fn a_killed_node_is_marked_dead_by_every_member_within_5_seconds() {
+    for seed in 1..=4 {
+        let mut sim = Sim::converged(config(seed, 0.0), Instant::now(), 50);
+        sim.run_until(Duration::from_secs(3));
+        sim.kill(17);
+        sim.run_for(Duration::from_secs(8));
+        let t = sim.detection_time(17);
+        assert!(
+            t.is_some_and(|t| t <= Duration::from_secs(5)),
+            "seed {seed}: {t:?}, marked by {}",
+            sim.marked_dead_by(17)
+        );
+        assert!(sim.false_deaths().is_empty(), "{:?}", sim.false_deaths());
+        for id in (0..50).filter(|&i| i != 17) {
+            assert_eq!(sim.node(id).member("n17").unwrap().state, State::Dead);
+        }
+        assert_healthy(&sim);
+    }
+}
+
+#[test]
+fn no_false_deaths_over_three_minutes_at_10_percent_loss() {
+    let mut sim = Sim::converged(config(11, 0.1), Instant::now(), 200);
+    sim.run_until(Duration::from_secs(180));
+    assert!(sim.false_deaths().is_empty(), "{:?}", sim.false_deaths());
+    assert!(sim.one_membership());
+    // The loss is real: datagrams were dropped and probes fell back to streams.
+    assert!(sim.stats().lost > sim.stats().datagrams / 20, "{:?}", sim.stats());
+    assert_healthy(&sim);
+}
+
+#[test]
+fn a_partition_longer_than_the_suspicion_timeout_heals_within_30_seconds() {
+    let n = 60;
+    let mut sim = Sim::converged(config(5, 0.0), Instant::now(), n);
+    sim.run_until(Duration::from_secs(2));
+    let left: Vec<NodeId> = (0..n / 2).collect();
+    sim.partition(&[left]);
+    sim.run_for(longest_suspicion(&GossipConfig::default(), n) + Duration::from_secs(5));
+    // Each side has given up on the other.
+    assert_eq!(sim.alive_seen_by(0), n / 2 - 1);
+    assert_eq!(sim.node(0).member("n59").unwrap().state, State::Dead);
+    assert_eq!(sim.node(59).member("n0").unwrap().state, State::Dead);
+    sim.heal();
+    let healed = sim.now();
+    let one = sim.run_until_true(Duration::from_secs(30), Duration::from_millis(100), Sim::one_membership);
+    assert!(one.is_some(), "node 0 sees {} alive after 30 s", sim.alive_seen_by(0));
+    assert!(one.unwrap() - healed <= Duration::from_secs(30));
+    // Deaths across the cut were the point; none on one's own side, none after the heal.
+    let wrong: Vec<_> = sim
+        .false_deaths()
+        .iter()
+        .filter(|d| (d.observer < n / 2) == (d.subject < n / 2) || d.at >= healed)
+        .collect();
+    assert!(wrong.is_empty(), "{wrong:?}");
+    assert_healthy(&sim);
+}
+
+fn scripted_run(seed: u64) -> (Vec<(Duration, usize, Event)>, String) {
+    let cfg = SimConfig {
+        record_events: true,
+        check_datagram_sizes: true,
+        ..config(seed, 0.05)
+    };
+    let mut sim = Sim::converged(cfg, Instant::now(), 40);
+    sim.run_until(Duration::from_secs(1));
+    sim.set_table(2, table(5));
+    sim.run_until(Duration::from_secs(2));
+    sim.kill(9);
+    sim.partition(&[(0..10).collect()]);
+    sim.run_until(Duration::from_secs(20));
+    sim.heal();
+    sim.run_until(Duration::from_secs(40));
+    assert_healthy(&sim);
+    let summary = format!(
+        "{:?} {:?} {:?}",
+        sim.stats(),
+        sim.table_adoption_times(),
+        sim.false_deaths()
+    );
+    (std::mem::take(&mut sim.events), summary)
+}
+
+#[test]
+fn the_same_seed_gives_identical_results() {
+    let (a, sa) = scripted_run(3);
+    let (b, sb) = scripted_run(3);
+    assert!(a.len() > 100, "the scenario produces events: {}", a.len());
+    assert_eq!(sa, sb);
+    assert!(a == b, "event logs differ");
+    let (c, _) = scripted_run(4);
+    assert!(a != c, "a different seed should change something");
+}
+
+#[test]
+fn nodes_joining_one_by_one_converge_to_one_membership() {
+    let mut sim = Sim::new(config(9, 0.0), Instant::now());
+    let first = sim.spawn("n0");
+    for i in 1..30 {
+        let id = sim.spawn(&format!("n{i}"));
+        // Through any earlier member, not always the first.
+        sim.join(id, (i * 7) % i);
+        sim.run_for(Duration::from_millis(200));
+    }
+    let done = sim.run_until_true(Duration::from_secs(20), Duration::from_millis(100), Sim::one_membership);
+    assert!(done.is_some(), "n0 sees {} of 29", sim.alive_seen_by(first));
+    assert!(sim.false_deaths().is_empty());
+    assert_healthy(&sim);
+}
+
+#[test]
+fn a_restarted_node_rejoins_under_a_new_generation() {
+    let mut sim = Sim::converged(config(2, 0.0), Instant::now(), 20);
+    sim.run_until(Duration::from_secs(1));
+    sim.kill(4);
+    sim.run_for(Duration::from_secs(1));
+    sim.restart(4);
+    sim.join(4, 0);
+    let done = sim.run_until_true(Duration::from_secs(10), Duration::from_millis(50), Sim::one_membership);
+    assert!(done.is_some());
+    for id in (0..20).filter(|&i| i != 4) {
+        let m = sim.node(id).member("n4").unwrap();
+        assert_eq!((m.state, m.generation), (State::Alive, 2), "seen by n{id}");
+    }
+    assert_healthy(&sim);
+}
+
+#[test]
+fn a_leaving_node_is_marked_left_and_never_dead() {
+    let cfg = SimConfig {
+        record_events: true,
+        ..config(6, 0.0)
+    };
+    let mut sim = Sim::converged(cfg, Instant::now(), 30);
+    sim.run_until(Duration::from_secs(1));
+    sim.leave(8);
+    sim.run_for(Duration::from_secs(20));
+    assert!(
+        sim.events
+            .iter()
+            .any(|(_, n, e)| *n == 8 && *e == Event::LeaveAcknowledged)
+    );
+    for id in (0..30).filter(|&i| i != 8) {
+        assert_eq!(sim.node(id).member("n8").unwrap().state, State::Left, "seen by n{id}");
+    }
+    assert!(
+        !sim.events
+            .iter()
+            .any(|(_, _, e)| matches!(e, Event::MemberDead { name, .. } if name.as_str() == "n8"))
+    );
+    assert_healthy(&sim);
+}
