@@ -115,6 +115,7 @@ fn start(args: StartArgs, global: Global, env: Env) -> ExitCode {
                 NodeError::Directory(_) | NodeError::Secret(_) => EXIT_USAGE,
                 NodeError::Transport(crate::transport::TransportError::Bind { .. }) => EXIT_USAGE,
                 NodeError::GaveUp(_) => 6,
+                NodeError::Fatal(_) => EXIT_USAGE,
                 NodeError::Store(crate::store::StoreError::InUse { .. }) => EXIT_USAGE,
                 _ => 6,
             };

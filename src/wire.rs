@@ -223,6 +223,8 @@ pub enum Request {
     Ping,
     /// Deliver a chat line to node `to` (forwarded when the receiver is not `to`).
     Chat(ChatMessage),
+    /// A gossip message too large for a datagram (push-pull, join, leave), for the driver.
+    Gossip { message: ByteBuf },
     /// Test builds only: a request that panics inside its task.
     #[cfg(feature = "fault-injection")]
     Panic,
@@ -435,6 +437,7 @@ impl Request {
             Request::Members => "members",
             Request::Ping => "ping",
             Request::Chat(_) => "chat",
+            Request::Gossip { .. } => "gossip",
             #[cfg(feature = "fault-injection")]
             Request::Panic => "panic",
             #[cfg(feature = "fault-injection")]

@@ -31,6 +31,13 @@ impl Handler for Node {
                 name: self.name.clone(),
             }),
             Request::Chat(msg) => self.chat(msg, deadline).await,
+            Request::Gossip { message } => {
+                let msg = crate::gossip::Message::decode(&message).map_err(RemoteError::invalid)?;
+                // The sender is where the message says it is from; the core checks the rest.
+                let from = msg.sender().id.addr;
+                self.gossip.offer(super::gossip::Input::Message { from, msg });
+                Ok(Reply::Done)
+            }
             #[cfg(feature = "fault-injection")]
             Request::Panic => panic!("fault injection: a request that panics"),
             #[cfg(feature = "fault-injection")]
@@ -131,17 +138,12 @@ impl Node {
         let version = self.table().version() + 1;
         let table = RoutingTable::new(entries, version, self.name.as_str()).map_err(RemoteError::invalid)?;
         self.offer_table(table.clone());
+        self.gossip.offer(super::gossip::Input::SetTable(table.clone()));
         Ok(Reply::Table(table))
     }
 
     fn members(&self) -> Vec<MemberInfo> {
-        vec![MemberInfo {
-            name: self.name.clone(),
-            addr: self.listen.to_string(),
-            state: "alive".into(),
-            incarnation: 0,
-            last_change_ms: 0,
-        }]
+        self.gossip.member_infos()
     }
 
     /// Delivers a chat line here (printing it, and answering with the auto-reply), or passes

@@ -1,6 +1,7 @@
 //! A running node: wires the transport, the store, the routing table, the peer pool and the
 //! request handlers together. The only module that knows all the others.
 
+mod gossip;
 mod handler;
 mod peers;
 mod penalty;
@@ -44,7 +45,13 @@ pub enum NodeError {
     /// A long-lived part kept failing beyond the restart budget.
     #[error("stopping the node: {0}")]
     GaveUp(#[from] GaveUp),
+    /// The node cannot go on (say, the cluster refused its name).
+    #[error("stopping the node: {0}")]
+    Fatal(String),
 }
+
+/// How long a stopping node waits for members to acknowledge that it is leaving.
+const LEAVE_WAIT: Duration = Duration::from_secs(2);
 
 /// How often a pooled node-to-node connection is kept alive.
 const PEER_KEEP_ALIVE: Duration = Duration::from_secs(2);
@@ -65,6 +72,11 @@ pub struct Node {
     handshaking: AtomicUsize,
     /// Addresses that failed the handshake, and how fast they may try again.
     penalties: std::sync::Mutex<penalty::Penalties>,
+    /// The gossip driver's inbox and the membership it last published.
+    gossip: gossip::GossipHandle,
+    /// Cancelled when the node must stop on an error (say, the cluster refused its name).
+    fatal: CancellationToken,
+    fatal_reason: std::sync::Mutex<Option<String>>,
     /// Test builds only: switches that make a long-lived part crash.
     #[cfg(feature = "fault-injection")]
     crash: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Notify>>>,
@@ -91,11 +103,22 @@ impl Node {
         true
     }
 
-    /// Where node `name` can be reached: the local directory, then `[peers]` in the config.
-    /// A node known to be down, or not known at all, is an `Unreachable` error naming it.
+    /// Where node `name` can be reached: gossip membership, the local directory, then
+    /// `[peers]` in the config. A node known to be down, or not known at all, is an
+    /// `Unreachable` error naming it.
     pub fn locate(&self, name: &NodeName) -> Result<SocketAddr, RemoteError> {
         if *name == self.name {
             return Ok(self.listen);
+        }
+        if let Some(m) = self.gossip.member(name) {
+            return match m.state {
+                crate::gossip::State::Alive | crate::gossip::State::Suspect => Ok(m.addr),
+                state => Err(RemoteError::Unreachable {
+                    node: name.to_string(),
+                    addr: m.addr.to_string(),
+                    reason: format!("gossip membership says it is {}", state.as_str()),
+                }),
+            };
         }
         if let Some(entry) = self.directory.lookup(name.as_str()) {
             return Ok(entry.addr);
@@ -152,7 +175,11 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     let table = match &config.table {
         Some(entries) => RoutingTable::new(entries.clone(), 1, config.name.as_str())
             .expect("validated when the configuration was resolved"),
-        None => RoutingTable::owns_everything(&config.name),
+        None if config.join.is_empty() => RoutingTable::owns_everything(&config.name),
+        // A node joining a cluster with no table of its own has no opinion: the empty setter
+        // loses to any table the cluster already holds, so a new node never takes over
+        // buckets. Until it hears the cluster's table, it serves everything itself.
+        None => RoutingTable::owns_everything(&config.name).with_version(0, ""),
     };
     tracing::info!(node = %config.name, %listen, table = %table, store = %store.describe(), "node up");
     let serve = ServeContext {
@@ -174,6 +201,9 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         connections: AtomicUsize::new(0),
         handshaking: AtomicUsize::new(0),
         penalties: Default::default(),
+        gossip: gossip::GossipHandle::new(),
+        fatal: CancellationToken::new(),
+        fatal_reason: Default::default(),
         #[cfg(feature = "fault-injection")]
         crash: Default::default(),
         config,
@@ -184,19 +214,31 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     let parts_stop = CancellationToken::new();
     let supervisor = Supervisor::new(node.config.supervisor.clone())
         .with(listener(&node, &endpoint, &parts_stop))
-        .with(store_writer(&node, &parts_stop));
+        .with(store_writer(&node, &parts_stop))
+        .with(gossip_driver(&node, &parts_stop));
     let mut parts = tokio::spawn(supervisor.run(parts_stop.clone()));
-    let gave_up = tokio::select! {
+    let failed: Option<NodeError> = tokio::select! {
         () = shutdown => None,
+        () = node.fatal.cancelled() => Some(NodeError::Fatal(
+            node.fatal_reason.lock().unwrap_or_else(PoisonError::into_inner).clone().unwrap_or_default(),
+        )),
         outcome = &mut parts => Some(match outcome {
-            Ok(Err(gave_up)) => gave_up,
+            Ok(Err(gave_up)) => NodeError::GaveUp(gave_up),
             Ok(Ok(())) => unreachable!("parts end only when the node stops"),
             Err(e) => std::panic::resume_unwind(e.into_panic()),
         }),
     };
 
-    // Stop: unlist the node, take no new requests, let those in flight finish (bounded).
+    // Stop: tell the cluster we are leaving (bounded wait for a few members to have it),
+    // unlist the node, take no new requests, let those in flight finish (bounded).
     tracing::info!(node = %node.name, "shutting down");
+    if failed.is_none() {
+        let (done, acked) = tokio::sync::oneshot::channel();
+        node.gossip.send(gossip::Input::Leave(done)).await;
+        if tokio::time::timeout(LEAVE_WAIT, acked).await.is_err() {
+            tracing::warn!(after = ?LEAVE_WAIT, "no member acknowledged our leaving in time; they will find out");
+        }
+    }
     claim.remove();
     node.serve.stopping.cancel();
     node.serve.tasks.close();
@@ -207,17 +249,17 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         tracing::warn!(after = ?node.config.timeouts.shutdown, "requests still in flight at the shutdown deadline; closing anyway");
     }
     parts_stop.cancel();
-    if gave_up.is_none() {
+    if !matches!(failed, Some(NodeError::GaveUp(_))) {
         let _ = parts.await;
     }
     endpoint.close(transport::close::SHUTDOWN, b"node shutting down");
     let _ = tokio::time::timeout(Duration::from_millis(500), endpoint.wait_idle()).await;
-    match gave_up {
+    match failed {
         None => {
             tracing::info!(node = %node.name, "node stopped");
             Ok(())
         }
-        Some(gave_up) => Err(NodeError::GaveUp(gave_up)),
+        Some(e) => Err(e),
     }
 }
 
@@ -246,6 +288,14 @@ fn listener(node: &Arc<Node>, endpoint: &quinn::Endpoint, parts_stop: &Cancellat
             parts_stop.cancelled().await;
             Ok(())
         })
+    })
+}
+
+/// The gossip part: the driver around the membership core.
+fn gossip_driver(node: &Arc<Node>, parts_stop: &CancellationToken) -> Part {
+    let (node, parts_stop) = (Arc::clone(node), parts_stop.clone());
+    Part::new("gossip", move || {
+        Box::pin(Arc::clone(&node).run_gossip(parts_stop.clone()))
     })
 }
 
@@ -358,6 +408,9 @@ impl Node {
                 .and_then(|a| a.parse().ok())
                 .unwrap_or(peer);
             self.peers.adopt(authed, addr);
+            self.serve
+                .tasks
+                .spawn(Arc::clone(&self).read_datagrams(conn.clone(), addr));
         }
         self.serve_streams(&conn).await;
         self.connections.fetch_sub(1, Ordering::Relaxed);
@@ -383,15 +436,32 @@ impl Node {
         }
     }
 
-    /// The connection to node `name` at `addr`: pooled, or made now (and then served in both
+    /// The connection to the node at `addr`: pooled, or made now (and then served in both
     /// directions, since the peer may send requests and gossip back on it).
+    pub(crate) async fn link(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        deadline: tokio::time::Instant,
+    ) -> Result<Arc<PeerConn>, ConnectFailure> {
+        let (conn, new) = self.peers.connect(addr, deadline).await?;
+        if new {
+            let (node, c) = (Arc::clone(self), conn.authed.conn.clone());
+            self.serve.tasks.spawn(async move { node.serve_streams(&c).await });
+            self.serve
+                .tasks
+                .spawn(Arc::clone(self).read_datagrams(conn.authed.conn.clone(), addr));
+        }
+        Ok(conn)
+    }
+
+    /// The connection to node `name` at `addr`, checking that the node there has that name.
     pub(crate) async fn peer(
         self: &Arc<Self>,
         name: &NodeName,
         addr: SocketAddr,
         deadline: tokio::time::Instant,
     ) -> Result<Arc<PeerConn>, RemoteError> {
-        let (conn, new) = self.peers.connect(addr, deadline).await.map_err(|e| match e {
+        let conn = self.link(addr, deadline).await.map_err(|e| match e {
             ConnectFailure::AuthRefused => RemoteError::AuthRefused {
                 from: self.name.to_string(),
                 to: format!("{name} ({addr})"),
@@ -402,10 +472,6 @@ impl Node {
                 reason,
             },
         })?;
-        if new {
-            let (node, c) = (Arc::clone(self), conn.authed.conn.clone());
-            self.serve.tasks.spawn(async move { node.serve_streams(&c).await });
-        }
         if conn.name() != name.as_str() {
             return Err(RemoteError::Unreachable {
                 node: name.to_string(),
@@ -414,5 +480,29 @@ impl Node {
             });
         }
         Ok(conn)
+    }
+
+    /// Hands every gossip datagram arriving on a node-to-node connection to the driver.
+    async fn read_datagrams(self: Arc<Self>, conn: quinn::Connection, from: SocketAddr) {
+        loop {
+            let datagram = tokio::select! {
+                d = conn.read_datagram() => d,
+                () = self.serve.stopping.cancelled() => return,
+            };
+            let Ok(bytes) = datagram else { return };
+            match crate::gossip::Message::decode(&bytes) {
+                Ok(msg) => {
+                    tracing::trace!(%from, len = bytes.len(), "gossip datagram in");
+                    self.gossip.offer(gossip::Input::Message { from, msg })
+                }
+                Err(e) => tracing::debug!(%from, error = %e, "dropped an undecodable gossip datagram"),
+            }
+        }
+    }
+
+    /// Stops the node with an error (logged by the caller, returned by `run`).
+    pub(crate) fn fail(&self, reason: String) {
+        *self.fatal_reason.lock().unwrap_or_else(PoisonError::into_inner) = Some(reason);
+        self.fatal.cancel();
     }
 }

@@ -164,6 +164,18 @@ impl PeerPool {
         conn
     }
 
+    /// The pooled connection to `addr` if one is open right now (never waits, never connects).
+    pub fn live(&self, addr: SocketAddr) -> Option<Arc<PeerConn>> {
+        let slot = self
+            .conns
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&addr)
+            .cloned()?;
+        let slot = slot.try_lock().ok()?;
+        slot.as_ref().filter(|c| c.is_alive()).cloned()
+    }
+
     /// Drops the pooled connection to `addr` (its node died or left).
     pub fn forget(&self, addr: SocketAddr) {
         self.conns.lock().unwrap_or_else(PoisonError::into_inner).remove(&addr);

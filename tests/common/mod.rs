@@ -113,7 +113,32 @@ impl Home {
 
     /// Spawns a node without waiting for it.
     pub fn spawn_node(&self, name: &str, args: &[&str]) -> Node {
-        let mut cmd = self.command();
+        self.spawn_node_in(None, name, args)
+    }
+
+    /// Starts a node inside network namespace `ns` (`ip netns exec NS kvnode start ...`).
+    pub fn start_in(&self, ns: &str, name: &str, args: &[&str]) -> Node {
+        let mut all = vec!["--name", name];
+        all.extend_from_slice(args);
+        self.spawn_node_in(Some(ns), name, &all).wait_up()
+    }
+
+    /// A `kvnode` command that runs inside network namespace `ns`.
+    pub fn command_in(&self, ns: &str) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns, BIN])
+            .env("KVNODE_HOME", self.path())
+            .env_remove("KVNODE_SECRET")
+            .env_remove("KVNODE_VIA")
+            .env_remove("RUST_LOG");
+        cmd
+    }
+
+    fn spawn_node_in(&self, ns: Option<&str>, name: &str, args: &[&str]) -> Node {
+        let mut cmd = match ns {
+            Some(ns) => self.command_in(ns),
+            None => self.command(),
+        };
         cmd.arg("start")
             .args(args)
             .stdin(Stdio::null())

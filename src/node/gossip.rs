@@ -1,0 +1,304 @@
+//! The gossip driver: the thin loop around the sans-IO core (`crate::gossip`). It feeds the
+//! core with messages from peer connections and with the clock, and carries out what the core
+//! asks: datagrams and streams to send, events to log and act on. Nothing else lives here.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde_bytes::ByteBuf;
+use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::Node;
+use crate::gossip::{Event, Gossip, Message, State, Transmit};
+use crate::names::{NodeName, NodeRef};
+use crate::routing::RoutingTable;
+use crate::wire::{MemberInfo, Request};
+
+/// How many gossip inputs may wait for the driver; beyond it datagrams are dropped (gossip
+/// tolerates loss, and a flood must not grow memory).
+const INBOX: usize = 4096;
+/// Connections being made for gossip at once; beyond it a transmit is dropped.
+const MAX_CONNECTING: usize = 64;
+
+/// What the rest of the node tells the driver.
+pub(crate) enum Input {
+    Message {
+        from: SocketAddr,
+        msg: Message,
+    },
+    SetTable(RoutingTable),
+    /// Gossip `left`; the sender is answered once enough members have it.
+    Leave(oneshot::Sender<()>),
+}
+
+/// One member as last seen by the driver.
+#[derive(Clone, Debug)]
+pub(crate) struct Member {
+    pub name: NodeName,
+    pub addr: SocketAddr,
+    pub state: State,
+    pub incarnation: u64,
+    pub last_change: Instant,
+}
+
+/// The node's side of gossip: the inbox and the latest membership.
+pub(crate) struct GossipHandle {
+    tx: mpsc::Sender<Input>,
+    /// Taken by the running driver; a restarted driver takes it over.
+    rx: Mutex<mpsc::Receiver<Input>>,
+    members: RwLock<Arc<Vec<Member>>>,
+    connecting: std::sync::atomic::AtomicUsize,
+}
+
+impl GossipHandle {
+    pub fn new() -> Self {
+        let (tx, rx) = mpsc::channel(INBOX);
+        Self {
+            tx,
+            rx: Mutex::new(rx),
+            members: RwLock::default(),
+            connecting: Default::default(),
+        }
+    }
+
+    /// Hands input to the driver without waiting; a full inbox drops it.
+    pub fn offer(&self, input: Input) {
+        let _ = self.tx.try_send(input);
+    }
+
+    /// Hands input to the driver, waiting for room (commands that must not be lost).
+    pub async fn send(&self, input: Input) {
+        let _ = self.tx.send(input).await;
+    }
+
+    pub fn members(&self) -> Arc<Vec<Member>> {
+        Arc::clone(&self.members.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    pub fn member(&self, name: &NodeName) -> Option<Member> {
+        self.members().iter().find(|m| m.name == *name).cloned()
+    }
+
+    /// `kvnode members`: every member with the time since its last change.
+    pub fn member_infos(&self) -> Vec<MemberInfo> {
+        let now = Instant::now();
+        self.members()
+            .iter()
+            .map(|m| MemberInfo {
+                name: m.name.clone(),
+                addr: m.addr.to_string(),
+                state: m.state.as_str().to_string(),
+                incarnation: m.incarnation,
+                last_change_ms: now.saturating_duration_since(m.last_change).as_millis() as u64,
+            })
+            .collect()
+    }
+}
+
+/// A seed from the clock and the OS: each start of a node probes in its own order.
+fn random_seed() -> u64 {
+    let mut bytes = [0u8; 8];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes);
+    u64::from_le_bytes(bytes)
+}
+
+/// This start's generation: wall-clock milliseconds, so a restart supersedes the old process.
+fn generation() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Node {
+    /// Runs the gossip driver until `stop`. A restart (after a crash) starts a fresh core with
+    /// a new generation and rejoins through the configured seeds and every member it knew.
+    pub(crate) async fn run_gossip(self: Arc<Self>, stop: CancellationToken) -> Result<(), String> {
+        let mut rx = self.gossip.rx.lock().await;
+        let now = Instant::now();
+        let mut core = Gossip::new(
+            self.name.clone(),
+            self.listen,
+            generation(),
+            (*self.table()).clone(),
+            self.config.gossip.clone(),
+            random_seed(),
+            now,
+        );
+        for seed in self.seeds() {
+            core.join(now, seed);
+        }
+        let mut leaving: Option<oneshot::Sender<()>> = None;
+        let mut snapshot_at = now;
+        loop {
+            let changed = self.carry_out(&mut core, &mut leaving);
+            if changed || snapshot_at.elapsed() > Duration::from_secs(1) {
+                self.publish_members(&core);
+                snapshot_at = Instant::now();
+            }
+            let wake = core.poll_timeout().map(tokio::time::Instant::from_std);
+            let sleep = async {
+                match wake {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                input = rx.recv() => match input {
+                    Some(Input::Message { from, msg }) => core.handle_message(Instant::now(), from, msg),
+                    Some(Input::SetTable(table)) => core.set_routing_table(Instant::now(), table),
+                    Some(Input::Leave(done)) => {
+                        core.leave(Instant::now());
+                        leaving = Some(done);
+                    }
+                    None => return Ok(()),
+                },
+                () = sleep => core.handle_timeout(Instant::now()),
+                () = stop.cancelled() => return Ok(()),
+                never = self.crash_point("gossip") => match never {},
+            }
+        }
+    }
+
+    /// Where to join: the configured `join` list, and (after a restart) every member known.
+    fn seeds(&self) -> Vec<SocketAddr> {
+        let mut seeds: Vec<SocketAddr> = Vec::new();
+        for r in &self.config.join {
+            match self.resolve_join(r) {
+                Some(addr) if addr != self.listen => seeds.push(addr),
+                Some(_) => {}
+                None => tracing::warn!(join = %r, "cannot find this node to join; give NAME@HOST:PORT or HOST:PORT"),
+            }
+        }
+        for m in self.gossip.members().iter() {
+            if m.name != self.name && matches!(m.state, State::Alive | State::Suspect) {
+                seeds.push(m.addr);
+            }
+        }
+        seeds.sort();
+        seeds.dedup();
+        seeds
+    }
+
+    fn resolve_join(&self, r: &NodeRef) -> Option<SocketAddr> {
+        use std::net::ToSocketAddrs;
+        let host_port = |hp: &crate::names::HostPort| {
+            hp.as_socket_addr()
+                .or_else(|| (hp.host.as_str(), hp.port).to_socket_addrs().ok()?.next())
+        };
+        match r {
+            NodeRef::Addr(hp) | NodeRef::NameAt(_, hp) => host_port(hp),
+            NodeRef::Name(name) => self.locate(name).ok(),
+        }
+    }
+
+    /// Drains the core: sends what it wants sent, acts on its events. Says whether anything
+    /// about the membership changed.
+    fn carry_out(self: &Arc<Self>, core: &mut Gossip, leaving: &mut Option<oneshot::Sender<()>>) -> bool {
+        while let Some(t) = core.poll_transmit() {
+            self.transmit(t);
+        }
+        let mut changed = false;
+        while let Some(event) = core.poll_event() {
+            changed = true;
+            match event {
+                Event::MemberUp { name, addr } => tracing::info!(member = %name, %addr, "member up"),
+                Event::MemberSuspect { name, addr } => tracing::info!(member = %name, %addr, "member suspect"),
+                Event::MemberDead { name, addr } => {
+                    tracing::warn!(member = %name, %addr, "member dead");
+                    self.peers.forget(addr);
+                }
+                Event::MemberLeft { name, addr } => {
+                    tracing::info!(member = %name, %addr, "member left");
+                    self.peers.forget(addr);
+                }
+                Event::TableChanged(table) => {
+                    self.offer_table(table);
+                }
+                Event::Joined { seed, members } => {
+                    tracing::info!(%seed, members, "joined the cluster");
+                }
+                Event::JoinFailed { seed, reason } => {
+                    tracing::warn!(%seed, %reason, "could not join through this member yet; retrying");
+                }
+                Event::JoinRefused { seed, reason } => {
+                    tracing::error!(%seed, %reason, "the cluster refused this node");
+                    self.fail(format!("the cluster refused this node (asked {seed}): {reason}"));
+                }
+                Event::RefusedJoin { name, addr, reason } => {
+                    tracing::warn!(joiner = %name, %addr, %reason, "refused a node joining the cluster");
+                }
+                Event::LeaveAcknowledged => {
+                    if let Some(done) = leaving.take() {
+                        let _ = done.send(());
+                    }
+                }
+                Event::NameConflict { name, other } => {
+                    tracing::error!(%name, %other, "another live process claims this node's name");
+                }
+            }
+        }
+        changed
+    }
+
+    fn publish_members(&self, core: &Gossip) {
+        let members: Vec<Member> = core
+            .members()
+            .map(|m| Member {
+                name: m.name.clone(),
+                addr: m.addr,
+                state: m.state,
+                incarnation: m.incarnation,
+                last_change: m.last_change,
+            })
+            .collect();
+        *self.gossip.members.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(members);
+    }
+
+    /// Sends one message the core asked for: a datagram on the pooled connection when one is
+    /// open and the message fits, else (in its own task) a stream, connecting first if needed.
+    fn transmit(self: &Arc<Self>, t: Transmit) {
+        let bytes = t.msg.encode();
+        if !t.reliable
+            && let Some(conn) = self.peers.live(t.to)
+            && conn
+                .authed
+                .conn
+                .max_datagram_size()
+                .is_some_and(|max| bytes.len() <= max)
+        {
+            let len = bytes.len();
+            let sent = conn.authed.conn.send_datagram(bytes.into());
+            tracing::trace!(to = %t.to, len, ok = sent.is_ok(), "gossip datagram");
+            return;
+        }
+        use std::sync::atomic::Ordering;
+        if self.gossip.connecting.fetch_add(1, Ordering::Relaxed) >= MAX_CONNECTING {
+            self.gossip.connecting.fetch_sub(1, Ordering::Relaxed);
+            return;
+        }
+        let node = Arc::clone(self);
+        let deadline = tokio::time::Instant::now() + self.config.timeouts.request;
+        self.serve.tasks.spawn(async move {
+            if let Ok(conn) = node.link(t.to, deadline).await {
+                let fits = conn
+                    .authed
+                    .conn
+                    .max_datagram_size()
+                    .is_some_and(|max| bytes.len() <= max);
+                if !t.reliable && fits {
+                    let _ = conn.authed.conn.send_datagram(bytes.into());
+                } else {
+                    let request = Request::Gossip {
+                        message: ByteBuf::from(bytes),
+                    };
+                    if let Err(e) = conn.call(request, deadline).await {
+                        tracing::debug!(to = %t.to, error = %e, "gossip stream failed");
+                    }
+                }
+            }
+            node.gossip.connecting.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+}
