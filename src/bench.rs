@@ -40,11 +40,15 @@ pub async fn run(args: BenchArgs, settings: &Settings, out: &mut Output) -> Resu
     let target = client::resolve(settings, deadline).await?;
     let connections = args.connections.unwrap_or(args.clients).min(args.clients) as usize;
     let secret = settings.secret.load()?;
+    // Like an application's connection pool: many connections over one UDP socket, whose
+    // driver then reads the answers to all of them in batches (one socket per connection
+    // costs a receive call per answer).
+    let endpoint = Client::endpoint(&target)?;
     let mut clients = Vec::with_capacity(connections);
     for _ in 0..connections {
         let deadline = Instant::now() + settings.timeout;
         clients.push(Arc::new(
-            Client::connect_with(&secret, &settings.name, &target, deadline).await?,
+            Client::connect_on(endpoint.clone(), &secret, &settings.name, &target, deadline).await?,
         ));
     }
     let value = vec![b'x'; args.data_size as usize];

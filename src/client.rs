@@ -248,21 +248,33 @@ impl Client {
         target: &Target,
         deadline: Instant,
     ) -> Result<Self, ClientError> {
-        let shown = target.describe();
-        let remaining = deadline.saturating_duration_since(Instant::now());
+        let endpoint = Self::endpoint(target)?;
+        Self::connect_on(endpoint, secret, my_name, target, deadline).await
+    }
+
+    /// A client endpoint (one UDP socket) for reaching `target`; many connections may share it.
+    pub fn endpoint(target: &Target) -> Result<quinn::Endpoint, ClientError> {
+        let unreachable = |e: &dyn std::fmt::Display| ClientError::Unreachable {
+            node: target.describe(),
+            reason: e.to_string(),
+        };
         // The deadline governs every call; the idle timeout only has to outlast it, and
         // keep-alives hold a quiet interactive session (chat from a terminal) open.
-        let config =
-            transport::client_config(&Limits::default(), CLIENT_IDLE, Some(CLIENT_KEEP_ALIVE)).map_err(|e| {
-                ClientError::Unreachable {
-                    node: shown.clone(),
-                    reason: e.to_string(),
-                }
-            })?;
-        let endpoint = transport::client_endpoint(target.addr, config).map_err(|e| ClientError::Unreachable {
-            node: shown.clone(),
-            reason: e.to_string(),
-        })?;
+        let config = transport::client_config(&Limits::default(), CLIENT_IDLE, Some(CLIENT_KEEP_ALIVE))
+            .map_err(|e| unreachable(&e))?;
+        transport::client_endpoint(target.addr, config).map_err(|e| unreachable(&e))
+    }
+
+    /// Connects and authenticates through `endpoint`, all before `deadline`.
+    pub async fn connect_on(
+        endpoint: quinn::Endpoint,
+        secret: &Secret,
+        my_name: &str,
+        target: &Target,
+        deadline: Instant,
+    ) -> Result<Self, ClientError> {
+        let shown = target.describe();
+        let remaining = deadline.saturating_duration_since(Instant::now());
         let me = Me {
             role: Role::Client,
             name: my_name,

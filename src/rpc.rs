@@ -206,6 +206,13 @@ pub trait Handler: Send + Sync + 'static {
     /// Answers one request; the caller bounds it with `deadline`.
     fn handle(self: Arc<Self>, request: Request, deadline: Instant) -> impl Future<Output = Answer> + Send;
 
+    /// Answers `request` at once when that needs no waiting (a local read, an in-memory
+    /// write), or gives it back to be run as its own task by [`Handler::handle`]. It runs on
+    /// the stream's reading task, under a panic guard, so it must never block.
+    fn answer_now(&self, request: Request) -> Result<Answer, Request> {
+        Err(request)
+    }
+
     /// This node's name, for errors raised around the handler (deadline, panic).
     fn node_name(&self) -> &str;
 }
@@ -225,40 +232,63 @@ pub struct ServeContext {
     pub stopping: CancellationToken,
 }
 
-/// Serves one stream: reads request frames, runs each as its own task with its deadline (a
-/// panic becomes an internal-error answer), and writes the answers back in batches.
-pub async fn serve<R, W, H>(reader: R, writer: W, handler: Arc<H>, ctx: ServeContext)
+/// Serves one stream: reads request frames, answers those that need no waiting at once and
+/// runs the others each as its own task with its deadline (a panic, on either path, becomes an
+/// internal-error answer), and writes the answers back in batches.
+///
+/// Answers given at once collect in one buffer, handed to the writer when no further request
+/// is already buffered: a pipelined burst is answered with one write and no allocation per
+/// request.
+pub async fn serve<R, W, H>(reader: R, mut writer: W, handler: Arc<H>, ctx: ServeContext)
 where
     R: AsyncRead + Unpin + Send + 'static,
     W: FinishStream,
     H: Handler,
 {
-    let (tx, rx) = mpsc::unbounded_channel::<Vec<u8>>();
-    let writer_task = ctx.tasks.spawn(write_answers(writer, rx));
+    // Answers from request tasks come back here; the stream's own task writes everything, so
+    // an answer given at once reaches the socket without a hop through another task.
+    let (tx, mut from_tasks) = mpsc::unbounded_channel::<Vec<u8>>();
     let mut reader = FrameReader::new(reader, MAX_FRAME);
     let in_flight = Arc::new(Semaphore::new(ctx.max_in_flight));
     // A stream that opens and sends nothing, or dribbles a frame, is cut off at its deadline:
     // the first frame must come within the request deadline, later ones within the idle timeout.
-    let mut wait = ctx.default_timeout;
+    let mut quiet_until = Instant::now() + ctx.default_timeout;
+    let mut answered = Vec::with_capacity(16 * 1024);
     loop {
+        if !answered.is_empty() && !reader.has_buffered_frame() {
+            if writer.write_all(&answered).await.is_err() {
+                return; // the peer is gone; request tasks finish on their own
+            }
+            answered.clear();
+        }
         let next = tokio::select! {
-            next = tokio::time::timeout(wait, reader.next_frame()) => match next {
+            next = tokio::time::timeout_at(quiet_until, reader.next_frame()) => match next {
                 Ok(next) => next,
                 Err(_) => {
-                    tracing::debug!(after = ?wait, "closing a stream that sent no request in time");
+                    tracing::debug!("closing a stream that sent no request in time");
                     break;
                 }
             },
+            Some(bytes) = from_tasks.recv() => {
+                answered.extend_from_slice(&bytes);
+                while answered.len() < MAX_BATCH {
+                    match from_tasks.try_recv() {
+                        Ok(more) => answered.extend_from_slice(&more),
+                        Err(_) => break,
+                    }
+                }
+                continue;
+            }
             () = ctx.stopping.cancelled() => break,
         };
-        wait = ctx.idle_timeout;
+        quiet_until = Instant::now() + ctx.idle_timeout;
         let payload = match next {
             Ok(Some(p)) => p,
             Ok(None) => break,
             Err(e @ FrameError::TooLarge { .. }) => {
                 // The stream cannot be resynchronised after an oversized frame: say why, end it.
                 tracing::warn!(error = %e, "refused an oversized frame; closing the stream");
-                let _ = tx.send(error_frame(0, RemoteError::invalid(e)));
+                answered.extend_from_slice(&error_frame(0, RemoteError::invalid(e)));
                 break;
             }
             Err(e) => {
@@ -271,13 +301,30 @@ where
             Err(e) => {
                 // The length prefix was sound, so the next frame can still be read.
                 tracing::warn!(error = %e, "undecodable request frame");
-                let _ = tx.send(error_frame(0, RemoteError::invalid(e)));
+                answered.extend_from_slice(&error_frame(0, RemoteError::invalid(e)));
                 continue;
             }
         };
-        let permit = match Arc::clone(&in_flight).acquire_owned().await {
+        let request = match answer_now(&*handler, frame.request) {
+            Ok(answer) => {
+                encode_answer(frame.id, answer, &mut answered);
+                continue;
+            }
+            Err(request) => request,
+        };
+        let permit = match Arc::clone(&in_flight).try_acquire_owned() {
             Ok(p) => p,
-            Err(_) => break,
+            Err(_) => {
+                // At the limit: stop reading until a request finishes, and write what is done.
+                if !answered.is_empty() && writer.write_all(&answered).await.is_err() {
+                    return;
+                }
+                answered.clear();
+                match Arc::clone(&in_flight).acquire_owned().await {
+                    Ok(p) => p,
+                    Err(_) => break,
+                }
+            }
         };
         let timeout = match frame.timeout_ms {
             0 => ctx.default_timeout,
@@ -285,18 +332,46 @@ where
         };
         let (handler, tx) = (Arc::clone(&handler), tx.clone());
         ctx.tasks.spawn(async move {
-            let answer = run_supervised(handler, frame.request, timeout).await;
-            let bytes = wire::frame(&ResponseFrame {
-                id: frame.id,
-                result: answer,
-            })
-            .unwrap_or_else(|e| error_frame(frame.id, RemoteError::invalid(format!("answer too large: {e}"))));
+            let answer = run_supervised(handler, request, timeout).await;
+            let mut bytes = Vec::new();
+            encode_answer(frame.id, answer, &mut bytes);
             let _ = tx.send(bytes);
             drop(permit);
         });
     }
+    // Answer everything already taken in before ending the stream.
     drop(tx);
-    let _ = writer_task.await;
+    while let Some(bytes) = from_tasks.recv().await {
+        answered.extend_from_slice(&bytes);
+    }
+    if writer.write_all(&answered).await.is_ok() {
+        writer.finish_delivered().await;
+    }
+}
+
+/// [`Handler::answer_now`] under a panic guard: a panic is answered as an internal error.
+fn answer_now<H: Handler>(handler: &H, request: Request) -> Result<Answer, Request> {
+    let kind = request.kind();
+    match std::panic::catch_unwind(AssertUnwindSafe(|| handler.answer_now(request))) {
+        Ok(result) => result,
+        Err(panic) => {
+            let reason = panic_message(&*panic);
+            tracing::error!(request = kind, %reason, "request panicked; the node goes on");
+            Ok(Err(RemoteError::Internal {
+                node: handler.node_name().to_string(),
+                reason: format!("the {kind} request failed: {reason}"),
+            }))
+        }
+    }
+}
+
+/// Appends the response frame for `id` to `out`; an answer too large to send becomes an error.
+fn encode_answer(id: u64, answer: Answer, out: &mut Vec<u8>) {
+    let start = out.len();
+    if let Err(e) = wire::encode_frame(&ResponseFrame { id, result: answer }, out) {
+        out.truncate(start);
+        out.extend_from_slice(&error_frame(id, RemoteError::invalid(format!("answer too large: {e}"))));
+    }
 }
 
 /// Runs one request under its deadline; a panic inside it is caught and answered as an
@@ -335,24 +410,6 @@ fn error_frame(id: u64, e: RemoteError) -> Vec<u8> {
     wire::frame(&ResponseFrame { id, result: Err(e) }).expect("an error frame is small")
 }
 
-async fn write_answers<W: FinishStream>(mut writer: W, mut rx: mpsc::UnboundedReceiver<Vec<u8>>) {
-    let mut batch = Vec::with_capacity(16 * 1024);
-    while let Some(first) = rx.recv().await {
-        batch.clear();
-        batch.extend_from_slice(&first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(more) => batch.extend_from_slice(&more),
-                Err(_) => break,
-            }
-        }
-        if writer.write_all(&batch).await.is_err() {
-            return;
-        }
-    }
-    writer.finish_delivered().await;
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -380,6 +437,22 @@ mod tests {
                 }
                 Request::Ping => std::future::pending().await,
                 _ => Err(RemoteError::invalid("unsupported")),
+            }
+        }
+
+        /// Gets of keys starting with "now" are answered at once; "now-boom" panics there.
+        fn answer_now(&self, request: Request) -> Result<Answer, Request> {
+            match &request {
+                Request::Bucket(BucketRequest {
+                    op: BucketOp::Get { key },
+                    ..
+                }) if key.starts_with(b"now") => {
+                    if key == b"now-boom" {
+                        panic!("boom at once");
+                    }
+                    Ok(Ok(Reply::Value(ByteBuf::from(key.clone()))))
+                }
+                _ => Err(request),
             }
         }
 
@@ -448,6 +521,38 @@ mod tests {
         assert_eq!(err.exit_code(), 6);
         let ok = ch.call(get("after"), Duration::from_secs(5)).await.unwrap();
         assert_eq!(ok, Ok(Reply::Value(ByteBuf::from(b"after".to_vec()))));
+    }
+
+    #[tokio::test]
+    async fn answers_given_at_once_and_by_tasks_interleave_and_a_panic_at_once_is_caught() {
+        let ch = Arc::new(pair());
+        let mut calls = Vec::new();
+        for i in 0..300 {
+            let ch = Arc::clone(&ch);
+            let key = match i % 3 {
+                0 => format!("now{i}"),
+                1 => "slow".to_string(),
+                _ => format!("k{i}"),
+            };
+            calls.push(tokio::spawn(async move {
+                let got = ch.call(get(&key), Duration::from_secs(5)).await.unwrap().unwrap();
+                assert_eq!(got, Reply::Value(ByteBuf::from(key.into_bytes())));
+            }));
+        }
+        for c in calls {
+            c.await.unwrap();
+        }
+        let err = ch
+            .call(get("now-boom"), Duration::from_secs(5))
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(
+            matches!(&err, RemoteError::Internal { reason, .. } if reason.contains("boom at once")),
+            "{err}"
+        );
+        let ok = ch.call(get("now-after"), Duration::from_secs(5)).await.unwrap();
+        assert_eq!(ok, Ok(Reply::Value(ByteBuf::from(b"now-after".to_vec()))));
     }
 
     #[tokio::test]

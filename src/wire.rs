@@ -52,21 +52,43 @@ pub enum FrameError {
     Io(#[from] std::io::Error),
 }
 
-/// Appends one frame (4-byte big-endian length, then the postcard payload) to `out`.
+/// Appends one frame (4-byte big-endian length, then the postcard payload) to `out`. On an
+/// error, `out` is left as it was (it may hold other frames of a batch).
 pub fn encode_frame<T: Serialize>(msg: &T, out: &mut Vec<u8>) -> Result<(), FrameError> {
     let start = out.len();
     out.extend_from_slice(&[0; LEN_PREFIX]);
-    let mut buf = std::mem::take(out);
-    buf = postcard::to_extend(msg, buf).map_err(FrameError::Encode)?;
-    let len = buf.len() - start - LEN_PREFIX;
+    if let Err(e) = postcard::serialize_with_flavor(msg, Append(&mut *out)) {
+        out.truncate(start);
+        return Err(FrameError::Encode(e));
+    }
+    let len = out.len() - start - LEN_PREFIX;
     if len > MAX_FRAME {
-        buf.truncate(start);
-        *out = buf;
+        out.truncate(start);
         return Err(FrameError::TooLarge { len, max: MAX_FRAME });
     }
-    buf[start..start + LEN_PREFIX].copy_from_slice(&(len as u32).to_be_bytes());
-    *out = buf;
+    out[start..start + LEN_PREFIX].copy_from_slice(&(len as u32).to_be_bytes());
     Ok(())
+}
+
+/// A postcard output that appends to a borrowed buffer.
+struct Append<'a>(&'a mut Vec<u8>);
+
+impl postcard::ser_flavors::Flavor for Append<'_> {
+    type Output = ();
+
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.0.push(data);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
+    }
 }
 
 /// Encodes one message as a fresh frame.

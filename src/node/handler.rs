@@ -48,6 +48,16 @@ impl Handler for Node {
         }
     }
 
+    fn answer_now(&self, request: Request) -> Result<Answer, Request> {
+        match request {
+            Request::Bucket(req) => self.execute_now(req).map_err(Request::Bucket),
+            Request::Ping => Ok(Ok(Reply::Pong {
+                name: self.name.clone(),
+            })),
+            other => Err(other),
+        }
+    }
+
     fn node_name(&self) -> &str {
         self.name.as_str()
     }
@@ -87,49 +97,92 @@ impl Node {
         peer.call(request, deadline).await
     }
 
+    /// Executes a bucket request at once when it is this node's and needs no waiting: a read,
+    /// or any operation on the in-memory store. Anything else (a hop, a durable write, a
+    /// request that fails routing) is given back to go the task path of [`Node::bucket`].
+    fn execute_now(&self, req: BucketRequest) -> Result<Answer, BucketRequest> {
+        let waits = matches!(req.op, BucketOp::Put { .. } | BucketOp::Delete { .. }) && self.store.memory().is_none();
+        let mine = !req.path.contains(&self.name)
+            && req.path.len() < MAX_HOPS
+            && self.table().owner_of(&req.bucket) == Some(&self.name);
+        if waits || !mine {
+            return Err(req);
+        }
+        if let Err(e) = req.validate() {
+            return Ok(Err(RemoteError::invalid(e)));
+        }
+        let mut req = req;
+        let path = req.path.clone();
+        req.path.push(self.name.clone());
+        // `waits` was false, so this answers; should the store change under us, the write
+        // still goes the task path, with the path as it came.
+        self.execute_sync(req).map_err(|write| write.into_request(path))
+    }
+
+    /// Executes a request this node owns; a write to the durable store waits for its sync.
     async fn execute(&self, req: BucketRequest) -> Answer {
-        let BucketRequest { bucket, op, path } = req;
-        let bucket_err = || RemoteError::BucketNotFound {
-            bucket: ByteBuf::from(bucket.clone()),
+        let write = match self.execute_sync(req) {
+            Ok(answer) => return answer,
+            Err(write) => write,
         };
-        let internal = |e: StoreError| RemoteError::Internal {
-            node: self.name.to_string(),
-            reason: e.to_string(),
-        };
-        match op {
-            BucketOp::Put { key, value } => {
+        match write {
+            DurableWrite::Put { bucket, key, value } => {
                 self.store
                     .put(&bucket, &key, Bytes::from(value))
                     .await
-                    .map_err(internal)?;
+                    .map_err(|e| self.internal(e))?;
                 Ok(Reply::Done)
             }
-            BucketOp::Get { key } => match self.store.get(&bucket, &key).await.map_err(internal)? {
-                Lookup::Found(v) => Ok(Reply::Value(ByteBuf::from(v.to_vec()))),
-                Lookup::NoKey => Err(RemoteError::KeyNotFound {
+            DurableWrite::Delete { bucket, key } => {
+                let found = self.store.delete(&bucket, &key).await.map_err(|e| self.internal(e))?;
+                removed(found, bucket, key)
+            }
+        }
+    }
+
+    /// Executes everything that needs no waiting; gives back a write to the durable store.
+    fn execute_sync(&self, req: BucketRequest) -> Result<Answer, DurableWrite> {
+        let BucketRequest { bucket, op, path } = req;
+        let answer = match op {
+            BucketOp::Put { key, value } => match self.store.memory() {
+                Some(m) => {
+                    m.put(&bucket, &key, Bytes::from(value));
+                    Ok(Reply::Done)
+                }
+                None => return Err(DurableWrite::Put { bucket, key, value }),
+            },
+            BucketOp::Delete { key } => match self.store.memory() {
+                Some(m) => removed(m.delete(&bucket, &key), bucket, key),
+                None => return Err(DurableWrite::Delete { bucket, key }),
+            },
+            BucketOp::Get { key } => match self.store.get_now(&bucket, &key) {
+                Err(e) => Err(self.internal(e)),
+                Ok(Lookup::Found(v)) => Ok(Reply::Value(ByteBuf::from(v.to_vec()))),
+                Ok(Lookup::NoKey) => Err(RemoteError::KeyNotFound {
                     bucket: ByteBuf::from(bucket),
                     key: ByteBuf::from(key),
                 }),
-                Lookup::NoBucket => Err(bucket_err()),
+                Ok(Lookup::NoBucket) => Err(no_bucket(bucket)),
             },
-            BucketOp::Delete { key } => match self.store.delete(&bucket, &key).await.map_err(internal)? {
-                Lookup::Found(()) => Ok(Reply::Done),
-                Lookup::NoKey => Err(RemoteError::KeyNotFound {
-                    bucket: ByteBuf::from(bucket),
-                    key: ByteBuf::from(key),
-                }),
-                Lookup::NoBucket => Err(bucket_err()),
-            },
-            BucketOp::Keys => match self.store.keys(&bucket).await.map_err(internal)? {
-                Lookup::Found(keys) => Ok(Reply::Keys(
+            BucketOp::Keys => match self.store.keys_now(&bucket) {
+                Err(e) => Err(self.internal(e)),
+                Ok(Lookup::Found(keys)) => Ok(Reply::Keys(
                     keys.into_iter().map(|k| ByteBuf::from(k.to_vec())).collect(),
                 )),
-                Lookup::NoKey | Lookup::NoBucket => Err(bucket_err()),
+                Ok(Lookup::NoKey | Lookup::NoBucket) => Err(no_bucket(bucket)),
             },
             BucketOp::Route => Ok(Reply::Owner {
                 node: self.name.clone(),
                 path,
             }),
+        };
+        Ok(answer)
+    }
+
+    fn internal(&self, e: StoreError) -> RemoteError {
+        RemoteError::Internal {
+            node: self.name.to_string(),
+            reason: e.to_string(),
         }
     }
 
@@ -175,6 +228,47 @@ impl Node {
             print_chat_line(&line.from, &line.text);
         }
         Ok(answer)
+    }
+}
+
+/// A write that must wait for the durable store's group commit.
+enum DurableWrite {
+    Put {
+        bucket: Vec<u8>,
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    Delete {
+        bucket: Vec<u8>,
+        key: Vec<u8>,
+    },
+}
+
+impl DurableWrite {
+    fn into_request(self, path: Vec<NodeName>) -> BucketRequest {
+        let (bucket, op) = match self {
+            Self::Put { bucket, key, value } => (bucket, BucketOp::Put { key, value }),
+            Self::Delete { bucket, key } => (bucket, BucketOp::Delete { key }),
+        };
+        BucketRequest { bucket, op, path }
+    }
+}
+
+fn no_bucket(bucket: Vec<u8>) -> RemoteError {
+    RemoteError::BucketNotFound {
+        bucket: ByteBuf::from(bucket),
+    }
+}
+
+/// The answer to a delete, from what the store found.
+fn removed(found: Lookup<()>, bucket: Vec<u8>, key: Vec<u8>) -> Answer {
+    match found {
+        Lookup::Found(()) => Ok(Reply::Done),
+        Lookup::NoKey => Err(RemoteError::KeyNotFound {
+            bucket: ByteBuf::from(bucket),
+            key: ByteBuf::from(key),
+        }),
+        Lookup::NoBucket => Err(no_bucket(bucket)),
     }
 }
 

@@ -113,9 +113,22 @@ impl Store {
     }
 
     pub async fn get(&self, bucket: &[u8], key: &[u8]) -> Result<Lookup<Bytes>, StoreError> {
+        self.get_now(bucket, key)
+    }
+
+    /// Reads never wait for the writer: this answers at once, from any backend.
+    pub fn get_now(&self, bucket: &[u8], key: &[u8]) -> Result<Lookup<Bytes>, StoreError> {
         match &self.backend {
             Backend::Memory(m) => Ok(m.get(bucket, key)),
             Backend::Disk(d) => d.get(bucket, key),
+        }
+    }
+
+    /// The in-memory backend, whose writes also answer at once (no sync to wait for).
+    pub fn memory(&self) -> Option<&MemoryStore> {
+        match &self.backend {
+            Backend::Memory(m) => Some(m),
+            Backend::Disk(_) => None,
         }
     }
 
@@ -139,6 +152,11 @@ impl Store {
 
     /// The bucket's keys, sorted.
     pub async fn keys(&self, bucket: &[u8]) -> Result<Lookup<Vec<Bytes>>, StoreError> {
+        self.keys_now(bucket)
+    }
+
+    /// The bucket's keys, sorted, at once (like [`Store::get_now`]).
+    pub fn keys_now(&self, bucket: &[u8]) -> Result<Lookup<Vec<Bytes>>, StoreError> {
         match &self.backend {
             Backend::Memory(m) => Ok(m.keys(bucket)),
             Backend::Disk(d) => d.keys(bucket),
