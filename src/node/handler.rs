@@ -1,7 +1,7 @@
 //! What a node does with each request: execute it, or forward it toward its owner.
 
 use std::io::Write;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 
 use bytes::Bytes;
 use serde_bytes::ByteBuf;
@@ -91,9 +91,24 @@ impl Node {
 
     /// Sends a request one hop on, to `to`, with what is left of the deadline.
     async fn forward(self: &Arc<Self>, to: &NodeName, request: Request, deadline: Instant) -> Answer {
-        let addr = self.locate(to)?;
-        tracing::debug!(to = %to, %addr, kind = request.kind(), "forwarding");
-        let peer = self.peer(to, addr, deadline).await?;
+        let open = self
+            .hops
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(to)
+            .cloned();
+        let peer = match open.filter(|p| p.is_alive()) {
+            Some(peer) => peer,
+            None => {
+                let addr = self.locate(to)?;
+                tracing::debug!(to = %to, %addr, "forwarding over a new connection");
+                let peer = self.peer(to, addr, deadline).await?;
+                let mut hops = self.hops.lock().unwrap_or_else(PoisonError::into_inner);
+                hops.retain(|_, p| p.is_alive());
+                hops.insert(to.clone(), Arc::clone(&peer));
+                peer
+            }
+        };
         peer.call(request, deadline).await
     }
 

@@ -65,6 +65,9 @@ pub struct Node {
     store: Store,
     table: RwLock<Arc<RoutingTable>>,
     peers: PeerPool,
+    /// The connection each forwarding target was last reached on, while it stays open: a hop
+    /// then costs no name resolution (which may read the node directory).
+    hops: std::sync::Mutex<std::collections::HashMap<NodeName, Arc<PeerConn>>>,
     directory: Directory,
     serve: ServeContext,
     connections: AtomicUsize,
@@ -196,6 +199,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         secret,
         store,
         table: RwLock::new(Arc::new(table)),
+        hops: Default::default(),
         directory,
         serve,
         connections: AtomicUsize::new(0),
