@@ -10,7 +10,9 @@ use super::Lookup;
 
 const SHARDS: usize = 64;
 
-type Bucket = Arc<RwLock<HashMap<Bytes, Bytes>>>;
+/// Keys and values as boxed slices: 32 bytes a slot where `Bytes` pairs take 64, and the
+/// table has up to twice as many slots as entries (a million keys: 67 MB less).
+type Bucket = Arc<RwLock<HashMap<Box<[u8]>, Box<[u8]>>>>;
 
 /// Buckets are isolated: each has its own lock, and a panic while one is held poisons
 /// nothing (poisoned locks are taken over), so one failing request never blocks another bucket.
@@ -49,7 +51,7 @@ impl MemoryStore {
         };
         b.write()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(Bytes::copy_from_slice(key), value);
+            .insert(Box::from(key), Vec::from(value).into_boxed_slice());
     }
 
     pub fn get(&self, bucket: &[u8], key: &[u8]) -> Lookup<Bytes> {
@@ -57,7 +59,8 @@ impl MemoryStore {
             return Lookup::NoBucket;
         };
         let b = b.read().unwrap_or_else(PoisonError::into_inner);
-        b.get(key).cloned().map_or(Lookup::NoKey, Lookup::Found)
+        b.get(key)
+            .map_or(Lookup::NoKey, |v| Lookup::Found(Bytes::copy_from_slice(v)))
     }
 
     pub fn delete(&self, bucket: &[u8], key: &[u8]) -> Lookup<()> {
@@ -76,7 +79,7 @@ impl MemoryStore {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .keys()
-            .cloned()
+            .map(|k| Bytes::copy_from_slice(k))
             .collect();
         keys.sort();
         Lookup::Found(keys)
