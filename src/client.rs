@@ -228,7 +228,9 @@ pub struct Client {
     endpoint: quinn::Endpoint,
     conn: quinn::Connection,
     /// The request stream; reopened when the node closed it (it closes idle streams).
-    channel: tokio::sync::Mutex<std::sync::Arc<Channel>>,
+    channel: std::sync::Mutex<std::sync::Arc<Channel>>,
+    /// Held while a closed stream is replaced, so that only one caller opens the next.
+    reopening: tokio::sync::Mutex<()>,
     /// The node's name as it introduced itself.
     pub node: String,
     pub addr: SocketAddr,
@@ -314,7 +316,8 @@ impl Client {
         })?;
         Ok(Self {
             endpoint,
-            channel: tokio::sync::Mutex::new(std::sync::Arc::new(Channel::spawn(recv, send))),
+            channel: std::sync::Mutex::new(std::sync::Arc::new(Channel::spawn(recv, send))),
+            reopening: tokio::sync::Mutex::new(()),
             conn: authed.conn,
             node,
             addr: target.addr,
@@ -335,6 +338,11 @@ impl Client {
 
     /// Asks one thing with its own timeout (for long-running sessions such as chat).
     pub async fn call_within(&self, request: Request, timeout: Duration) -> Result<Reply, ClientError> {
+        self.call_ref(&request, timeout).await
+    }
+
+    /// Like [`Client::call_within`], for a request the caller keeps (and may reuse).
+    pub async fn call_ref(&self, request: &Request, timeout: Duration) -> Result<Reply, ClientError> {
         let channel = self.channel().await?;
         match channel.call(request, timeout).await {
             Ok(Ok(reply)) => Ok(reply),
@@ -355,15 +363,23 @@ impl Client {
     /// quiet spell in an interactive chat). A request is never resent: only a stream already
     /// known to be closed is replaced.
     async fn channel(&self) -> Result<std::sync::Arc<Channel>, ClientError> {
-        let mut channel = self.channel.lock().await;
-        if channel.is_broken() {
-            let (send, recv) = self.conn.open_bi().await.map_err(|e| ClientError::Unreachable {
-                node: self.describe(),
-                reason: e.to_string(),
-            })?;
-            *channel = std::sync::Arc::new(Channel::spawn(recv, send));
+        let current = || std::sync::Arc::clone(&self.channel.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        let channel = current();
+        if !channel.is_broken() {
+            return Ok(channel);
         }
-        Ok(std::sync::Arc::clone(&channel))
+        let _reopening = self.reopening.lock().await;
+        let channel = current();
+        if !channel.is_broken() {
+            return Ok(channel); // another caller replaced it meanwhile
+        }
+        let (send, recv) = self.conn.open_bi().await.map_err(|e| ClientError::Unreachable {
+            node: self.describe(),
+            reason: e.to_string(),
+        })?;
+        let fresh = std::sync::Arc::new(Channel::spawn(recv, send));
+        *self.channel.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = std::sync::Arc::clone(&fresh);
+        Ok(fresh)
     }
 
     /// Closes at once: the close frame goes out, and the process does not wait out QUIC's

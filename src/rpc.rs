@@ -7,18 +7,20 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures_util::FutureExt;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::wire::{self, FrameError, FrameReader, MAX_FRAME, RemoteError, Reply, Request, RequestFrame, ResponseFrame};
+use crate::wire::{
+    self, FrameError, FrameReader, MAX_FRAME, RemoteError, Reply, Request, RequestFrame, RequestFrameRef, ResponseFrame,
+};
 
 /// How many bytes of queued frames one write may carry.
 const MAX_BATCH: usize = 256 * 1024;
@@ -39,151 +41,234 @@ pub enum CallError {
     TooLarge(String),
 }
 
+/// A call waiting for its answer.
+struct Waiter {
+    answer: oneshot::Sender<Result<Answer, CallError>>,
+    deadline: Instant,
+    timeout: Duration,
+}
+
+/// Everything the callers, the reader, the writer and the sweeper share, under one lock.
 #[derive(Default)]
-struct Pending {
-    waiting: HashMap<u64, oneshot::Sender<Answer>>,
+struct State {
+    waiting: HashMap<u64, Waiter>,
+    /// Encoded requests not yet handed to the stream; the writer takes them all at once.
+    outbox: Vec<u8>,
     broken: Option<String>,
+    /// The channel was dropped: the writer ends the stream, the sweeper stops.
+    closed: bool,
+    /// When the sweeper will next look for expired calls (none: it waits for a call).
+    next_sweep: Option<Instant>,
+}
+
+#[derive(Default)]
+struct Shared {
+    state: Mutex<State>,
+    /// Set once `state.broken` is, for a check without the lock.
+    broken: AtomicBool,
+    wake_writer: Notify,
+    wake_sweeper: Notify,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 /// The calling side of one stream. Cheap to share: calls from many tasks interleave.
+///
+/// A call costs no allocation of its own beyond its answer slot: it encodes its frame into
+/// the shared outbox, which the writer task hands to the stream whole (so the requests of many
+/// callers leave in one write), and no timer: one sweeper task per stream fails the calls
+/// whose deadline passed.
 pub struct Channel {
-    frames: mpsc::UnboundedSender<Vec<u8>>,
-    pending: Arc<Mutex<Pending>>,
+    shared: Arc<Shared>,
     next_id: AtomicU64,
 }
 
 impl Channel {
-    /// Starts the reader and writer tasks for a fresh stream.
+    /// Starts the reader, writer and sweeper tasks for a fresh stream.
     pub fn spawn<R, W>(reader: R, writer: W) -> Self
     where
         R: AsyncRead + Unpin + Send + 'static,
         W: AsyncWrite + Unpin + Send + 'static,
     {
-        let pending = Arc::new(Mutex::new(Pending::default()));
-        let (frames, rx) = mpsc::unbounded_channel();
-        tokio::spawn(write_batches(writer, rx, Arc::clone(&pending)));
-        tokio::spawn(read_responses(reader, Arc::clone(&pending)));
+        let shared = Arc::new(Shared::default());
+        tokio::spawn(write_requests(writer, Arc::clone(&shared)));
+        tokio::spawn(read_responses(reader, Arc::clone(&shared)));
+        tokio::spawn(sweep_expired(Arc::clone(&shared)));
         Self {
-            frames,
-            pending,
+            shared,
             next_id: AtomicU64::new(1),
         }
     }
 
     /// Whether the stream is known to be broken (the caller should open another).
     pub fn is_broken(&self) -> bool {
-        self.pending
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .broken
-            .is_some()
+        self.shared.broken.load(Ordering::Acquire)
     }
 
     /// Sends `request` and waits for its answer until `timeout`.
-    pub async fn call(&self, request: Request, timeout: Duration) -> Result<Answer, CallError> {
+    pub async fn call(&self, request: &Request, timeout: Duration) -> Result<Answer, CallError> {
         let deadline = Instant::now() + timeout;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let frame = RequestFrame {
+        let frame = RequestFrameRef {
             id,
             timeout_ms: timeout.as_millis().try_into().unwrap_or(u32::MAX),
             request,
         };
-        let bytes = wire::frame(&frame).map_err(|e| CallError::TooLarge(e.to_string()))?;
         let (tx, rx) = oneshot::channel();
         {
-            let mut p = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Some(why) = &p.broken {
+            let mut st = self.shared.lock();
+            if let Some(why) = &st.broken {
                 return Err(CallError::Broken(why.clone()));
             }
-            p.waiting.insert(id, tx);
+            let was_empty = st.outbox.is_empty();
+            wire::encode_frame(&frame, &mut st.outbox).map_err(|e| CallError::TooLarge(e.to_string()))?;
+            st.waiting.insert(
+                id,
+                Waiter {
+                    answer: tx,
+                    deadline,
+                    timeout,
+                },
+            );
+            if was_empty {
+                self.shared.wake_writer.notify_one();
+            }
+            if st.next_sweep.is_none_or(|t| deadline < t) {
+                st.next_sweep = Some(deadline);
+                self.shared.wake_sweeper.notify_one();
+            }
         }
-        // Forget the call however this future ends (answer, timeout, or the caller dropping it).
-        let _forget = Forget {
-            pending: &self.pending,
-            id,
+        // Forget the call however this future ends (answer, or the caller dropping it).
+        let mut forget = Forget {
+            shared: &self.shared,
+            id: Some(id),
         };
-        if self.frames.send(bytes).is_err() {
-            return Err(CallError::Broken("stream writer stopped".into()));
-        }
-        match tokio::time::timeout_at(deadline, rx).await {
-            Ok(Ok(answer)) => Ok(answer),
-            Ok(Err(_)) => Err(CallError::Broken(
-                self.pending
+        match rx.await {
+            Ok(answer) => {
+                forget.id = None; // whoever answered has removed it
+                answer
+            }
+            Err(_) => Err(CallError::Broken(
+                self.shared
                     .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
                     .broken
                     .clone()
                     .unwrap_or_else(|| "stream closed".into()),
             )),
-            Err(_) => Err(CallError::Timeout(timeout)),
         }
+    }
+}
+
+impl Drop for Channel {
+    fn drop(&mut self) {
+        self.shared.lock().closed = true;
+        self.shared.wake_writer.notify_one();
+        self.shared.wake_sweeper.notify_one();
     }
 }
 
 struct Forget<'a> {
-    pending: &'a Mutex<Pending>,
-    id: u64,
+    shared: &'a Shared,
+    id: Option<u64>,
 }
 
 impl Drop for Forget<'_> {
     fn drop(&mut self) {
-        self.pending
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .waiting
-            .remove(&self.id);
+        if let Some(id) = self.id {
+            self.shared.lock().waiting.remove(&id);
+        }
     }
 }
 
-fn break_all(pending: &Mutex<Pending>, why: String) {
-    let mut p = pending.lock().unwrap_or_else(PoisonError::into_inner);
-    p.broken.get_or_insert(why);
-    p.waiting.clear(); // dropping the senders wakes every caller with the reason
+fn break_all(shared: &Shared, why: String) {
+    let mut st = shared.lock();
+    st.broken.get_or_insert(why);
+    shared.broken.store(true, Ordering::Release);
+    st.outbox.clear();
+    st.waiting.clear(); // dropping the senders wakes every caller with the reason
 }
 
-async fn write_batches<W: AsyncWrite + Unpin>(
-    mut writer: W,
-    mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
-    pending: Arc<Mutex<Pending>>,
-) {
+async fn write_requests<W: AsyncWrite + Unpin>(mut writer: W, shared: Arc<Shared>) {
     let mut batch = Vec::with_capacity(16 * 1024);
-    while let Some(first) = rx.recv().await {
-        batch.clear();
-        batch.extend_from_slice(&first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(more) => batch.extend_from_slice(&more),
-                Err(_) => break,
+    loop {
+        shared.wake_writer.notified().await;
+        let closed = {
+            let mut st = shared.lock();
+            std::mem::swap(&mut batch, &mut st.outbox);
+            st.closed || st.broken.is_some()
+        };
+        if !batch.is_empty() {
+            if let Err(e) = writer.write_all(&batch).await {
+                break_all(&shared, e.to_string());
+                return;
             }
-        }
-        if let Err(e) = writer.write_all(&batch).await {
-            break_all(&pending, e.to_string());
-            return;
+            batch.clear();
+            // Give back a buffer that grew large during a burst.
+            if batch.capacity() > MAX_BATCH {
+                batch = Vec::with_capacity(16 * 1024);
+            }
+        } else if closed {
+            break;
         }
     }
     let _ = writer.shutdown().await;
 }
 
-async fn read_responses<R: AsyncRead + Unpin>(reader: R, pending: Arc<Mutex<Pending>>) {
+/// Fails the calls whose deadline passed, sleeping until the earliest one.
+async fn sweep_expired(shared: Arc<Shared>) {
+    loop {
+        let next = {
+            let mut st = shared.lock();
+            let now = Instant::now();
+            let expired: Vec<u64> = st
+                .waiting
+                .iter()
+                .filter(|(_, w)| w.deadline <= now)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in expired {
+                if let Some(w) = st.waiting.remove(&id) {
+                    let _ = w.answer.send(Err(CallError::Timeout(w.timeout)));
+                }
+            }
+            if st.closed && st.waiting.is_empty() {
+                return;
+            }
+            st.next_sweep = st.waiting.values().map(|w| w.deadline).min();
+            st.next_sweep
+        };
+        match next {
+            Some(at) => {
+                tokio::select! {
+                    () = tokio::time::sleep_until(at) => {}
+                    () = shared.wake_sweeper.notified() => {}
+                }
+            }
+            None => shared.wake_sweeper.notified().await,
+        }
+    }
+}
+
+async fn read_responses<R: AsyncRead + Unpin>(reader: R, shared: Arc<Shared>) {
     let mut reader = FrameReader::new(reader, MAX_FRAME);
     let why = loop {
         match reader.next::<ResponseFrame>().await {
             Ok(Some(ResponseFrame { id: 0, result: Err(e) })) => break format!("the node reset the stream: {e}"),
             Ok(Some(frame)) => {
-                let waiter = pending
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .waiting
-                    .remove(&frame.id);
-                if let Some(tx) = waiter {
-                    let _ = tx.send(frame.result);
+                let waiter = shared.lock().waiting.remove(&frame.id);
+                if let Some(w) = waiter {
+                    let _ = w.answer.send(Ok(frame.result));
                 }
             }
             Ok(None) => break "the node closed the stream".to_string(),
             Err(e) => break e.to_string(),
         }
     };
-    break_all(&pending, why);
+    break_all(&shared, why);
 }
 
 /// The writing half of a stream that can say when everything written has been delivered.
@@ -252,7 +337,12 @@ where
     let in_flight = Arc::new(Semaphore::new(ctx.max_in_flight));
     // A stream that opens and sends nothing, or dribbles a frame, is cut off at its deadline:
     // the first frame must come within the request deadline, later ones within the idle timeout.
+    // The timer is re-armed only when it fires early, not at every frame.
     let mut quiet_until = Instant::now() + ctx.default_timeout;
+    let quiet = tokio::time::sleep_until(quiet_until);
+    tokio::pin!(quiet);
+    let stopping = ctx.stopping.cancelled();
+    tokio::pin!(stopping);
     let mut answered = Vec::with_capacity(16 * 1024);
     loop {
         if !answered.is_empty() && !reader.has_buffered_frame() {
@@ -262,13 +352,15 @@ where
             answered.clear();
         }
         let next = tokio::select! {
-            next = tokio::time::timeout_at(quiet_until, reader.next_frame()) => match next {
-                Ok(next) => next,
-                Err(_) => {
-                    tracing::debug!("closing a stream that sent no request in time");
-                    break;
+            next = reader.next_frame() => next,
+            () = &mut quiet => {
+                if Instant::now() < quiet_until {
+                    quiet.as_mut().reset(quiet_until);
+                    continue;
                 }
-            },
+                tracing::debug!("closing a stream that sent no request in time");
+                break;
+            }
             Some(bytes) = from_tasks.recv() => {
                 answered.extend_from_slice(&bytes);
                 while answered.len() < MAX_BATCH {
@@ -279,7 +371,7 @@ where
                 }
                 continue;
             }
-            () = ctx.stopping.cancelled() => break,
+            () = &mut stopping => break,
         };
         quiet_until = Instant::now() + ctx.idle_timeout;
         let payload = match next {
@@ -501,7 +593,7 @@ mod tests {
                 format!("k{i}")
             };
             calls.push(tokio::spawn(async move {
-                let got = ch.call(get(&key), Duration::from_secs(5)).await.unwrap().unwrap();
+                let got = ch.call(&get(&key), Duration::from_secs(5)).await.unwrap().unwrap();
                 assert_eq!(got, Reply::Value(ByteBuf::from(key.into_bytes())));
             }));
         }
@@ -513,13 +605,17 @@ mod tests {
     #[tokio::test]
     async fn a_panicking_request_is_an_internal_error_and_the_stream_goes_on() {
         let ch = pair();
-        let err = ch.call(get("boom"), Duration::from_secs(5)).await.unwrap().unwrap_err();
+        let err = ch
+            .call(&get("boom"), Duration::from_secs(5))
+            .await
+            .unwrap()
+            .unwrap_err();
         assert!(
             matches!(&err, RemoteError::Internal { reason, .. } if reason.contains("boom requested")),
             "{err}"
         );
         assert_eq!(err.exit_code(), 6);
-        let ok = ch.call(get("after"), Duration::from_secs(5)).await.unwrap();
+        let ok = ch.call(&get("after"), Duration::from_secs(5)).await.unwrap();
         assert_eq!(ok, Ok(Reply::Value(ByteBuf::from(b"after".to_vec()))));
     }
 
@@ -535,7 +631,7 @@ mod tests {
                 _ => format!("k{i}"),
             };
             calls.push(tokio::spawn(async move {
-                let got = ch.call(get(&key), Duration::from_secs(5)).await.unwrap().unwrap();
+                let got = ch.call(&get(&key), Duration::from_secs(5)).await.unwrap().unwrap();
                 assert_eq!(got, Reply::Value(ByteBuf::from(key.into_bytes())));
             }));
         }
@@ -543,7 +639,7 @@ mod tests {
             c.await.unwrap();
         }
         let err = ch
-            .call(get("now-boom"), Duration::from_secs(5))
+            .call(&get("now-boom"), Duration::from_secs(5))
             .await
             .unwrap()
             .unwrap_err();
@@ -551,14 +647,14 @@ mod tests {
             matches!(&err, RemoteError::Internal { reason, .. } if reason.contains("boom at once")),
             "{err}"
         );
-        let ok = ch.call(get("now-after"), Duration::from_secs(5)).await.unwrap();
+        let ok = ch.call(&get("now-after"), Duration::from_secs(5)).await.unwrap();
         assert_eq!(ok, Ok(Reply::Value(ByteBuf::from(b"now-after".to_vec()))));
     }
 
     #[tokio::test]
     async fn a_request_past_its_deadline_is_answered_with_a_deadline_error() {
         let ch = pair();
-        let err = ch.call(Request::Ping, Duration::from_millis(50)).await;
+        let err = ch.call(&Request::Ping, Duration::from_millis(50)).await;
         // Either side may notice first; both are deadline failures.
         match err {
             Err(CallError::Timeout(_)) | Ok(Err(RemoteError::DeadlineExceeded { .. })) => {}
@@ -623,7 +719,8 @@ mod tests {
         let (client, server) = tokio::io::duplex(1024);
         let (cr, cw) = tokio::io::split(client);
         let ch = Channel::spawn(cr, cw);
-        let call = ch.call(get("x"), Duration::from_secs(5));
+        let request = get("x");
+        let call = ch.call(&request, Duration::from_secs(5));
         drop(server);
         assert!(matches!(call.await, Err(CallError::Broken(_))));
         assert!(ch.is_broken());

@@ -224,6 +224,15 @@ pub struct RequestFrame {
     pub request: Request,
 }
 
+/// A [`RequestFrame`] that borrows its request, so a caller can encode a request it keeps
+/// (and reuses); it encodes to exactly the same bytes.
+#[derive(Debug, Serialize)]
+pub struct RequestFrameRef<'a> {
+    pub id: u64,
+    pub timeout_ms: u32,
+    pub request: &'a Request,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResponseFrame {
     pub id: u64,

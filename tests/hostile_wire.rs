@@ -85,7 +85,7 @@ fn garbage_and_oversized_frames_after_authenticating_are_answered_and_survived()
         // The same connection still serves a well-formed request.
         let (send, recv) = authed.conn.open_bi().await.unwrap();
         let channel = kvnode::rpc::Channel::spawn(recv, send);
-        let answer = channel.call(Request::Ping, Duration::from_secs(5)).await.unwrap();
+        let answer = channel.call(&Request::Ping, Duration::from_secs(5)).await.unwrap();
         assert!(matches!(answer, Ok(Reply::Pong { .. })), "{answer:?}");
     });
     home.run(&["put", "b", "k", "v"]).ok();
@@ -291,7 +291,7 @@ fn a_stream_opened_and_left_silent_is_cut_off_at_the_deadline() {
         let (send, recv) = authed.conn.open_bi().await.unwrap();
         let channel = kvnode::rpc::Channel::spawn(recv, send);
         assert!(matches!(
-            channel.call(Request::Ping, Duration::from_secs(5)).await.unwrap(),
+            channel.call(&Request::Ping, Duration::from_secs(5)).await.unwrap(),
             Ok(Reply::Pong { .. })
         ));
     });

@@ -65,7 +65,7 @@ impl PeerConn {
     pub async fn call(&self, request: Request, deadline: Instant) -> Result<Reply, RemoteError> {
         let channel = self.channel().await.map_err(|e| self.unreachable(&e))?;
         let timeout = deadline.saturating_duration_since(Instant::now());
-        match channel.call(request, timeout).await {
+        match channel.call(&request, timeout).await {
             Ok(answer) => answer,
             Err(CallError::Timeout(after)) => Err(self.unreachable(&format!("no answer within {after:?}"))),
             Err(CallError::Broken(why)) => Err(self.unreachable(&why)),
