@@ -400,6 +400,10 @@ impl Node {
             }
         };
         tracing::debug!(%peer, name = %authed.peer.name, role = ?authed.peer.role, "authenticated");
+        self.penalties
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .succeeded(peer);
         self.connections.fetch_add(1, Ordering::Relaxed);
         let conn = authed.conn.clone();
         if authed.peer.role == Role::Node {

@@ -130,11 +130,22 @@ pub enum Warning {
 impl Penalties {
     /// Whether a new connection from `peer` may start its handshake now.
     pub fn allow(&mut self, peer: SocketAddr, now: Instant) -> bool {
-        let allowed = self.sources.allow(peer, now) && self.addresses.allow(peer.ip(), now);
+        let source = self.sources.allow(peer, now);
+        let allowed = source && self.addresses.allow(peer.ip(), now);
+        if !allowed {
+            tracing::trace!(%peer, by = if source { "address" } else { "source" }, "slowed down");
+        }
         if !allowed && let Some(r) = self.reports.get_mut(&peer.ip()) {
             r.unreported += 1;
         }
         allowed
+    }
+
+    /// `peer` proved the secret: whatever failed from that source before (a port the system
+    /// handed out again after a flood from this host used it) is forgiven. Its address stays
+    /// metered, so an attacker behind the same address gains nothing by it.
+    pub fn succeeded(&mut self, peer: SocketAddr) {
+        self.sources.by_key.remove(&peer);
     }
 
     /// Records a failed authentication from `peer`; says whether (and what) to log.
@@ -199,6 +210,19 @@ mod tests {
         assert!(
             (0..50).all(|_| p.allow(src(2), t0)),
             "an honest client on the flooder's host"
+        );
+    }
+
+    #[test]
+    fn a_source_that_authenticates_is_forgiven() {
+        let mut p = Penalties::default();
+        let t0 = Instant::now();
+        p.failed(src(1), t0);
+        while p.allow(src(1), t0) {}
+        p.succeeded(src(1));
+        assert!(
+            (0..50).all(|_| p.allow(src(1), t0)),
+            "many connections from one honest socket"
         );
     }
 
