@@ -37,10 +37,12 @@ bench() {
         burn) sh -c 'while :; do :; done' & f=$! ;;
         *) f="" ;;
     esac
+    # bench runs in a subshell: if it stops early (set -e), it stops the flood or loop too.
+    [ -n "$f" ] && trap 'kill $f 2>/dev/null || true' EXIT
     wait $b
     [ -n "$f" ] && { kill $f 2>/dev/null; wait $f 2>/dev/null || true; }
-    # New connections from the flooding host are refused now and then for a few seconds
-    # after a port-rotating flood (see BENCHMARKS.md); the next run starts after that.
+    # After the flood, this host's address has spent its tokens and the flood's half-open
+    # handshakes run out their deadline (see BENCHMARKS.md); the next run starts after that.
     [ "$with_flood" = yes ] && sleep 10
     ops < "$KVNODE_HOME/bench.out"
 }

@@ -267,6 +267,15 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     }
 }
 
+/// What becomes of a connection attempt before any TLS work.
+enum Admission {
+    Accept,
+    /// Over a limit: told so at once.
+    Refuse,
+    /// From a source or address slowed down after failing the handshake: dropped unanswered.
+    Ignore,
+}
+
 /// The listener part: accepts connections and hands each to its own task.
 fn listener(node: &Arc<Node>, endpoint: &quinn::Endpoint, parts_stop: &CancellationToken) -> Part {
     let (node, endpoint, parts_stop) = (Arc::clone(node), endpoint.clone(), parts_stop.clone());
@@ -282,9 +291,18 @@ fn listener(node: &Arc<Node>, endpoint: &quinn::Endpoint, parts_stop: &Cancellat
                 let Some(incoming) = incoming else {
                     return Err("the endpoint stopped accepting".to_string());
                 };
-                if !node.may_handshake(&incoming) {
-                    incoming.refuse();
-                    continue;
+                match node.may_handshake(&incoming) {
+                    Admission::Accept => {}
+                    Admission::Refuse => {
+                        incoming.refuse();
+                        continue;
+                    }
+                    // A source slowed down after failing gets no answer at all: a refusal
+                    // would cost an encrypted packet each, and only tell a flooder to go on.
+                    Admission::Ignore => {
+                        incoming.ignore();
+                        continue;
+                    }
                 }
                 node.serve.tasks.spawn(Arc::clone(&node).serve_connection(incoming));
             }
@@ -345,19 +363,23 @@ impl Node {
     /// Whether an incoming connection may start its (costly) TLS and secret handshakes: not
     /// beyond the connection and handshake limits, and not faster than its address is allowed
     /// after failing to authenticate. Refusing costs almost nothing.
-    fn may_handshake(&self, incoming: &quinn::Incoming) -> bool {
+    fn may_handshake(&self, incoming: &quinn::Incoming) -> Admission {
         let peer = incoming.remote_address();
         let limits = &self.config.limits;
         if self.connections.load(Ordering::Relaxed) >= limits.max_connections as usize {
             tracing::warn!(%peer, limit = limits.max_connections, "refused a connection: too many open");
-            return false;
+            return Admission::Refuse;
         }
         if self.handshaking.load(Ordering::Relaxed) >= limits.max_handshakes as usize {
             tracing::debug!(%peer, limit = limits.max_handshakes, "refused a connection: too many handshakes in progress");
-            return false;
+            return Admission::Refuse;
         }
         let mut penalties = self.penalties.lock().unwrap_or_else(PoisonError::into_inner);
-        penalties.allow(peer, std::time::Instant::now())
+        if penalties.allow(peer, std::time::Instant::now()) {
+            Admission::Accept
+        } else {
+            Admission::Ignore
+        }
     }
 
     /// Authenticates one incoming connection, then serves every stream it opens.

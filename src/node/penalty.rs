@@ -142,10 +142,15 @@ impl Penalties {
     }
 
     /// `peer` proved the secret: whatever failed from that source before (a port the system
-    /// handed out again after a flood from this host used it) is forgiven. Its address stays
-    /// metered, so an attacker behind the same address gains nothing by it.
+    /// handed out again after a flood from this host used it) is forgiven, and the token its
+    /// address spent on it is given back. The address stays metered for failures, so an
+    /// attacker behind the same address gains nothing by it.
     pub fn succeeded(&mut self, peer: SocketAddr) {
         self.sources.by_key.remove(&peer);
+        // An honest connection does not spend its address's budget for failing ones.
+        if let Some(b) = self.addresses.by_key.get_mut(&peer.ip()) {
+            b.tokens = (b.tokens + 1.0).min(ADDRESS_RATE.1);
+        }
     }
 
     /// Records a failed authentication from `peer`; says whether (and what) to log.
@@ -224,6 +229,12 @@ mod tests {
             (0..50).all(|_| p.allow(src(1), t0)),
             "many connections from one honest socket"
         );
+        // Honest connections from the flooded address give their tokens back.
+        p.failed(src(2), t0);
+        for port in 3..1000 {
+            assert!(p.allow(src(port), t0), "honest connection {port}");
+            p.succeeded(src(port));
+        }
     }
 
     #[test]
