@@ -7,7 +7,7 @@ set -eu
 cd "$(dirname "$0")/.."
 rounds=${1:-5}; [ $# -gt 0 ] && shift
 cargo build --release --quiet
-bin=target/release/kvnode
+bin=${KVNODE_BIN:-target/release/kvnode}
 export KVNODE_HOME="$(mktemp -d)"
 pids=""
 trap 'kill $pids 2>/dev/null; wait 2>/dev/null; rm -rf "$KVNODE_HOME"' EXIT INT TERM

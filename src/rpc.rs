@@ -7,20 +7,24 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use futures_util::FutureExt;
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
+use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::wire::{
     self, FrameError, FrameReader, MAX_FRAME, RemoteError, Reply, Request, RequestFrame, RequestFrameRef, ResponseFrame,
 };
+
+/// A request being answered on its stream's task: its frame id, then its answer.
+type Waiting = Pin<Box<dyn Future<Output = (u64, Answer)> + Send>>;
 
 /// How many bytes of queued frames one write may carry.
 const MAX_BATCH: usize = 256 * 1024;
@@ -302,7 +306,7 @@ pub trait Handler: Send + Sync + 'static {
     fn node_name(&self) -> &str;
 }
 
-/// Per-stream serving limits and the node's shared drain machinery.
+/// Per-stream serving limits, and the node's signal to stop taking requests.
 #[derive(Clone)]
 pub struct ServeContext {
     /// Requests in flight per stream, beyond which the stream is not read until one finishes.
@@ -311,15 +315,13 @@ pub struct ServeContext {
     pub default_timeout: Duration,
     /// How long an open stream may stay silent between frames before it is closed.
     pub idle_timeout: Duration,
-    /// Every request task is tracked, so shutdown can wait for those in flight.
-    pub tasks: TaskTracker,
     /// Cancelled when the node stops taking new requests.
     pub stopping: CancellationToken,
 }
 
 /// Serves one stream: reads request frames, answers those that need no waiting at once and
-/// runs the others each as its own task with its deadline (a panic, on either path, becomes an
-/// internal-error answer), and writes the answers back in batches.
+/// runs the others concurrently, as futures of this task, each with its deadline (a panic, on
+/// either path, becomes an internal-error answer), and writes the answers back in batches.
 ///
 /// Answers given at once collect in one buffer, handed to the writer when no further request
 /// is already buffered: a pipelined burst is answered with one write and no allocation per
@@ -330,11 +332,13 @@ where
     W: FinishStream,
     H: Handler,
 {
-    // Answers from request tasks come back here; the stream's own task writes everything, so
-    // an answer given at once reaches the socket without a hop through another task.
-    let (tx, mut from_tasks) = mpsc::unbounded_channel::<Vec<u8>>();
+    // Requests that wait (a hop, a durable write, a chat) run as futures of this same task,
+    // each under its deadline: their answers reach the socket without a hop through another
+    // task, and no task is spawned per request.
+    // (Boxed: the node's handler can start serving a peer's streams, so an unboxed type here
+    // would contain itself.)
+    let mut pending: FuturesUnordered<Waiting> = FuturesUnordered::new();
     let mut reader = FrameReader::new(reader, MAX_FRAME);
-    let in_flight = Arc::new(Semaphore::new(ctx.max_in_flight));
     // A stream that opens and sends nothing, or dribbles a frame, is cut off at its deadline:
     // the first frame must come within the request deadline, later ones within the idle timeout.
     // The timer is re-armed only when it fires early, not at every frame.
@@ -344,15 +348,28 @@ where
     let stopping = ctx.stopping.cancelled();
     tokio::pin!(stopping);
     let mut answered = Vec::with_capacity(16 * 1024);
+    let mut peer_gone = false;
     loop {
         if !answered.is_empty() && !reader.has_buffered_frame() {
             if writer.write_all(&answered).await.is_err() {
-                return; // the peer is gone; request tasks finish on their own
+                peer_gone = true; // requests taken in still finish, below
+                break;
             }
             answered.clear();
         }
         let next = tokio::select! {
-            next = reader.next_frame() => next,
+            // At the in-flight limit the stream is not read until a request finishes.
+            next = reader.next_frame(), if pending.len() < ctx.max_in_flight => next,
+            Some((id, answer)) = pending.next(), if !pending.is_empty() => {
+                encode_answer(id, answer, &mut answered);
+                while answered.len() < MAX_BATCH {
+                    match pending.next().now_or_never() {
+                        Some(Some((id, answer))) => encode_answer(id, answer, &mut answered),
+                        _ => break,
+                    }
+                }
+                continue;
+            }
             () = &mut quiet => {
                 if Instant::now() < quiet_until {
                     quiet.as_mut().reset(quiet_until);
@@ -360,16 +377,6 @@ where
                 }
                 tracing::debug!("closing a stream that sent no request in time");
                 break;
-            }
-            Some(bytes) = from_tasks.recv() => {
-                answered.extend_from_slice(&bytes);
-                while answered.len() < MAX_BATCH {
-                    match from_tasks.try_recv() {
-                        Ok(more) => answered.extend_from_slice(&more),
-                        Err(_) => break,
-                    }
-                }
-                continue;
             }
             () = &mut stopping => break,
         };
@@ -404,39 +411,20 @@ where
             }
             Err(request) => request,
         };
-        let permit = match Arc::clone(&in_flight).try_acquire_owned() {
-            Ok(p) => p,
-            Err(_) => {
-                // At the limit: stop reading until a request finishes, and write what is done.
-                if !answered.is_empty() && writer.write_all(&answered).await.is_err() {
-                    return;
-                }
-                answered.clear();
-                match Arc::clone(&in_flight).acquire_owned().await {
-                    Ok(p) => p,
-                    Err(_) => break,
-                }
-            }
-        };
         let timeout = match frame.timeout_ms {
             0 => ctx.default_timeout,
             ms => Duration::from_millis(ms.into()),
         };
-        let (handler, tx) = (Arc::clone(&handler), tx.clone());
-        ctx.tasks.spawn(async move {
-            let answer = run_supervised(handler, request, timeout).await;
-            let mut bytes = Vec::new();
-            encode_answer(frame.id, answer, &mut bytes);
-            let _ = tx.send(bytes);
-            drop(permit);
-        });
+        let id = frame.id;
+        pending.push(Box::pin(
+            run_supervised(Arc::clone(&handler), request, timeout).map(move |answer| (id, answer)),
+        ));
     }
     // Answer everything already taken in before ending the stream.
-    drop(tx);
-    while let Some(bytes) = from_tasks.recv().await {
-        answered.extend_from_slice(&bytes);
+    while let Some((id, answer)) = pending.next().await {
+        encode_answer(id, answer, &mut answered);
     }
-    if writer.write_all(&answered).await.is_ok() {
+    if !peer_gone && writer.write_all(&answered).await.is_ok() {
         writer.finish_delivered().await;
     }
 }
@@ -508,9 +496,14 @@ mod tests {
     use crate::wire::{BucketOp, BucketRequest};
     use bytes::BufMut;
     use serde_bytes::ByteBuf;
+    use std::sync::atomic::AtomicUsize;
 
-    /// Echoes a `get` key back as the value; `Ping` sleeps forever; key "boom" panics.
+    /// Echoes a `get` key back as the value; `Ping` sleeps forever; key "boom" panics; key
+    /// "counted" records how many run at once (one test uses it).
     struct Echo;
+
+    static COUNTED_NOW: AtomicUsize = AtomicUsize::new(0);
+    static COUNTED_MAX: AtomicUsize = AtomicUsize::new(0);
 
     impl Handler for Echo {
         async fn handle(self: Arc<Self>, request: Request, _deadline: Instant) -> Answer {
@@ -524,6 +517,12 @@ mod tests {
                     }
                     if key == b"slow" {
                         tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    if key == b"counted" {
+                        let now = COUNTED_NOW.fetch_add(1, Ordering::SeqCst) + 1;
+                        COUNTED_MAX.fetch_max(now, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        COUNTED_NOW.fetch_sub(1, Ordering::SeqCst);
                     }
                     Ok(Reply::Value(ByteBuf::from(key)))
                 }
@@ -568,15 +567,18 @@ mod tests {
             max_in_flight: 64,
             default_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(30),
-            tasks: TaskTracker::new(),
             stopping: CancellationToken::new(),
         }
     }
 
     fn pair() -> Channel {
+        pair_with(ctx())
+    }
+
+    fn pair_with(ctx: ServeContext) -> Channel {
         let (client, server) = tokio::io::duplex(64 * 1024);
         let (sr, sw) = tokio::io::split(server);
-        tokio::spawn(serve(sr, sw, Arc::new(Echo), ctx()));
+        tokio::spawn(serve(sr, sw, Arc::new(Echo), ctx));
         let (cr, cw) = tokio::io::split(client);
         Channel::spawn(cr, cw)
     }
@@ -600,6 +602,26 @@ mod tests {
         for c in calls {
             c.await.unwrap();
         }
+    }
+
+    #[tokio::test]
+    async fn a_stream_at_its_in_flight_limit_is_read_again_once_a_request_finishes() {
+        let ch = Arc::new(pair_with(ServeContext {
+            max_in_flight: 3,
+            ..ctx()
+        }));
+        let calls: Vec<_> = (0..12)
+            .map(|_| {
+                let ch = Arc::clone(&ch);
+                tokio::spawn(async move { ch.call(&get("counted"), Duration::from_secs(5)).await })
+            })
+            .collect();
+        for c in calls {
+            let got = c.await.unwrap().unwrap().unwrap();
+            assert_eq!(got, Reply::Value(ByteBuf::from(b"counted".to_vec())));
+        }
+        let most = COUNTED_MAX.load(Ordering::SeqCst);
+        assert!((1..=3).contains(&most), "{most} requests ran at once; the limit is 3");
     }
 
     #[tokio::test]

@@ -280,7 +280,7 @@ impl Node {
         }
         let node = Arc::clone(self);
         let deadline = tokio::time::Instant::now() + self.config.timeouts.request;
-        self.serve.tasks.spawn(async move {
+        self.tasks.spawn(async move {
             if let Ok(conn) = node.link(t.to, deadline).await {
                 let fits = conn
                     .authed

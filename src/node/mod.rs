@@ -70,6 +70,9 @@ pub struct Node {
     hops: std::sync::Mutex<std::collections::HashMap<NodeName, Arc<PeerConn>>>,
     directory: Directory,
     serve: ServeContext,
+    /// Every connection, stream and background task of the node, so shutdown can wait for
+    /// the requests in flight.
+    tasks: TaskTracker,
     connections: AtomicUsize,
     /// Connections between their first packet and the end of the secret handshake.
     handshaking: AtomicUsize,
@@ -189,7 +192,6 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         max_in_flight: config.limits.max_requests_per_stream as usize,
         default_timeout: config.timeouts.request,
         idle_timeout: config.timeouts.idle,
-        tasks: TaskTracker::new(),
         stopping: CancellationToken::new(),
     };
     let node = Arc::new(Node {
@@ -202,6 +204,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         hops: Default::default(),
         directory,
         serve,
+        tasks: TaskTracker::new(),
         connections: AtomicUsize::new(0),
         handshaking: AtomicUsize::new(0),
         penalties: Default::default(),
@@ -245,8 +248,8 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     }
     claim.remove();
     node.serve.stopping.cancel();
-    node.serve.tasks.close();
-    if tokio::time::timeout(node.config.timeouts.shutdown, node.serve.tasks.wait())
+    node.tasks.close();
+    if tokio::time::timeout(node.config.timeouts.shutdown, node.tasks.wait())
         .await
         .is_err()
     {
@@ -304,7 +307,7 @@ fn listener(node: &Arc<Node>, endpoint: &quinn::Endpoint, parts_stop: &Cancellat
                         continue;
                     }
                 }
-                node.serve.tasks.spawn(Arc::clone(&node).serve_connection(incoming));
+                node.tasks.spawn(Arc::clone(&node).serve_connection(incoming));
             }
             // Draining: accept nothing more, and end with the other parts.
             parts_stop.cancelled().await;
@@ -438,9 +441,7 @@ impl Node {
                 .and_then(|a| a.parse().ok())
                 .unwrap_or(peer);
             self.peers.adopt(authed, addr);
-            self.serve
-                .tasks
-                .spawn(Arc::clone(&self).read_datagrams(conn.clone(), addr));
+            self.tasks.spawn(Arc::clone(&self).read_datagrams(conn.clone(), addr));
         }
         self.serve_streams(&conn).await;
         self.connections.fetch_sub(1, Ordering::Relaxed);
@@ -456,7 +457,7 @@ impl Node {
             match stream {
                 Ok((send, recv)) => {
                     let ctx = self.serve.clone();
-                    self.serve.tasks.spawn(rpc::serve(recv, send, Arc::clone(self), ctx));
+                    self.tasks.spawn(rpc::serve(recv, send, Arc::clone(self), ctx));
                 }
                 Err(e) => {
                     tracing::trace!(peer = %conn.remote_address(), error = %e, "connection ended");
@@ -476,9 +477,8 @@ impl Node {
         let (conn, new) = self.peers.connect(addr, deadline).await?;
         if new {
             let (node, c) = (Arc::clone(self), conn.authed.conn.clone());
-            self.serve.tasks.spawn(async move { node.serve_streams(&c).await });
-            self.serve
-                .tasks
+            self.tasks.spawn(async move { node.serve_streams(&c).await });
+            self.tasks
                 .spawn(Arc::clone(self).read_datagrams(conn.authed.conn.clone(), addr));
         }
         Ok(conn)
