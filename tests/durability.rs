@@ -152,8 +152,9 @@ fn a_second_node_on_the_same_data_directory_is_refused() {
     home.run(&["put", "b", "k", "v", "--via", "foo"]).ok();
 }
 
-/// Writes data, stops the node, damages one file with `damage`, and starts it again.
-fn start_after_damage(damage: impl FnOnce(&std::path::Path)) -> (Home, Node) {
+/// Writes data, stops the node, damages one table file with `damage`, and starts it again;
+/// gives back the damaged file too.
+fn start_after_damage(damage: impl FnOnce(&std::path::Path)) -> (Home, Node, std::path::PathBuf) {
     let home = Home::new();
     let mut foo = home.start("foo", &[]);
     for k in 0..50 {
@@ -168,7 +169,7 @@ fn start_after_damage(damage: impl FnOnce(&std::path::Path)) -> (Home, Node) {
     damage(&table);
     let mut again = home.spawn_node("foo", &["--name", "foo"]);
     again.wait_exit();
-    (home, again)
+    (home, again, table)
 }
 
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
@@ -186,16 +187,15 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 
 #[test]
 fn a_corrupt_data_file_is_a_clear_error_not_a_panic() {
-    let (home, mut node) = start_after_damage(|table| {
+    let (_home, mut node, table) = start_after_damage(|table| {
         let len = std::fs::metadata(table).unwrap().len() as usize;
         std::fs::write(table, vec![0xa5; len]).unwrap();
     });
     let log = node.stderr().join("\n");
     assert_eq!(node.wait_exit().code(), Some(6), "{log}");
     assert!(!log.contains("panicked"), "{log}");
-    let dir = home.path().join("foo/fjall/keyspaces");
     assert!(
-        log.contains(&format!("a table file under {} is corrupt", dir.display())),
+        log.contains(&format!("the table file {} is corrupt", table.display())),
         "{log}"
     );
     assert!(log.contains("restore the directory from a backup"), "{log}");
@@ -203,14 +203,29 @@ fn a_corrupt_data_file_is_a_clear_error_not_a_panic() {
 
 #[test]
 fn a_truncated_data_file_is_a_clear_error_not_a_panic() {
-    let (home, node) = start_after_damage(|table| {
+    let (_home, mut node, table) = start_after_damage(|table| {
         let f = std::fs::OpenOptions::new().write(true).open(table).unwrap();
         f.set_len(f.metadata().unwrap().len() / 3).unwrap();
     });
     let log = node.stderr().join("\n");
+    assert_eq!(node.wait_exit().code(), Some(6), "{log}");
     assert!(!log.contains("panicked"), "{log}");
     assert!(
-        log.contains(&home.path().join("foo/fjall").display().to_string()) && log.contains("corrupt"),
+        log.contains(&format!("the table file {} is corrupt", table.display())),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_table_file_cut_to_a_few_bytes_is_named() {
+    let (_home, mut node, table) = start_after_damage(|table| {
+        let f = std::fs::OpenOptions::new().write(true).open(table).unwrap();
+        f.set_len(10).unwrap();
+    });
+    let log = node.stderr().join("\n");
+    assert_eq!(node.wait_exit().code(), Some(6), "{log}");
+    assert!(
+        log.contains(&format!("the table file {} is corrupt or truncated", table.display())),
         "{log}"
     );
 }

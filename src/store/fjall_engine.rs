@@ -1,7 +1,8 @@
 //! The fjall engine: an LSM tree with a write-ahead journal; a batch is written, then the
 //! journal is synced once.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
@@ -37,26 +38,70 @@ fn open_err(dir: &Path, e: fjall::Error) -> EngineError {
     let d = dir.display();
     let what = match &e {
         F::InvalidVersion(_) => format!("the format version file {d}/version is corrupt or from another fjall version"),
-        F::Storage(lsm_tree::Error::Unrecoverable) | F::Unrecoverable => {
-            format!("a table file under {d}/keyspaces is corrupt or truncated")
-        }
-        F::Storage(
-            lsm_tree::Error::ChecksumMismatch { .. }
-            | lsm_tree::Error::InvalidTrailer
-            | lsm_tree::Error::InvalidHeader(_),
-        ) => {
-            format!("a table file under {d}/keyspaces fails its checksum")
-        }
         F::JournalRecovery(_) | F::InvalidTrailer => format!("the journal {d}/*.jnl is corrupt"),
-        F::Io(io) | F::Storage(lsm_tree::Error::Io(io)) if io.kind() == std::io::ErrorKind::NotFound => {
-            format!("a file under {d} is missing")
-        }
         F::Locked => format!("{d} is locked by another process"),
-        _ => format!("{d} cannot be opened"),
+        // Anything else may come from a damaged table file: name it when one fails alone.
+        _ => match damaged_tables(&dir.join("keyspaces")).as_slice() {
+            [] => match &e {
+                F::Storage(lsm_tree::Error::Unrecoverable) | F::Unrecoverable => {
+                    format!("a table file under {d}/keyspaces is corrupt, truncated or missing")
+                }
+                F::Storage(
+                    lsm_tree::Error::ChecksumMismatch { .. }
+                    | lsm_tree::Error::InvalidTrailer
+                    | lsm_tree::Error::InvalidHeader(_),
+                ) => format!("a table file under {d}/keyspaces fails its checksum"),
+                F::Io(io) | F::Storage(lsm_tree::Error::Io(io)) if io.kind() == std::io::ErrorKind::NotFound => {
+                    format!("a file under {d} is missing")
+                }
+                _ => format!("{d} cannot be opened"),
+            },
+            [one] => format!("the table file {} is corrupt or truncated", one.display()),
+            many => format!(
+                "the table files {} are corrupt or truncated",
+                many.iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        },
     };
     EngineError(format!(
         "{what} (fjall: {e:?}); restore the directory from a backup, or move it aside to start with an empty store"
     ))
+}
+
+/// The table files under `keyspaces` (`keyspaces/<keyspace>/tables/<id>`) that cannot be
+/// opened on their own: fjall's error does not say which file failed, so each is opened
+/// again, read-only, by the same code fjall uses (trailer, metadata and index are checked).
+/// Empty when none fails alone (a table listed but missing, say) or the layout is unknown.
+fn damaged_tables(keyspaces: &Path) -> Vec<PathBuf> {
+    let files = std::fs::read_dir(keyspaces)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .flat_map(|ks| {
+            std::fs::read_dir(ks.path().join("tables"))
+                .into_iter()
+                .flatten()
+                .flatten()
+        })
+        .map(|table| table.path())
+        .filter(|path| path.is_file());
+    let cache = Arc::new(lsm_tree::Cache::with_capacity_bytes(1 << 20));
+    let mut damaged: Vec<PathBuf> = files
+        .filter(|path| {
+            // The checksum, sequence number and tree id are only recorded, not checked, here.
+            // A panic on a damaged file counts as damage too.
+            let checksum = lsm_tree::Checksum::from_raw(0);
+            let open = || {
+                lsm_tree::table::Table::recover(path.clone(), checksum, 0, 0, Arc::clone(&cache), None, false, false)
+            };
+            !matches!(std::panic::catch_unwind(std::panic::AssertUnwindSafe(open)), Ok(Ok(_)))
+        })
+        .collect();
+    damaged.sort();
+    damaged
 }
 
 impl FjallEngine {
