@@ -75,7 +75,15 @@ fn without_a_message_each_stdin_line_is_one_message() {
     // Replies are printed as they arrive, one per line sent.
     let out = home.run_stdin(&["chat", "moebi"], b"a\nb\n").ok();
     assert_eq!(out, "moebi: chicken?\nmoebi: chicken?\n");
-    assert_eq!(moebi.stdout().len(), 2);
+    // moebi printed both before answering, but the test reads its stdout on another thread.
+    wait_for("two lines on moebi's stdout", PATIENCE, || {
+        (moebi.stdout().len() >= 2).then_some(())
+    });
+    let lines = moebi.stdout();
+    assert!(
+        lines.len() == 2 && lines[0].ends_with(": a") && lines[1].ends_with(": b"),
+        "{lines:?}"
+    );
 }
 
 #[test]
