@@ -164,7 +164,8 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 
     /// Whether a whole frame is already buffered (so a writer can wait to batch replies).
     pub fn has_buffered_frame(&self) -> bool {
-        self.pending_len().is_some_and(|len| self.buf.len() >= LEN_PREFIX + len)
+        // `pending_len` counts the length prefix already.
+        self.pending_len().is_some_and(|len| self.buf.len() >= len)
     }
 
     fn pending_len(&self) -> Option<usize> {
@@ -521,6 +522,23 @@ mod tests {
         }
         let got = read_all::<RequestFrame>(bytes, MAX_FRAME).await;
         assert_eq!(got, vec![Ok(sample()), Ok(sample()), Ok(sample())]);
+    }
+
+    #[tokio::test]
+    async fn a_whole_frame_left_in_the_buffer_is_seen_and_a_partial_one_is_not() {
+        let mut bytes = Vec::new();
+        encode_frame(&sample(), &mut bytes).unwrap();
+        encode_frame(&sample(), &mut bytes).unwrap();
+        let whole = bytes.len();
+        bytes.extend_from_slice(&[0, 0]); // half a length prefix of a third frame
+        let mut reader = FrameReader::new(&bytes[..], MAX_FRAME);
+        reader.next_frame().await.unwrap().unwrap();
+        assert!(reader.has_buffered_frame(), "the second frame is all there");
+        reader.next_frame().await.unwrap().unwrap();
+        assert!(!reader.has_buffered_frame(), "two bytes are not a frame");
+        let mut exact = FrameReader::new(&bytes[..whole], MAX_FRAME);
+        exact.next_frame().await.unwrap().unwrap();
+        assert!(exact.has_buffered_frame(), "the last frame, with nothing after it");
     }
 
     #[tokio::test]
