@@ -350,7 +350,10 @@ where
     let mut answered = Vec::with_capacity(16 * 1024);
     let mut peer_gone = false;
     loop {
-        if !answered.is_empty() && !reader.has_buffered_frame() {
+        // Write what is answered once no further request is buffered, or when no further
+        // request may be taken in until one in flight finishes.
+        let at_limit = pending.len() >= ctx.max_in_flight;
+        if !answered.is_empty() && (!reader.has_buffered_frame() || at_limit) {
             if writer.write_all(&answered).await.is_err() {
                 peer_gone = true; // requests taken in still finish, below
                 break;
@@ -359,7 +362,7 @@ where
         }
         let next = tokio::select! {
             // At the in-flight limit the stream is not read until a request finishes.
-            next = reader.next_frame(), if pending.len() < ctx.max_in_flight => next,
+            next = reader.next_frame(), if !at_limit => next,
             Some((id, answer)) = pending.next(), if !pending.is_empty() => {
                 encode_answer(id, answer, &mut answered);
                 while answered.len() < MAX_BATCH {
@@ -622,6 +625,37 @@ mod tests {
         }
         let most = COUNTED_MAX.load(Ordering::SeqCst);
         assert!((1..=3).contains(&most), "{most} requests ran at once; the limit is 3");
+    }
+
+    #[tokio::test]
+    async fn answers_given_at_once_are_written_when_the_in_flight_limit_is_reached() {
+        // One request may be in flight; a `Ping` takes that place for a minute. The get
+        // answered at once just before it, in the same burst, must not wait for it.
+        let ch = pair_with(ServeContext {
+            max_in_flight: 1,
+            ..ctx()
+        });
+        let (first, behind) = (get("now-first"), get("now-behind"));
+        let first = ch.call(&first, Duration::from_secs(60));
+        let stuck = ch.call(&Request::Ping, Duration::from_secs(60));
+        let behind = ch.call(&behind, Duration::from_secs(60));
+        tokio::pin!(stuck, behind);
+        // The first poll queues all three frames, in order, before the channel's writer runs
+        // (this runtime has one thread): they reach the stream as one burst.
+        let answered = tokio::time::timeout(Duration::from_secs(10), async {
+            tokio::select! {
+                biased;
+                answer = first => answer,
+                _ = &mut stuck => panic!("the ping was answered"),
+                _ = &mut behind => panic!("the request behind the limit was read"),
+            }
+        })
+        .await
+        .expect("the answer given at once waited for the request in flight");
+        assert_eq!(
+            answered.unwrap().unwrap(),
+            Reply::Value(ByteBuf::from(b"now-first".to_vec()))
+        );
     }
 
     #[tokio::test]
