@@ -79,6 +79,13 @@ impl<K: Hash + Eq + Copy> Buckets<K> {
         b.take(now, self.rate)
     }
 
+    /// Gives `key` back the token it spent on an attempt that turned out honest.
+    fn give_back(&mut self, key: K) {
+        if let Some(b) = self.by_key.get_mut(&key) {
+            b.tokens = (b.tokens + 1.0).min(self.rate.1);
+        }
+    }
+
     fn failed(&mut self, key: K, now: Instant) {
         if !self.by_key.contains_key(&key) && self.by_key.len() >= MAX_TRACKED {
             let oldest = self.by_key.iter().min_by_key(|(_, b)| b.last_failure).map(|(k, _)| *k);
@@ -148,9 +155,7 @@ impl Penalties {
     pub fn succeeded(&mut self, peer: SocketAddr) {
         self.sources.by_key.remove(&peer);
         // An honest connection does not spend its address's budget for failing ones.
-        if let Some(b) = self.addresses.by_key.get_mut(&peer.ip()) {
-            b.tokens = (b.tokens + 1.0).min(ADDRESS_RATE.1);
-        }
+        self.addresses.give_back(peer.ip());
     }
 
     /// Records a failed authentication from `peer`; says whether (and what) to log.

@@ -42,33 +42,37 @@ fn open_err(dir: &Path, e: fjall::Error) -> EngineError {
         F::Locked => format!("{d} is locked by another process"),
         // Anything else may come from a damaged table file: name it when one fails alone.
         _ => match damaged_tables(&dir.join("keyspaces")).as_slice() {
-            [] => match &e {
-                F::Storage(lsm_tree::Error::Unrecoverable) | F::Unrecoverable => {
-                    format!("a table file under {d}/keyspaces is corrupt, truncated or missing")
-                }
-                F::Storage(
-                    lsm_tree::Error::ChecksumMismatch { .. }
-                    | lsm_tree::Error::InvalidTrailer
-                    | lsm_tree::Error::InvalidHeader(_),
-                ) => format!("a table file under {d}/keyspaces fails its checksum"),
-                F::Io(io) | F::Storage(lsm_tree::Error::Io(io)) if io.kind() == std::io::ErrorKind::NotFound => {
-                    format!("a file under {d} is missing")
-                }
-                _ => format!("{d} cannot be opened"),
-            },
+            [] => unnamed_cause(dir, &e),
             [one] => format!("the table file {} is corrupt or truncated", one.display()),
-            many => format!(
-                "the table files {} are corrupt or truncated",
-                many.iter()
-                    .map(|p| p.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
+            many => {
+                let names: Vec<_> = many.iter().map(|p| p.display().to_string()).collect();
+                format!("the table files {} are corrupt or truncated", names.join(", "))
+            }
         },
     };
     EngineError(format!(
         "{what} (fjall: {e:?}); restore the directory from a backup, or move it aside to start with an empty store"
     ))
+}
+
+/// What an open error says about `dir` when no single table file can be blamed.
+fn unnamed_cause(dir: &Path, e: &fjall::Error) -> String {
+    use fjall::Error as F;
+    let d = dir.display();
+    match e {
+        F::Storage(lsm_tree::Error::Unrecoverable) | F::Unrecoverable => {
+            format!("a table file under {d}/keyspaces is corrupt, truncated or missing")
+        }
+        F::Storage(
+            lsm_tree::Error::ChecksumMismatch { .. }
+            | lsm_tree::Error::InvalidTrailer
+            | lsm_tree::Error::InvalidHeader(_),
+        ) => format!("a table file under {d}/keyspaces fails its checksum"),
+        F::Io(io) | F::Storage(lsm_tree::Error::Io(io)) if io.kind() == std::io::ErrorKind::NotFound => {
+            format!("a file under {d} is missing")
+        }
+        _ => format!("{d} cannot be opened"),
+    }
 }
 
 /// The table files under `keyspaces` (`keyspaces/<keyspace>/tables/<id>`) that cannot be
