@@ -23,8 +23,41 @@ use crate::wire::{
     self, FrameError, FrameReader, MAX_FRAME, RemoteError, Reply, Request, RequestFrame, RequestFrameRef, ResponseFrame,
 };
 
-/// A request being answered on its stream's task: its frame id, then its answer.
-type Waiting = Pin<Box<dyn Future<Output = (u64, Answer)> + Send>>;
+/// What [`Handler::answer_now`] made of a request.
+pub enum Now {
+    /// The answer, given at once.
+    Answer(Answer),
+    /// The answer to come, by the request's deadline (the future keeps it).
+    Waiting(Pin<Box<dyn Future<Output = Answer> + Send>>),
+    /// The request, to be run by [`Handler::handle`] under its deadline.
+    Later(Request),
+}
+
+/// A request being answered on its stream's task: its frame id, its kind (for the log),
+/// and the future of its answer, polled under a panic guard.
+struct InFlight {
+    id: u64,
+    kind: &'static str,
+    answer: Pin<Box<dyn Future<Output = Answer> + Send>>,
+}
+
+impl Future for InFlight {
+    /// The frame id, and the answer or what the panic said.
+    type Output = (u64, Result<Answer, String>);
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        let id = self.id;
+        match std::panic::catch_unwind(AssertUnwindSafe(|| self.answer.as_mut().poll(cx))) {
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Ok(std::task::Poll::Ready(answer)) => std::task::Poll::Ready((id, Ok(answer))),
+            Err(panic) => {
+                let reason = panic_message(&*panic);
+                tracing::error!(request = self.kind, %reason, "request panicked; the node goes on");
+                std::task::Poll::Ready((id, Err(format!("the {} request failed: {reason}", self.kind))))
+            }
+        }
+    }
+}
 
 /// How many bytes of queued frames one write may carry.
 const MAX_BATCH: usize = 256 * 1024;
@@ -115,6 +148,13 @@ impl Channel {
 
     /// Sends `request` and waits for its answer until `timeout`.
     pub async fn call(&self, request: &Request, timeout: Duration) -> Result<Answer, CallError> {
+        self.start(request, timeout)?.await
+    }
+
+    /// Queues `request` for sending, now, and gives back the future of its answer, which
+    /// borrows nothing: a forwarding node carries only this small future across the wait,
+    /// not the request.
+    pub fn start(&self, request: &Request, timeout: Duration) -> Result<PendingCall, CallError> {
         let deadline = Instant::now() + timeout;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let frame = RequestFrameRef {
@@ -123,39 +163,51 @@ impl Channel {
             request,
         };
         let (tx, rx) = oneshot::channel();
-        {
-            let mut st = self.shared.lock();
-            if let Some(why) = &st.broken {
-                return Err(CallError::Broken(why.clone()));
-            }
-            let was_empty = st.outbox.is_empty();
-            wire::encode_frame(&frame, &mut st.outbox).map_err(|e| CallError::TooLarge(e.to_string()))?;
-            st.waiting.insert(
-                id,
-                Waiter {
-                    answer: tx,
-                    deadline,
-                    timeout,
-                },
-            );
-            if was_empty {
-                self.shared.wake_writer.notify_one();
-            }
-            if st.next_sweep.is_none_or(|t| deadline < t) {
-                st.next_sweep = Some(deadline);
-                self.shared.wake_sweeper.notify_one();
-            }
+        let mut st = self.shared.lock();
+        if let Some(why) = &st.broken {
+            return Err(CallError::Broken(why.clone()));
         }
-        // Forget the call however this future ends (answer, or the caller dropping it).
-        let mut forget = Forget {
-            shared: &self.shared,
+        let was_empty = st.outbox.is_empty();
+        wire::encode_frame(&frame, &mut st.outbox).map_err(|e| CallError::TooLarge(e.to_string()))?;
+        st.waiting.insert(
+            id,
+            Waiter {
+                answer: tx,
+                deadline,
+                timeout,
+            },
+        );
+        if was_empty {
+            self.shared.wake_writer.notify_one();
+        }
+        if st.next_sweep.is_none_or(|t| deadline < t) {
+            st.next_sweep = Some(deadline);
+            self.shared.wake_sweeper.notify_one();
+        }
+        Ok(PendingCall {
+            answer: rx,
+            shared: Arc::clone(&self.shared),
             id: Some(id),
-        };
-        match rx.await {
-            Ok(answer) => {
-                forget.id = None; // whoever answered has removed it
-                answer
-            }
+        })
+    }
+}
+
+/// The answer to a call under way. Dropping it forgets the call.
+pub struct PendingCall {
+    answer: oneshot::Receiver<Result<Answer, CallError>>,
+    shared: Arc<Shared>,
+    /// The call's id until its answer came (whoever answered removed it from the table).
+    id: Option<u64>,
+}
+
+impl Future for PendingCall {
+    type Output = Result<Answer, CallError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        let got = std::task::ready!(Pin::new(&mut self.answer).poll(cx));
+        self.id = None;
+        std::task::Poll::Ready(match got {
+            Ok(answer) => answer,
             Err(_) => Err(CallError::Broken(
                 self.shared
                     .lock()
@@ -163,6 +215,14 @@ impl Channel {
                     .clone()
                     .unwrap_or_else(|| "stream closed".into()),
             )),
+        })
+    }
+}
+
+impl Drop for PendingCall {
+    fn drop(&mut self) {
+        if let Some(id) = self.id {
+            self.shared.lock().waiting.remove(&id);
         }
     }
 }
@@ -172,19 +232,6 @@ impl Drop for Channel {
         self.shared.lock().closed = true;
         self.shared.wake_writer.notify_one();
         self.shared.wake_sweeper.notify_one();
-    }
-}
-
-struct Forget<'a> {
-    shared: &'a Shared,
-    id: Option<u64>,
-}
-
-impl Drop for Forget<'_> {
-    fn drop(&mut self) {
-        if let Some(id) = self.id {
-            self.shared.lock().waiting.remove(&id);
-        }
     }
 }
 
@@ -300,10 +347,13 @@ pub trait Handler: Send + Sync + 'static {
     fn handle(self: Arc<Self>, request: Request, deadline: Instant) -> impl Future<Output = Answer> + Send;
 
     /// Answers `request` at once when that needs no waiting (a local read, an in-memory
-    /// write), or gives it back to be run as its own task by [`Handler::handle`]. It runs on
-    /// the stream's reading task, under a panic guard, so it must never block.
-    fn answer_now(&self, request: Request) -> Result<Answer, Request> {
-        Err(request)
+    /// write); or starts it and gives back the future of its answer, when that future keeps
+    /// `timeout` itself (a forwarded request, whose stream to the owner fails it in time);
+    /// or gives it back, to be run by [`Handler::handle`] under a deadline. It runs on the
+    /// stream's reading task, under a panic guard, so it must never block.
+    fn answer_now(&self, request: Request, timeout: Duration) -> Now {
+        let _ = timeout;
+        Now::Later(request)
     }
 
     /// This node's name, for errors raised around the handler (deadline, panic).
@@ -324,8 +374,9 @@ pub struct ServeContext {
 }
 
 /// Serves one stream: reads request frames, answers those that need no waiting at once and
-/// runs the others concurrently, as futures of this task, each with its deadline (a panic, on
-/// either path, becomes an internal-error answer), and writes the answers back in batches.
+/// runs the others concurrently, as futures of this task, each with its deadline (kept by
+/// the future itself when [`Handler::answer_now`] started it, else by a timer here; a panic,
+/// on any path, becomes an internal-error answer), and writes the answers back in batches.
 ///
 /// Answers given at once collect in one buffer, handed to the writer when no further request
 /// is already buffered: a pipelined burst is answered with one write and no allocation per
@@ -341,7 +392,12 @@ where
     // task, and no task is spawned per request.
     // (Boxed: the node's handler can start serving a peer's streams, so an unboxed type here
     // would contain itself.)
-    let mut pending: FuturesUnordered<Waiting> = FuturesUnordered::new();
+    let mut pending: FuturesUnordered<InFlight> = FuturesUnordered::new();
+    // A panic inside a waiting request, as the answer to send.
+    let node = || handler.node_name().to_string();
+    let settle = |answer: Result<Answer, String>| {
+        answer.unwrap_or_else(|reason| Err(RemoteError::Internal { node: node(), reason }))
+    };
     let mut reader = FrameReader::new(reader, MAX_FRAME);
     // A stream that opens and sends nothing, or dribbles a frame, is cut off at its deadline:
     // the first frame must come within the request deadline, later ones within the idle timeout.
@@ -368,10 +424,10 @@ where
             // At the in-flight limit the stream is not read until a request finishes.
             next = reader.next_frame(), if !at_limit => next,
             Some((id, answer)) = pending.next(), if !pending.is_empty() => {
-                encode_answer(id, answer, &mut answered);
+                encode_answer(id, settle(answer), &mut answered);
                 while answered.len() < MAX_BATCH {
                     match pending.next().now_or_never() {
-                        Some(Some((id, answer))) => encode_answer(id, answer, &mut answered),
+                        Some(Some((id, answer))) => encode_answer(id, settle(answer), &mut answered),
                         _ => break,
                     }
                 }
@@ -411,25 +467,28 @@ where
                 continue;
             }
         };
-        let request = match answer_now(&*handler, frame.request) {
-            Ok(answer) => {
-                encode_answer(frame.id, answer, &mut answered);
-                continue;
-            }
-            Err(request) => request,
-        };
         let timeout = match frame.timeout_ms {
             0 => ctx.default_timeout,
             ms => Duration::from_millis(ms.into()),
         };
-        let id = frame.id;
-        pending.push(Box::pin(
-            run_supervised(Arc::clone(&handler), request, timeout).map(move |answer| (id, answer)),
-        ));
+        let kind = frame.request.kind();
+        let answer = match answer_now(&*handler, frame.request, timeout) {
+            Now::Answer(answer) => {
+                encode_answer(frame.id, answer, &mut answered);
+                continue;
+            }
+            Now::Waiting(answer) => answer,
+            Now::Later(request) => Box::pin(run_supervised(Arc::clone(&handler), request, timeout)),
+        };
+        pending.push(InFlight {
+            id: frame.id,
+            kind,
+            answer,
+        });
     }
     // Answer everything already taken in before ending the stream.
     while let Some((id, answer)) = pending.next().await {
-        encode_answer(id, answer, &mut answered);
+        encode_answer(id, settle(answer), &mut answered);
     }
     if !peer_gone && writer.write_all(&answered).await.is_ok() {
         writer.finish_delivered().await;
@@ -437,14 +496,14 @@ where
 }
 
 /// [`Handler::answer_now`] under a panic guard: a panic is answered as an internal error.
-fn answer_now<H: Handler>(handler: &H, request: Request) -> Result<Answer, Request> {
+fn answer_now<H: Handler>(handler: &H, request: Request, timeout: Duration) -> Now {
     let kind = request.kind();
-    match std::panic::catch_unwind(AssertUnwindSafe(|| handler.answer_now(request))) {
-        Ok(result) => result,
+    match std::panic::catch_unwind(AssertUnwindSafe(|| handler.answer_now(request, timeout))) {
+        Ok(now) => now,
         Err(panic) => {
             let reason = panic_message(&*panic);
             tracing::error!(request = kind, %reason, "request panicked; the node goes on");
-            Ok(Err(RemoteError::Internal {
+            Now::Answer(Err(RemoteError::Internal {
                 node: handler.node_name().to_string(),
                 reason: format!("the {kind} request failed: {reason}"),
             }))
@@ -466,7 +525,6 @@ fn encode_answer(id: u64, answer: Answer, out: &mut Vec<u8>) {
 pub async fn run_supervised<H: Handler>(handler: Arc<H>, request: Request, timeout: Duration) -> Answer {
     let kind = request.kind();
     let start = Instant::now();
-    let node = handler.node_name().to_string();
     let work = AssertUnwindSafe(Arc::clone(&handler).handle(request, start + timeout)).catch_unwind();
     match tokio::time::timeout(timeout, work).await {
         Ok(Ok(answer)) => answer,
@@ -474,12 +532,12 @@ pub async fn run_supervised<H: Handler>(handler: Arc<H>, request: Request, timeo
             let reason = panic_message(&*panic);
             tracing::error!(request = kind, %reason, "request task panicked; the node goes on");
             Err(RemoteError::Internal {
-                node,
+                node: handler.node_name().to_string(),
                 reason: format!("the {kind} request failed: {reason}"),
             })
         }
         Err(_) => Err(RemoteError::DeadlineExceeded {
-            node,
+            node: handler.node_name().to_string(),
             waited_ms: start.elapsed().as_millis() as u64,
         }),
     }
@@ -538,8 +596,10 @@ mod tests {
             }
         }
 
-        /// Gets of keys starting with "now" are answered at once; "now-boom" panics there.
-        fn answer_now(&self, request: Request) -> Result<Answer, Request> {
+        /// Gets of keys starting with "now" are answered at once, "now-boom" panics there;
+        /// those starting with "wait" are started here and answered a little later, and
+        /// "wait-boom" panics then.
+        fn answer_now(&self, request: Request, _timeout: Duration) -> Now {
             match &request {
                 Request::Bucket(BucketRequest {
                     op: BucketOp::Get { key },
@@ -548,9 +608,22 @@ mod tests {
                     if key == b"now-boom" {
                         panic!("boom at once");
                     }
-                    Ok(Ok(Reply::Value(ByteBuf::from(key.clone()))))
+                    Now::Answer(Ok(Reply::Value(ByteBuf::from(key.clone()))))
                 }
-                _ => Err(request),
+                Request::Bucket(BucketRequest {
+                    op: BucketOp::Get { key },
+                    ..
+                }) if key.starts_with(b"wait") => {
+                    let key = key.clone();
+                    Now::Waiting(Box::pin(async move {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        if key == b"wait-boom" {
+                            panic!("boom while waiting");
+                        }
+                        Ok(Reply::Value(ByteBuf::from(key)))
+                    }))
+                }
+                _ => Now::Later(request),
             }
         }
 
@@ -709,6 +782,39 @@ mod tests {
         );
         let ok = ch.call(&get("now-after"), Duration::from_secs(5)).await.unwrap();
         assert_eq!(ok, Ok(Reply::Value(ByteBuf::from(b"now-after".to_vec()))));
+    }
+
+    #[tokio::test]
+    async fn requests_started_at_once_are_answered_when_ready_and_a_panic_there_is_caught() {
+        let ch = Arc::new(pair());
+        let calls: Vec<_> = (0..100)
+            .map(|i| {
+                let ch = Arc::clone(&ch);
+                let key = if i % 2 == 0 {
+                    format!("wait{i}")
+                } else {
+                    format!("now{i}")
+                };
+                tokio::spawn(async move {
+                    let got = ch.call(&get(&key), Duration::from_secs(5)).await.unwrap().unwrap();
+                    assert_eq!(got, Reply::Value(ByteBuf::from(key.into_bytes())));
+                })
+            })
+            .collect();
+        for c in calls {
+            c.await.unwrap();
+        }
+        let err = ch
+            .call(&get("wait-boom"), Duration::from_secs(5))
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(
+            matches!(&err, RemoteError::Internal { node, reason } if node == "echo" && reason.contains("boom while waiting")),
+            "{err}"
+        );
+        let ok = ch.call(&get("wait-after"), Duration::from_secs(5)).await.unwrap();
+        assert_eq!(ok, Ok(Reply::Value(ByteBuf::from(b"wait-after".to_vec()))));
     }
 
     #[tokio::test]

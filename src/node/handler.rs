@@ -2,15 +2,16 @@
 
 use std::io::Write;
 use std::sync::{Arc, PoisonError};
+use std::time::Duration;
 
 use bytes::Bytes;
 use serde_bytes::ByteBuf;
 use tokio::time::Instant;
 
-use super::{Node, hop_margin};
+use super::{Node, PeerConn, hop_margin};
 use crate::names::{NodeName, escape_text};
 use crate::routing::RoutingTable;
-use crate::rpc::Handler;
+use crate::rpc::{Handler, Now};
 use crate::store::{Lookup, StoreError};
 use crate::wire::{
     BucketOp, BucketRequest, ChatLine, ChatMessage, MAX_CHAT, MAX_HOPS, MemberInfo, RemoteError, Reply, Request,
@@ -30,7 +31,7 @@ impl Handler for Node {
             Request::Ping => Ok(Reply::Pong {
                 name: self.name.clone(),
             }),
-            Request::Chat(msg) => self.chat(msg, deadline).await,
+            Request::Chat(msg) => Box::pin(self.chat(msg, deadline)).await,
             Request::Gossip { message } => {
                 let msg = crate::gossip::Message::decode(&message).map_err(RemoteError::invalid)?;
                 // The sender is where the message says it is from; the core checks the rest.
@@ -48,13 +49,13 @@ impl Handler for Node {
         }
     }
 
-    fn answer_now(&self, request: Request) -> Result<Answer, Request> {
+    fn answer_now(&self, request: Request, timeout: Duration) -> Now {
         match request {
-            Request::Bucket(req) => self.execute_now(req).map_err(Request::Bucket),
-            Request::Ping => Ok(Ok(Reply::Pong {
+            Request::Bucket(req) => self.bucket_now(req, timeout),
+            Request::Ping => Now::Answer(Ok(Reply::Pong {
                 name: self.name.clone(),
             })),
-            other => Err(other),
+            other => Now::Later(other),
         }
     }
 
@@ -66,43 +67,90 @@ impl Handler for Node {
 impl Node {
     /// Routes a bucket request: execute it here if this node owns the bucket, else forward it
     /// to the owner, which checks its own table again.
-    async fn bucket(self: &Arc<Self>, mut req: BucketRequest, deadline: Instant) -> Answer {
-        req.validate().map_err(RemoteError::invalid)?;
+    async fn bucket(self: &Arc<Self>, req: BucketRequest, deadline: Instant) -> Answer {
+        match self.route(req) {
+            Route::Fail(e) => Err(e),
+            // Boxed: a store write's future is large, and forwarded requests, the common
+            // case here, need none of it.
+            Route::Here(req) => Box::pin(self.execute(req)).await,
+            Route::There(owner, req) => self.forward(&owner, Request::Bucket(req), deadline).await,
+        }
+    }
+
+    /// Where a bucket request goes, from this node's table, with this node added to its
+    /// path; or why it goes nowhere (bad request, loop, too many hops, no entry).
+    fn route(&self, mut req: BucketRequest) -> Route {
+        if let Err(e) = req.validate() {
+            return Route::Fail(RemoteError::invalid(e));
+        }
         let seen = req.path.contains(&self.name);
         req.path.push(self.name.clone());
         let path = || req.path.iter().map(|n| n.to_string()).collect();
         if seen {
-            return Err(RemoteError::RoutingLoop { path: path() });
+            return Route::Fail(RemoteError::RoutingLoop { path: path() });
         }
         if req.path.len() > MAX_HOPS + 1 {
-            return Err(RemoteError::HopLimit { path: path() });
+            return Route::Fail(RemoteError::HopLimit { path: path() });
         }
         let table = self.table();
-        let Some(owner) = table.owner_of(&req.bucket).cloned() else {
-            return Err(RemoteError::NoRoute {
+        match table.owner_of(&req.bucket) {
+            None => Route::Fail(RemoteError::NoRoute {
                 message: table.no_entry_message(&req.bucket),
-            });
-        };
-        if owner == self.name {
-            return self.execute(req).await;
+            }),
+            Some(owner) if *owner == self.name => Route::Here(req),
+            Some(owner) => Route::There(owner.clone(), req),
         }
-        self.forward(&owner, Request::Bucket(req), deadline).await
+    }
+
+    /// [`Handler::answer_now`] for a bucket request: executed at once when it is this node's
+    /// and needs no waiting (a read, or anything on the in-memory store); sent on at once
+    /// when its owner is another node this node already has a stream to. Anything else (a
+    /// durable write, a first hop to a node) is given back, with its path as it came, to
+    /// go the deadline-bounded path of [`Node::bucket`].
+    fn bucket_now(&self, req: BucketRequest, timeout: Duration) -> Now {
+        let later = |mut request: Request| {
+            if let Request::Bucket(req) = &mut request {
+                req.path.pop(); // this node: `bucket` adds it again
+            }
+            Now::Later(request)
+        };
+        match self.route(req) {
+            Route::Fail(e) => Now::Answer(Err(e)),
+            Route::Here(req) => match self.execute_sync(req) {
+                Ok(answer) => Now::Answer(answer),
+                Err(write) => later(Request::Bucket(write.into_request())),
+            },
+            Route::There(owner, req) => {
+                let request = Request::Bucket(req);
+                let Some(peer) = self.open_hop(&owner) else {
+                    return later(request);
+                };
+                // As in `handle`: keep back a little of the deadline for our own error.
+                let deadline = Instant::now() + timeout - hop_margin(timeout);
+                match peer.start(&request, deadline) {
+                    Some(answer) => Now::Waiting(Box::pin(answer)),
+                    None => later(request),
+                }
+            }
+        }
+    }
+
+    /// The live connection this node last forwarded to `to` over, if any.
+    fn open_hop(&self, to: &NodeName) -> Option<Arc<PeerConn>> {
+        let hops = self.hops.lock().unwrap_or_else(PoisonError::into_inner);
+        hops.get(to).filter(|p| p.is_alive()).cloned()
     }
 
     /// Sends a request one hop on, to `to`, with what is left of the deadline.
     async fn forward(self: &Arc<Self>, to: &NodeName, request: Request, deadline: Instant) -> Answer {
-        let open = self
-            .hops
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(to)
-            .cloned();
-        let peer = match open.filter(|p| p.is_alive()) {
+        let peer = match self.open_hop(to) {
             Some(peer) => peer,
             None => {
                 let addr = self.locate(to)?;
                 tracing::debug!(to = %to, %addr, "forwarding over a new connection");
-                let peer = self.peer(to, addr, deadline).await?;
+                // Boxed: connecting is rare, and its future is large; unboxed it would
+                // make every forwarded request's future as large.
+                let peer = Box::pin(self.peer(to, addr, deadline)).await?;
                 let mut hops = self.hops.lock().unwrap_or_else(PoisonError::into_inner);
                 hops.retain(|_, p| p.is_alive());
                 hops.insert(to.clone(), Arc::clone(&peer));
@@ -112,28 +160,6 @@ impl Node {
         peer.call(request, deadline).await
     }
 
-    /// Executes a bucket request at once when it is this node's and needs no waiting: a read,
-    /// or any operation on the in-memory store. Anything else (a hop, a durable write, a
-    /// request that fails routing) is given back to go the task path of [`Node::bucket`].
-    fn execute_now(&self, req: BucketRequest) -> Result<Answer, BucketRequest> {
-        let waits = matches!(req.op, BucketOp::Put { .. } | BucketOp::Delete { .. }) && self.store.memory().is_none();
-        let mine = !req.path.contains(&self.name)
-            && req.path.len() < MAX_HOPS
-            && self.table().owner_of(&req.bucket) == Some(&self.name);
-        if waits || !mine {
-            return Err(req);
-        }
-        if let Err(e) = req.validate() {
-            return Ok(Err(RemoteError::invalid(e)));
-        }
-        let mut req = req;
-        let path = req.path.clone();
-        req.path.push(self.name.clone());
-        // `waits` was false, so this answers; should the store change under us, the write
-        // still goes the task path, with the path as it came.
-        self.execute_sync(req).map_err(|write| write.into_request(path))
-    }
-
     /// Executes a request this node owns; a write to the durable store waits for its sync.
     async fn execute(&self, req: BucketRequest) -> Answer {
         let write = match self.execute_sync(req) {
@@ -141,14 +167,14 @@ impl Node {
             Err(write) => write,
         };
         match write {
-            DurableWrite::Put { bucket, key, value } => {
+            DurableWrite::Put { bucket, key, value, .. } => {
                 self.store
                     .put(&bucket, &key, Bytes::from(value))
                     .await
                     .map_err(|e| self.internal(e))?;
                 Ok(Reply::Done)
             }
-            DurableWrite::Delete { bucket, key } => {
+            DurableWrite::Delete { bucket, key, .. } => {
                 let found = self.store.delete(&bucket, &key).await.map_err(|e| self.internal(e))?;
                 removed(found, bucket, key)
             }
@@ -164,11 +190,18 @@ impl Node {
                     m.put(&bucket, &key, Bytes::from(value));
                     Ok(Reply::Done)
                 }
-                None => return Err(DurableWrite::Put { bucket, key, value }),
+                None => {
+                    return Err(DurableWrite::Put {
+                        bucket,
+                        key,
+                        value,
+                        path,
+                    });
+                }
             },
             BucketOp::Delete { key } => match self.store.memory() {
                 Some(m) => removed(m.delete(&bucket, &key), bucket, key),
-                None => return Err(DurableWrite::Delete { bucket, key }),
+                None => return Err(DurableWrite::Delete { bucket, key, path }),
             },
             BucketOp::Get { key } => match self.store.get_now(&bucket, &key) {
                 Err(e) => Err(self.internal(e)),
@@ -246,24 +279,41 @@ impl Node {
     }
 }
 
-/// A write that must wait for the durable store's group commit.
+/// Where [`Node::route`] sends a bucket request.
+enum Route {
+    /// This node owns the bucket.
+    Here(BucketRequest),
+    /// The named node does, by this node's table.
+    There(NodeName, BucketRequest),
+    /// Nowhere, for this reason.
+    Fail(RemoteError),
+}
+
+/// A write that must wait for the durable store's group commit, with the request's path.
 enum DurableWrite {
     Put {
         bucket: Vec<u8>,
         key: Vec<u8>,
         value: Vec<u8>,
+        path: Vec<NodeName>,
     },
     Delete {
         bucket: Vec<u8>,
         key: Vec<u8>,
+        path: Vec<NodeName>,
     },
 }
 
 impl DurableWrite {
-    fn into_request(self, path: Vec<NodeName>) -> BucketRequest {
-        let (bucket, op) = match self {
-            Self::Put { bucket, key, value } => (bucket, BucketOp::Put { key, value }),
-            Self::Delete { bucket, key } => (bucket, BucketOp::Delete { key }),
+    fn into_request(self) -> BucketRequest {
+        let (bucket, op, path) = match self {
+            Self::Put {
+                bucket,
+                key,
+                value,
+                path,
+            } => (bucket, BucketOp::Put { key, value }, path),
+            Self::Delete { bucket, key, path } => (bucket, BucketOp::Delete { key }, path),
         };
         BucketRequest { bucket, op, path }
     }

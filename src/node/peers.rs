@@ -3,6 +3,7 @@
 //! that many forwarded requests share. Both ends serve requests (and gossip) on it.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -47,14 +48,27 @@ impl PeerConn {
         &self.authed.peer.name
     }
 
-    /// A request stream, opened on first use and replaced when it breaks.
-    async fn channel(&self) -> Result<Arc<Channel>, String> {
+    /// The next request stream in turn, if it is open and sound.
+    fn open_channel(&self) -> Result<Arc<Channel>, &Mutex<Option<Arc<Channel>>>> {
         let slot = &self.channels[self.next.fetch_add(1, Ordering::Relaxed) % self.channels.len()];
-        if let Some(ch) = slot.lock().unwrap_or_else(PoisonError::into_inner).as_ref()
-            && !ch.is_broken()
-        {
-            return Ok(Arc::clone(ch));
+        match slot.lock().unwrap_or_else(PoisonError::into_inner).as_ref() {
+            Some(ch) if !ch.is_broken() => Ok(Arc::clone(ch)),
+            _ => Err(slot),
         }
+    }
+
+    /// A stream slot with no sound stream in it, if any.
+    fn vacant_slot(&self) -> Option<&Mutex<Option<Arc<Channel>>>> {
+        self.channels.iter().find(|slot| {
+            slot.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .as_ref()
+                .is_none_or(|ch| ch.is_broken())
+        })
+    }
+
+    /// Opens a request stream into `slot`, the first time or when the last one broke.
+    async fn reopen(&self, slot: &Mutex<Option<Arc<Channel>>>) -> Result<Arc<Channel>, String> {
         let (send, recv) = self.authed.conn.open_bi().await.map_err(|e| e.to_string())?;
         let ch = Arc::new(Channel::spawn(recv, send));
         *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&ch));
@@ -62,14 +76,52 @@ impl PeerConn {
     }
 
     /// Sends `request` on this connection and waits for its answer until `deadline`.
-    pub async fn call(&self, request: Request, deadline: Instant) -> Result<Reply, RemoteError> {
-        let channel = self.channel().await.map_err(|e| self.unreachable(&e))?;
+    pub async fn call(self: &Arc<Self>, request: Request, deadline: Instant) -> Result<Reply, RemoteError> {
+        // A stream slot left empty (or broken) is filled here: [`PeerConn::start`] skips
+        // such a slot and sends its request this way.
+        let vacant = self.vacant_slot().map_or_else(|| self.open_channel(), Err);
+        let channel = match vacant {
+            Ok(ch) => ch,
+            // Boxed: rare, and it would otherwise enlarge every forwarded request's future.
+            Err(slot) => Box::pin(self.reopen(slot)).await.map_err(|e| self.unreachable(&e))?,
+        };
+        self.send(&channel, &request, deadline).await
+    }
+
+    /// Queues `request` at once on a stream that is open, and gives back the future of its
+    /// answer, which holds nothing of the request and fails by `deadline`; `None` when no
+    /// stream is open right now (then [`PeerConn::call`] opens one).
+    pub fn start(
+        self: &Arc<Self>,
+        request: &Request,
+        deadline: Instant,
+    ) -> Option<impl Future<Output = Result<Reply, RemoteError>> + Send + use<>> {
+        let channel = self.open_channel().ok()?;
+        Some(self.send(&channel, request, deadline))
+    }
+
+    /// Queues `request` on `channel` now; the future maps the stream's failures to this
+    /// peer being unreachable.
+    fn send(
+        self: &Arc<Self>,
+        channel: &Channel,
+        request: &Request,
+        deadline: Instant,
+    ) -> impl Future<Output = Result<Reply, RemoteError>> + Send + use<> {
         let timeout = deadline.saturating_duration_since(Instant::now());
-        match channel.call(&request, timeout).await {
-            Ok(answer) => answer,
-            Err(CallError::Timeout(after)) => Err(self.unreachable(&format!("no answer within {after:?}"))),
-            Err(CallError::Broken(why)) => Err(self.unreachable(&why)),
-            Err(CallError::TooLarge(e)) => Err(RemoteError::invalid(e)),
+        let started = channel.start(request, timeout);
+        let peer = Arc::clone(self);
+        async move {
+            let answer = match started {
+                Ok(pending) => pending.await,
+                Err(e) => Err(e),
+            };
+            match answer {
+                Ok(answer) => answer,
+                Err(CallError::Timeout(after)) => Err(peer.unreachable(&format!("no answer within {after:?}"))),
+                Err(CallError::Broken(why)) => Err(peer.unreachable(&why)),
+                Err(CallError::TooLarge(e)) => Err(RemoteError::invalid(e)),
+            }
         }
     }
 
