@@ -241,6 +241,9 @@ pub struct Limits {
     /// Connections allowed to be in their handshakes at once; more are refused cheaply.
     pub max_handshakes: u32,
     pub max_streams_per_connection: u32,
+    /// Requests that wait (durable writes, hops, chat) in flight per stream; beyond it the
+    /// stream is not read until one finishes. Another node forwards to this one over two
+    /// streams, so it may have twice this many waiting here.
     pub max_requests_per_stream: u32,
 }
 

@@ -27,7 +27,7 @@ use crate::wire::{
 pub enum Now {
     /// The answer, given at once.
     Answer(Answer),
-    /// The answer to come, by the request's deadline (the future keeps it).
+    /// The answer to come; the future must end by the request's deadline by itself.
     Waiting(Pin<Box<dyn Future<Output = Answer> + Send>>),
     /// The request, to be run by [`Handler::handle`] under its deadline.
     Later(Request),
@@ -159,7 +159,7 @@ impl Channel {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let frame = RequestFrameRef {
             id,
-            timeout_ms: timeout.as_millis().try_into().unwrap_or(u32::MAX),
+            timeout_ms: wire_timeout(timeout),
             request,
         };
         let (tx, rx) = oneshot::channel();
@@ -225,6 +225,12 @@ impl Drop for PendingCall {
             self.shared.lock().waiting.remove(&id);
         }
     }
+}
+
+/// A timeout as a frame carries it: whole milliseconds, rounded up, at least 1 (0 on the wire
+/// means "none given": the receiver would use its default, however little time is left).
+fn wire_timeout(timeout: Duration) -> u32 {
+    timeout.as_nanos().div_ceil(1_000_000).clamp(1, u32::MAX.into()) as u32
 }
 
 impl Drop for Channel {
@@ -347,12 +353,13 @@ pub trait Handler: Send + Sync + 'static {
     fn handle(self: Arc<Self>, request: Request, deadline: Instant) -> impl Future<Output = Answer> + Send;
 
     /// Answers `request` at once when that needs no waiting (a local read, an in-memory
-    /// write); or starts it and gives back the future of its answer, when that future keeps
-    /// `timeout` itself (a forwarded request, whose stream to the owner fails it in time);
+    /// write); or starts it and gives back the future of its answer (a forwarded request);
     /// or gives it back, to be run by [`Handler::handle`] under a deadline. It runs on the
     /// stream's reading task, under a panic guard, so it must never block.
-    fn answer_now(&self, request: Request, timeout: Duration) -> Now {
-        let _ = timeout;
+    ///
+    /// A [`Now::Waiting`] future must finish within `timeout` by itself: nothing else
+    /// bounds it, and the stream's in-flight slot, and a stopping node, wait for it.
+    fn answer_now(&self, request: Request, _timeout: Duration) -> Now {
         Now::Later(request)
     }
 
@@ -815,6 +822,41 @@ mod tests {
         );
         let ok = ch.call(&get("wait-after"), Duration::from_secs(5)).await.unwrap();
         assert_eq!(ok, Ok(Reply::Value(ByteBuf::from(b"wait-after".to_vec()))));
+    }
+
+    #[test]
+    fn a_timeout_under_a_millisecond_is_sent_as_one_not_as_none() {
+        assert_eq!(wire_timeout(Duration::from_micros(300)), 1);
+        assert_eq!(wire_timeout(Duration::ZERO), 1);
+        assert_eq!(wire_timeout(Duration::from_micros(1_500)), 2);
+        assert_eq!(wire_timeout(Duration::from_secs(5)), 5_000);
+        assert_eq!(wire_timeout(Duration::from_secs(u64::MAX)), u32::MAX);
+    }
+
+    #[tokio::test]
+    async fn a_call_dropped_before_its_answer_leaves_no_waiter_behind() {
+        let ch = pair();
+        let pending = ch.start(&Request::Ping, Duration::from_secs(60)).unwrap();
+        assert_eq!(ch.shared.lock().waiting.len(), 1);
+        drop(pending);
+        assert!(ch.shared.lock().waiting.is_empty());
+        // Also when the future was polled first.
+        let mut pending = ch.start(&Request::Ping, Duration::from_secs(60)).unwrap();
+        assert!((&mut pending).now_or_never().is_none());
+        drop(pending);
+        assert!(ch.shared.lock().waiting.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_call_under_way_is_answered_after_its_channel_is_dropped() {
+        let ch = pair();
+        let slow = ch.start(&get("slow"), Duration::from_secs(5)).unwrap();
+        let stuck = ch.start(&Request::Ping, Duration::from_millis(200)).unwrap();
+        drop(ch);
+        assert_eq!(slow.await.unwrap(), Ok(Reply::Value(ByteBuf::from(b"slow".to_vec()))));
+        let started = Instant::now();
+        assert!(matches!(stuck.await, Err(CallError::Timeout(_))));
+        assert!(started.elapsed() < Duration::from_secs(2));
     }
 
     #[tokio::test]

@@ -104,9 +104,10 @@ impl Node {
 
     /// [`Handler::answer_now`] for a bucket request: executed at once when it is this node's
     /// and needs no waiting (a read, or anything on the in-memory store); sent on at once
-    /// when its owner is another node this node already has a stream to. Anything else (a
-    /// durable write, a first hop to a node) is given back, with its path as it came, to
-    /// go the deadline-bounded path of [`Node::bucket`].
+    /// when its owner is another node and the next stream to it is open (its future ends
+    /// by the deadline: the stream fails the call then). Anything else (a durable write,
+    /// a hop that must connect or open a stream first) is given back, with its path as it
+    /// came, to go the deadline-bounded path of [`Node::bucket`].
     fn bucket_now(&self, req: BucketRequest, timeout: Duration) -> Now {
         let later = |mut request: Request| {
             if let Request::Bucket(req) = &mut request {

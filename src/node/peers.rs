@@ -20,8 +20,9 @@ use crate::wire::{RemoteError, Reply, Request, Role};
 
 /// Request streams opened per peer connection; calls are spread over them. More streams
 /// means smaller batches per write and per answer burst (4 measured 2-15 % slower through a
-/// hop than 2; 1 slower again), fewer means more head-of-line waiting on a lost packet and
-/// one serving task at the owner for all of this node's requests.
+/// hop than 2; 1 slower again), fewer means more head-of-line waiting on a lost packet, one
+/// serving task at the owner for all of this node's requests, and a lower cap on the
+/// requests that wait there at once (the owner's `max_requests_per_stream` per stream).
 const STREAMS_PER_PEER: usize = 2;
 
 /// One live connection to a peer.
@@ -91,9 +92,10 @@ impl PeerConn {
         self.send(&channel, &request, deadline).await
     }
 
-    /// Queues `request` at once on a stream that is open, and gives back the future of its
-    /// answer, which holds nothing of the request and fails by `deadline`; `None` when no
-    /// stream is open right now (then [`PeerConn::call`] opens one).
+    /// Queues `request` at once on the next stream in turn, and gives back the future of its
+    /// answer, which holds nothing of the request and fails by `deadline`; `None` when that
+    /// stream is not open (not yet, or broken): then [`PeerConn::call`] sends the request
+    /// and opens the stream for the next ones.
     pub fn start(
         self: &Arc<Self>,
         request: &Request,
