@@ -147,7 +147,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                     0 => Ok(None),
                     got => Err(FrameError::Truncated {
                         got,
-                        want: self.pending_len().unwrap_or(LEN_PREFIX),
+                        want: self.frame_len().unwrap_or(LEN_PREFIX),
                     }),
                 };
             }
@@ -164,11 +164,12 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 
     /// Whether a whole frame is already buffered (so a writer can wait to batch replies).
     pub fn has_buffered_frame(&self) -> bool {
-        // `pending_len` counts the length prefix already.
-        self.pending_len().is_some_and(|len| self.buf.len() >= len)
+        self.frame_len().is_some_and(|len| self.buf.len() >= len)
     }
 
-    fn pending_len(&self) -> Option<usize> {
+    /// The whole length of the frame at the front of the buffer, its length prefix
+    /// included, once the prefix is buffered.
+    fn frame_len(&self) -> Option<usize> {
         let prefix = self.buf.get(..LEN_PREFIX)?;
         Some(LEN_PREFIX + u32::from_be_bytes(prefix.try_into().ok()?) as usize)
     }
