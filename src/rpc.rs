@@ -52,7 +52,7 @@ impl Future for InFlight {
             Ok(std::task::Poll::Ready(answer)) => std::task::Poll::Ready((id, Ok(answer))),
             Err(panic) => {
                 let reason = panic_message(&*panic);
-                tracing::error!(request = self.kind, %reason, "request panicked; the node goes on");
+                tracing::error!(request = self.kind, %reason, "request task panicked; the node goes on");
                 std::task::Poll::Ready((id, Err(format!("the {} request failed: {reason}", self.kind))))
             }
         }
@@ -485,7 +485,7 @@ where
                 continue;
             }
             Now::Waiting(answer) => answer,
-            Now::Later(request) => Box::pin(run_supervised(Arc::clone(&handler), request, timeout)),
+            Now::Later(request) => Box::pin(run_with_deadline(Arc::clone(&handler), request, timeout)),
         };
         pending.push(InFlight {
             id: frame.id,
@@ -527,22 +527,12 @@ fn encode_answer(id: u64, answer: Answer, out: &mut Vec<u8>) {
     }
 }
 
-/// Runs one request under its deadline; a panic inside it is caught and answered as an
-/// internal error, and logged with the request kind.
-pub async fn run_supervised<H: Handler>(handler: Arc<H>, request: Request, timeout: Duration) -> Answer {
-    let kind = request.kind();
+/// Runs one request by [`Handler::handle`] under its deadline. (A panic inside it is caught
+/// where every waiting request is polled, in [`InFlight`].)
+async fn run_with_deadline<H: Handler>(handler: Arc<H>, request: Request, timeout: Duration) -> Answer {
     let start = Instant::now();
-    let work = AssertUnwindSafe(Arc::clone(&handler).handle(request, start + timeout)).catch_unwind();
-    match tokio::time::timeout(timeout, work).await {
-        Ok(Ok(answer)) => answer,
-        Ok(Err(panic)) => {
-            let reason = panic_message(&*panic);
-            tracing::error!(request = kind, %reason, "request task panicked; the node goes on");
-            Err(RemoteError::Internal {
-                node: handler.node_name().to_string(),
-                reason: format!("the {kind} request failed: {reason}"),
-            })
-        }
+    match tokio::time::timeout(timeout, Arc::clone(&handler).handle(request, start + timeout)).await {
+        Ok(answer) => answer,
         Err(_) => Err(RemoteError::DeadlineExceeded {
             node: handler.node_name().to_string(),
             waited_ms: start.elapsed().as_millis() as u64,
@@ -670,25 +660,34 @@ mod tests {
         Channel::spawn(cr, cw)
     }
 
-    #[tokio::test]
-    async fn many_calls_in_flight_on_one_stream_each_get_their_own_answer() {
-        let ch = Arc::new(pair());
-        let mut calls = Vec::new();
-        for i in 0..200 {
-            let ch = Arc::clone(&ch);
-            let key = if i % 3 == 0 {
-                "slow".to_string()
-            } else {
-                format!("k{i}")
-            };
-            calls.push(tokio::spawn(async move {
-                let got = ch.call(&get(&key), Duration::from_secs(5)).await.unwrap().unwrap();
-                assert_eq!(got, Reply::Value(ByteBuf::from(key.into_bytes())));
-            }));
-        }
+    /// Calls with every key at once, from tasks of their own; each must get its key back.
+    async fn expect_echoes(ch: &Arc<Channel>, keys: impl IntoIterator<Item = String>) {
+        let calls: Vec<_> = keys
+            .into_iter()
+            .map(|key| {
+                let ch = Arc::clone(ch);
+                tokio::spawn(async move {
+                    let got = ch.call(&get(&key), Duration::from_secs(5)).await.unwrap().unwrap();
+                    assert_eq!(got, Reply::Value(ByteBuf::from(key.into_bytes())));
+                })
+            })
+            .collect();
         for c in calls {
             c.await.unwrap();
         }
+    }
+
+    #[tokio::test]
+    async fn many_calls_in_flight_on_one_stream_each_get_their_own_answer() {
+        let ch = Arc::new(pair());
+        let keys = (0..200).map(|i| {
+            if i % 3 == 0 {
+                "slow".to_string()
+            } else {
+                format!("k{i}")
+            }
+        });
+        expect_echoes(&ch, keys).await;
     }
 
     #[tokio::test]
@@ -762,22 +761,12 @@ mod tests {
     #[tokio::test]
     async fn answers_given_at_once_and_by_tasks_interleave_and_a_panic_at_once_is_caught() {
         let ch = Arc::new(pair());
-        let mut calls = Vec::new();
-        for i in 0..300 {
-            let ch = Arc::clone(&ch);
-            let key = match i % 3 {
-                0 => format!("now{i}"),
-                1 => "slow".to_string(),
-                _ => format!("k{i}"),
-            };
-            calls.push(tokio::spawn(async move {
-                let got = ch.call(&get(&key), Duration::from_secs(5)).await.unwrap().unwrap();
-                assert_eq!(got, Reply::Value(ByteBuf::from(key.into_bytes())));
-            }));
-        }
-        for c in calls {
-            c.await.unwrap();
-        }
+        let keys = (0..300).map(|i| match i % 3 {
+            0 => format!("now{i}"),
+            1 => "slow".to_string(),
+            _ => format!("k{i}"),
+        });
+        expect_echoes(&ch, keys).await;
         let err = ch
             .call(&get("now-boom"), Duration::from_secs(5))
             .await
@@ -794,23 +783,14 @@ mod tests {
     #[tokio::test]
     async fn requests_started_at_once_are_answered_when_ready_and_a_panic_there_is_caught() {
         let ch = Arc::new(pair());
-        let calls: Vec<_> = (0..100)
-            .map(|i| {
-                let ch = Arc::clone(&ch);
-                let key = if i % 2 == 0 {
-                    format!("wait{i}")
-                } else {
-                    format!("now{i}")
-                };
-                tokio::spawn(async move {
-                    let got = ch.call(&get(&key), Duration::from_secs(5)).await.unwrap().unwrap();
-                    assert_eq!(got, Reply::Value(ByteBuf::from(key.into_bytes())));
-                })
-            })
-            .collect();
-        for c in calls {
-            c.await.unwrap();
-        }
+        let keys = (0..100).map(|i| {
+            if i % 2 == 0 {
+                format!("wait{i}")
+            } else {
+                format!("now{i}")
+            }
+        });
+        expect_echoes(&ch, keys).await;
         let err = ch
             .call(&get("wait-boom"), Duration::from_secs(5))
             .await
