@@ -3,6 +3,7 @@
 # Two release nodes, foo and bar, with a-m=foo,n-z=bar; the bucket "world" lives on bar.
 # The two runs alternate ROUNDS times in one invocation; medians and the ratio are printed.
 #   scripts/bench-hop.sh [ROUNDS] [extra kvnode bench flags...]
+# THREADS=N runs both nodes with `--threads N` (default: one worker thread per core).
 set -eu
 cd "$(dirname "$0")/.."
 rounds=${1:-5}; [ $# -gt 0 ] && shift
@@ -10,9 +11,10 @@ cargo build --release --quiet
 bin=${KVNODE_BIN:-target/release/kvnode}
 export KVNODE_HOME="$(mktemp -d)"
 pids=""
+threads=${THREADS:+--threads $THREADS}
 trap 'kill $pids 2>/dev/null; wait 2>/dev/null; rm -rf "$KVNODE_HOME"' EXIT INT TERM
-$bin start --name foo --in-memory --table 'a-m=foo,n-z=bar' -q >/dev/null & pids="$pids $!"
-$bin start --name bar --in-memory --table 'a-m=foo,n-z=bar' -q >/dev/null & pids="$pids $!"
+$bin start --name foo --in-memory --table 'a-m=foo,n-z=bar' $threads -q >/dev/null & pids="$pids $!"
+$bin start --name bar --in-memory --table 'a-m=foo,n-z=bar' $threads -q >/dev/null & pids="$pids $!"
 until $bin ping foo >/dev/null 2>&1 && $bin ping bar >/dev/null 2>&1; do sleep 0.1; done
 direct=""; hop=""
 for i in $(seq "$rounds"); do

@@ -84,6 +84,20 @@ fn init_logging(global: &Global, default: &str, format: LogFormat) {
     }
 }
 
+/// The runtime a node runs on: one worker thread per core by default; with one thread, a
+/// current-thread runtime, whose tasks wake each other without waking another thread (see
+/// BENCHMARKS.md, "One thread or one per core").
+fn node_runtime(threads: Option<u16>) -> std::io::Result<tokio::runtime::Runtime> {
+    match threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        Some(n) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n.into())
+            .enable_all()
+            .build(),
+        None => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
+    }
+}
+
 fn start(args: StartArgs, global: Global, env: Env) -> ExitCode {
     let flags = StartFlags {
         name: args.name,
@@ -94,6 +108,7 @@ fn start(args: StartArgs, global: Global, env: Env) -> ExitCode {
         data_dir: args.data_dir,
         in_memory: args.in_memory,
         auto_reply: args.auto_reply,
+        threads: args.threads,
         secret_file: global.secret_file.clone(),
         timeout: global.timeout,
         log_format: global.log_format,
@@ -104,7 +119,7 @@ fn start(args: StartArgs, global: Global, env: Env) -> ExitCode {
         Err(e) => return fail(&e.to_string(), config_exit_code(&e), &mut out),
     };
     init_logging(&global, "kvnode=info,warn", config.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match node_runtime(config.threads) {
         Ok(rt) => rt,
         Err(e) => return fail(&format!("cannot start the runtime: {e}"), 6, &mut out),
     };

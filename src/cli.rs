@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::{ArgAction, ArgGroup, Args, Parser, Subcommand};
 
-use crate::config::{LogFormat, parse_duration};
+use crate::config::{LogFormat, MAX_THREADS, parse_duration};
 use crate::names::{NodeName, NodeRef};
 
 const ABOUT: &str = "A distributed key-value store in one binary: named nodes, gossip membership, \
@@ -124,6 +124,10 @@ pub struct StartArgs {
     /// Answer every chat message with TEXT
     #[arg(long, value_name = "TEXT")]
     pub auto_reply: Option<String>,
+    /// Threads serving requests [default: one per core]; 1 runs one event loop on one thread,
+    /// which costs the least per request when the node shares a small machine
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=MAX_THREADS as i64))]
+    pub threads: Option<u16>,
 }
 
 /// `--via NODE`: which node to talk to.

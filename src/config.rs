@@ -133,6 +133,7 @@ pub struct ConfigFile {
     pub data_dir: Option<PathBuf>,
     pub in_memory: Option<bool>,
     pub auto_reply: Option<String>,
+    pub threads: Option<u16>,
     pub secret_file: Option<PathBuf>,
     pub log_format: Option<LogFormat>,
     #[serde(default)]
@@ -287,6 +288,9 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     pub in_memory: bool,
     pub auto_reply: Option<String>,
+    /// Threads serving requests; `None` is one per core. With 1 the node is one event loop
+    /// on one thread (a current-thread runtime), with no hand-offs between worker threads.
+    pub threads: Option<u16>,
     pub secret: SecretSource,
     pub log_format: LogFormat,
     pub timeouts: Timeouts,
@@ -306,10 +310,14 @@ pub struct StartFlags {
     pub data_dir: Option<PathBuf>,
     pub in_memory: bool,
     pub auto_reply: Option<String>,
+    pub threads: Option<u16>,
     pub secret_file: Option<PathBuf>,
     pub timeout: Option<Duration>,
     pub log_format: Option<LogFormat>,
 }
+
+/// The most threads a node may be given (`--threads`, `threads`).
+pub const MAX_THREADS: u16 = 1024;
 
 /// The default listen address: loopback, ephemeral port (recorded in the node directory).
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:0";
@@ -373,6 +381,13 @@ impl NodeConfig {
                 });
             }
         }
+        let threads = flags.threads.or(file.threads);
+        if let Some(n) = threads.filter(|n| !(1..=MAX_THREADS).contains(n)) {
+            return Err(ConfigError::Invalid {
+                what: "threads".into(),
+                reason: format!("{n} is not in 1..={MAX_THREADS}; leave it out for one thread per core"),
+            });
+        }
         let ds = SupervisorConfig::default();
         let supervisor = SupervisorConfig {
             max_restarts: file.supervisor.max_restarts.unwrap_or(ds.max_restarts),
@@ -396,6 +411,7 @@ impl NodeConfig {
             data_dir,
             in_memory,
             auto_reply: flags.auto_reply.or(file.auto_reply),
+            threads,
             secret,
             log_format: flags.log_format.or(file.log_format).unwrap_or_default(),
             timeouts,
@@ -444,6 +460,40 @@ mod tests {
         assert_eq!(f.routing_table.unwrap().0.len(), 2);
         assert_eq!(f.timeouts.request, Some(ConfigDuration(Duration::from_secs(2))));
         assert_eq!(f.peers.unwrap().len(), 1);
+    }
+
+    #[test]
+    fn threads_come_from_the_flag_then_the_file_and_zero_is_refused() {
+        let env = Env {
+            home: "/tmp/kvnode-test-home".into(),
+            ..Env::default()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("n.toml");
+        std::fs::write(&path, "name = \"n\"\nthreads = 2\n").unwrap();
+        let flags = |threads| StartFlags {
+            config: Some(path.clone()),
+            threads,
+            ..StartFlags::default()
+        };
+        assert_eq!(NodeConfig::resolve(flags(None), &env).unwrap().threads, Some(2));
+        assert_eq!(NodeConfig::resolve(flags(Some(1)), &env).unwrap().threads, Some(1));
+        let default = StartFlags {
+            name: Some("n".parse().unwrap()),
+            ..StartFlags::default()
+        };
+        assert_eq!(
+            NodeConfig::resolve(default, &env).unwrap().threads,
+            None,
+            "one per core"
+        );
+
+        std::fs::write(&path, "name = \"n\"\nthreads = 0\n").unwrap();
+        let err = NodeConfig::resolve(flags(None), &env).unwrap_err().to_string();
+        assert!(err.contains("threads") && err.contains("0 is not in 1..=1024"), "{err}");
+        std::fs::write(&path, "name = \"n\"\nthreads = -1\n").unwrap();
+        let err = NodeConfig::resolve(flags(None), &env).unwrap_err().to_string();
+        assert!(err.contains("line 2") && err.contains("threads"), "{err}");
     }
 
     #[test]

@@ -104,6 +104,33 @@ fn a_chain_of_disagreeing_tables_delivers_to_the_last_owner() {
 }
 
 #[test]
+fn nodes_on_one_thread_and_on_several_serve_and_forward_alike() {
+    let home = Home::new();
+    // One event loop on the main thread (a current-thread runtime), and three workers.
+    let _one = home.start("one", &["--table", "a-m=one,n-z=three", "--threads", "1"]);
+    let _three = home.start("three", &["--table", "a-m=one,n-z=three", "--threads", "3"]);
+    for via in ["one", "three"] {
+        for bucket in ["apples", "zebras"] {
+            home.run(&["put", bucket, via, "v", "--via", via]).ok();
+        }
+    }
+    for via in ["one", "three"] {
+        for bucket in ["apples", "zebras"] {
+            for key in ["one", "three"] {
+                assert_eq!(
+                    home.run(&["get", bucket, key, "--via", via]).ok(),
+                    "v\n",
+                    "{bucket}/{key} via {via}"
+                );
+            }
+        }
+    }
+    let out = home.run(&["start", "--name", "zero", "--threads", "0"]);
+    out.expect(2);
+    assert!(out.stderr.contains("--threads"), "{}", out.stderr);
+}
+
+#[test]
 fn a_two_node_loop_fails_with_exit_5_quickly() {
     let home = Home::new();
     let _l1 = home.start("l1", &["--table", "a-z=l2"]);
