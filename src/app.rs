@@ -189,3 +189,20 @@ fn client_command(command: Command, global: Global, env: Env) -> ExitCode {
         Err(e) => fail(&e.to_string(), e.exit_code(), &mut out),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::runtime::RuntimeFlavor;
+
+    #[test]
+    fn one_thread_is_a_current_thread_runtime_and_more_are_workers() {
+        let one = node_runtime(Some(1)).unwrap();
+        assert_eq!(one.handle().runtime_flavor(), RuntimeFlavor::CurrentThread);
+        let three = node_runtime(Some(3)).unwrap();
+        assert_eq!(three.handle().runtime_flavor(), RuntimeFlavor::MultiThread);
+        assert_eq!(three.metrics().num_workers(), 3);
+        let default = node_runtime(None).unwrap();
+        assert_eq!(default.handle().runtime_flavor(), RuntimeFlavor::MultiThread);
+    }
+}
