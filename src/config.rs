@@ -104,6 +104,22 @@ impl<'de> Deserialize<'de> for HostPort {
     }
 }
 
+/// `threads = N` in a config file: 1 to [`MAX_THREADS`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Threads(pub u16);
+
+impl<'de> Deserialize<'de> for Threads {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let n = i64::deserialize(d)?;
+        match u16::try_from(n) {
+            Ok(n @ 1..=MAX_THREADS) => Ok(Threads(n)),
+            _ => Err(serde::de::Error::custom(format!(
+                "threads = {n} is not in 1..={MAX_THREADS}; leave it out for one thread per core"
+            ))),
+        }
+    }
+}
+
 /// `routing_table = ["a-m=foo", "n-z=bar"]`, validated as a whole (overlaps are errors).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TableSpec(pub Vec<Entry>);
@@ -133,7 +149,7 @@ pub struct ConfigFile {
     pub data_dir: Option<PathBuf>,
     pub in_memory: Option<bool>,
     pub auto_reply: Option<String>,
-    pub threads: Option<u16>,
+    pub threads: Option<Threads>,
     pub secret_file: Option<PathBuf>,
     pub log_format: Option<LogFormat>,
     #[serde(default)]
@@ -381,13 +397,7 @@ impl NodeConfig {
                 });
             }
         }
-        let threads = flags.threads.or(file.threads);
-        if let Some(n) = threads.filter(|n| !(1..=MAX_THREADS).contains(n)) {
-            return Err(ConfigError::Invalid {
-                what: "threads".into(),
-                reason: format!("{n} is not in 1..={MAX_THREADS}; leave it out for one thread per core"),
-            });
-        }
+        let threads = flags.threads.or(file.threads.map(|t| t.0));
         let ds = SupervisorConfig::default();
         let supervisor = SupervisorConfig {
             max_restarts: file.supervisor.max_restarts.unwrap_or(ds.max_restarts),
@@ -488,12 +498,16 @@ mod tests {
             "one per core"
         );
 
-        std::fs::write(&path, "name = \"n\"\nthreads = 0\n").unwrap();
-        let err = NodeConfig::resolve(flags(None), &env).unwrap_err().to_string();
-        assert!(err.contains("threads") && err.contains("0 is not in 1..=1024"), "{err}");
-        std::fs::write(&path, "name = \"n\"\nthreads = -1\n").unwrap();
-        let err = NodeConfig::resolve(flags(None), &env).unwrap_err().to_string();
-        assert!(err.contains("line 2") && err.contains("threads"), "{err}");
+        for bad in ["0", "-1", "2000", "70000", "\"two\""] {
+            std::fs::write(&path, format!("name = \"n\"\nthreads = {bad}\n")).unwrap();
+            let err = NodeConfig::resolve(flags(None), &env).unwrap_err().to_string();
+            assert!(
+                err.contains("n.toml") && err.contains("line 2") && err.contains("threads"),
+                "{bad}: {err}"
+            );
+        }
+        let err = ConfigFile::parse("threads = 0").unwrap_err();
+        assert!(err.contains("threads = 0 is not in 1..=1024"), "{err}");
     }
 
     #[test]

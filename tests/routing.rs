@@ -107,8 +107,14 @@ fn a_chain_of_disagreeing_tables_delivers_to_the_last_owner() {
 fn nodes_on_one_thread_and_on_several_serve_and_forward_alike() {
     let home = Home::new();
     // One event loop on the main thread (a current-thread runtime), and three workers.
-    let _one = home.start("one", &["--table", "a-m=one,n-z=three", "--threads", "1"]);
-    let _three = home.start("three", &["--table", "a-m=one,n-z=three", "--threads", "3"]);
+    let one = home.start("one", &["--table", "a-m=one,n-z=three", "--threads", "1"]);
+    let three = home.start("three", &["--table", "a-m=one,n-z=three", "--threads", "3"]);
+    one.wait_log("node up on one thread", |l| {
+        l.contains("node up") && l.contains("threads=1")
+    });
+    three.wait_log("node up on three threads", |l| {
+        l.contains("node up") && l.contains("threads=3")
+    });
     for via in ["one", "three"] {
         for bucket in ["apples", "zebras"] {
             home.run(&["put", bucket, via, "v", "--via", via]).ok();
