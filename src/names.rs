@@ -107,6 +107,18 @@ impl HostPort {
     pub fn as_socket_addr(&self) -> Option<SocketAddr> {
         format!("{self}").parse().ok()
     }
+
+    /// The address, asking DNS (on a blocking thread, not the event loop) when the host is
+    /// a name.
+    pub async fn resolve(&self) -> Option<SocketAddr> {
+        if let Some(addr) = self.as_socket_addr() {
+            return Some(addr);
+        }
+        tokio::net::lookup_host((self.host.as_str(), self.port))
+            .await
+            .ok()?
+            .next()
+    }
 }
 
 impl fmt::Display for HostPort {

@@ -126,7 +126,7 @@ impl Node {
             random_seed(),
             now,
         );
-        for seed in self.seeds() {
+        for seed in self.seeds().await {
             core.join(now, seed);
         }
         let mut leaving: Option<oneshot::Sender<()>> = None;
@@ -162,10 +162,10 @@ impl Node {
     }
 
     /// Where to join: the configured `join` list, and (after a restart) every member known.
-    fn seeds(&self) -> Vec<SocketAddr> {
+    async fn seeds(&self) -> Vec<SocketAddr> {
         let mut seeds: Vec<SocketAddr> = Vec::new();
         for r in &self.config.join {
-            match self.resolve_join(r) {
+            match self.resolve_join(r).await {
                 Some(addr) if addr != self.listen => seeds.push(addr),
                 Some(_) => {}
                 None => tracing::warn!(join = %r, "cannot find this node to join; give NAME@HOST:PORT or HOST:PORT"),
@@ -181,15 +181,10 @@ impl Node {
         seeds
     }
 
-    fn resolve_join(&self, r: &NodeRef) -> Option<SocketAddr> {
-        use std::net::ToSocketAddrs;
-        let host_port = |hp: &crate::names::HostPort| {
-            hp.as_socket_addr()
-                .or_else(|| (hp.host.as_str(), hp.port).to_socket_addrs().ok()?.next())
-        };
+    async fn resolve_join(&self, r: &NodeRef) -> Option<SocketAddr> {
         match r {
-            NodeRef::Addr(hp) | NodeRef::NameAt(_, hp) => host_port(hp),
-            NodeRef::Name(name) => self.locate(name).ok(),
+            NodeRef::Addr(hp) | NodeRef::NameAt(_, hp) => hp.resolve().await,
+            NodeRef::Name(name) => self.locate(name).await.ok(),
         }
     }
 

@@ -119,7 +119,7 @@ impl Node {
             Route::Fail(e) => Now::Answer(Err(e)),
             Route::Here(req) => match self.execute_sync(req) {
                 Ok(answer) => Now::Answer(answer),
-                Err(write) => later(Request::Bucket(write.into_request())),
+                Err(deferred) => later(Request::Bucket(deferred.into_request())),
             },
             Route::There(owner, req) => {
                 let request = Request::Bucket(req);
@@ -147,7 +147,7 @@ impl Node {
         let peer = match self.open_hop(to) {
             Some(peer) => peer,
             None => {
-                let addr = self.locate(to)?;
+                let addr = self.locate(to).await?;
                 tracing::debug!(to = %to, %addr, "forwarding over a new connection");
                 // Boxed: connecting is rare, and its future is large; unboxed it would
                 // make every forwarded request's future as large.
@@ -161,29 +161,38 @@ impl Node {
         peer.call(request, deadline).await
     }
 
-    /// Executes a request this node owns; a write to the durable store waits for its sync.
+    /// Executes a request this node owns; a write to the durable store waits for its sync,
+    /// and a listing of keys runs on a blocking thread.
     async fn execute(&self, req: BucketRequest) -> Answer {
-        let write = match self.execute_sync(req) {
+        let deferred = match self.execute_sync(req) {
             Ok(answer) => return answer,
-            Err(write) => write,
+            Err(deferred) => deferred,
         };
-        match write {
-            DurableWrite::Put { bucket, key, value, .. } => {
+        match deferred {
+            Deferred::Put { bucket, key, value, .. } => {
                 self.store
                     .put(&bucket, &key, Bytes::from(value))
                     .await
                     .map_err(|e| self.internal(e))?;
                 Ok(Reply::Done)
             }
-            DurableWrite::Delete { bucket, key, .. } => {
+            Deferred::Delete { bucket, key, .. } => {
                 let found = self.store.delete(&bucket, &key).await.map_err(|e| self.internal(e))?;
                 removed(found, bucket, key)
             }
+            Deferred::Keys { bucket, .. } => match self.store.keys(&bucket).await {
+                Err(e) => Err(self.internal(e)),
+                Ok(Lookup::Found(keys)) => Ok(Reply::Keys(
+                    keys.into_iter().map(|k| ByteBuf::from(k.to_vec())).collect(),
+                )),
+                Ok(Lookup::NoKey | Lookup::NoBucket) => Err(no_bucket(bucket)),
+            },
         }
     }
 
-    /// Executes everything that needs no waiting; gives back a write to the durable store.
-    fn execute_sync(&self, req: BucketRequest) -> Result<Answer, DurableWrite> {
+    /// Executes everything that needs no waiting; gives back a write to the durable store
+    /// and a listing of keys (a scan of the whole bucket, too long for the event loop).
+    fn execute_sync(&self, req: BucketRequest) -> Result<Answer, Deferred> {
         let BucketRequest { bucket, op, path } = req;
         let answer = match op {
             BucketOp::Put { key, value } => match self.store.memory() {
@@ -192,7 +201,7 @@ impl Node {
                     Ok(Reply::Done)
                 }
                 None => {
-                    return Err(DurableWrite::Put {
+                    return Err(Deferred::Put {
                         bucket,
                         key,
                         value,
@@ -202,7 +211,7 @@ impl Node {
             },
             BucketOp::Delete { key } => match self.store.memory() {
                 Some(m) => removed(m.delete(&bucket, &key), bucket, key),
-                None => return Err(DurableWrite::Delete { bucket, key, path }),
+                None => return Err(Deferred::Delete { bucket, key, path }),
             },
             BucketOp::Get { key } => match self.store.get_now(&bucket, &key) {
                 Err(e) => Err(self.internal(e)),
@@ -213,13 +222,7 @@ impl Node {
                 }),
                 Ok(Lookup::NoBucket) => Err(no_bucket(bucket)),
             },
-            BucketOp::Keys => match self.store.keys_now(&bucket) {
-                Err(e) => Err(self.internal(e)),
-                Ok(Lookup::Found(keys)) => Ok(Reply::Keys(
-                    keys.into_iter().map(|k| ByteBuf::from(k.to_vec())).collect(),
-                )),
-                Ok(Lookup::NoKey | Lookup::NoBucket) => Err(no_bucket(bucket)),
-            },
+            BucketOp::Keys => return Err(Deferred::Keys { bucket, path }),
             BucketOp::Route => Ok(Reply::Owner {
                 node: self.name.clone(),
                 path,
@@ -290,8 +293,9 @@ enum Route {
     Fail(RemoteError),
 }
 
-/// A write that must wait for the durable store's group commit, with the request's path.
-enum DurableWrite {
+/// What [`Node::execute_sync`] does not do on the spot, with the request's path: a write
+/// that must wait for the durable store's group commit, or a listing of keys.
+enum Deferred {
     Put {
         bucket: Vec<u8>,
         key: Vec<u8>,
@@ -303,9 +307,13 @@ enum DurableWrite {
         key: Vec<u8>,
         path: Vec<NodeName>,
     },
+    Keys {
+        bucket: Vec<u8>,
+        path: Vec<NodeName>,
+    },
 }
 
-impl DurableWrite {
+impl Deferred {
     fn into_request(self) -> BucketRequest {
         let (bucket, op, path) = match self {
             Self::Put {
@@ -315,6 +323,7 @@ impl DurableWrite {
                 path,
             } => (bucket, BucketOp::Put { key, value }, path),
             Self::Delete { bucket, key, path } => (bucket, BucketOp::Delete { key }, path),
+            Self::Keys { bucket, path } => (bucket, BucketOp::Keys, path),
         };
         BucketRequest { bucket, op, path }
     }

@@ -112,7 +112,7 @@ impl Node {
     /// Where node `name` can be reached: gossip membership, the local directory, then
     /// `[peers]` in the config. A node known to be down, or not known at all, is an
     /// `Unreachable` error naming it.
-    pub fn locate(&self, name: &NodeName) -> Result<SocketAddr, RemoteError> {
+    pub async fn locate(&self, name: &NodeName) -> Result<SocketAddr, RemoteError> {
         if *name == self.name {
             return Ok(self.listen);
         }
@@ -130,11 +130,7 @@ impl Node {
             return Ok(entry.addr);
         }
         if let Some(hp) = self.config.peers.get(name) {
-            let addr = hp.as_socket_addr().or_else(|| {
-                use std::net::ToSocketAddrs;
-                (hp.host.as_str(), hp.port).to_socket_addrs().ok()?.next()
-            });
-            return addr.ok_or_else(|| RemoteError::Unreachable {
+            return hp.resolve().await.ok_or_else(|| RemoteError::Unreachable {
                 node: name.to_string(),
                 addr: hp.to_string(),
                 reason: "its [peers] address does not resolve".into(),
@@ -187,7 +183,9 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         // buckets. Until it hears the cluster's table, it serves everything itself.
         None => RoutingTable::owns_everything(&config.name).with_version(0, ""),
     };
-    tracing::info!(node = %config.name, %listen, table = %table, store = %store.describe(), "node up");
+    // The runtime as built (one event loop, or its worker threads), not as configured.
+    let threads = tokio::runtime::Handle::current().metrics().num_workers();
+    tracing::info!(node = %config.name, %listen, table = %table, store = %store.describe(), threads, "node up");
     let serve = ServeContext {
         max_in_flight: config.limits.max_requests_per_stream as usize,
         default_timeout: config.timeouts.request,

@@ -150,12 +150,16 @@ impl Store {
         }
     }
 
-    /// The bucket's keys, sorted.
+    /// The bucket's keys, sorted, listed on a blocking thread: a scan of a large bucket must
+    /// not hold up the event loop (the only thread of a node started with `--threads 1`).
     pub async fn keys(&self, bucket: &[u8]) -> Result<Lookup<Vec<Bytes>>, StoreError> {
-        self.keys_now(bucket)
+        let (store, bucket) = (self.clone(), bucket.to_vec());
+        tokio::task::spawn_blocking(move || store.keys_now(&bucket))
+            .await
+            .map_err(|e| StoreError::Engine(format!("listing the keys failed: {e}")))?
     }
 
-    /// The bucket's keys, sorted, at once (like [`Store::get_now`]).
+    /// The bucket's keys, sorted, on the calling thread.
     pub fn keys_now(&self, bucket: &[u8]) -> Result<Lookup<Vec<Bytes>>, StoreError> {
         match &self.backend {
             Backend::Memory(m) => Ok(m.keys(bucket)),
