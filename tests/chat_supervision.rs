@@ -195,3 +195,39 @@ fn a_part_that_keeps_crashing_stops_the_node_with_a_clear_log() {
     );
     assert!(!home.path().join("nodes/foo").exists(), "unlisted on the way out");
 }
+
+#[test]
+fn a_node_whose_stdout_nobody_reads_still_serves() {
+    /// The node, killed when the test ends however it ends.
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let home = Home::new();
+    // kate's stdout is a pipe this test holds open and never reads: once its buffer (64 KiB)
+    // is full, no chat line can be written. On its one thread the node must still serve.
+    let mut node = KillOnDrop(
+        home.command()
+            .args(["start", "--name", "kate", "--in-memory", "--threads", "1", "-q"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("kvnode start"),
+    );
+    let _unread = node.0.stdout.take();
+    wait_for("kate to answer pings", PATIENCE, || {
+        (home.run(&["ping", "kate"]).code == Some(0)).then_some(())
+    });
+    let text = "x".repeat(8 * 1024);
+    for _ in 0..12 {
+        // 96 KiB in all; the later ones fail at their deadline, which is expected here.
+        home.run(&["chat", "kate", &text, "--as", "flood", "--timeout", "500ms"]);
+    }
+    home.run(&["put", "b", "k", "v", "--via", "kate"]).ok();
+    assert_eq!(home.run(&["get", "b", "k", "--via", "kate"]).ok(), "v\n");
+    assert_eq!(home.run(&["ping", "kate"]).ok(), "pong\n");
+}

@@ -1,6 +1,5 @@
 //! What a node does with each request: execute it, or forward it toward its owner.
 
-use std::io::Write;
 use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
@@ -9,7 +8,7 @@ use serde_bytes::ByteBuf;
 use tokio::time::Instant;
 
 use super::{Node, PeerConn, hop_margin};
-use crate::names::{NodeName, escape_text};
+use crate::names::NodeName;
 use crate::routing::RoutingTable;
 use crate::rpc::{Handler, Now};
 use crate::store::{Lookup, StoreError};
@@ -260,7 +259,7 @@ impl Node {
             )));
         }
         if msg.to == self.name {
-            print_chat_line(&msg.from, &msg.text);
+            self.chat_out.print(&msg.from, &msg.text).await;
             let reply = self.config.auto_reply.as_ref().map(|text| ChatLine {
                 from: self.name.to_string(),
                 text: text.clone(),
@@ -277,7 +276,7 @@ impl Node {
         let to = msg.to.clone();
         let answer = self.forward(&to, Request::Chat(msg), deadline).await?;
         if let Reply::ChatAck { reply: Some(line) } = &answer {
-            print_chat_line(&line.from, &line.text);
+            self.chat_out.print(&line.from, &line.text).await;
         }
         Ok(answer)
     }
@@ -345,12 +344,4 @@ fn removed(found: Lookup<()>, bucket: Vec<u8>, key: Vec<u8>) -> Answer {
         }),
         Lookup::NoBucket => Err(no_bucket(bucket)),
     }
-}
-
-/// `SENDER: MESSAGE` on stdout, one line, control characters escaped. A closed stdout is not
-/// this node's problem: the line is dropped, the node goes on.
-fn print_chat_line(from: &str, text: &str) {
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{}: {}", escape_text(from), escape_text(text));
-    let _ = out.flush();
 }

@@ -1,6 +1,7 @@
 //! A running node: wires the transport, the store, the routing table, the peer pool and the
 //! request handlers together. The only module that knows all the others.
 
+mod chat_out;
 mod gossip;
 mod handler;
 mod peers;
@@ -83,6 +84,8 @@ pub struct Node {
     /// Cancelled when the node must stop on an error (say, the cluster refused its name).
     fatal: CancellationToken,
     fatal_reason: std::sync::Mutex<Option<String>>,
+    /// Chat lines for this node's stdout.
+    chat_out: chat_out::ChatOut,
     /// Test builds only: switches that make a long-lived part crash.
     #[cfg(feature = "fault-injection")]
     crash: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Notify>>>,
@@ -209,6 +212,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         gossip: gossip::GossipHandle::new(),
         fatal: CancellationToken::new(),
         fatal_reason: Default::default(),
+        chat_out: Default::default(),
         #[cfg(feature = "fault-injection")]
         crash: Default::default(),
         config,
