@@ -3,7 +3,7 @@
 //! Used by the command-line subcommands and by `bench`. Everything is bounded by the caller's
 //! deadline; every failure is a `ClientError` that knows its exit code.
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -130,19 +130,11 @@ pub fn default_client_name() -> String {
     format!("client@{host}")
 }
 
-fn resolve_host(hp: &HostPort) -> Result<SocketAddr, ClientError> {
-    if let Some(addr) = hp.as_socket_addr() {
-        return Ok(addr);
-    }
-    let err = |reason: String| ClientError::Resolve {
+async fn resolve_host(hp: &HostPort) -> Result<SocketAddr, ClientError> {
+    hp.resolve().await.map_err(|e| ClientError::Resolve {
         host: hp.to_string(),
-        reason,
-    };
-    (hp.host.as_str(), hp.port)
-        .to_socket_addrs()
-        .map_err(|e| err(e.to_string()))?
-        .next()
-        .ok_or_else(|| err("no address found".into()))
+        reason: e.to_string(),
+    })
 }
 
 fn known(dir: &Directory) -> String {
@@ -179,11 +171,11 @@ pub async fn resolve(settings: &Settings, deadline: Instant) -> Result<Target, C
 pub async fn resolve_ref(via: &NodeRef, settings: &Settings, deadline: Instant) -> Result<Target, ClientError> {
     match via {
         NodeRef::Addr(hp) => Ok(Target {
-            addr: resolve_host(hp)?,
+            addr: resolve_host(hp).await?,
             name: None,
         }),
         NodeRef::NameAt(name, hp) => Ok(Target {
-            addr: resolve_host(hp)?,
+            addr: resolve_host(hp).await?,
             name: Some(name.clone()),
         }),
         NodeRef::Name(name) => {

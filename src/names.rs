@@ -110,14 +110,14 @@ impl HostPort {
 
     /// The address, asking DNS (on a blocking thread, not the event loop) when the host is
     /// a name.
-    pub async fn resolve(&self) -> Option<SocketAddr> {
+    pub async fn resolve(&self) -> std::io::Result<SocketAddr> {
         if let Some(addr) = self.as_socket_addr() {
-            return Some(addr);
+            return Ok(addr);
         }
         tokio::net::lookup_host((self.host.as_str(), self.port))
-            .await
-            .ok()?
+            .await?
             .next()
+            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address found"))
     }
 }
 

@@ -183,7 +183,7 @@ impl Node {
 
     async fn resolve_join(&self, r: &NodeRef) -> Option<SocketAddr> {
         match r {
-            NodeRef::Addr(hp) | NodeRef::NameAt(_, hp) => hp.resolve().await,
+            NodeRef::Addr(hp) | NodeRef::NameAt(_, hp) => hp.resolve().await.ok(),
             NodeRef::Name(name) => self.locate(name).await.ok(),
         }
     }

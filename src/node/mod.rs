@@ -133,7 +133,7 @@ impl Node {
             return Ok(entry.addr);
         }
         if let Some(hp) = self.config.peers.get(name) {
-            return hp.resolve().await.ok_or_else(|| RemoteError::Unreachable {
+            return hp.resolve().await.map_err(|_| RemoteError::Unreachable {
                 node: name.to_string(),
                 addr: hp.to_string(),
                 reason: "its [peers] address does not resolve".into(),
