@@ -66,38 +66,37 @@ impl Handler for Node {
 impl Node {
     /// Routes a bucket request: execute it here if this node owns the bucket, else forward it
     /// to the owner, which checks its own table again.
-    async fn bucket(self: &Arc<Self>, req: BucketRequest, deadline: Instant) -> Answer {
-        match self.route(req) {
-            Route::Fail(e) => Err(e),
+    async fn bucket(self: &Arc<Self>, mut req: BucketRequest, deadline: Instant) -> Answer {
+        match self.route(&req)? {
             // Boxed: a store write's future is large, and forwarded requests, the common
             // case here, need none of it.
-            Route::Here(req) => Box::pin(self.execute(req)).await,
-            Route::There(owner, req) => self.forward(&owner, Request::Bucket(req), deadline).await,
+            Dest::Here => Box::pin(self.execute(req)).await,
+            Dest::There(owner) => {
+                req.path.push(self.name.clone());
+                self.forward(&owner, Request::Bucket(req), deadline).await
+            }
         }
     }
 
-    /// Where a bucket request goes, from this node's table, with this node added to its
-    /// path; or why it goes nowhere (bad request, loop, too many hops, no entry).
-    fn route(&self, mut req: BucketRequest) -> Route {
-        if let Err(e) = req.validate() {
-            return Route::Fail(RemoteError::invalid(e));
+    /// Where a bucket request goes by this node's table; or why nowhere (a bad request, a
+    /// loop, too many hops, no entry). The request is left as it came: this node joins its
+    /// path when it passes the request on, or answers a route query.
+    fn route(&self, req: &BucketRequest) -> Result<Dest, RemoteError> {
+        req.validate().map_err(RemoteError::invalid)?;
+        let path = || req.path.iter().chain([&self.name]).map(|n| n.to_string()).collect();
+        if req.path.contains(&self.name) {
+            return Err(RemoteError::RoutingLoop { path: path() });
         }
-        let seen = req.path.contains(&self.name);
-        req.path.push(self.name.clone());
-        let path = || req.path.iter().map(|n| n.to_string()).collect();
-        if seen {
-            return Route::Fail(RemoteError::RoutingLoop { path: path() });
-        }
-        if req.path.len() > MAX_HOPS + 1 {
-            return Route::Fail(RemoteError::HopLimit { path: path() });
+        if req.path.len() > MAX_HOPS {
+            return Err(RemoteError::HopLimit { path: path() });
         }
         let table = self.table();
         match table.owner_of(&req.bucket) {
-            None => Route::Fail(RemoteError::NoRoute {
+            None => Err(RemoteError::NoRoute {
                 message: table.no_entry_message(&req.bucket),
             }),
-            Some(owner) if *owner == self.name => Route::Here(req),
-            Some(owner) => Route::There(owner.clone(), req),
+            Some(owner) if *owner == self.name => Ok(Dest::Here),
+            Some(owner) => Ok(Dest::There(owner.clone())),
         }
     }
 
@@ -105,32 +104,24 @@ impl Node {
     /// and needs no waiting (a read, or anything on the in-memory store); sent on at once
     /// when its owner is another node and the next stream to it is open (its future ends
     /// by the deadline: the stream fails the call then). Anything else (a durable write,
-    /// a hop that must connect or open a stream first) is given back, with its path as it
-    /// came, to go the deadline-bounded path of [`Node::bucket`].
-    fn bucket_now(&self, req: BucketRequest, timeout: Duration) -> Now {
-        let later = |mut request: Request| {
-            if let Request::Bucket(req) = &mut request {
-                req.path.pop(); // this node: `bucket` adds it again
-            }
-            Now::Later(request)
-        };
-        match self.route(req) {
-            Route::Fail(e) => Now::Answer(Err(e)),
-            Route::Here(req) => match self.execute_sync(req) {
+    /// a hop that must connect or open a stream first) is given back as it came, to go the
+    /// deadline-bounded path of [`Node::bucket`].
+    fn bucket_now(&self, mut req: BucketRequest, timeout: Duration) -> Now {
+        match self.route(&req) {
+            Err(e) => Now::Answer(Err(e)),
+            Ok(Dest::Here) => match self.execute_sync(req) {
                 Ok(answer) => Now::Answer(answer),
-                Err(deferred) => later(Request::Bucket(deferred.into_request())),
+                Err(deferred) => Now::Later(Request::Bucket(deferred.into_request())),
             },
-            Route::There(owner, req) => {
-                let request = Request::Bucket(req);
-                let Some(peer) = self.open_hop(&owner) else {
-                    return later(request);
+            Ok(Dest::There(owner)) => {
+                let hop = self.open_hop(&owner).and_then(|peer| Some((peer.next_stream()?, peer)));
+                let Some((stream, peer)) = hop else {
+                    return Now::Later(Request::Bucket(req));
                 };
+                req.path.push(self.name.clone());
                 // As in `handle`: keep back a little of the deadline for our own error.
                 let deadline = Instant::now() + timeout - hop_margin(timeout);
-                match peer.start(&request, deadline) {
-                    Some(answer) => Now::Waiting(Box::pin(answer)),
-                    None => later(request),
-                }
+                Now::Waiting(Box::pin(peer.send(&stream, &Request::Bucket(req), deadline)))
             }
         }
     }
@@ -222,10 +213,14 @@ impl Node {
                 Ok(Lookup::NoBucket) => Err(no_bucket(bucket)),
             },
             BucketOp::Keys => return Err(Deferred::Keys { bucket, path }),
-            BucketOp::Route => Ok(Reply::Owner {
-                node: self.name.clone(),
-                path,
-            }),
+            BucketOp::Route => {
+                let mut path = path;
+                path.push(self.name.clone());
+                Ok(Reply::Owner {
+                    node: self.name.clone(),
+                    path,
+                })
+            }
         };
         Ok(answer)
     }
@@ -283,13 +278,11 @@ impl Node {
 }
 
 /// Where [`Node::route`] sends a bucket request.
-enum Route {
+enum Dest {
     /// This node owns the bucket.
-    Here(BucketRequest),
+    Here,
     /// The named node does, by this node's table.
-    There(NodeName, BucketRequest),
-    /// Nowhere, for this reason.
-    Fail(RemoteError),
+    There(NodeName),
 }
 
 /// What [`Node::execute_sync`] does not do on the spot, with the request's path: a write

@@ -81,7 +81,7 @@ impl PeerConn {
 
     /// Sends `request` on this connection and waits for its answer until `deadline`.
     pub async fn call(self: &Arc<Self>, request: Request, deadline: Instant) -> Result<Reply, RemoteError> {
-        // A stream slot left empty (or broken) is filled here: [`PeerConn::start`] skips
+        // A stream slot left empty (or broken) is filled here: [`PeerConn::next_stream`] skips
         // such a slot and sends its request this way.
         let vacant = self.vacant_slot().map_or_else(|| self.open_channel(), Err);
         let channel = match vacant {
@@ -92,22 +92,17 @@ impl PeerConn {
         self.send(&channel, &request, deadline).await
     }
 
-    /// Queues `request` at once on the next stream in turn, and gives back the future of its
-    /// answer, which holds nothing of the request and fails by `deadline`; `None` when that
-    /// stream is not open (not yet, or broken): then [`PeerConn::call`] sends the request
-    /// and opens the stream for the next ones.
-    pub fn start(
-        self: &Arc<Self>,
-        request: &Request,
-        deadline: Instant,
-    ) -> Option<impl Future<Output = Result<Reply, RemoteError>> + Send + use<>> {
-        let channel = self.open_channel().ok()?;
-        Some(self.send(&channel, request, deadline))
+    /// The next request stream in turn, if it is open and sound; `None` when it is not (not
+    /// yet, or broken): then [`PeerConn::call`] sends the request and opens the stream for
+    /// the next ones.
+    pub fn next_stream(&self) -> Option<Arc<Channel>> {
+        self.open_channel().ok()
     }
 
-    /// Queues `request` on `channel` now; the future maps the stream's failures to this
-    /// peer being unreachable.
-    fn send(
+    /// Queues `request` on `channel` now, and gives back the future of its answer, which
+    /// holds nothing of the request, fails by `deadline`, and maps the stream's failures to
+    /// this peer being unreachable.
+    pub fn send(
         self: &Arc<Self>,
         channel: &Channel,
         request: &Request,
