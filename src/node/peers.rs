@@ -31,6 +31,9 @@ pub struct PeerConn {
     pub addr: SocketAddr,
     channels: Vec<Mutex<Option<Arc<Channel>>>>,
     next: AtomicUsize,
+    /// Held while a stream is opened, so that callers who find the same slot empty open
+    /// one stream between them, not one each.
+    opening: tokio::sync::Mutex<()>,
 }
 
 impl PeerConn {
@@ -40,6 +43,7 @@ impl PeerConn {
             addr,
             channels: (0..STREAMS_PER_PEER).map(|_| Mutex::new(None)).collect(),
             next: AtomicUsize::new(0),
+            opening: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -55,24 +59,21 @@ impl PeerConn {
     /// The next request stream in turn, if it is open and sound.
     fn open_channel(&self) -> Result<Arc<Channel>, &Mutex<Option<Arc<Channel>>>> {
         let slot = &self.channels[self.next.fetch_add(1, Ordering::Relaxed) % self.channels.len()];
-        match slot.lock().unwrap_or_else(PoisonError::into_inner).as_ref() {
-            Some(ch) if !ch.is_broken() => Ok(Arc::clone(ch)),
-            _ => Err(slot),
-        }
+        sound(slot).ok_or(slot)
     }
 
     /// A stream slot with no sound stream in it, if any.
     fn vacant_slot(&self) -> Option<&Mutex<Option<Arc<Channel>>>> {
-        self.channels.iter().find(|slot| {
-            slot.lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .as_ref()
-                .is_none_or(|ch| ch.is_broken())
-        })
+        self.channels.iter().find(|slot| sound(slot).is_none())
     }
 
-    /// Opens a request stream into `slot`, the first time or when the last one broke.
+    /// Opens a request stream into `slot`, the first time or when the last one broke; or
+    /// takes the one another caller opened there meanwhile.
     async fn reopen(&self, slot: &Mutex<Option<Arc<Channel>>>) -> Result<Arc<Channel>, String> {
+        let _opening = self.opening.lock().await;
+        if let Some(ch) = sound(slot) {
+            return Ok(ch);
+        }
         let (send, recv) = self.authed.conn.open_bi().await.map_err(|e| e.to_string())?;
         let ch = Arc::new(Channel::spawn(recv, send));
         *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&ch));
@@ -87,7 +88,10 @@ impl PeerConn {
         let channel = match vacant {
             Ok(ch) => ch,
             // Boxed: rare, and it would otherwise enlarge every forwarded request's future.
-            Err(slot) => Box::pin(self.reopen(slot)).await.map_err(|e| self.unreachable(&e))?,
+            Err(slot) => Box::pin(tokio::time::timeout_at(deadline, self.reopen(slot)))
+                .await
+                .unwrap_or_else(|_| Err("no stream could be opened before the deadline".into()))
+                .map_err(|e| self.unreachable(&e))?,
         };
         self.send(&channel, &request, deadline).await
     }
@@ -132,6 +136,12 @@ impl PeerConn {
             reason: reason.to_string(),
         }
     }
+}
+
+/// The stream in `slot`, if there is one and it is not broken.
+fn sound(slot: &Mutex<Option<Arc<Channel>>>) -> Option<Arc<Channel>> {
+    let ch = slot.lock().unwrap_or_else(PoisonError::into_inner);
+    ch.as_ref().filter(|ch| !ch.is_broken()).cloned()
 }
 
 /// A peer's connection slot; its lock makes concurrent callers wait for one connection attempt.
@@ -238,4 +248,76 @@ impl PeerPool {
 /// reaches the caller before the caller's deadline fires.
 pub fn hop_margin(timeout: Duration) -> Duration {
     (timeout / 20).clamp(Duration::from_millis(1), Duration::from_millis(100))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Limits, Timeouts};
+    use crate::transport::Identity;
+
+    /// A node endpoint on 127.0.0.1 that lets each connection have `streams` open at once.
+    fn endpoint(dir: &std::path::Path, name: &str, streams: u32) -> quinn::Endpoint {
+        let limits = Limits {
+            max_streams_per_connection: streams,
+            ..Limits::default()
+        };
+        let timeouts = Timeouts::default();
+        let identity = Identity::load_or_create(dir, &name.parse().unwrap()).unwrap();
+        let server = transport::server_config(&identity, &limits, &timeouts).unwrap();
+        let client = transport::client_config(&limits, timeouts.idle, None).unwrap();
+        transport::node_endpoint("127.0.0.1:0".parse().unwrap(), server, client).unwrap()
+    }
+
+    /// A peer that allows one request stream at a time and never answers: the first call's
+    /// stream stays open, so the second must wait for stream credit that never comes. The
+    /// call still ends by its deadline, naming the peer, and so does every call after it.
+    #[tokio::test]
+    async fn a_call_that_cannot_open_a_stream_fails_by_its_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = Secret::new(b"s3cret".to_vec()).unwrap();
+        let peer = endpoint(&dir.path().join("peer"), "peer", 1);
+        let peer_addr = peer.local_addr().unwrap();
+        let served = {
+            let secret = secret.clone();
+            tokio::spawn(async move {
+                let me = Me {
+                    role: Role::Node,
+                    name: "peer",
+                    listen: None,
+                };
+                let incoming = peer.accept().await.unwrap();
+                let authed = transport::accept(incoming, &secret, &me, Duration::from_secs(5))
+                    .await
+                    .unwrap();
+                let mut held = Vec::new(); // open, unanswered
+                while let Ok(stream) = authed.conn.accept_bi().await {
+                    held.push(stream);
+                }
+            })
+        };
+        let me = endpoint(&dir.path().join("me"), "me", 16);
+        let listen = me.local_addr().unwrap();
+        let pool = PeerPool::new(me, secret, "me".parse().unwrap(), listen);
+        let deadline = || Instant::now() + Duration::from_millis(300);
+        let (conn, _) = pool.connect(peer_addr, deadline()).await.ok().unwrap();
+
+        for attempt in 0..3 {
+            let started = Instant::now();
+            let call = conn.call(Request::Ping, deadline());
+            let answer = tokio::time::timeout(Duration::from_secs(5), call)
+                .await
+                .unwrap_or_else(|_| panic!("call {attempt} outlived its deadline by seconds"));
+            let Err(RemoteError::Unreachable { node, addr, .. }) = answer else {
+                panic!("call {attempt}: expected the peer to be unreachable, got {answer:?}");
+            };
+            assert_eq!((node.as_str(), addr), ("peer", peer_addr.to_string()));
+            assert!(
+                started.elapsed() < Duration::from_secs(2),
+                "call {attempt} took {:?}",
+                started.elapsed()
+            );
+        }
+        served.abort();
+    }
 }
