@@ -136,6 +136,29 @@ fn nodes_on_one_thread_and_on_several_serve_and_forward_alike() {
     assert!(out.stderr.contains("--threads"), "{}", out.stderr);
 }
 
+/// Once a node's streams to an owner are open, it sends each request on at once from the
+/// task that read it (the fast path); only the first requests, which open the connection
+/// and its streams, go the slow path. A speed property, so it is read from the node's log.
+#[test]
+fn forwarded_requests_go_the_fast_path_once_the_streams_are_open() {
+    let home = Home::new();
+    let foo = home.start("foo", &["--table", "a-m=foo,n-z=bar", "-v"]);
+    let _bar = home.start("bar", &["--table", "a-m=foo,n-z=bar"]);
+    home.run(&["put", "world", "k", "v", "--via", "foo"]).ok();
+    for _ in 0..20 {
+        assert_eq!(home.run(&["get", "world", "k", "--via", "foo"]).ok(), "v\n");
+    }
+    let slow_path = |l: &str| l.contains("forwarding by the slow path");
+    foo.wait_log("the first request forwarded by the slow path", slow_path);
+    let slow = foo.stderr().iter().filter(|l| slow_path(l)).count();
+    // One per request stream to a peer (two), at most; 21 if the fast path were never taken.
+    assert!(
+        slow <= 2,
+        "{slow} of 21 requests went the slow path:\n{}",
+        foo.stderr().join("\n")
+    );
+}
+
 #[test]
 fn a_two_node_loop_fails_with_exit_5_quickly() {
     let home = Home::new();

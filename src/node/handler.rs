@@ -72,6 +72,8 @@ impl Node {
             // case here, need none of it.
             Dest::Here => Box::pin(self.execute(req)).await,
             Dest::There(owner) => {
+                // Only until the connection and its streams are open (a test counts these).
+                tracing::debug!(to = %owner, "forwarding by the slow path: no open stream to the owner yet");
                 req.path.push(self.name.clone());
                 self.forward(&owner, Request::Bucket(req), deadline).await
             }
