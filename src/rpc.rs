@@ -51,9 +51,8 @@ impl Future for InFlight {
             Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
             Ok(std::task::Poll::Ready(answer)) => std::task::Poll::Ready((id, Ok(answer))),
             Err(panic) => {
-                let reason = panic_message(&*panic);
-                tracing::error!(request = self.kind, %reason, "request task panicked; the node goes on");
-                std::task::Poll::Ready((id, Err(format!("the {} request failed: {reason}", self.kind))))
+                let reason = caught(self.kind, &*panic, "request task panicked; the node goes on");
+                std::task::Poll::Ready((id, Err(reason)))
             }
         }
     }
@@ -507,14 +506,10 @@ fn answer_now<H: Handler>(handler: &H, request: Request, timeout: Duration) -> N
     let kind = request.kind();
     match std::panic::catch_unwind(AssertUnwindSafe(|| handler.answer_now(request, timeout))) {
         Ok(now) => now,
-        Err(panic) => {
-            let reason = panic_message(&*panic);
-            tracing::error!(request = kind, %reason, "request panicked; the node goes on");
-            Now::Answer(Err(RemoteError::Internal {
-                node: handler.node_name().to_string(),
-                reason: format!("the {kind} request failed: {reason}"),
-            }))
-        }
+        Err(panic) => Now::Answer(Err(RemoteError::Internal {
+            node: handler.node_name().to_string(),
+            reason: caught(kind, &*panic, "request panicked; the node goes on"),
+        })),
     }
 }
 
@@ -540,12 +535,16 @@ async fn run_with_deadline<H: Handler>(handler: Arc<H>, request: Request, timeou
     }
 }
 
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
+/// Logs a panic caught while answering a `kind` request, with `what` as the log line, and
+/// gives back the reason its internal-error answer carries.
+fn caught(kind: &str, panic: &(dyn std::any::Any + Send), what: &str) -> String {
+    let reason = panic
         .downcast_ref::<&str>()
         .map(|s| s.to_string())
         .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "panic".into())
+        .unwrap_or_else(|| "panic".into());
+    tracing::error!(request = kind, %reason, "{what}");
+    format!("the {kind} request failed: {reason}")
 }
 
 fn error_frame(id: u64, e: RemoteError) -> Vec<u8> {
