@@ -160,7 +160,7 @@ impl Store {
     }
 
     /// The bucket's keys, sorted, on the calling thread.
-    pub fn keys_now(&self, bucket: &[u8]) -> Result<Lookup<Vec<Bytes>>, StoreError> {
+    fn keys_now(&self, bucket: &[u8]) -> Result<Lookup<Vec<Bytes>>, StoreError> {
         match &self.backend {
             Backend::Memory(m) => Ok(m.keys(bucket)),
             Backend::Disk(d) => d.keys(bucket),
