@@ -198,30 +198,10 @@ fn a_part_that_keeps_crashing_stops_the_node_with_a_clear_log() {
 
 #[test]
 fn a_node_whose_stdout_nobody_reads_still_serves() {
-    /// The node, killed when the test ends however it ends.
-    struct KillOnDrop(std::process::Child);
-    impl Drop for KillOnDrop {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     let home = Home::new();
-    // kate's stdout is a pipe this test holds open and never reads: once its buffer (64 KiB)
-    // is full, no chat line can be written. On its one thread the node must still serve.
-    let mut node = KillOnDrop(
-        home.command()
-            .args(["start", "--name", "kate", "--in-memory", "--threads", "1", "-q"])
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("kvnode start"),
-    );
-    let _unread = node.0.stdout.take();
-    wait_for("kate to answer pings", PATIENCE, || {
-        (home.run(&["ping", "kate"]).code == Some(0)).then_some(())
-    });
+    // kate's stdout is a pipe nobody reads: once its buffer (64 KiB) is full, no chat line
+    // can be written. On its one thread the node must still serve.
+    let _kate = home.start_with_stdout_unread("kate", &["--in-memory", "--threads", "1"]);
     let text = "x".repeat(8 * 1024);
     for _ in 0..12 {
         // 96 KiB in all; the later ones fail at their deadline, which is expected here.

@@ -113,14 +113,22 @@ impl Home {
 
     /// Spawns a node without waiting for it.
     pub fn spawn_node(&self, name: &str, args: &[&str]) -> Node {
-        self.spawn_node_in(None, name, args)
+        self.spawn_node_in(None, name, args, true)
+    }
+
+    /// Starts a node as [`Home::start`] does, but whose stdout is a pipe nobody reads: once
+    /// the pipe's buffer is full, nothing more can be written to it.
+    pub fn start_with_stdout_unread(&self, name: &str, args: &[&str]) -> Node {
+        let mut all = vec!["--name", name];
+        all.extend_from_slice(args);
+        self.spawn_node_in(None, name, &all, false).wait_up()
     }
 
     /// Starts a node inside network namespace `ns` (`ip netns exec NS kvnode start ...`).
     pub fn start_in(&self, ns: &str, name: &str, args: &[&str]) -> Node {
         let mut all = vec!["--name", name];
         all.extend_from_slice(args);
-        self.spawn_node_in(Some(ns), name, &all).wait_up()
+        self.spawn_node_in(Some(ns), name, &all, true).wait_up()
     }
 
     /// A `kvnode` command that runs inside network namespace `ns`.
@@ -134,7 +142,9 @@ impl Home {
         cmd
     }
 
-    fn spawn_node_in(&self, ns: Option<&str>, name: &str, args: &[&str]) -> Node {
+    /// Spawns `kvnode start ARGS...`; its stdout is collected only if `read_stdout`, else
+    /// the pipe is held open, unread, as long as the node is.
+    fn spawn_node_in(&self, ns: Option<&str>, name: &str, args: &[&str], read_stdout: bool) -> Node {
         let mut cmd = match ns {
             Some(ns) => self.command_in(ns),
             None => self.command(),
@@ -147,10 +157,10 @@ impl Home {
         let mut child = cmd.spawn().expect("spawn kvnode start");
         let stdout = Arc::new(Mutex::new(Vec::new()));
         let stderr = Arc::new(Mutex::new(Vec::new()));
-        let readers = vec![
-            collect_lines(child.stdout.take().unwrap(), Arc::clone(&stdout)),
-            collect_lines(child.stderr.take().unwrap(), Arc::clone(&stderr)),
-        ];
+        let mut readers = vec![collect_lines(child.stderr.take().unwrap(), Arc::clone(&stderr))];
+        if read_stdout {
+            readers.push(collect_lines(child.stdout.take().unwrap(), Arc::clone(&stdout)));
+        }
         Node {
             readers,
             name: name.to_string(),
