@@ -13,6 +13,7 @@
 //! - [`rpc`]: many requests in flight over one stream, and the per-request supervised task.
 //! - [`transport`]: QUIC endpoints, node certificates, authenticated connections (only quinn user).
 //! - [`auth`]: the secret-proving handshake bound to the TLS exporter.
+//! - [`woken`]: polling a source only when it has signalled (a stream task's cheap wake-ups).
 //! - [`wire`]: frames, limits and the request/response messages (knows no quinn).
 //! - [`routing`]: the routing table and its parser (knows no network).
 //! - [`gossip`]: membership and table spread; a sans-IO core and its simulator.
@@ -41,3 +42,4 @@ pub mod store;
 pub mod supervisor;
 pub mod transport;
 pub mod wire;
+pub mod woken;

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::wire::{
     self, FrameError, FrameReader, MAX_FRAME, RemoteError, Reply, Request, RequestFrame, RequestFrameRef, ResponseFrame,
 };
+use crate::woken::OnlyWhenWoken;
 
 /// What [`Handler::answer_now`] made of a request.
 pub enum Now {
@@ -404,15 +405,16 @@ where
     let settle = |answer: Result<Answer, String>| {
         answer.unwrap_or_else(|reason| Err(RemoteError::Internal { node: node(), reason }))
     };
-    let mut reader = FrameReader::new(reader, MAX_FRAME);
+    // Woken for an answer, the task does not poll the stream, which has nothing new (a
+    // QUIC read locks the connection), nor the node's stop signal (a shared lock).
+    let mut reader = FrameReader::new(OnlyWhenWoken::new(reader), MAX_FRAME);
     // A stream that opens and sends nothing, or dribbles a frame, is cut off at its deadline:
     // the first frame must come within the request deadline, later ones within the idle timeout.
     // The timer is re-armed only when it fires early, not at every frame.
     let mut quiet_until = Instant::now() + ctx.default_timeout;
     let quiet = tokio::time::sleep_until(quiet_until);
     tokio::pin!(quiet);
-    let stopping = ctx.stopping.cancelled();
-    tokio::pin!(stopping);
+    let mut stopping = OnlyWhenWoken::new(Box::pin(ctx.stopping.cancelled_owned()));
     let mut answered = Vec::with_capacity(16 * 1024);
     let mut peer_gone = false;
     loop {
@@ -899,5 +901,73 @@ mod tests {
         drop(server);
         assert!(matches!(call.await, Err(CallError::Broken(_))));
         assert!(ch.is_broken());
+    }
+
+    /// Counts the reads asked of the stream it wraps.
+    struct CountingReader<R> {
+        inner: R,
+        polls: Arc<AtomicUsize>,
+    }
+
+    impl<R: AsyncRead + Unpin> AsyncRead for CountingReader<R> {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            self.polls.fetch_add(1, Ordering::Relaxed);
+            Pin::new(&mut self.inner).poll_read(cx, buf)
+        }
+    }
+
+    /// Starts every request and hands the test the switch that answers it.
+    struct Held(tokio::sync::mpsc::UnboundedSender<oneshot::Sender<()>>);
+
+    impl Handler for Held {
+        async fn handle(self: Arc<Self>, _: Request, _: Instant) -> Answer {
+            unreachable!("every request is started at once")
+        }
+
+        fn answer_now(&self, _: Request, _: Duration) -> Now {
+            let (answer, answered) = oneshot::channel();
+            self.0.send(answer).unwrap();
+            Now::Waiting(Box::pin(async move {
+                let _ = answered.await;
+                Ok(Reply::Done)
+            }))
+        }
+
+        fn node_name(&self) -> &str {
+            "held"
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stream_task_woken_for_an_answer_does_not_read_the_stream_again() {
+        // A forwarding node's stream task wakes once for the request and once for the owner's
+        // answer; a read of a QUIC stream locks its connection, so the second wake-up skips it.
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let (sr, sw) = tokio::io::split(server);
+        let polls = Arc::new(AtomicUsize::new(0));
+        let reader = CountingReader {
+            inner: sr,
+            polls: Arc::clone(&polls),
+        };
+        let (started, mut requests) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(serve(reader, sw, Arc::new(Held(started)), ctx()));
+        let (cr, cw) = tokio::io::split(client);
+        let ch = Channel::spawn(cr, cw);
+        let call = ch.start(&Request::Ping, Duration::from_secs(5)).unwrap();
+        // On this one-thread runtime the stream task has read the request, started it and
+        // gone back to waiting before this task runs again.
+        let answer = requests.recv().await.unwrap();
+        let before = polls.load(Ordering::Relaxed);
+        answer.send(()).unwrap();
+        assert_eq!(call.await.unwrap(), Ok(Reply::Done));
+        assert_eq!(
+            polls.load(Ordering::Relaxed),
+            before,
+            "the stream was read again for the answer"
+        );
     }
 }
