@@ -259,8 +259,7 @@ async fn write_requests<W: AsyncWrite + Unpin>(mut writer: W, shared: Arc<Shared
         // Let the tasks that are ready run first: requests that callers queue meanwhile (a
         // forwarding node's many client streams) then leave in this one write, and so in as
         // few packets as the stream allows. Yield again while the batch grows: on several
-        // workers, callers on the other ones may still be queueing after the first yield
-        // (a forwarding node's link to the owner carried ~3 requests per packet, not ~10).
+        // workers, callers on the other ones may still be queueing after the first yield.
         let mut queued = shared.lock().outbox.len();
         for _ in 0..MAX_GATHER_YIELDS {
             tokio::task::yield_now().await;
