@@ -33,6 +33,13 @@ pub fn wait_for<T>(what: &str, within: Duration, mut cond: impl FnMut() -> Optio
     }
 }
 
+/// `--name NAME ARGS...`: the arguments of `kvnode start` for a node called `name`.
+fn named<'a>(name: &'a str, args: &[&'a str]) -> Vec<&'a str> {
+    let mut all = vec!["--name", name];
+    all.extend_from_slice(args);
+    all
+}
+
 /// A temporary `KVNODE_HOME`, removed with everything in it when dropped.
 pub struct Home {
     dir: tempfile::TempDir,
@@ -98,11 +105,9 @@ impl Home {
         }
     }
 
-    /// Starts a node: `kvnode start --name NAME --in-memory ARGS...` and waits until it is up.
+    /// Starts a node: `kvnode start --name NAME ARGS...` and waits until it is up.
     pub fn start(&self, name: &str, args: &[&str]) -> Node {
-        let mut all = vec!["--name", name];
-        all.extend_from_slice(args);
-        self.start_raw(name, &all)
+        self.start_raw(name, &named(name, args))
     }
 
     /// Starts `kvnode start ARGS...` for a node called `name`, and waits until it is up.
@@ -119,16 +124,12 @@ impl Home {
     /// Starts a node as [`Home::start`] does, but whose stdout is a pipe nobody reads: once
     /// the pipe's buffer is full, nothing more can be written to it.
     pub fn start_with_stdout_unread(&self, name: &str, args: &[&str]) -> Node {
-        let mut all = vec!["--name", name];
-        all.extend_from_slice(args);
-        self.spawn_node_in(None, name, &all, false).wait_up()
+        self.spawn_node_in(None, name, &named(name, args), false).wait_up()
     }
 
     /// Starts a node inside network namespace `ns` (`ip netns exec NS kvnode start ...`).
     pub fn start_in(&self, ns: &str, name: &str, args: &[&str]) -> Node {
-        let mut all = vec!["--name", name];
-        all.extend_from_slice(args);
-        self.spawn_node_in(Some(ns), name, &all, true).wait_up()
+        self.spawn_node_in(Some(ns), name, &named(name, args), true).wait_up()
     }
 
     /// A `kvnode` command that runs inside network namespace `ns`.
