@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{ConnectionError, VarInt};
+use ring::hmac;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
@@ -246,11 +247,31 @@ pub fn node_endpoint(
     listen: SocketAddr,
     server: quinn::ServerConfig,
     client: quinn::ClientConfig,
+    config: quinn::EndpointConfig,
 ) -> Result<quinn::Endpoint, TransportError> {
-    let mut endpoint =
-        quinn::Endpoint::server(server, listen).map_err(|source| TransportError::Bind { addr: listen, source })?;
+    let bind = |source| TransportError::Bind { addr: listen, source };
+    let socket = std::net::UdpSocket::bind(listen).map_err(bind)?;
+    let runtime = quinn::default_runtime().ok_or_else(|| bind(std::io::Error::other("no async runtime found")))?;
+    let mut endpoint = quinn::Endpoint::new(config, Some(server), socket, runtime).map_err(bind)?;
     endpoint.set_default_client_config(client);
     Ok(endpoint)
+}
+
+/// A node's endpoint settings, which keep its connection ids and stateless resets (RFC 9000
+/// §10.3) the same from one run to the next: when a node that died comes back on its
+/// address, a peer still holding a connection to the dead run gets a reset it recognises at
+/// its next packet and drops that connection at once, instead of sending into it until the
+/// idle timeout. Both keys derive from the cluster secret and the node's name, so only
+/// members of the cluster can forge such a reset, and no two nodes share keys.
+pub fn node_endpoint_config(secret: &Secret, name: &NodeName) -> quinn::EndpointConfig {
+    let master = hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes());
+    let derive = |label: &[u8]| hmac::sign(&master, &[label, &[0], name.as_str().as_bytes()].concat());
+    let reset_key = hmac::Key::new(hmac::HMAC_SHA256, derive(b"kvnode quic stateless reset v1").as_ref());
+    let cid = derive(b"kvnode quic connection id v1");
+    let cid_key = u64::from_le_bytes(cid.as_ref()[..8].try_into().expect("an HMAC-SHA256 tag has 32 bytes"));
+    let mut config = quinn::EndpointConfig::new(Arc::new(reset_key));
+    config.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
+    config
 }
 
 /// A client-only endpoint on an ephemeral port of the right address family.

@@ -128,10 +128,13 @@ impl Node {
         }
     }
 
-    /// The live connection this node last forwarded to `to` over, if any.
+    /// The live connection this node last forwarded to `to` over, if any, and if its last
+    /// call was answered: after one was not, [`Node::forward`] looks `to` up again (it may
+    /// have died and come back at another address, while the old connection lingers until
+    /// its idle timeout).
     fn open_hop(&self, to: &NodeName) -> Option<Arc<PeerConn>> {
         let hops = self.hops.lock().unwrap_or_else(PoisonError::into_inner);
-        hops.get(to).filter(|p| p.is_alive()).cloned()
+        hops.get(to).filter(|p| p.is_alive() && !p.went_unanswered()).cloned()
     }
 
     /// Sends a request one hop on, to `to`, with what is left of the deadline.

@@ -163,7 +163,8 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     let identity = Identity::load_or_create(&config.data_dir, &config.name)?;
     let server = transport::server_config(&identity, &config.limits, &config.timeouts)?;
     let client = transport::client_config(&config.limits, config.timeouts.idle, Some(PEER_KEEP_ALIVE))?;
-    let endpoint = transport::node_endpoint(config.listen, server, client)?;
+    let endpoint_config = transport::node_endpoint_config(&secret, &config.name);
+    let endpoint = transport::node_endpoint(config.listen, server, client, endpoint_config)?;
     let listen = endpoint.local_addr().map_err(|source| TransportError::Bind {
         addr: config.listen,
         source,

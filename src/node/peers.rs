@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -34,6 +34,10 @@ pub struct PeerConn {
     /// Held while a stream is opened, so that callers who find the same slot empty open
     /// one stream between them, not one each.
     opening: tokio::sync::Mutex<()>,
+    /// The last call on this connection got no answer (it timed out, or the stream broke):
+    /// the peer may have died and come back elsewhere, so until a call is answered again,
+    /// forwarding looks the peer's name up before it uses this connection.
+    unanswered: AtomicBool,
 }
 
 impl PeerConn {
@@ -44,11 +48,17 @@ impl PeerConn {
             channels: (0..STREAMS_PER_PEER).map(|_| Mutex::new(None)).collect(),
             next: AtomicUsize::new(0),
             opening: tokio::sync::Mutex::new(()),
+            unanswered: AtomicBool::new(false),
         }
     }
 
     pub fn is_alive(&self) -> bool {
         self.authed.conn.close_reason().is_none()
+    }
+
+    /// Whether the last call on this connection got no answer (see `unanswered`).
+    pub fn went_unanswered(&self) -> bool {
+        self.unanswered.load(Ordering::Relaxed)
     }
 
     /// The peer's node name, as it introduced itself in the handshake.
@@ -120,6 +130,11 @@ impl PeerConn {
                 Ok(pending) => pending.await,
                 Err(e) => Err(e),
             };
+            let unanswered = matches!(answer, Err(CallError::Timeout(_) | CallError::Broken(_)));
+            // Written only when it changes: every forwarded request passes here.
+            if peer.unanswered.load(Ordering::Relaxed) != unanswered {
+                peer.unanswered.store(unanswered, Ordering::Relaxed);
+            }
             match answer {
                 Ok(answer) => answer,
                 Err(CallError::Timeout(after)) => Err(peer.unreachable(&format!("no answer within {after:?}"))),
@@ -130,10 +145,16 @@ impl PeerConn {
     }
 
     fn unreachable(&self, reason: &str) -> RemoteError {
+        let reason = match self.authed.conn.close_reason() {
+            Some(quinn::ConnectionError::Reset) => {
+                format!("{reason}: it reset the connection, as a node that restarted does; try again")
+            }
+            _ => reason.to_string(),
+        };
         RemoteError::Unreachable {
             node: self.name().to_string(),
             addr: self.addr.to_string(),
-            reason: reason.to_string(),
+            reason,
         }
     }
 }
@@ -266,7 +287,8 @@ mod tests {
         let identity = Identity::load_or_create(dir, &name.parse().unwrap()).unwrap();
         let server = transport::server_config(&identity, &limits, &timeouts).unwrap();
         let client = transport::client_config(&limits, timeouts.idle, None).unwrap();
-        transport::node_endpoint("127.0.0.1:0".parse().unwrap(), server, client).unwrap()
+        let config = quinn::EndpointConfig::default();
+        transport::node_endpoint("127.0.0.1:0".parse().unwrap(), server, client, config).unwrap()
     }
 
     /// A peer that allows one request stream at a time and never answers: the first call's
