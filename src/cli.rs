@@ -40,7 +40,7 @@ pub struct Global {
     #[arg(long, global = true, value_name = "FILE")]
     pub secret_file: Option<PathBuf>,
     /// Give up after this long, e.g. 500ms, 5s, 1m [default: 5s]
-    #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, global = true, value_name = "DURATION", value_parser = parse_timeout)]
     pub timeout: Option<Duration>,
     /// Print answers, and errors, as JSON Lines on stdout
     #[arg(long, global = true)]
@@ -250,6 +250,16 @@ pub enum BenchTest {
     Get,
 }
 
+/// `--timeout`: a duration, and not zero, which no answer could meet.
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        Duration::ZERO => Err(format!(
+            "{s:?} leaves no time for an answer; give at least 1ms, e.g. 500ms or 5s"
+        )),
+        timeout => Ok(timeout),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -283,6 +293,13 @@ mod tests {
         ] {
             Cli::try_parse_from(line.split(' ')).unwrap_or_else(|e| panic!("{line}: {e}"));
         }
+    }
+
+    #[test]
+    fn a_zero_timeout_is_refused_naming_it() {
+        let err = Cli::try_parse_from(["kvnode", "ping", "foo", "--timeout", "0s"]).unwrap_err();
+        assert!(err.to_string().contains("\"0s\" leaves no time for an answer"), "{err}");
+        assert!(Cli::try_parse_from(["kvnode", "ping", "foo", "--timeout", "1ms"]).is_ok());
     }
 
     #[test]

@@ -137,7 +137,10 @@ impl PeerConn {
             }
             match answer {
                 Ok(answer) => answer,
-                Err(CallError::Timeout(after)) => Err(peer.unreachable(&format!("no answer within {after:?}"))),
+                Err(CallError::Timeout(after)) => Err(peer.unreachable(&format!(
+                    "no answer within {:.1} ms; it may be down or overloaded (raise --timeout to wait longer)",
+                    after.as_secs_f64() * 1000.0
+                ))),
                 Err(CallError::Broken(why)) => Err(peer.unreachable(&why)),
                 Err(CallError::TooLarge(e)) => Err(RemoteError::invalid(e)),
             }
@@ -266,15 +269,29 @@ impl PeerPool {
 }
 
 /// What a hop keeps of the deadline for itself, so that its own error ("owner unreachable")
-/// reaches the caller before the caller's deadline fires.
+/// reaches the caller before the caller's deadline fires; never more than half of it, so
+/// that the next hop has time too.
 pub fn hop_margin(timeout: Duration) -> Duration {
-    (timeout / 20).clamp(Duration::from_millis(1), Duration::from_millis(100))
+    (timeout / 20)
+        .clamp(Duration::from_millis(1), Duration::from_millis(100))
+        .min(timeout / 2)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::{Limits, Timeouts};
+
+    #[test]
+    fn a_hop_keeps_a_twentieth_of_the_deadline_within_bounds_and_never_half() {
+        let ms = Duration::from_millis;
+        assert_eq!(hop_margin(ms(5000)), ms(100));
+        assert_eq!(hop_margin(ms(40_000)), ms(100));
+        assert_eq!(hop_margin(ms(100)), ms(5));
+        assert_eq!(hop_margin(ms(10)), ms(1));
+        assert_eq!(hop_margin(ms(1)), Duration::from_micros(500));
+        assert_eq!(hop_margin(Duration::ZERO), Duration::ZERO);
+    }
     use crate::transport::Identity;
 
     /// A node endpoint on 127.0.0.1 that lets each connection have `streams` open at once.
