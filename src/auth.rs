@@ -59,17 +59,30 @@ impl Transcript<'_> {
     }
 }
 
+/// The HMAC-SHA256 key every MAC made with the shared secret uses.
+fn mac_key(secret: &Secret) -> hmac::Key {
+    hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes())
+}
+
+fn mac(secret: &Secret, message: &[u8]) -> [u8; 32] {
+    let tag = hmac::sign(&mac_key(secret), message);
+    tag.as_ref().try_into().expect("HMAC-SHA256 tags are 32 bytes")
+}
+
 /// The MAC that proves `side` knows `secret` on the connection the transcript describes.
 pub fn prove(secret: &Secret, side: Side, t: &Transcript<'_>) -> [u8; 32] {
-    let key = hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes());
-    let tag = hmac::sign(&key, &t.message(side));
-    tag.as_ref().try_into().expect("HMAC-SHA256 tags are 32 bytes")
+    mac(secret, &t.message(side))
 }
 
 /// Checks a proof in constant time.
 pub fn verify(secret: &Secret, side: Side, t: &Transcript<'_>, mac: &[u8; 32]) -> bool {
-    let key = hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes());
-    hmac::verify(&key, &t.message(side), mac).is_ok()
+    hmac::verify(&mac_key(secret), &t.message(side), mac).is_ok()
+}
+
+/// A key for `purpose` (a fixed label) on node `name`, derived from the shared secret:
+/// only members of the cluster can compute it, and each node's differs.
+pub fn node_key(secret: &Secret, purpose: &str, name: &NodeName) -> [u8; 32] {
+    mac(secret, &[purpose.as_bytes(), &[0], name.as_str().as_bytes()].concat())
 }
 
 /// A fresh random nonce.

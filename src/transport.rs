@@ -264,11 +264,10 @@ pub fn node_endpoint(
 /// idle timeout. Both keys derive from the cluster secret and the node's name, so only
 /// members of the cluster can forge such a reset, and no two nodes share keys.
 pub fn node_endpoint_config(secret: &Secret, name: &NodeName) -> quinn::EndpointConfig {
-    let master = hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes());
-    let derive = |label: &[u8]| hmac::sign(&master, &[label, &[0], name.as_str().as_bytes()].concat());
-    let reset_key = hmac::Key::new(hmac::HMAC_SHA256, derive(b"kvnode quic stateless reset v1").as_ref());
-    let cid = derive(b"kvnode quic connection id v1");
-    let cid_key = u64::from_le_bytes(cid.as_ref()[..8].try_into().expect("an HMAC-SHA256 tag has 32 bytes"));
+    let reset = auth::node_key(secret, "kvnode quic stateless reset v1", name);
+    let reset_key = hmac::Key::new(hmac::HMAC_SHA256, &reset);
+    let cid = auth::node_key(secret, "kvnode quic connection id v1", name);
+    let cid_key = u64::from_le_bytes(cid[..8].try_into().expect("a key of 32 bytes has 8"));
     let mut config = quinn::EndpointConfig::new(Arc::new(reset_key));
     config.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
     config
