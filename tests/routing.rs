@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Home, wait_for};
+use common::{Home, Node, wait_for};
 
 fn json(out: &str) -> serde_json::Value {
     serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"))
@@ -203,14 +203,20 @@ fn more_than_eight_hops_fail_with_the_path() {
     drop(nodes);
 }
 
+/// foo and bar with `a-m=foo,n-z=bar`, `world k = v` put through foo, then bar, the
+/// owner, killed: foo, and the address bar had.
+fn bar_killed_after_a_put(home: &Home) -> (Node, String) {
+    let foo = home.start("foo", &["--table", "a-m=foo,n-z=bar"]);
+    let mut bar = home.start("bar", &["--table", "a-m=foo,n-z=bar"]);
+    home.run(&["put", "world", "k", "v", "--via", "foo"]).ok();
+    bar.kill9();
+    (foo, bar.addr().to_string())
+}
+
 #[test]
 fn an_owner_killed_mid_test_is_exit_3_naming_it_within_the_timeout() {
     let home = Home::new();
-    let _foo = home.start("foo", &["--table", "a-m=foo,n-z=bar"]);
-    let mut bar = home.start("bar", &["--table", "a-m=foo,n-z=bar"]);
-    let bar_addr = bar.addr().to_string();
-    home.run(&["put", "world", "k", "v", "--via", "foo"]).ok();
-    bar.kill9();
+    let (_foo, bar_addr) = bar_killed_after_a_put(&home);
     let out = home.run(&["get", "world", "k", "--via", "foo", "--timeout", "2s"]);
     out.expect(3);
     assert!(
@@ -242,11 +248,7 @@ fn gets_through_foo_until_bar_answers(home: &Home) -> usize {
 #[test]
 fn an_owner_that_restarts_on_its_address_is_reached_again_at_once() {
     let home = Home::new();
-    let _foo = home.start("foo", &["--table", "a-m=foo,n-z=bar"]);
-    let mut bar = home.start("bar", &["--table", "a-m=foo,n-z=bar"]);
-    let addr = bar.addr().to_string();
-    home.run(&["put", "world", "k", "v", "--via", "foo"]).ok();
-    bar.kill9();
+    let (_foo, addr) = bar_killed_after_a_put(&home);
     let _bar = home.start("bar", &["--table", "a-m=foo,n-z=bar", "--listen", &addr]);
     // foo's connection to the dead run is reset by the new one at its first packet (a
     // keep-alive or the first request): at most that request fails.
@@ -257,10 +259,7 @@ fn an_owner_that_restarts_on_its_address_is_reached_again_at_once() {
 #[test]
 fn an_owner_that_restarts_at_another_address_is_found_again() {
     let home = Home::new();
-    let _foo = home.start("foo", &["--table", "a-m=foo,n-z=bar"]);
-    let mut bar = home.start("bar", &["--table", "a-m=foo,n-z=bar"]);
-    home.run(&["put", "world", "k", "v", "--via", "foo"]).ok();
-    bar.kill9();
+    let _foo = bar_killed_after_a_put(&home);
     let _bar = home.start("bar", &["--table", "a-m=foo,n-z=bar"]);
     // The first get goes to the old address and times out; the next looks bar up again.
     let failed = gets_through_foo_until_bar_answers(&home);
