@@ -266,6 +266,40 @@ fn an_owner_that_restarts_at_another_address_is_found_again() {
     assert!(failed <= 1, "{failed} gets failed after bar came back");
 }
 
+/// Whether foo's gossip membership holds bar alive at `addr`.
+fn foo_sees_bar_alive_at(home: &Home, addr: &str) -> bool {
+    let out = home.run(&["members", "--via", "foo"]);
+    out.stdout().lines().any(|l| {
+        let cols: Vec<&str> = l.split_whitespace().collect();
+        cols.starts_with(&["bar", addr, "alive"])
+    })
+}
+
+#[test]
+fn an_owner_that_restarts_elsewhere_is_reached_once_gossip_knows_its_address() {
+    let home = Home::new();
+    let foo = home.start("foo", &["--table", "a-m=foo,n-z=bar"]);
+    let join = ["--table", "a-m=foo,n-z=bar", "--join", &foo.full()];
+    let mut bar = home.start("bar", &join);
+    let old = bar.addr().to_string();
+    wait_for("foo to see bar", Duration::from_secs(10), || {
+        foo_sees_bar_alive_at(&home, &old).then_some(())
+    });
+    // Through foo, so that foo holds a connection to bar for forwarding.
+    home.run(&["put", "world", "k", "v", "--via", "foo"]).ok();
+    bar.kill9();
+    let bar = home.start("bar", &join);
+    let new = bar.addr().to_string();
+    wait_for(
+        "foo's gossip to learn bar's new address",
+        Duration::from_secs(10),
+        || foo_sees_bar_alive_at(&home, &new).then_some(()),
+    );
+    // Not one get is lost to the connection foo held to the dead process.
+    let out = home.run(&["get", "world", "k", "--via", "foo", "--timeout", "2s"]);
+    assert_eq!(out.ok(), "v\n");
+}
+
 #[test]
 fn an_owner_that_never_answers_is_exit_3_within_the_timeout() {
     // bar is only a [peers] address where nothing listens: QUIC hears nothing back.

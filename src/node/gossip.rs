@@ -198,15 +198,20 @@ impl Node {
         while let Some(event) = core.poll_event() {
             changed = true;
             match event {
-                Event::MemberUp { name, addr } => tracing::info!(member = %name, %addr, "member up"),
+                Event::MemberUp { name, addr } => {
+                    tracing::info!(member = %name, %addr, "member up");
+                    self.forget_hop(&name, Some(addr));
+                }
                 Event::MemberSuspect { name, addr } => tracing::info!(member = %name, %addr, "member suspect"),
                 Event::MemberDead { name, addr } => {
                     tracing::warn!(member = %name, %addr, "member dead");
                     self.peers.forget(addr);
+                    self.forget_hop(&name, None);
                 }
                 Event::MemberLeft { name, addr } => {
                     tracing::info!(member = %name, %addr, "member left");
                     self.peers.forget(addr);
+                    self.forget_hop(&name, None);
                 }
                 Event::TableChanged(table) => {
                     self.offer_table(table);

@@ -1,5 +1,6 @@
 //! What a node does with each request: execute it, or forward it toward its owner.
 
+use std::net::SocketAddr;
 use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
@@ -135,6 +136,16 @@ impl Node {
     fn open_hop(&self, to: &NodeName) -> Option<Arc<PeerConn>> {
         let hops = self.hops.lock().unwrap_or_else(PoisonError::into_inner);
         hops.get(to).filter(|p| p.is_alive() && !p.went_unanswered()).cloned()
+    }
+
+    /// Drops the connection cached for forwarding to `name`, unless it goes to `unless_at`:
+    /// gossip says the node came back at another address (or, with `None`, died or left),
+    /// and the next forward should look it up rather than wait on a process that is gone.
+    pub(super) fn forget_hop(&self, name: &NodeName, unless_at: Option<SocketAddr>) {
+        let mut hops = self.hops.lock().unwrap_or_else(PoisonError::into_inner);
+        if hops.get(name).is_some_and(|p| Some(p.addr) != unless_at) {
+            hops.remove(name);
+        }
     }
 
     /// Sends a request one hop on, to `to`, with what is left of the deadline.
