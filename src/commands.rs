@@ -15,7 +15,17 @@ use crate::routing::RoutingTable;
 use crate::wire::{self, BucketOp, BucketRequest, ChatMessage, MAX_VALUE, Reply, Request};
 
 /// Runs one client subcommand to completion.
-pub async fn run(command: Command, mut settings: Settings, out: &mut Output) -> Result<(), ClientError> {
+pub async fn run(command: Command, settings: Settings, out: &mut Output) -> Result<(), ClientError> {
+    let timeout = settings.timeout;
+    // Every wait of a command is bounded by its --timeout, so a timeout names that, not
+    // what was left of it when the last step began.
+    run_within(command, settings, out).await.map_err(|e| match e {
+        ClientError::Timeout { node, .. } => ClientError::Timeout { node, after: timeout },
+        e => e,
+    })
+}
+
+async fn run_within(command: Command, mut settings: Settings, out: &mut Output) -> Result<(), ClientError> {
     let deadline = Instant::now() + settings.timeout;
     match command {
         Command::Start(_) => unreachable!("`start` is not a client command"),

@@ -144,6 +144,12 @@ fn a_node_that_is_not_running_is_exit_3_within_the_timeout() {
     let run = home.run(&["get", "b", "k", "--via", &addr.to_string(), "--timeout", "1s"]);
     run.expect(3);
     assert!(run.stderr.contains(&addr.to_string()), "{}", run.stderr);
+    // It names the --timeout it was given, not what was left of it when it connected.
+    assert!(
+        run.stderr.contains("no answer from node") && run.stderr.contains("within 1s;"),
+        "{}",
+        run.stderr
+    );
     // Bounded by the deadline (with room for a slow machine), not by some internal wait.
     assert!(run.elapsed < Duration::from_secs(10), "took {:?}", run.elapsed);
     // The directory entry of the killed node is ignored.
