@@ -34,6 +34,9 @@ pub enum TableError {
     /// The specification holds no entry.
     #[error("the routing table is empty; give entries like 'a-m=foo,n-z=bar'")]
     Empty,
+    /// Two commas in a row, or one at either end: an entry left out by mistake, perhaps.
+    #[error("routing table {spec:?}: entry {position} is empty; remove the extra comma")]
+    EmptyEntry { spec: String, position: usize },
     /// An entry is not `RANGE=NODE`.
     #[error("routing entry {entry:?} is not RANGE=NODE (like 'a-m=foo' or '0x00-0x60=baz')")]
     Malformed { entry: String },
@@ -94,9 +97,25 @@ impl RoutingTable {
         version: u64,
         setter: impl Into<String>,
     ) -> Result<Self, TableError> {
+        let specs: Vec<&str> = specs.into_iter().collect();
+        if specs.iter().all(|s| s.trim().is_empty()) {
+            return Err(TableError::Empty);
+        }
         let mut entries = Vec::new();
         for spec in specs {
-            for entry in spec.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            if spec.trim().is_empty() {
+                // An empty string in a config file's list, beside real entries.
+                return Err(TableError::Malformed {
+                    entry: spec.to_string(),
+                });
+            }
+            for (i, entry) in spec.split(',').map(str::trim).enumerate() {
+                if entry.is_empty() {
+                    return Err(TableError::EmptyEntry {
+                        spec: spec.to_string(),
+                        position: i + 1,
+                    });
+                }
                 entries.push(entry.parse()?);
             }
         }
@@ -311,6 +330,24 @@ mod tests {
         assert!(err("0x1-0x20=foo").contains("\"0x1-0x20=foo\""));
         assert!(err("é=foo").contains("\"é\""));
         assert_eq!(err(""), TableError::Empty.to_string());
+        assert_eq!(err("  "), TableError::Empty.to_string());
+    }
+
+    #[test]
+    fn an_empty_entry_is_refused_with_its_place() {
+        let err = |specs: &[&str]| {
+            RoutingTable::parse(specs.iter().copied(), 1, "t")
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            err(&["a-m=foo,,n-z=bar"]),
+            r#"routing table "a-m=foo,,n-z=bar": entry 2 is empty; remove the extra comma"#
+        );
+        assert!(err(&["a-m=foo,"]).contains("entry 2 is empty"));
+        assert!(err(&[",a-m=foo"]).contains("entry 1 is empty"));
+        // A config file's list: an empty string among entries.
+        assert!(err(&["a-m=foo", ""]).contains(r#"routing entry "" is not RANGE=NODE"#));
     }
 
     #[test]
