@@ -90,12 +90,22 @@ fn init_logging(global: &Global, default: &str, format: LogFormat) {
 fn node_runtime(threads: Option<u16>) -> std::io::Result<tokio::runtime::Runtime> {
     match threads {
         Some(1) => tokio::runtime::Builder::new_current_thread().enable_all().build(),
-        Some(n) => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(n.into())
-            .enable_all()
-            .build(),
-        None => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
+        n => multi_thread(n),
     }
+}
+
+/// A runtime of `workers` threads, else one per core. Always given its size, so that tokio
+/// never reads `TOKIO_WORKER_THREADS` itself (it panics on a bad value; [`Env::threads`]
+/// checks it and names it).
+fn multi_thread(workers: Option<u16>) -> std::io::Result<tokio::runtime::Runtime> {
+    let workers = workers.map_or_else(
+        || std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+        usize::from,
+    );
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
 }
 
 fn start(args: StartArgs, global: Global, env: Env) -> ExitCode {
@@ -159,6 +169,14 @@ async fn shutdown_signal() {
 fn client_command(command: Command, global: Global, env: Env) -> ExitCode {
     init_logging(&global, "warn", global.log_format.unwrap_or_default());
     let mut out = Output::new(global.json);
+    // The bench drives many clients and gets a thread per core (or TOKIO_WORKER_THREADS).
+    let bench_threads = match &command {
+        Command::Bench(_) => match env.threads() {
+            Ok(threads) => Some(threads),
+            Err(e) => return fail(&e.to_string(), EXIT_USAGE, &mut out),
+        },
+        _ => None,
+    };
     let name = match &command {
         Command::Chat(c) => c.as_name.clone(),
         _ => None,
@@ -172,10 +190,9 @@ fn client_command(command: Command, global: Global, env: Env) -> ExitCode {
         name,
     };
     // One thread: a client does one thing at a time, and starts faster without a pool.
-    // The bench drives many clients and gets a thread per core.
-    let runtime = match &command {
-        Command::Bench(_) => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
-        _ => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+    let runtime = match bench_threads {
+        Some(threads) => multi_thread(threads),
+        None => tokio::runtime::Builder::new_current_thread().enable_all().build(),
     };
     let runtime = match runtime {
         Ok(rt) => rt,

@@ -124,9 +124,10 @@ pub struct StartArgs {
     /// Answer every chat message with TEXT
     #[arg(long, value_name = "TEXT")]
     pub auto_reply: Option<String>,
-    /// Threads serving requests [default: one per core, or TOKIO_WORKER_THREADS]. 1 runs one
-    /// event loop on one thread: less CPU per request for a node often idle between bursts
-    /// (several nodes on one small machine), but it caps a busy node at one core
+    /// Threads serving requests [default: TOKIO_WORKER_THREADS, else the config file's
+    /// `threads`, else one per core]. 1 runs one event loop on one thread: less CPU per
+    /// request for a node often idle between bursts (several nodes on one small machine), but
+    /// it caps a busy node at one core
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=MAX_THREADS as i64))]
     pub threads: Option<u16>,
 }

@@ -24,10 +24,12 @@ pub struct Env {
     pub secret: Option<Vec<u8>>,
     /// `KVNODE_VIA`.
     pub via: Option<String>,
+    /// `TOKIO_WORKER_THREADS` as given, checked where it is used ([`Env::threads`]).
+    pub worker_threads: Option<String>,
 }
 
 impl Env {
-    /// Reads `KVNODE_HOME`, `KVNODE_SECRET` and `KVNODE_VIA`.
+    /// Reads `KVNODE_HOME`, `KVNODE_SECRET`, `KVNODE_VIA` and `TOKIO_WORKER_THREADS`.
     pub fn from_process() -> Result<Self, ConfigError> {
         use std::os::unix::ffi::OsStringExt;
         let home = match std::env::var_os("KVNODE_HOME") {
@@ -41,7 +43,23 @@ impl Env {
             home,
             secret: std::env::var_os("KVNODE_SECRET").map(|s| s.into_vec()),
             via: std::env::var("KVNODE_VIA").ok().filter(|v| !v.is_empty()),
+            worker_threads: std::env::var_os("TOKIO_WORKER_THREADS").map(|v| v.to_string_lossy().into_owned()),
         })
+    }
+
+    /// `TOKIO_WORKER_THREADS`, if set: a number of threads in 1..=[`MAX_THREADS`]. (Tokio
+    /// reads it too, and panics on a bad value; kvnode's runtimes are always told their size.)
+    pub fn threads(&self) -> Result<Option<u16>, ConfigError> {
+        let Some(raw) = &self.worker_threads else {
+            return Ok(None);
+        };
+        match raw.trim().parse::<u16>() {
+            Ok(n @ 1..=MAX_THREADS) => Ok(Some(n)),
+            _ => Err(ConfigError::Invalid {
+                what: "TOKIO_WORKER_THREADS".into(),
+                reason: format!("{raw:?} is not a number of threads in 1..={MAX_THREADS}; unset it for one per core"),
+            }),
+        }
     }
 }
 
@@ -397,7 +415,10 @@ impl NodeConfig {
                 });
             }
         }
-        let threads = flags.threads.or(file.threads.map(|t| t.0));
+        let threads = match flags.threads {
+            Some(n) => Some(n),
+            None => env.threads()?.or(file.threads.map(|t| t.0)),
+        };
         let ds = SupervisorConfig::default();
         let supervisor = SupervisorConfig {
             max_restarts: file.supervisor.max_restarts.unwrap_or(ds.max_restarts),
@@ -473,7 +494,7 @@ mod tests {
     }
 
     #[test]
-    fn threads_come_from_the_flag_then_the_file_and_zero_is_refused() {
+    fn threads_come_from_the_flag_then_the_environment_then_the_file_and_zero_is_refused() {
         let env = Env {
             home: "/tmp/kvnode-test-home".into(),
             ..Env::default()
@@ -497,6 +518,33 @@ mod tests {
             None,
             "one per core"
         );
+
+        // TOKIO_WORKER_THREADS comes between the flag and the file, and is checked.
+        let with_env = |v: &str| Env {
+            worker_threads: Some(v.into()),
+            ..env.clone()
+        };
+        assert_eq!(
+            NodeConfig::resolve(flags(None), &with_env("3")).unwrap().threads,
+            Some(3)
+        );
+        assert_eq!(
+            NodeConfig::resolve(flags(Some(1)), &with_env("3")).unwrap().threads,
+            Some(1)
+        );
+        assert_eq!(
+            NodeConfig::resolve(flags(Some(1)), &with_env("abc")).unwrap().threads,
+            Some(1)
+        );
+        for bad in ["abc", "0", "", "2000"] {
+            let err = NodeConfig::resolve(flags(None), &with_env(bad))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with("invalid TOKIO_WORKER_THREADS: ") && err.contains(&format!("{bad:?} is not")),
+                "{bad}: {err}"
+            );
+        }
 
         for bad in ["0", "-1", "2000", "70000", "\"two\""] {
             std::fs::write(&path, format!("name = \"n\"\nthreads = {bad}\n")).unwrap();

@@ -276,6 +276,23 @@ fn a_config_file_with_a_typo_names_the_file_line_and_key() {
 }
 
 #[test]
+fn a_bad_tokio_worker_threads_is_exit_2_naming_it_not_a_panic() {
+    let home = Home::new();
+    for args in [&["start", "--name", "foo"][..], &["bench", "--via", "127.0.0.1:9"]] {
+        let run = home.run_with(args, |c| {
+            c.env("TOKIO_WORKER_THREADS", "two");
+        });
+        run.expect(2);
+        assert!(
+            run.stderr
+                .contains("invalid TOKIO_WORKER_THREADS: \"two\" is not a number of threads"),
+            "{}",
+            run.stderr
+        );
+    }
+}
+
+#[test]
 fn a_config_file_starts_a_node_and_flags_override_it() {
     let home = Home::new();
     let config = home.write_file(
