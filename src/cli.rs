@@ -113,7 +113,8 @@ pub struct StartArgs {
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Routing table, e.g. 'a-m=foo,n-z=bar' or '0x00-0x60=baz'
-    #[arg(long, value_name = "SPEC")]
+    // A table may begin with '-' (the byte '-' itself: '-=foo', '--0x7f=foo').
+    #[arg(long, value_name = "SPEC", allow_hyphen_values = true)]
     pub table: Option<String>,
     /// Where data and the node certificate live [default: KVNODE_HOME/NAME]
     #[arg(long, value_name = "DIR", conflicts_with = "in_memory")]
@@ -189,7 +190,7 @@ pub struct RouteArgs {
     #[arg(long)]
     pub table: bool,
     /// Set a new routing table for the whole cluster, e.g. 'a-m=foo,n-z=bar'
-    #[arg(long, value_name = "SPEC")]
+    #[arg(long, value_name = "SPEC", allow_hyphen_values = true)]
     pub set: Option<String>,
     #[command(flatten)]
     pub via: ViaArgs,
@@ -301,6 +302,20 @@ mod tests {
         let err = Cli::try_parse_from(["kvnode", "ping", "foo", "--timeout", "0s"]).unwrap_err();
         assert!(err.to_string().contains("\"0s\" leaves no time for an answer"), "{err}");
         assert!(Cli::try_parse_from(["kvnode", "ping", "foo", "--timeout", "1ms"]).is_ok());
+    }
+
+    #[test]
+    fn a_table_may_begin_with_the_byte_dash() {
+        let cli = Cli::try_parse_from(["kvnode", "start", "--name", "foo", "--table", "-=foo,a-z=bar"]).unwrap();
+        let Command::Start(args) = cli.command else {
+            panic!("not start")
+        };
+        assert_eq!(args.table.as_deref(), Some("-=foo,a-z=bar"));
+        let cli = Cli::try_parse_from(["kvnode", "route", "--set", "--0x7f=foo"]).unwrap();
+        let Command::Route(args) = cli.command else {
+            panic!("not route")
+        };
+        assert_eq!(args.set.as_deref(), Some("--0x7f=foo"));
     }
 
     #[test]
