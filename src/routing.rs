@@ -220,6 +220,10 @@ impl FromStr for Entry {
         })?;
         let (first, last) = split_range(range).ok_or_else(malformed)?;
         let parse = |bound: &str| {
+            if bound.len() > 1 && bound.contains('=') {
+                // 'a-m=foo=bar', 'a-m=foo;n-z=bar': more than one '=' in the entry.
+                return Err(malformed());
+            }
             parse_byte(bound).ok_or_else(|| TableError::BadByte {
                 entry: entry.to_string(),
                 bound: bound.to_string(),
@@ -326,6 +330,11 @@ mod tests {
         assert!(err("z-a=foo").contains(r#""z-a=foo" is reversed"#));
         assert!(err("a-m=Foo").contains(r#""a-m=Foo""#));
         assert!(err("a-m").contains("is not RANGE=NODE"));
+        assert!(err("a-m=foo=bar").contains(r#""a-m=foo=bar" is not RANGE=NODE"#));
+        assert!(err("a-m=foo;n-z=bar").contains(r#""a-m=foo;n-z=bar" is not RANGE=NODE"#));
+        // '=' itself is a byte a range may name.
+        assert_eq!(table("==foo,a-z=bar").owner_of(b"=x"), Some(&name("foo")));
+        assert_eq!(table("0-==foo").owner_of(b"5"), Some(&name("foo")));
         assert!(err("ab-m=foo").contains("\"ab-m=foo\""));
         assert!(err("0x1-0x20=foo").contains("\"0x1-0x20=foo\""));
         assert!(err("é=foo").contains("\"é\""));
