@@ -73,6 +73,16 @@ pub enum ClientError {
 }
 
 impl ClientError {
+    /// The same error; a timeout says it waited `budget`, the command's `--timeout`, rather
+    /// than what was left of it when the last step began (every wait of a command is bounded
+    /// by that one deadline).
+    pub fn waited(self, budget: Duration) -> Self {
+        match self {
+            ClientError::Timeout { node, .. } => ClientError::Timeout { node, after: budget },
+            e => e,
+        }
+    }
+
     /// The exit code of SPEC §1.
     pub fn exit_code(&self) -> u8 {
         use ClientError::*;

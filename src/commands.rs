@@ -17,12 +17,7 @@ use crate::wire::{self, BucketOp, BucketRequest, ChatMessage, MAX_VALUE, Reply, 
 /// Runs one client subcommand to completion.
 pub async fn run(command: Command, settings: Settings, out: &mut Output) -> Result<(), ClientError> {
     let timeout = settings.timeout;
-    // Every wait of a command is bounded by its --timeout, so a timeout names that, not
-    // what was left of it when the last step began.
-    run_within(command, settings, out).await.map_err(|e| match e {
-        ClientError::Timeout { node, .. } => ClientError::Timeout { node, after: timeout },
-        e => e,
-    })
+    run_within(command, settings, out).await.map_err(|e| e.waited(timeout))
 }
 
 async fn run_within(command: Command, mut settings: Settings, out: &mut Output) -> Result<(), ClientError> {
@@ -312,7 +307,8 @@ async fn ping(args: PingArgs, settings: &Settings, deadline: Instant, out: &mut 
         client.close().await;
         reply
     }
-    .await;
+    .await
+    .map_err(|e| e.waited(settings.timeout));
     match result {
         Ok(Reply::Pong { name }) => {
             if out.is_json() {

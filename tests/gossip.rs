@@ -209,6 +209,12 @@ fn ping_says_pong_or_pang() {
     let out = home.run(&["ping", &addr, "--timeout", "1s"]);
     out.expect(3);
     assert_eq!(out.stdout(), "pang\n");
+    // The reason names the --timeout given, not what was left of it.
+    assert!(
+        out.stderr.contains("no answer from node") && out.stderr.contains("within 1s;"),
+        "{}",
+        out.stderr
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
