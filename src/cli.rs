@@ -113,8 +113,9 @@ pub struct StartArgs {
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Routing table, e.g. 'a-m=foo,n-z=bar' or '0x00-0x60=baz'
-    // A table may begin with '-' (the byte '-' itself: '-=foo', '--0x7f=foo').
-    #[arg(long, value_name = "SPEC", allow_hyphen_values = true)]
+    ///
+    /// A table that begins with the byte '-' is given with '=': --table=-=foo,a-z=bar
+    #[arg(long, value_name = "SPEC")]
     pub table: Option<String>,
     /// Where data and the node certificate live [default: KVNODE_HOME/NAME]
     #[arg(long, value_name = "DIR", conflicts_with = "in_memory")]
@@ -190,7 +191,9 @@ pub struct RouteArgs {
     #[arg(long)]
     pub table: bool,
     /// Set a new routing table for the whole cluster, e.g. 'a-m=foo,n-z=bar'
-    #[arg(long, value_name = "SPEC", allow_hyphen_values = true)]
+    ///
+    /// A table that begins with the byte '-' is given with '=': --set=-=foo,a-z=bar
+    #[arg(long, value_name = "SPEC")]
     pub set: Option<String>,
     #[command(flatten)]
     pub via: ViaArgs,
@@ -305,13 +308,21 @@ mod tests {
     }
 
     #[test]
-    fn a_table_may_begin_with_the_byte_dash() {
-        let cli = Cli::try_parse_from(["kvnode", "start", "--name", "foo", "--table", "-=foo,a-z=bar"]).unwrap();
+    fn a_table_flag_never_takes_the_next_flag_for_its_value() {
+        // A missing value is reported as missing, not parsed as a table ('--in-memory').
+        let err = Cli::try_parse_from(["kvnode", "start", "--name", "foo", "--table", "--in-memory"]).unwrap_err();
+        assert!(
+            err.to_string().contains("a value is required for '--table <SPEC>'"),
+            "{err}"
+        );
+        assert!(Cli::try_parse_from(["kvnode", "route", "--set", "--via", "foo"]).is_err());
+        // A table beginning with the byte '-' is written with '='.
+        let cli = Cli::try_parse_from(["kvnode", "start", "--name", "foo", "--table=-=foo,a-z=bar"]).unwrap();
         let Command::Start(args) = cli.command else {
             panic!("not start")
         };
         assert_eq!(args.table.as_deref(), Some("-=foo,a-z=bar"));
-        let cli = Cli::try_parse_from(["kvnode", "route", "--set", "--0x7f=foo"]).unwrap();
+        let cli = Cli::try_parse_from(["kvnode", "route", "--set=--0x7f=foo"]).unwrap();
         let Command::Route(args) = cli.command else {
             panic!("not route")
         };
