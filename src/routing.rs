@@ -214,10 +214,6 @@ impl FromStr for Entry {
         };
         let (range, node) = entry.rsplit_once('=').ok_or_else(malformed)?;
         let (range, node) = (range.trim(), node.trim());
-        let node = NodeName::new(node).map_err(|e| TableError::BadNode {
-            entry: entry.to_string(),
-            reason: e.to_string(),
-        })?;
         let (first, last) = split_range(range).ok_or_else(malformed)?;
         let parse = |bound: &str| {
             if bound.len() > 1 && bound.contains('=') {
@@ -230,6 +226,11 @@ impl FromStr for Entry {
             })
         };
         let (first, last) = (parse(first)?, parse(last)?);
+        // After the range, so that an entry with two '=' is malformed, not a bad name.
+        let node = NodeName::new(node).map_err(|e| TableError::BadNode {
+            entry: entry.to_string(),
+            reason: e.to_string(),
+        })?;
         if first > last {
             return Err(TableError::Reversed {
                 entry: entry.to_string(),
@@ -332,6 +333,8 @@ mod tests {
         assert!(err("a-m").contains("is not RANGE=NODE"));
         assert!(err("a-m=foo=bar").contains(r#""a-m=foo=bar" is not RANGE=NODE"#));
         assert!(err("a-m=foo;n-z=bar").contains(r#""a-m=foo;n-z=bar" is not RANGE=NODE"#));
+        assert!(err("a-m=foo=").contains(r#""a-m=foo=" is not RANGE=NODE"#));
+        assert!(err("a-m=foo;n-z=Bar").contains(r#""a-m=foo;n-z=Bar" is not RANGE=NODE"#));
         // '=' itself is a byte a range may name.
         assert_eq!(table("==foo,a-z=bar").owner_of(b"=x"), Some(&name("foo")));
         assert_eq!(table("0-==foo").owner_of(b"5"), Some(&name("foo")));
