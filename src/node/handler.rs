@@ -26,7 +26,7 @@ impl Handler for Node {
         match request {
             Request::Bucket(req) => self.bucket(req, deadline).await,
             Request::Table => Ok(Reply::Table((*self.table()).clone())),
-            Request::SetTable { entries } => self.set_table(entries),
+            Request::SetTable { entries } => self.set_table(entries).await,
             Request::Members => Ok(Reply::Members(self.members())),
             Request::Ping => Ok(Reply::Pong {
                 name: self.name.clone(),
@@ -248,12 +248,14 @@ impl Node {
         }
     }
 
-    /// A new table for the whole cluster: the next version, set by this node.
-    fn set_table(&self, entries: Vec<crate::routing::Entry>) -> Answer {
+    /// A new table for the whole cluster: the next version, set by this node. Handed to
+    /// gossip with a wait for room in its inbox, never dropped as a datagram may be when
+    /// the inbox is full: the caller is told the table is set.
+    async fn set_table(&self, entries: Vec<crate::routing::Entry>) -> Answer {
         let version = self.table().version() + 1;
         let table = RoutingTable::new(entries, version, self.name.as_str()).map_err(RemoteError::invalid)?;
         self.offer_table(table.clone());
-        self.gossip.offer(super::gossip::Input::SetTable(table.clone()));
+        self.gossip.send(super::gossip::Input::SetTable(table.clone())).await;
         Ok(Reply::Table(table))
     }
 
