@@ -232,13 +232,15 @@ impl Gossip {
         self.start_leave(now);
     }
 
-    /// Adopts `table` if it supersedes ours (otherwise ignores it), spreads it, and pushes it
-    /// at once to `gossip_fanout` members instead of waiting for the next gossip round.
+    /// Adopts `table` if it supersedes ours (otherwise ignores it), sends it at once on a
+    /// stream to every live member (up to [`TABLE_PUSH`](super::spread::TABLE_PUSH) of
+    /// them), and spreads it as gossip too. A table is set rarely and must reach every node
+    /// at once, which the epidemic alone does not promise in a small cluster.
     pub fn set_routing_table(&mut self, now: Instant, table: RoutingTable) {
         let _ = now; // Adopting and pushing start no timer; `now` keeps the input contract uniform.
         let table = SharedTable(Arc::new(table));
         if self.adopt_table(&table) {
-            self.push_now(self.config.gossip_fanout, Topic::Table);
+            self.push_table(&table);
         }
     }
 

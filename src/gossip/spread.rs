@@ -6,7 +6,13 @@ use std::net::SocketAddr;
 use super::broadcast::Topic;
 use super::core::Gossip;
 use super::members::Slot;
-use super::message::{MAX_DATAGRAM, Message, State, Update};
+use super::message::{MAX_DATAGRAM, Message, SharedTable, State, Update};
+
+/// How many members the setter of a new table sends it to directly (all of them, up to
+/// this many). The epidemic alone passes a rumour on only `retransmit_mult * log10(n + 1)`
+/// times, to random members: in a cluster of a few nodes that is four, and now and then a
+/// member is missed until the next push-pull, up to 30 s later.
+pub(super) const TABLE_PUSH: usize = 64;
 
 impl Gossip {
     /// memberlist's `retransmit_mult * ceil(log10(n + 1))`.
@@ -45,6 +51,30 @@ impl Gossip {
     /// Pushes `topic` at once to `fanout` members (a new table), ahead of the round.
     pub(super) fn push_now(&mut self, fanout: usize, topic: Topic) {
         self.gossip_to_random(fanout, Some(topic));
+    }
+
+    /// Sends `table`, which this node just set, on a stream to every live member, or to
+    /// [`TABLE_PUSH`] of them at random in a larger cluster (where each of those passes it
+    /// on at once too, and the epidemic's budget grows with the cluster).
+    pub(super) fn push_table(&mut self, table: &SharedTable) {
+        let mut targets = std::mem::take(&mut self.scratch);
+        let me = self.me;
+        self.members.sample(
+            TABLE_PUSH,
+            &[me],
+            |s| matches!(s, State::Alive | State::Suspect),
+            &mut self.rng,
+            &mut targets,
+        );
+        for &slot in &targets {
+            let Some(addr) = self.members.get(slot).map(|m| m.id.addr) else {
+                continue;
+            };
+            let from = self.sender();
+            let piggyback = vec![Update::Table(table.clone())];
+            self.send(addr, Message::Gossip { from, piggyback }, true);
+        }
+        self.scratch = targets;
     }
 
     fn gossip_to_random(&mut self, fanout: usize, priority: Option<Topic>) {

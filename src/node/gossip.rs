@@ -274,7 +274,10 @@ impl Node {
             return;
         }
         use std::sync::atomic::Ordering;
-        if self.gossip.connecting.fetch_add(1, Ordering::Relaxed) >= MAX_CONNECTING {
+        // Only sends that must connect first count against the bound: a stream on an open
+        // connection (a new table sent to every member at once) costs no handshake.
+        let connects = self.peers.live(t.to).is_none();
+        if connects && self.gossip.connecting.fetch_add(1, Ordering::Relaxed) >= MAX_CONNECTING {
             self.gossip.connecting.fetch_sub(1, Ordering::Relaxed);
             return;
         }
@@ -298,7 +301,9 @@ impl Node {
                     }
                 }
             }
-            node.gossip.connecting.fetch_sub(1, Ordering::Relaxed);
+            if connects {
+                node.gossip.connecting.fetch_sub(1, Ordering::Relaxed);
+            }
         });
     }
 }

@@ -271,7 +271,7 @@ fn datagrams_never_exceed_1200_bytes_even_with_a_huge_backlog() {
 }
 
 #[test]
-fn a_new_table_is_pushed_at_once_and_an_older_one_is_ignored() {
+fn a_new_table_is_sent_at_once_to_every_live_member_and_an_older_one_is_ignored() {
     let mut net = Net::converged(&["a", "b", "c", "d", "e"]);
     let now = net.now;
     net.nodes[0].set_routing_table(now, table("a", 7));
@@ -284,14 +284,31 @@ fn a_new_table_is_pushed_at_once_and_an_older_one_is_ignored() {
                 .any(|u| matches!(u, Update::Table(t) if t.0.version() == 7))
         })
         .collect();
-    assert_eq!(
-        pushed.len(),
-        GossipConfig::default().gossip_fanout,
-        "pushed without waiting for a round"
-    );
+    // Without waiting for a round, on streams (not lost), to each of the four others once.
+    let mut to: Vec<_> = pushed.iter().map(|t| t.to).collect();
+    to.sort();
+    to.dedup();
+    assert_eq!((pushed.len(), to.len()), (4, 4), "{pushed:?}");
+    assert!(pushed.iter().all(|t| t.reliable));
+    assert!(!to.contains(&net.nodes[0].identity().addr));
     net.nodes[0].set_routing_table(now, table("z", 6));
     assert_eq!(net.nodes[0].routing_table().version(), 7);
     assert!(drain(&mut net.nodes[0]).is_empty());
+}
+
+#[test]
+fn in_a_large_cluster_a_new_table_is_sent_directly_to_table_push_members() {
+    use crate::gossip::spread::TABLE_PUSH;
+    let names: Vec<String> = (0..TABLE_PUSH + 10).map(|i| format!("n{i}")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let mut net = Net::converged(&names);
+    let now = net.now;
+    net.nodes[0].set_routing_table(now, table("a", 7));
+    let direct = drain(&mut net.nodes[0])
+        .into_iter()
+        .filter(|t| t.reliable && t.msg.piggyback().iter().any(|u| matches!(u, Update::Table(_))))
+        .count();
+    assert_eq!(direct, TABLE_PUSH);
 }
 
 #[test]
