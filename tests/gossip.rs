@@ -29,14 +29,24 @@ fn state_of(home: &Home, via: &str, name: &str) -> Option<String> {
     members(home, via).into_iter().find(|(n, _)| n == name).map(|(_, s)| s)
 }
 
-/// Six nodes, each joining through the one before.
+/// `n` nodes, each joining through the one before; they log kvnode's debug lines, which
+/// [`logs`] prints when a timed assertion fails.
 fn chain(home: &Home, n: usize) -> Vec<Node> {
-    let mut nodes = vec![home.start("n1", &["--in-memory"])];
+    let mut nodes = vec![home.start("n1", &["--in-memory", "-v"])];
     for i in 2..=n {
         let prev = format!("n{}", i - 1);
-        nodes.push(home.start(&format!("n{i}"), &["--in-memory", "--join", &prev]));
+        nodes.push(home.start(&format!("n{i}"), &["--in-memory", "-v", "--join", &prev]));
     }
     nodes
+}
+
+/// Every node's log, for the message of a failed assertion.
+fn logs(nodes: &[Node]) -> String {
+    nodes
+        .iter()
+        .map(|n| format!("--- {} ---\n{}", n.name, n.stderr().join("\n")))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn all_alive(home: &Home, nodes: &[Node]) -> bool {
@@ -84,7 +94,7 @@ fn a_table_set_on_one_node_is_answered_by_every_node_within_a_second() {
     }
     let took = set.elapsed();
     println!("the new table was answered by all 6 nodes {took:?} after it was set");
-    assert!(took < Duration::from_secs(1), "{took:?}");
+    assert!(took < Duration::from_secs(1), "{took:?}\n{}", logs(&nodes));
     for n in &nodes {
         assert_eq!(home.run(&["route", "world", "--via", &n.name]).ok().trim(), "n6");
         assert_eq!(home.run(&["route", "apple", "--via", &n.name]).ok().trim(), "n1");
@@ -109,7 +119,7 @@ fn sigterm_is_seen_as_left_within_two_seconds() {
     }
     let took = start.elapsed();
     println!("SIGTERM seen as left by every member after {took:?}");
-    assert!(took < Duration::from_secs(2), "{took:?}");
+    assert!(took < Duration::from_secs(2), "{took:?}\n{}", logs(&nodes));
     assert_eq!(leaver.wait_exit().code(), Some(0));
 }
 
@@ -128,7 +138,7 @@ fn kill_9_is_seen_as_dead_by_every_member_within_ten_seconds() {
     }
     let took = start.elapsed();
     println!("kill -9 seen as dead by every member after {took:?}");
-    assert!(took < Duration::from_secs(10), "{took:?}");
+    assert!(took < Duration::from_secs(10), "{took:?}\n{}", logs(&nodes));
     // Requests for buckets it owned fail at once with exit 3, naming it.
     home.run(&["route", "--set", "a-z=n3", "--via", "n1"]).ok();
     wait_for("the table to reach n5", PATIENCE, || {
