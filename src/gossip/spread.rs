@@ -57,49 +57,24 @@ impl Gossip {
     /// [`TABLE_PUSH`] of them at random in a larger cluster (where each of those passes it
     /// on at once too, and the epidemic's budget grows with the cluster).
     pub(super) fn push_table(&mut self, table: &SharedTable) {
-        let mut targets = std::mem::take(&mut self.scratch);
-        let me = self.me;
-        self.members.sample(
-            TABLE_PUSH,
-            &[me],
-            |s| matches!(s, State::Alive | State::Suspect),
-            &mut self.rng,
-            &mut targets,
-        );
-        for &slot in &targets {
-            let Some(addr) = self.members.get(slot).map(|m| m.id.addr) else {
-                continue;
-            };
-            let from = self.sender();
+        self.for_random_live(TABLE_PUSH, |g, addr| {
+            let from = g.sender();
             let piggyback = vec![Update::Table(table.clone())];
-            self.send(addr, Message::Gossip { from, piggyback }, true);
-        }
-        self.scratch = targets;
+            g.send(addr, Message::Gossip { from, piggyback }, true);
+        });
     }
 
     fn gossip_to_random(&mut self, fanout: usize, priority: Option<Topic>) {
-        let mut targets = std::mem::take(&mut self.scratch);
-        let me = self.me;
-        self.members.sample(
-            fanout,
-            &[me],
-            |s| matches!(s, State::Alive | State::Suspect),
-            &mut self.rng,
-            &mut targets,
-        );
-        for &slot in &targets {
-            let Some(addr) = self.members.get(slot).map(|m| m.id.addr) else {
-                continue;
-            };
+        self.for_random_live(fanout, |g, addr| {
             let mut msg = Message::Gossip {
-                from: self.sender(),
+                from: g.sender(),
                 piggyback: Vec::new(),
             };
             // A table too big for a datagram goes alone on a stream.
             let budget = MAX_DATAGRAM.saturating_sub(msg.encoded_len());
-            if let Some(table) = self.broadcasts.oversized_table(budget, self.retransmit_limit()) {
-                let from = self.sender();
-                self.send(
+            if let Some(table) = g.broadcasts.oversized_table(budget, g.retransmit_limit()) {
+                let from = g.sender();
+                g.send(
                     addr,
                     Message::Gossip {
                         from,
@@ -108,9 +83,28 @@ impl Gossip {
                     true,
                 );
             }
-            self.fill_piggyback(&mut msg, priority);
+            g.fill_piggyback(&mut msg, priority);
             if !msg.piggyback().is_empty() {
-                self.send(addr, msg, false);
+                g.send(addr, msg, false);
+            }
+        });
+    }
+
+    /// Calls `each` with the address of up to `k` random live members (alive or suspect)
+    /// other than this node.
+    fn for_random_live(&mut self, k: usize, mut each: impl FnMut(&mut Self, SocketAddr)) {
+        let mut targets = std::mem::take(&mut self.scratch);
+        let me = self.me;
+        self.members.sample(
+            k,
+            &[me],
+            |s| matches!(s, State::Alive | State::Suspect),
+            &mut self.rng,
+            &mut targets,
+        );
+        for &slot in &targets {
+            if let Some(addr) = self.members.get(slot).map(|m| m.id.addr) {
+                each(self, addr);
             }
         }
         self.scratch = targets;
