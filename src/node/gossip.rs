@@ -260,8 +260,9 @@ impl Node {
     /// open and the message fits, else (in its own task) a stream, connecting first if needed.
     fn transmit(self: &Arc<Self>, t: Transmit) {
         let bytes = t.msg.encode();
+        let live = self.peers.live(t.to);
         if !t.reliable
-            && let Some(conn) = self.peers.live(t.to)
+            && let Some(conn) = &live
             && conn
                 .authed
                 .conn
@@ -276,7 +277,7 @@ impl Node {
         use std::sync::atomic::Ordering;
         // Only sends that must connect first count against the bound: a stream on an open
         // connection (a new table sent to every member at once) costs no handshake.
-        let connects = self.peers.live(t.to).is_none();
+        let connects = live.is_none();
         if connects && self.gossip.connecting.fetch_add(1, Ordering::Relaxed) >= MAX_CONNECTING {
             self.gossip.connecting.fetch_sub(1, Ordering::Relaxed);
             return;
