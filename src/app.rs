@@ -169,13 +169,18 @@ async fn shutdown_signal() {
 fn client_command(command: Command, global: Global, env: Env) -> ExitCode {
     init_logging(&global, "warn", global.log_format.unwrap_or_default());
     let mut out = Output::new(global.json);
-    // The bench drives many clients and gets a thread per core (or TOKIO_WORKER_THREADS).
-    let bench_threads = match &command {
+    // One thread: a client does one thing at a time, and starts faster without a pool. The
+    // bench drives many clients and gets a thread per core (or TOKIO_WORKER_THREADS).
+    let runtime = match &command {
         Command::Bench(_) => match env.threads() {
-            Ok(threads) => Some(threads),
+            Ok(threads) => multi_thread(threads),
             Err(e) => return fail(&e.to_string(), EXIT_USAGE, &mut out),
         },
-        _ => None,
+        _ => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+    };
+    let runtime = match runtime {
+        Ok(rt) => rt,
+        Err(e) => return fail(&format!("cannot start the runtime: {e}"), 6, &mut out),
     };
     let name = match &command {
         Command::Chat(c) => c.as_name.clone(),
@@ -188,15 +193,6 @@ fn client_command(command: Command, global: Global, env: Env) -> ExitCode {
         timeout: global.timeout.unwrap_or(std::time::Duration::from_secs(5)),
         via: None,
         name,
-    };
-    // One thread: a client does one thing at a time, and starts faster without a pool.
-    let runtime = match bench_threads {
-        Some(threads) => multi_thread(threads),
-        None => tokio::runtime::Builder::new_current_thread().enable_all().build(),
-    };
-    let runtime = match runtime {
-        Ok(rt) => rt,
-        Err(e) => return fail(&format!("cannot start the runtime: {e}"), 6, &mut out),
     };
     let result: Result<(), ClientError> = runtime.block_on(crate::commands::run(command, settings, &mut out));
     // Dropping the runtime would wait for nothing useful; leave without QUIC's draining period.
