@@ -111,7 +111,34 @@ pub struct ConfigDuration(pub Duration);
 impl<'de> Deserialize<'de> for ConfigDuration {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        parse_duration(&s).map(ConfigDuration).map_err(serde::de::Error::custom)
+        match parse_duration(&s) {
+            // Every duration in the file is a timeout, an interval or a window: zero would
+            // time out everything at once or spin a timer (leave the key out for its default).
+            Ok(d) if d.is_zero() => Err(serde::de::Error::custom(format!(
+                "{s:?} is zero; give a duration above zero, like 500ms, or leave the key out for its default"
+            ))),
+            Ok(d) => Ok(ConfigDuration(d)),
+            Err(e) => Err(serde::de::Error::custom(e)),
+        }
+    }
+}
+
+/// A count in the config file that must be at least 1 (a limit, a fan-out, a multiplier).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AtLeastOne<T>(pub T);
+
+impl<'de, T> Deserialize<'de> for AtLeastOne<T>
+where
+    T: Deserialize<'de> + Default + PartialEq + std::fmt::Display,
+{
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let n = T::deserialize(d)?;
+        if n == T::default() {
+            return Err(serde::de::Error::custom(format!(
+                "{n} is not allowed here: give at least 1, or leave the key out for its default"
+            )));
+        }
+        Ok(AtLeastOne(n))
     }
 }
 
@@ -204,10 +231,10 @@ pub struct TimeoutsFile {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsFile {
-    pub max_connections: Option<u32>,
-    pub max_handshakes: Option<u32>,
-    pub max_streams_per_connection: Option<u32>,
-    pub max_requests_per_stream: Option<u32>,
+    pub max_connections: Option<AtLeastOne<u32>>,
+    pub max_handshakes: Option<AtLeastOne<u32>>,
+    pub max_streams_per_connection: Option<AtLeastOne<u32>>,
+    pub max_requests_per_stream: Option<AtLeastOne<u32>>,
 }
 
 /// `[supervisor]`
@@ -375,7 +402,26 @@ impl NodeConfig {
             ),
             None => file.routing_table.map(|t| t.0),
         };
-        let in_memory = flags.in_memory || file.in_memory.unwrap_or(false);
+        // A flag beats the file: `--data-dir` makes a durable node even where the file says
+        // `in_memory = true` (clap refuses the two flags together). In the file, the two
+        // keys together are refused: which one was meant cannot be told.
+        let in_memory = match (flags.in_memory, &flags.data_dir, file.in_memory, &file.data_dir) {
+            (true, _, _, _) => true,
+            (false, Some(_), _, _) => false,
+            (false, None, Some(true), Some(dir)) => {
+                return Err(ConfigError::Invalid {
+                    what: format!(
+                        "config file {}",
+                        flags.config.as_deref().unwrap_or(Path::new("")).display()
+                    ),
+                    reason: format!(
+                        "it sets both in_memory = true and data_dir = {:?}; remove one of them",
+                        dir.display().to_string()
+                    ),
+                });
+            }
+            (false, None, in_memory, _) => in_memory.unwrap_or(false),
+        };
         let data_dir = flags
             .data_dir
             .or(file.data_dir)
@@ -390,31 +436,14 @@ impl NodeConfig {
             shutdown: t.shutdown.map_or(d.shutdown, |d| d.0),
         };
         let dl = Limits::default();
+        let limit = |v: Option<AtLeastOne<u32>>, default| v.map_or(default, |v| v.0);
+        let l = &file.limits;
         let limits = Limits {
-            max_connections: file.limits.max_connections.unwrap_or(dl.max_connections),
-            max_handshakes: file.limits.max_handshakes.unwrap_or(dl.max_handshakes),
-            max_streams_per_connection: file
-                .limits
-                .max_streams_per_connection
-                .unwrap_or(dl.max_streams_per_connection),
-            max_requests_per_stream: file
-                .limits
-                .max_requests_per_stream
-                .unwrap_or(dl.max_requests_per_stream),
+            max_connections: limit(l.max_connections, dl.max_connections),
+            max_handshakes: limit(l.max_handshakes, dl.max_handshakes),
+            max_streams_per_connection: limit(l.max_streams_per_connection, dl.max_streams_per_connection),
+            max_requests_per_stream: limit(l.max_requests_per_stream, dl.max_requests_per_stream),
         };
-        for (what, v) in [
-            ("limits.max_connections", limits.max_connections),
-            ("limits.max_handshakes", limits.max_handshakes),
-            ("limits.max_streams_per_connection", limits.max_streams_per_connection),
-            ("limits.max_requests_per_stream", limits.max_requests_per_stream),
-        ] {
-            if v == 0 {
-                return Err(ConfigError::Invalid {
-                    what: what.into(),
-                    reason: "must be at least 1".into(),
-                });
-            }
-        }
         let threads = match flags.threads {
             Some(n) => Some(n),
             None => env.threads()?.or(file.threads.map(|t| t.0)),
@@ -578,6 +607,98 @@ mod tests {
             let err = ConfigFile::parse(text).unwrap_err();
             assert!(err.contains(expect), "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn zero_is_refused_where_it_would_stall_or_spin_the_node() {
+        // Each of these, at zero, left a node that logged "node up" and then served nobody,
+        // or flapped members, or spun a timer.
+        for (table, key) in [
+            ("timeouts", "request"),
+            ("timeouts", "handshake"),
+            ("timeouts", "idle"),
+            ("timeouts", "shutdown"),
+            ("supervisor", "restart_window"),
+            ("gossip", "probe_interval"),
+            ("gossip", "probe_timeout"),
+            ("gossip", "gossip_interval"),
+            ("gossip", "push_pull_interval"),
+            ("gossip", "reconnect_interval"),
+            ("gossip", "dead_retention"),
+        ] {
+            for zero in ["0ms", "0s", "0.0s"] {
+                let text = format!("name = \"n\"\n[{table}]\n{key} = \"{zero}\"\n");
+                let err = ConfigFile::parse(&text).unwrap_err();
+                assert!(err.contains("line 3") && err.contains(key), "{text}: {err}");
+                assert!(err.contains("is zero; give a duration above zero"), "{text}: {err}");
+            }
+            ConfigFile::parse(&format!("[{table}]\n{key} = \"1ms\"\n")).unwrap();
+        }
+        for (table, key) in [
+            ("limits", "max_connections"),
+            ("limits", "max_handshakes"),
+            ("limits", "max_streams_per_connection"),
+            ("limits", "max_requests_per_stream"),
+            ("gossip", "gossip_fanout"),
+            ("gossip", "suspicion_mult"),
+            ("gossip", "suspicion_max_mult"),
+            ("gossip", "retransmit_mult"),
+            ("gossip", "awareness_max_multiplier"),
+        ] {
+            let text = format!("name = \"n\"\n[{table}]\n{key} = 0\n");
+            let err = ConfigFile::parse(&text).unwrap_err();
+            assert!(err.contains("line 3") && err.contains(key), "{text}: {err}");
+            assert!(err.contains("give at least 1"), "{text}: {err}");
+            ConfigFile::parse(&format!("[{table}]\n{key} = 1\n")).unwrap();
+        }
+        // Zero switches these off, as in memberlist.
+        ConfigFile::parse("[gossip]\nindirect_checks = 0\nhot_rumor_fanout = 0\n").unwrap();
+    }
+
+    #[test]
+    fn data_dir_given_as_a_flag_beats_in_memory_in_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = Env {
+            home: dir.path().join("home"),
+            ..Env::default()
+        };
+        let file = |text: &str| {
+            let path = dir.path().join("n.toml");
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        let resolve = |config, data_dir: Option<&str>, in_memory| {
+            NodeConfig::resolve(
+                StartFlags {
+                    config: Some(config),
+                    data_dir: data_dir.map(PathBuf::from),
+                    in_memory,
+                    ..Default::default()
+                },
+                &env,
+            )
+        };
+        // The shipped examples say in_memory = true: --data-dir must make the node durable.
+        let in_memory = file("name = \"n\"\nin_memory = true\n");
+        let c = resolve(in_memory.clone(), Some("/tmp/n-data"), false).unwrap();
+        assert!(!c.in_memory);
+        assert_eq!(c.data_dir, Path::new("/tmp/n-data"));
+        assert!(resolve(in_memory.clone(), None, false).unwrap().in_memory);
+        assert!(resolve(in_memory, None, true).unwrap().in_memory);
+        let durable = file("name = \"n\"\ndata_dir = \"/tmp/n-data\"\n");
+        assert!(
+            resolve(durable.clone(), None, true).unwrap().in_memory,
+            "--in-memory beats data_dir"
+        );
+        assert!(!resolve(durable, None, false).unwrap().in_memory);
+        // Both keys in one file: refused, naming the file, rather than one silently ignored.
+        let both = file("name = \"n\"\nin_memory = true\ndata_dir = \"/tmp/n-data\"\n");
+        let err = resolve(both.clone(), None, false).unwrap_err().to_string();
+        assert!(err.contains("n.toml") && err.contains("remove one of them"), "{err}");
+        assert!(
+            !resolve(both, Some("/tmp/other"), false).unwrap().in_memory,
+            "the flag decides"
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::ConfigDuration;
+use crate::config::{AtLeastOne, ConfigDuration};
 
 /// The protocol's tunables. Defaults start from HashiCorp memberlist's LAN profile and were
 /// tuned with the simulator (see BENCHMARKS.md, "Gossip (simulated)").
@@ -81,17 +81,17 @@ pub struct GossipFile {
     pub probe_timeout: Option<ConfigDuration>,
     pub indirect_checks: Option<usize>,
     pub gossip_interval: Option<ConfigDuration>,
-    pub gossip_fanout: Option<usize>,
+    pub gossip_fanout: Option<AtLeastOne<usize>>,
     pub push_pull_interval: Option<ConfigDuration>,
-    pub suspicion_mult: Option<u32>,
-    pub suspicion_max_mult: Option<u32>,
-    pub retransmit_mult: Option<u32>,
+    pub suspicion_mult: Option<AtLeastOne<u32>>,
+    pub suspicion_max_mult: Option<AtLeastOne<u32>>,
+    pub retransmit_mult: Option<AtLeastOne<u32>>,
     pub reconnect_interval: Option<ConfigDuration>,
     pub dead_retention: Option<ConfigDuration>,
     pub join_timeout: Option<ConfigDuration>,
     pub join_retry_max: Option<ConfigDuration>,
     pub hot_rumor_fanout: Option<usize>,
-    pub awareness_max_multiplier: Option<u32>,
+    pub awareness_max_multiplier: Option<AtLeastOne<u32>>,
 }
 
 impl GossipConfig {
@@ -103,17 +103,17 @@ impl GossipConfig {
             probe_timeout: dur(f.probe_timeout, d.probe_timeout),
             indirect_checks: f.indirect_checks.unwrap_or(d.indirect_checks),
             gossip_interval: dur(f.gossip_interval, d.gossip_interval),
-            gossip_fanout: f.gossip_fanout.unwrap_or(d.gossip_fanout),
+            gossip_fanout: f.gossip_fanout.map_or(d.gossip_fanout, |v| v.0),
             push_pull_interval: dur(f.push_pull_interval, d.push_pull_interval),
-            suspicion_mult: f.suspicion_mult.unwrap_or(d.suspicion_mult),
-            suspicion_max_mult: f.suspicion_max_mult.unwrap_or(d.suspicion_max_mult),
-            retransmit_mult: f.retransmit_mult.unwrap_or(d.retransmit_mult),
+            suspicion_mult: f.suspicion_mult.map_or(d.suspicion_mult, |v| v.0),
+            suspicion_max_mult: f.suspicion_max_mult.map_or(d.suspicion_max_mult, |v| v.0),
+            retransmit_mult: f.retransmit_mult.map_or(d.retransmit_mult, |v| v.0),
             reconnect_interval: dur(f.reconnect_interval, d.reconnect_interval),
             dead_retention: dur(f.dead_retention, d.dead_retention),
             join_timeout: dur(f.join_timeout, d.join_timeout),
             join_retry_max: dur(f.join_retry_max, d.join_retry_max),
             hot_rumor_fanout: f.hot_rumor_fanout.unwrap_or(d.hot_rumor_fanout),
-            awareness_max_multiplier: f.awareness_max_multiplier.unwrap_or(d.awareness_max_multiplier),
+            awareness_max_multiplier: f.awareness_max_multiplier.map_or(d.awareness_max_multiplier, |v| v.0),
         }
     }
 
@@ -166,10 +166,14 @@ mod tests {
 
     #[test]
     fn absurd_intervals_are_clamped_so_no_timer_spins_or_overflows() {
-        let file: GossipFile =
-            toml::from_str("probe_interval = \"0ms\"\nsuspicion_mult = 0\ndead_retention = \"99999999999999h\"")
-                .unwrap();
-        let c = GossipConfig::from_file(&file).sanitized();
+        // A config file refuses zero; the core is also given configs in code (the simulator).
+        let file: GossipFile = toml::from_str("dead_retention = \"99999999999999h\"").unwrap();
+        let c = GossipConfig {
+            probe_interval: Duration::ZERO,
+            suspicion_mult: 0,
+            ..GossipConfig::from_file(&file)
+        }
+        .sanitized();
         assert_eq!(c.probe_interval, Duration::from_millis(1));
         assert_eq!(c.suspicion_mult, 1);
         assert_eq!(c.dead_retention, Duration::from_secs(365 * 24 * 3600));
