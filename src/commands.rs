@@ -104,10 +104,13 @@ async fn put(args: PutArgs, settings: &Settings, deadline: Instant, out: &mut Ou
     let (bucket, key) = (arg_bytes(args.bucket), arg_bytes(args.key));
     wire::check_bucket(&bucket).map_err(ClientError::Usage)?;
     wire::check_key(&key).map_err(ClientError::Usage)?;
-    let value = if args.value == "-" {
-        read_stdin_value()?
+    let (value, deadline) = if args.value == "-" {
+        // However long the producer on stdin takes is not the node's time: --timeout
+        // bounds the request, from once the value is read.
+        let value = read_stdin_value()?;
+        (value, Instant::now() + settings.timeout)
     } else {
-        arg_bytes(args.value)
+        (arg_bytes(args.value), deadline)
     };
     wire::check_value(&value).map_err(ClientError::Usage)?;
     let reply = ask(

@@ -3,7 +3,9 @@
 
 mod common;
 
+use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
+use std::process::Stdio;
 use std::time::Duration;
 
 use common::Home;
@@ -64,6 +66,27 @@ fn json_prints_one_object_per_answer_and_errors_as_objects() {
     usage.expect(2);
     let obj: serde_json::Value = serde_json::from_slice(&usage.stdout).unwrap();
     assert_eq!(obj["code"], 2);
+}
+
+#[test]
+fn a_slow_producer_on_stdin_does_not_use_up_the_timeout() {
+    let home = Home::new();
+    let _foo = home.start("foo", &[]);
+    let mut put = home.command();
+    put.args(["put", "slow", "k", "-", "--timeout", "1s"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = put.spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    // The producer (a dump, a download) takes longer than --timeout: not a sleep to wait
+    // for something, but the slow writer itself.
+    std::thread::sleep(Duration::from_millis(1500));
+    stdin.write_all(b"hello").unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(home.run(&["get", "slow", "k"]).ok(), "hello\n");
 }
 
 #[test]
