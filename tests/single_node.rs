@@ -69,6 +69,19 @@ fn json_prints_one_object_per_answer_and_errors_as_objects() {
 }
 
 #[test]
+fn members_lists_the_node_itself_as_soon_as_it_is_up() {
+    let home = Home::new();
+    let foo = home.start("foo", &[]);
+    // No wait: a script that starts a node and lists members must not see an empty cluster.
+    let out = home.run(&["members", "--json"]).ok();
+    let members: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(members.len(), 1, "{out}");
+    assert_eq!(members[0]["name"], "foo");
+    assert_eq!(members[0]["addr"], foo.addr().to_string());
+    assert_eq!(members[0]["state"], "alive");
+}
+
+#[test]
 fn a_slow_producer_on_stdin_does_not_use_up_the_timeout() {
     let home = Home::new();
     let _foo = home.start("foo", &[]);

@@ -53,12 +53,22 @@ pub(crate) struct GossipHandle {
 }
 
 impl GossipHandle {
-    pub fn new() -> Self {
+    /// The handle of node `name` at `addr`, which lists itself as a member from the start:
+    /// `kvnode members` answered as soon as the node does must not show an empty cluster
+    /// (the driver publishes its own view at its first change, or a second later).
+    pub fn new(name: NodeName, addr: SocketAddr) -> Self {
         let (tx, rx) = mpsc::channel(INBOX);
+        let me = Member {
+            name,
+            addr,
+            state: State::Alive,
+            incarnation: 0,
+            last_change: Instant::now(),
+        };
         Self {
             tx,
             rx: Mutex::new(rx),
-            members: RwLock::default(),
+            members: RwLock::new(Arc::new(vec![me])),
             connecting: Default::default(),
         }
     }

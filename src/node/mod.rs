@@ -210,7 +210,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         connections: AtomicUsize::new(0),
         handshaking: AtomicUsize::new(0),
         penalties: Default::default(),
-        gossip: gossip::GossipHandle::new(),
+        gossip: gossip::GossipHandle::new(config.name.clone(), listen),
         fatal: CancellationToken::new(),
         fatal_reason: Default::default(),
         chat_out: Default::default(),
