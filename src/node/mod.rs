@@ -443,7 +443,13 @@ impl Node {
                 .as_deref()
                 .and_then(|a| a.parse().ok())
                 .unwrap_or(peer);
-            self.peers.adopt(authed, addr);
+            let name = authed.peer.name.parse::<NodeName>().ok();
+            if self.peers.adopt(authed, addr)
+                && let Some(name) = name
+            {
+                // The connection cached for forwarding to it may be the dead process's.
+                self.forget_hop(&name, None);
+            }
             self.tasks.spawn(Arc::clone(&self).read_datagrams(conn.clone(), addr));
         }
         self.serve_streams(&conn).await;

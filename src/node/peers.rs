@@ -239,15 +239,19 @@ impl PeerPool {
     }
 
     /// Registers a connection a peer opened to us, so that requests and gossip to that peer
-    /// reuse it rather than open a second one. A live connection already pooled is kept.
-    pub fn adopt(&self, authed: Authed, addr: SocketAddr) -> Arc<PeerConn> {
+    /// reuse it rather than open a second one. It replaces one already pooled, which may look
+    /// alive and yet be a dead process's (killed and restarted on the same address: a node
+    /// opens a connection only when it holds none to us); says whether it did. A slot being
+    /// connected right now is left to that attempt.
+    pub fn adopt(&self, authed: Authed, addr: SocketAddr) -> bool {
         let conn = Arc::new(PeerConn::new(authed, addr));
-        if let Ok(mut slot) = self.slot(addr).try_lock()
-            && !slot.as_ref().is_some_and(|c| c.is_alive())
-        {
-            *slot = Some(Arc::clone(&conn));
-        }
-        conn
+        let slot = self.slot(addr);
+        let Ok(mut slot) = slot.try_lock() else {
+            return false;
+        };
+        let superseded = slot.as_ref().is_some_and(|c| c.is_alive());
+        *slot = Some(conn);
+        superseded
     }
 
     /// The pooled connection to `addr` if one is open right now (never waits, never connects).
