@@ -137,7 +137,7 @@ fn start(args: StartArgs, global: Global, env: Env) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let code = match &e {
-                NodeError::Directory(_) | NodeError::Secret(_) => EXIT_USAGE,
+                NodeError::Directory(_) | NodeError::Secret(_) | NodeError::DataDir { .. } => EXIT_USAGE,
                 NodeError::Transport(crate::transport::TransportError::Bind { .. }) => EXIT_USAGE,
                 NodeError::GaveUp(_) => 6,
                 NodeError::Fatal(_) => EXIT_USAGE,

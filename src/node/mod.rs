@@ -41,6 +41,11 @@ pub enum NodeError {
     Transport(#[from] TransportError),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    /// The data directory (given, or made under KVNODE_HOME) cannot be made or used.
+    #[error(
+        "cannot use the data directory {path}: {source}; give --data-dir (or data_dir) a directory kvnode can create and write"
+    )]
+    DataDir { path: String, source: std::io::Error },
     #[error("cannot publish the node in {path}: {source}")]
     Publish { path: String, source: std::io::Error },
     /// A long-lived part kept failing beyond the restart budget.
@@ -160,6 +165,12 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     let directory = Directory::new(&config.home);
     let claim = directory.claim(&config.name)?;
     let secret = config.secret.load_or_create()?;
+    // The certificate lives there even for an in-memory node; a path that is a file, or
+    // under one, is the user's to fix, not a broken certificate.
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| NodeError::DataDir {
+        path: config.data_dir.display().to_string(),
+        source,
+    })?;
     let identity = Identity::load_or_create(&config.data_dir, &config.name)?;
     let server = transport::server_config(&identity, &config.limits, &config.timeouts)?;
     let client = transport::client_config(&config.limits, config.timeouts.idle, Some(PEER_KEEP_ALIVE))?;
