@@ -301,7 +301,8 @@ fn ago(ms: u64) -> String {
     }
 }
 
-/// `pong` when the node answers, `pang` (exit 3) whatever the reason it did not.
+/// `pong` when the node answers, `pang` when it does not: exit 3 with the reason, or, when
+/// the fault is on this side (a wrong secret: 4; no secret: 2), that error's own code.
 async fn ping(args: PingArgs, settings: &Settings, deadline: Instant, out: &mut Output) -> Result<(), ClientError> {
     let result = async {
         let target = client::resolve_ref(&args.node, settings, deadline).await?;
@@ -328,11 +329,13 @@ async fn ping(args: PingArgs, settings: &Settings, deadline: Instant, out: &mut 
             } else {
                 out.line("pang");
             }
-            tracing::warn!("{}", e);
-            Err(ClientError::Unreachable {
-                node: args.node.to_string(),
-                reason: e.to_string(),
-            })
+            match e.exit_code() {
+                2..=4 => Err(e),
+                _ => Err(ClientError::Unreachable {
+                    node: args.node.to_string(),
+                    reason: e.to_string(),
+                }),
+            }
         }
     }
 }
