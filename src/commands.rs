@@ -10,7 +10,7 @@ use crate::cli::{ChatArgs, Command, GetArgs, KeyArgs, PingArgs, PutArgs, RouteAr
 use crate::client::{self, Client, ClientError, Settings, Target};
 use crate::config::TableSpec;
 use crate::names::NodeRef;
-use crate::output::{Output, bytes_field, printable};
+use crate::output::{Output, bytes_field, printable, printable_value};
 use crate::routing::RoutingTable;
 use crate::wire::{self, BucketOp, BucketRequest, ChatMessage, MAX_VALUE, Reply, Request};
 
@@ -174,7 +174,7 @@ async fn get(args: GetArgs, settings: &Settings, deadline: Instant, out: &mut Ou
     } else if args.raw {
         out.bytes(&value);
     } else {
-        out.line(&printable(&value));
+        out.line(&printable_value(&value));
     }
     Ok(())
 }

@@ -60,10 +60,21 @@ impl Output {
     }
 }
 
-/// Bytes as text for humans: as is when they are printable UTF-8, else escaped (`\xNN`).
+/// Bytes as one line of text for humans (a key in a listing): as is when they are printable
+/// UTF-8, else escaped (`\xNN`, `\n`, `\\`).
 pub fn printable(bytes: &[u8]) -> String {
+    shown(bytes, &['\t'])
+}
+
+/// A value as `get` shows it: text as is, lines and all; escaped only when it is not UTF-8
+/// or holds control bytes that would act on a terminal (`--raw` prints the exact bytes).
+pub fn printable_value(bytes: &[u8]) -> String {
+    shown(bytes, &['\t', '\n', '\r'])
+}
+
+fn shown(bytes: &[u8], allowed: &[char]) -> String {
     match std::str::from_utf8(bytes) {
-        Ok(s) if !s.chars().any(|c| c.is_control() && c != '\t') => s.to_string(),
+        Ok(s) if !s.chars().any(|c| c.is_control() && !allowed.contains(&c)) => s.to_string(),
         _ => bytes.escape_ascii().to_string(),
     }
 }
@@ -91,6 +102,17 @@ mod tests {
         assert_eq!(printable("héllo\tthere".as_bytes()), "héllo\tthere");
         assert_eq!(printable(b"a\x1b[2Jb"), "a\\x1b[2Jb");
         assert_eq!(printable(&[0xff, 0x00]), "\\xff\\x00");
+        // One key per line: a newline in a key is escaped.
+        assert_eq!(printable(b"a\nb"), "a\\nb");
+    }
+
+    #[test]
+    fn a_text_value_is_shown_as_it_is_lines_and_all() {
+        assert_eq!(printable_value(b"a\nb\r\n\tc"), "a\nb\r\n\tc");
+        assert_eq!(printable_value("héllo".as_bytes()), "héllo");
+        // Bytes that would act on a terminal, or that are not text, still are escaped.
+        assert_eq!(printable_value(b"a\nb\x1b[2J"), "a\\nb\\x1b[2J");
+        assert_eq!(printable_value(&[0xff, b'\\']), "\\xff\\\\");
     }
 
     #[test]

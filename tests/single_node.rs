@@ -103,6 +103,18 @@ fn a_slow_producer_on_stdin_does_not_use_up_the_timeout() {
 }
 
 #[test]
+fn get_prints_a_text_value_as_it_is_lines_and_all() {
+    let home = Home::new();
+    let _foo = home.start("foo", &[]);
+    home.run(&["put", "notes", "poem", "roses\nviolets\tblue"]).ok();
+    assert_eq!(home.run(&["get", "notes", "poem"]).ok(), "roses\nviolets\tblue\n");
+    // A key listing is one key per line: a newline in a key is escaped there.
+    home.run(&["put", "notes", "two\nlines", "x"]).ok();
+    let keys = home.run(&["keys", "notes"]).ok();
+    assert!(keys.lines().any(|l| l == "two\\nlines"), "{keys}");
+}
+
+#[test]
 fn values_from_stdin_are_bytes_and_raw_prints_them_exactly() {
     let home = Home::new();
     let _foo = home.start("foo", &[]);
