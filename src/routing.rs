@@ -271,8 +271,10 @@ fn parse_byte(bound: &str) -> Option<u8> {
     }
 }
 
+/// A bound as tables are shown: a letter or digit as itself, any other byte in hex (a
+/// backtick or a brace reads badly, and pastes badly into a shell).
 fn byte_to_string(b: u8) -> String {
-    if b.is_ascii_graphic() && !matches!(b, b'-' | b',' | b'=' | b'[' | b']') {
+    if b.is_ascii_alphanumeric() {
         (b as char).to_string()
     } else {
         format!("0x{b:02x}")
@@ -375,6 +377,17 @@ mod tests {
             let again = RoutingTable::parse([inner.replace(", ", ",").as_str()], 1, "test").unwrap();
             assert_eq!(t, again, "{shown}");
         }
+    }
+
+    #[test]
+    fn bounds_show_as_letters_and_digits_or_in_hex() {
+        // As written by the user, not as the punctuation those bytes happen to be.
+        let shown = table("0x00-0x60=m1,a-m=m2,n-z=m3,0x7b-0xff=m1").to_string();
+        assert!(
+            shown.starts_with("[0x00-0x60=m1, a-m=m2, n-z=m3, 0x7b-0xff=m1]"),
+            "{shown}"
+        );
+        assert!(table("!-/=p,0-9=d").to_string().starts_with("[0x21-0x2f=p, 0-9=d]"));
     }
 
     #[test]
