@@ -55,6 +55,14 @@ pub enum SecretError {
         "no secret: {path} does not exist; start a node first (it creates one), or give --secret-file or KVNODE_SECRET"
     )]
     Missing { path: String },
+    /// The file given by `--secret-file` or `secret_file` does not exist.
+    #[error(
+        "no secret: the secret file {path} does not exist; check the path given to --secret-file (or secret_file), or leave it out to use KVNODE_HOME/secret"
+    )]
+    MissingGiven { path: String },
+    /// The secret's path is not a regular file.
+    #[error("secret file {path} is not a file; give the path of a file that holds the secret")]
+    NotAFile { path: String },
     /// The file could not be read or created.
     #[error("cannot use secret file {path}: {source}")]
     Io { path: String, source: std::io::Error },
@@ -74,7 +82,11 @@ impl SecretSource {
     /// Reads the secret; a missing `KVNODE_HOME/secret` is an error for clients.
     pub fn load(&self) -> Result<Secret, SecretError> {
         match self {
-            SecretSource::File(path) | SecretSource::Home(path) => read_secret_file(path),
+            SecretSource::File(path) => read_secret_file(path).map_err(|e| match e {
+                SecretError::Missing { path } => SecretError::MissingGiven { path },
+                e => e,
+            }),
+            SecretSource::Home(path) => read_secret_file(path),
             SecretSource::Env(bytes) => Secret::new(bytes.clone()),
         }
     }
@@ -108,6 +120,11 @@ fn read_secret_file(path: &Path) -> Result<Secret, SecretError> {
             io_err(path)(e)
         }
     })?;
+    if !meta.is_file() {
+        return Err(SecretError::NotAFile {
+            path: path.display().to_string(),
+        });
+    }
     let mode = meta.mode() & 0o7777;
     if mode & 0o077 != 0 {
         return Err(SecretError::TooOpen {
@@ -208,6 +225,24 @@ mod tests {
             SecretSource::choose(None, None, None, home),
             SecretSource::Home("/h/secret".into())
         );
+    }
+
+    #[test]
+    fn a_given_secret_file_that_is_missing_or_not_a_file_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope");
+        let err = SecretSource::File(missing.clone()).load().unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("the secret file {} does not exist", missing.display()))
+                && err.contains("check the path given to --secret-file")
+                && !err.contains("start a node first"),
+            "{err}"
+        );
+        let err = SecretSource::File(dir.path().to_path_buf())
+            .load()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("is not a file") && !err.contains("chmod"), "{err}");
     }
 
     #[test]
