@@ -104,7 +104,7 @@ pub struct StartArgs {
     #[arg(long, value_name = "NAME")]
     pub name: Option<NodeName>,
     /// UDP address to listen on [default: 127.0.0.1:0, an ephemeral port]
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", value_parser = crate::config::parse_listen)]
     pub listen: Option<SocketAddr>,
     /// Join the cluster through this member (repeatable): NAME, NAME@HOST:PORT or HOST:PORT
     #[arg(long = "join", value_name = "NODE")]

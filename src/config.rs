@@ -105,6 +105,18 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// A duration in a config file (a TOML string such as "5s").
+/// A listen address: an IP address and a port (a node binds one socket, so no host name).
+pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    s.trim().parse().map_err(|_| {
+        format!("{s:?} is not an IP address and port, like 127.0.0.1:4040 or [::1]:4040 (a node listens on an address, not a host name)")
+    })
+}
+
+fn deserialize_listen<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_listen(&s).map(Some).map_err(serde::de::Error::custom)
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConfigDuration(pub Duration);
 
@@ -187,6 +199,7 @@ impl<'de> Deserialize<'de> for TableSpec {
 #[serde(deny_unknown_fields)]
 pub struct ConfigFile {
     pub name: Option<NodeName>,
+    #[serde(default, deserialize_with = "deserialize_listen")]
     pub listen: Option<SocketAddr>,
     pub join: Option<Vec<NodeRef>>,
     pub routing_table: Option<TableSpec>,
@@ -599,6 +612,7 @@ mod tests {
         let cases = [
             ("name = \"Foo\"", "contains 'F'"),
             ("listen = \"nowhere\"", "line 1"),
+            ("listen = \"localhost:4040\"", "is not an IP address and port"),
             ("routing_table = [\"a-m=foo\", \"k-z=bar\"]", "overlap"),
             ("[timeouts]\nrequest = \"5 parsecs\"", "line 2"),
             ("[limits]\nmax_connections = -1", "line 2"),
