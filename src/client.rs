@@ -356,7 +356,10 @@ impl Client {
             Err(CallError::TooLarge(e)) => Err(ClientError::Usage(e)),
             Err(CallError::Broken(reason)) => Err(ClientError::Unreachable {
                 node: self.describe(),
-                reason,
+                reason: self
+                    .conn
+                    .close_reason()
+                    .map_or(reason, |e| crate::transport::ended_because(&e)),
             }),
         }
     }
@@ -377,7 +380,7 @@ impl Client {
         }
         let (send, recv) = self.conn.open_bi().await.map_err(|e| ClientError::Unreachable {
             node: self.describe(),
-            reason: e.to_string(),
+            reason: crate::transport::ended_because(&e),
         })?;
         let fresh = std::sync::Arc::new(Channel::spawn(recv, send));
         *self.channel.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = std::sync::Arc::clone(&fresh);

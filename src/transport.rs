@@ -305,6 +305,26 @@ impl crate::rpc::FinishStream for quinn::SendStream {
     }
 }
 
+/// Why an established connection to a node ended, in words for an error message (quinn
+/// says `closed by peer: 0` for a node whose process let go of the connection).
+pub fn ended_because(e: &ConnectionError) -> String {
+    match e {
+        ConnectionError::ApplicationClosed(c) => {
+            let reason = String::from_utf8_lossy(&c.reason);
+            match c.error_code {
+                close::DONE => "the node closed the connection (it stopped or restarted)".into(),
+                close::SHUTDOWN => "the node is shutting down".into(),
+                close::BUSY => format!("the node is busy ({reason}); try again later"),
+                code if reason.is_empty() => format!("the node closed the connection (code {code})"),
+                _ => format!("the node closed the connection: {reason}"),
+            }
+        }
+        ConnectionError::Reset => "the node reset the connection, as a node that restarted does; try again".into(),
+        ConnectionError::TimedOut => "the node stopped answering (the connection timed out)".into(),
+        other => other.to_string(),
+    }
+}
+
 /// Why the peer closed the connection, in words, when it told us.
 fn close_reason(conn: &quinn::Connection) -> Option<ConnectError> {
     match conn.close_reason()? {
@@ -424,5 +444,37 @@ pub async fn accept(
             conn.close(close::HANDSHAKE_TIMEOUT, b"handshake not finished in time");
             Err(AcceptError::Timeout(deadline))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn closed(code: VarInt, reason: &'static [u8]) -> ConnectionError {
+        ConnectionError::ApplicationClosed(quinn::ApplicationClose {
+            error_code: code,
+            reason: bytes::Bytes::from_static(reason),
+        })
+    }
+
+    #[test]
+    fn an_ended_connection_is_explained_not_shown_as_a_close_code() {
+        // A node process that lets go of its connections closes them with code 0.
+        assert_eq!(
+            ended_because(&closed(close::DONE, b"")),
+            "the node closed the connection (it stopped or restarted)"
+        );
+        assert_eq!(
+            ended_because(&closed(close::SHUTDOWN, b"node shutting down")),
+            "the node is shutting down"
+        );
+        assert!(ended_because(&closed(close::BUSY, b"too many connections")).contains("try again later"));
+        assert_eq!(
+            ended_because(&closed(VarInt::from_u32(99), b"")),
+            "the node closed the connection (code 99)"
+        );
+        assert!(ended_because(&ConnectionError::Reset).contains("restarted"));
+        assert!(!ended_because(&ConnectionError::TimedOut).contains("closed by peer"));
     }
 }

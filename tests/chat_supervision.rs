@@ -2,6 +2,7 @@
 
 mod common;
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -60,6 +61,35 @@ fn moebis_reply_reaches_both_the_client_and_alex() {
     let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
     assert_eq!(v["reply"]["from"], "moebi");
     assert_eq!(v["reply"]["text"], "chicken?");
+}
+
+#[test]
+fn a_chat_whose_node_stops_says_so_in_words() {
+    let home = Home::new();
+    let mut k2 = home.start("k2", &["--in-memory"]);
+    let mut chat = home.command();
+    chat.args(["chat", "k2", "--as", "pipe"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut chat = chat.spawn().unwrap();
+    let mut stdin = chat.stdin.take().unwrap();
+    stdin.write_all(b"one\n").unwrap();
+    k2.wait_stdout("the first line", |l| l == "pipe: one");
+    k2.terminate();
+    stdin.write_all(b"two\n").unwrap();
+    drop(stdin);
+    let out = chat.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    // Not quinn's "closed by peer: 0" (which words depends on whether the node let go of
+    // the connection before closing its endpoint).
+    assert!(
+        stderr.contains("node k2")
+            && (stderr.contains("the node closed the connection (it stopped or restarted)")
+                || stderr.contains("the node is shutting down")),
+        "{stderr}"
+    );
 }
 
 #[test]
