@@ -33,7 +33,16 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
                 _ => EXIT_USAGE,
             };
             if code != 0 {
-                let message = e.kind().as_str().map_or_else(|| e.to_string(), str::to_string);
+                // clap's own first line names the argument and the value ("invalid value
+                // 'x' for '--timeout <DURATION>': ..."); its kind alone does not.
+                let rendered = e.render().to_string();
+                let said: Vec<&str> = rendered
+                    .lines()
+                    .map(str::trim)
+                    .take_while(|l| !l.is_empty() && !l.starts_with("Usage:"))
+                    .collect();
+                let said = said.join(" ");
+                let message = said.strip_prefix("error: ").unwrap_or(&said).to_string();
                 Output::new(json).error(&message, code);
             }
             let _ = e.print();

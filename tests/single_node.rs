@@ -66,6 +66,13 @@ fn json_prints_one_object_per_answer_and_errors_as_objects() {
     usage.expect(2);
     let obj: serde_json::Value = serde_json::from_slice(&usage.stdout).unwrap();
     assert_eq!(obj["code"], 2);
+    // It says which arguments, or which value, as the message on stderr does.
+    let said = obj["error"].as_str().unwrap();
+    assert!(said.contains("<BUCKET> <KEY>"), "{said}");
+    let usage = home.run(&["get", "b", "k", "--timeout", "soon", "--json"]);
+    let obj: serde_json::Value = serde_json::from_slice(&usage.stdout).unwrap();
+    let said = obj["error"].as_str().unwrap();
+    assert!(said.contains("'soon'") && said.contains("--timeout"), "{said}");
 }
 
 #[test]
