@@ -197,30 +197,41 @@ pub async fn resolve_ref(via: &NodeRef, settings: &Settings, deadline: Instant) 
                 });
             }
             // Not a local node: ask the local nodes whom they know through gossip.
+            let mut gone = None;
             for local in dir.live_nodes() {
                 let target = Target {
                     addr: local.addr,
-                    name: Some(local.name),
+                    name: Some(local.name.clone()),
                 };
                 let Ok(client) = Client::connect(settings, &target, deadline).await else {
                     continue;
                 };
                 let members = client.call(Request::Members).await;
                 client.close().await;
-                if let Ok(Reply::Members(members)) = members
-                    && let Some(m) = members.iter().find(|m| m.name == *name && m.state == "alive")
-                    && let Ok(addr) = m.addr.parse()
-                {
-                    return Ok(Target {
-                        addr,
-                        name: Some(name.clone()),
-                    });
+                let Ok(Reply::Members(members)) = members else { continue };
+                let Some(m) = members.iter().find(|m| m.name == *name) else {
+                    continue;
+                };
+                match (m.state.as_str(), m.addr.parse()) {
+                    ("alive" | "suspect", Ok(addr)) => {
+                        return Ok(Target {
+                            addr,
+                            name: Some(name.clone()),
+                        });
+                    }
+                    // Known, and gone: say so rather than "no node named".
+                    (state, _) => {
+                        gone = Some(ClientError::Unreachable {
+                            node: format!("{name} ({})", m.addr),
+                            reason: format!("the gossip membership of {} says it is {state}", local.name),
+                        });
+                    }
                 }
             }
-            Err(ClientError::NoSuchNode {
+            Err(gone.unwrap_or_else(|| ClientError::NoSuchNode {
                 name: name.to_string(),
                 known: known(&dir),
-            })
+            }))
         }
     }
 }

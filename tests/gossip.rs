@@ -154,6 +154,14 @@ fn kill_9_is_seen_as_dead_by_every_member_within_ten_seconds() {
         "{}",
         out.stderr
     );
+    // A client asking for n3 by name is told it is dead, not that no such node exists.
+    let out = home.run(&["ping", "n3"]);
+    out.expect(3);
+    assert!(
+        out.stderr.contains("node n3 (") && out.stderr.contains("says it is dead"),
+        "{}",
+        out.stderr
+    );
 }
 
 #[test]
