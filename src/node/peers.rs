@@ -138,8 +138,7 @@ impl PeerConn {
             match answer {
                 Ok(answer) => answer,
                 Err(CallError::Timeout(after)) => Err(peer.unreachable(&format!(
-                    "no answer within {:.1} ms; it may be down or overloaded (raise --timeout to wait longer)",
-                    after.as_secs_f64() * 1000.0
+                    "no answer within {after:.1?}; it may be down or overloaded (raise --timeout to wait longer)"
                 ))),
                 Err(CallError::Broken(why)) => Err(peer.unreachable(&why)),
                 Err(CallError::TooLarge(e)) => Err(RemoteError::invalid(e)),
