@@ -335,3 +335,28 @@ fn a_full_disk_fails_puts_with_exit_6_keeps_reads_and_loses_nothing_acknowledged
         acked.len()
     );
 }
+
+#[test]
+fn a_durable_node_restarts_with_the_table_it_held() {
+    let home = Home::new();
+    let data = home.path().join("foo-data");
+    let d = data.to_str().unwrap();
+    let start = ["--data-dir", d, "--table", "a-z=foo"];
+    let mut foo = home.start("foo", &start);
+    let set = home.run(&["route", "--set", "a-m=foo,n-z=bar"]).ok();
+    assert!(set.contains("version 2"), "{set}");
+    foo.kill9();
+    // Restarted with its old --table (version 1): it routes by the newer one it held, at
+    // once, not by the configured one until gossip catches up.
+    let mut foo = home.start("foo", &start);
+    let table = home.run(&["route", "--table"]).ok();
+    assert!(
+        table.contains("a-m=foo") && table.contains("n-z=bar") && table.contains("version 2"),
+        "{table}"
+    );
+    assert_eq!(home.run(&["route", "hello"]).ok(), "foo\n");
+    foo.terminate();
+    // An in-memory node keeps nothing on disk: it begins with its configured table.
+    let _foo = home.start("foo", &["--in-memory", "--table", "a-z=foo"]);
+    assert!(home.run(&["route", "--table"]).ok().contains("version 1"));
+}

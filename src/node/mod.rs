@@ -6,6 +6,7 @@ mod gossip;
 mod handler;
 mod peers;
 mod penalty;
+mod saved_table;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -70,6 +71,8 @@ pub struct Node {
     secret: Secret,
     store: Store,
     table: RwLock<Arc<RoutingTable>>,
+    /// Where a durable node keeps the table it holds (none in memory).
+    table_file: Option<std::path::PathBuf>,
     peers: PeerPool,
     /// The connection each forwarding target was last reached on, while it stays open: a hop
     /// then costs no name resolution (which may read the node directory).
@@ -113,6 +116,13 @@ impl Node {
             return false;
         }
         tracing::info!(version = table.version(), setter = table.setter(), table = %table, "routing table changed");
+        // Saved under the lock, so that files follow the order of the changes (rare: a
+        // `route --set`, or a table heard by gossip).
+        if let Some(path) = &self.table_file
+            && let Err(e) = saved_table::save(path, &table)
+        {
+            tracing::warn!(path = %path.display(), error = %e, "cannot save the routing table; a restart will begin with the configured one");
+        }
         *held = Arc::new(table);
         true
     }
@@ -198,6 +208,15 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         // buckets. Until it hears the cluster's table, it serves everything itself.
         None => RoutingTable::owns_everything(&config.name).with_version(0, ""),
     };
+    // A durable node begins with the table it held when it stopped, if that is newer.
+    let table_file = (!config.in_memory).then(|| saved_table::path(&config.data_dir));
+    let table = match table_file.as_deref().and_then(saved_table::load) {
+        Some(saved) if saved.supersedes(&table) => {
+            tracing::info!(version = saved.version(), setter = saved.setter(), table = %saved, "routing table restored from the data directory");
+            saved
+        }
+        _ => table,
+    };
     // The runtime as built (one event loop, or its worker threads), not as configured.
     let threads = tokio::runtime::Handle::current().metrics().num_workers();
     tracing::info!(node = %config.name, %listen, table = %table, store = %store.describe(), threads, "node up");
@@ -214,6 +233,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         secret,
         store,
         table: RwLock::new(Arc::new(table)),
+        table_file,
         hops: Default::default(),
         directory,
         serve,

@@ -1,0 +1,88 @@
+//! The routing table a durable node last held, kept in its data directory: restarted, the
+//! node routes by the cluster's table from its first request, rather than by its start-up
+//! table until gossip brings the newer one (meanwhile writes it took could land on a node
+//! that no longer owns their bucket).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::routing::RoutingTable;
+
+/// The file's name under the data directory.
+const FILE: &str = "routing-table";
+
+/// Bumped if the file's layout changes; a file of another format is ignored.
+const FORMAT: u8 = 1;
+
+pub fn path(data_dir: &Path) -> PathBuf {
+    data_dir.join(FILE)
+}
+
+/// The table saved at `path`, if there is a sound one. A damaged file is not a reason to
+/// refuse to start (the cluster gossips its table anyway): it is logged and passed over.
+pub fn load(path: &Path) -> Option<RoutingTable> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot read the saved routing table; starting with the configured one");
+            return None;
+        }
+    };
+    let decoded = match bytes.split_first() {
+        Some((&FORMAT, rest)) => postcard::from_bytes::<RoutingTable>(rest).ok(),
+        _ => None,
+    };
+    // Built again through `new`: `Deserialize` skips its overlap check.
+    let table = decoded.and_then(|t| RoutingTable::new(t.entries().to_vec(), t.version(), t.setter()).ok());
+    if table.is_none() {
+        tracing::warn!(path = %path.display(), "the saved routing table is damaged; starting with the configured one");
+    }
+    table
+}
+
+/// Saves `table` at `path`: written beside it, synced, then renamed over it, so a crash
+/// leaves the old table or the new one, never half of one.
+pub fn save(path: &Path, table: &RoutingTable) -> std::io::Result<()> {
+    let mut bytes = vec![FORMAT];
+    bytes.extend(postcard::to_stdvec(table).map_err(std::io::Error::other)?);
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(&bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_saved_table_loads_back_and_damage_is_passed_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = path(dir.path());
+        assert_eq!(load(&path), None, "nothing saved yet");
+        let table = RoutingTable::parse(["a-m=foo,n-z=bar"], 7, "foo").unwrap();
+        save(&path, &table).unwrap();
+        assert_eq!(load(&path), Some(table.clone()));
+        let newer = RoutingTable::parse(["0x00-0xff=bar"], 8, "bar").unwrap();
+        save(&path, &newer).unwrap();
+        assert_eq!(load(&path), Some(newer));
+
+        let sound = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &sound[..sound.len() / 2]).unwrap();
+        assert_eq!(load(&path), None, "truncated");
+        std::fs::write(&path, [&[FORMAT + 1][..], &sound[1..]].concat()).unwrap();
+        assert_eq!(load(&path), None, "another format");
+        // Overlapping entries that serde alone would accept.
+        let mut overlapping = vec![FORMAT];
+        let entries = [table.entries(), table.entries()].concat();
+        overlapping.extend(postcard::to_stdvec(&(entries, 9u64, "foo")).unwrap());
+        std::fs::write(&path, overlapping).unwrap();
+        assert_eq!(load(&path), None, "overlapping");
+    }
+}
