@@ -232,12 +232,48 @@ async fn route(args: RouteArgs, settings: &Settings, deadline: Instant, out: &mu
         }
         None => Request::Table,
     };
-    let reply = ask(settings, deadline, request).await?;
+    let setting = matches!(request, Request::SetTable { .. });
+    let target = client::resolve(settings, deadline).await?;
+    let client = Client::connect(settings, &target, deadline).await?;
+    let reply = match client.call(request).await {
+        Ok(reply) => reply,
+        Err(e) => {
+            client.close().await;
+            return Err(e);
+        }
+    };
     let Reply::Table(table) = reply else {
+        client.close().await;
         return unexpected(&reply);
     };
+    if setting {
+        warn_of_strangers(&client, &table).await;
+    }
+    client.close().await;
     print_table(&table, out);
     Ok(())
+}
+
+/// After `route --set`: warns of each node the table names that the node asked does not
+/// know as a live member (a typo, or a node yet to join), whose buckets fail until it joins.
+async fn warn_of_strangers(client: &Client, table: &RoutingTable) {
+    let Ok(Reply::Members(members)) = client.call(Request::Members).await else {
+        return;
+    };
+    let mut named: Vec<&crate::names::NodeName> = table.entries().iter().map(|e| &e.node).collect();
+    named.sort();
+    named.dedup();
+    for node in named {
+        let live = members
+            .iter()
+            .any(|m| m.name == *node && matches!(m.state.as_str(), "alive" | "suspect"));
+        if !live {
+            tracing::warn!(
+                "the table names {node}, which {} does not know as a live member; requests for its buckets fail until it joins",
+                client.describe()
+            );
+        }
+    }
 }
 
 /// `# version 3, set by foo` then one `range=node` per line, so the entries can be fed back

@@ -80,8 +80,14 @@ fn a_table_set_on_one_node_is_answered_by_every_node_within_a_second() {
     let home = Home::new();
     let nodes = chain(&home, 6);
     wait_for("one membership", PATIENCE, || all_alive(&home, &nodes).then_some(()));
-    home.run(&["route", "--set", "a-m=n1,n-z=n6", "--via", "n3"]).ok();
+    let out = home.run(&["route", "--set", "a-m=n1,n-z=n6", "--via", "n3"]);
     let set = Instant::now();
+    out.ok();
+    assert!(
+        !out.stderr.contains("does not know"),
+        "every node named is a member: {}",
+        out.stderr
+    );
     // Wait for the table itself: a route alone would not tell the new table from a node's
     // own default one (n6 owns everything before the new table reaches it).
     for n in &nodes {
@@ -188,6 +194,22 @@ fn a_node_killed_and_restarted_on_its_address_joins_at_the_first_attempt() {
             .collect();
         assert!(retried.is_empty(), "{retried:#?}\n{}", logs(&[n1, n2]));
     }
+}
+
+#[test]
+fn a_table_naming_a_node_nobody_knows_is_set_with_a_warning() {
+    let home = Home::new();
+    let _n1 = home.start("n1", &["--in-memory"]);
+    let out = home.run(&["route", "--set", "a-m=n1,n-z=nobdy"]);
+    // Set (the node may be about to join), but the likely typo is pointed out.
+    assert!(out.ok().starts_with("# version 1, set by n1"));
+    assert!(
+        out.stderr.contains("the table names nobdy, which n1 (")
+            && out.stderr.contains("does not know as a live member"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("names n1,"), "{}", out.stderr);
 }
 
 #[test]
