@@ -205,7 +205,8 @@ pub struct ChatArgs {
     pub node: NodeRef,
     /// The message; without it, one message per line of stdin until EOF
     pub message: Option<String>,
-    /// Send through this node (which also prints the reply)
+    /// Send through this node, which then is the sender and also prints the reply
+    /// [KVNODE_VIA does not apply: it would change who the message is from]
     #[arg(long, value_name = "NODE")]
     pub via: Option<NodeRef>,
     /// The sender name shown to NODE [default: the --via node's name, or client@HOST]
