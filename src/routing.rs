@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::names::{NodeName, escape_bytes};
 
 /// One entry: buckets whose first byte is in `first..=last` belong to `node`.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Entry {
     pub first: u8,
     pub last: u8,
@@ -19,8 +19,8 @@ pub struct Entry {
 
 /// An ordered list of entries plus the version that orders tables cluster-wide.
 ///
-/// Two tables are compared by `(version, setter)`: the higher pair wins everywhere, so every
-/// node settles on the same table however the updates arrive.
+/// Two tables are compared by `(version, setter)`, then by their entries: the higher wins
+/// everywhere, so every node settles on the same table however the updates arrive.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct RoutingTable {
     entries: Vec<Entry>,
@@ -144,9 +144,12 @@ impl RoutingTable {
         &self.setter
     }
 
-    /// Whether `self` should replace `other` (the higher `(version, setter)` wins).
+    /// Whether `self` should replace `other`: the higher `(version, setter)` wins, and two
+    /// different tables under one pair (a node's config file edited between two starts,
+    /// while the cluster still holds the old table) are ordered by their entries, so that
+    /// every node still settles on one of them.
     pub fn supersedes(&self, other: &RoutingTable) -> bool {
-        (self.version, &self.setter) > (other.version, &other.setter)
+        (self.version, &self.setter, &self.entries) > (other.version, &other.setter, &other.entries)
     }
 
     /// The same entries under a new version and setter (`route --set`).
@@ -377,6 +380,19 @@ mod tests {
             let again = RoutingTable::parse([inner.replace(", ", ",").as_str()], 1, "test").unwrap();
             assert_eq!(t, again, "{shown}");
         }
+    }
+
+    #[test]
+    fn two_different_tables_never_tie() {
+        let old = table("a-m=foo,n-z=bar");
+        let edited = table("a-k=foo,l-z=bar");
+        assert_eq!((old.version(), old.setter()), (edited.version(), edited.setter()));
+        // Exactly one of the two wins, whichever node compares them: no split brain.
+        assert!(old.supersedes(&edited) != edited.supersedes(&old));
+        assert!(!old.supersedes(&old.clone()));
+        // Version, then setter, still come first.
+        assert!(old.clone().with_version(2, "a").supersedes(&edited));
+        assert!(edited.clone().with_version(1, "zzz").supersedes(&old));
     }
 
     #[test]
