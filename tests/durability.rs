@@ -355,6 +355,16 @@ fn a_durable_node_restarts_with_the_table_it_held() {
         "{table}"
     );
     assert_eq!(home.run(&["route", "hello"]).ok(), "foo\n");
+    foo.wait_log("the restore named", |l| {
+        l.contains("routing with the newer table this node held")
+    });
+    foo.terminate();
+    // A node that joins a cluster takes the cluster's table, not its saved one: a data
+    // directory reused elsewhere must not take over routing (nothing listens at the seed
+    // here; the join is retried in the background).
+    let mut foo = home.start("foo", &[&start[..], &["--join", "127.0.0.1:9"]].concat());
+    let table = home.run(&["route", "--table"]).ok();
+    assert!(table.contains("a-z=foo") && table.contains("version 1"), "{table}");
     foo.terminate();
     // An in-memory node keeps nothing on disk: it begins with its configured table.
     let _foo = home.start("foo", &["--in-memory", "--table", "a-z=foo"]);

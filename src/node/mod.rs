@@ -73,6 +73,8 @@ pub struct Node {
     table: RwLock<Arc<RoutingTable>>,
     /// Where a durable node keeps the table it holds (none in memory).
     table_file: Option<std::path::PathBuf>,
+    /// The table last written there; a save that lost the race to a newer one is skipped.
+    table_saved: Arc<std::sync::Mutex<Option<RoutingTable>>>,
     peers: PeerPool,
     /// The connection each forwarding target was last reached on, while it stays open: a hop
     /// then costs no name resolution (which may read the node directory).
@@ -116,12 +118,22 @@ impl Node {
             return false;
         }
         tracing::info!(version = table.version(), setter = table.setter(), table = %table, "routing table changed");
-        // Saved under the lock, so that files follow the order of the changes (rare: a
-        // `route --set`, or a table heard by gossip).
-        if let Some(path) = &self.table_file
-            && let Err(e) = saved_table::save(path, &table)
-        {
-            tracing::warn!(path = %path.display(), error = %e, "cannot save the routing table; a restart will begin with the configured one");
+        if let Some(path) = &self.table_file {
+            // Off the event loop and off the table's lock (an fsync may take a while); the
+            // newest table is the one left on disk, whatever order the saves run in.
+            let (path, newest, saved) = (path.clone(), table.clone(), Arc::clone(&self.table_saved));
+            tokio::task::spawn_blocking(move || {
+                let mut saved = saved.lock().unwrap_or_else(PoisonError::into_inner);
+                if saved.as_ref().is_some_and(|s| !newest.supersedes(s)) {
+                    return;
+                }
+                match saved_table::save(&path, &newest) {
+                    Ok(()) => *saved = Some(newest),
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), error = %e, "cannot save the routing table; a restart may begin with an older one")
+                    }
+                }
+            });
         }
         *held = Arc::new(table);
         true
@@ -208,14 +220,27 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         // buckets. Until it hears the cluster's table, it serves everything itself.
         None => RoutingTable::owns_everything(&config.name).with_version(0, ""),
     };
-    // A durable node begins with the table it held when it stopped, if that is newer.
+    // A durable node that starts a cluster (no `join`) begins with the table it held when
+    // it stopped, if that is newer than its configured one: it is the cluster's memory, and
+    // members joining it learn the table from it. A node that joins takes the cluster's
+    // table instead (a data directory reused in another cluster must not take it over), and
+    // a table the node itself set at the same version is the configured one, edited since.
     let table_file = (!config.in_memory).then(|| saved_table::path(&config.data_dir));
-    let table = match table_file.as_deref().and_then(saved_table::load) {
-        Some(saved) if saved.supersedes(&table) => {
-            tracing::info!(version = saved.version(), setter = saved.setter(), table = %saved, "routing table restored from the data directory");
+    let saved = table_file
+        .as_deref()
+        .filter(|_| config.join.is_empty())
+        .and_then(saved_table::load);
+    let table = match saved_table::restores(saved, &table) {
+        Some(saved) => {
+            tracing::warn!(
+                version = saved.version(), setter = saved.setter(), table = %saved, configured = %table,
+                "routing with the newer table this node held when it stopped, not the configured one; \
+                 `kvnode route --set` changes it, or delete {} to start from the configuration",
+                saved_table::path(&config.data_dir).display()
+            );
             saved
         }
-        _ => table,
+        None => table,
     };
     // The runtime as built (one event loop, or its worker threads), not as configured.
     let threads = tokio::runtime::Handle::current().metrics().num_workers();
@@ -234,6 +259,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         store,
         table: RwLock::new(Arc::new(table)),
         table_file,
+        table_saved: Default::default(),
         hops: Default::default(),
         directory,
         serve,

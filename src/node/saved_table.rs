@@ -41,6 +41,15 @@ pub fn load(path: &Path) -> Option<RoutingTable> {
     table
 }
 
+/// The saved table, if a starting node should route by it rather than by `configured`: when
+/// it is newer, and not a table of the same version by the same setter (the node's own
+/// configured table, edited since it was saved: the edit is the user's latest word).
+pub fn restores(saved: Option<RoutingTable>, configured: &RoutingTable) -> Option<RoutingTable> {
+    saved.filter(|s| {
+        s.supersedes(configured) && (s.version(), s.setter()) != (configured.version(), configured.setter())
+    })
+}
+
 /// Saves `table` at `path`: written beside it, synced, then renamed over it, so a crash
 /// leaves the old table or the new one, never half of one.
 pub fn save(path: &Path, table: &RoutingTable) -> std::io::Result<()> {
@@ -60,6 +69,22 @@ pub fn save(path: &Path, table: &RoutingTable) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_newer_saved_table_is_restored_but_not_over_an_edited_config() {
+        let configured = RoutingTable::parse(["a-k=foo,l-z=bar"], 1, "foo").unwrap();
+        let set_later = RoutingTable::parse(["a-z=bar"], 2, "foo").unwrap();
+        assert_eq!(restores(Some(set_later.clone()), &configured), Some(set_later));
+        // The same (version, setter) with the old entries: the edited configuration wins,
+        // whichever way the entries happen to order.
+        for old in ["a-m=foo,n-z=bar", "0-9=foo,a-z=bar"] {
+            let old = RoutingTable::parse([old], 1, "foo").unwrap();
+            assert_eq!(restores(Some(old), &configured), None);
+        }
+        let older = RoutingTable::parse(["a-z=foo"], 0, "foo").unwrap();
+        assert_eq!(restores(Some(older), &configured), None);
+        assert_eq!(restores(None, &configured), None);
+    }
 
     #[test]
     fn a_saved_table_loads_back_and_damage_is_passed_over() {
