@@ -197,6 +197,19 @@ fn a_node_killed_and_restarted_on_its_address_joins_at_the_first_attempt() {
 }
 
 #[test]
+fn a_node_whose_seed_never_answers_stops_at_once() {
+    let home = Home::new();
+    // Nothing listens there: each join attempt waits out its 3 s, retried in the background.
+    let mut n1 = home.start("n1", &["--in-memory", "--join", "127.0.0.1:9"]);
+    let asked = Instant::now();
+    assert!(n1.terminate().success());
+    // It used to wait for the pending attempts (and start new ones) until the shutdown
+    // deadline: 8.5 s. Now the endpoint's half-second close is most of it.
+    let took = asked.elapsed();
+    assert!(took < Duration::from_secs(3), "stopping took {took:?}");
+}
+
+#[test]
 fn a_table_naming_a_node_nobody_knows_is_set_with_a_warning() {
     let home = Home::new();
     let _n1 = home.start("n1", &["--in-memory"]);

@@ -295,22 +295,31 @@ impl Node {
         let node = Arc::clone(self);
         let deadline = tokio::time::Instant::now() + self.config.timeouts.request;
         self.tasks.spawn(async move {
-            if let Ok(conn) = node.link(t.to, deadline).await {
-                let fits = conn
-                    .authed
-                    .conn
-                    .max_datagram_size()
-                    .is_some_and(|max| bytes.len() <= max);
-                if !t.reliable && fits {
-                    let _ = conn.authed.conn.send_datagram(bytes.into());
-                } else {
-                    let request = Request::Gossip {
-                        message: ByteBuf::from(bytes),
-                    };
-                    if let Err(e) = conn.call(request, deadline).await {
-                        tracing::debug!(to = %t.to, error = %e, "gossip stream failed");
+            let send = async {
+                if let Ok(conn) = node.link(t.to, deadline).await {
+                    let fits = conn
+                        .authed
+                        .conn
+                        .max_datagram_size()
+                        .is_some_and(|max| bytes.len() <= max);
+                    if !t.reliable && fits {
+                        let _ = conn.authed.conn.send_datagram(bytes.into());
+                    } else {
+                        let request = Request::Gossip {
+                            message: ByteBuf::from(bytes),
+                        };
+                        if let Err(e) = conn.call(request, deadline).await {
+                            tracing::debug!(to = %t.to, error = %e, "gossip stream failed");
+                        }
                     }
                 }
+            };
+            // A stopping node has already said it is leaving (and waited for that to be
+            // heard); a send still connecting to an unreachable member must not hold up its
+            // stop until the send's deadline, nor new joins go on being tried.
+            tokio::select! {
+                () = send => {}
+                () = node.serve.stopping.cancelled() => {}
             }
             if connects {
                 node.gossip.connecting.fetch_sub(1, Ordering::Relaxed);
