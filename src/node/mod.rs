@@ -501,11 +501,25 @@ impl Node {
                 .and_then(|a| a.parse().ok())
                 .unwrap_or(peer);
             let name = authed.peer.name.parse::<NodeName>().ok();
-            if self.peers.adopt(authed, addr)
-                && let Some(name) = name
-            {
-                // The connection cached for forwarding to it may be the dead process's.
-                self.forget_hop(&name, None);
+            if let Some(old) = self.peers.adopt(authed, addr) {
+                // The connection cached for forwarding to the node there (the one that was,
+                // or the one now) may be the replaced one.
+                let was = old.name().parse::<NodeName>().ok();
+                for name in [was, name].into_iter().flatten() {
+                    self.forget_hop(&name, None);
+                }
+                // Closed once calls already on it have had their time: kept alive by our
+                // keep-alives, it would otherwise stay open, unused, for good. (A stopping
+                // node closes every connection anyway.)
+                let (grace, stopping) = (self.config.timeouts.request, self.serve.stopping.clone());
+                self.tasks.spawn(async move {
+                    tokio::select! {
+                        () = tokio::time::sleep(grace) => {
+                            old.authed.conn.close(transport::close::DONE, b"superseded by a newer connection");
+                        }
+                        () = stopping.cancelled() => {}
+                    }
+                });
             }
             self.tasks.spawn(Arc::clone(&self).read_datagrams(conn.clone(), addr));
         }

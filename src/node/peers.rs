@@ -239,18 +239,18 @@ impl PeerPool {
 
     /// Registers a connection a peer opened to us, so that requests and gossip to that peer
     /// reuse it rather than open a second one. It replaces one already pooled, which may look
-    /// alive and yet be a dead process's (killed and restarted on the same address: a node
-    /// opens a connection only when it holds none to us); says whether it did. A slot being
-    /// connected right now is left to that attempt.
-    pub fn adopt(&self, authed: Authed, addr: SocketAddr) -> bool {
+    /// alive and yet be a dead process's (killed and restarted on the same address); a live
+    /// peer opens one only when it holds none to us (it thought us dead, or we connected to
+    /// each other at once), so the one replaced is unused on its side too. Gives back the
+    /// connection replaced, for the caller to close. A slot being connected right now is
+    /// left to that attempt.
+    pub fn adopt(&self, authed: Authed, addr: SocketAddr) -> Option<Arc<PeerConn>> {
         let conn = Arc::new(PeerConn::new(authed, addr));
         let slot = self.slot(addr);
         let Ok(mut slot) = slot.try_lock() else {
-            return false;
+            return None;
         };
-        let superseded = slot.as_ref().is_some_and(|c| c.is_alive());
-        *slot = Some(conn);
-        superseded
+        slot.replace(conn).filter(|old| old.is_alive())
     }
 
     /// The pooled connection to `addr` if one is open right now (never waits, never connects).
@@ -309,6 +309,50 @@ mod tests {
         let client = transport::client_config(&limits, timeouts.idle, None).unwrap();
         let config = quinn::EndpointConfig::default();
         transport::node_endpoint("127.0.0.1:0".parse().unwrap(), server, client, config).unwrap()
+    }
+
+    /// A connection the peer opens to us replaces the one pooled for it, which is given back
+    /// (to be closed); the pool then hands out the new one.
+    #[tokio::test]
+    async fn a_connection_the_peer_opens_replaces_the_pooled_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = Secret::new(b"s3cret".to_vec()).unwrap();
+        let peer = endpoint(&dir.path().join("peer"), "peer", 16);
+        let peer_addr = peer.local_addr().unwrap();
+        let me_ep = endpoint(&dir.path().join("me"), "me", 16);
+        let listen = me_ep.local_addr().unwrap();
+        let hello = |name| Me {
+            role: Role::Node,
+            name,
+            listen: None,
+        };
+        let serve = |ep: quinn::Endpoint, name: &'static str| {
+            let secret = secret.clone();
+            tokio::spawn(async move {
+                let incoming = ep.accept().await.unwrap();
+                transport::accept(incoming, &secret, &hello(name), Duration::from_secs(5))
+                    .await
+                    .unwrap()
+            })
+        };
+        let peer_side = serve(peer.clone(), "peer");
+        let pool = PeerPool::new(me_ep.clone(), secret.clone(), "me".parse().unwrap(), listen);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let (first, _) = pool.connect(peer_addr, deadline).await.ok().unwrap();
+        let _first_at_peer = peer_side.await.unwrap();
+
+        // The peer (say, restarted on its address) connects to us.
+        let my_side = serve(me_ep.clone(), "me");
+        let _second_at_peer = transport::connect(&peer, listen, &secret, &hello("peer"))
+            .await
+            .unwrap();
+        let second = my_side.await.unwrap();
+        let second_id = second.conn.stable_id();
+        let replaced = pool
+            .adopt(second, peer_addr)
+            .expect("the pooled connection is replaced");
+        assert_eq!(replaced.authed.conn.stable_id(), first.authed.conn.stable_id());
+        assert_eq!(pool.live(peer_addr).unwrap().authed.conn.stable_id(), second_id);
     }
 
     /// A peer that allows one request stream at a time and never answers: the first call's
