@@ -246,6 +246,11 @@ fn an_unusable_data_directory_is_named_at_start() {
         "{log}"
     );
     assert!(!log.contains("panicked") && !log.contains("delete the file"), "{log}");
+    // A directory that exists but where no file can be made (read-only even for root).
+    let mut node = home.spawn_node("foo", &["--name", "foo", "--data-dir", "/proc/self"]);
+    assert_eq!(node.wait_exit().code(), Some(2));
+    let log = node.stderr().join("\n");
+    assert!(log.contains("cannot use the data directory /proc/self"), "{log}");
 }
 
 /// A small tmpfs mounted for one test (root only), unmounted when dropped.

@@ -189,7 +189,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     let secret = config.secret.load_or_create()?;
     // The certificate lives there even for an in-memory node; a path that is a file, or
     // under one, is the user's to fix, not a broken certificate.
-    std::fs::create_dir_all(&config.data_dir).map_err(|source| NodeError::DataDir {
+    usable_dir(&config.data_dir).map_err(|source| NodeError::DataDir {
         path: config.data_dir.display().to_string(),
         source,
     })?;
@@ -328,6 +328,18 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         }
         Some(e) => Err(e),
     }
+}
+
+/// Makes `dir` if needed and checks that a file can be made in it (an existing directory
+/// may be read-only or another user's).
+fn usable_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    if dir.exists() && !dir.is_dir() {
+        return Err(std::io::Error::other("it is a file, not a directory"));
+    }
+    std::fs::create_dir_all(dir)?;
+    let probe = dir.join(format!(".kvnode-probe-{}", std::process::id()));
+    std::fs::OpenOptions::new().write(true).create_new(true).open(&probe)?;
+    std::fs::remove_file(&probe)
 }
 
 /// What becomes of a connection attempt before any TLS work.
