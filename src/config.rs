@@ -104,7 +104,6 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(number * scale).map_err(|e| format!("{s:?}: {e}"))
 }
 
-/// A duration in a config file (a TOML string such as "5s").
 /// A listen address: an IP address and a port (a node binds one socket, so no host name).
 pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
     s.trim().parse().map_err(|_| {
@@ -117,6 +116,7 @@ fn deserialize_listen<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<S
     parse_listen(&s).map(Some).map_err(serde::de::Error::custom)
 }
 
+/// A duration in a config file (a TOML string such as "5s"), at least 1ms.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConfigDuration(pub Duration);
 
@@ -124,14 +124,29 @@ impl<'de> Deserialize<'de> for ConfigDuration {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
         match parse_duration(&s) {
-            // Every duration in the file is a timeout, an interval or a window: zero would
-            // time out everything at once or spin a timer (leave the key out for its default).
-            Ok(d) if d.is_zero() => Err(serde::de::Error::custom(format!(
-                "{s:?} is zero; give a duration above zero, like 500ms, or leave the key out for its default"
+            // A timeout, an interval or a window: under a millisecond (QUIC's idle timeout
+            // and the timers count whole ones) would time out everything at once or spin a
+            // timer. Leave the key out for its default.
+            Ok(d) if d < Duration::from_millis(1) => Err(serde::de::Error::custom(format!(
+                "{s:?} is under 1ms; give at least 1ms, like 500ms, or leave the key out for its default"
             ))),
             Ok(d) => Ok(ConfigDuration(d)),
             Err(e) => Err(serde::de::Error::custom(e)),
         }
+    }
+}
+
+/// A duration in a config file that may be zero: `timeouts.shutdown = "0s"` stops without
+/// waiting for requests in flight, like `docker stop -t 0`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConfigDurationOrZero(pub Duration);
+
+impl<'de> Deserialize<'de> for ConfigDurationOrZero {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_duration(&s)
+            .map(ConfigDurationOrZero)
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -237,7 +252,7 @@ pub struct TimeoutsFile {
     pub request: Option<ConfigDuration>,
     pub handshake: Option<ConfigDuration>,
     pub idle: Option<ConfigDuration>,
-    pub shutdown: Option<ConfigDuration>,
+    pub shutdown: Option<ConfigDurationOrZero>,
 }
 
 /// `[limits]`
@@ -417,24 +432,9 @@ impl NodeConfig {
         };
         // A flag beats the file: `--data-dir` makes a durable node even where the file says
         // `in_memory = true` (clap refuses the two flags together). In the file, the two
-        // keys together are refused: which one was meant cannot be told.
-        let in_memory = match (flags.in_memory, &flags.data_dir, file.in_memory, &file.data_dir) {
-            (true, _, _, _) => true,
-            (false, Some(_), _, _) => false,
-            (false, None, Some(true), Some(dir)) => {
-                return Err(ConfigError::Invalid {
-                    what: format!(
-                        "config file {}",
-                        flags.config.as_deref().unwrap_or(Path::new("")).display()
-                    ),
-                    reason: format!(
-                        "it sets both in_memory = true and data_dir = {:?}; remove one of them",
-                        dir.display().to_string()
-                    ),
-                });
-            }
-            (false, None, in_memory, _) => in_memory.unwrap_or(false),
-        };
+        // keys together mean what `--in-memory` with a file's data_dir means: the values in
+        // memory, the node's certificate in data_dir.
+        let in_memory = flags.in_memory || (flags.data_dir.is_none() && file.in_memory.unwrap_or(false));
         let data_dir = flags
             .data_dir
             .or(file.data_dir)
@@ -624,14 +624,13 @@ mod tests {
     }
 
     #[test]
-    fn zero_is_refused_where_it_would_stall_or_spin_the_node() {
+    fn durations_under_a_millisecond_and_zero_counts_are_refused() {
         // Each of these, at zero, left a node that logged "node up" and then served nobody,
         // or flapped members, or spun a timer.
         for (table, key) in [
             ("timeouts", "request"),
             ("timeouts", "handshake"),
             ("timeouts", "idle"),
-            ("timeouts", "shutdown"),
             ("supervisor", "restart_window"),
             ("gossip", "probe_interval"),
             ("gossip", "probe_timeout"),
@@ -639,15 +638,21 @@ mod tests {
             ("gossip", "push_pull_interval"),
             ("gossip", "reconnect_interval"),
             ("gossip", "dead_retention"),
+            ("gossip", "join_timeout"),
+            ("gossip", "join_retry_max"),
         ] {
-            for zero in ["0ms", "0s", "0.0s"] {
+            // Under a millisecond acts as zero: QUIC's idle timeout counts whole ones.
+            for zero in ["0ms", "0s", "0.0s", "0.4ms"] {
                 let text = format!("name = \"n\"\n[{table}]\n{key} = \"{zero}\"\n");
                 let err = ConfigFile::parse(&text).unwrap_err();
                 assert!(err.contains("line 3") && err.contains(key), "{text}: {err}");
-                assert!(err.contains("is zero; give a duration above zero"), "{text}: {err}");
+                assert!(err.contains("is under 1ms; give at least 1ms"), "{text}: {err}");
             }
             ConfigFile::parse(&format!("[{table}]\n{key} = \"1ms\"\n")).unwrap();
         }
+        // Zero is meaningful here: stop without waiting for requests in flight.
+        let f = ConfigFile::parse("[timeouts]\nshutdown = \"0s\"\n").unwrap();
+        assert_eq!(f.timeouts.shutdown, Some(ConfigDurationOrZero(Duration::ZERO)));
         for (table, key) in [
             ("limits", "max_connections"),
             ("limits", "max_handshakes"),
@@ -705,10 +710,12 @@ mod tests {
             "--in-memory beats data_dir"
         );
         assert!(!resolve(durable, None, false).unwrap().in_memory);
-        // Both keys in one file: refused, naming the file, rather than one silently ignored.
+        // Both keys in one file: in memory, the certificate in data_dir (as --in-memory with
+        // a file's data_dir); --data-dir still makes it durable.
         let both = file("name = \"n\"\nin_memory = true\ndata_dir = \"/tmp/n-data\"\n");
-        let err = resolve(both.clone(), None, false).unwrap_err().to_string();
-        assert!(err.contains("n.toml") && err.contains("remove one of them"), "{err}");
+        let c = resolve(both.clone(), None, false).unwrap();
+        assert!(c.in_memory);
+        assert_eq!(c.data_dir, Path::new("/tmp/n-data"));
         assert!(
             !resolve(both, Some("/tmp/other"), false).unwrap().in_memory,
             "the flag decides"
