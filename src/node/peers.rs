@@ -138,7 +138,9 @@ impl PeerConn {
             match answer {
                 Ok(answer) => answer,
                 Err(CallError::Timeout(after)) => Err(peer.unreachable(&format!(
-                    "no answer within {after:.1?}; it may be down or overloaded (raise --timeout to wait longer)"
+                    "no answer within {:?}; it may be down or overloaded (raise --timeout to wait longer)",
+                    // Whole milliseconds, shown as the client shows durations: 190ms, 4.9s.
+                    Duration::from_millis(after.as_millis() as u64)
                 ))),
                 Err(CallError::Broken(why)) => Err(peer.unreachable(&why)),
                 Err(CallError::TooLarge(e)) => Err(RemoteError::invalid(e)),
