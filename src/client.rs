@@ -223,7 +223,11 @@ pub async fn resolve_ref(via: &NodeRef, settings: &Settings, deadline: Instant) 
                     (state, _) => {
                         gone = Some(ClientError::Unreachable {
                             node: format!("{name} ({})", m.addr),
-                            reason: format!("the gossip membership of {} says it is {state}", local.name),
+                            reason: format!(
+                                "the gossip membership of {} says it {}",
+                                local.name,
+                                crate::gossip::said(state)
+                            ),
                         });
                     }
                 }

@@ -93,9 +93,22 @@ fn unexpected<T>(reply: &Reply) -> Result<T, ClientError> {
 
 /// Resolves the node, connects, asks one thing, and closes.
 async fn ask(settings: &Settings, deadline: Instant, request: Request) -> Result<Reply, ClientError> {
+    ask_then(settings, deadline, request, async |_, _| {}).await
+}
+
+/// Like [`ask`], and with an answer, runs `then` on the same connection before it closes.
+async fn ask_then(
+    settings: &Settings,
+    deadline: Instant,
+    request: Request,
+    then: impl AsyncFnOnce(&Client, &Reply),
+) -> Result<Reply, ClientError> {
     let target = client::resolve(settings, deadline).await?;
     let client = Client::connect(settings, &target, deadline).await?;
     let reply = client.call(request).await;
+    if let Ok(reply) = &reply {
+        then(&client, reply).await;
+    }
     client.close().await;
     reply
 }
@@ -233,23 +246,15 @@ async fn route(args: RouteArgs, settings: &Settings, deadline: Instant, out: &mu
         None => Request::Table,
     };
     let setting = matches!(request, Request::SetTable { .. });
-    let target = client::resolve(settings, deadline).await?;
-    let client = Client::connect(settings, &target, deadline).await?;
-    let reply = match client.call(request).await {
-        Ok(reply) => reply,
-        Err(e) => {
-            client.close().await;
-            return Err(e);
+    let reply = ask_then(settings, deadline, request, async |client, reply| {
+        if let (true, Reply::Table(table)) = (setting, reply) {
+            warn_of_strangers(client, table).await;
         }
-    };
+    })
+    .await?;
     let Reply::Table(table) = reply else {
-        client.close().await;
         return unexpected(&reply);
     };
-    if setting {
-        warn_of_strangers(&client, &table).await;
-    }
-    client.close().await;
     print_table(&table, out);
     Ok(())
 }
@@ -260,10 +265,7 @@ async fn warn_of_strangers(client: &Client, table: &RoutingTable) {
     let Ok(Reply::Members(members)) = client.call(Request::Members).await else {
         return;
     };
-    let mut named: Vec<&crate::names::NodeName> = table.entries().iter().map(|e| &e.node).collect();
-    named.sort();
-    named.dedup();
-    for node in named {
+    for node in table.nodes() {
         let live = members
             .iter()
             .any(|m| m.name == *node && matches!(m.state.as_str(), "alive" | "suspect"));

@@ -66,9 +66,17 @@ pub fn printable(bytes: &[u8]) -> String {
     shown(bytes, &['\t'])
 }
 
-/// A value as `get` shows it: text as is, lines and all; escaped only when it is not UTF-8
-/// or holds control bytes that would act on a terminal (`--raw` prints the exact bytes).
+/// A value as `get` shows it: text as is, lines and all (`\n` or `\r\n`); escaped only when
+/// it is not UTF-8 or holds control bytes that would act on a terminal, a carriage return
+/// alone among them (it would hide what came before it). `--raw` prints the exact bytes.
 pub fn printable_value(bytes: &[u8]) -> String {
+    let lone_cr = bytes
+        .iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'\r' && bytes.get(i + 1) != Some(&b'\n'));
+    if lone_cr {
+        return bytes.escape_ascii().to_string();
+    }
     shown(bytes, &['\t', '\n', '\r'])
 }
 
@@ -113,6 +121,8 @@ mod tests {
         // Bytes that would act on a terminal, or that are not text, still are escaped.
         assert_eq!(printable_value(b"a\nb\x1b[2J"), "a\\nb\\x1b[2J");
         assert_eq!(printable_value(&[0xff, b'\\']), "\\xff\\\\");
+        // A carriage return not ending a line would hide what came before it.
+        assert_eq!(printable_value(b"a\rXY"), "a\\rXY");
     }
 
     #[test]

@@ -60,6 +60,11 @@ pub enum SecretError {
         "no secret: the secret file {path} does not exist; check the path given to --secret-file (or secret_file), or leave it out to use KVNODE_HOME/secret"
     )]
     MissingGiven { path: String },
+    /// `KVNODE_HOME/secret` is there but not a file.
+    #[error(
+        "{path} is not a file; remove it so that `kvnode start` makes a new secret there, or give --secret-file or KVNODE_SECRET"
+    )]
+    HomeNotAFile { path: String },
     /// The secret's path is not a regular file.
     #[error("secret file {path} is not a file; give the path of a file that holds the secret")]
     NotAFile { path: String },
@@ -86,7 +91,10 @@ impl SecretSource {
                 SecretError::Missing { path } => SecretError::MissingGiven { path },
                 e => e,
             }),
-            SecretSource::Home(path) => read_secret_file(path),
+            SecretSource::Home(path) => read_secret_file(path).map_err(|e| match e {
+                SecretError::NotAFile { path } => SecretError::HomeNotAFile { path },
+                e => e,
+            }),
             SecretSource::Env(bytes) => Secret::new(bytes.clone()),
         }
     }
@@ -243,6 +251,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("is not a file") && !err.contains("chmod"), "{err}");
+        // KVNODE_HOME/secret, not given by the user, that is a directory.
+        std::fs::create_dir(dir.path().join("secret")).unwrap();
+        let home = SecretSource::choose(None, None, None, dir.path());
+        let err = home.load_or_create().unwrap_err().to_string();
+        assert!(
+            err.contains("remove it so that `kvnode start` makes a new secret"),
+            "{err}"
+        );
     }
 
     #[test]

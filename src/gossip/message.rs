@@ -101,6 +101,22 @@ impl State {
             State::Left => "left",
         }
     }
+
+    /// The state in a sentence about a member: "membership says it {}".
+    pub fn said(self) -> &'static str {
+        said(self.as_str())
+    }
+}
+
+/// A state's name (`as_str`, or as a client reads it in `kvnode members`) in a sentence.
+pub fn said(state: &str) -> &'static str {
+    match state {
+        "alive" => "is alive",
+        "suspect" => "is suspected to have failed",
+        "dead" => "is dead",
+        "left" => "has left the cluster",
+        _ => "is in an unknown state",
+    }
 }
 
 /// The sender of every message, and its own claim to be alive at `incarnation`.

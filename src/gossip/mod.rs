@@ -24,5 +24,5 @@ pub use self::core::{Event, Gossip, Transmit};
 pub use self::members::{MemberView, Roster};
 pub use self::message::{
     DecodeError, GOSSIP_VERSION, Ident, Identity, MAX_DATAGRAM, MAX_RELIABLE, MemberState, Message, PushPull, Sender,
-    SharedTable, State, Update,
+    SharedTable, State, Update, said,
 };

@@ -152,7 +152,7 @@ impl Node {
                 state => Err(RemoteError::Unreachable {
                     node: name.to_string(),
                     addr: m.addr.to_string(),
-                    reason: format!("gossip membership says it is {}", state.as_str()),
+                    reason: format!("gossip membership says it {}", state.said()),
                 }),
             };
         }

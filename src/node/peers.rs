@@ -150,9 +150,7 @@ impl PeerConn {
 
     fn unreachable(&self, reason: &str) -> RemoteError {
         let reason = match self.authed.conn.close_reason() {
-            Some(quinn::ConnectionError::Reset) => {
-                format!("{reason}: it reset the connection, as a node that restarted does; try again")
-            }
+            Some(e @ quinn::ConnectionError::Reset) => format!("{reason}: {}", transport::ended_because(&e)),
             _ => reason.to_string(),
         };
         RemoteError::Unreachable {
