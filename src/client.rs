@@ -70,6 +70,9 @@ pub enum ClientError {
     /// The node answered something this command did not ask for (exit 6).
     #[error("unexpected answer from node {node}: {answer}")]
     Unexpected { node: String, answer: String },
+    /// `ping` got no pong, for this reason: pang is exit 3 whatever the reason (SPEC §1).
+    #[error("{0}")]
+    Pang(Box<ClientError>),
 }
 
 impl ClientError {
@@ -79,6 +82,7 @@ impl ClientError {
     pub fn waited(self, budget: Duration) -> Self {
         match self {
             ClientError::Timeout { node, .. } => ClientError::Timeout { node, after: budget },
+            ClientError::Pang(e) => ClientError::Pang(Box::new(e.waited(budget))),
             e => e,
         }
     }
@@ -97,6 +101,7 @@ impl ClientError {
             AuthRefused { .. } => 4,
             Remote(e) => e.exit_code(),
             Unexpected { .. } => 6,
+            Pang(_) => 3,
         }
     }
 }

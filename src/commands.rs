@@ -339,8 +339,8 @@ fn ago(ms: u64) -> String {
     }
 }
 
-/// `pong` when the node answers, `pang` when it does not: exit 3 with the reason, or, when
-/// the fault is on this side (a wrong secret: 4; no secret: 2), that error's own code.
+/// `pong` when the node answers, `pang` when it does not: exit 3 whatever the reason (SPEC
+/// §1, like Erlang's `net_adm:ping` with a wrong cookie), which is said once, as it is.
 async fn ping(args: PingArgs, settings: &Settings, deadline: Instant, out: &mut Output) -> Result<(), ClientError> {
     let result = async {
         let target = client::resolve_ref(&args.node, settings, deadline).await?;
@@ -367,13 +367,7 @@ async fn ping(args: PingArgs, settings: &Settings, deadline: Instant, out: &mut 
             } else {
                 out.line("pang");
             }
-            match e.exit_code() {
-                2..=4 => Err(e),
-                _ => Err(ClientError::Unreachable {
-                    node: args.node.to_string(),
-                    reason: e.to_string(),
-                }),
-            }
+            Err(ClientError::Pang(Box::new(e)))
         }
     }
 }

@@ -307,11 +307,11 @@ fn ping_says_pong_or_pang() {
     );
     // Said once, not wrapped in another "unreachable" nor logged besides.
     assert_eq!(out.stderr.matches("no answer from node").count(), 1, "{}", out.stderr);
-    // A wrong secret is pang too, with the exit code and message of SPEC §3.
+    // A wrong secret is pang too, exit 3 as SPEC §1 has it for ping, with §3's message.
     let _n2 = home.start("n2", &["--in-memory"]);
     let wrong = home.write_file("wrong-secret", "not the secret");
     let out = home.run(&["ping", "n2", "--secret-file", wrong.to_str().unwrap()]);
-    out.expect(4);
+    out.expect(3);
     assert_eq!(out.stdout(), "pang\n");
     assert!(
         out.stderr.contains("authentication refused by node n2") && out.stderr.contains("the secrets differ"),
