@@ -254,7 +254,10 @@ impl Node {
     async fn set_table(&self, entries: Vec<crate::routing::Entry>) -> Answer {
         let version = self.table().version() + 1;
         let table = RoutingTable::new(entries, version, self.name.as_str()).map_err(RemoteError::invalid)?;
-        self.offer_table(table.clone());
+        if let Some(saving) = self.offer_table(table.clone()) {
+            // Set means kept: a crash right after the answer restarts with this table.
+            let _ = saving.await;
+        }
         self.gossip.send(super::gossip::Input::SetTable(table.clone())).await;
         Ok(Reply::Table(table))
     }

@@ -111,14 +111,16 @@ impl Node {
         Arc::clone(&self.table.read().unwrap_or_else(PoisonError::into_inner))
     }
 
-    /// Installs `table` if it supersedes the one held; returns whether it did.
-    pub fn offer_table(&self, table: RoutingTable) -> bool {
+    /// Installs `table` if it supersedes the one held. A durable node saves it too, on a
+    /// blocking task whose handle is given back: `route --set` waits for it before saying
+    /// the table is set; gossip does not wait.
+    pub fn offer_table(&self, table: RoutingTable) -> Option<tokio::task::JoinHandle<()>> {
         let mut held = self.table.write().unwrap_or_else(PoisonError::into_inner);
         if !table.supersedes(&held) {
-            return false;
+            return None;
         }
         tracing::info!(version = table.version(), setter = table.setter(), table = %table, "routing table changed");
-        if let Some(path) = &self.table_file {
+        let saving = self.table_file.as_ref().map(|path| {
             // Off the event loop and off the table's lock (an fsync may take a while); the
             // newest table is the one left on disk, whatever order the saves run in.
             let (path, newest, saved) = (path.clone(), table.clone(), Arc::clone(&self.table_saved));
@@ -133,10 +135,10 @@ impl Node {
                         tracing::warn!(path = %path.display(), error = %e, "cannot save the routing table; a restart may begin with an older one")
                     }
                 }
-            });
-        }
+            })
+        });
         *held = Arc::new(table);
-        true
+        saving
     }
 
     /// Where node `name` can be reached: gossip membership, the local directory, then
