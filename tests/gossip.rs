@@ -208,6 +208,45 @@ fn a_node_killed_and_restarted_on_its_address_joins_at_the_first_attempt() {
 }
 
 #[test]
+fn a_node_replaced_while_it_was_cut_off_stops_when_it_comes_back() {
+    // The replacement starts in another home (this home's directory would refuse a second
+    // g2 while the first one's process exists), with the same secret.
+    let (home, other_home) = (Home::new(), Home::new());
+    let secret = home.write_file("shared", "sesame");
+    let s = secret.to_str().unwrap();
+    let g1 = home.start("g1", &["--in-memory", "--secret-file", s]);
+    let mut old = home.start("g2", &["--in-memory", "--secret-file", s, "--join", "g1", "-v"]);
+    let members_of_g1 = || home.run(&["members", "--via", "g1", "--secret-file", s]).stdout();
+    wait_for("g1 to see g2", PATIENCE, || {
+        members_of_g1().contains("alive").then_some(())
+    });
+    // Paused past the suspicion timeout, like a VM stall or a partition: declared dead.
+    old.signal(libc::SIGSTOP);
+    wait_for("g1 to see g2 dead", PATIENCE, || {
+        members_of_g1()
+            .lines()
+            .any(|l| l.starts_with("g2 ") && l.contains(" dead "))
+            .then_some(())
+    });
+    let new = other_home.start("g2", &["--in-memory", "--secret-file", s, "--join", &g1.full()]);
+    let new_addr = new.addr().to_string();
+    wait_for("g1 to see the new g2", PATIENCE, || {
+        members_of_g1()
+            .lines()
+            .any(|l| l.starts_with("g2 ") && l.contains(&new_addr) && l.contains(" alive "))
+            .then_some(())
+    });
+    // Back, it learns the cluster has a newer g2 and stops rather than serve g2's buckets too.
+    old.signal(libc::SIGCONT);
+    let status = old.wait_exit();
+    assert!(!status.success(), "{status}");
+    let log = old.stderr().join("\n");
+    assert!(log.contains("a newer process has this node's name"), "{log}");
+    // The newer one goes on.
+    assert_eq!(other_home.run(&["ping", "g2", "--secret-file", s]).ok(), "pong\n");
+}
+
+#[test]
 fn a_node_whose_seed_never_answers_stops_at_once() {
     let home = Home::new();
     // Nothing listens there: each join attempt waits out its 3 s, retried in the background.

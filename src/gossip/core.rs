@@ -77,10 +77,13 @@ pub enum Event {
     },
     /// Enough members acknowledged our `left`, or nobody is left to tell.
     LeaveAcknowledged,
-    /// A live other process claims our name.
+    /// A live other process claims our name. `newer`: it started after us (or, started in
+    /// the same millisecond, has the higher address), so the cluster goes with it and this
+    /// process must stop serving; otherwise the other one will hear of us and stop.
     NameConflict {
         name: NodeName,
         other: SocketAddr,
+        newer: bool,
     },
 }
 
@@ -514,6 +517,7 @@ impl Gossip {
         self.events.push_back(Event::NameConflict {
             name: self.my_id.name.clone(),
             other: other.addr,
+            newer: (other.generation, other.addr) > (self.my_id.generation, self.my_id.addr),
         });
     }
 }

@@ -244,8 +244,26 @@ impl Node {
                         let _ = done.send(());
                     }
                 }
-                Event::NameConflict { name, other } => {
-                    tracing::error!(%name, %other, "another live process claims this node's name");
+                Event::NameConflict {
+                    name,
+                    other,
+                    newer: true,
+                } => {
+                    // Cut off (paused, partitioned) for longer than the cluster waited, this
+                    // process was declared dead and replaced: serving on would split the
+                    // buckets it owns between two processes.
+                    tracing::error!(%name, %other, "a newer process has this node's name in the cluster; stopping");
+                    self.fail(format!(
+                        "a process started later at {other} has the name {name} in the cluster (this one was \
+                         declared dead meanwhile); stopping so that its buckets have one owner"
+                    ));
+                }
+                Event::NameConflict {
+                    name,
+                    other,
+                    newer: false,
+                } => {
+                    tracing::error!(%name, %other, "an older process still claims this node's name; it stops when it hears of this one");
                 }
             }
         }

@@ -387,9 +387,21 @@ fn name_conflict_is_reported_when_a_live_process_claims_our_name() {
         evs,
         vec![Event::NameConflict {
             name: name("a"),
-            other: twin.addr
+            other: twin.addr,
+            newer: true,
         }],
-        "reported once"
+        "reported once, and the newer start wins"
+    );
+    // An older process still claiming our name: it is the one to stop.
+    let stale = id("a", 8, 2);
+    a.handle_message(now, stale.addr, gossip_msg(&stale, vec![]));
+    assert_eq!(
+        events(&mut a),
+        vec![Event::NameConflict {
+            name: name("a"),
+            other: stale.addr,
+            newer: false,
+        }]
     );
     // Our previous life gossiped by others is no conflict.
     let c = id("c", 2, 1);
