@@ -289,7 +289,11 @@ fn print_table(table: &RoutingTable, out: &mut Output) {
             }));
         }
     } else {
-        out.line(&format!("# version {}, set by {}", table.version(), table.setter()));
+        if table.setter().is_empty() {
+            out.line("# no table yet: this node has not joined its cluster");
+        } else {
+            out.line(&format!("# version {}, set by {}", table.version(), table.setter()));
+        }
         for e in table.entries() {
             out.line(&e.to_string());
         }

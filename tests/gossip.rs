@@ -247,6 +247,30 @@ fn a_node_replaced_while_it_was_cut_off_stops_when_it_comes_back() {
 }
 
 #[test]
+fn a_node_that_has_not_joined_yet_takes_no_bucket_requests() {
+    let home = Home::new();
+    // Its seed never answers: until it hears the cluster's table, a write it took could
+    // belong to any member, and would be lost from view once it joined.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let seed = silent.local_addr().unwrap().to_string();
+    let _late = home.start("late", &["--in-memory", "--join", &seed]);
+    let out = home.run(&["put", "cart", "apples", "5"]);
+    out.expect(5);
+    assert!(
+        out.stderr.contains("node late has not joined its cluster yet"),
+        "{}",
+        out.stderr
+    );
+    let table = home.run(&["route", "--table"]).ok();
+    assert!(table.starts_with("# no table yet"), "{table}");
+    // Told to join only itself, a node starts the cluster and owns everything.
+    let _solo = home.start("solo", &["--in-memory", "--join", "solo"]);
+    wait_for("solo to take every bucket", PATIENCE, || {
+        (home.run(&["put", "cart", "apples", "5", "--via", "solo"]).code == Some(0)).then_some(())
+    });
+}
+
+#[test]
 fn a_node_whose_seed_never_answers_stops_at_once() {
     let home = Home::new();
     // Nothing listens there: each join attempt waits out its 3 s, retried in the background.

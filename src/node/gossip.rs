@@ -136,7 +136,15 @@ impl Node {
             random_seed(),
             now,
         );
-        for seed in self.seeds().await {
+        let (seeds, only_self) = self.seeds().await;
+        if only_self && seeds.is_empty() && self.table().setter().is_empty() {
+            // Told to join only itself (or names that are all this node): it starts the
+            // cluster, and owns everything as a node with nothing to join does.
+            let own = RoutingTable::owns_everything(&self.name);
+            self.offer_table(own.clone());
+            core.set_routing_table(now, own);
+        }
+        for seed in seeds {
             core.join(now, seed);
         }
         let mut leaving: Option<oneshot::Sender<()>> = None;
@@ -171,14 +179,22 @@ impl Node {
         }
     }
 
-    /// Where to join: the configured `join` list, and (after a restart) every member known.
-    async fn seeds(&self) -> Vec<SocketAddr> {
+    /// Where to join: the configured `join` list, and (after a restart) every member known;
+    /// and whether the list named this node alone (it then starts the cluster).
+    async fn seeds(&self) -> (Vec<SocketAddr>, bool) {
         let mut seeds: Vec<SocketAddr> = Vec::new();
+        let mut only_self = !self.config.join.is_empty();
         for r in &self.config.join {
             match self.resolve_join(r).await {
-                Some(addr) if addr != self.listen => seeds.push(addr),
-                Some(_) => {}
-                None => tracing::warn!(join = %r, "cannot find this node to join; give NAME@HOST:PORT or HOST:PORT"),
+                Ok(addr) if addr != self.listen => {
+                    seeds.push(addr);
+                    only_self = false;
+                }
+                Ok(_) => {}
+                Err(why) => {
+                    only_self = false;
+                    tracing::warn!(join = %r, "cannot find this node to join: {why}");
+                }
             }
         }
         for m in self.gossip.members().iter() {
@@ -188,13 +204,18 @@ impl Node {
         }
         seeds.sort();
         seeds.dedup();
-        seeds
+        (seeds, only_self)
     }
 
-    async fn resolve_join(&self, r: &NodeRef) -> Option<SocketAddr> {
+    async fn resolve_join(&self, r: &NodeRef) -> Result<SocketAddr, String> {
         match r {
-            NodeRef::Addr(hp) | NodeRef::NameAt(_, hp) => hp.resolve().await.ok(),
-            NodeRef::Name(name) => self.locate(name).await.ok(),
+            NodeRef::Addr(hp) | NodeRef::NameAt(_, hp) => hp
+                .resolve()
+                .await
+                .map_err(|e| format!("{hp} does not resolve ({e}); check the host name")),
+            NodeRef::Name(name) => self.locate(name).await.map_err(|_| {
+                format!("no node named {name} here (KVNODE_HOME/nodes, [peers]); give NAME@HOST:PORT or HOST:PORT")
+            }),
         }
     }
 

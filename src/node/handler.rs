@@ -94,6 +94,17 @@ impl Node {
             return Err(RemoteError::HopLimit { path: path() });
         }
         let table = self.table();
+        if table.setter().is_empty() {
+            // A node started to join a cluster, with no table of its own, that has not heard
+            // the cluster's yet: a write taken now could belong to any member (SPEC §5 gives
+            // everything to a node only when it has no cluster to join).
+            return Err(RemoteError::NoRoute {
+                message: format!(
+                    "node {} has not joined its cluster yet, so it has no routing table; retry once it has (see `kvnode members --via {}`), or start it with --table",
+                    self.name, self.name
+                ),
+            });
+        }
         match table.owner_of(&req.bucket) {
             None => Err(RemoteError::NoRoute {
                 message: table.no_entry_message(&req.bucket),

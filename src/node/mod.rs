@@ -219,7 +219,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         None if config.join.is_empty() => RoutingTable::owns_everything(&config.name),
         // A node joining a cluster with no table of its own has no opinion: the empty setter
         // loses to any table the cluster already holds, so a new node never takes over
-        // buckets. Until it hears the cluster's table, it serves everything itself.
+        // buckets. Until it hears the cluster's table, it refuses bucket requests.
         None => RoutingTable::owns_everything(&config.name).with_version(0, ""),
     };
     // A durable node that starts a cluster (no `join`) begins with the table it held when
