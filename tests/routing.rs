@@ -376,6 +376,36 @@ fn forwarded_requests_share_one_pooled_connection_per_peer() {
 }
 
 #[test]
+fn a_second_signal_stops_a_draining_node_at_once() {
+    let home = Home::new();
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let config = home.write_file(
+        "foo.toml",
+        &format!(
+            "name = \"foo\"\nrouting_table = [\"a-z=bar\"]\n[peers]\nbar = \"{}\"\n",
+            silent.local_addr().unwrap()
+        ),
+    );
+    let mut foo = home.start_raw("foo", &["--config", config.to_str().unwrap(), "-v"]);
+    // A request that would hold the drain for 30 s: its owner never answers.
+    let mut client = home.command();
+    client
+        .args(["get", "world", "k", "--timeout", "30s"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut client = client.spawn().unwrap();
+    foo.wait_log("the request to be in flight", |l| l.contains("forwarding"));
+    foo.signal(libc::SIGTERM);
+    foo.wait_log("the drain to begin", |l| l.contains("shutting down"));
+    foo.signal(libc::SIGINT);
+    // Without it, the node would wait out its 10 s shutdown deadline.
+    assert_eq!(foo.wait_exit().code(), Some(130));
+    assert!(foo.stderr().iter().any(|l| l.contains("stopping at once")));
+    let _ = client.kill();
+    let _ = client.wait();
+}
+
+#[test]
 fn a_stopping_node_finishes_the_requests_in_flight() {
     let home = Home::new();
     let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
