@@ -368,10 +368,16 @@ pub enum RemoteError {
     #[error("{message}")]
     NoRoute { message: String },
     /// The request came back to a node it had crossed (exit 5).
-    #[error("routing loop: {}", join_path(path))]
+    #[error(
+        "routing loop: {}; these nodes' tables disagree (compare `kvnode route --table --via NODE`, then set one with `kvnode route --set`)",
+        join_path(path)
+    )]
     RoutingLoop { path: Vec<String> },
     /// The request crossed more than [`MAX_HOPS`] nodes (exit 5).
-    #[error("hop limit of {MAX_HOPS} reached: {}", join_path(path))]
+    #[error(
+        "hop limit of {MAX_HOPS} reached: {}; these nodes' tables disagree (compare `kvnode route --table --via NODE`, then set one with `kvnode route --set`)",
+        join_path(path)
+    )]
     HopLimit { path: Vec<String> },
     /// The node failed while serving the request (exit 6).
     #[error("internal error on node {node}: {reason}")]
@@ -597,7 +603,7 @@ mod tests {
                 path: vec!["foo".into(), "bar".into(), "foo".into()]
             }
             .to_string(),
-            "routing loop: foo -> bar -> foo"
+            "routing loop: foo -> bar -> foo; these nodes' tables disagree (compare `kvnode route --table --via NODE`, then set one with `kvnode route --set`)"
         );
         assert_eq!(RemoteError::HopLimit { path: vec![] }.exit_code(), 5);
         assert_eq!(

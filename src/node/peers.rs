@@ -212,9 +212,11 @@ impl PeerPool {
     /// needed. The flag says whether it is new, so that the caller starts serving it.
     pub async fn connect(&self, addr: SocketAddr, deadline: Instant) -> Result<(Arc<PeerConn>, bool), ConnectFailure> {
         let slot = self.slot(addr);
-        let mut slot = tokio::time::timeout_at(deadline, slot.lock())
-            .await
-            .map_err(|_| ConnectFailure::Unreachable("timed out waiting for the connection".into()))?;
+        let mut slot = tokio::time::timeout_at(deadline, slot.lock()).await.map_err(|_| {
+            ConnectFailure::Unreachable(
+                "no connection to it before the deadline; it may be down (raise --timeout to wait longer)".into(),
+            )
+        })?;
         if let Some(conn) = slot.as_ref()
             && conn.is_alive()
         {
@@ -227,7 +229,12 @@ impl PeerPool {
         };
         let connect = transport::connect(&self.endpoint, addr, &self.secret, &me);
         let authed = match tokio::time::timeout_at(deadline, connect).await {
-            Err(_) => return Err(ConnectFailure::Unreachable("no answer before the deadline".into())),
+            Err(_) => {
+                return Err(ConnectFailure::Unreachable(
+                    "no answer to connecting before the deadline; it may be down (raise --timeout to wait longer)"
+                        .into(),
+                ));
+            }
             Ok(Err(ConnectError::AuthRefused { .. })) => return Err(ConnectFailure::AuthRefused),
             Ok(Err(e)) => return Err(ConnectFailure::Unreachable(e.to_string())),
             Ok(Ok(a)) => a,
