@@ -74,6 +74,10 @@ impl Directory {
 
     /// Takes the name for this process, or says who has it.
     pub fn claim(&self, name: &NodeName) -> Result<Claim, DirectoryError> {
+        if self.root.exists() && !self.root.is_dir() {
+            let why = "it is a file, not a directory; move it away, or set KVNODE_HOME to another directory";
+            return Err(self.io(&self.root)(std::io::Error::other(why)));
+        }
         std::fs::create_dir_all(&self.root).map_err(self.io(&self.root))?;
         let lock_path = self.lock_path(name.as_str());
         let lock = OpenOptions::new()
@@ -203,6 +207,21 @@ mod tests {
         claim.remove();
         assert_eq!(dir.lookup("foo"), None);
         assert!(dir.live_nodes().is_empty());
+    }
+
+    #[test]
+    fn a_node_directory_that_is_a_file_says_so() {
+        let home = tempfile::tempdir().unwrap();
+        std::fs::write(home.path().join("nodes"), "").unwrap();
+        let err = Directory::new(home.path())
+            .claim(&name("foo"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("it is a file, not a directory") && !err.contains("File exists"),
+            "{err}"
+        );
     }
 
     #[test]
