@@ -290,7 +290,7 @@ fn print_table(table: &RoutingTable, out: &mut Output) {
         }
     } else {
         if table.setter().is_empty() {
-            out.line("# no table yet: this node has not joined its cluster");
+            out.line("# no table set: the node's own until it joins a cluster or one is set with route --set");
         } else {
             out.line(&format!("# version {}, set by {}", table.version(), table.setter()));
         }

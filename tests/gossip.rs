@@ -215,7 +215,19 @@ fn a_node_replaced_while_it_was_cut_off_stops_when_it_comes_back() {
     let secret = home.write_file("shared", "sesame");
     let s = secret.to_str().unwrap();
     let g1 = home.start("g1", &["--in-memory", "--secret-file", s]);
-    let mut old = home.start("g2", &["--in-memory", "--secret-file", s, "--join", "g1", "-v"]);
+    // It learns of its replacement from a push-pull: a short interval keeps the test short.
+    let quick = home.write_file("quick.toml", "[gossip]\npush_pull_interval = \"1s\"\n");
+    let old_args = [
+        "--in-memory",
+        "--secret-file",
+        s,
+        "--join",
+        "g1",
+        "-v",
+        "--config",
+        quick.to_str().unwrap(),
+    ];
+    let mut old = home.start("g2", &old_args);
     let members_of_g1 = || home.run(&["members", "--via", "g1", "--secret-file", s]).stdout();
     wait_for("g1 to see g2", PATIENCE, || {
         members_of_g1().contains("alive").then_some(())
@@ -262,12 +274,33 @@ fn a_node_that_has_not_joined_yet_takes_no_bucket_requests() {
         out.stderr
     );
     let table = home.run(&["route", "--table"]).ok();
-    assert!(table.starts_with("# no table yet"), "{table}");
+    assert!(table.starts_with("# no table set"), "{table}");
     // Told to join only itself, a node starts the cluster and owns everything.
     let _solo = home.start("solo", &["--in-memory", "--join", "solo"]);
     wait_for("solo to take every bucket", PATIENCE, || {
         (home.run(&["put", "cart", "apples", "5", "--via", "solo"]).code == Some(0)).then_some(())
     });
+}
+
+#[test]
+fn nodes_that_join_each_other_without_a_table_serve_once_joined() {
+    // The usual config where every node lists the others; the second is started before the
+    // first exists, so its join name is found only when looked up again.
+    let home = Home::new();
+    let retry = home.write_file("retry.toml", "[gossip]\njoin_retry_max = \"500ms\"\n");
+    let config = ["--in-memory", "--config", retry.to_str().unwrap()];
+    let _b = home.start("b", &[&config[..], &["--join", "a"]].concat());
+    let _a = home.start("a", &[&config[..], &["--join", "b"]].concat());
+    for via in ["a", "b"] {
+        wait_for(&format!("{via} to take a put"), PATIENCE, || {
+            (home.run(&["put", "cart", "apples", "5", "--via", via]).code == Some(0)).then_some(())
+        });
+    }
+    // One owner for the bucket, whichever node is asked.
+    assert_eq!(
+        home.run(&["route", "cart", "--via", "a"]).ok(),
+        home.run(&["route", "cart", "--via", "b"]).ok()
+    );
 }
 
 #[test]

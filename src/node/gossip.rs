@@ -50,6 +50,9 @@ pub(crate) struct GossipHandle {
     rx: Mutex<mpsc::Receiver<Input>>,
     members: RwLock<Arc<Vec<Member>>>,
     connecting: std::sync::atomic::AtomicUsize,
+    /// This node has joined its cluster (or had none to join); until then, a node told to
+    /// join with no table of its own takes no bucket requests.
+    joined: std::sync::atomic::AtomicBool,
 }
 
 impl GossipHandle {
@@ -70,7 +73,17 @@ impl GossipHandle {
             rx: Mutex::new(rx),
             members: RwLock::new(Arc::new(vec![me])),
             connecting: Default::default(),
+            joined: Default::default(),
         }
+    }
+
+    /// Whether this node has joined its cluster, or had none to join.
+    pub fn joined(&self) -> bool {
+        self.joined.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn set_joined(&self) {
+        self.joined.store(true, std::sync::atomic::Ordering::Release);
     }
 
     /// Hands input to the driver without waiting; a full inbox drops it.
@@ -107,6 +120,14 @@ impl GossipHandle {
     }
 }
 
+/// Sleeps until `at`, or forever when there is nothing to wait for.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// A seed from the clock and the OS: each start of a node probes in its own order.
 fn random_seed() -> u64 {
     let mut bytes = [0u8; 8];
@@ -136,17 +157,17 @@ impl Node {
             random_seed(),
             now,
         );
-        let (seeds, only_self) = self.seeds().await;
-        if only_self && seeds.is_empty() && self.table().setter().is_empty() {
-            // Told to join only itself (or names that are all this node): it starts the
-            // cluster, and owns everything as a node with nothing to join does.
-            let own = RoutingTable::owns_everything(&self.name);
-            self.offer_table(own.clone());
-            core.set_routing_table(now, own);
+        let (seeds, only_self, unresolved) = self.seeds().await;
+        if self.config.join.is_empty() || (only_self && seeds.is_empty()) {
+            // Nothing to join (or told to join only itself): it starts the cluster.
+            self.gossip.set_joined();
         }
         for seed in seeds {
             core.join(now, seed);
         }
+        // Join entries not found yet are looked up again, until the node has joined.
+        let retry_every = self.config.gossip.join_retry_max;
+        let mut look_again = unresolved.then(|| tokio::time::Instant::now() + retry_every);
         let mut leaving: Option<oneshot::Sender<()>> = None;
         let mut snapshot_at = now;
         loop {
@@ -173,6 +194,16 @@ impl Node {
                     None => return Ok(()),
                 },
                 () = sleep => core.handle_timeout(Instant::now()),
+                () = sleep_until_some(look_again) => {
+                    look_again = None;
+                    if !self.gossip.joined() {
+                        let (seeds, _, unresolved) = self.seeds().await;
+                        for seed in seeds {
+                            core.join(Instant::now(), seed);
+                        }
+                        look_again = unresolved.then(|| tokio::time::Instant::now() + retry_every);
+                    }
+                }
                 () = stop.cancelled() => return Ok(()),
                 never = self.crash_point("gossip") => match never {},
             }
@@ -180,10 +211,13 @@ impl Node {
     }
 
     /// Where to join: the configured `join` list, and (after a restart) every member known;
-    /// and whether the list named this node alone (it then starts the cluster).
-    async fn seeds(&self) -> (Vec<SocketAddr>, bool) {
+    /// whether the list named this node alone (it then starts the cluster); and whether some
+    /// entry could not be found yet (a name whose node is not up, a host that does not
+    /// resolve: looked up again until the node has joined).
+    async fn seeds(&self) -> (Vec<SocketAddr>, bool, bool) {
         let mut seeds: Vec<SocketAddr> = Vec::new();
         let mut only_self = !self.config.join.is_empty();
+        let mut unresolved = false;
         for r in &self.config.join {
             match self.resolve_join(r).await {
                 Ok(addr) if addr != self.listen => {
@@ -193,6 +227,7 @@ impl Node {
                 Ok(_) => {}
                 Err(why) => {
                     only_self = false;
+                    unresolved = true;
                     tracing::warn!(join = %r, "cannot find this node to join: {why}");
                 }
             }
@@ -204,7 +239,7 @@ impl Node {
         }
         seeds.sort();
         seeds.dedup();
-        (seeds, only_self)
+        (seeds, only_self, unresolved)
     }
 
     async fn resolve_join(&self, r: &NodeRef) -> Result<SocketAddr, String> {
@@ -248,6 +283,7 @@ impl Node {
                     self.offer_table(table);
                 }
                 Event::Joined { seed, members } => {
+                    self.gossip.set_joined();
                     tracing::info!(%seed, members, "joined the cluster");
                 }
                 Event::JoinFailed { seed, reason } => {

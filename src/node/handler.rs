@@ -94,7 +94,7 @@ impl Node {
             return Err(RemoteError::HopLimit { path: path() });
         }
         let table = self.table();
-        if table.setter().is_empty() {
+        if table.setter().is_empty() && !self.gossip.joined() {
             // A node started to join a cluster, with no table of its own, that has not heard
             // the cluster's yet: a write taken now could belong to any member (SPEC §5 gives
             // everything to a node only when it has no cluster to join).
