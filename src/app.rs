@@ -162,33 +162,26 @@ fn config_exit_code(_: &ConfigError) -> u8 {
     EXIT_USAGE
 }
 
-/// Resolves on the first SIGINT, SIGTERM or SIGHUP (the terminal a node was started in
-/// closing: it leaves the cluster cleanly rather than look crashed). A second one, while
-/// the node drains its requests, stops it at once.
+/// Resolves on the first SIGINT or SIGTERM. A second one, while the node drains its
+/// requests, stops it at once. (SIGHUP keeps its default: `nohup` must go on protecting a
+/// node from a closing terminal, and handling it would override an inherited "ignore".)
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) else {
-        tracing::error!("cannot listen for SIGTERM/SIGINT/SIGHUP; stop the node with SIGKILL");
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot listen for SIGTERM/SIGINT; stop the node with SIGKILL");
         return std::future::pending().await;
     };
-    let first = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-        _ = hup.recv() => "SIGHUP",
-    };
-    tracing::info!("{first} received");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
     tokio::spawn(async move {
-        let again = tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
-            _ = hup.recv() => "SIGHUP",
+        let (again, code) = tokio::select! {
+            _ = term.recv() => ("SIGTERM", 143),
+            _ = int.recv() => ("SIGINT", 130),
         };
         tracing::warn!("{again} received while stopping: stopping at once, without waiting for requests in flight");
-        std::process::exit(130);
+        std::process::exit(code);
     });
 }
 

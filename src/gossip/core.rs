@@ -517,7 +517,10 @@ impl Gossip {
         self.events.push_back(Event::NameConflict {
             name: self.my_id.name.clone(),
             other: other.addr,
-            newer: (other.generation, other.addr) > (self.my_id.generation, self.my_id.addr),
+            // Never a process on our own address (we hold that port): a generation from
+            // before a backwards step of the wall clock, our own earlier start.
+            newer: other.addr != self.my_id.addr
+                && (other.generation, other.addr) > (self.my_id.generation, self.my_id.addr),
         });
     }
 }
