@@ -375,9 +375,9 @@ fn forwarded_requests_share_one_pooled_connection_per_peer() {
     assert_eq!(from_foo, 1, "{:#?}", bar.stderr());
 }
 
-#[test]
-fn a_second_signal_stops_a_draining_node_at_once() {
-    let home = Home::new();
+/// foo, logging at debug, whose table gives every bucket to bar, a `[peers]` address where
+/// nothing answers (kept bound while the socket lives): requests through foo wait it out.
+fn foo_forwarding_to_a_silent_bar(home: &Home) -> (common::Node, std::net::UdpSocket) {
     let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let config = home.write_file(
         "foo.toml",
@@ -386,7 +386,14 @@ fn a_second_signal_stops_a_draining_node_at_once() {
             silent.local_addr().unwrap()
         ),
     );
-    let mut foo = home.start_raw("foo", &["--config", config.to_str().unwrap(), "-v"]);
+    let foo = home.start_raw("foo", &["--config", config.to_str().unwrap(), "-v"]);
+    (foo, silent)
+}
+
+#[test]
+fn a_second_signal_stops_a_draining_node_at_once() {
+    let home = Home::new();
+    let (mut foo, _silent) = foo_forwarding_to_a_silent_bar(&home);
     // A request that would hold the drain for 30 s: its owner never answers.
     let mut client = home.command();
     client
@@ -408,15 +415,7 @@ fn a_second_signal_stops_a_draining_node_at_once() {
 #[test]
 fn a_stopping_node_finishes_the_requests_in_flight() {
     let home = Home::new();
-    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let config = home.write_file(
-        "foo.toml",
-        &format!(
-            "name = \"foo\"\nrouting_table = [\"a-z=bar\"]\n[peers]\nbar = \"{}\"\n",
-            silent.local_addr().unwrap()
-        ),
-    );
-    let mut foo = home.start_raw("foo", &["--config", config.to_str().unwrap(), "-v"]);
+    let (mut foo, _silent) = foo_forwarding_to_a_silent_bar(&home);
     // A request that will take until its deadline: its owner never answers.
     let client = {
         let mut cmd = home.command();

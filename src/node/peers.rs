@@ -318,6 +318,26 @@ mod tests {
         transport::node_endpoint("127.0.0.1:0".parse().unwrap(), server, client, config).unwrap()
     }
 
+    /// How a test node introduces itself in the handshake.
+    fn hello(name: &str) -> Me<'_> {
+        Me {
+            role: Role::Node,
+            name,
+            listen: None,
+        }
+    }
+
+    /// Accepts the next connection on `ep` and runs the handshake as node `name`.
+    fn accept_one(ep: quinn::Endpoint, secret: &Secret, name: &'static str) -> tokio::task::JoinHandle<Authed> {
+        let secret = secret.clone();
+        tokio::spawn(async move {
+            let incoming = ep.accept().await.unwrap();
+            transport::accept(incoming, &secret, &hello(name), Duration::from_secs(5))
+                .await
+                .unwrap()
+        })
+    }
+
     /// A connection the peer opens to us replaces the one pooled for it, which is given back
     /// (to be closed); the pool then hands out the new one.
     #[tokio::test]
@@ -328,28 +348,14 @@ mod tests {
         let peer_addr = peer.local_addr().unwrap();
         let me_ep = endpoint(&dir.path().join("me"), "me", 16);
         let listen = me_ep.local_addr().unwrap();
-        let hello = |name| Me {
-            role: Role::Node,
-            name,
-            listen: None,
-        };
-        let serve = |ep: quinn::Endpoint, name: &'static str| {
-            let secret = secret.clone();
-            tokio::spawn(async move {
-                let incoming = ep.accept().await.unwrap();
-                transport::accept(incoming, &secret, &hello(name), Duration::from_secs(5))
-                    .await
-                    .unwrap()
-            })
-        };
-        let peer_side = serve(peer.clone(), "peer");
+        let peer_side = accept_one(peer.clone(), &secret, "peer");
         let pool = PeerPool::new(me_ep.clone(), secret.clone(), "me".parse().unwrap(), listen);
         let deadline = Instant::now() + Duration::from_secs(5);
         let (first, _) = pool.connect(peer_addr, deadline).await.ok().unwrap();
         let _first_at_peer = peer_side.await.unwrap();
 
         // The peer (say, restarted on its address) connects to us.
-        let my_side = serve(me_ep.clone(), "me");
+        let my_side = accept_one(me_ep.clone(), &secret, "me");
         let _second_at_peer = transport::connect(&peer, listen, &secret, &hello("peer"))
             .await
             .unwrap();
@@ -371,24 +377,14 @@ mod tests {
         let secret = Secret::new(b"s3cret".to_vec()).unwrap();
         let peer = endpoint(&dir.path().join("peer"), "peer", 1);
         let peer_addr = peer.local_addr().unwrap();
-        let served = {
-            let secret = secret.clone();
-            tokio::spawn(async move {
-                let me = Me {
-                    role: Role::Node,
-                    name: "peer",
-                    listen: None,
-                };
-                let incoming = peer.accept().await.unwrap();
-                let authed = transport::accept(incoming, &secret, &me, Duration::from_secs(5))
-                    .await
-                    .unwrap();
-                let mut held = Vec::new(); // open, unanswered
-                while let Ok(stream) = authed.conn.accept_bi().await {
-                    held.push(stream);
-                }
-            })
-        };
+        let accepted = accept_one(peer, &secret, "peer");
+        let served = tokio::spawn(async move {
+            let authed = accepted.await.unwrap();
+            let mut held = Vec::new(); // open, unanswered
+            while let Ok(stream) = authed.conn.accept_bi().await {
+                held.push(stream);
+            }
+        });
         let me = endpoint(&dir.path().join("me"), "me", 16);
         let listen = me.local_addr().unwrap();
         let pool = PeerPool::new(me, secret, "me".parse().unwrap(), listen);
