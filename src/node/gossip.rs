@@ -177,12 +177,6 @@ impl Node {
                 snapshot_at = Instant::now();
             }
             let wake = core.poll_timeout().map(tokio::time::Instant::from_std);
-            let sleep = async {
-                match wake {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            };
             tokio::select! {
                 input = rx.recv() => match input {
                     Some(Input::Message { from, msg }) => core.handle_message(Instant::now(), from, msg),
@@ -193,7 +187,7 @@ impl Node {
                     }
                     None => return Ok(()),
                 },
-                () = sleep => core.handle_timeout(Instant::now()),
+                () = sleep_until_some(wake) => core.handle_timeout(Instant::now()),
                 () = sleep_until_some(look_again) => {
                     look_again = None;
                     if !self.gossip.joined() {
