@@ -82,7 +82,6 @@ impl ClientError {
     pub fn waited(self, budget: Duration) -> Self {
         match self {
             ClientError::Timeout { node, .. } => ClientError::Timeout { node, after: budget },
-            ClientError::Pang(e) => ClientError::Pang(Box::new(e.waited(budget))),
             e => e,
         }
     }
@@ -217,21 +216,21 @@ pub async fn resolve_ref(via: &NodeRef, settings: &Settings, deadline: Instant) 
                 let Some(m) = members.iter().find(|m| m.name == *name) else {
                     continue;
                 };
-                match (m.state.as_str(), m.addr.parse()) {
-                    ("alive" | "suspect", Ok(addr)) => {
+                match m.addr.parse() {
+                    Ok(addr) if m.is_live() => {
                         return Ok(Target {
                             addr,
                             name: Some(name.clone()),
                         });
                     }
                     // Known, and gone: say so rather than "no node named".
-                    (state, _) => {
+                    _ => {
                         gone = Some(ClientError::Unreachable {
                             node: format!("{name} ({})", m.addr),
                             reason: format!(
                                 "the gossip membership of {} says it {}",
                                 local.name,
-                                crate::gossip::said(state)
+                                crate::gossip::said(&m.state)
                             ),
                         });
                     }

@@ -266,9 +266,7 @@ async fn warn_of_strangers(client: &Client, table: &RoutingTable) {
         return;
     };
     for node in table.nodes() {
-        let live = members
-            .iter()
-            .any(|m| m.name == *node && matches!(m.state.as_str(), "alive" | "suspect"));
+        let live = members.iter().any(|m| m.name == *node && m.is_live());
         if !live {
             tracing::warn!(
                 "the table names {node}, which {} does not know as a live member; requests for its buckets fail until it joins",

@@ -335,6 +335,13 @@ pub struct MemberInfo {
     pub last_change_ms: u64,
 }
 
+impl MemberInfo {
+    /// Alive, or suspected but not yet declared dead: worth sending to.
+    pub fn is_live(&self) -> bool {
+        matches!(self.state.as_str(), "alive" | "suspect")
+    }
+}
+
 /// A typed failure; every variant maps onto one exit code of SPEC §1.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum RemoteError {
