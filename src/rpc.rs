@@ -371,7 +371,7 @@ pub trait Handler: Send + Sync + 'static {
     ///
     /// A [`Now::Waiting`] future must finish within `timeout` by itself: nothing else
     /// bounds it, and the stream's in-flight slot, and a stopping node, wait for it.
-    fn answer_now(&self, request: Request, _timeout: Duration) -> Now {
+    fn answer_now(self: &Arc<Self>, request: Request, _timeout: Duration) -> Now {
         Now::Later(request)
     }
 
@@ -492,7 +492,7 @@ where
             ms => Duration::from_millis(ms.into()),
         };
         let kind = frame.request.kind();
-        let answer = match answer_now(&*handler, frame.request, timeout) {
+        let answer = match answer_now(&handler, frame.request, timeout) {
             Now::Answer(answer) => {
                 encode_answer(frame.id, answer, &mut answered);
                 continue;
@@ -516,7 +516,7 @@ where
 }
 
 /// [`Handler::answer_now`] under a panic guard: a panic is answered as an internal error.
-fn answer_now<H: Handler>(handler: &H, request: Request, timeout: Duration) -> Now {
+fn answer_now<H: Handler>(handler: &Arc<H>, request: Request, timeout: Duration) -> Now {
     let kind = request.kind();
     match std::panic::catch_unwind(AssertUnwindSafe(|| handler.answer_now(request, timeout))) {
         Ok(now) => now,
@@ -609,7 +609,7 @@ mod tests {
         /// Gets of keys starting with "now" are answered at once, "now-boom" panics there;
         /// those starting with "wait" are started here and answered a little later, and
         /// "wait-boom" panics then.
-        fn answer_now(&self, request: Request, _timeout: Duration) -> Now {
+        fn answer_now(self: &Arc<Self>, request: Request, _timeout: Duration) -> Now {
             match &request {
                 Request::Bucket(BucketRequest {
                     op: BucketOp::Get { key },
@@ -940,7 +940,7 @@ mod tests {
             unreachable!("every request is started at once")
         }
 
-        fn answer_now(&self, _: Request, _: Duration) -> Now {
+        fn answer_now(self: &Arc<Self>, _: Request, _: Duration) -> Now {
             let (answer, answered) = oneshot::channel();
             self.0.send(answer).unwrap();
             Now::Waiting(Box::pin(async move {

@@ -490,6 +490,21 @@ impl Request {
             Request::CrashPart { .. } => "crash-part",
         }
     }
+
+    /// Whether sending this request a second time, when the answer to the first was lost,
+    /// is harmless: the second gives the same answer and leaves the same state, whether or
+    /// not the first was carried out. Reads, and a put of the same value; not a delete (the
+    /// second would find the key gone), a chat line (said twice) or a new table (a second
+    /// version).
+    pub fn may_repeat(&self) -> bool {
+        match self {
+            Request::Bucket(b) => !matches!(b.op, BucketOp::Delete { .. }),
+            Request::Table | Request::Members | Request::Ping => true,
+            Request::SetTable { .. } | Request::Chat(_) | Request::Gossip { .. } => false,
+            #[cfg(feature = "fault-injection")]
+            Request::Panic | Request::CrashPart { .. } => false,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -509,6 +524,48 @@ mod tests {
                 },
                 path: vec![],
             }),
+        }
+    }
+
+    #[test]
+    fn reads_and_puts_may_be_sent_twice_deletes_chat_and_tables_may_not() {
+        let bucket = |op| {
+            Request::Bucket(BucketRequest {
+                bucket: b"b".to_vec(),
+                op,
+                path: vec![],
+            })
+        };
+        let key = || b"k".to_vec();
+        for request in [
+            bucket(BucketOp::Get { key: key() }),
+            bucket(BucketOp::Put {
+                key: key(),
+                value: b"v".to_vec(),
+            }),
+            bucket(BucketOp::Keys),
+            bucket(BucketOp::Route),
+            Request::Table,
+            Request::Members,
+            Request::Ping,
+        ] {
+            assert!(request.may_repeat(), "{request:?}");
+        }
+        let chat = ChatMessage {
+            to: NodeName::new("kate").unwrap(),
+            from: "alex".into(),
+            text: "hi".into(),
+            path: vec![],
+        };
+        for request in [
+            bucket(BucketOp::Delete { key: key() }),
+            Request::Chat(chat),
+            Request::SetTable { entries: vec![] },
+            Request::Gossip {
+                message: ByteBuf::new(),
+            },
+        ] {
+            assert!(!request.may_repeat(), "{request:?}");
         }
     }
 

@@ -377,7 +377,7 @@ impl Node {
                         let request = Request::Gossip {
                             message: ByteBuf::from(bytes),
                         };
-                        if let Err(e) = conn.call(request, deadline).await {
+                        if let Err(e) = conn.call(&request, deadline).await {
                             tracing::debug!(to = %t.to, error = %e, "gossip stream failed");
                         }
                     }

@@ -49,7 +49,7 @@ impl Handler for Node {
         }
     }
 
-    fn answer_now(&self, request: Request, timeout: Duration) -> Now {
+    fn answer_now(self: &Arc<Self>, request: Request, timeout: Duration) -> Now {
         match request {
             Request::Bucket(req) => self.bucket_now(req, timeout),
             Request::Ping => Now::Answer(Ok(Reply::Pong {
@@ -120,7 +120,7 @@ impl Node {
     /// by the deadline: the stream fails the call then). Anything else (a durable write,
     /// a hop that must connect or open a stream first) is given back as it came, to go the
     /// deadline-bounded path of [`Node::bucket`].
-    fn bucket_now(&self, mut req: BucketRequest, timeout: Duration) -> Now {
+    fn bucket_now(self: &Arc<Self>, mut req: BucketRequest, timeout: Duration) -> Now {
         match self.route(&req) {
             Err(e) => Now::Answer(Err(e)),
             Ok(Dest::Here) => match self.execute_sync(req) {
@@ -135,7 +135,16 @@ impl Node {
                 req.path.push(self.name.clone());
                 // As in `handle`: keep back a little of the deadline for our own error.
                 let deadline = Instant::now() + timeout - hop_margin(timeout);
-                Now::Waiting(Box::pin(peer.send(&stream, &Request::Bucket(req), deadline)))
+                let request = Request::Bucket(req);
+                let answer = peer.send(&stream, &request, deadline);
+                if !request.may_repeat() {
+                    return Now::Waiting(Box::pin(answer));
+                }
+                let node = Arc::clone(self);
+                Now::Waiting(Box::pin(async move {
+                    let answer = answer.await;
+                    node.again_if_reset(&peer, answer, &owner, &request, deadline).await
+                }))
             }
         }
     }
@@ -161,21 +170,54 @@ impl Node {
 
     /// Sends a request one hop on, to `to`, with what is left of the deadline.
     async fn forward(self: &Arc<Self>, to: &NodeName, request: Request, deadline: Instant) -> Answer {
-        let peer = match self.open_hop(to) {
-            Some(peer) => peer,
-            None => {
-                let addr = self.locate(to).await?;
-                tracing::debug!(to = %to, %addr, "forwarding over a new connection");
-                // Boxed: connecting is rare, and its future is large; unboxed it would
-                // make every forwarded request's future as large.
-                let peer = Box::pin(self.peer(to, addr, deadline)).await?;
-                let mut hops = self.hops.lock().unwrap_or_else(PoisonError::into_inner);
-                hops.retain(|_, p| p.is_alive());
-                hops.insert(to.clone(), Arc::clone(&peer));
-                peer
-            }
+        let peer = self.hop(to, deadline).await?;
+        let answer = peer.call(&request, deadline).await;
+        self.again_if_reset(&peer, answer, to, &request, deadline).await
+    }
+
+    /// The connection to forward to `to` over: the one last used, or a new one.
+    async fn hop(self: &Arc<Self>, to: &NodeName, deadline: Instant) -> Result<Arc<PeerConn>, RemoteError> {
+        if let Some(peer) = self.open_hop(to) {
+            return Ok(peer);
+        }
+        let addr = self.locate(to).await?;
+        tracing::debug!(to = %to, %addr, "forwarding over a new connection");
+        // Boxed: connecting is rare, and its future is large; unboxed it would make every
+        // forwarded request's future as large.
+        let peer = Box::pin(self.peer(to, addr, deadline)).await?;
+        let mut hops = self.hops.lock().unwrap_or_else(PoisonError::into_inner);
+        hops.retain(|_, p| p.is_alive());
+        hops.insert(to.clone(), Arc::clone(&peer));
+        Ok(peer)
+    }
+
+    /// `answer`, the answer to `request` sent to `to` over `peer`; or, when `peer` failed
+    /// because the node at its address reset it (`to` was killed and started again there,
+    /// and this was the first this node sent it since), the answer to `request` sent once
+    /// more over a new connection, if sending it twice is harmless. Without this, the first
+    /// request forwarded to a restarted node would fail with "try again".
+    async fn again_if_reset(
+        self: &Arc<Self>,
+        peer: &PeerConn,
+        answer: Answer,
+        to: &NodeName,
+        request: &Request,
+        deadline: Instant,
+    ) -> Answer {
+        if !matches!(answer, Err(RemoteError::Unreachable { .. })) || !peer.was_reset() || !request.may_repeat() {
+            return answer;
+        }
+        tracing::info!(to = %to, addr = %peer.addr, "{to} reset its connection (it restarted): sending the {} again over a new one", request.kind());
+        let again = async {
+            let peer = self.hop(to, deadline).await?;
+            peer.call(request, deadline).await
         };
-        peer.call(request, deadline).await
+        // Boxed: rare, and it would otherwise enlarge every forwarded request's future.
+        // Bounded here too: finding `to` may mean a DNS lookup of its [peers] address.
+        match Box::pin(tokio::time::timeout_at(deadline, again)).await {
+            Ok(again) => again,
+            Err(_) => answer,
+        }
     }
 
     /// Executes a request this node owns; a write to the durable store waits for its sync,

@@ -90,8 +90,14 @@ impl PeerConn {
         Ok(ch)
     }
 
+    /// Whether the node at the peer's address reset this connection: a process there has
+    /// no state for it, as when the peer was killed and restarted on the same address.
+    pub fn was_reset(&self) -> bool {
+        matches!(self.authed.conn.close_reason(), Some(quinn::ConnectionError::Reset))
+    }
+
     /// Sends `request` on this connection and waits for its answer until `deadline`.
-    pub async fn call(self: &Arc<Self>, request: Request, deadline: Instant) -> Result<Reply, RemoteError> {
+    pub async fn call(self: &Arc<Self>, request: &Request, deadline: Instant) -> Result<Reply, RemoteError> {
         // A stream slot left empty (or broken) is filled here: [`PeerConn::next_stream`] skips
         // such a slot and sends its request this way.
         let vacant = self.vacant_slot().map_or_else(|| self.open_channel(), Err);
@@ -103,7 +109,7 @@ impl PeerConn {
                 .unwrap_or_else(|_| Err("no stream could be opened before the deadline".into()))
                 .map_err(|e| self.unreachable(&e))?,
         };
-        self.send(&channel, &request, deadline).await
+        self.send(&channel, request, deadline).await
     }
 
     /// The next request stream in turn, if it is open and sound; `None` when it is not (not
@@ -393,7 +399,7 @@ mod tests {
 
         for attempt in 0..3 {
             let started = Instant::now();
-            let call = conn.call(Request::Ping, deadline());
+            let call = conn.call(&Request::Ping, deadline());
             let answer = tokio::time::timeout(Duration::from_secs(5), call)
                 .await
                 .unwrap_or_else(|_| panic!("call {attempt} outlived its deadline by seconds"));
