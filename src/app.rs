@@ -121,6 +121,7 @@ fn start(args: StartArgs, global: Global, env: Env) -> ExitCode {
     let flags = StartFlags {
         name: args.name,
         listen: args.listen,
+        advertise: args.advertise,
         join: args.join,
         config: args.config,
         table: args.table,

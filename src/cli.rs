@@ -106,6 +106,11 @@ pub struct StartArgs {
     /// UDP address to listen on [default: 127.0.0.1:0, an ephemeral port]
     #[arg(long, value_name = "ADDR", value_parser = crate::config::parse_listen)]
     pub listen: Option<SocketAddr>,
+    /// Address other nodes and clients reach this node at, when not the listen address
+    /// [default: the listen address; for a wildcard such as 0.0.0.0:4040, this machine's
+    /// address on its default route]. Port 0: the port listened on
+    #[arg(long, value_name = "ADDR", value_parser = crate::config::parse_advertise)]
+    pub advertise: Option<SocketAddr>,
     /// Join the cluster through this member (repeatable): NAME, NAME@HOST:PORT or HOST:PORT
     #[arg(long = "join", value_name = "NODE")]
     pub join: Vec<NodeRef>,

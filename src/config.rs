@@ -116,6 +116,23 @@ fn deserialize_listen<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<S
     parse_listen(&s).map(Some).map_err(serde::de::Error::custom)
 }
 
+/// An address to advertise: an IP address other nodes and clients can connect to (not a
+/// wildcard such as 0.0.0.0), and a port (0: the port the node listens on).
+pub fn parse_advertise(s: &str) -> Result<SocketAddr, String> {
+    let addr = parse_listen(s)?;
+    if addr.ip().is_unspecified() {
+        return Err(format!(
+            "{s:?} is a wildcard, not an address others can connect to; give this machine's address on the network its peers share, like 10.0.0.2:4040"
+        ));
+    }
+    Ok(addr)
+}
+
+fn deserialize_advertise<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_advertise(&s).map(Some).map_err(serde::de::Error::custom)
+}
+
 /// A duration in a config file (a TOML string such as "5s"), at least 1ms.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConfigDuration(pub Duration);
@@ -216,6 +233,8 @@ pub struct ConfigFile {
     pub name: Option<NodeName>,
     #[serde(default, deserialize_with = "deserialize_listen")]
     pub listen: Option<SocketAddr>,
+    #[serde(default, deserialize_with = "deserialize_advertise")]
+    pub advertise: Option<SocketAddr>,
     pub join: Option<Vec<NodeRef>>,
     pub routing_table: Option<TableSpec>,
     pub peers: Option<BTreeMap<NodeName, HostPort>>,
@@ -370,6 +389,9 @@ pub struct NodeConfig {
     pub name: NodeName,
     pub home: PathBuf,
     pub listen: SocketAddr,
+    /// The address given to others (directory, gossip, handshakes) when it is not `listen`;
+    /// see [`crate::transport::advertised`].
+    pub advertise: Option<SocketAddr>,
     pub join: Vec<NodeRef>,
     /// The configured table; `None` means "own everything until a cluster says otherwise".
     pub table: Option<Vec<Entry>>,
@@ -393,6 +415,7 @@ pub struct NodeConfig {
 pub struct StartFlags {
     pub name: Option<NodeName>,
     pub listen: Option<SocketAddr>,
+    pub advertise: Option<SocketAddr>,
     pub join: Vec<NodeRef>,
     pub config: Option<PathBuf>,
     pub table: Option<String>,
@@ -478,6 +501,7 @@ impl NodeConfig {
                 .listen
                 .or(file.listen)
                 .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid default")),
+            advertise: flags.advertise.or(file.advertise),
             join,
             table,
             peers: file.peers.unwrap_or_default(),
@@ -613,6 +637,8 @@ mod tests {
             ("name = \"Foo\"", "contains 'F'"),
             ("listen = \"nowhere\"", "line 1"),
             ("listen = \"localhost:4040\"", "is not an IP address and port"),
+            ("advertise = \"0.0.0.0:4040\"", "is a wildcard"),
+            ("advertise = \"[::]:0\"", "is a wildcard"),
             ("routing_table = [\"a-m=foo\", \"k-z=bar\"]", "overlap"),
             ("[timeouts]\nrequest = \"5 parsecs\"", "line 2"),
             ("[limits]\nmax_connections = -1", "line 2"),
@@ -728,7 +754,7 @@ mod tests {
         let path = dir.path().join("foo.toml");
         std::fs::write(
             &path,
-            "name = \"foo\"\nlisten = \"127.0.0.1:4040\"\nauto_reply = \"hi\"\n[timeouts]\nrequest = \"2s\"\n",
+            "name = \"foo\"\nlisten = \"127.0.0.1:4040\"\nadvertise = \"10.0.0.2:4040\"\nauto_reply = \"hi\"\n[timeouts]\nrequest = \"2s\"\n",
         )
         .unwrap();
         let env = Env {
@@ -745,6 +771,7 @@ mod tests {
         .unwrap();
         assert_eq!(from_file.name.as_str(), "foo");
         assert_eq!(from_file.listen.port(), 4040);
+        assert_eq!(from_file.advertise, Some("10.0.0.2:4040".parse().unwrap()));
         assert_eq!(from_file.timeouts.request, Duration::from_secs(2));
         assert_eq!(from_file.data_dir, env.home.join("foo"));
         let flagged = NodeConfig::resolve(
@@ -752,6 +779,7 @@ mod tests {
                 config: Some(path),
                 name: Some(NodeName::new("bar").unwrap()),
                 listen: Some("127.0.0.1:5050".parse().unwrap()),
+                advertise: Some("10.0.0.3:5050".parse().unwrap()),
                 timeout: Some(Duration::from_secs(9)),
                 ..Default::default()
             },
@@ -760,6 +788,7 @@ mod tests {
         .unwrap();
         assert_eq!(flagged.name.as_str(), "bar");
         assert_eq!(flagged.listen.port(), 5050);
+        assert_eq!(flagged.advertise, Some("10.0.0.3:5050".parse().unwrap()));
         assert_eq!(flagged.timeouts.request, Duration::from_secs(9));
         assert_eq!(flagged.auto_reply.as_deref(), Some("hi"));
         let none = NodeConfig::resolve(StartFlags::default(), &env).unwrap_err();

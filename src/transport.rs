@@ -2,7 +2,7 @@
 //!
 //! The only module that touches quinn and rustls. It does not know what requests mean.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -257,6 +257,41 @@ pub fn node_endpoint(
     Ok(endpoint)
 }
 
+/// The address a node gives others (its directory entry, gossip, its handshakes) for the
+/// socket it bound at `bound`: `given` (`--advertise`; port 0 is the port bound) if any; else
+/// `bound`, unless that is a wildcard such as 0.0.0.0:4040, which nobody can connect to:
+/// then this machine's address on its default route, as the kernel would pick it to send
+/// there (a UDP socket connected to a documentation address: connecting sends nothing), or
+/// loopback on a machine with no route.
+pub fn advertised(bound: SocketAddr, given: Option<SocketAddr>) -> SocketAddr {
+    if let Some(given) = given {
+        let port = if given.port() == 0 { bound.port() } else { given.port() };
+        return SocketAddr::new(given.ip(), port);
+    }
+    if !bound.ip().is_unspecified() {
+        return bound;
+    }
+    // TEST-NET-1 and the IPv6 documentation prefix: routed as any far address is.
+    let (any, far, loopback): (SocketAddr, SocketAddr, IpAddr) = match bound {
+        SocketAddr::V4(_) => (
+            (Ipv4Addr::UNSPECIFIED, 0).into(),
+            (Ipv4Addr::new(192, 0, 2, 1), 9).into(),
+            Ipv4Addr::LOCALHOST.into(),
+        ),
+        SocketAddr::V6(_) => (
+            (Ipv6Addr::UNSPECIFIED, 0).into(),
+            (Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1), 9).into(),
+            Ipv6Addr::LOCALHOST.into(),
+        ),
+    };
+    let routed = std::net::UdpSocket::bind(any)
+        .and_then(|s| s.connect(far).and_then(|()| s.local_addr()))
+        .map(|a| a.ip())
+        .ok()
+        .filter(|ip| !ip.is_unspecified());
+    SocketAddr::new(routed.unwrap_or(loopback), bound.port())
+}
+
 /// A node's endpoint settings, which keep its connection ids and stateless resets (RFC 9000
 /// §10.3) the same from one run to the next: when a node that died comes back on its
 /// address, a peer still holding a connection to the dead run gets a reset it recognises at
@@ -456,6 +491,24 @@ mod tests {
             error_code: code,
             reason: bytes::Bytes::from_static(reason),
         })
+    }
+
+    #[test]
+    fn a_node_advertises_its_bound_address_a_given_one_or_a_routed_one_for_a_wildcard() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert_eq!(advertised(a("127.0.0.1:4040"), None), a("127.0.0.1:4040"));
+        assert_eq!(
+            advertised(a("0.0.0.0:4040"), Some(a("10.0.0.2:5050"))),
+            a("10.0.0.2:5050")
+        );
+        // Port 0 given: the port bound.
+        assert_eq!(advertised(a("0.0.0.0:4040"), Some(a("10.0.0.2:0"))), a("10.0.0.2:4040"));
+        // A wildcard: some address of this machine (loopback without a route), same port.
+        for wildcard in ["0.0.0.0:4040", "[::]:4040"] {
+            let got = advertised(a(wildcard), None);
+            assert!(!got.ip().is_unspecified(), "{wildcard} advertised as {got}");
+            assert_eq!((got.port(), got.is_ipv4()), (4040, wildcard.starts_with('0')));
+        }
     }
 
     #[test]

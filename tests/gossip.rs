@@ -59,6 +59,34 @@ fn all_alive(home: &Home, nodes: &[Node]) -> bool {
 }
 
 #[test]
+fn nodes_listening_on_a_wildcard_are_reached_at_the_address_they_advertise() {
+    let home = Home::new();
+    // Bound to every interface, reached at loopback (given, so that no test traffic goes
+    // to this machine's other addresses; port 0 is the port bound).
+    let wild = ["--in-memory", "--listen", "0.0.0.0:0", "--advertise", "127.0.0.1:0"];
+    let foo = home.start("foo", &wild);
+    let bar = home.start("bar", &[&wild[..], &["--join", "foo"]].concat());
+    for node in [&foo, &bar] {
+        assert!(
+            node.addr().ip().is_loopback() && node.addr().port() != 0,
+            "{} published {}",
+            node.name,
+            node.addr()
+        );
+    }
+    let nodes = [foo, bar];
+    wait_for("foo and bar to see each other alive", PATIENCE, || {
+        all_alive(&home, &nodes).then_some(())
+    });
+    // bar forwards to foo, the owner of everything, over the address foo gave.
+    assert_eq!(home.run(&["put", "b", "k", "v", "--via", "bar"]).ok(), "");
+    assert_eq!(home.run(&["get", "b", "k", "--via", "foo"]).ok(), "v\n");
+    let out = home.run(&["start", "--name", "baz", "--advertise", "0.0.0.0:4040"]);
+    out.expect(2);
+    assert!(out.stderr.contains("wildcard"), "{}", out.stderr);
+}
+
+#[test]
 fn six_nodes_joined_in_a_chain_all_see_each_other_alive() {
     let home = Home::new();
     let nodes = chain(&home, 6);

@@ -200,10 +200,13 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     let client = transport::client_config(&config.limits, config.timeouts.idle, Some(PEER_KEEP_ALIVE))?;
     let endpoint_config = transport::node_endpoint_config(&secret, &config.name);
     let endpoint = transport::node_endpoint(config.listen, server, client, endpoint_config)?;
-    let listen = endpoint.local_addr().map_err(|source| TransportError::Bind {
+    let bound = endpoint.local_addr().map_err(|source| TransportError::Bind {
         addr: config.listen,
         source,
     })?;
+    // From here on, `listen` is where others reach this node: what it publishes, gossips
+    // and introduces itself with.
+    let listen = transport::advertised(bound, config.advertise);
     let store = if config.in_memory {
         Store::in_memory()
     } else {
@@ -246,6 +249,9 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     };
     // The runtime as built (one event loop, or its worker threads), not as configured.
     let threads = tokio::runtime::Handle::current().metrics().num_workers();
+    if listen != bound {
+        tracing::info!(%bound, advertise = %listen, "listening on {bound}, reached at {listen} (--advertise sets it)");
+    }
     tracing::info!(node = %config.name, %listen, table = %table, store = %store.describe(), threads, "node up");
     let serve = ServeContext {
         max_in_flight: config.limits.max_requests_per_stream as usize,
@@ -351,6 +357,18 @@ enum Admission {
     Refuse,
     /// From a source or address slowed down after failing the handshake: dropped unanswered.
     Ignore,
+}
+
+/// Where a node that connected to us from `from` and introduced itself with `listen` is
+/// reached: at `listen`; at `from` when it gave none we can read; at `listen`'s port on
+/// `from`'s address when `listen` is a wildcard (0.0.0.0:4040: a node that does not say
+/// where it is reached).
+fn reached_at(listen: Option<&str>, from: SocketAddr) -> SocketAddr {
+    match listen.and_then(|a| a.parse::<SocketAddr>().ok()) {
+        Some(a) if a.ip().is_unspecified() => SocketAddr::new(from.ip(), a.port()),
+        Some(a) => a,
+        None => from,
+    }
 }
 
 /// The listener part: accepts connections and hands each to its own task.
@@ -508,12 +526,7 @@ impl Node {
         if authed.peer.role == Role::Node {
             // Requests and gossip to this node reuse its connection. Nodes connect from their
             // listen socket, so the address it advertises is where it is.
-            let addr = authed
-                .peer
-                .listen
-                .as_deref()
-                .and_then(|a| a.parse().ok())
-                .unwrap_or(peer);
+            let addr = reached_at(authed.peer.listen.as_deref(), peer);
             let name = authed.peer.name.parse::<NodeName>().ok();
             if let Some(old) = self.peers.adopt(authed, addr) {
                 // The connection cached for forwarding to the node there (the one that was,
@@ -628,5 +641,20 @@ impl Node {
     pub(crate) fn fail(&self, reason: String) {
         *self.fatal_reason.lock().unwrap_or_else(PoisonError::into_inner) = Some(reason);
         self.fatal.cancel();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connecting_node_is_reached_at_its_listen_address_or_where_it_came_from() {
+        let from: SocketAddr = "10.0.0.7:53211".parse().unwrap();
+        let at = |listen| reached_at(listen, from).to_string();
+        assert_eq!(at(Some("10.0.0.7:4040")), "10.0.0.7:4040");
+        assert_eq!(at(Some("0.0.0.0:4040")), "10.0.0.7:4040");
+        assert_eq!(at(Some("not an address")), "10.0.0.7:53211");
+        assert_eq!(at(None), "10.0.0.7:53211");
     }
 }
