@@ -72,10 +72,26 @@ impl Directory {
         self.root.join(format!(".{name}.lock"))
     }
 
+    /// Why the directory cannot be made where it should be, when something else is there
+    /// (creating it would fail with a bare "File exists").
+    fn root_unusable(&self) -> Option<String> {
+        let found = std::fs::symlink_metadata(&self.root).ok()?;
+        if self.root.is_dir() {
+            return None;
+        }
+        if found.file_type().is_symlink() {
+            let target = std::fs::read_link(&self.root).unwrap_or_default();
+            return Some(format!(
+                "it is a symbolic link to {}, which is not a directory; create that directory, or remove the link",
+                target.display()
+            ));
+        }
+        Some("it is a file, not a directory; move it away, or set KVNODE_HOME to another directory".into())
+    }
+
     /// Takes the name for this process, or says who has it.
     pub fn claim(&self, name: &NodeName) -> Result<Claim, DirectoryError> {
-        if self.root.exists() && !self.root.is_dir() {
-            let why = "it is a file, not a directory; move it away, or set KVNODE_HOME to another directory";
+        if let Some(why) = self.root_unusable() {
             return Err(self.io(&self.root)(std::io::Error::other(why)));
         }
         std::fs::create_dir_all(&self.root).map_err(self.io(&self.root))?;
@@ -222,6 +238,25 @@ mod tests {
             err.contains("it is a file, not a directory") && !err.contains("File exists"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_node_directory_that_is_a_dangling_link_says_so() {
+        let home = tempfile::tempdir().unwrap();
+        let gone = home.path().join("gone");
+        std::os::unix::fs::symlink(&gone, home.path().join("nodes")).unwrap();
+        let err = Directory::new(home.path())
+            .claim(&name("foo"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("symbolic link") && err.contains(&gone.display().to_string()) && !err.contains("File exists"),
+            "{err}"
+        );
+        // A link to a directory is used as the directory.
+        std::fs::create_dir(&gone).unwrap();
+        assert!(Directory::new(home.path()).claim(&name("foo")).is_ok());
     }
 
     #[test]
