@@ -79,11 +79,26 @@ impl Gossip {
     /// A member we hold suspect or dead is talking to us, so it does not know: tell it at once,
     /// so it refutes now rather than whenever gossip or a reconnect happens to reach it. This
     /// is what lets a healed partition converge in seconds: the first probe across the old cut
-    /// makes the prober refute.
+    /// makes the prober refute. Likewise an earlier process of a name that has started again
+    /// meanwhile: it is told of the newer one.
     pub(super) fn tell_if_written_off(&mut self, now: Instant, sender: &Sender) {
         let Some(m) = self.members.find_ident(&sender.id).and_then(|s| self.members.get(s)) else {
             return;
         };
+        if m.id.generation > sender.id.generation && matches!(m.state, State::Alive | State::Suspect) {
+            // An earlier process of a name started again since (it was paused or cut off long
+            // enough to be replaced): tell it of the newer one, which makes it stop serving
+            // at once (a name conflict it loses), not at its next full-state exchange.
+            let (id, incarnation) = (m.id.clone(), m.incarnation);
+            if !self.told_recently(now, &sender.id, &id, incarnation) {
+                let notice = Message::Gossip {
+                    from: self.sender(),
+                    piggyback: vec![Update::Alive { id, incarnation }],
+                };
+                self.send(sender.id.addr, notice, false);
+            }
+            return;
+        }
         if m.id.generation != sender.id.generation || !matches!(m.state, State::Suspect | State::Dead) {
             return;
         }

@@ -412,6 +412,44 @@ fn name_conflict_is_reported_when_a_live_process_claims_our_name() {
 }
 
 #[test]
+fn an_earlier_process_of_a_replaced_name_is_told_of_the_newer_at_once() {
+    let now = t0();
+    let mut c = gossip("c", 0, 1, now);
+    // b was cut off long enough to be replaced: c knows the new b (generation 5, at 2).
+    let (newer, earlier) = (id("b", 2, 5), id("b", 1, 3));
+    c.handle_message(now, newer.addr, gossip_msg(&newer, vec![]));
+    drain(&mut c);
+    // The earlier b comes back and talks to c: c tells it, and only it, of the newer b.
+    c.handle_message(now, earlier.addr, gossip_msg(&earlier, vec![]));
+    let told: Vec<Transmit> = drain(&mut c).into_iter().filter(|t| t.to == earlier.addr).collect();
+    assert_eq!(told.len(), 1, "{told:?}");
+    assert!(
+        told[0]
+            .msg
+            .piggyback()
+            .iter()
+            .any(|u| *u == update(State::Alive, &newer, 0, &newer)),
+        "{told:?}"
+    );
+    assert_eq!(
+        c.member("b").unwrap().generation,
+        5,
+        "the earlier process does not revive"
+    );
+    // Once in a probe interval, however often it talks.
+    c.handle_message(now, earlier.addr, gossip_msg(&earlier, vec![]));
+    assert!(drain(&mut c).iter().all(|t| t.to != earlier.addr));
+    // The earlier b, hearing it, learns it lost the name: the driver stops it.
+    let mut b = gossip("b", 1, 3, now);
+    b.handle_message(now, addr(0), told[0].msg.clone());
+    assert!(events(&mut b).contains(&Event::NameConflict {
+        name: name("b"),
+        other: newer.addr,
+        newer: true,
+    }));
+}
+
+#[test]
 fn hostile_input_never_panics() {
     let now = t0();
     let mut a = gossip("a", 0, 1, now);
