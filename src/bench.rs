@@ -106,13 +106,8 @@ async fn run_test(
     timeout: Duration,
     show_progress: bool,
 ) -> Result<BenchResult, ClientError> {
-    // A get of a key nobody put measures an error path; make sure every key exists.
     if test == BenchTest::Get {
-        let c = &clients[0];
-        for k in 0..args.keyspace.min(100_000) {
-            c.call_within(request(BenchTest::Put, args.bucket.as_bytes(), key(k), value), timeout)
-                .await?;
-        }
+        put_every_key(args, clients, value, timeout).await?;
     }
     let issued = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicU64::new(0));
@@ -184,6 +179,39 @@ async fn run_test(
         p99: pct(0.99),
         p999: pct(0.999),
     })
+}
+
+/// Puts every key a get test reads (the first `min(keyspace, requests)`): a get of a key
+/// nobody put measures an error path, and fails the run. Untimed; spread over the clients
+/// as the test is, one put in flight each.
+async fn put_every_key(
+    args: &BenchArgs,
+    clients: &[Arc<Client>],
+    value: &[u8],
+    timeout: Duration,
+) -> Result<(), ClientError> {
+    let keys = args.keyspace.min(args.requests);
+    let next = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for i in 0..(args.clients as u64).min(keys) as usize {
+        let client = Arc::clone(&clients[i % clients.len()]);
+        let next = Arc::clone(&next);
+        let mut req = request(BenchTest::Put, args.bucket.as_bytes(), key(0), value);
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let k = next.fetch_add(1, Ordering::Relaxed);
+                if k >= keys {
+                    return Ok::<_, ClientError>(());
+                }
+                set_key(&mut req, k);
+                client.call_ref(&req, timeout).await?;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("bench client task")?;
+    }
+    Ok(())
 }
 
 fn key(n: u64) -> Vec<u8> {

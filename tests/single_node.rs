@@ -454,6 +454,19 @@ fn random_datagrams_at_the_port_do_not_disturb_the_node() {
 }
 
 #[test]
+fn bench_gets_read_keys_it_put_however_many_the_keyspace_holds() {
+    let home = Home::new();
+    let _foo = home.start("foo", &["--in-memory"]);
+    // Beyond 100,000 keys, the gets once read keys nobody had put, and the run failed.
+    let n = "100001";
+    let args = ["bench", "-t", "get", "-n", n, "--keyspace", n, "-c", "20", "--json"];
+    let out = home.run(&args).ok();
+    let line: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(line["test"], "get", "{out}");
+    assert_eq!(home.run(&["keys", "bench"]).ok().lines().count(), 100_001);
+}
+
+#[test]
 fn help_for_every_subcommand_shows_an_example() {
     let home = Home::new();
     for sub in [
