@@ -225,15 +225,16 @@ mod tests {
         assert!(dir.live_nodes().is_empty());
     }
 
+    /// Why claiming "foo" in the node directory of `home` is refused.
+    fn claim_refused(home: &Path) -> String {
+        Directory::new(home).claim(&name("foo")).err().unwrap().to_string()
+    }
+
     #[test]
     fn a_node_directory_that_is_a_file_says_so() {
         let home = tempfile::tempdir().unwrap();
         std::fs::write(home.path().join("nodes"), "").unwrap();
-        let err = Directory::new(home.path())
-            .claim(&name("foo"))
-            .err()
-            .unwrap()
-            .to_string();
+        let err = claim_refused(home.path());
         assert!(
             err.contains("it is a file, not a directory") && !err.contains("File exists"),
             "{err}"
@@ -245,11 +246,7 @@ mod tests {
         let home = tempfile::tempdir().unwrap();
         let gone = home.path().join("gone");
         std::os::unix::fs::symlink(&gone, home.path().join("nodes")).unwrap();
-        let err = Directory::new(home.path())
-            .claim(&name("foo"))
-            .err()
-            .unwrap()
-            .to_string();
+        let err = claim_refused(home.path());
         assert!(
             err.contains("symbolic link") && err.contains(&gone.display().to_string()) && !err.contains("File exists"),
             "{err}"
