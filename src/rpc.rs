@@ -65,6 +65,10 @@ const MAX_BATCH: usize = 256 * 1024;
 /// How many times a stream's writer yields, while its batch grows, before it writes.
 const MAX_GATHER_YIELDS: usize = 4;
 
+/// How long a stream's last answers may wait for the peer's acknowledgement once the node is
+/// stopping: ample for a live peer, short for a dead one.
+const STOPPING_DELIVERY_WAIT: Duration = Duration::from_millis(500);
+
 type Answer = Result<Reply, RemoteError>;
 
 /// Why a call got no answer.
@@ -426,7 +430,7 @@ where
     let mut quiet_until = Instant::now() + ctx.default_timeout;
     let quiet = tokio::time::sleep_until(quiet_until);
     tokio::pin!(quiet);
-    let mut stopping = OnlyWhenWoken::new(Box::pin(ctx.stopping.cancelled_owned()));
+    let mut stopping = OnlyWhenWoken::new(Box::pin(ctx.stopping.clone().cancelled_owned()));
     let mut answered = Vec::with_capacity(16 * 1024);
     let mut peer_gone = false;
     loop {
@@ -510,8 +514,24 @@ where
     while let Some((id, answer)) = pending.next().await {
         encode_answer(id, settle(answer), &mut answered);
     }
-    if !peer_gone && writer.write_all(&answered).await.is_ok() {
-        writer.finish_delivered().await;
+    if peer_gone {
+        return;
+    }
+    let deliver = async move {
+        if writer.write_all(&answered).await.is_ok() {
+            writer.finish_delivered().await;
+        }
+    };
+    // A live peer acknowledges the last answers within a round trip; a dead or paused one
+    // only when the connection times out (30 s by default), which a stopping node must not
+    // wait for.
+    let stopped = async {
+        ctx.stopping.cancelled().await;
+        tokio::time::sleep(STOPPING_DELIVERY_WAIT).await;
+    };
+    tokio::select! {
+        () = deliver => {}
+        () = stopped => {}
     }
 }
 

@@ -346,6 +346,27 @@ fn a_node_whose_seed_never_answers_stops_at_once() {
 }
 
 #[test]
+fn a_node_whose_peer_died_stops_at_once() {
+    let home = Home::new();
+    let mut t1 = home.start("t1", &["--in-memory"]);
+    let mut t2 = home.start("t2", &["--in-memory", "--join", "t1"]);
+    wait_for("t2 to see t1", PATIENCE, || {
+        (state_of(&home, "t2", "t1").as_deref() == Some("alive")).then_some(())
+    });
+    t1.kill9();
+    // Dead to t2, so that its leaving has nobody to wait for.
+    wait_for("t2 to see t1 dead", PATIENCE, || {
+        (state_of(&home, "t2", "t1").as_deref() == Some("dead")).then_some(())
+    });
+    let asked = Instant::now();
+    assert!(t2.terminate().success());
+    // The streams t1 had opened waited for t1 to acknowledge their last answers, which it
+    // never would, until the shutdown deadline: 10 s.
+    let took = asked.elapsed();
+    assert!(took < Duration::from_secs(3), "stopping took {took:?}");
+}
+
+#[test]
 fn a_table_naming_a_node_nobody_knows_is_set_with_a_warning() {
     let home = Home::new();
     let _n1 = home.start("n1", &["--in-memory"]);
