@@ -346,6 +346,19 @@ fn a_node_whose_seed_never_answers_stops_at_once() {
 }
 
 #[test]
+fn a_node_joining_with_another_secret_is_told_the_secrets_differ() {
+    // Two homes, two secrets.
+    let (home, elsewhere) = (Home::new(), Home::new());
+    let foo = home.start("foo", &["--in-memory"]);
+    let x = elsewhere.start("x", &["--in-memory", "--join", &foo.full()]);
+    // Not "no answer within 3s", which sends the operator looking at the network.
+    let line = x.wait_log("the join to report the refused secret", |l| {
+        l.contains("refused this node's secret")
+    });
+    assert!(line.contains("KVNODE_SECRET"), "{line}");
+}
+
+#[test]
 fn a_node_whose_peer_died_stops_at_once() {
     let home = Home::new();
     let mut t1 = home.start("t1", &["--in-memory"]);

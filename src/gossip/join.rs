@@ -102,17 +102,35 @@ impl Gossip {
         for i in 0..self.joins.len() {
             match self.joins[i].phase {
                 JoinPhase::Waiting(t) if t <= now => {
-                    let attempt = &mut self.joins[i];
-                    attempt.phase = JoinPhase::Backoff(now + attempt.backoff);
-                    attempt.backoff = (attempt.backoff * 2).min(self.config.join_retry_max);
-                    let seed = attempt.seed;
+                    let seed = self.joins[i].seed;
                     let reason = format!("no answer from {seed} within {:?}", self.config.join_timeout);
-                    self.events.push_back(Event::JoinFailed { seed, reason });
+                    self.join_failed(now, i, reason);
                 }
                 JoinPhase::Backoff(t) if t <= now => self.send_join(now, i),
                 _ => {}
             }
         }
+    }
+
+    /// The join attempt through `seed`, if one is waiting for its answer, failed before the
+    /// seed could answer it (the driver could not connect: the seed refused our secret, say):
+    /// it is retried after its backoff, as one that timed out, with `reason` reported now.
+    pub fn join_unanswerable(&mut self, now: Instant, seed: SocketAddr, reason: String) {
+        if let Some(i) = self
+            .joins
+            .iter()
+            .position(|j| j.seed == seed && matches!(j.phase, JoinPhase::Waiting(_)))
+        {
+            self.join_failed(now, i, reason);
+        }
+    }
+
+    fn join_failed(&mut self, now: Instant, i: usize, reason: String) {
+        let attempt = &mut self.joins[i];
+        attempt.phase = JoinPhase::Backoff(now + attempt.backoff);
+        attempt.backoff = (attempt.backoff * 2).min(self.config.join_retry_max);
+        let seed = attempt.seed;
+        self.events.push_back(Event::JoinFailed { seed, reason });
     }
 
     pub(super) fn on_join_refused(&mut self, token: u32, mut reason: String) {

@@ -10,7 +10,7 @@ use serde_bytes::ByteBuf;
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::Node;
+use super::{ConnectFailure, Node};
 use crate::gossip::{Event, Gossip, Message, State, Transmit};
 use crate::names::{NodeName, NodeRef};
 use crate::routing::RoutingTable;
@@ -29,6 +29,11 @@ pub(crate) enum Input {
         msg: Message,
     },
     SetTable(RoutingTable),
+    /// A join request could not be sent to `seed`, for `reason`.
+    JoinUnanswerable {
+        seed: SocketAddr,
+        reason: String,
+    },
     /// Gossip `left`; the sender is answered once enough members have it.
     Leave(oneshot::Sender<()>),
 }
@@ -181,6 +186,7 @@ impl Node {
                 input = rx.recv() => match input {
                     Some(Input::Message { from, msg }) => core.handle_message(Instant::now(), from, msg),
                     Some(Input::SetTable(table)) => core.set_routing_table(Instant::now(), table),
+                    Some(Input::JoinUnanswerable { seed, reason }) => core.join_unanswerable(Instant::now(), seed, reason),
                     Some(Input::Leave(done)) => {
                         core.leave(Instant::now());
                         leaving = Some(done);
@@ -363,9 +369,22 @@ impl Node {
         }
         let node = Arc::clone(self);
         let deadline = tokio::time::Instant::now() + self.config.timeouts.request;
+        let joining = matches!(&t.msg, Message::PushPull(pp) if pp.join.is_some() && !pp.is_reply);
         self.tasks.spawn(async move {
             let send = async {
-                if let Ok(conn) = node.link(t.to, deadline).await {
+                let linked = node.link(t.to, deadline).await;
+                if joining && let Err(e) = &linked {
+                    // Said now, and why: the attempt would otherwise time out as "no answer".
+                    let reason = match e {
+                        ConnectFailure::AuthRefused => format!(
+                            "{} refused this node's secret: the secrets differ — give this node the cluster's secret (KVNODE_SECRET or --secret-file)",
+                            t.to
+                        ),
+                        ConnectFailure::Unreachable(why) => format!("{} is unreachable: {why}", t.to),
+                    };
+                    node.gossip.offer(Input::JoinUnanswerable { seed: t.to, reason });
+                }
+                if let Ok(conn) = linked {
                     let fits = conn
                         .authed
                         .conn

@@ -141,6 +141,29 @@ fn join_is_retried_with_backoff_until_the_seed_answers() {
 }
 
 #[test]
+fn a_join_the_driver_could_not_send_fails_at_once_with_its_reason_and_is_retried() {
+    let now = t0();
+    let mut b = gossip("b", 1, 1, now);
+    b.join(now, addr(0));
+    drain(&mut b);
+    b.join_unanswerable(now, addr(0), "the secrets differ".into());
+    let failed = Event::JoinFailed {
+        seed: addr(0),
+        reason: "the secrets differ".into(),
+    };
+    assert_eq!(events(&mut b), vec![failed]);
+    // In its backoff, not waiting: a second report of the same send changes nothing.
+    b.join_unanswerable(now, addr(0), "again".into());
+    assert!(events(&mut b).is_empty());
+    // Retried after the first backoff (1 s), not at the join timeout (3 s).
+    b.handle_timeout(now + Duration::from_secs(1));
+    assert!(drain(&mut b).iter().any(|t| t.to == addr(0) && t.reliable));
+    // A seed nobody is joining through is ignored.
+    b.join_unanswerable(now, addr(5), "who".into());
+    assert!(events(&mut b).is_empty());
+}
+
+#[test]
 fn leave_is_acknowledged() {
     let mut net = Net::converged(&["a", "b", "c"]);
     let now = net.now;
