@@ -101,8 +101,18 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "h" => 3600.0,
         _ => return Err(format!("{unit:?} in {s:?} is not a unit; use ms, s, m or h")),
     };
-    Duration::try_from_secs_f64(number * scale).map_err(|e| format!("{s:?}: {e}"))
+    match Duration::try_from_secs_f64(number * scale) {
+        // Every duration is added to the clock (a deadline, a timer); beyond any sensible
+        // timeout or interval that overflows, and a request's timeout travels in whole
+        // milliseconds as 32 bits (49 days) anyway.
+        Ok(d) if d > MAX_DURATION => Err(format!("{s:?} is over 30 days, the longest duration kvnode takes")),
+        Ok(d) => Ok(d),
+        Err(e) => Err(format!("{s:?}: {e}")),
+    }
 }
+
+/// The longest duration a flag or a config key may give.
+pub const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// A listen address: an IP address and a port (a node binds one socket, so no host name).
 pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
@@ -532,6 +542,11 @@ mod tests {
         assert!(parse_duration("5").unwrap_err().contains("no unit"));
         assert!(parse_duration("5y").unwrap_err().contains("not a unit"));
         assert!(parse_duration("fast").is_err());
+        // Added to the clock, a huge one panicked.
+        assert_eq!(parse_duration("720h"), Ok(MAX_DURATION));
+        for huge in ["721h", "5000000000000000h", "1e300s"] {
+            assert!(parse_duration(huge).is_err(), "{huge}");
+        }
     }
 
     #[test]
