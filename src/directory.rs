@@ -94,7 +94,7 @@ impl Directory {
         if let Some(why) = self.root_unusable() {
             return Err(self.io(&self.root)(std::io::Error::other(why)));
         }
-        std::fs::create_dir_all(&self.root).map_err(self.io(&self.root))?;
+        crate::secret::create_private_dir(&self.root).map_err(self.io(&self.root))?;
         let lock_path = self.lock_path(name.as_str());
         let lock = OpenOptions::new()
             .create(true)

@@ -150,11 +150,19 @@ fn read_secret_file(path: &Path) -> Result<Secret, SecretError> {
     Secret::new(bytes)
 }
 
+/// Creates `dir` and any missing parent, readable by this user only (0700), as etcd does
+/// its data directory: they hold the secret, the node's private key, and the data. A
+/// directory that exists already is left as it is.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+}
+
 /// Creates the secret file atomically: written under a temporary name, then linked into
 /// place, so two nodes starting at once agree on one secret and nobody reads a half file.
 fn create_secret_file(path: &Path) -> Result<(), SecretError> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    create_private_dir(dir).map_err(io_err(dir))?;
     let mut random = [0u8; 32];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random)
         .map_err(|_| io_err(path)(std::io::Error::other("the system random source failed")))?;
@@ -184,6 +192,18 @@ fn create_secret_file(path: &Path) -> Result<(), SecretError> {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn directories_are_made_private_and_existing_ones_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let nested = dir.path().join("home/node");
+        create_private_dir(&nested).unwrap();
+        assert_eq!((mode(&dir.path().join("home")), mode(&nested)), (0o700, 0o700));
+        std::fs::set_permissions(&nested, std::fs::Permissions::from_mode(0o750)).unwrap();
+        create_private_dir(&nested).unwrap();
+        assert_eq!(mode(&nested), 0o750);
+    }
 
     #[test]
     fn a_missing_home_secret_is_created_once_with_mode_0600() {

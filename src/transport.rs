@@ -119,7 +119,7 @@ impl Identity {
         let params = rcgen::CertificateParams::new(vec![SERVER_NAME.to_string(), name.to_string()])
             .map_err(|e| err(&cert_path, e.to_string()))?;
         let cert = params.self_signed(&key).map_err(|e| err(&cert_path, e.to_string()))?;
-        std::fs::create_dir_all(&dir).map_err(|e| err(&dir, e.to_string()))?;
+        crate::secret::create_private_dir(&dir).map_err(|e| err(&dir, e.to_string()))?;
         write_private(&key_path, &key.serialize_der()).map_err(|e| err(&key_path, e.to_string()))?;
         std::fs::write(&cert_path, cert.der()).map_err(|e| err(&cert_path, e.to_string()))?;
         tracing::info!(path = %dir.display(), "made a new self-signed node certificate");

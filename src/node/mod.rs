@@ -344,7 +344,7 @@ fn usable_dir(dir: &std::path::Path) -> std::io::Result<()> {
     if dir.exists() && !dir.is_dir() {
         return Err(std::io::Error::other("it is a file, not a directory"));
     }
-    std::fs::create_dir_all(dir)?;
+    crate::secret::create_private_dir(dir)?;
     let probe = dir.join(format!(".kvnode-probe-{}", std::process::id()));
     std::fs::OpenOptions::new().write(true).create_new(true).open(&probe)?;
     std::fs::remove_file(&probe)

@@ -75,7 +75,7 @@ impl std::fmt::Debug for DiskStore {
 impl DiskStore {
     /// Opens (or creates) the store under `dir`, refusing a directory another process holds.
     pub fn open(dir: &Path, kind: EngineKind) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
+        crate::secret::create_private_dir(dir).map_err(|e| StoreError::Open {
             path: dir.display().to_string(),
             reason: e.to_string(),
         })?;
