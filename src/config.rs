@@ -138,6 +138,18 @@ pub fn parse_advertise(s: &str) -> Result<SocketAddr, String> {
     Ok(addr)
 }
 
+/// A path in a config file: not empty (which would mean the current directory of whoever
+/// starts the node).
+fn deserialize_path<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
+    let path = PathBuf::deserialize(d)?;
+    if path.as_os_str().is_empty() {
+        return Err(serde::de::Error::custom(
+            "an empty path; give one, or leave the key out for its default",
+        ));
+    }
+    Ok(Some(path))
+}
+
 fn deserialize_advertise<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
     let s = String::deserialize(d)?;
     parse_advertise(&s).map(Some).map_err(serde::de::Error::custom)
@@ -248,10 +260,12 @@ pub struct ConfigFile {
     pub join: Option<Vec<NodeRef>>,
     pub routing_table: Option<TableSpec>,
     pub peers: Option<BTreeMap<NodeName, HostPort>>,
+    #[serde(default, deserialize_with = "deserialize_path")]
     pub data_dir: Option<PathBuf>,
     pub in_memory: Option<bool>,
     pub auto_reply: Option<String>,
     pub threads: Option<Threads>,
+    #[serde(default, deserialize_with = "deserialize_path")]
     pub secret_file: Option<PathBuf>,
     pub log_format: Option<LogFormat>,
     #[serde(default)]
@@ -305,14 +319,29 @@ pub struct SupervisorFile {
 impl ConfigFile {
     /// Reads and validates a config file; errors name the file, line and key.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let read = |source| ConfigError::Read {
             path: path.display().to_string(),
             source,
-        })?;
-        let mut file = Self::parse(&text).map_err(|message| ConfigError::Parse {
+        };
+        let invalid = |message: &str| ConfigError::Parse {
             path: path.display().to_string(),
-            message,
-        })?;
+            message: message.to_string(),
+        };
+        // Bounded: `--config /dev/zero`, or a huge file by mistake, would fill the memory.
+        use std::io::Read as _;
+        let mut text = String::new();
+        let file = std::fs::File::open(path).map_err(read)?;
+        file.take(MAX_CONFIG + 1).read_to_string(&mut text).map_err(read)?;
+        if text.len() as u64 > MAX_CONFIG {
+            return Err(invalid("it is over 1 MiB; a node's settings take a few lines"));
+        }
+        let mut file = Self::parse(&text).map_err(|message| invalid(&message))?;
+        if file.in_memory == Some(true) && file.data_dir.is_some() {
+            // `--in-memory --data-dir` is refused too: one of them would be ignored.
+            return Err(invalid(
+                "in_memory = true and data_dir together: keep the data in memory (lost at every stop) or in data_dir, not both; remove one",
+            ));
+        }
         // Relative paths in a config file are relative to the file, not to wherever the
         // node happens to be started from.
         let base = path.parent().unwrap_or(Path::new("."));
@@ -328,6 +357,9 @@ impl ConfigFile {
         toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())
     }
 }
+
+/// The largest config file read.
+const MAX_CONFIG: u64 = 1 << 20;
 
 /// Request, handshake and connection deadlines.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -751,16 +783,31 @@ mod tests {
             "--in-memory beats data_dir"
         );
         assert!(!resolve(durable, None, false).unwrap().in_memory);
-        // Both keys in one file: in memory, the certificate in data_dir (as --in-memory with
-        // a file's data_dir); --data-dir still makes it durable.
+        // Both keys in one file: refused, as the two flags are (one would be ignored, and
+        // a copy of an in-memory example given a data_dir would lose its data at every stop).
         let both = file("name = \"n\"\nin_memory = true\ndata_dir = \"/tmp/n-data\"\n");
-        let c = resolve(both.clone(), None, false).unwrap();
-        assert!(c.in_memory);
-        assert_eq!(c.data_dir, Path::new("/tmp/n-data"));
-        assert!(
-            !resolve(both, Some("/tmp/other"), false).unwrap().in_memory,
-            "the flag decides"
-        );
+        let err = resolve(both, None, false).unwrap_err().to_string();
+        assert!(err.contains("in_memory = true and data_dir together"), "{err}");
+        // A key present but false is no conflict.
+        let off = file("name = \"n\"\nin_memory = false\ndata_dir = \"/tmp/n-data\"\n");
+        assert!(!resolve(off, None, false).unwrap().in_memory);
+    }
+
+    #[test]
+    fn empty_paths_and_oversized_files_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        for key in ["data_dir", "secret_file"] {
+            let path = dir.path().join("e.toml");
+            std::fs::write(&path, format!("name = \"n\"\n{key} = \"\"\n")).unwrap();
+            let err = ConfigFile::load(&path).unwrap_err().to_string();
+            assert!(err.contains("an empty path") && err.contains(key), "{err}");
+        }
+        let big = dir.path().join("big.toml");
+        std::fs::write(&big, "#".repeat(MAX_CONFIG as usize + 1)).unwrap();
+        let err = ConfigFile::load(&big).unwrap_err().to_string();
+        assert!(err.contains("over 1 MiB"), "{err}");
+        let err = ConfigFile::load(Path::new("/dev/zero")).unwrap_err().to_string();
+        assert!(err.contains("over 1 MiB"), "{err}");
     }
 
     #[test]
