@@ -215,7 +215,7 @@ pub struct ChatArgs {
     #[arg(long, value_name = "NODE")]
     pub via: Option<NodeRef>,
     /// The sender name shown to NODE [default: the --via node's name, or client@HOST]
-    #[arg(long = "as", value_name = "NAME")]
+    #[arg(long = "as", value_name = "NAME", value_parser = parse_sender)]
     pub as_name: Option<String>,
 }
 
@@ -259,6 +259,15 @@ pub struct BenchArgs {
 pub enum BenchTest {
     Put,
     Get,
+}
+
+/// `chat --as`: the sender's label, which is also the client's name in the handshake.
+fn parse_sender(s: &str) -> Result<String, String> {
+    match s.len() {
+        1..=128 => Ok(s.to_string()),
+        0 => Err("the sender's name is empty; give 1 to 128 bytes, e.g. --as zoe".into()),
+        n => Err(format!("the sender's name is {n} bytes; give 1 to 128")),
+    }
 }
 
 /// `--timeout`: a duration, and not zero, which no answer could meet.

@@ -29,6 +29,20 @@ fn lesson(home: &Home) -> (Node, Node, Node) {
 }
 
 #[test]
+fn a_sender_name_chat_cannot_send_is_a_usage_error_before_any_node_is_asked() {
+    let home = Home::new();
+    // No node: the name is refused before anything is looked up (it was "unreachable:
+    // malformed handshake", exit 3, from the node).
+    let out = home.run(&["chat", "kate", "hi", "--as", ""]);
+    out.expect(2);
+    assert!(out.stderr.contains("the sender's name is empty"), "{}", out.stderr);
+    let long = "z".repeat(129);
+    let out = home.run(&["chat", "kate", "hi", "--as", &long]);
+    out.expect(2);
+    assert!(out.stderr.contains("129 bytes"), "{}", out.stderr);
+}
+
+#[test]
 fn kate_prints_a_message_sent_to_her_and_no_one_else_does() {
     let home = Home::new();
     let (kate, alex, moebi) = lesson(&home);
