@@ -85,7 +85,7 @@ pub enum Command {
     /// List the members a node knows: name, address, state, incarnation, last change
     #[command(after_help = "Example:\n  kvnode members --via foo")]
     Members(ViaArgs),
-    /// Print pong if NODE answers (exit 0), else pang (exit 3)
+    /// Print pong if NODE answers (exit 0), else pang (exit 3; 4 if it refused our secret)
     #[command(after_help = "Example:\n  kvnode ping foo && echo up")]
     Ping(PingArgs),
     /// Print the keys of BUCKET, one per line

@@ -70,7 +70,7 @@ pub enum ClientError {
     /// The node answered something this command did not ask for (exit 6).
     #[error("unexpected answer from node {node}: {answer}")]
     Unexpected { node: String, answer: String },
-    /// `ping` got no pong, for this reason: pang is exit 3 whatever the reason (SPEC §1).
+    /// `ping` got no pong, for this reason: exit 3 (SPEC §1), 4 for a refused secret (§3).
     #[error("{0}")]
     Pang(Box<ClientError>),
 }
@@ -100,6 +100,7 @@ impl ClientError {
             AuthRefused { .. } => 4,
             Remote(e) => e.exit_code(),
             Unexpected { .. } => 6,
+            Pang(e) if matches!(**e, AuthRefused { .. }) => 4,
             Pang(_) => 3,
         }
     }

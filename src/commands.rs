@@ -341,8 +341,10 @@ fn ago(ms: u64) -> String {
     }
 }
 
-/// `pong` when the node answers, `pang` when it does not: exit 3 whatever the reason (SPEC
-/// §1, like Erlang's `net_adm:ping` with a wrong cookie), which is said once, as it is.
+/// `pong` when the node answers, `pang` when it does not (like Erlang's `net_adm:ping`, a wrong
+/// cookie included): exit 3 (SPEC §1), or 4 when it refused our secret (§3: every client);
+/// the reason is said once, as it is. A mistake of our own (no usable secret) pings nobody:
+/// it is the usage error any command gives, with no pang.
 async fn ping(args: PingArgs, settings: &Settings, deadline: Instant, out: &mut Output) -> Result<(), ClientError> {
     let result = async {
         let target = client::resolve_ref(&args.node, settings, deadline).await?;
@@ -363,6 +365,7 @@ async fn ping(args: PingArgs, settings: &Settings, deadline: Instant, out: &mut 
             Ok(())
         }
         Ok(other) => unexpected(&other),
+        Err(e @ (ClientError::Secret(_) | ClientError::Usage(_) | ClientError::WhichNode { .. })) => Err(e),
         Err(e) => {
             if out.is_json() {
                 out.object(json!({ "node": args.node.to_string(), "answer": "pang", "reason": e.to_string() }));

@@ -466,17 +466,22 @@ fn ping_says_pong_or_pang() {
     );
     // Said once, not wrapped in another "unreachable" nor logged besides.
     assert_eq!(out.stderr.matches("no answer from node").count(), 1, "{}", out.stderr);
-    // A wrong secret is pang too, exit 3 as SPEC §1 has it for ping, with §3's message.
+    // A wrong secret is pang too, but exit 4, as every client's (SPEC §3), with §3's message:
+    // a script must not restart a healthy node for a secret mistake of its own.
     let _n2 = home.start("n2", &["--in-memory"]);
     let wrong = home.write_file("wrong-secret", "not the secret");
     let out = home.run(&["ping", "n2", "--secret-file", wrong.to_str().unwrap()]);
-    out.expect(3);
+    out.expect(4);
     assert_eq!(out.stdout(), "pang\n");
     assert!(
         out.stderr.contains("authentication refused by node n2") && out.stderr.contains("the secrets differ"),
         "{}",
         out.stderr
     );
+    // A secret that cannot even be read: nothing was pinged, a usage error like any command's.
+    let out = home.run(&["ping", "n2", "--secret-file", "/nonexistent/secret"]);
+    out.expect(2);
+    assert_eq!(out.stdout(), "");
 }
 
 // ---------------------------------------------------------------------------------------------
