@@ -78,9 +78,15 @@ fn init_logging(global: &Global, default: &str, format: LogFormat) {
         (_, 1) => Some("error"),
         _ => Some("off"),
     };
+    // A RUST_LOG that does not parse is not taken in part: what remained of it could be
+    // errors only, hiding the warnings a node must give (tracing's own lenient parse).
+    let mut bad_env = None;
     let filter = match (level, std::env::var("RUST_LOG")) {
         (Some(level), _) => EnvFilter::new(level),
-        (None, Ok(env)) if !env.is_empty() => EnvFilter::new(env),
+        (None, Ok(env)) if !env.is_empty() => EnvFilter::try_new(&env).unwrap_or_else(|e| {
+            bad_env = Some((env, e));
+            EnvFilter::new(default)
+        }),
         _ => EnvFilter::new(default),
     };
     let builder = tracing_subscriber::fmt()
@@ -90,6 +96,11 @@ fn init_logging(global: &Global, default: &str, format: LogFormat) {
     match format {
         LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
         LogFormat::Json => builder.json().init(),
+    }
+    if let Some((env, e)) = bad_env {
+        tracing::warn!(
+            "RUST_LOG={env:?} is not a filter kvnode can use ({e}); logging at the default level instead (e.g. RUST_LOG=debug or RUST_LOG=kvnode=trace)"
+        );
     }
 }
 

@@ -467,6 +467,24 @@ fn bench_gets_read_keys_it_put_however_many_the_keyspace_holds() {
 }
 
 #[test]
+fn a_rust_log_that_does_not_parse_is_named_and_the_default_level_kept() {
+    let home = Home::new();
+    // A node that stops at once, after logging a little: its data directory is a file.
+    let file = home.write_file("not-a-dir", "");
+    let out = home.run_with(&["start", "--name", "lj", "--data-dir", file.to_str().unwrap()], |c| {
+        c.env("RUST_LOG", "bogus=[");
+    });
+    out.expect(2);
+    assert!(
+        out.stderr.contains("RUST_LOG=\"bogus=[\" is not a filter"),
+        "{}",
+        out.stderr
+    );
+    // Not errors only (what was left of the filter): the secret's creation is logged.
+    assert!(out.stderr.contains("created a new shared secret"), "{}", out.stderr);
+}
+
+#[test]
 fn help_for_every_subcommand_shows_an_example() {
     let home = Home::new();
     for sub in [
