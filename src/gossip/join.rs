@@ -183,6 +183,9 @@ impl Gossip {
         if pp.is_reply {
             if let Some(i) = pp.join.and_then(|t| self.joins.iter().position(|j| j.token == t)) {
                 let attempt = self.joins.swap_remove(i);
+                // Joined: the other seeds have nothing more to give (membership spreads by
+                // gossip now), so their attempts end rather than fail and retry for good.
+                self.joins.clear();
                 let members = self.members.count(State::Alive);
                 self.events.push_back(Event::Joined {
                     seed: attempt.seed,

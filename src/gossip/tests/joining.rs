@@ -164,6 +164,27 @@ fn a_join_the_driver_could_not_send_fails_at_once_with_its_reason_and_is_retried
 }
 
 #[test]
+fn once_joined_the_other_seeds_are_no_longer_tried() {
+    let mut net = Net::new(&["a", "b", "c"]);
+    net.down[1] = true;
+    let now = net.now;
+    net.nodes[2].join(now, addr(1));
+    net.nodes[2].join(now, addr(0));
+    net.pump();
+    assert!(net.events_of(2).contains(&&Event::Joined {
+        seed: addr(0),
+        members: 2
+    }));
+    net.run(Duration::from_secs(30), Duration::from_millis(100));
+    let failed: Vec<_> = net
+        .events_of(2)
+        .into_iter()
+        .filter(|e| matches!(e, Event::JoinFailed { .. }))
+        .collect();
+    assert!(failed.is_empty(), "{failed:?}");
+}
+
+#[test]
 fn leave_is_acknowledged() {
     let mut net = Net::converged(&["a", "b", "c"]);
     let now = net.now;
