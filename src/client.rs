@@ -202,14 +202,22 @@ pub async fn resolve_ref(via: &NodeRef, settings: &Settings, deadline: Instant) 
                 });
             }
             // Not a local node: ask the local nodes whom they know through gossip.
-            let mut gone = None;
+            let (mut gone, mut refused) = (None, None);
             for local in dir.live_nodes() {
                 let target = Target {
                     addr: local.addr,
                     name: Some(local.name.clone()),
                 };
-                let Ok(client) = Client::connect(settings, &target, deadline).await else {
-                    continue;
+                let client = match Client::connect(settings, &target, deadline).await {
+                    Ok(client) => client,
+                    // Ours to fix, and no other node will take it either.
+                    Err(e @ ClientError::Secret(_)) => return Err(e),
+                    // Said if no other node knows the name: the secret is the likely cause.
+                    Err(e @ ClientError::AuthRefused { .. }) => {
+                        refused.get_or_insert(e);
+                        continue;
+                    }
+                    Err(_) => continue,
                 };
                 let members = client.call(Request::Members).await;
                 client.close().await;
@@ -237,7 +245,7 @@ pub async fn resolve_ref(via: &NodeRef, settings: &Settings, deadline: Instant) 
                     }
                 }
             }
-            Err(gone.unwrap_or_else(|| ClientError::NoSuchNode {
+            Err(gone.or(refused).unwrap_or_else(|| ClientError::NoSuchNode {
                 name: name.to_string(),
                 known: known(&dir),
             }))

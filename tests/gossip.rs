@@ -359,6 +359,28 @@ fn a_node_joining_with_another_secret_is_told_the_secrets_differ() {
 }
 
 #[test]
+fn a_name_looked_up_through_gossip_with_a_wrong_secret_is_an_authentication_error() {
+    // gb lives in another home: this one finds it only through ga's membership.
+    let (home, elsewhere) = (Home::new(), Home::new());
+    let secret = home.write_file("shared", "sesame");
+    let s = secret.to_str().unwrap();
+    let ga = home.start("ga", &["--in-memory", "--secret-file", s]);
+    let _gb = elsewhere.start("gb", &["--in-memory", "--secret-file", s, "--join", &ga.full()]);
+    wait_for("gb to be found through ga", PATIENCE, || {
+        (home.run(&["ping", "gb", "--secret-file", s]).code == Some(0)).then_some(())
+    });
+    let wrong = home.write_file("wrong", "not the secret");
+    let out = home.run(&["get", "b", "k", "--via", "gb", "--secret-file", wrong.to_str().unwrap()]);
+    // Not "no node named gb" (exit 3), which sends the user to fix a name that is right.
+    out.expect(4);
+    assert!(
+        out.stderr.contains("authentication refused by node ga"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
 fn a_node_whose_peer_died_stops_at_once() {
     let home = Home::new();
     let mut t1 = home.start("t1", &["--in-memory"]);
