@@ -95,7 +95,11 @@ impl SecretSource {
                 SecretError::NotAFile { path } => SecretError::HomeNotAFile { path },
                 e => e,
             }),
-            SecretSource::Env(bytes) => Secret::new(bytes.clone()),
+            SecretSource::Env(bytes) => {
+                let mut bytes = bytes.clone();
+                without_line_end(&mut bytes);
+                Secret::new(bytes)
+            }
         }
     }
 
@@ -141,13 +145,19 @@ fn read_secret_file(path: &Path) -> Result<Secret, SecretError> {
         });
     }
     let mut bytes = std::fs::read(path).map_err(io_err(path))?;
-    // One trailing newline is not part of the secret, so `echo secret > file` works.
+    without_line_end(&mut bytes);
+    Secret::new(bytes)
+}
+
+/// One trailing newline (or CRLF) is not part of a secret, from a file (`echo secret >
+/// file`) or from the environment (`KVNODE_SECRET=$(cat file)` keeps none, but a secret
+/// file loaded into a variable by a container runtime does): both forms then agree.
+fn without_line_end(bytes: &mut Vec<u8>) {
     if bytes.ends_with(b"\r\n") {
         bytes.truncate(bytes.len() - 2);
     } else if bytes.ends_with(b"\n") {
         bytes.truncate(bytes.len() - 1);
     }
-    Secret::new(bytes)
 }
 
 /// Creates `dir` and any missing parent, readable by this user only (0700), as etcd does
@@ -284,6 +294,15 @@ mod tests {
     #[test]
     fn an_empty_secret_is_refused() {
         assert!(matches!(SecretSource::Env(vec![]).load(), Err(SecretError::Empty)));
+        // A line end is dropped from the environment as from a file: both forms agree.
+        for env in [&b"hunter2\n"[..], b"hunter2\r\n", b"hunter2"] {
+            let secret = SecretSource::Env(env.to_vec()).load().unwrap();
+            assert_eq!(secret.as_bytes(), b"hunter2", "{env:?}");
+        }
+        assert!(matches!(
+            SecretSource::Env(b"\n".to_vec()).load(),
+            Err(SecretError::Empty)
+        ));
     }
 
     #[test]
