@@ -142,8 +142,9 @@ pub struct StartArgs {
 /// `--via NODE`: which node to talk to.
 #[derive(Args, Debug, Clone, Default)]
 pub struct ViaArgs {
-    /// The node to talk to: NAME, NAME@HOST:PORT or HOST:PORT [default: the only local node]
-    #[arg(long, value_name = "NODE", env = "KVNODE_VIA")]
+    /// The node to talk to: NAME, NAME@HOST:PORT or HOST:PORT [default: KVNODE_VIA, else the
+    /// only local node]
+    #[arg(long, value_name = "NODE")]
     pub via: Option<NodeRef>,
 }
 

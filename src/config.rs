@@ -43,7 +43,10 @@ impl Env {
             home,
             secret: std::env::var_os("KVNODE_SECRET").map(|s| s.into_vec()),
             via: std::env::var("KVNODE_VIA").ok().filter(|v| !v.is_empty()),
-            worker_threads: std::env::var_os("TOKIO_WORKER_THREADS").map(|v| v.to_string_lossy().into_owned()),
+            // Empty is unset, as for the other variables.
+            worker_threads: std::env::var_os("TOKIO_WORKER_THREADS")
+                .filter(|v| !v.is_empty())
+                .map(|v| v.to_string_lossy().into_owned()),
         })
     }
 

@@ -153,6 +153,18 @@ fn via_accepts_a_name_a_full_name_and_an_address() {
         c.env("KVNODE_VIA", "foo");
     });
     assert_eq!(via_env.ok(), "v\n");
+    // Empty is unset (the only local node), as `KVNODE_VIA= kvnode ...` means; a bad one is
+    // named as the variable, and --via still beats it.
+    let with_via = |value: &'static str, args: &[&str]| {
+        home.run_with(args, |c| {
+            c.env("KVNODE_VIA", value);
+        })
+    };
+    assert_eq!(with_via("", &["get", "b", "k"]).ok(), "v\n");
+    let bad = with_via("no such!", &["get", "b", "k"]);
+    bad.expect(2);
+    assert!(bad.stderr.contains("invalid KVNODE_VIA"), "{}", bad.stderr);
+    assert_eq!(with_via("nobody", &["get", "b", "k", "--via", "foo"]).ok(), "v\n");
     // A full name that does not match the node at that address is refused.
     let wrong = home.run(&["get", "b", "k", "--via", &format!("bar@{}", foo.addr())]);
     wrong.expect(3);
