@@ -89,10 +89,10 @@ async fn puts(store: &Store, clients: usize, seconds: f64) -> Figures {
 
 /// Random gets over the keys just written, from `clients` tasks.
 async fn gets(store: &Store, clients: usize, seconds: f64) -> f64 {
-    let Lookup::Found(keys) = store.keys(b"bench").await.unwrap() else {
+    let Lookup::Found(page) = store.keys(b"bench", None, usize::MAX).await.unwrap() else {
         panic!("no keys")
     };
-    let keys = Arc::new(keys);
+    let keys = Arc::new(page.keys);
     let stop = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
     let tasks: Vec<_> = (0..clients)

@@ -40,20 +40,28 @@ async fn run_within(command: Command, mut settings: Settings, out: &mut Output) 
             settings.via = args.via.via.clone().or(settings.via);
             let bucket = arg_bytes(args.bucket);
             wire::check_bucket(&bucket).map_err(ClientError::Usage)?;
-            let reply = ask(&settings, deadline, bucket_request(bucket.clone(), BucketOp::Keys)).await?;
-            let Reply::Keys(keys) = reply else {
-                return unexpected(&reply);
-            };
-            for key in keys {
-                if out.is_json() {
-                    let mut o = Map::new();
-                    bytes_field(&mut o, "key", &key);
-                    out.object(Value::Object(o));
-                } else {
-                    out.line(&printable(&key));
+            // In pieces: a bucket's key list may be larger than one answer carries.
+            let mut after = None;
+            loop {
+                let op = BucketOp::Keys { after: after.take() };
+                let reply = ask(&settings, deadline, bucket_request(bucket.clone(), op)).await?;
+                let Reply::Keys { keys, more } = reply else {
+                    return unexpected(&reply);
+                };
+                for key in &keys {
+                    if out.is_json() {
+                        let mut o = Map::new();
+                        bytes_field(&mut o, "key", key);
+                        out.object(Value::Object(o));
+                    } else {
+                        out.line(&printable(key));
+                    }
+                }
+                match keys.into_iter().last() {
+                    Some(last) if more => after = Some(last),
+                    _ => return Ok(()),
                 }
             }
-            Ok(())
         }
         Command::Route(args) => {
             settings.via = args.via.via.clone().or(settings.via);

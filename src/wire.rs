@@ -14,7 +14,7 @@ use crate::names::{NodeName, escape_bytes};
 use crate::routing::{Entry, RoutingTable};
 
 /// Bumped on any incompatible change; checked first in the handshake.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// The TLS ALPN identifier of this protocol.
 pub const ALPN: &[u8] = b"kvnode/1";
 /// The largest frame either side accepts, checked before allocating.
@@ -30,6 +30,9 @@ pub const MAX_VALUE: usize = 8 * 1024 * 1024;
 pub const MAX_HOPS: usize = 8;
 /// Chat messages are at most this many bytes.
 pub const MAX_CHAT: usize = 64 * 1024;
+/// The keys one answer to `keys` carries at most, in bytes: a quarter of a frame, so that a
+/// bucket of any size is listed in pieces.
+pub const KEYS_PAGE: usize = 4 * 1024 * 1024;
 const LEN_PREFIX: usize = 4;
 
 /// Why a frame could not be read or written.
@@ -291,7 +294,9 @@ pub enum BucketOp {
         #[serde(with = "serde_bytes")]
         key: Vec<u8>,
     },
-    Keys,
+    /// The bucket's keys in order, from the first after `after` (from the first without), as
+    /// many as one answer carries ([`KEYS_PAGE`]).
+    Keys { after: Option<ByteBuf> },
     /// Which node owns the bucket; answered by the owner with the path taken.
     Route,
 }
@@ -316,12 +321,23 @@ pub struct ChatLine {
 pub enum Reply {
     Done,
     Value(ByteBuf),
-    Keys(Vec<ByteBuf>),
-    Owner { node: NodeName, path: Vec<NodeName> },
+    /// Keys in order; `more`: ask again after the last for the rest.
+    Keys {
+        keys: Vec<ByteBuf>,
+        more: bool,
+    },
+    Owner {
+        node: NodeName,
+        path: Vec<NodeName>,
+    },
     Table(RoutingTable),
     Members(Vec<MemberInfo>),
-    Pong { name: NodeName },
-    ChatAck { reply: Option<ChatLine> },
+    Pong {
+        name: NodeName,
+    },
+    ChatAck {
+        reply: Option<ChatLine>,
+    },
 }
 
 /// One member as a node sees it.
@@ -451,7 +467,8 @@ impl BucketRequest {
                 check_value(value)
             }
             BucketOp::Get { key } | BucketOp::Delete { key } => check_key(key),
-            BucketOp::Keys | BucketOp::Route => Ok(()),
+            BucketOp::Keys { after: Some(key) } => check_key(key),
+            BucketOp::Keys { after: None } | BucketOp::Route => Ok(()),
         }?;
         if self.path.len() > MAX_HOPS + 1 {
             return Err(format!("path of {} hops is over the limit", self.path.len()));
@@ -467,7 +484,7 @@ impl BucketOp {
             BucketOp::Put { .. } => "put",
             BucketOp::Get { .. } => "get",
             BucketOp::Delete { .. } => "delete",
-            BucketOp::Keys => "keys",
+            BucketOp::Keys { .. } => "keys",
             BucketOp::Route => "route",
         }
     }
@@ -543,7 +560,7 @@ mod tests {
                 key: key(),
                 value: b"v".to_vec(),
             }),
-            bucket(BucketOp::Keys),
+            bucket(BucketOp::Keys { after: None }),
             bucket(BucketOp::Route),
             Request::Table,
             Request::Members,

@@ -479,6 +479,37 @@ fn bench_gets_read_keys_it_put_however_many_the_keyspace_holds() {
 }
 
 #[test]
+fn keys_lists_a_bucket_larger_than_one_answer_in_pieces() {
+    let home = Home::new();
+    let _foo = home.start("foo", &["--in-memory"]);
+    // 220,000 keys of 16 bytes: more than one answer's 4 MiB of keys (about 210,000 of
+    // them), which one answer carried before, until it refused at 16 MiB.
+    let n = "220000";
+    let fill = [
+        "bench",
+        "-t",
+        "put",
+        "-n",
+        n,
+        "--keyspace",
+        n,
+        "-c",
+        "8",
+        "-P",
+        "32",
+        "-d",
+        "0",
+        "--json",
+    ];
+    home.run(&fill).ok();
+    let listed = home.run(&["keys", "bench"]).ok();
+    let keys: Vec<&str> = listed.lines().collect();
+    assert_eq!(keys.len(), 220_000);
+    assert!(keys.windows(2).all(|w| w[0] < w[1]), "in order, none twice");
+    assert_eq!((keys[0], keys[219_999]), ("key:000000000000", "key:000000219999"));
+}
+
+#[test]
 fn a_rust_log_that_does_not_parse_is_named_and_the_default_level_kept() {
     let home = Home::new();
     // A node that stops at once, after logging a little: its data directory is a file.

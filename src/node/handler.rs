@@ -14,7 +14,8 @@ use crate::routing::RoutingTable;
 use crate::rpc::{Handler, Now};
 use crate::store::{Lookup, StoreError};
 use crate::wire::{
-    BucketOp, BucketRequest, ChatLine, ChatMessage, MAX_CHAT, MAX_HOPS, MemberInfo, RemoteError, Reply, Request,
+    BucketOp, BucketRequest, ChatLine, ChatMessage, KEYS_PAGE, MAX_CHAT, MAX_HOPS, MemberInfo, RemoteError, Reply,
+    Request,
 };
 
 type Answer = Result<Reply, RemoteError>;
@@ -239,11 +240,16 @@ impl Node {
                 let found = self.store.delete(&bucket, &key).await.map_err(|e| self.internal(e))?;
                 removed(found, bucket, key)
             }
-            Deferred::Keys { bucket, .. } => match self.store.keys(&bucket).await {
+            Deferred::Keys { bucket, after, .. } => match self
+                .store
+                .keys(&bucket, after.as_deref().map(Vec::as_slice), KEYS_PAGE)
+                .await
+            {
                 Err(e) => Err(self.internal(e)),
-                Ok(Lookup::Found(keys)) => Ok(Reply::Keys(
-                    keys.into_iter().map(|k| ByteBuf::from(k.to_vec())).collect(),
-                )),
+                Ok(Lookup::Found(page)) => Ok(Reply::Keys {
+                    keys: page.keys.into_iter().map(|k| ByteBuf::from(k.to_vec())).collect(),
+                    more: page.more,
+                }),
                 Ok(Lookup::NoKey | Lookup::NoBucket) => Err(no_bucket(bucket)),
             },
         }
@@ -281,7 +287,7 @@ impl Node {
                 }),
                 Ok(Lookup::NoBucket) => Err(no_bucket(bucket)),
             },
-            BucketOp::Keys => return Err(Deferred::Keys { bucket, path }),
+            BucketOp::Keys { after } => return Err(Deferred::Keys { bucket, after, path }),
             BucketOp::Route => {
                 let mut path = path;
                 path.push(self.name.clone());
@@ -375,6 +381,7 @@ enum Deferred {
     },
     Keys {
         bucket: Vec<u8>,
+        after: Option<ByteBuf>,
         path: Vec<NodeName>,
     },
 }
@@ -389,7 +396,7 @@ impl Deferred {
                 path,
             } => (bucket, BucketOp::Put { key, value }, path),
             Self::Delete { bucket, key, path } => (bucket, BucketOp::Delete { key }, path),
-            Self::Keys { bucket, path } => (bucket, BucketOp::Keys, path),
+            Self::Keys { bucket, after, path } => (bucket, BucketOp::Keys { after }, path),
         };
         BucketRequest { bucket, op, path }
     }

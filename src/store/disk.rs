@@ -13,7 +13,7 @@ use bytes::Bytes;
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::engine::{Applied, Engine, EngineError, Op};
+use super::engine::{Applied, Engine, EngineError, KeyPage, Op};
 use super::{Lookup, StoreError};
 
 /// At most this many writes share one sync.
@@ -190,11 +190,15 @@ impl DiskStore {
         })
     }
 
-    pub fn keys(&self, bucket: &[u8]) -> Result<Lookup<Vec<Bytes>>, StoreError> {
+    pub fn keys(&self, bucket: &[u8], after: Option<&[u8]>, budget: usize) -> Result<Lookup<KeyPage>, StoreError> {
         if !self.engine.bucket_exists(bucket).map_err(|e| self.engine_err(e))? {
             return Ok(Lookup::NoBucket);
         }
-        Ok(Lookup::Found(self.engine.keys(bucket).map_err(|e| self.engine_err(e))?))
+        let page = self
+            .engine
+            .keys(bucket, after, budget)
+            .map_err(|e| self.engine_err(e))?;
+        Ok(Lookup::Found(page))
     }
 }
 

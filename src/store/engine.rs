@@ -32,8 +32,52 @@ pub trait Engine: Send + Sync + 'static {
     fn commit(&self, batch: &[Op]) -> Result<Vec<Applied>, EngineError>;
     fn get(&self, bucket: &[u8], key: &[u8]) -> Result<Option<Bytes>, EngineError>;
     fn bucket_exists(&self, bucket: &[u8]) -> Result<bool, EngineError>;
-    /// The bucket's keys in order.
-    fn keys(&self, bucket: &[u8]) -> Result<Vec<Bytes>, EngineError>;
+    /// The bucket's keys in order, from the first after `after` (from the first of all
+    /// without), as many as fit in `budget` bytes ([`KeyPage::fill`]).
+    fn keys(&self, bucket: &[u8], after: Option<&[u8]>, budget: usize) -> Result<KeyPage, EngineError>;
+}
+
+/// One answer's worth of a bucket's keys, in order; `more`: further keys follow the last.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeyPage {
+    pub keys: Vec<Bytes>,
+    pub more: bool,
+}
+
+/// What a key costs a page beyond its bytes (its length prefix when encoded).
+const KEY_OVERHEAD: usize = 4;
+
+impl KeyPage {
+    /// Takes keys from `keys`, in order, while their encoded size stays within `budget`
+    /// bytes (always at least one, so that a listing moves on).
+    pub fn fill<E>(keys: impl IntoIterator<Item = Result<Bytes, E>>, budget: usize) -> Result<Self, E> {
+        let mut page = KeyPage::default();
+        let mut used = 0;
+        for key in keys {
+            let key = key?;
+            let cost = key.len() + KEY_OVERHEAD;
+            if !page.keys.is_empty() && used + cost > budget {
+                page.more = true;
+                break;
+            }
+            used += cost;
+            page.keys.push(key);
+        }
+        Ok(page)
+    }
+}
+
+/// Where a listing of `bucket`'s keys after `after` starts in the shared key layout: the
+/// smallest (bucket, key) pair above (bucket, after), or the bucket's first.
+pub fn keys_start(bucket: &[u8], after: Option<&[u8]>) -> Vec<u8> {
+    match after {
+        Some(after) => {
+            let mut start = data_key(bucket, after);
+            start.push(0);
+            start
+        }
+        None => bucket_prefix(bucket),
+    }
 }
 
 /// `[bucket length: u16 BE][bucket][key]`: keys of one bucket are contiguous and no two

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
-use super::engine::{Applied, Engine, EngineError, Op, bucket_prefix, data_key};
+use super::engine::{Applied, Engine, EngineError, KeyPage, Op, bucket_prefix, data_key, keys_start};
 
 pub struct FjallEngine {
     db: Database,
@@ -178,13 +178,14 @@ impl Engine for FjallEngine {
         self.buckets.contains_key(bucket).map_err(err)
     }
 
-    fn keys(&self, bucket: &[u8]) -> Result<Vec<Bytes>, EngineError> {
+    fn keys(&self, bucket: &[u8], after: Option<&[u8]>, budget: usize) -> Result<KeyPage, EngineError> {
         let prefix = bucket_prefix(bucket);
-        let mut keys = Vec::new();
-        for guard in self.data.prefix(&prefix) {
-            let k = guard.key().map_err(err)?;
-            keys.push(Bytes::copy_from_slice(&k[prefix.len()..]));
-        }
-        Ok(keys)
+        let keys = self
+            .data
+            .range(keys_start(bucket, after)..)
+            .map(|guard| guard.key().map_err(err))
+            .take_while(|k| k.as_ref().map_or(true, |k| k.starts_with(&prefix)))
+            .map(|k| k.map(|k| Bytes::copy_from_slice(&k[prefix.len()..])));
+        KeyPage::fill(keys, budget)
     }
 }

@@ -7,6 +7,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 use bytes::Bytes;
 
 use super::Lookup;
+use super::engine::KeyPage;
 
 const SHARDS: usize = 64;
 
@@ -71,18 +72,18 @@ impl MemoryStore {
         removed.map_or(Lookup::NoKey, |_| Lookup::Found(()))
     }
 
-    pub fn keys(&self, bucket: &[u8]) -> Lookup<Vec<Bytes>> {
+    pub fn keys(&self, bucket: &[u8], after: Option<&[u8]>, budget: usize) -> Lookup<KeyPage> {
         let Some(b) = self.bucket(bucket) else {
             return Lookup::NoBucket;
         };
-        let mut keys: Vec<Bytes> = b
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .keys()
-            .map(|k| Bytes::copy_from_slice(k))
-            .collect();
-        keys.sort();
-        Lookup::Found(keys)
+        let mut keys: Vec<&[u8]> = Vec::new();
+        let held = b.read().unwrap_or_else(PoisonError::into_inner);
+        keys.extend(held.keys().map(|k| &**k).filter(|k| after.is_none_or(|a| *k > a)));
+        keys.sort_unstable();
+        let keys = keys
+            .into_iter()
+            .map(|k| Ok::<_, std::convert::Infallible>(Bytes::copy_from_slice(k)));
+        Lookup::Found(KeyPage::fill(keys, budget).unwrap_or_else(|never| match never {}))
     }
 }
 
@@ -109,7 +110,7 @@ mod tests {
         s.put(b"b", b"k", Bytes::new());
         assert_eq!(s.delete(b"b", b"k"), Lookup::Found(()));
         assert_eq!(s.delete(b"b", b"k"), Lookup::NoKey);
-        assert_eq!(s.keys(b"b"), Lookup::Found(vec![]));
+        assert_eq!(s.keys(b"b", None, usize::MAX), Lookup::Found(KeyPage::default()));
     }
 
     #[test]
@@ -118,7 +119,9 @@ mod tests {
         for k in ["c", "a", "b"] {
             s.put(b"b", k.as_bytes(), Bytes::new());
         }
-        let Lookup::Found(keys) = s.keys(b"b") else { panic!() };
-        assert_eq!(keys, vec![Bytes::from("a"), Bytes::from("b"), Bytes::from("c")]);
+        let Lookup::Found(page) = s.keys(b"b", None, usize::MAX) else {
+            panic!()
+        };
+        assert_eq!(page.keys, vec![Bytes::from("a"), Bytes::from("b"), Bytes::from("c")]);
     }
 }

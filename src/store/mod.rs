@@ -17,7 +17,7 @@ use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 pub use disk::{DiskStore, EngineKind};
-pub use engine::{Applied, Op};
+pub use engine::{Applied, KeyPage, Op};
 pub use memory::MemoryStore;
 
 /// What a read found.
@@ -150,20 +150,26 @@ impl Store {
         }
     }
 
-    /// The bucket's keys, sorted, listed on a blocking thread: a scan of a large bucket must
-    /// not hold up the event loop (the only thread of a node started with `--threads 1`).
-    pub async fn keys(&self, bucket: &[u8]) -> Result<Lookup<Vec<Bytes>>, StoreError> {
-        let (store, bucket) = (self.clone(), bucket.to_vec());
-        tokio::task::spawn_blocking(move || store.keys_now(&bucket))
+    /// The bucket's keys in order after `after`, as many as fit in `budget` bytes, listed
+    /// on a blocking thread: a scan of a large bucket must not hold up the event loop (the
+    /// only thread of a node started with `--threads 1`).
+    pub async fn keys(
+        &self,
+        bucket: &[u8],
+        after: Option<&[u8]>,
+        budget: usize,
+    ) -> Result<Lookup<KeyPage>, StoreError> {
+        let (store, bucket, after) = (self.clone(), bucket.to_vec(), after.map(<[u8]>::to_vec));
+        tokio::task::spawn_blocking(move || store.keys_now(&bucket, after.as_deref(), budget))
             .await
             .map_err(|e| StoreError::Engine(format!("listing the keys failed: {e}")))?
     }
 
-    /// The bucket's keys, sorted, on the calling thread.
-    fn keys_now(&self, bucket: &[u8]) -> Result<Lookup<Vec<Bytes>>, StoreError> {
+    /// [`Store::keys`] on the calling thread.
+    fn keys_now(&self, bucket: &[u8], after: Option<&[u8]>, budget: usize) -> Result<Lookup<KeyPage>, StoreError> {
         match &self.backend {
-            Backend::Memory(m) => Ok(m.keys(bucket)),
-            Backend::Disk(d) => d.keys(bucket),
+            Backend::Memory(m) => Ok(m.keys(bucket, after, budget)),
+            Backend::Disk(d) => d.keys(bucket, after, budget),
         }
     }
 }
@@ -209,16 +215,59 @@ mod tests {
                     Lookup::Found(Bytes::from_static(b"v"))
                 );
                 assert_eq!(store.get(b"b", b"zz").await.unwrap(), Lookup::NoKey);
-                assert_eq!(
-                    store.keys(b"b").await.unwrap(),
-                    Lookup::Found(vec![Bytes::from_static(b"a"), Bytes::from_static(b"k")])
-                );
+                assert_eq!(all_keys(&store, b"b").await.as_deref(), Some("a,k"));
                 assert_eq!(store.delete(b"b", b"k").await.unwrap(), Lookup::Found(()));
                 assert_eq!(store.delete(b"b", b"k").await.unwrap(), Lookup::NoKey);
-                assert_eq!(
-                    store.keys(b"b").await.unwrap(),
-                    Lookup::Found(vec![Bytes::from_static(b"a")])
-                );
+                assert_eq!(all_keys(&store, b"b").await.as_deref(), Some("a"));
+            })
+            .await;
+        }
+    }
+
+    /// Every key of `bucket` in one page, joined with commas; `None` for no bucket.
+    async fn all_keys(store: &Store, bucket: &[u8]) -> Option<String> {
+        match store.keys(bucket, None, usize::MAX).await.unwrap() {
+            Lookup::Found(page) => {
+                assert!(!page.more);
+                let keys: Vec<String> = page.keys.iter().map(|k| String::from_utf8_lossy(k).into()).collect();
+                Some(keys.join(","))
+            }
+            _ => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn keys_are_listed_in_pages_after_a_key() {
+        let mut stores = vec![Store::in_memory()];
+        let dirs: Vec<_> = kinds().into_iter().map(|k| (tempfile::tempdir().unwrap(), k)).collect();
+        stores.extend(
+            dirs.iter()
+                .map(|(dir, kind)| Store::open_with(dir.path(), *kind).unwrap()),
+        );
+        for store in &stores {
+            with_writer(store, async {
+                for k in ["e", "a", "c", "b", "d"] {
+                    store.put(b"b", k.as_bytes(), Bytes::new()).await.unwrap();
+                }
+                store.put(b"bz", b"other", Bytes::new()).await.unwrap();
+                // Each one-byte key costs 5 bytes of a page: two to a page of 10.
+                let page = |after: Option<&'static str>| async move {
+                    let Lookup::Found(p) = store.keys(b"b", after.map(str::as_bytes), 10).await.unwrap() else {
+                        panic!("no bucket")
+                    };
+                    let keys: Vec<String> = p.keys.iter().map(|k| String::from_utf8_lossy(k).into()).collect();
+                    (keys.join(","), p.more)
+                };
+                assert_eq!(page(None).await, ("a,b".into(), true));
+                assert_eq!(page(Some("b")).await, ("c,d".into(), true));
+                assert_eq!(page(Some("d")).await, ("e".into(), false));
+                assert_eq!(page(Some("bb")).await, ("c,d".into(), true), "after a key not there");
+                assert_eq!(page(Some("e")).await, (String::new(), false));
+                // A key larger than a page still comes, alone.
+                let Lookup::Found(p) = store.keys(b"b", None, 1).await.unwrap() else {
+                    panic!()
+                };
+                assert_eq!((p.keys.len(), p.more), (1, true));
             })
             .await;
         }

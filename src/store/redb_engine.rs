@@ -6,7 +6,7 @@ use std::path::Path;
 use bytes::Bytes;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::engine::{Applied, Engine, EngineError, Op, bucket_prefix, data_key};
+use super::engine::{Applied, Engine, EngineError, KeyPage, Op, bucket_prefix, data_key, keys_start};
 
 const DATA: TableDefinition<&[u8], &[u8]> = TableDefinition::new("data");
 const BUCKETS: TableDefinition<&[u8], ()> = TableDefinition::new("buckets");
@@ -76,19 +76,17 @@ impl Engine for RedbEngine {
         Ok(table.get(bucket).map_err(err)?.is_some())
     }
 
-    fn keys(&self, bucket: &[u8]) -> Result<Vec<Bytes>, EngineError> {
+    fn keys(&self, bucket: &[u8], after: Option<&[u8]>, budget: usize) -> Result<KeyPage, EngineError> {
         let prefix = bucket_prefix(bucket);
+        let start = keys_start(bucket, after);
         let txn = self.db.begin_read().map_err(err)?;
         let table = txn.open_table(DATA).map_err(err)?;
-        let mut keys = Vec::new();
-        for entry in table.range(prefix.as_slice()..).map_err(err)? {
-            let (k, _) = entry.map_err(err)?;
-            let k = k.value();
-            if !k.starts_with(&prefix) {
-                break;
-            }
-            keys.push(Bytes::copy_from_slice(&k[prefix.len()..]));
-        }
-        Ok(keys)
+        let keys = table
+            .range(start.as_slice()..)
+            .map_err(err)?
+            .map(|entry| entry.map(|(k, _)| k.value().to_vec()).map_err(err))
+            .take_while(|k| k.as_ref().map_or(true, |k| k.starts_with(&prefix)))
+            .map(|k| k.map(|k| Bytes::copy_from_slice(&k[prefix.len()..])));
+        KeyPage::fill(keys, budget)
     }
 }
