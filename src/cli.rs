@@ -274,7 +274,8 @@ fn parse_sender(s: &str) -> Result<String, String> {
 /// `--timeout`: a duration, and not zero, which no answer could meet.
 fn parse_timeout(s: &str) -> Result<Duration, String> {
     match parse_duration(s)? {
-        Duration::ZERO => Err(format!(
+        // Deadlines travel in whole milliseconds, and a config file's durations start there.
+        timeout if timeout < Duration::from_millis(1) => Err(format!(
             "{s:?} leaves no time for an answer; give at least 1ms, e.g. 500ms or 5s"
         )),
         timeout => Ok(timeout),
@@ -321,6 +322,7 @@ mod tests {
         let err = Cli::try_parse_from(["kvnode", "ping", "foo", "--timeout", "0s"]).unwrap_err();
         assert!(err.to_string().contains("\"0s\" leaves no time for an answer"), "{err}");
         assert!(Cli::try_parse_from(["kvnode", "ping", "foo", "--timeout", "1ms"]).is_ok());
+        assert!(Cli::try_parse_from(["kvnode", "ping", "foo", "--timeout", "0.1ms"]).is_err());
     }
 
     #[test]

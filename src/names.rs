@@ -134,10 +134,17 @@ impl fmt::Display for HostPort {
 impl FromStr for HostPort {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
+        // An address to reach a node at: port 0 is where nothing listens.
+        let reachable = |port: u16| match port {
+            0 => Err(format!(
+                "port 0 in {s:?} is no node's port; give the port it listens on"
+            )),
+            port => Ok(port),
+        };
         if let Ok(addr) = s.parse::<SocketAddr>() {
             return Ok(Self {
                 host: addr.ip().to_string(),
-                port: addr.port(),
+                port: reachable(addr.port())?,
             });
         }
         let (host, port) = s
@@ -145,7 +152,8 @@ impl FromStr for HostPort {
             .ok_or_else(|| format!("{s:?} has no port; write HOST:PORT"))?;
         let port = port
             .parse::<u16>()
-            .map_err(|_| format!("{port:?} in {s:?} is not a port number (0-65535)"))?;
+            .map_err(|_| format!("{port:?} in {s:?} is not a port number (1-65535)"))
+            .and_then(reachable)?;
         if host.is_empty() || host.contains(['@', '/', ' ']) {
             return Err(format!("{host:?} in {s:?} is not a host name"));
         }
@@ -252,6 +260,11 @@ mod tests {
         assert!("foo@".parse::<NodeRef>().is_err());
         assert!("host:notaport".parse::<NodeRef>().is_err());
         assert!("Foo".parse::<NodeRef>().is_err());
+        // Port 0 is nowhere to connect to.
+        for zero in ["127.0.0.1:0", "foo@127.0.0.1:0", "localhost:0"] {
+            let err = zero.parse::<NodeRef>().unwrap_err();
+            assert!(err.contains("port 0"), "{zero}: {err}");
+        }
     }
 
     #[test]
