@@ -410,6 +410,10 @@ async fn chat(args: ChatArgs, settings: &Settings, deadline: Instant, out: &mut 
     let send = |text: String| {
         let msg = ChatMessage {
             to: to.clone(),
+            at: match &args.node {
+                NodeRef::NameAt(_, at) => Some(at.to_string()),
+                _ => None,
+            },
             from: from.clone(),
             text,
             path: Vec::new(),

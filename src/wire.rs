@@ -304,6 +304,9 @@ pub enum BucketOp {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatMessage {
     pub to: NodeName,
+    /// Where `to` listens, when the sender was told (`chat NAME@HOST:PORT --via NODE`): for a
+    /// node that knows no `to` by its directory, `[peers]` or gossip.
+    pub at: Option<String>,
     pub from: String,
     pub text: String,
     pub path: Vec<NodeName>,
@@ -570,6 +573,7 @@ mod tests {
         }
         let chat = ChatMessage {
             to: NodeName::new("kate").unwrap(),
+            at: None,
             from: "alex".into(),
             text: "hi".into(),
             path: vec![],

@@ -29,6 +29,23 @@ fn lesson(home: &Home) -> (Node, Node, Node) {
 }
 
 #[test]
+fn chat_through_a_node_reaches_an_addressee_it_knows_only_by_the_address_given() {
+    // lone runs in another home and joined nobody: alex cannot find it by name.
+    let (home, elsewhere) = (Home::new(), Home::new());
+    let secret = home.write_file("shared", "sesame");
+    let s = secret.to_str().unwrap();
+    let _alex = home.start("alex", &["--in-memory", "--secret-file", s]);
+    let lone = elsewhere.start("lone", &["--in-memory", "--secret-file", s]);
+    let to = lone.full();
+    let out = home.run(&["chat", &to, "hi", "--via", "alex", "--secret-file", s]);
+    assert_eq!(out.ok(), "");
+    lone.wait_stdout("alex's line", |l| l == "alex: hi");
+    // By name alone, alex still cannot: the address was the hint.
+    let out = home.run(&["chat", "lone", "hi", "--via", "alex", "--secret-file", s]);
+    out.expect(3);
+}
+
+#[test]
 fn a_sender_name_chat_cannot_send_is_a_usage_error_before_any_node_is_asked() {
     let home = Home::new();
     // No node: the name is refused before anything is looked up (it was "unreachable:

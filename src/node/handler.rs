@@ -349,11 +349,28 @@ impl Node {
         }
         msg.path.push(self.name.clone());
         let to = msg.to.clone();
-        let answer = self.forward(&to, Request::Chat(msg), deadline).await?;
+        let answer = match self.chat_hint(&msg, deadline).await {
+            // Not known here by name, but the sender said where it is.
+            Some(addr) => {
+                let peer = Box::pin(self.peer(&to, addr, deadline)).await?;
+                peer.call(&Request::Chat(msg), deadline).await?
+            }
+            None => self.forward(&to, Request::Chat(msg), deadline).await?,
+        };
         if let Reply::ChatAck { reply: Some(line) } = &answer {
             self.chat_out.print(&line.from, &line.text).await;
         }
         Ok(answer)
+    }
+
+    /// The address the sender gave for a chat message's addressee, if this node cannot
+    /// locate it by name (an address it can locate wins: it is what the cluster knows).
+    async fn chat_hint(&self, msg: &ChatMessage, deadline: Instant) -> Option<SocketAddr> {
+        let at: crate::names::HostPort = msg.at.as_deref()?.parse().ok()?;
+        if self.locate(&msg.to).await.is_ok() {
+            return None;
+        }
+        tokio::time::timeout_at(deadline, at.resolve()).await.ok()?.ok()
     }
 }
 
