@@ -381,6 +381,19 @@ fn a_name_looked_up_through_gossip_with_a_wrong_secret_is_an_authentication_erro
 }
 
 #[test]
+fn a_join_entry_naming_another_node_than_the_one_there_is_not_joined_through() {
+    let home = Home::new();
+    let alex = home.start("alex", &["--in-memory"]);
+    let wrong = format!("wrongname@{}", alex.addr());
+    let j1 = home.start("j1", &["--in-memory", "--join", &wrong]);
+    // As `--via wrongname@ADDR` is refused by a client.
+    j1.wait_log("the join to name the node there", |l| {
+        l.contains("is named alex, not wrongname")
+    });
+    assert_eq!(state_of(&home, "alex", "j1"), None, "j1 did not join");
+}
+
+#[test]
 fn a_node_whose_peer_died_stops_at_once() {
     let home = Home::new();
     let mut t1 = home.start("t1", &["--in-memory"]);

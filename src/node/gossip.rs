@@ -58,6 +58,9 @@ pub(crate) struct GossipHandle {
     /// This node has joined its cluster (or had none to join); until then, a node told to
     /// join with no table of its own takes no bucket requests.
     joined: std::sync::atomic::AtomicBool,
+    /// The name each `join` entry gave for its address (`bar`, `bar@HOST:PORT`): a seed
+    /// answering under another name is not joined through.
+    join_names: std::sync::Mutex<std::collections::HashMap<SocketAddr, NodeName>>,
 }
 
 impl GossipHandle {
@@ -79,6 +82,7 @@ impl GossipHandle {
             members: RwLock::new(Arc::new(vec![me])),
             connecting: Default::default(),
             joined: Default::default(),
+            join_names: Default::default(),
         }
     }
 
@@ -221,6 +225,10 @@ impl Node {
         for r in &self.config.join {
             match self.resolve_join(r).await {
                 Ok(addr) if addr != self.listen => {
+                    if let NodeRef::Name(name) | NodeRef::NameAt(name, _) = r {
+                        let mut names = self.gossip.join_names.lock().unwrap_or_else(PoisonError::into_inner);
+                        names.insert(addr, name.clone());
+                    }
                     seeds.push(addr);
                     only_self = false;
                 }
@@ -370,9 +378,27 @@ impl Node {
         let node = Arc::clone(self);
         let deadline = tokio::time::Instant::now() + self.config.timeouts.request;
         let joining = matches!(&t.msg, Message::PushPull(pp) if pp.join.is_some() && !pp.is_reply);
+        let expected = joining
+            .then(|| {
+                let names = self.gossip.join_names.lock().unwrap_or_else(PoisonError::into_inner);
+                names.get(&t.to).cloned()
+            })
+            .flatten();
         self.tasks.spawn(async move {
             let send = async {
                 let linked = node.link(t.to, deadline).await;
+                if let (Ok(conn), Some(name)) = (&linked, &expected)
+                    && conn.name() != name.as_str()
+                {
+                    // As a client given NAME@HOST:PORT refuses another node there.
+                    let reason = format!(
+                        "the node at {} is named {}, not {name}; correct the join entry",
+                        t.to,
+                        conn.name()
+                    );
+                    node.gossip.offer(Input::JoinUnanswerable { seed: t.to, reason });
+                    return;
+                }
                 if joining && let Err(e) = &linked {
                     // Said now, and why: the attempt would otherwise time out as "no answer".
                     let reason = match e {
