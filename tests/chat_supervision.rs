@@ -258,16 +258,35 @@ fn a_part_that_keeps_crashing_stops_the_node_with_a_clear_log() {
 }
 
 #[test]
+fn a_chat_line_a_node_cannot_print_is_an_error_for_the_sender() {
+    let home = Home::new();
+    // kate's stdout is closed: the line cannot be printed, and the sender is told so.
+    let mut kate = home.start_with_stdout_unread("kate", &["--in-memory"]);
+    kate.close_stdout();
+    let out = home.run(&["chat", "kate", "hello"]);
+    out.expect(6);
+    assert!(out.stderr.contains("the message was not printed"), "{}", out.stderr);
+    kate.wait_log("the node's warning", |l| {
+        l.contains("cannot write chat lines to stdout")
+    });
+}
+
+#[test]
 fn a_node_whose_stdout_nobody_reads_still_serves() {
     let home = Home::new();
     // kate's stdout is a pipe nobody reads: once its buffer (64 KiB) is full, no chat line
     // can be written. On its one thread the node must still serve.
     let _kate = home.start_with_stdout_unread("kate", &["--in-memory", "--threads", "1"]);
     let text = "x".repeat(8 * 1024);
+    let mut last = None;
     for _ in 0..12 {
-        // 96 KiB in all; the later ones fail at their deadline, which is expected here.
-        home.run(&["chat", "kate", &text, "--as", "flood", "--timeout", "500ms"]);
+        // 96 KiB in all; the later ones cannot be printed by their deadline.
+        last = Some(home.run(&["chat", "kate", &text, "--as", "flood", "--timeout", "500ms"]));
     }
+    // The sender hears why (not "no answer; is it running?" from a node that is).
+    let last = last.unwrap();
+    last.expect(6);
+    assert!(last.stderr.contains("stdout is not being read"), "{}", last.stderr);
     home.run(&["put", "b", "k", "v", "--via", "kate"]).ok();
     assert_eq!(home.run(&["get", "b", "k", "--via", "kate"]).ok(), "v\n");
     assert_eq!(home.run(&["ping", "kate"]).ok(), "pong\n");

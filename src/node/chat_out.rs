@@ -4,6 +4,7 @@
 
 use std::io::Write;
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
 
 use tokio::sync::oneshot;
@@ -13,7 +14,11 @@ use crate::names::escape_text;
 /// Lines waiting to be written; beyond this a line is dropped, with a warning.
 const QUEUE: usize = 1024;
 
-type Line = (String, oneshot::Sender<()>);
+/// A line, and where to say whether it was written (or why not).
+type Line = (String, oneshot::Sender<Result<(), String>>);
+
+/// Why a chat line was not printed: said to the sender, who otherwise believes it was.
+pub const NOT_READ: &str = "its stdout is not being read (a pipe nobody empties?)";
 
 /// The writer of chat lines, started with the first line.
 #[derive(Default)]
@@ -23,19 +28,21 @@ pub struct ChatOut {
 
 impl ChatOut {
     /// Writes `SENDER: MESSAGE` as one line, control characters escaped, and returns once it
-    /// is written (the caller's deadline bounds the wait). A closed stdout is not the node's
-    /// problem: the line is dropped and the node goes on.
-    pub async fn print(&self, from: &str, text: &str) {
+    /// is written (the caller's deadline bounds the wait, and then says [`NOT_READ`]), or
+    /// why it was not: stdout is closed, or so far behind that the line was dropped. The
+    /// node goes on either way.
+    pub async fn print(&self, from: &str, text: &str) -> Result<(), String> {
         let line = format!("{}: {}\n", escape_text(from), escape_text(text));
         let (done, written) = oneshot::channel();
         match self.queue().try_send((line, done)) {
-            Ok(()) => {
-                let _ = written.await;
-            }
+            Ok(()) => written
+                .await
+                .unwrap_or_else(|_| Err("it cannot print chat lines".into())),
             Err(TrySendError::Full(_)) => {
                 tracing::warn!(from, "stdout is not being read; a chat line was dropped");
+                Err(NOT_READ.into())
             }
-            Err(TrySendError::Disconnected(_)) => {}
+            Err(TrySendError::Disconnected(_)) => Err("it cannot print chat lines".into()),
         }
     }
 
@@ -45,10 +52,16 @@ impl ChatOut {
             let spawned = std::thread::Builder::new()
                 .name("kvnode-chat-out".into())
                 .spawn(move || {
+                    let warned = AtomicBool::new(false);
                     for (line, done) in rx {
                         let mut out = std::io::stdout().lock();
-                        let _ = out.write_all(line.as_bytes()).and_then(|()| out.flush());
-                        let _ = done.send(());
+                        let written = out.write_all(line.as_bytes()).and_then(|()| out.flush());
+                        let _ = done.send(written.map_err(|e| {
+                            if !warned.swap(true, Ordering::Relaxed) {
+                                tracing::warn!(error = %e, "cannot write chat lines to stdout; they are not printed");
+                            }
+                            format!("its stdout is closed or broken ({e})")
+                        }));
                     }
                 });
             if let Err(e) = spawned {

@@ -334,7 +334,15 @@ impl Node {
             )));
         }
         if msg.to == self.name {
-            self.chat_out.print(&msg.from, &msg.text).await;
+            // Bounded here (short of the caller's deadline) so that the sender hears why, not
+            // "no answer; is it running?" from a node that is.
+            let printed = tokio::time::timeout_at(deadline, self.chat_out.print(&msg.from, &msg.text)).await;
+            if let Err(why) = printed.unwrap_or_else(|_| Err(super::chat_out::NOT_READ.into())) {
+                return Err(RemoteError::Internal {
+                    node: self.name.to_string(),
+                    reason: format!("the message was not printed: {why}"),
+                });
+            }
             let reply = self.config.auto_reply.as_ref().map(|text| ChatLine {
                 from: self.name.to_string(),
                 text: text.clone(),
@@ -358,7 +366,8 @@ impl Node {
             None => self.forward(&to, Request::Chat(msg), deadline).await?,
         };
         if let Reply::ChatAck { reply: Some(line) } = &answer {
-            self.chat_out.print(&line.from, &line.text).await;
+            // The message was delivered; the reply printed here is a courtesy.
+            let _ = tokio::time::timeout_at(deadline, self.chat_out.print(&line.from, &line.text)).await;
         }
         Ok(answer)
     }

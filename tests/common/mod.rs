@@ -242,6 +242,14 @@ pub struct Node {
 }
 
 impl Node {
+    /// Closes our end of the stdout pipe of a node started with its stdout unread: its
+    /// next write to stdout fails (EPIPE).
+    pub fn close_stdout(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            drop(child.stdout.take());
+        }
+    }
+
     /// Waits until the node has published its address in the local directory.
     pub fn wait_up(mut self) -> Self {
         let entry = self.home.join("nodes").join(&self.name);
