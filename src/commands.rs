@@ -385,8 +385,31 @@ async fn ping(args: PingArgs, settings: &Settings, deadline: Instant, out: &mut 
     }
 }
 
+/// A chat message as given (stdin's line `line`, if from there), if it can be one: not
+/// empty, and within the node's limit (said here with its size, before anything is sent).
+fn chat_text(text: String, line: Option<usize>) -> Result<String, ClientError> {
+    let what = line.map_or_else(|| "the message".to_string(), |n| format!("line {n} of stdin"));
+    if text.is_empty() {
+        return Err(ClientError::Usage(format!("{what} is empty; give some text")));
+    }
+    if text.len() > wire::MAX_CHAT {
+        return Err(ClientError::Usage(format!(
+            "{what} is {} bytes; chat messages are at most {} bytes{}",
+            text.len(),
+            wire::MAX_CHAT,
+            if line.is_some() {
+                " (nothing from it on was sent)"
+            } else {
+                ""
+            }
+        )));
+    }
+    Ok(text)
+}
+
 /// Sends one message, or one per stdin line, to the chat target; prints any reply.
 async fn chat(args: ChatArgs, settings: &Settings, deadline: Instant, out: &mut Output) -> Result<(), ClientError> {
+    let message = args.message.clone().map(|text| chat_text(text, None)).transpose()?;
     // Through --via when given; else straight to the addressee.
     let via = args.via.as_ref().unwrap_or(&args.node);
     let target: Target = client::resolve_ref(via, settings, deadline).await?;
@@ -441,11 +464,8 @@ async fn chat(args: ChatArgs, settings: &Settings, deadline: Instant, out: &mut 
         }
         other => unexpected(&other),
     };
-    let result = match args.message {
-        Some(text) => match send(text).await {
-            Ok(reply) => print_reply(reply, out),
-            Err(e) => Err(e),
-        },
+    let result = match message {
+        Some(text) => send(text).await.and_then(|reply| print_reply(reply, out)),
         None => {
             // One message per line, read on a blocking thread so replies print as they come.
             let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<String>>(16);
@@ -457,15 +477,19 @@ async fn chat(args: ChatArgs, settings: &Settings, deadline: Instant, out: &mut 
                 }
             });
             let mut result = Ok(());
+            let mut n = 0;
             while let Some(line) = rx.recv().await {
-                let line = match line {
-                    Ok(l) => l,
-                    Err(e) => {
-                        result = Err(ClientError::Usage(format!("cannot read stdin: {e}")));
-                        break;
-                    }
+                n += 1;
+                let text = match line {
+                    // A blank line is no message.
+                    Ok(l) if l.trim().is_empty() => continue,
+                    Ok(l) => chat_text(l, Some(n)),
+                    Err(e) if e.kind() == std::io::ErrorKind::InvalidData => Err(ClientError::Usage(format!(
+                        "line {n} of stdin is not UTF-8 text, and chat messages are text; nothing from it on was sent"
+                    ))),
+                    Err(e) => Err(ClientError::Usage(format!("cannot read line {n} of stdin: {e}"))),
                 };
-                if let Err(e) = send(line).await.and_then(|r| print_reply(r, out)) {
+                if let Err(e) = async { send(text?).await.and_then(|r| print_reply(r, out)) }.await {
                     result = Err(e);
                     break;
                 }

@@ -46,6 +46,35 @@ fn chat_through_a_node_reaches_an_addressee_it_knows_only_by_the_address_given()
 }
 
 #[test]
+fn chat_from_stdin_skips_blank_lines_and_names_the_line_it_cannot_send() {
+    let home = Home::new();
+    let kate = home.start("kate", &["--in-memory"]);
+    let big = "x".repeat(70_000);
+    let input = format!("one\n\n   \ntwo\n{big}\nthree\n");
+    let out = home.run_stdin(&["chat", "kate", "--as", "zoe"], input.as_bytes());
+    out.expect(2);
+    assert!(
+        out.stderr.contains("line 5 of stdin is 70000 bytes") && out.stderr.contains("nothing from it on was sent"),
+        "{}",
+        out.stderr
+    );
+    kate.wait_stdout("two", |l| l == "zoe: two");
+    let printed = kate.stdout();
+    assert_eq!(printed, ["zoe: one", "zoe: two"], "blank lines are no messages");
+    let out = home.run_stdin(&["chat", "kate"], b"fine\n\xff\n");
+    out.expect(2);
+    assert!(
+        out.stderr.contains("line 2 of stdin is not UTF-8 text"),
+        "{}",
+        out.stderr
+    );
+    // An empty message given as an argument is refused before anything is asked.
+    let out = home.run(&["chat", "nobody", ""]);
+    out.expect(2);
+    assert!(out.stderr.contains("the message is empty"), "{}", out.stderr);
+}
+
+#[test]
 fn a_sender_name_chat_cannot_send_is_a_usage_error_before_any_node_is_asked() {
     let home = Home::new();
     // No node: the name is refused before anything is looked up (it was "unreachable:
