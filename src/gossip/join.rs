@@ -81,10 +81,9 @@ impl Gossip {
         if self.joins.iter().any(|j| j.seed == seed) {
             return;
         }
-        let token = self.next_seq();
         self.joins.push(JoinAttempt {
             seed,
-            token,
+            token: 0, // each request's, given by send_join
             phase: JoinPhase::Waiting(now),
             backoff: FIRST_JOIN_BACKOFF,
         });
@@ -92,7 +91,11 @@ impl Gossip {
     }
 
     fn send_join(&mut self, now: Instant, i: usize) {
-        let (seed, token) = (self.joins[i].seed, self.joins[i].token);
+        // A token per request, not per attempt: an answer or a failure is then that of the
+        // request in flight, never of one that timed out before it.
+        let token = self.next_seq();
+        self.joins[i].token = token;
+        let seed = self.joins[i].seed;
         self.joins[i].phase = JoinPhase::Waiting(now + self.config.join_timeout);
         let pp = self.full_state(Some(token), false);
         self.send(seed, Message::PushPull(pp), true);
@@ -112,14 +115,16 @@ impl Gossip {
         }
     }
 
-    /// The join attempt through `seed`, if one is waiting for its answer, failed before the
-    /// seed could answer it (the driver could not connect: the seed refused our secret, say):
-    /// it is retried after its backoff, as one that timed out, with `reason` reported now.
-    pub fn join_unanswerable(&mut self, now: Instant, seed: SocketAddr, reason: String) {
+    /// The join request sent with `token`, if its attempt is still waiting for the answer,
+    /// failed before the seed could answer it (the driver could not connect: the seed
+    /// refused our secret, say): it is retried after its backoff, as one that timed out,
+    /// with `reason` reported now. Every request has a token of its own, so a late report
+    /// about an earlier request, already timed out, touches nothing.
+    pub fn join_unanswerable(&mut self, now: Instant, token: u32, reason: String) {
         if let Some(i) = self
             .joins
             .iter()
-            .position(|j| j.seed == seed && matches!(j.phase, JoinPhase::Waiting(_)))
+            .position(|j| j.token == token && matches!(j.phase, JoinPhase::Waiting(_)))
         {
             self.join_failed(now, i, reason);
         }

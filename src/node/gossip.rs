@@ -29,9 +29,9 @@ pub(crate) enum Input {
         msg: Message,
     },
     SetTable(RoutingTable),
-    /// A join request could not be sent to `seed`, for `reason`.
+    /// The join request sent with `token` could not be sent, for `reason`.
     JoinUnanswerable {
-        seed: SocketAddr,
+        token: u32,
         reason: String,
     },
     /// Gossip `left`; the sender is answered once enough members have it.
@@ -190,7 +190,7 @@ impl Node {
                 input = rx.recv() => match input {
                     Some(Input::Message { from, msg }) => core.handle_message(Instant::now(), from, msg),
                     Some(Input::SetTable(table)) => core.set_routing_table(Instant::now(), table),
-                    Some(Input::JoinUnanswerable { seed, reason }) => core.join_unanswerable(Instant::now(), seed, reason),
+                    Some(Input::JoinUnanswerable { token, reason }) => core.join_unanswerable(Instant::now(), token, reason),
                     Some(Input::Leave(done)) => {
                         core.leave(Instant::now());
                         leaving = Some(done);
@@ -377,13 +377,17 @@ impl Node {
         }
         let node = Arc::clone(self);
         let deadline = tokio::time::Instant::now() + self.config.timeouts.request;
-        let joining = matches!(&t.msg, Message::PushPull(pp) if pp.join.is_some() && !pp.is_reply);
-        let expected = joining
-            .then(|| {
-                let names = self.gossip.join_names.lock().unwrap_or_else(PoisonError::into_inner);
-                names.get(&t.to).cloned()
-            })
-            .flatten();
+        // A join request's token: a connect failure is reported for that request alone (a
+        // failure that comes after the attempt timed out, and the core sent another, is
+        // then ignored; one that comes at once, a refused secret, is said at once).
+        let joining = match &t.msg {
+            Message::PushPull(pp) if !pp.is_reply => pp.join,
+            _ => None,
+        };
+        let expected = joining.and_then(|_| {
+            let names = self.gossip.join_names.lock().unwrap_or_else(PoisonError::into_inner);
+            names.get(&t.to).cloned()
+        });
         self.tasks.spawn(async move {
             let send = async {
                 let linked = node.link(t.to, deadline).await;
@@ -396,10 +400,11 @@ impl Node {
                         t.to,
                         conn.name()
                     );
-                    node.gossip.offer(Input::JoinUnanswerable { seed: t.to, reason });
+                    let token = joining.unwrap_or_default();
+                    node.gossip.offer(Input::JoinUnanswerable { token, reason });
                     return;
                 }
-                if joining && let Err(e) = &linked {
+                if let (Some(token), Err(e)) = (joining, &linked) {
                     // Said now, and why: the attempt would otherwise time out as "no answer".
                     let reason = match e {
                         ConnectFailure::AuthRefused => format!(
@@ -408,7 +413,7 @@ impl Node {
                         ),
                         ConnectFailure::Unreachable(why) => format!("{} is unreachable: {why}", t.to),
                     };
-                    node.gossip.offer(Input::JoinUnanswerable { seed: t.to, reason });
+                    node.gossip.offer(Input::JoinUnanswerable { token, reason });
                 }
                 if let Ok(conn) = linked {
                     let fits = conn

@@ -140,27 +140,44 @@ fn join_is_retried_with_backoff_until_the_seed_answers() {
     assert_eq!(net.nodes[0].member("b").unwrap().state, State::Alive);
 }
 
+/// The token of the join request `g` just sent to `seed`.
+fn join_token(g: &mut Gossip, seed: SocketAddr) -> u32 {
+    drain(g)
+        .into_iter()
+        .find_map(|t| match t.msg {
+            Message::PushPull(pp) if t.to == seed && !pp.is_reply => pp.join,
+            _ => None,
+        })
+        .expect("a join request")
+}
+
 #[test]
 fn a_join_the_driver_could_not_send_fails_at_once_with_its_reason_and_is_retried() {
     let now = t0();
     let mut b = gossip("b", 1, 1, now);
     b.join(now, addr(0));
-    drain(&mut b);
-    b.join_unanswerable(now, addr(0), "the secrets differ".into());
+    let first = join_token(&mut b, addr(0));
+    b.join_unanswerable(now, first, "the secrets differ".into());
     let failed = Event::JoinFailed {
         seed: addr(0),
         reason: "the secrets differ".into(),
     };
     assert_eq!(events(&mut b), vec![failed]);
     // In its backoff, not waiting: a second report of the same send changes nothing.
-    b.join_unanswerable(now, addr(0), "again".into());
+    b.join_unanswerable(now, first, "again".into());
     assert!(events(&mut b).is_empty());
-    // Retried after the first backoff (1 s), not at the join timeout (3 s).
+    // Retried after the first backoff (1 s), not at the join timeout (3 s), as a new request.
     b.handle_timeout(now + Duration::from_secs(1));
-    assert!(drain(&mut b).iter().any(|t| t.to == addr(0) && t.reliable));
-    // A seed nobody is joining through is ignored.
-    b.join_unanswerable(now, addr(5), "who".into());
+    let second = join_token(&mut b, addr(0));
+    assert_ne!(first, second);
+    // A late report about the first request (its connect outlived it) is not the second's.
+    b.join_unanswerable(now + Duration::from_secs(2), first, "stale".into());
     assert!(events(&mut b).is_empty());
+    // Nor does an unknown token touch anything.
+    b.join_unanswerable(now, 999_999, "who".into());
+    assert!(events(&mut b).is_empty());
+    b.join_unanswerable(now + Duration::from_secs(2), second, "now".into());
+    assert_eq!(events(&mut b).len(), 1);
 }
 
 #[test]
