@@ -512,13 +512,13 @@ impl Request {
     }
 
     /// Whether sending this request a second time, when the answer to the first was lost,
-    /// is harmless: the second gives the same answer and leaves the same state, whether or
-    /// not the first was carried out. Reads, and a put of the same value; not a delete (the
-    /// second would find the key gone), a chat line (said twice) or a new table (a second
-    /// version).
+    /// is harmless: reads only. Not a put: the first may have been carried out before the
+    /// answer was lost, and a write by someone else since would be undone by the second;
+    /// not a delete (the second would find the key gone), a chat line (said twice) or a new
+    /// table (a second version). The caller of those hears "try again" and decides.
     pub fn may_repeat(&self) -> bool {
         match self {
-            Request::Bucket(b) => !matches!(b.op, BucketOp::Delete { .. }),
+            Request::Bucket(b) => matches!(b.op, BucketOp::Get { .. } | BucketOp::Keys { .. } | BucketOp::Route),
             Request::Table | Request::Members | Request::Ping => true,
             Request::SetTable { .. } | Request::Chat(_) | Request::Gossip { .. } => false,
             #[cfg(feature = "fault-injection")]
@@ -548,7 +548,7 @@ mod tests {
     }
 
     #[test]
-    fn reads_and_puts_may_be_sent_twice_deletes_chat_and_tables_may_not() {
+    fn reads_may_be_sent_twice_writes_chat_and_tables_may_not() {
         let bucket = |op| {
             Request::Bucket(BucketRequest {
                 bucket: b"b".to_vec(),
@@ -559,10 +559,6 @@ mod tests {
         let key = || b"k".to_vec();
         for request in [
             bucket(BucketOp::Get { key: key() }),
-            bucket(BucketOp::Put {
-                key: key(),
-                value: b"v".to_vec(),
-            }),
             bucket(BucketOp::Keys { after: None }),
             bucket(BucketOp::Route),
             Request::Table,
@@ -579,6 +575,10 @@ mod tests {
             path: vec![],
         };
         for request in [
+            bucket(BucketOp::Put {
+                key: key(),
+                value: b"v".to_vec(),
+            }),
             bucket(BucketOp::Delete { key: key() }),
             Request::Chat(chat),
             Request::SetTable { entries: vec![] },

@@ -195,8 +195,9 @@ impl Node {
     /// `answer`, the answer to `request` sent to `to` over `peer`; or, when `peer` failed
     /// because the node at its address reset it (`to` was killed and started again there,
     /// and this was the first this node sent it since), the answer to `request` sent once
-    /// more over a new connection, if sending it twice is harmless. Without this, the first
-    /// request forwarded to a restarted node would fail with "try again".
+    /// more over a new connection, if sending it twice is harmless (a read: see
+    /// [`Request::may_repeat`]). Without this, the first read forwarded to a restarted node
+    /// would fail with "try again"; a write still does, for its caller to decide.
     async fn again_if_reset(
         self: &Arc<Self>,
         peer: &PeerConn,
