@@ -218,18 +218,14 @@ fn client_command(command: Command, global: Global, env: Env) -> ExitCode {
         _ => None,
     }
     .unwrap_or_else(client::default_client_name);
-    // Read here, not by clap, so that an empty KVNODE_VIA is unset (`KVNODE_VIA= kvnode ...`)
-    // and a bad one is named as the variable, not as --via.
-    let via = match env.via.as_deref().map(str::parse) {
-        None => None,
-        Some(Ok(via)) => Some(via),
-        Some(Err(e)) => return fail(&format!("invalid KVNODE_VIA: {e}"), EXIT_USAGE, &mut out),
-    };
     let settings = Settings {
         secret: SecretSource::choose(global.secret_file.clone(), env.secret.clone(), None, &env.home),
         home: env.home,
         timeout: global.timeout.unwrap_or(std::time::Duration::from_secs(5)),
-        via,
+        via: None,
+        // Read by kvnode, not clap: an empty KVNODE_VIA is unset (`KVNODE_VIA= kvnode ...`),
+        // and a bad one is named as the variable, not as --via.
+        via_env: env.via,
         name,
     };
     let result: Result<(), ClientError> = runtime.block_on(crate::commands::run(command, settings, &mut out));

@@ -112,8 +112,11 @@ pub struct Settings {
     pub home: PathBuf,
     pub secret: SecretSource,
     pub timeout: Duration,
-    /// `--via`, else `KVNODE_VIA`.
+    /// `--via`, else `KVNODE_VIA`, for the commands that take `--via`.
     pub via: Option<NodeRef>,
+    /// `KVNODE_VIA` as set (not empty), parsed only by a command that takes `--via` and
+    /// was given none: a bad one is no concern of `ping`, or of `get --via foo`.
+    pub via_env: Option<String>,
     /// How this client introduces itself: `client@HOST` unless told otherwise.
     pub name: String,
 }

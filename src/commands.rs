@@ -25,19 +25,19 @@ async fn run_within(command: Command, mut settings: Settings, out: &mut Output) 
     match command {
         Command::Start(_) => unreachable!("`start` is not a client command"),
         Command::Put(args) => {
-            settings.via = args.via.via.clone().or(settings.via);
+            settings.via = via_or_env(args.via.via.clone(), &settings)?;
             put(args, &settings, deadline, out).await
         }
         Command::Get(args) => {
-            settings.via = args.key.via.via.clone().or(settings.via);
+            settings.via = via_or_env(args.key.via.via.clone(), &settings)?;
             get(args, &settings, deadline, out).await
         }
         Command::Delete(args) => {
-            settings.via = args.via.via.clone().or(settings.via);
+            settings.via = via_or_env(args.via.via.clone(), &settings)?;
             delete(args, &settings, deadline, out).await
         }
         Command::Keys(args) => {
-            settings.via = args.via.via.clone().or(settings.via);
+            settings.via = via_or_env(args.via.via.clone(), &settings)?;
             let bucket = arg_bytes(args.bucket);
             wire::check_bucket(&bucket).map_err(ClientError::Usage)?;
             // In pieces: a bucket's key list may be larger than one answer carries.
@@ -64,19 +64,31 @@ async fn run_within(command: Command, mut settings: Settings, out: &mut Output) 
             }
         }
         Command::Route(args) => {
-            settings.via = args.via.via.clone().or(settings.via);
+            settings.via = via_or_env(args.via.via.clone(), &settings)?;
             route(args, &settings, deadline, out).await
         }
         Command::Members(args) => {
-            settings.via = args.via.or(settings.via);
+            settings.via = via_or_env(args.via, &settings)?;
             members(&settings, deadline, out).await
         }
         Command::Ping(args) => ping(args, &settings, deadline, out).await,
         Command::Chat(args) => chat(args, &settings, deadline, out).await,
         Command::Bench(args) => {
-            settings.via = args.via.via.clone().or(settings.via);
+            settings.via = via_or_env(args.via.via.clone(), &settings)?;
             crate::bench::run(args, &settings, out).await
         }
+    }
+}
+
+/// `--via`, else `KVNODE_VIA` (read only then: a bad one matters only where it is used).
+fn via_or_env(flag: Option<NodeRef>, settings: &Settings) -> Result<Option<NodeRef>, ClientError> {
+    match (flag, &settings.via_env) {
+        (Some(via), _) => Ok(Some(via)),
+        (None, Some(env)) => env
+            .parse()
+            .map(Some)
+            .map_err(|e| ClientError::Usage(format!("invalid KVNODE_VIA: {e}"))),
+        (None, None) => Ok(None),
     }
 }
 

@@ -165,6 +165,9 @@ fn via_accepts_a_name_a_full_name_and_an_address() {
     bad.expect(2);
     assert!(bad.stderr.contains("invalid KVNODE_VIA"), "{}", bad.stderr);
     assert_eq!(with_via("nobody", &["get", "b", "k", "--via", "foo"]).ok(), "v\n");
+    // Read only where it is used: not by a command given --via, nor by ping.
+    assert_eq!(with_via("no such!", &["get", "b", "k", "--via", "foo"]).ok(), "v\n");
+    assert_eq!(with_via("no such!", &["ping", "foo"]).ok(), "pong\n");
     // A full name that does not match the node at that address is refused.
     let wrong = home.run(&["get", "b", "k", "--via", &format!("bar@{}", foo.addr())]);
     wrong.expect(3);
