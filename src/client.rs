@@ -205,7 +205,7 @@ pub async fn resolve_ref(via: &NodeRef, settings: &Settings, deadline: Instant) 
                 });
             }
             // Not a local node: ask the local nodes whom they know through gossip.
-            let (mut gone, mut refused) = (None, None);
+            let (mut gone, mut refused, mut answered) = (None, None, false);
             for local in dir.live_nodes() {
                 let target = Target {
                     addr: local.addr,
@@ -215,7 +215,8 @@ pub async fn resolve_ref(via: &NodeRef, settings: &Settings, deadline: Instant) 
                     Ok(client) => client,
                     // Ours to fix, and no other node will take it either.
                     Err(e @ ClientError::Secret(_)) => return Err(e),
-                    // Said if no other node knows the name: the secret is the likely cause.
+                    // Said if no node took our secret: it is then the likely cause (a node of
+                    // another cluster here refusing it is not, when one of ours answered).
                     Err(e @ ClientError::AuthRefused { .. }) => {
                         refused.get_or_insert(e);
                         continue;
@@ -225,6 +226,7 @@ pub async fn resolve_ref(via: &NodeRef, settings: &Settings, deadline: Instant) 
                 let members = client.call(Request::Members).await;
                 client.close().await;
                 let Ok(Reply::Members(members)) = members else { continue };
+                answered = true;
                 let Some(m) = members.iter().find(|m| m.name == *name) else {
                     continue;
                 };
@@ -248,10 +250,12 @@ pub async fn resolve_ref(via: &NodeRef, settings: &Settings, deadline: Instant) 
                     }
                 }
             }
-            Err(gone.or(refused).unwrap_or_else(|| ClientError::NoSuchNode {
-                name: name.to_string(),
-                known: known(&dir),
-            }))
+            Err(gone
+                .or(refused.filter(|_| !answered))
+                .unwrap_or_else(|| ClientError::NoSuchNode {
+                    name: name.to_string(),
+                    known: known(&dir),
+                }))
         }
     }
 }

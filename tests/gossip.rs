@@ -378,6 +378,13 @@ fn a_name_looked_up_through_gossip_with_a_wrong_secret_is_an_authentication_erro
         "{}",
         out.stderr
     );
+    // But a node of another cluster here refusing our secret, while one of ours answered
+    // that it knows no such name, leaves a typo a typo.
+    let theirs = home.write_file("theirs", "another cluster");
+    let _other = home.start("other", &["--in-memory", "--secret-file", theirs.to_str().unwrap()]);
+    let out = home.run(&["get", "b", "k", "--via", "gbb", "--secret-file", s]);
+    out.expect(3);
+    assert!(out.stderr.contains("no node named \"gbb\""), "{}", out.stderr);
 }
 
 #[test]
