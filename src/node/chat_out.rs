@@ -4,7 +4,6 @@
 
 use std::io::Write;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
 
 use tokio::sync::oneshot;
@@ -52,12 +51,17 @@ impl ChatOut {
             let spawned = std::thread::Builder::new()
                 .name("kvnode-chat-out".into())
                 .spawn(move || {
-                    let warned = AtomicBool::new(false);
+                    let mut warned = false;
                     for (line, done) in rx {
+                        if done.is_closed() {
+                            // Its sender was told it was not printed (its deadline passed
+                            // while the line waited): printed now, it would be a lie.
+                            continue;
+                        }
                         let mut out = std::io::stdout().lock();
                         let written = out.write_all(line.as_bytes()).and_then(|()| out.flush());
                         let _ = done.send(written.map_err(|e| {
-                            if !warned.swap(true, Ordering::Relaxed) {
+                            if !std::mem::replace(&mut warned, true) {
                                 tracing::warn!(error = %e, "cannot write chat lines to stdout; they are not printed");
                             }
                             format!("its stdout is closed or broken ({e})")
