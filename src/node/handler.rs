@@ -373,11 +373,12 @@ impl Node {
         Ok(answer)
     }
 
-    /// The address the sender gave for a chat message's addressee, if this node cannot
-    /// locate it by name (an address it can locate wins: it is what the cluster knows).
+    /// The address the sender gave for a chat message's addressee, if this node knows
+    /// nothing of that name: what the cluster knows wins, an address or that the node is
+    /// dead or has left.
     async fn chat_hint(&self, msg: &ChatMessage, deadline: Instant) -> Option<SocketAddr> {
         let at: crate::names::HostPort = msg.at.as_deref()?.parse().ok()?;
-        if self.locate(&msg.to).await.is_ok() {
+        if self.gossip.member(&msg.to).is_some() || self.locate(&msg.to).await.is_ok() {
             return None;
         }
         tokio::time::timeout_at(deadline, at.resolve()).await.ok()?.ok()
