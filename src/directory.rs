@@ -81,10 +81,11 @@ impl Directory {
         }
         if found.file_type().is_symlink() {
             let target = std::fs::read_link(&self.root).unwrap_or_default();
-            return Some(format!(
-                "it is a symbolic link to {}, which is not a directory; create that directory, or remove the link",
-                target.display()
-            ));
+            let what = match self.root.exists() {
+                false => "which does not exist; create that directory, or remove the link",
+                true => "which is not a directory; point the link at a directory, or remove it",
+            };
+            return Some(format!("it is a symbolic link to {}, {what}", target.display()));
         }
         Some("it is a file, not a directory; move it away, or set KVNODE_HOME to another directory".into())
     }
@@ -248,9 +249,16 @@ mod tests {
         std::os::unix::fs::symlink(&gone, home.path().join("nodes")).unwrap();
         let err = claim_refused(home.path());
         assert!(
-            err.contains("symbolic link") && err.contains(&gone.display().to_string()) && !err.contains("File exists"),
+            err.contains("symbolic link")
+                && err.contains(&gone.display().to_string())
+                && err.contains("does not exist"),
             "{err}"
         );
+        // A link to a file.
+        std::fs::write(&gone, "").unwrap();
+        let err = claim_refused(home.path());
+        assert!(err.contains("which is not a directory"), "{err}");
+        std::fs::remove_file(&gone).unwrap();
         // A link to a directory is used as the directory.
         std::fs::create_dir(&gone).unwrap();
         assert!(Directory::new(home.path()).claim(&name("foo")).is_ok());
