@@ -339,12 +339,6 @@ impl ConfigFile {
             return Err(invalid("it is over 1 MiB; a node's settings take a few lines"));
         }
         let mut file = Self::parse(&text).map_err(|message| invalid(&message))?;
-        if file.in_memory == Some(true) && file.data_dir.is_some() {
-            // `--in-memory --data-dir` is refused too: one of them would be ignored.
-            return Err(invalid(
-                "in_memory = true and data_dir together: keep the data in memory (lost at every stop) or in data_dir, not both; remove one",
-            ));
-        }
         // Relative paths in a config file are relative to the file, not to wherever the
         // node happens to be started from.
         let base = path.parent().unwrap_or(Path::new("."));
@@ -499,9 +493,16 @@ impl NodeConfig {
             None => file.routing_table.map(|t| t.0),
         };
         // A flag beats the file: `--data-dir` makes a durable node even where the file says
-        // `in_memory = true` (clap refuses the two flags together). In the file, the two
-        // keys together mean what `--in-memory` with a file's data_dir means: the values in
-        // memory, the node's certificate in data_dir.
+        // `in_memory = true`, `--in-memory` an in-memory one whatever its data_dir (the
+        // certificate is kept there). With neither flag, the file must not say both, as the
+        // flags must not (clap refuses them together): one would be ignored, and a copy of
+        // an in-memory example given a data_dir would lose its data at every stop.
+        if flags.data_dir.is_none() && !flags.in_memory && file.in_memory == Some(true) && file.data_dir.is_some() {
+            return Err(ConfigError::Parse {
+                path: flags.config.as_deref().unwrap_or(Path::new("")).display().to_string(),
+                message: "in_memory = true and data_dir together: keep the data in memory (lost at every stop) or in data_dir, not both; remove one (or give --in-memory or --data-dir)".into(),
+            });
+        }
         let in_memory = flags.in_memory || (flags.data_dir.is_none() && file.in_memory.unwrap_or(false));
         let data_dir = flags
             .data_dir
@@ -787,10 +788,15 @@ mod tests {
         );
         assert!(!resolve(durable, None, false).unwrap().in_memory);
         // Both keys in one file: refused, as the two flags are (one would be ignored, and
-        // a copy of an in-memory example given a data_dir would lose its data at every stop).
+        // a copy of an in-memory example given a data_dir would lose its data at every stop);
+        // unless a flag settles it.
         let both = file("name = \"n\"\nin_memory = true\ndata_dir = \"/tmp/n-data\"\n");
-        let err = resolve(both, None, false).unwrap_err().to_string();
+        let err = resolve(both.clone(), None, false).unwrap_err().to_string();
         assert!(err.contains("in_memory = true and data_dir together"), "{err}");
+        assert!(!resolve(both.clone(), Some("/tmp/other"), false).unwrap().in_memory);
+        let c = resolve(both, None, true).unwrap();
+        assert!(c.in_memory);
+        assert_eq!(c.data_dir, Path::new("/tmp/n-data"));
         // A key present but false is no conflict.
         let off = file("name = \"n\"\nin_memory = false\ndata_dir = \"/tmp/n-data\"\n");
         assert!(!resolve(off, None, false).unwrap().in_memory);
