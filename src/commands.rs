@@ -40,28 +40,11 @@ async fn run_within(command: Command, mut settings: Settings, out: &mut Output) 
             settings.via = via_or_env(args.via.via.clone(), &settings)?;
             let bucket = arg_bytes(args.bucket);
             wire::check_bucket(&bucket).map_err(ClientError::Usage)?;
-            // In pieces: a bucket's key list may be larger than one answer carries.
-            let mut after = None;
-            loop {
-                let op = BucketOp::Keys { after: after.take() };
-                let reply = ask(&settings, deadline, bucket_request(bucket.clone(), op)).await?;
-                let Reply::Keys { keys, more } = reply else {
-                    return unexpected(&reply);
-                };
-                for key in &keys {
-                    if out.is_json() {
-                        let mut o = Map::new();
-                        bytes_field(&mut o, "key", key);
-                        out.object(Value::Object(o));
-                    } else {
-                        out.line(&printable(key));
-                    }
-                }
-                match keys.into_iter().last() {
-                    Some(last) if more => after = Some(last),
-                    _ => return Ok(()),
-                }
-            }
+            let target = client::resolve(&settings, deadline).await?;
+            let client = Client::connect(&settings, &target, deadline).await?;
+            let listed = keys(&client, bucket, out).await;
+            client.close().await;
+            listed
         }
         Command::Route(args) => {
             settings.via = via_or_env(args.via.via.clone(), &settings)?;
@@ -76,6 +59,33 @@ async fn run_within(command: Command, mut settings: Settings, out: &mut Output) 
         Command::Bench(args) => {
             settings.via = via_or_env(args.via.via.clone(), &settings)?;
             crate::bench::run(args, &settings, out).await
+        }
+    }
+}
+
+/// Prints the keys of `bucket`, asked of `client` in pieces: a bucket's key list may be
+/// larger than one answer carries. (Not a snapshot: keys written meanwhile may or may not
+/// be listed, as with Redis's SCAN.)
+async fn keys(client: &Client, bucket: Vec<u8>, out: &mut Output) -> Result<(), ClientError> {
+    let mut after = None;
+    loop {
+        let op = BucketOp::Keys { after: after.take() };
+        let reply = client.call(bucket_request(bucket.clone(), op)).await?;
+        let Reply::Keys { keys, more } = reply else {
+            return unexpected(&reply);
+        };
+        for key in &keys {
+            if out.is_json() {
+                let mut o = Map::new();
+                bytes_field(&mut o, "key", key);
+                out.object(Value::Object(o));
+            } else {
+                out.line(&printable(key));
+            }
+        }
+        match keys.into_iter().last() {
+            Some(last) if more => after = Some(last),
+            _ => return Ok(()),
         }
     }
 }
@@ -401,8 +411,9 @@ async fn ping(args: PingArgs, settings: &Settings, deadline: Instant, out: &mut 
 /// empty, and within the node's limit (said here with its size, before anything is sent).
 fn chat_text(text: String, line: Option<usize>) -> Result<String, ClientError> {
     let what = line.map_or_else(|| "the message".to_string(), |n| format!("line {n} of stdin"));
-    if text.is_empty() {
-        return Err(ClientError::Usage(format!("{what} is empty; give some text")));
+    if text.trim().is_empty() {
+        // As from stdin, where a blank line is no message.
+        return Err(ClientError::Usage(format!("{what} is blank; give some text")));
     }
     if text.len() > wire::MAX_CHAT {
         return Err(ClientError::Usage(format!(

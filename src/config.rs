@@ -4,6 +4,7 @@
 //! once; nothing after this re-parses user input. Reads the config file, touches nothing else.
 
 use std::collections::BTreeMap;
+use std::io::Read as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -331,7 +332,6 @@ impl ConfigFile {
             message: message.to_string(),
         };
         // Bounded: `--config /dev/zero`, or a huge file by mistake, would fill the memory.
-        use std::io::Read as _;
         let mut text = String::new();
         let file = std::fs::File::open(path).map_err(read)?;
         file.take(MAX_CONFIG + 1).read_to_string(&mut text).map_err(read)?;

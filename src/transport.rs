@@ -289,7 +289,11 @@ pub fn advertised(bound: SocketAddr, given: Option<SocketAddr>) -> SocketAddr {
         .map(|a| a.ip())
         .ok()
         .filter(|ip| !ip.is_unspecified());
-    SocketAddr::new(routed.unwrap_or(loopback), bound.port())
+    let ip = routed.unwrap_or_else(|| {
+        tracing::warn!(%bound, "this machine has no route to advertise an address on; other machines cannot reach this node (give --advertise)");
+        loopback
+    });
+    SocketAddr::new(ip, bound.port())
 }
 
 /// A node's endpoint settings, which keep its connection ids and stateless resets (RFC 9000

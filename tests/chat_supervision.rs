@@ -69,9 +69,9 @@ fn chat_from_stdin_skips_blank_lines_and_names_the_line_it_cannot_send() {
         out.stderr
     );
     // An empty message given as an argument is refused before anything is asked.
-    let out = home.run(&["chat", "nobody", ""]);
+    let out = home.run(&["chat", "nobody", " "]);
     out.expect(2);
-    assert!(out.stderr.contains("the message is empty"), "{}", out.stderr);
+    assert!(out.stderr.contains("the message is blank"), "{}", out.stderr);
 }
 
 #[test]

@@ -122,7 +122,8 @@ impl GossipConfig {
     /// overflow time arithmetic; all are clamped to sane bounds.
     pub(crate) fn sanitized(mut self) -> Self {
         const FLOOR: Duration = Duration::from_millis(1);
-        const CEILING: Duration = Duration::from_secs(365 * 24 * 3600);
+        // The longest a config file may give, for configs made in code too.
+        const CEILING: Duration = crate::config::MAX_DURATION;
         for d in [
             &mut self.probe_interval,
             &mut self.probe_timeout,
@@ -178,6 +179,6 @@ mod tests {
         .sanitized();
         assert_eq!(c.probe_interval, Duration::from_millis(1));
         assert_eq!(c.suspicion_mult, 1);
-        assert_eq!(c.dead_retention, Duration::from_secs(365 * 24 * 3600));
+        assert_eq!(c.dead_retention, crate::config::MAX_DURATION);
     }
 }

@@ -44,7 +44,8 @@ pub struct KeyPage {
     pub more: bool,
 }
 
-/// What a key costs a page beyond its bytes (its length prefix when encoded).
+/// What a key costs a page beyond its bytes: its encoded length prefix (1 or 2 bytes for
+/// keys of at most 1024), rounded up.
 const KEY_OVERHEAD: usize = 4;
 
 impl KeyPage {
