@@ -82,7 +82,7 @@ pub enum Command {
         after_help = "Examples:\n  kvnode chat kate \"hi\"\n  kvnode chat moebi hi --via alex\n  printf 'one\\ntwo\\n' | kvnode chat kate"
     )]
     Chat(ChatArgs),
-    /// List the members a node knows: name, address, state, incarnation, last change
+    /// List the members a node knows: name, address, state, incarnation, last seen
     #[command(after_help = "Example:\n  kvnode members --via foo")]
     Members(ViaArgs),
     /// Print pong if NODE answers (exit 0), else pang (exit 3; 4 if it refused our secret)

@@ -338,7 +338,8 @@ async fn members(settings: &Settings, deadline: Instant, out: &mut Output) -> Re
         for m in &members {
             out.object(json!({
                 "name": m.name.as_str(), "addr": m.addr, "state": m.state,
-                "incarnation": m.incarnation, "last_change_ms": m.last_change_ms,
+                "incarnation": m.incarnation, "last_seen_ms": m.last_seen_ms,
+                "last_change_ms": m.last_change_ms,
             }));
         }
         return Ok(());
@@ -346,17 +347,20 @@ async fn members(settings: &Settings, deadline: Instant, out: &mut Output) -> Re
     let width = members.iter().map(|m| m.name.as_str().len()).max().unwrap_or(4).max(4);
     let addr_width = members.iter().map(|m| m.addr.len()).max().unwrap_or(7).max(7);
     out.line(&format!(
-        "{:width$}  {:addr_width$}  {:7}  {:>11}  LAST CHANGE",
+        "{:width$}  {:addr_width$}  {:7}  {:>11}  LAST SEEN",
         "NAME", "ADDRESS", "STATE", "INCARNATION"
     ));
     for m in &members {
+        // Heard of only through other members so far: not seen.
+        let seen = m
+            .last_seen_ms
+            .map_or_else(|| "-".to_string(), |ms| format!("{} ago", ago(ms)));
         out.line(&format!(
-            "{:width$}  {:addr_width$}  {:7}  {:>11}  {} ago",
+            "{:width$}  {:addr_width$}  {:7}  {:>11}  {seen}",
             m.name.as_str(),
             m.addr,
             m.state,
             m.incarnation,
-            ago(m.last_change_ms)
         ));
     }
     Ok(())

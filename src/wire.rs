@@ -352,6 +352,9 @@ pub struct MemberInfo {
     pub incarnation: u64,
     /// Milliseconds since this node last heard of a change of the member.
     pub last_change_ms: u64,
+    /// Milliseconds since this node last heard from the member itself; `None`: only
+    /// through others so far.
+    pub last_seen_ms: Option<u64>,
 }
 
 impl MemberInfo {

@@ -86,6 +86,35 @@ fn nodes_listening_on_a_wildcard_are_reached_at_the_address_they_advertise() {
     assert!(out.stderr.contains("wildcard"), "{}", out.stderr);
 }
 
+/// `name -> last_seen_ms` (`None`: not heard from directly) through `via`.
+fn last_seen(home: &Home, via: &str, name: &str) -> Option<Option<u64>> {
+    let out = home.run(&["members", "--via", via, "--json"]);
+    out.stdout().lines().find_map(|l| {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        (v["name"] == name).then(|| v["last_seen_ms"].as_u64())
+    })
+}
+
+#[test]
+fn members_says_when_each_member_was_last_heard_from() {
+    let home = Home::new();
+    let _n1 = home.start("n1", &["--in-memory"]);
+    let mut n2 = home.start("n2", &["--in-memory", "--join", "n1"]);
+    // Probed, n2 answers: seen within the last seconds.
+    wait_for("n1 to hear from n2", PATIENCE, || {
+        last_seen(&home, "n1", "n2").flatten().filter(|&ms| ms < 3_000)
+    });
+    n2.kill9();
+    // Then no more: its last sight only ages, while n1 sees itself now.
+    wait_for("n2's last sight to age past 4s", PATIENCE, || {
+        last_seen(&home, "n1", "n2").flatten().filter(|&ms| ms > 4_000)
+    });
+    let me = last_seen(&home, "n1", "n1").flatten().unwrap();
+    assert!(me < 2_000, "n1 last saw itself {me}ms ago");
+    let text = home.run(&["members", "--via", "n1"]).ok();
+    assert!(text.lines().next().unwrap().ends_with("LAST SEEN"), "{text}");
+}
+
 #[test]
 fn six_nodes_joined_in_a_chain_all_see_each_other_alive() {
     let home = Home::new();
@@ -95,7 +124,7 @@ fn six_nodes_joined_in_a_chain_all_see_each_other_alive() {
     });
     let text = home.run(&["members", "--via", "n4"]).ok();
     assert!(
-        text.starts_with("NAME") && text.contains("INCARNATION") && text.contains("LAST CHANGE"),
+        text.starts_with("NAME") && text.contains("INCARNATION") && text.contains("LAST SEEN"),
         "{text}"
     );
     assert_eq!(text.lines().count(), 7);

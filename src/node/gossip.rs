@@ -2,6 +2,7 @@
 //! core with messages from peer connections and with the clock, and carries out what the core
 //! asks: datagrams and streams to send, events to log and act on. Nothing else lives here.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime};
@@ -46,6 +47,8 @@ pub(crate) struct Member {
     pub state: State,
     pub incarnation: u64,
     pub last_change: Instant,
+    /// When this node last heard from it directly; `None`: only through others so far.
+    pub last_seen: Option<Instant>,
 }
 
 /// The node's side of gossip: the inbox and the latest membership.
@@ -60,7 +63,7 @@ pub(crate) struct GossipHandle {
     joined: std::sync::atomic::AtomicBool,
     /// The name each `join` entry gave for its address (`bar`, `bar@HOST:PORT`): a seed
     /// answering under another name is not joined through.
-    join_names: std::sync::Mutex<std::collections::HashMap<SocketAddr, NodeName>>,
+    join_names: std::sync::Mutex<HashMap<SocketAddr, NodeName>>,
 }
 
 impl GossipHandle {
@@ -75,6 +78,7 @@ impl GossipHandle {
             state: State::Alive,
             incarnation: 0,
             last_change: Instant::now(),
+            last_seen: Some(Instant::now()),
         };
         Self {
             tx,
@@ -113,7 +117,8 @@ impl GossipHandle {
         self.members().iter().find(|m| m.name == *name).cloned()
     }
 
-    /// `kvnode members`: every member with the time since its last change.
+    /// `kvnode members`: every member with the time since its last change, and since this
+    /// node last heard from it.
     pub fn member_infos(&self) -> Vec<MemberInfo> {
         let now = Instant::now();
         self.members()
@@ -124,6 +129,7 @@ impl GossipHandle {
                 state: m.state.as_str().to_string(),
                 incarnation: m.incarnation,
                 last_change_ms: now.saturating_duration_since(m.last_change).as_millis() as u64,
+                last_seen_ms: m.last_seen.map(|t| now.saturating_duration_since(t).as_millis() as u64),
             })
             .collect()
     }
@@ -179,16 +185,23 @@ impl Node {
         let mut look_again = unresolved.then(|| tokio::time::Instant::now() + retry_every);
         let mut leaving: Option<oneshot::Sender<()>> = None;
         let mut snapshot_at = now;
+        // When each member was last heard from directly (a message it sent: a probe, an
+        // ack, gossip), for `members`' "last seen"; kept here, not in the sans-IO core.
+        let mut seen: HashMap<NodeName, Instant> = HashMap::new();
         loop {
             let changed = self.carry_out(&mut core, &mut leaving);
             if changed || snapshot_at.elapsed() > Duration::from_secs(1) {
-                self.publish_members(&core);
+                self.publish_members(&core, &mut seen);
                 snapshot_at = Instant::now();
             }
             let wake = core.poll_timeout().map(tokio::time::Instant::from_std);
             tokio::select! {
                 input = rx.recv() => match input {
-                    Some(Input::Message { from, msg }) => core.handle_message(Instant::now(), from, msg),
+                    Some(Input::Message { from, msg }) => {
+                        let now = Instant::now();
+                        seen.insert(msg.sender().id.name.clone(), now);
+                        core.handle_message(now, from, msg)
+                    }
                     Some(Input::SetTable(table)) => core.set_routing_table(Instant::now(), table),
                     Some(Input::JoinUnanswerable { token, reason }) => core.join_unanswerable(Instant::now(), token, reason),
                     Some(Input::Leave(done)) => {
@@ -335,7 +348,8 @@ impl Node {
         changed
     }
 
-    fn publish_members(&self, core: &Gossip) {
+    fn publish_members(&self, core: &Gossip, seen: &mut HashMap<NodeName, Instant>) {
+        let now = Instant::now();
         let members: Vec<Member> = core
             .members()
             .map(|m| Member {
@@ -344,8 +358,17 @@ impl Node {
                 state: m.state,
                 incarnation: m.incarnation,
                 last_change: m.last_change,
+                last_seen: if *m.name == self.name {
+                    Some(now)
+                } else {
+                    seen.get(m.name).copied()
+                },
             })
             .collect();
+        // Only members' names are kept: forgotten ones go.
+        if seen.len() > members.len() {
+            seen.retain(|name, _| members.iter().any(|m| m.name == *name));
+        }
         *self.gossip.members.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(members);
     }
 
