@@ -53,6 +53,12 @@ pub enum Event {
         name: NodeName,
         addr: SocketAddr,
     },
+    /// The cluster said this node was `said` (suspect, dead, left: it was slow, paused or
+    /// cut off); it answered that it is alive, at `incarnation`.
+    Refuted {
+        said: State,
+        incarnation: u64,
+    },
     /// A table that superseded ours was adopted.
     TableChanged(RoutingTable),
     Joined {

@@ -326,7 +326,7 @@ impl Gossip {
             State::Suspect | State::Dead | State::Left => incarnation >= mine,
         };
         if wrong {
-            self.refute(now, incarnation);
+            self.refute(now, incarnation, state);
             if state == State::Dead {
                 self.written_off();
             }
@@ -336,8 +336,9 @@ impl Gossip {
     }
 
     /// We are said to be suspect or dead: raise our incarnation above the claim and gossip it.
-    fn refute(&mut self, now: Instant, claimed: u64) {
+    fn refute(&mut self, now: Instant, claimed: u64, said: State) {
         let incarnation = claimed.max(self.my().incarnation) + 1;
+        self.events.push_back(Event::Refuted { said, incarnation });
         let me = self.me;
         self.members.update(me, None, incarnation, State::Alive, self.ms(now));
         let id = self.my_id.clone();

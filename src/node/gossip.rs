@@ -303,6 +303,19 @@ impl Node {
                 Event::TableChanged(table) => {
                     self.offer_table(table);
                 }
+                Event::Refuted { said, incarnation } => {
+                    // Its own side of the others' "member suspect" / "member dead".
+                    tracing::warn!(
+                        incarnation,
+                        "the cluster {} this node (it was slow to answer, paused or cut off); told it that it is alive",
+                        match said {
+                            State::Suspect => "suspected",
+                            State::Dead => "declared dead",
+                            State::Left => "took as having left",
+                            State::Alive => "held an older life of",
+                        }
+                    );
+                }
                 Event::Joined { seed, members } => {
                     self.gossip.set_joined();
                     tracing::info!(%seed, members, "joined the cluster");

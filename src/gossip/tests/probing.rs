@@ -199,6 +199,11 @@ fn suspected_member_refutes_by_raising_its_incarnation() {
     a.handle_message(now, b.addr, gossip_msg(&b, vec![suspect]));
     assert_eq!(a.member("a").unwrap().incarnation, 1);
     assert_eq!(a.member("a").unwrap().state, State::Alive);
+    // Said, so that the node's log has its side of the others' "member suspect".
+    assert!(events(&mut a).contains(&Event::Refuted {
+        said: State::Suspect,
+        incarnation: 1
+    }));
     // The refutation is gossiped at the next round.
     a.handle_timeout(now + Duration::from_secs(1));
     let sent = drain(&mut a);
