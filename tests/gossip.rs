@@ -323,7 +323,9 @@ fn a_node_that_has_not_joined_yet_takes_no_bucket_requests() {
     // belong to any member, and would be lost from view once it joined.
     let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let seed = silent.local_addr().unwrap().to_string();
-    let _late = home.start("late", &["--in-memory", "--join", &seed]);
+    let late = home.start("late", &["--in-memory", "--join", &seed]);
+    // Its start-up line does not show a table it will never route by.
+    late.wait_log("node up", |l| l.contains("node up") && l.contains("table=none yet"));
     let out = home.run(&["put", "cart", "apples", "5"]);
     out.expect(5);
     assert!(

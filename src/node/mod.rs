@@ -252,7 +252,12 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     if listen != bound {
         tracing::info!(%bound, advertise = %listen, "listening on {bound}, reached at {listen} (--advertise sets it)");
     }
-    tracing::info!(node = %config.name, %listen, table = %table, store = %store.describe(), threads, "node up");
+    // A node joining with no table of its own routes nothing until it has the cluster's.
+    let shown = match table.setter() {
+        "" => "none yet (the cluster's, once joined)".to_string(),
+        _ => table.to_string(),
+    };
+    tracing::info!(node = %config.name, %listen, table = %shown, store = %store.describe(), threads, "node up");
     let serve = ServeContext {
         max_in_flight: config.limits.max_requests_per_stream as usize,
         default_timeout: config.timeouts.request,
