@@ -31,9 +31,8 @@ fn lesson(home: &Home) -> (Node, Node, Node) {
 #[test]
 fn chat_through_a_node_reaches_an_addressee_it_knows_only_by_the_address_given() {
     // lone runs in another home and joined nobody: alex cannot find it by name.
-    let (home, elsewhere) = (Home::new(), Home::new());
-    let secret = home.write_file("shared", "sesame");
-    let s = secret.to_str().unwrap();
+    let (home, elsewhere, s) = common::two_homes_one_secret();
+    let s = s.as_str();
     let _alex = home.start("alex", &["--in-memory", "--secret-file", s]);
     let lone = elsewhere.start("lone", &["--in-memory", "--secret-file", s]);
     let to = lone.full();

@@ -268,9 +268,8 @@ fn a_node_killed_and_restarted_on_its_address_joins_at_the_first_attempt() {
 fn a_node_replaced_while_it_was_cut_off_stops_when_it_comes_back() {
     // The replacement starts in another home (this home's directory would refuse a second
     // g2 while the first one's process exists), with the same secret.
-    let (home, other_home) = (Home::new(), Home::new());
-    let secret = home.write_file("shared", "sesame");
-    let s = secret.to_str().unwrap();
+    let (home, other_home, s) = common::two_homes_one_secret();
+    let s = s.as_str();
     let g1 = home.start("g1", &["--in-memory", "--secret-file", s]);
     // It learns of its replacement from the first member it talks to, not from a full-state
     // exchange: with none due for a minute, those cannot be what tells it.
@@ -392,9 +391,8 @@ fn a_node_joining_with_another_secret_is_told_the_secrets_differ() {
 #[test]
 fn a_name_looked_up_through_gossip_with_a_wrong_secret_is_an_authentication_error() {
     // gb lives in another home: this one finds it only through ga's membership.
-    let (home, elsewhere) = (Home::new(), Home::new());
-    let secret = home.write_file("shared", "sesame");
-    let s = secret.to_str().unwrap();
+    let (home, elsewhere, s) = common::two_homes_one_secret();
+    let s = s.as_str();
     let ga = home.start("ga", &["--in-memory", "--secret-file", s]);
     let _gb = elsewhere.start("gb", &["--in-memory", "--secret-file", s, "--join", &ga.full()]);
     wait_for("gb to be found through ga", PATIENCE, || {
@@ -492,9 +490,8 @@ fn a_name_already_alive_in_the_cluster_is_refused_on_both_sides() {
 #[test]
 fn names_learned_by_gossip_route_requests_and_resolve_via() {
     // n1 here; far in another home: neither is in the other's node directory or [peers].
-    let (home, far_home) = (Home::new(), Home::new());
-    let secret = home.write_file("shared", "sesame");
-    let s = secret.to_str().unwrap();
+    let (home, far_home, s) = common::two_homes_one_secret();
+    let s = s.as_str();
     let n1 = home.start("n1", &["--in-memory", "--secret-file", s, "--table", "a-m=n1,n-z=far"]);
     let _far = far_home.start("far", &["--in-memory", "--secret-file", s, "--join", &n1.full()]);
     wait_for("n1 to see far", PATIENCE, || {

@@ -336,12 +336,8 @@ fn an_owner_that_never_answers_is_exit_3_within_the_timeout() {
 #[test]
 fn names_resolve_through_peers_in_the_config_file() {
     // Two homes: the nodes cannot see each other's directory, only the [peers] address.
-    let (home_a, home_b) = (Home::new(), Home::new());
-    let secret = home_a.write_file("shared-secret", "sesame");
-    let p2 = home_b.start(
-        "p2",
-        &["--table", "a-m=p1,n-z=p2", "--secret-file", secret.to_str().unwrap()],
-    );
+    let (home_a, home_b, secret) = common::two_homes_one_secret();
+    let p2 = home_b.start("p2", &["--table", "a-m=p1,n-z=p2", "--secret-file", &secret]);
     let config = home_a.write_file(
         "p1.toml",
         &format!(
@@ -349,24 +345,9 @@ fn names_resolve_through_peers_in_the_config_file() {
             p2.addr()
         ),
     );
-    let _p1 = home_a.start_raw(
-        "p1",
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "--secret-file",
-            secret.to_str().unwrap(),
-        ],
-    );
-    home_a
-        .run(&["put", "world", "k", "v", "--secret-file", secret.to_str().unwrap()])
-        .ok();
-    assert_eq!(
-        home_b
-            .run(&["get", "world", "k", "--secret-file", secret.to_str().unwrap()])
-            .ok(),
-        "v\n"
-    );
+    let _p1 = home_a.start_raw("p1", &["--config", config.to_str().unwrap(), "--secret-file", &secret]);
+    home_a.run(&["put", "world", "k", "v", "--secret-file", &secret]).ok();
+    assert_eq!(home_b.run(&["get", "world", "k", "--secret-file", &secret]).ok(), "v\n");
 }
 
 #[test]

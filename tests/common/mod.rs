@@ -187,6 +187,14 @@ impl Home {
     }
 }
 
+/// Two homes, as on two machines (neither sees the other's node directory), and the path
+/// of one secret file for both, to give as `--secret-file`.
+pub fn two_homes_one_secret() -> (Home, Home, String) {
+    let (home, other) = (Home::new(), Home::new());
+    let secret = home.write_file("shared", "sesame").to_str().unwrap().to_string();
+    (home, other, secret)
+}
+
 fn collect_lines(pipe: impl std::io::Read + Send + 'static, into: Arc<Mutex<Vec<String>>>) -> JoinHandle<()> {
     std::thread::spawn(move || {
         for line in BufReader::new(pipe).lines() {
