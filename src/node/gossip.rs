@@ -135,6 +135,28 @@ impl GossipHandle {
     }
 }
 
+/// Why a join request cannot go to the seed at `to` over `linked`, if it cannot: said now,
+/// not left to time out as "no answer". `expected`: the name its join entry gave.
+fn join_unsendable(
+    linked: &Result<Arc<super::PeerConn>, ConnectFailure>,
+    expected: Option<&NodeName>,
+    to: SocketAddr,
+) -> Option<String> {
+    match linked {
+        Err(ConnectFailure::AuthRefused) => Some(format!(
+            "{to} refused this node's secret: the secrets differ — give this node the cluster's secret (KVNODE_SECRET or --secret-file)"
+        )),
+        Err(ConnectFailure::Unreachable(why)) => Some(format!("{to} is unreachable: {why}")),
+        // As a client given NAME@HOST:PORT refuses another node there.
+        Ok(conn) => expected.filter(|name| conn.name() != name.as_str()).map(|name| {
+            format!(
+                "the node at {to} is named {}, not {name}; correct the join entry",
+                conn.name()
+            )
+        }),
+    }
+}
+
 /// Sleeps until `at`, or forever when there is nothing to wait for.
 async fn sleep_until_some(at: Option<tokio::time::Instant>) {
     match at {
@@ -199,7 +221,13 @@ impl Node {
                 input = rx.recv() => match input {
                     Some(Input::Message { from, msg }) => {
                         let now = Instant::now();
-                        seen.insert(msg.sender().id.name.clone(), now);
+                        let name = &msg.sender().id.name;
+                        // Cloned only for a name not seen before: this is every message.
+                        if let Some(at) = seen.get_mut(name) {
+                            *at = now;
+                        } else {
+                            seen.insert(name.clone(), now);
+                        }
                         core.handle_message(now, from, msg)
                     }
                     Some(Input::SetTable(table)) => core.set_routing_table(Instant::now(), table),
@@ -427,29 +455,11 @@ impl Node {
         self.tasks.spawn(async move {
             let send = async {
                 let linked = node.link(t.to, deadline).await;
-                if let (Ok(conn), Some(name)) = (&linked, &expected)
-                    && conn.name() != name.as_str()
+                if let Some(token) = joining
+                    && let Some(reason) = join_unsendable(&linked, expected.as_ref(), t.to)
                 {
-                    // As a client given NAME@HOST:PORT refuses another node there.
-                    let reason = format!(
-                        "the node at {} is named {}, not {name}; correct the join entry",
-                        t.to,
-                        conn.name()
-                    );
-                    let token = joining.unwrap_or_default();
                     node.gossip.offer(Input::JoinUnanswerable { token, reason });
                     return;
-                }
-                if let (Some(token), Err(e)) = (joining, &linked) {
-                    // Said now, and why: the attempt would otherwise time out as "no answer".
-                    let reason = match e {
-                        ConnectFailure::AuthRefused => format!(
-                            "{} refused this node's secret: the secrets differ — give this node the cluster's secret (KVNODE_SECRET or --secret-file)",
-                            t.to
-                        ),
-                        ConnectFailure::Unreachable(why) => format!("{} is unreachable: {why}", t.to),
-                    };
-                    node.gossip.offer(Input::JoinUnanswerable { token, reason });
                 }
                 if let Ok(conn) = linked {
                     let fits = conn
