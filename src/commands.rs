@@ -40,11 +40,7 @@ async fn run_within(command: Command, mut settings: Settings, out: &mut Output) 
             settings.via = via_or_env(args.via.via.clone(), &settings)?;
             let bucket = arg_bytes(args.bucket);
             wire::check_bucket(&bucket).map_err(ClientError::Usage)?;
-            let target = client::resolve(&settings, deadline).await?;
-            let client = Client::connect(&settings, &target, deadline).await?;
-            let listed = keys(&client, bucket, out).await;
-            client.close().await;
-            listed
+            connected(&settings, deadline, async |client| keys(client, bucket, out).await).await
         }
         Command::Route(args) => {
             settings.via = via_or_env(args.via.via.clone(), &settings)?;
@@ -133,14 +129,25 @@ async fn ask_then(
     request: Request,
     then: impl AsyncFnOnce(&Client, &Reply),
 ) -> Result<Reply, ClientError> {
+    connected(settings, deadline, async |client| {
+        let reply = client.call(request).await?;
+        then(client, &reply).await;
+        Ok(reply)
+    })
+    .await
+}
+
+/// Resolves the node, connects, runs `work` on the connection, and closes it.
+async fn connected<T>(
+    settings: &Settings,
+    deadline: Instant,
+    work: impl AsyncFnOnce(&Client) -> Result<T, ClientError>,
+) -> Result<T, ClientError> {
     let target = client::resolve(settings, deadline).await?;
     let client = Client::connect(settings, &target, deadline).await?;
-    let reply = client.call(request).await;
-    if let Ok(reply) = &reply {
-        then(&client, reply).await;
-    }
+    let done = work(&client).await;
     client.close().await;
-    reply
+    done
 }
 
 async fn put(args: PutArgs, settings: &Settings, deadline: Instant, out: &mut Output) -> Result<(), ClientError> {
