@@ -76,13 +76,17 @@ impl MemoryStore {
         let Some(b) = self.bucket(bucket) else {
             return Lookup::NoBucket;
         };
-        let mut keys: Vec<&[u8]> = Vec::new();
-        let held = b.read().unwrap_or_else(PoisonError::into_inner);
-        keys.extend(held.keys().map(|k| &**k).filter(|k| after.is_none_or(|a| *k > a)));
+        // Copied out under the bucket's lock and sorted after it: in-memory writes wait for
+        // that lock on the event loop, and a large bucket's sort would hold them up.
+        let mut keys: Vec<Bytes> = b
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys()
+            .filter(|k| after.is_none_or(|a| &***k > a))
+            .map(|k| Bytes::copy_from_slice(k))
+            .collect();
         keys.sort_unstable();
-        let keys = keys
-            .into_iter()
-            .map(|k| Ok::<_, std::convert::Infallible>(Bytes::copy_from_slice(k)));
+        let keys = keys.into_iter().map(Ok::<_, std::convert::Infallible>);
         Lookup::Found(KeyPage::fill(keys, budget).unwrap_or_else(|never| match never {}))
     }
 }
