@@ -397,21 +397,19 @@ pub enum RemoteError {
     #[error("{message}")]
     NoRoute { message: String },
     /// The request came back to a node it had crossed (exit 5).
-    #[error(
-        "routing loop: {}; these nodes' tables disagree (compare `kvnode route --table --via NODE`, then set one with `kvnode route --set`)",
-        join_path(path)
-    )]
+    #[error("routing loop: {}; {TABLES_DISAGREE}", join_path(path))]
     RoutingLoop { path: Vec<String> },
     /// The request crossed more than [`MAX_HOPS`] nodes (exit 5).
-    #[error(
-        "hop limit of {MAX_HOPS} reached: {}; these nodes' tables disagree (compare `kvnode route --table --via NODE`, then set one with `kvnode route --set`)",
-        join_path(path)
-    )]
+    #[error("hop limit of {MAX_HOPS} reached: {}; {TABLES_DISAGREE}", join_path(path))]
     HopLimit { path: Vec<String> },
     /// The node failed while serving the request (exit 6).
     #[error("internal error on node {node}: {reason}")]
     Internal { node: String, reason: String },
 }
+
+/// What a routing loop or a hop limit means, and what to do.
+const TABLES_DISAGREE: &str =
+    "these nodes' tables disagree (compare `kvnode route --table --via NODE`, then set one with `kvnode route --set`)";
 
 fn join_path(path: &[String]) -> String {
     path.join(" -> ")
