@@ -7,7 +7,7 @@ use serde_json::{Map, Value, json};
 use tokio::time::Instant;
 
 use crate::cli::{ChatArgs, Command, GetArgs, KeyArgs, PingArgs, PutArgs, RouteArgs};
-use crate::client::{self, Client, ClientError, Settings, Target};
+use crate::client::{self, Client, ClientError, Settings};
 use crate::config::TableSpec;
 use crate::names::NodeRef;
 use crate::output::{Output, bytes_field, printable, printable_value};
@@ -40,7 +40,10 @@ async fn run_within(command: Command, mut settings: Settings, out: &mut Output) 
             settings.via = via_or_env(args.via.via.clone(), &settings)?;
             let bucket = arg_bytes(args.bucket);
             wire::check_bucket(&bucket).map_err(ClientError::Usage)?;
-            connected(&settings, deadline, async |client| keys(client, bucket, out).await).await
+            connected(&settings, None, deadline, async |client| {
+                keys(client, bucket, out).await
+            })
+            .await
         }
         Command::Route(args) => {
             settings.via = via_or_env(args.via.via.clone(), &settings)?;
@@ -129,7 +132,7 @@ async fn ask_then(
     request: Request,
     then: impl AsyncFnOnce(&Client, &Reply),
 ) -> Result<Reply, ClientError> {
-    connected(settings, deadline, async |client| {
+    connected(settings, None, deadline, async |client| {
         let reply = client.call(request).await?;
         then(client, &reply).await;
         Ok(reply)
@@ -137,13 +140,18 @@ async fn ask_then(
     .await
 }
 
-/// Resolves the node, connects, runs `work` on the connection, and closes it.
+/// Resolves `node` (`None`: the command's node, `--via` or the only one running), connects,
+/// runs `work` on the connection, and closes it.
 async fn connected<T>(
     settings: &Settings,
+    node: Option<&NodeRef>,
     deadline: Instant,
     work: impl AsyncFnOnce(&Client) -> Result<T, ClientError>,
 ) -> Result<T, ClientError> {
-    let target = client::resolve(settings, deadline).await?;
+    let target = match node {
+        Some(node) => client::resolve_ref(node, settings, deadline).await?,
+        None => client::resolve(settings, deadline).await?,
+    };
     let client = Client::connect(settings, &target, deadline).await?;
     let done = work(&client).await;
     client.close().await;
@@ -387,13 +395,9 @@ fn ago(ms: u64) -> String {
 /// the reason is said once, as it is. A mistake of our own (no usable secret) pings nobody:
 /// it is the usage error any command gives, with no pang.
 async fn ping(args: PingArgs, settings: &Settings, deadline: Instant, out: &mut Output) -> Result<(), ClientError> {
-    let result = async {
-        let target = client::resolve_ref(&args.node, settings, deadline).await?;
-        let client = Client::connect(settings, &target, deadline).await?;
-        let reply = client.call(Request::Ping).await;
-        client.close().await;
-        reply
-    }
+    let result = connected(settings, Some(&args.node), deadline, async |client| {
+        client.call(Request::Ping).await
+    })
     .await
     .map_err(|e| e.waited(settings.timeout));
     match result {
@@ -446,91 +450,90 @@ async fn chat(args: ChatArgs, settings: &Settings, deadline: Instant, out: &mut 
     let message = args.message.clone().map(|text| chat_text(text, None)).transpose()?;
     // Through --via when given; else straight to the addressee.
     let via = args.via.as_ref().unwrap_or(&args.node);
-    let target: Target = client::resolve_ref(via, settings, deadline).await?;
-    let client = Client::connect(settings, &target, deadline).await?;
-    let to = match (&args.node, &args.via) {
-        (NodeRef::Name(n) | NodeRef::NameAt(n, _), _) => n.clone(),
-        (NodeRef::Addr(_), None) => client.node.parse().map_err(|e| ClientError::Usage(format!("{e}")))?,
-        (NodeRef::Addr(a), Some(_)) => {
-            return Err(ClientError::Usage(format!(
-                "with --via, name the addressee (NAME or NAME@{a}), not only its address"
-            )));
-        }
-    };
-    let from = args.as_name.clone().unwrap_or_else(|| match &args.via {
-        Some(_) => client.node.clone(),
-        None => settings.name.clone(),
-    });
-    if from.is_empty() || from.len() > 128 {
-        return Err(ClientError::Usage("--as takes a name of 1 to 128 bytes".into()));
-    }
-    let send = |text: String| {
-        let msg = ChatMessage {
-            to: to.clone(),
-            at: match &args.node {
-                NodeRef::NameAt(_, at) => Some(at.to_string()),
-                _ => None,
-            },
-            from: from.clone(),
-            text,
-            path: Vec::new(),
+    connected(settings, Some(via), deadline, async |client| {
+        let to = match (&args.node, &args.via) {
+            (NodeRef::Name(n) | NodeRef::NameAt(n, _), _) => n.clone(),
+            (NodeRef::Addr(_), None) => client.node.parse().map_err(|e| ClientError::Usage(format!("{e}")))?,
+            (NodeRef::Addr(a), Some(_)) => {
+                return Err(ClientError::Usage(format!(
+                    "with --via, name the addressee (NAME or NAME@{a}), not only its address"
+                )));
+            }
         };
-        client.call_within(Request::Chat(msg), settings.timeout)
-    };
-    let print_reply = |reply: Reply, out: &mut Output| match reply {
-        Reply::ChatAck { reply: Some(line) } => {
-            if out.is_json() {
-                out.object(json!({ "delivered": true, "reply": { "from": line.from, "text": line.text } }));
-            } else {
-                out.line(&format!(
-                    "{}: {}",
-                    crate::names::escape_text(&line.from),
-                    crate::names::escape_text(&line.text)
-                ));
-            }
-            Ok(())
+        let from = args.as_name.clone().unwrap_or_else(|| match &args.via {
+            Some(_) => client.node.clone(),
+            None => settings.name.clone(),
+        });
+        if from.is_empty() || from.len() > 128 {
+            return Err(ClientError::Usage("--as takes a name of 1 to 128 bytes".into()));
         }
-        Reply::ChatAck { reply: None } => {
-            if out.is_json() {
-                out.object(json!({ "delivered": true }));
+        let send = |text: String| {
+            let msg = ChatMessage {
+                to: to.clone(),
+                at: match &args.node {
+                    NodeRef::NameAt(_, at) => Some(at.to_string()),
+                    _ => None,
+                },
+                from: from.clone(),
+                text,
+                path: Vec::new(),
+            };
+            client.call_within(Request::Chat(msg), settings.timeout)
+        };
+        let print_reply = |reply: Reply, out: &mut Output| match reply {
+            Reply::ChatAck { reply: Some(line) } => {
+                if out.is_json() {
+                    out.object(json!({ "delivered": true, "reply": { "from": line.from, "text": line.text } }));
+                } else {
+                    out.line(&format!(
+                        "{}: {}",
+                        crate::names::escape_text(&line.from),
+                        crate::names::escape_text(&line.text)
+                    ));
+                }
+                Ok(())
             }
-            Ok(())
-        }
-        other => unexpected(&other),
-    };
-    let result = match message {
-        Some(text) => send(text).await.and_then(|reply| print_reply(reply, out)),
-        None => {
-            // One message per line, read on a blocking thread so replies print as they come.
-            let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<String>>(16);
-            std::thread::spawn(move || {
-                for line in std::io::stdin().lock().lines() {
-                    if tx.blocking_send(line).is_err() {
+            Reply::ChatAck { reply: None } => {
+                if out.is_json() {
+                    out.object(json!({ "delivered": true }));
+                }
+                Ok(())
+            }
+            other => unexpected(&other),
+        };
+        match message {
+            Some(text) => send(text).await.and_then(|reply| print_reply(reply, out)),
+            None => {
+                // One message per line, read on a blocking thread so replies print as they come.
+                let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<String>>(16);
+                std::thread::spawn(move || {
+                    for line in std::io::stdin().lock().lines() {
+                        if tx.blocking_send(line).is_err() {
+                            break;
+                        }
+                    }
+                });
+                let mut result = Ok(());
+                let mut n = 0;
+                while let Some(line) = rx.recv().await {
+                    n += 1;
+                    let text = match line {
+                        // A blank line is no message.
+                        Ok(l) if l.trim().is_empty() => continue,
+                        Ok(l) => chat_text(l, Some(n)),
+                        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => Err(ClientError::Usage(format!(
+                            "line {n} of stdin is not UTF-8 text, and chat messages are text; nothing from it on was sent"
+                        ))),
+                        Err(e) => Err(ClientError::Usage(format!("cannot read line {n} of stdin: {e}"))),
+                    };
+                    if let Err(e) = async { send(text?).await.and_then(|r| print_reply(r, out)) }.await {
+                        result = Err(e);
                         break;
                     }
                 }
-            });
-            let mut result = Ok(());
-            let mut n = 0;
-            while let Some(line) = rx.recv().await {
-                n += 1;
-                let text = match line {
-                    // A blank line is no message.
-                    Ok(l) if l.trim().is_empty() => continue,
-                    Ok(l) => chat_text(l, Some(n)),
-                    Err(e) if e.kind() == std::io::ErrorKind::InvalidData => Err(ClientError::Usage(format!(
-                        "line {n} of stdin is not UTF-8 text, and chat messages are text; nothing from it on was sent"
-                    ))),
-                    Err(e) => Err(ClientError::Usage(format!("cannot read line {n} of stdin: {e}"))),
-                };
-                if let Err(e) = async { send(text?).await.and_then(|r| print_reply(r, out)) }.await {
-                    result = Err(e);
-                    break;
-                }
+                result
             }
-            result
         }
-    };
-    client.close().await;
-    result
+    })
+    .await
 }
