@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use clap::error::ErrorKind;
+use serde_json::Map;
 use tracing_subscriber::EnvFilter;
 
 use crate::cli::{Cli, Command, Global, StartArgs};
@@ -26,15 +27,18 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
     let cli = match Cli::try_parse_from(&args) {
         Ok(cli) => cli,
         Err(e) => {
-            let code = match e.kind() {
-                ErrorKind::DisplayHelp
-                | ErrorKind::DisplayVersion
-                | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => 0,
-                _ => EXIT_USAGE,
-            };
-            if code != 0 {
-                // clap's own first line names the argument and the value ("invalid value
-                // 'x' for '--timeout <DURATION>': ..."); its kind alone does not.
+            let help = matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion);
+            if help || !json {
+                // Help on a closed stdout, or an error on a closed stderr: nothing more to do.
+                let _ = e.print();
+                return ExitCode::from(if help { 0 } else { EXIT_USAGE });
+            }
+            // With --json the error is said once, as JSON on stdout; clap's text would say it
+            // again. Its own first line names the argument and the value ("invalid value 'x'
+            // for '--timeout <DURATION>': ..."); its kind alone does not.
+            let message = if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                "a subcommand is missing; see `kvnode --help`".to_string()
+            } else {
                 let rendered = e.render().to_string();
                 let said: Vec<&str> = rendered
                     .lines()
@@ -42,15 +46,10 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
                     .take_while(|l| !l.is_empty() && !l.starts_with("Usage:"))
                     .collect();
                 let said = said.join(" ");
-                let message = said.strip_prefix("error: ").unwrap_or(&said).to_string();
-                Output::new(json).error(&message, code);
-            }
-            let _ = e.print();
-            return ExitCode::from(if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
-                EXIT_USAGE
-            } else {
-                code
-            });
+                said.strip_prefix("error: ").unwrap_or(&said).to_string()
+            };
+            Output::new(json).error(&message, EXIT_USAGE, Map::new());
+            return ExitCode::from(EXIT_USAGE);
         }
     };
     let env = match Env::from_process() {
@@ -63,10 +62,10 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
     }
 }
 
-/// Prints `error: ...` on stderr (and the JSON error object on stdout with `--json`).
+/// Says `error: ...` on stderr, or with `--json` prints the JSON error object on stdout
+/// instead (SPEC §1 as amended by issue 22: a failure is said once, on one stream).
 fn fail(message: &str, code: u8, out: &mut Output) -> ExitCode {
-    out.error(message, code);
-    eprintln!("error: {message}");
+    out.error(message, code, Map::new());
     ExitCode::from(code)
 }
 
@@ -233,7 +232,10 @@ fn client_command(command: Command, global: Global, env: Env) -> ExitCode {
     runtime.shutdown_background();
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(&e.to_string(), e.exit_code(), &mut out),
+        Err(e) => {
+            out.error(&e.to_string(), e.exit_code(), e.json_fields());
+            ExitCode::from(e.exit_code())
+        }
     }
 }
 

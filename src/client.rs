@@ -70,9 +70,10 @@ pub enum ClientError {
     /// The node answered something this command did not ask for (exit 6).
     #[error("unexpected answer from node {node}: {answer}")]
     Unexpected { node: String, answer: String },
-    /// `ping` got no pong, for this reason: exit 3 (SPEC §1), 4 for a refused secret (§3).
-    #[error("{0}")]
-    Pang(Box<ClientError>),
+    /// `ping` got no pong from `node`, for this reason: exit 3 (SPEC §1), 4 for a refused
+    /// secret (§3).
+    #[error("{reason}")]
+    Pang { node: String, reason: Box<ClientError> },
 }
 
 impl ClientError {
@@ -100,9 +101,20 @@ impl ClientError {
             AuthRefused { .. } => 4,
             Remote(e) => e.exit_code(),
             Unexpected { .. } => 6,
-            Pang(e) if matches!(**e, AuthRefused { .. }) => 4,
-            Pang(_) => 3,
+            Pang { reason, .. } if matches!(**reason, AuthRefused { .. }) => 4,
+            Pang { .. } => 3,
         }
+    }
+
+    /// Fields the JSON error object carries besides `error` and `code`: a pang is still
+    /// `ping`'s answer, in the one object a failure prints.
+    pub fn json_fields(&self) -> serde_json::Map<String, serde_json::Value> {
+        let mut o = serde_json::Map::new();
+        if let ClientError::Pang { node, .. } = self {
+            o.insert("node".into(), node.clone().into());
+            o.insert("answer".into(), "pang".into());
+        }
+        o
     }
 }
 

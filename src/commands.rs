@@ -412,12 +412,14 @@ async fn ping(args: PingArgs, settings: &Settings, deadline: Instant, out: &mut 
         Ok(other) => unexpected(&other),
         Err(e @ (ClientError::Secret(_) | ClientError::Usage(_) | ClientError::WhichNode { .. })) => Err(e),
         Err(e) => {
-            if out.is_json() {
-                out.object(json!({ "node": args.node.to_string(), "answer": "pang", "reason": e.to_string() }));
-            } else {
+            // With --json, the pang is the error object itself (one line for one outcome).
+            if !out.is_json() {
                 out.line("pang");
             }
-            Err(ClientError::Pang(Box::new(e)))
+            Err(ClientError::Pang {
+                node: args.node.to_string(),
+                reason: Box::new(e),
+            })
         }
     }
 }

@@ -1,10 +1,11 @@
 //! What client commands print on stdout: answers only, as text or JSON Lines.
 //!
-//! A closed stdout (`kvnode members | head -1`) is not an error: writes stop quietly.
+//! A closed stdout (`kvnode members | head -1`) is not an error: writes stop quietly. Nor
+//! is a closed stderr: nothing in kvnode writes to it with `eprintln!`, which would panic.
 
 use std::io::{self, Write};
 
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 /// stdout for answers; logs and errors go to stderr elsewhere.
 ///
@@ -39,10 +40,17 @@ impl Output {
         self.write(|out| writeln!(out, "{value}"));
     }
 
-    /// An error as `{"error": ..., "code": N}` (only in JSON mode; stderr gets the message anyway).
-    pub fn error(&mut self, message: &str, code: u8) {
+    /// A failure, said once: with `--json` as one object `{"error": ..., "code": N}` (plus
+    /// `extra`'s fields) on stdout and nothing on stderr, so a script reading JSON Lines gets
+    /// every outcome on one stream; else `error: ...` on stderr and nothing on stdout.
+    pub fn error(&mut self, message: &str, code: u8, extra: Map<String, Value>) {
         if self.json {
-            self.object(json!({ "error": message, "code": code }));
+            let mut o = extra;
+            o.insert("error".into(), json!(message));
+            o.insert("code".into(), json!(code));
+            self.object(Value::Object(o));
+        } else {
+            to_stderr(format_args!("error: {message}\n"));
         }
     }
 
@@ -53,11 +61,17 @@ impl Output {
         let mut out = io::stdout().lock();
         if let Err(e) = f(&mut out).and_then(|()| out.flush()) {
             if e.kind() != io::ErrorKind::BrokenPipe {
-                eprintln!("error: cannot write to stdout: {e}");
+                to_stderr(format_args!("error: cannot write to stdout: {e}\n"));
             }
             self.closed = true;
         }
     }
+}
+
+/// Writes to stderr, ignoring failure: a closed stderr (`2>&1 | head -1`) is no reason to
+/// panic, as `eprintln!` does, nor to change the exit code; there is nowhere left to say it.
+pub fn to_stderr(args: std::fmt::Arguments<'_>) {
+    let _ = io::stderr().lock().write_fmt(args);
 }
 
 /// Bytes as one line of text for humans (a key in a listing): as is when they are printable

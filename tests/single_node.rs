@@ -61,7 +61,7 @@ fn json_prints_one_object_per_answer_and_errors_as_objects() {
     let obj: serde_json::Value = serde_json::from_slice(&err.stdout).unwrap();
     assert_eq!(obj["code"], 1);
     assert!(obj["error"].as_str().unwrap().contains("not found"));
-    assert!(err.stderr.contains("not found"), "the message is on stderr too");
+    assert_eq!(err.stderr, "", "with --json, the error is said once, on stdout");
     let usage = home.run(&["get", "--json"]);
     usage.expect(2);
     let obj: serde_json::Value = serde_json::from_slice(&usage.stdout).unwrap();

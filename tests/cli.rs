@@ -1,0 +1,118 @@
+//! The command line as a script sees it: what goes to stdout and stderr, exit codes, closed
+//! pipes, `route --set` and `stop` (issue 22, points 8, 13, 14, 15 and 16).
+
+mod common;
+
+use std::net::UdpSocket;
+use std::process::Stdio;
+
+use common::Home;
+
+/// An address where nothing answers: a UDP socket we hold and never read.
+fn silent_addr() -> (UdpSocket, String) {
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = sock.local_addr().unwrap().to_string();
+    (sock, addr)
+}
+
+fn json_lines(stdout: &[u8]) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?} is not JSON: {e}")))
+        .collect()
+}
+
+#[test]
+fn with_json_a_failure_is_one_json_line_on_stdout_and_nothing_on_stderr() {
+    let home = Home::new();
+    // No node at all: ping's pang and its error are one object, not two.
+    let ping = home.run(&["ping", "nosuch", "--json"]);
+    ping.expect(3);
+    let lines = json_lines(&ping.stdout);
+    assert_eq!(lines.len(), 1, "{ping:#?}");
+    assert_eq!(lines[0]["code"], 3);
+    assert_eq!(lines[0]["answer"], "pang");
+    assert!(lines[0]["error"].as_str().unwrap().contains("nosuch"), "{:?}", lines[0]);
+    assert_eq!(ping.stderr, "", "nothing on stderr with --json");
+
+    let _foo = home.start("foo", &[]);
+    let missing = home.run(&["get", "b", "missing", "--json"]);
+    missing.expect(1);
+    let lines = json_lines(&missing.stdout);
+    assert_eq!(lines.len(), 1, "{missing:#?}");
+    assert_eq!(lines[0]["code"], 1);
+    assert_eq!(missing.stderr, "", "nothing on stderr with --json");
+
+    // A usage error found by clap, and one found by kvnode.
+    for args in [&["get", "--json"][..], &["get", "b", "", "--json"][..]] {
+        let usage = home.run(args);
+        usage.expect(2);
+        let lines = json_lines(&usage.stdout);
+        assert_eq!(lines.len(), 1, "{usage:#?}");
+        assert_eq!(lines[0]["code"], 2);
+        assert_eq!(usage.stderr, "", "{args:?}: nothing on stderr with --json");
+    }
+
+    // Without --json: the message on stderr only.
+    let missing = home.run(&["get", "b", "missing"]);
+    missing.expect(1);
+    assert!(missing.stdout.is_empty(), "{missing:#?}");
+    assert!(missing.stderr.starts_with("error: "), "{missing:#?}");
+    let (_sock, addr) = silent_addr();
+    let pang = home.run(&["ping", &addr, "--timeout", "200ms"]);
+    pang.expect(3);
+    assert_eq!(pang.stdout(), "pang\n");
+    assert!(pang.stderr.contains("error: "), "{pang:#?}");
+}
+
+/// Runs `kvnode ARGS` with the read end of its stdout and/or stderr closed before it writes.
+fn run_with_closed(home: &Home, args: &[&str], close_stdout: bool, close_stderr: bool) -> Option<i32> {
+    let mut child = home
+        .command()
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (out, err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    // Our ends go away at once, as `| head -0` would.
+    let keep_out = (!close_stdout).then_some(out);
+    let keep_err = (!close_stderr).then_some(err);
+    let status = child.wait().unwrap();
+    drop((keep_out, keep_err));
+    status.code()
+}
+
+#[test]
+fn a_closed_stdout_or_stderr_ends_the_command_quietly_with_its_own_exit_code() {
+    let home = Home::new();
+    home.write_file("secret", "sesame"); // so that the command gets as far as the network
+    let (_sock, addr) = silent_addr();
+    let ping = ["ping", addr.as_str(), "--timeout", "200ms"];
+    // The user's case: `kvnode ping ... 2>&1 | head -1`, both closed.
+    for (out, err) in [(true, true), (false, true), (true, false)] {
+        assert_eq!(
+            run_with_closed(&home, &ping, out, err),
+            Some(3),
+            "stdout closed {out}, stderr closed {err}"
+        );
+        let mut json = ping.to_vec();
+        json.push("--json");
+        assert_eq!(
+            run_with_closed(&home, &json, out, err),
+            Some(3),
+            "--json, stdout closed {out}, stderr closed {err}"
+        );
+    }
+    // A usage error, written by clap's side of the program.
+    assert_eq!(run_with_closed(&home, &["get"], true, true), Some(2));
+    // A log line (a warning on stderr) with stderr closed.
+    let code = run_with_closed(
+        &home,
+        &["get", "b", "k", "-v", "--via", &addr, "--timeout", "200ms"],
+        true,
+        true,
+    );
+    assert_eq!(code, Some(3));
+}
