@@ -167,10 +167,18 @@ impl RoutingTable {
         nodes
     }
 
-    /// The error text for a bucket the table does not cover (the tutorial's message).
+    /// The error text for a bucket the table does not cover: the tutorial's message, then
+    /// the byte no entry covers (a bucket name shown escaped hides which byte counts) and
+    /// how to cover it.
     pub fn no_entry_message(&self, bucket: &[u8]) -> String {
+        let byte = match bucket.first() {
+            Some(&b) if b.is_ascii_graphic() => format!("0x{b:02x} ('{}')", b as char),
+            Some(&b) => format!("0x{b:02x}"),
+            None => "(none: the name is empty)".into(),
+        };
         format!(
-            "could not find entry for \"{}\" in routing table {self} (version {})",
+            "could not find entry for \"{}\" in routing table {self} (version {}): no entry covers its first byte {byte}; \
+             add a range for it, or use 0x00-0xff to cover every byte (`kvnode route --set`)",
             escape_bytes(bucket),
             self.version
         )
@@ -303,10 +311,25 @@ mod tests {
         assert_eq!(t.owner_of(b"world"), Some(&name("bar")));
         assert_eq!(t.owner_of(b"\x00"), None);
         assert_eq!(t.owner_of(b""), None);
-        assert_eq!(
-            t.no_entry_message(b"\x00"),
-            r#"could not find entry for "\x00" in routing table [a-m=foo, n-z=bar] (version 1)"#
+        assert!(
+            t.no_entry_message(b"\x00")
+                .starts_with(r#"could not find entry for "\x00" in routing table [a-m=foo, n-z=bar] (version 1)"#)
         );
+    }
+
+    #[test]
+    fn a_bucket_outside_every_range_names_its_first_byte_and_how_to_cover_it() {
+        let t = table("a-m=foo,n-z=bar");
+        let said = t.no_entry_message(b"Apples");
+        assert!(
+            said.starts_with(r#"could not find entry for "Apples" in routing table [a-m=foo, n-z=bar] (version 1)"#),
+            "the guide's words first: {said}"
+        );
+        assert!(said.contains("first byte 0x41 ('A')"), "{said}");
+        assert!(said.contains("add a range") && said.contains("0x00-0xff"), "{said}");
+        // A byte that is no printable character is given in hex alone.
+        let said = t.no_entry_message(b"\x00");
+        assert!(said.contains("first byte 0x00;"), "{said}");
     }
 
     #[test]

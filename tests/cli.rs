@@ -116,3 +116,22 @@ fn a_closed_stdout_or_stderr_ends_the_command_quietly_with_its_own_exit_code() {
     );
     assert_eq!(code, Some(3));
 }
+
+#[test]
+fn a_bucket_outside_every_range_says_which_byte_and_how_to_cover_it() {
+    let home = Home::new();
+    let _foo = home.start("foo", &["--table", "a-m=foo,n-z=bar"]);
+    let out = home.run(&["get", "Apples", "k", "--via", "foo"]);
+    out.expect(5);
+    assert!(
+        out.stderr
+            .contains(r#"could not find entry for "Apples" in routing table [a-m=foo, n-z=bar]"#),
+        "the guide's words: {}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("0x41") && out.stderr.contains("add a range") && out.stderr.contains("0x00-0xff"),
+        "{}",
+        out.stderr
+    );
+}
