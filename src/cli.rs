@@ -74,7 +74,7 @@ pub enum Command {
     Delete(KeyArgs),
     /// Print the node that owns BUCKET, the routing table, or set a new table
     #[command(
-        after_help = "Examples:\n  owner=$(kvnode route hello)\n  kvnode route hello --json        # with the hops taken\n  kvnode route --table\n  kvnode route --set 'a-m=foo,n-z=bar'"
+        after_help = "Examples:\n  owner=$(kvnode route hello)\n  kvnode route hello --json        # with the hops taken\n  kvnode route --table\n  kvnode route --set 'a-m=foo,n-z=bar'\n  kvnode route --set 'a-m=foo,n-z=bar' --if-version 3   # only over version 3"
     )]
     Route(RouteArgs),
     /// Send a message to NODE, which prints it; no MESSAGE: one message per stdin line
@@ -201,6 +201,13 @@ pub struct RouteArgs {
     /// A table that begins with the byte '-' is given with '=': --set=-=foo,a-z=bar
     #[arg(long, value_name = "SPEC")]
     pub set: Option<String>,
+    /// With --set: set it only if the cluster's table is still at version N [default: the
+    /// version the node holds when asked]; else exit 5, saying it changed underneath
+    #[arg(long, value_name = "N", requires = "set")]
+    pub if_version: Option<u64>,
+    /// With --set: allow nodes that are not members of the cluster (yet) in the table
+    #[arg(long, requires = "set")]
+    pub force: bool,
     #[command(flatten)]
     pub via: ViaArgs,
 }

@@ -281,35 +281,83 @@ async fn route(args: RouteArgs, settings: &Settings, deadline: Instant, out: &mu
         }
         return Ok(());
     }
-    let request = match &args.set {
-        Some(spec) => {
-            let entries = TableSpec::parse([spec.as_str()])
-                .map_err(|e| ClientError::Usage(format!("invalid --set: {e}")))?
-                .0;
-            Request::SetTable { entries }
-        }
-        None => Request::Table,
+    let Some(spec) = &args.set else {
+        let reply = ask(settings, deadline, Request::Table).await?;
+        let Reply::Table(table) = reply else {
+            return unexpected(&reply);
+        };
+        print_table(&table, out);
+        return Ok(());
     };
-    let setting = matches!(request, Request::SetTable { .. });
-    let reply = ask_then(settings, deadline, request, async |client, reply| {
-        if let (true, Reply::Table(table)) = (setting, reply) {
-            warn_of_strangers(client, table).await;
-        }
+    let entries = TableSpec::parse([spec.as_str()])
+        .map_err(|e| ClientError::Usage(format!("invalid --set: {e}")))?
+        .0;
+    connected(settings, None, deadline, async |client| {
+        set_table(client, entries, &args, out).await
     })
-    .await?;
+    .await
+}
+
+/// `route --set`: a compare-and-set on the version read (or given with --if-version), of a
+/// table whose nodes are members (unless --force); an equal table is no change, said so.
+async fn set_table(
+    client: &Client,
+    entries: Vec<crate::routing::Entry>,
+    args: &RouteArgs,
+    out: &mut Output,
+) -> Result<(), ClientError> {
+    let reply = client.call(Request::Table).await?;
+    let Reply::Table(current) = reply else {
+        return unexpected(&reply);
+    };
+    let expected = args.if_version.unwrap_or(current.version());
+    let reply = client.call(Request::Members).await?;
+    let Reply::Members(members) = reply else {
+        return unexpected(&reply);
+    };
+    if !args.force {
+        let mut names: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();
+        names.sort_unstable();
+        let strangers: std::collections::BTreeSet<&str> = entries
+            .iter()
+            .map(|e| e.node.as_str())
+            .filter(|n| !names.contains(n))
+            .collect();
+        if !strangers.is_empty() {
+            let one = strangers.len() == 1;
+            return Err(ClientError::Usage(format!(
+                "the table names {}, which {} not in the membership of {} (members: {}); check the spelling, start and join {} first, or give --force to set it anyway",
+                strangers.into_iter().collect::<Vec<_>>().join(", "),
+                if one { "is" } else { "are" },
+                client.describe(),
+                names.join(", "),
+                if one { "it" } else { "them" },
+            )));
+        }
+    }
+    let request = Request::SetTableIf {
+        entries,
+        expected,
+        forwarded: false,
+    };
+    let reply = client.call(request).await?;
     let Reply::Table(table) = reply else {
         return unexpected(&reply);
     };
-    print_table(&table, out);
-    Ok(())
-}
-
-/// After `route --set`: warns of each node the table names that the node asked does not
-/// know as a live member (a typo, or a node yet to join), whose buckets fail until it joins.
-async fn warn_of_strangers(client: &Client, table: &RoutingTable) {
-    let Ok(Reply::Members(members)) = client.call(Request::Members).await else {
-        return;
-    };
+    if table.version() == expected {
+        // The coordinator held these very entries at the version read: nothing was set.
+        if out.is_json() {
+            out.object(json!({ "changed": false, "version": table.version(), "setter": table.setter() }));
+        } else {
+            out.line(&format!(
+                "no change: the routing table already is {table} (version {}, set by {})",
+                table.version(),
+                table.setter()
+            ));
+        }
+        return Ok(());
+    }
+    // Members that gossip knows but not as live: their buckets fail until they are back.
     for node in table.nodes() {
         let live = members.iter().any(|m| m.name == *node && m.is_live());
         if !live {
@@ -319,6 +367,8 @@ async fn warn_of_strangers(client: &Client, table: &RoutingTable) {
             );
         }
     }
+    print_table(&table, out);
+    Ok(())
 }
 
 /// `# version 3, set by foo` then one `range=node` per line, so the entries can be fed back

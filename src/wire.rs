@@ -261,6 +261,22 @@ pub enum Request {
     Chat(ChatMessage),
     /// A gossip message too large for a datagram (push-pull, join, leave), for the driver.
     Gossip { message: ByteBuf },
+    /// Set a new routing table if the cluster's is still at version `expected` (the one the
+    /// caller read): compare-and-set, decided by one coordinating node (see
+    /// `Node::set_table`). `forwarded`: sent on by a node to the coordinator it chose, which
+    /// then decides rather than sending it on again. Answered with the table now held; one
+    /// still at `expected` means the entries were already those (no change).
+    ///
+    /// Placed before the test-only variants, not after: their presence must not change
+    /// the index of a variant every build has.
+    SetTableIf {
+        entries: Vec<Entry>,
+        expected: u64,
+        forwarded: bool,
+    },
+    /// Stop, as on SIGTERM: announce `left`, finish the requests in flight, exit
+    /// (`kvnode stop NAME --via NODE`). Answered `Done` before the node stops.
+    Leave,
     /// Test builds only: a request that panics inside its task.
     #[cfg(feature = "fault-injection")]
     Panic,
@@ -405,6 +421,17 @@ pub enum RemoteError {
     /// The node failed while serving the request (exit 6).
     #[error("internal error on node {node}: {reason}")]
     Internal { node: String, reason: String },
+    /// A compare-and-set of the routing table found another version than the caller read:
+    /// another set won (exit 5).
+    #[error(
+        "the routing table changed underneath this set: it was read at version {expected}, and {node} holds version {found} (set by {setter}); read it again with `kvnode route --table` and set it again if still needed"
+    )]
+    TableChanged {
+        node: String,
+        expected: u64,
+        found: u64,
+        setter: String,
+    },
 }
 
 /// What a routing loop or a hop limit means, and what to do.
@@ -424,7 +451,7 @@ impl RemoteError {
             InvalidInput { .. } => 2,
             Unreachable { .. } | DeadlineExceeded { .. } | ShuttingDown { .. } => 3,
             AuthRefused { .. } => 4,
-            NoRoute { .. } | RoutingLoop { .. } | HopLimit { .. } => 5,
+            NoRoute { .. } | RoutingLoop { .. } | HopLimit { .. } | TableChanged { .. } => 5,
             Internal { .. } => 6,
         }
     }
@@ -505,6 +532,8 @@ impl Request {
             Request::Ping => "ping",
             Request::Chat(_) => "chat",
             Request::Gossip { .. } => "gossip",
+            Request::SetTableIf { .. } => "set-table",
+            Request::Leave => "leave",
             #[cfg(feature = "fault-injection")]
             Request::Panic => "panic",
             #[cfg(feature = "fault-injection")]
@@ -521,7 +550,11 @@ impl Request {
         match self {
             Request::Bucket(b) => matches!(b.op, BucketOp::Get { .. } | BucketOp::Keys { .. } | BucketOp::Route),
             Request::Table | Request::Members | Request::Ping => true,
-            Request::SetTable { .. } | Request::Chat(_) | Request::Gossip { .. } => false,
+            Request::SetTable { .. }
+            | Request::SetTableIf { .. }
+            | Request::Leave
+            | Request::Chat(_)
+            | Request::Gossip { .. } => false,
             #[cfg(feature = "fault-injection")]
             Request::Panic | Request::CrashPart { .. } => false,
         }

@@ -135,3 +135,121 @@ fn a_bucket_outside_every_range_says_which_byte_and_how_to_cover_it() {
         out.stderr
     );
 }
+
+/// foo and bar, joined, each knowing the other as alive.
+fn two_nodes(home: &Home) -> (common::Node, common::Node) {
+    let foo = home.start("foo", &["--table", "a-m=foo,n-z=bar"]);
+    let bar = home.start("bar", &["--table", "a-m=foo,n-z=bar", "--join", &foo.full()]);
+    for via in ["foo", "bar"] {
+        common::wait_for(&format!("{via} to see both alive"), common::PATIENCE, || {
+            let out = home.run(&["members", "--via", via, "--json"]);
+            let alive = json_lines(&out.stdout).iter().filter(|m| m["state"] == "alive").count();
+            (alive == 2).then_some(())
+        });
+    }
+    (foo, bar)
+}
+
+/// `(version, entries)` of the table `via` holds.
+fn table_at(home: &Home, via: &str) -> (u64, Vec<String>) {
+    let out = home.run(&["route", "--table", "--via", via, "--json"]).ok();
+    let lines = json_lines(out.as_bytes());
+    let version = lines[0]["version"].as_u64().unwrap();
+    (
+        version,
+        lines
+            .iter()
+            .map(|e| format!("{}={}", e["range"].as_str().unwrap(), e["node"].as_str().unwrap()))
+            .collect(),
+    )
+}
+
+/// Waits until foo and bar hold one table, and gives its version.
+fn settled(home: &Home) -> u64 {
+    common::wait_for("foo and bar to hold one table", common::PATIENCE, || {
+        let (foo, bar) = (table_at(home, "foo"), table_at(home, "bar"));
+        (foo == bar).then_some(foo.0)
+    })
+}
+
+#[test]
+fn of_two_concurrent_sets_through_different_nodes_exactly_one_wins() {
+    let home = Home::new();
+    let (_foo, _bar) = two_nodes(&home);
+    // Two tables per round, each unlike any before it (an equal one would be no change).
+    let spec = |last: u8| format!("a-{}=foo,{}-z=bar", last as char, (last + 1) as char);
+    for round in 0..12u8 {
+        let specs = [spec(b'b' + 2 * round), spec(b'c' + 2 * round)];
+        let version = settled(&home).to_string();
+        // Each round the two race to replace the table both read, at one version.
+        let spawn = |spec: &str, via: &str| {
+            home.command()
+                .args(["route", "--set", spec, "--if-version", &version, "--via", via])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let (a, b) = (spawn(&specs[0], "foo"), spawn(&specs[1], "bar"));
+        let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+        let mut codes = [a.status.code(), b.status.code()];
+        codes.sort();
+        assert_eq!(
+            codes,
+            [Some(0), Some(5)],
+            "round {round}: exactly one wins\n{a:?}\n{b:?}"
+        );
+        let loser = if a.status.code() == Some(5) { &a } else { &b };
+        let said = String::from_utf8_lossy(&loser.stderr);
+        assert!(said.contains("changed underneath"), "round {round}: {said}");
+        // The winner's table is the one the cluster settles on.
+        let winner = if a.status.code() == Some(0) { &a } else { &b };
+        let shown = String::from_utf8_lossy(&winner.stdout).into_owned();
+        settled(&home);
+        let (_, entries) = table_at(&home, "foo");
+        for entry in &entries {
+            assert!(
+                shown.contains(entry.as_str()),
+                "round {round}: {entry} not in the winner's {shown}"
+            );
+        }
+    }
+}
+
+#[test]
+fn setting_the_current_table_is_no_change_and_unknown_nodes_need_force() {
+    let home = Home::new();
+    let (_foo, _bar) = two_nodes(&home);
+    let before = settled(&home);
+    let same = home.run(&["route", "--set", "a-m=foo,n-z=bar", "--via", "bar"]);
+    assert!(same.ok().contains("no change"), "{same:#?}");
+    assert_eq!(table_at(&home, "bar").0, before, "no new version");
+    let json = home.run(&["route", "--set", "a-m=foo,n-z=bar", "--via", "foo", "--json"]);
+    assert_eq!(json_lines(json.ok().as_bytes())[0]["changed"], false);
+
+    // A name no member has: refused, naming it, unless forced.
+    let typo = home.run(&["route", "--set", "a-m=foo,n-z=baz", "--via", "foo"]);
+    typo.expect(2);
+    assert!(
+        typo.stderr.contains("baz") && typo.stderr.contains("--force"),
+        "{typo:#?}"
+    );
+    assert_eq!(table_at(&home, "foo").0, before, "nothing was set");
+    home.run(&["route", "--set", "a-m=foo,n-z=baz", "--via", "foo", "--force"])
+        .ok();
+    assert_eq!(table_at(&home, "foo").0, before + 1);
+
+    // A stale --if-version is a change underneath, exit 5.
+    let stale = home.run(&[
+        "route",
+        "--set",
+        "a-m=foo,n-z=bar",
+        "--via",
+        "foo",
+        "--if-version",
+        &before.to_string(),
+    ]);
+    stale.expect(5);
+    assert!(stale.stderr.contains("changed underneath"), "{stale:#?}");
+}

@@ -348,7 +348,7 @@ fn a_durable_node_restarts_with_the_table_it_held() {
     let d = data.to_str().unwrap();
     let start = ["--data-dir", d, "--table", "a-z=foo"];
     let mut foo = home.start("foo", &start);
-    let set = home.run(&["route", "--set", "a-m=foo,n-z=bar"]).ok();
+    let set = home.run(&["route", "--set", "a-m=foo,n-z=bar", "--force"]).ok();
     assert!(set.contains("version 2"), "{set}");
     foo.kill9();
     // Restarted with its old --table (version 1): it routes by the newer one it held, at

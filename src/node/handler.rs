@@ -27,7 +27,18 @@ impl Handler for Node {
         match request {
             Request::Bucket(req) => self.bucket(req, deadline).await,
             Request::Table => Ok(Reply::Table((*self.table()).clone())),
-            Request::SetTable { entries } => self.set_table(entries).await,
+            Request::SetTable { entries } => self.set_table(entries, None, false, deadline).await,
+            Request::SetTableIf {
+                entries,
+                expected,
+                forwarded,
+            } => self.set_table(entries, Some(expected), forwarded, deadline).await,
+            Request::Leave => {
+                // Answered first: the node drains the requests in flight, this one included,
+                // before it stops.
+                self.leave.cancel();
+                Ok(Reply::Done)
+            }
             Request::Members => Ok(Reply::Members(self.members())),
             Request::Ping => Ok(Reply::Pong {
                 name: self.name.clone(),
@@ -308,18 +319,83 @@ impl Node {
         }
     }
 
-    /// A new table for the whole cluster: the next version, set by this node. Handed to
-    /// gossip with a wait for room in its inbox, never dropped as a datagram may be when
-    /// the inbox is full: the caller is told the table is set.
-    async fn set_table(&self, entries: Vec<crate::routing::Entry>) -> Answer {
-        let version = self.table().version() + 1;
-        let table = RoutingTable::new(entries, version, self.name.as_str()).map_err(RemoteError::invalid)?;
-        if let Some(saving) = self.offer_table(table.clone()) {
+    /// A new table for the whole cluster, set if the cluster's is still at version
+    /// `expected` (the version the caller read; `None`: whatever it is now).
+    ///
+    /// Every set is decided by one node, the coordinator: the live member with the lowest
+    /// name, by this node's membership. It compares and installs under the table's lock, so
+    /// of two sets read at one version exactly one wins and the other is told the table
+    /// changed underneath it. Deciding on whichever node was asked would not do: two nodes
+    /// could each make version V+1 and tell their callers so, and gossip would then keep only
+    /// one of the two (the higher setter name) everywhere. The coordinator is a choice every
+    /// node makes alike once gossip has settled; while membership is still changing (the
+    /// coordinator just died, a lower-named node is joining), two nodes may each believe they
+    /// are it for a moment, and sets made through both in that moment are ordered by gossip
+    /// as before. A coordinator that has not yet heard of the version the caller read says
+    /// so, as a change, rather than set a table over one it has not seen.
+    ///
+    /// The table is handed to gossip with a wait for room in its inbox, never dropped as a
+    /// datagram may be when the inbox is full: the caller is told the table is set.
+    async fn set_table(
+        self: &Arc<Self>,
+        entries: Vec<crate::routing::Entry>,
+        expected: Option<u64>,
+        forwarded: bool,
+        deadline: Instant,
+    ) -> Answer {
+        // Checked here too, so that a bad table is refused by the node asked, not forwarded.
+        RoutingTable::new(entries.clone(), 0, "").map_err(RemoteError::invalid)?;
+        let coordinator = self.table_coordinator();
+        if !forwarded && coordinator != self.name {
+            tracing::debug!(to = %coordinator, "a new routing table: sending it to the coordinator");
+            let request = Request::SetTableIf {
+                entries,
+                // What the caller read, or without a condition what this node holds.
+                expected: expected.unwrap_or_else(|| self.table().version()),
+                forwarded: true,
+            };
+            return self.forward(&coordinator, request, deadline).await;
+        }
+        let (table, saving) = {
+            let mut held = self.table.write().unwrap_or_else(PoisonError::into_inner);
+            let expected = expected.unwrap_or(held.version());
+            if held.version() != expected {
+                return Err(RemoteError::TableChanged {
+                    node: self.name.to_string(),
+                    expected,
+                    found: held.version(),
+                    setter: held.setter().to_string(),
+                });
+            }
+            if held.entries() == entries.as_slice() && !held.setter().is_empty() {
+                // No change: no new version for gossip to spread. The caller sees the
+                // version it read, and says so.
+                return Ok(Reply::Table((**held).clone()));
+            }
+            let table =
+                RoutingTable::new(entries, held.version() + 1, self.name.as_str()).map_err(RemoteError::invalid)?;
+            let saving = self.install_table(&mut held, table.clone());
+            (table, saving)
+        };
+        if let Some(saving) = saving {
             // Set means kept: a crash right after the answer restarts with this table.
             let _ = saving.await;
         }
         self.gossip.send(super::gossip::Input::SetTable(table.clone())).await;
         Ok(Reply::Table(table))
+    }
+
+    /// The node that decides every `route --set` (see [`Node::set_table`]): the live member
+    /// with the lowest name, this node when it knows no other.
+    fn table_coordinator(&self) -> NodeName {
+        self.gossip
+            .members()
+            .iter()
+            .filter(|m| matches!(m.state, crate::gossip::State::Alive | crate::gossip::State::Suspect))
+            .map(|m| m.name.clone())
+            .chain([self.name.clone()])
+            .min()
+            .unwrap_or_else(|| self.name.clone())
     }
 
     fn members(&self) -> Vec<MemberInfo> {

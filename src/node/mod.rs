@@ -93,6 +93,8 @@ pub struct Node {
     gossip: gossip::GossipHandle,
     /// Cancelled when the node must stop on an error (say, the cluster refused its name).
     fatal: CancellationToken,
+    /// Cancelled by a `Leave` request (`kvnode stop NAME --via NODE`): stop as on SIGTERM.
+    leave: CancellationToken,
     fatal_reason: std::sync::Mutex<Option<String>>,
     /// Chat lines for this node's stdout.
     chat_out: chat_out::ChatOut,
@@ -119,6 +121,12 @@ impl Node {
         if !table.supersedes(&held) {
             return None;
         }
+        self.install_table(&mut held, table)
+    }
+
+    /// Puts `table` in place of `held` (the table's lock is held by the caller, which has
+    /// decided it wins: [`Node::offer_table`], or a compare-and-set of `route --set`).
+    fn install_table(&self, held: &mut Arc<RoutingTable>, table: RoutingTable) -> Option<tokio::task::JoinHandle<()>> {
         tracing::info!(version = table.version(), setter = table.setter(), table = %table, "routing table changed");
         let saving = self.table_file.as_ref().map(|path| {
             // Off the event loop and off the table's lock (an fsync may take a while); the
@@ -282,6 +290,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         penalties: Default::default(),
         gossip: gossip::GossipHandle::new(config.name.clone(), listen),
         fatal: CancellationToken::new(),
+        leave: CancellationToken::new(),
         fatal_reason: Default::default(),
         chat_out: Default::default(),
         #[cfg(feature = "fault-injection")]
@@ -299,6 +308,10 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     let mut parts = tokio::spawn(supervisor.run(parts_stop.clone()));
     let failed: Option<NodeError> = tokio::select! {
         () = shutdown => None,
+        () = node.leave.cancelled() => {
+            tracing::info!("asked to leave the cluster (kvnode stop)");
+            None
+        }
         () = node.fatal.cancelled() => Some(NodeError::Fatal(
             node.fatal_reason.lock().unwrap_or_else(PoisonError::into_inner).clone().unwrap_or_default(),
         )),
