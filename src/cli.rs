@@ -20,6 +20,7 @@ Examples:
   kvnode put shopping eggs 3 --via foo    # store a value
   kvnode get shopping eggs --via foo      # prints 3
   kvnode chat kate \"hi\"                   # printed on kate's stdout
+  kvnode stop foo                         # stop it (it tells the cluster it leaves)
 
 Exit codes: 0 ok, 1 not found, 2 bad usage, 3 unreachable or deadline passed,
 4 authentication refused, 5 routing failed, 6 internal error on the node.";
@@ -91,6 +92,11 @@ pub enum Command {
     /// Print the keys of BUCKET, one per line
     #[command(after_help = "Example:\n  kvnode keys shopping --via foo")]
     Keys(BucketArgs),
+    /// Stop NODE as SIGTERM would (it tells the cluster it leaves), and wait until it is gone
+    #[command(
+        after_help = "Examples:\n  kvnode stop foo                  # a node of this KVNODE_HOME: SIGTERM\n  kvnode stop bar --via foo        # a node foo knows: a leave request\n  kvnode stop bar@10.0.0.2:4040\n\nExit 3 if it is not gone within --timeout."
+    )]
+    Stop(StopArgs),
     /// Measure throughput and latency, like redis-benchmark
     #[command(
         after_help = "Examples:\n  kvnode bench --via foo\n  kvnode bench -c 50 -n 100000 -d 3 --pipeline 16 -t put,get"
@@ -231,6 +237,17 @@ pub struct ChatArgs {
 pub struct PingArgs {
     /// The node to ping: NAME, NAME@HOST:PORT or HOST:PORT
     pub node: NodeRef,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct StopArgs {
+    /// The node to stop: NAME (in KVNODE_HOME/nodes: SIGTERM to its process), NAME@HOST:PORT
+    /// or HOST:PORT (a leave request)
+    pub node: NodeRef,
+    /// Find NAME in this node's membership and send it a leave request
+    /// [KVNODE_VIA does not apply: it names whom to talk to, not whom to stop]
+    #[arg(long, value_name = "NODE")]
+    pub via: Option<NodeRef>,
 }
 
 #[derive(Args, Debug, Clone)]

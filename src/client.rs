@@ -70,6 +70,11 @@ pub enum ClientError {
     /// The node answered something this command did not ask for (exit 6).
     #[error("unexpected answer from node {node}: {answer}")]
     Unexpected { node: String, answer: String },
+    /// `stop` asked the node to stop, and it was still running at the deadline (exit 3).
+    #[error(
+        "node {node} was asked to stop but is still running after {after:?}; raise --timeout to wait longer, or end it with kill -9"
+    )]
+    NotStopped { node: String, after: Duration },
     /// `ping` got no pong from `node`, for this reason: exit 3 (SPEC §1), 4 for a refused
     /// secret (§3).
     #[error("{reason}")]
@@ -96,7 +101,8 @@ impl ClientError {
             | Resolve { .. }
             | Unreachable { .. }
             | Timeout { .. }
-            | WrongNode { .. } => 3,
+            | WrongNode { .. }
+            | NotStopped { .. } => 3,
             WhichNode { .. } | Secret(_) | Usage(_) => 2,
             AuthRefused { .. } => 4,
             Remote(e) => e.exit_code(),

@@ -54,6 +54,7 @@ async fn run_within(command: Command, mut settings: Settings, out: &mut Output) 
             members(&settings, deadline, out).await
         }
         Command::Ping(args) => ping(args, &settings, deadline, out).await,
+        Command::Stop(args) => crate::stop::run(args, &settings, deadline, out).await,
         Command::Chat(args) => chat(args, &settings, deadline, out).await,
         Command::Bench(args) => {
             settings.via = via_or_env(args.via.via.clone(), &settings)?;
@@ -142,7 +143,7 @@ async fn ask_then(
 
 /// Resolves `node` (`None`: the command's node, `--via` or the only one running), connects,
 /// runs `work` on the connection, and closes it.
-async fn connected<T>(
+pub(crate) async fn connected<T>(
     settings: &Settings,
     node: Option<&NodeRef>,
     deadline: Instant,

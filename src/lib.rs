@@ -38,6 +38,7 @@ pub mod output;
 pub mod routing;
 pub mod rpc;
 pub mod secret;
+pub mod stop;
 pub mod store;
 pub mod supervisor;
 pub mod transport;

@@ -253,3 +253,63 @@ fn setting_the_current_table_is_no_change_and_unknown_nodes_need_force() {
     stale.expect(5);
     assert!(stale.stderr.contains("changed underneath"), "{stale:#?}");
 }
+
+#[test]
+fn stop_ends_a_local_node_by_sigterm_and_waits_until_it_is_gone() {
+    let home = Home::new();
+    let mut foo = home.start("foo", &[]);
+    let stop = home.run(&["stop", "foo"]);
+    stop.expect(0);
+    assert!(stop.stdout.is_empty(), "{stop:#?}");
+    // Gone when the command returns: unlisted, and the process has exited cleanly.
+    assert!(!home.path().join("nodes/foo").exists(), "still listed");
+    assert!(foo.wait_exit().success());
+    assert!(foo.stderr().iter().any(|l| l.contains("SIGTERM")), "{:?}", foo.stderr());
+    // Nothing left to stop.
+    home.run(&["stop", "foo"]).expect(3);
+}
+
+#[test]
+fn stop_through_via_sends_a_leave_request_to_a_remote_node() {
+    let (home, other, secret) = common::two_homes_one_secret();
+    let s = ["--secret-file", secret.as_str()];
+    let mut foo = home.start("foo", &s);
+    let mut bar = other.start("bar", &[&s[..], &["--join", &foo.full()]].concat());
+    common::wait_for("foo to see bar alive", common::PATIENCE, || {
+        let out = home.run(&["members", "--via", "foo", "--json", "--secret-file", &secret]);
+        json_lines(&out.stdout)
+            .iter()
+            .any(|m| m["name"] == "bar" && m["state"] == "alive")
+            .then_some(())
+    });
+    // bar is not in this home's directory: reached through foo's membership.
+    let stop = home.run(&["stop", "bar", "--via", "foo", "--secret-file", &secret, "--json"]);
+    stop.expect(0);
+    assert_eq!(json_lines(&stop.stdout)[0]["stopped"], true);
+    assert!(bar.wait_exit().success(), "{:?}", bar.stderr());
+    let out = home.run(&["members", "--via", "foo", "--json", "--secret-file", &secret]);
+    assert!(
+        json_lines(&out.stdout)
+            .iter()
+            .any(|m| m["name"] == "bar" && m["state"] == "left"),
+        "bar announced it left: {}",
+        out.stdout()
+    );
+    // NAME@HOST:PORT from the other home: a leave request straight to it.
+    other.run(&["stop", &foo.full(), "--secret-file", &secret]).expect(0);
+    assert!(foo.wait_exit().success(), "{:?}", foo.stderr());
+}
+
+#[test]
+fn stop_is_exit_3_when_the_node_is_not_gone_within_the_timeout() {
+    let home = Home::new();
+    let mut foo = home.start("foo", &[]);
+    foo.signal(libc::SIGSTOP); // it cannot act on SIGTERM while stopped
+    let stop = home.run(&["stop", "foo", "--timeout", "300ms"]);
+    foo.signal(libc::SIGCONT);
+    stop.expect(3);
+    assert!(stop.stderr.contains("still running"), "{stop:#?}");
+    assert!(stop.elapsed < std::time::Duration::from_secs(3), "{:?}", stop.elapsed);
+    // Continued, it acts on the SIGTERM it was sent.
+    assert!(foo.wait_exit().success());
+}
