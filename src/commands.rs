@@ -123,22 +123,7 @@ fn unexpected<T>(reply: &Reply) -> Result<T, ClientError> {
 
 /// Resolves the node, connects, asks one thing, and closes.
 async fn ask(settings: &Settings, deadline: Instant, request: Request) -> Result<Reply, ClientError> {
-    ask_then(settings, deadline, request, async |_, _| {}).await
-}
-
-/// Like [`ask`], and with an answer, runs `then` on the same connection before it closes.
-async fn ask_then(
-    settings: &Settings,
-    deadline: Instant,
-    request: Request,
-    then: impl AsyncFnOnce(&Client, &Reply),
-) -> Result<Reply, ClientError> {
-    connected(settings, None, deadline, async |client| {
-        let reply = client.call(request).await?;
-        then(client, &reply).await;
-        Ok(reply)
-    })
-    .await
+    connected(settings, None, deadline, async |client| client.call(request).await).await
 }
 
 /// Resolves `node` (`None`: the command's node, `--via` or the only one running), connects,
