@@ -68,6 +68,72 @@ fn write_until_stopped(
     Arc::try_unwrap(acked).unwrap().into_inner().unwrap()
 }
 
+fn get(bucket: &str, key: &str) -> Request {
+    Request::Bucket(BucketRequest {
+        bucket: bucket.as_bytes().to_vec(),
+        op: BucketOp::Get {
+            key: key.as_bytes().to_vec(),
+        },
+        path: vec![],
+    })
+}
+
+/// Issue 22 point 11: a read that blocks in the engine (in test builds, a read of bucket
+/// `fault-injection-slow-read` takes 3 s, as a read that misses the cache on a slow disk
+/// would) holds up neither the other requests of its stream nor, with `--threads 1`, the node.
+#[test]
+fn a_slow_durable_read_stalls_neither_its_stream_nor_the_node() {
+    let home = Home::new();
+    let foo = home.start("foo", &["--threads", "1"]);
+    home.run(&["put", "fault-injection-slow-read", "k", "slow"]).ok();
+    home.run(&["put", "b", "k", "fast"]).ok();
+    let secret = SecretSource::Home(home.secret_path()).load().unwrap();
+    let target = Target {
+        addr: foo.addr(),
+        name: None,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let client = Client::connect_with(&secret, "tester", &target, Instant::now() + PATIENCE)
+            .await
+            .unwrap();
+        // Both on the client's one stream: the slow read first, then a fast one.
+        let slow = client.call_within(get("fault-injection-slow-read", "k"), PATIENCE);
+        tokio::pin!(slow);
+        let fast = async {
+            let reply = client.call_within(get("b", "k"), PATIENCE).await;
+            // Another client, on its own connection, while the slow read still blocks.
+            let other = tokio::task::spawn_blocking({
+                let home_run = home.command();
+                move || {
+                    let mut cmd = home_run;
+                    cmd.args(["get", "b", "k"]).output().unwrap()
+                }
+            })
+            .await
+            .unwrap();
+            (reply, other)
+        };
+        let (reply, other) = tokio::select! {
+            both = fast => both,
+            slow = &mut slow => panic!("the slow read was answered before the fast ones: {slow:?}"),
+        };
+        assert!(
+            matches!(&reply, Ok(kvnode::wire::Reply::Value(v)) if v.as_slice() == b"fast"),
+            "{reply:?}"
+        );
+        assert_eq!(String::from_utf8_lossy(&other.stdout), "fast\n", "{other:?}");
+        let slow = slow.await;
+        assert!(
+            matches!(&slow, Ok(kvnode::wire::Reply::Value(v)) if v.as_slice() == b"slow"),
+            "{slow:?}"
+        );
+    });
+}
+
 #[test]
 fn kill_9_during_concurrent_puts_loses_no_acknowledged_write() {
     let home = Home::new();

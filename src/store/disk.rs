@@ -179,7 +179,14 @@ impl DiskStore {
         }
     }
 
+    /// Blocks while the engine reads: run it where blocking is allowed.
     pub fn get(&self, bucket: &[u8], key: &[u8]) -> Result<Lookup<Bytes>, StoreError> {
+        // Test builds only: a read that takes as long as one that misses the cache on a
+        // slow disk, to show it holds up nothing else.
+        #[cfg(feature = "fault-injection")]
+        if bucket == b"fault-injection-slow-read" {
+            std::thread::sleep(std::time::Duration::from_secs(3));
+        }
         if let Some(v) = self.engine.get(bucket, key).map_err(|e| self.engine_err(e))? {
             return Ok(Lookup::Found(v));
         }
