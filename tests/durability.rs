@@ -29,8 +29,8 @@ fn write_until_stopped(
     home: &Home,
     addr: std::net::SocketAddr,
     writers: usize,
-    stop: impl FnOnce(&Arc<Mutex<Vec<(String, String)>>>),
-) -> Vec<(String, String)> {
+    stop: impl FnOnce(&Arc<Mutex<Vec<(String, String, String)>>>),
+) -> Vec<(String, String, String)> {
     let acked = Arc::new(Mutex::new(Vec::new()));
     let secret = SecretSource::Home(home.secret_path()).load().unwrap();
     let threads: Vec<_> = (0..writers)
@@ -48,12 +48,12 @@ fn write_until_stopped(
                         return;
                     };
                     for i in 0.. {
-                        let (bucket, key) = (format!("w{w}"), format!("k{i:06}"));
+                        let (bucket, key, value) = (format!("w{w}"), format!("k{i:06}"), format!("v{w}.{i}"));
                         match client
-                            .call_within(put(&bucket, &key, &format!("v{i}")), Duration::from_secs(3))
+                            .call_within(put(&bucket, &key, &value), Duration::from_secs(3))
                             .await
                         {
-                            Ok(_) => acked.lock().unwrap().push((bucket, key)),
+                            Ok(_) => acked.lock().unwrap().push((bucket, key, value)),
                             Err(_) => return, // the node is gone
                         }
                     }
@@ -145,16 +145,16 @@ fn kill_9_during_concurrent_puts_loses_no_acknowledged_write() {
         });
         foo.kill9();
     });
-    let _foo = home.start("foo", &[]);
+    let foo = home.start("foo", &[]);
     let mut stored = std::collections::HashMap::new();
-    for (bucket, _) in &acked {
+    for (bucket, _, _) in &acked {
         stored
             .entry(bucket.clone())
             .or_insert_with(|| home.run(&["keys", bucket]).ok());
     }
     let lost: Vec<_> = acked
         .iter()
-        .filter(|(b, k)| !stored[b].lines().any(|line| line == k))
+        .filter(|(b, k, _)| !stored[b].lines().any(|line| line == k))
         .collect();
     assert!(acked.len() >= 400);
     assert_eq!(
@@ -165,6 +165,44 @@ fn kill_9_during_concurrent_puts_loses_no_acknowledged_write() {
         acked.len(),
         &lost[..lost.len().min(10)]
     );
+    // Not only the keys: every acknowledged value, read back over one connection.
+    let wrong = values_differing(&home, foo.addr(), &acked);
+    assert!(
+        wrong.is_empty(),
+        "{} of {} acknowledged values differ: {:?}",
+        wrong.len(),
+        acked.len(),
+        &wrong[..wrong.len().min(10)]
+    );
+}
+
+/// The (bucket, key, expected value, what a get found) of each of `expected` whose value at
+/// `addr` is not the one expected.
+fn values_differing(
+    home: &Home,
+    addr: std::net::SocketAddr,
+    expected: &[(String, String, String)],
+) -> Vec<(String, String, String, String)> {
+    let secret = SecretSource::Home(home.secret_path()).load().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let target = Target { addr, name: None };
+        let client = Client::connect_with(&secret, "checker", &target, Instant::now() + PATIENCE)
+            .await
+            .unwrap();
+        let mut wrong = Vec::new();
+        for (bucket, key, value) in expected {
+            let found = match client.call_within(get(bucket, key), PATIENCE).await {
+                Ok(kvnode::wire::Reply::Value(v)) if v.as_slice() == value.as_bytes() => continue,
+                other => format!("{other:?}"),
+            };
+            wrong.push((bucket.clone(), key.clone(), value.clone(), found));
+        }
+        wrong
+    })
 }
 
 #[test]
@@ -179,7 +217,7 @@ fn a_restarted_node_restores_every_bucket() {
     }
     home.run(&["delete", "bucket0", "key0"]).ok();
     assert_eq!(foo.terminate().code(), Some(0));
-    let _foo = home.start("foo", &[]);
+    let foo = home.start("foo", &[]);
     for b in 0..5 {
         let keys = home.run(&["keys", &format!("bucket{b}")]).ok();
         let expected: Vec<String> = (0..4)
@@ -190,6 +228,12 @@ fn a_restarted_node_restores_every_bucket() {
     }
     assert_eq!(home.run(&["get", "bucket3", "key2"]).ok(), "3.2\n");
     home.run(&["get", "bucket0", "key0"]).expect(1);
+    let expected: Vec<_> = (0..5)
+        .flat_map(|b| (0..4).map(move |k| (b, k)))
+        .filter(|&(b, k)| b != 0 || k != 0)
+        .map(|(b, k)| (format!("bucket{b}"), format!("key{k}"), format!("{b}.{k}")))
+        .collect();
+    assert_eq!(values_differing(&home, foo.addr(), &expected), vec![]);
 }
 
 #[test]
