@@ -126,6 +126,8 @@ impl Node {
             Err(e) => Now::Answer(Err(e)),
             Ok(Dest::Here) => match self.execute_sync(req) {
                 Ok(answer) => Now::Answer(answer),
+                // A durable read starts here, routed once, rather than by `handle`.
+                Err(Deferred::Get { bucket, key, .. }) => Now::Waiting(Box::pin(self.read(bucket, key, timeout))),
                 Err(deferred) => Now::Later(Request::Bucket(deferred.into_request())),
             },
             Ok(Dest::There(owner)) => {
@@ -257,6 +259,28 @@ impl Node {
                 }),
                 Ok(Lookup::NoKey | Lookup::NoBucket) => Err(no_bucket(bucket)),
             },
+        }
+    }
+
+    /// A durable read, on a blocking thread, ended by `timeout` (as [`Now::Waiting`] must be).
+    fn read(
+        self: &Arc<Self>,
+        bucket: Vec<u8>,
+        key: Vec<u8>,
+        timeout: Duration,
+    ) -> impl Future<Output = Answer> + use<> {
+        let node = Arc::clone(self);
+        let start = Instant::now();
+        // As in `handle`: keep back a little of the deadline for our own error.
+        let timeout = timeout - hop_margin(timeout);
+        async move {
+            match tokio::time::timeout(timeout, node.store.get(&bucket, &key)).await {
+                Ok(found) => value(found, bucket, key).unwrap_or_else(|e| Err(node.internal(e))),
+                Err(_) => Err(RemoteError::DeadlineExceeded {
+                    node: node.name.to_string(),
+                    waited_ms: start.elapsed().as_millis() as u64,
+                }),
+            }
         }
     }
 
