@@ -35,15 +35,53 @@ impl Part {
     }
 }
 
-/// The supervisor stopped restarting: the node should stop.
+/// The supervisor stopped restarting: the node should stop. Names the part that failed
+/// most within the window (the likeliest culprit), not merely the one that failed last.
 #[derive(Debug, thiserror::Error)]
-#[error("part {part} failed {failures} times within {window:?} (the limit is {limit} restarts); last failure: {last}")]
+#[error(
+    "part {part} failed {failures} times within {window:?} (the limit is {limit} restarts); all parts failed {total} times in that time; its last failure: {last}"
+)]
 pub struct GaveUp {
     pub part: &'static str,
+    /// How often `part` failed within the window.
     pub failures: usize,
+    /// How often all parts together failed within the window.
+    pub total: usize,
     pub window: Duration,
     pub limit: u32,
+    /// `part`'s last failure.
     pub last: String,
+}
+
+/// One failure within the restart window.
+struct Failure {
+    at: Instant,
+    part: usize,
+    why: String,
+}
+
+impl Supervisor {
+    /// Why to give up, from the failures within the window (oldest first, not empty): the
+    /// part that failed most, the later to fail on a tie.
+    fn gave_up(&self, failures: &VecDeque<Failure>) -> GaveUp {
+        let mut counts: HashMap<usize, (usize, usize)> = HashMap::new(); // part -> (count, last index)
+        for (i, f) in failures.iter().enumerate() {
+            let entry = counts.entry(f.part).or_default();
+            *entry = (entry.0 + 1, i);
+        }
+        let (&part, &(count, last)) = counts
+            .iter()
+            .max_by_key(|(_, (count, last))| (*count, *last))
+            .expect("at least one failure");
+        GaveUp {
+            part: self.parts[part].name,
+            failures: count,
+            total: failures.len(),
+            window: self.config.window,
+            limit: self.config.max_restarts,
+            last: failures[last].why.clone(),
+        }
+    }
 }
 
 pub struct Supervisor {
@@ -73,7 +111,7 @@ impl Supervisor {
             let id = running.spawn((self.parts[index].start)()).id();
             which.insert(id, index);
         }
-        let mut failures: VecDeque<Instant> = VecDeque::new();
+        let mut failures: VecDeque<Failure> = VecDeque::new();
         loop {
             let joined = tokio::select! {
                 joined = running.join_next_with_id() => joined,
@@ -102,24 +140,24 @@ impl Supervisor {
                 Err(why) => why,
             };
             let now = Instant::now();
-            failures.push_back(now);
+            failures.push_back(Failure {
+                at: now,
+                part: index,
+                why,
+            });
             while failures
                 .front()
-                .is_some_and(|t| now.duration_since(*t) > self.config.window)
+                .is_some_and(|f| now.duration_since(f.at) > self.config.window)
             {
                 failures.pop_front();
             }
             if failures.len() > self.config.max_restarts as usize {
-                tracing::error!(part = name, failures = failures.len(), window = ?self.config.window, reason = %why, "part keeps failing; giving up");
+                let gave_up = self.gave_up(&failures);
+                tracing::error!(part = gave_up.part, failures = gave_up.failures, total = gave_up.total, window = ?self.config.window, reason = %gave_up.last, last_to_fail = name, "part keeps failing; giving up");
                 running.abort_all();
-                return Err(GaveUp {
-                    part: name,
-                    failures: failures.len(),
-                    window: self.config.window,
-                    limit: self.config.max_restarts,
-                    last: why,
-                });
+                return Err(gave_up);
             }
+            let Failure { why, .. } = failures.back().expect("just pushed");
             tracing::warn!(part = name, reason = %why, restart = failures.len(), limit = self.config.max_restarts, window = ?self.config.window, "part failed; restarting it");
             let id = running.spawn((self.parts[index].start)()).id();
             which.insert(id, index);
@@ -212,6 +250,32 @@ mod tests {
         assert_eq!((err.part, err.failures, err.limit), ("flaky", 4, 3));
         assert!(err.last.contains("panicked: run 3 fails"), "{}", err.last);
         assert!(err.to_string().contains("part flaky failed 4 times"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn giving_up_names_the_part_that_failed_most_not_the_last_to_fail() {
+        let stop = CancellationToken::new();
+        let worst_starts = Arc::new(AtomicU32::new(0));
+        // Fails once, after "flaky" has failed three times: the failure that spends the budget.
+        let other = {
+            let worst_starts = Arc::clone(&worst_starts);
+            Part::new("other", move || {
+                let worst_starts = Arc::clone(&worst_starts);
+                Box::pin(async move {
+                    while worst_starts.load(Ordering::SeqCst) < 4 {
+                        tokio::task::yield_now().await;
+                    }
+                    Err("the one failure of other".to_string())
+                })
+            })
+        };
+        let sup = Supervisor::new(config(3))
+            .with(flaky(Arc::clone(&worst_starts), 3, stop.clone()))
+            .with(other);
+        let err = sup.run(stop).await.unwrap_err();
+        assert_eq!((err.part, err.failures), ("flaky", 3), "{err}");
+        assert!(err.last.contains("panicked: run 2 fails"), "{}", err.last);
+        assert!(err.to_string().contains("part flaky failed 3 times"), "{err}");
     }
 
     #[tokio::test(start_paused = true)]

@@ -248,22 +248,129 @@ fn gets_through_foo_until_bar_answers(home: &Home) -> usize {
 
 #[test]
 fn an_owner_that_restarts_on_its_address_is_reached_again_at_once() {
+    // In a network namespace of their own, so that its UDP counters count only their traffic.
+    let Some(ns) = QuietNamespace::new() else { return };
     let home = Home::new();
     let table = ["--table", "a-m=foo,n-z=bar"];
-    let _foo = home.start("foo", &table);
-    let mut bar = home.start("bar", &table);
-    home.run(&["put", "world", "k", "v", "--via", "foo"]).ok();
+    let mut foo = home.start_in(&ns.name, "foo", &table);
+    let mut bar = home.start_in(&ns.name, "bar", &table);
+    ns.run(&home, &["put", "world", "k", "v", "--via", "foo"]).ok();
     let addr = bar.addr().to_string();
     for restart in 1..=3 {
-        // Not a wait for a condition: foo's connection to bar is let go quiet (every packet
-        // acknowledged), so that no retransmission reaches the new bar before the get does.
-        // The get then meets the reset of a connection the new process never knew; it is
-        // sent again over a new connection, so none fails.
-        std::thread::sleep(Duration::from_millis(300));
+        // foo's connection to bar must be quiet (every packet acknowledged), so that no
+        // retransmission reaches the new bar before the get does: the get then meets the
+        // reset of a connection the new process never knew, and is sent again over a new
+        // connection, so none fails.
+        ns.wait_until_quiet();
         bar.kill9();
-        bar = home.start("bar", &[&table[..], &["--listen", &addr]].concat());
-        let failed = gets_through_foo_until_bar_answers(&home);
+        bar = home.start_in(&ns.name, "bar", &[&table[..], &["--listen", &addr]].concat());
+        let mut failed = 0;
+        wait_for("bar to answer through foo again", Duration::from_secs(15), || {
+            let out = ns.run(&home, &["get", "world", "k", "--via", "foo", "--timeout", "1s"]);
+            if out.code == Some(0) {
+                assert_eq!(out.stdout(), "v\n");
+                return Some(());
+            }
+            out.expect(3);
+            failed += 1;
+            None
+        });
         assert_eq!(failed, 0, "gets failed after bar's restart {restart}");
+    }
+    let resent = foo
+        .stderr()
+        .iter()
+        .filter(|l| l.contains("reset its connection"))
+        .count();
+    println!("{resent} of 3 gets met the reset of the connection to the old bar and were sent again");
+    foo.terminate();
+}
+
+/// A network namespace with only a loopback (root only), deleted when dropped.
+struct QuietNamespace {
+    name: String,
+}
+
+impl QuietNamespace {
+    fn new() -> Option<Self> {
+        if unsafe { libc::geteuid() } != 0 {
+            println!("skipped: telling when a connection is quiet needs a network namespace of its own (root)");
+            return None;
+        }
+        let name = format!("kvQ{}", std::process::id());
+        let ip = |args: &[&str]| {
+            std::process::Command::new("ip")
+                .args(args)
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        let ns = Self { name };
+        if !(ip(&["netns", "add", &ns.name]) && ip(&["-n", &ns.name, "link", "set", "lo", "up"])) {
+            println!("skipped: this machine would not make a network namespace (ip netns)");
+            return None;
+        }
+        Some(ns)
+    }
+
+    /// Runs a client command inside the namespace.
+    fn run(&self, home: &Home, args: &[&str]) -> common::Run {
+        let start = std::time::Instant::now();
+        let out = home
+            .command_in(&self.name)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run kvnode");
+        common::Run {
+            code: out.status.code(),
+            stdout: out.stdout,
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            elapsed: start.elapsed(),
+        }
+    }
+
+    /// UDP datagrams received in the namespace so far (every one sent is also received
+    /// there: it has only a loopback).
+    fn datagrams(&self) -> u64 {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &self.name, "cat", "/proc/net/snmp"])
+            .output()
+            .expect("read the namespace's UDP counters");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut udp = text.lines().filter(|l| l.starts_with("Udp:"));
+        let (names, values) = (udp.next().unwrap_or_default(), udp.next().unwrap_or_default());
+        let at = names
+            .split_whitespace()
+            .position(|n| n == "InDatagrams")
+            .expect("InDatagrams");
+        values
+            .split_whitespace()
+            .nth(at)
+            .and_then(|v| v.parse().ok())
+            .expect("a count")
+    }
+
+    /// Waits until no datagram has moved for 100 ms: four times QUIC's largest ack delay
+    /// (25 ms), so every ack-eliciting packet sent before has been acknowledged and nothing
+    /// is in flight (the next keep-alive is seconds away).
+    fn wait_until_quiet(&self) {
+        let mut last = (self.datagrams(), std::time::Instant::now());
+        wait_for("no datagram for 100 ms", Duration::from_secs(15), || {
+            let now = self.datagrams();
+            if now != last.0 {
+                last = (now, std::time::Instant::now());
+                return None;
+            }
+            (last.1.elapsed() >= Duration::from_millis(100)).then_some(())
+        });
+    }
+}
+
+impl Drop for QuietNamespace {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 

@@ -127,16 +127,18 @@ impl Node {
     }
 
     /// [`Handler::answer_now`] for a bucket request: executed at once when it is this node's
-    /// and needs no waiting (a read, or anything on the in-memory store); sent on at once
-    /// when its owner is another node and the next stream to it is open (its future ends
-    /// by the deadline: the stream fails the call then). Anything else (a durable write,
-    /// a hop that must connect or open a stream first) is given back as it came, to go the
-    /// deadline-bounded path of [`Node::bucket`].
+    /// and needs no waiting (anything on the in-memory store); sent on at once when its
+    /// owner is another node and the next stream to it is open (its future ends by the
+    /// deadline: the stream fails the call then). Anything else (work for the durable
+    /// store, a hop that must connect or open a stream first) is given back as it came, to
+    /// go the deadline-bounded path of [`Node::bucket`].
     fn bucket_now(self: &Arc<Self>, mut req: BucketRequest, timeout: Duration) -> Now {
         match self.route(&req) {
             Err(e) => Now::Answer(Err(e)),
             Ok(Dest::Here) => match self.execute_sync(req) {
                 Ok(answer) => Now::Answer(answer),
+                // A durable read starts here, routed once, rather than by `handle`.
+                Err(Deferred::Get { bucket, key, .. }) => Now::Waiting(Box::pin(self.read(bucket, key, timeout))),
                 Err(deferred) => Now::Later(Request::Bucket(deferred.into_request())),
             },
             Ok(Dest::There(owner)) => {
@@ -234,7 +236,7 @@ impl Node {
     }
 
     /// Executes a request this node owns; a write to the durable store waits for its sync,
-    /// and a listing of keys runs on a blocking thread.
+    /// and a durable read and a listing of keys run on a blocking thread.
     async fn execute(&self, req: BucketRequest) -> Answer {
         let deferred = match self.execute_sync(req) {
             Ok(answer) => return answer,
@@ -247,6 +249,10 @@ impl Node {
                     .await
                     .map_err(|e| self.internal(e))?;
                 Ok(Reply::Done)
+            }
+            Deferred::Get { bucket, key, .. } => {
+                let found = self.store.get(&bucket, &key).await;
+                value(found, bucket, key).unwrap_or_else(|e| Err(self.internal(e)))
             }
             Deferred::Delete { bucket, key, .. } => {
                 let found = self.store.delete(&bucket, &key).await.map_err(|e| self.internal(e))?;
@@ -267,8 +273,31 @@ impl Node {
         }
     }
 
-    /// Executes everything that needs no waiting; gives back a write to the durable store
-    /// and a listing of keys (a scan of the whole bucket, too long for the event loop).
+    /// A durable read, on a blocking thread, ended by `timeout` (as [`Now::Waiting`] must be).
+    fn read(
+        self: &Arc<Self>,
+        bucket: Vec<u8>,
+        key: Vec<u8>,
+        timeout: Duration,
+    ) -> impl Future<Output = Answer> + use<> {
+        let node = Arc::clone(self);
+        let start = Instant::now();
+        // As in `handle`: keep back a little of the deadline for our own error.
+        let timeout = timeout - hop_margin(timeout);
+        async move {
+            match tokio::time::timeout(timeout, node.store.get(&bucket, &key)).await {
+                Ok(found) => value(found, bucket, key).unwrap_or_else(|e| Err(node.internal(e))),
+                Err(_) => Err(RemoteError::DeadlineExceeded {
+                    node: node.name.to_string(),
+                    waited_ms: start.elapsed().as_millis() as u64,
+                }),
+            }
+        }
+    }
+
+    /// Executes everything that needs no waiting; gives back anything the durable store does
+    /// (a write waits for its sync, a read may wait for the disk) and a listing of keys (a
+    /// scan of the whole bucket, too long for the event loop).
     fn execute_sync(&self, req: BucketRequest) -> Result<Answer, Deferred> {
         let BucketRequest { bucket, op, path } = req;
         let answer = match op {
@@ -290,14 +319,12 @@ impl Node {
                 Some(m) => removed(m.delete(&bucket, &key), bucket, key),
                 None => return Err(Deferred::Delete { bucket, key, path }),
             },
-            BucketOp::Get { key } => match self.store.get_now(&bucket, &key) {
-                Err(e) => Err(self.internal(e)),
-                Ok(Lookup::Found(v)) => Ok(Reply::Value(ByteBuf::from(v.to_vec()))),
-                Ok(Lookup::NoKey) => Err(RemoteError::KeyNotFound {
-                    bucket: ByteBuf::from(bucket),
-                    key: ByteBuf::from(key),
-                }),
-                Ok(Lookup::NoBucket) => Err(no_bucket(bucket)),
+            BucketOp::Get { key } => match self.store.memory() {
+                Some(m) => {
+                    let found = m.get(&bucket, &key);
+                    value(Ok(found), bucket, key).unwrap_or_else(|e| Err(self.internal(e)))
+                }
+                None => return Err(Deferred::Get { bucket, key, path }),
             },
             BucketOp::Keys { after } => return Err(Deferred::Keys { bucket, after, path }),
             BucketOp::Route => {
@@ -470,12 +497,18 @@ enum Dest {
 }
 
 /// What [`Node::execute_sync`] does not do on the spot, with the request's path: a write
-/// that must wait for the durable store's group commit, or a listing of keys.
+/// that must wait for the durable store's group commit, a durable read (which may wait for
+/// the disk), or a listing of keys.
 enum Deferred {
     Put {
         bucket: Vec<u8>,
         key: Vec<u8>,
         value: Vec<u8>,
+        path: Vec<NodeName>,
+    },
+    Get {
+        bucket: Vec<u8>,
+        key: Vec<u8>,
         path: Vec<NodeName>,
     },
     Delete {
@@ -499,6 +532,7 @@ impl Deferred {
                 value,
                 path,
             } => (bucket, BucketOp::Put { key, value }, path),
+            Self::Get { bucket, key, path } => (bucket, BucketOp::Get { key }, path),
             Self::Delete { bucket, key, path } => (bucket, BucketOp::Delete { key }, path),
             Self::Keys { bucket, after, path } => (bucket, BucketOp::Keys { after }, path),
         };
@@ -510,6 +544,18 @@ fn no_bucket(bucket: Vec<u8>) -> RemoteError {
     RemoteError::BucketNotFound {
         bucket: ByteBuf::from(bucket),
     }
+}
+
+/// The answer to a get, from what the store found; `Err` when the store failed.
+fn value(found: Result<Lookup<Bytes>, StoreError>, bucket: Vec<u8>, key: Vec<u8>) -> Result<Answer, StoreError> {
+    Ok(match found? {
+        Lookup::Found(v) => Ok(Reply::Value(ByteBuf::from(v.to_vec()))),
+        Lookup::NoKey => Err(RemoteError::KeyNotFound {
+            bucket: ByteBuf::from(bucket),
+            key: ByteBuf::from(key),
+        }),
+        Lookup::NoBucket => Err(no_bucket(bucket)),
+    })
 }
 
 /// The answer to a delete, from what the store found.

@@ -2,7 +2,8 @@
 //! journal is synced once.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use bytes::Bytes;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
@@ -10,6 +11,16 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use super::engine::{Applied, Engine, EngineError, KeyPage, Op, bucket_prefix, data_key, keys_start};
 
 pub struct FjallEngine {
+    dir: PathBuf,
+    /// The open database; `None` only if reopening it failed (then the next write tries
+    /// again). Reads take it shared; only the writer replaces it.
+    open: RwLock<Option<Open>>,
+    /// A write failed: fjall refuses every later one (it poisons the database, since it
+    /// cannot know what the failure left behind), so the next write reopens it first.
+    reopen: AtomicBool,
+}
+
+struct Open {
     db: Database,
     data: Keyspace,
     buckets: Keyspace,
@@ -21,14 +32,33 @@ fn err(e: fjall::Error) -> EngineError {
     EngineError(match &e {
         // fjall refuses every write after one failed to reach the disk (it cannot know what
         // made it): say so, and that reads go on.
-        F::Poisoned => "writes are refused since a write to disk failed (is the disk full or failing?); \
-                        reads still work; free space or check the disk, then restart the node"
+        F::Poisoned => "a write to disk failed (is the disk full or failing?); reads still work, and writes \
+                        resume by themselves once the disk takes writes again: free space or check the disk"
             .to_string(),
         F::Io(io) | F::Storage(lsm_tree::Error::Io(io)) if io.raw_os_error() == Some(ENOSPC) => {
-            "the disk is full; free space, then restart the node (reads still work)".to_string()
+            "the disk is full; reads still work, and writes resume by themselves once space is freed".to_string()
         }
         other => format!("{other:?}"),
     })
+}
+
+/// How much room a write must find before a poisoned database is reopened: reopening drops
+/// the old one first (fjall locks its directory), and an open that fails for want of space
+/// would take reads down too.
+const ROOM_TO_REOPEN: usize = 1 << 20;
+
+/// Whether `dir` takes writes again: a probe file of [`ROOM_TO_REOPEN`] bytes is written,
+/// synced and removed.
+fn takes_writes(dir: &Path) -> std::io::Result<()> {
+    use std::io::Write;
+    let probe = dir.join("room-probe");
+    let written = (|| {
+        let mut f = std::fs::File::create(&probe)?;
+        f.write_all(&vec![0; ROOM_TO_REOPEN])?;
+        f.sync_all()
+    })();
+    let _ = std::fs::remove_file(&probe);
+    written
 }
 
 /// fjall's open errors, in words that say which part of `dir` is at fault (fjall itself does
@@ -110,6 +140,46 @@ fn damaged_tables(keyspaces: &Path) -> Vec<PathBuf> {
 
 impl FjallEngine {
     pub fn open(dir: &Path) -> Result<Self, EngineError> {
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            open: RwLock::new(Some(Open::new(dir)?)),
+            reopen: AtomicBool::new(false),
+        })
+    }
+
+    /// Runs `f` on the open database, held shared (a reopen waits for it); an error if the
+    /// database could not be reopened after a failure.
+    fn with<T>(&self, f: impl FnOnce(&Open) -> Result<T, EngineError>) -> Result<T, EngineError> {
+        match &*self.open.read().unwrap_or_else(PoisonError::into_inner) {
+            Some(open) => f(open),
+            None => Err(EngineError(format!(
+                "the store at {} could not be reopened after a failed write; the next write tries again",
+                self.dir.display()
+            ))),
+        }
+    }
+
+    /// After a failed write: once the disk takes writes again, drops the poisoned database
+    /// and opens it afresh (recovering its journal: every synced write is kept).
+    fn recover(&self) -> Result<(), EngineError> {
+        takes_writes(&self.dir).map_err(|e| {
+            EngineError(format!(
+                "writes are still refused: the disk does not take writes yet ({e}); free space or check the disk, \
+                 and writes resume by themselves (reads still work)"
+            ))
+        })?;
+        let mut open = self.open.write().unwrap_or_else(PoisonError::into_inner);
+        // fjall locks its directory: the old database must be gone before the new one opens.
+        drop(open.take());
+        *open = Some(Open::new(&self.dir)?);
+        self.reopen.store(false, Ordering::Release);
+        tracing::info!(path = %self.dir.display(), "the store was reopened after a failed write; writes resume");
+        Ok(())
+    }
+}
+
+impl Open {
+    fn new(dir: &Path) -> Result<Self, EngineError> {
         let db = Database::builder(dir).open().map_err(|e| open_err(dir, e))?;
         let data = db
             .keyspace("data", KeyspaceCreateOptions::default)
@@ -119,9 +189,7 @@ impl FjallEngine {
             .map_err(|e| open_err(dir, e))?;
         Ok(Self { db, data, buckets })
     }
-}
 
-impl Engine for FjallEngine {
     fn commit(&self, batch: &[Op]) -> Result<Vec<Applied>, EngineError> {
         // Deletes report whether the key was there, so the batch is applied in order with
         // reads in between; the journal sync at the end is what makes the whole batch durable.
@@ -165,27 +233,44 @@ impl Engine for FjallEngine {
         self.db.persist(PersistMode::SyncAll).map_err(err)?;
         Ok(applied)
     }
+}
+
+impl Engine for FjallEngine {
+    fn commit(&self, batch: &[Op]) -> Result<Vec<Applied>, EngineError> {
+        if self.reopen.load(Ordering::Acquire) {
+            self.recover()?;
+        }
+        let result = self.with(|open| open.commit(batch));
+        if result.is_err() {
+            self.reopen.store(true, Ordering::Release);
+        }
+        result
+    }
 
     fn get(&self, bucket: &[u8], key: &[u8]) -> Result<Option<Bytes>, EngineError> {
-        Ok(self
-            .data
-            .get(data_key(bucket, key))
-            .map_err(err)?
-            .map(|v| Bytes::copy_from_slice(&v)))
+        self.with(|open| {
+            Ok(open
+                .data
+                .get(data_key(bucket, key))
+                .map_err(err)?
+                .map(|v| Bytes::copy_from_slice(&v)))
+        })
     }
 
     fn bucket_exists(&self, bucket: &[u8]) -> Result<bool, EngineError> {
-        self.buckets.contains_key(bucket).map_err(err)
+        self.with(|open| open.buckets.contains_key(bucket).map_err(err))
     }
 
     fn keys(&self, bucket: &[u8], after: Option<&[u8]>, budget: usize) -> Result<KeyPage, EngineError> {
         let prefix = bucket_prefix(bucket);
-        let keys = self
-            .data
-            .range(keys_start(bucket, after)..)
-            .map(|guard| guard.key().map_err(err))
-            .take_while(|k| k.as_ref().map_or(true, |k| k.starts_with(&prefix)))
-            .map(|k| k.map(|k| Bytes::copy_from_slice(&k[prefix.len()..])));
-        KeyPage::fill(keys, budget)
+        self.with(|open| {
+            let keys = open
+                .data
+                .range(keys_start(bucket, after)..)
+                .map(|guard| guard.key().map_err(err))
+                .take_while(|k| k.as_ref().map_or(true, |k| k.starts_with(&prefix)))
+                .map(|k| k.map(|k| Bytes::copy_from_slice(&k[prefix.len()..])));
+            KeyPage::fill(keys, budget)
+        })
     }
 }

@@ -112,15 +112,18 @@ impl Store {
         }
     }
 
+    /// Reads never wait for the writer. A durable read may have to go to the disk (a cache
+    /// miss), so it runs on a blocking thread, never on the event loop (the only thread of
+    /// a node started with `--threads 1`); a read of the memory store answers at once.
     pub async fn get(&self, bucket: &[u8], key: &[u8]) -> Result<Lookup<Bytes>, StoreError> {
-        self.get_now(bucket, key)
-    }
-
-    /// Reads never wait for the writer: this answers at once, from any backend.
-    pub fn get_now(&self, bucket: &[u8], key: &[u8]) -> Result<Lookup<Bytes>, StoreError> {
         match &self.backend {
             Backend::Memory(m) => Ok(m.get(bucket, key)),
-            Backend::Disk(d) => d.get(bucket, key),
+            Backend::Disk(d) => {
+                let (d, bucket, key) = (d.clone(), bucket.to_vec(), key.to_vec());
+                tokio::task::spawn_blocking(move || d.get(&bucket, &key))
+                    .await
+                    .map_err(|e| StoreError::Engine(format!("the read failed: {e}")))?
+            }
         }
     }
 
