@@ -6,6 +6,7 @@ mod gossip;
 mod handler;
 mod peers;
 mod penalty;
+mod saved_cluster;
 mod saved_table;
 
 use std::future::Future;
@@ -199,7 +200,11 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     let server = transport::server_config(&identity, &config.limits, &config.timeouts)?;
     let client = transport::client_config(&config.limits, config.timeouts.idle, Some(PEER_KEEP_ALIVE))?;
     let endpoint_config = transport::node_endpoint_config(&secret, &config.name);
-    let endpoint = transport::node_endpoint(config.listen, server, client, endpoint_config)?;
+    // A durable node listens where it did last time when its port was left to chance, so
+    // that its cluster finds it again (issue 22, point 10).
+    let cluster_file = (!config.in_memory).then(|| saved_cluster::path(&config.data_dir));
+    let saved_cluster = cluster_file.as_deref().and_then(saved_cluster::load);
+    let endpoint = saved_cluster::bind(config.listen, saved_cluster.as_ref(), server, client, endpoint_config)?;
     let bound = endpoint.local_addr().map_err(|source| TransportError::Bind {
         addr: config.listen,
         source,
@@ -280,7 +285,16 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         connections: AtomicUsize::new(0),
         handshaking: AtomicUsize::new(0),
         penalties: Default::default(),
-        gossip: gossip::GossipHandle::new(config.name.clone(), listen),
+        gossip: match cluster_file {
+            // Rejoining through the members saved only without `join`, as with the table.
+            Some(file) => gossip::GossipHandle::new(config.name.clone(), listen).saving_to(
+                file,
+                bound,
+                saved_cluster,
+                config.join.is_empty(),
+            ),
+            None => gossip::GossipHandle::new(config.name.clone(), listen),
+        },
         fatal: CancellationToken::new(),
         fatal_reason: Default::default(),
         chat_out: Default::default(),
