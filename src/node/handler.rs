@@ -77,7 +77,16 @@ impl Node {
                 // Only until the connection and its streams are open (a test counts these).
                 tracing::debug!(to = %owner, "forwarding by the slow path: no open stream to the owner yet");
                 req.path.push(self.name.clone());
-                self.forward(&owner, Request::Bucket(req), deadline).await
+                let route = matches!(req.op, BucketOp::Route).then(|| req.path.clone());
+                let answer = self.forward(&owner, Request::Bucket(req), deadline).await;
+                match (answer, route) {
+                    // `route BUCKET` answers from the table when the owner cannot: the client
+                    // then reports the owner's state (issue 22, point 9).
+                    (Err(RemoteError::Unreachable { node, .. }), Some(path)) if node == owner.as_str() => {
+                        Ok(Reply::Owner { node: owner, path })
+                    }
+                    (answer, _) => answer,
+                }
             }
         }
     }
