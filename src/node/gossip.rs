@@ -18,9 +18,23 @@ use crate::names::{NodeName, NodeRef};
 use crate::routing::RoutingTable;
 use crate::wire::{MemberInfo, Request};
 
-/// How many gossip inputs may wait for the driver; beyond it datagrams are dropped (gossip
-/// tolerates loss, and a flood must not grow memory).
-const INBOX: usize = 4096;
+/// A documented limit: how many gossip inputs (messages from members, commands) may wait
+/// for the driver. Beyond it a message is dropped, counted and logged (gossip tolerates
+/// loss, and a flood must not grow memory), and one that came on a stream is answered
+/// `Overloaded`, so that its sender knows (a joiner retries after its backoff at once,
+/// rather than waiting out its join timeout).
+pub const GOSSIP_INBOX: usize = 4096;
+
+/// Drops are logged at most this often (a flood must not flood the log too).
+const DROP_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// A message the driver had no room for.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "its gossip inbox is full ({GOSSIP_INBOX} messages waiting: the node is flooded or its gossip is stalled); \
+     the message was dropped, retry later"
+)]
+pub(crate) struct Dropped;
 /// Connections being made for gossip at once; beyond it a transmit is dropped.
 const MAX_CONNECTING: usize = 64;
 
@@ -67,6 +81,10 @@ pub(crate) struct GossipHandle {
     join_names: std::sync::Mutex<HashMap<SocketAddr, NodeName>>,
     /// A durable node's record of where it is and whom it knows (`None` in memory).
     saved: Option<Saved>,
+    /// Inputs dropped because the inbox was full, since the node started.
+    dropped: std::sync::atomic::AtomicU64,
+    /// When a drop was last logged.
+    drop_logged: std::sync::Mutex<Option<Instant>>,
 }
 
 /// Where a durable node keeps its address and the members it knows, and what it last kept.
@@ -91,7 +109,7 @@ impl GossipHandle {
     /// `kvnode members` answered as soon as the node does must not show an empty cluster
     /// (the driver publishes its own view at its first change, or a second later).
     pub fn new(name: NodeName, addr: SocketAddr) -> Self {
-        let (tx, rx) = mpsc::channel(INBOX);
+        let (tx, rx) = mpsc::channel(GOSSIP_INBOX);
         let me = Member {
             name,
             addr,
@@ -108,6 +126,8 @@ impl GossipHandle {
             joined: Default::default(),
             join_names: Default::default(),
             saved: None,
+            dropped: Default::default(),
+            drop_logged: Default::default(),
         }
     }
 
@@ -153,9 +173,32 @@ impl GossipHandle {
         self.joined.store(true, std::sync::atomic::Ordering::Release);
     }
 
-    /// Hands input to the driver without waiting; a full inbox drops it.
-    pub fn offer(&self, input: Input) {
-        let _ = self.tx.try_send(input);
+    /// Hands input to the driver without waiting; a full inbox drops it, counts and logs
+    /// the drop (at most every [`DROP_LOG_EVERY`]) and says so.
+    pub fn offer(&self, input: Input) -> Result<(), Dropped> {
+        use std::sync::atomic::Ordering;
+        match self.tx.try_send(input) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                let total = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                let mut logged = self.drop_logged.lock().unwrap_or_else(PoisonError::into_inner);
+                if logged.is_none_or(|at| at.elapsed() >= DROP_LOG_EVERY) {
+                    *logged = Some(Instant::now());
+                    tracing::warn!(
+                        dropped_since_start = total,
+                        "gossip inbox full ({GOSSIP_INBOX} messages waiting): dropping gossip messages; this node is flooded or its gossip is stalled"
+                    );
+                }
+                Err(Dropped)
+            }
+            // The handle holds the receiver too: the channel never closes while it lives.
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(Dropped),
+        }
+    }
+
+    /// Inputs dropped because the inbox was full, since the node started.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Hands input to the driver, waiting for room (commands that must not be lost).
@@ -309,7 +352,12 @@ impl Node {
                         look_again = unresolved.then(|| tokio::time::Instant::now() + retry_every);
                     }
                 }
-                () = stop.cancelled() => return Ok(()),
+                () = stop.cancelled() => {
+                    if self.gossip.dropped() > 0 {
+                        tracing::info!(dropped = self.gossip.dropped(), "gossip messages dropped with the inbox full since the node started");
+                    }
+                    return Ok(());
+                }
                 never = self.crash_point("gossip") => match never {},
             }
         }
@@ -563,7 +611,8 @@ impl Node {
                 if let Some(token) = joining
                     && let Some(reason) = join_unsendable(&linked, expected.as_ref(), t.to)
                 {
-                    node.gossip.offer(Input::JoinUnanswerable { token, reason });
+                    // Dropped only when the inbox is full: the attempt then times out instead.
+                    let _ = node.gossip.offer(Input::JoinUnanswerable { token, reason });
                     return;
                 }
                 if let Ok(conn) = linked {
@@ -580,6 +629,12 @@ impl Node {
                         };
                         if let Err(e) = conn.call(&request, deadline).await {
                             tracing::debug!(to = %t.to, error = %e, "gossip stream failed");
+                            // The seed did not take our join (its inbox was full, say): retried
+                            // after the backoff, not only once the join timeout has passed.
+                            if let Some(token) = joining {
+                                let reason = format!("{} did not take the join request: {e}", t.to);
+                                let _ = node.gossip.offer(Input::JoinUnanswerable { token, reason });
+                            }
                         }
                     }
                 }
@@ -595,5 +650,46 @@ impl Node {
                 node.gossip.connecting.fetch_sub(1, Ordering::Relaxed);
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gossip::{Ident, Sender};
+
+    #[test]
+    fn a_message_that_finds_the_inbox_full_is_refused_counted_and_said() {
+        let name = NodeName::new("n1").unwrap();
+        let addr: SocketAddr = "127.0.0.1:40411".parse().unwrap();
+        let handle = GossipHandle::new(name.clone(), addr);
+        let peer: SocketAddr = "127.0.0.1:40412".parse().unwrap();
+        let msg = Message::Gossip {
+            from: Sender {
+                id: Ident::new(NodeName::new("n2").unwrap(), peer, 1),
+                incarnation: 0,
+            },
+            piggyback: Vec::new(),
+        };
+        let offer = || {
+            handle.offer(Input::Message {
+                from: peer,
+                msg: msg.clone(),
+            })
+        };
+        // Nobody drains it here: the driver is not running.
+        for _ in 0..GOSSIP_INBOX {
+            assert!(offer().is_ok());
+        }
+        assert_eq!(handle.dropped(), 0);
+        let dropped = offer().unwrap_err();
+        assert_eq!(handle.dropped(), 1);
+        let said = dropped.to_string();
+        assert!(
+            said.contains("inbox is full") && said.contains(&GOSSIP_INBOX.to_string()),
+            "{said}"
+        );
+        assert!(offer().is_err());
+        assert_eq!(handle.dropped(), 2);
     }
 }

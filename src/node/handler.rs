@@ -37,8 +37,14 @@ impl Handler for Node {
                 let msg = crate::gossip::Message::decode(&message).map_err(RemoteError::invalid)?;
                 // The sender is where the message says it is from; the core checks the rest.
                 let from = msg.sender().id.addr;
-                self.gossip.offer(super::gossip::Input::Message { from, msg });
-                Ok(Reply::Done)
+                // Dropped when the inbox is full: the sender is told (issue 22, point 4).
+                match self.gossip.offer(super::gossip::Input::Message { from, msg }) {
+                    Ok(()) => Ok(Reply::Done),
+                    Err(dropped) => Err(RemoteError::Overloaded {
+                        node: self.name.to_string(),
+                        reason: dropped.to_string(),
+                    }),
+                }
             }
             #[cfg(feature = "fault-injection")]
             Request::Panic => panic!("fault injection: a request that panics"),

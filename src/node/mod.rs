@@ -649,7 +649,8 @@ impl Node {
             match crate::gossip::Message::decode(&bytes) {
                 Ok(msg) => {
                     tracing::trace!(%from, len = bytes.len(), "gossip datagram in");
-                    self.gossip.offer(gossip::Input::Message { from, msg })
+                    // A datagram cannot be answered: a drop is counted and logged.
+                    let _ = self.gossip.offer(gossip::Input::Message { from, msg });
                 }
                 Err(e) => tracing::debug!(%from, error = %e, "dropped an undecodable gossip datagram"),
             }
