@@ -811,3 +811,26 @@ fn a_node_whose_old_port_is_taken_says_so_and_listens_on_another() {
     assert!(n1.terminate().success());
     assert_eq!(home.start("n1", &[]).addr(), now);
 }
+
+#[test]
+fn a_restarted_node_whose_saved_members_are_all_gone_serves_at_once() {
+    let home = Home::new();
+    let mut n1 = home.start("n1", &["-v"]);
+    let mut n2 = home.start("n2", &["-v", "--join", "n1"]);
+    wait_for("n1 to see n2", PATIENCE, || {
+        (state_of(&home, "n1", "n2").as_deref() == Some("alive")).then_some(())
+    });
+    n2.kill9();
+    n1.kill9();
+    let n1 = home.start("n1", &["-v"]);
+    // Not held up by the seed it cannot reach: it serves its buckets at once.
+    let out = home.run(&["put", "cart", "apples", "5", "--via", "n1"]);
+    out.expect(0);
+    assert!(out.elapsed < Duration::from_secs(3), "{:?}", out.elapsed);
+    // Said once, quietly retried after.
+    n1.wait_log("the failed rejoin", |l| {
+        l.contains("could not rejoin through this member")
+    });
+    let loud = n1.stderr().iter().filter(|l| l.contains("could not join")).count();
+    assert_eq!(loud, 0, "{}", n1.stderr().join("\n"));
+}

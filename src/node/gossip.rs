@@ -98,6 +98,24 @@ struct Saved {
     latest: Arc<std::sync::Mutex<(SavedCluster, Option<Instant>)>>,
     /// Held while writing, so two writes never share the temporary file.
     writing: Arc<std::sync::Mutex<()>>,
+    /// Saved members a rejoin through has failed (bounded by `rejoin`).
+    failed: std::sync::Mutex<Vec<SocketAddr>>,
+}
+
+impl Saved {
+    fn rejoins_through(&self, seed: SocketAddr) -> bool {
+        self.rejoin.iter().any(|(_, addr)| *addr == seed)
+    }
+
+    /// Whether this is the first failure to rejoin through `seed`; records it.
+    fn first_failure(&self, seed: SocketAddr) -> bool {
+        let mut failed = self.failed.lock().unwrap_or_else(PoisonError::into_inner);
+        let first = !failed.contains(&seed);
+        if first {
+            failed.push(seed);
+        }
+        first
+    }
 }
 
 /// A record whose members only changed order (states flapping) is written at most this
@@ -160,6 +178,7 @@ impl GossipHandle {
             rejoin,
             latest: Arc::new(std::sync::Mutex::new(latest)),
             writing: Default::default(),
+            failed: Default::default(),
         });
         self
     }
@@ -466,7 +485,18 @@ impl Node {
                     tracing::info!(%seed, members, "joined the cluster");
                 }
                 Event::JoinFailed { seed, reason } => {
-                    tracing::warn!(%seed, %reason, "could not join through this member yet; retrying");
+                    match self.gossip.saved.as_ref().filter(|s| s.rejoins_through(seed)) {
+                        // A member known before the restart may be gone for good: said once, not
+                        // every retry for as long as the node runs.
+                        Some(saved) if !saved.first_failure(seed) => {
+                            tracing::debug!(%seed, %reason, "could not rejoin through this member yet; retrying");
+                        }
+                        Some(_) => tracing::info!(
+                            %seed, %reason,
+                            "could not rejoin through this member it knew before it stopped; retrying in the background (further failures are logged at debug level)"
+                        ),
+                        None => tracing::warn!(%seed, %reason, "could not join through this member yet; retrying"),
+                    }
                 }
                 Event::JoinRefused { seed, reason } => {
                     tracing::error!(%seed, %reason, "the cluster refused this node");
