@@ -286,8 +286,10 @@ async fn route(args: RouteArgs, settings: &Settings, deadline: Instant, out: &mu
         } else {
             out.line(node.as_str());
             if state != "alive" {
+                // The path starts at the node asked, which answered from its table.
+                let asked = path.first().map_or("the node asked", |n| n.as_str());
                 tracing::warn!(
-                    "{node}, the owner of this bucket, {} by the membership of the node asked; requests for the bucket fail (exit 3) until it is back",
+                    "{node}, the owner of this bucket, {} (so says {asked}'s gossip membership); requests for the bucket fail (exit 3) until it is back",
                     match state.as_str() {
                         "unknown" => "is not a member",
                         state => crate::gossip::said(state),
