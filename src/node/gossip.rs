@@ -11,7 +11,7 @@ use serde_bytes::ByteBuf;
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::saved_cluster::{self, SavedCluster};
+use super::saved_cluster;
 use super::{ConnectFailure, Node};
 use crate::gossip::{Event, Gossip, Message, State, Transmit};
 use crate::names::{NodeName, NodeRef};
@@ -80,47 +80,12 @@ pub(crate) struct GossipHandle {
     /// answering under another name is not joined through.
     join_names: std::sync::Mutex<HashMap<SocketAddr, NodeName>>,
     /// A durable node's record of where it is and whom it knows (`None` in memory).
-    saved: Option<Saved>,
+    saved: Option<saved_cluster::Saver>,
     /// Inputs dropped because the inbox was full, since the node started.
     dropped: std::sync::atomic::AtomicU64,
     /// When a drop was last logged.
     drop_logged: std::sync::Mutex<Option<Instant>>,
 }
-
-/// Where a durable node keeps its address and the members it knows, and what it last kept.
-struct Saved {
-    path: std::path::PathBuf,
-    bound: SocketAddr,
-    /// The members saved when the node started, to rejoin through: only for a node with no
-    /// `join` of its own (a data directory reused in another cluster must not join the old).
-    rejoin: Vec<(NodeName, SocketAddr)>,
-    /// The latest record wanted on disk, and when it was last asked for.
-    latest: Arc<std::sync::Mutex<(SavedCluster, Option<Instant>)>>,
-    /// Held while writing, so two writes never share the temporary file.
-    writing: Arc<std::sync::Mutex<()>>,
-    /// Saved members a rejoin through has failed (bounded by `rejoin`).
-    failed: std::sync::Mutex<Vec<SocketAddr>>,
-}
-
-impl Saved {
-    fn rejoins_through(&self, seed: SocketAddr) -> bool {
-        self.rejoin.iter().any(|(_, addr)| *addr == seed)
-    }
-
-    /// Whether this is the first failure to rejoin through `seed`; records it.
-    fn first_failure(&self, seed: SocketAddr) -> bool {
-        let mut failed = self.failed.lock().unwrap_or_else(PoisonError::into_inner);
-        let first = !failed.contains(&seed);
-        if first {
-            failed.push(seed);
-        }
-        first
-    }
-}
-
-/// A record whose members only changed order (states flapping) is written at most this
-/// often: it must not cost an fsync each time.
-const SAVE_EVERY: Duration = Duration::from_secs(2);
 
 impl GossipHandle {
     /// The handle of node `name` at `addr`, which lists itself as a member from the start:
@@ -149,37 +114,9 @@ impl GossipHandle {
         }
     }
 
-    /// Keeps this node's address (`bound`) and the members it knows at `path`, starting from
-    /// `before` (what was there); `rejoin`: rejoin through the members saved there.
-    pub fn saving_to(
-        mut self,
-        path: std::path::PathBuf,
-        bound: SocketAddr,
-        before: Option<SavedCluster>,
-        rejoin: bool,
-    ) -> Self {
-        let before = before.unwrap_or_default();
-        let rejoin = if rejoin { before.members.clone() } else { Vec::new() };
-        // The port is kept at once (a node killed in its first second keeps it too); this
-        // runs before the node serves, and writes only when the port changed.
-        let mut latest = (before, None);
-        if latest.0.bound != Some(bound) {
-            latest.0.bound = Some(bound);
-            match saved_cluster::save(&path, &latest.0) {
-                Ok(()) => latest.1 = Some(Instant::now()),
-                Err(e) => {
-                    tracing::warn!(path = %path.display(), error = %e, "cannot save this node's address; after a restart it may listen elsewhere")
-                }
-            }
-        }
-        self.saved = Some(Saved {
-            path,
-            bound,
-            rejoin,
-            latest: Arc::new(std::sync::Mutex::new(latest)),
-            writing: Default::default(),
-            failed: Default::default(),
-        });
+    /// Keeps this node's address and the members it knows with `saver` (a durable node).
+    pub fn saving_to(mut self, saver: saved_cluster::Saver) -> Self {
+        self.saved = Some(saver);
         self
     }
 
@@ -271,11 +208,6 @@ fn join_unsendable(
             )
         }),
     }
-}
-
-/// Whether `a` and `b` hold the same members at the same addresses, in any order.
-fn same_members(a: &[(NodeName, SocketAddr)], b: &[(NodeName, SocketAddr)]) -> bool {
-    a.len() == b.len() && a.iter().all(|m| b.contains(m))
 }
 
 /// Sleeps until `at`, or forever when there is nothing to wait for.
@@ -416,7 +348,7 @@ impl Node {
         // The members a durable node knew when it last ran (issue 22, point 10): the node
         // that started the cluster has no other way back into it. A seed that is gone only
         // costs a join attempt retried in the background; the node serves meanwhile.
-        let saved = self.gossip.saved.as_ref().map_or(&[][..], |s| &s.rejoin[..]);
+        let saved = self.gossip.saved.as_ref().map_or(&[][..], |s| s.rejoin());
         for (name, addr) in saved {
             if *name != self.name && *addr != self.listen {
                 seeds.push(*addr);
@@ -536,40 +468,11 @@ impl Node {
         changed
     }
 
-    /// Saves (off the event loop, at most every [`SAVE_EVERY`]) where this durable node is
-    /// and the members it knows, when that changed.
+    /// Saves where this durable node is and the members it knows, when that changed.
     fn save_members(&self, core: &Gossip) {
-        let Some(saved) = &self.gossip.saved else {
-            return;
-        };
-        {
-            let mut latest = saved.latest.lock().unwrap_or_else(PoisonError::into_inner);
-            let known = core.members().map(|m| (m.name, m.addr, m.state));
-            let next = saved_cluster::to_save(saved.bound, &self.name, known, &latest.0);
-            if latest.1.is_some() && next == latest.0 {
-                return;
-            }
-            // A member joined, went, or moved: saved now. Only their order changed (states
-            // flapping): at most every SAVE_EVERY.
-            let reordered = latest.0.bound == next.bound && same_members(&latest.0.members, &next.members);
-            if reordered && latest.1.is_some_and(|at| at.elapsed() < SAVE_EVERY) {
-                return;
-            }
-            *latest = (next, Some(Instant::now()));
+        if let Some(saver) = &self.gossip.saved {
+            saver.save(&self.name, core.members().map(|m| (m.name, m.addr, m.state)));
         }
-        let (path, latest, writing) = (
-            saved.path.clone(),
-            Arc::clone(&saved.latest),
-            Arc::clone(&saved.writing),
-        );
-        tokio::task::spawn_blocking(move || {
-            let _writing = writing.lock().unwrap_or_else(PoisonError::into_inner);
-            // The latest wanted when this write runs: whichever write runs last leaves it.
-            let record = latest.lock().unwrap_or_else(PoisonError::into_inner).0.clone();
-            if let Err(e) = saved_cluster::save(&path, &record) {
-                tracing::warn!(path = %path.display(), error = %e, "cannot save this node's address and members; after a restart it may not find its cluster again");
-            }
-        });
     }
 
     fn publish_members(&self, core: &Gossip, seen: &mut HashMap<NodeName, Instant>) {

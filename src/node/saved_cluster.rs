@@ -5,6 +5,8 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -104,6 +106,105 @@ pub fn to_save<'a>(
         bound: Some(bound),
         members,
     }
+}
+
+/// A record whose members only changed order (states flapping) is written at most this
+/// often: it must not cost an fsync each time.
+const SAVE_EVERY: Duration = Duration::from_secs(2);
+
+/// Where a durable node keeps its address and the members it knows, and what it last kept.
+pub struct Saver {
+    path: PathBuf,
+    bound: SocketAddr,
+    /// The members saved when the node started, to rejoin through: only for a node with no
+    /// `join` of its own (a data directory reused in another cluster must not join the old).
+    rejoin: Vec<(NodeName, SocketAddr)>,
+    /// The latest record wanted on disk, and when it was last asked for.
+    latest: Arc<Mutex<(SavedCluster, Option<Instant>)>>,
+    /// Held while writing, so two writes never share the temporary file.
+    writing: Arc<Mutex<()>>,
+    /// Saved members a rejoin through has failed (bounded by `rejoin`).
+    failed: Mutex<Vec<SocketAddr>>,
+}
+
+impl Saver {
+    /// Keeps the address `bound` and the members known at `path`, starting from `before`
+    /// (what was there); `rejoin`: rejoin through the members saved there. The address is
+    /// written at once (a node killed in its first second keeps its port too): this runs
+    /// before the node serves, and writes only when the address changed.
+    pub fn new(path: PathBuf, bound: SocketAddr, before: Option<SavedCluster>, rejoin: bool) -> Self {
+        let before = before.unwrap_or_default();
+        let rejoin = if rejoin { before.members.clone() } else { Vec::new() };
+        let mut latest = (before, None);
+        if latest.0.bound != Some(bound) {
+            latest.0.bound = Some(bound);
+            match save(&path, &latest.0) {
+                Ok(()) => latest.1 = Some(Instant::now()),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot save this node's address; after a restart it may listen elsewhere")
+                }
+            }
+        }
+        Self {
+            path,
+            bound,
+            rejoin,
+            latest: Arc::new(Mutex::new(latest)),
+            writing: Default::default(),
+            failed: Default::default(),
+        }
+    }
+
+    /// The members to rejoin through.
+    pub fn rejoin(&self) -> &[(NodeName, SocketAddr)] {
+        &self.rejoin
+    }
+
+    pub fn rejoins_through(&self, seed: SocketAddr) -> bool {
+        self.rejoin.iter().any(|(_, addr)| *addr == seed)
+    }
+
+    /// Whether this is the first failure to rejoin through `seed`; records it.
+    pub fn first_failure(&self, seed: SocketAddr) -> bool {
+        let mut failed = self.failed.lock().unwrap_or_else(PoisonError::into_inner);
+        let first = !failed.contains(&seed);
+        if first {
+            failed.push(seed);
+        }
+        first
+    }
+
+    /// Saves, off the event loop, the members `known` (this node `me` among them) when they
+    /// changed: at once when one joined, went or moved; at most every [`SAVE_EVERY`] when
+    /// only their order did.
+    pub fn save<'a>(&self, me: &NodeName, known: impl Iterator<Item = (&'a NodeName, SocketAddr, State)>) {
+        {
+            let mut latest = self.latest.lock().unwrap_or_else(PoisonError::into_inner);
+            let next = to_save(self.bound, me, known, &latest.0);
+            if latest.1.is_some() && next == latest.0 {
+                return;
+            }
+            let reordered = latest.0.bound == next.bound && same_members(&latest.0.members, &next.members);
+            if reordered && latest.1.is_some_and(|at| at.elapsed() < SAVE_EVERY) {
+                return;
+            }
+            *latest = (next, Some(Instant::now()));
+        }
+        let (path, latest, writing) = (self.path.clone(), Arc::clone(&self.latest), Arc::clone(&self.writing));
+        tokio::task::spawn_blocking(move || {
+            let _writing = writing.lock().unwrap_or_else(PoisonError::into_inner);
+            // The latest wanted when this write runs: whichever write runs last leaves it.
+            let record = latest.lock().unwrap_or_else(PoisonError::into_inner).0.clone();
+            if let Err(e) = save(&path, &record) {
+                tracing::warn!(path = %path.display(), error = %e, "cannot save this node's address and members; after a restart it may not find its cluster again");
+            }
+        });
+    }
+}
+
+/// Whether `a` and `b` hold the same members at the same addresses, in any order.
+fn same_members(a: &[(NodeName, SocketAddr)], b: &[(NodeName, SocketAddr)]) -> bool {
+    a.len() == b.len() && a.iter().all(|m| b.contains(m))
 }
 
 /// Binds the node's endpoint at [`listen_at`]; if that is the port of last time and it is
