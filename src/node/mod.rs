@@ -269,37 +269,42 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         idle_timeout: config.timeouts.idle,
         stopping: CancellationToken::new(),
     };
-    let node =
-        Arc::new(Node {
-            name: config.name.clone(),
-            peers: PeerPool::new(endpoint.clone(), secret.clone(), config.name.clone(), listen),
-            listen,
-            secret,
-            store,
-            table: RwLock::new(Arc::new(table)),
-            table_file,
-            table_saved: Default::default(),
-            hops: Default::default(),
-            directory,
-            serve,
-            tasks: TaskTracker::new(),
-            connections: AtomicUsize::new(0),
-            handshaking: AtomicUsize::new(0),
-            penalties: Default::default(),
-            gossip: match cluster_file {
-                // Rejoining through the members saved only without `join`, as with the table.
-                Some(file) => gossip::GossipHandle::new(config.name.clone(), listen).saving_to(
-                    saved_cluster::Saver::new(file, bound, saved_cluster, config.join.is_empty()),
-                ),
-                None => gossip::GossipHandle::new(config.name.clone(), listen),
-            },
-            fatal: CancellationToken::new(),
-            fatal_reason: Default::default(),
-            chat_out: Default::default(),
-            #[cfg(feature = "fault-injection")]
-            crash: Default::default(),
-            config,
-        });
+    // A durable node keeps where it is and whom it knows; it rejoins through the members
+    // saved only without `join` of its own, as with the table.
+    let gossip = gossip::GossipHandle::new(config.name.clone(), listen);
+    let gossip = match cluster_file {
+        Some(file) => gossip.saving_to(saved_cluster::Saver::new(
+            file,
+            bound,
+            saved_cluster,
+            config.join.is_empty(),
+        )),
+        None => gossip,
+    };
+    let node = Arc::new(Node {
+        name: config.name.clone(),
+        peers: PeerPool::new(endpoint.clone(), secret.clone(), config.name.clone(), listen),
+        listen,
+        secret,
+        store,
+        table: RwLock::new(Arc::new(table)),
+        table_file,
+        table_saved: Default::default(),
+        hops: Default::default(),
+        directory,
+        serve,
+        tasks: TaskTracker::new(),
+        connections: AtomicUsize::new(0),
+        handshaking: AtomicUsize::new(0),
+        penalties: Default::default(),
+        gossip,
+        fatal: CancellationToken::new(),
+        fatal_reason: Default::default(),
+        chat_out: Default::default(),
+        #[cfg(feature = "fault-injection")]
+        crash: Default::default(),
+        config,
+    });
 
     // Two stops: `serve.stopping` drains requests; `parts_stop` then ends the long-lived parts,
     // after the requests that need them (the store's writer) are done.
