@@ -248,7 +248,13 @@ async fn route(args: RouteArgs, settings: &Settings, deadline: Instant, out: &mu
     if let Some(bucket) = args.bucket {
         let bucket = arg_bytes(bucket);
         wire::check_bucket(&bucket).map_err(ClientError::Usage)?;
-        let reply = ask(settings, deadline, bucket_request(bucket.clone(), BucketOp::Route)).await?;
+        let request = bucket_request(bucket.clone(), BucketOp::Route);
+        let (reply, state) = connected(settings, None, deadline, async |client| {
+            let reply = client.call(request).await?;
+            let state = owner_state(client, &reply).await;
+            Ok((reply, state))
+        })
+        .await?;
         let Reply::Owner { node, path } = reply else {
             return unexpected(&reply);
         };
@@ -261,9 +267,21 @@ async fn route(args: RouteArgs, settings: &Settings, deadline: Instant, out: &mu
                 json!(path.iter().map(|n| n.as_str()).collect::<Vec<_>>()),
             );
             o.insert("hops".into(), json!(path.len().saturating_sub(1)));
+            o.insert("state".into(), json!(state));
             out.object(Value::Object(o));
         } else {
             out.line(node.as_str());
+            if state != "alive" {
+                // The path starts at the node asked, which answered from its table.
+                let asked = path.first().map_or("the node asked", |n| n.as_str());
+                tracing::warn!(
+                    "{node}, the owner of this bucket, {} (so says {asked}'s gossip membership); requests for the bucket fail (exit 3) until it is back",
+                    match state.as_str() {
+                        "unknown" => "is not a member",
+                        state => crate::gossip::said(state),
+                    }
+                );
+            }
         }
         return Ok(());
     }
@@ -355,6 +373,25 @@ async fn set_table(
     }
     print_table(&table, out);
     Ok(())
+}
+
+/// The gossip state of the owner `reply` names: `alive` when the owner answered itself (the
+/// path ends with it), else as the node asked holds it (`route BUCKET` is answered from the
+/// table when the owner is down), `unknown` when it is no member there.
+async fn owner_state(client: &Client, reply: &Reply) -> String {
+    let Reply::Owner { node, path } = reply else {
+        return "unknown".into();
+    };
+    if path.last() == Some(node) {
+        return "alive".into();
+    }
+    match client.call(Request::Members).await {
+        Ok(Reply::Members(members)) => members
+            .into_iter()
+            .find(|m| m.name == *node)
+            .map_or_else(|| "unknown".into(), |m| m.state),
+        _ => "unknown".into(),
+    }
 }
 
 /// `# version 3, set by foo` then one `range=node` per line, so the entries can be fed back

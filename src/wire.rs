@@ -432,6 +432,10 @@ pub enum RemoteError {
         found: u64,
         setter: String,
     },
+    /// The node had no room for the request and dropped it; worth retrying later (exit 3).
+    /// Said, for one, by a node whose gossip inbox is full.
+    #[error("node {node} is overloaded and dropped the request: {reason}")]
+    Overloaded { node: String, reason: String },
 }
 
 /// What a routing loop or a hop limit means, and what to do.
@@ -449,7 +453,7 @@ impl RemoteError {
         match self {
             KeyNotFound { .. } | BucketNotFound { .. } => 1,
             InvalidInput { .. } => 2,
-            Unreachable { .. } | DeadlineExceeded { .. } | ShuttingDown { .. } => 3,
+            Unreachable { .. } | DeadlineExceeded { .. } | ShuttingDown { .. } | Overloaded { .. } => 3,
             AuthRefused { .. } => 4,
             NoRoute { .. } | RoutingLoop { .. } | HopLimit { .. } | TableChanged { .. } => 5,
             Internal { .. } => 6,

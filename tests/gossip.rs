@@ -704,3 +704,135 @@ fn a_partition_across_network_namespaces_heals_into_one_membership() {
     println!("the partition healed into one membership {took:?} after the link came back");
     assert!(took < Duration::from_secs(30), "{took:?}");
 }
+
+/// `name -> (state, addr)` as `kvnode members --json` reports it through `via`.
+fn members_at(home: &Home, via: &str) -> Vec<(String, String, String)> {
+    let out = home.run(&["members", "--via", via, "--json", "--timeout", "2s"]);
+    if out.code != Some(0) {
+        return Vec::new();
+    }
+    out.stdout()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let field = |k: &str| v[k].as_str().unwrap().to_string();
+            (field("name"), field("state"), field("addr"))
+        })
+        .collect()
+}
+
+/// Every node sees every node alive, at the address it published.
+fn whole_at_their_addresses(home: &Home, nodes: &[&Node]) -> bool {
+    nodes.iter().all(|via| {
+        let m = members_at(home, &via.name);
+        nodes.iter().all(|n| {
+            let addr = n.addr().to_string();
+            m.iter()
+                .any(|(name, state, at)| *name == n.name && state == "alive" && *at == addr)
+        })
+    })
+}
+
+/// Issue 22 point 10: three durable nodes, the first started with no `--join`; it is stopped
+/// (`kill -9`, or SIGTERM when `gently`) and started again exactly as it was. Returns how
+/// long after its restart the three saw each other alive again.
+fn first_node_restarted_rejoins(gently: bool) -> Duration {
+    let home = Home::new();
+    let mut n1 = home.start("n1", &["-v"]);
+    let n2 = home.start("n2", &["-v", "--join", "n1"]);
+    let n3 = home.start("n3", &["-v", "--join", "n1"]);
+    wait_for("one membership", PATIENCE, || {
+        whole_at_their_addresses(&home, &[&n1, &n2, &n3]).then_some(())
+    });
+    // Every bucket is n1's: it started the cluster with the table it made for itself.
+    home.run(&["put", "cart", "apples", "5", "--via", "n2"]).ok();
+    if gently {
+        assert!(n1.terminate().success());
+    } else {
+        n1.kill9();
+    }
+    let n1 = home.start("n1", &["-v"]);
+    let restarted = Instant::now();
+    let nodes = [&n1, &n2, &n3];
+    wait_for("the three to see each other alive again", PATIENCE, || {
+        whole_at_their_addresses(&home, &nodes).then_some(())
+    });
+    let took = restarted.elapsed();
+    println!(
+        "after {}, the first node restarted was seen alive by all after {took:?}",
+        if gently { "SIGTERM" } else { "kill -9" }
+    );
+    assert!(
+        took < Duration::from_secs(10),
+        "{took:?}\n{}",
+        nodes
+            .iter()
+            .map(|n| format!("--- {} ---\n{}", n.name, n.stderr().join("\n")))
+            .collect::<String>()
+    );
+    // Its buckets are served through every node, its data kept.
+    for via in ["n1", "n2", "n3"] {
+        assert_eq!(
+            home.run(&["get", "cart", "apples", "--via", via]).ok(),
+            "5\n",
+            "via {via}"
+        );
+        home.run(&["put", "cart", via, "1", "--via", via]).ok();
+    }
+    took
+}
+
+#[test]
+fn the_first_node_killed_and_restarted_as_it_was_rejoins_its_cluster() {
+    first_node_restarted_rejoins(false);
+}
+
+#[test]
+fn the_first_node_stopped_and_restarted_as_it_was_rejoins_its_cluster() {
+    first_node_restarted_rejoins(true);
+}
+
+#[test]
+fn a_node_whose_old_port_is_taken_says_so_and_listens_on_another() {
+    let home = Home::new();
+    let mut n1 = home.start("n1", &[]);
+    let old = n1.addr();
+    n1.kill9();
+    // Someone else has its port now.
+    let squatter = std::net::UdpSocket::bind(old).unwrap();
+    let n1 = home.start("n1", &[]);
+    assert_ne!(n1.addr(), old);
+    n1.wait_log("the fallback said", |l| {
+        l.contains(&old.to_string()) && l.contains("taken") && l.contains("new random port")
+    });
+    assert_eq!(home.run(&["ping", "n1"]).ok(), "pong\n");
+    drop(squatter);
+    // And it keeps the port it has now.
+    let mut n1 = n1;
+    let now = n1.addr();
+    assert!(n1.terminate().success());
+    assert_eq!(home.start("n1", &[]).addr(), now);
+}
+
+#[test]
+fn a_restarted_node_whose_saved_members_are_all_gone_serves_at_once() {
+    let home = Home::new();
+    let mut n1 = home.start("n1", &["-v"]);
+    let mut n2 = home.start("n2", &["-v", "--join", "n1"]);
+    wait_for("n1 to see n2", PATIENCE, || {
+        (state_of(&home, "n1", "n2").as_deref() == Some("alive")).then_some(())
+    });
+    n2.kill9();
+    n1.kill9();
+    let n1 = home.start("n1", &["-v"]);
+    // Not held up by the seed it cannot reach: it serves its buckets at once.
+    let out = home.run(&["put", "cart", "apples", "5", "--via", "n1"]);
+    out.expect(0);
+    assert!(out.elapsed < Duration::from_secs(3), "{:?}", out.elapsed);
+    // Said once, quietly retried after.
+    n1.wait_log("the failed rejoin", |l| {
+        l.contains("could not rejoin through this member")
+    });
+    let loud = n1.stderr().iter().filter(|l| l.contains("could not join")).count();
+    assert_eq!(loud, 0, "{}", n1.stderr().join("\n"));
+}

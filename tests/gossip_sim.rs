@@ -232,3 +232,73 @@ fn a_leaving_node_is_marked_left_and_never_dead() {
     );
     assert_healthy(&sim);
 }
+
+/// Every node but `id` holds `id` alive in `generation`.
+fn all_hold_alive(sim: &Sim, id: NodeId, generation: u64) -> bool {
+    let name = format!("n{id}");
+    (0..sim.len()).filter(|&i| i != id).all(|i| {
+        sim.node(i)
+            .member(&name)
+            .is_some_and(|m| (m.state, m.generation) == (State::Alive, generation))
+    })
+}
+
+#[test]
+fn a_node_that_left_and_rejoins_under_a_new_generation_is_alive_at_once() {
+    let mut sim = Sim::converged(config(11, 0.0), Instant::now(), 20);
+    sim.run_until(Duration::from_secs(1));
+    sim.leave(4);
+    sim.run_for(Duration::from_secs(3));
+    assert!(
+        (0..20)
+            .filter(|&i| i != 4)
+            .all(|i| sim.node(i).member("n4").unwrap().state == State::Left)
+    );
+    sim.restart(4);
+    sim.join(4, 0);
+    let start = sim.now();
+    // Not behind its `left`: the seed takes it at once, gossip tells the rest.
+    let took = sim
+        .run_until_true(Duration::from_secs(10), Duration::from_millis(10), |s| {
+            all_hold_alive(s, 4, 2)
+        })
+        .map(|t| t - start);
+    assert!(took.is_some_and(|t| t < Duration::from_secs(2)), "{took:?}");
+    assert_healthy(&sim);
+}
+
+/// A node that comes back at its address without joining anyone (it knew nobody it could
+/// name, or lost what it knew) is found there again by the members that hold it dead or left.
+fn restarted_without_joining_is_found_again(gently: bool) {
+    let mut sim = Sim::converged(config(12, 0.0), Instant::now(), 20);
+    sim.run_until(Duration::from_secs(1));
+    if gently {
+        sim.leave(4);
+    } else {
+        sim.kill(4);
+    }
+    let down = if gently { State::Left } else { State::Dead };
+    let held_down = sim.run_until_true(Duration::from_secs(30), Duration::from_millis(100), |s| {
+        (0..20)
+            .filter(|&i| i != 4)
+            .all(|i| s.node(i).member("n4").unwrap().state == down)
+    });
+    assert!(held_down.is_some());
+    sim.restart(4);
+    let start = sim.now();
+    let reconnect = GossipConfig::default().reconnect_interval;
+    let found = sim.run_until_true(3 * reconnect, Duration::from_millis(50), |s| all_hold_alive(s, 4, 2));
+    assert!(found.is_some(), "not found again within {:?}", 3 * reconnect);
+    println!("found again after {:?}", found.unwrap() - start);
+    assert_healthy(&sim);
+}
+
+#[test]
+fn a_dead_node_restarted_at_its_address_without_joining_is_found_again() {
+    restarted_without_joining_is_found_again(false);
+}
+
+#[test]
+fn a_node_that_left_and_restarted_at_its_address_without_joining_is_found_again() {
+    restarted_without_joining_is_found_again(true);
+}

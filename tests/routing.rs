@@ -532,3 +532,78 @@ fn a_stopping_node_finishes_the_requests_in_flight() {
     assert!(stderr.contains("node bar"), "{stderr}");
     assert_eq!(foo.wait_exit().code(), Some(0));
 }
+
+/// foo and bar (`a-m=foo,n-z=bar`), bar joined to foo, then stopped (`kill -9`, or SIGTERM
+/// when `gently`) until foo's gossip holds it `dead` (or `left`): foo, and that state.
+fn bar_down_in_foos_gossip(home: &Home, gently: bool) -> (Node, &'static str) {
+    let table = ["--in-memory", "--table", "a-m=foo,n-z=bar"];
+    let foo = home.start("foo", &table);
+    let mut bar = home.start("bar", &[&table[..], &["--join", "foo"]].concat());
+    home.run(&["put", "world", "k", "v", "--via", "foo"]).ok();
+    let state = if gently {
+        assert!(bar.terminate().success());
+        "left"
+    } else {
+        bar.kill9();
+        "dead"
+    };
+    wait_for(&format!("foo to hold bar {state}"), Duration::from_secs(30), || {
+        let members = home.run(&["members", "--via", "foo", "--json"]).ok();
+        members
+            .lines()
+            .any(|l| json(l)["name"] == "bar" && json(l)["state"] == state)
+            .then_some(())
+    });
+    (foo, state)
+}
+
+#[test]
+fn a_request_for_an_owner_gossip_holds_dead_or_left_fails_at_once_naming_it() {
+    for gently in [false, true] {
+        let home = Home::new();
+        let (_foo, state) = bar_down_in_foos_gossip(&home, gently);
+        for args in [
+            &["get", "world", "k"][..],
+            &["put", "world", "k", "w"],
+            &["keys", "world"],
+        ] {
+            let out = home.run(&[args, &["--via", "foo", "--timeout", "20s"]].concat());
+            out.expect(3);
+            assert!(
+                out.stderr.contains("node bar") && out.stderr.contains(state),
+                "{args:?}: {}",
+                out.stderr
+            );
+            // At once: not after the 20 s it was given (a client start takes a moment).
+            assert!(out.elapsed < Duration::from_secs(3), "{args:?} took {:?}", out.elapsed);
+        }
+    }
+}
+
+#[test]
+fn route_answers_from_the_table_when_the_owner_is_down_with_its_state() {
+    for gently in [false, true] {
+        let home = Home::new();
+        let (_foo, state) = bar_down_in_foos_gossip(&home, gently);
+        let out = home.run(&["route", "world", "--via", "foo", "--timeout", "20s"]);
+        assert_eq!(out.ok(), "bar\n");
+        assert!(
+            out.stderr.contains("bar") && out.stderr.contains(state),
+            "{}",
+            out.stderr
+        );
+        assert!(out.elapsed < Duration::from_secs(3), "took {:?}", out.elapsed);
+        let out = json(&home.run(&["route", "world", "--via", "foo", "--json"]).ok());
+        assert_eq!(
+            (&out["owner"], &out["state"]),
+            (&json("\"bar\""), &json(&format!("\"{state}\"")))
+        );
+        assert_eq!(out["path"], json("[\"foo\"]"));
+        // A live owner: alive, and the hops taken to it.
+        let out = json(&home.run(&["route", "hello", "--via", "foo", "--json"]).ok());
+        assert_eq!(
+            (&out["owner"], &out["state"], &out["hops"]),
+            (&json("\"foo\""), &json("\"alive\""), &json("0"))
+        );
+    }
+}

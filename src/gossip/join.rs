@@ -322,12 +322,14 @@ impl Gossip {
         self.scratch = pick;
     }
 
-    /// Reaching out to dead members, so that a healed partition merges.
+    /// Reaching out to dead members, so that a healed partition merges, and to members that
+    /// left, so that one started again at its address is found there even if it joins nobody.
     ///
-    /// First a ping to up to `gossip_fanout` random dead members: if one is alive after all,
-    /// its ack carries its claim to be alive, and if that claim does not beat our "dead", we
-    /// tell it (`tell_if_written_off`) and it refutes. A datagram each is cheap enough to send
-    /// even to a member that really crashed.
+    /// First a ping to up to `gossip_fanout` random dead or left members: if one is alive
+    /// after all, its ack carries its claim to be alive, and if that claim does not beat our
+    /// "dead", we tell it (`tell_if_written_off`) and it refutes; a new process there answers
+    /// under its newer generation, which supersedes the old one's `dead` or `left` at once.
+    /// A datagram each is cheap enough to send even to a member that really crashed.
     ///
     /// Then, like Serf, a full push-pull to one of them with probability dead / alive: one
     /// crashed node in 10,000 is not worth 10,000 full states every interval, while the side

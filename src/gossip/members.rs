@@ -252,6 +252,11 @@ impl NameIndex {
 }
 
 /// All members this node knows, itself included.
+/// Dead or left: not probed, but worth a reconnect attempt now and then.
+fn is_down(state: State) -> bool {
+    matches!(state, State::Dead | State::Left)
+}
+
 #[derive(Clone, Default)]
 pub(crate) struct Members {
     records: Vec<Option<Member>>,
@@ -261,7 +266,9 @@ pub(crate) struct Members {
     /// Round-robin probe order, reshuffled each pass.
     probe_order: Vec<Slot>,
     probe_pos: usize,
-    /// Members that went dead (not left): reconnect candidates, cleaned lazily.
+    /// Members that went dead or left: reconnect candidates, cleaned lazily. A member that
+    /// left may come back at its address without knowing whom to join (a restart that lost
+    /// or never had a seed): a ping now and then finds it again (issue 22, point 10).
     down: Vec<Slot>,
     /// (due ms, slot, changed_ms) of dead and left members, in the order they went down.
     forget: VecDeque<(u64, Slot, u64)>,
@@ -304,7 +311,7 @@ impl Members {
     /// Adds a member (whose name must not be present) at a random place in the probe order.
     pub fn insert(&mut self, member: Member, rng: &mut SmallRng) -> Slot {
         self.counts[member.state as usize] += 1;
-        let down = member.state == State::Dead;
+        let down = is_down(member.state);
         let slot = match self.free.pop() {
             Some(slot) => slot,
             None => {
@@ -344,7 +351,7 @@ impl Members {
         if changed {
             m.changed_ms = now_ms;
         }
-        if changed && state == State::Dead {
+        if changed && is_down(state) {
             self.down.push(slot);
             if self.down.len() > 2 * self.records.len() + 16 {
                 self.compact_down();
@@ -397,7 +404,7 @@ impl Members {
     fn compact_down(&mut self) {
         let records = &self.records;
         self.down
-            .retain(|&s| records[s as usize].as_ref().is_some_and(|m| m.state == State::Dead));
+            .retain(|&s| records[s as usize].as_ref().is_some_and(|m| is_down(m.state)));
         self.down.sort_unstable();
         self.down.dedup();
     }
@@ -468,12 +475,12 @@ impl Members {
         }
     }
 
-    /// A random dead (not left) member, for the periodic reconnect attempt.
+    /// A random dead or left member, for the periodic reconnect attempt.
     pub fn random_down(&mut self, rng: &mut SmallRng) -> Option<Slot> {
         while !self.down.is_empty() {
             let i = rng.random_range(0..self.down.len());
             let slot = self.down[i];
-            if self.get(slot).is_some_and(|m| m.state == State::Dead) {
+            if self.get(slot).is_some_and(|m| is_down(m.state)) {
                 return Some(slot);
             }
             self.down.swap_remove(i);

@@ -11,15 +11,30 @@ use serde_bytes::ByteBuf;
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use super::saved_cluster;
 use super::{ConnectFailure, Node};
 use crate::gossip::{Event, Gossip, Message, State, Transmit};
 use crate::names::{NodeName, NodeRef};
 use crate::routing::RoutingTable;
 use crate::wire::{MemberInfo, Request};
 
-/// How many gossip inputs may wait for the driver; beyond it datagrams are dropped (gossip
-/// tolerates loss, and a flood must not grow memory).
-const INBOX: usize = 4096;
+/// A documented limit: how many gossip inputs (messages from members, commands) may wait
+/// for the driver. Beyond it a message is dropped, counted and logged (gossip tolerates
+/// loss, and a flood must not grow memory), and one that came on a stream is answered
+/// `Overloaded`, so that its sender knows (a joiner retries after its backoff at once,
+/// rather than waiting out its join timeout).
+pub const GOSSIP_INBOX: usize = 4096;
+
+/// Drops are logged at most this often (a flood must not flood the log too).
+const DROP_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// A message the driver had no room for.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "its gossip inbox is full ({GOSSIP_INBOX} messages waiting: the node is flooded or its gossip is stalled); \
+     the message was dropped, retry later"
+)]
+pub(crate) struct Dropped;
 /// Connections being made for gossip at once; beyond it a transmit is dropped.
 const MAX_CONNECTING: usize = 64;
 
@@ -64,6 +79,12 @@ pub(crate) struct GossipHandle {
     /// The name each `join` entry gave for its address (`bar`, `bar@HOST:PORT`): a seed
     /// answering under another name is not joined through.
     join_names: std::sync::Mutex<HashMap<SocketAddr, NodeName>>,
+    /// A durable node's record of where it is and whom it knows (`None` in memory).
+    saved: Option<saved_cluster::Saver>,
+    /// Inputs dropped because the inbox was full, since the node started.
+    dropped: std::sync::atomic::AtomicU64,
+    /// When a drop was last logged.
+    drop_logged: std::sync::Mutex<Option<Instant>>,
 }
 
 impl GossipHandle {
@@ -71,7 +92,7 @@ impl GossipHandle {
     /// `kvnode members` answered as soon as the node does must not show an empty cluster
     /// (the driver publishes its own view at its first change, or a second later).
     pub fn new(name: NodeName, addr: SocketAddr) -> Self {
-        let (tx, rx) = mpsc::channel(INBOX);
+        let (tx, rx) = mpsc::channel(GOSSIP_INBOX);
         let me = Member {
             name,
             addr,
@@ -87,7 +108,16 @@ impl GossipHandle {
             connecting: Default::default(),
             joined: Default::default(),
             join_names: Default::default(),
+            saved: None,
+            dropped: Default::default(),
+            drop_logged: Default::default(),
         }
+    }
+
+    /// Keeps this node's address and the members it knows with `saver` (a durable node).
+    pub fn saving_to(mut self, saver: saved_cluster::Saver) -> Self {
+        self.saved = Some(saver);
+        self
     }
 
     /// Whether this node has joined its cluster, or had none to join.
@@ -99,9 +129,32 @@ impl GossipHandle {
         self.joined.store(true, std::sync::atomic::Ordering::Release);
     }
 
-    /// Hands input to the driver without waiting; a full inbox drops it.
-    pub fn offer(&self, input: Input) {
-        let _ = self.tx.try_send(input);
+    /// Hands input to the driver without waiting; a full inbox drops it, counts and logs
+    /// the drop (at most every [`DROP_LOG_EVERY`]) and says so.
+    pub fn offer(&self, input: Input) -> Result<(), Dropped> {
+        use std::sync::atomic::Ordering;
+        match self.tx.try_send(input) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                let total = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                let mut logged = self.drop_logged.lock().unwrap_or_else(PoisonError::into_inner);
+                if logged.is_none_or(|at| at.elapsed() >= DROP_LOG_EVERY) {
+                    *logged = Some(Instant::now());
+                    tracing::warn!(
+                        dropped_since_start = total,
+                        "gossip inbox full ({GOSSIP_INBOX} messages waiting): dropping gossip messages; this node is flooded or its gossip is stalled"
+                    );
+                }
+                Err(Dropped)
+            }
+            // The handle holds the receiver too: the channel never closes while it lives.
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(Dropped),
+        }
+    }
+
+    /// Inputs dropped because the inbox was full, since the node started.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Hands input to the driver, waiting for room (commands that must not be lost).
@@ -214,6 +267,7 @@ impl Node {
             let changed = self.carry_out(&mut core, &mut leaving);
             if changed || snapshot_at.elapsed() > Duration::from_secs(1) {
                 self.publish_members(&core, &mut seen);
+                self.save_members(&core);
                 snapshot_at = Instant::now();
             }
             let wake = core.poll_timeout().map(tokio::time::Instant::from_std);
@@ -249,7 +303,12 @@ impl Node {
                         look_again = unresolved.then(|| tokio::time::Instant::now() + retry_every);
                     }
                 }
-                () = stop.cancelled() => return Ok(()),
+                () = stop.cancelled() => {
+                    if self.gossip.dropped() > 0 {
+                        tracing::info!(dropped = self.gossip.dropped(), "gossip messages dropped with the inbox full since the node started");
+                    }
+                    return Ok(());
+                }
                 never = self.crash_point("gossip") => match never {},
             }
         }
@@ -284,6 +343,15 @@ impl Node {
         for m in self.gossip.members().iter() {
             if m.name != self.name && matches!(m.state, State::Alive | State::Suspect) {
                 seeds.push(m.addr);
+            }
+        }
+        // The members a durable node knew when it last ran (issue 22, point 10): the node
+        // that started the cluster has no other way back into it. A seed that is gone only
+        // costs a join attempt retried in the background; the node serves meanwhile.
+        let saved = self.gossip.saved.as_ref().map_or(&[][..], |s| s.rejoin());
+        for (name, addr) in saved {
+            if *name != self.name && *addr != self.listen {
+                seeds.push(*addr);
             }
         }
         seeds.sort();
@@ -349,7 +417,18 @@ impl Node {
                     tracing::info!(%seed, members, "joined the cluster");
                 }
                 Event::JoinFailed { seed, reason } => {
-                    tracing::warn!(%seed, %reason, "could not join through this member yet; retrying");
+                    match self.gossip.saved.as_ref().filter(|s| s.rejoins_through(seed)) {
+                        // A member known before the restart may be gone for good: said once, not
+                        // every retry for as long as the node runs.
+                        Some(saved) if !saved.first_failure(seed) => {
+                            tracing::debug!(%seed, %reason, "could not rejoin through this member yet; retrying");
+                        }
+                        Some(_) => tracing::info!(
+                            %seed, %reason,
+                            "could not rejoin through this member it knew before it stopped; retrying in the background (further failures are logged at debug level)"
+                        ),
+                        None => tracing::warn!(%seed, %reason, "could not join through this member yet; retrying"),
+                    }
                 }
                 Event::JoinRefused { seed, reason } => {
                     tracing::error!(%seed, %reason, "the cluster refused this node");
@@ -387,6 +466,13 @@ impl Node {
             }
         }
         changed
+    }
+
+    /// Saves where this durable node is and the members it knows, when that changed.
+    fn save_members(&self, core: &Gossip) {
+        if let Some(saver) = &self.gossip.saved {
+            saver.save(&self.name, core.members().map(|m| (m.name, m.addr, m.state)));
+        }
     }
 
     fn publish_members(&self, core: &Gossip, seen: &mut HashMap<NodeName, Instant>) {
@@ -458,7 +544,8 @@ impl Node {
                 if let Some(token) = joining
                     && let Some(reason) = join_unsendable(&linked, expected.as_ref(), t.to)
                 {
-                    node.gossip.offer(Input::JoinUnanswerable { token, reason });
+                    // Dropped only when the inbox is full: the attempt then times out instead.
+                    let _ = node.gossip.offer(Input::JoinUnanswerable { token, reason });
                     return;
                 }
                 if let Ok(conn) = linked {
@@ -475,6 +562,12 @@ impl Node {
                         };
                         if let Err(e) = conn.call(&request, deadline).await {
                             tracing::debug!(to = %t.to, error = %e, "gossip stream failed");
+                            // The seed did not take our join (its inbox was full, say): retried
+                            // after the backoff, not only once the join timeout has passed.
+                            if let Some(token) = joining {
+                                let reason = format!("{} did not take the join request: {e}", t.to);
+                                let _ = node.gossip.offer(Input::JoinUnanswerable { token, reason });
+                            }
                         }
                     }
                 }
@@ -490,5 +583,46 @@ impl Node {
                 node.gossip.connecting.fetch_sub(1, Ordering::Relaxed);
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gossip::{Ident, Sender};
+
+    #[test]
+    fn a_message_that_finds_the_inbox_full_is_refused_counted_and_said() {
+        let name = NodeName::new("n1").unwrap();
+        let addr: SocketAddr = "127.0.0.1:40411".parse().unwrap();
+        let handle = GossipHandle::new(name.clone(), addr);
+        let peer: SocketAddr = "127.0.0.1:40412".parse().unwrap();
+        let msg = Message::Gossip {
+            from: Sender {
+                id: Ident::new(NodeName::new("n2").unwrap(), peer, 1),
+                incarnation: 0,
+            },
+            piggyback: Vec::new(),
+        };
+        let offer = || {
+            handle.offer(Input::Message {
+                from: peer,
+                msg: msg.clone(),
+            })
+        };
+        // Nobody drains it here: the driver is not running.
+        for _ in 0..GOSSIP_INBOX {
+            assert!(offer().is_ok());
+        }
+        assert_eq!(handle.dropped(), 0);
+        let dropped = offer().unwrap_err();
+        assert_eq!(handle.dropped(), 1);
+        let said = dropped.to_string();
+        assert!(
+            said.contains("inbox is full") && said.contains(&GOSSIP_INBOX.to_string()),
+            "{said}"
+        );
+        assert!(offer().is_err());
+        assert_eq!(handle.dropped(), 2);
     }
 }

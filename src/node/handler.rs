@@ -48,8 +48,14 @@ impl Handler for Node {
                 let msg = crate::gossip::Message::decode(&message).map_err(RemoteError::invalid)?;
                 // The sender is where the message says it is from; the core checks the rest.
                 let from = msg.sender().id.addr;
-                self.gossip.offer(super::gossip::Input::Message { from, msg });
-                Ok(Reply::Done)
+                // Dropped when the inbox is full: the sender is told (issue 22, point 4).
+                match self.gossip.offer(super::gossip::Input::Message { from, msg }) {
+                    Ok(()) => Ok(Reply::Done),
+                    Err(dropped) => Err(RemoteError::Overloaded {
+                        node: self.name.to_string(),
+                        reason: dropped.to_string(),
+                    }),
+                }
             }
             #[cfg(feature = "fault-injection")]
             Request::Panic => panic!("fault injection: a request that panics"),
@@ -88,7 +94,16 @@ impl Node {
                 // Only until the connection and its streams are open (a test counts these).
                 tracing::debug!(to = %owner, "forwarding by the slow path: no open stream to the owner yet");
                 req.path.push(self.name.clone());
-                self.forward(&owner, Request::Bucket(req), deadline).await
+                let route = matches!(req.op, BucketOp::Route).then(|| req.path.clone());
+                let answer = self.forward(&owner, Request::Bucket(req), deadline).await;
+                match (answer, route) {
+                    // `route BUCKET` answers from the table when the owner cannot: the client
+                    // then reports the owner's state (issue 22, point 9).
+                    (Err(RemoteError::Unreachable { node, .. }), Some(path)) if node == owner.as_str() => {
+                        Ok(Reply::Owner { node: owner, path })
+                    }
+                    (answer, _) => answer,
+                }
             }
         }
     }

@@ -6,6 +6,7 @@ mod gossip;
 mod handler;
 mod peers;
 mod penalty;
+mod saved_cluster;
 mod saved_table;
 
 use std::future::Future;
@@ -207,7 +208,11 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     let server = transport::server_config(&identity, &config.limits, &config.timeouts)?;
     let client = transport::client_config(&config.limits, config.timeouts.idle, Some(PEER_KEEP_ALIVE))?;
     let endpoint_config = transport::node_endpoint_config(&secret, &config.name);
-    let endpoint = transport::node_endpoint(config.listen, server, client, endpoint_config)?;
+    // A durable node listens where it did last time when its port was left to chance, so
+    // that its cluster finds it again (issue 22, point 10).
+    let cluster_file = (!config.in_memory).then(|| saved_cluster::path(&config.data_dir));
+    let saved_cluster = cluster_file.as_deref().and_then(saved_cluster::load);
+    let endpoint = saved_cluster::bind(config.listen, saved_cluster.as_ref(), server, client, endpoint_config)?;
     let bound = endpoint.local_addr().map_err(|source| TransportError::Bind {
         addr: config.listen,
         source,
@@ -272,6 +277,18 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         idle_timeout: config.timeouts.idle,
         stopping: CancellationToken::new(),
     };
+    // A durable node keeps where it is and whom it knows; it rejoins through the members
+    // saved only without `join` of its own, as with the table.
+    let gossip = gossip::GossipHandle::new(config.name.clone(), listen);
+    let gossip = match cluster_file {
+        Some(file) => gossip.saving_to(saved_cluster::Saver::new(
+            file,
+            bound,
+            saved_cluster,
+            config.join.is_empty(),
+        )),
+        None => gossip,
+    };
     let node = Arc::new(Node {
         name: config.name.clone(),
         peers: PeerPool::new(endpoint.clone(), secret.clone(), config.name.clone(), listen),
@@ -288,7 +305,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         connections: AtomicUsize::new(0),
         handshaking: AtomicUsize::new(0),
         penalties: Default::default(),
-        gossip: gossip::GossipHandle::new(config.name.clone(), listen),
+        gossip,
         fatal: CancellationToken::new(),
         leave: CancellationToken::new(),
         fatal_reason: Default::default(),
@@ -648,7 +665,8 @@ impl Node {
             match crate::gossip::Message::decode(&bytes) {
                 Ok(msg) => {
                     tracing::trace!(%from, len = bytes.len(), "gossip datagram in");
-                    self.gossip.offer(gossip::Input::Message { from, msg })
+                    // A datagram cannot be answered: a drop is counted and logged.
+                    let _ = self.gossip.offer(gossip::Input::Message { from, msg });
                 }
                 Err(e) => tracing::debug!(%from, error = %e, "dropped an undecodable gossip datagram"),
             }

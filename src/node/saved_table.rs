@@ -50,14 +50,19 @@ pub fn restores(saved: Option<RoutingTable>, configured: &RoutingTable) -> Optio
     })
 }
 
-/// Saves `table` at `path`: written beside it, synced, then renamed over it, so a crash
-/// leaves the old table or the new one, never half of one.
+/// Saves `table` at `path`, crash-safe (see [`write_atomically`]).
 pub fn save(path: &Path, table: &RoutingTable) -> std::io::Result<()> {
     let mut bytes = vec![FORMAT];
     bytes.extend(postcard::to_stdvec(table).map_err(std::io::Error::other)?);
+    write_atomically(path, &bytes)
+}
+
+/// Writes `bytes` beside `path`, syncs them, then renames them over it, so a crash leaves
+/// the old content or the new one, never half of one.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(&bytes)?;
+    file.write_all(bytes)?;
     file.sync_all()?;
     std::fs::rename(&tmp, path)?;
     if let Some(dir) = path.parent() {
