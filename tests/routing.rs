@@ -377,11 +377,20 @@ impl Drop for QuietNamespace {
 #[test]
 fn an_owner_that_restarts_at_another_address_is_found_again() {
     let home = Home::new();
-    let _foo = bar_killed_after_a_put(&home);
-    let _bar = home.start("bar", &["--table", "a-m=foo,n-z=bar"]);
+    let (_foo, old) = bar_killed_after_a_put(&home);
+    // A durable node comes back on the port it had; this one is told to take another.
+    let listen = another_port();
+    let bar = home.start("bar", &["--table", "a-m=foo,n-z=bar", "--listen", &listen]);
+    assert_ne!(bar.addr().to_string(), old, "bar came back at its old address");
     // The first get goes to the old address and times out; the next looks bar up again.
     let failed = gets_through_foo_until_bar_answers(&home);
     assert!(failed <= 1, "{failed} gets failed after bar came back");
+}
+
+/// A loopback address whose UDP port was free a moment ago, for a node to listen on.
+fn another_port() -> String {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("a free UDP port");
+    socket.local_addr().expect("its address").to_string()
 }
 
 /// Whether foo's gossip membership holds bar alive at `addr`.
@@ -406,8 +415,11 @@ fn an_owner_that_restarts_elsewhere_is_reached_once_gossip_knows_its_address() {
     // Through foo, so that foo holds a connection to bar for forwarding.
     home.run(&["put", "world", "k", "v", "--via", "foo"]).ok();
     bar.kill9();
-    let bar = home.start("bar", &join);
+    // A durable node comes back on the port it had; this one is told to take another.
+    let listen = another_port();
+    let bar = home.start("bar", &[&join[..], &["--listen", &listen]].concat());
     let new = bar.addr().to_string();
+    assert_ne!(new, old, "bar came back at its old address");
     wait_for(
         "foo's gossip to learn bar's new address",
         Duration::from_secs(10),
