@@ -402,8 +402,8 @@ pub struct ServeContext {
 /// on any path, becomes an internal-error answer), and writes the answers back in batches.
 ///
 /// Answers given at once collect in one buffer, handed to the writer when no further request
-/// is already buffered: a pipelined burst is answered with one write and no allocation per
-/// request.
+/// is already buffered or once it passes [`MAX_BATCH`]: a pipelined burst is answered with
+/// few writes and no allocation per request, and with bounded memory however large its answers.
 pub async fn serve<R, W, H>(reader: R, mut writer: W, handler: Arc<H>, ctx: ServeContext)
 where
     R: AsyncRead + Unpin + Send + 'static,
@@ -434,15 +434,21 @@ where
     let mut answered = Vec::with_capacity(16 * 1024);
     let mut peer_gone = false;
     loop {
-        // Write what is answered once no further request is buffered, or when no further
-        // request may be taken in until one in flight finishes.
+        // Write what is answered once no further request is buffered, when no further
+        // request may be taken in until one in flight finishes, or once the answers pass
+        // the batch bound: a pipelined burst of large reads must not pile its answers up
+        // (the write waits for the peer's flow control, which bounds what is buffered).
         let at_limit = pending.len() >= ctx.max_in_flight;
-        if !answered.is_empty() && (!reader.has_buffered_frame() || at_limit) {
+        if !answered.is_empty() && (!reader.has_buffered_frame() || at_limit || answered.len() >= MAX_BATCH) {
             if writer.write_all(&answered).await.is_err() {
                 peer_gone = true; // requests taken in still finish, below
                 break;
             }
             answered.clear();
+            // Give back a buffer that grew for large answers: a stream at rest keeps little.
+            if answered.capacity() > 2 * MAX_BATCH {
+                answered = Vec::with_capacity(16 * 1024);
+            }
         }
         let next = tokio::select! {
             // At the in-flight limit the stream is not read until a request finishes.
@@ -785,6 +791,75 @@ mod tests {
         assert_eq!(
             answered.unwrap().unwrap(),
             Reply::Value(ByteBuf::from(b"now-first".to_vec()))
+        );
+    }
+
+    /// Answers every request at once with a value of [`BIG`] bytes.
+    struct Big;
+
+    const BIG: usize = 1024 * 1024;
+
+    impl Handler for Big {
+        async fn handle(self: Arc<Self>, _: Request, _: Instant) -> Answer {
+            unreachable!("every request is answered at once")
+        }
+
+        fn answer_now(self: &Arc<Self>, _: Request, _: Duration) -> Now {
+            Now::Answer(Ok(Reply::Value(ByteBuf::from(vec![7; BIG]))))
+        }
+
+        fn node_name(&self) -> &str {
+            "big"
+        }
+    }
+
+    /// Records the largest buffer one write was handed; takes everything at once.
+    #[derive(Clone, Default)]
+    struct LargestWrite(Arc<AtomicUsize>);
+
+    impl AsyncWrite for LargestWrite {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            self.0.fetch_max(buf.len(), Ordering::Relaxed);
+            std::task::Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    impl FinishStream for LargestWrite {
+        async fn finish_delivered(self) {}
+    }
+
+    #[tokio::test]
+    async fn a_pipelined_burst_of_large_answers_is_written_in_bounded_batches() {
+        // 64 gets arrive in one read; each is answered at once with 1 MiB. The answers must
+        // leave once they pass the batch bound, not pile up until the burst is read.
+        let mut burst = Vec::new();
+        for id in 1..=64 {
+            let frame = RequestFrame {
+                id,
+                timeout_ms: 5_000,
+                request: get("k"),
+            };
+            wire::encode_frame(&frame, &mut burst).unwrap();
+        }
+        let largest = LargestWrite::default();
+        serve(std::io::Cursor::new(burst), largest.clone(), Arc::new(Big), ctx()).await;
+        let largest = largest.0.load(Ordering::Relaxed);
+        assert!(largest >= BIG, "the answers were not written: {largest}");
+        assert!(
+            largest <= MAX_BATCH + BIG + 64,
+            "one write carried {largest} bytes of answers; the batch bound is {MAX_BATCH}"
         );
     }
 
