@@ -20,7 +20,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::wire::{
-    self, FrameError, FrameReader, MAX_FRAME, RemoteError, Reply, Request, RequestFrame, RequestFrameRef, ResponseFrame,
+    self, FrameBudget, FrameError, FrameReader, MAX_FRAME, RemoteError, Reply, Request, RequestFrame, RequestFrameRef,
+    ResponseFrame,
 };
 use crate::woken::OnlyWhenWoken;
 
@@ -394,6 +395,9 @@ pub struct ServeContext {
     pub idle_timeout: Duration,
     /// Cancelled when the node stops taking new requests.
     pub stopping: CancellationToken,
+    /// What frames still being received may hold: the node's, or (once the node serves a
+    /// connection) that connection's share of it.
+    pub frames: FrameBudget,
 }
 
 /// Serves one stream: reads request frames, answers those that need no waiting at once and
@@ -423,7 +427,7 @@ where
     };
     // Woken for an answer, the task does not poll the stream, which has nothing new (a
     // QUIC read locks the connection), nor the node's stop signal (a shared lock).
-    let mut reader = FrameReader::new(OnlyWhenWoken::new(reader), MAX_FRAME);
+    let mut reader = FrameReader::new(OnlyWhenWoken::new(reader), MAX_FRAME).with_budget(ctx.frames.clone());
     // A stream that opens and sends nothing, or dribbles a frame, is cut off at its deadline:
     // the first frame must come within the request deadline, later ones within the idle timeout.
     // The timer is re-armed only when it fires early, not at every frame.
@@ -684,6 +688,7 @@ mod tests {
             default_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(30),
             stopping: CancellationToken::new(),
+            frames: FrameBudget::node(wire::UNFINISHED_FRAMES_PER_NODE),
         }
     }
 
