@@ -52,7 +52,7 @@ async fn main() {
         }));
     }
     let rss = kvnode_rss(pid);
-    let (sent_total, peak) = hold_until_still(&progress, streams * (4 + sent), || rss()).await;
+    let (sent_total, peak) = hold_until_still(&progress, streams * (4 + sent), rss).await;
     println!(
         "{streams} streams announcing {frame} bytes, {sent} sent each: {sent_total} bytes taken by the node's flow control; node peak RSS {} MB",
         peak / 1024

@@ -75,6 +75,34 @@ pub fn encode_frame<T: Serialize>(msg: &T, out: &mut Vec<u8>) -> Result<(), Fram
     Ok(())
 }
 
+/// Appends the encoding of `request` alone to `out`, to be framed later by
+/// [`encode_request_frame`]; gives back its length. On an error, `out` is left as it was.
+pub fn encode_request_body(request: &Request, out: &mut Vec<u8>) -> Result<usize, FrameError> {
+    let start = out.len();
+    if let Err(e) = postcard::serialize_with_flavor(request, Append(&mut *out)) {
+        out.truncate(start);
+        return Err(FrameError::Encode(e));
+    }
+    // The id and timeout in front take at most 15 bytes.
+    let len = out.len() - start;
+    if len + 15 > MAX_FRAME {
+        out.truncate(start);
+        return Err(FrameError::TooLarge { len, max: MAX_FRAME });
+    }
+    Ok(len)
+}
+
+/// Appends the frame of a request whose body [`encode_request_body`] encoded: the same bytes
+/// as a [`RequestFrameRef`] with that request, the timeout stamped now.
+pub fn encode_request_frame(id: u64, timeout_ms: u32, body: &[u8], out: &mut Vec<u8>) {
+    let start = out.len();
+    out.extend_from_slice(&[0; LEN_PREFIX]);
+    postcard::serialize_with_flavor(&(id, timeout_ms), Append(&mut *out)).expect("two integers encode");
+    out.extend_from_slice(body);
+    let len = (out.len() - start - LEN_PREFIX) as u32;
+    out[start..start + LEN_PREFIX].copy_from_slice(&len.to_be_bytes());
+}
+
 /// A postcard output that appends to a borrowed buffer.
 struct Append<'a>(&'a mut Vec<u8>);
 
@@ -678,6 +706,17 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn a_request_framed_from_its_body_is_the_frame_of_the_whole() {
+        let whole = frame(&sample()).unwrap();
+        let mut body = Vec::new();
+        let len = encode_request_body(&sample().request, &mut body).unwrap();
+        assert_eq!(len, body.len());
+        let mut framed = Vec::new();
+        encode_request_frame(7, 5000, &body, &mut framed);
+        assert_eq!(framed, whole);
     }
 
     #[tokio::test]
