@@ -407,6 +407,11 @@ impl Client {
                 after,
             }),
             Err(CallError::TooLarge(e)) => Err(ClientError::Usage(e)),
+            // (`call` waits for room; never given back by it.)
+            Err(CallError::Full) => Err(ClientError::Timeout {
+                node: self.describe(),
+                after: timeout,
+            }),
             Err(CallError::Broken(reason)) => Err(ClientError::Unreachable {
                 node: self.describe(),
                 reason: self

@@ -4,7 +4,7 @@
 //! pipe in tests); knows nothing of routing or storage. Frames carry ids, so responses may come
 //! back in any order, and each side batches whatever is queued into one write.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::wire::{
-    self, FrameError, FrameReader, MAX_FRAME, RemoteError, Reply, Request, RequestFrame, RequestFrameRef, ResponseFrame,
+    self, FrameBudget, FrameError, FrameReader, MAX_FRAME, RemoteError, Reply, Request, RequestFrame, ResponseFrame,
 };
 use crate::woken::OnlyWhenWoken;
 
@@ -30,9 +30,25 @@ pub enum Now {
     Answer(Answer),
     /// The answer to come; the future must end by the request's deadline by itself.
     Waiting(Pin<Box<dyn Future<Output = Answer> + Send>>),
-    /// The request, to be run by [`Handler::handle`] under its deadline.
+    /// The request, to be run by [`Handler::handle`] under its deadline. It is polled once
+    /// at once, before the stream's next request is taken in: what it does before its first
+    /// wait (a durable write queued for the store) happens in the order the requests came.
     Later(Request),
+    /// A request that must be placed (queued toward the next node) before any later request
+    /// of its stream is taken in, and cannot be yet (no stream open to that node, or its
+    /// outbox full): the stream is not read on until this future, which must end by the
+    /// request's deadline by itself, gives back the answer or the future of it.
+    First(Pin<Box<dyn Future<Output = Now> + Send>>),
 }
+
+/// A request being placed ([`Now::First`]): its frame id, its kind, and the future that places it.
+type Placing = (u64, &'static str, Pin<Box<dyn Future<Output = Now> + Send>>);
+
+/// Identifies one served stream, for the lifetime of the node: a handler keeps the requests
+/// of one stream together (in order, on one stream to the next node).
+pub type StreamKey = u64;
+
+static NEXT_STREAM: AtomicU64 = AtomicU64::new(0);
 
 /// A request being answered on its stream's task: its frame id, its kind (for the log),
 /// and the future of its answer, polled under a panic guard.
@@ -62,6 +78,11 @@ impl Future for InFlight {
 /// How many bytes of queued frames one write may carry.
 const MAX_BATCH: usize = 256 * 1024;
 
+/// How many bytes of requests may wait in a stream's outbox for the stream to take them
+/// (toward a stalled peer, say); further callers wait for room, within their deadline. A
+/// request larger than this is taken when the outbox is empty.
+pub const MAX_OUTBOX: usize = 1024 * 1024;
+
 /// How many times a stream's writer yields, while its batch grows, before it writes.
 const MAX_GATHER_YIELDS: usize = 4;
 
@@ -83,6 +104,9 @@ pub enum CallError {
     /// The request is too large to send.
     #[error("{0}")]
     TooLarge(String),
+    /// The outbox is full ([`MAX_OUTBOX`]): [`Channel::start_within`] waits for room.
+    #[error("too many requests are waiting to be sent")]
+    Full,
 }
 
 /// A call waiting for its answer.
@@ -92,12 +116,21 @@ struct Waiter {
     timeout: Duration,
 }
 
+/// A request in the outbox: its id, its deadline, and how long its encoding is.
+struct Queued {
+    id: u64,
+    deadline: Instant,
+    len: usize,
+}
+
 /// Everything the callers, the reader, the writer and the sweeper share, under one lock.
 #[derive(Default)]
 struct State {
     waiting: HashMap<u64, Waiter>,
-    /// Encoded requests not yet handed to the stream; the writer takes them all at once.
+    /// Encoded requests (without id or timeout) not yet handed to the stream, in order; the
+    /// writer frames them, with what is left of each one's deadline, as it takes them.
     outbox: Vec<u8>,
+    queued: VecDeque<Queued>,
     broken: Option<String>,
     /// The channel was dropped: the writer ends the stream, the sweeper stops.
     closed: bool,
@@ -112,6 +145,8 @@ struct Shared {
     broken: AtomicBool,
     wake_writer: Notify,
     wake_sweeper: Notify,
+    /// Signalled when the outbox has room again.
+    room: Notify,
 }
 
 impl Shared {
@@ -155,27 +190,48 @@ impl Channel {
 
     /// Sends `request` and waits for its answer until `timeout`.
     pub async fn call(&self, request: &Request, timeout: Duration) -> Result<Answer, CallError> {
-        self.start(request, timeout)?.await
+        self.start_within(request, Instant::now() + timeout).await?.await
+    }
+
+    /// Queues `request` for sending once the outbox has room, waiting for it until
+    /// `deadline`, and gives back the future of its answer.
+    pub async fn start_within(&self, request: &Request, deadline: Instant) -> Result<PendingCall, CallError> {
+        loop {
+            let room = self.shared.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            match self.start(request, deadline.saturating_duration_since(Instant::now())) {
+                Err(CallError::Full) => {}
+                started => return started,
+            }
+            if tokio::time::timeout_at(deadline, room).await.is_err() {
+                return Err(CallError::Timeout(deadline.saturating_duration_since(Instant::now())));
+            }
+        }
     }
 
     /// Queues `request` for sending, now, and gives back the future of its answer, which
     /// borrows nothing: a forwarding node carries only this small future across the wait,
-    /// not the request.
+    /// not the request. [`CallError::Full`] when the outbox has no room for it.
     pub fn start(&self, request: &Request, timeout: Duration) -> Result<PendingCall, CallError> {
         let deadline = Instant::now() + timeout;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let frame = RequestFrameRef {
-            id,
-            timeout_ms: wire_timeout(timeout),
-            request,
-        };
         let (tx, rx) = oneshot::channel();
         let mut st = self.shared.lock();
         if let Some(why) = &st.broken {
             return Err(CallError::Broken(why.clone()));
         }
-        let was_empty = st.outbox.is_empty();
-        wire::encode_frame(&frame, &mut st.outbox).map_err(|e| CallError::TooLarge(e.to_string()))?;
+        let was_empty = st.queued.is_empty();
+        if !was_empty && st.outbox.len() >= MAX_OUTBOX {
+            return Err(CallError::Full);
+        }
+        let len = wire::encode_request_body(request, &mut st.outbox).map_err(|e| CallError::TooLarge(e.to_string()))?;
+        if !was_empty && st.outbox.len() > MAX_OUTBOX {
+            let keep = st.outbox.len() - len;
+            st.outbox.truncate(keep);
+            return Err(CallError::Full);
+        }
+        st.queued.push_back(Queued { id, deadline, len });
         st.waiting.insert(
             id,
             Waiter {
@@ -253,7 +309,55 @@ fn break_all(shared: &Shared, why: String) {
     st.broken.get_or_insert(why);
     shared.broken.store(true, Ordering::Release);
     st.outbox.clear();
+    st.queued.clear();
     st.waiting.clear(); // dropping the senders wakes every caller with the reason
+    shared.room.notify_waiters(); // whoever waits for room hears the stream broke
+}
+
+/// Takes requests from the front of the outbox into `batch`, framed with what is left of
+/// each one's deadline, up to [`MAX_BATCH`] bytes (at least one request); leaves out those
+/// whose caller gave up or whose deadline passed. Gives back whether the channel is done.
+fn take_batch(shared: &Shared, batch: &mut Vec<u8>) -> bool {
+    let mut st = shared.lock();
+    let now = Instant::now();
+    let mut taken = 0;
+    while let Some(q) = st.queued.front() {
+        if !batch.is_empty() && batch.len() + q.len > MAX_BATCH {
+            break;
+        }
+        let q = st.queued.pop_front().expect("looked at");
+        if q.deadline > now && st.waiting.contains_key(&q.id) {
+            let left = q.deadline - now;
+            wire::encode_request_frame(q.id, wire_timeout(left), &st.outbox[taken..taken + q.len], batch);
+        }
+        taken += q.len;
+    }
+    if taken > 0 {
+        st.outbox.drain(..taken);
+        shared.room.notify_waiters();
+    }
+    st.queued.is_empty() && (st.closed || st.broken.is_some())
+}
+
+/// Drops from the outbox the requests whose caller is no longer waiting (its deadline
+/// passed, or it gave up), so that they neither hold room nor leave later.
+fn purge_outbox(shared: &Shared, st: &mut State) {
+    if st.queued.iter().all(|q| st.waiting.contains_key(&q.id)) {
+        return;
+    }
+    let (mut outbox, mut at) = (Vec::with_capacity(st.outbox.len()), 0);
+    let waiting = &st.waiting;
+    let old = std::mem::take(&mut st.outbox);
+    st.queued.retain(|q| {
+        let keep = waiting.contains_key(&q.id);
+        if keep {
+            outbox.extend_from_slice(&old[at..at + q.len]);
+        }
+        at += q.len;
+        keep
+    });
+    st.outbox = outbox;
+    shared.room.notify_waiters();
 }
 
 async fn write_requests<W: AsyncWrite + Unpin>(mut writer: W, shared: Arc<Shared>) {
@@ -273,26 +377,28 @@ async fn write_requests<W: AsyncWrite + Unpin>(mut writer: W, shared: Arc<Shared
             }
             queued = now;
         }
-        let closed = {
-            let mut st = shared.lock();
-            std::mem::swap(&mut batch, &mut st.outbox);
-            st.closed || st.broken.is_some()
-        };
-        if !batch.is_empty() {
+        // A batch at a time, each request's budget stamped as it is taken: what waits
+        // behind a slow write keeps counting down, and is left out once its caller is gone.
+        loop {
+            let done = take_batch(&shared, &mut batch);
+            if batch.is_empty() {
+                if done {
+                    let _ = writer.shutdown().await;
+                    return;
+                }
+                break;
+            }
             if let Err(e) = writer.write_all(&batch).await {
                 break_all(&shared, e.to_string());
                 return;
             }
             batch.clear();
             // Give back a buffer that grew large during a burst.
-            if batch.capacity() > MAX_BATCH {
+            if batch.capacity() > 2 * MAX_BATCH {
                 batch = Vec::with_capacity(16 * 1024);
             }
-        } else if closed {
-            break;
         }
     }
-    let _ = writer.shutdown().await;
 }
 
 /// Fails the calls whose deadline passed, sleeping until the earliest one.
@@ -307,10 +413,14 @@ async fn sweep_expired(shared: Arc<Shared>) {
                 .filter(|(_, w)| w.deadline <= now)
                 .map(|(id, _)| *id)
                 .collect();
+            let any_expired = !expired.is_empty();
             for id in expired {
                 if let Some(w) = st.waiting.remove(&id) {
                     let _ = w.answer.send(Err(CallError::Timeout(w.timeout)));
                 }
+            }
+            if any_expired {
+                purge_outbox(&shared, &mut st);
             }
             if st.closed && st.waiting.is_empty() {
                 return;
@@ -375,7 +485,10 @@ pub trait Handler: Send + Sync + 'static {
     ///
     /// A [`Now::Waiting`] future must finish within `timeout` by itself: nothing else
     /// bounds it, and the stream's in-flight slot, and a stopping node, wait for it.
-    fn answer_now(self: &Arc<Self>, request: Request, _timeout: Duration) -> Now {
+    ///
+    /// `stream` names the stream the request came on: requests of one stream must take
+    /// effect in the order they came, through any number of hops.
+    fn answer_now(self: &Arc<Self>, request: Request, _timeout: Duration, _stream: StreamKey) -> Now {
         Now::Later(request)
     }
 
@@ -394,6 +507,9 @@ pub struct ServeContext {
     pub idle_timeout: Duration,
     /// Cancelled when the node stops taking new requests.
     pub stopping: CancellationToken,
+    /// What frames still being received may hold: the node's, or (once the node serves a
+    /// connection) that connection's share of it.
+    pub frames: FrameBudget,
 }
 
 /// Serves one stream: reads request frames, answers those that need no waiting at once and
@@ -402,8 +518,8 @@ pub struct ServeContext {
 /// on any path, becomes an internal-error answer), and writes the answers back in batches.
 ///
 /// Answers given at once collect in one buffer, handed to the writer when no further request
-/// is already buffered: a pipelined burst is answered with one write and no allocation per
-/// request.
+/// is already buffered or once it passes [`MAX_BATCH`]: a pipelined burst is answered with
+/// few writes and no allocation per request, and with bounded memory however large its answers.
 pub async fn serve<R, W, H>(reader: R, mut writer: W, handler: Arc<H>, ctx: ServeContext)
 where
     R: AsyncRead + Unpin + Send + 'static,
@@ -423,7 +539,7 @@ where
     };
     // Woken for an answer, the task does not poll the stream, which has nothing new (a
     // QUIC read locks the connection), nor the node's stop signal (a shared lock).
-    let mut reader = FrameReader::new(OnlyWhenWoken::new(reader), MAX_FRAME);
+    let mut reader = FrameReader::new(OnlyWhenWoken::new(reader), MAX_FRAME).with_budget(ctx.frames.clone());
     // A stream that opens and sends nothing, or dribbles a frame, is cut off at its deadline:
     // the first frame must come within the request deadline, later ones within the idle timeout.
     // The timer is re-armed only when it fires early, not at every frame.
@@ -433,20 +549,36 @@ where
     let mut stopping = OnlyWhenWoken::new(Box::pin(ctx.stopping.clone().cancelled_owned()));
     let mut answered = Vec::with_capacity(16 * 1024);
     let mut peer_gone = false;
+    let stream = NEXT_STREAM.fetch_add(1, Ordering::Relaxed);
+    // A request being placed ([`Now::First`]): the stream is not read until it is.
+    let mut placing: Option<Placing> = None;
     loop {
-        // Write what is answered once no further request is buffered, or when no further
-        // request may be taken in until one in flight finishes.
+        // Write what is answered once no further request is buffered, when no further
+        // request may be taken in until one in flight finishes, or once the answers pass
+        // the batch bound: a pipelined burst of large reads must not pile its answers up
+        // (the write waits for the peer's flow control, which bounds what is buffered).
         let at_limit = pending.len() >= ctx.max_in_flight;
-        if !answered.is_empty() && (!reader.has_buffered_frame() || at_limit) {
+        if !answered.is_empty() && (!reader.has_buffered_frame() || at_limit || answered.len() >= MAX_BATCH) {
             if writer.write_all(&answered).await.is_err() {
                 peer_gone = true; // requests taken in still finish, below
                 break;
             }
             answered.clear();
+            // Give back a buffer that grew for large answers: a stream at rest keeps little.
+            if answered.capacity() > 2 * MAX_BATCH {
+                answered = Vec::with_capacity(16 * 1024);
+            }
         }
         let next = tokio::select! {
             // At the in-flight limit the stream is not read until a request finishes.
-            next = reader.next_frame(), if !at_limit => next,
+            next = reader.next_frame(), if !at_limit && placing.is_none() => next,
+            (id, kind, now) = place(&mut placing, handler.node_name()), if placing.is_some() => {
+                placing = None;
+                if let Some(waiting) = take_now(id, kind, now, &mut answered, &mut placing, &node) {
+                    pending.push(waiting);
+                }
+                continue;
+            }
             Some((id, answer)) = pending.next(), if !pending.is_empty() => {
                 encode_answer(id, settle(answer), &mut answered);
                 while answered.len() < MAX_BATCH {
@@ -496,21 +628,33 @@ where
             ms => Duration::from_millis(ms.into()),
         };
         let kind = frame.request.kind();
-        let answer = match answer_now(&handler, frame.request, timeout) {
-            Now::Answer(answer) => {
-                encode_answer(frame.id, answer, &mut answered);
+        let now = match answer_now(&handler, frame.request, timeout, stream) {
+            Now::Later(request) => {
+                let mut later = InFlight {
+                    id: frame.id,
+                    kind,
+                    answer: Box::pin(run_with_deadline(Arc::clone(&handler), request, timeout)),
+                };
+                // Its first steps now, before the next request's (see `Now::Later`).
+                match std::future::poll_fn(|cx| std::task::Poll::Ready(Pin::new(&mut later).poll(cx))).await {
+                    std::task::Poll::Ready((id, answer)) => encode_answer(id, settle(answer), &mut answered),
+                    std::task::Poll::Pending => pending.push(later),
+                }
                 continue;
             }
-            Now::Waiting(answer) => answer,
-            Now::Later(request) => Box::pin(run_with_deadline(Arc::clone(&handler), request, timeout)),
+            now => now,
         };
-        pending.push(InFlight {
-            id: frame.id,
-            kind,
-            answer,
-        });
+        if let Some(waiting) = take_now(frame.id, kind, now, &mut answered, &mut placing, &node) {
+            pending.push(waiting);
+        }
     }
     // Answer everything already taken in before ending the stream.
+    if let Some((id, kind, first)) = placing.take() {
+        let now = first.await;
+        if let Some(waiting) = take_now(id, kind, now, &mut answered, &mut placing, &node) {
+            pending.push(waiting);
+        }
+    }
     while let Some((id, answer)) = pending.next().await {
         encode_answer(id, settle(answer), &mut answered);
     }
@@ -535,10 +679,61 @@ where
     }
 }
 
+/// Acts on what [`Handler::answer_now`] (or a request being placed) made of request `id`:
+/// an answer is encoded, a request to place is kept in `placing`, and the future of an
+/// answer is given back, to be pushed among those in flight.
+fn take_now(
+    id: u64,
+    kind: &'static str,
+    now: Now,
+    answered: &mut Vec<u8>,
+    placing: &mut Option<Placing>,
+    node: &dyn Fn() -> String,
+) -> Option<InFlight> {
+    match now {
+        Now::Answer(answer) => encode_answer(id, answer, answered),
+        Now::Waiting(answer) => return Some(InFlight { id, kind, answer }),
+        Now::First(first) => *placing = Some((id, kind, first)),
+        // Not made by a request being placed; the serving loop runs `Later` itself.
+        Now::Later(_) => encode_answer(
+            id,
+            Err(RemoteError::Internal {
+                node: node(),
+                reason: format!("the {kind} request could not be placed"),
+            }),
+            answered,
+        ),
+    }
+    None
+}
+
+/// Polls the request being placed, under a panic guard (a panic is an internal error).
+async fn place(placing: &mut Option<Placing>, node: &str) -> (u64, &'static str, Now) {
+    std::future::poll_fn(|cx| {
+        let (id, kind, first) = placing.as_mut().expect("polled only while placing");
+        match std::panic::catch_unwind(AssertUnwindSafe(|| first.as_mut().poll(cx))) {
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Ok(std::task::Poll::Ready(now)) => std::task::Poll::Ready((*id, *kind, now)),
+            Err(panic) => {
+                let reason = caught(kind, &*panic, "request panicked; the node goes on");
+                std::task::Poll::Ready((
+                    *id,
+                    *kind,
+                    Now::Answer(Err(RemoteError::Internal {
+                        node: node.to_string(),
+                        reason,
+                    })),
+                ))
+            }
+        }
+    })
+    .await
+}
+
 /// [`Handler::answer_now`] under a panic guard: a panic is answered as an internal error.
-fn answer_now<H: Handler>(handler: &Arc<H>, request: Request, timeout: Duration) -> Now {
+fn answer_now<H: Handler>(handler: &Arc<H>, request: Request, timeout: Duration, stream: StreamKey) -> Now {
     let kind = request.kind();
-    match std::panic::catch_unwind(AssertUnwindSafe(|| handler.answer_now(request, timeout))) {
+    match std::panic::catch_unwind(AssertUnwindSafe(|| handler.answer_now(request, timeout, stream))) {
         Ok(now) => now,
         Err(panic) => Now::Answer(Err(RemoteError::Internal {
             node: handler.node_name().to_string(),
@@ -588,7 +783,7 @@ fn error_frame(id: u64, e: RemoteError) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::{BucketOp, BucketRequest};
+    use crate::wire::{BucketOp, BucketRequest, RequestFrameRef};
     use bytes::BufMut;
     use serde_bytes::ByteBuf;
     use std::sync::atomic::AtomicUsize;
@@ -629,7 +824,7 @@ mod tests {
         /// Gets of keys starting with "now" are answered at once, "now-boom" panics there;
         /// those starting with "wait" are started here and answered a little later, and
         /// "wait-boom" panics then.
-        fn answer_now(self: &Arc<Self>, request: Request, _timeout: Duration) -> Now {
+        fn answer_now(self: &Arc<Self>, request: Request, _timeout: Duration, _: StreamKey) -> Now {
             match &request {
                 Request::Bucket(BucketRequest {
                     op: BucketOp::Get { key },
@@ -678,6 +873,7 @@ mod tests {
             default_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(30),
             stopping: CancellationToken::new(),
+            frames: FrameBudget::node(wire::UNFINISHED_FRAMES_PER_NODE),
         }
     }
 
@@ -786,6 +982,146 @@ mod tests {
             answered.unwrap().unwrap(),
             Reply::Value(ByteBuf::from(b"now-first".to_vec()))
         );
+    }
+
+    /// Answers every request at once with a value of [`BIG`] bytes.
+    struct Big;
+
+    const BIG: usize = 1024 * 1024;
+
+    impl Handler for Big {
+        async fn handle(self: Arc<Self>, _: Request, _: Instant) -> Answer {
+            unreachable!("every request is answered at once")
+        }
+
+        fn answer_now(self: &Arc<Self>, _: Request, _: Duration, _: StreamKey) -> Now {
+            Now::Answer(Ok(Reply::Value(ByteBuf::from(vec![7; BIG]))))
+        }
+
+        fn node_name(&self) -> &str {
+            "big"
+        }
+    }
+
+    /// Records the largest buffer one write was handed; takes everything at once.
+    #[derive(Clone, Default)]
+    struct LargestWrite(Arc<AtomicUsize>);
+
+    impl AsyncWrite for LargestWrite {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            self.0.fetch_max(buf.len(), Ordering::Relaxed);
+            std::task::Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    impl FinishStream for LargestWrite {
+        async fn finish_delivered(self) {}
+    }
+
+    #[tokio::test]
+    async fn a_pipelined_burst_of_large_answers_is_written_in_bounded_batches() {
+        // 64 gets arrive in one read; each is answered at once with 1 MiB. The answers must
+        // leave once they pass the batch bound, not pile up until the burst is read.
+        let mut burst = Vec::new();
+        for id in 1..=64 {
+            let frame = RequestFrame {
+                id,
+                timeout_ms: 5_000,
+                request: get("k"),
+            };
+            wire::encode_frame(&frame, &mut burst).unwrap();
+        }
+        let largest = LargestWrite::default();
+        serve(std::io::Cursor::new(burst), largest.clone(), Arc::new(Big), ctx()).await;
+        let largest = largest.0.load(Ordering::Relaxed);
+        assert!(largest >= BIG, "the answers were not written: {largest}");
+        assert!(
+            largest <= MAX_BATCH + BIG + 64,
+            "one write carried {largest} bytes of answers; the batch bound is {MAX_BATCH}"
+        );
+    }
+
+    fn put_of(len: usize) -> Request {
+        Request::Bucket(BucketRequest {
+            bucket: b"b".to_vec(),
+            op: BucketOp::Put {
+                key: b"k".to_vec(),
+                value: vec![1; len],
+            },
+            path: vec![],
+        })
+    }
+
+    #[tokio::test]
+    async fn the_outbox_toward_a_stalled_peer_is_bounded_and_its_callers_fail_by_their_deadline() {
+        // The peer reads nothing: the first write fills the pipe and never finishes.
+        let (_peer, ours) = tokio::io::duplex(64 * 1024);
+        let (cr, cw) = tokio::io::split(ours);
+        let ch = Arc::new(Channel::spawn(cr, cw));
+        let calls: Vec<_> = (0..200)
+            .map(|_| {
+                let ch = Arc::clone(&ch);
+                tokio::spawn(async move { ch.call(&put_of(64 * 1024), Duration::from_millis(300)).await })
+            })
+            .collect();
+        let mut most = 0;
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+            most = most.max(ch.shared.lock().outbox.len());
+        }
+        assert!(
+            most <= MAX_OUTBOX + 64 * 1024 + 64,
+            "{most} bytes queued toward a stalled peer; the bound is {MAX_OUTBOX}"
+        );
+        for call in calls {
+            let answer = tokio::time::timeout(Duration::from_secs(5), call)
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(matches!(answer, Err(CallError::Timeout(_))), "{answer:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_queued_request_whose_caller_gave_up_is_not_sent_and_the_rest_leave_with_what_is_left() {
+        let (peer, ours) = tokio::io::duplex(16 * 1024);
+        let (cr, cw) = tokio::io::split(ours);
+        let ch = Channel::spawn(cr, cw);
+        // Fills the pipe: the writer waits in the middle of this one.
+        let big = ch.start(&put_of(64 * 1024), Duration::from_secs(10)).unwrap();
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        let gone = ch.start(&get("gone"), Duration::from_millis(100)).unwrap();
+        let dropped = ch.start(&get("dropped"), Duration::from_secs(10)).unwrap();
+        let kept = ch.start(&get("kept"), Duration::from_secs(5)).unwrap();
+        drop(dropped);
+        assert!(matches!(gone.await, Err(CallError::Timeout(_))));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // The peer reads at last.
+        let (pr, _pw) = tokio::io::split(peer);
+        let mut reader = FrameReader::new(pr, MAX_FRAME);
+        let mut seen = Vec::new();
+        while seen.len() < 2 {
+            let frame: RequestFrame = reader.next().await.unwrap().unwrap();
+            seen.push((frame.id, frame.timeout_ms));
+        }
+        assert_eq!(seen[0].0, 1, "{seen:?}");
+        assert_eq!(seen[1].0, 4, "the requests given up on were sent: {seen:?}");
+        assert!(seen[1].1 <= 4_800, "the budget was stamped when queued: {seen:?}");
+        drop((big, kept));
     }
 
     #[tokio::test]
@@ -960,7 +1296,7 @@ mod tests {
             unreachable!("every request is started at once")
         }
 
-        fn answer_now(self: &Arc<Self>, _: Request, _: Duration) -> Now {
+        fn answer_now(self: &Arc<Self>, _: Request, _: Duration, _: StreamKey) -> Now {
             let (answer, answered) = oneshot::channel();
             self.0.send(answer).unwrap();
             Now::Waiting(Box::pin(async move {

@@ -156,6 +156,10 @@ fn transport_config(limits: &Limits, idle: Duration, keep_alive: Option<Duration
     t.max_idle_timeout(Some(idle.try_into().unwrap_or(quinn::IdleTimeout::from(VarInt::MAX))));
     t.keep_alive_interval(keep_alive);
     t.datagram_receive_buffer_size(Some(1 << 20));
+    // Received bytes not yet read, over all of a connection's streams (quinn's default is
+    // unbounded: 200 streams not read on would hold 200 stream windows). What the node has
+    // read of frames not yet whole is bounded apart (`wire::UNFINISHED_FRAMES_PER_CONNECTION`).
+    t.receive_window(VarInt::from_u32(crate::wire::UNFINISHED_FRAMES_PER_CONNECTION as u32));
     t
 }
 

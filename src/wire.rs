@@ -4,11 +4,13 @@
 //! `AsyncRead`, so the codec is tested on in-memory pipes and fed random bytes.
 
 use std::fmt;
+use std::sync::Arc;
 
 use bytes::{Buf, BytesMut};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_bytes::ByteBuf;
 use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::names::{NodeName, escape_bytes};
 use crate::routing::{Entry, RoutingTable};
@@ -73,6 +75,34 @@ pub fn encode_frame<T: Serialize>(msg: &T, out: &mut Vec<u8>) -> Result<(), Fram
     Ok(())
 }
 
+/// Appends the encoding of `request` alone to `out`, to be framed later by
+/// [`encode_request_frame`]; gives back its length. On an error, `out` is left as it was.
+pub fn encode_request_body(request: &Request, out: &mut Vec<u8>) -> Result<usize, FrameError> {
+    let start = out.len();
+    if let Err(e) = postcard::serialize_with_flavor(request, Append(&mut *out)) {
+        out.truncate(start);
+        return Err(FrameError::Encode(e));
+    }
+    // The id and timeout in front take at most 15 bytes.
+    let len = out.len() - start;
+    if len + 15 > MAX_FRAME {
+        out.truncate(start);
+        return Err(FrameError::TooLarge { len, max: MAX_FRAME });
+    }
+    Ok(len)
+}
+
+/// Appends the frame of a request whose body [`encode_request_body`] encoded: the same bytes
+/// as a [`RequestFrameRef`] with that request, the timeout stamped now.
+pub fn encode_request_frame(id: u64, timeout_ms: u32, body: &[u8], out: &mut Vec<u8>) {
+    let start = out.len();
+    out.extend_from_slice(&[0; LEN_PREFIX]);
+    postcard::serialize_with_flavor(&(id, timeout_ms), Append(&mut *out)).expect("two integers encode");
+    out.extend_from_slice(body);
+    let len = (out.len() - start - LEN_PREFIX) as u32;
+    out[start..start + LEN_PREFIX].copy_from_slice(&len.to_be_bytes());
+}
+
 /// A postcard output that appends to a borrowed buffer.
 struct Append<'a>(&'a mut Vec<u8>);
 
@@ -111,11 +141,60 @@ pub fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, FrameError> {
     }
 }
 
+/// Bytes that frames still being received may hold on one connection; more wait.
+pub const UNFINISHED_FRAMES_PER_CONNECTION: usize = 32 * 1024 * 1024;
+/// Bytes that frames still being received may hold on the whole node; more wait.
+pub const UNFINISHED_FRAMES_PER_NODE: usize = 128 * 1024 * 1024;
+/// Frames up to this size are read without a share of the budget: a stream buffers at most
+/// this much of one before it is whole, and small requests never wait behind large ones.
+pub const SMALL_FRAME: usize = 64 * 1024;
+
+/// What frames still being received may hold, in bytes, on one connection and on the whole
+/// node. A reader takes a larger frame's whole announced length from both before it reads
+/// its body, and gives it back once the frame is whole: past the budget, a stream is not
+/// read on, and QUIC flow control holds the sender back. (A share of the announced length,
+/// not of the bytes received, so that streams never wait for each other half-way through
+/// their frames.)
+#[derive(Clone)]
+pub struct FrameBudget {
+    connection: Arc<Semaphore>,
+    node: Arc<Semaphore>,
+    /// The sizes of the two: a frame larger than a whole budget takes all of it.
+    sizes: (u32, u32),
+}
+
+impl FrameBudget {
+    /// A node's budget of `bytes`; each connection takes its own share with
+    /// [`FrameBudget::for_connection`].
+    pub fn node(bytes: usize) -> Self {
+        let bytes = bytes.min(u32::MAX as usize);
+        let node = Arc::new(Semaphore::new(bytes));
+        Self {
+            connection: Arc::clone(&node),
+            node,
+            sizes: (bytes as u32, bytes as u32),
+        }
+    }
+
+    /// A budget of `bytes` for one connection, within this node's.
+    pub fn for_connection(&self, bytes: usize) -> Self {
+        let bytes = bytes.min(u32::MAX as usize);
+        Self {
+            connection: Arc::new(Semaphore::new(bytes)),
+            node: Arc::clone(&self.node),
+            sizes: (bytes as u32, self.sizes.1),
+        }
+    }
+}
+
 /// Reads frames from a byte stream, several per read when the peer pipelines.
 pub struct FrameReader<R> {
     inner: R,
     buf: BytesMut,
     max: usize,
+    budget: Option<FrameBudget>,
+    /// The share of the budget the frame being received holds.
+    held: Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)>,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
@@ -124,7 +203,15 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             inner,
             buf: BytesMut::with_capacity(8 * 1024),
             max,
+            budget: None,
+            held: None,
         }
+    }
+
+    /// Reads frames larger than [`SMALL_FRAME`] only within `budget`.
+    pub fn with_budget(mut self, budget: FrameBudget) -> Self {
+        self.budget = Some(budget);
+        self
     }
 
     /// The next frame's payload, or `None` when the stream ended cleanly between frames.
@@ -139,7 +226,21 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 }
                 if self.buf.len() >= LEN_PREFIX + len {
                     self.buf.advance(LEN_PREFIX);
+                    self.held = None; // the frame is whole: its share goes back
                     return Ok(Some(self.buf.split_to(len)));
+                }
+                if len > SMALL_FRAME
+                    && self.held.is_none()
+                    && let Some(budget) = &self.budget
+                {
+                    // Not read on until the budget has room for the whole frame. (Cancelled
+                    // here, nothing is held: the next call asks again.)
+                    let n = len as u32;
+                    let connection = Arc::clone(&budget.connection).acquire_many_owned(n.min(budget.sizes.0));
+                    let connection = connection.await.expect("the budget is never closed");
+                    let node = Arc::clone(&budget.node).acquire_many_owned(n.min(budget.sizes.1));
+                    let node = node.await.expect("the budget is never closed");
+                    self.held = Some((connection, node));
                 }
                 self.buf.reserve(LEN_PREFIX + len - self.buf.len());
             } else {
@@ -644,6 +745,17 @@ mod tests {
         out
     }
 
+    #[test]
+    fn a_request_framed_from_its_body_is_the_frame_of_the_whole() {
+        let whole = frame(&sample()).unwrap();
+        let mut body = Vec::new();
+        let len = encode_request_body(&sample().request, &mut body).unwrap();
+        assert_eq!(len, body.len());
+        let mut framed = Vec::new();
+        encode_request_frame(7, 5000, &body, &mut framed);
+        assert_eq!(framed, whole);
+    }
+
     #[tokio::test]
     async fn frames_round_trip_several_per_buffer() {
         let mut bytes = Vec::new();
@@ -686,6 +798,48 @@ mod tests {
         bytes.truncate(bytes.len() - 1);
         let got = read_all::<RequestFrame>(bytes, MAX_FRAME).await;
         assert!(got[0].as_ref().unwrap_err().contains("middle of a frame"));
+    }
+
+    #[tokio::test]
+    async fn frames_being_received_hold_no_more_than_the_budget() {
+        // Eight streams each announce a 1 MiB frame and send a quarter of it; the budget is
+        // 2 MiB, so two of them may buffer their frame and the others are not read on.
+        let budget = FrameBudget::node(2 * 1024 * 1024).for_connection(2 * 1024 * 1024);
+        let mut readers = Vec::new();
+        for _ in 0..8 {
+            let (mut tx, rx) = tokio::io::duplex(2 * 1024 * 1024);
+            let mut bytes = ((1024 * 1024) as u32).to_be_bytes().to_vec();
+            bytes.extend_from_slice(&[1; 256 * 1024]);
+            tokio::io::AsyncWriteExt::write_all(&mut tx, &bytes).await.unwrap();
+            let mut reader = FrameReader::new(rx, MAX_FRAME).with_budget(budget.clone());
+            tokio::select! {
+                got = reader.next_frame() => panic!("a partial frame was complete: {got:?}"),
+                () = tokio::time::sleep(std::time::Duration::from_millis(20)) => {}
+            }
+            readers.push((reader, tx));
+        }
+        // (A stream that waits has read no more than its first small read.)
+        let reading = readers.iter().filter(|(r, _)| r.buf.len() > 16 * 1024).count();
+        let buffered: usize = readers.iter().map(|(r, _)| r.buf.len()).sum();
+        assert_eq!(reading, 2, "{buffered} bytes buffered in unfinished frames");
+        // Finishing a frame frees its share: a waiting stream then reads on.
+        let (mut first, mut tx) = readers.remove(0);
+        tokio::io::AsyncWriteExt::write_all(&mut tx, &[1; 768 * 1024])
+            .await
+            .unwrap();
+        assert_eq!(first.next_frame().await.unwrap().unwrap().len(), 1024 * 1024);
+        drop(first);
+        let mut read_on = 0;
+        for (reader, _) in &mut readers {
+            tokio::select! {
+                _ = reader.next_frame() => {}
+                () = tokio::time::sleep(std::time::Duration::from_millis(20)) => {}
+            }
+            if reader.buf.len() > 16 * 1024 {
+                read_on += 1;
+            }
+        }
+        assert_eq!(read_on, 2, "one stream was waiting for the freed share");
     }
 
     #[test]

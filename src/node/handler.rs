@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use super::{Node, PeerConn, hop_margin};
 use crate::names::NodeName;
 use crate::routing::RoutingTable;
-use crate::rpc::{Handler, Now};
+use crate::rpc::{Handler, Now, StreamKey};
 use crate::store::{Lookup, StoreError};
 use crate::wire::{
     BucketOp, BucketRequest, ChatLine, ChatMessage, KEYS_PAGE, MAX_CHAT, MAX_HOPS, MemberInfo, RemoteError, Reply,
@@ -67,9 +67,9 @@ impl Handler for Node {
         }
     }
 
-    fn answer_now(self: &Arc<Self>, request: Request, timeout: Duration) -> Now {
+    fn answer_now(self: &Arc<Self>, request: Request, timeout: Duration, stream: StreamKey) -> Now {
         match request {
-            Request::Bucket(req) => self.bucket_now(req, timeout),
+            Request::Bucket(req) => self.bucket_now(req, timeout, stream),
             Request::Ping => Now::Answer(Ok(Reply::Pong {
                 name: self.name.clone(),
             })),
@@ -147,7 +147,11 @@ impl Node {
     /// deadline: the stream fails the call then). Anything else (work for the durable
     /// store, a hop that must connect or open a stream first) is given back as it came, to
     /// go the deadline-bounded path of [`Node::bucket`].
-    fn bucket_now(self: &Arc<Self>, mut req: BucketRequest, timeout: Duration) -> Now {
+    ///
+    /// The requests of one incoming `stream` all go to the owner on one stream, in the order
+    /// they came (issue 22): when one cannot be queued at once (no connection or stream yet,
+    /// or the outbox toward the owner is full), the incoming stream waits until it is.
+    fn bucket_now(self: &Arc<Self>, mut req: BucketRequest, timeout: Duration, stream: StreamKey) -> Now {
         match self.route(&req) {
             Err(e) => Now::Answer(Err(e)),
             Ok(Dest::Here) => match self.execute_sync(req) {
@@ -157,25 +161,57 @@ impl Node {
                 Err(deferred) => Now::Later(Request::Bucket(deferred.into_request())),
             },
             Ok(Dest::There(owner)) => {
-                let hop = self.open_hop(&owner).and_then(|peer| Some((peer.next_stream()?, peer)));
-                let Some((stream, peer)) = hop else {
-                    return Now::Later(Request::Bucket(req));
-                };
                 req.path.push(self.name.clone());
                 // As in `handle`: keep back a little of the deadline for our own error.
                 let deadline = Instant::now() + timeout - hop_margin(timeout);
                 let request = Request::Bucket(req);
-                let answer = peer.send(&stream, &request, deadline);
-                if !request.may_repeat() {
-                    return Now::Waiting(Box::pin(answer));
+                let queued = self
+                    .open_hop(&owner)
+                    .and_then(|peer| Some((peer.send_pinned(stream, &request, deadline)?, peer)));
+                if let Some((answer, peer)) = queued {
+                    return self.answer_forwarded(peer, answer, owner, request, deadline);
                 }
+                // Only until the connection and its streams are open (a test counts these).
+                tracing::debug!(to = %owner, "forwarding by the slow path: no open stream to the owner yet");
                 let node = Arc::clone(self);
-                Now::Waiting(Box::pin(async move {
-                    let answer = answer.await;
-                    node.again_if_reset(&peer, answer, &owner, &request, deadline).await
+                Now::First(Box::pin(async move {
+                    let started = Instant::now();
+                    let placed = tokio::time::timeout_at(deadline, async {
+                        let peer = node.hop(&owner, deadline).await?;
+                        let answer = peer.place_pinned(stream, &request, deadline).await?;
+                        Ok::<_, RemoteError>((peer, answer))
+                    });
+                    match Box::pin(placed).await {
+                        Ok(Ok((peer, answer))) => node.answer_forwarded(peer, answer, owner, request, deadline),
+                        Ok(Err(e)) => Now::Answer(Err(e)),
+                        Err(_) => Now::Answer(Err(RemoteError::DeadlineExceeded {
+                            node: owner.to_string(),
+                            waited_ms: started.elapsed().as_millis() as u64,
+                        })),
+                    }
                 }))
             }
         }
+    }
+
+    /// The answer to `request`, forwarded to `owner` over `peer`: `answer`, or for a read
+    /// that met a restarted owner, the answer to it sent again.
+    fn answer_forwarded(
+        self: &Arc<Self>,
+        peer: Arc<PeerConn>,
+        answer: impl Future<Output = Answer> + Send + 'static,
+        owner: NodeName,
+        request: Request,
+        deadline: Instant,
+    ) -> Now {
+        if !request.may_repeat() {
+            return Now::Waiting(Box::pin(answer));
+        }
+        let node = Arc::clone(self);
+        Now::Waiting(Box::pin(async move {
+            let answer = answer.await;
+            node.again_if_reset(&peer, answer, &owner, &request, deadline).await
+        }))
     }
 
     /// The live connection this node last forwarded to `to` over, if any, and if its last

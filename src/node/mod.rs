@@ -28,7 +28,7 @@ use crate::secret::{Secret, SecretError};
 use crate::store::Store;
 use crate::supervisor::{GaveUp, Part, Supervisor};
 use crate::transport::{self, AcceptError, Identity, TransportError};
-use crate::wire::{RemoteError, Role};
+use crate::wire::{self, FrameBudget, RemoteError, Role};
 
 pub use peers::{ConnectFailure, PeerConn, PeerPool, hop_margin};
 
@@ -276,6 +276,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         default_timeout: config.timeouts.request,
         idle_timeout: config.timeouts.idle,
         stopping: CancellationToken::new(),
+        frames: FrameBudget::node(wire::UNFINISHED_FRAMES_PER_NODE),
     };
     // A durable node keeps where it is and whom it knows; it rejoins through the members
     // saved only without `join` of its own, as with the table.
@@ -591,6 +592,8 @@ impl Node {
 
     /// Serves every request stream the other side opens on `conn`, until it ends or we stop.
     async fn serve_streams(self: &Arc<Self>, conn: &quinn::Connection) {
+        // The streams of one connection share its part of the budget for frames being received.
+        let frames = self.serve.frames.for_connection(wire::UNFINISHED_FRAMES_PER_CONNECTION);
         loop {
             let stream = tokio::select! {
                 s = conn.accept_bi() => s,
@@ -598,7 +601,10 @@ impl Node {
             };
             match stream {
                 Ok((send, recv)) => {
-                    let ctx = self.serve.clone();
+                    let ctx = ServeContext {
+                        frames: frames.clone(),
+                        ..self.serve.clone()
+                    };
                     self.tasks.spawn(rpc::serve(recv, send, Arc::clone(self), ctx));
                 }
                 Err(e) => {

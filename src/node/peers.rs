@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use crate::auth::Me;
 use crate::names::NodeName;
-use crate::rpc::{CallError, Channel};
+use crate::rpc::{CallError, Channel, PendingCall, StreamKey};
 use crate::secret::Secret;
 use crate::transport::{self, Authed, ConnectError};
 use crate::wire::{RemoteError, Reply, Request, Role};
@@ -68,7 +68,13 @@ impl PeerConn {
 
     /// The next request stream in turn, if it is open and sound.
     fn open_channel(&self) -> Result<Arc<Channel>, &Mutex<Option<Arc<Channel>>>> {
-        let slot = &self.channels[self.next.fetch_add(1, Ordering::Relaxed) % self.channels.len()];
+        self.pinned(self.next.fetch_add(1, Ordering::Relaxed) as u64)
+    }
+
+    /// The request stream that the requests of incoming stream `key` take, if it is open
+    /// and sound: always the same one, so that they arrive in the order they came.
+    fn pinned(&self, key: StreamKey) -> Result<Arc<Channel>, &Mutex<Option<Arc<Channel>>>> {
+        let slot = &self.channels[(key % self.channels.len() as u64) as usize];
         sound(slot).ok_or(slot)
     }
 
@@ -101,15 +107,55 @@ impl PeerConn {
         // A stream slot left empty (or broken) is filled here: [`PeerConn::next_stream`] skips
         // such a slot and sends its request this way.
         let vacant = self.vacant_slot().map_or_else(|| self.open_channel(), Err);
-        let channel = match vacant {
-            Ok(ch) => ch,
+        let channel = self.opened(vacant, deadline).await?;
+        let started = channel.start_within(request, deadline).await;
+        self.answer_of(started).await
+    }
+
+    /// The stream in `found`, or the one opened into its slot; or why none could be.
+    async fn opened(
+        &self,
+        found: Result<Arc<Channel>, &Mutex<Option<Arc<Channel>>>>,
+        deadline: Instant,
+    ) -> Result<Arc<Channel>, RemoteError> {
+        match found {
+            Ok(ch) => Ok(ch),
             // Boxed: rare, and it would otherwise enlarge every forwarded request's future.
             Err(slot) => Box::pin(tokio::time::timeout_at(deadline, self.reopen(slot)))
                 .await
                 .unwrap_or_else(|_| Err("no stream could be opened before the deadline".into()))
-                .map_err(|e| self.unreachable(&e))?,
-        };
-        self.send(&channel, request, deadline).await
+                .map_err(|e| self.unreachable(&e)),
+        }
+    }
+
+    /// Queues `request` on the stream pinned to incoming stream `key` (see
+    /// [`PeerConn::pinned`]) now, if it is open and has room: the future of its answer.
+    pub fn send_pinned(
+        self: &Arc<Self>,
+        key: StreamKey,
+        request: &Request,
+        deadline: Instant,
+    ) -> Option<impl Future<Output = Result<Reply, RemoteError>> + Send + use<>> {
+        let channel = self.pinned(key).ok()?;
+        match channel.start(request, deadline.saturating_duration_since(Instant::now())) {
+            Err(CallError::Full) => None,
+            started => Some(self.answer_of(started)),
+        }
+    }
+
+    /// Queues `request` on the stream pinned to incoming stream `key`, opening it or
+    /// waiting for room in it as needed, until `deadline`; then gives back the future of
+    /// its answer (or why it could not be queued).
+    pub async fn place_pinned(
+        self: &Arc<Self>,
+        key: StreamKey,
+        request: &Request,
+        deadline: Instant,
+    ) -> Result<impl Future<Output = Result<Reply, RemoteError>> + Send + use<>, RemoteError> {
+        let channel = self.opened(self.pinned(key), deadline).await?;
+        let started = channel.start_within(request, deadline).await;
+        let answer = self.answer_of(started);
+        Ok(answer)
     }
 
     /// The next request stream in turn, if it is open and sound; `None` when it is not (not
@@ -129,7 +175,16 @@ impl PeerConn {
         deadline: Instant,
     ) -> impl Future<Output = Result<Reply, RemoteError>> + Send + use<> {
         let timeout = deadline.saturating_duration_since(Instant::now());
-        let started = channel.start(request, timeout);
+        self.answer_of(channel.start(request, timeout))
+    }
+
+    /// The future of the answer to a call `started` on one of this connection's streams:
+    /// fails by the call's deadline, and maps the stream's failures to this peer being
+    /// unreachable.
+    fn answer_of(
+        self: &Arc<Self>,
+        started: Result<PendingCall, CallError>,
+    ) -> impl Future<Output = Result<Reply, RemoteError>> + Send + use<> {
         let peer = Arc::clone(self);
         async move {
             let answer = match started {
@@ -150,6 +205,9 @@ impl PeerConn {
                 ))),
                 Err(CallError::Broken(why)) => Err(peer.unreachable(&why)),
                 Err(CallError::TooLarge(e)) => Err(RemoteError::invalid(e)),
+                Err(CallError::Full) => Err(peer.unreachable(
+                    "too many requests were waiting to be sent to it; it may be overloaded (raise --timeout to wait longer)",
+                )),
             }
         }
     }

@@ -1,0 +1,132 @@
+//! Issue 22, point 7: requests pipelined on one client stream are applied in the order
+//! sent, at a single node and through a forwarding node.
+
+mod common;
+
+use std::time::Duration;
+
+use common::Home;
+use kvnode::auth::Me;
+use kvnode::config::Limits;
+use kvnode::rpc::Channel;
+use kvnode::secret::SecretSource;
+use kvnode::transport;
+use kvnode::wire::{BucketOp, BucketRequest, RemoteError, Reply, Request, Role};
+
+/// Key pairs per round; each pair is put-then-put or put-then-delete.
+const PAIRS: usize = 600;
+
+fn bucket(op: BucketOp) -> Request {
+    Request::Bucket(BucketRequest {
+        bucket: b"world".to_vec(),
+        op,
+        path: vec![],
+    })
+}
+
+fn put(key: &str, value: &str) -> Request {
+    bucket(BucketOp::Put {
+        key: key.as_bytes().to_vec(),
+        value: value.as_bytes().to_vec(),
+    })
+}
+
+/// Opens one stream to `addr` and pipelines, on it, `PAIRS` pairs of writes per round
+/// (the first `put k first`, the second `put k second` or `delete k`), waits for every
+/// answer, then reads each key back over a fresh stream: it must hold what the last
+/// request sent left.
+fn pipelined_pairs_end_as_last_sent(home: &Home, addr: std::net::SocketAddr, rounds: usize) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let secret = SecretSource::Home(home.secret_path()).load().unwrap();
+        let config = transport::client_config(&Limits::default(), Duration::from_secs(30), None).unwrap();
+        let endpoint = transport::client_endpoint(addr, config).unwrap();
+        let me = Me {
+            role: Role::Client,
+            name: "order",
+            listen: None,
+        };
+        let authed = transport::connect(&endpoint, addr, &secret, &me).await.unwrap();
+        for round in 0..rounds {
+            let (send, recv) = authed.conn.open_bi().await.unwrap();
+            let ch = Channel::spawn(recv, send);
+            let mut calls = Vec::new();
+            for i in 0..PAIRS {
+                let key = format!("r{round}k{i}");
+                calls.push(ch.start(&put(&key, "first"), Duration::from_secs(20)).unwrap());
+                let second = if i % 2 == 0 {
+                    put(&key, "second")
+                } else {
+                    bucket(BucketOp::Delete {
+                        key: key.as_bytes().to_vec(),
+                    })
+                };
+                calls.push(ch.start(&second, Duration::from_secs(20)).unwrap());
+            }
+            for call in calls {
+                let answer = call.await.unwrap();
+                // A delete that finds no key ran before the put sent ahead of it.
+                assert_eq!(answer, Ok(Reply::Done), "round {round}: applied out of order");
+            }
+            let (send, recv) = authed.conn.open_bi().await.unwrap();
+            let check = Channel::spawn(recv, send);
+            let mut wrong = Vec::new();
+            for i in 0..PAIRS {
+                let key = format!("r{round}k{i}");
+                let get = bucket(BucketOp::Get {
+                    key: key.as_bytes().to_vec(),
+                });
+                let got = check.call(&get, Duration::from_secs(20)).await.unwrap();
+                let right = if i % 2 == 0 {
+                    matches!(&got, Ok(Reply::Value(v)) if v.as_slice() == b"second")
+                } else {
+                    matches!(got, Err(RemoteError::KeyNotFound { .. }))
+                };
+                if !right {
+                    wrong.push(format!("{key}: {got:?}"));
+                }
+            }
+            assert!(wrong.is_empty(), "round {round}: applied out of order: {wrong:?}");
+        }
+    });
+}
+
+#[test]
+fn pipelined_writes_through_a_forwarding_node_are_applied_in_the_order_sent() {
+    let home = Home::new();
+    let table = "a-m=foo,n-z=bar";
+    let foo = home.start("foo", &["--in-memory", "--table", table]);
+    let _bar = home.start("bar", &["--in-memory", "--table", table]);
+    // "world" is bar's: every request crosses foo.
+    pipelined_pairs_end_as_last_sent(&home, foo.addr(), 3);
+}
+
+#[test]
+fn pipelined_writes_to_a_durable_node_are_applied_in_the_order_sent() {
+    let home = Home::new();
+    let foo = home.start("foo", &[]);
+    pipelined_pairs_end_as_last_sent(&home, foo.addr(), 2);
+}
+
+#[test]
+fn pipelined_writes_forwarded_to_a_durable_owner_are_applied_in_the_order_sent() {
+    let home = Home::new();
+    let table = "a-m=foo,n-z=bar";
+    let foo = home.start("foo", &["--in-memory", "--table", table]);
+    let _bar = home.start("bar", &["--table", table]);
+    pipelined_pairs_end_as_last_sent(&home, foo.addr(), 2);
+}
+
+#[test]
+fn pipelined_writes_through_two_forwarding_nodes_are_applied_in_the_order_sent() {
+    // Tables that disagree make a chain: c1 forwards to c2, c2 to c3, which owns everything.
+    let home = Home::new();
+    let c1 = home.start("c1", &["--in-memory", "--table", "0x00-0xff=c2"]);
+    let _c2 = home.start("c2", &["--in-memory", "--table", "0x00-0xff=c3"]);
+    let _c3 = home.start("c3", &["--in-memory"]);
+    pipelined_pairs_end_as_last_sent(&home, c1.addr(), 2);
+}
