@@ -160,6 +160,9 @@ impl Node {
                 Err(Deferred::Get { bucket, key, .. }) => Now::Waiting(Box::pin(self.read(bucket, key, timeout))),
                 Err(deferred) => Now::Later(Request::Bucket(deferred.into_request())),
             },
+            // A route query goes the path of `Node::bucket`, which answers it from the table
+            // when the owner cannot be reached; it changes nothing, so no order is at stake.
+            Ok(Dest::There(_)) if matches!(req.op, BucketOp::Route) => Now::Later(Request::Bucket(req)),
             Ok(Dest::There(owner)) => {
                 req.path.push(self.name.clone());
                 // As in `handle`: keep back a little of the deadline for our own error.
