@@ -455,3 +455,20 @@ fn under_handshake_pressure_honest_clients_get_in_through_a_retry() {
         }
     });
 }
+
+/// Issue 22 point 3: a chat address hint makes a node dial an address a client gave; it is
+/// used only for a name the node does not know, and every time it is, the node logs it.
+#[test]
+fn a_chat_address_hint_the_node_dials_is_logged() {
+    let (home, elsewhere, s) = common::two_homes_one_secret();
+    let s = s.as_str();
+    let alex = home.start("alex", &["--in-memory", "--secret-file", s]);
+    let lone = elsewhere.start("lone", &["--in-memory", "--secret-file", s]);
+    home.run(&["chat", &lone.full(), "hi", "--via", "alex", "--secret-file", s])
+        .ok();
+    let line = alex.wait_log("the dial for the hint", |l| l.contains("chat: dialling"));
+    assert!(
+        line.contains("to=lone") && line.contains(&lone.addr().to_string()),
+        "{line}"
+    );
+}

@@ -298,6 +298,18 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         .with(store_writer(&node, &parts_stop))
         .with(gossip_driver(&node, &parts_stop));
     let mut parts = tokio::spawn(supervisor.run(parts_stop.clone()));
+    // Pooled connections nothing has used for a while are closed (they are kept alive by
+    // our keep-alives otherwise); the pool looks every eighth of the idle period.
+    let sweeping = Arc::clone(&node);
+    node.tasks.spawn(async move {
+        let mut every = tokio::time::interval(peers::PEER_IDLE / 8);
+        loop {
+            tokio::select! {
+                _ = every.tick() => sweeping.peers.expire_idle(std::time::Instant::now()),
+                () = sweeping.serve.stopping.cancelled() => return,
+            }
+        }
+    });
     let failed: Option<NodeError> = tokio::select! {
         () = shutdown => None,
         () = node.fatal.cancelled() => Some(NodeError::Fatal(
