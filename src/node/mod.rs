@@ -544,8 +544,10 @@ impl Node {
                 }
                 return;
             }
-            // Held open without the proof until the deadline: the slot was kept from honest
-            // clients all that time, so it costs its source what a wrong secret does.
+            // Held open past TLS without the proof until the deadline: the slot was kept from
+            // honest clients all that time, so it costs its source what a wrong secret does.
+            // (A QUIC handshake that never finished is not charged: its address may be a
+            // spoofed victim's.)
             Err(e @ AcceptError::Timeout(_)) => {
                 match self.penalise(peer) {
                     Some(penalty::Warning::First) => {
