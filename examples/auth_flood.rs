@@ -4,7 +4,7 @@
 //! as the node drops or refuses it, all from one UDP socket (scripts/bench-half-open.sh).
 //!
 //!   cargo run --release --example auth_flood -- ADDR [--workers 16] [--seconds 10] [--new-port-each-time]
-//!   cargo run --release --example auth_flood -- ADDR --half-open 300 [--seconds 10]
+//!   cargo run --release --example auth_flood -- ADDR --half-open 300 [--seconds 10] [--new-port-each-time] [--from IP]
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,6 +22,7 @@ async fn main() {
     let mut args = std::env::args().skip(1);
     let addr: SocketAddr = args.next().expect("ADDR").parse().expect("ADDR is HOST:PORT");
     let (mut workers, mut seconds, mut rotate, mut half_open) = (16usize, 10f64, false, 0usize);
+    let mut from: Option<std::net::IpAddr> = None;
     while let Some(flag) = args.next() {
         if flag == "--new-port-each-time" {
             rotate = true;
@@ -32,11 +33,12 @@ async fn main() {
             "--workers" => workers = value.parse().unwrap(),
             "--seconds" => seconds = value.parse().unwrap(),
             "--half-open" => half_open = value.parse().unwrap(),
+            "--from" => from = Some(value.parse().expect("--from takes an IP address")),
             other => panic!("unknown flag {other}"),
         }
     }
     if half_open > 0 {
-        return hold_half_open(addr, half_open, Duration::from_secs_f64(seconds)).await;
+        return hold_half_open(addr, half_open, Duration::from_secs_f64(seconds), rotate, from).await;
     }
     let secret = Secret::new(b"definitely not the secret".to_vec()).unwrap();
     let config = transport::client_config(&Limits::default(), Duration::from_secs(5), None).unwrap();
@@ -84,9 +86,19 @@ async fn main() {
 
 /// Keeps `n` connections open past TLS without ever starting the secret handshake, for
 /// `seconds`; prints how many it held at most and how many attempts were answered.
-async fn hold_half_open(addr: SocketAddr, n: usize, seconds: Duration) {
+async fn hold_half_open(addr: SocketAddr, n: usize, seconds: Duration, rotate: bool, from: Option<std::net::IpAddr>) {
     let config = transport::client_config(&Limits::default(), Duration::from_secs(10), None).unwrap();
-    let endpoint = transport::client_endpoint(addr, config).unwrap();
+    // From `from` (say 127.0.0.2, another address than the honest clients' 127.0.0.1), or
+    // from where any client would connect.
+    let new_endpoint = move || match from {
+        Some(ip) => {
+            let mut ep = quinn::Endpoint::client(SocketAddr::new(ip, 0)).unwrap();
+            ep.set_default_client_config(config.clone());
+            ep
+        }
+        None => transport::client_endpoint(addr, config.clone()).unwrap(),
+    };
+    let endpoint = new_endpoint();
     let (held, most, attempts, answered) = (
         Arc::new(AtomicU64::new(0)),
         Arc::new(AtomicU64::new(0)),
@@ -96,7 +108,8 @@ async fn hold_half_open(addr: SocketAddr, n: usize, seconds: Duration) {
     let end = tokio::time::Instant::now() + seconds;
     let tasks: Vec<_> = (0..n)
         .map(|_| {
-            let (endpoint, held, most, attempts, answered) = (
+            let new_endpoint = new_endpoint.clone();
+            let (mut endpoint, held, most, attempts, answered) = (
                 endpoint.clone(),
                 held.clone(),
                 most.clone(),
@@ -106,6 +119,10 @@ async fn hold_half_open(addr: SocketAddr, n: usize, seconds: Duration) {
             tokio::spawn(async move {
                 while tokio::time::Instant::now() < end {
                     attempts.fetch_add(1, Ordering::Relaxed);
+                    if rotate {
+                        // A new UDP socket, so every connection comes from a new port.
+                        endpoint = new_endpoint();
+                    }
                     let Ok(connecting) = endpoint.connect(addr, "kvnode") else {
                         return;
                     };

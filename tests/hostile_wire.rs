@@ -305,6 +305,20 @@ fn a_stream_opened_and_left_silent_is_cut_off_at_the_deadline() {
 /// each of its connections through all of them).
 #[test]
 fn half_open_connections_from_one_address_do_not_lock_out_honest_clients() {
+    honest_gets_during_a_half_open_flood(None);
+}
+
+/// Issue 22 point 6: the same flood from another address (127.0.0.2), every connection from a
+/// new port, takes only that address's share of the handshake slots: the honest clients on
+/// 127.0.0.1 get 20 of 20.
+#[test]
+fn a_half_open_flood_from_another_address_on_ever_new_ports_leaves_room_for_others() {
+    honest_gets_during_a_half_open_flood(Some([127, 0, 0, 2]));
+}
+
+/// 300 half-open connections held against a node, from one socket on 127.0.0.1, or (with
+/// `from`) each from a new socket on that address; meanwhile 20 gets must all succeed.
+fn honest_gets_during_a_half_open_flood(from: Option<[u8; 4]>) {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let home = Home::new();
     let foo = home.start("foo", &[]);
@@ -313,15 +327,28 @@ fn half_open_connections_from_one_address_do_not_lock_out_honest_clients() {
     // Connections open now, and connection attempts answered (held or refused) so far.
     let (held, answered) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let (stop, stopped) = tokio::sync::watch::channel(false);
+    let addr = foo.addr();
+    let new_endpoint = move || match from {
+        None => endpoint(addr),
+        Some(ip) => {
+            let config = transport::client_config(&Limits::default(), Duration::from_secs(10), None).unwrap();
+            let mut ep = quinn::Endpoint::client((ip, 0).into()).unwrap();
+            ep.set_default_client_config(config);
+            ep
+        }
+    };
     let flood = {
         let _guard = rt.enter();
-        let ep = endpoint(foo.addr());
-        let addr = foo.addr();
+        let ep = new_endpoint();
         (0..300)
             .map(|_| {
-                let (ep, held, answered, mut stopped) = (ep.clone(), held.clone(), answered.clone(), stopped.clone());
+                let (mut ep, held, answered, mut stopped) =
+                    (ep.clone(), held.clone(), answered.clone(), stopped.clone());
                 rt.spawn(async move {
                     while !*stopped.borrow() {
+                        if from.is_some() {
+                            ep = new_endpoint();
+                        }
                         let connecting = ep.connect(addr, "kvnode").unwrap();
                         let conn = tokio::select! {
                             c = connecting => c,
