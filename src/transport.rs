@@ -439,8 +439,13 @@ pub enum AcceptError {
     Quic(#[from] ConnectionError),
     #[error("authentication refused: the peer's secret differs")]
     AuthRefused,
+    /// TLS was done (so the peer owns its address) but no proof of the secret came in time.
     #[error("handshake not finished within {0:?}")]
     Timeout(Duration),
+    /// The QUIC/TLS handshake itself did not finish: the address may well be spoofed (no
+    /// answer to our packets ever came back), so it is not held against it.
+    #[error("QUIC handshake not finished within {0:?}")]
+    QuicTimeout(Duration),
     #[error("{0}")]
     Handshake(HandshakeError),
 }
@@ -456,7 +461,7 @@ pub async fn accept(
     let start = tokio::time::Instant::now();
     let conn = match tokio::time::timeout(deadline, incoming).await {
         Ok(conn) => conn?,
-        Err(_) => return Err(AcceptError::Timeout(deadline)),
+        Err(_) => return Err(AcceptError::QuicTimeout(deadline)),
     };
     let handshake = async {
         let exporter = exporter(&conn)?;

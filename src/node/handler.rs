@@ -515,9 +515,14 @@ impl Node {
         }
         msg.path.push(self.name.clone());
         let to = msg.to.clone();
-        let answer = match self.chat_hint(&msg, deadline).await {
+        // The hint is for the first node that handles the message: it is used (or not) here,
+        // and never passed on, so one message makes at most one node dial an address a
+        // client gave.
+        let hint = msg.at.take();
+        let answer = match self.chat_hint(&to, hint.as_deref(), deadline).await {
             // Not known here by name, but the sender said where it is.
             Some(addr) => {
+                tracing::info!(from = %msg.from, %to, %addr, "chat: dialling the address the sender gave for a node not known here");
                 let peer = Box::pin(self.peer(&to, addr, deadline)).await?;
                 peer.call(&Request::Chat(msg), deadline).await?
             }
@@ -533,9 +538,9 @@ impl Node {
     /// The address the sender gave for a chat message's addressee, if this node knows
     /// nothing of that name: what the cluster knows wins, an address or that the node is
     /// dead or has left.
-    async fn chat_hint(&self, msg: &ChatMessage, deadline: Instant) -> Option<SocketAddr> {
-        let at: crate::names::HostPort = msg.at.as_deref()?.parse().ok()?;
-        if self.gossip.member(&msg.to).is_some() || self.locate(&msg.to).await.is_ok() {
+    async fn chat_hint(&self, to: &NodeName, at: Option<&str>, deadline: Instant) -> Option<SocketAddr> {
+        let at: crate::names::HostPort = at?.parse().ok()?;
+        if self.gossip.member(to).is_some() || self.locate(to).await.is_ok() {
             return None;
         }
         tokio::time::timeout_at(deadline, at.resolve()).await.ok()?.ok()

@@ -1,6 +1,7 @@
 //! A running node: wires the transport, the store, the routing table, the peer pool and the
 //! request handlers together. The only module that knows all the others.
 
+mod admission;
 mod chat_out;
 mod gossip;
 mod handler;
@@ -86,8 +87,8 @@ pub struct Node {
     /// the requests in flight.
     tasks: TaskTracker,
     connections: AtomicUsize,
-    /// Connections between their first packet and the end of the secret handshake.
-    handshaking: AtomicUsize,
+    /// Slots for connections between their first packet and the end of the secret handshake.
+    handshakes: admission::Slots,
     /// Addresses that failed the handshake, and how fast they may try again.
     penalties: std::sync::Mutex<penalty::Penalties>,
     /// The gossip driver's inbox and the membership it last published.
@@ -304,7 +305,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         serve,
         tasks: TaskTracker::new(),
         connections: AtomicUsize::new(0),
-        handshaking: AtomicUsize::new(0),
+        handshakes: admission::Slots::new(config.limits.max_handshakes as usize),
         penalties: Default::default(),
         gossip,
         fatal: CancellationToken::new(),
@@ -324,6 +325,18 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         .with(store_writer(&node, &parts_stop))
         .with(gossip_driver(&node, &parts_stop));
     let mut parts = tokio::spawn(supervisor.run(parts_stop.clone()));
+    // Pooled connections nothing has used for a while are closed (they are kept alive by
+    // our keep-alives otherwise); the pool looks every eighth of the idle period.
+    let sweeping = Arc::clone(&node);
+    node.tasks.spawn(async move {
+        let mut every = tokio::time::interval(peers::PEER_IDLE / 8);
+        loop {
+            tokio::select! {
+                _ = every.tick() => sweeping.peers.expire_idle(std::time::Instant::now()),
+                () = sweeping.serve.stopping.cancelled() => return,
+            }
+        }
+    });
     let failed: Option<NodeError> = tokio::select! {
         () = shutdown => None,
         () = node.leave.cancelled() => {
@@ -388,9 +401,14 @@ fn usable_dir(dir: &std::path::Path) -> std::io::Result<()> {
 
 /// What becomes of a connection attempt before any TLS work.
 enum Admission {
-    Accept,
+    /// With the handshake slot it holds until its handshake ends.
+    Accept(admission::Ticket),
     /// Over a limit: told so at once.
     Refuse,
+    /// Handshakes are under pressure and its address is not validated yet: asked to come
+    /// back with a QUIC Retry token, which costs the node one stateless packet and nothing
+    /// at all for a spoofed address, which never comes back.
+    Retry,
     /// From a source or address slowed down after failing the handshake: dropped unanswered.
     Ignore,
 }
@@ -422,10 +440,15 @@ fn listener(node: &Arc<Node>, endpoint: &quinn::Endpoint, parts_stop: &Cancellat
                 let Some(incoming) = incoming else {
                     return Err("the endpoint stopped accepting".to_string());
                 };
-                match node.may_handshake(&incoming) {
-                    Admission::Accept => {}
+                let ticket = match node.may_handshake(&incoming) {
+                    Admission::Accept(ticket) => ticket,
                     Admission::Refuse => {
                         incoming.refuse();
+                        continue;
+                    }
+                    Admission::Retry => {
+                        // Only an address not yet validated is asked (checked by may_handshake).
+                        let _ = incoming.retry();
                         continue;
                     }
                     // A source slowed down after failing gets no answer at all: a refusal
@@ -434,8 +457,8 @@ fn listener(node: &Arc<Node>, endpoint: &quinn::Endpoint, parts_stop: &Cancellat
                         incoming.ignore();
                         continue;
                     }
-                }
-                node.tasks.spawn(Arc::clone(&node).serve_connection(incoming));
+                };
+                node.tasks.spawn(Arc::clone(&node).serve_connection(incoming, ticket));
             }
             // Draining: accept nothing more, and end with the other parts.
             parts_stop.cancelled().await;
@@ -492,8 +515,10 @@ impl Node {
 
 impl Node {
     /// Whether an incoming connection may start its (costly) TLS and secret handshakes: not
-    /// beyond the connection and handshake limits, and not faster than its address is allowed
-    /// after failing to authenticate. Refusing costs almost nothing.
+    /// beyond the connection limit, from an address shown to be the sender's when handshakes
+    /// are under pressure, not faster than its source is allowed after failing to
+    /// authenticate, and within its share of the handshake slots (see `admission`). Refusing
+    /// costs almost nothing.
     fn may_handshake(&self, incoming: &quinn::Incoming) -> Admission {
         let peer = incoming.remote_address();
         let limits = &self.config.limits;
@@ -501,50 +526,69 @@ impl Node {
             tracing::warn!(%peer, limit = limits.max_connections, "refused a connection: too many open");
             return Admission::Refuse;
         }
-        if self.handshaking.load(Ordering::Relaxed) >= limits.max_handshakes as usize {
-            tracing::debug!(%peer, limit = limits.max_handshakes, "refused a connection: too many handshakes in progress");
-            return Admission::Refuse;
+        // Before the penalties: an address not validated may be spoofed, and must neither
+        // spend nor be charged for the address it claims.
+        if !incoming.remote_address_validated() && incoming.may_retry() && self.handshakes.lock().under_pressure() {
+            tracing::trace!(%peer, "handshakes under pressure: asked to validate its address");
+            return Admission::Retry;
         }
-        let mut penalties = self.penalties.lock().unwrap_or_else(PoisonError::into_inner);
-        if penalties.allow(peer, std::time::Instant::now()) {
-            Admission::Accept
-        } else {
-            Admission::Ignore
+        let now = std::time::Instant::now();
+        if !self
+            .penalties
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .allow(peer, now)
+        {
+            return Admission::Ignore;
+        }
+        match self.handshakes.admit(peer, now) {
+            Ok(ticket) => Admission::Accept(ticket),
+            Err(full) => {
+                tracing::debug!(%peer, limit = limits.max_handshakes, "refused a connection: {full}");
+                Admission::Refuse
+            }
         }
     }
 
     /// Authenticates one incoming connection, then serves every stream it opens.
-    async fn serve_connection(self: Arc<Self>, incoming: quinn::Incoming) {
+    async fn serve_connection(self: Arc<Self>, incoming: quinn::Incoming, slot: admission::Ticket) {
         let peer = incoming.remote_address();
         let me = Me {
             role: Role::Node,
             name: self.name.as_str(),
             listen: Some(self.listen.to_string()),
         };
-        self.handshaking.fetch_add(1, Ordering::Relaxed);
         let accepted = transport::accept(incoming, &self.secret, &me, self.config.timeouts.handshake).await;
-        self.handshaking.fetch_sub(1, Ordering::Relaxed);
+        drop(slot);
         let authed = match accepted {
             Ok(a) => a,
             Err(AcceptError::AuthRefused) => {
-                let warning = self
-                    .penalties
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .failed(peer, std::time::Instant::now());
+                let warning = self.penalise(peer);
                 match warning {
                     Some(penalty::Warning::First) => {
                         tracing::warn!(%peer, "refused a connection: its secret differs from this node's");
                     }
                     Some(penalty::Warning::Repeated(n)) => {
-                        tracing::warn!(address = %peer.ip(), attempts = n, "refused more connections with a wrong secret from this address; it is being slowed down");
+                        tracing::warn!(address = %peer.ip(), attempts = n, "refused more connections that failed the handshake (a wrong secret, or not finished in time) from this address; it is being slowed down");
                     }
                     None => {}
                 }
                 return;
             }
+            // Held open past TLS without the proof until the deadline: the slot was kept from
+            // honest clients all that time, so it costs its source what a wrong secret does.
+            // (A QUIC handshake that never finished is not charged: its address may be a
+            // spoofed victim's.)
             Err(e @ AcceptError::Timeout(_)) => {
-                tracing::info!(%peer, error = %e, "dropped a connection");
+                match self.penalise(peer) {
+                    Some(penalty::Warning::First) => {
+                        tracing::warn!(%peer, error = %e, "dropped a connection; its source is slowed down as for a wrong secret");
+                    }
+                    Some(penalty::Warning::Repeated(n)) => {
+                        tracing::warn!(address = %peer.ip(), attempts = n, error = %e, "dropped more connections that failed the handshake (a wrong secret, or not finished in time) from this address; it is being slowed down");
+                    }
+                    None => tracing::debug!(%peer, error = %e, "dropped a connection"),
+                }
                 return;
             }
             Err(e) => {
@@ -557,6 +601,7 @@ impl Node {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .succeeded(peer);
+        self.handshakes.lock().proved(peer.ip(), std::time::Instant::now());
         self.connections.fetch_add(1, Ordering::Relaxed);
         let conn = authed.conn.clone();
         if authed.peer.role == Role::Node {
@@ -588,6 +633,15 @@ impl Node {
         }
         self.serve_streams(&conn).await;
         self.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Records a failed handshake (a wrong secret, or none proven in time) against `peer`;
+    /// says whether (and what) to log.
+    fn penalise(&self, peer: SocketAddr) -> Option<penalty::Warning> {
+        self.penalties
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .failed(peer, std::time::Instant::now())
     }
 
     /// Serves every request stream the other side opens on `conn`, until it ends or we stop.

@@ -234,14 +234,54 @@ fn sound(slot: &Mutex<Option<Arc<Channel>>>) -> Option<Arc<Channel>> {
 /// A peer's connection slot; its lock makes concurrent callers wait for one connection attempt.
 type Slot = Arc<tokio::sync::Mutex<Option<Arc<PeerConn>>>>;
 
+/// Peer addresses the pool holds a connection (or an attempt) for at once. Beyond it, the one
+/// quiet the longest is closed to make room: a member reached again is simply reconnected.
+/// Bounds what a flood of addresses to dial (say, chat address hints) can make the node hold.
+pub const MAX_PEERS: usize = 1024;
+
+/// A pooled connection that carried no request, answer or gossip (no stream or datagram
+/// frame, either way; keep-alives do not count) for this long is closed and forgotten.
+/// Members gossip with each other every second or so, so only connections to addresses
+/// outside the membership (a chat hint, a node that went away unnoticed) ever get this quiet.
+pub const PEER_IDLE: Duration = Duration::from_secs(120);
+
+/// One address in the pool: its slot, and when traffic on its connection was last seen.
+struct Entry {
+    slot: Slot,
+    /// Stream and datagram frames sent and received on the connection when last looked at.
+    activity: u64,
+    /// When `activity` last changed (or the connection was last handed out).
+    active_at: std::time::Instant,
+}
+
+impl Entry {
+    fn new(now: std::time::Instant) -> Self {
+        Self {
+            slot: Slot::default(),
+            activity: 0,
+            active_at: now,
+        }
+    }
+}
+
+/// The frames on `conn` that carry something: requests, answers, gossip. Not PINGs (the
+/// keep-alives), ACKs or flow control, which flow on an unused connection too.
+fn activity(conn: &quinn::Connection) -> u64 {
+    let s = conn.stats();
+    s.frame_tx.stream + s.frame_rx.stream + s.frame_tx.datagram + s.frame_rx.datagram
+}
+
 /// The pool: at most one connection per peer address, made on demand or adopted from the
-/// peer, shared by every task.
+/// peer, shared by every task. At most `max` addresses (a failed attempt leaves none behind);
+/// a connection quiet for `idle` is closed.
 pub struct PeerPool {
     endpoint: quinn::Endpoint,
     secret: Secret,
     me: NodeName,
     listen: SocketAddr,
-    conns: Mutex<HashMap<SocketAddr, Slot>>,
+    conns: Mutex<HashMap<SocketAddr, Entry>>,
+    max: usize,
+    idle: Duration,
 }
 
 /// Why no connection to a peer could be had.
@@ -259,23 +299,110 @@ impl PeerPool {
             me,
             listen,
             conns: Mutex::default(),
+            max: MAX_PEERS,
+            idle: PEER_IDLE,
         }
     }
 
+    /// The same pool with other bounds (tests).
+    #[cfg(test)]
+    fn bounded(mut self, max: usize, idle: Duration) -> Self {
+        (self.max, self.idle) = (max.max(1), idle);
+        self
+    }
+
+    /// How many peer addresses the pool holds now (tests).
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.conns.lock().unwrap_or_else(PoisonError::into_inner).len()
+    }
+
+    /// The slot for `addr`, made if needed: then, with the pool full, the entry quiet the
+    /// longest (and not being connected right now) is closed and dropped to make room.
     fn slot(&self, addr: SocketAddr) -> Slot {
-        Arc::clone(
-            self.conns
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .entry(addr)
-                .or_default(),
-        )
+        let now = std::time::Instant::now();
+        let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(entry) = conns.get_mut(&addr) {
+            entry.active_at = now;
+            return Arc::clone(&entry.slot);
+        }
+        if conns.len() >= self.max {
+            // Dead or empty entries go first; then the one quiet the longest.
+            conns.retain(|_, e| {
+                e.slot
+                    .try_lock()
+                    .map_or(true, |c| c.as_ref().is_some_and(|c| c.is_alive()))
+            });
+            if conns.len() >= self.max {
+                let quietest = conns
+                    .iter()
+                    .filter(|(_, e)| e.slot.try_lock().is_ok())
+                    .min_by_key(|(_, e)| e.active_at)
+                    .map(|(a, _)| *a);
+                if let Some(gone) = quietest.and_then(|a| conns.remove(&a)) {
+                    tracing::info!(peer = ?quietest, limit = self.max, "closed the quietest peer connection: the pool is full");
+                    close(&gone, b"the peer pool is full");
+                }
+            }
+        }
+        Arc::clone(&conns.entry(addr).or_insert_with(|| Entry::new(now)).slot)
+    }
+
+    /// Drops `addr`'s entry if it holds no connection and nobody else is using it (a failed
+    /// attempt leaves nothing behind).
+    fn drop_if_empty(&self, addr: SocketAddr, slot: &Slot) {
+        let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
+        // Ours and the pool's are the only references: no caller waits on it.
+        if let Some(e) = conns.get(&addr)
+            && Arc::ptr_eq(&e.slot, slot)
+            && Arc::strong_count(slot) == 2
+        {
+            conns.remove(&addr);
+        }
+    }
+
+    /// Closes and forgets every connection that carried nothing for `idle` (as of `now`),
+    /// and forgets entries whose connection has ended. Called every few seconds.
+    pub fn expire_idle(&self, now: std::time::Instant) {
+        let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
+        let idle = self.idle;
+        conns.retain(|addr, e| {
+            // Being connected right now: kept.
+            let Ok(slot) = e.slot.try_lock() else { return true };
+            let Some(conn) = slot.as_ref().filter(|c| c.is_alive()) else {
+                return false;
+            };
+            let seen = activity(&conn.authed.conn);
+            if seen != e.activity {
+                (e.activity, e.active_at) = (seen, now);
+                return true;
+            }
+            if now.saturating_duration_since(e.active_at) < idle {
+                return true;
+            }
+            tracing::debug!(peer = %addr, name = conn.name(), after = ?idle, "closed an idle peer connection");
+            conn.authed.conn.close(transport::close::DONE, b"idle");
+            false
+        });
     }
 
     /// The live connection to the node at `addr`, connecting (once, however many ask) if
     /// needed. The flag says whether it is new, so that the caller starts serving it.
     pub async fn connect(&self, addr: SocketAddr, deadline: Instant) -> Result<(Arc<PeerConn>, bool), ConnectFailure> {
-        let slot = self.slot(addr);
+        let entry = self.slot(addr);
+        let connected = self.connect_into(&entry, addr, deadline).await;
+        if connected.is_err() {
+            self.drop_if_empty(addr, &entry);
+        }
+        connected
+    }
+
+    async fn connect_into(
+        &self,
+        slot: &Slot,
+        addr: SocketAddr,
+        deadline: Instant,
+    ) -> Result<(Arc<PeerConn>, bool), ConnectFailure> {
         let mut slot = tokio::time::timeout_at(deadline, slot.lock()).await.map_err(|_| {
             ConnectFailure::Unreachable(
                 "no connection to it before the deadline; it may be down (raise --timeout to wait longer)".into(),
@@ -331,7 +458,7 @@ impl PeerPool {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(&addr)
-            .cloned()?;
+            .map(|e| Arc::clone(&e.slot))?;
         let slot = slot.try_lock().ok()?;
         slot.as_ref().filter(|c| c.is_alive()).cloned()
     }
@@ -339,6 +466,15 @@ impl PeerPool {
     /// Drops the pooled connection to `addr` (its node died or left).
     pub fn forget(&self, addr: SocketAddr) {
         self.conns.lock().unwrap_or_else(PoisonError::into_inner).remove(&addr);
+    }
+}
+
+/// Closes the connection in `entry`'s slot, if it holds one and nobody is connecting.
+fn close(entry: &Entry, why: &'static [u8]) {
+    if let Ok(slot) = entry.slot.try_lock()
+        && let Some(conn) = slot.as_ref()
+    {
+        conn.authed.conn.close(transport::close::DONE, why);
     }
 }
 
@@ -430,6 +566,104 @@ mod tests {
             .expect("the pooled connection is replaced");
         assert_eq!(replaced.authed.conn.stable_id(), first.authed.conn.stable_id());
         assert_eq!(pool.live(peer_addr).unwrap().authed.conn.stable_id(), second_id);
+    }
+
+    /// A peer listening on 127.0.0.1 that accepts `n` connections (handshake done), and
+    /// where it is.
+    fn peer(dir: &std::path::Path, secret: &Secret, name: &'static str, n: usize) -> SocketAddr {
+        let ep = endpoint(&dir.join(name), name, 16);
+        let addr = ep.local_addr().unwrap();
+        let secret = secret.clone();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            for _ in 0..n {
+                let incoming = ep.accept().await.unwrap();
+                let accepted = transport::accept(incoming, &secret, &hello(name), Duration::from_secs(5)).await;
+                held.push(accepted.unwrap());
+            }
+            // Held open (and the endpoint with them) until the test ends.
+            std::future::pending::<()>().await;
+        });
+        addr
+    }
+
+    fn pool(dir: &std::path::Path, secret: &Secret) -> PeerPool {
+        let me = endpoint(&dir.join("me"), "me", 16);
+        let listen = me.local_addr().unwrap();
+        PeerPool::new(me, secret.clone(), "me".parse().unwrap(), listen)
+    }
+
+    /// Issue 22 point 3: dialling an address where no node answers used to leave an entry
+    /// behind for good.
+    #[tokio::test]
+    async fn a_failed_dial_leaves_nothing_in_the_pool() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = Secret::new(b"s3cret".to_vec()).unwrap();
+        let pool = pool(dir.path(), &secret);
+        let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let deadline = Instant::now() + Duration::from_millis(300);
+        assert!(pool.connect(silent.local_addr().unwrap(), deadline).await.is_err());
+        assert_eq!(pool.len(), 0);
+    }
+
+    /// Issue 22 point 3: a connection nothing is sent on is closed and forgotten after the
+    /// idle period; one that carries traffic is kept.
+    #[tokio::test]
+    async fn an_idle_peer_connection_is_closed_and_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = Secret::new(b"s3cret".to_vec()).unwrap();
+        let (quiet, busy) = (
+            peer(dir.path(), &secret, "quiet", 1),
+            peer(dir.path(), &secret, "busy", 1),
+        );
+        let idle = Duration::from_secs(60);
+        let pool = pool(dir.path(), &secret).bounded(16, idle);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let (quiet_conn, _) = pool.connect(quiet, deadline).await.ok().unwrap();
+        let (busy_conn, _) = pool.connect(busy, deadline).await.ok().unwrap();
+        let t0 = std::time::Instant::now();
+        pool.expire_idle(t0);
+        let before = activity(&busy_conn.authed.conn);
+        busy_conn
+            .authed
+            .conn
+            .send_datagram(bytes::Bytes::from_static(b"gossip"))
+            .unwrap();
+        let wait = Instant::now() + Duration::from_secs(5);
+        while activity(&busy_conn.authed.conn) == before {
+            assert!(Instant::now() < wait, "the datagram was never sent");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        pool.expire_idle(t0 + idle / 2);
+        assert_eq!(pool.len(), 2, "neither is idle yet");
+        pool.expire_idle(t0 + idle + Duration::from_secs(1));
+        assert_eq!(pool.len(), 1);
+        assert!(!quiet_conn.is_alive(), "the idle one is closed");
+        assert!(pool.live(quiet).is_none());
+        assert!(
+            busy_conn.is_alive() && pool.live(busy).is_some(),
+            "the busy one is kept"
+        );
+    }
+
+    /// Issue 22 point 3: the pool holds at most its bound; a new address makes the one quiet
+    /// the longest give way.
+    #[tokio::test]
+    async fn the_pool_is_bounded_and_the_quietest_gives_way() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = Secret::new(b"s3cret".to_vec()).unwrap();
+        let peers: Vec<_> = ["p1", "p2", "p3"].map(|name| peer(dir.path(), &secret, name, 1)).into();
+        let pool = pool(dir.path(), &secret).bounded(2, Duration::from_secs(60));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut conns = Vec::new();
+        for &p in &peers {
+            conns.push(pool.connect(p, deadline).await.ok().unwrap().0);
+            tokio::time::sleep(Duration::from_millis(2)).await; // distinct last-use times
+        }
+        assert_eq!(pool.len(), 2);
+        assert!(!conns[0].is_alive(), "the first, quiet the longest, was closed");
+        assert!(conns[1].is_alive() && conns[2].is_alive());
+        assert!(pool.live(peers[0]).is_none() && pool.live(peers[2]).is_some());
     }
 
     /// A peer that allows one request stream at a time and never answers: the first call's
