@@ -386,7 +386,9 @@ impl Default for Timeouts {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Limits {
     pub max_connections: u32,
-    /// Connections allowed to be in their handshakes at once; more are refused cheaply.
+    /// Connections allowed to be in their handshakes at once; more are refused cheaply. Shared
+    /// out: 8 per source (address and port), an eighth per address, and a quarter kept for
+    /// addresses that proved the secret before (see `node::admission`).
     pub max_handshakes: u32,
     pub max_streams_per_connection: u32,
     /// Requests that wait (durable writes, hops, chat) in flight per stream; beyond it the
