@@ -104,8 +104,7 @@ impl PeerConn {
 
     /// Sends `request` on this connection and waits for its answer until `deadline`.
     pub async fn call(self: &Arc<Self>, request: &Request, deadline: Instant) -> Result<Reply, RemoteError> {
-        // A stream slot left empty (or broken) is filled here: [`PeerConn::next_stream`] skips
-        // such a slot and sends its request this way.
+        // A stream slot left empty (or broken) is filled here first.
         let vacant = self.vacant_slot().map_or_else(|| self.open_channel(), Err);
         let channel = self.opened(vacant, deadline).await?;
         let started = channel.start_within(request, deadline).await;
@@ -156,26 +155,6 @@ impl PeerConn {
         let started = channel.start_within(request, deadline).await;
         let answer = self.answer_of(started);
         Ok(answer)
-    }
-
-    /// The next request stream in turn, if it is open and sound; `None` when it is not (not
-    /// yet, or broken): then [`PeerConn::call`] sends the request and opens the stream for
-    /// the next ones.
-    pub fn next_stream(&self) -> Option<Arc<Channel>> {
-        self.open_channel().ok()
-    }
-
-    /// Queues `request` on `channel` now, and gives back the future of its answer, which
-    /// holds nothing of the request, fails by `deadline`, and maps the stream's failures to
-    /// this peer being unreachable.
-    pub fn send(
-        self: &Arc<Self>,
-        channel: &Channel,
-        request: &Request,
-        deadline: Instant,
-    ) -> impl Future<Output = Result<Reply, RemoteError>> + Send + use<> {
-        let timeout = deadline.saturating_duration_since(Instant::now());
-        self.answer_of(channel.start(request, timeout))
     }
 
     /// The future of the answer to a call `started` on one of this connection's streams:
