@@ -197,7 +197,10 @@ async fn shutdown_signal() {
 }
 
 fn client_command(command: Command, global: Global, env: Env) -> ExitCode {
-    init_logging(&global, "warn", global.log_format.unwrap_or_default());
+    // With --json a client says everything on stdout, failures included, and nothing on
+    // stderr (issue 22): no log lines unless asked for by -v or a RUST_LOG that parses.
+    let default_level = if global.json { "off" } else { "warn" };
+    init_logging(&global, default_level, global.log_format.unwrap_or_default());
     let mut out = Output::new(global.json);
     // One thread: a client does one thing at a time, and starts faster without a pool. The
     // bench drives many clients and gets a thread per core (or TOKIO_WORKER_THREADS).

@@ -42,6 +42,13 @@ fn with_json_a_failure_is_one_json_line_on_stdout_and_nothing_on_stderr() {
     assert_eq!(lines.len(), 1, "{missing:#?}");
     assert_eq!(lines[0]["code"], 1);
     assert_eq!(missing.stderr, "", "nothing on stderr with --json");
+    // Not even a log line: a RUST_LOG that does not parse is otherwise warned of on stderr.
+    let noisy = home.run_with(&["get", "b", "missing", "--json"], |c| {
+        c.env("RUST_LOG", "kvnode=[unclosed");
+    });
+    noisy.expect(1);
+    assert_eq!(json_lines(&noisy.stdout).len(), 1, "{noisy:#?}");
+    assert_eq!(noisy.stderr, "", "no log line on stderr with --json");
 
     // A usage error found by clap, and one found by kvnode.
     for args in [&["get", "--json"][..], &["get", "b", "", "--json"][..]] {
