@@ -153,7 +153,14 @@ fn start(args: StartArgs, global: Global, env: Env) -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(&format!("cannot start the runtime: {e}"), 6, &mut out),
     };
-    match runtime.block_on(node::run(config, shutdown_signal())) {
+    // The handlers are installed now, before the node registers in the directory: a SIGTERM
+    // sent as soon as a client can find the node (`kvnode stop`) must stop it gracefully, not
+    // by the signal's default action.
+    let shutdown = {
+        let _in_runtime = runtime.enter();
+        shutdown_signal()
+    };
+    match runtime.block_on(node::run(config, shutdown)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let code = match &e {
@@ -176,12 +183,22 @@ fn config_exit_code(_: &ConfigError) -> u8 {
 /// Resolves on the first SIGINT or SIGTERM. A second one, while the node drains its
 /// requests, stops it at once. (SIGHUP keeps its default: `nohup` must go on protecting a
 /// node from a closing terminal, and handling it would override an inherited "ignore".)
-async fn shutdown_signal() {
+///
+/// The handlers are installed when this is called (inside the runtime), not when the future
+/// is first polled.
+fn shutdown_signal() -> impl Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        tracing::error!("cannot listen for SIGTERM/SIGINT; stop the node with SIGKILL");
-        return std::future::pending().await;
-    };
+    let signals = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()));
+    async move {
+        let (Ok(term), Ok(int)) = signals else {
+            tracing::error!("cannot listen for SIGTERM/SIGINT; stop the node with SIGKILL");
+            return std::future::pending().await;
+        };
+        wait_for_signals(term, int).await;
+    }
+}
+
+async fn wait_for_signals(mut term: tokio::signal::unix::Signal, mut int: tokio::signal::unix::Signal) {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM received"),
         _ = int.recv() => tracing::info!("SIGINT received"),

@@ -320,3 +320,16 @@ fn stop_is_exit_3_when_the_node_is_not_gone_within_the_timeout() {
     // Continued, it acts on the SIGTERM it was sent.
     assert!(foo.wait_exit().success());
 }
+
+#[test]
+fn a_node_stopped_as_soon_as_it_is_in_the_directory_stops_gracefully() {
+    // `kvnode stop` finds a node by its directory entry and sends SIGTERM at once: the node
+    // must already be listening for it then, or the signal's default action kills it
+    // (no `left` for the cluster, no drain).
+    let home = Home::new();
+    for round in 0..10 {
+        let mut node = home.start(&format!("n{round}"), &["--in-memory"]);
+        let status = node.terminate();
+        assert_eq!(status.code(), Some(0), "round {round}: {status}");
+    }
+}
