@@ -25,11 +25,13 @@ use crate::woken::OnlyWhenWoken;
 pub enum Now {
     /// The answer, given at once.
     Answer(Answer),
-    /// The answer to come; the future must end by the request's deadline by itself.
+    /// The answer to come; the future must end by the request's deadline by itself. It is
+    /// polled once at once, before the stream's next request is taken in: what it does
+    /// before its first wait (a durable write queued for the store) happens in the order the
+    /// requests came.
     Waiting(Pin<Box<dyn Future<Output = Answer> + Send>>),
-    /// The request, to be run by [`Handler::handle`] under its deadline. It is polled once
-    /// at once, before the stream's next request is taken in: what it does before its first
-    /// wait (a durable write queued for the store) happens in the order the requests came.
+    /// The request, to be run by [`Handler::handle`] under its deadline; its future is
+    /// polled once at once, as a [`Now::Waiting`] one is.
     Later(Request),
     /// A request that must be placed (queued toward the next node) before any later request
     /// of its stream is taken in, and cannot be yet (no stream open to that node, or its
@@ -193,7 +195,7 @@ where
             (id, kind, now) = place(&mut placing, handler.node_name()), if placing.is_some() => {
                 placing = None;
                 if let Some(waiting) = take_now(id, kind, now, &mut answered, &mut placing, &node) {
-                    pending.push(waiting);
+                    start(waiting, &mut answered, &mut pending, &settle).await;
                 }
                 continue;
             }
@@ -247,30 +249,18 @@ where
         };
         let kind = frame.request.kind();
         let now = match answer_now(&handler, frame.request, timeout, stream) {
-            Now::Later(request) => {
-                let mut later = InFlight {
-                    id: frame.id,
-                    kind,
-                    answer: Box::pin(run_with_deadline(Arc::clone(&handler), request, timeout)),
-                };
-                // Its first steps now, before the next request's (see `Now::Later`).
-                match std::future::poll_fn(|cx| std::task::Poll::Ready(Pin::new(&mut later).poll(cx))).await {
-                    std::task::Poll::Ready((id, answer)) => encode_answer(id, settle(answer), &mut answered),
-                    std::task::Poll::Pending => pending.push(later),
-                }
-                continue;
-            }
+            Now::Later(request) => Now::Waiting(Box::pin(run_with_deadline(Arc::clone(&handler), request, timeout))),
             now => now,
         };
         if let Some(waiting) = take_now(frame.id, kind, now, &mut answered, &mut placing, &node) {
-            pending.push(waiting);
+            start(waiting, &mut answered, &mut pending, &settle).await;
         }
     }
     // Answer everything already taken in before ending the stream.
     if let Some((id, kind, first)) = placing.take() {
         let now = first.await;
         if let Some(waiting) = take_now(id, kind, now, &mut answered, &mut placing, &node) {
-            pending.push(waiting);
+            start(waiting, &mut answered, &mut pending, &settle).await;
         }
     }
     while let Some((id, answer)) = pending.next().await {
@@ -323,6 +313,20 @@ fn take_now(
         ),
     }
     None
+}
+
+/// Polls the future of a request's answer once at once, before the stream's next request is
+/// taken in (see [`Now::Waiting`]): its answer is encoded if ready, else it joins those in flight.
+async fn start(
+    mut started: InFlight,
+    answered: &mut Vec<u8>,
+    pending: &mut FuturesUnordered<InFlight>,
+    settle: &(dyn Fn(Result<Answer, String>) -> Answer + Sync),
+) {
+    match std::future::poll_fn(|cx| std::task::Poll::Ready(Pin::new(&mut started).poll(cx))).await {
+        std::task::Poll::Ready((id, answer)) => encode_answer(id, settle(answer), answered),
+        std::task::Poll::Pending => pending.push(started),
+    }
 }
 
 /// Polls the request being placed, under a panic guard (a panic is an internal error).
