@@ -1,8 +1,8 @@
 //! The calling and the serving side of a stream, against each other.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::BufMut;
@@ -13,11 +13,11 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::call::wire_timeout;
+use super::call::tests::get;
 use super::*;
 use crate::wire::{
     self, BucketOp, BucketRequest, FrameBudget, FrameReader, MAX_FRAME, RemoteError, Reply, Request, RequestFrame,
-    RequestFrameRef, ResponseFrame,
+    ResponseFrame,
 };
 
 /// Echoes a `get` key back as the value; `Ping` sleeps forever; key "boom" panics; key
@@ -87,16 +87,6 @@ impl Handler for Echo {
     fn node_name(&self) -> &str {
         "echo"
     }
-}
-
-fn get(key: &str) -> Request {
-    Request::Bucket(BucketRequest {
-        bucket: b"b".to_vec(),
-        op: BucketOp::Get {
-            key: key.as_bytes().to_vec(),
-        },
-        path: vec![],
-    })
 }
 
 fn ctx() -> ServeContext {
@@ -285,77 +275,6 @@ async fn a_pipelined_burst_of_large_answers_is_written_in_bounded_batches() {
     );
 }
 
-fn put_of(len: usize) -> Request {
-    Request::Bucket(BucketRequest {
-        bucket: b"b".to_vec(),
-        op: BucketOp::Put {
-            key: b"k".to_vec(),
-            value: vec![1; len],
-        },
-        path: vec![],
-    })
-}
-
-#[tokio::test]
-async fn the_outbox_toward_a_stalled_peer_is_bounded_and_its_callers_fail_by_their_deadline() {
-    // The peer reads nothing: the first write fills the pipe and never finishes.
-    let (_peer, ours) = tokio::io::duplex(64 * 1024);
-    let (cr, cw) = tokio::io::split(ours);
-    let ch = Arc::new(Channel::spawn(cr, cw));
-    let calls: Vec<_> = (0..200)
-        .map(|_| {
-            let ch = Arc::clone(&ch);
-            tokio::spawn(async move { ch.call(&put_of(64 * 1024), Duration::from_millis(300)).await })
-        })
-        .collect();
-    let mut most = 0;
-    for _ in 0..50 {
-        tokio::task::yield_now().await;
-        most = most.max(ch.shared.lock().outbox.len());
-    }
-    assert!(
-        most <= MAX_OUTBOX + 64 * 1024 + 64,
-        "{most} bytes queued toward a stalled peer; the bound is {MAX_OUTBOX}"
-    );
-    for call in calls {
-        let answer = tokio::time::timeout(Duration::from_secs(5), call)
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(matches!(answer, Err(CallError::Timeout(_))), "{answer:?}");
-    }
-}
-
-#[tokio::test]
-async fn a_queued_request_whose_caller_gave_up_is_not_sent_and_the_rest_leave_with_what_is_left() {
-    let (peer, ours) = tokio::io::duplex(16 * 1024);
-    let (cr, cw) = tokio::io::split(ours);
-    let ch = Channel::spawn(cr, cw);
-    // Fills the pipe: the writer waits in the middle of this one.
-    let big = ch.start(&put_of(64 * 1024), Duration::from_secs(10)).unwrap();
-    for _ in 0..10 {
-        tokio::task::yield_now().await;
-    }
-    let gone = ch.start(&get("gone"), Duration::from_millis(100)).unwrap();
-    let dropped = ch.start(&get("dropped"), Duration::from_secs(10)).unwrap();
-    let kept = ch.start(&get("kept"), Duration::from_secs(5)).unwrap();
-    drop(dropped);
-    assert!(matches!(gone.await, Err(CallError::Timeout(_))));
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    // The peer reads at last.
-    let (pr, _pw) = tokio::io::split(peer);
-    let mut reader = FrameReader::new(pr, MAX_FRAME);
-    let mut seen = Vec::new();
-    while seen.len() < 2 {
-        let frame: RequestFrame = reader.next().await.unwrap().unwrap();
-        seen.push((frame.id, frame.timeout_ms));
-    }
-    assert_eq!(seen[0].0, 1, "{seen:?}");
-    assert_eq!(seen[1].0, 4, "the requests given up on were sent: {seen:?}");
-    assert!(seen[1].1 <= 4_800, "the budget was stamped when queued: {seen:?}");
-    drop((big, kept));
-}
-
 #[tokio::test]
 async fn a_panicking_request_is_an_internal_error_and_the_stream_goes_on() {
     let ch = pair();
@@ -391,15 +310,6 @@ async fn requests_started_at_once_are_answered_when_ready_and_a_panic_there_is_c
         matches!(&err, RemoteError::Internal { node, .. } if node == "echo"),
         "{err}"
     );
-}
-
-#[test]
-fn a_timeout_under_a_millisecond_is_sent_as_one_not_as_none() {
-    assert_eq!(wire_timeout(Duration::from_micros(300)), 1);
-    assert_eq!(wire_timeout(Duration::ZERO), 1);
-    assert_eq!(wire_timeout(Duration::from_micros(1_500)), 2);
-    assert_eq!(wire_timeout(Duration::from_secs(5)), 5_000);
-    assert_eq!(wire_timeout(Duration::from_secs(u64::MAX)), u32::MAX);
 }
 
 #[tokio::test]
@@ -491,18 +401,6 @@ async fn a_stream_that_never_sends_is_closed_at_its_deadline() {
     served.await.unwrap();
 }
 
-#[tokio::test]
-async fn a_broken_stream_wakes_every_caller_with_the_reason() {
-    let (client, server) = tokio::io::duplex(1024);
-    let (cr, cw) = tokio::io::split(client);
-    let ch = Channel::spawn(cr, cw);
-    let request = get("x");
-    let call = ch.call(&request, Duration::from_secs(5));
-    drop(server);
-    assert!(matches!(call.await, Err(CallError::Broken(_))));
-    assert!(ch.is_broken());
-}
-
 /// Counts the reads asked of the stream it wraps.
 struct CountingReader<R> {
     inner: R,
@@ -569,61 +467,4 @@ async fn a_stream_task_woken_for_an_answer_does_not_read_the_stream_again() {
         before,
         "the stream was read again for the answer"
     );
-}
-
-/// Counts the writes handed to it and the bytes they carried; takes everything at once.
-#[derive(Clone, Default)]
-struct CountingWriter(Arc<Mutex<(usize, usize)>>);
-
-impl AsyncWrite for CountingWriter {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        let mut counts = self.0.lock().unwrap();
-        counts.0 += 1;
-        counts.1 += buf.len();
-        std::task::Poll::Ready(Ok(buf.len()))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-}
-
-#[tokio::test]
-async fn requests_queued_while_the_writer_yields_leave_in_one_write() {
-    // On several workers, the callers of a burst (a forwarding node's client streams) run
-    // on the others while the stream's writer yields; here one caller queues a request per
-    // scheduler turn. The writer keeps gathering while the batch grows.
-    let (_answers, reader) = tokio::io::duplex(1024);
-    let writes = CountingWriter::default();
-    let ch = Channel::spawn(reader, writes.clone());
-    let requests: Vec<Request> = (0..4).map(|i| get(&format!("k{i}"))).collect();
-    let mut calls = Vec::new();
-    for request in &requests {
-        calls.push(ch.start(request, Duration::from_secs(5)).unwrap());
-        tokio::task::yield_now().await;
-    }
-    let mut frames = Vec::new();
-    for (id, request) in (1..).zip(&requests) {
-        let frame = RequestFrameRef {
-            id,
-            timeout_ms: 5_000,
-            request,
-        };
-        wire::encode_frame(&frame, &mut frames).unwrap();
-    }
-    for _ in 0..100 {
-        if writes.0.lock().unwrap().1 >= frames.len() {
-            break;
-        }
-        tokio::task::yield_now().await;
-    }
-    assert_eq!(*writes.0.lock().unwrap(), (1, frames.len()), "(writes, bytes)");
 }
