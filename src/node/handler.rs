@@ -1,21 +1,21 @@
-//! What a node does with each request: execute it, or forward it toward its owner.
+//! What a node does with each request. A bucket request is routed in one place,
+//! `Node::bucket_now`, into "apply it here" (by [`super::ops`], one function per operation)
+//! or "send it on to its owner"; the other requests (tables, members, chat, gossip) are
+//! answered by [`Handler::handle`].
 
 use std::net::SocketAddr;
 use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
-use bytes::Bytes;
-use serde_bytes::ByteBuf;
 use tokio::time::Instant;
 
+use super::ops::{self, Applied};
 use super::{Node, PeerConn, hop_margin};
 use crate::names::NodeName;
 use crate::routing::RoutingTable;
 use crate::rpc::{Handler, Now, StreamKey};
-use crate::store::{Lookup, StoreError};
 use crate::wire::{
-    BucketOp, BucketRequest, ChatLine, ChatMessage, KEYS_PAGE, MAX_CHAT, MAX_HOPS, MemberInfo, RemoteError, Reply,
-    Request,
+    BucketOp, BucketRequest, ChatLine, ChatMessage, MAX_CHAT, MAX_HOPS, MemberInfo, RemoteError, Reply, Request,
 };
 
 type Answer = Result<Reply, RemoteError>;
@@ -25,7 +25,11 @@ impl Handler for Node {
         // Keep a little of the deadline back so our own error reaches the caller in time.
         let deadline = deadline - hop_margin(deadline.saturating_duration_since(Instant::now()));
         match request {
-            Request::Bucket(req) => self.bucket(req, deadline).await,
+            // Routed and answered by `answer_now` (`Node::bucket_now`), which never gives one back.
+            Request::Bucket(_) => Err(RemoteError::Internal {
+                node: self.name.to_string(),
+                reason: "a bucket request reached the node unrouted".into(),
+            }),
             Request::Table => Ok(Reply::Table((*self.table()).clone())),
             Request::SetTable { entries } => self.set_table(entries, None, false, deadline).await,
             Request::SetTableIf {
@@ -83,31 +87,6 @@ impl Handler for Node {
 }
 
 impl Node {
-    /// Routes a bucket request: execute it here if this node owns the bucket, else forward it
-    /// to the owner, which checks its own table again.
-    async fn bucket(self: &Arc<Self>, mut req: BucketRequest, deadline: Instant) -> Answer {
-        match self.route(&req)? {
-            // Boxed: a store write's future is large, and forwarded requests, the common
-            // case here, need none of it.
-            Dest::Here => Box::pin(self.execute(req)).await,
-            Dest::There(owner) => {
-                // Only until the connection and its streams are open (a test counts these).
-                tracing::debug!(to = %owner, "forwarding by the slow path: no open stream to the owner yet");
-                req.path.push(self.name.clone());
-                let route = matches!(req.op, BucketOp::Route).then(|| req.path.clone());
-                let answer = self.forward(&owner, Request::Bucket(req), deadline).await;
-                match (answer, route) {
-                    // `route BUCKET` answers from the table when the owner cannot: the client
-                    // then reports the owner's state (issue 22, point 9).
-                    (Err(RemoteError::Unreachable { node, .. }), Some(path)) if node == owner.as_str() => {
-                        Ok(Reply::Owner { node: owner, path })
-                    }
-                    (answer, _) => answer,
-                }
-            }
-        }
-    }
-
     /// Where a bucket request goes by this node's table; or why nowhere (a bad request, a
     /// loop, too many hops, no entry). The request is left as it came: this node joins its
     /// path when it passes the request on, or answers a route query.
@@ -141,32 +120,40 @@ impl Node {
         }
     }
 
-    /// [`Handler::answer_now`] for a bucket request: executed at once when it is this node's
-    /// and needs no waiting (anything on the in-memory store); sent on at once when its
-    /// owner is another node and the next stream to it is open (its future ends by the
-    /// deadline: the stream fails the call then). Anything else (work for the durable
-    /// store, a hop that must connect or open a stream first) is given back as it came, to
-    /// go the deadline-bounded path of [`Node::bucket`].
+    /// [`Handler::answer_now`] for a bucket request, the one place a bucket request is
+    /// routed: into "apply it here" or "send it on to its owner".
+    ///
+    /// Applied here, it is answered at once when that needs no waiting (anything on the
+    /// in-memory store); else the future of its answer ends by the deadline (a write waiting
+    /// for the durable store's sync, a durable read or a listing of keys, each off the event
+    /// loop). Sent on, it is queued at once when the next stream to its owner is open (its
+    /// future ends by the deadline: the stream fails the call then); else it must connect or
+    /// open a stream first ([`Now::First`]). A route query sent on is answered from the table
+    /// when the owner cannot be reached.
     ///
     /// The requests of one incoming `stream` all go to the owner on one stream, in the order
     /// they came (issue 22): when one cannot be queued at once (no connection or stream yet,
     /// or the outbox toward the owner is full), the incoming stream waits until it is.
     fn bucket_now(self: &Arc<Self>, mut req: BucketRequest, timeout: Duration, stream: StreamKey) -> Now {
+        // Keep back a little of the deadline for our own error, so it reaches the caller in
+        // time. (Read from the clock only by what waits: most answers are given at once.)
+        let deadline = || Instant::now() + timeout - hop_margin(timeout);
         match self.route(&req) {
             Err(e) => Now::Answer(Err(e)),
-            Ok(Dest::Here) => match self.execute_sync(req) {
-                Ok(answer) => Now::Answer(answer),
-                // A durable read starts here, routed once, rather than by `handle`.
-                Err(Deferred::Get { bucket, key, .. }) => Now::Waiting(Box::pin(self.read(bucket, key, timeout))),
-                Err(deferred) => Now::Later(Request::Bucket(deferred.into_request())),
+            Ok(Dest::Here) => match ops::apply(req, &self.store, &self.name) {
+                Applied::Now(answer) => Now::Answer(answer),
+                Applied::Later(answer) => Now::Waiting(Box::pin(self.within(deadline(), answer))),
             },
-            // A route query goes the path of `Node::bucket`, which answers it from the table
-            // when the owner cannot be reached; it changes nothing, so no order is at stake.
-            Ok(Dest::There(_)) if matches!(req.op, BucketOp::Route) => Now::Later(Request::Bucket(req)),
+            // A route query changes nothing, so no order is at stake: it takes a hop of its
+            // own, which may connect first.
+            Ok(Dest::There(owner)) if matches!(req.op, BucketOp::Route) => {
+                let (node, deadline) = (Arc::clone(self), deadline());
+                let answer = async move { node.route_query(req, owner, deadline).await };
+                Now::Waiting(Box::pin(self.within(deadline, answer)))
+            }
             Ok(Dest::There(owner)) => {
                 req.path.push(self.name.clone());
-                // As in `handle`: keep back a little of the deadline for our own error.
-                let deadline = Instant::now() + timeout - hop_margin(timeout);
+                let deadline = deadline();
                 let request = Request::Bucket(req);
                 let queued = self
                     .open_hop(&owner)
@@ -194,6 +181,37 @@ impl Node {
                     }
                 }))
             }
+        }
+    }
+
+    /// A route query sent on to `owner`; answered from the table when the owner cannot be
+    /// reached: the client then reports the owner's state (issue 22, point 9).
+    async fn route_query(self: &Arc<Self>, mut req: BucketRequest, owner: NodeName, deadline: Instant) -> Answer {
+        req.path.push(self.name.clone());
+        let path = req.path.clone();
+        match self.forward(&owner, Request::Bucket(req), deadline).await {
+            Err(RemoteError::Unreachable { node, .. }) if node == owner.as_str() => {
+                Ok(Reply::Owner { node: owner, path })
+            }
+            answer => answer,
+        }
+    }
+
+    /// `answer`, or a deadline error from this node once `deadline` passes: a future given
+    /// as [`Now::Waiting`] must end by the deadline by itself.
+    fn within<F>(&self, deadline: Instant, answer: F) -> impl Future<Output = Answer> + Send + use<F>
+    where
+        F: Future<Output = Answer> + Send + 'static,
+    {
+        let name = self.name.clone();
+        let start = Instant::now();
+        async move {
+            tokio::time::timeout_at(deadline, answer).await.unwrap_or_else(|_| {
+                Err(RemoteError::DeadlineExceeded {
+                    node: name.to_string(),
+                    waited_ms: start.elapsed().as_millis() as u64,
+                })
+            })
         }
     }
 
@@ -286,117 +304,6 @@ impl Node {
         match Box::pin(tokio::time::timeout_at(deadline, again)).await {
             Ok(again) => again,
             Err(_) => answer,
-        }
-    }
-
-    /// Executes a request this node owns; a write to the durable store waits for its sync,
-    /// and a durable read and a listing of keys run on a blocking thread.
-    async fn execute(&self, req: BucketRequest) -> Answer {
-        let deferred = match self.execute_sync(req) {
-            Ok(answer) => return answer,
-            Err(deferred) => deferred,
-        };
-        match deferred {
-            Deferred::Put { bucket, key, value, .. } => {
-                self.store
-                    .put(&bucket, &key, Bytes::from(value))
-                    .await
-                    .map_err(|e| self.internal(e))?;
-                Ok(Reply::Done)
-            }
-            Deferred::Get { bucket, key, .. } => {
-                let found = self.store.get(&bucket, &key).await;
-                value(found, bucket, key).unwrap_or_else(|e| Err(self.internal(e)))
-            }
-            Deferred::Delete { bucket, key, .. } => {
-                let found = self.store.delete(&bucket, &key).await.map_err(|e| self.internal(e))?;
-                removed(found, bucket, key)
-            }
-            Deferred::Keys { bucket, after, .. } => match self
-                .store
-                .keys(&bucket, after.as_deref().map(Vec::as_slice), KEYS_PAGE)
-                .await
-            {
-                Err(e) => Err(self.internal(e)),
-                Ok(Lookup::Found(page)) => Ok(Reply::Keys {
-                    keys: page.keys.into_iter().map(|k| ByteBuf::from(k.to_vec())).collect(),
-                    more: page.more,
-                }),
-                Ok(Lookup::NoKey | Lookup::NoBucket) => Err(no_bucket(bucket)),
-            },
-        }
-    }
-
-    /// A durable read, on a blocking thread, ended by `timeout` (as [`Now::Waiting`] must be).
-    fn read(
-        self: &Arc<Self>,
-        bucket: Vec<u8>,
-        key: Vec<u8>,
-        timeout: Duration,
-    ) -> impl Future<Output = Answer> + use<> {
-        let node = Arc::clone(self);
-        let start = Instant::now();
-        // As in `handle`: keep back a little of the deadline for our own error.
-        let timeout = timeout - hop_margin(timeout);
-        async move {
-            match tokio::time::timeout(timeout, node.store.get(&bucket, &key)).await {
-                Ok(found) => value(found, bucket, key).unwrap_or_else(|e| Err(node.internal(e))),
-                Err(_) => Err(RemoteError::DeadlineExceeded {
-                    node: node.name.to_string(),
-                    waited_ms: start.elapsed().as_millis() as u64,
-                }),
-            }
-        }
-    }
-
-    /// Executes everything that needs no waiting; gives back anything the durable store does
-    /// (a write waits for its sync, a read may wait for the disk) and a listing of keys (a
-    /// scan of the whole bucket, too long for the event loop).
-    fn execute_sync(&self, req: BucketRequest) -> Result<Answer, Deferred> {
-        let BucketRequest { bucket, op, path } = req;
-        let answer = match op {
-            BucketOp::Put { key, value } => match self.store.memory() {
-                Some(m) => {
-                    m.put(&bucket, &key, Bytes::from(value));
-                    Ok(Reply::Done)
-                }
-                None => {
-                    return Err(Deferred::Put {
-                        bucket,
-                        key,
-                        value,
-                        path,
-                    });
-                }
-            },
-            BucketOp::Delete { key } => match self.store.memory() {
-                Some(m) => removed(m.delete(&bucket, &key), bucket, key),
-                None => return Err(Deferred::Delete { bucket, key, path }),
-            },
-            BucketOp::Get { key } => match self.store.memory() {
-                Some(m) => {
-                    let found = m.get(&bucket, &key);
-                    value(Ok(found), bucket, key).unwrap_or_else(|e| Err(self.internal(e)))
-                }
-                None => return Err(Deferred::Get { bucket, key, path }),
-            },
-            BucketOp::Keys { after } => return Err(Deferred::Keys { bucket, after, path }),
-            BucketOp::Route => {
-                let mut path = path;
-                path.push(self.name.clone());
-                Ok(Reply::Owner {
-                    node: self.name.clone(),
-                    path,
-                })
-            }
-        };
-        Ok(answer)
-    }
-
-    fn internal(&self, e: StoreError) -> RemoteError {
-        RemoteError::Internal {
-            node: self.name.to_string(),
-            reason: e.to_string(),
         }
     }
 
@@ -553,78 +460,4 @@ enum Dest {
     Here,
     /// The named node does, by this node's table.
     There(NodeName),
-}
-
-/// What [`Node::execute_sync`] does not do on the spot, with the request's path: a write
-/// that must wait for the durable store's group commit, a durable read (which may wait for
-/// the disk), or a listing of keys.
-enum Deferred {
-    Put {
-        bucket: Vec<u8>,
-        key: Vec<u8>,
-        value: Vec<u8>,
-        path: Vec<NodeName>,
-    },
-    Get {
-        bucket: Vec<u8>,
-        key: Vec<u8>,
-        path: Vec<NodeName>,
-    },
-    Delete {
-        bucket: Vec<u8>,
-        key: Vec<u8>,
-        path: Vec<NodeName>,
-    },
-    Keys {
-        bucket: Vec<u8>,
-        after: Option<ByteBuf>,
-        path: Vec<NodeName>,
-    },
-}
-
-impl Deferred {
-    fn into_request(self) -> BucketRequest {
-        let (bucket, op, path) = match self {
-            Self::Put {
-                bucket,
-                key,
-                value,
-                path,
-            } => (bucket, BucketOp::Put { key, value }, path),
-            Self::Get { bucket, key, path } => (bucket, BucketOp::Get { key }, path),
-            Self::Delete { bucket, key, path } => (bucket, BucketOp::Delete { key }, path),
-            Self::Keys { bucket, after, path } => (bucket, BucketOp::Keys { after }, path),
-        };
-        BucketRequest { bucket, op, path }
-    }
-}
-
-fn no_bucket(bucket: Vec<u8>) -> RemoteError {
-    RemoteError::BucketNotFound {
-        bucket: ByteBuf::from(bucket),
-    }
-}
-
-/// The answer to a get, from what the store found; `Err` when the store failed.
-fn value(found: Result<Lookup<Bytes>, StoreError>, bucket: Vec<u8>, key: Vec<u8>) -> Result<Answer, StoreError> {
-    Ok(match found? {
-        Lookup::Found(v) => Ok(Reply::Value(ByteBuf::from(v.to_vec()))),
-        Lookup::NoKey => Err(RemoteError::KeyNotFound {
-            bucket: ByteBuf::from(bucket),
-            key: ByteBuf::from(key),
-        }),
-        Lookup::NoBucket => Err(no_bucket(bucket)),
-    })
-}
-
-/// The answer to a delete, from what the store found.
-fn removed(found: Lookup<()>, bucket: Vec<u8>, key: Vec<u8>) -> Answer {
-    match found {
-        Lookup::Found(()) => Ok(Reply::Done),
-        Lookup::NoKey => Err(RemoteError::KeyNotFound {
-            bucket: ByteBuf::from(bucket),
-            key: ByteBuf::from(key),
-        }),
-        Lookup::NoBucket => Err(no_bucket(bucket)),
-    }
 }

@@ -5,6 +5,7 @@ mod admission;
 mod chat_out;
 mod gossip;
 mod handler;
+mod ops;
 mod peers;
 mod penalty;
 mod saved_cluster;

@@ -1,0 +1,23 @@
+//! Requests and responses multiplexed over one byte stream, many in flight at once.
+//!
+//! Generic over tokio's `AsyncRead`/`AsyncWrite` (a QUIC stream in production, an in-memory
+//! pipe in tests); knows nothing of routing or storage. Frames carry ids, so responses may come
+//! back in any order, and each side batches whatever is queued into one write.
+//!
+//! - `call`: the calling side ([`Channel`], [`PendingCall`]), its writer and its sweeper.
+//! - `serve`: the serving loop ([`serve`], [`Handler`], [`Now`]) and its panic guard.
+
+mod call;
+mod serve;
+#[cfg(test)]
+mod tests;
+
+pub use call::{CallError, Channel, MAX_OUTBOX, PendingCall};
+pub use serve::{FinishStream, Handler, Now, ServeContext, StreamKey, serve};
+
+use crate::wire::{RemoteError, Reply};
+
+/// How many bytes of queued frames one write may carry, on either side.
+const MAX_BATCH: usize = 256 * 1024;
+
+type Answer = Result<Reply, RemoteError>;
