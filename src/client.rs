@@ -281,7 +281,7 @@ pub async fn resolve_ref(via: &NodeRef, settings: &Settings, deadline: Instant) 
 /// One authenticated connection to a node, with one request stream.
 pub struct Client {
     endpoint: quinn::Endpoint,
-    conn: quinn::Connection,
+    conn: transport::Connection,
     /// The request stream; reopened when the node closed it (it closes idle streams).
     channel: std::sync::Mutex<std::sync::Arc<Channel>>,
     /// Held while a closed stream is replaced, so that only one caller opens the next.
@@ -414,10 +414,7 @@ impl Client {
             }),
             Err(CallError::Broken(reason)) => Err(ClientError::Unreachable {
                 node: self.describe(),
-                reason: self
-                    .conn
-                    .close_reason()
-                    .map_or(reason, |e| crate::transport::ended_because(&e)),
+                reason: self.conn.ended_because().unwrap_or(reason),
             }),
         }
     }
@@ -436,11 +433,11 @@ impl Client {
         if !channel.is_broken() {
             return Ok(channel); // another caller replaced it meanwhile
         }
-        let (send, recv) = self.conn.open_bi().await.map_err(|e| ClientError::Unreachable {
+        let fresh = self.conn.open_channel().await.map_err(|e| ClientError::Unreachable {
             node: self.describe(),
-            reason: crate::transport::ended_because(&e),
+            reason: e.explained(),
         })?;
-        let fresh = std::sync::Arc::new(Channel::spawn(recv, send));
+        let fresh = std::sync::Arc::new(fresh);
         *self.channel.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = std::sync::Arc::clone(&fresh);
         Ok(fresh)
     }

@@ -20,6 +20,9 @@ use crate::names::NodeName;
 use crate::secret::Secret;
 use crate::wire::{ALPN, FrameReader, MAX_HANDSHAKE_FRAME};
 
+mod connection;
+pub use connection::{Connection, Ended, RequestStreams};
+
 /// Application close codes, so the other side can say why a connection ended.
 pub mod close {
     use quinn::VarInt;
@@ -78,7 +81,7 @@ pub enum ConnectError {
 /// A connection that has passed the handshake; nothing is exchanged on it before that.
 #[derive(Clone, Debug)]
 pub struct Authed {
-    pub conn: quinn::Connection,
+    pub conn: Connection,
     pub peer: PeerHello,
 }
 
@@ -413,7 +416,10 @@ pub async fn connect(
     }
     .await;
     match result {
-        Ok(peer) => Ok(Authed { conn, peer }),
+        Ok(peer) => Ok(Authed {
+            conn: Connection::new(conn),
+            peer,
+        }),
         Err(HandshakeError::BadProof) => {
             conn.close(close::AUTH_FAILED, b"the node could not prove the shared secret");
             Err(ConnectError::AuthRefused { peer_name: None })
@@ -475,7 +481,10 @@ pub async fn accept(
         Ok::<_, HandshakeError>(peer)
     };
     match tokio::time::timeout_at(start + deadline, handshake).await {
-        Ok(Ok(peer)) => Ok(Authed { conn, peer }),
+        Ok(Ok(peer)) => Ok(Authed {
+            conn: Connection::new(conn),
+            peer,
+        }),
         Ok(Err(HandshakeError::BadProof)) => {
             conn.close(close::AUTH_FAILED, b"authentication failed: the secrets differ");
             Err(AcceptError::AuthRefused)

@@ -28,7 +28,7 @@ use crate::rpc::{self, ServeContext};
 use crate::secret::{Secret, SecretError};
 use crate::store::Store;
 use crate::supervisor::{GaveUp, Part, Supervisor};
-use crate::transport::{self, AcceptError, Identity, TransportError};
+use crate::transport::{self, AcceptError, Connection, Identity, TransportError};
 use crate::wire::{self, FrameBudget, RemoteError, Role};
 
 pub use peers::{ConnectFailure, PeerConn, PeerPool, hop_margin};
@@ -645,12 +645,12 @@ impl Node {
     }
 
     /// Serves every request stream the other side opens on `conn`, until it ends or we stop.
-    async fn serve_streams(self: &Arc<Self>, conn: &quinn::Connection) {
+    async fn serve_streams(self: &Arc<Self>, conn: &Connection) {
         // The streams of one connection share its part of the budget for frames being received.
         let frames = self.serve.frames.for_connection(wire::UNFINISHED_FRAMES_PER_CONNECTION);
         loop {
             let stream = tokio::select! {
-                s = conn.accept_bi() => s,
+                s = conn.accept_stream() => s,
                 () = self.serve.stopping.cancelled() => break,
             };
             match stream {
@@ -715,13 +715,13 @@ impl Node {
     }
 
     /// Hands every gossip datagram arriving on a node-to-node connection to the driver.
-    async fn read_datagrams(self: Arc<Self>, conn: quinn::Connection, from: SocketAddr) {
+    async fn read_datagrams(self: Arc<Self>, conn: Connection, from: SocketAddr) {
         loop {
             let datagram = tokio::select! {
                 d = conn.read_datagram() => d,
                 () = self.serve.stopping.cancelled() => return,
             };
-            let Ok(bytes) = datagram else { return };
+            let Some(bytes) = datagram else { return };
             match crate::gossip::Message::decode(&bytes) {
                 Ok(msg) => {
                     tracing::trace!(%from, len = bytes.len(), "gossip datagram in");

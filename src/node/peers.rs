@@ -53,7 +53,7 @@ impl PeerConn {
     }
 
     pub fn is_alive(&self) -> bool {
-        self.authed.conn.close_reason().is_none()
+        self.authed.conn.is_alive()
     }
 
     /// Whether the last call on this connection got no answer (see `unanswered`).
@@ -90,8 +90,7 @@ impl PeerConn {
         if let Some(ch) = sound(slot) {
             return Ok(ch);
         }
-        let (send, recv) = self.authed.conn.open_bi().await.map_err(|e| e.to_string())?;
-        let ch = Arc::new(Channel::spawn(recv, send));
+        let ch = Arc::new(self.authed.conn.open_channel().await.map_err(|e| e.to_string())?);
         *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&ch));
         Ok(ch)
     }
@@ -99,7 +98,7 @@ impl PeerConn {
     /// Whether the node at the peer's address reset this connection: a process there has
     /// no state for it, as when the peer was killed and restarted on the same address.
     pub fn was_reset(&self) -> bool {
-        matches!(self.authed.conn.close_reason(), Some(quinn::ConnectionError::Reset))
+        self.authed.conn.was_reset()
     }
 
     /// Sends `request` on this connection and waits for its answer until `deadline`.
@@ -192,8 +191,8 @@ impl PeerConn {
     }
 
     fn unreachable(&self, reason: &str) -> RemoteError {
-        let reason = match self.authed.conn.close_reason() {
-            Some(e @ quinn::ConnectionError::Reset) => format!("{reason}: {}", transport::ended_because(&e)),
+        let reason = match self.authed.conn.ended_because() {
+            Some(why) if self.was_reset() => format!("{reason}: {why}"),
             _ => reason.to_string(),
         };
         RemoteError::Unreachable {
@@ -241,13 +240,6 @@ impl Entry {
             active_at: now,
         }
     }
-}
-
-/// The frames on `conn` that carry something: requests, answers, gossip. Not PINGs (the
-/// keep-alives), ACKs or flow control, which flow on an unused connection too.
-fn activity(conn: &quinn::Connection) -> u64 {
-    let s = conn.stats();
-    s.frame_tx.stream + s.frame_rx.stream + s.frame_tx.datagram + s.frame_rx.datagram
 }
 
 /// The pool: at most one connection per peer address, made on demand or adopted from the
@@ -351,7 +343,7 @@ impl PeerPool {
             let Some(conn) = slot.as_ref().filter(|c| c.is_alive()) else {
                 return false;
             };
-            let seen = activity(&conn.authed.conn);
+            let seen = conn.authed.conn.activity();
             if seen != e.activity {
                 (e.activity, e.active_at) = (seen, now);
                 return true;
@@ -602,14 +594,15 @@ mod tests {
         let (busy_conn, _) = pool.connect(busy, deadline).await.ok().unwrap();
         let t0 = std::time::Instant::now();
         pool.expire_idle(t0);
-        let before = activity(&busy_conn.authed.conn);
-        busy_conn
-            .authed
-            .conn
-            .send_datagram(bytes::Bytes::from_static(b"gossip"))
-            .unwrap();
+        let before = busy_conn.authed.conn.activity();
+        assert!(
+            busy_conn
+                .authed
+                .conn
+                .send_datagram(bytes::Bytes::from_static(b"gossip"))
+        );
         let wait = Instant::now() + Duration::from_secs(5);
-        while activity(&busy_conn.authed.conn) == before {
+        while busy_conn.authed.conn.activity() == before {
             assert!(Instant::now() < wait, "the datagram was never sent");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -658,7 +651,7 @@ mod tests {
         let served = tokio::spawn(async move {
             let authed = accepted.await.unwrap();
             let mut held = Vec::new(); // open, unanswered
-            while let Ok(stream) = authed.conn.accept_bi().await {
+            while let Ok(stream) = authed.conn.accept_stream().await {
                 held.push(stream);
             }
         });
