@@ -15,7 +15,7 @@ use crate::directory::Directory;
 use crate::names::{HostPort, NodeName, NodeRef};
 use crate::rpc::{CallError, Channel};
 use crate::secret::{Secret, SecretError, SecretSource};
-use crate::transport::{self, ConnectError};
+use crate::transport::{self, ConnectError, RequestStreams};
 use crate::wire::{RemoteError, Reply, Request, Role};
 
 /// A client connection with no traffic at all for this long is gone.
@@ -283,9 +283,7 @@ pub struct Client {
     endpoint: quinn::Endpoint,
     conn: transport::Connection,
     /// The request stream; reopened when the node closed it (it closes idle streams).
-    channel: std::sync::Mutex<std::sync::Arc<Channel>>,
-    /// Held while a closed stream is replaced, so that only one caller opens the next.
-    reopening: tokio::sync::Mutex<()>,
+    stream: RequestStreams,
     /// The node's name as it introduced itself.
     pub node: String,
     pub addr: SocketAddr,
@@ -365,14 +363,17 @@ impl Client {
                 found: node,
             });
         }
-        let (send, recv) = authed.conn.open_bi().await.map_err(|e| ClientError::Unreachable {
-            node: shown,
-            reason: e.to_string(),
-        })?;
+        let stream = RequestStreams::new(1);
+        stream
+            .reopen(&authed.conn, 0)
+            .await
+            .map_err(|e| ClientError::Unreachable {
+                node: shown,
+                reason: e.to_string(),
+            })?;
         Ok(Self {
             endpoint,
-            channel: std::sync::Mutex::new(std::sync::Arc::new(Channel::spawn(recv, send))),
-            reopening: tokio::sync::Mutex::new(()),
+            stream,
             conn: authed.conn,
             node,
             addr: target.addr,
@@ -423,23 +424,16 @@ impl Client {
     /// quiet spell in an interactive chat). A request is never resent: only a stream already
     /// known to be closed is replaced.
     async fn channel(&self) -> Result<std::sync::Arc<Channel>, ClientError> {
-        let current = || std::sync::Arc::clone(&self.channel.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
-        let channel = current();
-        if !channel.is_broken() {
+        if let Some(channel) = self.stream.sound(0) {
             return Ok(channel);
         }
-        let _reopening = self.reopening.lock().await;
-        let channel = current();
-        if !channel.is_broken() {
-            return Ok(channel); // another caller replaced it meanwhile
-        }
-        let fresh = self.conn.open_channel().await.map_err(|e| ClientError::Unreachable {
-            node: self.describe(),
-            reason: e.explained(),
-        })?;
-        let fresh = std::sync::Arc::new(fresh);
-        *self.channel.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = std::sync::Arc::clone(&fresh);
-        Ok(fresh)
+        self.stream
+            .reopen(&self.conn, 0)
+            .await
+            .map_err(|e| ClientError::Unreachable {
+                node: self.describe(),
+                reason: e.explained(),
+            })
     }
 
     /// Closes at once: the close frame goes out, and the process does not wait out QUIC's

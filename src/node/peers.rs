@@ -15,7 +15,7 @@ use crate::auth::Me;
 use crate::names::NodeName;
 use crate::rpc::{CallError, Channel, PendingCall, StreamKey};
 use crate::secret::Secret;
-use crate::transport::{self, Authed, ConnectError};
+use crate::transport::{self, Authed, ConnectError, RequestStreams};
 use crate::wire::{RemoteError, Reply, Request, Role};
 
 /// Request streams opened per peer connection; calls are spread over them. More streams
@@ -29,11 +29,8 @@ const STREAMS_PER_PEER: usize = 2;
 pub struct PeerConn {
     pub authed: Authed,
     pub addr: SocketAddr,
-    channels: Vec<Mutex<Option<Arc<Channel>>>>,
+    streams: RequestStreams,
     next: AtomicUsize,
-    /// Held while a stream is opened, so that callers who find the same slot empty open
-    /// one stream between them, not one each.
-    opening: tokio::sync::Mutex<()>,
     /// The last call on this connection got no answer (it timed out, or the stream broke):
     /// the peer may have died and come back elsewhere, so until a call is answered again,
     /// forwarding looks the peer's name up before it uses this connection.
@@ -45,9 +42,8 @@ impl PeerConn {
         Self {
             authed,
             addr,
-            channels: (0..STREAMS_PER_PEER).map(|_| Mutex::new(None)).collect(),
+            streams: RequestStreams::new(STREAMS_PER_PEER),
             next: AtomicUsize::new(0),
-            opening: tokio::sync::Mutex::new(()),
             unanswered: AtomicBool::new(false),
         }
     }
@@ -66,33 +62,17 @@ impl PeerConn {
         &self.authed.peer.name
     }
 
-    /// The next request stream in turn, if it is open and sound.
-    fn open_channel(&self) -> Result<Arc<Channel>, &Mutex<Option<Arc<Channel>>>> {
+    /// The next request stream in turn, if it is open and sound; else its slot.
+    fn open_channel(&self) -> Result<Arc<Channel>, usize> {
         self.pinned(self.next.fetch_add(1, Ordering::Relaxed) as u64)
     }
 
     /// The request stream that the requests of incoming stream `key` take, if it is open
-    /// and sound: always the same one, so that they arrive in the order they came.
-    fn pinned(&self, key: StreamKey) -> Result<Arc<Channel>, &Mutex<Option<Arc<Channel>>>> {
-        let slot = &self.channels[(key % self.channels.len() as u64) as usize];
-        sound(slot).ok_or(slot)
-    }
-
-    /// A stream slot with no sound stream in it, if any.
-    fn vacant_slot(&self) -> Option<&Mutex<Option<Arc<Channel>>>> {
-        self.channels.iter().find(|slot| sound(slot).is_none())
-    }
-
-    /// Opens a request stream into `slot`, the first time or when the last one broke; or
-    /// takes the one another caller opened there meanwhile.
-    async fn reopen(&self, slot: &Mutex<Option<Arc<Channel>>>) -> Result<Arc<Channel>, String> {
-        let _opening = self.opening.lock().await;
-        if let Some(ch) = sound(slot) {
-            return Ok(ch);
-        }
-        let ch = Arc::new(self.authed.conn.open_channel().await.map_err(|e| e.to_string())?);
-        *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&ch));
-        Ok(ch)
+    /// and sound (else its slot): always the same one, so that they arrive in the order
+    /// they came.
+    fn pinned(&self, key: StreamKey) -> Result<Arc<Channel>, usize> {
+        let slot = (key % self.streams.len() as u64) as usize;
+        self.streams.sound(slot).ok_or(slot)
     }
 
     /// Whether the node at the peer's address reset this connection: a process there has
@@ -104,25 +84,27 @@ impl PeerConn {
     /// Sends `request` on this connection and waits for its answer until `deadline`.
     pub async fn call(self: &Arc<Self>, request: &Request, deadline: Instant) -> Result<Reply, RemoteError> {
         // A stream slot left empty (or broken) is filled here first.
-        let vacant = self.vacant_slot().map_or_else(|| self.open_channel(), Err);
+        let vacant = self.streams.vacant().map_or_else(|| self.open_channel(), Err);
         let channel = self.opened(vacant, deadline).await?;
         let started = channel.start_within(request, deadline).await;
         self.answer_of(started).await
     }
 
     /// The stream in `found`, or the one opened into its slot; or why none could be.
-    async fn opened(
-        &self,
-        found: Result<Arc<Channel>, &Mutex<Option<Arc<Channel>>>>,
-        deadline: Instant,
-    ) -> Result<Arc<Channel>, RemoteError> {
+    async fn opened(&self, found: Result<Arc<Channel>, usize>, deadline: Instant) -> Result<Arc<Channel>, RemoteError> {
         match found {
             Ok(ch) => Ok(ch),
             // Boxed: rare, and it would otherwise enlarge every forwarded request's future.
-            Err(slot) => Box::pin(tokio::time::timeout_at(deadline, self.reopen(slot)))
-                .await
-                .unwrap_or_else(|_| Err("no stream could be opened before the deadline".into()))
-                .map_err(|e| self.unreachable(&e)),
+            Err(slot) => {
+                let reopen = self.streams.reopen(&self.authed.conn, slot);
+                Box::pin(tokio::time::timeout_at(deadline, reopen))
+                    .await
+                    .map_or_else(
+                        |_| Err("no stream could be opened before the deadline".into()),
+                        |opened| opened.map_err(|e| e.to_string()),
+                    )
+                    .map_err(|e: String| self.unreachable(&e))
+            }
         }
     }
 
@@ -201,12 +183,6 @@ impl PeerConn {
             reason,
         }
     }
-}
-
-/// The stream in `slot`, if there is one and it is not broken.
-fn sound(slot: &Mutex<Option<Arc<Channel>>>) -> Option<Arc<Channel>> {
-    let ch = slot.lock().unwrap_or_else(PoisonError::into_inner);
-    ch.as_ref().filter(|ch| !ch.is_broken()).cloned()
 }
 
 /// A peer's connection slot; its lock makes concurrent callers wait for one connection attempt.
