@@ -15,7 +15,7 @@ use crate::directory::Directory;
 use crate::names::{HostPort, NodeName, NodeRef};
 use crate::rpc::{CallError, Channel};
 use crate::secret::{Secret, SecretError, SecretSource};
-use crate::transport::{self, ConnectError, RequestStreams};
+use crate::transport::{self, ConnectError, Endpoint, RequestStreams};
 use crate::wire::{RemoteError, Reply, Request, Role};
 
 /// A client connection with no traffic at all for this long is gone.
@@ -280,7 +280,7 @@ pub async fn resolve_ref(via: &NodeRef, settings: &Settings, deadline: Instant) 
 
 /// One authenticated connection to a node, with one request stream.
 pub struct Client {
-    endpoint: quinn::Endpoint,
+    endpoint: Endpoint,
     conn: transport::Connection,
     /// The request stream; reopened when the node closed it (it closes idle streams).
     stream: RequestStreams,
@@ -308,7 +308,7 @@ impl Client {
     }
 
     /// A client endpoint (one UDP socket) for reaching `target`; many connections may share it.
-    pub fn endpoint(target: &Target) -> Result<quinn::Endpoint, ClientError> {
+    pub fn endpoint(target: &Target) -> Result<Endpoint, ClientError> {
         let unreachable = |e: &dyn std::fmt::Display| ClientError::Unreachable {
             node: target.describe(),
             reason: e.to_string(),
@@ -317,12 +317,14 @@ impl Client {
         // keep-alives hold a quiet interactive session (chat from a terminal) open.
         let config = transport::client_config(&Limits::default(), CLIENT_IDLE, Some(CLIENT_KEEP_ALIVE))
             .map_err(|e| unreachable(&e))?;
-        transport::client_endpoint(target.addr, config).map_err(|e| unreachable(&e))
+        transport::client_endpoint(target.addr, config)
+            .map(Endpoint::from)
+            .map_err(|e| unreachable(&e))
     }
 
     /// Connects and authenticates through `endpoint`, all before `deadline`.
     pub async fn connect_on(
-        endpoint: quinn::Endpoint,
+        endpoint: Endpoint,
         secret: &Secret,
         my_name: &str,
         target: &Target,
@@ -335,23 +337,22 @@ impl Client {
             name: my_name,
             listen: None,
         };
-        let authed =
-            match tokio::time::timeout_at(deadline, transport::connect(&endpoint, target.addr, secret, &me)).await {
-                Err(_) => {
-                    return Err(ClientError::Timeout {
-                        node: shown,
-                        after: remaining,
-                    });
-                }
-                Ok(Err(ConnectError::AuthRefused { .. })) => return Err(ClientError::AuthRefused { node: shown }),
-                Ok(Err(e)) => {
-                    return Err(ClientError::Unreachable {
-                        node: shown,
-                        reason: e.to_string(),
-                    });
-                }
-                Ok(Ok(authed)) => authed,
-            };
+        let authed = match tokio::time::timeout_at(deadline, endpoint.connect(target.addr, secret, &me)).await {
+            Err(_) => {
+                return Err(ClientError::Timeout {
+                    node: shown,
+                    after: remaining,
+                });
+            }
+            Ok(Err(ConnectError::AuthRefused { .. })) => return Err(ClientError::AuthRefused { node: shown }),
+            Ok(Err(e)) => {
+                return Err(ClientError::Unreachable {
+                    node: shown,
+                    reason: e.to_string(),
+                });
+            }
+            Ok(Ok(authed)) => authed,
+        };
         let node = authed.peer.name.clone();
         if let Some(expected) = &target.name
             && *expected != *node

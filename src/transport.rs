@@ -21,7 +21,9 @@ use crate::secret::Secret;
 use crate::wire::{ALPN, FrameReader, MAX_HANDSHAKE_FRAME};
 
 mod connection;
+mod endpoint;
 pub use connection::{Connection, Ended, RequestStreams};
+pub use endpoint::{Endpoint, Incoming};
 
 /// Application close codes, so the other side can say why a connection ended.
 pub mod close {
@@ -255,13 +257,13 @@ pub fn node_endpoint(
     server: quinn::ServerConfig,
     client: quinn::ClientConfig,
     config: quinn::EndpointConfig,
-) -> Result<quinn::Endpoint, TransportError> {
+) -> Result<Endpoint, TransportError> {
     let bind = |source| TransportError::Bind { addr: listen, source };
     let socket = std::net::UdpSocket::bind(listen).map_err(bind)?;
     let runtime = quinn::default_runtime().ok_or_else(|| bind(std::io::Error::other("no async runtime found")))?;
     let mut endpoint = quinn::Endpoint::new(config, Some(server), socket, runtime).map_err(bind)?;
     endpoint.set_default_client_config(client);
-    Ok(endpoint)
+    Ok(Endpoint::from(endpoint))
 }
 
 /// The address a node gives others (its directory entry, gossip, its handshakes) for the

@@ -28,7 +28,7 @@ use crate::rpc::{self, ServeContext};
 use crate::secret::{Secret, SecretError};
 use crate::store::Store;
 use crate::supervisor::{GaveUp, Part, Supervisor};
-use crate::transport::{self, AcceptError, Connection, Identity, TransportError};
+use crate::transport::{self, AcceptError, Connection, Endpoint, Identity, Incoming, TransportError};
 use crate::wire::{self, FrameBudget, RemoteError, Role};
 
 pub use peers::{ConnectFailure, PeerConn, PeerPool, hop_margin};
@@ -426,7 +426,7 @@ fn reached_at(listen: Option<&str>, from: SocketAddr) -> SocketAddr {
 }
 
 /// The listener part: accepts connections and hands each to its own task.
-fn listener(node: &Arc<Node>, endpoint: &quinn::Endpoint, parts_stop: &CancellationToken) -> Part {
+fn listener(node: &Arc<Node>, endpoint: &Endpoint, parts_stop: &CancellationToken) -> Part {
     let (node, endpoint, parts_stop) = (Arc::clone(node), endpoint.clone(), parts_stop.clone());
     Part::new("listener", move || {
         let (node, endpoint, parts_stop) = (Arc::clone(&node), endpoint.clone(), parts_stop.clone());
@@ -519,7 +519,7 @@ impl Node {
     /// are under pressure, not faster than its source is allowed after failing to
     /// authenticate, and within its share of the handshake slots (see `admission`). Refusing
     /// costs almost nothing.
-    fn may_handshake(&self, incoming: &quinn::Incoming) -> Admission {
+    fn may_handshake(&self, incoming: &Incoming) -> Admission {
         let peer = incoming.remote_address();
         let limits = &self.config.limits;
         if self.connections.load(Ordering::Relaxed) >= limits.max_connections as usize {
@@ -551,14 +551,14 @@ impl Node {
     }
 
     /// Authenticates one incoming connection, then serves every stream it opens.
-    async fn serve_connection(self: Arc<Self>, incoming: quinn::Incoming, slot: admission::Ticket) {
+    async fn serve_connection(self: Arc<Self>, incoming: Incoming, slot: admission::Ticket) {
         let peer = incoming.remote_address();
         let me = Me {
             role: Role::Node,
             name: self.name.as_str(),
             listen: Some(self.listen.to_string()),
         };
-        let accepted = transport::accept(incoming, &self.secret, &me, self.config.timeouts.handshake).await;
+        let accepted = incoming.accept(&self.secret, &me, self.config.timeouts.handshake).await;
         drop(slot);
         let authed = match accepted {
             Ok(a) => a,

@@ -15,7 +15,7 @@ use crate::auth::Me;
 use crate::names::NodeName;
 use crate::rpc::{CallError, Channel, PendingCall, StreamKey};
 use crate::secret::Secret;
-use crate::transport::{self, Authed, ConnectError, RequestStreams};
+use crate::transport::{self, Authed, ConnectError, Endpoint, RequestStreams};
 use crate::wire::{RemoteError, Reply, Request, Role};
 
 /// Request streams opened per peer connection; calls are spread over them. More streams
@@ -222,7 +222,7 @@ impl Entry {
 /// peer, shared by every task. At most `max` addresses (a failed attempt leaves none behind);
 /// a connection quiet for `idle` is closed.
 pub struct PeerPool {
-    endpoint: quinn::Endpoint,
+    endpoint: Endpoint,
     secret: Secret,
     me: NodeName,
     listen: SocketAddr,
@@ -239,7 +239,7 @@ pub enum ConnectFailure {
 }
 
 impl PeerPool {
-    pub fn new(endpoint: quinn::Endpoint, secret: Secret, me: NodeName, listen: SocketAddr) -> Self {
+    pub fn new(endpoint: Endpoint, secret: Secret, me: NodeName, listen: SocketAddr) -> Self {
         Self {
             endpoint,
             secret,
@@ -365,7 +365,7 @@ impl PeerPool {
             name: self.me.as_str(),
             listen: Some(self.listen.to_string()),
         };
-        let connect = transport::connect(&self.endpoint, addr, &self.secret, &me);
+        let connect = self.endpoint.connect(addr, &self.secret, &me);
         let authed = match tokio::time::timeout_at(deadline, connect).await {
             Err(_) => {
                 return Err(ConnectFailure::Unreachable(
@@ -452,7 +452,7 @@ mod tests {
     }
 
     /// A node endpoint on 127.0.0.1 that lets each connection have `streams` open at once.
-    fn endpoint(dir: &std::path::Path, name: &str, streams: u32) -> quinn::Endpoint {
+    fn endpoint(dir: &std::path::Path, name: &str, streams: u32) -> Endpoint {
         let limits = Limits {
             max_streams_per_connection: streams,
             ..Limits::default()
@@ -475,11 +475,12 @@ mod tests {
     }
 
     /// Accepts the next connection on `ep` and runs the handshake as node `name`.
-    fn accept_one(ep: quinn::Endpoint, secret: &Secret, name: &'static str) -> tokio::task::JoinHandle<Authed> {
+    fn accept_one(ep: Endpoint, secret: &Secret, name: &'static str) -> tokio::task::JoinHandle<Authed> {
         let secret = secret.clone();
         tokio::spawn(async move {
             let incoming = ep.accept().await.unwrap();
-            transport::accept(incoming, &secret, &hello(name), Duration::from_secs(5))
+            incoming
+                .accept(&secret, &hello(name), Duration::from_secs(5))
                 .await
                 .unwrap()
         })
@@ -503,9 +504,7 @@ mod tests {
 
         // The peer (say, restarted on its address) connects to us.
         let my_side = accept_one(me_ep.clone(), &secret, "me");
-        let _second_at_peer = transport::connect(&peer, listen, &secret, &hello("peer"))
-            .await
-            .unwrap();
+        let _second_at_peer = peer.connect(listen, &secret, &hello("peer")).await.unwrap();
         let second = my_side.await.unwrap();
         let second_id = second.conn.stable_id();
         let replaced = pool
@@ -525,7 +524,7 @@ mod tests {
             let mut held = Vec::new();
             for _ in 0..n {
                 let incoming = ep.accept().await.unwrap();
-                let accepted = transport::accept(incoming, &secret, &hello(name), Duration::from_secs(5)).await;
+                let accepted = incoming.accept(&secret, &hello(name), Duration::from_secs(5)).await;
                 held.push(accepted.unwrap());
             }
             // Held open (and the endpoint with them) until the test ends.

@@ -215,7 +215,7 @@ pub fn bind(
     server: quinn::ServerConfig,
     client: quinn::ClientConfig,
     config: quinn::EndpointConfig,
-) -> Result<quinn::Endpoint, TransportError> {
+) -> Result<transport::Endpoint, TransportError> {
     let at = listen_at(configured, saved);
     if at == configured {
         return transport::node_endpoint(configured, server, client, config);
