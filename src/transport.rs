@@ -250,6 +250,39 @@ impl ServerCertVerifier for SecretIsTheIdentity {
     }
 }
 
+/// What a node's endpoint is made of: its server and client sides and its endpoint settings;
+/// kept whole so that binding may be tried at more than one address.
+#[derive(Clone)]
+pub struct NodeSetup {
+    server: quinn::ServerConfig,
+    client: quinn::ClientConfig,
+    config: quinn::EndpointConfig,
+}
+
+impl NodeSetup {
+    /// A node's setup: its certificate, its limits, its keep-alive to peers, and the
+    /// endpoint settings of [`node_endpoint_config`].
+    pub fn new(
+        identity: &Identity,
+        limits: &Limits,
+        timeouts: &Timeouts,
+        keep_alive: Option<Duration>,
+        secret: &Secret,
+        name: &NodeName,
+    ) -> Result<Self, TransportError> {
+        Ok(Self {
+            server: server_config(identity, limits, timeouts)?,
+            client: client_config(limits, timeouts.idle, keep_alive)?,
+            config: node_endpoint_config(secret, name),
+        })
+    }
+
+    /// The node's endpoint, bound at `listen` (see [`node_endpoint`]).
+    pub fn bind(&self, listen: SocketAddr) -> Result<Endpoint, TransportError> {
+        node_endpoint(listen, self.server.clone(), self.client.clone(), self.config.clone())
+    }
+}
+
 /// A node's endpoint: serves on `listen` and connects out from the same socket, so peers
 /// see the address they can reach it at.
 pub fn node_endpoint(

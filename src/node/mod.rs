@@ -206,14 +206,19 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         source,
     })?;
     let identity = Identity::load_or_create(&config.data_dir, &config.name)?;
-    let server = transport::server_config(&identity, &config.limits, &config.timeouts)?;
-    let client = transport::client_config(&config.limits, config.timeouts.idle, Some(PEER_KEEP_ALIVE))?;
-    let endpoint_config = transport::node_endpoint_config(&secret, &config.name);
+    let setup = transport::NodeSetup::new(
+        &identity,
+        &config.limits,
+        &config.timeouts,
+        Some(PEER_KEEP_ALIVE),
+        &secret,
+        &config.name,
+    )?;
     // A durable node listens where it did last time when its port was left to chance, so
     // that its cluster finds it again (issue 22, point 10).
     let cluster_file = (!config.in_memory).then(|| saved_cluster::path(&config.data_dir));
     let saved_cluster = cluster_file.as_deref().and_then(saved_cluster::load);
-    let endpoint = saved_cluster::bind(config.listen, saved_cluster.as_ref(), server, client, endpoint_config)?;
+    let endpoint = saved_cluster::bind(config.listen, saved_cluster.as_ref(), &setup)?;
     let bound = endpoint.local_addr().map_err(|source| TransportError::Bind {
         addr: config.listen,
         source,

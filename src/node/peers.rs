@@ -458,11 +458,11 @@ mod tests {
             ..Limits::default()
         };
         let timeouts = Timeouts::default();
-        let identity = Identity::load_or_create(dir, &name.parse().unwrap()).unwrap();
-        let server = transport::server_config(&identity, &limits, &timeouts).unwrap();
-        let client = transport::client_config(&limits, timeouts.idle, None).unwrap();
-        let config = quinn::EndpointConfig::default();
-        transport::node_endpoint("127.0.0.1:0".parse().unwrap(), server, client, config).unwrap()
+        let name = name.parse().unwrap();
+        let identity = Identity::load_or_create(dir, &name).unwrap();
+        let secret = Secret::new(b"endpoint keys".to_vec()).unwrap();
+        let setup = transport::NodeSetup::new(&identity, &limits, &timeouts, None, &secret, &name).unwrap();
+        setup.bind("127.0.0.1:0".parse().unwrap()).unwrap()
     }
 
     /// How a test node introduces itself in the handshake.
