@@ -1,6 +1,8 @@
 //! QUIC endpoints, node certificates, and connections that have passed the secret handshake.
 //!
-//! The only module that touches quinn and rustls. It does not know what requests mean.
+//! The only module that touches quinn and rustls (with `auth`, the handshake it runs): the
+//! rest of the code sees an [`Endpoint`], the [`Incoming`] attempts it admits, and
+//! [`Connection`]s with their [`RequestStreams`]. It does not know what requests mean.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};

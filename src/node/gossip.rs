@@ -506,10 +506,10 @@ impl Node {
         let live = self.peers.live(t.to);
         if !t.reliable
             && let Some(conn) = &live
-            && conn.authed.conn.datagram_fits(bytes.len())
+            && conn.connection().datagram_fits(bytes.len())
         {
             let len = bytes.len();
-            let sent = conn.authed.conn.send_datagram(bytes.into());
+            let sent = conn.connection().send_datagram(bytes.into());
             tracing::trace!(to = %t.to, len, ok = sent, "gossip datagram");
             return;
         }
@@ -545,9 +545,9 @@ impl Node {
                     return;
                 }
                 if let Ok(conn) = linked {
-                    let fits = conn.authed.conn.datagram_fits(bytes.len());
+                    let fits = conn.connection().datagram_fits(bytes.len());
                     if !t.reliable && fits {
-                        let _ = conn.authed.conn.send_datagram(bytes.into());
+                        let _ = conn.connection().send_datagram(bytes.into());
                     } else {
                         let request = Request::Gossip {
                             message: ByteBuf::from(bytes),

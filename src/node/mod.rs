@@ -628,7 +628,7 @@ impl Node {
                 self.tasks.spawn(async move {
                     tokio::select! {
                         () = tokio::time::sleep(grace) => {
-                            old.authed.conn.close(transport::close::DONE, b"superseded by a newer connection");
+                            old.connection().close(transport::close::DONE, b"superseded by a newer connection");
                         }
                         () = stopping.cancelled() => {}
                     }
@@ -683,10 +683,10 @@ impl Node {
     ) -> Result<Arc<PeerConn>, ConnectFailure> {
         let (conn, new) = self.peers.connect(addr, deadline).await?;
         if new {
-            let (node, c) = (Arc::clone(self), conn.authed.conn.clone());
+            let (node, c) = (Arc::clone(self), conn.connection().clone());
             self.tasks.spawn(async move { node.serve_streams(&c).await });
             self.tasks
-                .spawn(Arc::clone(self).read_datagrams(conn.authed.conn.clone(), addr));
+                .spawn(Arc::clone(self).read_datagrams(conn.connection().clone(), addr));
         }
         Ok(conn)
     }

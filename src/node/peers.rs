@@ -15,7 +15,7 @@ use crate::auth::Me;
 use crate::names::NodeName;
 use crate::rpc::{CallError, Channel, PendingCall, StreamKey};
 use crate::secret::Secret;
-use crate::transport::{self, Authed, ConnectError, Endpoint, RequestStreams};
+use crate::transport::{self, Authed, ConnectError, Connection, Endpoint, RequestStreams};
 use crate::wire::{RemoteError, Reply, Request, Role};
 
 /// Request streams opened per peer connection; calls are spread over them. More streams
@@ -27,7 +27,7 @@ const STREAMS_PER_PEER: usize = 2;
 
 /// One live connection to a peer.
 pub struct PeerConn {
-    pub authed: Authed,
+    authed: Authed,
     pub addr: SocketAddr,
     streams: RequestStreams,
     next: AtomicUsize,
@@ -55,6 +55,11 @@ impl PeerConn {
     /// Whether the last call on this connection got no answer (see `unanswered`).
     pub fn went_unanswered(&self) -> bool {
         self.unanswered.load(Ordering::Relaxed)
+    }
+
+    /// The connection itself: for datagrams, serving what the peer sends, closing it.
+    pub fn connection(&self) -> &Connection {
+        &self.authed.conn
     }
 
     /// The peer's node name, as it introduced itself in the handshake.
