@@ -15,7 +15,7 @@ use crate::directory::Directory;
 use crate::names::{HostPort, NodeName, NodeRef};
 use crate::rpc::{CallError, Channel};
 use crate::secret::{Secret, SecretError, SecretSource};
-use crate::transport::{self, ConnectError};
+use crate::transport::{self, ConnectError, Endpoint, RequestStreams};
 use crate::wire::{RemoteError, Reply, Request, Role};
 
 /// A client connection with no traffic at all for this long is gone.
@@ -280,12 +280,10 @@ pub async fn resolve_ref(via: &NodeRef, settings: &Settings, deadline: Instant) 
 
 /// One authenticated connection to a node, with one request stream.
 pub struct Client {
-    endpoint: quinn::Endpoint,
-    conn: quinn::Connection,
+    endpoint: Endpoint,
+    conn: transport::Connection,
     /// The request stream; reopened when the node closed it (it closes idle streams).
-    channel: std::sync::Mutex<std::sync::Arc<Channel>>,
-    /// Held while a closed stream is replaced, so that only one caller opens the next.
-    reopening: tokio::sync::Mutex<()>,
+    stream: RequestStreams,
     /// The node's name as it introduced itself.
     pub node: String,
     pub addr: SocketAddr,
@@ -310,7 +308,7 @@ impl Client {
     }
 
     /// A client endpoint (one UDP socket) for reaching `target`; many connections may share it.
-    pub fn endpoint(target: &Target) -> Result<quinn::Endpoint, ClientError> {
+    pub fn endpoint(target: &Target) -> Result<Endpoint, ClientError> {
         let unreachable = |e: &dyn std::fmt::Display| ClientError::Unreachable {
             node: target.describe(),
             reason: e.to_string(),
@@ -319,12 +317,14 @@ impl Client {
         // keep-alives hold a quiet interactive session (chat from a terminal) open.
         let config = transport::client_config(&Limits::default(), CLIENT_IDLE, Some(CLIENT_KEEP_ALIVE))
             .map_err(|e| unreachable(&e))?;
-        transport::client_endpoint(target.addr, config).map_err(|e| unreachable(&e))
+        transport::client_endpoint(target.addr, config)
+            .map(Endpoint::from)
+            .map_err(|e| unreachable(&e))
     }
 
     /// Connects and authenticates through `endpoint`, all before `deadline`.
     pub async fn connect_on(
-        endpoint: quinn::Endpoint,
+        endpoint: Endpoint,
         secret: &Secret,
         my_name: &str,
         target: &Target,
@@ -337,23 +337,22 @@ impl Client {
             name: my_name,
             listen: None,
         };
-        let authed =
-            match tokio::time::timeout_at(deadline, transport::connect(&endpoint, target.addr, secret, &me)).await {
-                Err(_) => {
-                    return Err(ClientError::Timeout {
-                        node: shown,
-                        after: remaining,
-                    });
-                }
-                Ok(Err(ConnectError::AuthRefused { .. })) => return Err(ClientError::AuthRefused { node: shown }),
-                Ok(Err(e)) => {
-                    return Err(ClientError::Unreachable {
-                        node: shown,
-                        reason: e.to_string(),
-                    });
-                }
-                Ok(Ok(authed)) => authed,
-            };
+        let authed = match tokio::time::timeout_at(deadline, endpoint.connect(target.addr, secret, &me)).await {
+            Err(_) => {
+                return Err(ClientError::Timeout {
+                    node: shown,
+                    after: remaining,
+                });
+            }
+            Ok(Err(ConnectError::AuthRefused { .. })) => return Err(ClientError::AuthRefused { node: shown }),
+            Ok(Err(e)) => {
+                return Err(ClientError::Unreachable {
+                    node: shown,
+                    reason: e.to_string(),
+                });
+            }
+            Ok(Ok(authed)) => authed,
+        };
         let node = authed.peer.name.clone();
         if let Some(expected) = &target.name
             && *expected != *node
@@ -365,14 +364,17 @@ impl Client {
                 found: node,
             });
         }
-        let (send, recv) = authed.conn.open_bi().await.map_err(|e| ClientError::Unreachable {
-            node: shown,
-            reason: e.to_string(),
-        })?;
+        let stream = RequestStreams::new(1);
+        stream
+            .reopen(&authed.conn, 0)
+            .await
+            .map_err(|e| ClientError::Unreachable {
+                node: shown,
+                reason: e.to_string(),
+            })?;
         Ok(Self {
             endpoint,
-            channel: std::sync::Mutex::new(std::sync::Arc::new(Channel::spawn(recv, send))),
-            reopening: tokio::sync::Mutex::new(()),
+            stream,
             conn: authed.conn,
             node,
             addr: target.addr,
@@ -414,10 +416,7 @@ impl Client {
             }),
             Err(CallError::Broken(reason)) => Err(ClientError::Unreachable {
                 node: self.describe(),
-                reason: self
-                    .conn
-                    .close_reason()
-                    .map_or(reason, |e| crate::transport::ended_because(&e)),
+                reason: self.conn.ended_because().unwrap_or(reason),
             }),
         }
     }
@@ -426,23 +425,16 @@ impl Client {
     /// quiet spell in an interactive chat). A request is never resent: only a stream already
     /// known to be closed is replaced.
     async fn channel(&self) -> Result<std::sync::Arc<Channel>, ClientError> {
-        let current = || std::sync::Arc::clone(&self.channel.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
-        let channel = current();
-        if !channel.is_broken() {
+        if let Some(channel) = self.stream.sound(0) {
             return Ok(channel);
         }
-        let _reopening = self.reopening.lock().await;
-        let channel = current();
-        if !channel.is_broken() {
-            return Ok(channel); // another caller replaced it meanwhile
-        }
-        let (send, recv) = self.conn.open_bi().await.map_err(|e| ClientError::Unreachable {
-            node: self.describe(),
-            reason: crate::transport::ended_because(&e),
-        })?;
-        let fresh = std::sync::Arc::new(Channel::spawn(recv, send));
-        *self.channel.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = std::sync::Arc::clone(&fresh);
-        Ok(fresh)
+        self.stream
+            .reopen(&self.conn, 0)
+            .await
+            .map_err(|e| ClientError::Unreachable {
+                node: self.describe(),
+                reason: e.explained(),
+            })
     }
 
     /// Closes at once: the close frame goes out, and the process does not wait out QUIC's

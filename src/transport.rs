@@ -1,6 +1,8 @@
 //! QUIC endpoints, node certificates, and connections that have passed the secret handshake.
 //!
-//! The only module that touches quinn and rustls. It does not know what requests mean.
+//! The only module that touches quinn and rustls (with `auth`, the handshake it runs): the
+//! rest of the code sees an [`Endpoint`], the [`Incoming`] attempts it admits, and
+//! [`Connection`]s with their [`RequestStreams`]. It does not know what requests mean.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -19,6 +21,11 @@ use crate::config::{Limits, Timeouts};
 use crate::names::NodeName;
 use crate::secret::Secret;
 use crate::wire::{ALPN, FrameReader, MAX_HANDSHAKE_FRAME};
+
+mod connection;
+mod endpoint;
+pub use connection::{Connection, Ended, RequestStreams};
+pub use endpoint::{Endpoint, Incoming};
 
 /// Application close codes, so the other side can say why a connection ended.
 pub mod close {
@@ -78,7 +85,7 @@ pub enum ConnectError {
 /// A connection that has passed the handshake; nothing is exchanged on it before that.
 #[derive(Clone, Debug)]
 pub struct Authed {
-    pub conn: quinn::Connection,
+    pub conn: Connection,
     pub peer: PeerHello,
 }
 
@@ -245,6 +252,39 @@ impl ServerCertVerifier for SecretIsTheIdentity {
     }
 }
 
+/// What a node's endpoint is made of: its server and client sides and its endpoint settings;
+/// kept whole so that binding may be tried at more than one address.
+#[derive(Clone)]
+pub struct NodeSetup {
+    server: quinn::ServerConfig,
+    client: quinn::ClientConfig,
+    config: quinn::EndpointConfig,
+}
+
+impl NodeSetup {
+    /// A node's setup: its certificate, its limits, its keep-alive to peers, and the
+    /// endpoint settings of [`node_endpoint_config`].
+    pub fn new(
+        identity: &Identity,
+        limits: &Limits,
+        timeouts: &Timeouts,
+        keep_alive: Option<Duration>,
+        secret: &Secret,
+        name: &NodeName,
+    ) -> Result<Self, TransportError> {
+        Ok(Self {
+            server: server_config(identity, limits, timeouts)?,
+            client: client_config(limits, timeouts.idle, keep_alive)?,
+            config: node_endpoint_config(secret, name),
+        })
+    }
+
+    /// The node's endpoint, bound at `listen` (see [`node_endpoint`]).
+    pub fn bind(&self, listen: SocketAddr) -> Result<Endpoint, TransportError> {
+        node_endpoint(listen, self.server.clone(), self.client.clone(), self.config.clone())
+    }
+}
+
 /// A node's endpoint: serves on `listen` and connects out from the same socket, so peers
 /// see the address they can reach it at.
 pub fn node_endpoint(
@@ -252,13 +292,13 @@ pub fn node_endpoint(
     server: quinn::ServerConfig,
     client: quinn::ClientConfig,
     config: quinn::EndpointConfig,
-) -> Result<quinn::Endpoint, TransportError> {
+) -> Result<Endpoint, TransportError> {
     let bind = |source| TransportError::Bind { addr: listen, source };
     let socket = std::net::UdpSocket::bind(listen).map_err(bind)?;
     let runtime = quinn::default_runtime().ok_or_else(|| bind(std::io::Error::other("no async runtime found")))?;
     let mut endpoint = quinn::Endpoint::new(config, Some(server), socket, runtime).map_err(bind)?;
     endpoint.set_default_client_config(client);
-    Ok(endpoint)
+    Ok(Endpoint::from(endpoint))
 }
 
 /// The address a node gives others (its directory entry, gossip, its handshakes) for the
@@ -413,7 +453,10 @@ pub async fn connect(
     }
     .await;
     match result {
-        Ok(peer) => Ok(Authed { conn, peer }),
+        Ok(peer) => Ok(Authed {
+            conn: Connection::new(conn),
+            peer,
+        }),
         Err(HandshakeError::BadProof) => {
             conn.close(close::AUTH_FAILED, b"the node could not prove the shared secret");
             Err(ConnectError::AuthRefused { peer_name: None })
@@ -475,7 +518,10 @@ pub async fn accept(
         Ok::<_, HandshakeError>(peer)
     };
     match tokio::time::timeout_at(start + deadline, handshake).await {
-        Ok(Ok(peer)) => Ok(Authed { conn, peer }),
+        Ok(Ok(peer)) => Ok(Authed {
+            conn: Connection::new(conn),
+            peer,
+        }),
         Ok(Err(HandshakeError::BadProof)) => {
             conn.close(close::AUTH_FAILED, b"authentication failed: the secrets differ");
             Err(AcceptError::AuthRefused)

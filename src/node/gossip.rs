@@ -506,15 +506,11 @@ impl Node {
         let live = self.peers.live(t.to);
         if !t.reliable
             && let Some(conn) = &live
-            && conn
-                .authed
-                .conn
-                .max_datagram_size()
-                .is_some_and(|max| bytes.len() <= max)
+            && conn.connection().datagram_fits(bytes.len())
         {
             let len = bytes.len();
-            let sent = conn.authed.conn.send_datagram(bytes.into());
-            tracing::trace!(to = %t.to, len, ok = sent.is_ok(), "gossip datagram");
+            let sent = conn.connection().send_datagram(bytes.into());
+            tracing::trace!(to = %t.to, len, ok = sent, "gossip datagram");
             return;
         }
         use std::sync::atomic::Ordering;
@@ -549,13 +545,9 @@ impl Node {
                     return;
                 }
                 if let Ok(conn) = linked {
-                    let fits = conn
-                        .authed
-                        .conn
-                        .max_datagram_size()
-                        .is_some_and(|max| bytes.len() <= max);
+                    let fits = conn.connection().datagram_fits(bytes.len());
                     if !t.reliable && fits {
-                        let _ = conn.authed.conn.send_datagram(bytes.into());
+                        let _ = conn.connection().send_datagram(bytes.into());
                     } else {
                         let request = Request::Gossip {
                             message: ByteBuf::from(bytes),

@@ -29,7 +29,7 @@ use crate::rpc::{self, ServeContext};
 use crate::secret::{Secret, SecretError};
 use crate::store::Store;
 use crate::supervisor::{GaveUp, Part, Supervisor};
-use crate::transport::{self, AcceptError, Identity, TransportError};
+use crate::transport::{self, AcceptError, Connection, Endpoint, Identity, Incoming, TransportError};
 use crate::wire::{self, FrameBudget, RemoteError, Role};
 
 pub use peers::{ConnectFailure, PeerConn, PeerPool, hop_margin};
@@ -207,14 +207,19 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         source,
     })?;
     let identity = Identity::load_or_create(&config.data_dir, &config.name)?;
-    let server = transport::server_config(&identity, &config.limits, &config.timeouts)?;
-    let client = transport::client_config(&config.limits, config.timeouts.idle, Some(PEER_KEEP_ALIVE))?;
-    let endpoint_config = transport::node_endpoint_config(&secret, &config.name);
+    let setup = transport::NodeSetup::new(
+        &identity,
+        &config.limits,
+        &config.timeouts,
+        Some(PEER_KEEP_ALIVE),
+        &secret,
+        &config.name,
+    )?;
     // A durable node listens where it did last time when its port was left to chance, so
     // that its cluster finds it again (issue 22, point 10).
     let cluster_file = (!config.in_memory).then(|| saved_cluster::path(&config.data_dir));
     let saved_cluster = cluster_file.as_deref().and_then(saved_cluster::load);
-    let endpoint = saved_cluster::bind(config.listen, saved_cluster.as_ref(), server, client, endpoint_config)?;
+    let endpoint = saved_cluster::bind(config.listen, saved_cluster.as_ref(), &setup)?;
     let bound = endpoint.local_addr().map_err(|source| TransportError::Bind {
         addr: config.listen,
         source,
@@ -427,7 +432,7 @@ fn reached_at(listen: Option<&str>, from: SocketAddr) -> SocketAddr {
 }
 
 /// The listener part: accepts connections and hands each to its own task.
-fn listener(node: &Arc<Node>, endpoint: &quinn::Endpoint, parts_stop: &CancellationToken) -> Part {
+fn listener(node: &Arc<Node>, endpoint: &Endpoint, parts_stop: &CancellationToken) -> Part {
     let (node, endpoint, parts_stop) = (Arc::clone(node), endpoint.clone(), parts_stop.clone());
     Part::new("listener", move || {
         let (node, endpoint, parts_stop) = (Arc::clone(&node), endpoint.clone(), parts_stop.clone());
@@ -520,7 +525,7 @@ impl Node {
     /// are under pressure, not faster than its source is allowed after failing to
     /// authenticate, and within its share of the handshake slots (see `admission`). Refusing
     /// costs almost nothing.
-    fn may_handshake(&self, incoming: &quinn::Incoming) -> Admission {
+    fn may_handshake(&self, incoming: &Incoming) -> Admission {
         let peer = incoming.remote_address();
         let limits = &self.config.limits;
         if self.connections.load(Ordering::Relaxed) >= limits.max_connections as usize {
@@ -552,14 +557,14 @@ impl Node {
     }
 
     /// Authenticates one incoming connection, then serves every stream it opens.
-    async fn serve_connection(self: Arc<Self>, incoming: quinn::Incoming, slot: admission::Ticket) {
+    async fn serve_connection(self: Arc<Self>, incoming: Incoming, slot: admission::Ticket) {
         let peer = incoming.remote_address();
         let me = Me {
             role: Role::Node,
             name: self.name.as_str(),
             listen: Some(self.listen.to_string()),
         };
-        let accepted = transport::accept(incoming, &self.secret, &me, self.config.timeouts.handshake).await;
+        let accepted = incoming.accept(&self.secret, &me, self.config.timeouts.handshake).await;
         drop(slot);
         let authed = match accepted {
             Ok(a) => a,
@@ -624,7 +629,7 @@ impl Node {
                 self.tasks.spawn(async move {
                     tokio::select! {
                         () = tokio::time::sleep(grace) => {
-                            old.authed.conn.close(transport::close::DONE, b"superseded by a newer connection");
+                            old.connection().close(transport::close::DONE, b"superseded by a newer connection");
                         }
                         () = stopping.cancelled() => {}
                     }
@@ -646,12 +651,12 @@ impl Node {
     }
 
     /// Serves every request stream the other side opens on `conn`, until it ends or we stop.
-    async fn serve_streams(self: &Arc<Self>, conn: &quinn::Connection) {
+    async fn serve_streams(self: &Arc<Self>, conn: &Connection) {
         // The streams of one connection share its part of the budget for frames being received.
         let frames = self.serve.frames.for_connection(wire::UNFINISHED_FRAMES_PER_CONNECTION);
         loop {
             let stream = tokio::select! {
-                s = conn.accept_bi() => s,
+                s = conn.accept_stream() => s,
                 () = self.serve.stopping.cancelled() => break,
             };
             match stream {
@@ -679,10 +684,10 @@ impl Node {
     ) -> Result<Arc<PeerConn>, ConnectFailure> {
         let (conn, new) = self.peers.connect(addr, deadline).await?;
         if new {
-            let (node, c) = (Arc::clone(self), conn.authed.conn.clone());
+            let (node, c) = (Arc::clone(self), conn.connection().clone());
             self.tasks.spawn(async move { node.serve_streams(&c).await });
             self.tasks
-                .spawn(Arc::clone(self).read_datagrams(conn.authed.conn.clone(), addr));
+                .spawn(Arc::clone(self).read_datagrams(conn.connection().clone(), addr));
         }
         Ok(conn)
     }
@@ -716,13 +721,13 @@ impl Node {
     }
 
     /// Hands every gossip datagram arriving on a node-to-node connection to the driver.
-    async fn read_datagrams(self: Arc<Self>, conn: quinn::Connection, from: SocketAddr) {
+    async fn read_datagrams(self: Arc<Self>, conn: Connection, from: SocketAddr) {
         loop {
             let datagram = tokio::select! {
                 d = conn.read_datagram() => d,
                 () = self.serve.stopping.cancelled() => return,
             };
-            let Ok(bytes) = datagram else { return };
+            let Some(bytes) = datagram else { return };
             match crate::gossip::Message::decode(&bytes) {
                 Ok(msg) => {
                     tracing::trace!(%from, len = bytes.len(), "gossip datagram in");

@@ -15,7 +15,7 @@ use crate::auth::Me;
 use crate::names::NodeName;
 use crate::rpc::{CallError, Channel, PendingCall, StreamKey};
 use crate::secret::Secret;
-use crate::transport::{self, Authed, ConnectError};
+use crate::transport::{self, Authed, ConnectError, Connection, Endpoint, RequestStreams};
 use crate::wire::{RemoteError, Reply, Request, Role};
 
 /// Request streams opened per peer connection; calls are spread over them. More streams
@@ -27,13 +27,10 @@ const STREAMS_PER_PEER: usize = 2;
 
 /// One live connection to a peer.
 pub struct PeerConn {
-    pub authed: Authed,
+    authed: Authed,
     pub addr: SocketAddr,
-    channels: Vec<Mutex<Option<Arc<Channel>>>>,
+    streams: RequestStreams,
     next: AtomicUsize,
-    /// Held while a stream is opened, so that callers who find the same slot empty open
-    /// one stream between them, not one each.
-    opening: tokio::sync::Mutex<()>,
     /// The last call on this connection got no answer (it timed out, or the stream broke):
     /// the peer may have died and come back elsewhere, so until a call is answered again,
     /// forwarding looks the peer's name up before it uses this connection.
@@ -45,15 +42,14 @@ impl PeerConn {
         Self {
             authed,
             addr,
-            channels: (0..STREAMS_PER_PEER).map(|_| Mutex::new(None)).collect(),
+            streams: RequestStreams::new(STREAMS_PER_PEER),
             next: AtomicUsize::new(0),
-            opening: tokio::sync::Mutex::new(()),
             unanswered: AtomicBool::new(false),
         }
     }
 
     pub fn is_alive(&self) -> bool {
-        self.authed.conn.close_reason().is_none()
+        self.authed.conn.is_alive()
     }
 
     /// Whether the last call on this connection got no answer (see `unanswered`).
@@ -61,69 +57,59 @@ impl PeerConn {
         self.unanswered.load(Ordering::Relaxed)
     }
 
+    /// The connection itself: for datagrams, serving what the peer sends, closing it.
+    pub fn connection(&self) -> &Connection {
+        &self.authed.conn
+    }
+
     /// The peer's node name, as it introduced itself in the handshake.
     pub fn name(&self) -> &str {
         &self.authed.peer.name
     }
 
-    /// The next request stream in turn, if it is open and sound.
-    fn open_channel(&self) -> Result<Arc<Channel>, &Mutex<Option<Arc<Channel>>>> {
+    /// The next request stream in turn, if it is open and sound; else its slot.
+    fn open_channel(&self) -> Result<Arc<Channel>, usize> {
         self.pinned(self.next.fetch_add(1, Ordering::Relaxed) as u64)
     }
 
     /// The request stream that the requests of incoming stream `key` take, if it is open
-    /// and sound: always the same one, so that they arrive in the order they came.
-    fn pinned(&self, key: StreamKey) -> Result<Arc<Channel>, &Mutex<Option<Arc<Channel>>>> {
-        let slot = &self.channels[(key % self.channels.len() as u64) as usize];
-        sound(slot).ok_or(slot)
-    }
-
-    /// A stream slot with no sound stream in it, if any.
-    fn vacant_slot(&self) -> Option<&Mutex<Option<Arc<Channel>>>> {
-        self.channels.iter().find(|slot| sound(slot).is_none())
-    }
-
-    /// Opens a request stream into `slot`, the first time or when the last one broke; or
-    /// takes the one another caller opened there meanwhile.
-    async fn reopen(&self, slot: &Mutex<Option<Arc<Channel>>>) -> Result<Arc<Channel>, String> {
-        let _opening = self.opening.lock().await;
-        if let Some(ch) = sound(slot) {
-            return Ok(ch);
-        }
-        let (send, recv) = self.authed.conn.open_bi().await.map_err(|e| e.to_string())?;
-        let ch = Arc::new(Channel::spawn(recv, send));
-        *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&ch));
-        Ok(ch)
+    /// and sound (else its slot): always the same one, so that they arrive in the order
+    /// they came.
+    fn pinned(&self, key: StreamKey) -> Result<Arc<Channel>, usize> {
+        let slot = (key % self.streams.len() as u64) as usize;
+        self.streams.sound(slot).ok_or(slot)
     }
 
     /// Whether the node at the peer's address reset this connection: a process there has
     /// no state for it, as when the peer was killed and restarted on the same address.
     pub fn was_reset(&self) -> bool {
-        matches!(self.authed.conn.close_reason(), Some(quinn::ConnectionError::Reset))
+        self.authed.conn.was_reset()
     }
 
     /// Sends `request` on this connection and waits for its answer until `deadline`.
     pub async fn call(self: &Arc<Self>, request: &Request, deadline: Instant) -> Result<Reply, RemoteError> {
         // A stream slot left empty (or broken) is filled here first.
-        let vacant = self.vacant_slot().map_or_else(|| self.open_channel(), Err);
+        let vacant = self.streams.vacant().map_or_else(|| self.open_channel(), Err);
         let channel = self.opened(vacant, deadline).await?;
         let started = channel.start_within(request, deadline).await;
         self.answer_of(started).await
     }
 
     /// The stream in `found`, or the one opened into its slot; or why none could be.
-    async fn opened(
-        &self,
-        found: Result<Arc<Channel>, &Mutex<Option<Arc<Channel>>>>,
-        deadline: Instant,
-    ) -> Result<Arc<Channel>, RemoteError> {
+    async fn opened(&self, found: Result<Arc<Channel>, usize>, deadline: Instant) -> Result<Arc<Channel>, RemoteError> {
         match found {
             Ok(ch) => Ok(ch),
             // Boxed: rare, and it would otherwise enlarge every forwarded request's future.
-            Err(slot) => Box::pin(tokio::time::timeout_at(deadline, self.reopen(slot)))
-                .await
-                .unwrap_or_else(|_| Err("no stream could be opened before the deadline".into()))
-                .map_err(|e| self.unreachable(&e)),
+            Err(slot) => {
+                let reopen = self.streams.reopen(&self.authed.conn, slot);
+                Box::pin(tokio::time::timeout_at(deadline, reopen))
+                    .await
+                    .map_or_else(
+                        |_| Err("no stream could be opened before the deadline".into()),
+                        |opened| opened.map_err(|e| e.to_string()),
+                    )
+                    .map_err(|e: String| self.unreachable(&e))
+            }
         }
     }
 
@@ -192,8 +178,8 @@ impl PeerConn {
     }
 
     fn unreachable(&self, reason: &str) -> RemoteError {
-        let reason = match self.authed.conn.close_reason() {
-            Some(e @ quinn::ConnectionError::Reset) => format!("{reason}: {}", transport::ended_because(&e)),
+        let reason = match self.authed.conn.ended_because() {
+            Some(why) if self.was_reset() => format!("{reason}: {why}"),
             _ => reason.to_string(),
         };
         RemoteError::Unreachable {
@@ -202,12 +188,6 @@ impl PeerConn {
             reason,
         }
     }
-}
-
-/// The stream in `slot`, if there is one and it is not broken.
-fn sound(slot: &Mutex<Option<Arc<Channel>>>) -> Option<Arc<Channel>> {
-    let ch = slot.lock().unwrap_or_else(PoisonError::into_inner);
-    ch.as_ref().filter(|ch| !ch.is_broken()).cloned()
 }
 
 /// A peer's connection slot; its lock makes concurrent callers wait for one connection attempt.
@@ -243,18 +223,11 @@ impl Entry {
     }
 }
 
-/// The frames on `conn` that carry something: requests, answers, gossip. Not PINGs (the
-/// keep-alives), ACKs or flow control, which flow on an unused connection too.
-fn activity(conn: &quinn::Connection) -> u64 {
-    let s = conn.stats();
-    s.frame_tx.stream + s.frame_rx.stream + s.frame_tx.datagram + s.frame_rx.datagram
-}
-
 /// The pool: at most one connection per peer address, made on demand or adopted from the
 /// peer, shared by every task. At most `max` addresses (a failed attempt leaves none behind);
 /// a connection quiet for `idle` is closed.
 pub struct PeerPool {
-    endpoint: quinn::Endpoint,
+    endpoint: Endpoint,
     secret: Secret,
     me: NodeName,
     listen: SocketAddr,
@@ -271,7 +244,7 @@ pub enum ConnectFailure {
 }
 
 impl PeerPool {
-    pub fn new(endpoint: quinn::Endpoint, secret: Secret, me: NodeName, listen: SocketAddr) -> Self {
+    pub fn new(endpoint: Endpoint, secret: Secret, me: NodeName, listen: SocketAddr) -> Self {
         Self {
             endpoint,
             secret,
@@ -351,7 +324,7 @@ impl PeerPool {
             let Some(conn) = slot.as_ref().filter(|c| c.is_alive()) else {
                 return false;
             };
-            let seen = activity(&conn.authed.conn);
+            let seen = conn.authed.conn.activity();
             if seen != e.activity {
                 (e.activity, e.active_at) = (seen, now);
                 return true;
@@ -397,7 +370,7 @@ impl PeerPool {
             name: self.me.as_str(),
             listen: Some(self.listen.to_string()),
         };
-        let connect = transport::connect(&self.endpoint, addr, &self.secret, &me);
+        let connect = self.endpoint.connect(addr, &self.secret, &me);
         let authed = match tokio::time::timeout_at(deadline, connect).await {
             Err(_) => {
                 return Err(ConnectFailure::Unreachable(
@@ -484,17 +457,17 @@ mod tests {
     }
 
     /// A node endpoint on 127.0.0.1 that lets each connection have `streams` open at once.
-    fn endpoint(dir: &std::path::Path, name: &str, streams: u32) -> quinn::Endpoint {
+    fn endpoint(dir: &std::path::Path, name: &str, streams: u32) -> Endpoint {
         let limits = Limits {
             max_streams_per_connection: streams,
             ..Limits::default()
         };
         let timeouts = Timeouts::default();
-        let identity = Identity::load_or_create(dir, &name.parse().unwrap()).unwrap();
-        let server = transport::server_config(&identity, &limits, &timeouts).unwrap();
-        let client = transport::client_config(&limits, timeouts.idle, None).unwrap();
-        let config = quinn::EndpointConfig::default();
-        transport::node_endpoint("127.0.0.1:0".parse().unwrap(), server, client, config).unwrap()
+        let name = name.parse().unwrap();
+        let identity = Identity::load_or_create(dir, &name).unwrap();
+        let secret = Secret::new(b"endpoint keys".to_vec()).unwrap();
+        let setup = transport::NodeSetup::new(&identity, &limits, &timeouts, None, &secret, &name).unwrap();
+        setup.bind("127.0.0.1:0".parse().unwrap()).unwrap()
     }
 
     /// How a test node introduces itself in the handshake.
@@ -507,11 +480,12 @@ mod tests {
     }
 
     /// Accepts the next connection on `ep` and runs the handshake as node `name`.
-    fn accept_one(ep: quinn::Endpoint, secret: &Secret, name: &'static str) -> tokio::task::JoinHandle<Authed> {
+    fn accept_one(ep: Endpoint, secret: &Secret, name: &'static str) -> tokio::task::JoinHandle<Authed> {
         let secret = secret.clone();
         tokio::spawn(async move {
             let incoming = ep.accept().await.unwrap();
-            transport::accept(incoming, &secret, &hello(name), Duration::from_secs(5))
+            incoming
+                .accept(&secret, &hello(name), Duration::from_secs(5))
                 .await
                 .unwrap()
         })
@@ -535,9 +509,7 @@ mod tests {
 
         // The peer (say, restarted on its address) connects to us.
         let my_side = accept_one(me_ep.clone(), &secret, "me");
-        let _second_at_peer = transport::connect(&peer, listen, &secret, &hello("peer"))
-            .await
-            .unwrap();
+        let _second_at_peer = peer.connect(listen, &secret, &hello("peer")).await.unwrap();
         let second = my_side.await.unwrap();
         let second_id = second.conn.stable_id();
         let replaced = pool
@@ -557,7 +529,7 @@ mod tests {
             let mut held = Vec::new();
             for _ in 0..n {
                 let incoming = ep.accept().await.unwrap();
-                let accepted = transport::accept(incoming, &secret, &hello(name), Duration::from_secs(5)).await;
+                let accepted = incoming.accept(&secret, &hello(name), Duration::from_secs(5)).await;
                 held.push(accepted.unwrap());
             }
             // Held open (and the endpoint with them) until the test ends.
@@ -602,14 +574,15 @@ mod tests {
         let (busy_conn, _) = pool.connect(busy, deadline).await.ok().unwrap();
         let t0 = std::time::Instant::now();
         pool.expire_idle(t0);
-        let before = activity(&busy_conn.authed.conn);
-        busy_conn
-            .authed
-            .conn
-            .send_datagram(bytes::Bytes::from_static(b"gossip"))
-            .unwrap();
+        let before = busy_conn.authed.conn.activity();
+        assert!(
+            busy_conn
+                .authed
+                .conn
+                .send_datagram(bytes::Bytes::from_static(b"gossip"))
+        );
         let wait = Instant::now() + Duration::from_secs(5);
-        while activity(&busy_conn.authed.conn) == before {
+        while busy_conn.authed.conn.activity() == before {
             assert!(Instant::now() < wait, "the datagram was never sent");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -658,7 +631,7 @@ mod tests {
         let served = tokio::spawn(async move {
             let authed = accepted.await.unwrap();
             let mut held = Vec::new(); // open, unanswered
-            while let Ok(stream) = authed.conn.accept_bi().await {
+            while let Ok(stream) = authed.conn.accept_stream().await {
                 held.push(stream);
             }
         });

@@ -212,15 +212,13 @@ fn same_members(a: &[(NodeName, SocketAddr)], b: &[(NodeName, SocketAddr)]) -> b
 pub fn bind(
     configured: SocketAddr,
     saved: Option<&SavedCluster>,
-    server: quinn::ServerConfig,
-    client: quinn::ClientConfig,
-    config: quinn::EndpointConfig,
-) -> Result<quinn::Endpoint, TransportError> {
+    setup: &transport::NodeSetup,
+) -> Result<transport::Endpoint, TransportError> {
     let at = listen_at(configured, saved);
     if at == configured {
-        return transport::node_endpoint(configured, server, client, config);
+        return setup.bind(configured);
     }
-    match transport::node_endpoint(at, server.clone(), client.clone(), config.clone()) {
+    match setup.bind(at) {
         Ok(endpoint) => {
             tracing::info!(%at, "listening on the port this node had before, where its cluster knows it");
             Ok(endpoint)
@@ -230,7 +228,7 @@ pub fn bind(
                 "{e}: the port this node had before is taken (by another process?); listening on a new \
                  random port instead (--listen {configured}); the members it rejoins learn the new address"
             );
-            transport::node_endpoint(configured, server, client, config)
+            setup.bind(configured)
         }
     }
 }
