@@ -10,7 +10,7 @@
 //! - [`client`]: finding a node (`--via`), connecting and asking it, with exit-coded errors.
 //! - [`config`]: the TOML config file and its merge with flags and environment.
 //! - [`node`]: a running node; wires transport, store, routing and gossip together.
-//! - [`rpc`]: many requests in flight over one stream, and the per-request supervised task.
+//! - [`rpc`]: many requests in flight over one stream, each polled under a panic guard (no task per request).
 //! - [`transport`]: QUIC endpoints, node certificates, authenticated connections (only quinn user).
 //! - [`auth`]: the secret-proving handshake bound to the TLS exporter.
 //! - [`woken`]: polling a source only when it has signalled (a stream task's cheap wake-ups).
