@@ -123,7 +123,7 @@ impl Supervisor {
                 Err(e) => {
                     let id = e.id();
                     let why = if e.is_panic() {
-                        panic_text(e.into_panic())
+                        format!("panicked: {}", panic_text(&*e.into_panic()))
                     } else {
                         "cancelled".to_string()
                     };
@@ -172,13 +172,14 @@ impl Supervisor {
     }
 }
 
-fn panic_text(panic: Box<dyn std::any::Any + Send>) -> String {
-    let text = panic
+/// What a caught panic said: its message when it carried one (`panic!` with a literal or a
+/// format), else "panic". Shared with the request guard in `rpc`.
+pub fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
         .downcast_ref::<&str>()
         .map(|s| s.to_string())
         .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "panic".into());
-    format!("panicked: {text}")
+        .unwrap_or_else(|| "panic".into())
 }
 
 #[cfg(test)]
