@@ -16,6 +16,9 @@ use crate::names::{HostPort, NodeName, NodeRef};
 use crate::routing::{Entry, RoutingTable, TableError};
 use crate::secret::SecretSource;
 
+mod gossip;
+pub use self::gossip::GossipFile;
+
 /// What the process environment contributes, read once at start-up.
 #[derive(Clone, Debug, Default)]
 pub struct Env {
@@ -279,7 +282,7 @@ pub struct ConfigFile {
     #[serde(default)]
     pub supervisor: SupervisorFile,
     #[serde(default)]
-    pub gossip: crate::gossip::GossipFile,
+    pub gossip: GossipFile,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -537,7 +540,7 @@ impl NodeConfig {
             max_restarts: file.supervisor.max_restarts.unwrap_or(ds.max_restarts),
             window: file.supervisor.restart_window.map_or(ds.window, |d| d.0),
         };
-        let gossip = GossipConfig::from_file(&file.gossip);
+        let gossip = file.gossip.resolve();
         let mut join = flags.join;
         if join.is_empty() {
             join = file.join.unwrap_or_default();
