@@ -58,7 +58,7 @@ async fn run_within(command: Command, mut settings: Settings, out: &mut Output) 
         Command::Chat(args) => chat(args, &settings, deadline, out).await,
         Command::Bench(args) => {
             settings.via = via_or_env(args.via.via.clone(), &settings)?;
-            crate::bench::run(args, &settings, out).await
+            crate::bench::run(args.settings(), &settings, out).await
         }
     }
 }
