@@ -15,6 +15,7 @@ use crate::gossip::GossipConfig;
 use crate::names::{HostPort, NodeName, NodeRef};
 use crate::routing::{Entry, RoutingTable, TableError};
 use crate::secret::SecretSource;
+use crate::supervisor::SupervisorConfig;
 
 mod gossip;
 pub use self::gossip::GossipFile;
@@ -407,22 +408,6 @@ impl Default for Limits {
             max_handshakes: 256,
             max_streams_per_connection: 256,
             max_requests_per_stream: 1024,
-        }
-    }
-}
-
-/// The `one_for_one` restart budget of the node's long-lived parts.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SupervisorConfig {
-    pub max_restarts: u32,
-    pub window: Duration,
-}
-
-impl Default for SupervisorConfig {
-    fn default() -> Self {
-        Self {
-            max_restarts: 3,
-            window: Duration::from_secs(5),
         }
     }
 }

@@ -15,7 +15,21 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::SupervisorConfig;
+/// The `one_for_one` restart budget of the node's long-lived parts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SupervisorConfig {
+    pub max_restarts: u32,
+    pub window: Duration,
+}
+
+impl Default for SupervisorConfig {
+    fn default() -> Self {
+        Self {
+            max_restarts: 3,
+            window: Duration::from_secs(5),
+        }
+    }
+}
 
 /// What one run of a part returns: `Err` (or a panic) is a failure.
 pub type PartRun = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
