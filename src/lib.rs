@@ -16,7 +16,8 @@
 //! - [`woken`]: polling a source only when it has signalled (a stream task's cheap wake-ups).
 //! - [`wire`]: frames, limits and the request/response messages (knows no quinn).
 //! - [`routing`]: the routing table and its parser (knows no network).
-//! - [`gossip`]: membership and table spread; a sans-IO core and its simulator.
+//! - [`gossip`]: membership and table spread; a sans-IO core and its simulator (of the crate, uses
+//!   only `names` and `routing`; its settings are plain, `config` fills them in).
 //! - [`supervisor`]: the one_for_one supervisor that restarts failed long-lived parts.
 //! - [`store`]: buckets of keys and values, in memory or on disk (knows no network).
 //! - [`directory`]: the local node directory under `KVNODE_HOME/nodes` (epmd for kvnode).
