@@ -22,8 +22,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Parser;
+use kvnode::config::GossipFile;
+use kvnode::gossip::GossipConfig;
 use kvnode::gossip::sim::{Sim, SimConfig};
-use kvnode::gossip::{GossipConfig, GossipFile};
 use kvnode::routing::RoutingTable;
 
 #[derive(Parser, Debug)]
@@ -81,7 +82,7 @@ fn gossip_config(overrides: &[String]) -> anyhow::Result<GossipConfig> {
         }
     }
     let file: GossipFile = toml::from_str(&doc).with_context(|| format!("--set: {doc}"))?;
-    Ok(GossipConfig::from_file(&file))
+    Ok(file.resolve())
 }
 
 struct Report {

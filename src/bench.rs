@@ -11,10 +11,37 @@ use std::time::Duration;
 use serde_json::json;
 use tokio::time::Instant;
 
-use crate::cli::{BenchArgs, BenchTest};
 use crate::client::{self, Client, ClientError, Settings};
 use crate::output::Output;
 use crate::wire::{BucketOp, BucketRequest, Reply, Request};
+
+/// What to run: plain settings, which `kvnode bench`'s flags (`cli::BenchArgs`) resolve to.
+#[derive(Clone, Debug)]
+pub struct BenchSettings {
+    /// Concurrent clients.
+    pub clients: u32,
+    /// Requests per test.
+    pub requests: u64,
+    /// Value size in bytes.
+    pub data_size: u32,
+    /// Requests each client keeps in flight.
+    pub pipeline: u32,
+    /// The tests to run, in order.
+    pub tests: Vec<BenchTest>,
+    /// Distinct keys used.
+    pub keyspace: u64,
+    /// QUIC connections the clients share; `None`: one per client.
+    pub connections: Option<u32>,
+    /// The bucket to use.
+    pub bucket: String,
+}
+
+/// One test of a benchmark.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BenchTest {
+    Put,
+    Get,
+}
 
 /// The figures of one test.
 #[derive(Clone, Debug)]
@@ -33,7 +60,7 @@ impl BenchResult {
     }
 }
 
-pub async fn run(args: BenchArgs, settings: &Settings, out: &mut Output) -> Result<(), ClientError> {
+pub async fn run(args: BenchSettings, settings: &Settings, out: &mut Output) -> Result<(), ClientError> {
     let deadline = Instant::now() + settings.timeout;
     let target = client::resolve(settings, deadline).await?;
     let connections = args.connections.unwrap_or(args.clients).min(args.clients) as usize;
@@ -91,7 +118,8 @@ fn progress(test: BenchTest, total: u64, show: bool) -> Option<indicatif::Progre
     Some(bar)
 }
 
-fn test_name(test: BenchTest) -> &'static str {
+/// The test's name, as `--tests` and the report spell it.
+pub fn test_name(test: BenchTest) -> &'static str {
     match test {
         BenchTest::Put => "put",
         BenchTest::Get => "get",
@@ -100,7 +128,7 @@ fn test_name(test: BenchTest) -> &'static str {
 
 async fn run_test(
     test: BenchTest,
-    args: &BenchArgs,
+    args: &BenchSettings,
     clients: &[Arc<Client>],
     value: &[u8],
     timeout: Duration,
@@ -185,7 +213,7 @@ async fn run_test(
 /// nobody put measures an error path, and fails the run. Untimed; spread over the clients
 /// as the test is, one put in flight each.
 async fn put_every_key(
-    args: &BenchArgs,
+    args: &BenchSettings,
     clients: &[Arc<Client>],
     value: &[u8],
     timeout: Duration,
@@ -231,7 +259,7 @@ fn set_key(req: &mut Request, n: u64) {
     }
 }
 
-fn report(r: &BenchResult, args: &BenchArgs, connections: usize, out: &mut Output) {
+fn report(r: &BenchResult, args: &BenchSettings, connections: usize, out: &mut Output) {
     let name = test_name(r.test);
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     if out.is_json() {

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::{ArgAction, ArgGroup, Args, Parser, Subcommand};
 
+use crate::bench::{BenchSettings, BenchTest, test_name};
 use crate::config::{LogFormat, MAX_THREADS, parse_duration};
 use crate::names::{NodeName, NodeRef};
 
@@ -280,10 +281,32 @@ pub struct BenchArgs {
     pub via: ViaArgs,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum BenchTest {
-    Put,
-    Get,
+impl BenchArgs {
+    /// The benchmark these flags ask for.
+    pub fn settings(&self) -> BenchSettings {
+        BenchSettings {
+            clients: self.clients,
+            requests: self.requests,
+            data_size: self.data_size,
+            pipeline: self.pipeline,
+            tests: self.tests.clone(),
+            keyspace: self.keyspace,
+            connections: self.connections,
+            bucket: self.bucket.clone(),
+        }
+    }
+}
+
+/// `--tests`: the bench's tests by name (what `#[derive(ValueEnum)]` would write, kept here so
+/// the bench knows no clap).
+impl clap::ValueEnum for BenchTest {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[BenchTest::Put, BenchTest::Get]
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(test_name(*self)))
+    }
 }
 
 /// `chat --as`: the sender's label, which is also the client's name in the handshake.

@@ -58,7 +58,7 @@ async fn run_within(command: Command, mut settings: Settings, out: &mut Output) 
         Command::Chat(args) => chat(args, &settings, deadline, out).await,
         Command::Bench(args) => {
             settings.via = via_or_env(args.via.via.clone(), &settings)?;
-            crate::bench::run(args, &settings, out).await
+            crate::bench::run(args.settings(), &settings, out).await
         }
     }
 }
@@ -389,7 +389,7 @@ async fn owner_state(client: &Client, reply: &Reply) -> String {
         Ok(Reply::Members(members)) => members
             .into_iter()
             .find(|m| m.name == *node)
-            .map_or_else(|| "unknown".into(), |m| m.state),
+            .map_or_else(|| "unknown".into(), |m| m.state.as_str().into()),
         _ => "unknown".into(),
     }
 }
@@ -425,7 +425,7 @@ async fn members(settings: &Settings, deadline: Instant, out: &mut Output) -> Re
     if out.is_json() {
         for m in &members {
             out.object(json!({
-                "name": m.name.as_str(), "addr": m.addr, "state": m.state,
+                "name": m.name.as_str(), "addr": m.addr, "state": m.state.as_str(),
                 "incarnation": m.incarnation, "last_seen_ms": m.last_seen_ms,
                 "last_change_ms": m.last_change_ms,
             }));
@@ -447,7 +447,7 @@ async fn members(settings: &Settings, deadline: Instant, out: &mut Output) -> Re
             "{:width$}  {:addr_width$}  {:7}  {:>11}  {seen}",
             m.name.as_str(),
             m.addr,
-            m.state,
+            m.state.as_str(),
             m.incarnation,
         ));
     }

@@ -15,6 +15,10 @@ use crate::gossip::GossipConfig;
 use crate::names::{HostPort, NodeName, NodeRef};
 use crate::routing::{Entry, RoutingTable, TableError};
 use crate::secret::SecretSource;
+use crate::supervisor::SupervisorConfig;
+
+mod gossip;
+pub use self::gossip::GossipFile;
 
 /// What the process environment contributes, read once at start-up.
 #[derive(Clone, Debug, Default)]
@@ -279,7 +283,7 @@ pub struct ConfigFile {
     #[serde(default)]
     pub supervisor: SupervisorFile,
     #[serde(default)]
-    pub gossip: crate::gossip::GossipFile,
+    pub gossip: GossipFile,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -408,22 +412,6 @@ impl Default for Limits {
     }
 }
 
-/// The `one_for_one` restart budget of the node's long-lived parts.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SupervisorConfig {
-    pub max_restarts: u32,
-    pub window: Duration,
-}
-
-impl Default for SupervisorConfig {
-    fn default() -> Self {
-        Self {
-            max_restarts: 3,
-            window: Duration::from_secs(5),
-        }
-    }
-}
-
 /// Everything a node needs to start, resolved and validated.
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
@@ -537,7 +525,7 @@ impl NodeConfig {
             max_restarts: file.supervisor.max_restarts.unwrap_or(ds.max_restarts),
             window: file.supervisor.restart_window.map_or(ds.window, |d| d.0),
         };
-        let gossip = GossipConfig::from_file(&file.gossip);
+        let gossip = file.gossip.resolve();
         let mut join = flags.join;
         if join.is_empty() {
             join = file.join.unwrap_or_default();

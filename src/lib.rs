@@ -5,18 +5,21 @@
 //! - [`app`]: the edge; parses arguments, sets up logging and the runtime, picks exit codes.
 //! - [`cli`]: the command line, declared with clap; parsing only.
 //! - [`commands`]: the client subcommands (`put`, `get`, `route`, `chat`, ...) and their output.
+//! - [`stop`]: `kvnode stop`, by SIGTERM for a node of this home, else by a leave request.
 //! - [`bench`]: `kvnode bench`, throughput and latency like redis-benchmark.
 //! - [`output`]: answers on stdout, as text or JSON Lines.
 //! - [`client`]: finding a node (`--via`), connecting and asking it, with exit-coded errors.
 //! - [`config`]: the TOML config file and its merge with flags and environment.
 //! - [`node`]: a running node; wires transport, store, routing and gossip together.
-//! - [`rpc`]: many requests in flight over one stream; the calling side and the serving loop.
+//! - [`rpc`]: many requests in flight over one stream: the calling side, and the serving loop that
+//!   polls each request under a panic guard (no task per request).
 //! - [`transport`]: QUIC endpoints, node certificates, authenticated connections (only quinn user).
 //! - [`auth`]: the secret-proving handshake bound to the TLS exporter.
 //! - [`woken`]: polling a source only when it has signalled (a stream task's cheap wake-ups).
 //! - [`wire`]: frames, limits and the request/response messages (knows no quinn).
 //! - [`routing`]: the routing table and its parser (knows no network).
-//! - [`gossip`]: membership and table spread; a sans-IO core and its simulator.
+//! - [`gossip`]: membership and table spread; a sans-IO core and its simulator (of the crate, uses
+//!   only `names` and `routing`; its settings are plain, `config` fills them in).
 //! - [`supervisor`]: the one_for_one supervisor that restarts failed long-lived parts.
 //! - [`store`]: buckets of keys and values, in memory or on disk (knows no network).
 //! - [`directory`]: the local node directory under `KVNODE_HOME/nodes` (epmd for kvnode).

@@ -1,6 +1,7 @@
 //! The routing table: which node owns a bucket, by the first byte of its name (SPEC §5).
 //!
-//! Pure data and parsing; it knows no network and no gossip. Forwarding lives in `node::router`.
+//! Pure data and parsing; it knows no network and no gossip. Routing a request by this table,
+//! and forwarding it to the owner, is the node's (`node::handler`).
 
 use std::fmt;
 use std::str::FromStr;

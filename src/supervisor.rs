@@ -15,7 +15,21 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::SupervisorConfig;
+/// The `one_for_one` restart budget of the node's long-lived parts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SupervisorConfig {
+    pub max_restarts: u32,
+    pub window: Duration,
+}
+
+impl Default for SupervisorConfig {
+    fn default() -> Self {
+        Self {
+            max_restarts: 3,
+            window: Duration::from_secs(5),
+        }
+    }
+}
 
 /// What one run of a part returns: `Err` (or a panic) is a failure.
 pub type PartRun = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
@@ -123,7 +137,7 @@ impl Supervisor {
                 Err(e) => {
                     let id = e.id();
                     let why = if e.is_panic() {
-                        panic_text(e.into_panic())
+                        format!("panicked: {}", panic_text(&*e.into_panic()))
                     } else {
                         "cancelled".to_string()
                     };
@@ -172,13 +186,14 @@ impl Supervisor {
     }
 }
 
-fn panic_text(panic: Box<dyn std::any::Any + Send>) -> String {
-    let text = panic
+/// What a caught panic said: its message when it carried one (`panic!` with a literal or a
+/// format), else "panic". Shared with the request guard in `rpc`.
+pub fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
         .downcast_ref::<&str>()
         .map(|s| s.to_string())
         .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "panic".into());
-    format!("panicked: {text}")
+        .unwrap_or_else(|| "panic".into())
 }
 
 #[cfg(test)]

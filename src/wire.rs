@@ -12,6 +12,7 @@ use serde_bytes::ByteBuf;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::gossip::State;
 use crate::names::{NodeName, escape_bytes};
 use crate::routing::{Entry, RoutingTable};
 
@@ -465,7 +466,8 @@ pub enum Reply {
 pub struct MemberInfo {
     pub name: NodeName,
     pub addr: String,
-    pub state: String,
+    /// Typed, so no code compares its spelling; text and JSON output spell it `as_str`.
+    pub state: State,
     pub incarnation: u64,
     /// Milliseconds since this node last heard of a change of the member.
     pub last_change_ms: u64,
@@ -477,7 +479,7 @@ pub struct MemberInfo {
 impl MemberInfo {
     /// Alive, or suspected but not yet declared dead: worth sending to.
     pub fn is_live(&self) -> bool {
-        matches!(self.state.as_str(), "alive" | "suspect")
+        self.state.is_live()
     }
 }
 

@@ -1,10 +1,7 @@
-//! Gossip intervals and their `[gossip]` config keys.
+//! Gossip intervals and other tunables: plain settings, filled in by the `[gossip]` keys of the
+//! config file (`config::gossip`) or in code (the simulator). Knows no file format.
 
 use std::time::Duration;
-
-use serde::Deserialize;
-
-use crate::config::{AtLeastOne, ConfigDuration};
 
 /// The protocol's tunables. Defaults start from HashiCorp memberlist's LAN profile and were
 /// tuned with the simulator (see BENCHMARKS.md, "Gossip (simulated)").
@@ -73,57 +70,15 @@ impl Default for GossipConfig {
     }
 }
 
-/// `[gossip]` in a config file; every key optional.
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct GossipFile {
-    pub probe_interval: Option<ConfigDuration>,
-    pub probe_timeout: Option<ConfigDuration>,
-    pub indirect_checks: Option<usize>,
-    pub gossip_interval: Option<ConfigDuration>,
-    pub gossip_fanout: Option<AtLeastOne<usize>>,
-    pub push_pull_interval: Option<ConfigDuration>,
-    pub suspicion_mult: Option<AtLeastOne<u32>>,
-    pub suspicion_max_mult: Option<AtLeastOne<u32>>,
-    pub retransmit_mult: Option<AtLeastOne<u32>>,
-    pub reconnect_interval: Option<ConfigDuration>,
-    pub dead_retention: Option<ConfigDuration>,
-    pub join_timeout: Option<ConfigDuration>,
-    pub join_retry_max: Option<ConfigDuration>,
-    pub hot_rumor_fanout: Option<usize>,
-    pub awareness_max_multiplier: Option<AtLeastOne<u32>>,
-}
-
 impl GossipConfig {
-    pub fn from_file(f: &GossipFile) -> Self {
-        let d = Self::default();
-        let dur = |v: Option<ConfigDuration>, default| v.map_or(default, |v| v.0);
-        Self {
-            probe_interval: dur(f.probe_interval, d.probe_interval),
-            probe_timeout: dur(f.probe_timeout, d.probe_timeout),
-            indirect_checks: f.indirect_checks.unwrap_or(d.indirect_checks),
-            gossip_interval: dur(f.gossip_interval, d.gossip_interval),
-            gossip_fanout: f.gossip_fanout.map_or(d.gossip_fanout, |v| v.0),
-            push_pull_interval: dur(f.push_pull_interval, d.push_pull_interval),
-            suspicion_mult: f.suspicion_mult.map_or(d.suspicion_mult, |v| v.0),
-            suspicion_max_mult: f.suspicion_max_mult.map_or(d.suspicion_max_mult, |v| v.0),
-            retransmit_mult: f.retransmit_mult.map_or(d.retransmit_mult, |v| v.0),
-            reconnect_interval: dur(f.reconnect_interval, d.reconnect_interval),
-            dead_retention: dur(f.dead_retention, d.dead_retention),
-            join_timeout: dur(f.join_timeout, d.join_timeout),
-            join_retry_max: dur(f.join_retry_max, d.join_retry_max),
-            hot_rumor_fanout: f.hot_rumor_fanout.unwrap_or(d.hot_rumor_fanout),
-            awareness_max_multiplier: f.awareness_max_multiplier.map_or(d.awareness_max_multiplier, |v| v.0),
-        }
-    }
-
     /// The config the core runs with: a zero interval would make a timer fire in a loop, a
     /// zero multiplier would make suspicion or retransmission vanish, and an absurd one would
     /// overflow time arithmetic; all are clamped to sane bounds.
     pub(crate) fn sanitized(mut self) -> Self {
         const FLOOR: Duration = Duration::from_millis(1);
-        // The longest a config file may give, for configs made in code too.
-        const CEILING: Duration = crate::config::MAX_DURATION;
+        // The longest a config file may give (`config::MAX_DURATION`, 30 days), for configs
+        // made in code too.
+        const CEILING: Duration = Duration::from_secs(30 * 24 * 3600);
         for d in [
             &mut self.probe_interval,
             &mut self.probe_timeout,
@@ -145,40 +100,5 @@ impl GossipConfig {
             *m = (*m).clamp(1, 1000);
         }
         self
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::ConfigFile;
-
-    #[test]
-    fn the_cluster_config_files_spell_out_the_defaults() {
-        for text in [
-            include_str!("../../config/cluster-n1.toml"),
-            include_str!("../../config/cluster-n2.toml"),
-            include_str!("../../config/cluster-n3.toml"),
-        ] {
-            let file = ConfigFile::parse(text).unwrap();
-            assert_eq!(GossipConfig::from_file(&file.gossip), GossipConfig::default());
-        }
-    }
-
-    #[test]
-    fn absurd_intervals_are_clamped_so_no_timer_spins_or_overflows() {
-        // A config file refuses zero and anything over 30 days; the core is also given
-        // configs in code (the simulator).
-        assert!(toml::from_str::<GossipFile>("dead_retention = \"99999999999999h\"").is_err());
-        let c = GossipConfig {
-            probe_interval: Duration::ZERO,
-            suspicion_mult: 0,
-            dead_retention: Duration::MAX,
-            ..GossipConfig::default()
-        }
-        .sanitized();
-        assert_eq!(c.probe_interval, Duration::from_millis(1));
-        assert_eq!(c.suspicion_mult, 1);
-        assert_eq!(c.dead_retention, crate::config::MAX_DURATION);
     }
 }

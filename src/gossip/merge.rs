@@ -365,17 +365,8 @@ impl Gossip {
             let Some((id, incarnation)) = self.members.get(slot).map(|m| (m.id.clone(), m.incarnation)) else {
                 continue;
             };
-            let ping = Message::Ping {
-                from: self.sender(),
-                seq: self.next_seq(),
-                target: id.clone(),
-                reply_reliably: false,
-                piggyback: vec![Update::Suspect {
-                    id: id.clone(),
-                    incarnation,
-                    by: self.my_id.clone(),
-                }],
-            };
+            let seq = self.next_seq();
+            let ping = self.suspecting_ping(seq, &id, incarnation);
             self.send(id.addr, ping, false);
         }
     }

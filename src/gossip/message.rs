@@ -102,15 +102,26 @@ impl State {
         }
     }
 
+    /// Alive, or suspected but not yet declared dead: worth sending to.
+    pub fn is_live(self) -> bool {
+        matches!(self, State::Alive | State::Suspect)
+    }
+
     /// The state in a sentence about a member: "membership says it {}".
     pub fn said(self) -> &'static str {
         said(self.as_str())
     }
 }
 
-/// A state's name (`as_str`, or as a client reads it in `kvnode members`) in a sentence.
-pub fn said(state: &str) -> &'static str {
-    match state {
+impl AsRef<str> for State {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+/// A state (or its name, `as_str`, or "unknown" for no member) in a sentence.
+pub fn said<S: AsRef<str> + ?Sized>(state: &S) -> &'static str {
+    match state.as_ref() {
         "alive" => "is alive",
         "suspect" => "is suspected to have failed",
         "dead" => "is dead",

@@ -19,7 +19,7 @@ mod suspicion;
 #[cfg(test)]
 mod tests;
 
-pub use self::config::{GossipConfig, GossipFile};
+pub use self::config::GossipConfig;
 pub use self::core::{Event, Gossip, Transmit};
 pub use self::members::{MemberView, Roster};
 pub use self::message::{

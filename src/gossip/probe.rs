@@ -63,21 +63,17 @@ impl Gossip {
         };
         let (id, incarnation, suspect) = (m.id.clone(), m.incarnation, m.state == State::Suspect);
         let seq = self.next_seq();
-        let mut piggyback = Vec::new();
-        if suspect {
+        let ping = if suspect {
             // Lifeguard's buddy system: tell a suspect at once, so it can refute in time.
-            piggyback.push(Update::Suspect {
-                id: id.clone(),
-                incarnation,
-                by: self.my_id.clone(),
-            });
-        }
-        let ping = Message::Ping {
-            from: self.sender(),
-            seq,
-            target: id.clone(),
-            reply_reliably: false,
-            piggyback,
+            self.suspecting_ping(seq, &id, incarnation)
+        } else {
+            Message::Ping {
+                from: self.sender(),
+                seq,
+                target: id.clone(),
+                reply_reliably: false,
+                piggyback: Vec::new(),
+            }
         };
         self.send_datagram(id.addr, ping);
         self.probe = Some(Probe {
@@ -170,6 +166,22 @@ impl Gossip {
         self.send(id.addr, ping, true);
     }
 
+    /// A ping to `id` carrying this node's suspicion of it at `incarnation`: a live member
+    /// hears of the suspicion at once and refutes it, instead of after it has spread.
+    pub(super) fn suspecting_ping(&self, seq: u32, id: &Ident, incarnation: u64) -> Message {
+        Message::Ping {
+            from: self.sender(),
+            seq,
+            target: id.clone(),
+            reply_reliably: false,
+            piggyback: vec![Update::Suspect {
+                id: id.clone(),
+                incarnation,
+                by: self.my_id.clone(),
+            }],
+        }
+    }
+
     pub(super) fn on_ping(&mut self, from: &Sender, seq: u32, target: &Ident, reply_reliably: bool) {
         // A ping for another name was meant for a process that no longer lives here; acking
         // it would make the prober believe that process alive.
@@ -223,17 +235,7 @@ impl Gossip {
             return;
         };
         let seq = self.next_seq();
-        let ping = Message::Ping {
-            from: self.sender(),
-            seq,
-            target: id.clone(),
-            reply_reliably: false,
-            piggyback: vec![Update::Suspect {
-                id: id.clone(),
-                incarnation,
-                by: self.my_id.clone(),
-            }],
-        };
+        let ping = self.suspecting_ping(seq, &id, incarnation);
         self.send(id.addr, ping, false);
         self.verifications.push(Verification {
             slot,

@@ -179,7 +179,7 @@ impl GossipHandle {
             .map(|m| MemberInfo {
                 name: m.name.clone(),
                 addr: m.addr.to_string(),
-                state: m.state.as_str().to_string(),
+                state: m.state,
                 incarnation: m.incarnation,
                 last_change_ms: now.saturating_duration_since(m.last_change).as_millis() as u64,
                 last_seen_ms: m.last_seen.map(|t| now.saturating_duration_since(t).as_millis() as u64),

@@ -389,11 +389,7 @@ async fn run_with_deadline<H: Handler>(handler: Arc<H>, request: Request, timeou
 /// Logs a panic caught while answering a `kind` request, with `what` as the log line, and
 /// gives back the reason its internal-error answer carries.
 fn caught(kind: &str, panic: &(dyn std::any::Any + Send), what: &str) -> String {
-    let reason = panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "panic".into());
+    let reason = crate::supervisor::panic_text(panic);
     tracing::error!(request = kind, %reason, "{what}");
     format!("the {kind} request failed: {reason}")
 }
