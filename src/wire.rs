@@ -17,7 +17,7 @@ use crate::names::{NodeName, escape_bytes};
 use crate::routing::{Entry, RoutingTable};
 
 /// Bumped on any incompatible change; checked first in the handshake.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 /// The TLS ALPN identifier of this protocol.
 pub const ALPN: &[u8] = b"kvnode/1";
 /// The largest frame either side accepts, checked before allocating.
