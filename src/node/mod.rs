@@ -232,10 +232,6 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     } else {
         Store::open(&config.data_dir)?
     };
-    claim.publish(listen).map_err(|source| NodeError::Publish {
-        path: directory.root().display().to_string(),
-        source,
-    })?;
     let table = match &config.table {
         Some(entries) => RoutingTable::new(entries.clone(), 1, config.name.as_str())
             .expect("validated when the configuration was resolved"),
@@ -297,6 +293,12 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         )),
         None => gossip,
     };
+    // Published only now that where it listens is saved (above): a client that finds the node
+    // may kill it at once, and it must come back on this port all the same.
+    claim.publish(listen).map_err(|source| NodeError::Publish {
+        path: directory.root().display().to_string(),
+        source,
+    })?;
     let node = Arc::new(Node {
         name: config.name.clone(),
         peers: PeerPool::new(endpoint.clone(), secret.clone(), config.name.clone(), listen),
