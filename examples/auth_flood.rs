@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use kvnode::auth::Me;
-use kvnode::config::Limits;
 use kvnode::secret::Secret;
+use kvnode::transport::Limits;
 use kvnode::transport::{self, ConnectError};
 use kvnode::wire::Role;
 

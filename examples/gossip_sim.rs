@@ -23,9 +23,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Parser;
 use kvnode::config::GossipFile;
-use kvnode::gossip::GossipConfig;
-use kvnode::gossip::sim::{Sim, SimConfig};
-use kvnode::routing::RoutingTable;
+use kvnode_gossip::GossipConfig;
+use kvnode_gossip::sim::{Sim, SimConfig, SimTable};
 
 #[derive(Parser, Debug)]
 #[command(about = "Simulate kvnode's gossip membership at scale")]
@@ -150,8 +149,10 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn new_table(version: u64) -> RoutingTable {
-    RoutingTable::parse(["0x00-0x7f=n0,0x80-0xff=n1"], version, "n0").expect("a valid table")
+/// Two ranges, as the tutorial's table has.
+fn new_table(version: u64) -> SimTable {
+    let entries = vec![(0x00, 0x7f, "n0".into()), (0x80, 0xff, "n1".into())];
+    SimTable::new(version, "n0", entries).expect("a valid table")
 }
 
 fn build(args: &Args, cfg: &SimConfig, base: Instant, report: &mut Report, scenario: &str) -> Sim {

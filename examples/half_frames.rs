@@ -10,9 +10,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use kvnode::auth::Me;
-use kvnode::config::Limits;
 use kvnode::secret::SecretSource;
 use kvnode::transport;
+use kvnode::transport::Limits;
 use kvnode::wire::Role;
 
 #[tokio::main]

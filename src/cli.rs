@@ -329,6 +329,20 @@ fn parse_timeout(s: &str) -> Result<Duration, String> {
     }
 }
 
+/// `--log-format text|json`: the flag's face of [`LogFormat`], which stays free of clap.
+impl clap::ValueEnum for LogFormat {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[LogFormat::Text, LogFormat::Json]
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(match self {
+            LogFormat::Text => clap::builder::PossibleValue::new("text").help("Human-readable lines"),
+            LogFormat::Json => clap::builder::PossibleValue::new("json").help("One JSON object per line, for machines"),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

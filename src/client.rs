@@ -10,11 +10,11 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::auth::Me;
-use crate::config::Limits;
 use crate::directory::Directory;
 use crate::names::{HostPort, NodeName, NodeRef};
 use crate::rpc::{CallError, Channel};
 use crate::secret::{Secret, SecretError, SecretSource};
+use crate::transport::Limits;
 use crate::transport::{self, ConnectError, Endpoint, RequestStreams};
 use crate::wire::{RemoteError, Reply, Request, Role};
 

@@ -9,22 +9,28 @@
 //! - [`bench`]: `kvnode bench`, throughput and latency like redis-benchmark.
 //! - [`output`]: answers on stdout, as text or JSON Lines.
 //! - [`client`]: finding a node (`--via`), connecting and asking it, with exit-coded errors.
-//! - [`config`]: the TOML config file and its merge with flags and environment.
-//! - [`node`]: a running node; wires transport, store, routing and gossip together.
+//! - [`config`]: the file, environment and flag layers, mapped onto the plain settings of the code
+//!   that uses them (`transport::{Limits, Timeouts}`, `gossip::GossipConfig`,
+//!   `supervisor::SupervisorConfig`) and resolved into `NodeConfig`. Only the edge and `node` import it.
+//! - [`node`]: a running node; wires transport, store, routing and gossip together. A bucket
+//!   request is routed in one function, `Node::bucket_now`: applied here, or sent on to its owner.
 //! - [`rpc`]: many requests in flight over one stream: the calling side, and the serving loop that
 //!   polls each request under a panic guard (no task per request).
-//! - [`transport`]: QUIC endpoints, node certificates, authenticated connections (only quinn user).
+//! - [`transport`]: QUIC endpoints, node certificates, authenticated connections, their limits and
+//!   deadlines (the only code that names quinn).
 //! - [`auth`]: the secret-proving handshake bound to the TLS exporter.
 //! - [`woken`]: polling a source only when it has signalled (a stream task's cheap wake-ups).
 //! - [`wire`]: frames, limits and the request/response messages (knows no quinn).
 //! - [`routing`]: the routing table and its parser (knows no network).
-//! - [`gossip`]: membership and table spread; a sans-IO core and its simulator (of the crate, uses
-//!   only `names` and `routing`; its settings are plain, `config` fills them in).
+//! - [`gossip`]: membership and table spread: the `kvnode-gossip` crate (`src/gossip/`), a
+//!   sans-IO SWIM core and its simulator (behind its `sim` feature). It depends on nothing of
+//!   this crate: it spreads any [`gossip::Table`] (here the routing table) and knows members by
+//!   [`gossip::NodeName`]; `node::gossip` drives it, `config` fills in its settings.
 //! - [`supervisor`]: the one_for_one supervisor that restarts failed long-lived parts.
 //! - [`store`]: buckets of keys and values, in memory or on disk (knows no network).
 //! - [`directory`]: the local node directory under `KVNODE_HOME/nodes` (epmd for kvnode).
 //! - [`secret`]: where the shared secret comes from and who may read it.
-//! - [`names`]: node names and the `name`, `name@host:port`, `host:port` forms.
+//! - [`names`]: the `name`, `name@host:port`, `host:port` forms (a name itself is gossip's `NodeName`).
 
 pub mod app;
 pub mod auth;
@@ -34,7 +40,7 @@ pub mod client;
 pub mod commands;
 pub mod config;
 pub mod directory;
-pub mod gossip;
+pub use kvnode_gossip as gossip;
 pub mod names;
 pub mod node;
 pub mod output;

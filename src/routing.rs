@@ -293,6 +293,24 @@ fn byte_to_string(b: u8) -> String {
     }
 }
 
+/// The table gossip spreads (SPEC §6): the newest by version, then setter, wins everywhere.
+impl kvnode_gossip::Table for RoutingTable {
+    fn supersedes(&self, other: &Self) -> bool {
+        RoutingTable::supersedes(self, other)
+    }
+
+    fn version(&self) -> u64 {
+        RoutingTable::version(self)
+    }
+
+    /// Tables derive `Deserialize` without the overlap check [`RoutingTable::new`] makes.
+    fn check(&self) -> Result<(), String> {
+        RoutingTable::new(self.entries.clone(), self.version, self.setter.clone())
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -448,5 +466,31 @@ mod tests {
             assert_eq!(t.owner_of(&[b, 1]), Some(&name("solo")));
         }
         assert_eq!(t.version(), 0);
+    }
+
+    #[test]
+    fn gossip_refuses_an_overlapping_table_at_decode() {
+        use std::sync::Arc;
+
+        use kvnode_gossip::{Ident, Message, Sender, SharedTable, Update};
+        // A table that could never be built through RoutingTable::new, smuggled through serde.
+        let good = RoutingTable::parse(["a-m=foo,n-z=bar"], 4, "foo").unwrap();
+        let from = Sender {
+            id: Ident::new(name("foo"), "127.0.0.1:4000".parse().unwrap(), 7),
+            incarnation: 3,
+        };
+        let msg: Message<RoutingTable> = Message::Gossip {
+            from,
+            piggyback: vec![Update::Table(SharedTable(Arc::new(good)))],
+        };
+        let mut bytes = msg.encode();
+        assert!(Message::<RoutingTable>::decode(&bytes).is_ok());
+        // Entries are (first, last, name); make n-z start at 'a' so it overlaps a-m.
+        let pos = bytes.windows(2).position(|w| w == [b'n', b'z']).unwrap();
+        bytes[pos] = b'a';
+        assert!(matches!(
+            Message::<RoutingTable>::decode(&bytes),
+            Err(kvnode_gossip::DecodeError::InvalidTable(_))
+        ));
     }
 }

@@ -17,15 +17,16 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 
 use crate::auth::{self, HandshakeError, Me, PeerHello};
-use crate::config::{Limits, Timeouts};
 use crate::names::NodeName;
 use crate::secret::Secret;
 use crate::wire::{ALPN, FrameReader, MAX_HANDSHAKE_FRAME};
 
 mod connection;
 mod endpoint;
+mod settings;
 pub use connection::{Connection, Ended, RequestStreams};
 pub use endpoint::{Endpoint, Incoming};
+pub use settings::{Limits, Timeouts};
 
 /// Application close codes, so the other side can say why a connection ended.
 pub mod close {

@@ -5,9 +5,8 @@
 
 use std::time::{Duration, Instant};
 
-use kvnode::gossip::sim::{NodeId, Sim, SimConfig};
-use kvnode::gossip::{Event, GossipConfig, State};
-use kvnode::routing::RoutingTable;
+use kvnode_gossip::sim::{Event, NodeId, Sim, SimConfig, SimTable};
+use kvnode_gossip::{GossipConfig, State};
 
 fn config(seed: u64, loss: f64) -> SimConfig {
     SimConfig {
@@ -17,8 +16,10 @@ fn config(seed: u64, loss: f64) -> SimConfig {
     }
 }
 
-fn table(version: u64) -> RoutingTable {
-    RoutingTable::parse(["0x00-0x7f=n0,0x80-0xff=n1"], version, "n0").unwrap()
+/// Two ranges, as the tutorial's table has.
+fn table(version: u64) -> SimTable {
+    let entries = vec![(0x00, 0x7f, "n0".into()), (0x80, 0xff, "n1".into())];
+    SimTable::new(version, "n0", entries).expect("a valid table")
 }
 
 /// The longest a suspicion can last in a cluster of `n` (no confirmations at all).

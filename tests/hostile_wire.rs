@@ -9,9 +9,9 @@ use std::time::Duration;
 use common::Home;
 use kvnode::auth::Me;
 use kvnode::client::{Client, Target};
-use kvnode::config::Limits;
 use kvnode::secret::{Secret, SecretSource};
 use kvnode::transport;
+use kvnode::transport::Limits;
 use kvnode::wire::{
     self, BucketOp, BucketRequest, FrameReader, MAX_FRAME, RemoteError, Reply, Request, ResponseFrame, Role,
 };

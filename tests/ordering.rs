@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use common::Home;
 use kvnode::auth::Me;
-use kvnode::config::Limits;
 use kvnode::rpc::Channel;
 use kvnode::secret::SecretSource;
 use kvnode::transport;
+use kvnode::transport::Limits;
 use kvnode::wire::{BucketOp, BucketRequest, RemoteError, Reply, Request, Role};
 
 /// Key pairs per round; each pair is put-then-put or put-then-delete.

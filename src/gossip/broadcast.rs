@@ -5,6 +5,7 @@
 //! member replaces the queued one, and each update's encoded size is computed once, so filling
 //! a datagram is a walk down an ordered map with no encoding.
 
+use crate::table::Table;
 use std::cmp::Reverse;
 use std::collections::BTreeMap;
 
@@ -22,24 +23,36 @@ pub(crate) enum Topic {
 type Key = (u32, Reverse<u64>);
 
 #[derive(Debug)]
-struct Queued {
+struct Queued<T> {
     topic: Topic,
-    update: Update,
+    update: Update<T>,
     size: usize,
 }
 
 /// The smallest encoded update: below this much room, nothing else can fit.
 const MIN_UPDATE_LEN: usize = 12;
 
-#[derive(Debug, Default)]
-pub(crate) struct Broadcasts {
-    order: BTreeMap<Key, Queued>,
+#[derive(Debug)]
+pub(crate) struct Broadcasts<T> {
+    order: BTreeMap<Key, Queued<T>>,
     topics: FxMap<Topic, Key>,
     next_id: u64,
     taken: Vec<Key>,
 }
 
-impl Broadcasts {
+// By hand: a derive would ask `T: Default`.
+impl<T> Default for Broadcasts<T> {
+    fn default() -> Self {
+        Self {
+            order: BTreeMap::new(),
+            topics: FxMap::default(),
+            next_id: 0,
+            taken: Vec::new(),
+        }
+    }
+}
+
+impl<T: Table> Broadcasts<T> {
     pub fn len(&self) -> usize {
         self.order.len()
     }
@@ -49,7 +62,7 @@ impl Broadcasts {
     }
 
     /// Queues `update`, replacing any older update on the same topic.
-    pub fn push(&mut self, topic: Topic, update: Update) {
+    pub fn push(&mut self, topic: Topic, update: Update<T>) {
         self.forget(topic);
         let key = (0, Reverse(self.next_id));
         self.next_id += 1;
@@ -73,7 +86,7 @@ impl Broadcasts {
         max_count: usize,
         limit: u32,
         priority: Option<Topic>,
-        out: &mut Vec<Update>,
+        out: &mut Vec<Update<T>>,
     ) -> usize {
         let mut used = 0;
         self.taken.clear();
@@ -105,7 +118,7 @@ impl Broadcasts {
 
     /// The queued table update if it is too big for `budget` (it then goes on a stream),
     /// counting one transmission.
-    pub fn oversized_table(&mut self, budget: usize, limit: u32) -> Option<Update> {
+    pub fn oversized_table(&mut self, budget: usize, limit: u32) -> Option<Update<T>> {
         let key = *self.topics.get(&Topic::Table)?;
         let q = self.order.get(&key)?;
         if q.size <= budget {
@@ -161,8 +174,10 @@ impl Broadcasts {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gossip::message::Ident;
-    use crate::names::NodeName;
+    use crate::message::Ident;
+    use crate::name::NodeName;
+
+    type Update = crate::Update<crate::sim::SimTable>;
 
     fn alive(name: &str, incarnation: u64) -> Update {
         let id = Ident::new(NodeName::new(name).unwrap(), "10.0.0.1:7946".parse().unwrap(), 1);

@@ -74,7 +74,7 @@ impl GossipConfig {
     /// The config the core runs with: a zero interval would make a timer fire in a loop, a
     /// zero multiplier would make suspicion or retransmission vanish, and an absurd one would
     /// overflow time arithmetic; all are clamped to sane bounds.
-    pub(crate) fn sanitized(mut self) -> Self {
+    pub fn sanitized(mut self) -> Self {
         const FLOOR: Duration = Duration::from_millis(1);
         // The longest a config file may give (`config::MAX_DURATION`, 30 days), for configs
         // made in code too.

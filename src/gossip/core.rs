@@ -5,6 +5,7 @@
 //! lives in `probe.rs` (SWIM probing), `merge.rs` (applying updates) and `join.rs` (joins,
 //! push-pull, leaving).
 
+use crate::table::Table;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,14 +21,13 @@ use super::members::{Member, MemberView, Members, Roster, Slot};
 use super::message::{Ident, Message, Sender, SharedTable, State};
 use super::probe::{Probe, Relay, Verification};
 use super::suspicion::Suspicions;
-use crate::names::NodeName;
-use crate::routing::RoutingTable;
+use crate::name::NodeName;
 
 /// A message for the driver to send.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Transmit {
+pub struct Transmit<T> {
     pub to: SocketAddr,
-    pub msg: Message,
+    pub msg: Message<T>,
     /// `false`: one datagram of at most [`MAX_DATAGRAM`](super::MAX_DATAGRAM) bytes encoded;
     /// `true`: a stream.
     pub reliable: bool,
@@ -35,7 +35,7 @@ pub struct Transmit {
 
 /// Something the driver should know about (log it, update its address book, exit...).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Event {
+pub enum Event<T> {
     /// A new member, or a member back from suspect or dead (or restarted).
     MemberUp {
         name: NodeName,
@@ -60,7 +60,7 @@ pub enum Event {
         incarnation: u64,
     },
     /// A table that superseded ours was adopted.
-    TableChanged(RoutingTable),
+    TableChanged(T),
     Joined {
         seed: SocketAddr,
         members: usize,
@@ -110,7 +110,7 @@ pub(super) struct Timers {
 }
 
 /// One gossip member: probes others, spreads updates, keeps the membership and routing table.
-pub struct Gossip {
+pub struct Gossip<T> {
     pub(super) config: GossipConfig,
     pub(super) my_id: Ident,
     pub(super) me: Slot,
@@ -118,28 +118,28 @@ pub struct Gossip {
     pub(super) epoch: Instant,
     pub(super) rng: SmallRng,
     pub(super) members: Members,
-    pub(super) broadcasts: Broadcasts,
+    pub(super) broadcasts: Broadcasts<T>,
     pub(super) suspicions: Suspicions,
-    pub(super) table: SharedTable,
+    pub(super) table: SharedTable<T>,
     pub(super) next_seq: u32,
     pub(super) timers: Timers,
     pub(super) probe: Option<Probe>,
     pub(super) relays: Vec<Relay>,
-    pub(super) verifications: Vec<Verification>,
+    pub(super) verifications: Vec<Verification<T>>,
     pub(super) joins: Vec<JoinAttempt>,
-    pub(super) checks: Vec<LivenessCheck>,
+    pub(super) checks: Vec<LivenessCheck<T>>,
     pub(super) leaving: Option<Leaving>,
     /// Lifeguard's local health: 0 is healthy; probing slows down by `awareness + 1`.
     pub(super) awareness: u32,
     pub(super) conflicts: Vec<Ident>,
     /// Recent notices and corrections: (to whom, about whom, incarnation, when).
     pub(super) notices: Vec<(Ident, Ident, u64, Instant)>,
-    pub(super) transmits: VecDeque<Transmit>,
-    pub(super) events: VecDeque<Event>,
+    pub(super) transmits: VecDeque<Transmit<T>>,
+    pub(super) events: VecDeque<Event<T>>,
     pub(super) scratch: Vec<Slot>,
 }
 
-impl Gossip {
+impl<T: Table> Gossip<T> {
     /// `generation` is fresh for each start of the process (the driver passes wall-clock
     /// millis). A restarted node (same name, higher generation) supersedes its old self at once
     /// instead of being stuck behind its old incarnation (memberlist's restart race).
@@ -147,7 +147,7 @@ impl Gossip {
         name: NodeName,
         addr: SocketAddr,
         generation: u64,
-        table: RoutingTable,
+        table: T,
         config: GossipConfig,
         seed: u64,
         now: Instant,
@@ -245,7 +245,7 @@ impl Gossip {
     /// stream to every live member (up to [`TABLE_PUSH`](super::spread::TABLE_PUSH) of
     /// them), and spreads it as gossip too. A table is set rarely and must reach every node
     /// at once, which the epidemic alone does not promise in a small cluster.
-    pub fn set_routing_table(&mut self, now: Instant, table: RoutingTable) {
+    pub fn set_table(&mut self, now: Instant, table: T) {
         let _ = now; // Adopting and pushing start no timer; `now` keeps the input contract uniform.
         let table = SharedTable(Arc::new(table));
         if self.adopt_table(&table) {
@@ -253,7 +253,7 @@ impl Gossip {
         }
     }
 
-    pub fn handle_message(&mut self, now: Instant, from: SocketAddr, msg: Message) {
+    pub fn handle_message(&mut self, now: Instant, from: SocketAddr, msg: Message<T>) {
         let _ = from; // Replies go to the sender's advertised address, not the transport's.
         if let Message::JoinRefused { token, reason, .. } = msg {
             // Not a member's claim: the refused joiner learns nothing from it, so it has nobody
@@ -364,11 +364,11 @@ impl Gossip {
         self.prune_broadcasts();
     }
 
-    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+    pub fn poll_transmit(&mut self) -> Option<Transmit<T>> {
         self.transmits.pop_front()
     }
 
-    pub fn poll_event(&mut self) -> Option<Event> {
+    pub fn poll_event(&mut self) -> Option<Event<T>> {
         self.events.pop_front()
     }
 
@@ -418,7 +418,7 @@ impl Gossip {
         self.members.view(self.members.find(name)?, self.epoch)
     }
 
-    pub fn routing_table(&self) -> &RoutingTable {
+    pub fn table(&self) -> &T {
         &self.table.0
     }
 
@@ -493,7 +493,7 @@ impl Gossip {
         (min, max, k)
     }
 
-    pub(super) fn send(&mut self, to: SocketAddr, msg: Message, reliable: bool) {
+    pub(super) fn send(&mut self, to: SocketAddr, msg: Message<T>, reliable: bool) {
         self.transmits.push_back(Transmit { to, msg, reliable });
     }
 

@@ -1,6 +1,7 @@
 //! Full-state exchanges (push-pull), joins with the unique-name check, reconnects to dead
 //! members after partitions, and leaving.
 
+use crate::table::Table;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -41,10 +42,10 @@ impl JoinAttempt {
 /// the join is refused if it answers, accepted (as a restart) if it stays silent for a probe
 /// interval.
 #[derive(Debug)]
-pub(super) struct LivenessCheck {
+pub(super) struct LivenessCheck<T> {
     seq: u32,
     old: Ident,
-    join: Box<PushPull>,
+    join: Box<PushPull<T>>,
     pub deadline: Instant,
 }
 
@@ -70,7 +71,7 @@ const MAX_REASON: usize = 512;
 /// Pending liveness checks are few; a flood of joins must not grow them without bound.
 const MAX_CHECKS: usize = 64;
 
-impl Gossip {
+impl<T: Table> Gossip<T> {
     pub(super) fn start_join(&mut self, now: Instant, seed: SocketAddr) {
         if seed == self.my_id.addr {
             // Joining through ourselves: we are trivially in our own cluster.
@@ -157,7 +158,7 @@ impl Gossip {
     }
 
     /// Everything we know, for a push-pull or its answer.
-    fn full_state(&self, join: Option<u32>, is_reply: bool) -> Box<PushPull> {
+    fn full_state(&self, join: Option<u32>, is_reply: bool) -> Box<PushPull<T>> {
         let members = self
             .members
             .iter()
@@ -177,7 +178,7 @@ impl Gossip {
     }
 
     /// `sender_was_down`: we held the sender dead before its message arrived.
-    pub(super) fn on_push_pull(&mut self, now: Instant, pp: Box<PushPull>, sender_was_down: bool) {
+    pub(super) fn on_push_pull(&mut self, now: Instant, pp: Box<PushPull<T>>, sender_was_down: bool) {
         if let Some(token) = pp.join
             && !pp.is_reply
         {
@@ -204,7 +205,7 @@ impl Gossip {
         }
     }
 
-    fn merge_push_pull(&mut self, now: Instant, pp: &PushPull, sender_was_down: bool) {
+    fn merge_push_pull(&mut self, now: Instant, pp: &PushPull<T>, sender_was_down: bool) {
         self.merge_state(now, &pp.members, sender_was_down);
         if self.adopt_table(&pp.table) && self.config.hot_rumor_fanout > 0 {
             self.push_now(self.config.hot_rumor_fanout, super::broadcast::Topic::Table);
@@ -212,7 +213,7 @@ impl Gossip {
     }
 
     /// A join: accept, refuse, or check first whether the name's holder is still alive.
-    fn on_join(&mut self, now: Instant, pp: Box<PushPull>, token: u32) {
+    fn on_join(&mut self, now: Instant, pp: Box<PushPull<T>>, token: u32) {
         let joiner = pp.from.id.clone();
         let holder = self
             .members
@@ -250,7 +251,7 @@ impl Gossip {
         }
     }
 
-    fn accept_join(&mut self, now: Instant, pp: Box<PushPull>, token: u32) {
+    fn accept_join(&mut self, now: Instant, pp: Box<PushPull<T>>, token: u32) {
         let from = pp.from.clone();
         let was_down = self.is_down(&from.id);
         self.apply_sender(now, &from);

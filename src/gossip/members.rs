@@ -14,7 +14,7 @@ use rand::rngs::SmallRng;
 use rand::seq::SliceRandom;
 
 use super::message::{Ident, State};
-use crate::names::NodeName;
+use crate::name::NodeName;
 
 /// A member's index in the table; stable until the member is forgotten.
 pub(crate) type Slot = u32;

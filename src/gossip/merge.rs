@@ -5,6 +5,7 @@
 //! Alive{i} beats Suspect{j} iff i > j, Suspect{i} beats Alive{j} iff i >= j, Dead beats both
 //! at >=, and anything about an older generation of a name loses to the newer generation.
 
+use crate::table::Table;
 use std::time::Instant;
 
 use super::broadcast::Topic;
@@ -16,7 +17,7 @@ use super::message::{Ident, MemberState, Message, Sender, SharedTable, State, Up
 /// hostile peer sends them, so updates about us carrying one are ignored.
 const IMPLAUSIBLE_INCARNATION: u64 = u64::MAX / 2;
 
-impl Gossip {
+impl<T: Table> Gossip<T> {
     /// Every message is its sender's own claim to be alive at its incarnation.
     pub(super) fn apply_sender(&mut self, now: Instant, sender: &Sender) {
         let _ = self.apply_member(now, &sender.id, sender.incarnation, State::Alive, None, Source::Gossip);
@@ -24,7 +25,7 @@ impl Gossip {
 
     /// Applies one update; returns the member's slot when the update was a stale failure
     /// claim (suspect or dead at an older incarnation than the alive one we know).
-    pub(super) fn apply_update(&mut self, now: Instant, update: &Update, source: Source) -> Option<Slot> {
+    pub(super) fn apply_update(&mut self, now: Instant, update: &Update<T>, source: Source) -> Option<Slot> {
         match update {
             Update::Alive { id, incarnation } => self.apply_member(now, id, *incarnation, State::Alive, None, source),
             Update::Suspect { id, incarnation, by } => {
@@ -373,7 +374,7 @@ impl Gossip {
 
     /// Whether a failure claim from a sender we held dead should be ignored: it was cut off
     /// from us, so what it could not reach says nothing about members we hold alive.
-    pub(super) fn stale_failure_claim(&self, update: &Update) -> bool {
+    pub(super) fn stale_failure_claim(&self, update: &Update<T>) -> bool {
         let (id, incarnation) = match update {
             Update::Suspect { id, incarnation, .. } | Update::Dead { id, incarnation, .. } => (id, *incarnation),
             _ => return false,
@@ -415,7 +416,7 @@ impl Gossip {
     }
 
     /// Adopts `table` if it supersedes ours; returns whether it did.
-    pub(super) fn adopt_table(&mut self, table: &SharedTable) -> bool {
+    pub(super) fn adopt_table(&mut self, table: &SharedTable<T>) -> bool {
         if !table.0.supersedes(&self.table.0) {
             return false;
         }

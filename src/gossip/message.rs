@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::names::NodeName;
-use crate::routing::{RoutingTable, TableError};
+use crate::name::NodeName;
+use crate::table::Table;
 
 /// The largest datagram the core ever hands out (`Transmit::reliable == false`).
 pub const MAX_DATAGRAM: usize = 1200;
@@ -67,19 +67,26 @@ impl<'de> Deserialize<'de> for Ident {
     }
 }
 
-/// A routing table shared between the core, its broadcast queue and the messages carrying it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SharedTable(pub Arc<RoutingTable>);
+/// A table shared between the core, its broadcast queue and the messages carrying it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct SharedTable<T>(pub Arc<T>);
 
-impl Serialize for SharedTable {
+// By hand: a derive would ask `T: Clone`, and cloning shares the table.
+impl<T> Clone for SharedTable<T> {
+    fn clone(&self) -> Self {
+        Self(Arc::clone(&self.0))
+    }
+}
+
+impl<T: Table> Serialize for SharedTable<T> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         self.0.serialize(s)
     }
 }
 
-impl<'de> Deserialize<'de> for SharedTable {
+impl<'de, T: Table> Deserialize<'de> for SharedTable<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        RoutingTable::deserialize(d).map(|t| Self(Arc::new(t)))
+        T::deserialize(d).map(|t| Self(Arc::new(t)))
     }
 }
 
@@ -139,7 +146,8 @@ pub struct Sender {
 
 /// One piece of gossip, piggybacked on probes or sent in dedicated gossip messages.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Update {
+#[serde(bound = "T: Table")]
+pub enum Update<T> {
     Alive {
         id: Ident,
         incarnation: u64,
@@ -160,10 +168,10 @@ pub enum Update {
         id: Ident,
         incarnation: u64,
     },
-    Table(SharedTable),
+    Table(SharedTable<T>),
 }
 
-impl Update {
+impl<T> Update<T> {
     /// The member the update is about, `None` for a table.
     pub fn subject(&self) -> Option<&Ident> {
         match self {
@@ -186,19 +194,21 @@ pub struct MemberState {
 
 /// A full-state exchange: every member this node knows, and its routing table.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PushPull {
+#[serde(bound = "T: Table")]
+pub struct PushPull<T> {
     pub from: Sender,
     /// Set on a join and echoed in the seed's answer, so the joiner can match it.
     pub join: Option<u32>,
     /// An answer is not answered again.
     pub is_reply: bool,
     pub members: Vec<MemberState>,
-    pub table: SharedTable,
+    pub table: SharedTable<T>,
 }
 
 /// Everything gossip nodes say to each other.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Message {
+#[serde(bound = "T: Table")]
+pub enum Message<T> {
     /// "Are you alive?" Only the node named `target` answers; `reply_reliably` marks the
     /// stream fallback probe, whose ack goes back on a stream too.
     Ping {
@@ -206,31 +216,31 @@ pub enum Message {
         seq: u32,
         target: Ident,
         reply_reliably: bool,
-        piggyback: Vec<Update>,
+        piggyback: Vec<Update<T>>,
     },
     /// The answer to a ping, or a helper's relay of the target's answer to a ping-req.
     Ack {
         from: Sender,
         seq: u32,
-        piggyback: Vec<Update>,
+        piggyback: Vec<Update<T>>,
     },
     /// A helper's "I asked and the target did not answer" (Lifeguard's nack).
     Nack {
         from: Sender,
         seq: u32,
-        piggyback: Vec<Update>,
+        piggyback: Vec<Update<T>>,
     },
     /// "Please ping `target` for me and relay its ack with `seq`."
     PingReq {
         from: Sender,
         seq: u32,
         target: Ident,
-        piggyback: Vec<Update>,
+        piggyback: Vec<Update<T>>,
     },
     /// Dissemination only.
-    Gossip { from: Sender, piggyback: Vec<Update> },
+    Gossip { from: Sender, piggyback: Vec<Update<T>> },
     /// Anti-entropy, joins and reconnects (always on a stream).
-    PushPull(Box<PushPull>),
+    PushPull(Box<PushPull<T>>),
     /// The seed refuses a join (on a stream); `token` is the joiner's.
     JoinRefused { from: Sender, token: u32, reason: String },
     /// "I am leaving at my current incarnation; ack with `seq`" (on a stream).
@@ -255,12 +265,12 @@ pub enum DecodeError {
     /// Bytes follow a complete message.
     #[error("{0} stray bytes after a gossip message")]
     TrailingBytes(usize),
-    /// A routing table in the message is not a valid table.
-    #[error("gossip message carries an invalid routing table: {0}")]
-    InvalidTable(#[from] TableError),
+    /// A table in the message is not a valid table.
+    #[error("gossip message carries an invalid table: {0}")]
+    InvalidTable(String),
 }
 
-impl Message {
+impl<T: Table> Message<T> {
     /// The sender's identity and incarnation.
     pub fn sender(&self) -> &Sender {
         match self {
@@ -276,7 +286,7 @@ impl Message {
     }
 
     /// The piggybacked updates, if this kind of message carries any.
-    pub fn piggyback(&self) -> &[Update] {
+    pub fn piggyback(&self) -> &[Update<T>] {
         match self {
             Message::Ping { piggyback, .. }
             | Message::Ack { piggyback, .. }
@@ -302,7 +312,7 @@ impl Message {
     }
 
     /// Parses the wire form; anything but one well-formed message is an error, never a panic.
-    pub fn decode(bytes: &[u8]) -> Result<Message, DecodeError> {
+    pub fn decode(bytes: &[u8]) -> Result<Message<T>, DecodeError> {
         if bytes.len() > MAX_RELIABLE + PREFIX_LEN {
             return Err(DecodeError::TooLarge { len: bytes.len() });
         }
@@ -315,23 +325,22 @@ impl Message {
         if *version != GOSSIP_VERSION {
             return Err(DecodeError::UnsupportedVersion { got: *version });
         }
-        let (msg, rest) = postcard::take_from_bytes::<Message>(payload)?;
+        let (msg, rest) = postcard::take_from_bytes::<Message<T>>(payload)?;
         if !rest.is_empty() {
             return Err(DecodeError::TrailingBytes(rest.len()));
         }
-        msg.check_tables()?;
+        msg.check_tables().map_err(DecodeError::InvalidTable)?;
         Ok(msg)
     }
 
-    /// Tables derive `Deserialize` without the overlap check `RoutingTable::new` makes.
-    fn check_tables(&self) -> Result<(), TableError> {
-        let check = |t: &RoutingTable| RoutingTable::new(t.entries().to_vec(), t.version(), t.setter()).map(drop);
+    /// Tables decode without the checks their constructor makes (see [`Table::check`]).
+    fn check_tables(&self) -> Result<(), String> {
         if let Message::PushPull(pp) = self {
-            check(&pp.table.0)?;
+            pp.table.0.check()?;
         }
         for update in self.piggyback() {
             if let Update::Table(t) = update {
-                check(&t.0)?;
+                t.0.check()?;
             }
         }
         Ok(())
@@ -350,6 +359,14 @@ mod tests {
     use rand::{RngExt, SeedableRng};
 
     use super::*;
+    use crate::sim::SimTable;
+
+    type Message = super::Message<SimTable>;
+    type Update = super::Update<SimTable>;
+
+    fn two_ranges() -> SimTable {
+        SimTable::new(4, "foo", vec![(b'a', b'm', "foo".into()), (b'n', b'z', "bar".into())]).unwrap()
+    }
 
     fn ident(name: &str) -> Ident {
         Ident::new(NodeName::new(name).unwrap(), "127.0.0.1:4000".parse().unwrap(), 7)
@@ -364,7 +381,7 @@ mod tests {
 
     #[test]
     fn messages_round_trip_and_encoded_len_is_exact() {
-        let table = SharedTable(Arc::new(RoutingTable::parse(["a-m=foo,n-z=bar"], 4, "foo").unwrap()));
+        let table = SharedTable(Arc::new(two_ranges()));
         let msgs = [
             Message::Ping {
                 from: sender("foo"),
@@ -454,8 +471,8 @@ mod tests {
 
     #[test]
     fn overlapping_tables_are_refused_at_decode() {
-        // A table that could never be built through RoutingTable::new, smuggled through serde.
-        let good = RoutingTable::parse(["a-m=foo,n-z=bar"], 4, "foo").unwrap();
+        // A table that could never be built through its constructor, smuggled through serde.
+        let good = two_ranges();
         let mut bytes = Message::Gossip {
             from: sender("foo"),
             piggyback: vec![

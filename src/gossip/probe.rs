@@ -3,6 +3,7 @@
 //! direct ping and a ping on a stream (memberlist's TCP fallback); no ack by the end of the
 //! interval: suspect.
 
+use crate::table::Table;
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -39,13 +40,13 @@ const MAX_RELAYS: usize = 1024;
 
 /// A member said to have failed while we hold it alive: pinged before it is believed.
 #[derive(Debug)]
-pub(super) struct Verification {
+pub(super) struct Verification<T> {
     slot: Slot,
     id: Ident,
     incarnation: u64,
     seq: u32,
     /// What to apply if it stays silent: a gossiped death, or (none) our own suspicion.
-    verdict: Option<Update>,
+    verdict: Option<Update<T>>,
     pub deadline: Instant,
 }
 
@@ -53,7 +54,7 @@ pub(super) struct Verification {
 /// ignored (others gossip the real ones again, and our own probes find the dead).
 const MAX_VERIFICATIONS: usize = 1024;
 
-impl Gossip {
+impl<T: Table> Gossip<T> {
     pub(super) fn start_probe(&mut self, now: Instant) {
         let Some(target) = self.members.next_probe_target(self.me, &mut self.rng) else {
             return;
@@ -168,7 +169,7 @@ impl Gossip {
 
     /// A ping to `id` carrying this node's suspicion of it at `incarnation`: a live member
     /// hears of the suspicion at once and refutes it, instead of after it has spread.
-    pub(super) fn suspecting_ping(&self, seq: u32, id: &Ident, incarnation: u64) -> Message {
+    pub(super) fn suspecting_ping(&self, seq: u32, id: &Ident, incarnation: u64) -> Message<T> {
         Message::Ping {
             from: self.sender(),
             seq,
@@ -227,7 +228,7 @@ impl Gossip {
     /// Pings `slot`, said to have failed, carrying a suspicion so the member refutes it if it
     /// is alive; if no ack comes within a probe interval, applies `verdict` (a gossiped death)
     /// or suspects it.
-    pub(super) fn verify(&mut self, now: Instant, slot: Slot, verdict: Option<Update>) {
+    pub(super) fn verify(&mut self, now: Instant, slot: Slot, verdict: Option<Update<T>>) {
         if self.verifications.len() >= MAX_VERIFICATIONS || self.verifications.iter().any(|v| v.slot == slot) {
             return;
         }

@@ -11,6 +11,7 @@
 //! the 1200-byte limit, and the core's own tests check encoding.
 
 mod metrics;
+mod table;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
@@ -21,10 +22,17 @@ use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 
 use self::metrics::{Detection, TableTrack, Views};
+pub use self::table::SimTable;
+use crate::table::Table;
+
+/// The core, its messages and events, as the simulator runs them: spreading a [`SimTable`].
+pub type Gossip = crate::Gossip<SimTable>;
+pub type Event = crate::Event<SimTable>;
+type Message = crate::Message<SimTable>;
+type Transmit = crate::Transmit<SimTable>;
 pub use self::metrics::{FalseDeath, SimStats};
-use super::{Event, Gossip, GossipConfig, Ident, MAX_DATAGRAM, Message, Roster, Transmit};
-use crate::names::NodeName;
-use crate::routing::RoutingTable;
+use super::{GossipConfig, Ident, MAX_DATAGRAM, Roster};
+use crate::name::NodeName;
 
 /// A simulated process, by its index.
 pub type NodeId = usize;
@@ -166,8 +174,8 @@ impl Sim {
         sim
     }
 
-    fn initial_table() -> RoutingTable {
-        RoutingTable::parse(["0x00-0xff=n0"], 1, "sim").unwrap_or_else(|_| unreachable!("a valid table"))
+    fn initial_table() -> SimTable {
+        SimTable::owned_by("n0", 1)
     }
 
     fn add(&mut self, name: NodeName, generation: u64) -> NodeId {
@@ -266,14 +274,14 @@ impl Sim {
     }
 
     /// Sets a table on one node and starts tracking how it spreads.
-    pub fn set_table(&mut self, id: NodeId, table: RoutingTable) {
+    pub fn set_table(&mut self, id: NodeId, table: SimTable) {
         self.table = Some(TableTrack {
             version: table.version(),
             started: self.now,
             adopted: vec![None; self.nodes.len()],
         });
         let now = self.instant();
-        self.nodes[id].gossip.set_routing_table(now, table);
+        self.nodes[id].gossip.set_table(now, table);
         self.after_input(id);
     }
 

@@ -1,6 +1,7 @@
 //! Dissemination: piggybacking queued updates on every datagram up to 1200 bytes, gossip
 //! rounds to `gossip_fanout` random members, and immediate pushes of a new routing table.
 
+use crate::table::Table;
 use std::net::SocketAddr;
 
 use super::broadcast::Topic;
@@ -14,7 +15,7 @@ use super::message::{MAX_DATAGRAM, Message, SharedTable, State, Update};
 /// member is missed until the next push-pull, up to 30 s later.
 pub(super) const TABLE_PUSH: usize = 64;
 
-impl Gossip {
+impl<T: Table> Gossip<T> {
     /// memberlist's `retransmit_mult * ceil(log10(n + 1))`.
     pub(super) fn retransmit_limit(&self) -> u32 {
         let n = self.members.len() as f64;
@@ -23,7 +24,7 @@ impl Gossip {
 
     /// Fills `msg`'s piggyback from the broadcast queue up to the datagram budget. The core
     /// fields are never cut: only piggyback is fitted to what is left.
-    pub(super) fn fill_piggyback(&mut self, msg: &mut Message, priority: Option<Topic>) {
+    pub(super) fn fill_piggyback(&mut self, msg: &mut Message<T>, priority: Option<Topic>) {
         let limit = self.retransmit_limit();
         let header = msg.encoded_len();
         if let Some(piggyback) = msg.piggyback_mut() {
@@ -35,7 +36,7 @@ impl Gossip {
     }
 
     /// Queues `msg` as a datagram with as much piggyback as fits.
-    pub(super) fn send_datagram(&mut self, to: SocketAddr, mut msg: Message) {
+    pub(super) fn send_datagram(&mut self, to: SocketAddr, mut msg: Message<T>) {
         self.fill_piggyback(&mut msg, None);
         self.send(to, msg, false);
     }
@@ -56,7 +57,7 @@ impl Gossip {
     /// Sends `table`, which this node just set, on a stream to every live member, or to
     /// [`TABLE_PUSH`] of them at random in a larger cluster (where each of those passes it
     /// on at once too, and the epidemic's budget grows with the cluster).
-    pub(super) fn push_table(&mut self, table: &SharedTable) {
+    pub(super) fn push_table(&mut self, table: &SharedTable<T>) {
         self.for_random_live(TABLE_PUSH, |g, addr| {
             let from = g.sender();
             let piggyback = vec![Update::Table(table.clone())];
@@ -118,13 +119,13 @@ impl Gossip {
         }
     }
 
-    pub(super) fn broadcast_member(&mut self, slot: Slot, update: Update) {
+    pub(super) fn broadcast_member(&mut self, slot: Slot, update: Update<T>) {
         self.broadcasts.push(Topic::Member(slot), update);
     }
 }
 
-impl Message {
-    pub(crate) fn piggyback_mut(&mut self) -> Option<&mut Vec<Update>> {
+impl<T: Table> Message<T> {
+    pub(crate) fn piggyback_mut(&mut self) -> Option<&mut Vec<Update<T>>> {
         match self {
             Message::Ping { piggyback, .. }
             | Message::Ack { piggyback, .. }

@@ -115,7 +115,7 @@ impl Suspicions {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::names::NodeName;
+    use crate::name::NodeName;
 
     fn ident(name: &str) -> Ident {
         Ident::new(NodeName::new(name).unwrap(), "10.0.0.1:1".parse().unwrap(), 1)

@@ -13,9 +13,15 @@ use tokio_util::sync::CancellationToken;
 
 use super::saved_cluster;
 use super::{ConnectFailure, Node};
-use crate::gossip::{Event, Gossip, Message, State, Transmit};
+use crate::gossip::State;
 use crate::names::{NodeName, NodeRef};
 use crate::routing::RoutingTable;
+
+/// The gossip core and its types as the node runs them: spreading the routing table.
+pub(crate) type Gossip = crate::gossip::Gossip<RoutingTable>;
+pub(crate) type Message = crate::gossip::Message<RoutingTable>;
+type Event = crate::gossip::Event<RoutingTable>;
+type Transmit = crate::gossip::Transmit<RoutingTable>;
 use crate::wire::{MemberInfo, Request};
 
 /// A documented limit: how many gossip inputs (messages from members, commands) may wait
@@ -284,7 +290,7 @@ impl Node {
                         }
                         core.handle_message(now, from, msg)
                     }
-                    Some(Input::SetTable(table)) => core.set_routing_table(Instant::now(), table),
+                    Some(Input::SetTable(table)) => core.set_table(Instant::now(), table),
                     Some(Input::JoinUnanswerable { token, reason }) => core.join_unanswerable(Instant::now(), token, reason),
                     Some(Input::Leave(done)) => {
                         core.leave(Instant::now());

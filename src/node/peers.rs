@@ -442,8 +442,8 @@ pub fn hop_margin(timeout: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Limits, Timeouts};
     use crate::transport::Identity;
+    use crate::transport::{Limits, Timeouts};
 
     #[test]
     fn a_hop_keeps_a_twentieth_of_the_deadline_within_bounds_never_more_than_half() {

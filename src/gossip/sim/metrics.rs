@@ -3,9 +3,10 @@
 
 use std::time::Duration;
 
+use super::Event;
 use super::{NodeId, Sim};
-use crate::gossip::Event;
-use crate::names::NodeName;
+use crate::name::NodeName;
+use crate::table::Table;
 
 /// Who sees whom alive, as an n×n bit matrix, plus the count of (observer, subject) pairs of
 /// live processes where the observer sees the subject alive: "one membership" is that count

@@ -7,7 +7,7 @@ use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 
 use super::*;
-use crate::gossip::{MAX_DATAGRAM, MemberState, PushPull, SharedTable, State};
+use crate::{MAX_DATAGRAM, MemberState, PushPull, SharedTable, State};
 
 fn pick<T: Clone>(rng: &mut SmallRng, items: &[T]) -> T {
     items[rng.random_range(0..items.len())].clone()

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use super::*;
-use crate::gossip::State;
+use crate::State;
 
 #[test]
 fn a_join_through_a_seed_spreads_to_every_member() {

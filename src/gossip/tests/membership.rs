@@ -6,7 +6,7 @@ use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 
 use super::*;
-use crate::gossip::{MAX_DATAGRAM, MemberState, PushPull, SharedTable, State};
+use crate::{MAX_DATAGRAM, MemberState, PushPull, SharedTable, State};
 
 fn id(n: &str, i: usize, generation: u64) -> Ident {
     Ident::new(name(n), addr(i), generation)
@@ -256,7 +256,7 @@ fn datagrams_never_exceed_1200_bytes_even_with_a_huge_backlog() {
             .collect();
         a.handle_message(now, c.addr, gossip_msg(&c, updates));
     }
-    a.set_routing_table(now, table("a", 5));
+    a.set_table(now, table("a", 5));
     let mut datagrams = 0;
     for ms in (0..20_000).step_by(7) {
         a.handle_timeout(now + Duration::from_millis(ms));
@@ -274,7 +274,7 @@ fn datagrams_never_exceed_1200_bytes_even_with_a_huge_backlog() {
 fn a_new_table_is_sent_at_once_to_every_live_member_and_an_older_one_is_ignored() {
     let mut net = Net::converged(&["a", "b", "c", "d", "e"]);
     let now = net.now;
-    net.nodes[0].set_routing_table(now, table("a", 7));
+    net.nodes[0].set_table(now, table("a", 7));
     let pushed: Vec<_> = drain(&mut net.nodes[0])
         .into_iter()
         .filter(|t| {
@@ -291,19 +291,19 @@ fn a_new_table_is_sent_at_once_to_every_live_member_and_an_older_one_is_ignored(
     assert_eq!((pushed.len(), to.len()), (4, 4), "{pushed:?}");
     assert!(pushed.iter().all(|t| t.reliable));
     assert!(!to.contains(&net.nodes[0].identity().addr));
-    net.nodes[0].set_routing_table(now, table("z", 6));
-    assert_eq!(net.nodes[0].routing_table().version(), 7);
+    net.nodes[0].set_table(now, table("z", 6));
+    assert_eq!(net.nodes[0].table().version(), 7);
     assert!(drain(&mut net.nodes[0]).is_empty());
 }
 
 #[test]
 fn in_a_large_cluster_a_new_table_is_sent_directly_to_table_push_members() {
-    use crate::gossip::spread::TABLE_PUSH;
+    use crate::spread::TABLE_PUSH;
     let names: Vec<String> = (0..TABLE_PUSH + 10).map(|i| format!("n{i}")).collect();
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     let mut net = Net::converged(&names);
     let now = net.now;
-    net.nodes[0].set_routing_table(now, table("a", 7));
+    net.nodes[0].set_table(now, table("a", 7));
     let direct = drain(&mut net.nodes[0])
         .into_iter()
         .filter(|t| t.reliable && t.msg.piggyback().iter().any(|u| matches!(u, Update::Table(_))))
@@ -331,7 +331,7 @@ fn a_node_adopting_a_new_table_forwards_it_at_once_unless_hot_rumor_is_off() {
         let e = nodes[4].identity().clone();
         let news = Update::Table(SharedTable(std::sync::Arc::new(table("e", 9))));
         nodes[0].handle_message(now, e.addr, gossip_msg(&e, vec![news]));
-        assert_eq!(nodes[0].routing_table().version(), 9);
+        assert_eq!(nodes[0].table().version(), 9);
         assert!(
             events(&mut nodes[0])
                 .iter()
@@ -346,12 +346,12 @@ fn a_table_too_big_for_a_datagram_goes_on_a_stream() {
     let mut net = Net::converged(&["a", "b", "c"]);
     let now = net.now;
     // 200 entries naming 64-byte nodes: far beyond 1200 bytes.
-    let entries: Vec<String> = (0..200u32).map(|b| format!("0x{b:02x}={:0>64}", b)).collect();
-    let big = RoutingTable::parse(entries.iter().map(String::as_str), 3, "a").unwrap();
-    net.nodes[0].set_routing_table(now, big);
+    let entries = (0..200u8).map(|b| (b, b, format!("{:0>64}", b))).collect();
+    let big = SimTable::new(3, "a", entries).unwrap();
+    net.nodes[0].set_table(now, big);
     net.pump();
     for i in 1..3 {
-        assert_eq!(net.nodes[i].routing_table().version(), 3);
+        assert_eq!(net.nodes[i].table().version(), 3);
     }
     assert!(
         net.sent

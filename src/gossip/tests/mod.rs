@@ -11,9 +11,17 @@ mod probing;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use super::{Event, Gossip, GossipConfig, Ident, Message, Roster, Sender, Transmit, Update};
-use crate::names::NodeName;
-use crate::routing::RoutingTable;
+use super::{GossipConfig, Ident, Roster, Sender};
+use crate::name::NodeName;
+use crate::sim::SimTable;
+use crate::table::Table;
+
+/// The core and its types as the tests run them: spreading a [`SimTable`].
+type Gossip = crate::Gossip<SimTable>;
+type Event = crate::Event<SimTable>;
+type Message = crate::Message<SimTable>;
+type Transmit = crate::Transmit<SimTable>;
+type Update = crate::Update<SimTable>;
 
 /// The one clock reading the tests take: every time after it is this plus a Duration, and
 /// nothing depends on its value.
@@ -29,8 +37,8 @@ fn addr(i: usize) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 5000 + i as u16))
 }
 
-fn table(owner: &str, version: u64) -> RoutingTable {
-    RoutingTable::parse([format!("0x00-0xff={owner}").as_str()], version, owner).unwrap()
+fn table(owner: &str, version: u64) -> SimTable {
+    SimTable::owned_by(owner, version)
 }
 
 fn gossip(n: &str, i: usize, generation: u64, now: Instant) -> Gossip {

@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::gossip::State;
+use crate::State;
 
 /// Fires `g`'s timers every millisecond until it sends something `want` accepts.
 fn run_until_sent(
