@@ -31,6 +31,14 @@ use crate::wire::{MemberInfo, Request};
 /// rather than waiting out its join timeout).
 pub const GOSSIP_INBOX: usize = 4096;
 
+/// A join entry not found yet (a name whose node has not published itself, a host that does
+/// not resolve) is looked up again after this long, then twice as long each time, up to
+/// `join_retry_max`.
+const FIRST_LOOKUP_RETRY: Duration = Duration::from_millis(50);
+/// Join entries still not found once the lookups are this far apart (about 1.5 s after the
+/// start) are warned about.
+const WARN_UNRESOLVED_AFTER: Duration = Duration::from_millis(800);
+
 /// Drops are logged at most this often (a flood must not flood the log too).
 const DROP_LOG_EVERY: Duration = Duration::from_secs(10);
 
@@ -253,7 +261,7 @@ impl Node {
             random_seed(),
             now,
         );
-        let (seeds, only_self, unresolved) = self.seeds().await;
+        let (seeds, only_self, unresolved) = self.seeds(false).await;
         if self.config.join.is_empty() || (only_self && seeds.is_empty()) {
             // Nothing to join (or told to join only itself): it starts the cluster.
             self.gossip.set_joined();
@@ -261,9 +269,11 @@ impl Node {
         for seed in seeds {
             core.join(now, seed);
         }
-        // Join entries not found yet are looked up again, until the node has joined.
-        let retry_every = self.config.gossip.join_retry_max;
-        let mut look_again = unresolved.then(|| tokio::time::Instant::now() + retry_every);
+        // Join entries not found yet are looked up again, until the node has joined: soon at
+        // first (a cluster started all at once names nodes a moment before they publish
+        // themselves), then less often, up to `join_retry_max` (issue 28).
+        let mut lookup_backoff = FIRST_LOOKUP_RETRY;
+        let mut look_again = unresolved.then(|| tokio::time::Instant::now() + lookup_backoff);
         let mut leaving: Option<oneshot::Sender<()>> = None;
         let mut snapshot_at = now;
         // When each member was last heard from directly (a message it sent: a probe, an
@@ -302,11 +312,15 @@ impl Node {
                 () = sleep_until_some(look_again) => {
                     look_again = None;
                     if !self.gossip.joined() {
-                        let (seeds, _, unresolved) = self.seeds().await;
+                        // Said at debug level while the lookups are still quick: a cluster
+                        // started all at once finds its members within them.
+                        let warn = lookup_backoff >= WARN_UNRESOLVED_AFTER;
+                        let (seeds, _, unresolved) = self.seeds(warn).await;
                         for seed in seeds {
                             core.join(Instant::now(), seed);
                         }
-                        look_again = unresolved.then(|| tokio::time::Instant::now() + retry_every);
+                        lookup_backoff = (lookup_backoff * 2).min(self.config.gossip.join_retry_max);
+                        look_again = unresolved.then(|| tokio::time::Instant::now() + lookup_backoff);
                     }
                 }
                 () = stop.cancelled() => {
@@ -324,7 +338,9 @@ impl Node {
     /// whether the list named this node alone (it then starts the cluster); and whether some
     /// entry could not be found yet (a name whose node is not up, a host that does not
     /// resolve: looked up again until the node has joined).
-    async fn seeds(&self) -> (Vec<SocketAddr>, bool, bool) {
+    ///
+    /// An entry not found is logged as a warning when `warn`, else at debug level.
+    async fn seeds(&self, warn: bool) -> (Vec<SocketAddr>, bool, bool) {
         let mut seeds: Vec<SocketAddr> = Vec::new();
         let mut only_self = !self.config.join.is_empty();
         let mut unresolved = false;
@@ -342,7 +358,11 @@ impl Node {
                 Err(why) => {
                     only_self = false;
                     unresolved = true;
-                    tracing::warn!(join = %r, "cannot find this node to join: {why}");
+                    if warn {
+                        tracing::warn!(join = %r, "cannot find this node to join: {why}; looking again");
+                    } else {
+                        tracing::debug!(join = %r, "cannot find this node to join yet: {why}; looking again");
+                    }
                 }
             }
         }
