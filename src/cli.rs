@@ -65,6 +65,14 @@ pub enum Command {
         after_help = "Examples:\n  kvnode start --name foo\n  kvnode start --name bar --join foo --table 'a-m=foo,n-z=bar'\n  kvnode start --config config/foo.toml\n  kvnode start --name foo --text-listen 127.0.0.1:4040   # then: telnet 127.0.0.1 4040"
     )]
     Start(StartArgs),
+    /// Create BUCKET, empty, if it does not exist (prints nothing on success)
+    ///
+    /// The guide's CREATE: a bucket that exists is left as it is (exit 0). `put` creates a
+    /// bucket by itself; `create` makes one that reads find before anything is written.
+    #[command(
+        after_help = "Examples:\n  kvnode create shopping --via foo\n  kvnode keys shopping --via foo   # an empty list, not \"not found\""
+    )]
+    Create(BucketArgs),
     /// Store VALUE under KEY in BUCKET (prints nothing on success)
     #[command(after_help = "Examples:\n  kvnode put shopping eggs 3 --via foo\n  date | kvnode put log today -")]
     Put(PutArgs),
