@@ -69,7 +69,8 @@ impl Command {
     pub fn into_request(self) -> (Vec<u8>, BucketOp, Kind) {
         match self {
             Command::Create { bucket } => (bucket, BucketOp::Create, Kind::Create),
-            Command::Put { bucket, key, value } => (bucket, BucketOp::Put { key, value }, Kind::Put),
+            // Only CREATE makes a bucket, as in the guide.
+            Command::Put { bucket, key, value } => (bucket, BucketOp::PutExisting { key, value }, Kind::Put),
             Command::Get { bucket, key } => (bucket, BucketOp::Get { key }, Kind::Get),
             Command::Delete { bucket, key } => (bucket, BucketOp::Delete { key }, Kind::Delete),
         }

@@ -10,8 +10,14 @@
 //! a durable write); a [`Now::First`] future is awaited before the next request is taken in;
 //! and a panic while routing, placing or answering becomes an internal-error answer while
 //! the session goes on.
+//!
+//! One more promise than a QUIC stream's: a read sees the session's earlier writes. A durable
+//! read does not wait for the store's writer (SPEC §7: reads never do), so a GET pipelined
+//! right behind a PUT could be read before the PUT's batch is committed; a read is therefore
+//! placed only once the session's earlier writes are answered. Pipelines of writes alone, or
+//! of reads alone, are not held up.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
@@ -46,6 +52,8 @@ pub struct FrontSession {
     /// of them are polled together, so one that must be polled to make progress (a route
     /// query sent on) is not held up behind an older one.
     coming: FuturesUnordered<Tagged>,
+    /// The numbers of the writes placed whose answers are still to come.
+    writes_coming: HashSet<u64>,
 }
 
 impl Node {
@@ -58,6 +66,7 @@ impl Node {
             answers: VecDeque::new(),
             taken: 0,
             coming: FuturesUnordered::new(),
+            writes_coming: HashSet::new(),
         }
     }
 }
@@ -67,6 +76,14 @@ impl FrontSession {
     ///
     /// Answers of earlier requests that come meanwhile are kept for [`Self::next_answer`].
     pub async fn place(&mut self, bucket: Vec<u8>, op: BucketOp) {
+        let write = match op {
+            BucketOp::Put { .. } | BucketOp::PutExisting { .. } | BucketOp::Delete { .. } | BucketOp::Create => true,
+            BucketOp::Get { .. } | BucketOp::Keys { .. } => {
+                self.writes_answered().await;
+                false
+            }
+            BucketOp::Route => false,
+        };
         let number = self.taken + self.answers.len() as u64;
         self.answers.push_back(None);
         let kind = op.kind();
@@ -94,7 +111,12 @@ impl FrontSession {
                     // is queued in the order the requests came.
                     match std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut tagged).poll(cx))).await {
                         Poll::Ready((number, answer)) => self.settle(number, answer),
-                        Poll::Pending => self.coming.push(tagged),
+                        Poll::Pending => {
+                            if write {
+                                self.writes_coming.insert(number);
+                            }
+                            self.coming.push(tagged);
+                        }
                     }
                     return;
                 }
@@ -166,8 +188,19 @@ impl FrontSession {
         }
     }
 
+    /// Waits until every write placed so far is answered (their answers are kept).
+    async fn writes_answered(&mut self) {
+        while !self.writes_coming.is_empty() {
+            match self.coming.next().await {
+                Some((number, answer)) => self.settle(number, answer),
+                None => self.writes_coming.clear(), // cannot be: each has its future
+            }
+        }
+    }
+
     /// Keeps the answer to request `number` until it is taken.
     fn settle(&mut self, number: u64, answer: Answer) {
+        self.writes_coming.remove(&number);
         if let Some(slot) = number
             .checked_sub(self.taken)
             .and_then(|at| self.answers.get_mut(at as usize))
