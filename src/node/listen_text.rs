@@ -89,7 +89,12 @@ async fn connection(node: Arc<Node>, mut socket: TcpStream, peer: SocketAddr) {
     let mut too_long = false;
     loop {
         // Every whole line already read, up to the cap on commands in flight.
-        while !ended && expect.len() < cap {
+        let mut lines_left = false;
+        while !ended {
+            if expect.len() >= cap {
+                lines_left = true; // perhaps: looked at once answers make room
+                break;
+            }
             match lines.next_line(&mut buf) {
                 Ok(Some(line)) => match text_protocol::parse(&line) {
                     Ok(command) => {
@@ -119,6 +124,9 @@ async fn connection(node: Arc<Node>, mut socket: TcpStream, peer: SocketAddr) {
         }
         if ended && expect.is_empty() {
             break;
+        }
+        if lines_left && expect.len() < cap {
+            continue; // answers made room for lines already read
         }
         let reading = !ended && expect.len() < cap;
         if !reading {
