@@ -136,6 +136,23 @@ fn a_command_sent_to_one_node_is_served_by_the_other() {
     to_foo.say("CREATE world", &["OK"]);
     to_foo.say("PUT world hello from-foo", &["OK"]);
     to_foo.say("GET world hello", &["from-foo", "OK"]);
+    // Pipelined through foo to bar's durable store: in order, and each GET sees the PUT
+    // sent just before it.
+    let mut burst = String::new();
+    for i in 0..200 {
+        burst.push_str(&format!(
+            "PUT world k{i} v{i}\r\nGET world k{i}\r\nDELETE world k{i}\r\n"
+        ));
+    }
+    to_foo.send(burst.as_bytes());
+    for i in 0..200 {
+        let answers = [to_foo.line(), to_foo.line(), to_foo.line(), to_foo.line()];
+        assert_eq!(
+            answers,
+            ["OK".to_string(), format!("v{i}"), "OK".into(), "OK".into()],
+            "pair {i}"
+        );
+    }
     // It lives on bar: read there through bar's own text port, and by the CLI.
     Conn::open(bar_text).say("GET world hello", &["from-foo", "OK"]);
     assert_eq!(home.run(&["get", "world", "hello", "--via", "bar"]).ok(), "from-foo\n");
