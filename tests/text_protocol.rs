@@ -286,3 +286,16 @@ fn a_bucket_made_by_kvnode_create_is_found_by_a_text_get_and_survives_kill_9() {
     assert_eq!(home.run(&["keys", "made-last"]).ok(), "");
     Conn::open(text).say("GET empty k", &["", "OK"]);
 }
+
+#[test]
+fn a_stopping_node_ends_its_text_connections_and_exits() {
+    let home = Home::new();
+    let (mut foo, text) = start_text(&home, "foo", &["--in-memory"]);
+    let mut idle = Conn::open(text);
+    idle.say("CREATE shopping", &["OK"]);
+    let mut half = Conn::open(text);
+    half.send(b"GET shopping mi");
+    assert!(foo.terminate().success());
+    assert_eq!(idle.rest(), "", "closed, with nothing more to say");
+    assert_eq!(half.rest(), "", "a half-written line is never answered");
+}
