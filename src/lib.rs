@@ -14,6 +14,9 @@
 //!   `supervisor::SupervisorConfig`) and resolved into `NodeConfig`. Only the edge and `node` import it.
 //! - [`node`]: a running node; wires transport, store, routing and gossip together. A bucket
 //!   request is routed in one function, `Node::bucket_now`: applied here, or sent on to its owner.
+//!   Its local listeners (the text protocol) route every request through it too, by a front session.
+//! - [`text_protocol`]: the guide's `kv_server` lines (`CREATE`, `PUT`, `GET`, `DELETE`): splitting,
+//!   parsing and answers, sans-IO.
 //! - [`rpc`]: many requests in flight over one stream: the calling side, and the serving loop that
 //!   polls each request under a panic guard (no task per request).
 //! - [`transport`]: QUIC endpoints, node certificates, authenticated connections, their limits and
@@ -50,6 +53,7 @@ pub mod secret;
 pub mod stop;
 pub mod store;
 pub mod supervisor;
+pub mod text_protocol;
 pub mod transport;
 pub mod wire;
 pub mod woken;

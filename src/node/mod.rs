@@ -3,8 +3,10 @@
 
 mod admission;
 mod chat_out;
+mod front;
 mod gossip;
 mod handler;
+mod listen_text;
 mod ops;
 mod peers;
 mod penalty;
@@ -32,6 +34,7 @@ use crate::supervisor::{GaveUp, Part, Supervisor};
 use crate::transport::{self, AcceptError, Connection, Endpoint, Identity, Incoming, TransportError};
 use crate::wire::{self, FrameBudget, RemoteError, Role};
 
+pub use front::FrontSession;
 pub use peers::{ConnectFailure, PeerConn, PeerPool, hop_margin};
 
 /// Why a node could not start.
@@ -50,6 +53,11 @@ pub enum NodeError {
         "cannot use the data directory {path}: {source}; give --data-dir (or data_dir) a directory kvnode can create and write"
     )]
     DataDir { path: String, source: std::io::Error },
+    /// The text listener (`--text-listen`) cannot bind its address.
+    #[error(
+        "cannot listen for the text protocol on {addr} (text_listen, --text-listen): {source}; give a free loopback port, or leave it out"
+    )]
+    TextListen { addr: SocketAddr, source: std::io::Error },
     #[error("cannot publish the node in {path}: {source}")]
     Publish { path: String, source: std::io::Error },
     /// A long-lived part kept failing beyond the restart budget.
@@ -227,6 +235,16 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     // From here on, `listen` is where others reach this node: what it publishes, gossips
     // and introduces itself with.
     let listen = transport::advertised(bound, config.advertise);
+    // Bound before the node is published, so that a client that finds the node finds its
+    // text port open too.
+    let text_listener = match config.text_listen {
+        Some(addr) => Some(
+            listen_text::bind(addr)
+                .await
+                .map_err(|source| NodeError::TextListen { addr, source })?,
+        ),
+        None => None,
+    };
     let store = if config.in_memory {
         Store::in_memory()
     } else {
@@ -333,6 +351,11 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         .with(store_writer(&node, &parts_stop))
         .with(gossip_driver(&node, &parts_stop));
     let mut parts = tokio::spawn(supervisor.run(parts_stop.clone()));
+    if let Some(text) = text_listener {
+        let addr = text.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string());
+        tracing::info!(%addr, "serving the guide's text protocol (CREATE/PUT/GET/DELETE) on {addr}, loopback only: it has no authentication");
+        node.tasks.spawn(listen_text::serve(Arc::clone(&node), text));
+    }
     // Pooled connections nothing has used for a while are closed (they are kept alive by
     // our keep-alives otherwise); the pool looks every eighth of the idle period.
     let sweeping = Arc::clone(&node);

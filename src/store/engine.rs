@@ -5,8 +5,25 @@ use bytes::Bytes;
 /// One write in a group-committed batch.
 #[derive(Clone, Debug)]
 pub enum Op {
-    Put { bucket: Bytes, key: Bytes, value: Bytes },
-    Delete { bucket: Bytes, key: Bytes },
+    Put {
+        bucket: Bytes,
+        key: Bytes,
+        value: Bytes,
+    },
+    Delete {
+        bucket: Bytes,
+        key: Bytes,
+    },
+    /// A put that stores nothing, [`Applied::NoBucket`], if the bucket does not exist.
+    PutExisting {
+        bucket: Bytes,
+        key: Bytes,
+        value: Bytes,
+    },
+    /// Makes the bucket exist, empty if it is new; nothing changes if it exists.
+    CreateBucket {
+        bucket: Bytes,
+    },
 }
 
 /// What each op of a committed batch did.
@@ -16,8 +33,10 @@ pub enum Applied {
     Deleted,
     /// A delete of a key that was not there.
     NoKey,
-    /// A delete in a bucket that was never created.
+    /// A delete (or a put into an existing bucket) in a bucket that was never created.
     NoBucket,
+    /// A bucket made by [`Op::CreateBucket`] (`false`: it existed already).
+    Created(bool),
 }
 
 /// Why the engine failed.

@@ -112,6 +112,42 @@ impl Store {
         }
     }
 
+    /// Stores `value` under `key` only if `bucket` exists (`NoBucket`, and nothing stored,
+    /// if not). Returns once durable.
+    pub async fn put_existing(&self, bucket: &[u8], key: &[u8], value: Bytes) -> Result<Lookup<()>, StoreError> {
+        match &self.backend {
+            Backend::Memory(m) => Ok(m.put_existing(bucket, key, value)),
+            Backend::Disk(d) => {
+                let op = Op::PutExisting {
+                    bucket: Bytes::copy_from_slice(bucket),
+                    key: Bytes::copy_from_slice(key),
+                    value,
+                };
+                Ok(match d.write(op).await? {
+                    Applied::NoBucket => Lookup::NoBucket,
+                    _ => Lookup::Found(()),
+                })
+            }
+        }
+    }
+
+    /// Makes `bucket` exist, empty if it is new (the guide's `KV.Registry.create`); a bucket
+    /// that exists is left as it is. Returns once durable, like a put.
+    pub async fn create_bucket(&self, bucket: &[u8]) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Memory(m) => {
+                m.create_bucket(bucket);
+                Ok(())
+            }
+            Backend::Disk(d) => {
+                let op = Op::CreateBucket {
+                    bucket: Bytes::copy_from_slice(bucket),
+                };
+                d.write(op).await.map(|_| ())
+            }
+        }
+    }
+
     /// Reads never wait for the writer. A durable read may have to go to the disk (a cache
     /// miss), so it runs on a blocking thread, never on the event loop (the only thread of
     /// a node started with `--threads 1`); a read of the memory store answers at once.
@@ -147,7 +183,7 @@ impl Store {
                 Ok(match d.write(op).await? {
                     Applied::Deleted => Lookup::Found(()),
                     Applied::NoKey => Lookup::NoKey,
-                    Applied::NoBucket | Applied::Stored => Lookup::NoBucket,
+                    Applied::NoBucket | Applied::Stored | Applied::Created(_) => Lookup::NoBucket,
                 })
             }
         }
@@ -224,6 +260,38 @@ mod tests {
                 assert_eq!(all_keys(&store, b"b").await.as_deref(), Some("a"));
             })
             .await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_created_bucket_exists_empty_survives_reopening_and_may_be_created_again() {
+        for kind in kinds() {
+            let dir = tempfile::tempdir().unwrap();
+            {
+                let store = Store::open_with(dir.path(), kind).unwrap();
+                with_writer(&store, async {
+                    let put = store.put_existing(b"shopping", b"k", Bytes::new()).await.unwrap();
+                    assert_eq!(put, Lookup::NoBucket, "{kind:?}");
+                    assert_eq!(store.get(b"shopping", b"k").await.unwrap(), Lookup::NoBucket);
+                    store.create_bucket(b"shopping").await.unwrap();
+                    assert_eq!(store.get(b"shopping", b"milk").await.unwrap(), Lookup::NoKey);
+                    assert_eq!(all_keys(&store, b"shopping").await.as_deref(), Some(""));
+                    let put = store.put_existing(b"shopping", b"milk", Bytes::from_static(b"1"));
+                    assert_eq!(put.await.unwrap(), Lookup::Found(()), "{kind:?}");
+                    store.create_bucket(b"shopping").await.unwrap();
+                    store.create_bucket(b"empty").await.unwrap();
+                })
+                .await;
+            }
+            let store = Store::open_with(dir.path(), kind).unwrap();
+            assert_eq!(
+                store.get(b"shopping", b"milk").await.unwrap(),
+                Lookup::Found(Bytes::from_static(b"1")),
+                "{kind:?}: creating it again kept its keys"
+            );
+            assert_eq!(store.get(b"empty", b"k").await.unwrap(), Lookup::NoKey, "{kind:?}");
+            let deleted = with_writer(&store, store.delete(b"empty", b"k")).await;
+            assert_eq!(deleted.unwrap(), Lookup::NoKey, "{kind:?}");
         }
     }
 
