@@ -1,11 +1,14 @@
 //! Issue 25's history recorder and linearizability checker, tested on histories known to be
-//! good and known to be bad, and by properties against a sequential register and a brute-force
-//! checker.
+//! good and known to be bad, by properties against a sequential register and a brute-force
+//! checker, and once against a real single node (which must be linearizable).
 
+mod common;
 #[path = "common/history/mod.rs"]
 mod history;
 
-use history::{Budget, History, Op, Outcome, Record, check, read_jsonl, search_key};
+use std::time::Duration;
+
+use history::{Budget, History, Op, Outcome, Record, check, read_jsonl, search_key, write_jsonl};
 use proptest::prelude::*;
 
 /// Hand-written histories: times in milliseconds, recorded in nanoseconds.
@@ -595,4 +598,141 @@ proptest! {
         let report = check(&records, Budget::default());
         prop_assert_eq!(report.is_linearizable(), expected, "{}", report);
     }
+}
+
+// ---- against a real node ----
+
+/// A tiny seeded generator (splitmix64), so a run replays from its printed seed.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        (z ^ (z >> 31)) % n
+    }
+}
+
+#[test]
+fn eight_clients_on_one_in_memory_node_make_a_linearizable_history() {
+    use kvnode::client::{Client, Target};
+    use kvnode::secret::SecretSource;
+    use kvnode::wire::{BucketOp, BucketRequest, Request};
+    use tokio::time::Instant;
+
+    let seed = std::env::var("KVNODE_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| u64::from(std::process::id()));
+    println!("seed {seed} (set KVNODE_TEST_SEED to replay)");
+    let home = common::Home::new();
+    let node = home.start("lin", &["--in-memory"]);
+    let secret = SecretSource::Home(home.secret_path()).load().unwrap();
+    let target = Target {
+        addr: node.addr(),
+        name: None,
+    };
+    let history = History::new(seed);
+    let run_for = Duration::from_secs(2);
+    std::thread::scope(|s| {
+        for client in 0..8 {
+            let (history, secret, target) = (&history, secret.clone(), target.clone());
+            s.spawn(move || {
+                let mut rng = Rng(seed ^ (client as u64 + 1).wrapping_mul(0x2545_F491_4F6C_DD1D));
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async {
+                    let deadline = Instant::now() + common::PATIENCE;
+                    let conn = Client::connect_with(&secret, "checker", &target, deadline)
+                        .await
+                        .unwrap();
+                    let stop = Instant::now() + run_for;
+                    let mut i = 0;
+                    while Instant::now() < stop {
+                        let key = format!("k{}", rng.below(5));
+                        let (op, bucket_op) = match rng.below(10) {
+                            0..=3 => {
+                                let value = format!("c{client}.{i}");
+                                let bucket_op = BucketOp::Put {
+                                    key: key.clone().into_bytes(),
+                                    value: value.clone().into_bytes(),
+                                };
+                                (Op::put(&key, &value), bucket_op)
+                            }
+                            4 => (
+                                Op::delete(&key),
+                                BucketOp::Delete {
+                                    key: key.clone().into_bytes(),
+                                },
+                            ),
+                            _ => (
+                                Op::get(&key),
+                                BucketOp::Get {
+                                    key: key.clone().into_bytes(),
+                                },
+                            ),
+                        };
+                        let request = Request::Bucket(BucketRequest {
+                            bucket: b"lin".to_vec(),
+                            op: bucket_op,
+                            path: vec![],
+                        });
+                        let id = history.invoke(client, op.clone());
+                        let answer = conn.call_within(request, Duration::from_secs(5)).await;
+                        history.complete(id, history::outcome_of(&op, &answer));
+                        i += 1;
+                    }
+                    conn.close().await;
+                });
+            });
+        }
+    });
+    // The final reads, once every client is done: each key as the node keeps it.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let conn = Client::connect_with(&secret, "checker", &target, Instant::now() + common::PATIENCE)
+            .await
+            .unwrap();
+        for k in 0..5 {
+            let key = format!("k{k}");
+            let request = Request::Bucket(BucketRequest {
+                bucket: b"lin".to_vec(),
+                op: BucketOp::Get {
+                    key: key.clone().into_bytes(),
+                },
+                path: vec![],
+            });
+            let id = history.invoke(8, Op::get(&key));
+            let answer = conn.call_within(request, common::PATIENCE).await;
+            history.complete(id, history::outcome_of(&Op::get(&key), &answer));
+        }
+        conn.close().await;
+    });
+    let records = history.records();
+    let checking = std::time::Instant::now();
+    let report = check(&records, Budget::default());
+    println!("{report}checked in {:?}", checking.elapsed());
+    let path = std::env::temp_dir().join(format!("kvnode-history-{seed}.jsonl"));
+    if !report.is_ok() {
+        history.save(&path).unwrap();
+    }
+    assert!(report.is_ok(), "history kept at {}:\n{report}", path.display());
+    assert!(report.unread_keys.is_empty(), "{report}");
+    assert!(records.len() >= 80, "only {} operations in {run_for:?}", records.len());
+    assert!(
+        records.iter().all(|r| matches!(r.outcome, Outcome::Ok { .. })),
+        "a healthy node answers everything"
+    );
+    // The round trip through JSON Lines keeps the verdict.
+    let mut saved = Vec::new();
+    write_jsonl(seed, &records, &mut saved).unwrap();
+    let (_, loaded) = read_jsonl(saved.as_slice()).unwrap();
+    assert!(check(&loaded, Budget::default()).is_linearizable());
 }
