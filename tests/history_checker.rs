@@ -312,6 +312,22 @@ fn indeterminate_writes_nobody_read_cost_the_search_nothing() {
     assert!(report.is_linearizable(), "{report}");
 }
 
+#[test]
+fn indeterminate_puts_that_were_read_take_effect_before_their_readers() {
+    // Forty timed-out puts, each read soon after: each overlaps everything after it, yet the
+    // search, which tries calls in time order, places each just before its read at once.
+    let mut h = Hand::default();
+    for i in 0..40 {
+        let t = 10 * i as u64;
+        h.put_unknown(i, "k", &format!("v{i}"), t, t + 1);
+        h.get(i, "k", Some(&format!("v{i}")), t + 5, t + 6);
+    }
+    assert_eq!(search_key(&h.records, Budget { steps_per_key: 10_000 }), Some(true));
+    // The first read of v1 ended before its put began: no bound makes that right.
+    h.get(99, "k", Some("v1"), 0, 1);
+    assert_eq!(search_key(&h.records, Budget::default()), Some(false));
+}
+
 // ---- the recorder ----
 
 #[test]
