@@ -16,6 +16,18 @@
 //! made strictly increasing: an operation that completed before another was invoked has the
 //! smaller completion time, so the recorded order is the real-time order.
 //!
+//! Limits, each a choice:
+//! - A delete is a blind write: kvnode answers "not found" to a delete of an absent key, and
+//!   [`outcome_of`] records that as ok, so whether a delete found its key is not checked.
+//! - The search is exponential in writes that overlap one another: with the default budget,
+//!   about 16 writes all overlapping (and a read that needs a particular one last) still end
+//!   in a verdict (1.5 s in a debug build); more end as `Unknown`, which [`Report::is_ok`]
+//!   does not pass. Eight clients overlap at most eight operations, plus the indeterminate
+//!   writes that someone read (those nobody read are left out, as they cannot matter).
+//! - A key's final read is found by time (a successful get begun after all of the key's
+//!   writes ended); a key without one is listed in [`Report::unread_keys`], not passed as
+//!   checked.
+//!
 //! Saved as JSON Lines (`scripts/faults.sh` keeps a failing history): a first line
 //! `{"seed":N}`, then one line per operation, e.g.
 //! `{"id":3,"client":1,"op":"put","key":"k","value":"v1","invoked":10,"completed":20,"outcome":"ok"}`.
