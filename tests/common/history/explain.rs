@@ -33,7 +33,7 @@ pub(super) fn obvious_violation(history: &KeyHistory) -> Option<(Vec<usize>, Str
                 return Some((
                     vec![r],
                     format!(
-                        "get at {} returned {}, which no put of the key wrote",
+                        "get at {} returned {}, which no put of the key wrote (but for any that certainly failed)",
                         at(r),
                         name(found)
                     ),
