@@ -377,6 +377,11 @@ fn the_recorder_orders_events_as_they_happened_and_saves_them_with_the_seed() {
     );
     let (seed, loaded) = read_jsonl(saved.as_slice()).unwrap();
     assert_eq!((seed, &loaded), (42, &records));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("history.jsonl");
+    history.save(&path).unwrap();
+    let file = std::io::BufReader::new(std::fs::File::open(&path).unwrap());
+    assert_eq!(read_jsonl(file).unwrap(), (42, records));
     history.complete(unfinished, Outcome::ok());
 }
 

@@ -437,13 +437,15 @@ pub fn lost_writes(records: &[Record]) -> (Vec<LostWrite>, Vec<String>) {
         let names: Vec<String> = lost_ones.iter().map(describe).collect();
         let why = match found {
             None => format!(
-                "the final read {} found nothing, but no delete could have come after {}",
+                "the final read {} found nothing, but no delete can have been the last write, \
+                 and {} was acknowledged with no acknowledged write after it",
                 describe(final_read),
                 names.join(" or ")
             ),
             Some(v) => match writes.iter().find(|w| value_of(w).as_ref() == Some(v)) {
                 Some(old) => format!(
-                    "the final read {} found {v:?}, written by {}, which {} overwrote after it was acknowledged",
+                    "the final read {} found {v:?}, written by {}, which an acknowledged write certainly \
+                     followed; the last write was one of {}",
                     describe(final_read),
                     describe(old),
                     names.join(" or ")
