@@ -16,6 +16,7 @@
 //! - [`transport`]: QUIC endpoints, node certificates, authenticated connections (only quinn user).
 //! - [`auth`]: the secret-proving handshake bound to the TLS exporter.
 //! - [`woken`]: polling a source only when it has signalled (a stream task's cheap wake-ups).
+//! - [`resp`]: RESP (Redis's protocol) sans-IO: request parsing, reply encoding, command mapping.
 //! - [`wire`]: frames, limits and the request/response messages (knows no quinn).
 //! - [`routing`]: the routing table and its parser (knows no network).
 //! - [`gossip`]: membership and table spread; a sans-IO core and its simulator (of the crate, uses
@@ -38,6 +39,7 @@ pub mod gossip;
 pub mod names;
 pub mod node;
 pub mod output;
+pub mod resp;
 pub mod routing;
 pub mod rpc;
 pub mod secret;
