@@ -16,8 +16,9 @@ use crate::gossip::State;
 use crate::names::{NodeName, escape_bytes};
 use crate::routing::{Entry, RoutingTable};
 
-/// Bumped on any incompatible change; checked first in the handshake.
-pub const PROTOCOL_VERSION: u16 = 4;
+/// Bumped on any incompatible change; checked first in the handshake. (5: `BucketOp::Create`,
+/// which a node of version 4 could not decode.)
+pub const PROTOCOL_VERSION: u16 = 5;
 /// The TLS ALPN identifier of this protocol.
 pub const ALPN: &[u8] = b"kvnode/1";
 /// The largest frame either side accepts, checked before allocating.
@@ -417,6 +418,10 @@ pub enum BucketOp {
     Keys { after: Option<ByteBuf> },
     /// Which node owns the bucket; answered by the owner with the path taken.
     Route,
+    /// Create the bucket, empty, if it does not exist (the guide's `CREATE`, `kvnode create`);
+    /// creating one that exists is no error, as with the guide's `KV.Registry.create`.
+    /// (Last, so that the variants before it keep their index on the wire.)
+    Create,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -491,7 +496,7 @@ pub enum RemoteError {
     KeyNotFound { bucket: ByteBuf, key: ByteBuf },
     /// No write ever created the bucket (exit 1).
     #[error(
-        "bucket \"{}\" not found (buckets are created by their first put)",
+        "bucket \"{}\" not found (buckets are created by their first put, or by create)",
         escape_bytes(bucket)
     )]
     BucketNotFound { bucket: ByteBuf },
@@ -606,7 +611,7 @@ impl BucketRequest {
             }
             BucketOp::Get { key } | BucketOp::Delete { key } => check_key(key),
             BucketOp::Keys { after: Some(key) } => check_key(key),
-            BucketOp::Keys { after: None } | BucketOp::Route => Ok(()),
+            BucketOp::Keys { after: None } | BucketOp::Route | BucketOp::Create => Ok(()),
         }?;
         if self.path.len() > MAX_HOPS + 1 {
             return Err(format!("path of {} hops is over the limit", self.path.len()));
@@ -624,6 +629,7 @@ impl BucketOp {
             BucketOp::Delete { .. } => "delete",
             BucketOp::Keys { .. } => "keys",
             BucketOp::Route => "route",
+            BucketOp::Create => "create",
         }
     }
 }
@@ -652,10 +658,14 @@ impl Request {
     /// is harmless: reads only. Not a put: the first may have been carried out before the
     /// answer was lost, and a write by someone else since would be undone by the second;
     /// not a delete (the second would find the key gone), a chat line (said twice) or a new
-    /// table (a second version). The caller of those hears "try again" and decides.
+    /// table (a second version). The caller of those hears "try again" and decides. A
+    /// bucket's creation may be repeated: creating a bucket that exists changes nothing.
     pub fn may_repeat(&self) -> bool {
         match self {
-            Request::Bucket(b) => matches!(b.op, BucketOp::Get { .. } | BucketOp::Keys { .. } | BucketOp::Route),
+            Request::Bucket(b) => matches!(
+                b.op,
+                BucketOp::Get { .. } | BucketOp::Keys { .. } | BucketOp::Route | BucketOp::Create
+            ),
             Request::Table | Request::Members | Request::Ping => true,
             Request::SetTable { .. }
             | Request::SetTableIf { .. }
@@ -702,6 +712,7 @@ mod tests {
             bucket(BucketOp::Get { key: key() }),
             bucket(BucketOp::Keys { after: None }),
             bucket(BucketOp::Route),
+            bucket(BucketOp::Create),
             Request::Table,
             Request::Members,
             Request::Ping,

@@ -134,7 +134,7 @@ impl Node {
     /// The requests of one incoming `stream` all go to the owner on one stream, in the order
     /// they came (issue 22): when one cannot be queued at once (no connection or stream yet,
     /// or the outbox toward the owner is full), the incoming stream waits until it is.
-    fn bucket_now(self: &Arc<Self>, mut req: BucketRequest, timeout: Duration, stream: StreamKey) -> Now {
+    pub(super) fn bucket_now(self: &Arc<Self>, mut req: BucketRequest, timeout: Duration, stream: StreamKey) -> Now {
         // Keep back a little of the deadline for our own error, so it reaches the caller in
         // time. (Read from the clock only by what waits: most answers are given at once.)
         let deadline = || Instant::now() + timeout - hop_margin(timeout);

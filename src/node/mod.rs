@@ -3,6 +3,7 @@
 
 mod admission;
 mod chat_out;
+mod front;
 mod gossip;
 mod handler;
 mod ops;
@@ -32,6 +33,7 @@ use crate::supervisor::{GaveUp, Part, Supervisor};
 use crate::transport::{self, AcceptError, Connection, Endpoint, Identity, Incoming, TransportError};
 use crate::wire::{self, FrameBudget, RemoteError, Role};
 
+pub use front::FrontSession;
 pub use peers::{ConnectFailure, PeerConn, PeerPool, hop_margin};
 
 /// Why a node could not start.

@@ -30,13 +30,37 @@ pub(super) enum Applied {
 /// Applies `req`, which this node `node` owns, to `store`.
 pub(super) fn apply(req: BucketRequest, store: &Store, node: &NodeName) -> Applied {
     let BucketRequest { bucket, op, path } = req;
+    // Test builds only: a request that panics while it is routed, or while its answer is
+    // awaited, to show that a panic is answered as an internal error and the node goes on.
+    #[cfg(feature = "fault-injection")]
+    match bucket.as_slice() {
+        b"fault-injection-panic" => panic!("fault injection: a bucket request that panics"),
+        b"fault-injection-panic-later" => {
+            return Applied::Later(Box::pin(async { panic!("fault injection: an answer that panics") }));
+        }
+        _ => {}
+    }
     match op {
         BucketOp::Put { key, value } => put(store, node, bucket, key, value),
         BucketOp::Get { key } => get(store, node, bucket, key),
         BucketOp::Delete { key } => delete(store, node, bucket, key),
         BucketOp::Keys { after } => keys(store, node, bucket, after),
         BucketOp::Route => Applied::Now(route(node, path)),
+        BucketOp::Create => create(store, node, bucket),
     }
+}
+
+/// Makes the bucket exist; one that exists is left as it is (the guide's `CREATE`).
+fn create(store: &Store, node: &NodeName, bucket: Vec<u8>) -> Applied {
+    if let Some(m) = store.memory() {
+        m.create_bucket(&bucket);
+        return Applied::Now(Ok(Reply::Done));
+    }
+    let (store, node) = (store.clone(), node.clone());
+    Applied::Later(Box::pin(async move {
+        store.create_bucket(&bucket).await.map_err(|e| internal(&node, e))?;
+        Ok(Reply::Done)
+    }))
 }
 
 fn put(store: &Store, node: &NodeName, bucket: Vec<u8>, key: Vec<u8>, value: Vec<u8>) -> Applied {

@@ -13,7 +13,7 @@ mod serve;
 mod tests;
 
 pub use call::{CallError, Channel, MAX_OUTBOX, PendingCall};
-pub use serve::{FinishStream, Handler, Now, ServeContext, StreamKey, serve};
+pub use serve::{FinishStream, Handler, Now, ServeContext, StreamKey, new_stream_key, serve};
 
 use crate::wire::{RemoteError, Reply};
 

@@ -49,6 +49,13 @@ pub type StreamKey = u64;
 
 static NEXT_STREAM: AtomicU64 = AtomicU64::new(0);
 
+/// A key no other stream of this process has: for each served QUIC stream, and for each
+/// connection of a local listener (text protocol, RESP), which routes its requests as a
+/// stream does.
+pub fn new_stream_key() -> StreamKey {
+    NEXT_STREAM.fetch_add(1, Ordering::Relaxed)
+}
+
 /// A request being answered on its stream's task: its frame id, its kind (for the log),
 /// and the future of its answer, polled under a panic guard.
 struct InFlight {
@@ -169,7 +176,7 @@ where
     let mut stopping = OnlyWhenWoken::new(Box::pin(ctx.stopping.clone().cancelled_owned()));
     let mut answered = Vec::with_capacity(16 * 1024);
     let mut peer_gone = false;
-    let stream = NEXT_STREAM.fetch_add(1, Ordering::Relaxed);
+    let stream = new_stream_key();
     // A request being placed ([`Now::First`]): the stream is not read until it is.
     let mut placing: Option<Placing> = None;
     loop {

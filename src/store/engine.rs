@@ -5,8 +5,19 @@ use bytes::Bytes;
 /// One write in a group-committed batch.
 #[derive(Clone, Debug)]
 pub enum Op {
-    Put { bucket: Bytes, key: Bytes, value: Bytes },
-    Delete { bucket: Bytes, key: Bytes },
+    Put {
+        bucket: Bytes,
+        key: Bytes,
+        value: Bytes,
+    },
+    Delete {
+        bucket: Bytes,
+        key: Bytes,
+    },
+    /// Makes the bucket exist, empty if it is new; nothing changes if it exists.
+    CreateBucket {
+        bucket: Bytes,
+    },
 }
 
 /// What each op of a committed batch did.
@@ -18,6 +29,8 @@ pub enum Applied {
     NoKey,
     /// A delete in a bucket that was never created.
     NoBucket,
+    /// A bucket made by [`Op::CreateBucket`] (`false`: it existed already).
+    Created(bool),
 }
 
 /// Why the engine failed.

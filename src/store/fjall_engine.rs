@@ -209,6 +209,14 @@ impl Open {
                     pending.insert(k, true);
                     applied.push(Applied::Stored);
                 }
+                Op::CreateBucket { bucket } => {
+                    let new = !new_buckets.contains(bucket) && !self.buckets.contains_key(bucket).map_err(err)?;
+                    if new {
+                        writes.insert(&self.buckets, bucket.as_ref(), b"".as_slice());
+                        new_buckets.insert(bucket.clone());
+                    }
+                    applied.push(Applied::Created(new));
+                }
                 Op::Delete { bucket, key } => {
                     if !new_buckets.contains(bucket) && !self.buckets.contains_key(bucket).map_err(err)? {
                         applied.push(Applied::NoBucket);

@@ -42,14 +42,24 @@ impl MemoryStore {
         shard.get(bucket).cloned()
     }
 
-    pub fn put(&self, bucket: &[u8], key: &[u8], value: Bytes) {
-        let b = match self.bucket(bucket) {
+    /// The bucket, made empty if it did not exist.
+    fn bucket_or_new(&self, bucket: &[u8]) -> Bucket {
+        match self.bucket(bucket) {
             Some(b) => b,
             None => {
                 let mut shard = self.shard(bucket).write().unwrap_or_else(PoisonError::into_inner);
                 shard.entry(Bytes::copy_from_slice(bucket)).or_default().clone()
             }
-        };
+        }
+    }
+
+    /// Makes `bucket` exist (empty if new); a bucket that exists is left as it is.
+    pub fn create_bucket(&self, bucket: &[u8]) {
+        self.bucket_or_new(bucket);
+    }
+
+    pub fn put(&self, bucket: &[u8], key: &[u8], value: Bytes) {
+        let b = self.bucket_or_new(bucket);
         b.write()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(Box::from(key), Vec::from(value).into_boxed_slice());
@@ -115,6 +125,16 @@ mod tests {
         assert_eq!(s.delete(b"b", b"k"), Lookup::Found(()));
         assert_eq!(s.delete(b"b", b"k"), Lookup::NoKey);
         assert_eq!(s.keys(b"b", None, usize::MAX), Lookup::Found(KeyPage::default()));
+    }
+
+    #[test]
+    fn a_created_bucket_is_empty_and_creating_it_again_keeps_its_keys() {
+        let s = MemoryStore::default();
+        s.create_bucket(b"b");
+        assert_eq!(s.get(b"b", b"k"), Lookup::NoKey);
+        s.put(b"b", b"k", Bytes::from_static(b"v"));
+        s.create_bucket(b"b");
+        assert_eq!(s.get(b"b", b"k"), Lookup::Found(Bytes::from_static(b"v")));
     }
 
     #[test]

@@ -112,6 +112,23 @@ impl Store {
         }
     }
 
+    /// Makes `bucket` exist, empty if it is new (the guide's `KV.Registry.create`); a bucket
+    /// that exists is left as it is. Returns once durable, like a put.
+    pub async fn create_bucket(&self, bucket: &[u8]) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Memory(m) => {
+                m.create_bucket(bucket);
+                Ok(())
+            }
+            Backend::Disk(d) => {
+                let op = Op::CreateBucket {
+                    bucket: Bytes::copy_from_slice(bucket),
+                };
+                d.write(op).await.map(|_| ())
+            }
+        }
+    }
+
     /// Reads never wait for the writer. A durable read may have to go to the disk (a cache
     /// miss), so it runs on a blocking thread, never on the event loop (the only thread of
     /// a node started with `--threads 1`); a read of the memory store answers at once.
@@ -147,7 +164,7 @@ impl Store {
                 Ok(match d.write(op).await? {
                     Applied::Deleted => Lookup::Found(()),
                     Applied::NoKey => Lookup::NoKey,
-                    Applied::NoBucket | Applied::Stored => Lookup::NoBucket,
+                    Applied::NoBucket | Applied::Stored | Applied::Created(_) => Lookup::NoBucket,
                 })
             }
         }
@@ -224,6 +241,34 @@ mod tests {
                 assert_eq!(all_keys(&store, b"b").await.as_deref(), Some("a"));
             })
             .await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_created_bucket_exists_empty_survives_reopening_and_may_be_created_again() {
+        for kind in kinds() {
+            let dir = tempfile::tempdir().unwrap();
+            {
+                let store = Store::open_with(dir.path(), kind).unwrap();
+                with_writer(&store, async {
+                    store.create_bucket(b"shopping").await.unwrap();
+                    assert_eq!(store.get(b"shopping", b"milk").await.unwrap(), Lookup::NoKey);
+                    assert_eq!(all_keys(&store, b"shopping").await.as_deref(), Some(""));
+                    store.put(b"shopping", b"milk", Bytes::from_static(b"1")).await.unwrap();
+                    store.create_bucket(b"shopping").await.unwrap();
+                    store.create_bucket(b"empty").await.unwrap();
+                })
+                .await;
+            }
+            let store = Store::open_with(dir.path(), kind).unwrap();
+            assert_eq!(
+                store.get(b"shopping", b"milk").await.unwrap(),
+                Lookup::Found(Bytes::from_static(b"1")),
+                "{kind:?}: creating it again kept its keys"
+            );
+            assert_eq!(store.get(b"empty", b"k").await.unwrap(), Lookup::NoKey, "{kind:?}");
+            let deleted = with_writer(&store, store.delete(b"empty", b"k")).await;
+            assert_eq!(deleted.unwrap(), Lookup::NoKey, "{kind:?}");
         }
     }
 

@@ -47,6 +47,13 @@ impl Engine for RedbEngine {
                             .map_err(err)?;
                         applied.push(Applied::Stored);
                     }
+                    Op::CreateBucket { bucket } => {
+                        let new = buckets.get(bucket.as_ref()).map_err(err)?.is_none();
+                        if new {
+                            buckets.insert(bucket.as_ref(), ()).map_err(err)?;
+                        }
+                        applied.push(Applied::Created(new));
+                    }
                     Op::Delete { bucket, key } => {
                         if buckets.get(bucket.as_ref()).map_err(err)?.is_none() {
                             applied.push(Applied::NoBucket);
