@@ -6,6 +6,7 @@ mod chat_out;
 mod front;
 mod gossip;
 mod handler;
+mod listen_resp;
 mod ops;
 mod peers;
 mod penalty;
@@ -52,6 +53,9 @@ pub enum NodeError {
         "cannot use the data directory {path}: {source}; give --data-dir (or data_dir) a directory kvnode can create and write"
     )]
     DataDir { path: String, source: std::io::Error },
+    /// The RESP listener's address cannot be bound.
+    #[error("cannot listen for RESP on {addr}: {source}; choose another resp_listen (--resp-listen)")]
+    RespBind { addr: SocketAddr, source: std::io::Error },
     #[error("cannot publish the node in {path}: {source}")]
     Publish { path: String, source: std::io::Error },
     /// A long-lived part kept failing beyond the restart budget.
@@ -295,6 +299,22 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         )),
         None => gossip,
     };
+    // The RESP socket is bound before the node is published, so a port in use is a start error.
+    let resp = match &config.resp {
+        None => None,
+        Some(r) => {
+            let socket = listen_resp::bind(r)
+                .await
+                .map_err(|source| NodeError::RespBind { addr: r.listen, source })?;
+            let tls = match r.tls {
+                true => Some(tokio_rustls::TlsAcceptor::from(transport::tcp_server_config(
+                    &identity,
+                )?)),
+                false => None,
+            };
+            Some((socket, r.clone(), tls))
+        }
+    };
     // Published only now that where it listens is saved (above): a client that finds the node
     // may kill it at once, and it must come back on this port all the same.
     claim.publish(listen).map_err(|source| NodeError::Publish {
@@ -335,6 +355,10 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         .with(store_writer(&node, &parts_stop))
         .with(gossip_driver(&node, &parts_stop));
     let mut parts = tokio::spawn(supervisor.run(parts_stop.clone()));
+    if let Some((socket, resp, tls)) = resp {
+        node.tasks
+            .spawn(listen_resp::serve(Arc::clone(&node), socket, resp, tls));
+    }
     // Pooled connections nothing has used for a while are closed (they are kept alive by
     // our keep-alives otherwise); the pool looks every eighth of the idle period.
     let sweeping = Arc::clone(&node);

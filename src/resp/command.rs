@@ -410,7 +410,9 @@ impl Session {
                 text.push_str(&format!("db0:keys={keys},expires=0,avg_ttl=0\r\n"));
             }
         }
-        Frame::Bulk(text.trim_end().as_bytes().to_vec())
+        // Sections are separated by an empty line, and the last line ends like the others.
+        let text = format!("{}\r\n", text.trim_end());
+        Frame::Bulk(text.into_bytes())
     }
 }
 
@@ -719,6 +721,6 @@ mod tests {
         let Frame::Bulk(one) = s.info(&["clients".into()], &stats) else {
             panic!()
         };
-        assert_eq!(one, b"# Clients\r\nconnected_clients:2");
+        assert_eq!(one, b"# Clients\r\nconnected_clients:2\r\n");
     }
 }
