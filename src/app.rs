@@ -132,6 +132,7 @@ fn start(args: StartArgs, global: Global, env: Env) -> ExitCode {
         name: args.name,
         listen: args.listen,
         advertise: args.advertise,
+        text_listen: args.text_listen,
         join: args.join,
         config: args.config,
         table: args.table,
@@ -169,6 +170,7 @@ fn start(args: StartArgs, global: Global, env: Env) -> ExitCode {
             let code = match &e {
                 NodeError::Directory(_) | NodeError::Secret(_) | NodeError::DataDir { .. } => EXIT_USAGE,
                 NodeError::Transport(crate::transport::TransportError::Bind { .. }) => EXIT_USAGE,
+                NodeError::TextListen { .. } => EXIT_USAGE,
                 NodeError::GaveUp(_) => 6,
                 NodeError::Fatal(_) => EXIT_USAGE,
                 NodeError::Store(crate::store::StoreError::InUse { .. }) => EXIT_USAGE,

@@ -62,9 +62,17 @@ pub struct Global {
 pub enum Command {
     /// Run a node in the foreground until SIGINT or SIGTERM
     #[command(
-        after_help = "Examples:\n  kvnode start --name foo\n  kvnode start --name bar --join foo --table 'a-m=foo,n-z=bar'\n  kvnode start --config config/foo.toml"
+        after_help = "Examples:\n  kvnode start --name foo\n  kvnode start --name bar --join foo --table 'a-m=foo,n-z=bar'\n  kvnode start --config config/foo.toml\n  kvnode start --name foo --text-listen 127.0.0.1:4040   # then: telnet 127.0.0.1 4040"
     )]
     Start(StartArgs),
+    /// Create BUCKET, empty, if it does not exist (prints nothing on success)
+    ///
+    /// The guide's CREATE: a bucket that exists is left as it is (exit 0). `put` creates a
+    /// bucket by itself; `create` makes one that reads find before anything is written.
+    #[command(
+        after_help = "Examples:\n  kvnode create shopping --via foo\n  kvnode keys shopping --via foo   # an empty list, not \"not found\""
+    )]
+    Create(BucketArgs),
     /// Store VALUE under KEY in BUCKET (prints nothing on success)
     #[command(after_help = "Examples:\n  kvnode put shopping eggs 3 --via foo\n  date | kvnode put log today -")]
     Put(PutArgs),
@@ -118,6 +126,10 @@ pub struct StartArgs {
     /// address on its default route]. Port 0: the port listened on
     #[arg(long, value_name = "ADDR", value_parser = crate::config::parse_advertise)]
     pub advertise: Option<SocketAddr>,
+    /// Serve the guide's text protocol (CREATE/PUT/GET/DELETE lines, as with telnet or nc) on
+    /// this TCP address [default: off]. Loopback only: the protocol has no authentication
+    #[arg(long, value_name = "ADDR", value_parser = crate::config::parse_listen)]
+    pub text_listen: Option<SocketAddr>,
     /// Join the cluster through this member (repeatable): NAME, NAME@HOST:PORT or HOST:PORT
     #[arg(long = "join", value_name = "NODE")]
     pub join: Vec<NodeRef>,

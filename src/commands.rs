@@ -24,6 +24,10 @@ async fn run_within(command: Command, mut settings: Settings, out: &mut Output) 
     let deadline = Instant::now() + settings.timeout;
     match command {
         Command::Start(_) => unreachable!("`start` is not a client command"),
+        Command::Create(args) => {
+            settings.via = via_or_env(args.via.via.clone(), &settings)?;
+            create(arg_bytes(args.bucket), &settings, deadline, out).await
+        }
         Command::Put(args) => {
             settings.via = via_or_env(args.via.via.clone(), &settings)?;
             put(args, &settings, deadline, out).await
@@ -142,6 +146,19 @@ pub(crate) async fn connected<T>(
     let done = work(&client).await;
     client.close().await;
     done
+}
+
+async fn create(bucket: Vec<u8>, settings: &Settings, deadline: Instant, out: &mut Output) -> Result<(), ClientError> {
+    wire::check_bucket(&bucket).map_err(ClientError::Usage)?;
+    let reply = ask(settings, deadline, bucket_request(bucket.clone(), BucketOp::Create)).await?;
+    let Reply::Done = reply else { return unexpected(&reply) };
+    if out.is_json() {
+        let mut o = Map::new();
+        o.insert("ok".into(), Value::Bool(true));
+        bytes_field(&mut o, "bucket", &bucket);
+        out.object(Value::Object(o));
+    }
+    Ok(())
 }
 
 async fn put(args: PutArgs, settings: &Settings, deadline: Instant, out: &mut Output) -> Result<(), ClientError> {

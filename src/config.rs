@@ -134,6 +134,22 @@ fn deserialize_listen<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<S
     parse_listen(&s).map(Some).map_err(serde::de::Error::custom)
 }
 
+/// `text_listen`, if it is a loopback address: the text protocol has no authentication, so
+/// anyone who reached it could read and write every bucket of the cluster.
+fn loopback_only(addr: SocketAddr) -> Result<SocketAddr, ConfigError> {
+    if addr.ip().is_loopback() {
+        return Ok(addr);
+    }
+    Err(ConfigError::Invalid {
+        what: "text_listen (--text-listen)".into(),
+        reason: format!(
+            "{addr} is not a loopback address: the text protocol has no authentication, so anyone who \
+             can reach it could read and write every bucket; listen on 127.0.0.1 or [::1] (and reach it \
+             from elsewhere through an SSH tunnel, say)"
+        ),
+    })
+}
+
 /// An address to advertise: an IP address other nodes and clients can connect to (not a
 /// wildcard such as 0.0.0.0), and a port (0: the port the node listens on).
 pub fn parse_advertise(s: &str) -> Result<SocketAddr, String> {
@@ -265,6 +281,9 @@ pub struct ConfigFile {
     pub listen: Option<SocketAddr>,
     #[serde(default, deserialize_with = "deserialize_advertise")]
     pub advertise: Option<SocketAddr>,
+    /// Where the guide's text protocol listens (TCP, loopback only); off when not set.
+    #[serde(default, deserialize_with = "deserialize_listen")]
+    pub text_listen: Option<SocketAddr>,
     pub join: Option<Vec<NodeRef>>,
     pub routing_table: Option<TableSpec>,
     pub peers: Option<BTreeMap<NodeName, HostPort>>,
@@ -425,6 +444,8 @@ pub struct NodeConfig {
     /// The address given to others (directory, gossip, handshakes) when it is not `listen`;
     /// see [`crate::transport::advertised`].
     pub advertise: Option<SocketAddr>,
+    /// Where the guide's text protocol listens (TCP); `None`: it does not. Loopback only.
+    pub text_listen: Option<SocketAddr>,
     pub join: Vec<NodeRef>,
     /// The configured table; `None` means "own everything until a cluster says otherwise".
     pub table: Option<Vec<Entry>>,
@@ -451,6 +472,7 @@ pub struct StartFlags {
     pub name: Option<NodeName>,
     pub listen: Option<SocketAddr>,
     pub advertise: Option<SocketAddr>,
+    pub text_listen: Option<SocketAddr>,
     pub join: Vec<NodeRef>,
     pub config: Option<PathBuf>,
     pub table: Option<String>,
@@ -595,6 +617,7 @@ impl NodeConfig {
                 .or(file.listen)
                 .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid default")),
             advertise: flags.advertise.or(file.advertise),
+            text_listen: flags.text_listen.or(file.text_listen).map(loopback_only).transpose()?,
             join,
             table,
             peers: file.peers.unwrap_or_default(),
@@ -912,6 +935,47 @@ mod tests {
         assert_eq!(flagged.auto_reply.as_deref(), Some("hi"));
         let none = NodeConfig::resolve(StartFlags::default(), &env).unwrap_err();
         assert!(matches!(none, ConfigError::NoName));
+    }
+
+    #[test]
+    fn the_text_listener_is_off_by_default_and_binds_loopback_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = Env {
+            home: dir.path().join("home"),
+            ..Env::default()
+        };
+        let path = dir.path().join("t.toml");
+        let resolve = |file: &str, flag: Option<&str>| {
+            std::fs::write(&path, format!("name = \"n\"\n{file}")).unwrap();
+            let flags = StartFlags {
+                config: Some(path.clone()),
+                text_listen: flag.map(|a| a.parse().unwrap()),
+                ..StartFlags::default()
+            };
+            NodeConfig::resolve(flags, &env).map(|c| c.text_listen.map(|a| a.to_string()))
+        };
+        assert_eq!(resolve("", None).unwrap(), None);
+        let from_file = "text_listen = \"127.0.0.1:4040\"\n";
+        assert_eq!(resolve(from_file, None).unwrap().as_deref(), Some("127.0.0.1:4040"));
+        assert_eq!(
+            resolve(from_file, Some("[::1]:4041")).unwrap().as_deref(),
+            Some("[::1]:4041")
+        );
+        for wide in ["0.0.0.0:4040", "10.0.0.2:4040", "[::]:4040"] {
+            let err = resolve("", Some(wide)).unwrap_err().to_string();
+            assert!(err.starts_with("invalid text_listen (--text-listen): "), "{err}");
+            assert!(
+                err.contains("not a loopback address") && err.contains("no authentication"),
+                "{err}"
+            );
+            let err = resolve(&format!("text_listen = \"{wide}\"\n"), None).unwrap_err();
+            assert!(err.to_string().contains("no authentication"), "{err}");
+        }
+        let err = ConfigFile::parse("text_listen = \"localhost:4040\"").unwrap_err();
+        assert!(
+            err.contains("text_listen") && err.contains("not an IP address and port"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -10,7 +10,10 @@
 //! - [`output`]: answers on stdout, as text or JSON Lines.
 //! - [`client`]: finding a node (`--via`), connecting and asking it, with exit-coded errors.
 //! - [`config`]: the TOML config file and its merge with flags and environment.
-//! - [`node`]: a running node; wires transport, store, routing and gossip together.
+//! - [`node`]: a running node; wires transport, store, routing and gossip together. Its local
+//!   listeners (the text protocol) route every request as QUIC ones are, through a front session.
+//! - [`text_protocol`]: the guide's `kv_server` lines (`CREATE`, `PUT`, `GET`, `DELETE`): splitting,
+//!   parsing and answers, sans-IO.
 //! - [`rpc`]: many requests in flight over one stream: the calling side, and the serving loop that
 //!   polls each request under a panic guard (no task per request).
 //! - [`transport`]: QUIC endpoints, node certificates, authenticated connections (only quinn user).
@@ -46,6 +49,7 @@ pub mod secret;
 pub mod stop;
 pub mod store;
 pub mod supervisor;
+pub mod text_protocol;
 pub mod transport;
 pub mod wire;
 pub mod woken;

@@ -16,8 +16,8 @@ use crate::gossip::State;
 use crate::names::{NodeName, escape_bytes};
 use crate::routing::{Entry, RoutingTable};
 
-/// Bumped on any incompatible change; checked first in the handshake. (5: `BucketOp::Create`,
-/// which a node of version 4 could not decode.)
+/// Bumped on any incompatible change; checked first in the handshake. (5: `BucketOp::Create`
+/// and `BucketOp::PutExisting`, which a node of version 4 could not decode.)
 pub const PROTOCOL_VERSION: u16 = 5;
 /// The TLS ALPN identifier of this protocol.
 pub const ALPN: &[u8] = b"kvnode/1";
@@ -422,6 +422,14 @@ pub enum BucketOp {
     /// creating one that exists is no error, as with the guide's `KV.Registry.create`.
     /// (Last, so that the variants before it keep their index on the wire.)
     Create,
+    /// A put into a bucket that must exist already: `BucketNotFound` if it was never created
+    /// (the guide's `PUT`, where only `CREATE` makes a bucket).
+    PutExisting {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -605,7 +613,7 @@ impl BucketRequest {
     pub fn validate(&self) -> Result<(), String> {
         check_bucket(&self.bucket)?;
         match &self.op {
-            BucketOp::Put { key, value } => {
+            BucketOp::Put { key, value } | BucketOp::PutExisting { key, value } => {
                 check_key(key)?;
                 check_value(value)
             }
@@ -624,7 +632,7 @@ impl BucketOp {
     /// A short name for logs.
     pub fn kind(&self) -> &'static str {
         match self {
-            BucketOp::Put { .. } => "put",
+            BucketOp::Put { .. } | BucketOp::PutExisting { .. } => "put",
             BucketOp::Get { .. } => "get",
             BucketOp::Delete { .. } => "delete",
             BucketOp::Keys { .. } => "keys",

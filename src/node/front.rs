@@ -10,8 +10,15 @@
 //! a durable write); a [`Now::First`] future is awaited before the next request is taken in;
 //! and a panic while routing, placing or answering becomes an internal-error answer while
 //! the session goes on.
+//!
+//! One more promise than a QUIC stream's: reads and writes take effect in the order placed
+//! too, not only writes among themselves. A durable read does not wait for the store's
+//! writer (SPEC §7: reads never do), so a GET pipelined right behind a PUT could be read
+//! before the PUT's batch is committed, and one right before a DELETE could be read after it.
+//! So a read is placed only once the session's earlier writes are answered, and a write once
+//! its earlier reads are. Pipelines of writes alone, or of reads alone, are not held up.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
@@ -46,6 +53,9 @@ pub struct FrontSession {
     /// of them are polled together, so one that must be polled to make progress (a route
     /// query sent on) is not held up behind an older one.
     coming: FuturesUnordered<Tagged>,
+    /// The numbers of the writes, and of the reads, placed whose answers are still to come.
+    writes_coming: HashSet<u64>,
+    reads_coming: HashSet<u64>,
 }
 
 impl Node {
@@ -58,6 +68,8 @@ impl Node {
             answers: VecDeque::new(),
             taken: 0,
             coming: FuturesUnordered::new(),
+            writes_coming: HashSet::new(),
+            reads_coming: HashSet::new(),
         }
     }
 }
@@ -67,6 +79,17 @@ impl FrontSession {
     ///
     /// Answers of earlier requests that come meanwhile are kept for [`Self::next_answer`].
     pub async fn place(&mut self, bucket: Vec<u8>, op: BucketOp) {
+        let class = match op {
+            BucketOp::Put { .. } | BucketOp::PutExisting { .. } | BucketOp::Delete { .. } | BucketOp::Create => {
+                self.answered(|s| s.reads_coming.is_empty()).await;
+                Some(Class::Write)
+            }
+            BucketOp::Get { .. } | BucketOp::Keys { .. } => {
+                self.answered(|s| s.writes_coming.is_empty()).await;
+                Some(Class::Read)
+            }
+            BucketOp::Route => None,
+        };
         let number = self.taken + self.answers.len() as u64;
         self.answers.push_back(None);
         let kind = op.kind();
@@ -94,7 +117,14 @@ impl FrontSession {
                     // is queued in the order the requests came.
                     match std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut tagged).poll(cx))).await {
                         Poll::Ready((number, answer)) => self.settle(number, answer),
-                        Poll::Pending => self.coming.push(tagged),
+                        Poll::Pending => {
+                            match class {
+                                Some(Class::Write) => self.writes_coming.insert(number),
+                                Some(Class::Read) => self.reads_coming.insert(number),
+                                None => false,
+                            };
+                            self.coming.push(tagged);
+                        }
                     }
                     return;
                 }
@@ -166,8 +196,24 @@ impl FrontSession {
         }
     }
 
+    /// Waits until `done` holds, taking in answers meanwhile (they are kept).
+    async fn answered(&mut self, done: impl Fn(&Self) -> bool) {
+        while !done(self) {
+            match self.coming.next().await {
+                Some((number, answer)) => self.settle(number, answer),
+                None => {
+                    // Cannot be: each answer still to come has its future.
+                    self.writes_coming.clear();
+                    self.reads_coming.clear();
+                }
+            }
+        }
+    }
+
     /// Keeps the answer to request `number` until it is taken.
     fn settle(&mut self, number: u64, answer: Answer) {
+        self.writes_coming.remove(&number);
+        self.reads_coming.remove(&number);
         if let Some(slot) = number
             .checked_sub(self.taken)
             .and_then(|at| self.answers.get_mut(at as usize))
@@ -195,6 +241,13 @@ impl FrontSession {
     fn caught(&self, kind: &str, panic: &(dyn std::any::Any + Send)) -> RemoteError {
         caught(self.node.name.as_str(), kind, panic)
     }
+}
+
+/// Whether a request reads or writes the store, for the order between the two.
+#[derive(Clone, Copy)]
+enum Class {
+    Read,
+    Write,
 }
 
 /// The internal-error answer to a `kind` request that panicked on `node`, logged.

@@ -7,6 +7,7 @@ mod front;
 mod gossip;
 mod handler;
 mod listen_resp;
+mod listen_text;
 mod ops;
 mod peers;
 mod penalty;
@@ -56,6 +57,11 @@ pub enum NodeError {
     /// The RESP listener's address cannot be bound.
     #[error("cannot listen for RESP on {addr}: {source}; choose another resp_listen (--resp-listen)")]
     RespBind { addr: SocketAddr, source: std::io::Error },
+    /// The text listener (`--text-listen`) cannot bind its address.
+    #[error(
+        "cannot listen for the text protocol on {addr} (text_listen, --text-listen): {source}; give a free loopback port, or leave it out"
+    )]
+    TextListen { addr: SocketAddr, source: std::io::Error },
     #[error("cannot publish the node in {path}: {source}")]
     Publish { path: String, source: std::io::Error },
     /// A long-lived part kept failing beyond the restart budget.
@@ -233,6 +239,16 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     // From here on, `listen` is where others reach this node: what it publishes, gossips
     // and introduces itself with.
     let listen = transport::advertised(bound, config.advertise);
+    // Bound before the node is published, so that a client that finds the node finds its
+    // text port open too.
+    let text_listener = match config.text_listen {
+        Some(addr) => Some(
+            listen_text::bind(addr)
+                .await
+                .map_err(|source| NodeError::TextListen { addr, source })?,
+        ),
+        None => None,
+    };
     let store = if config.in_memory {
         Store::in_memory()
     } else {
@@ -358,6 +374,11 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     if let Some((socket, resp, tls)) = resp {
         node.tasks
             .spawn(listen_resp::serve(Arc::clone(&node), socket, resp, tls));
+    }
+    if let Some(text) = text_listener {
+        let addr = text.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string());
+        tracing::info!(%addr, "serving the guide's text protocol (CREATE/PUT/GET/DELETE) on {addr}, loopback only: it has no authentication");
+        node.tasks.spawn(listen_text::serve(Arc::clone(&node), text));
     }
     // Pooled connections nothing has used for a while are closed (they are kept alive by
     // our keep-alives otherwise); the pool looks every eighth of the idle period.

@@ -42,6 +42,7 @@ pub(super) fn apply(req: BucketRequest, store: &Store, node: &NodeName) -> Appli
     }
     match op {
         BucketOp::Put { key, value } => put(store, node, bucket, key, value),
+        BucketOp::PutExisting { key, value } => put_existing(store, node, bucket, key, value),
         BucketOp::Get { key } => get(store, node, bucket, key),
         BucketOp::Delete { key } => delete(store, node, bucket, key),
         BucketOp::Keys { after } => keys(store, node, bucket, after),
@@ -76,6 +77,29 @@ fn put(store: &Store, node: &NodeName, bucket: Vec<u8>, key: Vec<u8>, value: Vec
             .map_err(|e| internal(&node, e))?;
         Ok(Reply::Done)
     }))
+}
+
+/// A put into a bucket that must exist already (the guide's `PUT`).
+fn put_existing(store: &Store, node: &NodeName, bucket: Vec<u8>, key: Vec<u8>, value: Vec<u8>) -> Applied {
+    if let Some(m) = store.memory() {
+        return Applied::Now(stored(m.put_existing(&bucket, &key, Bytes::from(value)), bucket));
+    }
+    let (store, node) = (store.clone(), node.clone());
+    Applied::Later(Box::pin(async move {
+        let found = store
+            .put_existing(&bucket, &key, Bytes::from(value))
+            .await
+            .map_err(|e| internal(&node, e))?;
+        stored(found, bucket)
+    }))
+}
+
+/// The answer to a put into a bucket that must exist, from what the store found.
+fn stored(found: Lookup<()>, bucket: Vec<u8>) -> Answer {
+    match found {
+        Lookup::Found(()) | Lookup::NoKey => Ok(Reply::Done),
+        Lookup::NoBucket => Err(no_bucket(bucket)),
+    }
 }
 
 fn get(store: &Store, node: &NodeName, bucket: Vec<u8>, key: Vec<u8>) -> Applied {

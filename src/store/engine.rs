@@ -14,6 +14,12 @@ pub enum Op {
         bucket: Bytes,
         key: Bytes,
     },
+    /// A put that stores nothing, [`Applied::NoBucket`], if the bucket does not exist.
+    PutExisting {
+        bucket: Bytes,
+        key: Bytes,
+        value: Bytes,
+    },
     /// Makes the bucket exist, empty if it is new; nothing changes if it exists.
     CreateBucket {
         bucket: Bytes,
@@ -27,7 +33,7 @@ pub enum Applied {
     Deleted,
     /// A delete of a key that was not there.
     NoKey,
-    /// A delete in a bucket that was never created.
+    /// A delete (or a put into an existing bucket) in a bucket that was never created.
     NoBucket,
     /// A bucket made by [`Op::CreateBucket`] (`false`: it existed already).
     Created(bool),

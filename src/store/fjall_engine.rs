@@ -209,6 +209,16 @@ impl Open {
                     pending.insert(k, true);
                     applied.push(Applied::Stored);
                 }
+                Op::PutExisting { bucket, key, value } => {
+                    if !new_buckets.contains(bucket) && !self.buckets.contains_key(bucket).map_err(err)? {
+                        applied.push(Applied::NoBucket);
+                        continue;
+                    }
+                    let k = data_key(bucket, key);
+                    writes.insert(&self.data, k.as_slice(), value.as_ref());
+                    pending.insert(k, true);
+                    applied.push(Applied::Stored);
+                }
                 Op::CreateBucket { bucket } => {
                     let new = !new_buckets.contains(bucket) && !self.buckets.contains_key(bucket).map_err(err)?;
                     if new {

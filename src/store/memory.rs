@@ -65,6 +65,17 @@ impl MemoryStore {
             .insert(Box::from(key), Vec::from(value).into_boxed_slice());
     }
 
+    /// A put into `bucket` only if it exists; `NoBucket` (and nothing stored) if not.
+    pub fn put_existing(&self, bucket: &[u8], key: &[u8], value: Bytes) -> Lookup<()> {
+        let Some(b) = self.bucket(bucket) else {
+            return Lookup::NoBucket;
+        };
+        b.write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(Box::from(key), Vec::from(value).into_boxed_slice());
+        Lookup::Found(())
+    }
+
     pub fn get(&self, bucket: &[u8], key: &[u8]) -> Lookup<Bytes> {
         let Some(b) = self.bucket(bucket) else {
             return Lookup::NoBucket;
@@ -130,6 +141,8 @@ mod tests {
     #[test]
     fn a_created_bucket_is_empty_and_creating_it_again_keeps_its_keys() {
         let s = MemoryStore::default();
+        assert_eq!(s.put_existing(b"b", b"k", Bytes::new()), Lookup::NoBucket);
+        assert_eq!(s.get(b"b", b"k"), Lookup::NoBucket, "nothing stored, no bucket made");
         s.create_bucket(b"b");
         assert_eq!(s.get(b"b", b"k"), Lookup::NoKey);
         s.put(b"b", b"k", Bytes::from_static(b"v"));

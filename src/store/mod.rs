@@ -112,6 +112,25 @@ impl Store {
         }
     }
 
+    /// Stores `value` under `key` only if `bucket` exists (`NoBucket`, and nothing stored,
+    /// if not). Returns once durable.
+    pub async fn put_existing(&self, bucket: &[u8], key: &[u8], value: Bytes) -> Result<Lookup<()>, StoreError> {
+        match &self.backend {
+            Backend::Memory(m) => Ok(m.put_existing(bucket, key, value)),
+            Backend::Disk(d) => {
+                let op = Op::PutExisting {
+                    bucket: Bytes::copy_from_slice(bucket),
+                    key: Bytes::copy_from_slice(key),
+                    value,
+                };
+                Ok(match d.write(op).await? {
+                    Applied::NoBucket => Lookup::NoBucket,
+                    _ => Lookup::Found(()),
+                })
+            }
+        }
+    }
+
     /// Makes `bucket` exist, empty if it is new (the guide's `KV.Registry.create`); a bucket
     /// that exists is left as it is. Returns once durable, like a put.
     pub async fn create_bucket(&self, bucket: &[u8]) -> Result<(), StoreError> {
@@ -251,10 +270,14 @@ mod tests {
             {
                 let store = Store::open_with(dir.path(), kind).unwrap();
                 with_writer(&store, async {
+                    let put = store.put_existing(b"shopping", b"k", Bytes::new()).await.unwrap();
+                    assert_eq!(put, Lookup::NoBucket, "{kind:?}");
+                    assert_eq!(store.get(b"shopping", b"k").await.unwrap(), Lookup::NoBucket);
                     store.create_bucket(b"shopping").await.unwrap();
                     assert_eq!(store.get(b"shopping", b"milk").await.unwrap(), Lookup::NoKey);
                     assert_eq!(all_keys(&store, b"shopping").await.as_deref(), Some(""));
-                    store.put(b"shopping", b"milk", Bytes::from_static(b"1")).await.unwrap();
+                    let put = store.put_existing(b"shopping", b"milk", Bytes::from_static(b"1"));
+                    assert_eq!(put.await.unwrap(), Lookup::Found(()), "{kind:?}");
                     store.create_bucket(b"shopping").await.unwrap();
                     store.create_bucket(b"empty").await.unwrap();
                 })

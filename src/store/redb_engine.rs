@@ -47,6 +47,15 @@ impl Engine for RedbEngine {
                             .map_err(err)?;
                         applied.push(Applied::Stored);
                     }
+                    Op::PutExisting { bucket, key, value } => {
+                        if buckets.get(bucket.as_ref()).map_err(err)?.is_none() {
+                            applied.push(Applied::NoBucket);
+                        } else {
+                            data.insert(data_key(bucket, key).as_slice(), value.as_ref())
+                                .map_err(err)?;
+                            applied.push(Applied::Stored);
+                        }
+                    }
                     Op::CreateBucket { bucket } => {
                         let new = buckets.get(bucket.as_ref()).map_err(err)?.is_none();
                         if new {
