@@ -394,3 +394,45 @@ fn redis_cli_works_with_the_secret() {
     let said = String::from_utf8_lossy(&wrong.stdout).into_owned() + &String::from_utf8_lossy(&wrong.stderr);
     assert!(said.contains("WRONGPASS") || said.contains("NOAUTH"), "{said}");
 }
+
+#[test]
+fn off_loopback_needs_tls_and_tls_serves_redis_cli() {
+    let home = Home::new();
+    let refused = home.run(&["start", "--name", "foo", "--in-memory", "--resp-listen", "0.0.0.0:0"]);
+    refused.expect(2);
+    assert!(
+        refused.stderr.contains("resp_listen") && refused.stderr.contains("resp_tls = true"),
+        "{}",
+        refused.stderr
+    );
+    let supports_tls = Command::new("redis-cli").arg("--help").output().is_ok_and(|o| {
+        String::from_utf8_lossy(&o.stdout).contains("--tls") || String::from_utf8_lossy(&o.stderr).contains("--tls")
+    });
+    if !supports_tls {
+        eprintln!("skipped the TLS half: redis-cli is not installed or was built without TLS");
+        return;
+    }
+    let (_n, port) = start(&home, "foo", &["--in-memory", "--resp-tls"]);
+    let cli = |args: &[&str]| {
+        let out = Command::new("redis-cli")
+            .args([
+                "--tls",
+                "--insecure",
+                "-p",
+                &port.to_string(),
+                "-a",
+                &secret(&home),
+                "--no-auth-warning",
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(cli(&["HSET", "h", "f", "v"]), "1\n");
+    assert_eq!(cli(&["HGET", "h", "f"]), "v\n");
+    // In clear text, a TLS port answers nothing a Redis client can read.
+    let mut s = raw(port);
+    s.write_all(b"PING\r\n").unwrap();
+    assert!(!until_closed(s).contains("PONG"));
+}
