@@ -357,6 +357,25 @@ fn a_client_that_never_reads_is_paused_not_buffered_for() {
 }
 
 #[test]
+fn a_stopping_node_does_not_wait_for_a_client_that_never_reads() {
+    let home = Home::new();
+    let (mut node, port) = start(&home, "foo", &["--in-memory"]);
+    let mut c = client(&home, port, "");
+    let _: () = c.set("v", vec![b'x'; 64 * 1024]).unwrap();
+    let mut s = raw(port);
+    s.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut batch = format!("AUTH {}\r\n", secret(&home)).into_bytes();
+    for _ in 0..10_000 {
+        batch.extend_from_slice(b"GET v\r\n");
+    }
+    let _ = s.write_all(&batch);
+    let asked = Instant::now();
+    assert!(node.terminate().success());
+    // Well within the 10 s a stop waits for requests in flight.
+    assert!(asked.elapsed() < Duration::from_secs(5), "took {:?}", asked.elapsed());
+}
+
+#[test]
 fn redis_cli_works_with_the_secret() {
     if Command::new("redis-cli").arg("--version").output().is_err() {
         eprintln!("skipped: redis-cli is not installed");

@@ -299,7 +299,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
     /// Writes the replies encoded so far, in one write.
     async fn flush(&mut self) -> std::io::Result<()> {
         if !self.out.is_empty() {
-            self.socket.write_all(&self.out).await?;
+            // A client that does not read must not hold a stopping node up.
+            tokio::select! {
+                written = self.socket.write_all(&self.out) => written?,
+                () = self.node.serve.stopping.cancelled() => {
+                    return Err(std::io::Error::other("the node is stopping"));
+                }
+            }
             self.socket.flush().await?;
             self.out.clear();
             if self.out.capacity() > 4 * OUT_HIGH {
