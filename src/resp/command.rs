@@ -11,7 +11,13 @@
 //!   the same ordered stream: truthful for this connection, but a write by another client
 //!   between the two can make the count off by that field.
 //! - `HLEN`, `HKEYS` and `HGETALL` list the bucket page by page, then (`HGETALL`) read each
-//!   field: not a snapshot; a field deleted meanwhile is left out.
+//!   field: not a snapshot; a field deleted meanwhile is left out. Fields come in kvnode's
+//!   (bytewise) key order.
+//! - `DEL` and `EXISTS` act on the string bucket only: `DEL shopping` does not remove a hash
+//!   (kvnode has no bucket deletion).
+//! - On a durable node, a read placed behind a write of the same connection waits for that
+//!   write's commit (the front session keeps a connection's reads after its writes), so an
+//!   `HSET` of several fields costs a commit per field.
 //! - There are no types: `GET` of a hash's name, or `HGET` on the string bucket, just read
 //!   keys (no `WRONGTYPE`); there are no expiries (`SET` options are refused) and one
 //!   database (`SELECT 0`).
