@@ -178,6 +178,7 @@ const COMMANDS: &[(&str, i32)] = &[
     ("client", -2),
     ("command", -1),
     ("info", -1),
+    ("config", -2),
 ];
 
 /// Commands that need no authentication.
@@ -296,6 +297,13 @@ impl Session {
             }),
             "client" => Action::Reply(self.client(a)),
             "command" => Action::Reply(command(a, self.protocol)),
+            // kvnode has none of Redis's settings: `CONFIG GET` answers as Redis does for a
+            // pattern that matches none (tools such as redis-benchmark ask, and go on).
+            "config" => Action::Reply(match a[0].to_ascii_lowercase().as_slice() {
+                b"get" if a.len() >= 2 => Frame::Map(Vec::new()),
+                b"get" => arity("config|get"),
+                _ => Frame::err(format!("unknown subcommand '{}'. Try CONFIG HELP.", lossy(&a[0], 128))),
+            }),
             "info" => Action::Info {
                 sections: a
                     .iter()
@@ -620,6 +628,11 @@ mod tests {
         );
         assert_eq!(reply(&mut s, "command count"), Frame::Integer(COMMANDS.len() as i64));
         assert_eq!(reply(&mut s, "command docs"), Frame::Map(Vec::new()));
+        assert_eq!(reply(&mut s, "config get save"), Frame::Map(Vec::new()));
+        assert_eq!(
+            reply(&mut s, "config set a b"),
+            err("ERR unknown subcommand 'set'. Try CONFIG HELP.")
+        );
         assert_eq!(reply(&mut s, "set a b c"), err("ERR syntax error"));
         assert!(matches!(reply(&mut s, "set a b EX 1"), Frame::Error(e) if e.contains("not supported")));
     }

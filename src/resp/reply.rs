@@ -112,6 +112,7 @@ const DESCRIBED: &[Described] = &[
     ("client", -2, &["noscript", "loading", "stale"], 0, 0, 0),
     ("command", -1, &["loading", "stale"], 0, 0, 0),
     ("info", -1, &["loading", "stale"], 0, 0, 0),
+    ("config", -2, &["admin", "noscript", "loading", "stale"], 0, 0, 0),
 ];
 
 fn describe(&(name, arity, flags, first, last, step): &Described) -> Frame {
