@@ -298,12 +298,22 @@ fn over_the_limits_the_connection_closes_with_an_error_and_the_node_serves_on() 
     // A request whose bulk strings add up past 16 MiB, refused on its headers: the node
     // closes before all of it is sent.
     let mut s = raw(port);
-    let mut huge = b"*3\r\n$3\r\nSET\r\n$8388608\r\n".to_vec();
+    let mut huge = format!("AUTH {}\r\n", secret(&home)).into_bytes();
+    huge.extend_from_slice(b"*3\r\n$3\r\nSET\r\n$8388608\r\n");
     huge.extend(std::iter::repeat_n(b'v', 8 * 1024 * 1024));
     huge.extend_from_slice(b"\r\n$8388608\r\n");
     s.write_all(&huge).unwrap();
     let out = until_closed(s);
-    assert!(out.contains("request of more than 16777216 bytes"), "{out}");
+    assert!(
+        out.starts_with("+OK\r\n") && out.contains("request of more than 16777216 bytes"),
+        "{out}"
+    );
+    // Before AUTH, a request is at most 16 KiB: a client without the secret cannot make the
+    // node buffer megabytes for it.
+    let mut s = raw(port);
+    s.write_all(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$20000\r\n").unwrap();
+    let out = until_closed(s);
+    assert!(out.contains("request of more than 16384 bytes before AUTH"), "{out}");
     let mut c = client(&home, port, "");
     assert_eq!(c.ping::<String>().unwrap(), "PONG");
     // A value at the limit passes.

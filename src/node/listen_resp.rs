@@ -166,7 +166,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
             };
             let mut close = read == 0;
             loop {
-                match resp::next_request(&mut input) {
+                match resp::next_request(&mut input, self.session.is_authenticated()) {
                     Ok(Some(args)) => {
                         if self.act(args).await? {
                             close = true;

@@ -17,6 +17,10 @@ pub const MAX_ARGS: usize = 1024;
 pub const MAX_BULK: usize = wire::MAX_VALUE;
 /// The most bytes one request may take on the wire, headers included.
 pub const MAX_REQUEST: usize = wire::MAX_FRAME;
+/// The most bytes one request may take before the connection has authenticated: enough for
+/// `AUTH` and `HELLO`, so that a client without the secret cannot make the node buffer
+/// megabytes per connection (Redis limits unauthenticated requests the same way).
+pub const MAX_UNAUTHENTICATED: usize = 16 * 1024;
 /// The longest inline command, as Redis's own limit.
 pub const MAX_INLINE: usize = 64 * 1024;
 /// The longest `*N` or `$N` header line: 20 digits and a sign are plenty.
@@ -46,6 +50,9 @@ pub enum ParseError {
     /// The request's announced size passes [`MAX_REQUEST`].
     #[error("Protocol error: request of more than {MAX_REQUEST} bytes")]
     RequestTooLarge,
+    /// A request over [`MAX_UNAUTHENTICATED`] before `AUTH`.
+    #[error("Protocol error: request of more than {MAX_UNAUTHENTICATED} bytes before AUTH")]
+    UnauthenticatedTooLarge,
     /// An inline command longer than [`MAX_INLINE`].
     #[error("Protocol error: too big inline request")]
     InlineTooLong,
@@ -60,9 +67,15 @@ pub enum ParseError {
 /// Takes the first whole request off the front of `buf`: its arguments, or `None` when
 /// `buf` does not hold a whole one yet (nothing is taken then). Empty requests (`*0`, an empty
 /// line) are skipped, as Redis does. Bulk arguments share the buffer's memory (no copy).
-pub fn next_request(buf: &mut BytesMut) -> Result<Option<Vec<Bytes>>, ParseError> {
+/// Before the connection has `authenticated`, a request may take [`MAX_UNAUTHENTICATED`] bytes.
+pub fn next_request(buf: &mut BytesMut, authenticated: bool) -> Result<Option<Vec<Bytes>>, ParseError> {
+    let max = if authenticated {
+        MAX_REQUEST
+    } else {
+        MAX_UNAUTHENTICATED
+    };
     loop {
-        let Some(parsed) = parse(buf)? else {
+        let Some(parsed) = parse(buf, max)? else {
             return Ok(None);
         };
         let request = buf.split_to(parsed.consumed).freeze();
@@ -94,10 +107,10 @@ struct Parsed {
     consumed: usize,
 }
 
-fn parse(buf: &[u8]) -> Result<Option<Parsed>, ParseError> {
+fn parse(buf: &[u8], max: usize) -> Result<Option<Parsed>, ParseError> {
     match buf.first() {
         None => Ok(None),
-        Some(b'*') => parse_array(buf),
+        Some(b'*') => parse_array(buf, max),
         Some(_) => parse_inline(buf),
     }
 }
@@ -118,7 +131,7 @@ fn integer(digits: &[u8]) -> Option<i64> {
     std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
-fn parse_array(buf: &[u8]) -> Result<Option<Parsed>, ParseError> {
+fn parse_array(buf: &[u8], max: usize) -> Result<Option<Parsed>, ParseError> {
     let Some((line, mut at)) = header_line(buf, 0)? else {
         return Ok(None);
     };
@@ -152,8 +165,11 @@ fn parse_array(buf: &[u8]) -> Result<Option<Parsed>, ParseError> {
             return Err(ParseError::BulkTooLong(len as u64));
         }
         let end = start + len as usize;
-        if end + 2 > MAX_REQUEST {
-            return Err(ParseError::RequestTooLarge);
+        if end + 2 > max {
+            return Err(match max {
+                MAX_REQUEST => ParseError::RequestTooLarge,
+                _ => ParseError::UnauthenticatedTooLarge,
+            });
         }
         if buf.len() < end + 2 {
             return Ok(None);
@@ -288,7 +304,7 @@ mod tests {
     fn all(bytes: &[u8]) -> Result<Vec<Vec<Vec<u8>>>, ParseError> {
         let mut buf = BytesMut::from(bytes);
         let mut out = Vec::new();
-        while let Some(args) = next_request(&mut buf)? {
+        while let Some(args) = next_request(&mut buf, true)? {
             out.push(args.iter().map(|a| a.to_vec()).collect());
         }
         Ok(out)
@@ -322,7 +338,7 @@ mod tests {
     #[test]
     fn a_partial_request_takes_nothing() {
         let mut buf = BytesMut::from(&b"*2\r\n$3\r\nGET\r\n$1\r\n"[..]);
-        assert_eq!(next_request(&mut buf).unwrap(), None);
+        assert_eq!(next_request(&mut buf, true).unwrap(), None);
         assert_eq!(buf.len(), 17);
     }
 
@@ -349,6 +365,19 @@ mod tests {
             all(b"*1111111111111111111111111111111111111111"),
             Err(ParseError::HeaderTooLong)
         );
+    }
+
+    #[test]
+    fn before_auth_a_request_is_small() {
+        let set = |n: usize| {
+            let mut out = Vec::new();
+            encode_request(&[b"SET", b"k", &vec![b'v'; n]], &mut out);
+            BytesMut::from(&out[..])
+        };
+        assert!(next_request(&mut set(1000), false).unwrap().is_some());
+        let over = next_request(&mut set(MAX_UNAUTHENTICATED), false);
+        assert_eq!(over, Err(ParseError::UnauthenticatedTooLarge));
+        assert!(next_request(&mut set(MAX_UNAUTHENTICATED), true).unwrap().is_some());
     }
 
     #[test]
@@ -407,7 +436,7 @@ mod tests {
             for cut in cuts {
                 buf.extend_from_slice(&encoded[from..cut]);
                 from = cut;
-                while let Some(args) = next_request(&mut buf).unwrap() {
+                while let Some(args) = next_request(&mut buf, true).unwrap() {
                     got.push(args.iter().map(|a| a.to_vec()).collect::<Vec<_>>());
                 }
             }
