@@ -7,17 +7,15 @@
 //! given (`resp_bucket`). What is not as in Redis:
 //! - Nothing spanning several keys is atomic: `MSET`, `DEL a b`, `HSET h a 1 b 2` and `HDEL`
 //!   place one operation per key, in order; another client may see some and not others.
-//! - `HSET` counts the fields that were new by reading each field just before writing it, on
-//!   the same ordered stream: truthful for this connection, but a write by another client
-//!   between the two can make the count off by that field.
+//! - `HSET`'s count of new fields is the store's own: each field's put
+//!   (`BucketOp::PutReporting`) says whether the key was there when it was written.
 //! - `HLEN`, `HKEYS` and `HGETALL` list the bucket page by page, then (`HGETALL`) read each
 //!   field: not a snapshot; a field deleted meanwhile is left out. Fields come in kvnode's
 //!   (bytewise) key order.
 //! - `DEL` and `EXISTS` act on the string bucket only: `DEL shopping` does not remove a hash
 //!   (kvnode has no bucket deletion).
 //! - On a durable node, a read placed behind a write of the same connection waits for that
-//!   write's commit (the front session keeps a connection's reads after its writes), so an
-//!   `HSET` of several fields costs a commit per field.
+//!   write's commit (the front session keeps a connection's reads after its writes).
 //! - There are no types: `GET` of a hash's name, or `HGET` on the string bucket, just read
 //!   keys (no `WRONGTYPE`); there are no expiries (`SET` options are refused) and one
 //!   database (`SELECT 0`).
@@ -84,7 +82,7 @@ pub enum Finish {
     Values,
     /// How many were found (`EXISTS`, `HEXISTS`, `DEL`, `HDEL`).
     Found,
-    /// Reads and writes alternating: how many reads found nothing (`HSET`: new fields).
+    /// How many puts stored a new key (`HSET`: new fields).
     NewFields,
 }
 
@@ -247,14 +245,9 @@ impl Session {
             "hset" if a.len().is_multiple_of(2) => Action::Reply(arity(name)),
             "hset" => {
                 let bucket = a.remove(0);
-                // Each field read just before it is written: the read says whether it is new.
-                let reads_and_writes = pairs(a).flat_map(|(key, value)| {
-                    [
-                        (bucket.clone(), get(key.clone())),
-                        (bucket.clone(), BucketOp::Put { key, value }),
-                    ]
-                });
-                ops(reads_and_writes.collect(), Finish::NewFields)
+                // Each put says whether its field is new (the store knows, as it writes).
+                let puts = pairs(a).map(|(key, value)| (bucket.clone(), BucketOp::PutReporting { key, value }));
+                ops(puts.collect(), Finish::NewFields)
             }
             "hget" | "hexists" => {
                 let finish = if name == "hget" { Finish::Value } else { Finish::Found };

@@ -32,7 +32,12 @@ impl Finish {
             Finish::Value => answers.into_iter().next().map_or(Frame::Null, value),
             Finish::Values => Frame::Array(answers.into_iter().map(value).collect()),
             Finish::Found => Frame::Integer(answers.iter().filter(|a| a.is_ok()).count() as i64),
-            Finish::NewFields => Frame::Integer(answers.iter().step_by(2).filter(|a| absent(a)).count() as i64),
+            Finish::NewFields => Frame::Integer(
+                answers
+                    .iter()
+                    .filter(|a| matches!(a, Ok(Reply::Stored { new: true })))
+                    .count() as i64,
+            ),
         }
     }
 }
