@@ -5,6 +5,8 @@
 #
 #   scripts/bench-vs-redis.sh            # ROUNDS=3 N=100000 by default
 #   ROUNDS=5 N=200000 scripts/bench-vs-redis.sh
+#   RESP_ONLY=1 scripts/bench-vs-redis.sh  # only the RESP rows (issue 24): redis-benchmark on
+#                                          # both sides, into their own table
 #
 # Needs redis-server, redis-benchmark and redis-cli (Debian/Ubuntu: apt-get install
 # redis-server redis-tools). Without them it says so and exits 0.
@@ -29,8 +31,10 @@ trap cleanup EXIT INT TERM
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 # kvnode: an in-memory node, a durable node, and two nodes for the hop (bucket "world" on bar).
-$bin start --name mem --in-memory -q >/dev/null & pids="$pids $!"
-$bin start --name dur -q >/dev/null & pids="$pids $!"
+# mem and dur serve RESP too, for redis-benchmark (issue 24).
+kp=$(free_port); kd=$(free_port)
+$bin start --name mem --in-memory --resp-listen "127.0.0.1:$kp" -q >/dev/null & pids="$pids $!"
+$bin start --name dur --resp-listen "127.0.0.1:$kd" -q >/dev/null & pids="$pids $!"
 $bin start --name foo --in-memory --table 'a-m=foo,n-z=bar' -q >/dev/null & pids="$pids $!"
 $bin start --name bar --in-memory --table 'a-m=foo,n-z=bar' -q >/dev/null & pids="$pids $!"
 for n in mem dur foo bar; do until $bin ping $n >/dev/null 2>&1; do sleep 0.1; done; done
@@ -56,6 +60,69 @@ $bin put world key:000000000000 xxx --via foo
 redis-cli -p "$rp" hset myhash element:__rand_int__ xxx >/dev/null
 redis-cli -p "$rp" hset b k xxx >/dev/null
 
+# The RESP rows (issue 24): redis-benchmark against kvnode's RESP port and against Redis, the
+# same flags, alternating; each gives SET, GET and HSET.
+secret=$(cat "$KVNODE_HOME/secret")
+rb() { redis-benchmark --csv "$@" 2>/dev/null | awk -F, 'NR > 1 { gsub(/"/, ""); printf "%s %s ", tolower($1), $2 }'; }
+resp_rows="c50 p16 c1 durable"
+for r in $resp_rows; do for t in set get hset; do eval "rk_${r}_$t=''; rr_${r}_$t=''"; done; done
+resp_add() { # side row "test rps test rps ..."
+    side=$1 row=$2
+    set -- $3
+    while [ $# -ge 2 ]; do eval "${side}_${row}_$1=\"\$${side}_${row}_$1 $2\""; shift 2; done
+}
+resp_round() {
+    resp_add rk c50 "$(rb -p "$kp" -a "$secret" -c 50 -n "$N" -t set,get,hset)"
+    resp_add rr c50 "$(rb -p "$rp" -c 50 -n "$N" -t set,get,hset)"
+    resp_add rk p16 "$(rb -p "$kp" -a "$secret" -c 50 -n $((N * 5)) -P 16 -t set,get,hset)"
+    resp_add rr p16 "$(rb -p "$rp" -c 50 -n $((N * 5)) -P 16 -t set,get,hset)"
+    resp_add rk c1 "$(rb -p "$kp" -a "$secret" -c 1 -n $((N / 5)) -t set,get,hset)"
+    resp_add rr c1 "$(rb -p "$rp" -c 1 -n $((N / 5)) -t set,get,hset)"
+    resp_add rk durable "$(rb -p "$kd" -a "$secret" -c 50 -n "$N" -t set,get,hset)"
+    resp_add rr durable "$(rb -p "$ra" -c 50 -n "$N" -t set,get,hset)"
+}
+resp_table() {
+    cpu=$(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)
+    echo "Measured $(date -u +%Y-%m-%d) on $(nproc) cores ($cpu), kvnode $($bin --version | cut -d' ' -f2) against $(redis-server --version | cut -d' ' -f3 | tr -d 'v='), redis-benchmark on both sides with the same flags (kvnode's RESP port with \`-a SECRET\`), $ROUNDS alternating rounds, medians of ops/s; N=$N. Regenerate with \`RESP_ONLY=1 scripts/bench-vs-redis.sh\`."
+    echo
+    echo "| redis-benchmark flags | command | kvnode | Redis | kvnode/Redis | target |"
+    echo "|---|---|---:|---:|---:|---:|"
+    for r in $resp_rows; do
+        case $r in
+            c50) flags="-c 50 -n $N (in memory)"; target="≥ 1.0" ;;
+            p16) flags="-c 50 -P 16 -n $((N * 5)) (in memory)"; target="≥ 0.8" ;;
+            c1) flags="-c 1 -n $((N / 5)) (in memory)"; target="≥ 0.9" ;;
+            durable) flags="-c 50 -n $N, durable node / appendfsync always"; target="≥ 1.0" ;;
+        esac
+        for t in set get hset; do
+            k=$(eval "median \$rk_${r}_$t"); rr=$(eval "median \$rr_${r}_$t")
+            ratio=$(awk -v a="$k" -v b="$rr" 'BEGIN { printf "%.2f", a / b }')
+            printf '| %s | %s | %.0f | %.0f | %s | %s |\n' "$flags" "$(echo $t | tr a-z A-Z)" "$k" "$rr" "$ratio" "$target"
+        done
+    done
+}
+# Replaces the section between the markers $1 in BENCHMARKS.md with the file $2.
+put_table() {
+    [ -f BENCHMARKS.md ] || printf '# Benchmarks\n' > BENCHMARKS.md
+    if ! grep -q "<!-- $1:start -->" BENCHMARKS.md; then
+        printf '\n## %s\n\n<!-- %s:start -->\n<!-- %s:end -->\n' "$3" "$1" "$1" >> BENCHMARKS.md
+    fi
+    awk -v table="$2" -v start="<!-- $1:start -->" -v end="<!-- $1:end -->" '
+        $0 == start { print; while ((getline line < table) > 0) print line; skip = 1; next }
+        $0 == end { skip = 0 }
+        !skip { print }
+    ' BENCHMARKS.md > "$work/BENCHMARKS.md" && cp "$work/BENCHMARKS.md" BENCHMARKS.md
+}
+if [ -n "${RESP_ONLY:-}" ]; then
+    for round in $(seq "$ROUNDS"); do
+        echo "RESP round $round of $ROUNDS" >&2
+        resp_round
+    done
+    resp_table | tee "$work/resp-table"
+    put_table bench-resp "$work/resp-table" "kvnode's RESP port beside Redis, redis-benchmark on both (issue 24)"
+    exit 0
+fi
+
 rows="put50 get50 putmux getmux putp16 getp16 put1 get1 oneshot hop durable50 durable1"
 for r in $rows; do eval "k_$r=''; r_$r=''"; done
 add() { eval "$1_$2=\"\$$1_$2 $3\""; }
@@ -76,6 +143,7 @@ for round in $(seq "$ROUNDS"); do
     add k hop "$(kv --via foo --bucket world -t get -c 50 -n "$N")";        add r hop "$(kv --via bar --bucket world -t get -c 50 -n "$N")"
     add k durable50 "$(kv --via dur -t put -c 50 -n "$N" -d 3)";            add r durable50 "$(rd -p "$ra" -c 50 -n "$N" -d 3 -t hset)"
     add k durable1 "$(kv --via dur -t put -c 1 -n $((N / 10)) -d 3)";       add r durable1 "$(rd -p "$ra" -c 1 -n $((N / 10)) -d 3 -t hset)"
+    resp_round
 done
 
 rss() { awk '/VmRSS/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }
@@ -130,3 +198,6 @@ awk -v table="$work/table" '
     /<!-- bench-vs-redis:end -->/ { skip = 0 }
     !skip { print }
 ' BENCHMARKS.md > "$work/BENCHMARKS.md" && cp "$work/BENCHMARKS.md" BENCHMARKS.md
+resp_table > "$work/resp-table"
+cat "$work/resp-table"
+put_table bench-resp "$work/resp-table" "kvnode's RESP port beside Redis, redis-benchmark on both (issue 24)"

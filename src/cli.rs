@@ -156,6 +156,16 @@ pub struct StartArgs {
     /// it caps a busy node at one core
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=MAX_THREADS as i64))]
     pub threads: Option<u16>,
+    /// Serve RESP (Redis's protocol: redis-cli, any Redis client) on this TCP address; the
+    /// password is the cluster secret. Anything but loopback needs --resp-tls [default: off]
+    #[arg(long, value_name = "ADDR", value_parser = crate::config::parse_listen)]
+    pub resp_listen: Option<SocketAddr>,
+    /// The bucket Redis's string commands (SET, GET, ...) act on [default: redis]
+    #[arg(long, value_name = "BUCKET")]
+    pub resp_bucket: Option<String>,
+    /// Serve RESP over TLS with the node's certificate (redis-cli --tls --insecure)
+    #[arg(long)]
+    pub resp_tls: bool,
 }
 
 /// `--via NODE`: which node to talk to.

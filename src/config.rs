@@ -293,6 +293,10 @@ pub struct ConfigFile {
     pub in_memory: Option<bool>,
     pub auto_reply: Option<String>,
     pub threads: Option<Threads>,
+    #[serde(default, deserialize_with = "deserialize_listen")]
+    pub resp_listen: Option<SocketAddr>,
+    pub resp_bucket: Option<String>,
+    pub resp_tls: Option<bool>,
     #[serde(default, deserialize_with = "deserialize_path")]
     pub secret_file: Option<PathBuf>,
     pub log_format: Option<LogFormat>,
@@ -404,6 +408,8 @@ pub struct NodeConfig {
     /// Threads serving requests; `None` is one per core. With 1 the node is one event loop
     /// on one thread (a current-thread runtime), with no hand-offs between worker threads.
     pub threads: Option<u16>,
+    /// The RESP listener, when there is one.
+    pub resp: Option<RespConfig>,
     pub secret: SecretSource,
     pub log_format: LogFormat,
     pub timeouts: Timeouts,
@@ -426,9 +432,55 @@ pub struct StartFlags {
     pub in_memory: bool,
     pub auto_reply: Option<String>,
     pub threads: Option<u16>,
+    pub resp_listen: Option<SocketAddr>,
+    pub resp_bucket: Option<String>,
+    pub resp_tls: bool,
     pub secret_file: Option<PathBuf>,
     pub timeout: Option<Duration>,
     pub log_format: Option<LogFormat>,
+}
+
+/// The RESP listener's settings (`resp_listen`, `resp_bucket`, `resp_tls`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RespConfig {
+    pub listen: SocketAddr,
+    /// The bucket of the string commands.
+    pub bucket: Vec<u8>,
+    /// TLS with the node's certificate.
+    pub tls: bool,
+}
+
+/// The bucket of RESP's string commands when `resp_bucket` is not set.
+pub const DEFAULT_RESP_BUCKET: &str = "redis";
+
+impl RespConfig {
+    /// The RESP settings from flags and file; a non-loopback address without TLS is refused,
+    /// since a client's password (the cluster secret) would cross the network in clear text.
+    fn resolve(listen: Option<SocketAddr>, bucket: Option<String>, tls: bool) -> Result<Option<Self>, ConfigError> {
+        let bucket = bucket.unwrap_or_else(|| DEFAULT_RESP_BUCKET.into());
+        if bucket.is_empty() || bucket.len() > crate::wire::MAX_BUCKET {
+            return Err(ConfigError::Invalid {
+                what: "resp_bucket".into(),
+                reason: format!("{bucket:?} must be 1 to {} bytes", crate::wire::MAX_BUCKET),
+            });
+        }
+        let Some(listen) = listen else {
+            return Ok(None);
+        };
+        if !listen.ip().is_loopback() && !tls {
+            return Err(ConfigError::Invalid {
+                what: "resp_listen".into(),
+                reason: format!(
+                    "{listen} is not a loopback address, and a RESP client's password is the cluster secret: without TLS it would cross the network in clear text; set resp_tls = true (or --resp-tls), or listen on 127.0.0.1"
+                ),
+            });
+        }
+        Ok(Some(Self {
+            listen,
+            bucket: bucket.into_bytes(),
+            tls,
+        }))
+    }
 }
 
 /// The most threads a node may be given (`--threads`, `threads`).
@@ -500,6 +552,11 @@ impl NodeConfig {
             window: file.supervisor.restart_window.map_or(ds.window, |d| d.0),
         };
         let gossip = file.gossip.resolve();
+        let resp = RespConfig::resolve(
+            flags.resp_listen.or(file.resp_listen),
+            flags.resp_bucket.or(file.resp_bucket),
+            flags.resp_tls || file.resp_tls.unwrap_or(false),
+        )?;
         let mut join = flags.join;
         if join.is_empty() {
             join = file.join.unwrap_or_default();
@@ -520,6 +577,7 @@ impl NodeConfig {
             in_memory,
             auto_reply: flags.auto_reply.or(file.auto_reply),
             threads,
+            resp,
             secret,
             log_format: flags.log_format.or(file.log_format).unwrap_or_default(),
             timeouts,
@@ -903,5 +961,38 @@ mod tests {
             }
         }
         assert!(seen >= 4, "config/ holds the example files");
+    }
+
+    #[test]
+    fn the_resp_listener_needs_tls_off_loopback() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |text: &str| {
+            let path = dir.path().join("resp.toml");
+            std::fs::write(&path, format!("name = \"foo\"\n{text}")).unwrap();
+            NodeConfig::resolve(
+                StartFlags {
+                    config: Some(path),
+                    ..Default::default()
+                },
+                &Env {
+                    home: dir.path().join("home"),
+                    ..Env::default()
+                },
+            )
+        };
+        assert_eq!(file("").unwrap().resp, None);
+        let local = file("resp_listen = \"127.0.0.1:6379\"").unwrap().resp.unwrap();
+        assert_eq!((local.bucket.as_slice(), local.tls), (&b"redis"[..], false));
+        let err = file("resp_listen = \"0.0.0.0:6379\"").unwrap_err().to_string();
+        assert!(err.contains("resp_listen") && err.contains("resp_tls = true"), "{err}");
+        let tls = file("resp_listen = \"0.0.0.0:6379\"\nresp_tls = true\nresp_bucket = \"kv\"");
+        let tls = tls.unwrap().resp.unwrap();
+        assert_eq!((tls.bucket.as_slice(), tls.tls), (&b"kv"[..], true));
+        assert!(
+            file("resp_bucket = \"\"")
+                .unwrap_err()
+                .to_string()
+                .contains("resp_bucket")
+        );
     }
 }

@@ -23,6 +23,7 @@
 //!   deadlines (the only code that names quinn).
 //! - [`auth`]: the secret-proving handshake bound to the TLS exporter.
 //! - [`woken`]: polling a source only when it has signalled (a stream task's cheap wake-ups).
+//! - [`resp`]: RESP (Redis's protocol) sans-IO: request parsing, reply encoding, command mapping.
 //! - [`wire`]: frames, limits and the request/response messages (knows no quinn).
 //! - [`routing`]: the routing table and its parser (knows no network).
 //! - [`gossip`]: membership and table spread: the `kvnode-gossip` crate (`src/gossip/`), a
@@ -47,6 +48,7 @@ pub use kvnode_gossip as gossip;
 pub mod names;
 pub mod node;
 pub mod output;
+pub mod resp;
 pub mod routing;
 pub mod rpc;
 pub mod secret;

@@ -191,6 +191,19 @@ pub fn server_config(
     Ok(config)
 }
 
+/// TLS 1.3 over TCP with the node's certificate: the RESP listener's (`resp_tls`). No ALPN:
+/// Redis clients send none.
+pub fn tcp_server_config(identity: &Identity) -> Result<Arc<rustls::ServerConfig>, TransportError> {
+    let tls_err = |e: rustls::Error| TransportError::Tls(e.to_string());
+    let tls = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(tls_err)?
+        .with_no_client_auth()
+        .with_single_cert(vec![identity.cert.clone()], identity.key.clone_key())
+        .map_err(tls_err)?;
+    Ok(Arc::new(tls))
+}
+
 /// The QUIC client side, for command-line clients and for nodes talking to nodes.
 pub fn client_config(
     limits: &Limits,

@@ -17,7 +17,8 @@ use crate::names::{NodeName, escape_bytes};
 use crate::routing::{Entry, RoutingTable};
 
 /// Bumped on any incompatible change; checked first in the handshake. (5: `BucketOp::Create`
-/// and `BucketOp::PutExisting`, which a node of version 4 could not decode.)
+/// `BucketOp::PutExisting` and `BucketOp::PutReporting`, which a node of version 4 could not
+/// decode.)
 pub const PROTOCOL_VERSION: u16 = 5;
 /// The TLS ALPN identifier of this protocol.
 pub const ALPN: &[u8] = b"kvnode/1";
@@ -430,6 +431,14 @@ pub enum BucketOp {
         #[serde(with = "serde_bytes")]
         value: Vec<u8>,
     },
+    /// A put (creating the bucket if needed) answered [`Reply::Stored`], which says whether
+    /// the key is new (RESP's `HSET` counts the new fields).
+    PutReporting {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -471,6 +480,11 @@ pub enum Reply {
     },
     ChatAck {
         reply: Option<ChatLine>,
+    },
+    /// A [`BucketOp::PutReporting`] was stored; `new`: the key was not there before.
+    /// (Last, so that the variants before it keep their index on the wire.)
+    Stored {
+        new: bool,
     },
 }
 
@@ -613,7 +627,9 @@ impl BucketRequest {
     pub fn validate(&self) -> Result<(), String> {
         check_bucket(&self.bucket)?;
         match &self.op {
-            BucketOp::Put { key, value } | BucketOp::PutExisting { key, value } => {
+            BucketOp::Put { key, value }
+            | BucketOp::PutExisting { key, value }
+            | BucketOp::PutReporting { key, value } => {
                 check_key(key)?;
                 check_value(value)
             }
@@ -632,7 +648,7 @@ impl BucketOp {
     /// A short name for logs.
     pub fn kind(&self) -> &'static str {
         match self {
-            BucketOp::Put { .. } | BucketOp::PutExisting { .. } => "put",
+            BucketOp::Put { .. } | BucketOp::PutExisting { .. } | BucketOp::PutReporting { .. } => "put",
             BucketOp::Get { .. } => "get",
             BucketOp::Delete { .. } => "delete",
             BucketOp::Keys { .. } => "keys",
@@ -736,6 +752,10 @@ mod tests {
         };
         for request in [
             bucket(BucketOp::Put {
+                key: key(),
+                value: b"v".to_vec(),
+            }),
+            bucket(BucketOp::PutReporting {
                 key: key(),
                 value: b"v".to_vec(),
             }),

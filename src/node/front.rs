@@ -80,7 +80,11 @@ impl FrontSession {
     /// Answers of earlier requests that come meanwhile are kept for [`Self::next_answer`].
     pub async fn place(&mut self, bucket: Vec<u8>, op: BucketOp) {
         let class = match op {
-            BucketOp::Put { .. } | BucketOp::PutExisting { .. } | BucketOp::Delete { .. } | BucketOp::Create => {
+            BucketOp::Put { .. }
+            | BucketOp::PutExisting { .. }
+            | BucketOp::PutReporting { .. }
+            | BucketOp::Delete { .. }
+            | BucketOp::Create => {
                 self.answered(|s| s.reads_coming.is_empty()).await;
                 Some(Class::Write)
             }

@@ -6,6 +6,7 @@ mod chat_out;
 mod front;
 mod gossip;
 mod handler;
+mod listen_resp;
 mod listen_text;
 mod ops;
 mod peers;
@@ -53,6 +54,9 @@ pub enum NodeError {
         "cannot use the data directory {path}: {source}; give --data-dir (or data_dir) a directory kvnode can create and write"
     )]
     DataDir { path: String, source: std::io::Error },
+    /// The RESP listener's address cannot be bound.
+    #[error("cannot listen for RESP on {addr}: {source}; choose another resp_listen (--resp-listen)")]
+    RespBind { addr: SocketAddr, source: std::io::Error },
     /// The text listener (`--text-listen`) cannot bind its address.
     #[error(
         "cannot listen for the text protocol on {addr} (text_listen, --text-listen): {source}; give a free loopback port, or leave it out"
@@ -311,6 +315,22 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         )),
         None => gossip,
     };
+    // The RESP socket is bound before the node is published, so a port in use is a start error.
+    let resp = match &config.resp {
+        None => None,
+        Some(r) => {
+            let socket = listen_resp::bind(r)
+                .await
+                .map_err(|source| NodeError::RespBind { addr: r.listen, source })?;
+            let tls = match r.tls {
+                true => Some(tokio_rustls::TlsAcceptor::from(transport::tcp_server_config(
+                    &identity,
+                )?)),
+                false => None,
+            };
+            Some((socket, r.clone(), tls))
+        }
+    };
     // Published only now that where it listens is saved (above): a client that finds the node
     // may kill it at once, and it must come back on this port all the same.
     claim.publish(listen).map_err(|source| NodeError::Publish {
@@ -351,6 +371,10 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         .with(store_writer(&node, &parts_stop))
         .with(gossip_driver(&node, &parts_stop));
     let mut parts = tokio::spawn(supervisor.run(parts_stop.clone()));
+    if let Some((socket, resp, tls)) = resp {
+        node.tasks
+            .spawn(listen_resp::serve(Arc::clone(&node), socket, resp, tls));
+    }
     if let Some(text) = text_listener {
         let addr = text.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string());
         tracing::info!(%addr, "serving the guide's text protocol (CREATE/PUT/GET/DELETE) on {addr}, loopback only: it has no authentication");

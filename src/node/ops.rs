@@ -43,6 +43,7 @@ pub(super) fn apply(req: BucketRequest, store: &Store, node: &NodeName) -> Appli
     match op {
         BucketOp::Put { key, value } => put(store, node, bucket, key, value),
         BucketOp::PutExisting { key, value } => put_existing(store, node, bucket, key, value),
+        BucketOp::PutReporting { key, value } => put_reporting(store, node, bucket, key, value),
         BucketOp::Get { key } => get(store, node, bucket, key),
         BucketOp::Delete { key } => delete(store, node, bucket, key),
         BucketOp::Keys { after } => keys(store, node, bucket, after),
@@ -76,6 +77,22 @@ fn put(store: &Store, node: &NodeName, bucket: Vec<u8>, key: Vec<u8>, value: Vec
             .await
             .map_err(|e| internal(&node, e))?;
         Ok(Reply::Done)
+    }))
+}
+
+/// A put that says whether the key is new (RESP's `HSET`).
+fn put_reporting(store: &Store, node: &NodeName, bucket: Vec<u8>, key: Vec<u8>, value: Vec<u8>) -> Applied {
+    if let Some(m) = store.memory() {
+        let new = m.put_reporting(&bucket, &key, Bytes::from(value));
+        return Applied::Now(Ok(Reply::Stored { new }));
+    }
+    let (store, node) = (store.clone(), node.clone());
+    Applied::Later(Box::pin(async move {
+        let new = store
+            .put_reporting(&bucket, &key, Bytes::from(value))
+            .await
+            .map_err(|e| internal(&node, e))?;
+        Ok(Reply::Stored { new })
     }))
 }
 

@@ -20,6 +20,14 @@ pub enum Op {
         key: Bytes,
         value: Bytes,
     },
+    /// A put (creating the bucket if needed) that reports whether the key is new:
+    /// [`Applied::StoredNew`] if it was not there, [`Applied::Stored`] if a value was replaced
+    /// (RESP's `HSET`, which counts the new fields).
+    PutReporting {
+        bucket: Bytes,
+        key: Bytes,
+        value: Bytes,
+    },
     /// Makes the bucket exist, empty if it is new; nothing changes if it exists.
     CreateBucket {
         bucket: Bytes,
@@ -30,6 +38,8 @@ pub enum Op {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Applied {
     Stored,
+    /// A [`Op::PutReporting`] of a key that was not there.
+    StoredNew,
     Deleted,
     /// A delete of a key that was not there.
     NoKey,

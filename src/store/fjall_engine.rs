@@ -209,6 +209,20 @@ impl Open {
                     pending.insert(k, true);
                     applied.push(Applied::Stored);
                 }
+                Op::PutReporting { bucket, key, value } => {
+                    if !new_buckets.contains(bucket) && !self.buckets.contains_key(bucket).map_err(err)? {
+                        writes.insert(&self.buckets, bucket.as_ref(), b"".as_slice());
+                        new_buckets.insert(bucket.clone());
+                    }
+                    let k = data_key(bucket, key);
+                    let present = match pending.get(&k) {
+                        Some(p) => *p,
+                        None => self.data.contains_key(&k).map_err(err)?,
+                    };
+                    writes.insert(&self.data, k.as_slice(), value.as_ref());
+                    pending.insert(k, true);
+                    applied.push(if present { Applied::Stored } else { Applied::StoredNew });
+                }
                 Op::PutExisting { bucket, key, value } => {
                     if !new_buckets.contains(bucket) && !self.buckets.contains_key(bucket).map_err(err)? {
                         applied.push(Applied::NoBucket);

@@ -65,6 +65,15 @@ impl MemoryStore {
             .insert(Box::from(key), Vec::from(value).into_boxed_slice());
     }
 
+    /// A put that says whether `key` is new (`true`) or its value was replaced.
+    pub fn put_reporting(&self, bucket: &[u8], key: &[u8], value: Bytes) -> bool {
+        let b = self.bucket_or_new(bucket);
+        b.write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(Box::from(key), Vec::from(value).into_boxed_slice())
+            .is_none()
+    }
+
     /// A put into `bucket` only if it exists; `NoBucket` (and nothing stored) if not.
     pub fn put_existing(&self, bucket: &[u8], key: &[u8], value: Bytes) -> Lookup<()> {
         let Some(b) = self.bucket(bucket) else {

@@ -112,6 +112,22 @@ impl Store {
         }
     }
 
+    /// Stores `value` under `key`, creating the bucket if needed, and says whether the key is
+    /// new (`true`) or its value was replaced. Returns once durable.
+    pub async fn put_reporting(&self, bucket: &[u8], key: &[u8], value: Bytes) -> Result<bool, StoreError> {
+        match &self.backend {
+            Backend::Memory(m) => Ok(m.put_reporting(bucket, key, value)),
+            Backend::Disk(d) => {
+                let op = Op::PutReporting {
+                    bucket: Bytes::copy_from_slice(bucket),
+                    key: Bytes::copy_from_slice(key),
+                    value,
+                };
+                Ok(d.write(op).await? == Applied::StoredNew)
+            }
+        }
+    }
+
     /// Stores `value` under `key` only if `bucket` exists (`NoBucket`, and nothing stored,
     /// if not). Returns once durable.
     pub async fn put_existing(&self, bucket: &[u8], key: &[u8], value: Bytes) -> Result<Lookup<()>, StoreError> {
@@ -183,7 +199,7 @@ impl Store {
                 Ok(match d.write(op).await? {
                     Applied::Deleted => Lookup::Found(()),
                     Applied::NoKey => Lookup::NoKey,
-                    Applied::NoBucket | Applied::Stored | Applied::Created(_) => Lookup::NoBucket,
+                    Applied::NoBucket | Applied::Stored | Applied::StoredNew | Applied::Created(_) => Lookup::NoBucket,
                 })
             }
         }
@@ -292,6 +308,42 @@ mod tests {
             assert_eq!(store.get(b"empty", b"k").await.unwrap(), Lookup::NoKey, "{kind:?}");
             let deleted = with_writer(&store, store.delete(b"empty", b"k")).await;
             assert_eq!(deleted.unwrap(), Lookup::NoKey, "{kind:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reporting_put_says_whether_the_key_is_new_in_every_engine() {
+        let memory = Store::in_memory();
+        assert!(
+            memory
+                .put_reporting(b"h", b"f", Bytes::from_static(b"1"))
+                .await
+                .unwrap()
+        );
+        assert!(
+            !memory
+                .put_reporting(b"h", b"f", Bytes::from_static(b"2"))
+                .await
+                .unwrap()
+        );
+        for kind in kinds() {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open_with(dir.path(), kind).unwrap();
+            with_writer(&store, async {
+                let put = |k: &'static [u8]| store.put_reporting(b"h", k, Bytes::from_static(b"v"));
+                assert!(put(b"f").await.unwrap(), "{kind:?}: a new bucket's key");
+                assert!(!put(b"f").await.unwrap(), "{kind:?}: replaced");
+                store.delete(b"h", b"f").await.unwrap();
+                assert!(put(b"f").await.unwrap(), "{kind:?}: new again after its delete");
+                // Two puts of one key in one batch: the second finds the first's.
+                let (first, second) = tokio::join!(put(b"g"), put(b"g"));
+                assert_eq!((first.unwrap(), second.unwrap()), (true, false), "{kind:?}");
+                assert_eq!(
+                    store.get(b"h", b"g").await.unwrap(),
+                    Lookup::Found(Bytes::from_static(b"v"))
+                );
+            })
+            .await;
         }
     }
 

@@ -47,6 +47,16 @@ impl Engine for RedbEngine {
                             .map_err(err)?;
                         applied.push(Applied::Stored);
                     }
+                    Op::PutReporting { bucket, key, value } => {
+                        if buckets.get(bucket.as_ref()).map_err(err)?.is_none() {
+                            buckets.insert(bucket.as_ref(), ()).map_err(err)?;
+                        }
+                        let replaced = data
+                            .insert(data_key(bucket, key).as_slice(), value.as_ref())
+                            .map_err(err)?
+                            .is_some();
+                        applied.push(if replaced { Applied::Stored } else { Applied::StoredNew });
+                    }
                     Op::PutExisting { bucket, key, value } => {
                         if buckets.get(bucket.as_ref()).map_err(err)?.is_none() {
                             applied.push(Applied::NoBucket);
