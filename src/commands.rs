@@ -272,13 +272,21 @@ async fn route(args: RouteArgs, settings: &Settings, deadline: Instant, out: &mu
             Ok((reply, state))
         })
         .await?;
-        let Reply::Owner { node, path } = reply else {
+        let Reply::Owner { node, path, replicas } = reply else {
             return unexpected(&reply);
         };
         if out.is_json() {
             let mut o = Map::new();
             bytes_field(&mut o, "bucket", &bucket);
             o.insert("owner".into(), json!(node.as_str()));
+            // Issue 25's fields: every node holding the range, and the one that leads it,
+            // which is the owner for a one-node range (and, until replicated ranges are
+            // built, for every range: no table names more than one node yet).
+            o.insert(
+                "replicas".into(),
+                json!(replicas.iter().map(|n| n.as_str()).collect::<Vec<_>>()),
+            );
+            o.insert("leader".into(), json!(node.as_str()));
             o.insert(
                 "path".into(),
                 json!(path.iter().map(|n| n.as_str()).collect::<Vec<_>>()),
@@ -286,6 +294,13 @@ async fn route(args: RouteArgs, settings: &Settings, deadline: Instant, out: &mu
             o.insert("hops".into(), json!(path.len().saturating_sub(1)));
             o.insert("state".into(), json!(state));
             out.object(Value::Object(o));
+        } else if replicas.len() > 1 {
+            // `foo* bar baz`: the range's nodes, the one answering for it marked.
+            let shown: Vec<String> = replicas
+                .iter()
+                .map(|n| if *n == node { format!("{n}*") } else { n.to_string() })
+                .collect();
+            out.line(&shown.join(" "));
         } else {
             out.line(node.as_str());
             if state != "alive" {
@@ -341,7 +356,7 @@ async fn set_table(
         names.sort_unstable();
         let strangers: std::collections::BTreeSet<&str> = entries
             .iter()
-            .map(|e| e.node.as_str())
+            .flat_map(|e| e.replicas().iter().map(|n| n.as_str()))
             .filter(|n| !names.contains(n))
             .collect();
         if !strangers.is_empty() {
@@ -396,7 +411,7 @@ async fn set_table(
 /// path ends with it), else as the node asked holds it (`route BUCKET` is answered from the
 /// table when the owner is down), `unknown` when it is no member there.
 async fn owner_state(client: &Client, reply: &Reply) -> String {
-    let Reply::Owner { node, path } = reply else {
+    let Reply::Owner { node, path, .. } = reply else {
         return "unknown".into();
     };
     if path.last() == Some(node) {
@@ -411,15 +426,21 @@ async fn owner_state(client: &Client, reply: &Reply) -> String {
     }
 }
 
-/// `# version 3, set by foo` then one `range=node` per line, so the entries can be fed back
-/// to `route --set`; in JSON, one object per entry.
+/// `# version 3, set by foo` then one `range=node` (or `range=foo+bar+baz`) per line, so the
+/// entries can be fed back to `route --set`; in JSON, one object per entry, `node` its first
+/// node, and for a replicated entry `replicas` all of them (a one-node entry's object is as
+/// it always was).
 fn print_table(table: &RoutingTable, out: &mut Output) {
     if out.is_json() {
         for e in table.entries() {
-            out.object(json!({
-                "range": e.range(), "first": e.first, "last": e.last, "node": e.node.as_str(),
+            let mut o = json!({
+                "range": e.range(), "first": e.first, "last": e.last, "node": e.preferred_leader().as_str(),
                 "version": table.version(), "setter": table.setter(),
-            }));
+            });
+            if e.is_replicated() {
+                o["replicas"] = json!(e.replicas().iter().map(|n| n.as_str()).collect::<Vec<_>>());
+            }
+            out.object(o);
         }
     } else {
         if table.setter().is_empty() {
