@@ -4,7 +4,8 @@
 //!
 //! - [`app`]: the edge; parses arguments, sets up logging and the runtime, picks exit codes.
 //! - [`cli`]: the command line, declared with clap; parsing only.
-//! - [`commands`]: the client subcommands (`put`, `get`, `route`, `chat`, ...) and their output.
+//! - [`commands`]: the client subcommands (`put`, `get`, `members`, `chat`, ...) and their output.
+//! - [`route`]: `kvnode route`: a bucket's owner and replicas, the table, `--set`.
 //! - [`stop`]: `kvnode stop`, by SIGTERM for a node of this home, else by a leave request.
 //! - [`bench`]: `kvnode bench`, throughput and latency like redis-benchmark.
 //! - [`output`]: answers on stdout, as text or JSON Lines.
@@ -47,6 +48,7 @@ pub use kvnode_gossip as gossip;
 pub mod names;
 pub mod node;
 pub mod output;
+pub mod route;
 pub mod routing;
 pub mod rpc;
 pub mod secret;
