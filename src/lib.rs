@@ -4,7 +4,8 @@
 //!
 //! - [`app`]: the edge; parses arguments, sets up logging and the runtime, picks exit codes.
 //! - [`cli`]: the command line, declared with clap; parsing only.
-//! - [`commands`]: the client subcommands (`put`, `get`, `route`, `chat`, ...) and their output.
+//! - [`commands`]: the client subcommands (`put`, `get`, `members`, `chat`, ...) and their output.
+//! - [`route`]: `kvnode route`: a bucket's owner and replicas, the table, `--set`.
 //! - [`stop`]: `kvnode stop`, by SIGTERM for a node of this home, else by a leave request.
 //! - [`bench`]: `kvnode bench`, throughput and latency like redis-benchmark.
 //! - [`output`]: answers on stdout, as text or JSON Lines.
@@ -14,7 +15,7 @@
 //!   `supervisor::SupervisorConfig`) and resolved into `NodeConfig`. Only the edge and `node` import it.
 //! - [`node`]: a running node; wires transport, store, routing and gossip together. A bucket
 //!   request is routed in one function, `Node::bucket_now`: applied here, or sent on to its owner.
-//!   Its local listeners (the text protocol) route every request through it too, by a front session.
+//!   Its local listeners (the text protocol, RESP) route every request through it too, by a front session.
 //! - [`text_protocol`]: the guide's `kv_server` lines (`CREATE`, `PUT`, `GET`, `DELETE`): splitting,
 //!   parsing and answers, sans-IO.
 //! - [`rpc`]: many requests in flight over one stream: the calling side, and the serving loop that
@@ -49,6 +50,7 @@ pub mod names;
 pub mod node;
 pub mod output;
 pub mod resp;
+pub mod route;
 pub mod routing;
 pub mod rpc;
 pub mod secret;

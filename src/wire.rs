@@ -18,8 +18,10 @@ use crate::routing::{Entry, RoutingTable};
 
 /// Bumped on any incompatible change; checked first in the handshake. (5: `BucketOp::Create`
 /// `BucketOp::PutExisting` and `BucketOp::PutReporting`, which a node of version 4 could not
-/// decode.)
-pub const PROTOCOL_VERSION: u16 = 5;
+/// decode. 6: a routing entry holds a list of replicas where it held one node, in tables,
+/// gossip and `route --set`, and `Reply::Owner` carries the range's replicas; a node of
+/// version 5 would misread both.)
+pub const PROTOCOL_VERSION: u16 = 6;
 /// The TLS ALPN identifier of this protocol.
 pub const ALPN: &[u8] = b"kvnode/1";
 /// The largest frame either side accepts, checked before allocating.
@@ -469,9 +471,12 @@ pub enum Reply {
         keys: Vec<ByteBuf>,
         more: bool,
     },
+    /// A route query's answer: the owner (for a replicated range, the node answering for
+    /// it), the nodes the query crossed, and every node that holds the range.
     Owner {
         node: NodeName,
         path: Vec<NodeName>,
+        replicas: Vec<NodeName>,
     },
     Table(RoutingTable),
     Members(Vec<MemberInfo>),

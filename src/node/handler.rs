@@ -140,6 +140,7 @@ impl Node {
         let deadline = || Instant::now() + timeout - hop_margin(timeout);
         match self.route(&req) {
             Err(e) => Now::Answer(Err(e)),
+            Ok(Dest::Here) if matches!(req.op, BucketOp::Route) => Now::Answer(self.route_here(req)),
             Ok(Dest::Here) => match ops::apply(req, &self.store, &self.name) {
                 Applied::Now(answer) => Now::Answer(answer),
                 Applied::Later(answer) => Now::Waiting(Box::pin(self.within(deadline(), answer))),
@@ -184,15 +185,34 @@ impl Node {
         }
     }
 
+    /// A route query that reached its owner: this node, with the replicas its table names
+    /// for the range.
+    fn route_here(&self, req: BucketRequest) -> Answer {
+        let replicas = self.replicas_of(&req.bucket, &self.name);
+        ops::route(&self.name, req.path, replicas)
+    }
+
+    /// The nodes this node's table names for `bucket`'s range; `owner` alone if the table
+    /// changed since the request was routed and covers it no more.
+    fn replicas_of(&self, bucket: &[u8], owner: &NodeName) -> Vec<NodeName> {
+        let table = self.table();
+        table
+            .replicas_of(bucket)
+            .map_or_else(|| vec![owner.clone()], <[NodeName]>::to_vec)
+    }
+
     /// A route query sent on to `owner`; answered from the table when the owner cannot be
     /// reached: the client then reports the owner's state (issue 22, point 9).
     async fn route_query(self: &Arc<Self>, mut req: BucketRequest, owner: NodeName, deadline: Instant) -> Answer {
         req.path.push(self.name.clone());
         let path = req.path.clone();
+        let replicas = self.replicas_of(&req.bucket, &owner);
         match self.forward(&owner, Request::Bucket(req), deadline).await {
-            Err(RemoteError::Unreachable { node, .. }) if node == owner.as_str() => {
-                Ok(Reply::Owner { node: owner, path })
-            }
+            Err(RemoteError::Unreachable { node, .. }) if node == owner.as_str() => Ok(Reply::Owner {
+                node: owner,
+                path,
+                replicas,
+            }),
             answer => answer,
         }
     }

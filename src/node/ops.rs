@@ -47,7 +47,9 @@ pub(super) fn apply(req: BucketRequest, store: &Store, node: &NodeName) -> Appli
         BucketOp::Get { key } => get(store, node, bucket, key),
         BucketOp::Delete { key } => delete(store, node, bucket, key),
         BucketOp::Keys { after } => keys(store, node, bucket, after),
-        BucketOp::Route => Applied::Now(route(node, path)),
+        // The handler answers route queries with the entry's replicas from its table
+        // (`Node::route_here`); the store alone knows only that this node holds the bucket.
+        BucketOp::Route => Applied::Now(route(node, path, vec![node.clone()])),
         BucketOp::Create => create(store, node, bucket),
     }
 }
@@ -161,12 +163,14 @@ fn keys(store: &Store, node: &NodeName, bucket: Vec<u8>, after: Option<ByteBuf>)
     }))
 }
 
-/// A route query that reached the owner: the owner is this node, by the path it took.
-fn route(node: &NodeName, mut path: Vec<NodeName>) -> Answer {
+/// A route query that reached the owner: the owner is this node, by the path it took, and
+/// `replicas` hold the range.
+pub(super) fn route(node: &NodeName, mut path: Vec<NodeName>, replicas: Vec<NodeName>) -> Answer {
     path.push(node.clone());
     Ok(Reply::Owner {
         node: node.clone(),
         path,
+        replicas,
     })
 }
 

@@ -6,13 +6,38 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use crate::routing::RoutingTable;
+use serde::Deserialize;
+
+use crate::names::NodeName;
+use crate::routing::{Entry, RoutingTable};
 
 /// The file's name under the data directory.
 const FILE: &str = "routing-table";
 
-/// Bumped if the file's layout changes; a file of another format is ignored.
-const FORMAT: u8 = 1;
+/// Bumped if the file's layout changes; a file of another format is ignored, but for
+/// [`FORMAT_ONE_NODE`], which is read as it was written.
+const FORMAT: u8 = 2;
+/// The layout before entries held replicas (wire version 5): one node per entry. A node
+/// upgraded over its data directory keeps the table it saved then.
+const FORMAT_ONE_NODE: u8 = 1;
+
+/// A table as [`FORMAT_ONE_NODE`] laid it out.
+#[derive(Deserialize)]
+struct OneNodeTable {
+    entries: Vec<(u8, u8, NodeName)>,
+    version: u64,
+    setter: String,
+}
+
+impl From<OneNodeTable> for (Vec<Entry>, u64, String) {
+    fn from(t: OneNodeTable) -> Self {
+        let entries = t
+            .entries
+            .into_iter()
+            .map(|(first, last, node)| Entry::single(first, last, node));
+        (entries.collect(), t.version, t.setter)
+    }
+}
 
 pub fn path(data_dir: &Path) -> PathBuf {
     data_dir.join(FILE)
@@ -30,11 +55,14 @@ pub fn load(path: &Path) -> Option<RoutingTable> {
         }
     };
     let decoded = match bytes.split_first() {
-        Some((&FORMAT, rest)) => postcard::from_bytes::<RoutingTable>(rest).ok(),
+        Some((&FORMAT, rest)) => postcard::from_bytes::<RoutingTable>(rest)
+            .ok()
+            .map(|t| (t.entries().to_vec(), t.version(), t.setter().to_string())),
+        Some((&FORMAT_ONE_NODE, rest)) => postcard::from_bytes::<OneNodeTable>(rest).ok().map(Into::into),
         _ => None,
     };
     // Built again through `new`: `Deserialize` skips its overlap check.
-    let table = decoded.and_then(|t| RoutingTable::new(t.entries().to_vec(), t.version(), t.setter()).ok());
+    let table = decoded.and_then(|(entries, version, setter)| RoutingTable::new(entries, version, setter).ok());
     if table.is_none() {
         tracing::warn!(path = %path.display(), "the saved routing table is damaged; starting with the configured one");
     }
@@ -114,5 +142,20 @@ mod tests {
         overlapping.extend(postcard::to_stdvec(&(entries, 9u64, "foo")).unwrap());
         std::fs::write(&path, overlapping).unwrap();
         assert_eq!(load(&path), None, "overlapping");
+    }
+
+    #[test]
+    fn a_table_saved_before_entries_held_replicas_loads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = path(dir.path());
+        // Format 1, as wire version 5 wrote it: (first, last, node) per entry.
+        let mut old = vec![FORMAT_ONE_NODE];
+        let entries = vec![(b'a', b'm', "foo"), (b'n', b'z', "bar")];
+        old.extend(postcard::to_stdvec(&(entries, 7u64, "foo")).unwrap());
+        std::fs::write(&path, old).unwrap();
+        assert_eq!(
+            load(&path),
+            Some(RoutingTable::parse(["a-m=foo,n-z=bar"], 7, "foo").unwrap())
+        );
     }
 }

@@ -1,0 +1,371 @@
+//! The routing table: which nodes hold a bucket, by the first byte of its name (SPEC §5).
+//!
+//! Pure data and parsing; it knows no network and no gossip. Routing a request by this table,
+//! and forwarding it to the owner, is the node's (`node::handler`).
+
+mod parse;
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::names::{NodeName, escape_bytes};
+use parse::byte_to_string;
+
+/// The most nodes one entry may name (issue 25): a majority of 7 is 4, and more replicas
+/// cost every write a wider round for little more safety.
+pub const MAX_REPLICAS: usize = 7;
+
+/// One entry: buckets whose first byte is in `first..=last` are held by its replicas, the
+/// first named the preferred leader. An entry of one node is today's single owner.
+///
+/// The replicas are checked whenever an entry is made, decoded ones included (distinct
+/// names, 1 to [`MAX_REPLICAS`] of them), so an entry always has its first.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "EntryFields")]
+pub struct Entry {
+    pub first: u8,
+    pub last: u8,
+    replicas: Vec<NodeName>,
+}
+
+/// An entry as decoded, before [`Entry::new`] checks its replicas.
+#[derive(Deserialize)]
+struct EntryFields {
+    first: u8,
+    last: u8,
+    replicas: Vec<NodeName>,
+}
+
+impl TryFrom<EntryFields> for Entry {
+    type Error = TableError;
+
+    fn try_from(f: EntryFields) -> Result<Self, TableError> {
+        Entry::new(f.first, f.last, f.replicas)
+    }
+}
+
+/// An ordered list of entries plus the version that orders tables cluster-wide.
+///
+/// Two tables are compared by `(version, setter)`, then by their entries: the higher wins
+/// everywhere, so every node settles on the same table however the updates arrive.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RoutingTable {
+    entries: Vec<Entry>,
+    version: u64,
+    setter: String,
+}
+
+/// Why a table specification was refused; every variant quotes the offending entry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TableError {
+    /// The specification holds no entry.
+    #[error("the routing table is empty; give entries like 'a-m=foo,n-z=bar'")]
+    Empty,
+    /// Two commas in a row, or one at either end: an entry left out by mistake, perhaps.
+    #[error("routing table {spec:?}: entry {position} is empty; remove the extra comma")]
+    EmptyEntry { spec: String, position: usize },
+    /// An entry is not `RANGE=NODE`.
+    #[error("routing entry {entry:?} is not RANGE=NODE (like 'a-m=foo' or '0x00-0x60=baz')")]
+    Malformed { entry: String },
+    /// A range bound is not a single printable character or `0xNN`.
+    #[error("routing entry {entry:?}: {bound:?} is not a byte; use one printable ASCII character or 0x00-0xff")]
+    BadByte { entry: String, bound: String },
+    /// `first` comes after `last`.
+    #[error("routing entry {entry:?} is reversed: {first} comes after {last}")]
+    Reversed { entry: String, first: String, last: String },
+    /// The node name is not a valid name.
+    #[error("routing entry {entry:?}: {reason}")]
+    BadNode { entry: String, reason: String },
+    /// Two entries cover a common byte.
+    #[error("routing entries {first:?} and {second:?} overlap")]
+    Overlap { first: String, second: String },
+    /// `a-m=foo++bar`, `a-m=+foo`, `a-m=foo+`: a replica left out between the '+'.
+    #[error("routing entry {entry:?}: replica {position} is empty; name a node or remove the extra '+'")]
+    EmptyReplica { entry: String, position: usize },
+    /// An entry decoded with no node at all (text always names one).
+    #[error("routing entry for {range} names no node; give it one, like '{range}=foo'")]
+    NoReplica { range: String },
+    /// One node named twice in one entry: it would hold the range once, not twice.
+    #[error("routing entry {entry:?} names {node} twice; a range's replicas are distinct nodes")]
+    DuplicateReplica { entry: String, node: String },
+    /// More than [`MAX_REPLICAS`] nodes in one entry.
+    #[error("routing entry {entry:?} names {count} nodes; a range has at most {MAX_REPLICAS} replicas")]
+    TooManyReplicas { entry: String, count: usize },
+    /// A replicated entry, before replication is built (see [`refuse_replicated`]).
+    #[error(
+        "routing entry {entry:?} names {count} nodes, but replicated ranges are not built yet (issue 25): \
+         no node would keep the other copies; give each range one node for now, like '{range}={first}'"
+    )]
+    ReplicationNotBuilt {
+        entry: String,
+        count: usize,
+        range: String,
+        first: String,
+    },
+}
+
+/// Refuses a table with an entry of more than one node: until replicated ranges are built
+/// (docs/design/replication.md, steps 2–4), a node holding such a table would keep one copy
+/// while the table promised several. The one place this is decided: [`RoutingTable::new`],
+/// which every table passes (the config file, `--table`, `route --set` on the client and on
+/// the node, gossip's check, the saved table). Step 4 deletes this function and its call.
+fn refuse_replicated(entries: &[Entry]) -> Result<(), TableError> {
+    match entries.iter().find(|e| e.is_replicated()) {
+        None => Ok(()),
+        Some(e) => Err(TableError::ReplicationNotBuilt {
+            entry: e.to_string(),
+            count: e.replicas.len(),
+            range: e.range(),
+            first: e.preferred_leader().to_string(),
+        }),
+    }
+}
+
+impl RoutingTable {
+    /// The table of a lone node that owns everything, at version 0 so any configured
+    /// table a cluster gossips wins over it.
+    pub fn owns_everything(node: &NodeName) -> Self {
+        Self {
+            entries: vec![Entry::single(0x00, 0xff, node.clone())],
+            version: 0,
+            setter: node.to_string(),
+        }
+    }
+
+    /// Builds a table from entries, checking that no two overlap (and, until replicated
+    /// ranges are built, that each names one node).
+    pub fn new(entries: Vec<Entry>, version: u64, setter: impl Into<String>) -> Result<Self, TableError> {
+        if entries.is_empty() {
+            return Err(TableError::Empty);
+        }
+        refuse_replicated(&entries)?;
+        for (i, a) in entries.iter().enumerate() {
+            for b in &entries[..i] {
+                if a.first <= b.last && b.first <= a.last {
+                    return Err(TableError::Overlap {
+                        first: b.to_string(),
+                        second: a.to_string(),
+                    });
+                }
+            }
+        }
+        Ok(Self {
+            entries,
+            version,
+            setter: setter.into(),
+        })
+    }
+
+    /// Parses `a-m=foo,n-z=bar`, `a-m=foo+bar+baz` (or a list of such entries from a config file).
+    pub fn parse<'a>(
+        specs: impl IntoIterator<Item = &'a str>,
+        version: u64,
+        setter: impl Into<String>,
+    ) -> Result<Self, TableError> {
+        let specs: Vec<&str> = specs.into_iter().collect();
+        if specs.iter().all(|s| s.trim().is_empty()) {
+            return Err(TableError::Empty);
+        }
+        let mut entries = Vec::new();
+        for spec in specs {
+            if spec.trim().is_empty() {
+                // An empty string in a config file's list, beside real entries.
+                return Err(TableError::Malformed {
+                    entry: spec.to_string(),
+                });
+            }
+            for (i, entry) in spec.split(',').map(str::trim).enumerate() {
+                if entry.is_empty() {
+                    return Err(TableError::EmptyEntry {
+                        spec: spec.to_string(),
+                        position: i + 1,
+                    });
+                }
+                entries.push(entry.parse()?);
+            }
+        }
+        Self::new(entries, version, setter)
+    }
+
+    /// The entry that covers `bucket`, by its first byte; the first matching entry wins.
+    pub fn entry_of(&self, bucket: &[u8]) -> Option<&Entry> {
+        let first = *bucket.first()?;
+        self.entries.iter().find(|e| e.first <= first && first <= e.last)
+    }
+
+    /// The node that owns `bucket`: the entry's only node, or for a replicated entry its
+    /// preferred leader (which leads only when its group says so: ask the group for that).
+    pub fn owner_of(&self, bucket: &[u8]) -> Option<&NodeName> {
+        self.entry_of(bucket).map(Entry::preferred_leader)
+    }
+
+    /// Every node that holds `bucket`, the preferred leader first.
+    pub fn replicas_of(&self, bucket: &[u8]) -> Option<&[NodeName]> {
+        self.entry_of(bucket).map(Entry::replicas)
+    }
+
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// The node that set this version (`route --set` on it, or its config file).
+    pub fn setter(&self) -> &str {
+        &self.setter
+    }
+
+    /// Whether `self` should replace `other`: the higher `(version, setter)` wins, and two
+    /// different tables under one pair (a node's config file edited between two starts,
+    /// while the cluster still holds the old table) are ordered by their entries, so that
+    /// every node still settles on one of them.
+    pub fn supersedes(&self, other: &RoutingTable) -> bool {
+        (self.version, &self.setter, &self.entries) > (other.version, &other.setter, &other.entries)
+    }
+
+    /// The same entries under a new version and setter (`route --set`).
+    pub fn with_version(mut self, version: u64, setter: impl Into<String>) -> Self {
+        self.version = version;
+        self.setter = setter.into();
+        self
+    }
+
+    /// Every node the table names, once each.
+    pub fn nodes(&self) -> Vec<&NodeName> {
+        let mut nodes: Vec<&NodeName> = self.entries.iter().flat_map(|e| &e.replicas).collect();
+        nodes.sort();
+        nodes.dedup();
+        nodes
+    }
+
+    /// The error text for a bucket the table does not cover: the tutorial's message, then
+    /// the byte no entry covers (a bucket name shown escaped hides which byte counts) and
+    /// how to cover it.
+    pub fn no_entry_message(&self, bucket: &[u8]) -> String {
+        let byte = match bucket.first() {
+            Some(&b) if b.is_ascii_graphic() => format!("0x{b:02x} ('{}')", b as char),
+            Some(&b) => format!("0x{b:02x}"),
+            None => "(none: the name is empty)".into(),
+        };
+        format!(
+            "could not find entry for \"{}\" in routing table {self} (version {}): no entry covers its first byte {byte}; \
+             add a range for it, or use 0x00-0xff to cover every byte (`kvnode route --set`)",
+            escape_bytes(bucket),
+            self.version
+        )
+    }
+}
+
+impl fmt::Display for RoutingTable {
+    /// `[a-m=foo, n-z=bar]`
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[")?;
+        for (i, e) in self.entries.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{e}")?;
+        }
+        f.write_str("]")
+    }
+}
+
+impl Entry {
+    /// An entry held by `replicas`, checked: 1 to [`MAX_REPLICAS`] distinct nodes.
+    pub fn new(first: u8, last: u8, replicas: Vec<NodeName>) -> Result<Self, TableError> {
+        let entry = Entry { first, last, replicas };
+        let count = entry.replicas.len();
+        if count == 0 {
+            return Err(TableError::NoReplica { range: entry.range() });
+        }
+        if count > MAX_REPLICAS {
+            return Err(TableError::TooManyReplicas {
+                entry: entry.to_string(),
+                count,
+            });
+        }
+        for (i, node) in entry.replicas.iter().enumerate() {
+            if entry.replicas[..i].contains(node) {
+                return Err(TableError::DuplicateReplica {
+                    entry: entry.to_string(),
+                    node: node.to_string(),
+                });
+            }
+        }
+        Ok(entry)
+    }
+
+    /// An entry owned by one node, as every entry was before replicas.
+    pub fn single(first: u8, last: u8, node: NodeName) -> Self {
+        Entry {
+            first,
+            last,
+            replicas: vec![node],
+        }
+    }
+
+    /// The nodes that hold the range, the preferred leader first.
+    pub fn replicas(&self) -> &[NodeName] {
+        &self.replicas
+    }
+
+    /// The first named: the range's only node, or the replica that should lead its group.
+    pub fn preferred_leader(&self) -> &NodeName {
+        // Never empty: every way to make an entry goes through `new` or `single`.
+        &self.replicas[0]
+    }
+
+    /// Whether the range is held by more than one node.
+    pub fn is_replicated(&self) -> bool {
+        self.replicas.len() > 1
+    }
+
+    /// The range alone: `a-m`, `0x00-0x60`, or `x` for a single byte.
+    pub fn range(&self) -> String {
+        if self.first == self.last {
+            byte_to_string(self.first)
+        } else {
+            format!("{}-{}", byte_to_string(self.first), byte_to_string(self.last))
+        }
+    }
+}
+
+impl fmt::Display for Entry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // `a-m=foo`, or `a-m=foo+bar+baz`: what the parser reads back.
+        write!(f, "{}=", self.range())?;
+        for (i, node) in self.replicas.iter().enumerate() {
+            if i > 0 {
+                f.write_str("+")?;
+            }
+            write!(f, "{node}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The table gossip spreads (SPEC §6): the newest by version, then setter, wins everywhere.
+impl kvnode_gossip::Table for RoutingTable {
+    fn supersedes(&self, other: &Self) -> bool {
+        RoutingTable::supersedes(self, other)
+    }
+
+    fn version(&self) -> u64 {
+        RoutingTable::version(self)
+    }
+
+    /// Tables derive `Deserialize` without the checks of the whole table [`RoutingTable::new`]
+    /// makes (overlaps; replicated entries while they are refused); each entry's replicas
+    /// are checked as it is decoded.
+    fn check(&self) -> Result<(), String> {
+        RoutingTable::new(self.entries.clone(), self.version, self.setter.clone())
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests;
