@@ -85,8 +85,8 @@ pub enum ProposeError {
 
 struct Group<S: GroupStore> {
     node: RawNode<S>,
-    /// Accepted proposals of this node by log index.
-    proposals: BTreeMap<u64, ProposalId>,
+    /// Accepted proposals of this node by log index, with the term they were appended in.
+    proposals: BTreeMap<u64, (ProposalId, u64)>,
     /// Reads asked of raft, not yet confirmed: (read id, term asked in).
     reads_asked: Vec<(u64, u64)>,
     /// Reads confirmed, waiting for the applied index to reach theirs: (index, read id).
@@ -249,7 +249,8 @@ impl<S: GroupStore> Replicas<S> {
             .propose(id.to_context(), command.encode())
             .map_err(|_| ProposeError::Dropped(range))?;
         let index = g.node.raft.raft_log.last_index();
-        g.proposals.insert(index, id);
+        let term = g.node.raft.term;
+        g.proposals.insert(index, (id, term));
         self.next_proposal += 1;
         Ok(id)
     }
@@ -432,7 +433,7 @@ fn complete<S: GroupStore>(
         out.installed.push((range, index));
         // The snapshot may or may not hold them: neither acknowledged nor denied.
         while let Some(entry) = g.proposals.first_entry().filter(|e| *e.key() <= index) {
-            out.failed.push((entry.remove(), Failure::Unknown));
+            out.failed.push((entry.remove().0, Failure::Unknown));
         }
     }
     // Votes and follower acknowledgements: only now that the round is durable.
@@ -445,6 +446,16 @@ fn complete<S: GroupStore>(
     add_frames(frames, range, light.take_messages());
     apply(range, g, light.take_committed_entries(), out).map_err(err)?;
     g.node.advance_apply();
+    // An entry replaced in the log is gone for good (Log Matching): a deposed leader's
+    // proposals fail as soon as its log is overwritten, not when the log grows past them.
+    let log = &g.node.raft.raft_log;
+    g.proposals.retain(|&index, &mut (id, term)| {
+        let kept = log.term(index).is_ok_and(|t| t == term);
+        if !kept {
+            out.failed.push((id, Failure::Overwritten));
+        }
+        kept
+    });
     let applied = g.node.store().applied();
     while let Some(&(_, id)) = g.reads_confirmed.front().filter(|(index, _)| *index <= applied) {
         g.reads_confirmed.pop_front();
@@ -471,7 +482,7 @@ fn apply<S: GroupStore>(
             .flatten();
         g.node.mut_store().apply(e.index, command.as_ref())?;
         while let Some(entry) = g.proposals.first_entry().filter(|p| *p.key() <= e.index) {
-            let (index, id) = entry.remove_entry();
+            let (index, (id, _)) = entry.remove_entry();
             if index == e.index && proposal == Some(id) {
                 out.acked.push(id);
             } else {

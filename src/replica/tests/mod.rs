@@ -1,1 +1,5 @@
+mod faults;
 mod ids;
+mod scenarios;
+mod sim;
+mod wire;
