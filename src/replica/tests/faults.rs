@@ -8,9 +8,12 @@ use rand::RngExt;
 use super::sim::{STEPS_PER_TICK, Sim, four_ranges, unique_put};
 use crate::{Command, ProposalId};
 
-fn run(seed: u64) {
+/// Runs one seeded schedule; returns (proposals taken, proposals acknowledged).
+fn run(seed: u64) -> (usize, usize) {
     let mut sim = Sim::new(seed, 3, &four_ranges());
     sim.loss = 0.02;
+    // Rounds take a step to sync, so kills land between a round and its sync.
+    sim.sync_steps = 1;
     let mut acked: BTreeMap<ProposalId, Command> = BTreeMap::new();
     let mut proposed: BTreeMap<ProposalId, (usize, Command)> = BTreeMap::new();
     let mut n = 0;
@@ -54,6 +57,7 @@ fn run(seed: u64) {
     sim.heal();
     sim.loss = 0.0;
     sim.run(200 * STEPS_PER_TICK);
+    let proposed_count = proposed.len();
     for (id, (node, cmd)) in proposed {
         if sim.nodes[node].acked.contains(&id) {
             acked.insert(id, cmd);
@@ -61,11 +65,16 @@ fn run(seed: u64) {
     }
     assert!(!acked.is_empty(), "seed {seed}: some puts were acknowledged");
     sim.check(&acked);
+    (proposed_count, acked.len())
 }
 
 #[test]
 fn random_faults_lose_no_acknowledged_write() {
+    let (mut taken, mut acked) = (0, 0);
     for seed in 0..12 {
-        run(seed);
+        let (t, a) = run(seed);
+        taken += t;
+        acked += a;
     }
+    println!("random faults, 12 seeds: {taken} proposals taken, {acked} acknowledged, none lost");
 }

@@ -33,6 +33,8 @@ pub struct SimNode {
     pub reads: Vec<(RangeId, u64)>,
     pub failed_reads: Vec<(RangeId, u64)>,
     pub installed: Vec<(RangeId, u64)>,
+    /// The round being "synced" and the step its sync completes at.
+    syncing: Option<(u64, u64)>,
 }
 
 struct InFlight {
@@ -54,6 +56,9 @@ pub struct Sim {
     cut: BTreeSet<(usize, usize)>,
     /// Chance that a frame is lost.
     pub loss: f64,
+    /// Steps a round's sync takes: 0 makes it durable at once; more lets a kill land between
+    /// a round and its sync, losing the round as a disk would.
+    pub sync_steps: u64,
     seed: u64,
     /// Leader changes seen, `(step, node, range, leader, term)`: the run's trace.
     pub trace: Vec<(u64, usize, RangeId, Option<u64>, u64)>,
@@ -79,6 +84,7 @@ impl Sim {
                 reads: vec![],
                 failed_reads: vec![],
                 installed: vec![],
+                syncing: None,
             })
             .collect();
         let mut sim = Sim {
@@ -89,6 +95,7 @@ impl Sim {
             now: 0,
             cut: BTreeSet::new(),
             loss: 0.0,
+            sync_steps: 0,
             seed,
             trace: vec![],
         };
@@ -115,6 +122,7 @@ impl Sim {
     /// kill -9: the core and its unpersisted round are gone; the disk stays.
     pub fn kill(&mut self, i: usize) {
         self.nodes[i].core = None;
+        self.nodes[i].syncing = None;
     }
 
     pub fn alive(&self, i: usize) -> bool {
