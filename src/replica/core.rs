@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use raft::prelude::{Entry, EntryType, Message};
+use raft::prelude::{Entry, EntryType, Message, MessageType};
 use raft::{Config, RawNode, Ready, StateRole};
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
@@ -93,6 +93,9 @@ struct Group<S: GroupStore> {
     reads_confirmed: VecDeque<(u64, u64)>,
     /// The leader and term last reported.
     seen: (u64, u64),
+    /// Knows its voters (bootstrapped, or a snapshot installed). An uninitialised replica
+    /// may have forgotten a vote it gave, so it gives none until then.
+    initialised: bool,
 }
 
 /// The Ready of a group between `poll_round` and `handle_persisted`, emptied of what was
@@ -114,6 +117,8 @@ pub struct Replicas<S: GroupStore> {
     next_read: u64,
     next_round: u64,
     held: Option<(u64, Vec<Held>)>,
+    /// Messages of the core's own, sent with the next round's early frames.
+    outbox: Vec<(RangeId, Message)>,
     /// Events found while polling, released with the round.
     pending: Output,
 }
@@ -130,6 +135,7 @@ impl<S: GroupStore> Replicas<S> {
             next_read: 1,
             next_round: 1,
             held: None,
+            outbox: vec![],
             pending: Output::default(),
         }
     }
@@ -158,6 +164,7 @@ impl<S: GroupStore> Replicas<S> {
             read_only_option: raft::ReadOnlyOption::Safe,
             ..Config::default()
         };
+        let initialised = !store.initial_state()?.conf_state.voters.is_empty();
         let logger = self.config.logger.new(slog::o!("range" => range.to_string()));
         let node = RawNode::new(&cfg, store, &logger)?;
         let mut group = Group {
@@ -166,6 +173,7 @@ impl<S: GroupStore> Replicas<S> {
             reads_asked: vec![],
             reads_confirmed: VecDeque::new(),
             seen: (0, 0),
+            initialised,
         };
         self.redraw_timeout(&mut group);
         self.groups.insert(range, group);
@@ -195,6 +203,20 @@ impl<S: GroupStore> Replicas<S> {
         Some((role, g.node.raft.term))
     }
 
+    #[cfg(test)]
+    pub(crate) fn debug_progress(&self, range: RangeId) -> String {
+        let g = &self.groups[&range];
+        format!(
+            "{:?}",
+            g.node
+                .raft
+                .prs()
+                .iter()
+                .map(|(id, p)| (*id, p.matched, p.next_idx, p.state))
+                .collect::<Vec<_>>()
+        )
+    }
+
     /// The group's store (for the caller's reads of the applied state).
     pub fn store(&self, range: RangeId) -> Option<&S> {
         self.groups.get(&range).map(|g| g.node.store())
@@ -220,7 +242,16 @@ impl<S: GroupStore> Replicas<S> {
         for (range, msg) in frame.msgs {
             let me = self.config.id;
             let stepped = match (self.groups.remove(&range), msg.to_raft()) {
-                (Some(mut g), Ok(m)) if m.from == from && m.to == me => {
+                (Some(mut g), Ok(mut m)) if m.from == from && m.to == me && (g.initialised || !is_vote(&m)) => {
+                    if !g.initialised && m.get_msg_type() == MessageType::MsgHeartbeat {
+                        // The leader still counts what this replica held before it lost its
+                        // state: raft-rs panics on a commit index past its log ("lost log"),
+                        // and an idle leader would never look. So the commit is clamped, and
+                        // the replica answers as raft-rs's `request_snapshot` would have (it
+                        // cannot on an empty log): a rejected append asking for a snapshot.
+                        self.outbox.push((range, ask_for_snapshot(&m)));
+                        m.commit = m.commit.min(g.node.raft.raft_log.last_index());
+                    }
                     let ok = g.node.step(m).is_ok();
                     self.redraw_timeout(&mut g);
                     self.groups.insert(range, g);
@@ -333,6 +364,9 @@ impl<S: GroupStore> Replicas<S> {
         }
         let mut held = vec![];
         let mut early = BTreeMap::new();
+        for (range, m) in std::mem::take(&mut self.outbox) {
+            add_frames(&mut early, range, vec![m]);
+        }
         for (&range, g) in self.groups.iter_mut() {
             note_leadership(range, g, &mut self.pending);
             if !g.node.has_ready() {
@@ -414,6 +448,28 @@ impl<S: GroupStore> Replicas<S> {
     }
 }
 
+/// What an uninitialised replica answers a leader's heartbeat with: a rejected append at the
+/// heartbeat's commit index with a snapshot request, which raft-rs's leader takes (in
+/// `Progress::maybe_decr_to`) as "send this follower a snapshot".
+fn ask_for_snapshot(heartbeat: &Message) -> Message {
+    let mut m = Message::default();
+    m.set_msg_type(MessageType::MsgAppendResponse);
+    m.to = heartbeat.from;
+    m.from = heartbeat.to;
+    m.term = heartbeat.term;
+    m.reject = true;
+    m.index = heartbeat.commit;
+    m.request_snapshot = heartbeat.commit.max(crate::store::BOOTSTRAP_INDEX);
+    m
+}
+
+fn is_vote(m: &Message) -> bool {
+    matches!(
+        m.get_msg_type(),
+        MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
+    )
+}
+
 /// One group's part of `handle_persisted`, in raft-rs's order.
 fn complete<S: GroupStore>(
     h: Held,
@@ -429,6 +485,7 @@ fn complete<S: GroupStore>(
         .persist(w.snapshot.as_ref(), &w.entries, w.hard_state.as_ref())
         .map_err(err)?;
     if let Some(snap) = &w.snapshot {
+        g.initialised = true;
         let index = snap.get_metadata().index;
         out.installed.push((range, index));
         // The snapshot may or may not hold them: neither acknowledged nor denied.

@@ -54,5 +54,5 @@ pub use self::command::{Command, ProposalId};
 pub use self::core::{ProposeError, ReplicaConfig, Replicas, Role, RoundError};
 pub use self::ids::{IdError, NodeIds, RangeId, node_id};
 pub use self::output::{Applied, Failure, GroupWrite, Output, Persist};
-pub use self::store::{GroupStore, MemGroupStore, RangeData, StoreError};
+pub use self::store::{BOOTSTRAP_INDEX, GroupStore, MemGroupStore, RangeData, StoreError};
 pub use self::wire::{DecodeError, Frame, MAX_FRAME, RaftEntry, RaftMsg, RaftSnapshot};

@@ -55,6 +55,9 @@ pub trait GroupStore: Storage {
     fn compact(&mut self, index: u64) -> Result<(), StoreError>;
 }
 
+/// Where every group's log starts: its bootstrap snapshot's index.
+pub const BOOTSTRAP_INDEX: u64 = 1;
+
 /// A range's applied state: every bucket and its keys, as a snapshot carries them.
 pub type RangeData = BTreeMap<Vec<u8>, BTreeMap<Vec<u8>, Vec<u8>>>;
 
@@ -73,13 +76,30 @@ pub struct MemGroupStore {
 }
 
 impl MemGroupStore {
-    /// A new group's first replica state: the voters, an empty log and range; every replica
-    /// named by the table entry starts the same.
+    /// A new group's first replica state, alike on every replica the table entry names: the
+    /// voters and an empty range, as a snapshot at index 1 (term 1). The log then starts at 2,
+    /// so a replica that lost its state ([`MemGroupStore::uninitialised`]) can only be made
+    /// whole by a snapshot, never by entries it would take without the voters.
     pub fn bootstrap(voters: &[u64]) -> Self {
-        MemGroupStore {
-            log: MemStorage::new_with_conf_state((voters.to_vec(), vec![])),
-            applied: Arc::default(),
+        let store = MemGroupStore::default();
+        let mut snap = Snapshot::default();
+        snap.set_data(postcard::to_allocvec(&RangeData::new()).unwrap_or_default().into());
+        let meta = snap.mut_metadata();
+        meta.index = BOOTSTRAP_INDEX;
+        meta.term = BOOTSTRAP_INDEX;
+        meta.mut_conf_state().set_voters(voters.to_vec());
+        // An empty MemStorage takes any snapshot at index 1 or above.
+        if store.log.wl().apply_snapshot(snap).is_ok() {
+            store.write().index = BOOTSTRAP_INDEX;
         }
+        store
+    }
+
+    /// A replica that knows nothing of its group (a wiped disk, a restarted in-memory node):
+    /// no voters, so it never campaigns, and the core lets it vote only once a snapshot from
+    /// the leader has made it whole.
+    pub fn uninitialised() -> Self {
+        MemGroupStore::default()
     }
 
     /// A copy of the range's applied state.

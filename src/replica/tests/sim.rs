@@ -125,6 +125,16 @@ impl Sim {
         self.nodes[i].syncing = None;
     }
 
+    /// kill -9 and a wiped disk (or an in-memory node): it comes back knowing nothing.
+    pub fn wipe(&mut self, i: usize) {
+        self.kill(i);
+        for store in self.nodes[i].disk.values_mut() {
+            *store = MemGroupStore::uninitialised();
+        }
+        // What it applied before is gone with its disk; the checks compare what it applies next.
+        self.nodes[i].applied.clear();
+    }
+
     pub fn alive(&self, i: usize) -> bool {
         self.nodes[i].core.is_some()
     }
