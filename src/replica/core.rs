@@ -175,7 +175,7 @@ impl<S: GroupStore> Replicas<S> {
             seen: (0, 0),
             initialised,
         };
-        self.redraw_timeout(&mut group);
+        redraw_timeout(&mut self.rng, self.config.election_tick, &mut group);
         self.groups.insert(range, group);
         Ok(())
     }
@@ -224,13 +224,9 @@ impl<S: GroupStore> Replicas<S> {
 
     /// One tick of the caller's timer, for every group.
     pub fn handle_tick(&mut self) {
-        let ranges: Vec<RangeId> = self.groups.keys().copied().collect();
-        for range in ranges {
-            if let Some(mut g) = self.groups.remove(&range) {
-                g.node.tick();
-                self.redraw_timeout(&mut g);
-                self.groups.insert(range, g);
-            }
+        for g in self.groups.values_mut() {
+            g.node.tick();
+            redraw_timeout(&mut self.rng, self.config.election_tick, g);
         }
     }
 
@@ -241,8 +237,8 @@ impl<S: GroupStore> Replicas<S> {
         let mut dropped = 0;
         for (range, msg) in frame.msgs {
             let me = self.config.id;
-            let stepped = match (self.groups.remove(&range), msg.to_raft()) {
-                (Some(mut g), Ok(mut m)) if m.from == from && m.to == me && (g.initialised || !is_vote(&m)) => {
+            let stepped = match (self.groups.get_mut(&range), msg.to_raft()) {
+                (Some(g), Ok(mut m)) if m.from == from && m.to == me && (g.initialised || !is_vote(&m)) => {
                     if !g.initialised && m.get_msg_type() == MessageType::MsgHeartbeat {
                         // The leader still counts what this replica held before it lost its
                         // state: raft-rs panics on a commit index past its log ("lost log"),
@@ -253,15 +249,10 @@ impl<S: GroupStore> Replicas<S> {
                         m.commit = m.commit.min(g.node.raft.raft_log.last_index());
                     }
                     let ok = g.node.step(m).is_ok();
-                    self.redraw_timeout(&mut g);
-                    self.groups.insert(range, g);
+                    redraw_timeout(&mut self.rng, self.config.election_tick, g);
                     ok
                 }
-                (Some(g), _) => {
-                    self.groups.insert(range, g);
-                    false
-                }
-                (None, _) => false,
+                _ => false,
             };
             dropped += usize::from(!stepped);
         }
@@ -302,7 +293,9 @@ impl<S: GroupStore> Replicas<S> {
     /// Starts an election for the range now (the preferred leader, at bootstrap).
     pub fn campaign(&mut self, range: RangeId) -> Result<(), ProposeError> {
         let g = self.groups.get_mut(&range).ok_or(ProposeError::UnknownRange(range))?;
-        g.node.campaign().map_err(|_| ProposeError::Dropped(range))
+        let started = g.node.campaign().map_err(|_| ProposeError::Dropped(range));
+        redraw_timeout(&mut self.rng, self.config.election_tick, g);
+        started
     }
 
     /// Hands the range's leadership to `to` (the preferred leader, once caught up).
@@ -327,18 +320,6 @@ impl<S: GroupStore> Replicas<S> {
             return Err(ProposeError::NotLeader { range, leader });
         }
         Ok(g)
-    }
-
-    /// raft-rs draws each election timeout from `thread_rng`, which no seed reaches. Whenever
-    /// a group's election clock was just reset (a new term, a heartbeat), the timeout is drawn
-    /// again here, from the core's seeded generator, in raft-rs's own window: a replay of the
-    /// same inputs then elects the same leaders at the same ticks.
-    fn redraw_timeout(&mut self, g: &mut Group<S>) {
-        let raft = &mut g.node.raft;
-        if raft.election_elapsed == 0 {
-            let min = self.config.election_tick;
-            raft.set_randomized_election_timeout(self.rng.random_range(min..2 * min));
-        }
     }
 }
 
@@ -445,6 +426,18 @@ impl<S: GroupStore> Replicas<S> {
             };
             g.node.report_snapshot(to, status);
         }
+    }
+}
+
+/// raft-rs draws each election timeout from `thread_rng`, which no seed reaches. Whenever a
+/// group's election clock was just reset (a new term, a campaign, a heartbeat), the timeout is
+/// drawn again here from the core's seeded generator, in raft-rs's own window
+/// `[election_tick, 2 × election_tick)`: a replay of the same inputs then elects the same
+/// leaders at the same ticks. Called after every input that can reset the clock.
+fn redraw_timeout<S: GroupStore>(rng: &mut SmallRng, election_tick: usize, g: &mut Group<S>) {
+    let raft = &mut g.node.raft;
+    if raft.election_elapsed == 0 {
+        raft.set_randomized_election_timeout(rng.random_range(election_tick..2 * election_tick));
     }
 }
 

@@ -329,3 +329,29 @@ fn replicas_that_lost_their_state_never_vote() {
         assert_eq!(sim.leader(range), None, "range {range}: no leader from forgotten votes");
     }
 }
+
+#[test]
+fn the_preferred_leader_campaigns_at_once_and_takes_leadership_back() {
+    let mut sim = Sim::new(12, 3, &four_ranges());
+    // Bootstrap: the first-named replica campaigns at once rather than waiting for a timeout.
+    for range in sim.ranges.clone() {
+        sim.core(0).campaign(range).expect("held");
+    }
+    let ranges = sim.ranges.clone();
+    let steps = sim
+        .run_until(100, |s| ranges.iter().all(|&r| s.leader(r) == Some(0)))
+        .expect("node 0 leads all");
+    assert!(steps <= 5, "elected in {steps} steps, no timeout waited for");
+    // Another replica leads after a failover; the leader hands it back once asked.
+    let range = sim.ranges[0];
+    sim.kill(0);
+    sim.run_until(200 * STEPS_PER_TICK, |s| s.leader(range).is_some())
+        .expect("a new leader");
+    sim.start(0);
+    settle(&mut sim);
+    let leader = sim.leader(range).expect("a leader");
+    let preferred = sim.nodes[0].id;
+    sim.core(leader).transfer_leader(range, preferred).expect("leads");
+    sim.run_until(40 * STEPS_PER_TICK, |s| s.leader(range) == Some(0))
+        .expect("leadership transferred");
+}
