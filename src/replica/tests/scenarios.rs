@@ -364,3 +364,31 @@ fn the_preferred_leader_campaigns_at_once_and_takes_leadership_back() {
     sim.run_until(40 * STEPS_PER_TICK, |s| s.leader(range) == Some(0))
         .expect("leadership transferred");
 }
+
+#[test]
+fn idle_groups_heartbeat_in_one_frame_per_peer_per_round() {
+    // 64 ranges on 3 nodes, every node in every group, leaders spread by the first campaigns.
+    let ranges: Vec<RangeId> = (0..64u8).map(|i| RangeId { first: i, last: i }).collect();
+    let mut sim = Sim::new(13, 3, &ranges);
+    for (n, &range) in ranges.iter().enumerate() {
+        sim.core(n % 3).campaign(range).expect("held");
+    }
+    sim.run_until(400, |s| ranges.iter().all(|&r| s.leader(r).is_some()))
+        .expect("all led");
+    sim.run(20 * STEPS_PER_TICK);
+    let before = sim.sent;
+    let seconds = 10;
+    sim.run(seconds * 1_000 / STEP_MS);
+    let (frames, msgs, bytes) = (sim.sent.0 - before.0, sim.sent.1 - before.1, sim.sent.2 - before.2);
+    println!(
+        "64 idle groups x 3 nodes, 50 ms tick: {} frames/s, {} raft messages/s, {} bytes/s in all ({} bytes a frame)",
+        frames / seconds,
+        msgs / seconds,
+        bytes / seconds,
+        bytes / frames.max(1)
+    );
+    // 6 directed links, a round every 50 ms: at most a frame per link per round for the
+    // heartbeats and one for their answers, however many groups.
+    assert!(frames / seconds <= 6 * 20 * 2, "{frames} frames in {seconds} s");
+    assert!(msgs > 10 * frames, "many groups' messages share each frame");
+}

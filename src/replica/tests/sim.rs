@@ -60,6 +60,8 @@ pub struct Sim {
     /// a round and its sync, losing the round as a disk would.
     pub sync_steps: u64,
     seed: u64,
+    /// Frames, messages and bytes sent so far (for the batching figures).
+    pub sent: (u64, u64, u64),
     /// Leader changes seen, `(step, node, range, leader, term)`: the run's trace.
     pub trace: Vec<(u64, usize, RangeId, Option<u64>, u64)>,
 }
@@ -96,6 +98,7 @@ impl Sim {
             cut: BTreeSet::new(),
             loss: 0.0,
             sync_steps: 0,
+            sent: (0, 0, 0),
             seed,
             trace: vec![],
         };
@@ -244,12 +247,11 @@ impl Sim {
                 continue;
             }
             let at = self.now + 1 + u64::from(self.rng.random_bool(0.3));
-            self.net.push(InFlight {
-                at,
-                from,
-                to,
-                bytes: frame.encode(),
-            });
+            let bytes = frame.encode();
+            self.sent.0 += 1;
+            self.sent.1 += frame.msgs.len() as u64;
+            self.sent.2 += bytes.len() as u64;
+            self.net.push(InFlight { at, from, to, bytes });
         }
     }
 
