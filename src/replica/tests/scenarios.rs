@@ -392,3 +392,36 @@ fn idle_groups_heartbeat_in_one_frame_per_peer_per_round() {
     assert!(frames / seconds <= 6 * 20 * 2, "{frames} frames in {seconds} s");
     assert!(msgs > 10 * frames, "many groups' messages share each frame");
 }
+
+#[test]
+fn messages_that_claim_another_sender_or_receiver_are_dropped() {
+    let mut sim = Sim::new(14, 3, &four_ranges());
+    elect_all(&mut sim);
+    let range = sim.ranges[0];
+    let (a, b, c) = (sim.nodes[0].id, sim.nodes[1].id, sim.nodes[2].id);
+    let vote = |from, to| crate::RaftMsg {
+        msg_type: 5,
+        from,
+        to,
+        term: 99,
+        ..Default::default()
+    };
+    let frame = crate::Frame {
+        msgs: vec![
+            (range, vote(c, a)), // claims to be c, sent by b
+            (range, vote(b, c)), // for c, delivered to a
+            (
+                crate::RangeId {
+                    first: b'0',
+                    last: b'9',
+                },
+                vote(b, a),
+            ), // a range a does not hold
+        ],
+    };
+    assert_eq!(sim.core(0).handle_frame(b, frame), 3);
+    assert!(
+        sim.core(0).role(range).is_some_and(|(_, term)| term < 99),
+        "none of them was stepped"
+    );
+}
