@@ -1,0 +1,571 @@
+//! [`Replicas`]: every Raft group this node holds, fed ticks, frames and proposals, drained one
+//! round at a time. See the crate's doc for the contract.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use raft::prelude::{Entry, EntryType, Message, MessageType};
+use raft::{Config, RawNode, Ready, StateRole};
+use rand::rngs::SmallRng;
+use rand::{RngExt, SeedableRng};
+
+use crate::command::{Command, ProposalId};
+use crate::ids::RangeId;
+use crate::output::{Applied, Failure, GroupWrite, Output, Persist, add_frames};
+use crate::store::{GroupStore, StoreError};
+use crate::wire::Frame;
+
+/// How this node's groups run. Ticks are the caller's timer (50 ms by default, the design's
+/// figure): every timeout here is in ticks.
+#[derive(Clone)]
+pub struct ReplicaConfig {
+    /// This node's Raft id ([`crate::node_id`] of its name).
+    pub id: u64,
+    /// A follower campaigns after this many to twice as many silent ticks (0.5–1 s at 50 ms).
+    pub election_tick: usize,
+    /// A leader heartbeats every this many ticks.
+    pub heartbeat_tick: usize,
+    /// Seeds the election timeouts, so a simulation replays exactly (see the crate's doc).
+    pub seed: u64,
+    /// Differs at every start of the node (a boot counter, or random): part of each
+    /// [`ProposalId`], so a proposal of an earlier start is never acknowledged as a new one's.
+    pub incarnation: u64,
+    /// The most entry bytes in one append (raft-rs's `max_size_per_msg`).
+    pub max_size_per_msg: u64,
+    /// Where raft-rs's own log lines go; `slog::Discard` unless the node hands in a logger
+    /// that forwards to tracing (step 4).
+    pub logger: slog::Logger,
+}
+
+impl ReplicaConfig {
+    /// The design's defaults for node `id`.
+    pub fn new(id: u64, seed: u64, incarnation: u64) -> Self {
+        ReplicaConfig {
+            id,
+            election_tick: 10,
+            heartbeat_tick: 2,
+            seed,
+            incarnation,
+            max_size_per_msg: 1 << 20,
+            logger: slog::Logger::root(slog::Discard, slog::o!()),
+        }
+    }
+}
+
+/// A replica's part in its group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Leads: proposals and reads are taken here.
+    Leader,
+    /// Follows a leader, or waits for one.
+    Follower,
+    /// Asks for votes.
+    Candidate,
+    /// Asks whether it could win before disrupting anyone (pre-vote).
+    PreCandidate,
+}
+
+/// Why a proposal or read was not taken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProposeError {
+    /// This node holds no group for the range.
+    #[error("range {0} has no group here")]
+    UnknownRange(RangeId),
+    /// Only the leader takes proposals and reads; `leader` is the one this replica knows of.
+    #[error("not the leader of range {range} (leader: {leader:?})")]
+    NotLeader {
+        /// The range.
+        range: RangeId,
+        /// The leader's Raft id, if known.
+        leader: Option<u64>,
+    },
+    /// raft-rs refused it (a leader transfer under way, or too much uncommitted).
+    #[error("range {0} dropped the proposal (leader transfer or backlog)")]
+    Dropped(RangeId),
+}
+
+struct Group<S: GroupStore> {
+    node: RawNode<S>,
+    /// Accepted proposals of this node by log index, with the term they were appended in.
+    proposals: BTreeMap<u64, (ProposalId, u64)>,
+    /// Reads asked of raft, not yet confirmed: (read id, term asked in).
+    reads_asked: Vec<(u64, u64)>,
+    /// Reads confirmed, waiting for the applied index to reach theirs: (index, read id).
+    reads_confirmed: VecDeque<(u64, u64)>,
+    /// The leader and term last reported.
+    seen: (u64, u64),
+    /// Knows its voters (bootstrapped, or a snapshot installed). An uninitialised replica
+    /// may have forgotten a vote it gave, so it gives none until then.
+    initialised: bool,
+}
+
+/// The Ready of a group between `poll_round` and `handle_persisted`, emptied of what was
+/// handed out.
+struct Held {
+    range: RangeId,
+    ready: Ready,
+    write: GroupWrite,
+    committed: Vec<Entry>,
+    persisted_msgs: Vec<Message>,
+}
+
+/// Every Raft group this node holds (see the crate's doc).
+pub struct Replicas<S: GroupStore> {
+    config: ReplicaConfig,
+    groups: BTreeMap<RangeId, Group<S>>,
+    rng: SmallRng,
+    next_proposal: u64,
+    next_read: u64,
+    next_round: u64,
+    held: Option<(u64, Vec<Held>)>,
+    /// Messages of the core's own, sent with the next round's early frames.
+    outbox: Vec<(RangeId, Message)>,
+    /// Events found while polling, released with the round.
+    pending: Output,
+}
+
+impl<S: GroupStore> Replicas<S> {
+    /// No groups yet.
+    pub fn new(config: ReplicaConfig) -> Self {
+        let rng = SmallRng::seed_from_u64(config.seed);
+        Replicas {
+            config,
+            groups: BTreeMap::new(),
+            rng,
+            next_proposal: 1,
+            next_read: 1,
+            next_round: 1,
+            held: None,
+            outbox: vec![],
+            pending: Output::default(),
+        }
+    }
+
+    /// Takes a group on its store: a bootstrapped one (`MemGroupStore::bootstrap`) or the one a
+    /// restart found on disk. Replaces nothing: a range already held is refused.
+    pub fn add_group(&mut self, range: RangeId, store: S) -> Result<(), raft::Error> {
+        if self.groups.contains_key(&range) {
+            return Err(raft::Error::Exists {
+                id: self.config.id,
+                set: "groups",
+            });
+        }
+        let cfg = Config {
+            id: self.config.id,
+            election_tick: self.config.election_tick,
+            heartbeat_tick: self.config.heartbeat_tick,
+            applied: store.applied(),
+            max_size_per_msg: self.config.max_size_per_msg,
+            max_inflight_msgs: 256,
+            // Pre-vote and check-quorum: a node back from a partition cannot depose a healthy
+            // leader, and a leader cut off from its majority steps down.
+            pre_vote: true,
+            check_quorum: true,
+            // Read-index confirmed by a heartbeat round, never a clock-based lease.
+            read_only_option: raft::ReadOnlyOption::Safe,
+            ..Config::default()
+        };
+        let initialised = !store.initial_state()?.conf_state.voters.is_empty();
+        let logger = self.config.logger.new(slog::o!("range" => range.to_string()));
+        let node = RawNode::new(&cfg, store, &logger)?;
+        let mut group = Group {
+            node,
+            proposals: BTreeMap::new(),
+            reads_asked: vec![],
+            reads_confirmed: VecDeque::new(),
+            seen: (0, 0),
+            initialised,
+        };
+        redraw_timeout(&mut self.rng, self.config.election_tick, &mut group);
+        self.groups.insert(range, group);
+        Ok(())
+    }
+
+    /// The ranges held.
+    pub fn ranges(&self) -> impl Iterator<Item = RangeId> + '_ {
+        self.groups.keys().copied()
+    }
+
+    /// The leader this replica knows of.
+    pub fn leader(&self, range: RangeId) -> Option<u64> {
+        let g = self.groups.get(&range)?;
+        Some(g.node.raft.leader_id).filter(|&id| id != raft::INVALID_ID)
+    }
+
+    /// This replica's role and term in the group.
+    pub fn role(&self, range: RangeId) -> Option<(Role, u64)> {
+        let g = self.groups.get(&range)?;
+        let role = match g.node.raft.state {
+            StateRole::Leader => Role::Leader,
+            StateRole::Follower => Role::Follower,
+            StateRole::Candidate => Role::Candidate,
+            StateRole::PreCandidate => Role::PreCandidate,
+        };
+        Some((role, g.node.raft.term))
+    }
+
+    #[cfg(test)]
+    pub(crate) fn debug_progress(&self, range: RangeId) -> String {
+        let g = &self.groups[&range];
+        format!(
+            "{:?}",
+            g.node
+                .raft
+                .prs()
+                .iter()
+                .map(|(id, p)| (*id, p.matched, p.next_idx, p.state))
+                .collect::<Vec<_>>()
+        )
+    }
+
+    /// The group's store (for the caller's reads of the applied state).
+    pub fn store(&self, range: RangeId) -> Option<&S> {
+        self.groups.get(&range).map(|g| g.node.store())
+    }
+
+    /// One tick of the caller's timer, for every group.
+    pub fn handle_tick(&mut self) {
+        for g in self.groups.values_mut() {
+            g.node.tick();
+            redraw_timeout(&mut self.rng, self.config.election_tick, g);
+        }
+    }
+
+    /// A frame from the peer `from` (authenticated by the transport). Messages that claim
+    /// another sender, are for another node or a range not held here are dropped: their count
+    /// is returned (raft resends what matters).
+    pub fn handle_frame(&mut self, from: u64, frame: Frame) -> usize {
+        let mut dropped = 0;
+        for (range, msg) in frame.msgs {
+            let me = self.config.id;
+            let stepped = match (self.groups.get_mut(&range), msg.to_raft()) {
+                (Some(g), Ok(mut m)) if m.from == from && m.to == me && (g.initialised || !is_vote(&m)) => {
+                    if !g.initialised && m.get_msg_type() == MessageType::MsgHeartbeat {
+                        // The leader still counts what this replica held before it lost its
+                        // state: raft-rs panics on a commit index past its log ("lost log"),
+                        // and an idle leader would never look. So the commit is clamped, and
+                        // the replica answers as raft-rs's `request_snapshot` would have (it
+                        // cannot on an empty log): a rejected append asking for a snapshot.
+                        self.outbox.push((range, ask_for_snapshot(&m)));
+                        m.commit = m.commit.min(g.node.raft.raft_log.last_index());
+                    }
+                    let ok = g.node.step(m).is_ok();
+                    redraw_timeout(&mut self.rng, self.config.election_tick, g);
+                    ok
+                }
+                _ => false,
+            };
+            dropped += usize::from(!stepped);
+        }
+        dropped
+    }
+
+    /// Proposes a write to the range; only its leader takes it. Acknowledged in a later
+    /// round's [`Output::acked`] once applied here, or reported in [`Output::failed`].
+    pub fn propose(&mut self, range: RangeId, command: &Command) -> Result<ProposalId, ProposeError> {
+        let id = ProposalId {
+            incarnation: self.config.incarnation,
+            seq: self.next_proposal,
+        };
+        let g = self.leading(range)?;
+        g.node
+            .propose(id.to_context(), command.encode())
+            .map_err(|_| ProposeError::Dropped(range))?;
+        let index = g.node.raft.raft_log.last_index();
+        let term = g.node.raft.term;
+        g.proposals.insert(index, (id, term));
+        self.next_proposal += 1;
+        Ok(id)
+    }
+
+    /// Asks for a linearizable read of the range; only its leader takes it. The returned id
+    /// comes back in [`Output::reads`] once a quorum confirmed the leadership and the applied
+    /// state covers every write acknowledged before the call, or in `failed_reads`.
+    pub fn read_index(&mut self, range: RangeId) -> Result<u64, ProposeError> {
+        let id = self.next_read;
+        let g = self.leading(range)?;
+        g.node.read_index(id.to_be_bytes().to_vec());
+        let term = g.node.raft.term;
+        g.reads_asked.push((id, term));
+        self.next_read += 1;
+        Ok(id)
+    }
+
+    /// Starts an election for the range now (the preferred leader, at bootstrap).
+    pub fn campaign(&mut self, range: RangeId) -> Result<(), ProposeError> {
+        let g = self.groups.get_mut(&range).ok_or(ProposeError::UnknownRange(range))?;
+        let started = g.node.campaign().map_err(|_| ProposeError::Dropped(range));
+        redraw_timeout(&mut self.rng, self.config.election_tick, g);
+        started
+    }
+
+    /// Hands the range's leadership to `to` (the preferred leader, once caught up).
+    pub fn transfer_leader(&mut self, range: RangeId, to: u64) -> Result<(), ProposeError> {
+        let g = self.leading(range)?;
+        g.node.transfer_leader(to);
+        Ok(())
+    }
+
+    /// Drops the range's log up to `index` (at most the applied index).
+    pub fn compact(&mut self, range: RangeId, index: u64) -> Result<(), StoreError> {
+        match self.groups.get_mut(&range) {
+            Some(g) => g.node.mut_store().compact(index),
+            None => Ok(()),
+        }
+    }
+
+    fn leading(&mut self, range: RangeId) -> Result<&mut Group<S>, ProposeError> {
+        let g = self.groups.get_mut(&range).ok_or(ProposeError::UnknownRange(range))?;
+        if g.node.raft.state != StateRole::Leader {
+            let leader = Some(g.node.raft.leader_id).filter(|&id| id != raft::INVALID_ID);
+            return Err(ProposeError::NotLeader { range, leader });
+        }
+        Ok(g)
+    }
+}
+
+/// Why a round could not be completed.
+#[derive(Debug, thiserror::Error)]
+pub enum RoundError {
+    /// `handle_persisted` named a round that is not the one outstanding.
+    #[error("round {0} is not outstanding")]
+    UnknownRound(u64),
+    /// A group's store refused the round's writes; the core is then unusable (as a node whose
+    /// disk fails), and the caller stops it.
+    #[error("range {0}: {1}")]
+    Store(RangeId, StoreError),
+}
+
+impl<S: GroupStore> Replicas<S> {
+    /// Drains every group with something to do into one round: what to persist, in one
+    /// write. `None` when there is nothing to do, or while a round is outstanding (rounds are
+    /// made durable in order, one at a time; inputs are still taken meanwhile).
+    pub fn poll_round(&mut self) -> Option<Persist> {
+        if self.held.is_some() {
+            return None;
+        }
+        let mut held = vec![];
+        let mut early = BTreeMap::new();
+        for (range, m) in std::mem::take(&mut self.outbox) {
+            add_frames(&mut early, range, vec![m]);
+        }
+        for (&range, g) in self.groups.iter_mut() {
+            note_leadership(range, g, &mut self.pending);
+            if !g.node.has_ready() {
+                continue;
+            }
+            let mut ready = g.node.ready();
+            add_frames(&mut early, range, ready.take_messages());
+            for rs in ready.take_read_states() {
+                let id = rs.request_ctx.as_slice().try_into().ok().map(u64::from_be_bytes);
+                if let Some(pos) = g.reads_asked.iter().position(|&(asked, _)| Some(asked) == id) {
+                    let (id, _) = g.reads_asked.remove(pos);
+                    g.reads_confirmed.push_back((rs.index, id));
+                }
+            }
+            let snapshot = (!ready.snapshot().is_empty()).then(|| ready.snapshot().clone());
+            let write = GroupWrite {
+                range,
+                snapshot,
+                entries: ready.take_entries(),
+                hard_state: ready.hs().cloned(),
+            };
+            let committed = ready.take_committed_entries();
+            let persisted_msgs = ready.take_persisted_messages();
+            held.push(Held {
+                range,
+                ready,
+                write,
+                committed,
+                persisted_msgs,
+            });
+        }
+        if held.is_empty() && early.is_empty() && self.pending.is_empty() {
+            return None;
+        }
+        let round = self.next_round;
+        self.next_round += 1;
+        let groups = held.iter().map(|h| h.write.clone()).collect();
+        self.held = Some((round, held));
+        Some(Persist {
+            round,
+            groups,
+            send_early: early.into_iter().collect(),
+        })
+    }
+
+    /// The caller made `round` durable: the core writes it into the groups' stores, applies
+    /// what is committed, and releases what had to wait for the sync.
+    pub fn handle_persisted(&mut self, round: u64) -> Result<Output, RoundError> {
+        let held = match self.held.take() {
+            Some((r, held)) if r == round => held,
+            other => {
+                self.held = other;
+                return Err(RoundError::UnknownRound(round));
+            }
+        };
+        let mut out = std::mem::take(&mut self.pending);
+        let mut frames = BTreeMap::new();
+        for h in held {
+            let Some(g) = self.groups.get_mut(&h.range) else {
+                continue;
+            };
+            complete(h, g, &mut frames, &mut out)?;
+        }
+        out.frames = frames.into_iter().collect();
+        Ok(out)
+    }
+
+    /// The transport could not deliver a snapshot to `to` (or did): raft-rs holds the
+    /// follower in snapshot state until told.
+    pub fn report_snapshot(&mut self, range: RangeId, to: u64, delivered: bool) {
+        if let Some(g) = self.groups.get_mut(&range) {
+            let status = if delivered {
+                raft::SnapshotStatus::Finish
+            } else {
+                raft::SnapshotStatus::Failure
+            };
+            g.node.report_snapshot(to, status);
+        }
+    }
+}
+
+/// raft-rs draws each election timeout from `thread_rng`, which no seed reaches. Whenever a
+/// group's election clock was just reset (a new term, a campaign, a heartbeat), the timeout is
+/// drawn again here from the core's seeded generator, in raft-rs's own window
+/// `[election_tick, 2 × election_tick)`: a replay of the same inputs then elects the same
+/// leaders at the same ticks. Called after every input that can reset the clock.
+fn redraw_timeout<S: GroupStore>(rng: &mut SmallRng, election_tick: usize, g: &mut Group<S>) {
+    let raft = &mut g.node.raft;
+    if raft.election_elapsed == 0 {
+        raft.set_randomized_election_timeout(rng.random_range(election_tick..2 * election_tick));
+    }
+}
+
+/// What an uninitialised replica answers a leader's heartbeat with: a rejected append at the
+/// heartbeat's commit index with a snapshot request, which raft-rs's leader takes (in
+/// `Progress::maybe_decr_to`) as "send this follower a snapshot".
+fn ask_for_snapshot(heartbeat: &Message) -> Message {
+    let mut m = Message::default();
+    m.set_msg_type(MessageType::MsgAppendResponse);
+    m.to = heartbeat.from;
+    m.from = heartbeat.to;
+    m.term = heartbeat.term;
+    m.reject = true;
+    m.index = heartbeat.commit;
+    m.request_snapshot = heartbeat.commit.max(crate::store::BOOTSTRAP_INDEX);
+    m
+}
+
+fn is_vote(m: &Message) -> bool {
+    matches!(
+        m.get_msg_type(),
+        MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
+    )
+}
+
+/// One group's part of `handle_persisted`, in raft-rs's order.
+fn complete<S: GroupStore>(
+    h: Held,
+    g: &mut Group<S>,
+    frames: &mut BTreeMap<u64, Frame>,
+    out: &mut Output,
+) -> Result<(), RoundError> {
+    let range = h.range;
+    let err = |e| RoundError::Store(range, e);
+    let w = &h.write;
+    g.node
+        .mut_store()
+        .persist(w.snapshot.as_ref(), &w.entries, w.hard_state.as_ref())
+        .map_err(err)?;
+    if let Some(snap) = &w.snapshot {
+        g.initialised = true;
+        let index = snap.get_metadata().index;
+        out.installed.push((range, index));
+        // The snapshot may or may not hold them: neither acknowledged nor denied.
+        while let Some(entry) = g.proposals.first_entry().filter(|e| *e.key() <= index) {
+            out.failed.push((entry.remove().0, Failure::Unknown));
+        }
+    }
+    // Votes and follower acknowledgements: only now that the round is durable.
+    add_frames(frames, range, h.persisted_msgs);
+    apply(range, g, h.committed, out).map_err(err)?;
+    let mut light = g.node.advance(h.ready);
+    if let Some(commit) = light.commit_index() {
+        g.node.mut_store().set_commit(commit).map_err(err)?;
+    }
+    add_frames(frames, range, light.take_messages());
+    apply(range, g, light.take_committed_entries(), out).map_err(err)?;
+    g.node.advance_apply();
+    // An entry replaced in the log is gone for good (Log Matching): a deposed leader's
+    // proposals fail as soon as its log is overwritten, not when the log grows past them.
+    let log = &g.node.raft.raft_log;
+    g.proposals.retain(|&index, &mut (id, term)| {
+        let kept = log.term(index).is_ok_and(|t| t == term);
+        if !kept {
+            out.failed.push((id, Failure::Overwritten));
+        }
+        kept
+    });
+    let applied = g.node.store().applied();
+    while let Some(&(_, id)) = g.reads_confirmed.front().filter(|(index, _)| *index <= applied) {
+        g.reads_confirmed.pop_front();
+        out.reads.push((range, id));
+    }
+    Ok(())
+}
+
+/// Applies committed entries in order and settles this node's proposals up to each: the one
+/// at its own index with its own id is acknowledged; one whose index now holds another entry
+/// never will be.
+fn apply<S: GroupStore>(
+    range: RangeId,
+    g: &mut Group<S>,
+    entries: Vec<Entry>,
+    out: &mut Output,
+) -> Result<(), StoreError> {
+    for e in entries {
+        let proposal = ProposalId::from_context(e.get_context());
+        // Conf changes are not proposed until issue 26; an undecodable command (none is ever
+        // proposed) applies as nothing on every replica alike.
+        let command = (e.get_entry_type() == EntryType::EntryNormal && !e.get_data().is_empty())
+            .then(|| Command::decode(e.get_data()))
+            .flatten();
+        g.node.mut_store().apply(e.index, command.as_ref())?;
+        while let Some(entry) = g.proposals.first_entry().filter(|p| *p.key() <= e.index) {
+            let (index, (id, _)) = entry.remove_entry();
+            if index == e.index && proposal == Some(id) {
+                out.acked.push(id);
+            } else {
+                out.failed.push((id, Failure::Overwritten));
+            }
+        }
+        out.applied.push(Applied {
+            range,
+            index: e.index,
+            term: e.term,
+            proposal,
+            command,
+        });
+    }
+    Ok(())
+}
+
+/// Reports a new leader or term, and fails the reads a deposed leader will never confirm
+/// (raft-rs forgets them when it steps down).
+fn note_leadership<S: GroupStore>(range: RangeId, g: &mut Group<S>, pending: &mut Output) {
+    let raft = &g.node.raft;
+    let leader = Some(raft.leader_id).filter(|&id| id != raft::INVALID_ID);
+    if (raft.leader_id, raft.term) != g.seen {
+        g.seen = (raft.leader_id, raft.term);
+        pending.leaders.push((range, leader, raft.term));
+    }
+    let leading = raft.state == StateRole::Leader;
+    let term = raft.term;
+    g.reads_asked.retain(|&(id, asked)| {
+        let alive = leading && asked == term;
+        if !alive {
+            pending.failed_reads.push((range, id, leader));
+        }
+        alive
+    });
+}

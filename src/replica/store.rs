@@ -1,0 +1,225 @@
+//! What each group reads and writes: [`GroupStore`], raft-rs's `Storage` plus the writes the
+//! core makes once the caller says a round is durable, and [`MemGroupStore`], the in-memory one.
+//!
+//! Step 3 of the design puts a fjall implementation beside it (the `raft_log` and `raft_state`
+//! keyspaces, the range's buckets in `data`); the core needs only this trait.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use raft::prelude::{Entry, HardState, Snapshot};
+use raft::storage::MemStorage;
+use raft::{GetEntriesContext, RaftState, Storage, StorageError};
+
+use crate::command::Command;
+
+/// Why a group's store refused a write.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// raft-rs's own storage said no (an append leaving a hole, a compaction past the log).
+    #[error("raft log: {0}")]
+    Raft(#[from] raft::Error),
+    /// A snapshot's data is not a range's state (a peer sent garbage).
+    #[error("snapshot data is malformed")]
+    Snapshot,
+}
+
+/// A group's log, hard state and applied state, as one replica holds them.
+///
+/// `raft::Storage` is read-only; the core writes through the methods here, and only in
+/// `Replicas::handle_persisted`, i.e. after the caller made the round durable. A store that
+/// writes to disk itself (step 3) does so from the round's `Persist` before that call and
+/// makes these methods update its caches; the in-memory store simply writes here.
+pub trait GroupStore: Storage {
+    /// Takes a round's snapshot (replacing the range's state), then its new log entries and
+    /// hard state.
+    fn persist(
+        &mut self,
+        snapshot: Option<&Snapshot>,
+        entries: &[Entry],
+        hard_state: Option<&HardState>,
+    ) -> Result<(), StoreError>;
+
+    /// Records a commit index learned after the round's hard state was written.
+    fn set_commit(&mut self, commit: u64) -> Result<(), StoreError>;
+
+    /// Applies the committed entry at `index`: its command (`None` for an entry with none: a
+    /// new leader's empty entry, a conf change), with the applied index in the same write.
+    fn apply(&mut self, index: u64, command: Option<&Command>) -> Result<(), StoreError>;
+
+    /// The index of the last applied entry.
+    fn applied(&self) -> u64;
+
+    /// Drops the log up to `index` (at most the applied index): a follower behind that then
+    /// catches up by snapshot.
+    fn compact(&mut self, index: u64) -> Result<(), StoreError>;
+}
+
+/// Where every group's log starts: its bootstrap snapshot's index.
+pub const BOOTSTRAP_INDEX: u64 = 1;
+
+/// A range's applied state: every bucket and its keys, as a snapshot carries them.
+pub type RangeData = BTreeMap<Vec<u8>, BTreeMap<Vec<u8>, Vec<u8>>>;
+
+#[derive(Default)]
+struct Applied {
+    index: u64,
+    data: RangeData,
+}
+
+/// The in-memory store: raft-rs's `MemStorage` for the log, and the range's buckets. Clones
+/// share one store, which is how the simulator keeps a killed node's "disk" for its restart.
+#[derive(Clone, Default)]
+pub struct MemGroupStore {
+    log: MemStorage,
+    applied: Arc<RwLock<Applied>>,
+}
+
+impl MemGroupStore {
+    /// A new group's first replica state, alike on every replica the table entry names: the
+    /// voters and an empty range, as a snapshot at index 1 (term 1). The log then starts at 2,
+    /// so a replica that lost its state ([`MemGroupStore::uninitialised`]) can only be made
+    /// whole by a snapshot, never by entries it would take without the voters.
+    pub fn bootstrap(voters: &[u64]) -> Self {
+        let store = MemGroupStore::default();
+        let mut snap = Snapshot::default();
+        snap.set_data(postcard::to_allocvec(&RangeData::new()).unwrap_or_default().into());
+        let meta = snap.mut_metadata();
+        meta.index = BOOTSTRAP_INDEX;
+        meta.term = BOOTSTRAP_INDEX;
+        meta.mut_conf_state().set_voters(voters.to_vec());
+        // An empty MemStorage takes any snapshot at index 1 or above.
+        if store.log.wl().apply_snapshot(snap).is_ok() {
+            store.write().index = BOOTSTRAP_INDEX;
+        }
+        store
+    }
+
+    /// A replica that knows nothing of its group (a wiped disk, a restarted in-memory node):
+    /// no voters, so it never campaigns, and the core lets it vote only once a snapshot from
+    /// the leader has made it whole.
+    pub fn uninitialised() -> Self {
+        MemGroupStore::default()
+    }
+
+    /// A copy of the range's applied state.
+    pub fn data(&self) -> RangeData {
+        self.read().data.clone()
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, Applied> {
+        // A panic elsewhere while holding the lock leaves the state as consistent as any write
+        // here (each is one assignment), so a poisoned lock is still read.
+        self.applied.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Applied> {
+        self.applied.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Storage for MemGroupStore {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        self.log.initial_state()
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max: impl Into<Option<u64>>,
+        ctx: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        self.log.entries(low, high, max, ctx)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        self.log.term(idx)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        self.log.first_index()
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        self.log.last_index()
+    }
+
+    /// A snapshot at the applied index, whose data is the range's state there (MemStorage's own
+    /// would be at the commit index, which the applied data may not have reached).
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        let applied = self.read();
+        if applied.index < request_index {
+            return Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable));
+        }
+        let mut snap = Snapshot::default();
+        snap.set_data(postcard::to_allocvec(&applied.data).unwrap_or_default().into());
+        let meta = snap.mut_metadata();
+        meta.index = applied.index;
+        meta.term = self.log.term(applied.index)?;
+        meta.set_conf_state(self.log.initial_state()?.conf_state);
+        Ok(snap)
+    }
+}
+
+impl GroupStore for MemGroupStore {
+    fn persist(
+        &mut self,
+        snapshot: Option<&Snapshot>,
+        entries: &[Entry],
+        hard_state: Option<&HardState>,
+    ) -> Result<(), StoreError> {
+        if let Some(snap) = snapshot {
+            let data: RangeData = postcard::from_bytes(snap.get_data()).map_err(|_| StoreError::Snapshot)?;
+            self.log.wl().apply_snapshot(snap.clone())?;
+            *self.write() = Applied {
+                index: snap.get_metadata().index,
+                data,
+            };
+        }
+        self.log.wl().append(entries)?;
+        if let Some(hs) = hard_state {
+            self.log.wl().set_hardstate(hs.clone());
+        }
+        Ok(())
+    }
+
+    fn set_commit(&mut self, commit: u64) -> Result<(), StoreError> {
+        self.log.wl().mut_hard_state().set_commit(commit);
+        Ok(())
+    }
+
+    fn apply(&mut self, index: u64, command: Option<&Command>) -> Result<(), StoreError> {
+        let mut applied = self.write();
+        match command {
+            Some(Command::Put { bucket, key, value }) => {
+                applied
+                    .data
+                    .entry(bucket.clone())
+                    .or_default()
+                    .insert(key.clone(), value.clone());
+            }
+            Some(Command::Delete { bucket, key }) => {
+                if let Some(b) = applied.data.get_mut(bucket) {
+                    b.remove(key);
+                }
+            }
+            Some(Command::CreateBucket { bucket }) => {
+                applied.data.entry(bucket.clone()).or_default();
+            }
+            None => {}
+        }
+        applied.index = index;
+        Ok(())
+    }
+
+    fn applied(&self) -> u64 {
+        self.read().index
+    }
+
+    fn compact(&mut self, index: u64) -> Result<(), StoreError> {
+        let upto = index.min(self.applied());
+        self.log.wl().compact(upto)?;
+        Ok(())
+    }
+}

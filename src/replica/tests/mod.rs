@@ -1,0 +1,5 @@
+mod faults;
+mod ids;
+mod scenarios;
+mod sim;
+mod wire;

@@ -1,0 +1,140 @@
+//! The postcard mirror of raft messages: any message round-trips, garbage never panics.
+
+use proptest::collection::vec;
+use proptest::prelude::*;
+
+use crate::RangeId;
+use crate::wire::{DecodeError, Frame, RaftEntry, RaftMsg, RaftSnapshot};
+
+fn entry() -> impl Strategy<Value = RaftEntry> {
+    (
+        0u8..3,
+        any::<u64>(),
+        any::<u64>(),
+        vec(any::<u8>(), 0..16),
+        vec(any::<u8>(), 0..16),
+    )
+        .prop_map(|(entry_type, term, index, data, context)| RaftEntry {
+            entry_type,
+            term,
+            index,
+            data,
+            context,
+        })
+}
+
+fn snapshot() -> impl Strategy<Value = RaftSnapshot> {
+    (
+        vec(any::<u8>(), 0..32),
+        any::<u64>(),
+        any::<u64>(),
+        vec(any::<u64>(), 0..4),
+        vec(any::<u64>(), 0..2),
+        any::<bool>(),
+    )
+        .prop_map(|(data, index, term, voters, learners, auto_leave)| RaftSnapshot {
+            data,
+            index,
+            term,
+            voters: voters.clone(),
+            learners,
+            voters_outgoing: voters,
+            learners_next: vec![],
+            auto_leave,
+        })
+}
+
+/// Any message that may cross the network (the local-only types are refused, tested below).
+fn message() -> impl Strategy<Value = RaftMsg> {
+    let kinds = prop::sample::select(vec![2u8, 3, 4, 5, 6, 7, 8, 9, 13, 14, 15, 16, 17, 18]);
+    let numbers = (
+        any::<u64>(),
+        any::<u64>(),
+        any::<u64>(),
+        any::<u64>(),
+        any::<u64>(),
+        any::<u64>(),
+        any::<u64>(),
+    );
+    let rest = (
+        vec(entry(), 0..3),
+        prop::option::of(snapshot()),
+        any::<bool>(),
+        any::<u64>(),
+        vec(any::<u8>(), 0..8),
+        any::<i64>(),
+    );
+    (kinds, numbers, rest).prop_map(
+        |(
+            msg_type,
+            (to, from, term, log_term, index, commit, commit_term),
+            (entries, snapshot, reject, hint, context, priority),
+        )| {
+            RaftMsg {
+                msg_type,
+                to,
+                from,
+                term,
+                log_term,
+                index,
+                entries,
+                commit,
+                commit_term,
+                snapshot,
+                request_snapshot: hint / 2,
+                reject,
+                reject_hint: hint,
+                context,
+                priority,
+            }
+        },
+    )
+}
+
+proptest! {
+    #[test]
+    fn any_frame_round_trips_through_bytes_and_raft(msgs in vec((any::<u8>(), any::<u8>(), message()), 0..6)) {
+        let frame = Frame { msgs: msgs.into_iter().map(|(first, last, m)| (RangeId { first, last }, m)).collect() };
+        let decoded = Frame::decode(&frame.encode()).expect("its own encoding decodes");
+        prop_assert_eq!(&decoded, &frame);
+        for (_, m) in &decoded.msgs {
+            let raft = m.to_raft().expect("valid types");
+            prop_assert_eq!(&RaftMsg::from_raft(&raft), m);
+        }
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in vec(any::<u8>(), 0..512)) {
+        if let Ok(frame) = Frame::decode(&bytes) {
+            for (_, m) in &frame.msgs {
+                prop_assert!(m.to_raft().is_ok());
+            }
+        }
+    }
+}
+
+#[test]
+fn unknown_and_local_types_are_refused() {
+    let frame = |msg_type, entry_type| Frame {
+        msgs: vec![(
+            RangeId {
+                first: b'a',
+                last: b'm',
+            },
+            RaftMsg {
+                msg_type,
+                entries: vec![RaftEntry {
+                    entry_type,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+        )],
+    };
+    assert_eq!(Frame::decode(&frame(19, 0).encode()), Err(DecodeError::MessageType(19)));
+    assert_eq!(Frame::decode(&frame(3, 3).encode()), Err(DecodeError::EntryType(3)));
+    assert_eq!(Frame::decode(&frame(0, 0).encode()), Err(DecodeError::LocalOnly(0)));
+    let mut trailing = frame(3, 0).encode();
+    trailing.push(0);
+    assert_eq!(Frame::decode(&trailing), Err(DecodeError::Malformed));
+}

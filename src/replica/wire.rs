@@ -1,0 +1,280 @@
+//! The raft messages' wire form: a serde/postcard mirror of `eraftpb::Message`'s fields, and
+//! the [`Frame`] that carries one round's messages of many groups to one peer.
+//!
+//! protobuf 2.28 (raft-rs's codec) has an advisory for unbounded recursion on decode
+//! (RUSTSEC-2024-0437), so nothing from the network is ever parsed as protobuf: bytes become a
+//! [`Frame`] by postcard, whose types are flat (no recursion), then are checked field by field
+//! (message and entry types by number) before a raft `Message` is built. Knows no quinn.
+
+use raft::prelude::{ConfState, Entry, EntryType, Message, MessageType, Snapshot, SnapshotMetadata};
+use serde::{Deserialize, Serialize};
+
+use crate::ids::RangeId;
+
+/// The largest frame a peer may send (the transport's frame limit bounds it too): raft-rs caps
+/// entries per append by `max_size_per_msg` (1 MiB), and one frame carries a round of many
+/// groups. Snapshots over 1 MiB travel on a stream of their own (step 5).
+pub const MAX_FRAME: usize = 16 << 20;
+
+/// One round's raft messages from one node to one peer, of every group they share.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Frame {
+    /// Each message with the range whose group it belongs to.
+    pub msgs: Vec<(RangeId, RaftMsg)>,
+}
+
+/// `eraftpb::Message`, field for field, in types postcard can carry.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RaftMsg {
+    /// `MessageType` as its number; checked on decode.
+    pub msg_type: u8,
+    pub to: u64,
+    pub from: u64,
+    pub term: u64,
+    pub log_term: u64,
+    pub index: u64,
+    pub entries: Vec<RaftEntry>,
+    pub commit: u64,
+    pub commit_term: u64,
+    pub snapshot: Option<RaftSnapshot>,
+    pub request_snapshot: u64,
+    pub reject: bool,
+    pub reject_hint: u64,
+    pub context: Vec<u8>,
+    pub priority: i64,
+}
+
+/// `eraftpb::Entry` (without the deprecated `sync_log`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RaftEntry {
+    /// `EntryType` as its number; checked on decode.
+    pub entry_type: u8,
+    pub term: u64,
+    pub index: u64,
+    pub data: Vec<u8>,
+    pub context: Vec<u8>,
+}
+
+/// `eraftpb::Snapshot` with its metadata and conf state flattened.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RaftSnapshot {
+    pub data: Vec<u8>,
+    pub index: u64,
+    pub term: u64,
+    pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
+    pub voters_outgoing: Vec<u64>,
+    pub learners_next: Vec<u64>,
+    pub auto_leave: bool,
+}
+
+/// Why bytes from a peer are not a frame of raft messages.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// Longer than [`MAX_FRAME`].
+    #[error("raft frame of {0} bytes is over the limit")]
+    TooLong(usize),
+    /// Not postcard of a [`Frame`], or bytes left over after it.
+    #[error("raft frame is malformed")]
+    Malformed,
+    /// A message type no raft-rs 0.7 message has.
+    #[error("unknown raft message type {0}")]
+    MessageType(u8),
+    /// An entry type no raft-rs 0.7 entry has.
+    #[error("unknown raft entry type {0}")]
+    EntryType(u8),
+    /// A message type that never crosses the network (`MsgHup`, `MsgBeat`, ...).
+    #[error("raft message type {0} is local only")]
+    LocalOnly(u8),
+}
+
+impl Frame {
+    /// The frame's bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        // Serialising plain structs into a Vec cannot fail.
+        postcard::to_allocvec(self).unwrap_or_default()
+    }
+
+    /// A frame from a peer's bytes: refuses oversize, malformed and trailing bytes and any
+    /// message or entry type raft-rs does not know; never panics.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        if bytes.len() > MAX_FRAME {
+            return Err(DecodeError::TooLong(bytes.len()));
+        }
+        let (frame, rest): (Frame, &[u8]) = postcard::take_from_bytes(bytes).map_err(|_| DecodeError::Malformed)?;
+        if !rest.is_empty() {
+            return Err(DecodeError::Malformed);
+        }
+        for (_, m) in &frame.msgs {
+            m.check()?;
+        }
+        Ok(frame)
+    }
+}
+
+impl RaftMsg {
+    /// The message's types are ones raft-rs knows and one that travels between nodes.
+    fn check(&self) -> Result<(), DecodeError> {
+        let t = message_type(self.msg_type)?;
+        // As raft-rs's `is_local_msg`: these are a node's messages to itself.
+        let local = [
+            MessageType::MsgHup,
+            MessageType::MsgBeat,
+            MessageType::MsgUnreachable,
+            MessageType::MsgSnapStatus,
+            MessageType::MsgCheckQuorum,
+        ];
+        if local.contains(&t) {
+            return Err(DecodeError::LocalOnly(self.msg_type));
+        }
+        for e in &self.entries {
+            entry_type(e.entry_type)?;
+        }
+        Ok(())
+    }
+
+    /// The raft message: fails only as [`Frame::decode`] would have refused it.
+    pub fn to_raft(&self) -> Result<Message, DecodeError> {
+        self.check()?;
+        let mut m = Message::default();
+        m.set_msg_type(message_type(self.msg_type)?);
+        m.to = self.to;
+        m.from = self.from;
+        m.term = self.term;
+        m.log_term = self.log_term;
+        m.index = self.index;
+        let entries = self
+            .entries
+            .iter()
+            .map(RaftEntry::to_raft)
+            .collect::<Result<Vec<_>, _>>()?;
+        m.set_entries(entries.into());
+        m.commit = self.commit;
+        m.commit_term = self.commit_term;
+        if let Some(s) = &self.snapshot {
+            m.set_snapshot(s.to_raft());
+        }
+        m.request_snapshot = self.request_snapshot;
+        m.reject = self.reject;
+        m.reject_hint = self.reject_hint;
+        m.set_context(self.context.clone().into());
+        m.priority = self.priority;
+        Ok(m)
+    }
+
+    /// The mirror of a raft message.
+    pub fn from_raft(m: &Message) -> Self {
+        RaftMsg {
+            msg_type: m.get_msg_type() as u8,
+            to: m.to,
+            from: m.from,
+            term: m.term,
+            log_term: m.log_term,
+            index: m.index,
+            entries: m.get_entries().iter().map(RaftEntry::from_raft).collect(),
+            commit: m.commit,
+            commit_term: m.commit_term,
+            snapshot: m.has_snapshot().then(|| RaftSnapshot::from_raft(m.get_snapshot())),
+            request_snapshot: m.request_snapshot,
+            reject: m.reject,
+            reject_hint: m.reject_hint,
+            context: m.get_context().to_vec(),
+            priority: m.priority,
+        }
+    }
+}
+
+impl RaftEntry {
+    fn to_raft(&self) -> Result<Entry, DecodeError> {
+        let mut e = Entry::default();
+        e.set_entry_type(entry_type(self.entry_type)?);
+        e.term = self.term;
+        e.index = self.index;
+        e.set_data(self.data.clone().into());
+        e.set_context(self.context.clone().into());
+        Ok(e)
+    }
+
+    fn from_raft(e: &Entry) -> Self {
+        RaftEntry {
+            entry_type: e.get_entry_type() as u8,
+            term: e.term,
+            index: e.index,
+            data: e.get_data().to_vec(),
+            context: e.get_context().to_vec(),
+        }
+    }
+}
+
+impl RaftSnapshot {
+    fn to_raft(&self) -> Snapshot {
+        let mut cs = ConfState::default();
+        cs.set_voters(self.voters.clone());
+        cs.set_learners(self.learners.clone());
+        cs.set_voters_outgoing(self.voters_outgoing.clone());
+        cs.set_learners_next(self.learners_next.clone());
+        cs.auto_leave = self.auto_leave;
+        let mut meta = SnapshotMetadata::default();
+        meta.set_conf_state(cs);
+        meta.index = self.index;
+        meta.term = self.term;
+        let mut s = Snapshot::default();
+        s.set_data(self.data.clone().into());
+        s.set_metadata(meta);
+        s
+    }
+
+    fn from_raft(s: &Snapshot) -> Self {
+        let meta = s.get_metadata();
+        let cs = meta.get_conf_state();
+        RaftSnapshot {
+            data: s.get_data().to_vec(),
+            index: meta.index,
+            term: meta.term,
+            voters: cs.get_voters().to_vec(),
+            learners: cs.get_learners().to_vec(),
+            voters_outgoing: cs.get_voters_outgoing().to_vec(),
+            learners_next: cs.get_learners_next().to_vec(),
+            auto_leave: cs.auto_leave,
+        }
+    }
+}
+
+/// The message types of raft-rs 0.7, by number (`eraftpb.proto`).
+const MESSAGE_TYPES: [MessageType; 19] = [
+    MessageType::MsgHup,
+    MessageType::MsgBeat,
+    MessageType::MsgPropose,
+    MessageType::MsgAppend,
+    MessageType::MsgAppendResponse,
+    MessageType::MsgRequestVote,
+    MessageType::MsgRequestVoteResponse,
+    MessageType::MsgSnapshot,
+    MessageType::MsgHeartbeat,
+    MessageType::MsgHeartbeatResponse,
+    MessageType::MsgUnreachable,
+    MessageType::MsgSnapStatus,
+    MessageType::MsgCheckQuorum,
+    MessageType::MsgTransferLeader,
+    MessageType::MsgTimeoutNow,
+    MessageType::MsgReadIndex,
+    MessageType::MsgReadIndexResp,
+    MessageType::MsgRequestPreVote,
+    MessageType::MsgRequestPreVoteResponse,
+];
+
+fn message_type(n: u8) -> Result<MessageType, DecodeError> {
+    MESSAGE_TYPES
+        .get(usize::from(n))
+        .copied()
+        .ok_or(DecodeError::MessageType(n))
+}
+
+fn entry_type(n: u8) -> Result<EntryType, DecodeError> {
+    match n {
+        0 => Ok(EntryType::EntryNormal),
+        1 => Ok(EntryType::EntryConfChange),
+        2 => Ok(EntryType::EntryConfChangeV2),
+        _ => Err(DecodeError::EntryType(n)),
+    }
+}
