@@ -6,13 +6,16 @@
 //!
 //! - `call`: the calling side ([`Channel`], [`PendingCall`]), its writer and its sweeper.
 //! - `serve`: the serving loop ([`serve`], [`Handler`], [`Now`]) and its panic guard.
+//! - `order`: which of a stream's requests wait for which ([`Class`]: reads behind writes).
 
 mod call;
+mod order;
 mod serve;
 #[cfg(test)]
 mod tests;
 
 pub use call::{CallError, Channel, MAX_OUTBOX, PendingCall};
+pub use order::Class;
 pub use serve::{FinishStream, Handler, Now, ServeContext, StreamKey, new_stream_key, serve};
 
 use crate::wire::{RemoteError, Reply};

@@ -15,6 +15,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::order::{Class, Classes};
 use super::{Answer, MAX_BATCH};
 use crate::wire::{
     self, FrameBudget, FrameError, FrameReader, MAX_FRAME, RemoteError, Request, RequestFrame, ResponseFrame,
@@ -40,8 +41,14 @@ pub enum Now {
     First(Pin<Box<dyn Future<Output = Now> + Send>>),
 }
 
-/// A request being placed ([`Now::First`]): its frame id, its kind, and the future that places it.
-type Placing = (u64, &'static str, Pin<Box<dyn Future<Output = Now> + Send>>);
+/// A request being placed ([`Now::First`]): its frame id, its kind, its class, and the future
+/// that places it.
+type Placing = (
+    u64,
+    &'static str,
+    Option<Class>,
+    Pin<Box<dyn Future<Output = Now> + Send>>,
+);
 
 /// Identifies one served stream, for the lifetime of the node: a handler keeps the requests
 /// of one stream together (in order, on one stream to the next node).
@@ -61,21 +68,22 @@ pub fn new_stream_key() -> StreamKey {
 struct InFlight {
     id: u64,
     kind: &'static str,
+    class: Option<Class>,
     answer: Pin<Box<dyn Future<Output = Answer> + Send>>,
 }
 
 impl Future for InFlight {
-    /// The frame id, and the answer or what the panic said.
-    type Output = (u64, Result<Answer, String>);
+    /// The frame id, the request's class, and the answer or what the panic said.
+    type Output = (u64, Option<Class>, Result<Answer, String>);
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
-        let id = self.id;
+        let (id, class) = (self.id, self.class);
         match std::panic::catch_unwind(AssertUnwindSafe(|| self.answer.as_mut().poll(cx))) {
             Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
-            Ok(std::task::Poll::Ready(answer)) => std::task::Poll::Ready((id, Ok(answer))),
+            Ok(std::task::Poll::Ready(answer)) => std::task::Poll::Ready((id, class, Ok(answer))),
             Err(panic) => {
                 let reason = caught(self.kind, &*panic, "request task panicked; the node goes on");
-                std::task::Poll::Ready((id, Err(reason)))
+                std::task::Poll::Ready((id, class, Err(reason)))
             }
         }
     }
@@ -179,6 +187,10 @@ where
     let stream = new_stream_key();
     // A request being placed ([`Now::First`]): the stream is not read until it is.
     let mut placing: Option<Placing> = None;
+    // The reads and writes in flight, and a request taken in that must wait for those of the
+    // other class to be answered (see [`Class`]): the stream is not read until it is released.
+    let mut classes = Classes::default();
+    let mut held: Option<(RequestFrame, Option<Class>)> = None;
     loop {
         // Write what is answered once no further request is buffered, when no further
         // request may be taken in until one in flight finishes, or once the answers pass
@@ -196,21 +208,40 @@ where
                 answered = Vec::with_capacity(16 * 1024);
             }
         }
+        if let Some((frame, class)) = held.take_if(|(_, class)| !classes.must_wait(*class) && placing.is_none()) {
+            take_in(
+                frame,
+                class,
+                &handler,
+                stream,
+                ctx.default_timeout,
+                &mut answered,
+                &mut placing,
+                &node,
+            )
+            .start(&mut answered, &mut pending, &mut classes, &settle)
+            .await;
+            continue;
+        }
         let next = tokio::select! {
             // At the in-flight limit the stream is not read until a request finishes.
-            next = reader.next_frame(), if !at_limit && placing.is_none() => next,
-            (id, kind, now) = place(&mut placing, handler.node_name()), if placing.is_some() => {
+            next = reader.next_frame(), if !at_limit && placing.is_none() && held.is_none() => next,
+            (id, kind, class, now) = place(&mut placing, handler.node_name()), if placing.is_some() => {
                 placing = None;
-                if let Some(waiting) = take_now(id, kind, now, &mut answered, &mut placing, &node) {
-                    start(waiting, &mut answered, &mut pending, &settle).await;
-                }
+                take_now(id, kind, class, now, &mut answered, &mut placing, &node)
+                    .start(&mut answered, &mut pending, &mut classes, &settle)
+                    .await;
                 continue;
             }
-            Some((id, answer)) = pending.next(), if !pending.is_empty() => {
+            Some((id, class, answer)) = pending.next(), if !pending.is_empty() => {
+                classes.ended(class);
                 encode_answer(id, settle(answer), &mut answered);
                 while answered.len() < MAX_BATCH {
                     match pending.next().now_or_never() {
-                        Some(Some((id, answer))) => encode_answer(id, settle(answer), &mut answered),
+                        Some(Some((id, class, answer))) => {
+                            classes.ended(class);
+                            encode_answer(id, settle(answer), &mut answered);
+                        }
                         _ => break,
                     }
                 }
@@ -250,27 +281,61 @@ where
                 continue;
             }
         };
-        let timeout = match frame.timeout_ms {
-            0 => ctx.default_timeout,
-            ms => Duration::from_millis(ms.into()),
-        };
-        let kind = frame.request.kind();
-        let now = match answer_now(&handler, frame.request, timeout, stream) {
-            Now::Later(request) => Now::Waiting(Box::pin(run_with_deadline(Arc::clone(&handler), request, timeout))),
-            now => now,
-        };
-        if let Some(waiting) = take_now(frame.id, kind, now, &mut answered, &mut placing, &node) {
-            start(waiting, &mut answered, &mut pending, &settle).await;
+        let class = Class::of(&frame.request);
+        if classes.must_wait(class) {
+            held = Some((frame, class));
+            continue;
         }
+        take_in(
+            frame,
+            class,
+            &handler,
+            stream,
+            ctx.default_timeout,
+            &mut answered,
+            &mut placing,
+            &node,
+        )
+        .start(&mut answered, &mut pending, &mut classes, &settle)
+        .await;
     }
-    // Answer everything already taken in before ending the stream.
-    if let Some((id, kind, first)) = placing.take() {
+    // Answer everything already taken in before ending the stream: the request being placed,
+    // then the one held (once those of the other class are answered), then all in flight.
+    if let Some((id, kind, class, first)) = placing.take() {
         let now = first.await;
-        if let Some(waiting) = take_now(id, kind, now, &mut answered, &mut placing, &node) {
-            start(waiting, &mut answered, &mut pending, &settle).await;
+        take_now(id, kind, class, now, &mut answered, &mut placing, &node)
+            .start(&mut answered, &mut pending, &mut classes, &settle)
+            .await;
+    }
+    if let Some((frame, class)) = held.take() {
+        while classes.must_wait(class) {
+            let Some((id, class, answer)) = pending.next().await else {
+                break;
+            };
+            classes.ended(class);
+            encode_answer(id, settle(answer), &mut answered);
+        }
+        let mut placing = None;
+        take_in(
+            frame,
+            class,
+            &handler,
+            stream,
+            ctx.default_timeout,
+            &mut answered,
+            &mut placing,
+            &node,
+        )
+        .start(&mut answered, &mut pending, &mut classes, &settle)
+        .await;
+        if let Some((id, kind, class, first)) = placing.take() {
+            let now = first.await;
+            take_now(id, kind, class, now, &mut answered, &mut placing, &node)
+                .start(&mut answered, &mut pending, &mut classes, &settle)
+                .await;
         }
     }
-    while let Some((id, answer)) = pending.next().await {
+    while let Some((id, _, answer)) = pending.next().await {
         encode_answer(id, settle(answer), &mut answered);
     }
     if peer_gone {
@@ -294,12 +359,37 @@ where
     }
 }
 
+/// Takes in one request: asks the handler what it makes of it (see [`take_now`]).
+#[allow(clippy::too_many_arguments)]
+fn take_in<H: Handler>(
+    frame: RequestFrame,
+    class: Option<Class>,
+    handler: &Arc<H>,
+    stream: StreamKey,
+    default_timeout: Duration,
+    answered: &mut Vec<u8>,
+    placing: &mut Option<Placing>,
+    node: &dyn Fn() -> String,
+) -> Option<InFlight> {
+    let timeout = match frame.timeout_ms {
+        0 => default_timeout,
+        ms => Duration::from_millis(ms.into()),
+    };
+    let kind = frame.request.kind();
+    let now = match answer_now(handler, frame.request, timeout, stream) {
+        Now::Later(request) => Now::Waiting(Box::pin(run_with_deadline(Arc::clone(handler), request, timeout))),
+        now => now,
+    };
+    take_now(frame.id, kind, class, now, answered, placing, node)
+}
+
 /// Acts on what [`Handler::answer_now`] (or a request being placed) made of request `id`:
 /// an answer is encoded, a request to place is kept in `placing`, and the future of an
 /// answer is given back, to be pushed among those in flight.
 fn take_now(
     id: u64,
     kind: &'static str,
+    class: Option<Class>,
     now: Now,
     answered: &mut Vec<u8>,
     placing: &mut Option<Placing>,
@@ -307,8 +397,15 @@ fn take_now(
 ) -> Option<InFlight> {
     match now {
         Now::Answer(answer) => encode_answer(id, answer, answered),
-        Now::Waiting(answer) => return Some(InFlight { id, kind, answer }),
-        Now::First(first) => *placing = Some((id, kind, first)),
+        Now::Waiting(answer) => {
+            return Some(InFlight {
+                id,
+                kind,
+                class,
+                answer,
+            });
+        }
+        Now::First(first) => *placing = Some((id, kind, class, first)),
         // Not made by a request being placed; the serving loop runs `Later` itself.
         Now::Later(_) => encode_answer(
             id,
@@ -322,32 +419,52 @@ fn take_now(
     None
 }
 
-/// Polls the future of a request's answer once at once, before the stream's next request is
-/// taken in (see [`Now::Waiting`]): its answer is encoded if ready, else it joins those in flight.
-async fn start(
-    mut started: InFlight,
-    answered: &mut Vec<u8>,
-    pending: &mut FuturesUnordered<InFlight>,
-    settle: &(dyn Fn(Result<Answer, String>) -> Answer + Sync),
-) {
-    match std::future::poll_fn(|cx| std::task::Poll::Ready(Pin::new(&mut started).poll(cx))).await {
-        std::task::Poll::Ready((id, answer)) => encode_answer(id, settle(answer), answered),
-        std::task::Poll::Pending => pending.push(started),
+/// What [`take_now`] gave back: the future of an answer to start, if any.
+trait Start {
+    /// Polls the future of a request's answer once at once, before the stream's next request
+    /// is taken in (see [`Now::Waiting`]): its answer is encoded if ready, else it joins those
+    /// in flight, counted by its class.
+    async fn start(
+        self,
+        answered: &mut Vec<u8>,
+        pending: &mut FuturesUnordered<InFlight>,
+        classes: &mut Classes,
+        settle: &(dyn Fn(Result<Answer, String>) -> Answer + Sync),
+    );
+}
+
+impl Start for Option<InFlight> {
+    async fn start(
+        self,
+        answered: &mut Vec<u8>,
+        pending: &mut FuturesUnordered<InFlight>,
+        classes: &mut Classes,
+        settle: &(dyn Fn(Result<Answer, String>) -> Answer + Sync),
+    ) {
+        let Some(mut started) = self else { return };
+        match std::future::poll_fn(|cx| std::task::Poll::Ready(Pin::new(&mut started).poll(cx))).await {
+            std::task::Poll::Ready((id, _, answer)) => encode_answer(id, settle(answer), answered),
+            std::task::Poll::Pending => {
+                classes.started(started.class);
+                pending.push(started);
+            }
+        }
     }
 }
 
 /// Polls the request being placed, under a panic guard (a panic is an internal error).
-async fn place(placing: &mut Option<Placing>, node: &str) -> (u64, &'static str, Now) {
+async fn place(placing: &mut Option<Placing>, node: &str) -> (u64, &'static str, Option<Class>, Now) {
     std::future::poll_fn(|cx| {
-        let (id, kind, first) = placing.as_mut().expect("polled only while placing");
+        let (id, kind, class, first) = placing.as_mut().expect("polled only while placing");
         match std::panic::catch_unwind(AssertUnwindSafe(|| first.as_mut().poll(cx))) {
             Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
-            Ok(std::task::Poll::Ready(now)) => std::task::Poll::Ready((*id, *kind, now)),
+            Ok(std::task::Poll::Ready(now)) => std::task::Poll::Ready((*id, *kind, *class, now)),
             Err(panic) => {
                 let reason = caught(kind, &*panic, "request panicked; the node goes on");
                 std::task::Poll::Ready((
                     *id,
                     *kind,
+                    *class,
                     Now::Answer(Err(RemoteError::Internal {
                         node: node.to_string(),
                         reason,
