@@ -109,9 +109,10 @@ fn duration(ns: Option<u64>) -> String {
     match ns {
         None => "-".into(),
         Some(u64::MAX) => "> 10 s".into(),
-        Some(ns) if ns < 1_000_000 => format!("{} µs", ns / 1000),
-        Some(ns) if ns < 1_000_000_000 => format!("{} ms", ns as f64 / 1e6),
-        Some(ns) => format!("{} s", ns as f64 / 1e9),
+        // The upper bound of the bucket the quantile falls in.
+        Some(ns) if ns < 1_000_000 => format!("≤ {} µs", ns as f64 / 1e3),
+        Some(ns) if ns < 1_000_000_000 => format!("≤ {} ms", ns as f64 / 1e6),
+        Some(ns) => format!("≤ {} s", ns as f64 / 1e9),
     }
 }
 

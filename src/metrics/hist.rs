@@ -6,10 +6,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::{Deserialize, Serialize};
 
 /// Room for this many bounds (plus the `+Inf` bucket).
-const MAX_BOUNDS: usize = 20;
+const MAX_BOUNDS: usize = 24;
 
-/// Request and sync latencies, in nanoseconds: 25 µs to 10 s.
+/// Request and sync latencies, in nanoseconds: 2.5 µs (an in-memory read) to 10 s.
 pub const LATENCY_NS: &[u64] = &[
+    2_500,
+    5_000,
+    10_000,
     25_000,
     50_000,
     100_000,
