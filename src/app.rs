@@ -133,6 +133,8 @@ fn start(args: StartArgs, global: Global, env: Env) -> ExitCode {
         listen: args.listen,
         advertise: args.advertise,
         text_listen: args.text_listen,
+        metrics_listen: args.metrics_listen,
+        metrics_allow_remote: args.metrics_allow_remote,
         join: args.join,
         config: args.config,
         table: args.table,

@@ -95,6 +95,11 @@ pub enum Command {
     /// List the members a node knows: name, address, state, incarnation, last seen
     #[command(after_help = "Example:\n  kvnode members --via foo")]
     Members(ViaArgs),
+    /// A node's figures (as its /metrics shows them): requests, latency, members, store, process
+    #[command(
+        after_help = "Examples:\n  kvnode stats --via foo\n  kvnode stats --json | jq .now.requests\n\nRates and p50/p99 latencies are over the last 10 s, totals since the node started."
+    )]
+    Stats(ViaArgs),
     /// Print pong if NODE answers (exit 0), else pang (exit 3; 4 if it refused our secret)
     #[command(after_help = "Example:\n  kvnode ping foo && echo up")]
     Ping(PingArgs),
@@ -170,6 +175,14 @@ pub struct StartArgs {
     /// Serve RESP over TLS with the node's certificate (redis-cli --tls --insecure)
     #[arg(long)]
     pub resp_tls: bool,
+    /// Serve Prometheus/OpenMetrics figures at http://ADDR/metrics [default: off]. Loopback
+    /// only, unless --metrics-allow-remote
+    #[arg(long, value_name = "ADDR", value_parser = crate::config::parse_listen)]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Let --metrics-listen take an address other than loopback: anyone who reaches it may
+    /// read the figures (they need no secret)
+    #[arg(long)]
+    pub metrics_allow_remote: bool,
 }
 
 /// `--via NODE`: which node to talk to.

@@ -151,6 +151,22 @@ fn loopback_only(addr: SocketAddr) -> Result<SocketAddr, ConfigError> {
     })
 }
 
+/// `metrics_listen`, if it is a loopback address or the operator allowed others: the
+/// figures need no secret to read, and tell whoever reaches them how busy the cluster is.
+fn metrics_listen(addr: Option<SocketAddr>, allow_remote: bool) -> Result<Option<SocketAddr>, ConfigError> {
+    match addr {
+        Some(a) if !a.ip().is_loopback() && !allow_remote => Err(ConfigError::Invalid {
+            what: "metrics_listen (--metrics-listen)".into(),
+            reason: format!(
+                "{a} is not a loopback address, and /metrics needs no secret to read; listen on \
+                 127.0.0.1 or [::1], or say that anyone who can reach {a} may read the figures with \
+                 metrics_allow_remote = true (--metrics-allow-remote)"
+            ),
+        }),
+        other => Ok(other),
+    }
+}
+
 /// An address to advertise: an IP address other nodes and clients can connect to (not a
 /// wildcard such as 0.0.0.0), and a port (0: the port the node listens on).
 pub fn parse_advertise(s: &str) -> Result<SocketAddr, String> {
@@ -285,6 +301,11 @@ pub struct ConfigFile {
     /// Where the guide's text protocol listens (TCP, loopback only); off when not set.
     #[serde(default, deserialize_with = "deserialize_listen")]
     pub text_listen: Option<SocketAddr>,
+    /// Where `/metrics` is served (plain HTTP); off when not set. Loopback only unless
+    /// `metrics_allow_remote`.
+    #[serde(default, deserialize_with = "deserialize_listen")]
+    pub metrics_listen: Option<SocketAddr>,
+    pub metrics_allow_remote: Option<bool>,
     pub join: Option<Vec<NodeRef>>,
     pub routing_table: Option<TableSpec>,
     pub peers: Option<BTreeMap<NodeName, HostPort>>,
@@ -398,6 +419,8 @@ pub struct NodeConfig {
     pub advertise: Option<SocketAddr>,
     /// Where the guide's text protocol listens (TCP); `None`: it does not. Loopback only.
     pub text_listen: Option<SocketAddr>,
+    /// Where `/metrics` is served (HTTP); `None`: it is not. Loopback unless allowed.
+    pub metrics_listen: Option<SocketAddr>,
     pub join: Vec<NodeRef>,
     /// The configured table; `None` means "own everything until a cluster says otherwise".
     pub table: Option<Vec<Entry>>,
@@ -425,6 +448,8 @@ pub struct StartFlags {
     pub listen: Option<SocketAddr>,
     pub advertise: Option<SocketAddr>,
     pub text_listen: Option<SocketAddr>,
+    pub metrics_listen: Option<SocketAddr>,
+    pub metrics_allow_remote: bool,
     pub join: Vec<NodeRef>,
     pub config: Option<PathBuf>,
     pub table: Option<String>,
@@ -570,6 +595,10 @@ impl NodeConfig {
                 .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid default")),
             advertise: flags.advertise.or(file.advertise),
             text_listen: flags.text_listen.or(file.text_listen).map(loopback_only).transpose()?,
+            metrics_listen: metrics_listen(
+                flags.metrics_listen.or(file.metrics_listen),
+                flags.metrics_allow_remote || file.metrics_allow_remote.unwrap_or(false),
+            )?,
             join,
             table,
             peers: file.peers.unwrap_or_default(),
@@ -887,6 +916,19 @@ mod tests {
         assert_eq!(flagged.auto_reply.as_deref(), Some("hi"));
         let none = NodeConfig::resolve(StartFlags::default(), &env).unwrap_err();
         assert!(matches!(none, ConfigError::NoName));
+    }
+
+    #[test]
+    fn metrics_listen_on_another_address_than_loopback_must_be_allowed() {
+        let at = |a: &str| Some(a.parse::<SocketAddr>().unwrap());
+        assert_eq!(metrics_listen(None, false).unwrap(), None);
+        assert_eq!(
+            metrics_listen(at("127.0.0.1:9187"), false).unwrap(),
+            at("127.0.0.1:9187")
+        );
+        let err = metrics_listen(at("0.0.0.0:9187"), false).unwrap_err().to_string();
+        assert!(err.contains("metrics_allow_remote = true"), "{err}");
+        assert_eq!(metrics_listen(at("0.0.0.0:9187"), true).unwrap(), at("0.0.0.0:9187"));
     }
 
     #[test]

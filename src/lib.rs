@@ -6,9 +6,12 @@
 //! - [`cli`]: the command line, declared with clap; parsing only.
 //! - [`commands`]: the client subcommands (`put`, `get`, `members`, `chat`, ...) and their output.
 //! - [`route`]: `kvnode route`: a bucket's owner and replicas, the table, `--set`.
+//! - [`stats`]: `kvnode stats`, a node's figures with rates and p50/p99 over the last 10 s.
 //! - [`stop`]: `kvnode stop`, by SIGTERM for a node of this home, else by a leave request.
 //! - [`bench`]: `kvnode bench`, throughput and latency like redis-benchmark.
 //! - [`output`]: answers on stdout, as text or JSON Lines.
+//! - [`metrics`]: the node's figures (counters and histograms in atomics), their snapshot,
+//!   its OpenMetrics text and the `/metrics` HTTP listener (hyper); knows no QUIC and no node.
 //! - [`client`]: finding a node (`--via`), connecting and asking it, with exit-coded errors.
 //! - [`config`]: the file, environment and flag layers, mapped onto the plain settings of the code
 //!   that uses them (`transport::{Limits, Timeouts}`, `gossip::GossipConfig`,
@@ -46,6 +49,7 @@ pub mod commands;
 pub mod config;
 pub mod directory;
 pub use kvnode_gossip as gossip;
+pub mod metrics;
 pub mod names;
 pub mod node;
 pub mod output;
@@ -54,6 +58,7 @@ pub mod route;
 pub mod routing;
 pub mod rpc;
 pub mod secret;
+pub mod stats;
 pub mod stop;
 pub mod store;
 pub mod supervisor;

@@ -21,7 +21,7 @@ use crate::routing::{Entry, RoutingTable};
 /// decode. 6: a routing entry holds a list of replicas where it held one node, in tables,
 /// gossip and `route --set`, and `Reply::Owner` carries the range's replicas; a node of
 /// version 5 would misread both.)
-pub const PROTOCOL_VERSION: u16 = 6;
+pub const PROTOCOL_VERSION: u16 = 7;
 /// The TLS ALPN identifier of this protocol.
 pub const ALPN: &[u8] = b"kvnode/1";
 /// The largest frame either side accepts, checked before allocating.
@@ -383,6 +383,9 @@ pub enum Request {
     /// Stop, as on SIGTERM: announce `left`, finish the requests in flight, exit
     /// (`kvnode stop NAME --via NODE`). Answered `Done` before the node stops.
     Leave,
+    /// The node's figures (`kvnode stats`), as `/metrics` shows them; answered
+    /// [`Reply::Stats`]. (Protocol version 7.)
+    Stats,
     /// Test builds only: a request that panics inside its task.
     #[cfg(feature = "fault-injection")]
     Panic,
@@ -491,6 +494,8 @@ pub enum Reply {
     Stored {
         new: bool,
     },
+    /// The answer to [`Request::Stats`] (boxed: it is far larger than the others).
+    Stats(Box<crate::metrics::StatsReport>),
 }
 
 /// One member as a node sees it.
@@ -676,6 +681,7 @@ impl Request {
             Request::Gossip { .. } => "gossip",
             Request::SetTableIf { .. } => "set-table",
             Request::Leave => "leave",
+            Request::Stats => "stats",
             #[cfg(feature = "fault-injection")]
             Request::Panic => "panic",
             #[cfg(feature = "fault-injection")]
@@ -695,7 +701,7 @@ impl Request {
                 b.op,
                 BucketOp::Get { .. } | BucketOp::Keys { .. } | BucketOp::Route | BucketOp::Create
             ),
-            Request::Table | Request::Members | Request::Ping => true,
+            Request::Table | Request::Members | Request::Ping | Request::Stats => true,
             Request::SetTable { .. }
             | Request::SetTableIf { .. }
             | Request::Leave

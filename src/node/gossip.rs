@@ -411,8 +411,12 @@ impl Node {
                     tracing::info!(member = %name, %addr, "member up");
                     self.forget_hop(&name, Some(addr));
                 }
-                Event::MemberSuspect { name, addr } => tracing::info!(member = %name, %addr, "member suspect"),
+                Event::MemberSuspect { name, addr } => {
+                    crate::metrics::transition(crate::metrics::Transition::Suspect);
+                    tracing::info!(member = %name, %addr, "member suspect");
+                }
                 Event::MemberDead { name, addr } => {
+                    crate::metrics::transition(crate::metrics::Transition::Dead);
                     tracing::warn!(member = %name, %addr, "member dead");
                     self.peers.forget(addr);
                     self.forget_hop(&name, None);
@@ -529,6 +533,7 @@ impl Node {
     /// open and the message fits, else (in its own task) a stream, connecting first if needed.
     fn transmit(self: &Arc<Self>, t: Transmit) {
         let bytes = t.msg.encode();
+        crate::metrics::gossip_sent(bytes.len());
         let live = self.peers.live(t.to);
         if !t.reliable
             && let Some(conn) = &live

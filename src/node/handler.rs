@@ -11,6 +11,7 @@ use tokio::time::Instant;
 
 use super::ops::{self, Applied};
 use super::{Node, PeerConn, hop_margin};
+use crate::metrics::RequestTimer;
 use crate::names::NodeName;
 use crate::routing::RoutingTable;
 use crate::rpc::{Handler, Now, StreamKey};
@@ -44,11 +45,13 @@ impl Handler for Node {
                 Ok(Reply::Done)
             }
             Request::Members => Ok(Reply::Members(self.members())),
+            Request::Stats => Ok(Reply::Stats(Box::new(self.stats().await))),
             Request::Ping => Ok(Reply::Pong {
                 name: self.name.clone(),
             }),
             Request::Chat(msg) => Box::pin(self.chat(msg, deadline)).await,
             Request::Gossip { message } => {
+                crate::metrics::gossip_received(message.len());
                 let msg = crate::gossip::Message::decode(&message).map_err(RemoteError::invalid)?;
                 // The sender is where the message says it is from; the core checks the rest.
                 let from = msg.sender().id.addr;
@@ -120,8 +123,16 @@ impl Node {
         }
     }
 
-    /// [`Handler::answer_now`] for a bucket request, the one place a bucket request is
-    /// routed: into "apply it here" or "send it on to its owner".
+    /// [`Handler::answer_now`] for a bucket request: [`Node::bucket_routed`], counted and
+    /// timed to its answer for the metrics.
+    pub(super) fn bucket_now(self: &Arc<Self>, req: BucketRequest, timeout: Duration, stream: StreamKey) -> Now {
+        let mut timer = RequestTimer::start(&req.op, req.path.len());
+        let now = self.bucket_routed(req, timeout, stream, &mut timer);
+        timed(now, timer)
+    }
+
+    /// The one place a bucket request is routed: into "apply it here" or "send it on to its
+    /// owner" (saying so to `timer`).
     ///
     /// Applied here, it is answered at once when that needs no waiting (anything on the
     /// in-memory store); else the future of its answer ends by the deadline (a write waiting
@@ -134,7 +145,13 @@ impl Node {
     /// The requests of one incoming `stream` all go to the owner on one stream, in the order
     /// they came (issue 22): when one cannot be queued at once (no connection or stream yet,
     /// or the outbox toward the owner is full), the incoming stream waits until it is.
-    pub(super) fn bucket_now(self: &Arc<Self>, mut req: BucketRequest, timeout: Duration, stream: StreamKey) -> Now {
+    fn bucket_routed(
+        self: &Arc<Self>,
+        mut req: BucketRequest,
+        timeout: Duration,
+        stream: StreamKey,
+        timer: &mut RequestTimer,
+    ) -> Now {
         // Keep back a little of the deadline for our own error, so it reaches the caller in
         // time. (Read from the clock only by what waits: most answers are given at once.)
         let deadline = || Instant::now() + timeout - hop_margin(timeout);
@@ -148,11 +165,13 @@ impl Node {
             // A route query changes nothing, so no order is at stake: it takes a hop of its
             // own, which may connect first.
             Ok(Dest::There(owner)) if matches!(req.op, BucketOp::Route) => {
+                timer.forwarded();
                 let (node, deadline) = (Arc::clone(self), deadline());
                 let answer = async move { node.route_query(req, owner, deadline).await };
                 Now::Waiting(Box::pin(self.within(deadline, answer)))
             }
             Ok(Dest::There(owner)) => {
+                timer.forwarded();
                 req.path.push(self.name.clone());
                 let deadline = deadline();
                 let request = Request::Bucket(req);
@@ -471,6 +490,24 @@ impl Node {
             return None;
         }
         tokio::time::timeout_at(deadline, at.resolve()).await.ok()?.ok()
+    }
+}
+
+/// `now`, with `timer` stopped when its answer is given (at once, or when its future ends).
+fn timed(now: Now, timer: RequestTimer) -> Now {
+    match now {
+        Now::Answer(answer) => {
+            timer.done(&answer);
+            Now::Answer(answer)
+        }
+        Now::Waiting(answer) => Now::Waiting(Box::pin(async move {
+            let answer = answer.await;
+            timer.done(&answer);
+            answer
+        })),
+        Now::First(placing) => Now::First(Box::pin(async move { timed(placing.await, timer) })),
+        // Not given for a bucket request (`handle` would refuse it): nothing to time.
+        Now::Later(request) => Now::Later(request),
     }
 }
 

@@ -13,6 +13,7 @@ mod peers;
 mod penalty;
 mod saved_cluster;
 mod saved_table;
+mod stats;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -62,6 +63,11 @@ pub enum NodeError {
         "cannot listen for the text protocol on {addr} (text_listen, --text-listen): {source}; give a free loopback port, or leave it out"
     )]
     TextListen { addr: SocketAddr, source: std::io::Error },
+    /// The metrics listener (`--metrics-listen`) cannot bind its address.
+    #[error(
+        "cannot listen for metrics on {addr} (metrics_listen, --metrics-listen): {source}; give a free port, or leave it out"
+    )]
+    MetricsListen { addr: SocketAddr, source: std::io::Error },
     #[error("cannot publish the node in {path}: {source}")]
     Publish { path: String, source: std::io::Error },
     /// A long-lived part kept failing beyond the restart budget.
@@ -249,6 +255,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         ),
         None => None,
     };
+    let metrics_listener = stats::bind(config.metrics_listen).await?;
     let store = if config.in_memory {
         Store::in_memory()
     } else {
@@ -380,6 +387,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         tracing::info!(%addr, "serving the guide's text protocol (CREATE/PUT/GET/DELETE) on {addr}, loopback only: it has no authentication");
         node.tasks.spawn(listen_text::serve(Arc::clone(&node), text));
     }
+    stats::start(&node, metrics_listener);
     // Pooled connections nothing has used for a while are closed (they are kept alive by
     // our keep-alives otherwise); the pool looks every eighth of the idle period.
     let sweeping = Arc::clone(&node);
@@ -579,6 +587,7 @@ impl Node {
         let limits = &self.config.limits;
         if self.connections.load(Ordering::Relaxed) >= limits.max_connections as usize {
             tracing::warn!(%peer, limit = limits.max_connections, "refused a connection: too many open");
+            crate::metrics::refused(crate::metrics::Refusal::TooManyConnections);
             return Admission::Refuse;
         }
         // Before the penalties: an address not validated may be spoofed, and must neither
@@ -594,12 +603,14 @@ impl Node {
             .unwrap_or_else(PoisonError::into_inner)
             .allow(peer, now)
         {
+            crate::metrics::refused(crate::metrics::Refusal::SlowedDown);
             return Admission::Ignore;
         }
         match self.handshakes.admit(peer, now) {
             Ok(ticket) => Admission::Accept(ticket),
             Err(full) => {
                 tracing::debug!(%peer, limit = limits.max_handshakes, "refused a connection: {full}");
+                crate::metrics::refused(crate::metrics::Refusal::HandshakesFull);
                 Admission::Refuse
             }
         }
@@ -618,6 +629,7 @@ impl Node {
         let authed = match accepted {
             Ok(a) => a,
             Err(AcceptError::AuthRefused) => {
+                crate::metrics::refused(crate::metrics::Refusal::WrongSecret);
                 let warning = self.penalise(peer);
                 match warning {
                     Some(penalty::Warning::First) => {
@@ -635,6 +647,7 @@ impl Node {
             // (A QUIC handshake that never finished is not charged: its address may be a
             // spoofed victim's.)
             Err(e @ AcceptError::Timeout(_)) => {
+                crate::metrics::refused(crate::metrics::Refusal::HandshakeTimeout);
                 match self.penalise(peer) {
                     Some(penalty::Warning::First) => {
                         tracing::warn!(%peer, error = %e, "dropped a connection; its source is slowed down as for a wrong secret");
@@ -777,6 +790,7 @@ impl Node {
                 () = self.serve.stopping.cancelled() => return,
             };
             let Some(bytes) = datagram else { return };
+            crate::metrics::gossip_received(bytes.len());
             match crate::gossip::Message::decode(&bytes) {
                 Ok(msg) => {
                     tracing::trace!(%from, len = bytes.len(), "gossip datagram in");

@@ -162,7 +162,13 @@ impl DiskStore {
             }
             let (ops, waiters): (Vec<Op>, Vec<_>) = batch.drain(..).map(|p| (p.op, p.done)).unzip();
             let engine = Arc::clone(&self.engine);
-            match tokio::task::spawn_blocking(move || engine.commit(&ops)).await {
+            let commit = move || {
+                let started = std::time::Instant::now();
+                let applied = engine.commit(&ops);
+                crate::metrics::commit(ops.len(), started.elapsed());
+                applied
+            };
+            match tokio::task::spawn_blocking(commit).await {
                 Ok(Ok(applied)) => {
                     for (done, applied) in waiters.into_iter().zip(applied) {
                         let _ = done.send(Ok(applied));

@@ -33,6 +33,23 @@ impl Default for MemoryStore {
 }
 
 impl MemoryStore {
+    /// The keys in every bucket (each bucket read-locked in turn, so not one instant).
+    pub fn key_count(&self) -> u64 {
+        let mut keys = 0;
+        for shard in self.shards.iter() {
+            let buckets: Vec<Bucket> = shard
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .values()
+                .cloned()
+                .collect();
+            for b in buckets {
+                keys += b.read().unwrap_or_else(PoisonError::into_inner).len() as u64;
+            }
+        }
+        keys
+    }
+
     fn shard(&self, bucket: &[u8]) -> &RwLock<HashMap<Bytes, Bucket>> {
         &self.shards[self.hasher.hash_one(bucket) as usize % SHARDS]
     }

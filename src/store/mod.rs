@@ -187,6 +187,20 @@ impl Store {
         }
     }
 
+    /// The keys stored, for the metrics: counted in memory; `None` on disk, where counting
+    /// means reading every key (fjall keeps no exact count), too costly for a scrape.
+    pub fn key_count(&self) -> Option<u64> {
+        self.memory().map(MemoryStore::key_count)
+    }
+
+    /// Where a durable store keeps its data (`None` in memory).
+    pub fn disk_path(&self) -> Option<&Path> {
+        match &self.backend {
+            Backend::Memory(_) => None,
+            Backend::Disk(d) => Some(d.path()),
+        }
+    }
+
     /// Removes `key`; `NoKey`/`NoBucket` when there was nothing to remove.
     pub async fn delete(&self, bucket: &[u8], key: &[u8]) -> Result<Lookup<()>, StoreError> {
         match &self.backend {
