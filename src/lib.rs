@@ -35,6 +35,8 @@
 //! - [`store`]: buckets of keys and values, in memory or on disk (knows no network).
 //! - [`directory`]: the local node directory under `KVNODE_HOME/nodes` (epmd for kvnode).
 //! - [`secret`]: where the shared secret comes from and who may read it.
+//! - [`keyring`]: the secrets a node accepts and the one it proves with; its file (`kvnode secret`).
+//! - [`secret_cmd`]: `kvnode secret install|use|remove|list` and `kvnode keygen`.
 //! - [`names`]: the `name`, `name@host:port`, `host:port` forms (a name itself is gossip's `NodeName`).
 
 pub mod app;
@@ -45,6 +47,7 @@ pub mod client;
 pub mod commands;
 pub mod config;
 pub mod directory;
+pub mod keyring;
 pub use kvnode_gossip as gossip;
 pub mod names;
 pub mod node;
@@ -54,6 +57,7 @@ pub mod route;
 pub mod routing;
 pub mod rpc;
 pub mod secret;
+pub mod secret_cmd;
 pub mod stop;
 pub mod store;
 pub mod supervisor;

@@ -44,6 +44,7 @@ impl Handler for Node {
                 Ok(Reply::Done)
             }
             Request::Members => Ok(Reply::Members(self.members())),
+            Request::Keyring { op, fan_out } => Box::pin(self.keyring_request(op, fan_out, deadline)).await,
             Request::Ping => Ok(Reply::Pong {
                 name: self.name.clone(),
             }),
