@@ -90,18 +90,18 @@ fn rotating_the_secret_of_three_nodes_under_load_fails_no_request() {
         });
     };
     let old_clients = load(Arc::clone(&home), old.clone(), Arc::clone(&stop_old), Arc::clone(&done));
-    wait_some(6);
+    wait_some(40);
 
     let out = home.run(&["secret", "install", s(&new), "--via", "bar"]).ok();
     assert_eq!(out.matches("ok: installed").count(), 3, "{out}");
     let new_clients = load(Arc::clone(&home), new.clone(), Arc::clone(&stop_new), Arc::clone(&done));
-    wait_some(6);
+    wait_some(40);
     let list = home.run(&["secret", "list", "--via", "baz"]).ok();
     assert!(list.lines().filter(|l| l.contains("3/3")).count() == 2, "{list}");
 
     let out = home.run(&["secret", "use", s(&new), "--via", "baz"]).ok();
     assert_eq!(out.matches("ok: now uses").count(), 3, "{out}");
-    wait_some(6);
+    wait_some(40);
     // Clients move to the new secret before the old one goes.
     stop_old.store(true, Ordering::Relaxed);
     let old_failures = old_clients.join().unwrap();
@@ -117,7 +117,7 @@ fn rotating_the_secret_of_three_nodes_under_load_fails_no_request() {
 
     let out = home.run(&["secret", "remove", s(&old), "--via", "foo"]).ok();
     assert_eq!(out.matches("ok: removed").count(), 3, "{out}");
-    wait_some(6);
+    wait_some(40);
     stop_new.store(true, Ordering::Relaxed);
     let new_failures = new_clients.join().unwrap();
     assert!(
