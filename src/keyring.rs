@@ -206,7 +206,16 @@ impl Keyring {
             source,
         };
         let meta = match std::fs::metadata(path) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            // No data directory yet, or one that is not a directory (said by the node's
+            // check of its data directory, in its own words): no keyring.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                ) =>
+            {
+                return Ok(None);
+            }
             other => other.map_err(io)?,
         };
         let mode = meta.mode() & 0o7777;

@@ -638,7 +638,7 @@ impl Node {
                 let warning = self.penalise(peer);
                 match warning {
                     Some(penalty::Warning::First) => {
-                        tracing::warn!(%peer, "refused a connection: its secret is none of this node's keyring");
+                        tracing::warn!(%peer, "refused a connection: its secret differs from this node's");
                     }
                     Some(penalty::Warning::Repeated(n)) => {
                         tracing::warn!(address = %peer.ip(), attempts = n, "refused more connections that failed the handshake (a wrong secret, or not finished in time) from this address; it is being slowed down");
