@@ -257,3 +257,45 @@ fn a_member_down_during_a_change_is_named_and_the_command_fails() {
         run.stderr
     );
 }
+
+/// The RESP listener's AUTH takes any installed secret, as the QUIC handshake does.
+#[test]
+fn a_redis_client_may_auth_with_any_installed_secret() {
+    use std::io::{BufRead, BufReader, Write};
+    let home = Home::new();
+    let foo = home.start("foo", &["--in-memory", "--resp-listen", "127.0.0.1:0"]);
+    let line = foo.wait_log("the RESP listener", |l| l.contains("serving RESP"));
+    let port: u16 = line
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix("port="))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {line}"));
+    let auth = |password: &str| {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(20))).unwrap();
+        s.write_all(format!("AUTH {password}\r\n").as_bytes()).unwrap();
+        let mut answer = String::new();
+        BufReader::new(s).read_line(&mut answer).unwrap();
+        answer.trim_end().to_string()
+    };
+    let old = std::fs::read_to_string(home.secret_path()).unwrap().trim().to_string();
+    let new = keygen(&home, "new.secret");
+    let new_text = std::fs::read_to_string(&new).unwrap().trim().to_string();
+    assert!(auth(&new_text).starts_with("-WRONGPASS"));
+    home.run(&["secret", "install", s(&new), "--via", "foo"]).ok();
+    assert_eq!((auth(&old), auth(&new_text)), ("+OK".to_string(), "+OK".to_string()));
+    home.run(&["secret", "use", s(&new), "--via", "foo"]).ok();
+    let old_file = home.secret_path();
+    home.run(&[
+        "secret",
+        "remove",
+        s(&old_file),
+        "--via",
+        "foo",
+        "--secret-file",
+        s(&new),
+    ])
+    .ok();
+    assert!(auth(&old).starts_with("-WRONGPASS"));
+    assert_eq!(auth(&new_text), "+OK");
+}
