@@ -170,7 +170,9 @@ fn start(args: StartArgs, global: Global, env: Env) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let code = match &e {
-                NodeError::Directory(_) | NodeError::Secret(_) | NodeError::DataDir { .. } => EXIT_USAGE,
+                NodeError::Directory(_) | NodeError::Secret(_) | NodeError::Keyring(_) | NodeError::DataDir { .. } => {
+                    EXIT_USAGE
+                }
                 NodeError::Transport(crate::transport::TransportError::Bind { .. }) => EXIT_USAGE,
                 NodeError::TextListen { .. } => EXIT_USAGE,
                 NodeError::GaveUp(_) => 6,

@@ -225,12 +225,23 @@ where
     Ok(peer(server))
 }
 
-/// The accepting side: read the hello, answer with ours, check the client's proof, prove.
-/// Nothing else from the peer is read before this returns `Ok`.
+/// The secret of `keys` that `mac` was made with, if any: each is checked (in constant time),
+/// all of them whichever matches, so the time taken does not say which did.
+pub fn verify_any<'k>(keys: &'k [Secret], side: Side, t: &Transcript<'_>, mac: &[u8; 32]) -> Option<&'k Secret> {
+    keys.iter().fold(None, |found, key| match verify(key, side, t, mac) {
+        true => found.or(Some(key)),
+        false => found,
+    })
+}
+
+/// The accepting side: read the hello, answer with ours, check the client's proof against
+/// every secret of `keys` (a node's keyring), prove with the one it was made with (so a
+/// client holding any installed secret is answered in terms it can check). Nothing else
+/// from the peer is read before this returns `Ok`.
 pub async fn server_handshake<R, W>(
     reader: &mut FrameReader<R>,
     writer: &mut W,
-    secret: &Secret,
+    keys: &[Secret],
     me: &Me<'_>,
     exporter: &[u8; 32],
 ) -> Result<PeerHello, HandshakeError>
@@ -249,9 +260,7 @@ where
         exporter,
     };
     let mac = recv_proof(reader).await?;
-    if !verify(secret, Side::Client, &t, &mac) {
-        return Err(HandshakeError::BadProof);
-    }
+    let secret = verify_any(keys, Side::Client, &t, &mac).ok_or(HandshakeError::BadProof)?;
     send(
         writer,
         &Proof {
@@ -278,6 +287,22 @@ mod tests {
         client_exporter: [u8; 32],
         server_exporter: [u8; 32],
     ) -> (Result<PeerHello, HandshakeError>, Result<PeerHello, HandshakeError>) {
+        run_keyring(
+            client_secret,
+            std::slice::from_ref(server_secret),
+            client_exporter,
+            server_exporter,
+        )
+        .await
+    }
+
+    /// As [`run`], with a node that accepts any of `server_keys`.
+    async fn run_keyring(
+        client_secret: &Secret,
+        server_keys: &[Secret],
+        client_exporter: [u8; 32],
+        server_exporter: [u8; 32],
+    ) -> (Result<PeerHello, HandshakeError>, Result<PeerHello, HandshakeError>) {
         let (c, s) = tokio::io::duplex(4096);
         let (cr, mut cw) = tokio::io::split(c);
         let (sr, mut sw) = tokio::io::split(s);
@@ -299,7 +324,7 @@ mod tests {
                 name: "foo",
                 listen: None,
             };
-            let res = server_handshake(&mut r, &mut sw, server_secret, &me, &server_exporter).await;
+            let res = server_handshake(&mut r, &mut sw, server_keys, &me, &server_exporter).await;
             drop(sw);
             res
         };
@@ -312,6 +337,37 @@ mod tests {
         assert_eq!(c.unwrap().name, "foo");
         let s = s.unwrap();
         assert_eq!((s.name.as_str(), s.role), ("client@test", Role::Client));
+    }
+
+    #[tokio::test]
+    async fn a_node_accepts_any_installed_secret_and_answers_with_it() {
+        let keys = [secret("old cookie"), secret("new cookie")];
+        for client in [secret("old cookie"), secret("new cookie")] {
+            let (c, s) = run_keyring(&client, &keys, [1; 32], [1; 32]).await;
+            // The client checks the node's proof with the one secret it holds: it passes.
+            assert_eq!(c.unwrap().name, "foo");
+            assert_eq!(s.unwrap().name, "client@test");
+        }
+        let (c, s) = run_keyring(&secret("removed cookie"), &keys, [1; 32], [1; 32]).await;
+        assert!(matches!(s, Err(HandshakeError::BadProof)));
+        assert!(c.is_err());
+    }
+
+    #[test]
+    fn verify_any_names_the_secret_a_proof_was_made_with() {
+        let keys = [secret("a"), secret("b"), secret("c")];
+        let (cn, sn) = ([3; 32], [4; 32]);
+        let t = Transcript {
+            client_name: "a",
+            server_name: "foo",
+            client_nonce: &cn,
+            server_nonce: &sn,
+            exporter: &[1; 32],
+        };
+        let mac = prove(&keys[1], Side::Client, &t);
+        assert_eq!(verify_any(&keys, Side::Client, &t, &mac), Some(&keys[1]));
+        assert_eq!(verify_any(&keys[..1], Side::Client, &t, &mac), None);
+        assert_eq!(verify_any(&[], Side::Client, &t, &mac), None);
     }
 
     #[tokio::test]
@@ -372,7 +428,7 @@ mod tests {
             name: "foo",
             listen: None,
         };
-        let err = server_handshake(&mut r, &mut sw, &secret("c"), &me, &[0; 32])
+        let err = server_handshake(&mut r, &mut sw, &[secret("c")], &me, &[0; 32])
             .await
             .unwrap_err();
         assert!(matches!(
@@ -398,7 +454,7 @@ mod tests {
                     listen: None,
                 };
                 let mut sink = Vec::new();
-                server_handshake(&mut r, &mut sink, &secret("cookie"), &me, &[5; 32]).await
+                server_handshake(&mut r, &mut sink, &[secret("cookie")], &me, &[5; 32]).await
             })
         }
 
@@ -446,7 +502,7 @@ mod tests {
             };
             let mut sink = Vec::new();
             assert!(
-                server_handshake(&mut r, &mut sink, &secret("c"), &me, &[0; 32])
+                server_handshake(&mut r, &mut sink, &[secret("c")], &me, &[0; 32])
                     .await
                     .is_err()
             );

@@ -38,7 +38,8 @@ pub struct Cli {
 /// Options every subcommand takes.
 #[derive(Args, Debug, Clone, Default)]
 pub struct Global {
-    /// Read the shared secret from FILE (must be mode 0600); overrides KVNODE_SECRET
+    /// Read the shared secret from FILE (must be mode 0600); overrides KVNODE_SECRET. A node
+    /// whose data directory holds a keyring (made by `kvnode secret`) uses that instead
     #[arg(long, global = true, value_name = "FILE")]
     pub secret_file: Option<PathBuf>,
     /// Give up after this long, e.g. 500ms, 5s, 1m [default: 5s]
@@ -116,6 +117,68 @@ pub enum Command {
         after_help = "Examples:\n  kvnode bench --via foo\n  kvnode bench -c 50 -n 100000 -d 3 --pipeline 16 -t put,get"
     )]
     Bench(BenchArgs),
+    /// Change the cluster's secret while it runs: install a new one, use it, remove the old
+    ///
+    /// Each change goes through one node to every live member and prints one line per
+    /// member (exit 0 only if every member made it). A node accepts connections proved with
+    /// any installed secret and proves its own with the one in use; its keyring is kept in
+    /// its data directory (mode 0600) and beats --secret-file at the next start. Secrets
+    /// are shown only by fingerprint (the first 8 hex digits of their SHA-256).
+    #[command(after_help = SECRET_EXAMPLES)]
+    Secret(SecretArgs),
+    /// Print a new secret: 32 random bytes from the operating system, in hex, as a secret
+    /// file holds it
+    #[command(
+        after_help = "Examples:\n  kvnode keygen --output new.secret        # mode 0600, refuses to overwrite\n  (umask 077; kvnode keygen > new.secret)  # a secret file must be mode 0600"
+    )]
+    Keygen(KeygenArgs),
+}
+
+const SECRET_EXAMPLES: &str = "\
+Rotating the secret of a running cluster (every step through any node; clients holding
+either secret keep working while both are installed):
+  kvnode keygen --output new.secret
+  kvnode secret install new.secret --via foo   # every member accepts it too
+  kvnode secret use new.secret --via foo       # every member proves with it
+  # give clients the new secret (KVNODE_SECRET, --secret-file, KVNODE_HOME/secret), then:
+  kvnode secret remove old.secret --via foo    # nobody accepts the old one any more
+  kvnode secret list --via foo                 # fingerprints, and how many members hold each
+
+Removing the secret in use is refused; so is using one some live member lacks.";
+
+/// `kvnode secret`'s actions.
+#[derive(Args, Debug, Clone)]
+pub struct SecretArgs {
+    #[command(subcommand)]
+    pub action: SecretAction,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum SecretAction {
+    /// Make every live member accept the secret in FILE too (at least 16 bytes)
+    Install(SecretFileArgs),
+    /// Make every live member prove its own connections with the secret in FILE
+    Use(SecretFileArgs),
+    /// Make every live member accept the secret in FILE no more (not the one in use)
+    Remove(SecretFileArgs),
+    /// List each secret installed on the members, by fingerprint, with how many hold it
+    List(ViaArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SecretFileArgs {
+    /// A secret file (mode 0600), as --secret-file reads it; `kvnode keygen` makes one
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub via: ViaArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct KeygenArgs {
+    /// Write the secret to FILE (made with mode 0600; an existing file is not overwritten)
+    /// rather than to stdout
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone, Default)]

@@ -79,6 +79,10 @@ pub enum ClientError {
     /// secret (§3).
     #[error("{reason}")]
     Pang { node: String, reason: Box<ClientError> },
+    /// `kvnode secret`: some members failed (each is in the report printed); the exit code
+    /// is the first failure's.
+    #[error("{message}")]
+    MembersFailed { message: String, code: u8 },
 }
 
 impl ClientError {
@@ -109,6 +113,7 @@ impl ClientError {
             Unexpected { .. } => 6,
             Pang { reason, .. } if matches!(**reason, AuthRefused { .. }) => 4,
             Pang { .. } => 3,
+            MembersFailed { code, .. } => *code,
         }
     }
 

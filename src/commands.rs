@@ -6,7 +6,7 @@ use std::os::unix::ffi::OsStringExt;
 use serde_json::{Map, Value, json};
 use tokio::time::Instant;
 
-use crate::cli::{ChatArgs, Command, GetArgs, KeyArgs, PingArgs, PutArgs};
+use crate::cli::{ChatArgs, Command, GetArgs, KeyArgs, PingArgs, PutArgs, SecretAction};
 use crate::client::{self, Client, ClientError, Settings};
 use crate::names::NodeRef;
 use crate::output::{Output, bytes_field, printable, printable_value};
@@ -66,6 +66,15 @@ async fn run_within(command: Command, mut settings: Settings, out: &mut Output) 
             settings.via = via_or_env(args.via.via.clone(), &settings)?;
             crate::bench::run(args.settings(), &settings, out).await
         }
+        Command::Secret(args) => {
+            let via = match &args.action {
+                SecretAction::List(v) => v.via.clone(),
+                SecretAction::Install(a) | SecretAction::Use(a) | SecretAction::Remove(a) => a.via.via.clone(),
+            };
+            settings.via = via_or_env(via, &settings)?;
+            crate::secret_cmd::run(args, &settings, deadline, out).await
+        }
+        Command::Keygen(args) => crate::secret_cmd::keygen(args, out),
     }
 }
 

@@ -38,6 +38,8 @@
 //! - [`store`]: buckets of keys and values, in memory or on disk (knows no network).
 //! - [`directory`]: the local node directory under `KVNODE_HOME/nodes` (epmd for kvnode).
 //! - [`secret`]: where the shared secret comes from and who may read it.
+//! - [`keyring`]: the secrets a node accepts and the one it proves with; its file (`kvnode secret`).
+//! - [`secret_cmd`]: `kvnode secret install|use|remove|list` and `kvnode keygen`.
 //! - [`names`]: the `name`, `name@host:port`, `host:port` forms (a name itself is gossip's `NodeName`).
 
 pub mod app;
@@ -48,6 +50,7 @@ pub mod client;
 pub mod commands;
 pub mod config;
 pub mod directory;
+pub mod keyring;
 pub use kvnode_gossip as gossip;
 pub mod metrics;
 pub mod names;
@@ -58,6 +61,7 @@ pub mod route;
 pub mod routing;
 pub mod rpc;
 pub mod secret;
+pub mod secret_cmd;
 pub mod stats;
 pub mod stop;
 pub mod store;

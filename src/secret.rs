@@ -7,9 +7,24 @@ use std::io::Write;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-/// The shared secret's bytes. Never printed: `Debug` shows only its length.
-#[derive(Clone, PartialEq, Eq)]
+/// The shared secret's bytes. Never printed: `Debug` shows only its length. Sent on the
+/// wire only inside an authenticated connection (`kvnode secret install` gives it to nodes).
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "serde_bytes::ByteBuf", into = "serde_bytes::ByteBuf")]
 pub struct Secret(Vec<u8>);
+
+impl TryFrom<serde_bytes::ByteBuf> for Secret {
+    type Error = SecretError;
+    fn try_from(bytes: serde_bytes::ByteBuf) -> Result<Self, SecretError> {
+        Secret::new(bytes.into_vec())
+    }
+}
+
+impl From<Secret> for serde_bytes::ByteBuf {
+    fn from(secret: Secret) -> Self {
+        serde_bytes::ByteBuf::from(secret.0)
+    }
+}
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -122,7 +137,9 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SecretError + '_ {
     }
 }
 
-fn read_secret_file(path: &Path) -> Result<Secret, SecretError> {
+/// Reads a secret file: a regular file, mode 0600 or stricter, its bytes the secret (one
+/// trailing line end dropped).
+pub fn read_secret_file(path: &Path) -> Result<Secret, SecretError> {
     let meta = std::fs::metadata(path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
             SecretError::Missing {

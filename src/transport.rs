@@ -507,11 +507,12 @@ pub enum AcceptError {
     Handshake(HandshakeError),
 }
 
-/// Accepts an incoming connection and runs the server side of the secret handshake,
-/// all within `deadline`. Nothing else the peer sends is read before this succeeds.
+/// Accepts an incoming connection and runs the server side of the secret handshake with
+/// any of `keys` (the node's keyring), all within `deadline`. Nothing else the peer sends is
+/// read before this succeeds.
 pub async fn accept(
     incoming: quinn::Incoming,
-    secret: &Secret,
+    keys: &[Secret],
     me: &Me<'_>,
     deadline: Duration,
 ) -> Result<Authed, AcceptError> {
@@ -527,7 +528,7 @@ pub async fn accept(
             .await
             .map_err(|e| HandshakeError::Frame(std::io::Error::from(e).into()))?;
         let mut reader = FrameReader::new(recv, MAX_HANDSHAKE_FRAME);
-        let peer = auth::server_handshake(&mut reader, &mut send, secret, me, &exporter).await?;
+        let peer = auth::server_handshake(&mut reader, &mut send, keys, me, &exporter).await?;
         let _ = send.finish();
         Ok::<_, HandshakeError>(peer)
     };

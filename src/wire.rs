@@ -16,12 +16,16 @@ use crate::gossip::State;
 use crate::names::{NodeName, escape_bytes};
 use crate::routing::{Entry, RoutingTable};
 
+mod keyring;
+pub use keyring::{KeyringOp, KeyringView, NodeKeyring};
+
 /// Bumped on any incompatible change; checked first in the handshake. (5: `BucketOp::Create`
 /// `BucketOp::PutExisting` and `BucketOp::PutReporting`, which a node of version 4 could not
 /// decode. 6: a routing entry holds a list of replicas where it held one node, in tables,
 /// gossip and `route --set`, and `Reply::Owner` carries the range's replicas; a node of
-/// version 5 would misread both.)
-pub const PROTOCOL_VERSION: u16 = 7;
+/// version 5 would misread both. 7: `Request::Stats` and `Reply::Stats`, for `kvnode stats`.
+/// 8: `Request::Keyring` and its replies, for `kvnode secret`.)
+pub const PROTOCOL_VERSION: u16 = 8;
 /// The TLS ALPN identifier of this protocol.
 pub const ALPN: &[u8] = b"kvnode/1";
 /// The largest frame either side accepts, checked before allocating.
@@ -386,6 +390,10 @@ pub enum Request {
     /// The node's figures (`kvnode stats`), as `/metrics` shows them; answered
     /// [`Reply::Stats`]. (Protocol version 7.)
     Stats,
+    /// `kvnode secret`: list or change the keyring. `fan_out`: sent by a client, so the
+    /// node applies it on every live member and answers `Reply::KeyringReport`; else (from
+    /// that node) applied here alone, answered `Reply::KeyringState`. (Protocol version 8.)
+    Keyring { op: KeyringOp, fan_out: bool },
     /// Test builds only: a request that panics inside its task.
     #[cfg(feature = "fault-injection")]
     Panic,
@@ -496,6 +504,10 @@ pub enum Reply {
     },
     /// The answer to [`Request::Stats`] (boxed: it is far larger than the others).
     Stats(Box<crate::metrics::StatsReport>),
+    /// A node's keyring after a [`Request::Keyring`] applied there alone.
+    KeyringState(KeyringView),
+    /// A [`Request::Keyring`]'s outcome on every member, in name order.
+    KeyringReport(Vec<NodeKeyring>),
 }
 
 /// One member as a node sees it.
@@ -682,6 +694,7 @@ impl Request {
             Request::SetTableIf { .. } => "set-table",
             Request::Leave => "leave",
             Request::Stats => "stats",
+            Request::Keyring { .. } => "keyring",
             #[cfg(feature = "fault-injection")]
             Request::Panic => "panic",
             #[cfg(feature = "fault-injection")]
@@ -702,6 +715,9 @@ impl Request {
                 BucketOp::Get { .. } | BucketOp::Keys { .. } | BucketOp::Route | BucketOp::Create
             ),
             Request::Table | Request::Members | Request::Ping | Request::Stats => true,
+            // Each change may be repeated (installing a secret held changes nothing), but one
+            // that fails part way is for the operator to see, not to be sent again unasked.
+            Request::Keyring { op, .. } => *op == KeyringOp::List,
             Request::SetTable { .. }
             | Request::SetTableIf { .. }
             | Request::Leave

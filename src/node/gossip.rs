@@ -211,7 +211,7 @@ fn join_unsendable(
 ) -> Option<String> {
     match linked {
         Err(ConnectFailure::AuthRefused) => Some(format!(
-            "{to} refused this node's secret: the secrets differ — give this node the cluster's secret (KVNODE_SECRET or --secret-file)"
+            "{to} refused this node's secret: the secrets differ — give this node the cluster's secret (KVNODE_SECRET or --secret-file); if its data directory holds a keyring (from `kvnode secret`), that is used instead, and one left outdated by a change made while this node was down must be deleted first (see `kvnode secret --help`)"
         )),
         Err(ConnectFailure::Unreachable(why)) => Some(format!("{to} is unreachable: {why}")),
         // As a client given NAME@HOST:PORT refuses another node there.

@@ -142,7 +142,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
         shared: &shared,
         peer,
         socket,
-        session: Session::new(id, shared.config.bucket.clone(), node.secret.as_bytes()),
+        session: Session::new(id, shared.config.bucket.clone(), node.keys.in_use().as_bytes()),
         front: node.front_session(),
         pending: Default::default(),
         out: Vec::with_capacity(16 * 1024),
@@ -322,7 +322,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
         if !penalties.allow(self.peer, now) {
             return Frame::err("too many wrong passwords from this address; slowed down, try again in a second");
         }
-        if self.session.check_password(password) {
+        // Any secret of the keyring, as for a QUIC client: a rotation keeps Redis clients of
+        // either secret working while both are installed.
+        if self.node.keys.current().accepts_password(password) {
             penalties.succeeded(self.peer);
             drop(penalties);
             return self.session.authenticated(then);

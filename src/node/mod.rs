@@ -6,6 +6,7 @@ mod chat_out;
 mod front;
 mod gossip;
 mod handler;
+mod keys;
 mod listen_resp;
 mod listen_text;
 mod ops;
@@ -27,10 +28,11 @@ use tokio_util::task::TaskTracker;
 use crate::auth::Me;
 use crate::config::NodeConfig;
 use crate::directory::{Directory, DirectoryError};
+use crate::keyring::{KeyringError, SharedKeyring};
 use crate::names::NodeName;
 use crate::routing::RoutingTable;
 use crate::rpc::{self, ServeContext};
-use crate::secret::{Secret, SecretError};
+use crate::secret::SecretError;
 use crate::store::Store;
 use crate::supervisor::{GaveUp, Part, Supervisor};
 use crate::transport::{self, AcceptError, Connection, Endpoint, Identity, Incoming, TransportError};
@@ -46,6 +48,9 @@ pub enum NodeError {
     Directory(#[from] DirectoryError),
     #[error(transparent)]
     Secret(#[from] SecretError),
+    /// The keyring in the data directory cannot be read or is corrupt.
+    #[error(transparent)]
+    Keyring(#[from] KeyringError),
     #[error(transparent)]
     Transport(#[from] TransportError),
     #[error(transparent)]
@@ -89,7 +94,12 @@ pub struct Node {
     name: NodeName,
     config: NodeConfig,
     listen: SocketAddr,
-    secret: Secret,
+    /// The secrets this node accepts and the one it proves with (`kvnode secret`).
+    keys: Arc<SharedKeyring>,
+    /// Where a change to them is saved: `DATA_DIR/keyring`.
+    keyring_file: std::path::PathBuf,
+    /// Held while a change is made, so that each starts from the last one's keyring.
+    keyring_change: tokio::sync::Mutex<()>,
     store: Store,
     table: RwLock<Arc<RoutingTable>>,
     /// Where a durable node keeps the table it holds (none in memory).
@@ -217,7 +227,8 @@ impl Node {
 pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
     let directory = Directory::new(&config.home);
     let claim = directory.claim(&config.name)?;
-    let secret = config.secret.load_or_create()?;
+    let keyring_file = crate::keyring::path(&config.data_dir);
+    let keys = Arc::new(SharedKeyring::new(keys::starting_keyring(&config, &keyring_file)?));
     // The certificate lives there even for an in-memory node; a path that is a file, or
     // under one, is the user's to fix, not a broken certificate.
     usable_dir(&config.data_dir).map_err(|source| NodeError::DataDir {
@@ -230,7 +241,8 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         &config.limits,
         &config.timeouts,
         Some(PEER_KEEP_ALIVE),
-        &secret,
+        // The secret in use at start keys the endpoint's resets for this run (see there).
+        &keys.in_use(),
         &config.name,
     )?;
     // A durable node listens where it did last time when its port was left to chance, so
@@ -346,9 +358,11 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     })?;
     let node = Arc::new(Node {
         name: config.name.clone(),
-        peers: PeerPool::new(endpoint.clone(), secret.clone(), config.name.clone(), listen),
+        peers: PeerPool::new(endpoint.clone(), Arc::clone(&keys), config.name.clone(), listen),
         listen,
-        secret,
+        keys,
+        keyring_file,
+        keyring_change: Default::default(),
         store,
         table: RwLock::new(Arc::new(table)),
         table_file,
@@ -624,7 +638,10 @@ impl Node {
             name: self.name.as_str(),
             listen: Some(self.listen.to_string()),
         };
-        let accepted = incoming.accept(&self.secret, &me, self.config.timeouts.handshake).await;
+        let keyring = self.keys.current();
+        let accepted = incoming
+            .accept(keyring.all(), &me, self.config.timeouts.handshake)
+            .await;
         drop(slot);
         let authed = match accepted {
             Ok(a) => a,

@@ -12,9 +12,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::auth::Me;
+use crate::keyring::SharedKeyring;
 use crate::names::NodeName;
 use crate::rpc::{CallError, Channel, PendingCall, StreamKey};
-use crate::secret::Secret;
 use crate::transport::{self, Authed, ConnectError, Connection, Endpoint, RequestStreams};
 use crate::wire::{RemoteError, Reply, Request, Role};
 
@@ -228,7 +228,8 @@ impl Entry {
 /// a connection quiet for `idle` is closed.
 pub struct PeerPool {
     endpoint: Endpoint,
-    secret: Secret,
+    /// The node's keyring: a connection made now proves the secret in use now.
+    keys: Arc<SharedKeyring>,
     me: NodeName,
     listen: SocketAddr,
     conns: Mutex<HashMap<SocketAddr, Entry>>,
@@ -244,10 +245,10 @@ pub enum ConnectFailure {
 }
 
 impl PeerPool {
-    pub fn new(endpoint: Endpoint, secret: Secret, me: NodeName, listen: SocketAddr) -> Self {
+    pub fn new(endpoint: Endpoint, keys: Arc<SharedKeyring>, me: NodeName, listen: SocketAddr) -> Self {
         Self {
             endpoint,
-            secret,
+            keys,
             me,
             listen,
             conns: Mutex::default(),
@@ -370,7 +371,8 @@ impl PeerPool {
             name: self.me.as_str(),
             listen: Some(self.listen.to_string()),
         };
-        let connect = self.endpoint.connect(addr, &self.secret, &me);
+        let secret = self.keys.in_use();
+        let connect = self.endpoint.connect(addr, &secret, &me);
         let authed = match tokio::time::timeout_at(deadline, connect).await {
             Err(_) => {
                 return Err(ConnectFailure::Unreachable(
@@ -442,6 +444,7 @@ pub fn hop_margin(timeout: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::secret::Secret;
     use crate::transport::Identity;
     use crate::transport::{Limits, Timeouts};
 
@@ -471,6 +474,10 @@ mod tests {
     }
 
     /// How a test node introduces itself in the handshake.
+    fn keys(secret: &Secret) -> Arc<SharedKeyring> {
+        Arc::new(SharedKeyring::new(crate::keyring::Keyring::new(secret.clone())))
+    }
+
     fn hello(name: &str) -> Me<'_> {
         Me {
             role: Role::Node,
@@ -485,7 +492,7 @@ mod tests {
         tokio::spawn(async move {
             let incoming = ep.accept().await.unwrap();
             incoming
-                .accept(&secret, &hello(name), Duration::from_secs(5))
+                .accept(std::slice::from_ref(&secret), &hello(name), Duration::from_secs(5))
                 .await
                 .unwrap()
         })
@@ -502,7 +509,7 @@ mod tests {
         let me_ep = endpoint(&dir.path().join("me"), "me", 16);
         let listen = me_ep.local_addr().unwrap();
         let peer_side = accept_one(peer.clone(), &secret, "peer");
-        let pool = PeerPool::new(me_ep.clone(), secret.clone(), "me".parse().unwrap(), listen);
+        let pool = PeerPool::new(me_ep.clone(), keys(&secret), "me".parse().unwrap(), listen);
         let deadline = Instant::now() + Duration::from_secs(5);
         let (first, _) = pool.connect(peer_addr, deadline).await.ok().unwrap();
         let _first_at_peer = peer_side.await.unwrap();
@@ -529,7 +536,9 @@ mod tests {
             let mut held = Vec::new();
             for _ in 0..n {
                 let incoming = ep.accept().await.unwrap();
-                let accepted = incoming.accept(&secret, &hello(name), Duration::from_secs(5)).await;
+                let accepted = incoming
+                    .accept(std::slice::from_ref(&secret), &hello(name), Duration::from_secs(5))
+                    .await;
                 held.push(accepted.unwrap());
             }
             // Held open (and the endpoint with them) until the test ends.
@@ -541,7 +550,7 @@ mod tests {
     fn pool(dir: &std::path::Path, secret: &Secret) -> PeerPool {
         let me = endpoint(&dir.join("me"), "me", 16);
         let listen = me.local_addr().unwrap();
-        PeerPool::new(me, secret.clone(), "me".parse().unwrap(), listen)
+        PeerPool::new(me, keys(secret), "me".parse().unwrap(), listen)
     }
 
     /// Issue 22 point 3: dialling an address where no node answers used to leave an entry
@@ -637,7 +646,7 @@ mod tests {
         });
         let me = endpoint(&dir.path().join("me"), "me", 16);
         let listen = me.local_addr().unwrap();
-        let pool = PeerPool::new(me, secret, "me".parse().unwrap(), listen);
+        let pool = PeerPool::new(me, keys(&secret), "me".parse().unwrap(), listen);
         let deadline = || Instant::now() + Duration::from_millis(300);
         let (conn, _) = pool.connect(peer_addr, deadline()).await.ok().unwrap();
 

@@ -85,8 +85,9 @@ impl Incoming {
         self.0.ignore();
     }
 
-    /// Runs the server side of the handshakes, all within `deadline` (see [`super::accept`]).
-    pub async fn accept(self, secret: &Secret, me: &Me<'_>, deadline: Duration) -> Result<Authed, AcceptError> {
-        super::accept(self.0, secret, me, deadline).await
+    /// Runs the server side of the handshakes, accepting any of `keys`, all within
+    /// `deadline` (see [`super::accept`]).
+    pub async fn accept(self, keys: &[Secret], me: &Me<'_>, deadline: Duration) -> Result<Authed, AcceptError> {
+        super::accept(self.0, keys, me, deadline).await
     }
 }
