@@ -160,7 +160,10 @@ fn provider() -> Arc<CryptoProvider> {
 fn transport_config(limits: &Limits, idle: Duration, keep_alive: Option<Duration>) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     t.max_concurrent_bidi_streams(VarInt::from_u32(limits.max_streams_per_connection));
-    t.max_concurrent_uni_streams(VarInt::from_u32(0));
+    // Unidirectional streams carry raft frames between nodes (issue 25): one per peer, a few
+    // while one is being replaced. Only node connections are read from; a client's would stay
+    // unread, bounded by the receive window below.
+    t.max_concurrent_uni_streams(VarInt::from_u32(4));
     t.max_idle_timeout(Some(idle.try_into().unwrap_or(quinn::IdleTimeout::from(VarInt::MAX))));
     t.keep_alive_interval(keep_alive);
     t.datagram_receive_buffer_size(Some(1 << 20));

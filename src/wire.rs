@@ -20,8 +20,9 @@ use crate::routing::{Entry, RoutingTable};
 /// `BucketOp::PutExisting` and `BucketOp::PutReporting`, which a node of version 4 could not
 /// decode. 6: a routing entry holds a list of replicas where it held one node, in tables,
 /// gossip and `route --set`, and `Reply::Owner` carries the range's replicas; a node of
-/// version 5 would misread both.)
-pub const PROTOCOL_VERSION: u16 = 6;
+/// version 5 would misread both. 7: nodes send each other raft frames, `kvnode_replica::Frame`
+/// length-prefixed, on unidirectional streams, which a node of version 6 does not accept.)
+pub const PROTOCOL_VERSION: u16 = 7;
 /// The TLS ALPN identifier of this protocol.
 pub const ALPN: &[u8] = b"kvnode/1";
 /// The largest frame either side accepts, checked before allocating.

@@ -96,6 +96,16 @@ impl Connection {
         Ok(Channel::spawn(recv, send))
     }
 
+    /// Opens a raw unidirectional stream: the sending side of a peer's raft frames.
+    pub async fn open_uni(&self) -> Result<quinn::SendStream, Ended> {
+        self.0.open_uni().await.map_err(Ended)
+    }
+
+    /// Waits for the other side to open a unidirectional stream (raft frames from a peer).
+    pub async fn accept_uni(&self) -> Result<quinn::RecvStream, Ended> {
+        self.0.accept_uni().await.map_err(Ended)
+    }
+
     /// Waits for the other side to open a stream, to be served: its reading and writing
     /// halves (quinn's, which the serving loop takes as any async reader and writer).
     pub async fn accept_stream(&self) -> Result<(quinn::SendStream, quinn::RecvStream), Ended> {
