@@ -24,7 +24,7 @@ use crate::wire::{ALPN, FrameReader, MAX_HANDSHAKE_FRAME};
 mod connection;
 mod endpoint;
 mod settings;
-pub use connection::{Connection, Ended, RequestStreams};
+pub use connection::{Connection, Ended, RecvStream, RequestStreams, SendStream};
 pub use endpoint::{Endpoint, Incoming};
 pub use settings::{Limits, Timeouts};
 
@@ -47,6 +47,9 @@ pub mod close {
     pub const NAME_TAKEN: VarInt = VarInt::from_u32(6);
     /// The node has too many connections.
     pub const BUSY: VarInt = VarInt::from_u32(7);
+    /// A raft stream (issue 25) carried a frame that is oversize or no raft frame: that
+    /// stream is stopped with this code, the connection goes on.
+    pub const BAD_RAFT_FRAME: VarInt = VarInt::from_u32(8);
 }
 
 /// The server name every client asks for; identity comes from the secret handshake, not DNS.

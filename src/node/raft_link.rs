@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use super::Node;
 use super::replicas::{Input, Outbox};
 use crate::names::NodeName;
-use crate::transport::Connection;
+use crate::transport::{self, Connection, RecvStream, SendStream};
 use crate::wire::FrameReader;
 
 /// Frames waiting for one peer's stream; more are dropped (Raft resends).
@@ -26,9 +26,6 @@ const QUEUE: usize = 256;
 
 /// How long a sender may take to reach a peer before the frames for it are dropped.
 const CONNECT: Duration = Duration::from_secs(1);
-
-/// The error code a stream of bad raft frames is stopped with.
-const BAD_FRAME: quinn::VarInt = quinn::VarInt::from_u32(1);
 
 /// Each peer's queue of outgoing frames, and the task that writes them.
 #[derive(Default)]
@@ -63,7 +60,7 @@ impl Node {
 
     /// Writes the frames queued for `to` on one stream, reopened when it breaks.
     async fn raft_sender(self: Arc<Self>, to: NodeName, mut queue: mpsc::Receiver<Frame>) {
-        let mut stream: Option<quinn::SendStream> = None;
+        let mut stream: Option<SendStream> = None;
         loop {
             let frame = tokio::select! {
                 f = queue.recv() => f,
@@ -89,7 +86,7 @@ impl Node {
         }
     }
 
-    async fn open_raft_stream(self: &Arc<Self>, to: &NodeName) -> Option<quinn::SendStream> {
+    async fn open_raft_stream(self: &Arc<Self>, to: &NodeName) -> Option<SendStream> {
         let deadline = tokio::time::Instant::now() + CONNECT;
         let opened = tokio::time::timeout_at(deadline, async {
             let peer = self.hop(to, deadline).await.ok()?;
@@ -116,7 +113,7 @@ impl Node {
         }
     }
 
-    async fn read_raft_stream(self: Arc<Self>, recv: quinn::RecvStream, peer: NodeName) {
+    async fn read_raft_stream(self: Arc<Self>, recv: RecvStream, peer: NodeName) {
         let mut reader = FrameReader::new(recv, MAX_FRAME).with_budget(self.serve.frames.clone());
         loop {
             let next = tokio::select! {
@@ -139,7 +136,7 @@ impl Node {
                 Err(e) => e.to_string(),
             };
             tracing::warn!(%peer, error = %why, "bad raft frame from {peer}; closing that raft stream");
-            let _ = reader.into_inner().stop(BAD_FRAME);
+            let _ = reader.into_inner().stop(transport::close::BAD_RAFT_FRAME);
             return;
         }
     }

@@ -10,6 +10,11 @@ use quinn::{ConnectionError, VarInt};
 
 use crate::rpc::Channel;
 
+/// The sending half of a unidirectional stream (a node's raft frames to a peer).
+pub type SendStream = quinn::SendStream;
+/// The receiving half of a unidirectional stream (a peer's raft frames).
+pub type RecvStream = quinn::RecvStream;
+
 /// An established connection (the handshake is done before one is handed out). Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Connection(quinn::Connection);
