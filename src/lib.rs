@@ -17,7 +17,10 @@
 //!   that uses them (`transport::{Limits, Timeouts}`, `gossip::GossipConfig`,
 //!   `supervisor::SupervisorConfig`) and resolved into `NodeConfig`. Only the edge and `node` import it.
 //! - [`node`]: a running node; wires transport, store, routing and gossip together. A bucket
-//!   request is routed in one function, `Node::bucket_now`: applied here, or sent on to its owner.
+//!   request is routed in one function, `Node::bucket_now`: applied here, or sent on to its owner,
+//!   or for a replicated range (issue 25) proposed or read at its leader (`node::replicated`); the
+//!   Raft driver of the node's groups is `node::replicas` over the `kvnode-replica` crate
+//!   (`src/replica/`), its frames travel by `node::raft_link`.
 //!   Its local listeners (the text protocol, RESP) route every request through it too, by a front session.
 //! - [`text_protocol`]: the guide's `kv_server` lines (`CREATE`, `PUT`, `GET`, `DELETE`): splitting,
 //!   parsing and answers, sans-IO.

@@ -24,7 +24,7 @@ use crate::wire::{ALPN, FrameReader, MAX_HANDSHAKE_FRAME};
 mod connection;
 mod endpoint;
 mod settings;
-pub use connection::{Connection, Ended, RequestStreams};
+pub use connection::{Connection, Ended, RecvStream, RequestStreams, SendStream};
 pub use endpoint::{Endpoint, Incoming};
 pub use settings::{Limits, Timeouts};
 
@@ -47,6 +47,9 @@ pub mod close {
     pub const NAME_TAKEN: VarInt = VarInt::from_u32(6);
     /// The node has too many connections.
     pub const BUSY: VarInt = VarInt::from_u32(7);
+    /// A raft stream (issue 25) carried a frame that is oversize or no raft frame: that
+    /// stream is stopped with this code, the connection goes on.
+    pub const BAD_RAFT_FRAME: VarInt = VarInt::from_u32(8);
 }
 
 /// The server name every client asks for; identity comes from the secret handshake, not DNS.
@@ -160,7 +163,10 @@ fn provider() -> Arc<CryptoProvider> {
 fn transport_config(limits: &Limits, idle: Duration, keep_alive: Option<Duration>) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     t.max_concurrent_bidi_streams(VarInt::from_u32(limits.max_streams_per_connection));
-    t.max_concurrent_uni_streams(VarInt::from_u32(0));
+    // Unidirectional streams carry raft frames between nodes (issue 25): one per peer, a few
+    // while one is being replaced. Only node connections are read from; a client's would stay
+    // unread, bounded by the receive window below.
+    t.max_concurrent_uni_streams(VarInt::from_u32(4));
     t.max_idle_timeout(Some(idle.try_into().unwrap_or(quinn::IdleTimeout::from(VarInt::MAX))));
     t.keep_alive_interval(keep_alive);
     t.datagram_receive_buffer_size(Some(1 << 20));

@@ -24,8 +24,10 @@ pub use keyring::{KeyringOp, KeyringView, NodeKeyring};
 /// decode. 6: a routing entry holds a list of replicas where it held one node, in tables,
 /// gossip and `route --set`, and `Reply::Owner` carries the range's replicas; a node of
 /// version 5 would misread both. 7: `Request::Stats` and `Reply::Stats`, for `kvnode stats`.
-/// 8: `Request::Keyring` and its replies, for `kvnode secret`.)
-pub const PROTOCOL_VERSION: u16 = 8;
+/// 8: `Request::Keyring` and its replies, for `kvnode secret`. 9: nodes send each other raft
+/// frames, `kvnode_replica::Frame` length-prefixed, on unidirectional streams, which a node of
+/// version 8 does not accept.)
+pub const PROTOCOL_VERSION: u16 = 9;
 /// The TLS ALPN identifier of this protocol.
 pub const ALPN: &[u8] = b"kvnode/1";
 /// The largest frame either side accepts, checked before allocating.

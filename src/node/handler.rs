@@ -115,12 +115,13 @@ impl Node {
                 ),
             });
         }
-        match table.owner_of(&req.bucket) {
+        match table.entry_of(&req.bucket) {
             None => Err(RemoteError::NoRoute {
                 message: table.no_entry_message(&req.bucket),
             }),
-            Some(owner) if *owner == self.name => Ok(Dest::Here),
-            Some(owner) => Ok(Dest::There(owner.clone())),
+            Some(entry) if entry.is_replicated() => Ok(Dest::Replicated(entry.clone())),
+            Some(entry) if *entry.preferred_leader() == self.name => Ok(Dest::Here),
+            Some(entry) => Ok(Dest::There(entry.preferred_leader().clone())),
         }
     }
 
@@ -159,6 +160,12 @@ impl Node {
         match self.route(&req) {
             Err(e) => Now::Answer(Err(e)),
             Ok(Dest::Here) if matches!(req.op, BucketOp::Route) => Now::Answer(self.route_here(req)),
+            // A replicated range (issue 25): to its leader, by `Node::replicated`.
+            Ok(Dest::Replicated(entry)) => {
+                let (node, deadline) = (Arc::clone(self), deadline());
+                let answer = node.replicated(req, entry, deadline);
+                Now::Waiting(Box::pin(self.within(deadline, answer)))
+            }
             Ok(Dest::Here) => match ops::apply(req, &self.store, &self.name) {
                 Applied::Now(answer) => Now::Answer(answer),
                 Applied::Later(answer) => Now::Waiting(Box::pin(self.within(deadline(), answer))),
@@ -295,14 +302,14 @@ impl Node {
     }
 
     /// Sends a request one hop on, to `to`, with what is left of the deadline.
-    async fn forward(self: &Arc<Self>, to: &NodeName, request: Request, deadline: Instant) -> Answer {
+    pub(super) async fn forward(self: &Arc<Self>, to: &NodeName, request: Request, deadline: Instant) -> Answer {
         let peer = self.hop(to, deadline).await?;
         let answer = peer.call(&request, deadline).await;
         self.again_if_reset(&peer, answer, to, &request, deadline).await
     }
 
     /// The connection to forward to `to` over: the one last used, or a new one.
-    async fn hop(self: &Arc<Self>, to: &NodeName, deadline: Instant) -> Result<Arc<PeerConn>, RemoteError> {
+    pub(super) async fn hop(self: &Arc<Self>, to: &NodeName, deadline: Instant) -> Result<Arc<PeerConn>, RemoteError> {
         if let Some(peer) = self.open_hop(to) {
             return Ok(peer);
         }
@@ -373,6 +380,7 @@ impl Node {
     ) -> Answer {
         // Checked here too, so that a bad table is refused by the node asked, not forwarded.
         RoutingTable::new(entries.clone(), 0, "").map_err(RemoteError::invalid)?;
+        super::replicated::refuse_replica_change(self.table().entries(), &entries).map_err(RemoteError::invalid)?;
         let coordinator = self.table_coordinator();
         if !forwarded && coordinator != self.name {
             tracing::debug!(to = %coordinator, "a new routing table: sending it to the coordinator");
@@ -518,4 +526,6 @@ enum Dest {
     Here,
     /// The named node does, by this node's table.
     There(NodeName),
+    /// A group of replicas does (issue 25): its leader serves it.
+    Replicated(crate::routing::Entry),
 }

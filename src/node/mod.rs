@@ -12,6 +12,9 @@ mod listen_text;
 mod ops;
 mod peers;
 mod penalty;
+mod raft_link;
+mod replicas;
+mod replicated;
 mod saved_cluster;
 mod saved_table;
 mod stats;
@@ -129,6 +132,10 @@ pub struct Node {
     fatal_reason: std::sync::Mutex<Option<String>>,
     /// Chat lines for this node's stdout.
     chat_out: chat_out::ChatOut,
+    /// The Raft driver's inbox and the leaders it publishes (issue 25).
+    replicas: replicas::ReplicasHandle,
+    /// Each peer's queue of outgoing raft frames.
+    raft_links: raft_link::RaftLinks,
     /// Test builds only: switches that make a long-lived part crash.
     #[cfg(feature = "fault-injection")]
     crash: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Notify>>>,
@@ -177,6 +184,10 @@ impl Node {
             })
         });
         *held = Arc::new(table);
+        if held.entries().iter().any(crate::routing::Entry::is_replicated) {
+            // The driver starts the groups the new table names this node in.
+            let _ = self.replicas.offer(replicas::Input::Table(Arc::clone(held)));
+        }
         saving
     }
 
@@ -379,6 +390,8 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         leave: CancellationToken::new(),
         fatal_reason: Default::default(),
         chat_out: Default::default(),
+        replicas: replicas::ReplicasHandle::new(),
+        raft_links: Default::default(),
         #[cfg(feature = "fault-injection")]
         crash: Default::default(),
         config,
@@ -390,7 +403,8 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     let supervisor = Supervisor::new(node.config.supervisor.clone())
         .with(listener(&node, &endpoint, &parts_stop))
         .with(store_writer(&node, &parts_stop))
-        .with(gossip_driver(&node, &parts_stop));
+        .with(gossip_driver(&node, &parts_stop))
+        .with(replica_driver(&node, &parts_stop));
     let mut parts = tokio::spawn(supervisor.run(parts_stop.clone()));
     if let Some((socket, resp, tls)) = resp {
         node.tasks
@@ -552,6 +566,25 @@ fn gossip_driver(node: &Arc<Node>, parts_stop: &CancellationToken) -> Part {
     })
 }
 
+/// The replicas part: the Raft driver of every replicated range this node holds. A panic in
+/// raft-rs fails the part, logged by the supervisor; the new run starts the groups again from
+/// the table (and, once step 3's store lands, from their durable state), and the requests the
+/// failed run held are answered "outcome unknown". Past the restart budget the node stops.
+fn replica_driver(node: &Arc<Node>, parts_stop: &CancellationToken) -> Part {
+    let (node, parts_stop) = (Arc::clone(node), parts_stop.clone());
+    Part::new("replicas", move || {
+        let (node, parts_stop) = (Arc::clone(&node), parts_stop.clone());
+        Box::pin(async move {
+            let outbox = Arc::new(raft_link::NodeOutbox(Arc::downgrade(&node)));
+            let table = node.table();
+            tokio::select! {
+                done = node.replicas.run(node.name.clone(), table.entries(), outbox, parts_stop) => done,
+                never = node.crash_point("replicas") => match never {},
+            }
+        })
+    })
+}
+
 /// The store part: the group-commit writer that makes every put durable.
 fn store_writer(node: &Arc<Node>, parts_stop: &CancellationToken) -> Part {
     let (node, parts_stop) = (Arc::clone(node), parts_stop.clone());
@@ -698,7 +731,7 @@ impl Node {
                 // The connection cached for forwarding to the node there (the one that was,
                 // or the one now) may be the replaced one.
                 let was = old.name().parse::<NodeName>().ok();
-                for name in [was, name].into_iter().flatten() {
+                for name in [was, name.clone()].into_iter().flatten() {
                     self.forget_hop(&name, None);
                 }
                 // Closed once calls already on it have had their time: kept alive by our
@@ -715,6 +748,10 @@ impl Node {
                 });
             }
             self.tasks.spawn(Arc::clone(&self).read_datagrams(conn.clone(), addr));
+            if let Some(name) = name {
+                self.tasks
+                    .spawn(Arc::clone(&self).read_raft_streams(conn.clone(), name));
+            }
         }
         self.serve_streams(&conn).await;
         self.connections.fetch_sub(1, Ordering::Relaxed);
@@ -767,6 +804,10 @@ impl Node {
             self.tasks.spawn(async move { node.serve_streams(&c).await });
             self.tasks
                 .spawn(Arc::clone(self).read_datagrams(conn.connection().clone(), addr));
+            if let Ok(name) = conn.name().parse::<NodeName>() {
+                self.tasks
+                    .spawn(Arc::clone(self).read_raft_streams(conn.connection().clone(), name));
+            }
         }
         Ok(conn)
     }

@@ -92,6 +92,9 @@ pub enum TableError {
     /// More than [`MAX_REPLICAS`] nodes in one entry.
     #[error("routing entry {entry:?} names {count} nodes; a range has at most {MAX_REPLICAS} replicas")]
     TooManyReplicas { entry: String, count: usize },
+    /// Two nodes of one entry whose Raft ids (hashes of their names) collide.
+    #[error("routing entry {entry:?}: {reason}")]
+    IdCollision { entry: String, reason: String },
     /// A replicated entry, before replication is built (see [`refuse_replicated`]).
     #[error(
         "routing entry {entry:?} names {count} nodes, but replicated ranges are not built yet (issue 25): \
@@ -294,6 +297,16 @@ impl Entry {
                     node: node.to_string(),
                 });
             }
+        }
+        // A replicated range's group names its replicas by a hash of their names: two that
+        // hash alike would be one voter (astronomically unlikely; then a clear error).
+        if entry.is_replicated()
+            && let Err(e) = kvnode_replica::NodeIds::new(entry.replicas.iter().map(NodeName::as_str))
+        {
+            return Err(TableError::IdCollision {
+                entry: entry.to_string(),
+                reason: e.to_string(),
+            });
         }
         Ok(entry)
     }

@@ -10,6 +10,11 @@ use quinn::{ConnectionError, VarInt};
 
 use crate::rpc::Channel;
 
+/// The sending half of a unidirectional stream (a node's raft frames to a peer).
+pub type SendStream = quinn::SendStream;
+/// The receiving half of a unidirectional stream (a peer's raft frames).
+pub type RecvStream = quinn::RecvStream;
+
 /// An established connection (the handshake is done before one is handed out). Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Connection(quinn::Connection);
@@ -94,6 +99,16 @@ impl Connection {
     pub async fn open_channel(&self) -> Result<Channel, Ended> {
         let (send, recv) = self.0.open_bi().await.map_err(Ended)?;
         Ok(Channel::spawn(recv, send))
+    }
+
+    /// Opens a raw unidirectional stream: the sending side of a peer's raft frames.
+    pub async fn open_uni(&self) -> Result<quinn::SendStream, Ended> {
+        self.0.open_uni().await.map_err(Ended)
+    }
+
+    /// Waits for the other side to open a unidirectional stream (raft frames from a peer).
+    pub async fn accept_uni(&self) -> Result<quinn::RecvStream, Ended> {
+        self.0.accept_uni().await.map_err(Ended)
     }
 
     /// Waits for the other side to open a stream, to be served: its reading and writing

@@ -1,0 +1,419 @@
+//! The node's Raft driver (issue 25, step 4 of `docs/design/replication.md`): one task owns
+//! every group this node holds ([`kvnode_replica::Replicas`]), ticks them all from one 50 ms
+//! timer, takes frames, proposals, reads and table changes from one inbox, and runs one round
+//! at a time: `poll_round` → send the early frames → persist → `handle_persisted` → send the
+//! rest, answer proposals and reads, publish leaders.
+//!
+//! Knows no quinn: frames leave through [`Outbox`] (`node::raft_link` in a node, channels in
+//! the tests here). Groups come from the routing table: each entry of two or more nodes that
+//! names this node.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use kvnode_replica::{
+    Command, Failure, Frame, GroupStore, MemGroupStore, NodeIds, Output, Persist, ProposalId, ProposeError, RangeId,
+    ReplicaConfig, Replicas, Role, node_id,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::names::NodeName;
+use crate::routing::{Entry, RoutingTable};
+
+/// The driver's tick: elections after 10–20 silent ticks (0.5–1 s), heartbeats every 2.
+pub(crate) const TICK: Duration = Duration::from_millis(50);
+
+/// How many inputs the inbox holds; a frame offered to a full inbox is dropped (Raft resends).
+const INBOX: usize = 4096;
+
+/// The store under each group. The seam for step 3: `crate::store::NodeGroupStore` (the
+/// range's data in the node's store, its log in the same group commit) replaces the in-memory
+/// one here, in `open_group` and in `persist`. Until then replicated tables stay refused
+/// (`routing::refuse_replicated`): a `MemGroupStore` on a durable node would only pretend to
+/// keep copies durably.
+pub(crate) type GroupStoreImpl = MemGroupStore;
+
+/// A group's store: bootstrapped with `voters`, or, with none, uninitialised.
+fn open_group(bootstrap: Option<&[u64]>) -> GroupStoreImpl {
+    match bootstrap {
+        Some(voters) => MemGroupStore::bootstrap(voters),
+        None => MemGroupStore::uninitialised(),
+    }
+}
+
+/// Makes a round durable (one batch, one sync, shared with plain puts once it is the node's
+/// store's `persist_round`); the in-memory store writes in `handle_persisted` itself.
+async fn persist(_round: &Persist) -> Result<(), String> {
+    Ok(())
+}
+
+/// Where frames go: one per peer per round.
+pub(crate) trait Outbox: Send + Sync + 'static {
+    /// Sends `frame` to node `to` (dropping it when it cannot: Raft resends what matters).
+    fn send(&self, to: &NodeName, frame: Frame);
+}
+
+/// Why a proposal or read was not served here.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum Refused {
+    /// Another replica leads (if known): ask it.
+    #[error("not the leader of range {range}")]
+    NotLeader { range: RangeId, leader: Option<NodeName> },
+    /// The entry was overwritten by a new leader's log: it never took effect.
+    #[error("range {0}: the write was dropped by a change of leader; it did not take effect, retry it")]
+    Dropped(RangeId),
+    /// The write may or may not have taken effect.
+    #[error("range {0}: the write's outcome is unknown (a snapshot covered it); read before retrying")]
+    Unknown(RangeId),
+    /// This node holds no group for the range (the table changed, or it is not a replica).
+    #[error("range {0} has no replica group on this node")]
+    NoGroup(RangeId),
+    /// The driver stopped (the node is stopping, or it is being restarted after a failure).
+    #[error("the replica driver stopped; the outcome is unknown")]
+    Stopped,
+}
+
+/// One input to the driver.
+pub(crate) enum Input {
+    /// A peer's raft frame; `from` is the name the connection authenticated.
+    Frame { from: NodeName, frame: Frame },
+    /// A write to a range this node leads; answered once applied here.
+    Propose {
+        range: RangeId,
+        command: Command,
+        done: oneshot::Sender<Result<(), Refused>>,
+    },
+    /// A linearizable read: answered once the leader's applied state covers it.
+    Read {
+        range: RangeId,
+        done: oneshot::Sender<Result<(), Refused>>,
+    },
+    /// The routing table changed: start the groups it names this node in.
+    Table(Arc<RoutingTable>),
+}
+
+/// What this node knows of one range's leadership.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct LeaderView {
+    pub leader: Option<NodeName>,
+    pub term: u64,
+}
+
+/// Every range this node is a replica of, and its leader as last seen.
+pub(crate) type Leaders = BTreeMap<RangeId, LeaderView>;
+
+/// The node's side of the driver: its inbox and the leaders it publishes. The receiving end
+/// outlives a restart of the driver part (a panic in raft-rs): a new run takes it over.
+pub(crate) struct ReplicasHandle {
+    inbox: mpsc::Sender<Input>,
+    taken: Arc<tokio::sync::Mutex<mpsc::Receiver<Input>>>,
+    leaders: watch::Sender<Leaders>,
+}
+
+impl ReplicasHandle {
+    pub(crate) fn new() -> Self {
+        let (inbox, rx) = mpsc::channel(INBOX);
+        ReplicasHandle {
+            inbox,
+            taken: Arc::new(tokio::sync::Mutex::new(rx)),
+            leaders: watch::Sender::new(Leaders::new()),
+        }
+    }
+
+    /// Offers an input without waiting; a full inbox drops it (a frame: Raft resends).
+    pub(crate) fn offer(&self, input: Input) -> bool {
+        self.inbox.try_send(input).is_ok()
+    }
+
+    /// Sends an input, waiting for room.
+    pub(crate) async fn send(&self, input: Input) -> Result<(), Refused> {
+        self.inbox.send(input).await.map_err(|_| Refused::Stopped)
+    }
+
+    /// Proposes `command`; resolves once applied here, or refused.
+    pub(crate) async fn propose(&self, range: RangeId, command: Command) -> Result<(), Refused> {
+        let (done, answer) = oneshot::channel();
+        self.send(Input::Propose { range, command, done }).await?;
+        answer.await.unwrap_or(Err(Refused::Stopped))
+    }
+
+    /// Asks for a read-index round; resolves once the range's applied state may be read here.
+    pub(crate) async fn read(&self, range: RangeId) -> Result<(), Refused> {
+        let (done, answer) = oneshot::channel();
+        self.send(Input::Read { range, done }).await?;
+        answer.await.unwrap_or(Err(Refused::Stopped))
+    }
+
+    /// The leaders as last published, and a way to wait for the next change.
+    pub(crate) fn leaders(&self) -> watch::Receiver<Leaders> {
+        self.leaders.subscribe()
+    }
+
+    /// One run of the driver, until `stop`; an `Err` (or a panic) is a failure for the
+    /// supervisor, which starts a new run on the same inbox. A new run rebuilds its groups
+    /// from the table (and, with the node's store, from what that store holds); proposals and
+    /// reads the failed run held are answered `Stopped` (their waiters see the channel close).
+    pub(crate) async fn run(
+        &self,
+        me: NodeName,
+        entries: &[Entry],
+        outbox: Arc<dyn Outbox>,
+        stop: CancellationToken,
+    ) -> Result<(), String> {
+        let mut inbox = self.taken.lock().await;
+        let mut driver = Driver::new(me, outbox, self.leaders.clone());
+        driver.table(entries);
+        driver.round().await?;
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                () = stop.cancelled() => return Ok(()),
+                _ = tick.tick() => driver.replicas.handle_tick(),
+                input = inbox.recv() => match input {
+                    Some(input) => driver.take(input),
+                    None => return Ok(()),
+                },
+            }
+            // Everything queued meanwhile joins this round (bounded, so ticks are not starved).
+            for _ in 0..1024 {
+                match inbox.try_recv() {
+                    Ok(input) => driver.take(input),
+                    Err(_) => break,
+                }
+            }
+            driver.round().await?;
+        }
+    }
+}
+
+/// The driver's state within one run.
+struct Driver {
+    me: NodeName,
+    replicas: Replicas<GroupStoreImpl>,
+    outbox: Arc<dyn Outbox>,
+    /// Every node named in a replicated entry, by Raft id.
+    names: HashMap<u64, NodeName>,
+    proposals: HashMap<ProposalId, (RangeId, oneshot::Sender<Result<(), Refused>>)>,
+    reads: HashMap<(RangeId, u64), oneshot::Sender<Result<(), Refused>>>,
+    leaders: watch::Sender<Leaders>,
+}
+
+impl Driver {
+    fn new(me: NodeName, outbox: Arc<dyn Outbox>, leaders: watch::Sender<Leaders>) -> Self {
+        // A new incarnation at every run, so a proposal of an earlier run is never taken for
+        // one of this run; random, as a restarted node has no counter of its own in memory.
+        let incarnation = rand::random::<u64>();
+        let mut config = ReplicaConfig::new(node_id(me.as_str()), rand::random::<u64>(), incarnation);
+        config.logger = slog::Logger::root(TracingDrain, slog::o!());
+        leaders.send_modify(Leaders::clear);
+        Driver {
+            me,
+            replicas: Replicas::new(config),
+            outbox,
+            names: HashMap::new(),
+            proposals: HashMap::new(),
+            reads: HashMap::new(),
+            leaders,
+        }
+    }
+
+    fn take(&mut self, input: Input) {
+        match input {
+            Input::Frame { from, frame } => {
+                let dropped = self.replicas.handle_frame(node_id(from.as_str()), frame);
+                if dropped > 0 {
+                    tracing::trace!(%from, dropped, "raft messages dropped (not for a group held here, or not from their sender)");
+                }
+            }
+            Input::Propose { range, command, done } => match self.replicas.propose(range, &command) {
+                Ok(id) => {
+                    self.proposals.insert(id, (range, done));
+                }
+                Err(e) => {
+                    let _ = done.send(Err(self.refused(e)));
+                }
+            },
+            Input::Read { range, done } => match self.replicas.read_index(range) {
+                Ok(id) => {
+                    self.reads.insert((range, id), done);
+                }
+                Err(e) => {
+                    let _ = done.send(Err(self.refused(e)));
+                }
+            },
+            Input::Table(table) => self.table(table.entries()),
+        }
+    }
+
+    fn refused(&self, e: ProposeError) -> Refused {
+        match e {
+            ProposeError::UnknownRange(range) => Refused::NoGroup(range),
+            ProposeError::NotLeader { range, leader } => Refused::NotLeader {
+                range,
+                leader: leader.and_then(|id| self.names.get(&id).cloned()),
+            },
+            // Not in the log: it did not take effect.
+            ProposeError::Dropped(range) => Refused::Dropped(range),
+        }
+    }
+
+    /// Starts a group for every replicated entry naming this node that has none yet. A range
+    /// whose entry went away or changed keeps its group (moving data is issue 26's; the
+    /// table refuses such changes meanwhile).
+    fn table(&mut self, entries: &[Entry]) {
+        for entry in entries {
+            let replicas = entry.replicas();
+            if replicas.len() < 2 || !replicas.contains(&self.me) {
+                continue;
+            }
+            let range = RangeId {
+                first: entry.first,
+                last: entry.last,
+            };
+            let ids = match NodeIds::new(replicas.iter().map(NodeName::as_str)) {
+                Ok(ids) => ids,
+                Err(e) => {
+                    tracing::error!(%range, error = %e, "cannot start the range's group: two of its replicas' names hash alike; rename one");
+                    continue;
+                }
+            };
+            for id in ids.ids() {
+                if let Some(name) = ids.name_of(id).and_then(|n| n.parse().ok()) {
+                    self.names.insert(id, name);
+                }
+            }
+            if self.replicas.ranges().any(|r| r == range) {
+                continue;
+            }
+            let voters: Vec<u64> = replicas.iter().map(|n| node_id(n.as_str())).collect();
+            let store = open_group(Some(&voters));
+            let fresh = store.applied() <= kvnode_replica::BOOTSTRAP_INDEX;
+            if let Err(e) = self.replicas.add_group(range, store) {
+                tracing::error!(%range, error = %e, "cannot start the range's group");
+                continue;
+            }
+            tracing::info!(%range, replicas = ?replicas.iter().map(NodeName::as_str).collect::<Vec<_>>(), "replica group started");
+            self.leaders.send_modify(|l| {
+                l.insert(range, LeaderView { leader: None, term: 0 });
+            });
+            // The preferred leader campaigns at once on a fresh group: a leader in one round
+            // trip, not after an election timeout.
+            if fresh && entry.preferred_leader() == &self.me {
+                let _ = self.replicas.campaign(range);
+            }
+        }
+    }
+
+    /// Runs rounds until there is nothing to do: one outstanding at a time.
+    async fn round(&mut self) -> Result<(), String> {
+        while let Some(round) = self.replicas.poll_round() {
+            for (to, frame) in &round.send_early {
+                self.send(*to, frame.clone());
+            }
+            persist(&round).await?;
+            let out = self
+                .replicas
+                .handle_persisted(round.round)
+                .map_err(|e| format!("the replica groups cannot go on: {e}"))?;
+            self.release(out);
+        }
+        Ok(())
+    }
+
+    fn send(&self, to: u64, frame: Frame) {
+        match self.names.get(&to) {
+            Some(name) => self.outbox.send(name, frame),
+            None => tracing::debug!(to, "raft frame for a node no table entry names; dropped"),
+        }
+    }
+
+    fn release(&mut self, out: Output) {
+        for (to, frame) in out.frames {
+            self.send(to, frame);
+        }
+        for id in out.acked {
+            if let Some((_, done)) = self.proposals.remove(&id) {
+                let _ = done.send(Ok(()));
+            }
+        }
+        for (id, failure) in out.failed {
+            if let Some((range, done)) = self.proposals.remove(&id) {
+                let _ = done.send(Err(match failure {
+                    Failure::Overwritten => Refused::Dropped(range),
+                    Failure::Unknown => Refused::Unknown(range),
+                }));
+            }
+        }
+        for (range, id) in out.reads {
+            if let Some(done) = self.reads.remove(&(range, id)) {
+                let _ = done.send(Ok(()));
+            }
+        }
+        for (range, id, leader) in out.failed_reads {
+            if let Some(done) = self.reads.remove(&(range, id)) {
+                let leader = leader.and_then(|l| self.names.get(&l).cloned());
+                let _ = done.send(Err(Refused::NotLeader { range, leader }));
+            }
+        }
+        if out.leaders.is_empty() {
+            return;
+        }
+        for &(range, leader, term) in &out.leaders {
+            let name = leader.and_then(|l| self.names.get(&l).cloned());
+            let role = self.replicas.role(range).map(|(r, _)| r);
+            match (&name, role) {
+                (Some(_), Some(Role::Leader)) => {
+                    tracing::info!(%range, term, "this node leads range {range} (term {term})")
+                }
+                (Some(n), _) => tracing::info!(%range, term, leader = %n, "range {range} is led by {n} (term {term})"),
+                (None, _) => {
+                    tracing::info!(%range, term, "range {range} has no leader (term {term}); an election is under way")
+                }
+            }
+            self.leaders.send_modify(|l| {
+                l.insert(range, LeaderView { leader: name, term });
+            });
+        }
+    }
+}
+
+/// raft-rs's log lines, into tracing: warnings and errors as such, the rest at debug.
+struct TracingDrain;
+
+impl slog::Drain for TracingDrain {
+    type Ok = ();
+    type Err = slog::Never;
+
+    fn log(&self, record: &slog::Record<'_>, values: &slog::OwnedKVList) -> Result<(), slog::Never> {
+        let mut kv = KvText(String::new());
+        let _ = slog::KV::serialize(values, record, &mut kv);
+        let _ = slog::KV::serialize(&record.kv(), record, &mut kv);
+        let (msg, kv) = (record.msg(), kv.0);
+        match record.level() {
+            slog::Level::Critical | slog::Level::Error => tracing::error!(target: "raft", "{msg}{kv}"),
+            slog::Level::Warning => tracing::warn!(target: "raft", "{msg}{kv}"),
+            slog::Level::Info => tracing::debug!(target: "raft", "{msg}{kv}"),
+            _ => tracing::trace!(target: "raft", "{msg}{kv}"),
+        }
+        Ok(())
+    }
+}
+
+/// An slog record's key-values as ` key=value` text.
+struct KvText(String);
+
+impl slog::Serializer for KvText {
+    fn emit_arguments(&mut self, key: slog::Key, val: &std::fmt::Arguments<'_>) -> slog::Result {
+        use std::fmt::Write;
+        let _ = write!(self.0, " {key}={val}");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[path = "replicas_tests.rs"]
+mod tests;
