@@ -8,6 +8,7 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::{Mutex, mpsc, oneshot};
@@ -18,6 +19,12 @@ use super::{Lookup, StoreError};
 
 /// At most this many writes share one sync.
 const MAX_BATCH: usize = 4096;
+/// A batch waits for the writers of the last one to come back only when a sync takes at
+/// least this long (the timer's grain is a millisecond: a wait on a faster disk would cost
+/// more than the sync it saves)...
+const SLOW_SYNC: Duration = Duration::from_millis(1);
+/// ...and then for at most half the last sync's time, and never more than this.
+const MAX_GATHER: Duration = Duration::from_millis(2);
 
 /// Which engine stores the data. Both can be compiled in (for the comparison benchmark);
 /// a node uses [`EngineKind::default`].
@@ -147,6 +154,9 @@ impl DiskStore {
     pub async fn run_writer(&self, stop: CancellationToken) -> Result<(), String> {
         let mut queue = self.queue.lock().await;
         let mut batch: Vec<Pending> = Vec::new();
+        // The writers active when the last sync ended (those it answered, who may write
+        // again, and those already queued), and how long that sync took.
+        let (mut active, mut last_sync) = (0, Duration::ZERO);
         loop {
             let first = tokio::select! {
                 first = queue.recv() => first,
@@ -154,35 +164,66 @@ impl DiskStore {
             };
             let Some(first) = first else { return Ok(()) };
             batch.push(first);
-            while batch.len() < MAX_BATCH {
-                match queue.try_recv() {
-                    Ok(p) => batch.push(p),
-                    Err(_) => break,
+            drain(&mut queue, &mut batch);
+            // On a slow disk, N writers fall into two cohorts: one writes while the other's
+            // batch syncs, so each sync covers half of them. When the disk is slow, a batch
+            // waits (a little: see MAX_GATHER) for the writers of the last one to come back,
+            // so that one sync covers them all. It waits for no more writers than were active,
+            // so one client's writes never wait.
+            if let Some((target, wait)) = gather(active, last_sync, batch.len())
+                && !stop.is_cancelled()
+            {
+                let until = tokio::time::Instant::now() + wait;
+                while batch.len() < target {
+                    match tokio::time::timeout_at(until, queue.recv()).await {
+                        Ok(Some(p)) => {
+                            batch.push(p);
+                            drain(&mut queue, &mut batch);
+                        }
+                        Ok(None) | Err(_) => break,
+                    }
                 }
             }
+            let size = batch.len();
+            let started = Instant::now();
             let (ops, waiters): (Vec<Op>, Vec<_>) = batch.drain(..).map(|p| (p.op, p.done)).unzip();
-            let engine = Arc::clone(&self.engine);
-            let commit = move || {
-                let started = std::time::Instant::now();
-                let applied = engine.commit(&ops);
-                crate::metrics::commit(ops.len(), started.elapsed());
-                applied
-            };
-            match tokio::task::spawn_blocking(commit).await {
-                Ok(Ok(applied)) => {
-                    for (done, applied) in waiters.into_iter().zip(applied) {
-                        let _ = done.send(Ok(applied));
+            let (engine, path) = (Arc::clone(&self.engine), Arc::clone(&self.path));
+            // The batch is answered from the thread that synced it, once synced: a write's
+            // answer does not wait for this task to be scheduled again first.
+            let committed = tokio::task::spawn_blocking(move || {
+                let commit_started = std::time::Instant::now();
+                let committed = engine.commit(&ops);
+                crate::metrics::commit(ops.len(), commit_started.elapsed());
+                match committed {
+                    Ok(applied) => {
+                        for (done, applied) in waiters.into_iter().zip(applied) {
+                            let _ = done.send(Ok(applied));
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, path = %path.display(), writes = waiters.len(), "a batch of writes failed; none of them was acknowledged");
+                        for done in waiters {
+                            let _ = done.send(Err(e.clone()));
+                        }
                     }
                 }
-                Ok(Err(e)) => {
-                    tracing::error!(error = %e, path = %self.path.display(), writes = waiters.len(), "a batch of writes failed; none of them was acknowledged");
-                    for done in waiters {
-                        let _ = done.send(Err(e.clone()));
-                    }
-                }
-                Err(join) => return Err(format!("the storage engine failed: {join}")),
+            });
+            if let Err(join) = committed.await {
+                return Err(format!("the storage engine failed: {join}"));
             }
+            (active, last_sync) = (size + queue.len(), started.elapsed());
         }
+    }
+
+    /// The newest value of `key` if the engine has it in memory (no I/O, never blocks: may
+    /// run on the event loop); `None` says nothing, [`DiskStore::get`] answers then.
+    pub fn get_in_memory(&self, bucket: &[u8], key: &[u8]) -> Option<Bytes> {
+        // Test builds only: the slow read below must take the blocking path.
+        #[cfg(feature = "fault-injection")]
+        if bucket == b"fault-injection-slow-read" {
+            return None;
+        }
+        self.engine.get_in_memory(bucket, key)
     }
 
     /// Blocks while the engine reads: run it where blocking is allowed.
@@ -212,6 +253,24 @@ impl DiskStore {
             .keys(bucket, after, budget)
             .map_err(|e| self.engine_err(e))?;
         Ok(Lookup::Found(page))
+    }
+}
+
+/// Whether a batch of `queued` writes waits for more before it is synced, and then for how
+/// many in all and how long at most: only when the last sync was slow and fewer writers
+/// are queued than were `active` when it ended.
+fn gather(active: usize, last_sync: Duration, queued: usize) -> Option<(usize, Duration)> {
+    let target = active.min(MAX_BATCH);
+    (queued < target && last_sync >= SLOW_SYNC).then(|| (target, (last_sync / 2).min(MAX_GATHER)))
+}
+
+/// Moves what is queued into `batch`, up to [`MAX_BATCH`].
+fn drain(queue: &mut mpsc::UnboundedReceiver<Pending>, batch: &mut Vec<Pending>) {
+    while batch.len() < MAX_BATCH {
+        match queue.try_recv() {
+            Ok(p) => batch.push(p),
+            Err(_) => break,
+        }
     }
 }
 
@@ -257,6 +316,90 @@ mod tests {
         fn keys(&self, bucket: &[u8], after: Option<&[u8]>, budget: usize) -> Result<KeyPage, EngineError> {
             self.inner.keys(bucket, after, budget)
         }
+    }
+
+    #[test]
+    fn a_batch_waits_for_the_last_ones_writers_only_when_the_disk_is_slow() {
+        let ms = Duration::from_millis;
+        // Two cohorts of 25 on a slow disk: the one queued waits for the one just answered.
+        assert_eq!(gather(50, ms(4), 25), Some((50, MAX_GATHER)));
+        assert_eq!(gather(50, ms(1), 25), Some((50, Duration::from_micros(500))));
+        // A fast disk, all writers queued already, or one client writing: no wait.
+        assert_eq!(gather(50, Duration::from_micros(200), 25), None);
+        assert_eq!(gather(50, ms(4), 50), None);
+        assert_eq!(gather(1, ms(4), 1), None);
+        assert_eq!(gather(0, ms(4), 1), None, "nothing known yet");
+        assert_eq!(gather(usize::MAX, ms(4), 1), Some((MAX_BATCH, MAX_GATHER)));
+    }
+
+    /// An engine whose every sync takes `SLOW`, recording each batch's size.
+    struct SlowDisk {
+        inner: Arc<dyn Engine>,
+        batches: SyncMutex<Vec<usize>>,
+    }
+
+    const SLOW: Duration = Duration::from_millis(10);
+
+    impl Engine for SlowDisk {
+        fn commit(&self, batch: &[Op]) -> Result<Vec<Applied>, EngineError> {
+            std::thread::sleep(SLOW);
+            self.batches.lock().unwrap().push(batch.len());
+            self.inner.commit(batch)
+        }
+        fn get(&self, bucket: &[u8], key: &[u8]) -> Result<Option<Bytes>, EngineError> {
+            self.inner.get(bucket, key)
+        }
+        fn bucket_exists(&self, bucket: &[u8]) -> Result<bool, EngineError> {
+            self.inner.bucket_exists(bucket)
+        }
+        fn keys(&self, bucket: &[u8], after: Option<&[u8]>, budget: usize) -> Result<KeyPage, EngineError> {
+            self.inner.keys(bucket, after, budget)
+        }
+    }
+
+    /// On a slow disk, writers that each write again once answered share syncs: most
+    /// batches hold every writer, not half of them (the two cohorts of a plain group commit).
+    #[tokio::test]
+    async fn writers_on_a_slow_disk_gather_into_one_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = DiskStore::open(dir.path(), EngineKind::default()).unwrap();
+        let slow = Arc::new(SlowDisk {
+            inner: Arc::clone(&store.engine),
+            batches: SyncMutex::default(),
+        });
+        store.engine = Arc::clone(&slow) as Arc<dyn Engine>;
+        let stop = CancellationToken::new();
+        let writer = tokio::spawn({
+            let (store, stop) = (store.clone(), stop.clone());
+            async move { store.run_writer(stop).await }
+        });
+        const WRITERS: usize = 16;
+        const ROUNDS: usize = 12;
+        let writers = (0..WRITERS).map(|w| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for r in 0..ROUNDS {
+                    let op = Op::Put {
+                        bucket: Bytes::from_static(b"b"),
+                        key: Bytes::from(format!("w{w}")),
+                        value: Bytes::from(format!("{r}")),
+                    };
+                    assert_eq!(store.write(op).await.unwrap(), Applied::Stored);
+                }
+            })
+        });
+        for w in futures_util::future::join_all(writers).await {
+            w.unwrap();
+        }
+        stop.cancel();
+        writer.await.unwrap().unwrap();
+        let batches = slow.batches.lock().unwrap().clone();
+        assert_eq!(batches.iter().sum::<usize>(), WRITERS * ROUNDS);
+        let full = batches.iter().filter(|&&b| b == WRITERS).count();
+        assert!(
+            full * 2 > batches.len(),
+            "most syncs should cover every writer: {batches:?}"
+        );
     }
 
     /// Issue 22 point 18: a put is answered only after the sync that made it durable, and

@@ -60,6 +60,13 @@ pub trait Engine: Send + Sync + 'static {
     /// Applies `batch` in order and returns once it is durable on disk.
     fn commit(&self, batch: &[Op]) -> Result<Vec<Applied>, EngineError>;
     fn get(&self, bucket: &[u8], key: &[u8]) -> Result<Option<Bytes>, EngineError>;
+    /// The newest value of `key`, when the engine can tell it from memory alone: no I/O and
+    /// no lock that anything holds across I/O, so it may run on the event loop. `None` says
+    /// nothing (not there, deleted, or not known without the disk): ask [`Engine::get`] then,
+    /// on a blocking thread.
+    fn get_in_memory(&self, _bucket: &[u8], _key: &[u8]) -> Option<Bytes> {
+        None
+    }
     fn bucket_exists(&self, bucket: &[u8]) -> Result<bool, EngineError>;
     /// The bucket's keys in order, from the first after `after` (from the first of all
     /// without), as many as fit in `budget` bytes ([`KeyPage::fill`]).

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use bytes::Bytes;
-use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use fjall::{AbstractTree, Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
 use super::engine::{Applied, Engine, EngineError, KeyPage, Op, bucket_prefix, data_key, keys_start};
 
@@ -18,6 +18,15 @@ pub struct FjallEngine {
     /// A write failed: fjall refuses every later one (it poisons the database, since it
     /// cannot know what the failure left behind), so the next write reopens it first.
     reopen: AtomicBool,
+    /// The data keyspace's active memtable as it was after the last commit (and at open),
+    /// for reads answered from memory ([`Engine::get_in_memory`]). Every write goes into the
+    /// active memtable, and this is set again after each commit, before its writes are
+    /// answered: so a value found here is the newest one of every acknowledged write. (A
+    /// memtable fjall rotated meanwhile still holds what it held; only writes not yet
+    /// answered can be newer.) Kept here, not asked of fjall per read, because fjall's own
+    /// accessor takes the tree's version lock, which a flush or compaction holds while it
+    /// writes its version file; only the writer swaps this one, and never across I/O.
+    memtable: RwLock<Option<Arc<lsm_tree::Memtable>>>,
 }
 
 struct Open {
@@ -140,11 +149,19 @@ fn damaged_tables(keyspaces: &Path) -> Vec<PathBuf> {
 
 impl FjallEngine {
     pub fn open(dir: &Path) -> Result<Self, EngineError> {
+        let open = Open::new(dir)?;
+        let memtable = open.data.tree.active_memtable();
         Ok(Self {
             dir: dir.to_path_buf(),
-            open: RwLock::new(Some(Open::new(dir)?)),
+            open: RwLock::new(Some(open)),
             reopen: AtomicBool::new(false),
+            memtable: RwLock::new(Some(memtable)),
         })
+    }
+
+    /// Sets (or, with `None`, forgets) the memtable reads may be answered from.
+    fn remember_memtable(&self, memtable: Option<Arc<lsm_tree::Memtable>>) {
+        *self.memtable.write().unwrap_or_else(PoisonError::into_inner) = memtable;
     }
 
     /// Runs `f` on the open database, held shared (a reopen waits for it); an error if the
@@ -171,7 +188,9 @@ impl FjallEngine {
         let mut open = self.open.write().unwrap_or_else(PoisonError::into_inner);
         // fjall locks its directory: the old database must be gone before the new one opens.
         drop(open.take());
-        *open = Some(Open::new(&self.dir)?);
+        let reopened = Open::new(&self.dir)?;
+        self.remember_memtable(Some(reopened.data.tree.active_memtable()));
+        *open = Some(reopened);
         self.reopen.store(false, Ordering::Release);
         tracing::info!(path = %self.dir.display(), "the store was reopened after a failed write; writes resume");
         Ok(())
@@ -262,7 +281,11 @@ impl Open {
             }
         }
         writes.commit().map_err(err)?;
-        self.db.persist(PersistMode::SyncAll).map_err(err)?;
+        // fdatasync, as Redis's `appendfsync always` does: the journal's bytes and what is
+        // needed to read them back are on disk. fjall preallocates each journal file and
+        // syncs its directory when it creates one, so the metadata a full fsync would add
+        // (times) is nothing a recovery reads.
+        self.db.persist(PersistMode::SyncData).map_err(err)?;
         Ok(applied)
     }
 }
@@ -272,11 +295,26 @@ impl Engine for FjallEngine {
         if self.reopen.load(Ordering::Acquire) {
             self.recover()?;
         }
-        let result = self.with(|open| open.commit(batch));
+        let result = self.with(|open| {
+            let applied = open.commit(batch)?;
+            // Before the batch is answered (see `memtable`).
+            self.remember_memtable(Some(open.data.tree.active_memtable()));
+            Ok(applied)
+        });
         if result.is_err() {
+            self.remember_memtable(None);
             self.reopen.store(true, Ordering::Release);
         }
         result
+    }
+
+    fn get_in_memory(&self, bucket: &[u8], key: &[u8]) -> Option<Bytes> {
+        // Never waits: a reopen or the writer swapping it means "ask the disk path".
+        let memtable = self.memtable.try_read().ok()?.clone()?;
+        // `Memtable::get` is a lookup in fjall's in-memory skiplist (lsm-tree's API, hidden
+        // from its docs; the version is pinned by Cargo.lock). A tombstone answers nothing.
+        let entry = memtable.get(&data_key(bucket, key), lsm_tree::SeqNo::MAX)?;
+        (!entry.is_tombstone()).then(|| Bytes::copy_from_slice(&entry.value))
     }
 
     fn get(&self, bucket: &[u8], key: &[u8]) -> Result<Option<Bytes>, EngineError> {

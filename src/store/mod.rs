@@ -166,11 +166,16 @@ impl Store {
 
     /// Reads never wait for the writer. A durable read may have to go to the disk (a cache
     /// miss), so it runs on a blocking thread, never on the event loop (the only thread of
-    /// a node started with `--threads 1`); a read of the memory store answers at once.
+    /// a node started with `--threads 1`); a read of the memory store answers at once, and
+    /// so does a durable read of a value the engine holds in memory (a recent write, in
+    /// fjall's active memtable): no I/O, so no hand-off to a blocking thread.
     pub async fn get(&self, bucket: &[u8], key: &[u8]) -> Result<Lookup<Bytes>, StoreError> {
         match &self.backend {
             Backend::Memory(m) => Ok(m.get(bucket, key)),
             Backend::Disk(d) => {
+                if let Some(value) = d.get_in_memory(bucket, key) {
+                    return Ok(Lookup::Found(value));
+                }
                 let (d, bucket, key) = (d.clone(), bucket.to_vec(), key.to_vec());
                 tokio::task::spawn_blocking(move || d.get(&bucket, &key))
                     .await
@@ -441,6 +446,41 @@ mod tests {
                 assert_eq!(got, Lookup::Found(Bytes::from(vec![i; 10])), "{kind:?}");
             }
         }
+    }
+
+    /// A durable read of a recent write is answered from fjall's memtable, with no hand-off
+    /// to a blocking thread; what it cannot tell from memory (a deleted or missing key, a
+    /// bucket never written) goes the disk path and is answered as before.
+    #[cfg(feature = "fjall")]
+    #[tokio::test]
+    async fn a_recent_write_is_read_from_memory_and_the_rest_from_the_engine() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_with(dir.path(), EngineKind::Fjall).unwrap();
+        let Backend::Disk(disk) = &store.backend else {
+            unreachable!()
+        };
+        with_writer(&store, async {
+            assert_eq!(disk.get_in_memory(b"b", b"k"), None);
+            store.put(b"b", b"k", Bytes::from_static(b"v1")).await.unwrap();
+            assert_eq!(disk.get_in_memory(b"b", b"k"), Some(Bytes::from_static(b"v1")));
+            store.put(b"b", b"k", Bytes::from_static(b"v2")).await.unwrap();
+            assert_eq!(
+                disk.get_in_memory(b"b", b"k"),
+                Some(Bytes::from_static(b"v2")),
+                "the newest"
+            );
+            assert_eq!(
+                store.get(b"b", b"k").await.unwrap(),
+                Lookup::Found(Bytes::from_static(b"v2"))
+            );
+            assert_eq!(disk.get_in_memory(b"b", b"other"), None);
+            assert_eq!(store.get(b"b", b"other").await.unwrap(), Lookup::NoKey);
+            assert_eq!(store.delete(b"b", b"k").await.unwrap(), Lookup::Found(()));
+            assert_eq!(disk.get_in_memory(b"b", b"k"), None, "a tombstone tells nothing");
+            assert_eq!(store.get(b"b", b"k").await.unwrap(), Lookup::NoKey);
+            assert_eq!(store.get(b"nob", b"k").await.unwrap(), Lookup::NoBucket);
+        })
+        .await;
     }
 
     #[tokio::test]
