@@ -2,7 +2,7 @@
 //!
 //!     cargo run --release --example gossip_sim -- --nodes 10000 --loss 0.1 [--seed S]
 //!         [--latency-ms 1-10] [--seconds 60] [--out DIR] [--no-hot-rumor]
-//!         [--scenarios table,kill,partition]
+//!         [--scenarios table,kill,partition] [--cut F] [--no-tentative-verdicts]
 //!
 //! Scenarios, each on a fresh converged cluster:
 //! - table: a new routing table set on one node; time until 50/99/99.9/100 % hold it.
@@ -61,6 +61,10 @@ struct Args {
     /// distribution of detection times.
     #[arg(long, default_value_t = 1)]
     repeat: u64,
+    /// Turns off tentative verdicts (failures a node finds while its own probes go unanswered
+    /// are withdrawn when it learns it was the one cut off), to measure the protocol without.
+    #[arg(long)]
+    no_tentative_verdicts: bool,
     /// Overrides a `[gossip]` config key, like `--set probe_interval=500ms` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     overrides: Vec<String>,
@@ -119,6 +123,7 @@ fn main() -> anyhow::Result<()> {
         latency: (Duration::from_millis(lo), Duration::from_millis(hi)),
         loss: args.loss,
         gossip,
+        tentative_verdicts: !args.no_tentative_verdicts,
         ..SimConfig::default()
     };
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
@@ -317,12 +322,34 @@ fn partition(args: &Args, cfg: &SimConfig, base: Instant, report: &mut Report) {
     );
     // Deaths across the cut are the point of the scenario; a death on one's own side of it,
     // or after the heal, is a false one.
-    let false_deaths = sim
+    let false_deaths: Vec<_> = sim
         .false_deaths()
         .iter()
         .filter(|d| (d.observer < cut) == (d.subject < cut) || d.at >= healed_at)
-        .count();
-    report.add("partition", "false_deaths_same_side_or_after_heal", false_deaths);
+        .collect();
+    report.add("partition", "false_deaths_same_side_or_after_heal", false_deaths.len());
+    report.add(
+        "partition",
+        "false_deaths_by_cut_off_nodes",
+        false_deaths.iter().filter(|d| d.observer < cut).count(),
+    );
+    if let Some(last) = false_deaths.iter().map(|d| d.at).max() {
+        report.add(
+            "partition",
+            "last_false_death_after_heal_s",
+            secs(last.checked_sub(healed_at)),
+        );
+    }
+    // Live members so marked by anyone (the "majority members marked dead").
+    let mut subjects: Vec<usize> = false_deaths.iter().map(|d| d.subject).collect();
+    subjects.sort_unstable();
+    subjects.dedup();
+    report.add("partition", "falsely_dead_members", subjects.len());
+    report.add(
+        "partition",
+        "falsely_dead_majority_members",
+        subjects.iter().filter(|&&s| s >= cut).count(),
+    );
     report.add(
         "partition",
         "false_suspicion_episodes",

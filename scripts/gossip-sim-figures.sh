@@ -1,14 +1,38 @@
 #!/bin/sh
 # The gossip targets of issue 4, measured in the simulator (release build), one line each.
 #   scripts/gossip-sim-figures.sh [SEEDS]      # SEEDS=3 by default
+#   scripts/gossip-sim-figures.sh --quick      # issue 28's small-group heal at 2,000 nodes only
+#   scripts/gossip-sim-figures.sh --heal10k    # issue 28's figures: 10,000 nodes, 100 cut off,
+#                                              # seeds 1-5, loss 0 and 10 % (over an hour here)
 # Every run writes its CSVs and plot under target/gossip-sim/<run>/.
 set -eu
 cd "$(dirname "$0")/.."
-seeds=${1:-3}
-cargo build --release --quiet --example gossip_sim
+heal() { # nodes cut-fraction
+    for loss in 0 0.1; do
+        for s in $(seq "$3"); do
+            run="heal-$1-$loss-$s"
+            $sim --nodes "$1" --cut "$2" --loss "$loss" --seed "$s" --scenarios partition --out "$out/$run" >/dev/null
+            echo "  $1 nodes, $(metric $run cut_off_nodes) cut off $(metric $run hold_s)s, loss $loss seed $s: one membership $(metric $run heal_s)s after the heal, live members marked dead $(metric $run falsely_dead_members) ($(metric $run false_deaths_same_side_or_after_heal) verdicts), wall $(metric $run wall_s)s"
+        done
+    done
+}
 sim=target/release/examples/gossip_sim
 out=target/gossip-sim
 metric() { grep "^[a-z]*,$2," "$out/$1/summary.csv" | cut -d, -f3; }
+case "${1:-}" in
+--quick)
+    cargo build --release --quiet --example gossip_sim
+    echo "a small group cut off and healed (issue 28), 2,000 nodes, 20 cut off"
+    heal 2000 0.01 2
+    exit 0 ;;
+--heal10k)
+    cargo build --release --quiet --example gossip_sim
+    echo "a small group cut off and healed (issue 28), 10,000 nodes, 100 cut off"
+    heal 10000 0.01 5
+    exit 0 ;;
+esac
+seeds=${1:-3}
+cargo build --release --quiet --example gossip_sim
 max() { tr ' ' '\n' | grep . | sort -g | tail -1; }
 
 echo "table change, time until 100 % of nodes hold it (max over seeds 1..$seeds; 99.9 % in brackets)"

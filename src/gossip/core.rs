@@ -16,6 +16,7 @@ use rand::{RngExt, SeedableRng};
 
 use super::broadcast::{Broadcasts, Topic};
 use super::config::GossipConfig;
+use super::health::Health;
 use super::join::{JoinAttempt, Leaving, LivenessCheck};
 use super::members::{Member, MemberView, Members, Roster, Slot};
 use super::message::{Ident, Message, Sender, SharedTable, State};
@@ -131,6 +132,8 @@ pub struct Gossip<T> {
     pub(super) leaving: Option<Leaving>,
     /// Lifeguard's local health: 0 is healthy; probing slows down by `awareness + 1`.
     pub(super) awareness: u32,
+    /// Which failures we found in poor local health, to withdraw if we were cut off.
+    pub(super) health: Health,
     pub(super) conflicts: Vec<Ident>,
     /// Recent notices and corrections: (to whom, about whom, incarnation, when).
     pub(super) notices: Vec<(Ident, Ident, u64, Instant)>,
@@ -192,6 +195,7 @@ impl<T: Table> Gossip<T> {
             checks: Vec::new(),
             leaving: None,
             awareness: 0,
+            health: Health::default(),
             conflicts: Vec::new(),
             notices: Vec::new(),
             transmits: VecDeque::new(),
@@ -295,8 +299,9 @@ impl<T: Table> Gossip<T> {
             self.tell_if_written_off(now, &sender);
         }
         let mut stale = Vec::new();
+        let distrust = sender_was_down || self.distrusts_failures(now);
         for update in msg.piggyback() {
-            if sender_was_down && self.stale_failure_claim(update) {
+            if distrust && self.stale_failure_claim(update) {
                 continue;
             }
             stale.extend(self.apply_update(now, update, Source::Gossip));
@@ -507,6 +512,7 @@ impl<T: Table> Gossip<T> {
         for &slot in &gone {
             self.broadcasts.forget(Topic::Member(slot));
             self.suspicions.cancel(slot);
+            self.forget_verdict(slot);
         }
         self.scratch = gone;
     }

@@ -14,6 +14,8 @@
 //! - `probe`, `suspicion`: failure detection (direct, indirect and stream probes; suspicion
 //!   timers that shrink with independent confirmations).
 //! - `merge`, `join`: how updates, full states, joins and leaves change the membership.
+//! - `health`: failures found in poor local health are tentative, withdrawn when the node
+//!   learns it was the one cut off (issue 28).
 //! - `broadcast`, `spread`: what is piggybacked on which message, and the gossip rounds.
 //! - `members`: the member table, the name index and the probe order.
 //! - `message`: the wire format; `name`: member names; `table`: the [`Table`] trait.
@@ -21,6 +23,7 @@
 mod broadcast;
 mod config;
 mod core;
+mod health;
 mod join;
 mod members;
 mod merge;

@@ -20,6 +20,9 @@ const IMPLAUSIBLE_INCARNATION: u64 = u64::MAX / 2;
 impl<T: Table> Gossip<T> {
     /// Every message is its sender's own claim to be alive at its incarnation.
     pub(super) fn apply_sender(&mut self, now: Instant, sender: &Sender) {
+        if self.revive_on_contact(now, &sender.id, sender.incarnation) {
+            return;
+        }
         let _ = self.apply_member(now, &sender.id, sender.incarnation, State::Alive, None, Source::Gossip);
     }
 
@@ -66,7 +69,11 @@ impl<T: Table> Gossip<T> {
                 && ours.id.generation == m.id.generation
                 && ours.incarnation >= m.incarnation
             {
-                if ours.state == State::Alive && ours.incarnation == m.incarnation && !sender_was_down {
+                if ours.state == State::Alive
+                    && ours.incarnation == m.incarnation
+                    && !sender_was_down
+                    && !self.distrusts_failures(now)
+                {
                     self.verify(now, slot, None);
                 }
                 continue;
@@ -261,8 +268,10 @@ impl<T: Table> Gossip<T> {
             return None;
         }
         let new_process = id.generation != old_key.0;
+        let was_tentative = self.is_tentative(slot);
         self.members
             .update(slot, new_process.then(|| id.clone()), incarnation, state, now_ms);
+        self.note_verdict(slot, state, was_tentative && !new_process);
         let id = self.members.get(slot).map_or_else(|| id.clone(), |m| m.id.clone());
         self.suspicions.cancel(slot);
         let (name, addr) = (id.name.clone(), id.addr);
@@ -329,7 +338,7 @@ impl<T: Table> Gossip<T> {
         if wrong {
             self.refute(now, incarnation, state);
             if state == State::Dead {
-                self.written_off();
+                self.written_off(now);
             }
             return None;
         }
@@ -353,8 +362,9 @@ impl<T: Table> Gossip<T> {
     /// every member we suspect directly, with the suspicion attached so it can refute. Without
     /// this, a minority side's pending suspicions flood the majority after a heal and expire
     /// there before the accused hear of them.
-    fn written_off(&mut self) {
+    fn written_off(&mut self, now: Instant) {
         self.broadcasts.forget_failures();
+        self.withdraw_tentative_verdicts(now);
         let suspects: Vec<Slot> = self
             .members
             .iter()
@@ -410,6 +420,18 @@ impl<T: Table> Gossip<T> {
             if m.state == State::Suspect && m.incarnation == incarnation {
                 let id = m.id.clone();
                 let me = self.my_id.clone();
+                // Found in poor local health: one more ping (a datagram and a stream) before
+                // the verdict, which a heal in the meantime then answers.
+                if self.is_tentative(slot) {
+                    let verdict = Update::Dead {
+                        id: id.clone(),
+                        incarnation,
+                        by: me.clone(),
+                    };
+                    if self.verify_quietly(now, slot, verdict) {
+                        continue;
+                    }
+                }
                 let _ = self.apply_member(now, &id, incarnation, State::Dead, Some(&me), Source::Local);
             }
         }

@@ -44,6 +44,8 @@ pub(super) struct Verification<T> {
     slot: Slot,
     id: Ident,
     incarnation: u64,
+    /// The state we held it in when we asked (alive, or suspect for a quiet verification).
+    state: State,
     seq: u32,
     /// What to apply if it stays silent: a gossiped death, or (none) our own suspicion.
     verdict: Option<Update<T>>,
@@ -242,10 +244,46 @@ impl<T: Table> Gossip<T> {
             slot,
             id,
             incarnation,
+            state: State::Alive,
             seq,
             verdict,
             deadline: now + self.config.probe_interval,
         });
+    }
+
+    /// Pings `slot`, whose tentative suspicion just ran out, on a datagram and on a stream,
+    /// without a suspicion attached (an ack makes it alive here at its incarnation; it need not
+    /// refute); applies `verdict` if no ack comes within a probe interval. Returns false when
+    /// too many verifications are in flight (the caller then applies the verdict itself).
+    pub(super) fn verify_quietly(&mut self, now: Instant, slot: Slot, verdict: Update<T>) -> bool {
+        if self.verifications.len() >= MAX_VERIFICATIONS || self.verifications.iter().any(|v| v.slot == slot) {
+            return false;
+        }
+        let Some((id, incarnation, state)) = self.members.get(slot).map(|m| (m.id.clone(), m.incarnation, m.state))
+        else {
+            return false;
+        };
+        let seq = self.next_seq();
+        for reliable in [false, true] {
+            let ping = Message::Ping {
+                from: self.sender(),
+                seq,
+                target: id.clone(),
+                reply_reliably: reliable,
+                piggyback: Vec::new(),
+            };
+            self.send(id.addr, ping, reliable);
+        }
+        self.verifications.push(Verification {
+            slot,
+            id,
+            incarnation,
+            state,
+            seq,
+            verdict: Some(verdict),
+            deadline: now + self.config.probe_interval,
+        });
+        true
     }
 
     /// Verifications that got no ack: now it is our own evidence.
@@ -255,7 +293,7 @@ impl<T: Table> Gossip<T> {
             let unchanged = self
                 .members
                 .get(v.slot)
-                .is_some_and(|m| m.id == v.id && m.state == State::Alive && m.incarnation == v.incarnation);
+                .is_some_and(|m| m.id == v.id && m.state == v.state && m.incarnation == v.incarnation);
             match v.verdict {
                 Some(Update::Dead { id, incarnation, by }) if unchanged => {
                     let _ = self.apply_member(now, &id, incarnation, State::Dead, Some(&by), Source::Local);

@@ -52,6 +52,9 @@ pub struct SimConfig {
     pub check_datagram_sizes: bool,
     /// Keep every event in `Sim::events` (for tests on small clusters).
     pub record_events: bool,
+    /// Failure verdicts a node reaches in poor local health are tentative, and withdrawn when
+    /// it learns it was the one cut off (the core's default; off to measure without it).
+    pub tentative_verdicts: bool,
 }
 
 impl Default for SimConfig {
@@ -64,6 +67,7 @@ impl Default for SimConfig {
             stream_setup_rtts: 2,
             check_datagram_sizes: false,
             record_events: false,
+            tentative_verdicts: true,
         }
     }
 }
@@ -181,7 +185,7 @@ impl Sim {
     fn add(&mut self, name: NodeName, generation: u64) -> NodeId {
         let id = self.nodes.len();
         let seed = mix(self.cfg.seed ^ mix(id as u64) ^ generation.rotate_left(32));
-        let gossip = Gossip::new(
+        let mut gossip = Gossip::new(
             name.clone(),
             addr_of(id),
             generation,
@@ -190,6 +194,7 @@ impl Sim {
             seed,
             self.instant(),
         );
+        gossip.set_tentative_verdicts(self.cfg.tentative_verdicts);
         self.nodes.push(Node {
             gossip,
             up: true,
@@ -224,7 +229,7 @@ impl Sim {
         let node = &self.nodes[id];
         let (name, generation) = (node.gossip.identity().name.clone(), node.generation + 1);
         let seed = mix(self.cfg.seed ^ mix(id as u64) ^ generation.rotate_left(32));
-        let gossip = Gossip::new(
+        let mut gossip = Gossip::new(
             name.clone(),
             addr_of(id),
             generation,
@@ -233,6 +238,7 @@ impl Sim {
             seed,
             self.instant(),
         );
+        gossip.set_tentative_verdicts(self.cfg.tentative_verdicts);
         self.nodes[id] = Node {
             gossip,
             up: true,
