@@ -38,7 +38,8 @@
 //!   this crate: it spreads any [`gossip::Table`] (here the routing table) and knows members by
 //!   [`gossip::NodeName`]; `node::gossip` drives it, `config` fills in its settings.
 //! - [`supervisor`]: the one_for_one supervisor that restarts failed long-lived parts.
-//! - [`store`]: buckets of keys and values, in memory or on disk (knows no network).
+//! - [`store`]: buckets of keys and values, in memory or on disk, and each replicated range's Raft
+//!   log and state (`store::group`, `NodeGroupStore`) beside them (knows no network).
 //! - [`directory`]: the local node directory under `KVNODE_HOME/nodes` (epmd for kvnode).
 //! - [`secret`]: where the shared secret comes from and who may read it.
 //! - [`keyring`]: the secrets a node accepts and the one it proves with; its file (`kvnode secret`).

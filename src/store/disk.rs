@@ -125,6 +125,17 @@ impl DiskStore {
         })
     }
 
+    /// The engine, for the Raft groups' reads and unsynced writes (`store::group`).
+    pub(super) fn engine(&self) -> &Arc<dyn Engine> {
+        &self.engine
+    }
+
+    /// Tests wrap the engine (to count its syncs, say).
+    #[cfg(test)]
+    pub(super) fn set_engine(&mut self, engine: Arc<dyn Engine>) {
+        self.engine = engine;
+    }
+
     /// Where the engine keeps its files.
     pub fn path(&self) -> &Path {
         &self.path

@@ -1,6 +1,9 @@
 //! What a storage engine must do for the store, and the key layout every engine shares.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
+use kvnode_replica::RangeData;
 
 /// One write in a group-committed batch.
 #[derive(Clone, Debug)]
@@ -32,6 +35,34 @@ pub enum Op {
     CreateBucket {
         bucket: Bytes,
     },
+    /// Raft groups' records and snapshot installs (issue 25), written together in the batch:
+    /// a round's writes of every group ride one sync with the plain writes queued meanwhile.
+    /// Answered [`Applied::Stored`].
+    Raft(Arc<RaftWrites>),
+}
+
+/// Raft records as a scan returns them: key and value.
+pub type Records = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// Which of the Raft keyspaces a record lives in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RaftSpace {
+    /// `[range: 2][index: u64 BE]` → a log entry.
+    Log,
+    /// `[range: 2][kind: 1]` → a group's hard state, conf state, applied and truncated index.
+    State,
+}
+
+/// One batch's Raft writes. Keys are distinct within it (the builder nets out a key removed
+/// and set again), because a storage batch gives all its writes one sequence number.
+#[derive(Clone, Debug, Default)]
+pub struct RaftWrites {
+    /// Snapshot installs, applied first: every bucket whose name's first byte is in
+    /// `first..=last`, and its keys, is replaced by the snapshot's. Plain writes never touch a
+    /// replicated range's buckets, so nothing else in the batch meets these.
+    pub replace: Vec<(u8, u8, Arc<RangeData>)>,
+    /// Records set (`Some`) or removed (`None`).
+    pub records: Vec<(RaftSpace, Vec<u8>, Option<Vec<u8>>)>,
 }
 
 /// What each op of a committed batch did.
@@ -71,6 +102,43 @@ pub trait Engine: Send + Sync + 'static {
     /// The bucket's keys in order, from the first after `after` (from the first of all
     /// without), as many as fit in `budget` bytes ([`KeyPage::fill`]).
     fn keys(&self, bucket: &[u8], after: Option<&[u8]>, budget: usize) -> Result<KeyPage, EngineError>;
+
+    // Raft groups' storage (issue 25). Only fjall has it; another engine refuses replicated
+    // ranges with this error.
+
+    /// Applies `batch` atomically without waiting for a sync: a group's applied entries, which
+    /// its durable log can replay after a crash.
+    fn commit_unsynced(&self, _batch: &[Op]) -> Result<Vec<Applied>, EngineError> {
+        Err(no_raft())
+    }
+    /// One Raft record.
+    fn raft_get(&self, _space: RaftSpace, _key: &[u8]) -> Result<Option<Vec<u8>>, EngineError> {
+        Err(no_raft())
+    }
+    /// Raft records with keys in `from..to`, in order (from the last, `rev`), at most `limit`.
+    fn raft_scan(
+        &self,
+        _space: RaftSpace,
+        _from: &[u8],
+        _to: &[u8],
+        _rev: bool,
+        _limit: usize,
+    ) -> Result<Records, EngineError> {
+        Err(no_raft())
+    }
+    /// Every bucket whose name's first byte is in `first..=last`, with its keys and values.
+    fn range_data(&self, _first: u8, _last: u8) -> Result<RangeData, EngineError> {
+        Err(no_raft())
+    }
+}
+
+/// What an engine without Raft storage says when asked for it.
+pub fn no_raft() -> EngineError {
+    EngineError(
+        "replicated ranges (a routing table entry with several nodes) need the fjall engine; \
+         this node's store uses another: rebuild with the default features"
+            .into(),
+    )
 }
 
 /// One answer's worth of a bucket's keys, in order; `more`: further keys follow the last.

@@ -8,7 +8,11 @@ use std::sync::{Arc, PoisonError, RwLock};
 use bytes::Bytes;
 use fjall::{AbstractTree, Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
-use super::engine::{Applied, Engine, EngineError, KeyPage, Op, bucket_prefix, data_key, keys_start};
+use kvnode_replica::RangeData;
+
+use super::engine::{
+    Applied, Engine, EngineError, KeyPage, Op, RaftSpace, RaftWrites, bucket_prefix, data_key, keys_start,
+};
 
 pub struct FjallEngine {
     dir: PathBuf,
@@ -20,12 +24,12 @@ pub struct FjallEngine {
     reopen: AtomicBool,
     /// The data keyspace's active memtable as it was after the last commit (and at open),
     /// for reads answered from memory ([`Engine::get_in_memory`]). Every write goes into the
-    /// active memtable, and this is set again after each commit, before its writes are
-    /// answered: so a value found here is the newest one of every acknowledged write. (A
+    /// active memtable, and this is set again after each commit (the writer's, and a
+    /// replicated range's unsynced apply), before its writes are answered: so a value found here is the newest one of every acknowledged write. (A
     /// memtable fjall rotated meanwhile still holds what it held; only writes not yet
     /// answered can be newer.) Kept here, not asked of fjall per read, because fjall's own
     /// accessor takes the tree's version lock, which a flush or compaction holds while it
-    /// writes its version file; only the writer swaps this one, and never across I/O.
+    /// writes its version file; only commits swap this one, and never across I/O.
     memtable: RwLock<Option<Arc<lsm_tree::Memtable>>>,
 }
 
@@ -33,6 +37,9 @@ struct Open {
     db: Database,
     data: Keyspace,
     buckets: Keyspace,
+    /// Raft groups' log entries and state (issue 25), beside the data they replicate.
+    raft_log: Keyspace,
+    raft_state: Keyspace,
 }
 
 fn err(e: fjall::Error) -> EngineError {
@@ -206,10 +213,79 @@ impl Open {
         let buckets = db
             .keyspace("buckets", KeyspaceCreateOptions::default)
             .map_err(|e| open_err(dir, e))?;
-        Ok(Self { db, data, buckets })
+        let raft_log = db
+            .keyspace("raft_log", KeyspaceCreateOptions::default)
+            .map_err(|e| open_err(dir, e))?;
+        let raft_state = db
+            .keyspace("raft_state", KeyspaceCreateOptions::default)
+            .map_err(|e| open_err(dir, e))?;
+        Ok(Self {
+            db,
+            data,
+            buckets,
+            raft_log,
+            raft_state,
+        })
     }
 
-    fn commit(&self, batch: &[Op]) -> Result<Vec<Applied>, EngineError> {
+    fn space(&self, space: RaftSpace) -> &Keyspace {
+        match space {
+            RaftSpace::Log => &self.raft_log,
+            RaftSpace::State => &self.raft_state,
+        }
+    }
+
+    /// Stages a batch's Raft writes: snapshot installs first (the range's old buckets and keys
+    /// not in the snapshot removed, the snapshot's set), then the records.
+    fn stage_raft(&self, writes: &mut fjall::OwnedWriteBatch, raft: &RaftWrites) -> Result<(), EngineError> {
+        for (first, last, data) in &raft.replace {
+            for (bucket, keys) in self.range_buckets(*first, *last)? {
+                let Some(new) = data.get(&bucket) else {
+                    writes.remove(&self.buckets, bucket.as_slice());
+                    for key in keys {
+                        writes.remove(&self.data, key);
+                    }
+                    continue;
+                };
+                let prefix = bucket_prefix(&bucket).len();
+                for key in keys.into_iter().filter(|k| !new.contains_key(&k[prefix..])) {
+                    writes.remove(&self.data, key);
+                }
+            }
+            for (bucket, keys) in data.iter() {
+                writes.insert(&self.buckets, bucket.as_slice(), b"".as_slice());
+                for (key, value) in keys {
+                    writes.insert(&self.data, data_key(bucket, key), value.as_slice());
+                }
+            }
+        }
+        for (space, key, value) in &raft.records {
+            match value {
+                Some(value) => writes.insert(self.space(*space), key.as_slice(), value.as_slice()),
+                None => writes.remove(self.space(*space), key.as_slice()),
+            }
+        }
+        Ok(())
+    }
+
+    /// The buckets whose name's first byte is in `first..=last` (the `buckets` keyspace is
+    /// sorted by name, so they are one scan), each with its keys in `data` (whole keys).
+    #[allow(clippy::type_complexity)]
+    fn range_buckets(&self, first: u8, last: u8) -> Result<Vec<(Vec<u8>, Vec<Vec<u8>>)>, EngineError> {
+        let mut out = vec![];
+        for guard in self.buckets.range(range_bounds(first, last)) {
+            let bucket = guard.key().map_err(err)?.to_vec();
+            let keys = self
+                .data
+                .prefix(bucket_prefix(&bucket))
+                .map(|g| g.key().map(|k| k.to_vec()).map_err(err))
+                .collect::<Result<Vec<_>, _>>()?;
+            out.push((bucket, keys));
+        }
+        Ok(out)
+    }
+
+    fn commit(&self, batch: &[Op], sync: bool) -> Result<Vec<Applied>, EngineError> {
         // Deletes report whether the key was there, so the batch is applied in order with
         // reads in between; the journal sync at the end is what makes the whole batch durable.
         let mut applied = Vec::with_capacity(batch.len());
@@ -260,6 +336,10 @@ impl Open {
                     }
                     applied.push(Applied::Created(new));
                 }
+                Op::Raft(raft) => {
+                    self.stage_raft(&mut writes, raft)?;
+                    applied.push(Applied::Stored);
+                }
                 Op::Delete { bucket, key } => {
                     if !new_buckets.contains(bucket) && !self.buckets.contains_key(bucket).map_err(err)? {
                         applied.push(Applied::NoBucket);
@@ -281,13 +361,25 @@ impl Open {
             }
         }
         writes.commit().map_err(err)?;
-        // fdatasync, as Redis's `appendfsync always` does: the journal's bytes and what is
-        // needed to read them back are on disk. fjall preallocates each journal file and
-        // syncs its directory when it creates one, so the metadata a full fsync would add
-        // (times) is nothing a recovery reads.
-        self.db.persist(PersistMode::SyncData).map_err(err)?;
+        if sync {
+            // fdatasync, as Redis's `appendfsync always` does: the journal's bytes and what is
+            // needed to read them back are on disk. fjall preallocates each journal file and
+            // syncs its directory when it creates one, so the metadata a full fsync would add
+            // (times) is nothing a recovery reads.
+            self.db.persist(PersistMode::SyncData).map_err(err)?;
+        }
         Ok(applied)
     }
+}
+
+/// The bucket names whose first byte is in `first..=last`.
+fn range_bounds(first: u8, last: u8) -> (std::ops::Bound<Vec<u8>>, std::ops::Bound<Vec<u8>>) {
+    use std::ops::Bound;
+    let end = match last.checked_add(1) {
+        Some(next) => Bound::Excluded(vec![next]),
+        None => Bound::Unbounded,
+    };
+    (Bound::Included(vec![first]), end)
 }
 
 impl Engine for FjallEngine {
@@ -296,7 +388,7 @@ impl Engine for FjallEngine {
             self.recover()?;
         }
         let result = self.with(|open| {
-            let applied = open.commit(batch)?;
+            let applied = open.commit(batch, true)?;
             // Before the batch is answered (see `memtable`).
             self.remember_memtable(Some(open.data.tree.active_memtable()));
             Ok(applied)
@@ -315,6 +407,64 @@ impl Engine for FjallEngine {
         // from its docs; the version is pinned by Cargo.lock). A tombstone answers nothing.
         let entry = memtable.get(&data_key(bucket, key), lsm_tree::SeqNo::MAX)?;
         (!entry.is_tombstone()).then(|| Bytes::copy_from_slice(&entry.value))
+    }
+
+    fn commit_unsynced(&self, batch: &[Op]) -> Result<Vec<Applied>, EngineError> {
+        if self.reopen.load(Ordering::Acquire) {
+            self.recover()?;
+        }
+        let result = self.with(|open| {
+            let applied = open.commit(batch, false)?;
+            // A replicated range's applied writes come this way, not through the writer: the
+            // memtable reads are answered from must follow them too (see `memtable`).
+            self.remember_memtable(Some(open.data.tree.active_memtable()));
+            Ok(applied)
+        });
+        if result.is_err() {
+            self.remember_memtable(None);
+            self.reopen.store(true, Ordering::Release);
+        }
+        result
+    }
+
+    fn raft_get(&self, space: RaftSpace, key: &[u8]) -> Result<Option<Vec<u8>>, EngineError> {
+        self.with(|open| Ok(open.space(space).get(key).map_err(err)?.map(|v| v.to_vec())))
+    }
+
+    fn raft_scan(
+        &self,
+        space: RaftSpace,
+        from: &[u8],
+        to: &[u8],
+        rev: bool,
+        limit: usize,
+    ) -> Result<super::engine::Records, EngineError> {
+        self.with(|open| {
+            let iter = open.space(space).range(from..to);
+            let pair = |g: fjall::Guard| g.into_inner().map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(err);
+            if rev {
+                iter.rev().take(limit).map(pair).collect()
+            } else {
+                iter.take(limit).map(pair).collect()
+            }
+        })
+    }
+
+    fn range_data(&self, first: u8, last: u8) -> Result<RangeData, EngineError> {
+        self.with(|open| {
+            // Only the range's group writes its buckets, from the thread that asks for this,
+            // so the range does not change while it is read.
+            let mut data = RangeData::new();
+            for (bucket, _) in open.range_buckets(first, last)? {
+                let prefix = bucket_prefix(&bucket);
+                let keys = data.entry(bucket).or_default();
+                for guard in open.data.prefix(&prefix) {
+                    let (k, v) = guard.into_inner().map_err(err)?;
+                    keys.insert(k[prefix.len()..].to_vec(), v.to_vec());
+                }
+            }
+            Ok(data)
+        })
     }
 
     fn get(&self, bucket: &[u8], key: &[u8]) -> Result<Option<Bytes>, EngineError> {

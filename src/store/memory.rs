@@ -138,6 +138,44 @@ impl MemoryStore {
     }
 }
 
+/// A replicated range's buckets (issue 25): those whose name's first byte is in `first..=last`.
+impl MemoryStore {
+    fn in_range(bucket: &[u8], first: u8, last: u8) -> bool {
+        bucket.first().is_some_and(|b| (first..=last).contains(b))
+    }
+
+    /// Every bucket of the range with its keys and values (a snapshot's data).
+    pub fn range_data(&self, first: u8, last: u8) -> kvnode_replica::RangeData {
+        let mut data = kvnode_replica::RangeData::new();
+        for shard in self.shards.iter() {
+            let shard = shard.read().unwrap_or_else(PoisonError::into_inner);
+            for (name, bucket) in shard.iter().filter(|(name, _)| Self::in_range(name, first, last)) {
+                let bucket = bucket.read().unwrap_or_else(PoisonError::into_inner);
+                let keys = bucket.iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect();
+                data.insert(name.to_vec(), keys);
+            }
+        }
+        data
+    }
+
+    /// Replaces the range's buckets and keys by `data` (a snapshot installed).
+    pub fn replace_range(&self, first: u8, last: u8, data: &kvnode_replica::RangeData) {
+        for shard in self.shards.iter() {
+            let mut shard = shard.write().unwrap_or_else(PoisonError::into_inner);
+            shard.retain(|name, _| !Self::in_range(name, first, last));
+        }
+        for (name, keys) in data {
+            let bucket = self.bucket_or_new(name);
+            let mut bucket = bucket.write().unwrap_or_else(PoisonError::into_inner);
+            bucket.clear();
+            bucket.extend(
+                keys.iter()
+                    .map(|(k, v)| (Box::from(k.as_slice()), Box::from(v.as_slice()))),
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

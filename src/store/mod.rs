@@ -7,17 +7,23 @@ mod disk;
 mod engine;
 #[cfg(feature = "fjall")]
 mod fjall_engine;
+mod group;
+mod group_records;
+#[cfg(test)]
+mod group_tests;
 mod memory;
 #[cfg(feature = "redb")]
 mod redb_engine;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 pub use disk::{DiskStore, EngineKind};
-pub use engine::{Applied, KeyPage, Op};
+pub use engine::{Applied, KeyPage, Op, RaftSpace, RaftWrites};
+pub use group::NodeGroupStore;
 pub use memory::MemoryStore;
 
 /// What a read found.
@@ -42,12 +48,18 @@ pub enum StoreError {
     /// Another process has the data directory open.
     #[error("the data directory {path} is in use by another kvnode process; stop it first or give another --data-dir")]
     InUse { path: String },
+    /// A replicated range's Raft records are not what a round or a restart expects (a round
+    /// out of order, or a damaged store).
+    #[error("replicated range {range}: {reason}")]
+    Group { range: String, reason: String },
 }
 
 /// The node's store, cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Store {
     backend: Backend,
+    /// The Raft groups asked for (`Store::group`), one cache each.
+    groups: Arc<group::Groups>,
 }
 
 #[derive(Clone, Debug)]
@@ -61,6 +73,7 @@ impl Store {
     pub fn in_memory() -> Self {
         Self {
             backend: Backend::Memory(MemoryStore::default()),
+            groups: Arc::default(),
         }
     }
 
@@ -72,6 +85,7 @@ impl Store {
     pub fn open_with(dir: &Path, kind: EngineKind) -> Result<Self, StoreError> {
         Ok(Self {
             backend: Backend::Disk(DiskStore::open(dir, kind)?),
+            groups: Arc::default(),
         })
     }
 

@@ -6,7 +6,7 @@ use std::path::Path;
 use bytes::Bytes;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::engine::{Applied, Engine, EngineError, KeyPage, Op, bucket_prefix, data_key, keys_start};
+use super::engine::{Applied, Engine, EngineError, KeyPage, Op, bucket_prefix, data_key, keys_start, no_raft};
 
 const DATA: TableDefinition<&[u8], &[u8]> = TableDefinition::new("data");
 const BUCKETS: TableDefinition<&[u8], ()> = TableDefinition::new("buckets");
@@ -73,6 +73,8 @@ impl Engine for RedbEngine {
                         }
                         applied.push(Applied::Created(new));
                     }
+                    // Replicated ranges are refused on this engine before any of their writes.
+                    Op::Raft(_) => return Err(no_raft()),
                     Op::Delete { bucket, key } => {
                         if buckets.get(bucket.as_ref()).map_err(err)?.is_none() {
                             applied.push(Applied::NoBucket);

@@ -1,0 +1,693 @@
+//! Replicated ranges on the node's store (issue 25 step 3): each Raft group's log, hard state,
+//! conf state and applied index, as a [`NodeGroupStore`] the replica core runs on.
+//!
+//! A group's records live in the `raft_log` and `raft_state` keyspaces (`group_records`); the
+//! range's data lives with every other bucket, so reads of a replicated range use
+//! `Store::get`/`keys` unchanged. In memory the log is held in the group's cache alone and the
+//! applied data goes into the node's `MemoryStore`.
+//!
+//! Writes follow the core's contract (`kvnode_replica`'s `lib.rs`): [`Store::persist_round`]
+//! writes a whole round (every group's snapshot, entries and hard state) through the
+//! group-commit writer, one batch and one sync shared with the plain writes queued meanwhile;
+//! `GroupStore::persist`, called by `Replicas::handle_persisted` after it, only updates the
+//! cache. `apply` and `compact` write at once, unsynced (see there why that is safe).
+//!
+//! redb keeps no Raft records: [`Store::group`] refuses replicated ranges on it with a clear
+//! error (fjall is the default engine; the node's data would otherwise need a second layout).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use bytes::Bytes;
+use kvnode_replica::{BOOTSTRAP_INDEX, Command, GroupStore, Persist, RangeData, RangeId};
+use raft::prelude::{ConfState, Entry, HardState, Snapshot};
+use raft::{GetEntriesContext, RaftState, Storage, StorageError};
+
+use super::disk::DiskStore;
+use super::engine::{Op, RaftSpace, RaftWrites};
+use super::group_records::{self as rec, LogBounds};
+use super::memory::MemoryStore;
+use super::{Backend, Store, StoreError};
+
+/// On disk, the cache keeps at most this many of a group's newest entries...
+const CACHE_ENTRIES: usize = 1024;
+/// ... and at most this many bytes of them; older entries are read from `raft_log`.
+const CACHE_BYTES: usize = 4 << 20;
+/// Entries read from `raft_log` per scan, so that `max_size` stops a long read early.
+const READ_PAGE: usize = 64;
+
+/// One Raft group's log, hard state, conf state and applied index on this node's store; the
+/// range's data (its buckets and keys) lives with every other bucket, so reads of a replicated
+/// range use `Store::get`/`keys` unchanged. Cheap to clone (clones share the group),
+/// Send + Sync + 'static.
+#[derive(Clone)]
+pub struct NodeGroupStore {
+    range: RangeId,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    backend: GroupBackend,
+    state: RwLock<GroupState>,
+}
+
+enum GroupBackend {
+    Memory(MemoryStore),
+    Disk(DiskStore),
+}
+
+/// What a group holds, as of the last round made durable and handed to `persist`.
+struct GroupState {
+    hard: HardState,
+    conf: ConfState,
+    /// The entry before the log's first (a snapshot's, or the last compacted one).
+    truncated: (u64, u64),
+    /// The last applied entry.
+    applied: (u64, u64),
+    /// The last entry's index (`truncated.0` when the log is empty).
+    last: u64,
+    /// The log's newest entries, contiguous up to `last`: all of it in memory, the newest
+    /// [`CACHE_ENTRIES`] or [`CACHE_BYTES`] on disk (TiKV keeps such a tail too).
+    cache: VecDeque<Entry>,
+    cache_bytes: usize,
+}
+
+/// Which groups a store holds, so that asking twice gives the same group (one cache).
+#[derive(Default)]
+pub(super) struct Groups(Mutex<BTreeMap<RangeId, NodeGroupStore>>);
+
+impl std::fmt::Debug for Groups {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Groups")
+    }
+}
+
+impl Groups {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<RangeId, NodeGroupStore>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+fn entry_size(e: &Entry) -> usize {
+    e.get_data().len() + e.get_context().len() + 24
+}
+
+fn group_err(range: RangeId, reason: impl Into<String>) -> StoreError {
+    StoreError::Group {
+        range: range.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// A store error as raft-rs's (its `Storage` methods answer `raft::Error`).
+fn raft_err(e: impl std::fmt::Display) -> raft::Error {
+    raft::Error::Store(StorageError::Other(e.to_string().into()))
+}
+
+impl GroupState {
+    /// An uninitialised replica (like `MemGroupStore::uninitialised`): no voters, empty log.
+    fn uninitialised() -> Self {
+        GroupState {
+            hard: HardState::default(),
+            conf: ConfState::default(),
+            truncated: (0, 0),
+            applied: (0, 0),
+            last: 0,
+            cache: VecDeque::new(),
+            cache_bytes: 0,
+        }
+    }
+
+    /// A new group (like `MemGroupStore::bootstrap`): a snapshot at index 1, term 1, of an
+    /// empty range with `voters`.
+    fn bootstrap(voters: &[u64]) -> Self {
+        let mut s = Self::uninitialised();
+        s.hard.term = BOOTSTRAP_INDEX;
+        s.hard.commit = BOOTSTRAP_INDEX;
+        s.conf.set_voters(voters.to_vec());
+        s.truncated = (BOOTSTRAP_INDEX, BOOTSTRAP_INDEX);
+        s.applied = (BOOTSTRAP_INDEX, BOOTSTRAP_INDEX);
+        s.last = BOOTSTRAP_INDEX;
+        s
+    }
+
+    fn first(&self) -> u64 {
+        self.truncated.0 + 1
+    }
+
+    fn cache_first(&self) -> u64 {
+        self.cache.front().map_or(self.last + 1, |e| e.index)
+    }
+
+    fn bounds(&self) -> LogBounds {
+        LogBounds {
+            truncated: self.truncated,
+            last: self.last,
+            hard: self.hard.clone(),
+        }
+    }
+
+    /// Every record of this state, for writing a bootstrapped group.
+    fn records(&self, range: RangeId) -> Vec<(RaftSpace, Vec<u8>, Option<Vec<u8>>)> {
+        let state = |kind, v| (RaftSpace::State, rec::state_key(range, kind), Some(v));
+        vec![
+            state(rec::HARD, rec::encode_hard(&self.hard)),
+            state(rec::CONF, rec::encode_conf(&self.conf)),
+            state(rec::APPLIED, rec::encode_index_term(self.applied.0, self.applied.1)),
+            state(
+                rec::TRUNCATED,
+                rec::encode_index_term(self.truncated.0, self.truncated.1),
+            ),
+        ]
+    }
+
+    /// Drops cached entries from the front while over `max` entries or [`CACHE_BYTES`].
+    fn trim_cache(&mut self, max: usize) {
+        while self.cache.len() > 1 && (self.cache.len() > max || self.cache_bytes > CACHE_BYTES) {
+            if let Some(e) = self.cache.pop_front() {
+                self.cache_bytes -= entry_size(&e);
+            }
+        }
+    }
+
+    /// Takes a durable round into the cache, as `MemStorage` would.
+    fn persist(
+        &mut self,
+        snapshot: Option<&Snapshot>,
+        entries: &[Entry],
+        hard_state: Option<&HardState>,
+        cache_max: usize,
+    ) -> Result<(), String> {
+        if let Some(snap) = snapshot {
+            let meta = snap.get_metadata();
+            if meta.index < self.first() {
+                return Err(format!("the snapshot at {} is older than the log", meta.index));
+            }
+            self.truncated = (meta.index, meta.term);
+            self.applied = (meta.index, meta.term);
+            self.last = meta.index;
+            self.cache.clear();
+            self.cache_bytes = 0;
+            self.conf = meta.get_conf_state().clone();
+            self.hard.term = self.hard.term.max(meta.term);
+            self.hard.commit = meta.index;
+        }
+        if let Some(tail) = entries.last() {
+            rec::check_append(self.first(), self.last, entries)?;
+            let (head, cache_first) = (entries[0].index, self.cache_first());
+            if head < cache_first {
+                // The replaced part reaches below the cached tail: the cache starts afresh.
+                self.cache.clear();
+                self.cache_bytes = 0;
+            } else {
+                for e in self.cache.drain((head - cache_first) as usize..) {
+                    self.cache_bytes -= entry_size(&e);
+                }
+            }
+            self.cache_bytes += entries.iter().map(entry_size).sum::<usize>();
+            self.cache.extend(entries.iter().cloned());
+            self.last = tail.index;
+            self.trim_cache(cache_max);
+        }
+        if let Some(hs) = hard_state {
+            self.hard = hs.clone();
+        }
+        Ok(())
+    }
+}
+
+impl NodeGroupStore {
+    fn new(range: RangeId, backend: GroupBackend, state: GroupState) -> Self {
+        NodeGroupStore {
+            range,
+            shared: Arc::new(Shared {
+                backend,
+                state: RwLock::new(state),
+            }),
+        }
+    }
+
+    /// The range this group replicates.
+    pub fn range(&self) -> RangeId {
+        self.range
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, GroupState> {
+        // Every change to the state is made whole under the lock before it can fail, so a
+        // panic elsewhere leaves it consistent: a poisoned lock is still used.
+        self.shared.state.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, GroupState> {
+        self.shared.state.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn cache_max(&self) -> usize {
+        match self.shared.backend {
+            GroupBackend::Memory(_) => usize::MAX,
+            GroupBackend::Disk(_) => CACHE_ENTRIES,
+        }
+    }
+
+    /// Entries `low..high` from `raft_log` (below the cached tail), stopping once past
+    /// `max_size` bytes (at least one entry).
+    fn read_log(&self, disk: &DiskStore, low: u64, high: u64, max_size: Option<u64>) -> raft::Result<Vec<Entry>> {
+        let mut out: Vec<Entry> = vec![];
+        let mut size = 0u64;
+        let mut next = low;
+        while next < high {
+            let (from, to) = rec::log_span(self.range, next, Some(high));
+            let page = disk
+                .engine()
+                .raft_scan(RaftSpace::Log, &from, &to, false, READ_PAGE)
+                .map_err(raft_err)?;
+            for (key, value) in &page {
+                let e = rec::decode_entry(value).map_err(raft_err)?;
+                if rec::log_index(key) != Some(next) || e.index != next {
+                    // A hole in the log: compacted meanwhile, or damaged.
+                    return Err(raft::Error::Store(StorageError::Unavailable));
+                }
+                size += entry_size(&e) as u64;
+                out.push(e);
+                next += 1;
+                if max_size.is_some_and(|max| size > max) {
+                    return Ok(out);
+                }
+            }
+            if page.len() < READ_PAGE && next < high {
+                return Err(raft::Error::Store(StorageError::Unavailable));
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Storage for NodeGroupStore {
+    /// The hard state's commit is at least the applied index: applies are written without a
+    /// sync after the round that wrote the hard state, and what was applied was committed.
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        let s = self.read();
+        let mut hard = s.hard.clone();
+        hard.commit = hard.commit.max(s.applied.0);
+        Ok(RaftState::new(hard, s.conf.clone()))
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _ctx: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        let max_size = max_size.into();
+        let s = self.read();
+        if low < s.first() {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if high > s.last + 1 || low > high {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        let cache_first = s.cache_first();
+        let mut out = vec![];
+        if low < cache_first {
+            let GroupBackend::Disk(disk) = &self.shared.backend else {
+                return Err(raft::Error::Store(StorageError::Unavailable));
+            };
+            out = self.read_log(disk, low, high.min(cache_first), max_size)?;
+            if (out.len() as u64) < high.min(cache_first) - low {
+                // `max_size` stopped the read.
+                return Ok(out);
+            }
+        }
+        let from = low.max(cache_first);
+        if from < high {
+            let skip = (from - cache_first) as usize;
+            out.extend(s.cache.range(skip..skip + (high - from) as usize).cloned());
+        }
+        raft::util::limit_size(&mut out, max_size);
+        Ok(out)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        let s = self.read();
+        if idx == s.truncated.0 {
+            return Ok(s.truncated.1);
+        }
+        if idx < s.first() {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if idx > s.last {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        let cache_first = s.cache_first();
+        if idx >= cache_first {
+            return Ok(s.cache[(idx - cache_first) as usize].term);
+        }
+        drop(s);
+        let GroupBackend::Disk(disk) = &self.shared.backend else {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        };
+        let entry = self.read_log(disk, idx, idx + 1, None)?;
+        entry
+            .first()
+            .map(|e| e.term)
+            .ok_or(raft::Error::Store(StorageError::Unavailable))
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.read().first())
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.read().last)
+    }
+
+    /// A snapshot at the applied index: the range's buckets and keys there, postcard of
+    /// `RangeData` (as `MemGroupStore`'s). The whole range is held in memory for now; step 5
+    /// streams it from a read view instead.
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        let (applied, conf) = {
+            let s = self.read();
+            (s.applied.0, s.conf.clone())
+        };
+        if applied < request_index {
+            return Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable));
+        }
+        let (first, last) = (self.range.first, self.range.last);
+        let data = match &self.shared.backend {
+            GroupBackend::Memory(m) => m.range_data(first, last),
+            GroupBackend::Disk(d) => d.engine().range_data(first, last).map_err(raft_err)?,
+        };
+        let mut snap = Snapshot::default();
+        snap.set_data(postcard::to_allocvec(&data).map_err(raft_err)?.into());
+        let meta = snap.mut_metadata();
+        meta.index = applied;
+        meta.term = self.term(applied)?;
+        meta.set_conf_state(conf);
+        Ok(snap)
+    }
+}
+
+/// The core's errors for what the store refused.
+fn replica_err(e: impl std::fmt::Display) -> kvnode_replica::StoreError {
+    kvnode_replica::StoreError::Raft(raft_err(e))
+}
+
+impl GroupStore for NodeGroupStore {
+    /// The round is durable already ([`Store::persist_round`]); this takes it into the cache.
+    fn persist(
+        &mut self,
+        snapshot: Option<&Snapshot>,
+        entries: &[Entry],
+        hard_state: Option<&HardState>,
+    ) -> Result<(), kvnode_replica::StoreError> {
+        let max = self.cache_max();
+        self.write()
+            .persist(snapshot, entries, hard_state, max)
+            .map_err(replica_err)
+    }
+
+    /// Cached only: the next round's hard state carries it, and a restart takes the commit
+    /// index to be at least the applied one (`initial_state`).
+    fn set_commit(&mut self, commit: u64) -> Result<(), kvnode_replica::StoreError> {
+        self.write().hard.commit = commit;
+        Ok(())
+    }
+
+    /// The command's effect on the range's data and the new applied index, in one atomic
+    /// engine batch, not synced. Safe because the entry is already durable in this node's log
+    /// (the core applies only entries of rounds made durable), and the applied index moves
+    /// with the data it covers: a crash loses a suffix of applies, data and index together,
+    /// and the group re-applies from the applied index it finds. Later syncs (any round, any
+    /// plain write) make these durable too.
+    fn apply(&mut self, index: u64, command: Option<&Command>) -> Result<(), kvnode_replica::StoreError> {
+        let term = self.term(index).map_err(kvnode_replica::StoreError::Raft)?;
+        match &self.shared.backend {
+            GroupBackend::Memory(m) => match command {
+                Some(Command::Put { bucket, key, value }) => m.put(bucket, key, Bytes::copy_from_slice(value)),
+                Some(Command::Delete { bucket, key }) => {
+                    m.delete(bucket, key);
+                }
+                Some(Command::CreateBucket { bucket }) => m.create_bucket(bucket),
+                None => {}
+            },
+            GroupBackend::Disk(d) => {
+                let mut ops = Vec::with_capacity(2);
+                ops.extend(command.map(data_op));
+                ops.push(Op::Raft(Arc::new(RaftWrites {
+                    replace: vec![],
+                    records: vec![(
+                        RaftSpace::State,
+                        rec::state_key(self.range, rec::APPLIED),
+                        Some(rec::encode_index_term(index, term)),
+                    )],
+                })));
+                d.engine().commit_unsynced(&ops).map_err(replica_err)?;
+            }
+        }
+        self.write().applied = (index, term);
+        Ok(())
+    }
+
+    fn applied(&self) -> u64 {
+        self.read().applied.0
+    }
+
+    /// Drops the entries before `min(index, applied)` (that one stays, as in `MemStorage`),
+    /// unsynced: a compaction lost in a crash only leaves more log.
+    fn compact(&mut self, index: u64) -> Result<(), kvnode_replica::StoreError> {
+        let (first, upto) = {
+            let s = self.read();
+            (s.first(), index.min(s.applied.0))
+        };
+        if upto <= first {
+            return Ok(());
+        }
+        let truncated = (upto - 1, self.term(upto - 1).map_err(kvnode_replica::StoreError::Raft)?);
+        if let GroupBackend::Disk(d) = &self.shared.backend {
+            let mut records: Vec<_> = (first..upto)
+                .map(|i| (RaftSpace::Log, rec::log_key(self.range, i), None))
+                .collect();
+            records.push((
+                RaftSpace::State,
+                rec::state_key(self.range, rec::TRUNCATED),
+                Some(rec::encode_index_term(truncated.0, truncated.1)),
+            ));
+            let writes = RaftWrites {
+                replace: vec![],
+                records,
+            };
+            d.engine()
+                .commit_unsynced(&[Op::Raft(Arc::new(writes))])
+                .map_err(replica_err)?;
+        }
+        let mut s = self.write();
+        s.truncated = truncated;
+        while s.cache.front().is_some_and(|e| e.index < upto) {
+            if let Some(e) = s.cache.pop_front() {
+                s.cache_bytes -= entry_size(&e);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A command's write, as a single-node write of it would be.
+fn data_op(command: &Command) -> Op {
+    let b = |v: &Vec<u8>| Bytes::copy_from_slice(v);
+    match command {
+        Command::Put { bucket, key, value } => Op::Put {
+            bucket: b(bucket),
+            key: b(key),
+            value: b(value),
+        },
+        Command::Delete { bucket, key } => Op::Delete {
+            bucket: b(bucket),
+            key: b(key),
+        },
+        Command::CreateBucket { bucket } => Op::CreateBucket { bucket: b(bucket) },
+    }
+}
+
+/// A group's state as `raft_state` and `raft_log` hold it; `None` if they hold nothing of it.
+fn load(disk: &DiskStore, range: RangeId) -> Result<Option<GroupState>, StoreError> {
+    let err = |e: super::engine::EngineError| group_err(range, e.0);
+    let engine = disk.engine();
+    let get = |kind| engine.raft_get(RaftSpace::State, &rec::state_key(range, kind));
+    let (hard, conf, applied, truncated) = (get(rec::HARD), get(rec::CONF), get(rec::APPLIED), get(rec::TRUNCATED));
+    let (hard, conf, applied, truncated) = (
+        hard.map_err(err)?,
+        conf.map_err(err)?,
+        applied.map_err(err)?,
+        truncated.map_err(err)?,
+    );
+    if hard.is_none() && conf.is_none() && applied.is_none() && truncated.is_none() {
+        return Ok(None);
+    }
+    let mut s = GroupState::uninitialised();
+    let damaged = |reason: String| group_err(range, format!("{reason}; the store is damaged"));
+    if let Some(v) = hard {
+        s.hard = rec::decode_hard(&v).map_err(damaged)?;
+    }
+    if let Some(v) = conf {
+        s.conf = rec::decode_conf(&v).map_err(damaged)?;
+    }
+    if let Some(v) = applied {
+        let it = rec::decode_index_term(&v).map_err(damaged)?;
+        s.applied = (it.index, it.term);
+    }
+    if let Some(v) = truncated {
+        let it = rec::decode_index_term(&v).map_err(damaged)?;
+        s.truncated = (it.index, it.term);
+    }
+    let (from, to) = rec::log_span(range, s.first(), None);
+    let tail = engine
+        .raft_scan(RaftSpace::Log, &from, &to, true, CACHE_ENTRIES)
+        .map_err(err)?;
+    s.last = s.truncated.0;
+    for (i, (key, value)) in tail.iter().rev().enumerate() {
+        let e = rec::decode_entry(value).map_err(damaged)?;
+        let expected = s.cache.back().map(|p| p.index + 1);
+        if rec::log_index(key) != Some(e.index) || expected.is_some_and(|x| x != e.index) {
+            return Err(damaged(format!("the log has a hole before index {}", e.index)));
+        }
+        if i == 0 && tail.len() < CACHE_ENTRIES && e.index != s.first() {
+            return Err(damaged(format!(
+                "the log starts at {} where {} was expected",
+                e.index,
+                s.first()
+            )));
+        }
+        s.last = e.index;
+        s.cache_bytes += entry_size(&e);
+        s.cache.push_back(e);
+    }
+    s.trim_cache(CACHE_ENTRIES);
+    if s.applied.0 > s.last || s.applied.0 < s.truncated.0 {
+        return Err(damaged(format!(
+            "the applied index {} is outside the log ({}..={})",
+            s.applied.0, s.truncated.0, s.last
+        )));
+    }
+    Ok(Some(s))
+}
+
+impl Store {
+    /// The group `range`'s store: what this store holds for it if anything (a restart), else a
+    /// freshly bootstrapped group when `bootstrap` is `Some(voters)` (exactly like
+    /// `MemGroupStore::bootstrap`: snapshot at index 1, term 1, those voters, empty range),
+    /// else an uninitialised one (like `MemGroupStore::uninitialised`). Asked again, the same
+    /// group (clones share it).
+    ///
+    /// Bootstrapping writes nothing to the range's data: a range that already holds buckets
+    /// here keeps them (the table refuses to make such a range replicated until issue 26).
+    /// The bootstrap records are written unsynced: lost in a crash, the same bootstrap runs
+    /// again.
+    pub fn group(&self, range: RangeId, bootstrap: Option<&[u64]>) -> Result<NodeGroupStore, StoreError> {
+        let mut held = self.groups.lock();
+        if let Some(g) = held.get(&range) {
+            return Ok(g.clone());
+        }
+        let (backend, found) = match &self.backend {
+            Backend::Memory(m) => (GroupBackend::Memory(m.clone()), None),
+            Backend::Disk(d) => (GroupBackend::Disk(d.clone()), load(d, range)?),
+        };
+        let state = match (found, bootstrap) {
+            (Some(s), _) => s,
+            (None, Some(voters)) => {
+                let s = GroupState::bootstrap(voters);
+                if let GroupBackend::Disk(d) = &backend {
+                    let writes = RaftWrites {
+                        replace: vec![],
+                        records: s.records(range),
+                    };
+                    d.engine()
+                        .commit_unsynced(&[Op::Raft(Arc::new(writes))])
+                        .map_err(|e| group_err(range, e.0))?;
+                }
+                s
+            }
+            (None, None) => GroupState::uninitialised(),
+        };
+        let group = NodeGroupStore::new(range, backend, state);
+        held.insert(range, group.clone());
+        Ok(group)
+    }
+
+    /// The ranges this store holds Raft state for (read at start), and any group asked for
+    /// since.
+    pub fn groups(&self) -> Result<Vec<RangeId>, StoreError> {
+        let mut ranges: Vec<RangeId> = self.groups.lock().keys().copied().collect();
+        if let Backend::Disk(d) = &self.backend {
+            let all = d
+                .engine()
+                .raft_scan(RaftSpace::State, &[], &[0xff; 4], false, usize::MAX)
+                .map_err(|e| StoreError::Engine(e.0))?;
+            ranges.extend(all.iter().filter_map(|(k, _)| match k.as_slice() {
+                [first, last, ..] => Some(RangeId {
+                    first: *first,
+                    last: *last,
+                }),
+                _ => None,
+            }));
+        }
+        ranges.sort();
+        ranges.dedup();
+        Ok(ranges)
+    }
+
+    /// Makes one round durable: every group's snapshot, entries (replacing a suffix from the
+    /// first one's index) and hard state, in ONE engine batch and ONE sync, sharing the group
+    /// commit with the plain puts queued meanwhile (`Op::Raft`). Resolves once synced (in
+    /// memory: at once, having installed the round's snapshots into the memory store). The
+    /// driver then calls `Replicas::handle_persisted`, whose `GroupStore::persist` calls only
+    /// update caches. Every group must have been asked for with [`Store::group`].
+    pub async fn persist_round(&self, persist: &Persist) -> Result<(), StoreError> {
+        let mut writes = RaftWrites::default();
+        {
+            let held = self.groups.lock();
+            for w in &persist.groups {
+                let Some(group) = held.get(&w.range) else {
+                    return Err(group_err(
+                        w.range,
+                        "the round names a group this store was never asked for",
+                    ));
+                };
+                let bounds = group.read().bounds();
+                // Planned on both backends, so that a round out of order is refused alike.
+                let round = rec::plan_round(w.range, &bounds, w).map_err(|e| group_err(w.range, e))?;
+                if let Some(data) = round.replace {
+                    writes.replace.push((w.range.first, w.range.last, data));
+                }
+                // In memory the cache is the log: only a snapshot's data has somewhere to go.
+                if let Backend::Disk(_) = &self.backend {
+                    writes.records.extend(round.records);
+                }
+            }
+        }
+        match &self.backend {
+            Backend::Memory(m) => {
+                for (first, last, data) in &writes.replace {
+                    m.replace_range(*first, *last, data);
+                }
+                Ok(())
+            }
+            Backend::Disk(_) if persist.groups.is_empty() => Ok(()),
+            Backend::Disk(d) => d.write(Op::Raft(Arc::new(writes))).await.map(|_| ()),
+        }
+    }
+}
+
+impl Store {
+    /// Every bucket of `range` with its keys, as a snapshot of its group would carry them.
+    /// Reads the whole range on the calling thread (tests and checks, not the serving path).
+    pub fn range_data(&self, range: RangeId) -> Result<RangeData, StoreError> {
+        match &self.backend {
+            Backend::Memory(m) => Ok(m.range_data(range.first, range.last)),
+            Backend::Disk(d) => d
+                .engine()
+                .range_data(range.first, range.last)
+                .map_err(|e| StoreError::Engine(e.0)),
+        }
+    }
+}

@@ -1,0 +1,405 @@
+//! Tests of the Raft groups on the node's store (`group`): durability across reopening, one
+//! sync per round shared with plain writes, suffix replacement, compaction, snapshots, and the
+//! unsynced apply's crash and replay. Memory and fjall alike where both apply.
+
+use std::sync::Mutex as SyncMutex;
+
+use kvnode_replica::{Command, GroupStore, GroupWrite, Persist, RangeData, RangeId};
+use raft::prelude::{Entry, HardState, Snapshot};
+use raft::{GetEntriesContext, Storage, StorageError};
+
+use super::engine::{Applied, Engine, EngineError, KeyPage, Op, RaftSpace};
+use super::*;
+
+const AM: RangeId = RangeId {
+    first: b'a',
+    last: b'm',
+};
+const NZ: RangeId = RangeId {
+    first: b'n',
+    last: b'z',
+};
+const VOTERS: [u64; 3] = [11, 22, 33];
+
+fn put(bucket: &str, key: &str, value: &str) -> Command {
+    Command::Put {
+        bucket: bucket.into(),
+        key: key.into(),
+        value: value.into(),
+    }
+}
+
+fn entry(index: u64, term: u64, command: Option<&Command>) -> Entry {
+    let mut e = Entry {
+        index,
+        term,
+        ..Default::default()
+    };
+    if let Some(c) = command {
+        e.set_data(postcard::to_allocvec(c).unwrap().into());
+    }
+    e
+}
+
+fn hard(term: u64, vote: u64, commit: u64) -> HardState {
+    HardState {
+        term,
+        vote,
+        commit,
+        ..Default::default()
+    }
+}
+
+fn write(range: RangeId, snapshot: Option<Snapshot>, entries: Vec<Entry>, hs: Option<HardState>) -> GroupWrite {
+    GroupWrite {
+        range,
+        snapshot,
+        entries,
+        hard_state: hs,
+    }
+}
+
+/// One round of one group, as the driver runs it: durable first, then into the group.
+async fn round(store: &Store, group: &mut NodeGroupStore, w: GroupWrite) {
+    let persist = Persist {
+        round: 1,
+        groups: vec![w.clone()],
+        send_early: vec![],
+    };
+    store.persist_round(&persist).await.unwrap();
+    group
+        .persist(w.snapshot.as_ref(), &w.entries, w.hard_state.as_ref())
+        .unwrap();
+}
+
+fn all(group: &NodeGroupStore, low: u64, high: u64) -> raft::Result<Vec<Entry>> {
+    group.entries(low, high, None, GetEntriesContext::empty(false))
+}
+
+/// The writer of a disk store, running until the guard drops (memory: nothing to run).
+struct Writer {
+    stop: CancellationToken,
+    task: Option<tokio::task::JoinHandle<Result<(), String>>>,
+}
+
+impl Writer {
+    /// Stops the writer and waits until it let go of the store (its directory lock).
+    async fn stop(mut self) {
+        self.stop.cancel();
+        if let Some(task) = self.task.take() {
+            task.await.unwrap().unwrap();
+        }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+fn writer(store: &Store) -> Writer {
+    let stop = CancellationToken::new();
+    let (s, st) = (store.clone(), stop.clone());
+    let task = tokio::spawn(async move { s.run_writer(st).await });
+    Writer { stop, task: Some(task) }
+}
+
+/// A memory store and a fjall store in a fresh directory (kept alive by the returned dir).
+fn stores() -> Vec<(Store, Option<tempfile::TempDir>)> {
+    let mut out = vec![(Store::in_memory(), None)];
+    #[cfg(feature = "fjall")]
+    {
+        let dir = tempfile::tempdir().unwrap();
+        out.push((Store::open_with(dir.path(), EngineKind::Fjall).unwrap(), Some(dir)));
+    }
+    out
+}
+
+#[cfg(feature = "fjall")]
+#[tokio::test]
+async fn a_groups_log_hard_state_conf_state_and_applied_index_survive_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let (p, q) = (put("apple", "k", "v1"), put("kiwi", "x", "y"));
+    {
+        let store = Store::open(dir.path()).unwrap();
+        let w = writer(&store);
+        let mut g = store.group(AM, Some(&VOTERS)).unwrap();
+        assert_eq!(g.applied(), 1);
+        assert_eq!((g.first_index().unwrap(), g.last_index().unwrap()), (2, 1));
+        let entries = vec![entry(2, 2, None), entry(3, 2, Some(&p)), entry(4, 2, Some(&q))];
+        round(&store, &mut g, write(AM, None, entries, Some(hard(2, 11, 3)))).await;
+        g.apply(2, None).unwrap();
+        g.apply(3, Some(&p)).unwrap();
+        let other = store.group(NZ, None).unwrap();
+        assert_eq!(other.initial_state().unwrap().conf_state.voters, Vec::<u64>::new());
+        // A plain write's sync makes the unsynced apply durable too.
+        store.put(b"zoo", b"k", Bytes::from_static(b"z")).await.unwrap();
+        w.stop().await;
+    }
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(
+        store.groups().unwrap(),
+        vec![AM],
+        "an uninitialised group wrote nothing"
+    );
+    let g = store.group(AM, None).unwrap();
+    let state = g.initial_state().unwrap();
+    assert_eq!(state.hard_state, hard(2, 11, 3));
+    assert_eq!(state.conf_state.voters, VOTERS.to_vec());
+    assert_eq!(g.applied(), 3);
+    assert_eq!((g.first_index().unwrap(), g.last_index().unwrap()), (2, 4));
+    let e = all(&g, 2, 5).unwrap();
+    assert_eq!(
+        e.iter().map(|e| (e.index, e.term)).collect::<Vec<_>>(),
+        [(2, 2), (3, 2), (4, 2)]
+    );
+    assert_eq!(e[2].get_data(), postcard::to_allocvec(&q).unwrap().as_slice());
+    assert_eq!(g.term(1).unwrap(), 1, "the bootstrap snapshot's term");
+    assert_eq!(
+        store.get(b"apple", b"k").await.unwrap(),
+        Lookup::Found(Bytes::from_static(b"v1"))
+    );
+    assert_eq!(
+        store.get(b"kiwi", b"x").await.unwrap(),
+        Lookup::NoBucket,
+        "not applied yet"
+    );
+}
+
+/// The engine, counting synced commits and the ops of each.
+struct CountingSyncs {
+    inner: Arc<dyn Engine>,
+    batches: SyncMutex<Vec<usize>>,
+}
+
+impl Engine for CountingSyncs {
+    fn commit(&self, batch: &[Op]) -> Result<Vec<Applied>, EngineError> {
+        let applied = self.inner.commit(batch)?;
+        self.batches.lock().unwrap().push(batch.len());
+        Ok(applied)
+    }
+    fn get(&self, bucket: &[u8], key: &[u8]) -> Result<Option<Bytes>, EngineError> {
+        self.inner.get(bucket, key)
+    }
+    fn bucket_exists(&self, bucket: &[u8]) -> Result<bool, EngineError> {
+        self.inner.bucket_exists(bucket)
+    }
+    fn keys(&self, bucket: &[u8], after: Option<&[u8]>, budget: usize) -> Result<KeyPage, EngineError> {
+        self.inner.keys(bucket, after, budget)
+    }
+    fn commit_unsynced(&self, batch: &[Op]) -> Result<Vec<Applied>, EngineError> {
+        self.inner.commit_unsynced(batch)
+    }
+    fn raft_get(&self, space: RaftSpace, key: &[u8]) -> Result<Option<Vec<u8>>, EngineError> {
+        self.inner.raft_get(space, key)
+    }
+    fn raft_scan(
+        &self,
+        space: RaftSpace,
+        from: &[u8],
+        to: &[u8],
+        rev: bool,
+        limit: usize,
+    ) -> Result<super::engine::Records, EngineError> {
+        self.inner.raft_scan(space, from, to, rev, limit)
+    }
+    fn range_data(&self, first: u8, last: u8) -> Result<RangeData, EngineError> {
+        self.inner.range_data(first, last)
+    }
+}
+
+#[cfg(feature = "fjall")]
+#[tokio::test]
+async fn an_entry_append_and_a_plain_put_queued_together_are_made_durable_by_one_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut disk = DiskStore::open(dir.path(), EngineKind::Fjall).unwrap();
+    let counting = Arc::new(CountingSyncs {
+        inner: Arc::clone(disk.engine()),
+        batches: SyncMutex::default(),
+    });
+    disk.set_engine(Arc::clone(&counting) as Arc<dyn Engine>);
+    let store = Store {
+        backend: Backend::Disk(disk),
+        groups: Arc::default(),
+    };
+    let _g = store.group(AM, Some(&VOTERS)).unwrap();
+    let _h = store.group(NZ, Some(&VOTERS)).unwrap();
+    // Both are queued before the writer runs (this runtime has one thread: the spawned
+    // tasks run at the yields), so the writer finds them together.
+    let plain = tokio::spawn({
+        let store = store.clone();
+        async move { store.put(b"zoo", b"k", Bytes::from_static(b"v")).await }
+    });
+    let persist = Persist {
+        round: 7,
+        groups: vec![
+            write(AM, None, vec![entry(2, 2, None)], Some(hard(2, 11, 1))),
+            write(
+                NZ,
+                None,
+                vec![entry(2, 2, None), entry(3, 2, None)],
+                Some(hard(2, 22, 1)),
+            ),
+        ],
+        send_early: vec![],
+    };
+    let raft = tokio::spawn({
+        let store = store.clone();
+        async move { store.persist_round(&persist).await }
+    });
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert!(counting.batches.lock().unwrap().is_empty());
+    let _w = writer(&store);
+    plain.await.unwrap().unwrap();
+    raft.await.unwrap().unwrap();
+    assert_eq!(
+        *counting.batches.lock().unwrap(),
+        vec![2],
+        "one sync for the plain put and both groups' round"
+    );
+}
+
+#[tokio::test]
+async fn entries_replace_a_suffix_from_the_first_ones_index() {
+    for (store, dir) in stores() {
+        let _w = writer(&store);
+        let mut g = store.group(AM, Some(&VOTERS)).unwrap();
+        let first: Vec<_> = (2..=6).map(|i| entry(i, 2, None)).collect();
+        round(&store, &mut g, write(AM, None, first, Some(hard(2, 0, 1)))).await;
+        round(
+            &store,
+            &mut g,
+            write(AM, None, vec![entry(4, 3, None), entry(5, 3, None)], None),
+        )
+        .await;
+        let check = |g: &NodeGroupStore| {
+            assert_eq!(g.last_index().unwrap(), 5);
+            let terms: Vec<_> = all(g, 2, 6).unwrap().iter().map(|e| e.term).collect();
+            assert_eq!(terms, [2, 2, 3, 3]);
+            assert!(matches!(g.term(6), Err(raft::Error::Store(StorageError::Unavailable))));
+        };
+        check(&g);
+        // A hole after the last, or a replacement below the first, is refused.
+        let hole = write(AM, None, vec![entry(8, 3, None)], None);
+        let refused = Persist {
+            round: 2,
+            groups: vec![hole.clone()],
+            send_early: vec![],
+        };
+        assert!(matches!(
+            store.persist_round(&refused).await,
+            Err(StoreError::Group { .. })
+        ));
+        assert!(g.persist(None, &hole.entries, None).is_err());
+        drop(g);
+        _w.stop().await;
+        if let Some(dir) = dir {
+            drop(store);
+            let store = Store::open(dir.path()).unwrap();
+            check(&store.group(AM, None).unwrap());
+            let tail = store.range_log_keys(AM);
+            assert_eq!(tail, [2, 3, 4, 5], "the replaced entry 6 is gone from raft_log");
+        }
+    }
+}
+
+#[tokio::test]
+async fn compaction_drops_applied_entries_and_entries_below_answer_compacted() {
+    for (store, dir) in stores() {
+        let _w = writer(&store);
+        let mut g = store.group(AM, Some(&VOTERS)).unwrap();
+        let entries: Vec<_> = (2..=10).map(|i| entry(i, 2, None)).collect();
+        round(&store, &mut g, write(AM, None, entries, Some(hard(2, 0, 10)))).await;
+        for i in 2..=7 {
+            g.apply(i, None).unwrap();
+        }
+        g.compact(9).unwrap();
+        let check = |g: &NodeGroupStore| {
+            assert_eq!(g.first_index().unwrap(), 7, "only up to the applied index");
+            assert!(matches!(all(g, 5, 8), Err(raft::Error::Store(StorageError::Compacted))));
+            assert!(matches!(g.term(5), Err(raft::Error::Store(StorageError::Compacted))));
+            assert_eq!(g.term(6).unwrap(), 2, "the entry before the first keeps its term");
+            assert_eq!(all(g, 7, 11).unwrap().len(), 4);
+        };
+        check(&g);
+        drop(g);
+        _w.stop().await;
+        if let Some(dir) = dir {
+            drop(store);
+            let store = Store::open(dir.path()).unwrap();
+            check(&store.group(AM, None).unwrap());
+            assert_eq!(store.range_log_keys(AM), [7, 8, 9, 10]);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_snapshot_installed_on_another_store_replaces_the_range_and_nothing_else() {
+    let (sources, targets) = (stores(), stores());
+    for ((from, _d1), (to, dir)) in sources.into_iter().zip(targets) {
+        let (_w1, _w2) = (writer(&from), writer(&to));
+        let mut g = from.group(AM, Some(&VOTERS)).unwrap();
+        let cmds = [put("apple", "k", "1"), put("kiwi", "x", "2"), put("apple", "j", "3")];
+        let entries: Vec<_> = cmds.iter().zip(2..).map(|(c, i)| entry(i, 2, Some(c))).collect();
+        round(&from, &mut g, write(AM, None, entries, Some(hard(2, 11, 4)))).await;
+        for (c, i) in cmds.iter().zip(2..) {
+            g.apply(i, Some(c)).unwrap();
+        }
+        from.put(b"zebra", b"z", Bytes::from_static(b"other range"))
+            .await
+            .unwrap();
+        let snap = g.snapshot(4, 22).unwrap();
+        assert_eq!((snap.get_metadata().index, snap.get_metadata().term), (4, 2));
+        assert!(matches!(
+            g.snapshot(5, 22),
+            Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable))
+        ));
+        // The target holds other keys of the range (to go) and of another range (to stay).
+        for (b, k) in [("apple", "old"), ("banana", "b"), ("zoo", "z")] {
+            to.put(b.as_bytes(), k.as_bytes(), Bytes::from_static(b"before"))
+                .await
+                .unwrap();
+        }
+        let mut h = to.group(AM, None).unwrap();
+        round(&to, &mut h, write(AM, Some(snap.clone()), vec![], None)).await;
+        let check = |to: &Store, h: &NodeGroupStore| {
+            assert_eq!(to.range_data(AM).unwrap(), from.range_data(AM).unwrap());
+            assert_eq!(h.applied(), 4);
+            assert_eq!((h.first_index().unwrap(), h.last_index().unwrap()), (5, 4));
+            assert_eq!(h.initial_state().unwrap().conf_state.voters, VOTERS.to_vec());
+            assert_eq!(h.initial_state().unwrap().hard_state.commit, 4);
+        };
+        check(&to, &h);
+        assert_eq!(to.get(b"banana", b"b").await.unwrap(), Lookup::NoBucket);
+        assert_eq!(to.get(b"apple", b"old").await.unwrap(), Lookup::NoKey);
+        assert_eq!(
+            to.get(b"zoo", b"z").await.unwrap(),
+            Lookup::Found(Bytes::from_static(b"before"))
+        );
+        drop(h);
+        _w2.stop().await;
+        if let Some(dir) = dir {
+            drop(to);
+            let to = Store::open(dir.path()).unwrap();
+            check(&to, &to.group(AM, None).unwrap());
+        }
+    }
+}
+
+impl Store {
+    /// The indices of `range`'s entries in `raft_log`.
+    fn range_log_keys(&self, range: RangeId) -> Vec<u64> {
+        let Backend::Disk(d) = &self.backend else {
+            return vec![];
+        };
+        let (from, to) = group_records::log_span(range, 0, None);
+        let keys = d.engine().raft_scan(RaftSpace::Log, &from, &to, false, usize::MAX);
+        keys.unwrap()
+            .iter()
+            .filter_map(|(k, _)| group_records::log_index(k))
+            .collect()
+    }
+}
