@@ -177,6 +177,12 @@ impl History {
         self.seed
     }
 
+    /// Nanoseconds since the history began, on the clock of its records (for events beside
+    /// the operations, such as a fault); takes no timestamp of its own.
+    pub fn now(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX - 1)
+    }
+
     /// Records that `client` is about to send `op`; call it before sending.
     pub fn invoke(&self, client: usize, op: Op) -> OpId {
         let mut inner = self.inner.lock().unwrap();

@@ -1,0 +1,362 @@
+//! Issue 25's fault-injection test, Jepsen style: a cluster of real `kvnode` processes, eight
+//! clients putting, getting and deleting unique values on five keys through its nodes, and a
+//! nemesis on a seeded schedule (kill -9 and restart on the same data directory, SIGSTOP and
+//! SIGCONT, and as root a partition by network namespaces). After healing, every key is read
+//! through every node, and the history must be linearizable per key with no acknowledged
+//! write lost (`tests/common/history`).
+//!
+//! The cluster's shape is a parameter ([`Shape`]): today's shapes have the keys' bucket owned
+//! by one durable node, reached directly or forwarded by others; the replicated shapes are
+//! ignored until replicated ranges are built. A broken system (an in-memory owner, killed
+//! and restarted) must fail the check, so the test cannot pass vacuously.
+//!
+//! Environment: `FAULT_SEED` replays a run (printed at its start and on failure);
+//! `FAULT_SEEDS` runs that many seeds per shape (from the first); `FAULT_DURATION` (seconds,
+//! default 8) is each run's length; `FAULT_KILLS` makes the first strikes that many kills;
+//! `FAULT_NETNS=0` runs on loopback without partitions; `FAULT_KEEP=1` keeps every history,
+//! not only failing ones. `scripts/faults.sh` sets them and tabulates the `faults-row` lines.
+
+mod common;
+#[path = "common/history/mod.rs"]
+mod history;
+#[path = "common/nemesis.rs"]
+mod nemesis;
+#[path = "common/netns.rs"]
+mod netns;
+#[path = "common/workload.rs"]
+mod workload;
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use history::{Budget, History, Outcome, Report};
+use nemesis::{Fault, Schedule, Struck};
+use workload::{Cluster, Nodes, Rng, Shape, Workload};
+
+/// The keys' bucket on one durable node, and clients talking to it directly.
+const ONE_OWNER: Shape = Shape {
+    name: "one-owner-3",
+    nodes: 3,
+    table: "a-z=n1",
+    in_memory: false,
+    entries: Nodes::Owner,
+    victims: Nodes::Owner,
+};
+
+/// The keys' bucket on n1, clients talking to any node (the others forward), faults on any.
+const FORWARDED_3: Shape = Shape {
+    name: "forwarded-3",
+    nodes: 3,
+    table: "a-m=n1,n-z=n2",
+    in_memory: false,
+    entries: Nodes::Any,
+    victims: Nodes::Any,
+};
+
+const FORWARDED_5: Shape = Shape {
+    name: "forwarded-5",
+    nodes: 5,
+    ..FORWARDED_3
+};
+
+/// Replicated ranges: faults on the range's leader, clients through any node.
+const REPLICATED_3: Shape = Shape {
+    name: "replicated-3",
+    nodes: 3,
+    table: "a-z=n1+n2+n3",
+    in_memory: false,
+    entries: Nodes::Any,
+    victims: Nodes::Owner,
+};
+
+const REPLICATED_5: Shape = Shape {
+    name: "replicated-5",
+    nodes: 5,
+    table: "a-z=n1+n2+n3+n4+n5",
+    ..REPLICATED_3
+};
+
+/// The broken system: the owner keeps its data in memory, so a kill loses acknowledged writes.
+const IN_MEMORY_OWNER: Shape = Shape {
+    name: "in-memory-owner-3",
+    in_memory: true,
+    ..ONE_OWNER
+};
+
+/// One shape at a time: a shape is five processes and eight clients on a two-core machine.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn env<T: std::str::FromStr>(name: &str) -> Option<T> {
+    let text = std::env::var(name).ok()?;
+    Some(
+        text.trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={text:?} is not a number; unset it or give one")),
+    )
+}
+
+/// What the environment asks for (see the module's comment).
+struct Params {
+    first_seed: u64,
+    seeds: u64,
+    duration: Duration,
+    kills: usize,
+    netns: bool,
+    keep: bool,
+}
+
+fn params() -> Params {
+    let first_seed = env("FAULT_SEED").unwrap_or_else(|| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        now.as_nanos() as u64 ^ u64::from(std::process::id())
+    });
+    Params {
+        first_seed,
+        seeds: env("FAULT_SEEDS").unwrap_or(1),
+        duration: Duration::from_secs_f64(env("FAULT_DURATION").unwrap_or(8.0)),
+        kills: env("FAULT_KILLS").unwrap_or(0),
+        netns: std::env::var("FAULT_NETNS").map_or(true, |v| v != "0"),
+        keep: std::env::var("FAULT_KEEP").is_ok_and(|v| v == "1"),
+    }
+}
+
+/// One run's result.
+struct Ran {
+    seed: u64,
+    report: Report,
+    ops: usize,
+    unknown: usize,
+    failed: usize,
+    struck: Vec<Struck>,
+    /// After each kill of the node serving the range: the time to the first successful write
+    /// invoked after it (`None`: none before the run ended).
+    unavailable: Vec<Option<Duration>>,
+    /// Where the history was saved, if it was.
+    kept: Option<PathBuf>,
+}
+
+impl Ran {
+    fn longest_unavailable(&self) -> String {
+        if self.unavailable.is_empty() {
+            return "-".into();
+        }
+        if self.unavailable.iter().any(Option::is_none) {
+            return "never".into();
+        }
+        let ms = self.unavailable.iter().flatten().max().map_or(0, Duration::as_millis);
+        format!("{ms}")
+    }
+
+    /// The line `scripts/faults.sh` tabulates.
+    fn row(&self, shape: &Shape) -> String {
+        format!(
+            "faults-row shape={} seed={} ops={} unknown={} failed={} faults={} lost={} violations={} undecided={} unavailable_ms={}",
+            shape.name,
+            self.seed,
+            self.ops,
+            self.unknown,
+            self.failed,
+            self.struck.len(),
+            self.report.lost_writes.len(),
+            self.report.violations().len(),
+            self.report.unknown_keys().len(),
+            self.longest_unavailable()
+        )
+    }
+}
+
+/// Runs `shape` once with `seed`: clients and nemesis for the run's length, then heals, (with
+/// `crash_at_end`, kills and restarts the owner once more), reads every key through every node
+/// and checks the history.
+fn run_once(shape: &Shape, seed: u64, p: &Params, workload: Workload, crash_at_end: bool) -> Ran {
+    let net = if p.netns {
+        netns::Net::new(shape.nodes)
+            .map_err(|why| println!("partitions skipped: {why}"))
+            .ok()
+    } else {
+        println!("partitions skipped: FAULT_NETNS=0");
+        None
+    };
+    let mut cluster = Cluster::start(shape, net);
+    let mut faults = vec![Fault::Kill];
+    if !crash_at_end {
+        faults.push(Fault::Pause);
+        if cluster.can_partition() {
+            faults.push(Fault::Partition);
+        }
+    }
+    let rng = Rng(seed);
+    let schedule = Schedule::draw(
+        &mut rng.fork(1000),
+        p.duration,
+        p.kills,
+        shape.victims,
+        shape.nodes,
+        &faults,
+    );
+    println!(
+        "fault test {}: seed {seed} (FAULT_SEED={seed} cargo test --test faults replays it); {schedule}",
+        shape.name
+    );
+    let entries = cluster.pick(shape.entries);
+    assert!(!entries.is_empty(), "no node names the owner of the keys' range");
+    let addrs: Vec<_> = (0..cluster.len()).map(|i| cluster.addr(i)).collect();
+    let (secret, hub) = (cluster.secret(), cluster.hub());
+    let history = History::new(seed);
+    let stop = AtomicBool::new(false);
+    let start = Instant::now();
+    let struck = std::thread::scope(|s| {
+        for client in 0..workload.clients {
+            let (history, stop, entries) = (&history, &stop, &entries);
+            let (secret, addrs, hub) = (secret.clone(), addrs.clone(), hub.clone());
+            let rng = rng.fork(client as u64);
+            s.spawn(move || {
+                workload::enter(hub.as_deref());
+                let conns = workload::Conns::new(secret, addrs);
+                workload::client(history, client, rng, workload, conns, entries, stop);
+            });
+        }
+        let struck = nemesis::run(&mut cluster, &schedule, start, &history);
+        std::thread::sleep((start + schedule.duration).saturating_duration_since(Instant::now()));
+        stop.store(true, Ordering::Relaxed);
+        struck
+    });
+    let mut struck = struck;
+    cluster.heal();
+    if crash_at_end {
+        let owner = cluster.serving().expect("a node names the owner");
+        struck.push(Struck {
+            at: history.now(),
+            fault: Fault::Kill,
+            node: owner,
+            serving: true,
+        });
+        cluster.kill(owner);
+        cluster.restart(owner);
+    }
+    workload::final_reads(&history, workload.clients, &cluster, workload);
+    let records = history.records();
+    let report = history::check(&records, Budget::default());
+    let unavailable = struck
+        .iter()
+        .filter(|s| s.fault == Fault::Kill && s.serving)
+        .map(|s| {
+            records
+                .iter()
+                .filter(|r| r.op.is_write() && r.invoked >= s.at && matches!(r.outcome, Outcome::Ok { .. }))
+                .filter_map(|r| r.completed)
+                .min()
+                .map(|done| Duration::from_nanos(done - s.at))
+        })
+        .collect();
+    let kept = (!report.is_ok() || p.keep).then(|| {
+        let dir = std::env::temp_dir().join(format!("kvnode-faults-{}-{seed}-{}", shape.name, std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a directory for the history");
+        let path = dir.join("history.jsonl");
+        history.save(&path).expect("save the history");
+        path
+    });
+    Ran {
+        seed,
+        ops: records.len(),
+        unknown: records
+            .iter()
+            .filter(|r| matches!(r.outcome, Outcome::Indeterminate { .. }))
+            .count(),
+        failed: records
+            .iter()
+            .filter(|r| matches!(r.outcome, Outcome::Failed { .. }))
+            .count(),
+        report,
+        struck,
+        unavailable,
+        kept,
+    }
+}
+
+/// Runs `shape` for every seed asked for; each must be linearizable with nothing lost.
+fn check_shape(shape: &Shape) {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let p = params();
+    for seed in p.first_seed..p.first_seed + p.seeds {
+        let ran = run_once(shape, seed, &p, Workload::default(), false);
+        println!("{}", ran.row(shape));
+        let kept = ran
+            .kept
+            .as_ref()
+            .map_or(String::new(), |path| format!("history kept at {}\n", path.display()));
+        assert!(
+            ran.report.is_ok(),
+            "fault test {} failed with seed {seed} (FAULT_SEED={seed} cargo test --test faults replays it)\n{kept}{}",
+            shape.name,
+            ran.report
+        );
+        assert!(
+            ran.report.unread_keys.is_empty(),
+            "keys never read after healing: {:?}",
+            ran.report.unread_keys
+        );
+        assert!(ran.ops >= 100, "only {} operations", ran.ops);
+        if let Some(path) = &ran.kept {
+            println!("history kept at {}", path.display());
+        }
+    }
+}
+
+#[test]
+fn one_durable_owner_of_three_nodes_killed_stopped_and_partitioned_stays_linearizable() {
+    check_shape(&ONE_OWNER);
+}
+
+#[test]
+fn requests_forwarded_to_one_owner_through_three_nodes_stay_linearizable() {
+    check_shape(&FORWARDED_3);
+}
+
+#[test]
+fn requests_forwarded_to_one_owner_through_five_nodes_stay_linearizable() {
+    check_shape(&FORWARDED_5);
+}
+
+#[test]
+#[ignore = "replicated ranges are not built yet (issue 25): a table with a replicated entry is refused at start"]
+fn a_range_replicated_on_three_nodes_stays_linearizable_through_leader_faults() {
+    check_shape(&REPLICATED_3);
+}
+
+#[test]
+#[ignore = "replicated ranges are not built yet (issue 25): a table with a replicated entry is refused at start"]
+fn a_range_replicated_on_five_nodes_stays_linearizable_through_leader_faults() {
+    check_shape(&REPLICATED_5);
+}
+
+/// The test of the test: an owner that keeps its data in memory loses what it acknowledged
+/// when killed; the check must say so (a lost write, named), or the test above proves nothing.
+#[test]
+fn an_in_memory_owner_killed_and_restarted_is_caught_losing_acknowledged_writes() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut p = params();
+    p.duration = p.duration.min(Duration::from_secs(4));
+    // Puts and gets only: a key whose last write was a delete would hide its loss.
+    let workload = Workload {
+        deletes: 0,
+        ..Workload::default()
+    };
+    let ran = run_once(&IN_MEMORY_OWNER, p.first_seed, &p, workload, true);
+    println!("{}", ran.row(&IN_MEMORY_OWNER));
+    println!("the checker's explanation, as expected:\n{}", ran.report);
+    assert!(!ran.report.is_ok(), "a kill of an in-memory owner went unnoticed");
+    assert!(
+        !ran.report.lost_writes.is_empty(),
+        "the final reads found every acknowledged write on a restarted in-memory node:\n{}",
+        ran.report
+    );
+    let path = ran.kept.expect("a failing history is kept");
+    let (seed, saved) = history::read_jsonl(std::io::BufReader::new(std::fs::File::open(&path).unwrap())).unwrap();
+    assert_eq!((seed, saved.len()), (ran.seed, ran.ops));
+    std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+}
