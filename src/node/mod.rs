@@ -568,7 +568,7 @@ fn gossip_driver(node: &Arc<Node>, parts_stop: &CancellationToken) -> Part {
 
 /// The replicas part: the Raft driver of every replicated range this node holds. A panic in
 /// raft-rs fails the part, logged by the supervisor; the new run starts the groups again from
-/// the table (and, once step 3's store lands, from their durable state), and the requests the
+/// the table and their state in the store, and the requests the
 /// failed run held are answered "outcome unknown". Past the restart budget the node stops.
 fn replica_driver(node: &Arc<Node>, parts_stop: &CancellationToken) -> Part {
     let (node, parts_stop) = (Arc::clone(node), parts_stop.clone());
@@ -578,7 +578,7 @@ fn replica_driver(node: &Arc<Node>, parts_stop: &CancellationToken) -> Part {
             let outbox = Arc::new(raft_link::NodeOutbox(Arc::downgrade(&node)));
             let table = node.table();
             tokio::select! {
-                done = node.replicas.run(node.name.clone(), table.entries(), outbox, parts_stop) => done,
+                done = node.replicas.run(node.name.clone(), node.store.clone(), table.entries(), outbox, parts_stop) => done,
                 never = node.crash_point("replicas") => match never {},
             }
         })

@@ -13,14 +13,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kvnode_replica::{
-    Command, Failure, Frame, GroupStore, MemGroupStore, NodeIds, Output, Persist, ProposalId, ProposeError, RangeId,
-    ReplicaConfig, Replicas, Role, node_id,
+    Command, Failure, Frame, GroupStore, NodeIds, Output, ProposalId, ProposeError, RangeId, ReplicaConfig, Replicas,
+    Role, node_id,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::names::NodeName;
 use crate::routing::{Entry, RoutingTable};
+use crate::store::{NodeGroupStore, Store};
 
 /// The driver's tick: elections after 10–20 silent ticks (0.5–1 s), heartbeats every 2.
 pub(crate) const TICK: Duration = Duration::from_millis(50);
@@ -28,26 +29,11 @@ pub(crate) const TICK: Duration = Duration::from_millis(50);
 /// How many inputs the inbox holds; a frame offered to a full inbox is dropped (Raft resends).
 const INBOX: usize = 4096;
 
-/// The store under each group. The seam for step 3: `crate::store::NodeGroupStore` (the
-/// range's data in the node's store, its log in the same group commit) replaces the in-memory
-/// one here, in `open_group` and in `persist`. Until then replicated tables stay refused
-/// (`routing::refuse_replicated`): a `MemGroupStore` on a durable node would only pretend to
-/// keep copies durably.
-pub(crate) type GroupStoreImpl = MemGroupStore;
-
-/// A group's store: bootstrapped with `voters`, or, with none, uninitialised.
-fn open_group(bootstrap: Option<&[u64]>) -> GroupStoreImpl {
-    match bootstrap {
-        Some(voters) => MemGroupStore::bootstrap(voters),
-        None => MemGroupStore::uninitialised(),
-    }
-}
-
-/// Makes a round durable (one batch, one sync, shared with plain puts once it is the node's
-/// store's `persist_round`); the in-memory store writes in `handle_persisted` itself.
-async fn persist(_round: &Persist) -> Result<(), String> {
-    Ok(())
-}
+/// The store under each group: the range's data in the node's store, its log and state
+/// written in the same group commit as plain puts (`store::group`). Replicated tables stay
+/// refused (`routing::refuse_replicated`) until the rules for a replica that lost its state
+/// (the design's `since`) and atomic checked writes are in.
+pub(crate) type GroupStoreImpl = NodeGroupStore;
 
 /// Where frames go: one per peer per round.
 pub(crate) trait Outbox: Send + Sync + 'static {
@@ -158,12 +144,13 @@ impl ReplicasHandle {
     pub(crate) async fn run(
         &self,
         me: NodeName,
+        store: Store,
         entries: &[Entry],
         outbox: Arc<dyn Outbox>,
         stop: CancellationToken,
     ) -> Result<(), String> {
         let mut inbox = self.taken.lock().await;
-        let mut driver = Driver::new(me, outbox, self.leaders.clone());
+        let mut driver = Driver::new(me, store, outbox, self.leaders.clone());
         driver.table(entries);
         driver.round().await?;
         let mut tick = tokio::time::interval(TICK);
@@ -193,6 +180,7 @@ impl ReplicasHandle {
 /// The driver's state within one run.
 struct Driver {
     me: NodeName,
+    store: Store,
     replicas: Replicas<GroupStoreImpl>,
     outbox: Arc<dyn Outbox>,
     /// Every node named in a replicated entry, by Raft id.
@@ -203,7 +191,7 @@ struct Driver {
 }
 
 impl Driver {
-    fn new(me: NodeName, outbox: Arc<dyn Outbox>, leaders: watch::Sender<Leaders>) -> Self {
+    fn new(me: NodeName, store: Store, outbox: Arc<dyn Outbox>, leaders: watch::Sender<Leaders>) -> Self {
         // A new incarnation at every run, so a proposal of an earlier run is never taken for
         // one of this run; random, as a restarted node has no counter of its own in memory.
         let incarnation = rand::random::<u64>();
@@ -212,6 +200,7 @@ impl Driver {
         leaders.send_modify(Leaders::clear);
         Driver {
             me,
+            store,
             replicas: Replicas::new(config),
             outbox,
             names: HashMap::new(),
@@ -290,7 +279,13 @@ impl Driver {
                 continue;
             }
             let voters: Vec<u64> = replicas.iter().map(|n| node_id(n.as_str())).collect();
-            let store = open_group(Some(&voters));
+            let store = match self.store.group(range, Some(&voters)) {
+                Ok(store) => store,
+                Err(e) => {
+                    tracing::error!(%range, error = %e, "cannot open the range's group in the store");
+                    continue;
+                }
+            };
             let fresh = store.applied() <= kvnode_replica::BOOTSTRAP_INDEX;
             if let Err(e) = self.replicas.add_group(range, store) {
                 tracing::error!(%range, error = %e, "cannot start the range's group");
@@ -314,7 +309,11 @@ impl Driver {
             for (to, frame) in &round.send_early {
                 self.send(*to, frame.clone());
             }
-            persist(&round).await?;
+            // One batch and one sync for every group's round, shared with plain puts.
+            self.store
+                .persist_round(&round)
+                .await
+                .map_err(|e| format!("the replica groups' round could not be made durable: {e}"))?;
             let out = self
                 .replicas
                 .handle_persisted(round.round)

@@ -39,6 +39,11 @@ const RANGE: RangeId = RangeId {
 };
 
 fn cluster() -> Cluster {
+    // Each node's own in-memory store, as an `--in-memory` node has.
+    cluster_on([Store::in_memory(), Store::in_memory(), Store::in_memory()])
+}
+
+fn cluster_on(stores: [Store; 3]) -> Cluster {
     let names: Vec<NodeName> = ["n1", "n2", "n3"].map(|n| n.parse().unwrap()).into();
     // Built entry by entry: `RoutingTable::new` still refuses replicated tables.
     let entries = vec![Entry::new(b'a', b'z', names.clone()).unwrap()];
@@ -58,7 +63,8 @@ fn cluster() -> Cluster {
         });
         let stop = CancellationToken::new();
         let (h, name, entries, s) = (Arc::clone(&handles[i]), name.clone(), entries.clone(), stop.clone());
-        tokio::spawn(async move { h.run(name, &entries, wires, s).await });
+        let store = stores[i].clone();
+        tokio::spawn(async move { h.run(name, store, &entries, wires, s).await });
         stops.push(stop);
     }
     Cluster {
@@ -154,4 +160,42 @@ async fn a_cut_off_leader_is_replaced_and_writes_go_on() {
     for s in &c.stops {
         s.cancel();
     }
+}
+
+#[tokio::test]
+async fn applied_writes_reach_every_replicas_durable_store() {
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let stores: [Store; 3] = std::array::from_fn(|i| Store::open(dirs[i].path()).unwrap());
+    let writers = CancellationToken::new();
+    for store in &stores {
+        let (store, stop) = (store.clone(), writers.clone());
+        tokio::spawn(async move { store.run_writer(stop).await });
+    }
+    let c = cluster_on(stores.clone());
+    let leader = c.leader(None, Duration::from_secs(5)).await;
+    c.handles[leader].propose(RANGE, put("k1")).await.unwrap();
+    // Acknowledged once applied on the leader; the followers apply at the next commit index
+    // they hear of (a heartbeat at most 100 ms later).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    for (i, store) in stores.iter().enumerate() {
+        loop {
+            match store.get(b"apples", b"k1").await.unwrap() {
+                crate::store::Lookup::Found(v) => {
+                    assert_eq!(&v[..], b"1");
+                    break;
+                }
+                other => {
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "node {i} never applied k1: {other:?}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+    }
+    for s in &c.stops {
+        s.cancel();
+    }
+    writers.cancel();
 }
