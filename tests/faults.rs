@@ -15,6 +15,8 @@
 //! default 8) is each run's length; `FAULT_KILLS` makes the first strikes that many kills;
 //! `FAULT_NETNS=0` runs on loopback without partitions; `FAULT_KEEP=1` keeps every history,
 //! not only failing ones. `scripts/faults.sh` sets them and tabulates the `faults-row` lines.
+//! A kept history is checked again, without a cluster, by `CHECK_HISTORY=path cargo test
+//! --release --test history_checker -- --ignored a_kept_history`.
 
 mod common;
 #[path = "common/history/mod.rs"]

@@ -328,6 +328,31 @@ fn indeterminate_puts_that_were_read_take_effect_before_their_readers() {
     assert_eq!(search_key(&h.records, Budget::default()), Some(false));
 }
 
+#[test]
+fn indeterminate_deletes_are_interchangeable_to_the_search() {
+    // Forty timed-out deletes, then a read that none of them may precede, then a read of
+    // nothing that one of them explains. The search places deletes before the first read in
+    // every way it can before giving that up; told apart, the deletes would make that 2^40
+    // configurations (a fault test's key ran out of budget so, after a partition healed).
+    let mut h = Hand::default();
+    h.put(0, "k", "a", 0, 1);
+    for i in 0..40 {
+        h.add(
+            i,
+            Op::delete("k"),
+            2 + i as u64,
+            Some(3 + i as u64),
+            Outcome::indeterminate("timed out"),
+        );
+    }
+    h.get(50, "k", Some("a"), 100, 101);
+    h.get(50, "k", None, 200, 201);
+    assert_eq!(search_key(&h.records, Budget { steps_per_key: 100_000 }), Some(true));
+    // And a history no delete can save is still refused: "a" read after the read of nothing.
+    h.get(51, "k", Some("a"), 300, 301);
+    assert_eq!(search_key(&h.records, Budget { steps_per_key: 100_000 }), Some(false));
+}
+
 // ---- the recorder ----
 
 #[test]
@@ -520,4 +545,18 @@ fn eight_clients_on_one_in_memory_node_make_a_linearizable_history() {
     write_jsonl(seed, &records, &mut saved).unwrap();
     let (_, loaded) = read_jsonl(saved.as_slice()).unwrap();
     assert!(check(&loaded, Budget::default()).is_linearizable());
+}
+
+/// Checks a history a fault test kept: `CHECK_HISTORY=path cargo test --test history_checker
+/// -- --ignored a_kept_history` (with `--release` for a long one).
+#[test]
+#[ignore = "checks the history named by CHECK_HISTORY"]
+fn a_kept_history_is_linearizable_with_nothing_lost() {
+    let path = std::env::var("CHECK_HISTORY").expect("CHECK_HISTORY names a history.jsonl a fault test kept");
+    let file = std::io::BufReader::new(std::fs::File::open(&path).expect("open CHECK_HISTORY"));
+    let (seed, records) = read_jsonl(file).expect("a history.jsonl");
+    let started = std::time::Instant::now();
+    let report = check(&records, Budget::default());
+    println!("seed {seed}: checked in {:?}\n{report}", started.elapsed());
+    assert!(report.is_ok(), "{report}");
 }

@@ -7,8 +7,9 @@
 //! call it can, lifting it out of the list, and backtracks when it meets a return whose
 //! operation is not linearized yet. A configuration (the set of linearized operations and the
 //! register's value) that was explored once is never explored again; the set is kept as a
-//! 128-bit Zobrist hash rather than a bitset, so a step costs O(1) whatever the history's
-//! length (two sets would have to collide in 128 bits to be confused). A step budget per key
+//! 128-bit Zobrist hash (a wrapping sum of per-operation keys) rather than a bitset, so a step
+//! costs O(1) whatever the history's length (two sets would have to collide in 128 bits to
+//! be confused); indeterminate deletes share one key, since any two are interchangeable. A step budget per key
 //! ends a pathological search with [`Verdict::Unknown`] rather than hanging.
 //!
 //! Why not `stateright`'s `LinearizabilityTester`: it is built for histories its own model
@@ -135,9 +136,33 @@ pub(super) fn by_key(records: &[Record]) -> BTreeMap<String, KeyHistory> {
     keys.into_iter()
         .map(|(k, (mut h, _))| {
             drop_unread_indeterminate_writes(&mut h.ops);
+            settle_read_indeterminate_puts(&mut h.ops);
             (k, h)
         })
         .collect()
+}
+
+/// Makes an indeterminate put that a read found determinate, due by the end of its first
+/// reader: values are unique, so the read proves the put took effect, and before the read
+/// did. Left as it is when that reader ended before the put began (a violation the search
+/// must find). Without a due time, such a put may be placed anywhere after its call, and the
+/// search tries it at every place a dead end sends it back to.
+fn settle_read_indeterminate_puts(ops: &mut [KeyOp]) {
+    let mut first_read_end: HashMap<u32, u64> = HashMap::new();
+    for o in ops.iter() {
+        if let Kind::Read(Some(v)) = o.kind {
+            let end = first_read_end.entry(v).or_insert(o.ret);
+            *end = (*end).min(o.ret);
+        }
+    }
+    for o in ops.iter_mut().filter(|o| !o.is_determinate()) {
+        if let Kind::Write(Some(v)) = o.kind
+            && let Some(&end) = first_read_end.get(&v)
+            && end > o.call
+        {
+            o.ret = end;
+        }
+    }
 }
 
 /// Leaves out the indeterminate writes whose value no read found: in a linearization with
@@ -316,7 +341,17 @@ pub(super) fn search(ops: &[KeyOp], budget: u64) -> Search {
         }
     };
 
-    let zobrist = zobrist_keys(n);
+    // Indeterminate deletes all share one key, and the set is a wrapping sum rather than a
+    // xor: two of them are interchangeable (same effect, both may take effect at any time
+    // after a call the search has passed), so a configuration needs only how many were used,
+    // not which. Keyed apart, the search would try every subset of them.
+    let mut zobrist = zobrist_keys(n + 1);
+    let any_delete = zobrist[n];
+    for (key, op) in zobrist.iter_mut().zip(ops) {
+        if !op.is_determinate() && op.kind == Kind::Write(None) {
+            *key = any_delete;
+        }
+    }
     let mut linearized: u128 = 0;
     let mut seen: HashSet<(u128, State)> = HashSet::new();
     let mut stack: Vec<(usize, State)> = Vec::new();
@@ -339,9 +374,9 @@ pub(super) fn search(ops: &[KeyOp], budget: u64) -> Search {
                 Kind::Read(v) => (v == state).then_some(state),
             };
             if let Some(after) = after
-                && seen.insert((linearized ^ zobrist[op], after))
+                && seen.insert((linearized.wrapping_add(zobrist[op]), after))
             {
-                linearized ^= zobrist[op];
+                linearized = linearized.wrapping_add(zobrist[op]);
                 stack.push((op, state));
                 state = after;
                 unlink(&mut next, &mut prev, entry);
@@ -358,7 +393,7 @@ pub(super) fn search(ops: &[KeyOp], budget: u64) -> Search {
             let Some((undone, before)) = stack.pop() else {
                 return Search::Violation;
             };
-            linearized ^= zobrist[undone];
+            linearized = linearized.wrapping_sub(zobrist[undone]);
             state = before;
             relink(&mut next, &mut prev, call_entry(undone) + 1);
             relink(&mut next, &mut prev, call_entry(undone));
