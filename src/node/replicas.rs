@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kvnode_replica::{
-    Command, Failure, Frame, GroupStore, NodeIds, Output, ProposalId, ProposeError, RangeId, ReplicaConfig, Replicas,
-    Role, node_id,
+    Command, Effect, Failure, Frame, GroupStore, NodeIds, Output, ProposalId, ProposeError, RangeId, ReplicaConfig,
+    Replicas, Role, node_id,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
@@ -31,8 +31,9 @@ const INBOX: usize = 4096;
 
 /// The store under each group: the range's data in the node's store, its log and state
 /// written in the same group commit as plain puts (`store::group`). Replicated tables stay
-/// refused (`routing::refuse_replicated`) until the rules for a replica that lost its state
-/// (the design's `since`) and atomic checked writes are in.
+/// refused (`routing::refuse_replicated`) until the rule for a replica that lost its state
+/// (the design's `since`) is in. Checked writes (a delete that must find its key, ...) are
+/// decided where their entry applies (`kvnode_replica::Effect`).
 pub(crate) type GroupStoreImpl = NodeGroupStore;
 
 /// Where frames go: one per peer per round.
@@ -69,7 +70,7 @@ pub(crate) enum Input {
     Propose {
         range: RangeId,
         command: Command,
-        done: oneshot::Sender<Result<(), Refused>>,
+        done: oneshot::Sender<Result<Effect, Refused>>,
     },
     /// A linearizable read: answered once the leader's applied state covers it.
     Read {
@@ -118,8 +119,8 @@ impl ReplicasHandle {
         self.inbox.send(input).await.map_err(|_| Refused::Stopped)
     }
 
-    /// Proposes `command`; resolves once applied here, or refused.
-    pub(crate) async fn propose(&self, range: RangeId, command: Command) -> Result<(), Refused> {
+    /// Proposes `command`; resolves once applied here, with what it did, or refused.
+    pub(crate) async fn propose(&self, range: RangeId, command: Command) -> Result<Effect, Refused> {
         let (done, answer) = oneshot::channel();
         self.send(Input::Propose { range, command, done }).await?;
         answer.await.unwrap_or(Err(Refused::Stopped))
@@ -185,7 +186,7 @@ struct Driver {
     outbox: Arc<dyn Outbox>,
     /// Every node named in a replicated entry, by Raft id.
     names: HashMap<u64, NodeName>,
-    proposals: HashMap<ProposalId, (RangeId, oneshot::Sender<Result<(), Refused>>)>,
+    proposals: HashMap<ProposalId, (RangeId, oneshot::Sender<Result<Effect, Refused>>)>,
     reads: HashMap<(RangeId, u64), oneshot::Sender<Result<(), Refused>>>,
     leaders: watch::Sender<Leaders>,
 }
@@ -334,9 +335,9 @@ impl Driver {
         for (to, frame) in out.frames {
             self.send(to, frame);
         }
-        for id in out.acked {
+        for (id, effect) in out.acked {
             if let Some((_, done)) = self.proposals.remove(&id) {
-                let _ = done.send(Ok(()));
+                let _ = done.send(Ok(effect));
             }
         }
         for (id, failure) in out.failed {

@@ -9,7 +9,8 @@
 
 use std::sync::Arc;
 
-use kvnode_replica::{Command, RangeId};
+use kvnode_replica::{Command, Effect, RangeId};
+use serde_bytes::ByteBuf;
 use tokio::time::Instant;
 
 use super::Node;
@@ -24,13 +25,11 @@ type Answer = Result<Reply, RemoteError>;
 /// What a replicated range's request becomes at the leader.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Mapped {
-    /// A write: this command, proposed; answered once applied.
+    /// A write: this command, proposed; answered once applied, from what applying it did
+    /// (a delete that must find its key, a put into a bucket that must exist, a put that
+    /// says whether its key is new: decided where the entry applies, never by a read before
+    /// proposing, which a concurrent write could make stale).
     Write(Command),
-    /// A write that first reads (after read-index) whether it applies: a put into a bucket
-    /// that must exist (buckets are never removed, so the answer cannot change before the
-    /// put is applied), a delete that must find its key, a put that says whether its key is
-    /// new. Then the command is proposed.
-    CheckedWrite(Command),
     /// A read (get, keys): after read-index, from the store.
     Read,
     /// A route query: answered by any replica from its table.
@@ -40,26 +39,49 @@ pub(super) enum Mapped {
 /// The command a bucket operation proposes, or what else it is (see [`Mapped`]).
 pub(super) fn map(bucket: &[u8], op: &BucketOp) -> Mapped {
     let bucket = bucket.to_vec();
-    match op {
-        BucketOp::Put { key, value } => Mapped::Write(Command::Put {
+    let (k, v) = (|k: &Vec<u8>| k.clone(), |v: &Vec<u8>| v.clone());
+    Mapped::Write(match op {
+        BucketOp::Put { key, value } => Command::Put {
             bucket,
-            key: key.clone(),
-            value: value.clone(),
-        }),
-        BucketOp::Create => Mapped::Write(Command::CreateBucket { bucket }),
-        BucketOp::PutExisting { key, value } | BucketOp::PutReporting { key, value } => {
-            Mapped::CheckedWrite(Command::Put {
-                bucket,
-                key: key.clone(),
-                value: value.clone(),
-            })
+            key: k(key),
+            value: v(value),
+        },
+        BucketOp::PutExisting { key, value } => Command::PutExisting {
+            bucket,
+            key: k(key),
+            value: v(value),
+        },
+        BucketOp::PutReporting { key, value } => Command::PutReporting {
+            bucket,
+            key: k(key),
+            value: v(value),
+        },
+        BucketOp::Delete { key } => Command::Delete { bucket, key: k(key) },
+        BucketOp::Create => Command::CreateBucket { bucket },
+        BucketOp::Get { .. } | BucketOp::Keys { .. } => return Mapped::Read,
+        BucketOp::Route => return Mapped::Route,
+    })
+}
+
+/// The answer to a write, from what applying it did: the single-node path's answers.
+fn answer_of(op: &BucketOp, bucket: &[u8], effect: Effect) -> Answer {
+    let key = || match op {
+        BucketOp::Delete { key } | BucketOp::PutExisting { key, .. } | BucketOp::PutReporting { key, .. } => {
+            ByteBuf::from(key.clone())
         }
-        BucketOp::Delete { key } => Mapped::CheckedWrite(Command::Delete {
-            bucket,
-            key: key.clone(),
+        _ => ByteBuf::new(),
+    };
+    match (op, effect) {
+        (_, Effect::NoBucket) => Err(RemoteError::BucketNotFound {
+            bucket: ByteBuf::from(bucket.to_vec()),
         }),
-        BucketOp::Get { .. } | BucketOp::Keys { .. } => Mapped::Read,
-        BucketOp::Route => Mapped::Route,
+        (_, Effect::NoKey) => Err(RemoteError::KeyNotFound {
+            bucket: ByteBuf::from(bucket.to_vec()),
+            key: key(),
+        }),
+        (BucketOp::PutReporting { .. }, Effect::StoredNew) => Ok(Reply::Stored { new: true }),
+        (BucketOp::PutReporting { .. }, _) => Ok(Reply::Stored { new: false }),
+        _ => Ok(Reply::Done),
     }
 }
 
@@ -143,30 +165,12 @@ impl Node {
         match map(&req.bucket, &req.op) {
             Mapped::Route => Ok(ops::route(&self.name, req.path.clone(), vec![self.name.clone()])),
             Mapped::Write(command) => {
-                self.replicas.propose(range, command).await?;
-                Ok(Ok(Reply::Done))
+                let effect = self.replicas.propose(range, command).await?;
+                Ok(answer_of(&req.op, &req.bucket, effect))
             }
             Mapped::Read => {
                 self.replicas.read(range).await?;
                 Ok(self.here(req.clone()).await)
-            }
-            Mapped::CheckedWrite(command) => {
-                // What the single-node path answers comes from the state before the write.
-                self.replicas.read(range).await?;
-                let before = self.here(check_of(req)).await;
-                let reply = match (&req.op, before) {
-                    (BucketOp::PutReporting { .. }, Ok(_)) => Reply::Stored { new: false },
-                    (
-                        BucketOp::PutReporting { .. },
-                        Err(RemoteError::KeyNotFound { .. } | RemoteError::BucketNotFound { .. }),
-                    ) => Reply::Stored { new: true },
-                    (BucketOp::PutExisting { .. }, Ok(_) | Err(RemoteError::KeyNotFound { .. })) => Reply::Done,
-                    (BucketOp::Delete { .. }, Ok(_)) => Reply::Done,
-                    (_, Err(e)) => return Ok(Err(e)),
-                    (_, Ok(_)) => Reply::Done,
-                };
-                self.replicas.propose(range, command).await?;
-                Ok(Ok(reply))
             }
         }
     }
@@ -191,21 +195,6 @@ impl Node {
                 reason,
             },
         }
-    }
-}
-
-/// The read that tells what a checked write answers: the key's value (a get).
-fn check_of(req: &BucketRequest) -> BucketRequest {
-    let key = match &req.op {
-        BucketOp::PutExisting { key, .. } | BucketOp::PutReporting { key, .. } | BucketOp::Delete { key } => {
-            key.clone()
-        }
-        _ => vec![],
-    };
-    BucketRequest {
-        bucket: req.bucket.clone(),
-        op: BucketOp::Get { key },
-        path: req.path.clone(),
     }
 }
 
@@ -259,55 +248,86 @@ mod tests {
     #[test]
     fn each_operation_maps_to_its_command() {
         let (k, v) = (b"k".to_vec(), b"v".to_vec());
-        let put = Command::Put {
-            bucket: b"b".to_vec(),
-            key: k.clone(),
-            value: v.clone(),
-        };
+        let b = || b"b".to_vec();
+        let put = |op: fn(Vec<u8>, Vec<u8>) -> BucketOp| map(b"b", &op(k.clone(), v.clone()));
         assert_eq!(
-            map(
-                b"b",
-                &BucketOp::Put {
-                    key: k.clone(),
-                    value: v.clone()
-                }
-            ),
-            Mapped::Write(put.clone())
+            put(|key, value| BucketOp::Put { key, value }),
+            Mapped::Write(Command::Put {
+                bucket: b(),
+                key: k.clone(),
+                value: v.clone()
+            })
         );
         assert_eq!(
-            map(
-                b"b",
-                &BucketOp::PutExisting {
-                    key: k.clone(),
-                    value: v.clone()
-                }
-            ),
-            Mapped::CheckedWrite(put.clone())
+            put(|key, value| BucketOp::PutExisting { key, value }),
+            Mapped::Write(Command::PutExisting {
+                bucket: b(),
+                key: k.clone(),
+                value: v.clone()
+            })
         );
         assert_eq!(
-            map(
-                b"b",
-                &BucketOp::PutReporting {
-                    key: k.clone(),
-                    value: v.clone()
-                }
-            ),
-            Mapped::CheckedWrite(put)
+            put(|key, value| BucketOp::PutReporting { key, value }),
+            Mapped::Write(Command::PutReporting {
+                bucket: b(),
+                key: k.clone(),
+                value: v.clone()
+            })
         );
         assert_eq!(
             map(b"b", &BucketOp::Delete { key: k.clone() }),
-            Mapped::CheckedWrite(Command::Delete {
-                bucket: b"b".to_vec(),
+            Mapped::Write(Command::Delete {
+                bucket: b(),
                 key: k.clone()
             })
         );
         assert_eq!(
             map(b"b", &BucketOp::Create),
-            Mapped::Write(Command::CreateBucket { bucket: b"b".to_vec() })
+            Mapped::Write(Command::CreateBucket { bucket: b() })
         );
         assert_eq!(map(b"b", &BucketOp::Get { key: k }), Mapped::Read);
         assert_eq!(map(b"b", &BucketOp::Keys { after: None }), Mapped::Read);
         assert_eq!(map(b"b", &BucketOp::Route), Mapped::Route);
+    }
+
+    #[test]
+    fn a_write_is_answered_from_what_applying_it_did() {
+        let key = b"k".to_vec();
+        let delete = BucketOp::Delete { key: key.clone() };
+        let reporting = BucketOp::PutReporting {
+            key: key.clone(),
+            value: b"v".to_vec(),
+        };
+        let existing = BucketOp::PutExisting {
+            key: key.clone(),
+            value: b"v".to_vec(),
+        };
+        assert_eq!(answer_of(&delete, b"b", Effect::Deleted), Ok(Reply::Done));
+        assert!(matches!(
+            answer_of(&delete, b"b", Effect::NoKey),
+            Err(RemoteError::KeyNotFound { key: k, .. }) if k.as_ref() == b"k"
+        ));
+        assert!(matches!(
+            answer_of(&delete, b"b", Effect::NoBucket),
+            Err(RemoteError::BucketNotFound { .. })
+        ));
+        assert_eq!(
+            answer_of(&reporting, b"b", Effect::StoredNew),
+            Ok(Reply::Stored { new: true })
+        );
+        assert_eq!(
+            answer_of(&reporting, b"b", Effect::Stored),
+            Ok(Reply::Stored { new: false })
+        );
+        assert_eq!(answer_of(&existing, b"b", Effect::Stored), Ok(Reply::Done));
+        assert!(matches!(
+            answer_of(&existing, b"b", Effect::NoBucket),
+            Err(RemoteError::BucketNotFound { .. })
+        ));
+        assert_eq!(
+            answer_of(&BucketOp::Create, b"b", Effect::Created(false)),
+            Ok(Reply::Done)
+        );
     }
 
     #[test]

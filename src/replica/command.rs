@@ -16,7 +16,27 @@ pub enum Command {
         /// The value.
         value: Vec<u8>,
     },
-    /// Remove a key of a bucket.
+    /// Set a key of a bucket that must exist: applies as nothing, [`Effect::NoBucket`], in a
+    /// bucket never created (the guide's `PUT`).
+    PutExisting {
+        /// The bucket's name.
+        bucket: Vec<u8>,
+        /// The key.
+        key: Vec<u8>,
+        /// The value.
+        value: Vec<u8>,
+    },
+    /// Set a key of a bucket and say whether it is new ([`Effect::StoredNew`]; RESP's `HSET`
+    /// counts new fields).
+    PutReporting {
+        /// The bucket's name.
+        bucket: Vec<u8>,
+        /// The key.
+        key: Vec<u8>,
+        /// The value.
+        value: Vec<u8>,
+    },
+    /// Remove a key of a bucket; [`Effect::NoKey`] or [`Effect::NoBucket`] if it was not there.
     Delete {
         /// The bucket's name.
         bucket: Vec<u8>,
@@ -28,6 +48,27 @@ pub enum Command {
         /// The bucket's name.
         bucket: Vec<u8>,
     },
+}
+
+/// What applying an entry did, decided by the replica's state at that point of the log (so
+/// every replica decides alike, and a check and its write are one step: two deletes of one
+/// key cannot both find it). The proposer's answer is made from it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Effect {
+    /// A put stored its value (replacing one, for [`Command::PutReporting`]).
+    Stored,
+    /// A [`Command::PutReporting`] of a key that was not there.
+    StoredNew,
+    /// A delete removed its key.
+    Deleted,
+    /// A delete of a key that was not there; nothing changed.
+    NoKey,
+    /// A delete or a [`Command::PutExisting`] in a bucket never created; nothing changed.
+    NoBucket,
+    /// A [`Command::CreateBucket`]; `false` if the bucket existed.
+    Created(bool),
+    /// An entry with no command (a new leader's empty entry, a conf change).
+    Nothing,
 }
 
 impl Command {

@@ -530,11 +530,11 @@ fn apply<S: GroupStore>(
         let command = (e.get_entry_type() == EntryType::EntryNormal && !e.get_data().is_empty())
             .then(|| Command::decode(e.get_data()))
             .flatten();
-        g.node.mut_store().apply(e.index, command.as_ref())?;
+        let effect = g.node.mut_store().apply(e.index, command.as_ref())?;
         while let Some(entry) = g.proposals.first_entry().filter(|p| *p.key() <= e.index) {
             let (index, (id, _)) = entry.remove_entry();
             if index == e.index && proposal == Some(id) {
-                out.acked.push(id);
+                out.acked.push((id, effect));
             } else {
                 out.failed.push((id, Failure::Overwritten));
             }

@@ -50,7 +50,7 @@ mod store;
 mod tests;
 mod wire;
 
-pub use self::command::{Command, ProposalId};
+pub use self::command::{Command, Effect, ProposalId};
 pub use self::core::{ProposeError, ReplicaConfig, Replicas, Role, RoundError};
 pub use self::ids::{IdError, NodeIds, RangeId, node_id};
 pub use self::output::{Applied, Failure, GroupWrite, Output, Persist};

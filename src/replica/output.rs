@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use raft::prelude::{Entry, HardState, Message, Snapshot};
 
-use crate::command::{Command, ProposalId};
+use crate::command::{Command, Effect, ProposalId};
 use crate::ids::RangeId;
 use crate::wire::{Frame, RaftMsg};
 
@@ -68,8 +68,8 @@ pub struct Output {
     pub applied: Vec<Applied>,
     /// Snapshots installed this round: the range's state jumped to this index.
     pub installed: Vec<(RangeId, u64)>,
-    /// This node's proposals now applied: acknowledge them, once.
-    pub acked: Vec<ProposalId>,
+    /// This node's proposals now applied, with what each did: acknowledge them, once.
+    pub acked: Vec<(ProposalId, Effect)>,
     /// This node's proposals that will never be acknowledged.
     pub failed: Vec<(ProposalId, Failure)>,
     /// Reads confirmed by a quorum and now covered by the applied state: serve them.

@@ -11,7 +11,7 @@ use raft::prelude::{Entry, HardState, Snapshot};
 use raft::storage::MemStorage;
 use raft::{GetEntriesContext, RaftState, Storage, StorageError};
 
-use crate::command::Command;
+use crate::command::{Command, Effect};
 
 /// Why a group's store refused a write.
 #[derive(Debug, thiserror::Error)]
@@ -45,7 +45,8 @@ pub trait GroupStore: Storage {
 
     /// Applies the committed entry at `index`: its command (`None` for an entry with none: a
     /// new leader's empty entry, a conf change), with the applied index in the same write.
-    fn apply(&mut self, index: u64, command: Option<&Command>) -> Result<(), StoreError>;
+    /// Says what it did, decided by the range's state at this entry (see [`Effect`]).
+    fn apply(&mut self, index: u64, command: Option<&Command>) -> Result<Effect, StoreError>;
 
     /// The index of the last applied entry.
     fn applied(&self) -> u64;
@@ -189,28 +190,49 @@ impl GroupStore for MemGroupStore {
         Ok(())
     }
 
-    fn apply(&mut self, index: u64, command: Option<&Command>) -> Result<(), StoreError> {
+    fn apply(&mut self, index: u64, command: Option<&Command>) -> Result<Effect, StoreError> {
         let mut applied = self.write();
-        match command {
+        let data = &mut applied.data;
+        let effect = match command {
             Some(Command::Put { bucket, key, value }) => {
-                applied
-                    .data
-                    .entry(bucket.clone())
+                data.entry(bucket.clone())
                     .or_default()
                     .insert(key.clone(), value.clone());
+                Effect::Stored
             }
-            Some(Command::Delete { bucket, key }) => {
-                if let Some(b) = applied.data.get_mut(bucket) {
-                    b.remove(key);
+            Some(Command::PutReporting { bucket, key, value }) => {
+                match data
+                    .entry(bucket.clone())
+                    .or_default()
+                    .insert(key.clone(), value.clone())
+                {
+                    Some(_) => Effect::Stored,
+                    None => Effect::StoredNew,
                 }
             }
+            Some(Command::PutExisting { bucket, key, value }) => match data.get_mut(bucket) {
+                Some(b) => {
+                    b.insert(key.clone(), value.clone());
+                    Effect::Stored
+                }
+                None => Effect::NoBucket,
+            },
+            Some(Command::Delete { bucket, key }) => match data.get_mut(bucket) {
+                Some(b) => match b.remove(key) {
+                    Some(_) => Effect::Deleted,
+                    None => Effect::NoKey,
+                },
+                None => Effect::NoBucket,
+            },
             Some(Command::CreateBucket { bucket }) => {
-                applied.data.entry(bucket.clone()).or_default();
+                let new = !data.contains_key(bucket);
+                data.entry(bucket.clone()).or_default();
+                Effect::Created(new)
             }
-            None => {}
-        }
+            None => Effect::Nothing,
+        };
         applied.index = index;
-        Ok(())
+        Ok(effect)
     }
 
     fn applied(&self) -> u64 {

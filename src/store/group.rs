@@ -19,15 +19,15 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use bytes::Bytes;
-use kvnode_replica::{BOOTSTRAP_INDEX, Command, GroupStore, Persist, RangeData, RangeId};
+use kvnode_replica::{BOOTSTRAP_INDEX, Command, Effect, GroupStore, Persist, RangeData, RangeId};
 use raft::prelude::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, Storage, StorageError};
 
 use super::disk::DiskStore;
-use super::engine::{Op, RaftSpace, RaftWrites};
+use super::engine::{Applied, Op, RaftSpace, RaftWrites};
 use super::group_records::{self as rec, LogBounds};
 use super::memory::MemoryStore;
-use super::{Backend, Store, StoreError};
+use super::{Backend, Lookup, Store, StoreError};
 
 /// On disk, the cache keeps at most this many of a group's newest entries...
 const CACHE_ENTRIES: usize = 1024;
@@ -420,17 +420,15 @@ impl GroupStore for NodeGroupStore {
     /// with the data it covers: a crash loses a suffix of applies, data and index together,
     /// and the group re-applies from the applied index it finds. Later syncs (any round, any
     /// plain write) make these durable too.
-    fn apply(&mut self, index: u64, command: Option<&Command>) -> Result<(), kvnode_replica::StoreError> {
+    ///
+    /// The effect (a delete that found its key, a put into a bucket that must exist, a put
+    /// that reports a new key) is decided here, from the range's state at this entry: the
+    /// driver applies a group's entries one at a time, and no plain write touches a
+    /// replicated range's buckets, so the check and the write are one step.
+    fn apply(&mut self, index: u64, command: Option<&Command>) -> Result<Effect, kvnode_replica::StoreError> {
         let term = self.term(index).map_err(kvnode_replica::StoreError::Raft)?;
-        match &self.shared.backend {
-            GroupBackend::Memory(m) => match command {
-                Some(Command::Put { bucket, key, value }) => m.put(bucket, key, Bytes::copy_from_slice(value)),
-                Some(Command::Delete { bucket, key }) => {
-                    m.delete(bucket, key);
-                }
-                Some(Command::CreateBucket { bucket }) => m.create_bucket(bucket),
-                None => {}
-            },
+        let effect = match &self.shared.backend {
+            GroupBackend::Memory(m) => command.map_or(Effect::Nothing, |c| apply_in_memory(m, c)),
             GroupBackend::Disk(d) => {
                 let mut ops = Vec::with_capacity(2);
                 ops.extend(command.map(data_op));
@@ -442,11 +440,15 @@ impl GroupStore for NodeGroupStore {
                         Some(rec::encode_index_term(index, term)),
                     )],
                 })));
-                d.engine().commit_unsynced(&ops).map_err(replica_err)?;
+                let applied = d.engine().commit_unsynced(&ops).map_err(replica_err)?;
+                match (command, applied.first()) {
+                    (Some(_), Some(&a)) => effect_of(a),
+                    _ => Effect::Nothing,
+                }
             }
-        }
+        };
         self.write().applied = (index, term);
-        Ok(())
+        Ok(effect)
     }
 
     fn applied(&self) -> u64 {
@@ -492,11 +494,60 @@ impl GroupStore for NodeGroupStore {
     }
 }
 
+/// A command applied to the in-memory store, as a single-node write of it would be.
+fn apply_in_memory(m: &MemoryStore, command: &Command) -> Effect {
+    let v = |value: &Vec<u8>| Bytes::copy_from_slice(value);
+    let found = |l: Lookup<()>, yes: Effect| match l {
+        Lookup::Found(()) => yes,
+        Lookup::NoKey => Effect::NoKey,
+        Lookup::NoBucket => Effect::NoBucket,
+    };
+    match command {
+        Command::Put { bucket, key, value } => {
+            m.put(bucket, key, v(value));
+            Effect::Stored
+        }
+        Command::PutReporting { bucket, key, value } => match m.put_reporting(bucket, key, v(value)) {
+            true => Effect::StoredNew,
+            false => Effect::Stored,
+        },
+        // A put into an existing bucket stores whether the key was there or not.
+        Command::PutExisting { bucket, key, value } => match m.put_existing(bucket, key, v(value)) {
+            Lookup::NoBucket => Effect::NoBucket,
+            Lookup::Found(()) | Lookup::NoKey => Effect::Stored,
+        },
+        Command::Delete { bucket, key } => found(m.delete(bucket, key), Effect::Deleted),
+        Command::CreateBucket { bucket } => Effect::Created(m.create_bucket(bucket)),
+    }
+}
+
+/// What the engine said a command's write did, as the replica core names it.
+fn effect_of(applied: Applied) -> Effect {
+    match applied {
+        Applied::Stored => Effect::Stored,
+        Applied::StoredNew => Effect::StoredNew,
+        Applied::Deleted => Effect::Deleted,
+        Applied::NoKey => Effect::NoKey,
+        Applied::NoBucket => Effect::NoBucket,
+        Applied::Created(new) => Effect::Created(new),
+    }
+}
+
 /// A command's write, as a single-node write of it would be.
 fn data_op(command: &Command) -> Op {
     let b = |v: &Vec<u8>| Bytes::copy_from_slice(v);
     match command {
         Command::Put { bucket, key, value } => Op::Put {
+            bucket: b(bucket),
+            key: b(key),
+            value: b(value),
+        },
+        Command::PutExisting { bucket, key, value } => Op::PutExisting {
+            bucket: b(bucket),
+            key: b(key),
+            value: b(value),
+        },
+        Command::PutReporting { bucket, key, value } => Op::PutReporting {
             bucket: b(bucket),
             key: b(key),
             value: b(value),

@@ -4,7 +4,7 @@
 
 use std::sync::Mutex as SyncMutex;
 
-use kvnode_replica::{Command, GroupStore, GroupWrite, Persist, RangeData, RangeId};
+use kvnode_replica::{Command, Effect, GroupStore, GroupWrite, Persist, RangeData, RangeId};
 use raft::prelude::{Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, Storage, StorageError};
 
@@ -401,5 +401,52 @@ impl Store {
             .iter()
             .filter_map(|(k, _)| group_records::log_index(k))
             .collect()
+    }
+}
+
+#[tokio::test]
+async fn what_an_entry_does_is_decided_where_it_applies_on_both_stores() {
+    let cmd = |c: fn(Vec<u8>, Vec<u8>, Vec<u8>) -> Command, b: &str| c(b.into(), b"k".to_vec(), b"v".to_vec());
+    let existing = |bucket, key, value| Command::PutExisting { bucket, key, value };
+    let reporting = |bucket, key, value| Command::PutReporting { bucket, key, value };
+    let delete = |b: &str| Command::Delete {
+        bucket: b.into(),
+        key: b"k".to_vec(),
+    };
+    let create = Command::CreateBucket { bucket: b"fig".into() };
+    // In log order, each decided by the state the ones before it left.
+    let steps = [
+        (cmd(existing, "apple"), Effect::NoBucket),
+        (delete("apple"), Effect::NoBucket),
+        (cmd(reporting, "apple"), Effect::StoredNew),
+        (cmd(reporting, "apple"), Effect::Stored),
+        (cmd(existing, "apple"), Effect::Stored),
+        (delete("apple"), Effect::Deleted),
+        (delete("apple"), Effect::NoKey),
+        (create.clone(), Effect::Created(true)),
+        (create, Effect::Created(false)),
+        (cmd(existing, "fig"), Effect::Stored),
+    ];
+    for (store, _dir) in stores() {
+        let w = writer(&store);
+        let mut g = store.group(AM, Some(&VOTERS)).unwrap();
+        let entries: Vec<Entry> = (0..steps.len())
+            .map(|i| entry(2 + i as u64, 2, Some(&steps[i].0)))
+            .collect();
+        round(&store, &mut g, write(AM, None, entries, Some(hard(2, 11, 11)))).await;
+        for (i, (command, effect)) in steps.iter().enumerate() {
+            assert_eq!(
+                g.apply(2 + i as u64, Some(command)).unwrap(),
+                *effect,
+                "step {i}: {command:?}"
+            );
+        }
+        assert_eq!(g.apply(12, None).ok(), None, "no entry 12 was written");
+        assert_eq!(store.get(b"apple", b"k").await.unwrap(), Lookup::NoKey);
+        assert_eq!(
+            store.get(b"fig", b"k").await.unwrap(),
+            Lookup::Found(Bytes::from_static(b"v"))
+        );
+        w.stop().await;
     }
 }

@@ -70,9 +70,20 @@ impl MemoryStore {
         }
     }
 
-    /// Makes `bucket` exist (empty if new); a bucket that exists is left as it is.
-    pub fn create_bucket(&self, bucket: &[u8]) {
-        self.bucket_or_new(bucket);
+    /// Makes `bucket` exist (empty if new); a bucket that exists is left as it is. Says
+    /// whether it was new.
+    pub fn create_bucket(&self, bucket: &[u8]) -> bool {
+        if self.bucket(bucket).is_some() {
+            return false;
+        }
+        let mut shard = self.shard(bucket).write().unwrap_or_else(PoisonError::into_inner);
+        match shard.entry(Bytes::copy_from_slice(bucket)) {
+            std::collections::hash_map::Entry::Occupied(_) => false,
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(Bucket::default());
+                true
+            }
+        }
     }
 
     pub fn put(&self, bucket: &[u8], key: &[u8], value: Bytes) {

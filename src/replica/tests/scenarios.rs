@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use super::sim::{STEP_MS, STEPS_PER_TICK, Sim, four_ranges, unique_put};
-use crate::{Command, Failure, GroupStore, ProposalId, ProposeError, RangeId, Role};
+use crate::{Command, Effect, Failure, GroupStore, ProposalId, ProposeError, RangeId, Role};
 
 /// Steps until every range has a leader.
 fn elect_all(sim: &mut Sim) -> u64 {
@@ -424,4 +424,66 @@ fn messages_that_claim_another_sender_or_receiver_are_dropped() {
         sim.core(0).role(range).is_some_and(|(_, term)| term < 99),
         "none of them was stepped"
     );
+}
+
+#[test]
+fn a_checked_write_is_decided_where_it_applies_so_two_cannot_both_find_a_key() {
+    let mut sim = Sim::new(11, 3, &four_ranges());
+    elect_all(&mut sim);
+    let range = sim.ranges[0];
+    let l = sim.leader(range).expect("a leader");
+    let bucket = vec![range.first, b'x'];
+    let (key, value) = (b"k".to_vec(), b"v".to_vec());
+    let put = |c: fn(Vec<u8>, Vec<u8>, Vec<u8>) -> Command| c(bucket.clone(), key.clone(), value.clone());
+    let reporting = |b, k, v| Command::PutReporting {
+        bucket: b,
+        key: k,
+        value: v,
+    };
+    let existing = |b, k, v| Command::PutExisting {
+        bucket: b,
+        key: k,
+        value: v,
+    };
+    let delete = Command::Delete {
+        bucket: bucket.clone(),
+        key: key.clone(),
+    };
+    let elsewhere = Command::PutExisting {
+        bucket: vec![range.first, b'n', b'o'],
+        key: key.clone(),
+        value: value.clone(),
+    };
+    // Proposed together, before any of them applies: a check made before proposing would
+    // find the key absent for both puts and present for both deletes.
+    let ids: Vec<ProposalId> = [
+        put(existing),
+        put(reporting),
+        put(reporting),
+        delete.clone(),
+        delete,
+        elsewhere,
+    ]
+    .iter()
+    .map(|c| sim.propose(l, range, c).expect("the leader takes it"))
+    .collect();
+    sim.run_until(400, |s| ids.iter().all(|id| s.nodes[l].effects.contains_key(id)))
+        .expect("all six applied");
+    let effects: Vec<Effect> = ids.iter().map(|id| sim.nodes[l].effects[id]).collect();
+    assert_eq!(
+        effects,
+        [
+            // The bucket was never created: the guide's PUT stores nothing.
+            Effect::NoBucket,
+            Effect::StoredNew,
+            Effect::Stored,
+            Effect::Deleted,
+            Effect::NoKey,
+            Effect::NoBucket,
+        ]
+    );
+    settle(&mut sim);
+    for n in &sim.nodes {
+        assert!(n.disk[&range].data().get(&bucket).is_some_and(|b| b.is_empty()));
+    }
 }

@@ -9,8 +9,8 @@ use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 
 use crate::{
-    Applied, Command, Failure, Frame, MemGroupStore, ProposalId, ProposeError, RangeId, ReplicaConfig, Replicas, Role,
-    node_id,
+    Applied, Command, Effect, Failure, Frame, MemGroupStore, ProposalId, ProposeError, RangeId, ReplicaConfig,
+    Replicas, Role, node_id,
 };
 
 /// Steps per tick: 5 × 10 ms = 50 ms.
@@ -29,6 +29,8 @@ pub struct SimNode {
     /// did, for the checks).
     pub applied: BTreeMap<RangeId, BTreeMap<u64, Applied>>,
     pub acked: Vec<ProposalId>,
+    /// What each acknowledged proposal did.
+    pub effects: BTreeMap<ProposalId, Effect>,
     pub failed: Vec<(ProposalId, Failure)>,
     pub reads: Vec<(RangeId, u64)>,
     pub failed_reads: Vec<(RangeId, u64)>,
@@ -82,6 +84,7 @@ impl Sim {
                 starts: 0,
                 applied: BTreeMap::new(),
                 acked: vec![],
+                effects: BTreeMap::new(),
                 failed: vec![],
                 reads: vec![],
                 failed_reads: vec![],
@@ -277,7 +280,10 @@ impl Sim {
                     a.index
                 );
             }
-            node.acked.extend(out.acked);
+            for (id, effect) in out.acked {
+                node.acked.push(id);
+                node.effects.insert(id, effect);
+            }
             node.failed.extend(out.failed);
             node.reads.extend(out.reads);
             node.failed_reads
