@@ -26,8 +26,9 @@ pub use keyring::{KeyringOp, KeyringView, NodeKeyring};
 /// version 5 would misread both. 7: `Request::Stats` and `Reply::Stats`, for `kvnode stats`.
 /// 8: `Request::Keyring` and its replies, for `kvnode secret`. 9: nodes send each other raft
 /// frames, `kvnode_replica::Frame` length-prefixed, on unidirectional streams, which a node of
-/// version 8 does not accept.)
-pub const PROTOCOL_VERSION: u16 = 9;
+/// version 8 does not accept. 10: a raft frame also carries the lost-state rule's probes and
+/// their answers, which a node of version 9 would misread.)
+pub const PROTOCOL_VERSION: u16 = 10;
 /// The TLS ALPN identifier of this protocol.
 pub const ALPN: &[u8] = b"kvnode/1";
 /// The largest frame either side accepts, checked before allocating.

@@ -8,13 +8,13 @@
 //! the tests here). Groups come from the routing table: each entry of two or more nodes that
 //! names this node.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use kvnode_replica::{
-    Command, Effect, Failure, Frame, GroupStore, NodeIds, Output, ProposalId, ProposeError, RangeId, ReplicaConfig,
-    Replicas, Role, node_id,
+    Command, Effect, Failure, Frame, NodeIds, Output, ProposalId, ProposeError, RangeId, ReplicaConfig, Replicas, Role,
+    node_id,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
@@ -189,6 +189,8 @@ struct Driver {
     proposals: HashMap<ProposalId, (RangeId, oneshot::Sender<Result<Effect, Refused>>)>,
     reads: HashMap<(RangeId, u64), oneshot::Sender<Result<(), Refused>>>,
     leaders: watch::Sender<Leaders>,
+    /// The ranges whose table entry names this node first (its preferred leader).
+    preferred: BTreeSet<RangeId>,
 }
 
 impl Driver {
@@ -208,6 +210,7 @@ impl Driver {
             proposals: HashMap::new(),
             reads: HashMap::new(),
             leaders,
+            preferred: BTreeSet::new(),
         }
     }
 
@@ -280,15 +283,20 @@ impl Driver {
                 continue;
             }
             let voters: Vec<u64> = replicas.iter().map(|n| node_id(n.as_str())).collect();
-            let store = match self.store.group(range, Some(&voters)) {
+            // What the store holds of the group, or an uninitialised one: the core then asks
+            // the other replicas whether the range is new before it bootstraps (a node cannot
+            // tell a new range from one it held and forgot).
+            let store = match self.store.group(range, None) {
                 Ok(store) => store,
                 Err(e) => {
                     tracing::error!(%range, error = %e, "cannot open the range's group in the store");
                     continue;
                 }
             };
-            let fresh = store.applied() <= kvnode_replica::BOOTSTRAP_INDEX;
-            if let Err(e) = self.replicas.add_group(range, store) {
+            if entry.preferred_leader() == &self.me {
+                self.preferred.insert(range);
+            }
+            if let Err(e) = self.replicas.add_group(range, store, &voters) {
                 tracing::error!(%range, error = %e, "cannot start the range's group");
                 continue;
             }
@@ -296,11 +304,6 @@ impl Driver {
             self.leaders.send_modify(|l| {
                 l.insert(range, LeaderView { leader: None, term: 0 });
             });
-            // The preferred leader campaigns at once on a fresh group: a leader in one round
-            // trip, not after an election timeout.
-            if fresh && entry.preferred_leader() == &self.me {
-                let _ = self.replicas.campaign(range);
-            }
         }
     }
 
@@ -332,6 +335,14 @@ impl Driver {
     }
 
     fn release(&mut self, out: Output) {
+        // The preferred leader campaigns at once on a new group: a leader in one round trip,
+        // not after an election timeout.
+        for range in &out.bootstrapped {
+            tracing::info!(%range, "replica group found new and bootstrapped");
+            if self.preferred.contains(range) {
+                let _ = self.replicas.campaign(*range);
+            }
+        }
         for (to, frame) in out.frames {
             self.send(to, frame);
         }

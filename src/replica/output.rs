@@ -78,6 +78,9 @@ pub struct Output {
     pub failed_reads: Vec<(RangeId, u64, Option<u64>)>,
     /// Groups whose leader or term changed: `(range, leader, term)`.
     pub leaders: Vec<(RangeId, Option<u64>, u64)>,
+    /// Groups found new by the lost-state rule and bootstrapped: the preferred leader may
+    /// campaign now.
+    pub bootstrapped: Vec<RangeId>,
 }
 
 impl Output {
@@ -90,6 +93,7 @@ impl Output {
             && self.reads.is_empty()
             && self.failed_reads.is_empty()
             && self.leaders.is_empty()
+            && self.bootstrapped.is_empty()
     }
 }
 

@@ -30,7 +30,7 @@ pub enum StoreError {
 /// `Replicas::handle_persisted`, i.e. after the caller made the round durable. A store that
 /// writes to disk itself (step 3) does so from the round's `Persist` before that call and
 /// makes these methods update its caches; the in-memory store simply writes here.
-pub trait GroupStore: Storage {
+pub trait GroupStore: Storage + Clone {
     /// Takes a round's snapshot (replacing the range's state), then its new log entries and
     /// hard state.
     fn persist(
@@ -39,6 +39,13 @@ pub trait GroupStore: Storage {
         entries: &[Entry],
         hard_state: Option<&HardState>,
     ) -> Result<(), StoreError>;
+
+    /// Makes an uninitialised group (one with no voters) a new one: the bootstrap snapshot
+    /// at [`BOOTSTRAP_INDEX`] with `voters` and an empty range, as
+    /// [`MemGroupStore::bootstrap`] makes it. Called by the core only once every other
+    /// replica has said the range is new (the lost-state rule). Need not be synced: lost in a
+    /// crash, the rule runs again.
+    fn bootstrap(&mut self, voters: &[u64]) -> Result<(), StoreError>;
 
     /// Records a commit index learned after the round's hard state was written.
     fn set_commit(&mut self, commit: u64) -> Result<(), StoreError>;
@@ -82,17 +89,9 @@ impl MemGroupStore {
     /// so a replica that lost its state ([`MemGroupStore::uninitialised`]) can only be made
     /// whole by a snapshot, never by entries it would take without the voters.
     pub fn bootstrap(voters: &[u64]) -> Self {
-        let store = MemGroupStore::default();
-        let mut snap = Snapshot::default();
-        snap.set_data(postcard::to_allocvec(&RangeData::new()).unwrap_or_default().into());
-        let meta = snap.mut_metadata();
-        meta.index = BOOTSTRAP_INDEX;
-        meta.term = BOOTSTRAP_INDEX;
-        meta.mut_conf_state().set_voters(voters.to_vec());
+        let mut store = MemGroupStore::default();
         // An empty MemStorage takes any snapshot at index 1 or above.
-        if store.log.wl().apply_snapshot(snap).is_ok() {
-            store.write().index = BOOTSTRAP_INDEX;
-        }
+        let _ = GroupStore::bootstrap(&mut store, voters);
         store
     }
 
@@ -182,6 +181,20 @@ impl GroupStore for MemGroupStore {
         if let Some(hs) = hard_state {
             self.log.wl().set_hardstate(hs.clone());
         }
+        Ok(())
+    }
+
+    fn bootstrap(&mut self, voters: &[u64]) -> Result<(), StoreError> {
+        let mut snap = Snapshot::default();
+        snap.set_data(postcard::to_allocvec(&RangeData::new()).unwrap_or_default().into());
+        let meta = snap.mut_metadata();
+        meta.index = BOOTSTRAP_INDEX;
+        meta.term = BOOTSTRAP_INDEX;
+        meta.mut_conf_state().set_voters(voters.to_vec());
+        self.log.wl().apply_snapshot(snap)?;
+        let mut applied = self.write();
+        applied.index = BOOTSTRAP_INDEX;
+        applied.data = RangeData::new();
         Ok(())
     }
 

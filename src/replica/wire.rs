@@ -21,6 +21,31 @@ pub const MAX_FRAME: usize = 16 << 20;
 pub struct Frame {
     /// Each message with the range whose group it belongs to.
     pub msgs: Vec<(RangeId, RaftMsg)>,
+    /// Probes of replicas that may have lost their state, and answers to them (the core's
+    /// lost-state rule; `docs/design/replication.md`).
+    pub probes: Vec<Probe>,
+}
+
+/// A replica without stored state for `range` asks every other replica what it holds; each
+/// answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Probe {
+    /// The range asked about.
+    pub range: RangeId,
+    /// `None`: a question. `Some`: the answer, itself `None` when the answering node holds
+    /// no state for the range (or is itself still asking).
+    pub answer: Option<Option<LogState>>,
+}
+
+/// What a replica holds of a group: its term and the last entry of its log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct LogState {
+    /// Its hard state's term.
+    pub term: u64,
+    /// The term of its last log entry (or snapshot).
+    pub last_term: u64,
+    /// The index of its last log entry (or snapshot).
+    pub last_index: u64,
 }
 
 /// `eraftpb::Message`, field for field, in types postcard can carry.

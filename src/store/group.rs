@@ -407,6 +407,22 @@ impl GroupStore for NodeGroupStore {
             .map_err(replica_err)
     }
 
+    /// The bootstrap records, unsynced: lost in a crash, the lost-state rule runs again.
+    fn bootstrap(&mut self, voters: &[u64]) -> Result<(), kvnode_replica::StoreError> {
+        let state = GroupState::bootstrap(voters);
+        if let GroupBackend::Disk(d) = &self.shared.backend {
+            let writes = RaftWrites {
+                replace: vec![],
+                records: state.records(self.range),
+            };
+            d.engine()
+                .commit_unsynced(&[Op::Raft(Arc::new(writes))])
+                .map_err(replica_err)?;
+        }
+        *self.write() = state;
+        Ok(())
+    }
+
     /// Cached only: the next round's hard state carries it, and a restart takes the commit
     /// index to be at least the applied one (`initial_state`).
     fn set_commit(&mut self, commit: u64) -> Result<(), kvnode_replica::StoreError> {
@@ -643,24 +659,11 @@ impl Store {
             Backend::Memory(m) => (GroupBackend::Memory(m.clone()), None),
             Backend::Disk(d) => (GroupBackend::Disk(d.clone()), load(d, range)?),
         };
-        let state = match (found, bootstrap) {
-            (Some(s), _) => s,
-            (None, Some(voters)) => {
-                let s = GroupState::bootstrap(voters);
-                if let GroupBackend::Disk(d) = &backend {
-                    let writes = RaftWrites {
-                        replace: vec![],
-                        records: s.records(range),
-                    };
-                    d.engine()
-                        .commit_unsynced(&[Op::Raft(Arc::new(writes))])
-                        .map_err(|e| group_err(range, e.0))?;
-                }
-                s
-            }
-            (None, None) => GroupState::uninitialised(),
-        };
-        let group = NodeGroupStore::new(range, backend, state);
+        let stored = found.is_some();
+        let mut group = NodeGroupStore::new(range, backend, found.unwrap_or_else(GroupState::uninitialised));
+        if let (false, Some(voters)) = (stored, bootstrap) {
+            group.bootstrap(voters).map_err(|e| group_err(range, e.to_string()))?;
+        }
         held.insert(range, group.clone());
         Ok(group)
     }

@@ -80,7 +80,8 @@ impl Sim {
                 name,
                 id,
                 core: None,
-                disk: ranges.iter().map(|&r| (r, MemGroupStore::bootstrap(&ids))).collect(),
+                // Nothing stored: the lost-state rule finds every range new and bootstraps it.
+                disk: ranges.iter().map(|&r| (r, MemGroupStore::uninitialised())).collect(),
                 starts: 0,
                 applied: BTreeMap::new(),
                 acked: vec![],
@@ -108,18 +109,28 @@ impl Sim {
         for i in 0..n {
             sim.start(i);
         }
+        // Each replica asks the others, finds the ranges new and bootstraps them.
+        let ranges = sim.ranges.clone();
+        sim.run_until(100 * STEPS_PER_TICK, |s| {
+            s.nodes.iter().all(|n| {
+                let core = n.core.as_ref().expect("started");
+                ranges.iter().all(|&r| core.initialised(r) == Some(true))
+            })
+        })
+        .expect("every replica bootstraps its ranges");
         sim
     }
 
     /// Starts (or restarts) node `i` on its disk, as a new incarnation.
     pub fn start(&mut self, i: usize) {
+        let ids: Vec<u64> = self.nodes.iter().map(|n| n.id).collect();
         let node = &mut self.nodes[i];
         node.starts += 1;
         let seed = self.seed.wrapping_mul(1_000_003) ^ (i as u64) << 32 ^ node.starts;
         let incarnation = (i as u64) << 32 | node.starts;
         let mut core = Replicas::new(ReplicaConfig::new(node.id, seed, incarnation));
         for (&range, store) in &node.disk {
-            core.add_group(range, store.clone())
+            core.add_group(range, store.clone(), &ids)
                 .expect("a fresh core holds no group");
         }
         node.core = Some(core);

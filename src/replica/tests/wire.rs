@@ -4,7 +4,7 @@ use proptest::collection::vec;
 use proptest::prelude::*;
 
 use crate::RangeId;
-use crate::wire::{DecodeError, Frame, RaftEntry, RaftMsg, RaftSnapshot};
+use crate::wire::{DecodeError, Frame, LogState, Probe, RaftEntry, RaftMsg, RaftSnapshot};
 
 fn entry() -> impl Strategy<Value = RaftEntry> {
     (
@@ -93,8 +93,14 @@ fn message() -> impl Strategy<Value = RaftMsg> {
 
 proptest! {
     #[test]
-    fn any_frame_round_trips_through_bytes_and_raft(msgs in vec((any::<u8>(), any::<u8>(), message()), 0..6)) {
-        let frame = Frame { msgs: msgs.into_iter().map(|(first, last, m)| (RangeId { first, last }, m)).collect() };
+    fn any_frame_round_trips_through_bytes_and_raft(
+        msgs in vec((any::<u8>(), any::<u8>(), message()), 0..6),
+        probes in vec((any::<u8>(), any::<u8>(), any::<Option<Option<(u64, u64, u64)>>>().prop_map(|a| a.map(|s| s.map(|(term, last_term, last_index)| LogState { term, last_term, last_index })))), 0..4),
+    ) {
+        let frame = Frame {
+            msgs: msgs.into_iter().map(|(first, last, m)| (RangeId { first, last }, m)).collect(),
+            probes: probes.into_iter().map(|(first, last, answer)| Probe { range: RangeId { first, last }, answer }).collect(),
+        };
         let decoded = Frame::decode(&frame.encode()).expect("its own encoding decodes");
         prop_assert_eq!(&decoded, &frame);
         for (_, m) in &decoded.msgs {
@@ -130,6 +136,7 @@ fn unknown_and_local_types_are_refused() {
                 ..Default::default()
             },
         )],
+        probes: vec![],
     };
     assert_eq!(Frame::decode(&frame(19, 0).encode()), Err(DecodeError::MessageType(19)));
     assert_eq!(Frame::decode(&frame(3, 3).encode()), Err(DecodeError::EntryType(3)));
