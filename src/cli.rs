@@ -209,8 +209,9 @@ pub struct StartArgs {
     /// A table that begins with the byte '-' is given with '=': --table=-=foo,a-z=bar
     ///
     /// An entry may name up to 7 nodes joined by '+' ('a-m=foo+bar+baz', the first the
-    /// preferred leader), but such replicated ranges are not built yet (issue 25): a table
-    /// with one is refused (exit 2) until they are
+    /// preferred leader): the range is then kept on all of them, a write acknowledged once a
+    /// majority holds it (README, "Replicated ranges"). Every node of such a cluster starts
+    /// with the same table
     #[arg(long, value_name = "SPEC")]
     pub table: Option<String>,
     /// Where data and the node certificate live [default: KVNODE_HOME/NAME]
@@ -309,8 +310,9 @@ pub struct RouteArgs {
     ///
     /// A table that begins with the byte '-' is given with '=': --set=-=foo,a-z=bar
     ///
-    /// Replicated entries ('a-m=foo+bar+baz') are refused (exit 2) until replicated ranges
-    /// are built (issue 25)
+    /// A replicated entry ('a-m=foo+bar+baz') may have its nodes reordered (the first is the
+    /// preferred leader), but a table that makes, changes or drops one is refused (exit 2):
+    /// replicated ranges are set when the cluster starts, until data can move (issue 26)
     #[arg(long, value_name = "SPEC")]
     pub set: Option<String>,
     /// With --set: set it only if the cluster's table is still at version N [default: the

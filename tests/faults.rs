@@ -5,10 +5,10 @@
 //! through every node, and the history must be linearizable per key with no acknowledged
 //! write lost (`tests/common/history`).
 //!
-//! The cluster's shape is a parameter ([`Shape`]): today's shapes have the keys' bucket owned
-//! by one durable node, reached directly or forwarded by others; the replicated shapes are
-//! ignored until replicated ranges are built. A broken system (an in-memory owner, killed
-//! and restarted) must fail the check, so the test cannot pass vacuously.
+//! The cluster's shape is a parameter ([`Shape`]): the keys' bucket owned by one durable node,
+//! reached directly or forwarded by others, or a range replicated on three or five durable
+//! nodes whose leader the nemesis strikes. A broken system (an in-memory owner, killed and
+//! restarted) must fail the check, so the test cannot pass vacuously.
 //!
 //! Environment: `FAULT_SEED` replays a run (printed at its start and on failure);
 //! `FAULT_SEEDS` runs that many seeds per shape (from the first); `FAULT_DURATION` (seconds,
@@ -325,13 +325,11 @@ fn requests_forwarded_to_one_owner_through_five_nodes_stay_linearizable() {
 }
 
 #[test]
-#[ignore = "replicated ranges are not built yet (issue 25): a table with a replicated entry is refused at start"]
 fn a_range_replicated_on_three_nodes_stays_linearizable_through_leader_faults() {
     check_shape(&REPLICATED_3);
 }
 
 #[test]
-#[ignore = "replicated ranges are not built yet (issue 25): a table with a replicated entry is refused at start"]
 fn a_range_replicated_on_five_nodes_stays_linearizable_through_leader_faults() {
     check_shape(&REPLICATED_5);
 }

@@ -1,12 +1,13 @@
-//! Issue 25, replicated ranges between real nodes. Replicated tables are still refused until
-//! the durable group store lands (step 3), so this file holds what a node already does with
-//! raft traffic: a peer's bad raft frames end that stream and nothing else.
+//! Issue 25, replicated ranges between real nodes: a range on three nodes served through each,
+//! through a kill -9 of its leader and the leader's restart, on disk and in memory; and a
+//! peer's bad raft frames end that stream and nothing else. (The histories under faults are
+//! `tests/faults.rs`'s.)
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use common::Home;
+use common::{Home, Node, PATIENCE, wait_for};
 use kvnode::auth::Me;
 use kvnode::secret::SecretSource;
 use kvnode::transport::{self, Limits};
@@ -65,5 +66,104 @@ fn garbage_and_oversized_raft_frames_close_their_stream_and_the_node_serves_on()
             foo.stderr()
         );
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+const TABLE: &str = "a-z=n1+n2+n3";
+
+/// n1, n2, n3 holding `a-z` together (with `extra` arguments each), joined by gossip.
+fn three(home: &Home, extra: &[&str]) -> Vec<Node> {
+    fn with<'a>(extra: &[&'a str], more: &[&'a str]) -> Vec<&'a str> {
+        [&["--table", TABLE][..], extra, more].concat()
+    }
+    let n1 = home.start("n1", &with(extra, &[]));
+    let n2 = home.start("n2", &with(extra, &["--join", "n1"]));
+    let n3 = home.start("n3", &with(extra, &["--join", "n1"]));
+    vec![n1, n2, n3]
+}
+
+fn json(out: &str) -> serde_json::Value {
+    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+/// `put` through `via`, retried until it succeeds (a leader is being elected): the time it took.
+fn put_until_ok(home: &Home, via: &str, value: &str) -> Duration {
+    let start = Instant::now();
+    wait_for(&format!("a put of {value} through {via}"), PATIENCE, || {
+        let out = home.run(&["put", "shopping", "eggs", value, "--via", via, "--timeout", "2s"]);
+        (out.code == Some(0)).then_some(())
+    });
+    start.elapsed()
+}
+
+fn get(home: &Home, via: &str) -> String {
+    home.run(&["get", "shopping", "eggs", "--via", via]).ok()
+}
+
+/// The range's leader as `route --json` through `via` names it.
+fn leader(home: &Home, via: &str) -> String {
+    wait_for("a leader named", PATIENCE, || {
+        let route = json(&home.run(&["route", "shopping", "--via", via, "--json"]).ok());
+        assert_eq!(route["replicas"], serde_json::json!(["n1", "n2", "n3"]), "{route}");
+        route["leader"].as_str().map(str::to_string)
+    })
+}
+
+#[test]
+fn a_range_on_three_nodes_is_served_through_each_and_outlives_its_leader() {
+    let home = Home::new();
+    let mut nodes = three(&home, &[]);
+    put_until_ok(&home, "n1", "1");
+    for (i, via) in ["n1", "n2", "n3"].into_iter().enumerate() {
+        let value = (i + 2).to_string();
+        put_until_ok(&home, via, &value);
+        for reader in ["n1", "n2", "n3"] {
+            assert_eq!(
+                get(&home, reader),
+                format!("{value}\n"),
+                "written via {via}, read via {reader}"
+            );
+        }
+    }
+    // A delete that finds nothing says so, as on one node.
+    home.run(&["delete", "shopping", "milk", "--via", "n2"]).expect(1);
+
+    let killed = leader(&home, "n2");
+    let index = ["n1", "n2", "n3"].iter().position(|n| *n == killed).unwrap();
+    nodes[index].kill9();
+    let other = ["n1", "n2", "n3"].into_iter().find(|n| *n != killed).unwrap();
+    let resumed = put_until_ok(&home, other, "after");
+    println!("writes resumed {resumed:?} after the leader ({killed}) was killed");
+    assert_ne!(leader(&home, other), killed);
+
+    // Back on its data directory, it answers with the newest value; so do the others.
+    nodes[index] = home.start(&killed, &["--table", TABLE, "--join", other]);
+    put_until_ok(&home, &killed, "last");
+    for reader in ["n1", "n2", "n3"] {
+        assert_eq!(get(&home, reader), "last\n", "read via {reader}");
+    }
+}
+
+#[test]
+fn in_memory_replicas_keep_the_range_through_two_restarts_one_after_the_other() {
+    // An in-memory replica comes back empty: it asks the others, is made whole by the
+    // leader's snapshot, and the range survives a second replica's loss after that.
+    let home = Home::new();
+    let mut nodes = three(&home, &["--in-memory"]);
+    put_until_ok(&home, "n1", "kept");
+    for round in 0..2 {
+        let killed = leader(&home, "n1");
+        let index = ["n1", "n2", "n3"].iter().position(|n| *n == killed).unwrap();
+        nodes[index].kill9();
+        let other = ["n1", "n2", "n3"].into_iter().find(|n| *n != killed).unwrap();
+        nodes[index] = home.start(&killed, &["--table", TABLE, "--in-memory", "--join", other]);
+        // Made whole before the next loss: the restarted node has installed a snapshot.
+        let started = Instant::now();
+        nodes[index].wait_log("a snapshot installed", |l| l.contains("snapshot installed"));
+        println!(
+            "round {round}: {killed} made whole {:?} after its restart",
+            started.elapsed()
+        );
+        assert_eq!(get(&home, &killed), "kept\n", "round {round}");
     }
 }

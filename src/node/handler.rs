@@ -403,6 +403,8 @@ impl Node {
                     setter: held.setter().to_string(),
                 });
             }
+            // Again under the lock, against the table this coordinator holds.
+            super::replicated::refuse_replica_change(held.entries(), &entries).map_err(RemoteError::invalid)?;
             if held.entries() == entries.as_slice() && !held.setter().is_empty() {
                 // No change: no new version for gossip to spread. The caller sees the
                 // version it read, and says so.

@@ -19,7 +19,7 @@ use super::Node;
 use super::replicas::{Input, Outbox};
 use crate::names::NodeName;
 use crate::transport::{self, Connection, RecvStream, SendStream};
-use crate::wire::FrameReader;
+use crate::wire::{FrameError, FrameReader};
 
 /// Frames waiting for one peer's stream; more are dropped (Raft resends).
 const QUEUE: usize = 256;
@@ -27,10 +27,19 @@ const QUEUE: usize = 256;
 /// How long a sender may take to reach a peer before the frames for it are dropped.
 const CONNECT: Duration = Duration::from_secs(1);
 
+/// How long one frame's write may wait (for flow control a dead peer never grants) before
+/// the stream is given up and reopened.
+const WRITE: Duration = Duration::from_secs(1);
+
 /// Each peer's queue of outgoing frames, and the task that writes them.
 #[derive(Default)]
 pub(super) struct RaftLinks {
     queues: Mutex<HashMap<NodeName, mpsc::Sender<Frame>>>,
+    /// The connection each peer last sent its raft frames on: alive for sure, so frames to
+    /// it go there too. A peer killed and restarted comes back on a new connection while the
+    /// old one may look open for a while (until its idle timeout); without this, frames to
+    /// it would go into the old one meanwhile.
+    heard_on: Mutex<HashMap<NodeName, Connection>>,
 }
 
 /// The node as the driver's [`Outbox`].
@@ -58,9 +67,11 @@ impl Node {
         }
     }
 
-    /// Writes the frames queued for `to` on one stream, reopened when it breaks.
+    /// Writes the frames queued for `to` on one stream, reopened when it breaks, when a
+    /// write stalls, or when `to` has been heard on another connection than the stream's.
     async fn raft_sender(self: Arc<Self>, to: NodeName, mut queue: mpsc::Receiver<Frame>) {
-        let mut stream: Option<SendStream> = None;
+        // The stream, and the id of the connection it is on.
+        let mut stream: Option<(SendStream, usize)> = None;
         loop {
             let frame = tokio::select! {
                 f = queue.recv() => f,
@@ -75,22 +86,44 @@ impl Node {
             let mut bytes = Vec::with_capacity(4 + payload.len());
             bytes.extend_from_slice(&(payload.len() as u32).to_be_bytes());
             bytes.extend_from_slice(&payload);
-            if stream.is_none() {
-                stream = self.open_raft_stream(&to).await;
+            let heard = self.raft_links.heard_on(&to).filter(Connection::is_alive);
+            if let (Some((_, on)), Some(h)) = (&stream, &heard)
+                && *on != h.stable_id()
+            {
+                tracing::debug!(%to, "the peer sends on a newer connection; its raft stream follows");
+                stream = None;
             }
-            let Some(s) = stream.as_mut() else { continue };
-            if let Err(e) = s.write_all(&bytes).await {
-                tracing::debug!(%to, error = %e, "raft stream broke; reopening it for the next frame");
+            if stream.is_none() {
+                stream = self.open_raft_stream(&to, heard).await;
+            }
+            let Some((s, _)) = stream.as_mut() else { continue };
+            let broke = match tokio::time::timeout(WRITE, s.write_all(&bytes)).await {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(_) => Some(format!("a write waited over {WRITE:?}")),
+            };
+            if let Some(why) = broke {
+                tracing::debug!(%to, error = %why, "raft stream broke; reopening it for the next frame");
                 stream = None;
             }
         }
     }
 
-    async fn open_raft_stream(self: &Arc<Self>, to: &NodeName) -> Option<SendStream> {
+    /// A stream to `to`: on `heard` (the connection it last sent on) if given, else on the
+    /// pooled connection (made if need be).
+    async fn open_raft_stream(
+        self: &Arc<Self>,
+        to: &NodeName,
+        heard: Option<Connection>,
+    ) -> Option<(SendStream, usize)> {
         let deadline = tokio::time::Instant::now() + CONNECT;
         let opened = tokio::time::timeout_at(deadline, async {
-            let peer = self.hop(to, deadline).await.ok()?;
-            peer.connection().open_uni().await.ok()
+            let conn = match heard {
+                Some(c) => c,
+                None => self.hop(to, deadline).await.ok()?.connection().clone(),
+            };
+            let id = conn.stable_id();
+            conn.open_uni().await.ok().map(|s| (s, id))
         });
         match opened.await {
             Ok(Some(s)) => Some(s),
@@ -109,6 +142,7 @@ impl Node {
                 () = self.serve.stopping.cancelled() => return,
             };
             let Ok(recv) = stream else { return };
+            self.raft_links.heard(&peer, &conn);
             self.tasks.spawn(Arc::clone(&self).read_raft_stream(recv, peer.clone()));
         }
     }
@@ -133,11 +167,34 @@ impl Node {
                     }
                     Err(e) => e.to_string(),
                 },
+                // The connection ended (the peer stopped, died, or moved to a newer one):
+                // nothing bad was sent.
+                Err(FrameError::Io(e)) => {
+                    tracing::debug!(%peer, error = %e, "raft stream from {peer} ended");
+                    return;
+                }
                 Err(e) => e.to_string(),
             };
             tracing::warn!(%peer, error = %why, "bad raft frame from {peer}; closing that raft stream");
             let _ = reader.into_inner().stop(transport::close::BAD_RAFT_FRAME);
             return;
         }
+    }
+}
+
+impl RaftLinks {
+    fn heard(&self, peer: &NodeName, conn: &Connection) {
+        let mut heard = self.heard_on.lock().unwrap_or_else(PoisonError::into_inner);
+        if heard.get(peer).is_none_or(|c| c.stable_id() != conn.stable_id()) {
+            heard.insert(peer.clone(), conn.clone());
+        }
+    }
+
+    fn heard_on(&self, peer: &NodeName) -> Option<Connection> {
+        self.heard_on
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(peer)
+            .cloned()
     }
 }

@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kvnode_replica::{
-    Command, Effect, Failure, Frame, NodeIds, Output, ProposalId, ProposeError, RangeId, ReplicaConfig, Replicas, Role,
-    node_id,
+    Command, Effect, Failure, Frame, GroupStore, NodeIds, Output, ProposalId, ProposeError, RangeId, ReplicaConfig,
+    Replicas, Role, node_id,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
@@ -26,14 +26,15 @@ use crate::store::{NodeGroupStore, Store};
 /// The driver's tick: elections after 10–20 silent ticks (0.5–1 s), heartbeats every 2.
 pub(crate) const TICK: Duration = Duration::from_millis(50);
 
+/// The applied entries a group's log keeps before the older half is dropped: memory and disk
+/// stay bounded under any number of writes.
+const LOG_KEEP: u64 = 10_000;
+
 /// How many inputs the inbox holds; a frame offered to a full inbox is dropped (Raft resends).
 const INBOX: usize = 4096;
 
 /// The store under each group: the range's data in the node's store, its log and state
-/// written in the same group commit as plain puts (`store::group`). Replicated tables stay
-/// refused (`routing::refuse_replicated`) until the rule for a replica that lost its state
-/// (the design's `since`) is in. Checked writes (a delete that must find its key, ...) are
-/// decided where their entry applies (`kvnode_replica::Effect`).
+/// written in the same group commit as plain puts (`store::group`).
 pub(crate) type GroupStoreImpl = NodeGroupStore;
 
 /// Where frames go: one per peer per round.
@@ -97,6 +98,8 @@ pub(crate) struct ReplicasHandle {
     inbox: mpsc::Sender<Input>,
     taken: Arc<tokio::sync::Mutex<mpsc::Receiver<Input>>>,
     leaders: watch::Sender<Leaders>,
+    /// The applied entries a group's log keeps ([`LOG_KEEP`]; less in tests).
+    log_keep: u64,
 }
 
 impl ReplicasHandle {
@@ -106,6 +109,7 @@ impl ReplicasHandle {
             inbox,
             taken: Arc::new(tokio::sync::Mutex::new(rx)),
             leaders: watch::Sender::new(Leaders::new()),
+            log_keep: LOG_KEEP,
         }
     }
 
@@ -152,6 +156,7 @@ impl ReplicasHandle {
     ) -> Result<(), String> {
         let mut inbox = self.taken.lock().await;
         let mut driver = Driver::new(me, store, outbox, self.leaders.clone());
+        driver.log_keep = self.log_keep;
         driver.table(entries);
         driver.round().await?;
         let mut tick = tokio::time::interval(TICK);
@@ -191,6 +196,7 @@ struct Driver {
     leaders: watch::Sender<Leaders>,
     /// The ranges whose table entry names this node first (its preferred leader).
     preferred: BTreeSet<RangeId>,
+    log_keep: u64,
 }
 
 impl Driver {
@@ -211,6 +217,7 @@ impl Driver {
             reads: HashMap::new(),
             leaders,
             preferred: BTreeSet::new(),
+            log_keep: LOG_KEEP,
         }
     }
 
@@ -323,8 +330,28 @@ impl Driver {
                 .handle_persisted(round.round)
                 .map_err(|e| format!("the replica groups cannot go on: {e}"))?;
             self.release(out);
+            self.compact();
         }
         Ok(())
+    }
+
+    /// Keeps each group's log bounded: once it holds more than `log_keep` applied entries
+    /// ([`LOG_KEEP`]), the older half goes (a replica that far behind catches up by snapshot).
+    fn compact(&mut self) {
+        let ranges: Vec<RangeId> = self.replicas.ranges().collect();
+        for range in ranges {
+            let Some(store) = self.replicas.store(range) else {
+                continue;
+            };
+            let (Ok(first), applied) = (raft::Storage::first_index(store), GroupStore::applied(store)) else {
+                continue;
+            };
+            if applied.saturating_sub(first) > self.log_keep
+                && let Err(e) = self.replicas.compact(range, applied - self.log_keep / 2)
+            {
+                tracing::warn!(%range, error = %e, "the range's log could not be compacted");
+            }
+        }
     }
 
     fn send(&self, to: u64, frame: Frame) {
@@ -337,6 +364,9 @@ impl Driver {
     fn release(&mut self, out: Output) {
         // The preferred leader campaigns at once on a new group: a leader in one round trip,
         // not after an election timeout.
+        for (range, index) in &out.installed {
+            tracing::info!(%range, index, "replica made whole: snapshot installed from the range's leader");
+        }
         for range in &out.bootstrapped {
             tracing::info!(%range, "replica group found new and bootstrapped");
             if self.preferred.contains(range) {

@@ -44,10 +44,20 @@ fn cluster() -> Cluster {
 }
 
 fn cluster_on(stores: [Store; 3]) -> Cluster {
+    cluster_keeping(stores, LOG_KEEP)
+}
+
+fn cluster_keeping(stores: [Store; 3], log_keep: u64) -> Cluster {
     let names: Vec<NodeName> = ["n1", "n2", "n3"].map(|n| n.parse().unwrap()).into();
-    // Built entry by entry: `RoutingTable::new` still refuses replicated tables.
     let entries = vec![Entry::new(b'a', b'z', names.clone()).unwrap()];
-    let handles: Vec<Arc<ReplicasHandle>> = names.iter().map(|_| Arc::new(ReplicasHandle::new())).collect();
+    let handles: Vec<Arc<ReplicasHandle>> = names
+        .iter()
+        .map(|_| {
+            let mut h = ReplicasHandle::new();
+            h.log_keep = log_keep;
+            Arc::new(h)
+        })
+        .collect();
     let cut = Arc::new(Mutex::new(vec![]));
     let mut stops = vec![];
     for (i, name) in names.iter().enumerate() {
@@ -198,4 +208,33 @@ async fn applied_writes_reach_every_replicas_durable_store() {
         s.cancel();
     }
     writers.cancel();
+}
+
+#[tokio::test]
+async fn a_groups_log_is_compacted_on_every_replica_as_writes_go_on() {
+    let stores: [Store; 3] = std::array::from_fn(|_| Store::in_memory());
+    let c = cluster_keeping(stores.clone(), 40);
+    let leader = c.leader(None, Duration::from_secs(5)).await;
+    for i in 0..200 {
+        c.handles[leader].propose(RANGE, put(&format!("k{i}"))).await.unwrap();
+    }
+    // Every replica drops its older entries once past 40 applied ones.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    for store in &stores {
+        let group = store.group(RANGE, None).unwrap();
+        loop {
+            let (first, applied) = (raft::Storage::first_index(&group).unwrap(), group.applied());
+            if applied >= 200 && applied - first <= 40 {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "log from {first} to {applied} kept"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    for s in &c.stops {
+        s.cancel();
+    }
 }

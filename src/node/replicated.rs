@@ -125,30 +125,39 @@ impl Node {
         };
         let replicas = entry.replicas();
         let is_replica = replicas.contains(&self.name);
-        if is_replica && matches!(req.op, BucketOp::Route) {
-            return ops::route(&self.name, req.path, replicas.to_vec());
-        }
         let mut leaders = self.replicas.leaders();
         let start = Instant::now();
         loop {
             let leader = leaders.borrow_and_update().get(&range).and_then(|v| v.leader.clone());
-            match decide(&self.name, replicas, leader.as_ref(), &req.path) {
-                Decision::Lead => match self.lead(&req, range).await {
-                    // Deposed meanwhile: look again (the leaders' view has changed).
-                    Err(Refused::NotLeader { .. }) => {}
-                    Err(e) => return Err(self.refusal(e)),
-                    Ok(answer) => return answer,
-                },
-                Decision::Forward(to) => {
+            // A replica answers a route query with the leader it knows (or waits for one).
+            if is_replica && matches!(req.op, BucketOp::Route) {
+                if let Some(leader) = leader {
                     req.path.push(self.name.clone());
-                    return self.forward(&to, Request::Bucket(req), deadline).await;
+                    return Ok(Reply::Owner {
+                        node: leader,
+                        path: req.path,
+                        replicas: replicas.to_vec(),
+                    });
                 }
-                Decision::Loop => {
-                    let mut path: Vec<String> = req.path.iter().map(|n| n.to_string()).collect();
-                    path.push(self.name.to_string());
-                    return Err(RemoteError::RoutingLoop { path });
+            } else {
+                match decide(&self.name, replicas, leader.as_ref(), &req.path) {
+                    Decision::Lead => match self.lead(&req, range).await {
+                        // Deposed meanwhile: look again (the leaders' view has changed).
+                        Err(Refused::NotLeader { .. }) => {}
+                        Err(e) => return Err(self.refusal(e)),
+                        Ok(answer) => return answer,
+                    },
+                    Decision::Forward(to) => {
+                        req.path.push(self.name.clone());
+                        return self.forward(&to, Request::Bucket(req), deadline).await;
+                    }
+                    Decision::Loop => {
+                        let mut path: Vec<String> = req.path.iter().map(|n| n.to_string()).collect();
+                        path.push(self.name.to_string());
+                        return Err(RemoteError::RoutingLoop { path });
+                    }
+                    Decision::Wait => {}
                 }
-                Decision::Wait => {}
             }
             // Woken by the next leader change, or answered at the deadline.
             if tokio::time::timeout_at(deadline, leaders.changed()).await.is_err() {
@@ -198,20 +207,30 @@ impl Node {
     }
 }
 
-/// Refuses a table that changes a replicated range held now: its bounds or its set of
-/// replicas (a new order only changes the preferred leader). Its groups hold data that only
-/// issue 26 will move; until then the range keeps its replicas.
+/// Refuses a table that changes which ranges are replicated, or how: a replicated range
+/// held now must stay as it is (its nodes may be reordered, which only changes the preferred
+/// leader), and no new one may appear. A replicated range is set when the cluster starts
+/// (`--table`, `routing_table`): making one later would leave the data its range holds on
+/// one node outside the group's log, and changing one would strand its data; moving data
+/// is issue 26's.
 pub(super) fn refuse_replica_change(held: &[Entry], entries: &[Entry]) -> Result<(), String> {
+    let same = |a: &Entry, b: &Entry| {
+        a.first == b.first
+            && a.last == b.last
+            && a.replicas().len() == b.replicas().len()
+            && a.replicas().iter().all(|r| b.replicas().contains(r))
+    };
     for old in held.iter().filter(|e| e.is_replicated()) {
-        let same = entries.iter().any(|e| {
-            e.first == old.first
-                && e.last == old.last
-                && e.replicas().len() == old.replicas().len()
-                && e.replicas().iter().all(|r| old.replicas().contains(r))
-        });
-        if !same {
+        if !entries.iter().any(|e| same(e, old)) {
             return Err(format!(
                 "the table would change the replicated range {old}: its replicas hold its data, and moving it is not built yet (issue 26); keep the entry {old} as it is (its nodes may be reordered)"
+            ));
+        }
+    }
+    for new in entries.iter().filter(|e| e.is_replicated()) {
+        if !held.iter().any(|e| same(e, new)) {
+            return Err(format!(
+                "the table would make {new} a replicated range: a replicated range is set when the cluster starts (--table or routing_table on its nodes), since the data its range holds now would stay on one node and moving it is not built yet (issue 26)"
             ));
         }
     }
@@ -243,6 +262,15 @@ mod tests {
         assert!(why.contains("a-m=n1+n2+n3") && why.contains("issue 26"), "{why}");
         let moved = vec![Entry::new(b'a', b'k', r.clone()).unwrap()];
         assert!(refuse_replica_change(&held, &moved).is_err());
+        // A one-node range made replicated later: refused; one-node ranges change freely.
+        let single = vec![Entry::single(b'a', b'z', r[0].clone())];
+        let why = refuse_replica_change(&single, &held).unwrap_err();
+        assert!(
+            why.contains("a-m=n1+n2+n3") && why.contains("when the cluster starts"),
+            "{why}"
+        );
+        let other = vec![Entry::single(b'a', b'z', r[1].clone())];
+        assert_eq!(refuse_replica_change(&single, &other), Ok(()));
     }
 
     #[test]

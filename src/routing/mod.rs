@@ -95,34 +95,6 @@ pub enum TableError {
     /// Two nodes of one entry whose Raft ids (hashes of their names) collide.
     #[error("routing entry {entry:?}: {reason}")]
     IdCollision { entry: String, reason: String },
-    /// A replicated entry, before replication is built (see [`refuse_replicated`]).
-    #[error(
-        "routing entry {entry:?} names {count} nodes, but replicated ranges are not built yet (issue 25): \
-         no node would keep the other copies; give each range one node for now, like '{range}={first}'"
-    )]
-    ReplicationNotBuilt {
-        entry: String,
-        count: usize,
-        range: String,
-        first: String,
-    },
-}
-
-/// Refuses a table with an entry of more than one node: until replicated ranges are built
-/// (docs/design/replication.md, steps 2–4), a node holding such a table would keep one copy
-/// while the table promised several. The one place this is decided: [`RoutingTable::new`],
-/// which every table passes (the config file, `--table`, `route --set` on the client and on
-/// the node, gossip's check, the saved table). Step 4 deletes this function and its call.
-fn refuse_replicated(entries: &[Entry]) -> Result<(), TableError> {
-    match entries.iter().find(|e| e.is_replicated()) {
-        None => Ok(()),
-        Some(e) => Err(TableError::ReplicationNotBuilt {
-            entry: e.to_string(),
-            count: e.replicas.len(),
-            range: e.range(),
-            first: e.preferred_leader().to_string(),
-        }),
-    }
 }
 
 impl RoutingTable {
@@ -136,13 +108,11 @@ impl RoutingTable {
         }
     }
 
-    /// Builds a table from entries, checking that no two overlap (and, until replicated
-    /// ranges are built, that each names one node).
+    /// Builds a table from entries, checking that no two overlap.
     pub fn new(entries: Vec<Entry>, version: u64, setter: impl Into<String>) -> Result<Self, TableError> {
         if entries.is_empty() {
             return Err(TableError::Empty);
         }
-        refuse_replicated(&entries)?;
         for (i, a) in entries.iter().enumerate() {
             for b in &entries[..i] {
                 if a.first <= b.last && b.first <= a.last {
