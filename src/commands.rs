@@ -278,20 +278,40 @@ async fn members(settings: &Settings, deadline: Instant, out: &mut Output) -> Re
         return unexpected(&reply);
     };
     members.sort_by(|a, b| a.name.cmp(&b.name));
+    // With replicated ranges in the table, how many each live member leads and follows
+    // (asked of each); without, the output is as it always was.
+    let reply = ask(settings, deadline, Request::Table).await?;
+    let Reply::Table(table) = reply else {
+        return unexpected(&reply);
+    };
+    let roles = match table.entries().iter().any(|e| e.is_replicated()) {
+        true => Some(ranges_held(&members, settings, deadline).await),
+        false => None,
+    };
+    let role = |name: &str, which: &str| -> Option<u64> {
+        let counts = roles.as_ref()?.get(name)?;
+        counts.iter().find(|l| l.label == which).map(|l| l.count)
+    };
     if out.is_json() {
         for m in &members {
-            out.object(json!({
+            let mut o = json!({
                 "name": m.name.as_str(), "addr": m.addr, "state": m.state.as_str(),
                 "incarnation": m.incarnation, "last_seen_ms": m.last_seen_ms,
                 "last_change_ms": m.last_change_ms,
-            }));
+            });
+            if roles.is_some() {
+                o["leads"] = json!(role(m.name.as_str(), "leader"));
+                o["follows"] = json!(role(m.name.as_str(), "follower"));
+            }
+            out.object(o);
         }
         return Ok(());
     }
     let width = members.iter().map(|m| m.name.as_str().len()).max().unwrap_or(4).max(4);
     let addr_width = members.iter().map(|m| m.addr.len()).max().unwrap_or(7).max(7);
+    let ranges_head = if roles.is_some() { "  LEADS  FOLLOWS" } else { "" };
     out.line(&format!(
-        "{:width$}  {:addr_width$}  {:7}  {:>11}  LAST SEEN",
+        "{:width$}  {:addr_width$}  {:7}  {:>11}{ranges_head}  LAST SEEN",
         "NAME", "ADDRESS", "STATE", "INCARNATION"
     ));
     for m in &members {
@@ -299,8 +319,13 @@ async fn members(settings: &Settings, deadline: Instant, out: &mut Output) -> Re
         let seen = m
             .last_seen_ms
             .map_or_else(|| "-".to_string(), |ms| format!("{} ago", ago(ms)));
+        let count = |which| role(m.name.as_str(), which).map_or_else(|| "-".to_string(), |n| n.to_string());
+        let ranges = match roles {
+            Some(_) => format!("  {:>5}  {:>7}", count("leader"), count("follower")),
+            None => String::new(),
+        };
         out.line(&format!(
-            "{:width$}  {:addr_width$}  {:7}  {:>11}  {seen}",
+            "{:width$}  {:addr_width$}  {:7}  {:>11}{ranges}  {seen}",
             m.name.as_str(),
             m.addr,
             m.state.as_str(),
@@ -308,6 +333,33 @@ async fn members(settings: &Settings, deadline: Instant, out: &mut Output) -> Re
         ));
     }
     Ok(())
+}
+
+/// The replicated ranges each live member holds, by role, as it says itself (`kvnode
+/// stats`'s figures), asked of all at once; a member that does not answer by the deadline is
+/// left out (shown as `-`).
+async fn ranges_held(
+    members: &[wire::MemberInfo],
+    settings: &Settings,
+    deadline: Instant,
+) -> std::collections::HashMap<String, Vec<crate::metrics::Labelled>> {
+    let asks = members
+        .iter()
+        .filter(|m| m.state == crate::gossip::State::Alive)
+        .filter_map(|m| Some((m.name.clone(), m.addr.parse().ok()?)))
+        .map(|(name, addr)| async move {
+            let node = NodeRef::NameAt(name.clone(), addr);
+            let reply = connected(settings, Some(&node), deadline, async |c| c.call(Request::Stats).await).await;
+            match reply {
+                Ok(Reply::Stats(report)) => Some((name.to_string(), report.now.ranges)),
+                _ => None,
+            }
+        });
+    futures_util::future::join_all(asks)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
 }
 
 fn ago(ms: u64) -> String {

@@ -149,6 +149,7 @@ fn text_of(now: &Snapshot, w: &Window) -> Vec<String> {
             count(&now.members),
             count(&now.transitions)
         ),
+        format!("replicated ranges: {}", count(&now.ranges)),
         match w.counted {
             Some(_) => format!(
                 "requests (rates, p50 and p99 over the last {:.1} s; totals since start):",

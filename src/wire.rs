@@ -27,7 +27,8 @@ pub use keyring::{KeyringOp, KeyringView, NodeKeyring};
 /// 8: `Request::Keyring` and its replies, for `kvnode secret`. 9: nodes send each other raft
 /// frames, `kvnode_replica::Frame` length-prefixed, on unidirectional streams, which a node of
 /// version 8 does not accept. 10: a raft frame also carries the lost-state rule's probes and
-/// their answers, which a node of version 9 would misread.)
+/// their answers, and `kvnode stats`'s figures the replicated ranges held by role, which a
+/// node of version 9 would misread.)
 pub const PROTOCOL_VERSION: u16 = 10;
 /// The TLS ALPN identifier of this protocol.
 pub const ALPN: &[u8] = b"kvnode/1";

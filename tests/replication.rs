@@ -128,6 +128,29 @@ fn a_range_on_three_nodes_is_served_through_each_and_outlives_its_leader() {
     // A delete that finds nothing says so, as on one node.
     home.run(&["delete", "shopping", "milk", "--via", "n2"]).expect(1);
 
+    // members: each node leads or follows the one range; the text form has the columns.
+    let leading = leader(&home, "n3");
+    wait_for("members agreeing with route on the leader", PATIENCE, || {
+        let lines: Vec<serde_json::Value> = home
+            .run(&["members", "--via", "n2", "--json"])
+            .ok()
+            .lines()
+            .map(json)
+            .collect();
+        let of = |name: &str| lines.iter().find(|m| m["name"] == name).cloned();
+        let counts = ["n1", "n2", "n3"].map(|n| of(n).map(|m| (m["leads"].clone(), m["follows"].clone())));
+        counts
+            .iter()
+            .zip(["n1", "n2", "n3"])
+            .all(|(c, n)| {
+                let (leads, follows) = if n == leading { (1, 0) } else { (0, 1) };
+                c.as_ref() == Some(&(serde_json::json!(leads), serde_json::json!(follows)))
+            })
+            .then_some(())
+    });
+    let text = home.run(&["members", "--via", "n1"]).ok();
+    assert!(text.lines().next().unwrap().contains("LEADS  FOLLOWS"), "{text}");
+
     let killed = leader(&home, "n2");
     let index = ["n1", "n2", "n3"].iter().position(|n| *n == killed).unwrap();
     nodes[index].kill9();

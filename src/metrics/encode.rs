@@ -139,6 +139,14 @@ impl Collector for Figures {
             "to",
             &s.transitions,
         )?;
+        labelled(
+            &mut d,
+            "kvnode_ranges",
+            "Replicated ranges this node holds, by its role: leader or follower.",
+            Gauge,
+            "role",
+            &s.ranges,
+        )?;
         let mut m = d.encode_descriptor(
             "kvnode_routing_table_version",
             "Version of the routing table this node holds.",

@@ -228,6 +228,9 @@ pub struct Snapshot {
     /// Members this node saw become suspect or dead.
     pub transitions: Vec<Labelled>,
     pub table_version: u64,
+    /// Replicated ranges this node holds, by its role in each: `leader`, `follower` (both
+    /// listed), as its driver last saw them.
+    pub ranges: Vec<Labelled>,
     /// Writes per group commit (on disk only).
     pub commit_batch: Hist,
     /// How long each group commit's write and sync took, in nanoseconds.

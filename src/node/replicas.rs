@@ -406,6 +406,12 @@ impl Driver {
         for &(range, leader, term) in &out.leaders {
             let name = leader.and_then(|l| self.names.get(&l).cloned());
             let role = self.replicas.role(range).map(|(r, _)| r);
+            let led = self.leaders.borrow().get(&range).and_then(|v| v.leader.clone()) == Some(self.me.clone());
+            if led && role != Some(Role::Leader) {
+                // Check-quorum: a leader that has not heard from a majority within an election
+                // timeout steps down (or a newer term reached it); it acknowledges nothing more.
+                tracing::warn!(%range, term, "this node no longer leads range {range} (term {term}): it lost its majority or a newer leader took over; it acknowledges no more writes or reads for it");
+            }
             match (&name, role) {
                 (Some(_), Some(Role::Leader)) => {
                     tracing::info!(%range, term, "this node leads range {range} (term {term})")

@@ -66,9 +66,26 @@ impl Node {
                 count: members.iter().filter(|m| m.state == state).count() as u64,
             })
             .collect();
+        let (led, held) = {
+            let leaders = self.replicas.leaders();
+            let leaders = leaders.borrow();
+            let led = leaders
+                .values()
+                .filter(|v| v.leader.as_ref() == Some(&self.name))
+                .count();
+            (led as u64, leaders.len() as u64)
+        };
+        let ranges = [("leader", led), ("follower", held - led)]
+            .into_iter()
+            .map(|(label, count)| Labelled {
+                label: label.to_string(),
+                count,
+            })
+            .collect();
         Snapshot {
             connections_open: self.connections.load(Ordering::Relaxed) as u64,
             members: by_state,
+            ranges,
             table_version: self.table().version(),
             store_disk_bytes: self.store.disk_path().map(|p| size_of_dir(p, MAX_DEPTH)),
             store_keys: self.store.key_count(),
