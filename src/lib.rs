@@ -7,6 +7,8 @@
 //! - [`commands`]: the client subcommands (`put`, `get`, `members`, `chat`, ...) and their output.
 //! - [`route`]: `kvnode route`: a bucket's owner and replicas, the table, `--set`.
 //! - [`stats`]: `kvnode stats`, a node's figures with rates and p50/p99 over the last 10 s.
+//! - [`watch`]: `kvnode watch`, a bucket's changes by long polls that resume from the last
+//!   position printed (the owner's side: `node::watch` over the store's change feed).
 //! - [`stop`]: `kvnode stop`, by SIGTERM for a node of this home, else by a leave request.
 //! - [`bench`]: `kvnode bench`, throughput and latency like redis-benchmark.
 //! - [`output`]: answers on stdout, as text or JSON Lines.
@@ -72,5 +74,6 @@ pub mod store;
 pub mod supervisor;
 pub mod text_protocol;
 pub mod transport;
+pub mod watch;
 pub mod wire;
 pub mod woken;

@@ -23,7 +23,7 @@ pub use hist::{Hist, Histogram};
 use crate::wire::{BucketOp, RemoteError, Reply};
 
 /// A bucket request's command, as labelled (`command="get"`).
-pub const COMMANDS: [&str; 8] = [
+pub const COMMANDS: [&str; 9] = [
     "put",
     "get",
     "delete",
@@ -32,6 +32,8 @@ pub const COMMANDS: [&str; 8] = [
     "create",
     "put_existing",
     "put_reporting",
+    // A watch's long polls: each waits for changes, so its latency is the wait.
+    "watch",
 ];
 
 /// How a request ended, by its exit code of SPEC §1 (`outcome="not_found"`).
@@ -116,6 +118,7 @@ fn command_of(op: &BucketOp) -> usize {
         BucketOp::Create => 5,
         BucketOp::PutExisting { .. } => 6,
         BucketOp::PutReporting { .. } => 7,
+        BucketOp::Watch { .. } => 8,
     }
 }
 

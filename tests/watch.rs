@@ -1,0 +1,253 @@
+//! Issue 27 part 2: `kvnode watch BUCKET [KEY]` against real nodes: the changes in order with
+//! increasing positions, through another node, across an owner's restart (exit 3, saying
+//! changes may have been missed), a watcher that never reads (it falls behind; the node's
+//! memory stays bounded and it serves on), and the usual exit codes for bad input and a
+//! stopped node.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, ChildStdout, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use common::{Home, PATIENCE, wait_for};
+use serde_json::Value;
+
+/// A running `kvnode watch`, killed when dropped if still running.
+struct Watcher {
+    child: Child,
+    stdout: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<Mutex<Vec<String>>>,
+    readers: Vec<JoinHandle<()>>,
+}
+
+impl Watcher {
+    /// `kvnode watch ARGS... -v`, once it says it is watching (changes from then on are
+    /// printed). Its stdout is collected, unless `unread`: then the pipe is handed back,
+    /// to be read (or not) by the test.
+    fn start(home: &Home, args: &[&str], unread: bool) -> (Self, Option<ChildStdout>) {
+        let mut child = home
+            .command()
+            .arg("watch")
+            .args(args)
+            .arg("-v")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn kvnode watch");
+        let (stdout, stderr) = (Arc::default(), Arc::default());
+        let mut readers = vec![collect(child.stderr.take().unwrap(), Arc::clone(&stderr))];
+        let pipe = child.stdout.take().unwrap();
+        let pipe = if unread {
+            Some(pipe)
+        } else {
+            readers.push(collect(pipe, Arc::clone(&stdout)));
+            None
+        };
+        let mut watcher = Self {
+            child,
+            stdout,
+            stderr,
+            readers,
+        };
+        wait_for("the watch to start", PATIENCE, || {
+            if let Some(status) = watcher.child.try_wait().unwrap() {
+                panic!("the watch exited with {status}: {}", watcher.stderr().join("\n"));
+            }
+            watcher.stderr().iter().any(|l| l.contains("watching")).then_some(())
+        });
+        (watcher, pipe)
+    }
+
+    fn stdout(&self) -> Vec<String> {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    fn stderr(&self) -> Vec<String> {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Waits for the exit code, then for every line printed.
+    fn wait_exit(&mut self) -> Option<i32> {
+        let status = wait_for("the watch to exit", PATIENCE, || self.child.try_wait().unwrap());
+        for reader in self.readers.drain(..) {
+            let _ = reader.join();
+        }
+        status.code()
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn collect(pipe: impl Read + Send + 'static, into: Arc<Mutex<Vec<String>>>) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines() {
+            let Ok(line) = line else { break };
+            into.lock().unwrap().push(line);
+        }
+    })
+}
+
+fn json_lines(lines: &[String]) -> Vec<Value> {
+    lines.iter().map(|l| serde_json::from_str(l).expect(l)).collect()
+}
+
+/// A node's resident memory, in KiB, from /proc.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn puts_and_deletes_are_seen_in_order_with_increasing_positions_and_a_key_sees_its_own() {
+    let home = Home::new();
+    let _n1 = home.start("n1", &[]); // durable: changes are seen once synced
+    let (mut all, _) = Watcher::start(&home, &["shopping", "--via", "n1", "--json", "--count", "4"], false);
+    let (mut eggs, _) = Watcher::start(&home, &["shopping", "eggs", "--via", "n1", "--count", "3"], false);
+    home.run(&["put", "shopping", "eggs", "3", "--via", "n1"]).ok();
+    home.run(&["put", "other", "eggs", "9", "--via", "n1"]).ok(); // another bucket: not seen
+    home.run(&["put", "shopping", "milk", "1", "--via", "n1"]).ok();
+    home.run(&["delete", "shopping", "eggs", "--via", "n1"]).ok();
+    home.run(&["delete", "shopping", "eggs", "--via", "n1"]).expect(1); // nothing changed
+    home.run(&["put", "shopping", "eggs", "two\nlines", "--via", "n1"]).ok();
+
+    assert_eq!(all.wait_exit(), Some(0), "{:?}", all.stderr());
+    let events = json_lines(&all.stdout());
+    let seen: Vec<(&str, &str, Option<&str>)> = events
+        .iter()
+        .map(|e| {
+            assert_eq!(e["bucket"], "shopping");
+            (
+                e["op"].as_str().unwrap(),
+                e["key"].as_str().unwrap(),
+                e["value"].as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("put", "eggs", Some("3")),
+            ("put", "milk", Some("1")),
+            ("delete", "eggs", None),
+            ("put", "eggs", Some("two\nlines")),
+        ]
+    );
+    let positions: Vec<u64> = events.iter().map(|e| e["position"]["seq"].as_u64().unwrap()).collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "{positions:?}");
+    assert!(
+        events
+            .iter()
+            .all(|e| e["position"]["node"] == "n1" && e["position"]["epoch"] == events[0]["position"]["epoch"])
+    );
+
+    assert_eq!(eggs.wait_exit(), Some(0), "{:?}", eggs.stderr());
+    assert_eq!(eggs.stdout(), ["put eggs 3", "delete eggs", "put eggs two\\nlines"]);
+}
+
+#[test]
+fn a_watch_through_another_node_sees_every_change_in_order() {
+    let home = Home::new();
+    let table = ["--table", "a-m=n1,n-z=n2", "--in-memory"];
+    let _n1 = home.start("n1", &table);
+    let _n2 = home.start("n2", &table);
+    let route = home.run(&["route", "nuts", "--via", "n1"]).ok();
+    assert_eq!(route.trim(), "n2");
+    let (mut watch, _) = Watcher::start(&home, &["nuts", "--via", "n1", "--count", "6"], false);
+    for i in 0..6 {
+        let via = if i % 2 == 0 { "n1" } else { "n2" };
+        home.run(&["put", "nuts", &format!("k{i}"), &i.to_string(), "--via", via])
+            .ok();
+    }
+    assert_eq!(watch.wait_exit(), Some(0), "{:?}", watch.stderr());
+    let want: Vec<String> = (0..6).map(|i| format!("put k{i} {i}")).collect();
+    assert_eq!(watch.stdout(), want);
+}
+
+#[test]
+fn an_owner_restart_ends_the_watch_saying_changes_may_have_been_missed() {
+    let home = Home::new();
+    let mut n1 = home.start("n1", &[]);
+    let listen = n1.addr().to_string();
+    let (mut watch, _) = Watcher::start(&home, &["b", "--via", "n1", "--timeout", "20s"], false);
+    home.run(&["put", "b", "k", "1", "--via", "n1"]).ok();
+    wait_for("the first change", PATIENCE, || {
+        (!watch.stdout().is_empty()).then_some(())
+    });
+    assert!(n1.terminate().success());
+    // The same data, at the same address: a new feed, whose positions the watch's is not of.
+    let _n1 = home.start("n1", &["--listen", &listen]);
+    home.run(&["put", "b", "k", "2", "--via", "n1"]).ok();
+    assert_eq!(watch.wait_exit(), Some(3), "{:?}", watch.stderr());
+    assert_eq!(
+        watch.stdout(),
+        ["put k 1"],
+        "nothing printed twice, nothing after the gap"
+    );
+    let said = watch.stderr().join("\n");
+    assert!(
+        said.contains("n1 restarted") && said.contains("changes may have been missed"),
+        "{said}"
+    );
+}
+
+#[test]
+fn a_watcher_that_never_reads_falls_behind_while_the_node_serves_on_in_bounded_memory() {
+    let home = Home::new();
+    let n1 = home.start("n1", &["--in-memory"]);
+    let (mut watch, pipe) = Watcher::start(&home, &["slow", "--via", "n1"], true);
+    let before = rss_kib(n1.pid());
+    // 160 MiB of changes to one key: ten times what the feed keeps.
+    let bench = home.run(&[
+        "bench", "--via", "n1", "-t", "put", "-n", "2560", "-d", "65536", "-c", "4", "--bucket", "slow",
+    ]);
+    bench.expect(0);
+    let after = rss_kib(n1.pid());
+    assert!(
+        after < before + 96 * 1024,
+        "the node grew from {before} KiB to {after} KiB"
+    );
+    // Other requests are served meanwhile.
+    let value = home.run(&["get", "slow", "key:000000000000", "--via", "n1", "--raw"]);
+    assert_eq!(value.expect(0).stdout.len(), 65536);
+    // Reading at last, the watcher prints what it had, then learns it fell behind.
+    let mut printed = Vec::new();
+    pipe.unwrap().read_to_end(&mut printed).unwrap();
+    assert_eq!(watch.wait_exit(), Some(3), "{:?}", watch.stderr());
+    let said = watch.stderr().join("\n");
+    assert!(said.contains("the watch fell behind"), "{said}");
+    assert!(
+        printed.split(|&b| b == b'\n').count() < 2560,
+        "not every change was printed"
+    );
+}
+
+#[test]
+fn an_invalid_bucket_is_bad_usage_and_a_stopped_node_is_unreachable() {
+    let home = Home::new();
+    let mut n1 = home.start("n1", &["--in-memory"]);
+    let run = home.run(&["watch", "", "--via", "n1"]);
+    run.expect(2);
+    assert!(run.stderr.contains("bucket name is empty"), "{}", run.stderr);
+    home.run(&["watch", "b", &"k".repeat(1025), "--via", "n1"]).expect(2);
+    let at = n1.full();
+    assert!(n1.terminate().success());
+    let run = home.run(&["watch", "b", "--via", &at, "--timeout", "2s"]);
+    run.expect(3);
+}
+
+#[test]
+fn the_help_shows_an_example() {
+    let home = Home::new();
+    let help = home.run(&["watch", "--help"]).ok();
+    assert!(help.contains("kvnode watch shopping --via foo"), "{help}");
+    assert!(help.contains("Exit 3"), "{help}");
+}
