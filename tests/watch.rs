@@ -173,6 +173,39 @@ fn a_watch_through_another_node_sees_every_change_in_order() {
 }
 
 #[test]
+fn a_watch_whose_entry_node_restarts_resumes_without_missing_or_repeating_a_change() {
+    let home = Home::new();
+    let table = ["--table", "a-m=n1,n-z=n2", "--in-memory"];
+    let mut n1 = home.start("n1", &table);
+    let listen = n1.addr().to_string();
+    let _n2 = home.start("n2", &table);
+    let (mut watch, _) = Watcher::start(
+        &home,
+        &["nuts", "--via", "n1", "--timeout", "20s", "--count", "4"],
+        false,
+    );
+    home.run(&["put", "nuts", "a", "1", "--via", "n2"]).ok();
+    wait_for("the first change", PATIENCE, || {
+        (!watch.stdout().is_empty()).then_some(())
+    });
+    // The hop the watch goes through dies; the owner's feed, with its positions, lives on.
+    // (Promptly: the stop does not wait for the poll it sent on, which waits 10 s for a change.)
+    let stopping = std::time::Instant::now();
+    assert!(n1.terminate().success());
+    assert!(
+        stopping.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        stopping.elapsed()
+    );
+    home.run(&["put", "nuts", "b", "2", "--via", "n2"]).ok();
+    home.run(&["delete", "nuts", "a", "--via", "n2"]).ok();
+    let _n1 = home.start("n1", &[&table[..], &["--listen", &listen]].concat());
+    home.run(&["put", "nuts", "c", "3", "--via", "n1"]).ok();
+    assert_eq!(watch.wait_exit(), Some(0), "{:?}", watch.stderr());
+    assert_eq!(watch.stdout(), ["put a 1", "put b 2", "delete a", "put c 3"]);
+}
+
+#[test]
 fn an_owner_restart_ends_the_watch_saying_changes_may_have_been_missed() {
     let home = Home::new();
     let mut n1 = home.start("n1", &[]);
@@ -250,4 +283,74 @@ fn the_help_shows_an_example() {
     let help = home.run(&["watch", "--help"]).ok();
     assert!(help.contains("kvnode watch shopping --via foo"), "{help}");
     assert!(help.contains("Exit 3"), "{help}");
+}
+
+/// Watch requests no CLI sends, straight on the wire: each gets a typed error or a bounded
+/// answer, never a panic, and the node serves on.
+#[test]
+fn malformed_watch_requests_get_errors_and_the_node_serves_on() {
+    use kvnode::client::{Client, Target};
+    use kvnode::secret::SecretSource;
+    use kvnode::wire::{BucketOp, BucketRequest, Reply, Request, WatchPosition};
+    use tokio::time::Instant;
+
+    let home = Home::new();
+    let n1 = home.start("n1", &["--in-memory"]);
+    let watch = |key: Option<&[u8]>, from: Option<WatchPosition>, wait_ms: u32| {
+        Request::Bucket(BucketRequest {
+            bucket: b"b".to_vec(),
+            op: BucketOp::Watch {
+                key: key.map(|k| k.to_vec().into()),
+                from,
+                wait_ms,
+            },
+            path: vec![],
+        })
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let secret = SecretSource::Home(home.secret_path()).load().unwrap();
+        let target = Target {
+            addr: n1.addr(),
+            name: None,
+        };
+        let deadline = Instant::now() + PATIENCE;
+        let client = Client::connect_with(&secret, "test", &target, deadline).await.unwrap();
+        for key in [&b""[..], &[b'k'; 1025]] {
+            let err = client.call(watch(Some(key), None, 0)).await.unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{err}");
+        }
+        let Reply::Changes { upto, .. } = client.call(watch(None, None, 0)).await.unwrap() else {
+            panic!("a new watch is told where it starts");
+        };
+        // A position this feed never gave.
+        let ahead = WatchPosition {
+            seq: upto.seq + 1000,
+            ..upto.clone()
+        };
+        let err = client.call(watch(None, Some(ahead), 0)).await.unwrap_err();
+        assert_eq!(err.exit_code(), 2, "{err}");
+        // Another node's position: a gap, not a silent resume.
+        let elsewhere = WatchPosition {
+            node: "n9".parse().unwrap(),
+            ..upto.clone()
+        };
+        let err = client.call(watch(None, Some(elsewhere), 0)).await.unwrap_err();
+        assert_eq!(err.exit_code(), 3, "{err}");
+        assert!(err.to_string().contains("may have been missed"), "{err}");
+        // The longest wait asked for is cut to half the request's deadline: answered, empty.
+        let timeout = std::time::Duration::from_secs(2);
+        let answer = client
+            .call_within(watch(None, Some(upto.clone()), u32::MAX), timeout)
+            .await;
+        assert!(
+            matches!(answer, Ok(Reply::Changes { ref events, .. }) if events.is_empty()),
+            "{answer:?}"
+        );
+        assert!(matches!(client.call(Request::Ping).await, Ok(Reply::Pong { .. })));
+        client.close().await;
+    });
 }

@@ -129,8 +129,9 @@ impl Node {
     /// timed to its answer for the metrics.
     pub(super) fn bucket_now(self: &Arc<Self>, req: BucketRequest, timeout: Duration, stream: StreamKey) -> Now {
         let mut timer = RequestTimer::start(&req.op, req.path.len());
+        let watch = matches!(req.op, BucketOp::Watch { .. });
         let now = self.bucket_routed(req, timeout, stream, &mut timer);
-        timed(now, timer)
+        timed(if watch { self.until_stopping(now) } else { now }, timer)
     }
 
     /// The one place a bucket request is routed: into "apply it here" or "send it on to its

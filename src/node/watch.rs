@@ -75,6 +75,31 @@ impl Node {
     }
 }
 
+impl Node {
+    /// A watch's poll as routed (`now`), ended with "shutting down" once this node stops:
+    /// a stopping node must not wait for a poll it sent on to the owner, which may wait for
+    /// changes for a while yet. (Its client re-establishes the watch, through this node once
+    /// it is back, from its last position.)
+    pub(super) fn until_stopping(self: &Arc<Self>, now: Now) -> Now {
+        match now {
+            Now::Waiting(answer) => {
+                let (stopping, node) = (self.serve.stopping.clone(), self.name.to_string());
+                Now::Waiting(Box::pin(async move {
+                    tokio::select! {
+                        answer = answer => answer,
+                        () = stopping.cancelled() => Err(RemoteError::ShuttingDown { node }),
+                    }
+                }))
+            }
+            Now::First(placing) => {
+                let node = Arc::clone(self);
+                Now::First(Box::pin(async move { node.until_stopping(placing.await) }))
+            }
+            now @ (Now::Answer(_) | Now::Later(_)) => now,
+        }
+    }
+}
+
 /// Where a poll starts in the feed.
 enum Start {
     /// A new watch, at the feed's last change.
