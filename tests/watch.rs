@@ -354,3 +354,20 @@ fn malformed_watch_requests_get_errors_and_the_node_serves_on() {
         client.close().await;
     });
 }
+
+#[test]
+fn stats_count_the_watches_waiting_at_their_owner() {
+    let home = Home::new();
+    let _n1 = home.start("n1", &["--in-memory"]);
+    let waiting = || {
+        let stats = home.run(&["stats", "--via", "n1", "--json"]).ok();
+        let stats: Value = serde_json::from_str(stats.trim()).unwrap();
+        stats["now"]["watches_waiting"].as_u64().unwrap()
+    };
+    assert_eq!(waiting(), 0);
+    let (watch, _) = Watcher::start(&home, &["b", "--via", "n1"], false);
+    wait_for("the watch to wait at n1", PATIENCE, || (waiting() == 1).then_some(()));
+    drop(watch);
+    // Its last poll ends at its wait (half of --timeout) at the latest.
+    wait_for("the watch to be gone", PATIENCE, || (waiting() == 0).then_some(()));
+}

@@ -54,6 +54,7 @@ impl Node {
         let until = Instant::now() + wait;
         let stopping = self.serve.stopping.clone();
         Now::Waiting(Box::pin(async move {
+            let _counted = crate::metrics::WatchWaiting::start();
             loop {
                 tokio::select! {
                     woke = changed.changed() => {
