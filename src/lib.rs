@@ -41,7 +41,8 @@
 //!   [`gossip::NodeName`]; `node::gossip` drives it, `config` fills in its settings.
 //! - [`supervisor`]: the one_for_one supervisor that restarts failed long-lived parts.
 //! - [`store`]: buckets of keys and values, in memory or on disk, and each replicated range's Raft
-//!   log and state (`store::group`, `NodeGroupStore`) beside them (knows no network).
+//!   log and state (`store::group`, `NodeGroupStore`) beside them (knows no network); its
+//!   change feed (`store::Feed`) holds the last acknowledged writes for `kvnode watch`.
 //! - [`directory`]: the local node directory under `KVNODE_HOME/nodes` (epmd for kvnode).
 //! - [`secret`]: where the shared secret comes from and who may read it.
 //! - [`keyring`]: the secrets a node accepts and the one it proves with; its file (`kvnode secret`).

@@ -207,7 +207,10 @@ async fn reconnect(settings: &Settings, since: Instant, mut last: ClientError) -
     loop {
         let now = Instant::now();
         if now >= until {
-            return Err(last);
+            return Err(ClientError::WatchBroken {
+                after: settings.timeout,
+                reason: Box::new(last),
+            });
         }
         tokio::time::sleep(pause.min(until - now)).await;
         pause = (pause * 2).min(MAX_PAUSE);

@@ -371,3 +371,14 @@ fn stats_count_the_watches_waiting_at_their_owner() {
     // Its last poll ends at its wait (half of --timeout) at the latest.
     wait_for("the watch to be gone", PATIENCE, || (waiting() == 0).then_some(()));
 }
+
+#[test]
+fn a_watch_whose_node_stays_gone_gives_up_after_its_timeout_with_exit_3() {
+    let home = Home::new();
+    let mut n1 = home.start("n1", &["--in-memory"]);
+    let (mut watch, _) = Watcher::start(&home, &["b", "--via", "n1", "--timeout", "1s"], false);
+    assert!(n1.terminate().success());
+    assert_eq!(watch.wait_exit(), Some(3));
+    let said = watch.stderr().join("\n");
+    assert!(said.contains("could not be re-established within 1s"), "{said}");
+}
