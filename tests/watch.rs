@@ -153,6 +153,52 @@ fn puts_and_deletes_are_seen_in_order_with_increasing_positions_and_a_key_sees_i
     assert_eq!(eggs.stdout(), ["put eggs 3", "delete eggs", "put eggs two\\nlines"]);
 }
 
+/// The port a node logged for a listener: `what` is in the line, `field=PORT` or
+/// `field=HOST:PORT` names it.
+fn logged_port(node: &common::Node, what: &str, field: &str) -> u16 {
+    let line = node.wait_log(what, |l| l.contains(what));
+    let value = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix(field))
+        .unwrap_or_else(|| panic!("no {field} in {line}"));
+    value.rsplit(':').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn writes_through_the_text_protocol_and_resp_are_seen_like_any_other() {
+    use std::io::Write;
+    use std::net::TcpStream;
+
+    let home = Home::new();
+    let n1 = home.start("n1", &["--text-listen", "127.0.0.1:0", "--resp-listen", "127.0.0.1:0"]);
+    let text_port = logged_port(&n1, "serving the guide's text protocol", "addr=");
+    let resp_port = logged_port(&n1, "serving RESP", "port=");
+    let (mut watch, _) = Watcher::start(&home, &["b", "--via", "n1", "--count", "4"], false);
+    // The guide's CREATE and PUT (a put into a bucket that must exist), then RESP's HSET (a
+    // put that reports whether the key is new) and HDEL, then the guide's DELETE.
+    let mut text = TcpStream::connect(("127.0.0.1", text_port)).unwrap();
+    text.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut answers = BufReader::new(text.try_clone().unwrap());
+    let mut say = |line: &str| {
+        text.write_all(format!("{line}\r\n").as_bytes()).unwrap();
+        let mut answer = String::new();
+        answers.read_line(&mut answer).unwrap();
+        assert_eq!(answer, "OK\r\n", "{line}");
+    };
+    say("CREATE b");
+    say("PUT b k 1");
+    let secret = std::fs::read_to_string(home.secret_path()).unwrap();
+    let url = format!("redis://:{}@127.0.0.1:{resp_port}/", secret.trim());
+    let mut redis = redis::Client::open(url).unwrap().get_connection().unwrap();
+    let added: i64 = redis::cmd("HSET").arg("b").arg("f").arg("2").query(&mut redis).unwrap();
+    assert_eq!(added, 1);
+    let removed: i64 = redis::cmd("HDEL").arg("b").arg("f").query(&mut redis).unwrap();
+    assert_eq!(removed, 1);
+    say("DELETE b k");
+    assert_eq!(watch.wait_exit(), Some(0), "{:?}", watch.stderr());
+    assert_eq!(watch.stdout(), ["put k 1", "put f 2", "delete f", "delete k"]);
+}
+
 #[test]
 fn a_watch_through_another_node_sees_every_change_in_order() {
     let home = Home::new();
@@ -228,6 +274,34 @@ fn an_owner_restart_ends_the_watch_saying_changes_may_have_been_missed() {
     let said = watch.stderr().join("\n");
     assert!(
         said.contains("n1 restarted") && said.contains("changes may have been missed"),
+        "{said}"
+    );
+}
+
+#[test]
+fn a_bucket_that_changes_owner_ends_the_watch_saying_changes_may_have_been_missed() {
+    let home = Home::new();
+    let _n1 = home.start("n1", &["--in-memory", "--table", "a-z=n1"]);
+    let _n2 = home.start("n2", &["--in-memory", "--join", "n1"]);
+    wait_for("n2 to hold n1's table", PATIENCE, || {
+        let owner = home.run(&["route", "b", "--via", "n2"]);
+        (owner.code == Some(0) && owner.stdout().trim() == "n1").then_some(())
+    });
+    let (mut watch, _) = Watcher::start(&home, &["b", "--via", "n1"], false);
+    home.run(&["put", "b", "k", "1", "--via", "n1"]).ok();
+    wait_for("the first change", PATIENCE, || {
+        (!watch.stdout().is_empty()).then_some(())
+    });
+    home.run(&["route", "--set", "a-z=n2", "--via", "n1"]).ok();
+    wait_for("n1 to send b to n2", PATIENCE, || {
+        (home.run(&["route", "b", "--via", "n1"]).stdout().trim() == "n2").then_some(())
+    });
+    home.run(&["put", "b", "k", "2", "--via", "n1"]).ok();
+    assert_eq!(watch.wait_exit(), Some(3), "{:?}", watch.stderr());
+    assert_eq!(watch.stdout(), ["put k 1"]);
+    let said = watch.stderr().join("\n");
+    assert!(
+        said.contains("watched at n1, and its owner is now n2") && said.contains("may have been missed"),
         "{said}"
     );
 }
