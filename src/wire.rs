@@ -863,6 +863,40 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_watch_is_checked_like_any_bucket_request_and_may_be_asked_again() {
+        let watch = |key: Option<&[u8]>| BucketRequest {
+            bucket: b"b".to_vec(),
+            op: BucketOp::Watch {
+                key: key.map(|k| ByteBuf::from(k.to_vec())),
+                from: None,
+                wait_ms: u32::MAX,
+            },
+            path: vec![],
+        };
+        assert!(watch(None).validate().is_ok());
+        assert!(watch(Some(b"k")).validate().is_ok());
+        assert!(watch(Some(b"")).validate().unwrap_err().contains("key is empty"));
+        assert!(watch(Some(&[0; MAX_KEY + 1])).validate().is_err());
+        // A poll only reads: one whose answer was lost is asked again from the same position.
+        assert!(Request::Bucket(watch(None)).may_repeat());
+        assert_eq!(Request::Bucket(watch(None)).kind(), "watch");
+        assert!(
+            RemoteError::WatchGap {
+                node: "n1".into(),
+                reason: "r".into()
+            }
+            .exit_code()
+                == 3
+                && RemoteError::WatchFellBehind {
+                    node: "n1".into(),
+                    kept: "k".into()
+                }
+                .exit_code()
+                    == 3
+        );
+    }
+
     async fn read_all<T: DeserializeOwned>(bytes: Vec<u8>, max: usize) -> Vec<Result<T, String>> {
         let mut reader = FrameReader::new(&bytes[..], max);
         let mut out = Vec::new();

@@ -43,7 +43,7 @@ impl Node {
             Err(e) => return Now::Answer(Err(e)),
         };
         // Subscribed before the first read: a change pushed after it wakes the wait below.
-        let mut changed = feed.subscribe();
+        let mut changed = feed.waiter();
         let mut after = match poll.read(&feed, after) {
             Ok(Read::Changes(answer)) => return Now::Answer(Ok(answer)),
             Ok(Read::Nothing { upto }) => upto,
@@ -57,11 +57,7 @@ impl Node {
             let _counted = crate::metrics::WatchWaiting::start();
             loop {
                 tokio::select! {
-                    woke = changed.changed() => {
-                        if woke.is_err() {
-                            break;
-                        }
-                    }
+                    () = changed.changed() => {}
                     () = tokio::time::sleep_until(until) => break,
                     () = stopping.cancelled() => break,
                 }

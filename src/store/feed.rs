@@ -12,7 +12,8 @@
 //! restart) are known not to be comparable, so a watch cannot silently resume across one.
 
 use std::collections::VecDeque;
-use std::sync::{Mutex, PoisonError};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
 use tokio::sync::watch;
@@ -66,8 +67,11 @@ pub struct Page {
 pub struct Feed {
     epoch: u64,
     ring: Mutex<Ring>,
-    /// The last change's seq, for watchers waiting for the next.
+    /// The last change's seq, for watchers waiting for the next: sent only while one waits
+    /// (a send wakes every waiter in turn, which no write should pay for when none does).
     last: watch::Sender<u64>,
+    /// The [`Waiter`]s alive.
+    waiting: AtomicUsize,
     max_changes: usize,
     max_bytes: usize,
 }
@@ -93,6 +97,7 @@ impl Feed {
             epoch: rand::random::<u64>().max(1),
             ring: Mutex::default(),
             last: watch::Sender::new(0),
+            waiting: AtomicUsize::new(0),
             max_changes: max_changes.max(1),
             max_bytes,
         }
@@ -108,10 +113,15 @@ impl Feed {
         self.ring.lock().unwrap_or_else(PoisonError::into_inner).last
     }
 
-    /// Follows the last position: a receiver taken before a read wakes for any change
-    /// pushed after it.
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.last.subscribe()
+    /// Someone to wake for the next change: taken before a read, it wakes for any change
+    /// pushed after that read.
+    pub fn waiter(self: &Arc<Self>) -> Waiter {
+        // Counted before the read: a push whose change the read misses sees the count.
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        Waiter {
+            changed: self.last.subscribe(),
+            feed: Arc::clone(self),
+        }
     }
 
     /// Appends an acknowledged change (a put when `value` is `Some`, else a delete). The
@@ -134,7 +144,9 @@ impl Feed {
             }
             ring.last
         };
-        self.last.send_replace(seq);
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            self.last.send_replace(seq);
+        }
     }
 
     /// The changes after position `after` that `wanted` keeps, in order, as many as fit in
@@ -168,6 +180,28 @@ impl Feed {
             page.changes.push(change.clone());
         }
         Ok(page)
+    }
+}
+
+/// A watcher waiting for the feed's next change ([`Feed::waiter`]).
+#[derive(Debug)]
+pub struct Waiter {
+    changed: watch::Receiver<u64>,
+    feed: Arc<Feed>,
+}
+
+impl Waiter {
+    /// Returns once a change was pushed since the waiter was made, or since this last
+    /// returned (possibly, rarely, for a change the last read already saw).
+    pub async fn changed(&mut self) {
+        // The sender lives as long as the feed, which this waiter holds.
+        let _ = self.changed.changed().await;
+    }
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        self.feed.waiting.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -263,12 +297,15 @@ mod tests {
 
     #[tokio::test]
     async fn a_subscriber_wakes_for_a_change_pushed_after_it_subscribed() {
-        let feed = std::sync::Arc::new(Feed::default());
-        let mut rx = feed.subscribe();
-        let pusher = std::sync::Arc::clone(&feed);
+        let feed = Arc::new(Feed::default());
+        feed.push(b"b", b"k", None); // nobody waits: nobody is woken
+        let mut waiter = feed.waiter();
+        let pusher = Arc::clone(&feed);
         tokio::spawn(async move { pusher.push(b"b", b"k", None) });
-        rx.changed().await.unwrap();
-        assert_eq!(*rx.borrow(), 1);
+        waiter.changed().await;
+        assert_eq!(feed.read(1, all, 1024).unwrap().upto, 2);
+        drop(waiter);
+        assert_eq!(feed.waiting.load(Ordering::SeqCst), 0);
         assert_ne!(feed.epoch(), Feed::default().epoch(), "each feed has its own epoch");
     }
 }

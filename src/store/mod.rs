@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use disk::{DiskStore, EngineKind};
 pub use engine::{Applied, KeyPage, Op, RaftSpace, RaftWrites};
-pub use feed::{Change, Feed, FeedError, MAX_BYTES as MAX_FEED_BYTES, MAX_CHANGES as MAX_FEED_CHANGES, Page};
+pub use feed::{Change, Feed, FeedError, MAX_BYTES as MAX_FEED_BYTES, MAX_CHANGES as MAX_FEED_CHANGES, Page, Waiter};
 pub use group::NodeGroupStore;
 pub use memory::MemoryStore;
 
