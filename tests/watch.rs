@@ -352,6 +352,19 @@ fn an_invalid_bucket_is_bad_usage_and_a_stopped_node_is_unreachable() {
 }
 
 #[test]
+fn a_watch_of_a_replicated_range_is_refused_for_now() {
+    let home = Home::new();
+    let _n1 = home.start("n1", &["--table", "a-z=n1+n2"]);
+    let run = home.run(&["watch", "b", "--via", "n1"]);
+    run.expect(2);
+    assert!(
+        run.stderr.contains("replicated range is not supported yet"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
 fn the_help_shows_an_example() {
     let home = Home::new();
     let help = home.run(&["watch", "--help"]).ok();
