@@ -107,6 +107,23 @@ pub enum Command {
     /// Print the keys of BUCKET, one per line
     #[command(after_help = "Example:\n  kvnode keys shopping --via foo")]
     Keys(BucketArgs),
+    /// Print each change to BUCKET (or to its KEY) as it is acknowledged, until interrupted
+    ///
+    /// One line per change made after the watch starts, in the order they took effect:
+    /// `put KEY VALUE` or `delete KEY`. Values print as `get` prints them, except that one
+    /// holding a line break or other control bytes, or that is not UTF-8, is escaped (`\n`,
+    /// `\xNN`), so that each change is one line; --json gives every byte (`value_hex`).
+    /// With --json, one object a line: op, bucket, key, value (no value for a delete) and the
+    /// position that orders it (owner node, the owner's epoch, seq).
+    ///
+    /// Works through any node; the watch follows the bucket's owner. If the connection
+    /// breaks, the watch reconnects (through the same node, for up to --timeout) and resumes
+    /// after the last change it printed, never printing one twice. If it cannot resume
+    /// without a gap (the owner restarted or changed), or if it fell behind the owner's feed
+    /// (it keeps the last 4096 changes, 16 MiB), it says so and exits 3: start it again.
+    /// SIGINT or SIGTERM end it at once, as they end any client command.
+    #[command(after_help = WATCH_EXAMPLES)]
+    Watch(WatchArgs),
     /// Stop NODE as SIGTERM would (it tells the cluster it leaves), and wait until it is gone
     #[command(
         after_help = "Examples:\n  kvnode stop foo                  # a node of this KVNODE_HOME: SIGTERM\n  kvnode stop bar --via foo        # a node foo knows: a leave request\n  kvnode stop bar@10.0.0.2:4040\n\nExit 3 if it is not gone within --timeout."
@@ -133,6 +150,16 @@ pub enum Command {
     )]
     Keygen(KeygenArgs),
 }
+
+const WATCH_EXAMPLES: &str = "\
+Examples:
+  kvnode watch shopping --via foo            # in one terminal, then in another:
+  kvnode put shopping eggs 3 --via foo       # the watch prints: put eggs 3
+  kvnode delete shopping eggs --via foo      # the watch prints: delete eggs
+  kvnode watch shopping eggs --count 1 --json  # the next change to eggs, as JSON, then exit 0
+
+Exit 3 if the watch cannot go on without missing changes (its owner restarted or changed,
+or it fell behind): start it again, and read the current values with get or keys.";
 
 const SECRET_EXAMPLES: &str = "\
 Rotating the secret of a running cluster (every step through any node; clients holding
@@ -272,6 +299,19 @@ pub struct KeyArgs {
     pub bucket: OsString,
     /// Key (1-1024 bytes)
     pub key: OsString,
+    #[command(flatten)]
+    pub via: ViaArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct WatchArgs {
+    /// Bucket name (1-1024 bytes)
+    pub bucket: OsString,
+    /// Only this key's changes (1-1024 bytes)
+    pub key: Option<OsString>,
+    /// Exit 0 after N changes
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: Option<u64>,
     #[command(flatten)]
     pub via: ViaArgs,
 }

@@ -83,6 +83,10 @@ pub enum ClientError {
     /// is the first failure's.
     #[error("{message}")]
     MembersFailed { message: String, code: u8 },
+    /// `watch` lost its node and could not re-establish the watch within `--timeout`: the
+    /// last attempt's exit code.
+    #[error("the watch broke and could not be re-established within {after:?}: {reason}")]
+    WatchBroken { after: Duration, reason: Box<ClientError> },
 }
 
 impl ClientError {
@@ -114,6 +118,7 @@ impl ClientError {
             Pang { reason, .. } if matches!(**reason, AuthRefused { .. }) => 4,
             Pang { .. } => 3,
             MembersFailed { code, .. } => *code,
+            WatchBroken { reason, .. } => reason.exit_code(),
         }
     }
 

@@ -59,6 +59,10 @@ async fn run_within(command: Command, mut settings: Settings, out: &mut Output) 
             settings.via = via_or_env(args.via, &settings)?;
             crate::stats::run(&settings, deadline, out).await
         }
+        Command::Watch(args) => {
+            settings.via = via_or_env(args.via.via.clone(), &settings)?;
+            crate::watch::run(args, &settings, out).await
+        }
         Command::Ping(args) => ping(args, &settings, deadline, out).await,
         Command::Stop(args) => crate::stop::run(args, &settings, deadline, out).await,
         Command::Chat(args) => chat(args, &settings, deadline, out).await,

@@ -7,6 +7,8 @@
 //! - [`commands`]: the client subcommands (`put`, `get`, `members`, `chat`, ...) and their output.
 //! - [`route`]: `kvnode route`: a bucket's owner and replicas, the table, `--set`.
 //! - [`stats`]: `kvnode stats`, a node's figures with rates and p50/p99 over the last 10 s.
+//! - [`watch`]: `kvnode watch`, a bucket's changes by long polls that resume from the last
+//!   position printed (the owner's side: `node::watch` over the store's change feed).
 //! - [`stop`]: `kvnode stop`, by SIGTERM for a node of this home, else by a leave request.
 //! - [`bench`]: `kvnode bench`, throughput and latency like redis-benchmark.
 //! - [`output`]: answers on stdout, as text or JSON Lines.
@@ -39,7 +41,8 @@
 //!   [`gossip::NodeName`]; `node::gossip` drives it, `config` fills in its settings.
 //! - [`supervisor`]: the one_for_one supervisor that restarts failed long-lived parts.
 //! - [`store`]: buckets of keys and values, in memory or on disk, and each replicated range's Raft
-//!   log and state (`store::group`, `NodeGroupStore`) beside them (knows no network).
+//!   log and state (`store::group`, `NodeGroupStore`) beside them (knows no network); its
+//!   change feed (`store::Feed`) holds the last acknowledged writes for `kvnode watch`.
 //! - [`directory`]: the local node directory under `KVNODE_HOME/nodes` (epmd for kvnode).
 //! - [`secret`]: where the shared secret comes from and who may read it.
 //! - [`keyring`]: the secrets a node accepts and the one it proves with; its file (`kvnode secret`).
@@ -72,5 +75,6 @@ pub mod store;
 pub mod supervisor;
 pub mod text_protocol;
 pub mod transport;
+pub mod watch;
 pub mod wire;
 pub mod woken;

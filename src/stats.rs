@@ -138,11 +138,12 @@ fn text_of(now: &Snapshot, w: &Window) -> Vec<String> {
     };
     let mut lines = vec![
         format!(
-            "node {}: up {} s, routing table version {}, {} connections open",
+            "node {}: up {} s, routing table version {}, {} connections open, {} watches waiting",
             now.node,
             now.uptime_ms / 1000,
             now.table_version,
-            now.connections_open
+            now.connections_open,
+            now.watches_waiting
         ),
         format!(
             "members: {} (seen becoming: {})",

@@ -28,8 +28,9 @@ pub use keyring::{KeyringOp, KeyringView, NodeKeyring};
 /// frames, `kvnode_replica::Frame` length-prefixed, on unidirectional streams, which a node of
 /// version 8 does not accept. 10: a raft frame also carries the lost-state rule's probes and
 /// their answers, and `kvnode stats`'s figures the replicated ranges held by role, which a
-/// node of version 9 would misread.)
-pub const PROTOCOL_VERSION: u16 = 10;
+/// node of version 9 would misread. 11: `BucketOp::Watch`, `Reply::Changes` and the watch
+/// errors, for `kvnode watch`.)
+pub const PROTOCOL_VERSION: u16 = 11;
 /// The TLS ALPN identifier of this protocol.
 pub const ALPN: &[u8] = b"kvnode/1";
 /// The largest frame either side accepts, checked before allocating.
@@ -456,7 +457,38 @@ pub enum BucketOp {
         #[serde(with = "serde_bytes")]
         value: Vec<u8>,
     },
+    /// `kvnode watch`: the bucket's changes (only `key`'s, if given) after `from`, a
+    /// position the owner gave before, answered [`Reply::Changes`] as soon as there is one,
+    /// or empty after `wait_ms` (at most half the request's deadline). `from: None` starts a
+    /// watch: answered at once, empty, with the position it starts at.
+    /// A long poll: each is a resume from the last position seen, so no node keeps anything
+    /// per watcher. (Protocol version 11.)
+    Watch {
+        key: Option<ByteBuf>,
+        from: Option<WatchPosition>,
+        wait_ms: u32,
+    },
 }
+
+/// Where a watch is in its owner's change feed: the owner, the feed's epoch (random at each
+/// start of the node) and the last change looked at (`seq`, 1 for the feed's first change).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchPosition {
+    pub node: NodeName,
+    pub epoch: u64,
+    pub seq: u64,
+}
+
+/// One change to a watched bucket; `value` is `None` for a delete.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchEvent {
+    pub seq: u64,
+    pub key: ByteBuf,
+    pub value: Option<ByteBuf>,
+}
+
+/// The changes one watch poll carries at most, in bytes (at least one, whatever its size).
+pub const WATCH_PAGE: usize = 4 * 1024 * 1024;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatMessage {
@@ -512,6 +544,12 @@ pub enum Reply {
     KeyringState(KeyringView),
     /// A [`Request::Keyring`]'s outcome on every member, in name order.
     KeyringReport(Vec<NodeKeyring>),
+    /// The answer to [`BucketOp::Watch`]: the changes, in order, and the position to ask
+    /// from next (every change up to it was looked at, those not watched left out).
+    Changes {
+        events: Vec<WatchEvent>,
+        upto: WatchPosition,
+    },
 }
 
 /// One member as a node sees it.
@@ -592,6 +630,18 @@ pub enum RemoteError {
     /// Said, for one, by a node whose gossip inbox is full.
     #[error("node {node} is overloaded and dropped the request: {reason}")]
     Overloaded { node: String, reason: String },
+    /// A watch cannot resume where it was: its owner restarted or changed, so changes may
+    /// have been missed (exit 3).
+    #[error(
+        "the watch cannot resume: {reason}, so changes may have been missed; start `kvnode watch` again, and read the current values with `kvnode get`/`kvnode keys` if they matter"
+    )]
+    WatchGap { node: String, reason: String },
+    /// A watcher read its changes more slowly than they came, and the owner's feed dropped
+    /// those it had not read yet (exit 3).
+    #[error(
+        "the watch fell behind: node {node} keeps only its last {kept}, and those after this watch's position are gone; start `kvnode watch` again (reading faster, or watching one key), and read the current values with `kvnode get`/`kvnode keys` if they matter"
+    )]
+    WatchFellBehind { node: String, kept: String },
 }
 
 /// What a routing loop or a hop limit means, and what to do.
@@ -609,7 +659,12 @@ impl RemoteError {
         match self {
             KeyNotFound { .. } | BucketNotFound { .. } => 1,
             InvalidInput { .. } => 2,
-            Unreachable { .. } | DeadlineExceeded { .. } | ShuttingDown { .. } | Overloaded { .. } => 3,
+            Unreachable { .. }
+            | DeadlineExceeded { .. }
+            | ShuttingDown { .. }
+            | Overloaded { .. }
+            | WatchGap { .. }
+            | WatchFellBehind { .. } => 3,
             AuthRefused { .. } => 4,
             NoRoute { .. } | RoutingLoop { .. } | HopLimit { .. } | TableChanged { .. } => 5,
             Internal { .. } => 6,
@@ -662,6 +717,8 @@ impl BucketRequest {
             BucketOp::Get { key } | BucketOp::Delete { key } => check_key(key),
             BucketOp::Keys { after: Some(key) } => check_key(key),
             BucketOp::Keys { after: None } | BucketOp::Route | BucketOp::Create => Ok(()),
+            BucketOp::Watch { key: Some(key), .. } => check_key(key),
+            BucketOp::Watch { key: None, .. } => Ok(()),
         }?;
         if self.path.len() > MAX_HOPS + 1 {
             return Err(format!("path of {} hops is over the limit", self.path.len()));
@@ -680,6 +737,7 @@ impl BucketOp {
             BucketOp::Keys { .. } => "keys",
             BucketOp::Route => "route",
             BucketOp::Create => "create",
+            BucketOp::Watch { .. } => "watch",
         }
     }
 }
@@ -716,7 +774,11 @@ impl Request {
         match self {
             Request::Bucket(b) => matches!(
                 b.op,
-                BucketOp::Get { .. } | BucketOp::Keys { .. } | BucketOp::Route | BucketOp::Create
+                BucketOp::Get { .. }
+                    | BucketOp::Keys { .. }
+                    | BucketOp::Route
+                    | BucketOp::Create
+                    | BucketOp::Watch { .. }
             ),
             Request::Table | Request::Members | Request::Ping | Request::Stats => true,
             // Each change may be repeated (installing a secret held changes nothing), but one
@@ -799,6 +861,40 @@ mod tests {
         ] {
             assert!(!request.may_repeat(), "{request:?}");
         }
+    }
+
+    #[test]
+    fn a_watch_is_checked_like_any_bucket_request_and_may_be_asked_again() {
+        let watch = |key: Option<&[u8]>| BucketRequest {
+            bucket: b"b".to_vec(),
+            op: BucketOp::Watch {
+                key: key.map(|k| ByteBuf::from(k.to_vec())),
+                from: None,
+                wait_ms: u32::MAX,
+            },
+            path: vec![],
+        };
+        assert!(watch(None).validate().is_ok());
+        assert!(watch(Some(b"k")).validate().is_ok());
+        assert!(watch(Some(b"")).validate().unwrap_err().contains("key is empty"));
+        assert!(watch(Some(&[0; MAX_KEY + 1])).validate().is_err());
+        // A poll only reads: one whose answer was lost is asked again from the same position.
+        assert!(Request::Bucket(watch(None)).may_repeat());
+        assert_eq!(Request::Bucket(watch(None)).kind(), "watch");
+        assert!(
+            RemoteError::WatchGap {
+                node: "n1".into(),
+                reason: "r".into()
+            }
+            .exit_code()
+                == 3
+                && RemoteError::WatchFellBehind {
+                    node: "n1".into(),
+                    kept: "k".into()
+                }
+                .exit_code()
+                    == 3
+        );
     }
 
     async fn read_all<T: DeserializeOwned>(bytes: Vec<u8>, max: usize) -> Vec<Result<T, String>> {

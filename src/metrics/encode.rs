@@ -115,6 +115,13 @@ impl Collector for Figures {
             Gauge,
         )?;
         gauge(&mut m, s.connections_open)?;
+        let mut m = d.encode_descriptor(
+            "kvnode_watches_waiting",
+            "Watches waiting at this node, their bucket's owner, for a change.",
+            None,
+            Gauge,
+        )?;
+        gauge(&mut m, s.watches_waiting)?;
         labelled(
             &mut d,
             "kvnode_handshakes_refused",

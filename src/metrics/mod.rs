@@ -23,7 +23,7 @@ pub use hist::{Hist, Histogram};
 use crate::wire::{BucketOp, RemoteError, Reply};
 
 /// A bucket request's command, as labelled (`command="get"`).
-pub const COMMANDS: [&str; 8] = [
+pub const COMMANDS: [&str; 9] = [
     "put",
     "get",
     "delete",
@@ -32,6 +32,8 @@ pub const COMMANDS: [&str; 8] = [
     "create",
     "put_existing",
     "put_reporting",
+    // A watch's long polls: each waits for changes, so its latency is the wait.
+    "watch",
 ];
 
 /// How a request ended, by its exit code of SPEC §1 (`outcome="not_found"`).
@@ -91,6 +93,7 @@ struct Counters {
     commit_ns: Histogram,
     gossip_sent: AtomicU64,
     gossip_received: AtomicU64,
+    watches_waiting: AtomicU64,
 }
 
 static COUNTERS: Counters = Counters {
@@ -104,6 +107,7 @@ static COUNTERS: Counters = Counters {
     commit_ns: Histogram::new(hist::LATENCY_NS),
     gossip_sent: AtomicU64::new(0),
     gossip_received: AtomicU64::new(0),
+    watches_waiting: AtomicU64::new(0),
 };
 
 fn command_of(op: &BucketOp) -> usize {
@@ -116,6 +120,7 @@ fn command_of(op: &BucketOp) -> usize {
         BucketOp::Create => 5,
         BucketOp::PutExisting { .. } => 6,
         BucketOp::PutReporting { .. } => 7,
+        BucketOp::Watch { .. } => 8,
     }
 }
 
@@ -174,6 +179,24 @@ pub fn commit(writes: usize, took: Duration) {
     COUNTERS.commit_ns.observe(took.as_nanos().min(u64::MAX as u128) as u64);
 }
 
+/// A watch's poll waiting at this node, the bucket's owner, for a change: counted while it
+/// lives (`kvnode_watches_waiting`).
+#[derive(Debug)]
+pub struct WatchWaiting(());
+
+impl WatchWaiting {
+    pub fn start() -> Self {
+        COUNTERS.watches_waiting.fetch_add(1, Ordering::Relaxed);
+        Self(())
+    }
+}
+
+impl Drop for WatchWaiting {
+    fn drop(&mut self) {
+        COUNTERS.watches_waiting.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 pub fn gossip_sent(bytes: usize) {
     COUNTERS.gossip_sent.fetch_add(bytes as u64, Ordering::Relaxed);
 }
@@ -221,6 +244,9 @@ pub struct Snapshot {
     pub hops: Hist,
     /// Authenticated QUIC connections open (clients' and other nodes').
     pub connections_open: u64,
+    /// Watches waiting here, at the owner of their bucket, for a change (a watch is a
+    /// sequence of polls: one between two polls is not counted).
+    pub watches_waiting: u64,
     /// By cause, every cause listed.
     pub handshakes_refused: Vec<Labelled>,
     /// Members this node knows (itself included), by state, every state listed.
@@ -303,6 +329,7 @@ impl Snapshot {
             commit_nanos: c.commit_ns.read(),
             gossip_sent_bytes: c.gossip_sent.load(Ordering::Relaxed),
             gossip_received_bytes: c.gossip_received.load(Ordering::Relaxed),
+            watches_waiting: c.watches_waiting.load(Ordering::Relaxed),
             process: process::Process::read(),
             ..Snapshot::default()
         }

@@ -92,7 +92,7 @@ impl FrontSession {
                 self.answered(|s| s.writes_coming.is_empty()).await;
                 Some(Class::Read)
             }
-            BucketOp::Route => None,
+            BucketOp::Route | BucketOp::Watch { .. } => None,
         };
         let number = self.taken + self.answers.len() as u64;
         self.answers.push_back(None);

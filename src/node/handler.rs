@@ -129,8 +129,9 @@ impl Node {
     /// timed to its answer for the metrics.
     pub(super) fn bucket_now(self: &Arc<Self>, req: BucketRequest, timeout: Duration, stream: StreamKey) -> Now {
         let mut timer = RequestTimer::start(&req.op, req.path.len());
+        let watch = matches!(req.op, BucketOp::Watch { .. });
         let now = self.bucket_routed(req, timeout, stream, &mut timer);
-        timed(now, timer)
+        timed(if watch { self.until_stopping(now) } else { now }, timer)
     }
 
     /// The one place a bucket request is routed: into "apply it here" or "send it on to its
@@ -160,6 +161,15 @@ impl Node {
         match self.route(&req) {
             Err(e) => Now::Answer(Err(e)),
             Ok(Dest::Here) if matches!(req.op, BucketOp::Route) => Now::Answer(self.route_here(req)),
+            // Where a watch is served: at the bucket's owner, from its change feed; sent on
+            // to it like any bucket request. (Not yet for a replicated range: once issue 25's
+            // leaders serve it, here is where it goes to the range's leader.)
+            Ok(Dest::Here) if matches!(req.op, BucketOp::Watch { .. }) => self.watch_here(req, timeout),
+            Ok(Dest::Replicated(_)) if matches!(req.op, BucketOp::Watch { .. }) => {
+                Now::Answer(Err(RemoteError::invalid(
+                    "watching a replicated range is not supported yet; watch a bucket of a single-owner range",
+                )))
+            }
             // A replicated range (issue 25): to its leader, by `Node::replicated`.
             Ok(Dest::Replicated(entry)) => {
                 let (node, deadline) = (Arc::clone(self), deadline());

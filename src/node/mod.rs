@@ -18,6 +18,7 @@ mod replicated;
 mod saved_cluster;
 mod saved_table;
 mod stats;
+mod watch;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -51,6 +51,11 @@ pub(super) fn apply(req: BucketRequest, store: &Store, node: &NodeName) -> Appli
         // (`Node::route_here`); the store alone knows only that this node holds the bucket.
         BucketOp::Route => Applied::Now(route(node, path, vec![node.clone()])),
         BucketOp::Create => create(store, node, bucket),
+        // A watch is served by `Node::watch_here`, from the store's feed, not applied.
+        BucketOp::Watch { .. } => Applied::Now(Err(RemoteError::Internal {
+            node: node.to_string(),
+            reason: "a watch reached the store unrouted".into(),
+        })),
     }
 }
 

@@ -60,6 +60,8 @@ pub(super) fn map(bucket: &[u8], op: &BucketOp) -> Mapped {
         BucketOp::Create => Command::CreateBucket { bucket },
         BucketOp::Get { .. } | BucketOp::Keys { .. } => return Mapped::Read,
         BucketOp::Route => return Mapped::Route,
+        // Never asked: `Node::bucket_routed` serves no watch of a replicated range yet.
+        BucketOp::Watch { .. } => return Mapped::Read,
     })
 }
 

@@ -28,7 +28,9 @@ impl Class {
                 | BucketOp::Delete { .. }
                 | BucketOp::Create => Some(Class::Write),
                 BucketOp::Get { .. } | BucketOp::Keys { .. } => Some(Class::Read),
-                BucketOp::Route => None,
+                // A watch's long poll changes nothing and orders nothing: a write behind it
+                // must not wait for it.
+                BucketOp::Route | BucketOp::Watch { .. } => None,
             },
             _ => None,
         }

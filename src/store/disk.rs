@@ -15,6 +15,7 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::engine::{Applied, Engine, EngineError, KeyPage, Op};
+use super::feed::Feed;
 use super::{Lookup, StoreError};
 
 /// At most this many writes share one sync.
@@ -70,6 +71,8 @@ pub struct DiskStore {
     /// The writer takes this for as long as it runs; a restarted writer takes it over.
     queue: Arc<Mutex<mpsc::UnboundedReceiver<Pending>>>,
     path: Arc<PathBuf>,
+    /// Each change, pushed once its batch is durable and before it is answered.
+    feed: Arc<Feed>,
     _lock: Arc<File>,
 }
 
@@ -121,8 +124,14 @@ impl DiskStore {
             writes,
             queue: Arc::new(Mutex::new(queue)),
             path: Arc::new(path),
+            feed: Arc::default(),
             _lock: Arc::new(lock),
         })
+    }
+
+    /// The changes this store made durable, for `kvnode watch`.
+    pub fn feed(&self) -> &Arc<Feed> {
+        &self.feed
     }
 
     /// The engine, for the Raft groups' reads and unsynced writes (`store::group`).
@@ -198,7 +207,7 @@ impl DiskStore {
             let size = batch.len();
             let started = Instant::now();
             let (ops, waiters): (Vec<Op>, Vec<_>) = batch.drain(..).map(|p| (p.op, p.done)).unzip();
-            let (engine, path) = (Arc::clone(&self.engine), Arc::clone(&self.path));
+            let (engine, path, feed) = (Arc::clone(&self.engine), Arc::clone(&self.path), Arc::clone(&self.feed));
             // The batch is answered from the thread that synced it, once synced: a write's
             // answer does not wait for this task to be scheduled again first.
             let committed = tokio::task::spawn_blocking(move || {
@@ -207,6 +216,11 @@ impl DiskStore {
                 crate::metrics::commit(ops.len(), commit_started.elapsed());
                 match committed {
                     Ok(applied) => {
+                        // Durable now: watchers may hear of it, in the batch's order (the
+                        // order the writes took effect), before any writer is answered.
+                        for (op, applied) in ops.iter().zip(&applied) {
+                            record(&feed, op, *applied);
+                        }
                         for (done, applied) in waiters.into_iter().zip(applied) {
                             let _ = done.send(Ok(applied));
                         }
@@ -264,6 +278,21 @@ impl DiskStore {
             .keys(bucket, after, budget)
             .map_err(|e| self.engine_err(e))?;
         Ok(Lookup::Found(page))
+    }
+}
+
+/// Pushes a durable write that changed a key to the feed; a put into a missing bucket, a
+/// delete of nothing, a bucket's creation and Raft records change no key.
+fn record(feed: &Feed, op: &Op, applied: Applied) {
+    match (op, applied) {
+        (
+            Op::Put { bucket, key, value }
+            | Op::PutExisting { bucket, key, value }
+            | Op::PutReporting { bucket, key, value },
+            Applied::Stored | Applied::StoredNew,
+        ) => feed.push(bucket, key, Some(value.clone())),
+        (Op::Delete { bucket, key }, Applied::Deleted) => feed.push(bucket, key, None),
+        _ => {}
     }
 }
 

@@ -8,6 +8,7 @@ use bytes::Bytes;
 
 use super::Lookup;
 use super::engine::KeyPage;
+use super::feed::Feed;
 
 const SHARDS: usize = 64;
 
@@ -21,6 +22,8 @@ type Bucket = Arc<RwLock<HashMap<Box<[u8]>, Box<[u8]>>>>;
 pub struct MemoryStore {
     shards: Arc<[RwLock<HashMap<Bytes, Bucket>>]>,
     hasher: RandomState,
+    /// Each change, pushed while its bucket's lock is held: in the order they take effect.
+    feed: Arc<Feed>,
 }
 
 impl Default for MemoryStore {
@@ -28,11 +31,17 @@ impl Default for MemoryStore {
         Self {
             shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
             hasher: RandomState::new(),
+            feed: Arc::default(),
         }
     }
 }
 
 impl MemoryStore {
+    /// The changes this store made, for `kvnode watch`.
+    pub fn feed(&self) -> &Arc<Feed> {
+        &self.feed
+    }
+
     /// The keys in every bucket (each bucket read-locked in turn, so not one instant).
     pub fn key_count(&self) -> u64 {
         let mut keys = 0;
@@ -87,19 +96,12 @@ impl MemoryStore {
     }
 
     pub fn put(&self, bucket: &[u8], key: &[u8], value: Bytes) {
-        let b = self.bucket_or_new(bucket);
-        b.write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(Box::from(key), Vec::from(value).into_boxed_slice());
+        self.put_reporting(bucket, key, value);
     }
 
     /// A put that says whether `key` is new (`true`) or its value was replaced.
     pub fn put_reporting(&self, bucket: &[u8], key: &[u8], value: Bytes) -> bool {
-        let b = self.bucket_or_new(bucket);
-        b.write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(Box::from(key), Vec::from(value).into_boxed_slice())
-            .is_none()
+        self.put_into(&self.bucket_or_new(bucket), bucket, key, value)
     }
 
     /// A put into `bucket` only if it exists; `NoBucket` (and nothing stored) if not.
@@ -107,10 +109,17 @@ impl MemoryStore {
         let Some(b) = self.bucket(bucket) else {
             return Lookup::NoBucket;
         };
-        b.write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(Box::from(key), Vec::from(value).into_boxed_slice());
+        self.put_into(&b, bucket, key, value);
         Lookup::Found(())
+    }
+
+    /// Every put: stored and pushed to the feed under the bucket's lock; `true` if the key
+    /// is new.
+    fn put_into(&self, b: &Bucket, bucket: &[u8], key: &[u8], value: Bytes) -> bool {
+        let mut b = b.write().unwrap_or_else(PoisonError::into_inner);
+        let new = b.insert(Box::from(key), Box::from(&value[..])).is_none();
+        self.feed.push(bucket, key, Some(value));
+        new
     }
 
     pub fn get(&self, bucket: &[u8], key: &[u8]) -> Lookup<Bytes> {
@@ -126,8 +135,12 @@ impl MemoryStore {
         let Some(b) = self.bucket(bucket) else {
             return Lookup::NoBucket;
         };
-        let removed = b.write().unwrap_or_else(PoisonError::into_inner).remove(key);
-        removed.map_or(Lookup::NoKey, |_| Lookup::Found(()))
+        let mut b = b.write().unwrap_or_else(PoisonError::into_inner);
+        if b.remove(key).is_none() {
+            return Lookup::NoKey;
+        }
+        self.feed.push(bucket, key, None);
+        Lookup::Found(())
     }
 
     pub fn keys(&self, bucket: &[u8], after: Option<&[u8]>, budget: usize) -> Lookup<KeyPage> {

@@ -5,6 +5,7 @@
 
 mod disk;
 mod engine;
+mod feed;
 #[cfg(feature = "fjall")]
 mod fjall_engine;
 mod group;
@@ -23,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use disk::{DiskStore, EngineKind};
 pub use engine::{Applied, KeyPage, Op, RaftSpace, RaftWrites};
+pub use feed::{Change, Feed, FeedError, MAX_BYTES as MAX_FEED_BYTES, MAX_CHANGES as MAX_FEED_CHANGES, Page, Waiter};
 pub use group::NodeGroupStore;
 pub use memory::MemoryStore;
 
@@ -195,6 +197,14 @@ impl Store {
                     .await
                     .map_err(|e| StoreError::Engine(format!("the read failed: {e}")))?
             }
+        }
+    }
+
+    /// Every acknowledged change to a key, in the order they took effect (`kvnode watch`).
+    pub fn feed(&self) -> &Arc<Feed> {
+        match &self.backend {
+            Backend::Memory(m) => m.feed(),
+            Backend::Disk(d) => d.feed(),
         }
     }
 
