@@ -8,7 +8,7 @@
 #               faults drawn at random)
 # --seed FIRST  the first seed (default: drawn from the clock); a failing run prints its seed,
 #               and `FAULT_SEED=N cargo test --test faults` replays it at test size
-# --replicated  also the ignored shapes (replicated ranges), once they are built
+# --replicated  also any shape still ignored (none now: the replicated shapes run by default)
 # --keep        keep every history (JSON Lines), not only failing ones
 # Partitions need root (network namespaces); without it they are left out, and said.
 # Exit 1 if any run lost an acknowledged write, broke linearizability, or failed otherwise.
