@@ -26,6 +26,10 @@ use crate::store::{NodeGroupStore, Store};
 /// The driver's tick: elections after 10–20 silent ticks (0.5–1 s), heartbeats every 2.
 pub(crate) const TICK: Duration = Duration::from_millis(50);
 
+/// How often (in ticks) a leader may hand a range back to its preferred leader: once per
+/// longest election timeout (20 ticks, 1 s), so a transfer that failed has timed out first.
+const HAND_BACK_TICKS: u32 = 20;
+
 /// The applied entries a group's log keeps before the older half is dropped: memory and disk
 /// stay bounded under any number of writes.
 const LOG_KEEP: u64 = 10_000;
@@ -165,7 +169,10 @@ impl ReplicasHandle {
             tokio::select! {
                 biased;
                 () = stop.cancelled() => return Ok(()),
-                _ = tick.tick() => driver.replicas.handle_tick(),
+                _ = tick.tick() => {
+                    driver.replicas.handle_tick();
+                    driver.hand_back();
+                }
                 input = inbox.recv() => match input {
                     Some(input) => driver.take(input),
                     None => return Ok(()),
@@ -196,6 +203,11 @@ struct Driver {
     leaders: watch::Sender<Leaders>,
     /// The ranges whose table entry names this node first (its preferred leader).
     preferred: BTreeSet<RangeId>,
+    /// Each range's preferred leader (the first named), by Raft id.
+    first: BTreeMap<RangeId, u64>,
+    /// Ticks of this run, and the tick each range was last handed back at.
+    ticks: u64,
+    handed_back: BTreeMap<RangeId, u64>,
     log_keep: u64,
 }
 
@@ -217,6 +229,9 @@ impl Driver {
             reads: HashMap::new(),
             leaders,
             preferred: BTreeSet::new(),
+            first: BTreeMap::new(),
+            ticks: 0,
+            handed_back: BTreeMap::new(),
             log_keep: LOG_KEEP,
         }
     }
@@ -303,6 +318,7 @@ impl Driver {
             if entry.preferred_leader() == &self.me {
                 self.preferred.insert(range);
             }
+            self.first.insert(range, node_id(entry.preferred_leader().as_str()));
             if let Err(e) = self.replicas.add_group(range, store, &voters) {
                 tracing::error!(%range, error = %e, "cannot start the range's group");
                 continue;
@@ -333,6 +349,30 @@ impl Driver {
             self.compact();
         }
         Ok(())
+    }
+
+    /// Hands each range this node leads back to its preferred leader (the first named) once
+    /// that one holds the whole log, checked once per election timeout at most: after a
+    /// failover, leadership returns where the table put it, so leaders stay spread as the
+    /// table spreads first names. A transfer pauses the range's writes for about a round trip.
+    ///
+    /// Looked at every tick (raft-rs forgets who is active once per election timeout, so a
+    /// check at a fixed period could always fall just after that), each range handed at most
+    /// once per [`HAND_BACK_TICKS`].
+    fn hand_back(&mut self) {
+        self.ticks += 1;
+        let my_id = node_id(self.me.as_str());
+        for (&range, &first) in &self.first {
+            let last = self.handed_back.get(&range).copied().unwrap_or(0);
+            if first != my_id
+                && self.ticks >= last + u64::from(HAND_BACK_TICKS)
+                && self.replicas.caught_up(range, first)
+            {
+                tracing::info!(%range, to = ?self.names.get(&first), "handing range {range} back to its preferred leader");
+                let _ = self.replicas.transfer_leader(range, first);
+                self.handed_back.insert(range, self.ticks);
+            }
+        }
     }
 
     /// Keeps each group's log bounded: once it holds more than `log_keep` applied entries

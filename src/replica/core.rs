@@ -449,6 +449,19 @@ impl<S: GroupStore> Replicas<S> {
         started
     }
 
+    /// Whether replica `id` is heard from (within the last election timeout) and holds every
+    /// entry of this leader's log, so a leadership handed to it costs no catch-up and no
+    /// wait on a dead node; `false` where this node does not lead the range.
+    pub fn caught_up(&self, range: RangeId, id: u64) -> bool {
+        let Some(g) = self.groups.get(&range) else { return false };
+        let raft = &g.node.raft;
+        raft.state == StateRole::Leader
+            && raft
+                .prs()
+                .get(id)
+                .is_some_and(|p| p.recent_active && p.matched == raft.raft_log.last_index())
+    }
+
     /// Hands the range's leadership to `to` (the preferred leader, once caught up).
     pub fn transfer_leader(&mut self, range: RangeId, to: u64) -> Result<(), ProposeError> {
         let g = self.leading(range)?;
