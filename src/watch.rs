@@ -94,7 +94,7 @@ impl Watch {
             self.bucket.clone(),
             BucketOp::Watch {
                 key: self.key.clone().map(serde_bytes::ByteBuf::from),
-                from: self.from.clone(),
+                from: self.from.clone().map(Box::new),
                 wait_ms: self.wait_ms,
             },
         )

@@ -465,7 +465,9 @@ pub enum BucketOp {
     /// per watcher. (Protocol version 11.)
     Watch {
         key: Option<ByteBuf>,
-        from: Option<WatchPosition>,
+        // Boxed (the same bytes on the wire): every bucket request carries a `BucketOp`, and
+        // the position inline made it 72 bytes, copied through every request's futures.
+        from: Option<Box<WatchPosition>>,
         wait_ms: u32,
     },
 }

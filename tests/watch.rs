@@ -388,7 +388,7 @@ fn malformed_watch_requests_get_errors_and_the_node_serves_on() {
             bucket: b"b".to_vec(),
             op: BucketOp::Watch {
                 key: key.map(|k| k.to_vec().into()),
-                from,
+                from: from.map(Box::new),
                 wait_ms,
             },
             path: vec![],

@@ -35,7 +35,7 @@ impl Node {
             bucket: req.bucket,
             key: key.map(ByteBuf::into_vec),
         };
-        let after = match poll.start(&feed, from) {
+        let after = match poll.start(&feed, from.map(|f| *f)) {
             // A new watch is told at once where it starts: from then on, none of the
             // changes it is to see can be missed.
             Ok(Start::New(at)) => return Now::Answer(Ok(poll.changes(Vec::new(), &feed, at))),
