@@ -30,7 +30,7 @@ use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
 
 use super::Node;
-use crate::rpc::{self, Now, StreamKey};
+use crate::rpc::{self, Class, Now, StreamKey};
 use crate::wire::{BucketOp, BucketRequest, RemoteError, Reply};
 
 type Answer = Result<Reply, RemoteError>;
@@ -79,21 +79,14 @@ impl FrontSession {
     ///
     /// Answers of earlier requests that come meanwhile are kept for [`Self::next_answer`].
     pub async fn place(&mut self, bucket: Vec<u8>, op: BucketOp) {
-        let class = match op {
-            BucketOp::Put { .. }
-            | BucketOp::PutExisting { .. }
-            | BucketOp::PutReporting { .. }
-            | BucketOp::Delete { .. }
-            | BucketOp::Create => {
-                self.answered(|s| s.reads_coming.is_empty()).await;
-                Some(Class::Write)
-            }
-            BucketOp::Get { .. } | BucketOp::Keys { .. } => {
-                self.answered(|s| s.writes_coming.is_empty()).await;
-                Some(Class::Read)
-            }
-            BucketOp::Route | BucketOp::Watch { .. } => None,
-        };
+        // A read waits for the session's earlier writes and a write for its earlier reads,
+        // as on a QUIC stream (`rpc::Class`).
+        let class = Class::of_op(&op);
+        match class {
+            Some(Class::Write) => self.answered(|s| s.reads_coming.is_empty()).await,
+            Some(Class::Read) => self.answered(|s| s.writes_coming.is_empty()).await,
+            None => {}
+        }
         let number = self.taken + self.answers.len() as u64;
         self.answers.push_back(None);
         let kind = op.kind();
@@ -245,13 +238,6 @@ impl FrontSession {
     fn caught(&self, kind: &str, panic: &(dyn std::any::Any + Send)) -> RemoteError {
         caught(self.node.name.as_str(), kind, panic)
     }
-}
-
-/// Whether a request reads or writes the store, for the order between the two.
-#[derive(Clone, Copy)]
-enum Class {
-    Read,
-    Write,
 }
 
 /// The internal-error answer to a `kind` request that panicked on `node`, logged.

@@ -21,18 +21,23 @@ impl Class {
     /// The class of `request`, if it has one.
     pub fn of(request: &Request) -> Option<Class> {
         match request {
-            Request::Bucket(b) => match b.op {
-                BucketOp::Put { .. }
-                | BucketOp::PutExisting { .. }
-                | BucketOp::PutReporting { .. }
-                | BucketOp::Delete { .. }
-                | BucketOp::Create => Some(Class::Write),
-                BucketOp::Get { .. } | BucketOp::Keys { .. } => Some(Class::Read),
-                // A watch's long poll changes nothing and orders nothing: a write behind it
-                // must not wait for it.
-                BucketOp::Route | BucketOp::Watch { .. } => None,
-            },
+            Request::Bucket(b) => Class::of_op(&b.op),
             _ => None,
+        }
+    }
+
+    /// The class of a bucket operation, if it has one.
+    pub fn of_op(op: &BucketOp) -> Option<Class> {
+        match op {
+            BucketOp::Put { .. }
+            | BucketOp::PutExisting { .. }
+            | BucketOp::PutReporting { .. }
+            | BucketOp::Delete { .. }
+            | BucketOp::Create => Some(Class::Write),
+            BucketOp::Get { .. } | BucketOp::Keys { .. } => Some(Class::Read),
+            // A watch's long poll changes nothing and orders nothing: a write behind it
+            // must not wait for it.
+            BucketOp::Route | BucketOp::Watch { .. } => None,
         }
     }
 }

@@ -155,6 +155,25 @@ fn damaged_tables(keyspaces: &Path) -> Vec<PathBuf> {
 }
 
 impl FjallEngine {
+    /// Commits `batch` (synced or not), reopening first after a failure; the memtable that
+    /// reads are answered from is recorded before the batch is answered, whichever way it came
+    /// (see `memtable`).
+    fn commit_batch(&self, batch: &[Op], sync: bool) -> Result<Vec<Applied>, EngineError> {
+        if self.reopen.load(Ordering::Acquire) {
+            self.recover()?;
+        }
+        let result = self.with(|open| {
+            let applied = open.commit(batch, sync)?;
+            self.remember_memtable(Some(open.data.tree.active_memtable()));
+            Ok(applied)
+        });
+        if result.is_err() {
+            self.remember_memtable(None);
+            self.reopen.store(true, Ordering::Release);
+        }
+        result
+    }
+
     pub fn open(dir: &Path) -> Result<Self, EngineError> {
         let open = Open::new(dir)?;
         let memtable = open.data.tree.active_memtable();
@@ -384,20 +403,7 @@ fn range_bounds(first: u8, last: u8) -> (std::ops::Bound<Vec<u8>>, std::ops::Bou
 
 impl Engine for FjallEngine {
     fn commit(&self, batch: &[Op]) -> Result<Vec<Applied>, EngineError> {
-        if self.reopen.load(Ordering::Acquire) {
-            self.recover()?;
-        }
-        let result = self.with(|open| {
-            let applied = open.commit(batch, true)?;
-            // Before the batch is answered (see `memtable`).
-            self.remember_memtable(Some(open.data.tree.active_memtable()));
-            Ok(applied)
-        });
-        if result.is_err() {
-            self.remember_memtable(None);
-            self.reopen.store(true, Ordering::Release);
-        }
-        result
+        self.commit_batch(batch, true)
     }
 
     fn get_in_memory(&self, bucket: &[u8], key: &[u8]) -> Option<Bytes> {
@@ -409,22 +415,9 @@ impl Engine for FjallEngine {
         (!entry.is_tombstone()).then(|| Bytes::copy_from_slice(&entry.value))
     }
 
+    /// A replicated range's applied writes come this way, not through the writer.
     fn commit_unsynced(&self, batch: &[Op]) -> Result<Vec<Applied>, EngineError> {
-        if self.reopen.load(Ordering::Acquire) {
-            self.recover()?;
-        }
-        let result = self.with(|open| {
-            let applied = open.commit(batch, false)?;
-            // A replicated range's applied writes come this way, not through the writer: the
-            // memtable reads are answered from must follow them too (see `memtable`).
-            self.remember_memtable(Some(open.data.tree.active_memtable()));
-            Ok(applied)
-        });
-        if result.is_err() {
-            self.remember_memtable(None);
-            self.reopen.store(true, Ordering::Release);
-        }
-        result
+        self.commit_batch(batch, false)
     }
 
     fn raft_get(&self, space: RaftSpace, key: &[u8]) -> Result<Option<Vec<u8>>, EngineError> {
