@@ -9,9 +9,6 @@ use std::time::Duration;
 use common::Home;
 use kvnode::auth::Me;
 use kvnode::rpc::Channel;
-use kvnode::secret::SecretSource;
-use kvnode::transport;
-use kvnode::transport::Limits;
 use kvnode::wire::{BucketOp, BucketRequest, RemoteError, Reply, Request, Role};
 
 /// Key pairs per round; each pair is put-then-put or put-then-delete.
@@ -37,21 +34,14 @@ fn put(key: &str, value: &str) -> Request {
 /// answer, then reads each key back over a fresh stream: it must hold what the last
 /// request sent left.
 fn pipelined_pairs_end_as_last_sent(home: &Home, addr: std::net::SocketAddr, rounds: usize) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::runtime();
     rt.block_on(async {
-        let secret = SecretSource::Home(home.secret_path()).load().unwrap();
-        let config = transport::client_config(&Limits::default(), Duration::from_secs(30), None).unwrap();
-        let endpoint = transport::client_endpoint(addr, config).unwrap();
         let me = Me {
             role: Role::Client,
             name: "order",
             listen: None,
         };
-        let authed = transport::connect(&endpoint, addr, &secret, &me).await.unwrap();
+        let authed = common::connect_as(home, addr, &me, Duration::from_secs(30)).await;
         for round in 0..rounds {
             let (send, recv) = authed.conn.open_bi().await.unwrap();
             let ch = Channel::spawn(recv, send);
@@ -101,21 +91,14 @@ fn pipelined_pairs_end_as_last_sent(home: &Home, addr: std::net::SocketAddr, rou
 /// sent just before it. (A durable read does not wait for the store's writer, so without
 /// the stream's order a get overtakes the put ahead of it.)
 fn pipelined_reads_see_the_writes_sent_before_them(home: &Home, addr: std::net::SocketAddr) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::runtime();
     rt.block_on(async {
-        let secret = SecretSource::Home(home.secret_path()).load().unwrap();
-        let config = transport::client_config(&Limits::default(), Duration::from_secs(30), None).unwrap();
-        let endpoint = transport::client_endpoint(addr, config).unwrap();
         let me = Me {
             role: Role::Client,
             name: "order",
             listen: None,
         };
-        let authed = transport::connect(&endpoint, addr, &secret, &me).await.unwrap();
+        let authed = common::connect_as(home, addr, &me, Duration::from_secs(30)).await;
         let (send, recv) = authed.conn.open_bi().await.unwrap();
         let ch = Channel::spawn(recv, send);
         let mut calls = Vec::new();

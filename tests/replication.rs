@@ -9,29 +9,20 @@ use std::time::{Duration, Instant};
 
 use common::{Home, Node, PATIENCE, wait_for};
 use kvnode::auth::Me;
-use kvnode::secret::SecretSource;
-use kvnode::transport::{self, Limits};
 use kvnode::wire::{Reply, Request, Role};
 
 #[test]
 fn garbage_and_oversized_raft_frames_close_their_stream_and_the_node_serves_on() {
     let home = Home::new();
     let foo = home.start("foo", &[]);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::runtime();
     rt.block_on(async {
-        let secret = SecretSource::Home(home.secret_path()).load().unwrap();
-        let config = transport::client_config(&Limits::default(), Duration::from_secs(10), None).unwrap();
-        let endpoint = transport::client_endpoint(foo.addr(), config).unwrap();
         let me = Me {
             role: Role::Node,
             name: "mallory",
             listen: Some("127.0.0.1:9".into()),
         };
-        let authed = transport::connect(&endpoint, foo.addr(), &secret, &me).await.unwrap();
+        let authed = common::connect_as(&home, foo.addr(), &me, Duration::from_secs(10)).await;
         for bytes in [
             // A frame whose payload is no raft frame.
             [

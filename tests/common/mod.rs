@@ -353,3 +353,27 @@ impl Drop for Node {
         self.kill9();
     }
 }
+
+/// A runtime for a test that speaks the wire protocol itself.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// An authenticated QUIC connection to the node at `addr` with `home`'s secret, as `me`;
+/// `idle` is the connection's idle timeout.
+pub async fn connect_as(
+    home: &Home,
+    addr: SocketAddr,
+    me: &kvnode::auth::Me<'_>,
+    idle: Duration,
+) -> kvnode::transport::Authed {
+    let secret = kvnode::secret::SecretSource::Home(home.secret_path()).load().unwrap();
+    let limits = kvnode::transport::Limits::default();
+    let config = kvnode::transport::client_config(&limits, idle, None).unwrap();
+    let endpoint = kvnode::transport::client_endpoint(addr, config).unwrap();
+    kvnode::transport::connect(&endpoint, addr, &secret, me).await.unwrap()
+}
