@@ -8,7 +8,7 @@
 //! the tests here). Groups come from the routing table: each entry of two or more nodes that
 //! names this node.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -201,8 +201,6 @@ struct Driver {
     proposals: HashMap<ProposalId, (RangeId, oneshot::Sender<Result<Effect, Refused>>)>,
     reads: HashMap<(RangeId, u64), oneshot::Sender<Result<(), Refused>>>,
     leaders: watch::Sender<Leaders>,
-    /// The ranges whose table entry names this node first (its preferred leader).
-    preferred: BTreeSet<RangeId>,
     /// Each range's preferred leader (the first named), by Raft id.
     first: BTreeMap<RangeId, u64>,
     /// Ticks of this run, and the tick each range was last handed back at.
@@ -228,7 +226,6 @@ impl Driver {
             proposals: HashMap::new(),
             reads: HashMap::new(),
             leaders,
-            preferred: BTreeSet::new(),
             first: BTreeMap::new(),
             ticks: 0,
             handed_back: BTreeMap::new(),
@@ -315,9 +312,6 @@ impl Driver {
                     continue;
                 }
             };
-            if entry.preferred_leader() == &self.me {
-                self.preferred.insert(range);
-            }
             self.first.insert(range, node_id(entry.preferred_leader().as_str()));
             if let Err(e) = self.replicas.add_group(range, store, &voters) {
                 tracing::error!(%range, error = %e, "cannot start the range's group");
@@ -409,7 +403,7 @@ impl Driver {
         }
         for range in &out.bootstrapped {
             tracing::info!(%range, "replica group found new and bootstrapped");
-            if self.preferred.contains(range) {
+            if self.first.get(range) == Some(&node_id(self.me.as_str())) {
                 let _ = self.replicas.campaign(*range);
             }
         }
