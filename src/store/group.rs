@@ -72,6 +72,21 @@ struct GroupState {
     cache_bytes: usize,
 }
 
+/// How much of a group's log tail the cache keeps.
+#[derive(Clone, Copy)]
+struct CacheMax {
+    entries: usize,
+    bytes: usize,
+}
+
+impl CacheMax {
+    /// On disk, the newest entries up to [`CACHE_ENTRIES`] and [`CACHE_BYTES`].
+    const DISK: CacheMax = CacheMax {
+        entries: CACHE_ENTRIES,
+        bytes: CACHE_BYTES,
+    };
+}
+
 /// Which groups a store holds, so that asking twice gives the same group (one cache).
 #[derive(Default)]
 pub(super) struct Groups(Mutex<BTreeMap<RangeId, NodeGroupStore>>);
@@ -161,9 +176,9 @@ impl GroupState {
         ]
     }
 
-    /// Drops cached entries from the front while over `max` entries or [`CACHE_BYTES`].
-    fn trim_cache(&mut self, max: usize) {
-        while self.cache.len() > 1 && (self.cache.len() > max || self.cache_bytes > CACHE_BYTES) {
+    /// Drops cached entries from the front while over `max` entries or bytes.
+    fn trim_cache(&mut self, max: CacheMax) {
+        while self.cache.len() > 1 && (self.cache.len() > max.entries || self.cache_bytes > max.bytes) {
             if let Some(e) = self.cache.pop_front() {
                 self.cache_bytes -= entry_size(&e);
             }
@@ -176,7 +191,7 @@ impl GroupState {
         snapshot: Option<&Snapshot>,
         entries: &[Entry],
         hard_state: Option<&HardState>,
-        cache_max: usize,
+        cache_max: CacheMax,
     ) -> Result<(), String> {
         if let Some(snap) = snapshot {
             let meta = snap.get_metadata();
@@ -242,10 +257,14 @@ impl NodeGroupStore {
         self.shared.state.write().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn cache_max(&self) -> usize {
+    /// In memory the cache is the whole log: nothing may leave it but by compaction.
+    fn cache_max(&self) -> CacheMax {
         match self.shared.backend {
-            GroupBackend::Memory(_) => usize::MAX,
-            GroupBackend::Disk(_) => CACHE_ENTRIES,
+            GroupBackend::Memory(_) => CacheMax {
+                entries: usize::MAX,
+                bytes: usize::MAX,
+            },
+            GroupBackend::Disk(_) => CacheMax::DISK,
         }
     }
 
@@ -629,7 +648,7 @@ fn load(disk: &DiskStore, range: RangeId) -> Result<Option<GroupState>, StoreErr
         s.cache_bytes += entry_size(&e);
         s.cache.push_back(e);
     }
-    s.trim_cache(CACHE_ENTRIES);
+    s.trim_cache(CacheMax::DISK);
     if s.applied.0 > s.last || s.applied.0 < s.truncated.0 {
         return Err(damaged(format!(
             "the applied index {} is outside the log ({}..={})",

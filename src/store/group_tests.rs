@@ -450,3 +450,19 @@ async fn what_an_entry_does_is_decided_where_it_applies_on_both_stores() {
         w.stop().await;
     }
 }
+
+#[tokio::test]
+async fn an_in_memory_log_keeps_every_entry_however_many_bytes_it_holds() {
+    // On disk the cache is a tail of the log (the rest is in `raft_log`); in memory it is the
+    // whole log, so no size may push an entry out of it. Three entries of 3 MiB each are over
+    // the disk cache's byte bound.
+    let store = Store::in_memory();
+    let mut g = store.group(AM, Some(&VOTERS)).unwrap();
+    let big = put("b", "k", &"x".repeat(3 << 20));
+    let entries: Vec<_> = (2..=4).map(|i| entry(i, 2, Some(&big))).collect();
+    round(&store, &mut g, write(AM, None, entries, Some(hard(2, 0, 1)))).await;
+    for i in 2..=4 {
+        assert_eq!(g.term(i).unwrap(), 2, "entry {i}");
+    }
+    assert_eq!(all(&g, 2, 5).unwrap().len(), 3);
+}
