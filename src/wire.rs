@@ -29,8 +29,10 @@ pub use keyring::{KeyringOp, KeyringView, NodeKeyring};
 /// version 8 does not accept. 10: a raft frame also carries the lost-state rule's probes and
 /// their answers, and `kvnode stats`'s figures the replicated ranges held by role, which a
 /// node of version 9 would misread. 11: `BucketOp::Watch`, `Reply::Changes` and the watch
-/// errors, for `kvnode watch`.)
-pub const PROTOCOL_VERSION: u16 = 11;
+/// errors, for `kvnode watch`. 12: each unidirectional stream between nodes starts with a byte
+/// saying what it carries, raft frames (0) or one snapshot sent whole in chunks (1); a node of
+/// version 11 would read the byte as the start of a frame.)
+pub const PROTOCOL_VERSION: u16 = 12;
 /// The TLS ALPN identifier of this protocol.
 pub const ALPN: &[u8] = b"kvnode/1";
 /// The largest frame either side accepts, checked before allocating.

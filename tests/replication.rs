@@ -23,15 +23,21 @@ fn garbage_and_oversized_raft_frames_close_their_stream_and_the_node_serves_on()
             listen: Some("127.0.0.1:9".into()),
         };
         let authed = common::connect_as(&home, foo.addr(), &me, Duration::from_secs(10)).await;
+        // Each stream's first byte says what it carries: 0 raft frames, 1 a snapshot.
         for bytes in [
             // A frame whose payload is no raft frame.
             [
+                &[0u8][..],
                 9u32.to_be_bytes().as_slice(),
                 &[0xde, 0xad, 0xbe, 0xef, 0xff, 0xff, 0xff, 0xff, 0xff],
             ]
             .concat(),
             // A length over the limit: nothing is allocated for it.
-            u32::MAX.to_be_bytes().to_vec(),
+            [&[0u8][..], u32::MAX.to_be_bytes().as_slice()].concat(),
+            // A stream of no known kind.
+            vec![7u8, 0, 0, 0, 1, 0],
+            // A snapshot stream whose head is garbage.
+            [&[1u8][..], 4u32.to_be_bytes().as_slice(), &[0xff; 4]].concat(),
         ] {
             let mut send = authed.conn.open_uni().await.unwrap();
             send.write_all(&bytes).await.unwrap();
@@ -50,7 +56,13 @@ fn garbage_and_oversized_raft_frames_close_their_stream_and_the_node_serves_on()
     let put = home.run(&["put", "b", "k", "v"]);
     assert_eq!(put.code, Some(0), "{}", put.stderr);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !foo.stderr().iter().any(|l| l.contains("bad raft frame from mallory")) {
+    let logged = |what: &str| foo.stderr().iter().any(|l| l.contains(what));
+    let lines = [
+        "bad raft frame from mallory",
+        "raft stream of unknown kind 7 from mallory",
+        "bad snapshot stream from mallory",
+    ];
+    while !lines.iter().all(|l| logged(l)) {
         assert!(
             std::time::Instant::now() < deadline,
             "no log line for the bad frames: {:?}",
@@ -179,5 +191,51 @@ fn in_memory_replicas_keep_the_range_through_two_restarts_one_after_the_other() 
             started.elapsed()
         );
         assert_eq!(get(&home, &killed), "kept\n", "round {round}");
+    }
+}
+
+#[test]
+fn a_replica_that_lost_a_range_over_the_frame_limit_is_made_whole_by_a_streamed_snapshot() {
+    // Three values of 7 MiB: the range's snapshot (21 MiB) is over a raft frame's 16 MiB limit,
+    // so it reaches a replica that lost its state only on a stream of its own.
+    let home = Home::new();
+    let mut nodes = three(&home, &["--in-memory"]);
+    put_until_ok(&home, "n1", "1");
+    let values: Vec<Vec<u8>> = (0..3usize)
+        .map(|i| (0..7usize << 20).map(|j| b'a' + ((j / 1000 + i) % 26) as u8).collect())
+        .collect();
+    for (i, value) in values.iter().enumerate() {
+        let key = format!("big{i}");
+        wait_for(&format!("a put of {key}"), PATIENCE, || {
+            let put = home.run_stdin(
+                &["put", "shopping", &key, "-", "--via", "n2", "--timeout", "10s"],
+                value,
+            );
+            (put.code == Some(0)).then_some(())
+        });
+    }
+    // n1, the preferred leader, comes back with nothing.
+    nodes[0].kill9();
+    nodes[0] = home.start("n1", &["--table", TABLE, "--in-memory", "--join", "n2"]);
+    nodes[0].wait_log("a snapshot installed", |l| l.contains("snapshot installed"));
+    assert!(
+        nodes[1..].iter().any(|n| n
+            .stderr()
+            .iter()
+            .any(|l| l.contains("snapshot of range a-z sent to n1"))),
+        "neither n2 nor n3 logged the snapshot it streamed"
+    );
+    // Made whole, it is handed the range back, and its own state answers the reads.
+    wait_for("n1 leading again", PATIENCE, || {
+        (leader(&home, "n3") == "n1").then_some(())
+    });
+    for (i, value) in values.iter().enumerate() {
+        let got = home.run(&["get", "shopping", &format!("big{i}"), "--via", "n3"]);
+        got.expect(0);
+        assert!(
+            got.stdout.strip_suffix(b"\n") == Some(value.as_slice()),
+            "big{i}: {} bytes back, not the 7 MiB written",
+            got.stdout.len()
+        );
     }
 }

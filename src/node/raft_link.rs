@@ -4,16 +4,21 @@
 //! [`kvnode_replica::Frame`], one round's messages of every group the two share, at most
 //! [`kvnode_replica::MAX_FRAME`] bytes.
 //!
+//! A snapshot too big for a frame ([`kvnode_replica::INLINE_SNAPSHOT`]) goes on a stream of
+//! its own, opened for it: a [`SnapshotHead`], then its data in chunks of
+//! [`SNAPSHOT_CHUNK`], then the stream's end; the driver is told whether it arrived. Each
+//! unidirectional stream starts with one byte saying which of the two it is.
+//!
 //! An incoming frame is from the peer the connection authenticated, whatever the frame says
 //! (the replica core drops a message whose sender is another). A frame that is oversize or
 //! malformed ends that stream, with a log line; the connection and the node go on.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use kvnode_replica::{Frame, MAX_FRAME};
-use tokio::sync::mpsc;
+use kvnode_replica::{Frame, MAX_FRAME, RaftMsg, RangeId, SNAPSHOT_CHUNK, SnapshotHead};
+use tokio::sync::{Semaphore, mpsc};
 
 use super::Node;
 use super::replicas::{Input, Outbox};
@@ -31,10 +36,27 @@ const CONNECT: Duration = Duration::from_secs(1);
 /// the stream is given up and reopened.
 const WRITE: Duration = Duration::from_secs(1);
 
+/// The first byte of a stream of raft frames.
+const STREAM_FRAMES: u8 = 0;
+
+/// The first byte of a stream carrying one snapshot.
+const STREAM_SNAPSHOT: u8 = 1;
+
+/// How long one chunk of a snapshot may take to write, or to arrive, before the stream is
+/// given up (the leader sends the snapshot again later).
+const SNAPSHOT_CHUNK_WAIT: Duration = Duration::from_secs(10);
+
+/// How many snapshots a node takes in at once (each is held in memory until installed);
+/// more wait, their senders held up by flow control.
+const SNAPSHOTS_IN: usize = 2;
+
 /// Each peer's queue of outgoing frames, and the task that writes them.
-#[derive(Default)]
 pub(super) struct RaftLinks {
     queues: Mutex<HashMap<NodeName, mpsc::Sender<Frame>>>,
+    /// The snapshots being sent, by peer and range: one at a time for each.
+    sending: Mutex<HashSet<(NodeName, RangeId)>>,
+    /// Room for the snapshots coming in ([`SNAPSHOTS_IN`]).
+    receiving: Semaphore,
     /// The connection each peer last sent its raft frames on: alive for sure, so frames to
     /// it go there too. A peer killed and restarted comes back on a new connection while the
     /// old one may look open for a while (until its idle timeout); without this, frames to
@@ -45,10 +67,27 @@ pub(super) struct RaftLinks {
 /// The node as the driver's [`Outbox`].
 pub(super) struct NodeOutbox(pub(super) std::sync::Weak<Node>);
 
+impl Default for RaftLinks {
+    fn default() -> Self {
+        RaftLinks {
+            queues: Mutex::default(),
+            sending: Mutex::default(),
+            receiving: Semaphore::new(SNAPSHOTS_IN),
+            heard_on: Mutex::default(),
+        }
+    }
+}
+
 impl Outbox for NodeOutbox {
     fn send(&self, to: &NodeName, frame: Frame) {
         if let Some(node) = self.0.upgrade() {
             node.send_raft(to, frame);
+        }
+    }
+
+    fn send_snapshot(&self, to: &NodeName, range: RangeId, msg: RaftMsg) {
+        if let Some(node) = self.0.upgrade() {
+            node.send_snapshot(to, range, msg);
         }
     }
 }
@@ -78,14 +117,19 @@ impl Node {
                 () = self.serve.stopping.cancelled() => None,
             };
             let Some(frame) = frame else { return };
-            let payload = frame.encode();
-            if payload.len() > MAX_FRAME {
-                tracing::warn!(%to, len = payload.len(), "raft frame over the limit; dropped");
+            // A round's frame over the limit goes as several (each message whole).
+            let mut bytes = Vec::new();
+            for payload in frame.encode_within(MAX_FRAME) {
+                if payload.len() > MAX_FRAME {
+                    tracing::warn!(%to, len = payload.len(), "raft message over the frame limit; dropped");
+                    continue;
+                }
+                bytes.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+                bytes.extend_from_slice(&payload);
+            }
+            if bytes.is_empty() {
                 continue;
             }
-            let mut bytes = Vec::with_capacity(4 + payload.len());
-            bytes.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-            bytes.extend_from_slice(&payload);
             let heard = self.raft_links.heard_on(&to).filter(Connection::is_alive);
             if let (Some((_, on)), Some(h)) = (&stream, &heard)
                 && *on != h.stable_id()
@@ -94,7 +138,7 @@ impl Node {
                 stream = None;
             }
             if stream.is_none() {
-                stream = self.open_raft_stream(&to, heard).await;
+                stream = self.open_raft_stream(&to, heard, STREAM_FRAMES).await;
             }
             let Some((s, _)) = stream.as_mut() else { continue };
             let broke = match tokio::time::timeout(WRITE, s.write_all(&bytes)).await {
@@ -111,10 +155,12 @@ impl Node {
 
     /// A stream to `to`: on `heard` (the connection it last sent on) if given, else on the
     /// pooled connection (made if need be).
+    /// The stream starts with `kind`.
     async fn open_raft_stream(
         self: &Arc<Self>,
         to: &NodeName,
         heard: Option<Connection>,
+        kind: u8,
     ) -> Option<(SendStream, usize)> {
         let deadline = tokio::time::Instant::now() + CONNECT;
         let opened = tokio::time::timeout_at(deadline, async {
@@ -123,7 +169,9 @@ impl Node {
                 None => self.hop(to, deadline).await.ok()?.connection().clone(),
             };
             let id = conn.stable_id();
-            conn.open_uni().await.ok().map(|s| (s, id))
+            let mut s = conn.open_uni().await.ok()?;
+            s.write_all(&[kind]).await.ok()?;
+            Some((s, id))
         });
         match opened.await {
             Ok(Some(s)) => Some(s),
@@ -147,7 +195,38 @@ impl Node {
         }
     }
 
-    async fn read_raft_stream(self: Arc<Self>, recv: RecvStream, peer: NodeName) {
+    /// Reads one stream `peer` opened: frames, or one snapshot, as its first byte says.
+    async fn read_raft_stream(self: Arc<Self>, mut recv: RecvStream, peer: NodeName) {
+        let mut kind = [0u8];
+        let read = tokio::select! {
+            r = recv.read_exact(&mut kind) => r,
+            () = self.serve.stopping.cancelled() => return,
+        };
+        if read.is_err() {
+            return;
+        }
+        match kind[0] {
+            STREAM_FRAMES => self.read_raft_frames(recv, peer).await,
+            STREAM_SNAPSHOT => {
+                let mut reader = FrameReader::new(recv, MAX_FRAME).with_budget(self.serve.frames.clone());
+                let why = tokio::select! {
+                    r = self.read_snapshot(&mut reader, &peer) => match r {
+                        Ok(()) => return,
+                        Err(why) => why,
+                    },
+                    () = self.serve.stopping.cancelled() => return,
+                };
+                tracing::warn!(%peer, error = %why, "bad snapshot stream from {peer}; closing it");
+                let _ = reader.into_inner().stop(transport::close::BAD_RAFT_FRAME);
+            }
+            other => {
+                tracing::warn!(%peer, kind = other, "raft stream of unknown kind {other} from {peer}; closing it");
+                let _ = recv.stop(transport::close::BAD_RAFT_FRAME);
+            }
+        }
+    }
+
+    async fn read_raft_frames(self: Arc<Self>, recv: RecvStream, peer: NodeName) {
         let mut reader = FrameReader::new(recv, MAX_FRAME).with_budget(self.serve.frames.clone());
         loop {
             let next = tokio::select! {
@@ -179,6 +258,113 @@ impl Node {
             let _ = reader.into_inner().stop(transport::close::BAD_RAFT_FRAME);
             return;
         }
+    }
+}
+
+impl Node {
+    /// Sends a snapshot to `to` on a stream of its own (one per peer and range at a time; a
+    /// second while one travels is dropped, the first one's report stands for it), then tells
+    /// the driver whether it arrived.
+    fn send_snapshot(self: &Arc<Self>, to: &NodeName, range: RangeId, msg: RaftMsg) {
+        let key = (to.clone(), range);
+        if !self
+            .raft_links
+            .sending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key.clone())
+        {
+            return;
+        }
+        let node = Arc::clone(self);
+        self.tasks.spawn(async move {
+            let (to, range) = key;
+            let started = std::time::Instant::now();
+            let outcome = node.stream_snapshot(&to, range, msg).await;
+            node.raft_links.sending.lock().unwrap_or_else(PoisonError::into_inner).remove(&(to.clone(), range));
+            match &outcome {
+                Ok(len) => tracing::info!(%range, %to, bytes = len, took = ?started.elapsed(), "snapshot of range {range} sent to {to}"),
+                Err(why) => tracing::info!(%range, %to, error = %why, "snapshot of range {range} not sent to {to}"),
+            }
+            let report = Input::SnapshotSent {
+                range,
+                to,
+                delivered: outcome.is_ok(),
+            };
+            // Waits for room: without the report the leader would send the replica nothing more.
+            let _ = node.replicas.send(report).await;
+        });
+    }
+
+    /// Writes the snapshot's head and chunks on a new stream and waits until the peer has
+    /// read them all: the data's length, or why not.
+    async fn stream_snapshot(self: &Arc<Self>, to: &NodeName, range: RangeId, msg: RaftMsg) -> Result<usize, String> {
+        let (head, data) = SnapshotHead::split(range, msg);
+        if head.len > kvnode_replica::MAX_SNAPSHOT {
+            return Err(format!("{} bytes is over the snapshot limit", head.len));
+        }
+        let heard = self.raft_links.heard_on(to).filter(Connection::is_alive);
+        let Some((mut s, _)) = self.open_raft_stream(to, heard, STREAM_SNAPSHOT).await else {
+            return Err("no stream to the peer".into());
+        };
+        let head = head.encode();
+        for part in std::iter::once(head.as_slice()).chain(data.chunks(SNAPSHOT_CHUNK)) {
+            let framed = [&(part.len() as u32).to_be_bytes()[..], part].concat();
+            match tokio::time::timeout(SNAPSHOT_CHUNK_WAIT, s.write_all(&framed)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(e.to_string()),
+                Err(_) => return Err(format!("a chunk waited over {SNAPSHOT_CHUNK_WAIT:?}")),
+            }
+        }
+        s.finish().map_err(|e| e.to_string())?;
+        // Resolves once the peer has every byte (or stopped the stream: refused).
+        match tokio::time::timeout(SNAPSHOT_CHUNK_WAIT, s.stopped()).await {
+            Ok(Ok(None)) => Ok(data.len()),
+            Ok(Ok(Some(code))) => Err(format!("the peer refused it (code {code})")),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("not acknowledged within {SNAPSHOT_CHUNK_WAIT:?}")),
+        }
+    }
+
+    /// Takes in one snapshot: its head, then its chunks up to the length the head gave, then
+    /// the stream's end; hands the whole message to the driver.
+    async fn read_snapshot(&self, reader: &mut FrameReader<RecvStream>, peer: &NodeName) -> Result<(), String> {
+        let next = async |reader: &mut FrameReader<RecvStream>| match tokio::time::timeout(
+            SNAPSHOT_CHUNK_WAIT,
+            reader.next_frame(),
+        )
+        .await
+        {
+            Ok(Ok(frame)) => Ok(frame),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no chunk within {SNAPSHOT_CHUNK_WAIT:?}")),
+        };
+        let head = next(reader).await?.ok_or("the stream ended before its head")?;
+        let head = SnapshotHead::decode(&head).map_err(|e| e.to_string())?;
+        let _room = self.raft_links.receiving.acquire().await.map_err(|e| e.to_string())?;
+        let len = usize::try_from(head.len).map_err(|e| e.to_string())?;
+        // Grown as chunks arrive, never to more than the head announced.
+        let mut data = Vec::new();
+        while data.len() < len {
+            let chunk = next(reader)
+                .await?
+                .ok_or("the stream ended before all of the snapshot's data")?;
+            if chunk.len() > SNAPSHOT_CHUNK || data.len() + chunk.len() > len {
+                return Err("a chunk over the chunk size or past the announced length".into());
+            }
+            data.extend_from_slice(&chunk);
+        }
+        if next(reader).await?.is_some() {
+            return Err("bytes after the snapshot's data".into());
+        }
+        tracing::debug!(%peer, range = %head.range, bytes = len, "snapshot received");
+        self.replicas
+            .send(Input::Frame {
+                from: peer.clone(),
+                frame: head.into_frame(data),
+            })
+            .await
+            .map_err(|e| e.to_string())
     }
 }
 

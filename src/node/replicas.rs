@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kvnode_replica::{
-    Command, Effect, Failure, Frame, GroupStore, NodeIds, Output, ProposalId, ProposeError, RangeId, ReplicaConfig,
-    Replicas, Role, node_id,
+    Command, Effect, Failure, Frame, GroupStore, INLINE_SNAPSHOT, NodeIds, Output, ProposalId, ProposeError, RaftMsg,
+    RangeId, ReplicaConfig, Replicas, Role, node_id,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
@@ -45,6 +45,19 @@ pub(crate) type GroupStoreImpl = NodeGroupStore;
 pub(crate) trait Outbox: Send + Sync + 'static {
     /// Sends `frame` to node `to` (dropping it when it cannot: Raft resends what matters).
     fn send(&self, to: &NodeName, frame: Frame);
+
+    /// Sends a snapshot too big for a frame ([`INLINE_SNAPSHOT`]) to node `to` on a stream of
+    /// its own, then tells the driver whether it arrived ([`Input::SnapshotSent`]). Unless
+    /// told, the range's leader sends that replica nothing more. By default, in a frame.
+    fn send_snapshot(&self, to: &NodeName, range: RangeId, msg: RaftMsg) {
+        self.send(
+            to,
+            Frame {
+                msgs: vec![(range, msg)],
+                probes: Vec::new(),
+            },
+        );
+    }
 }
 
 /// Why a proposal or read was not served here.
@@ -84,6 +97,12 @@ pub(crate) enum Input {
     },
     /// The routing table changed: start the groups it names this node in.
     Table(Arc<RoutingTable>),
+    /// A snapshot sent on a stream of its own reached `to` whole, or did not.
+    SnapshotSent {
+        range: RangeId,
+        to: NodeName,
+        delivered: bool,
+    },
 }
 
 /// What this node knows of one range's leadership.
@@ -258,6 +277,12 @@ impl Driver {
                 }
             },
             Input::Table(table) => self.table(table.entries()),
+            Input::SnapshotSent { range, to, delivered } => {
+                if !delivered {
+                    tracing::info!(%range, %to, "a snapshot of range {range} did not reach {to}; it is sent again");
+                }
+                self.replicas.report_snapshot(range, node_id(to.as_str()), delivered);
+            }
         }
     }
 
@@ -388,10 +413,16 @@ impl Driver {
         }
     }
 
-    fn send(&self, to: u64, frame: Frame) {
-        match self.names.get(&to) {
-            Some(name) => self.outbox.send(name, frame),
-            None => tracing::debug!(to, "raft frame for a node no table entry names; dropped"),
+    fn send(&self, to: u64, mut frame: Frame) {
+        let Some(name) = self.names.get(&to) else {
+            tracing::debug!(to, "raft frame for a node no table entry names; dropped");
+            return;
+        };
+        for (range, msg) in frame.take_snapshots(INLINE_SNAPSHOT) {
+            self.outbox.send_snapshot(name, range, msg);
+        }
+        if !frame.is_empty() {
+            self.outbox.send(name, frame);
         }
     }
 

@@ -55,4 +55,7 @@ pub use self::core::{ProposeError, ReplicaConfig, Replicas, Role, RoundError};
 pub use self::ids::{IdError, NodeIds, RangeId, node_id};
 pub use self::output::{Applied, Failure, GroupWrite, Output, Persist};
 pub use self::store::{BOOTSTRAP_INDEX, GroupStore, MemGroupStore, RangeData, StoreError};
-pub use self::wire::{DecodeError, Frame, LogState, MAX_FRAME, Probe, RaftEntry, RaftMsg, RaftSnapshot};
+pub use self::wire::{
+    DecodeError, Frame, INLINE_SNAPSHOT, LogState, MAX_FRAME, MAX_SNAPSHOT, Probe, RaftEntry, RaftMsg, RaftSnapshot,
+    SNAPSHOT_CHUNK, SnapshotHead,
+};

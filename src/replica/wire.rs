@@ -13,8 +13,20 @@ use crate::ids::RangeId;
 
 /// The largest frame a peer may send (the transport's frame limit bounds it too): raft-rs caps
 /// entries per append by `max_size_per_msg` (1 MiB), and one frame carries a round of many
-/// groups. Snapshots over 1 MiB travel on a stream of their own (step 5).
+/// groups. Snapshots over [`INLINE_SNAPSHOT`] travel on a stream of their own.
 pub const MAX_FRAME: usize = 16 << 20;
+
+/// A snapshot whose data is larger than this leaves its round's frame and travels on a stream
+/// of its own ([`SnapshotHead`], then the data in chunks), so that it neither meets the frame
+/// limit nor holds up the heartbeats behind it.
+pub const INLINE_SNAPSHOT: usize = 1 << 20;
+
+/// The size of each chunk of a streamed snapshot's data.
+pub const SNAPSHOT_CHUNK: usize = 1 << 20;
+
+/// The largest snapshot a node sends or takes. The data is held in memory on both sides while
+/// it travels (bounded-memory moves of larger ranges are issue 26's).
+pub const MAX_SNAPSHOT: u64 = 2 << 30;
 
 /// One round's raft messages from one node to one peer, of every group they share.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -111,6 +123,12 @@ pub enum DecodeError {
     /// A message type that never crosses the network (`MsgHup`, `MsgBeat`, ...).
     #[error("raft message type {0} is local only")]
     LocalOnly(u8),
+    /// A snapshot stream's head that is not a snapshot message without its data.
+    #[error("a snapshot stream's head is not a snapshot message")]
+    NotASnapshot,
+    /// A snapshot stream announcing more data than [`MAX_SNAPSHOT`].
+    #[error("a snapshot of {0} bytes is over the limit")]
+    SnapshotTooLarge(u64),
 }
 
 impl Frame {
@@ -134,6 +152,112 @@ impl Frame {
             m.check()?;
         }
         Ok(frame)
+    }
+}
+
+impl Frame {
+    /// Takes out the messages whose snapshot data is over `inline` bytes, to travel on streams
+    /// of their own ([`SnapshotHead`]); the frame keeps the rest.
+    pub fn take_snapshots(&mut self, inline: usize) -> Vec<(RangeId, RaftMsg)> {
+        let big = |m: &RaftMsg| m.snapshot.as_ref().is_some_and(|s| s.data.len() > inline);
+        let (out, kept) = std::mem::take(&mut self.msgs).into_iter().partition(|(_, m)| big(m));
+        self.msgs = kept;
+        out
+    }
+
+    /// The frame's bytes, as one frame if it fits in `max`, else as several, each message
+    /// whole in one of them (a message over `max` alone in its own, for the sender to drop).
+    pub fn encode_within(self, max: usize) -> Vec<Vec<u8>> {
+        let bytes = self.encode();
+        if bytes.len() <= max || self.msgs.len() + self.probes.len() <= 1 {
+            return vec![bytes];
+        }
+        let mut first = self;
+        let second = if first.msgs.len() >= 2 {
+            Frame {
+                msgs: first.msgs.split_off(first.msgs.len() / 2),
+                probes: Vec::new(),
+            }
+        } else {
+            Frame {
+                msgs: Vec::new(),
+                probes: std::mem::take(&mut first.probes),
+            }
+        };
+        let mut out = first.encode_within(max);
+        out.extend(second.encode_within(max));
+        out
+    }
+
+    /// Nothing to send.
+    pub fn is_empty(&self) -> bool {
+        self.msgs.is_empty() && self.probes.is_empty()
+    }
+}
+
+/// The first frame of a snapshot's own stream: the `MsgSnapshot` without its data, and the
+/// data's length. The data follows in chunks of at most [`SNAPSHOT_CHUNK`] bytes, then the
+/// stream ends.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotHead {
+    /// The range whose group the message belongs to.
+    pub range: RangeId,
+    /// The message, its snapshot's data empty.
+    pub msg: RaftMsg,
+    /// How many bytes of data follow.
+    pub len: u64,
+}
+
+impl SnapshotHead {
+    /// Splits a snapshot message into its head and its data.
+    pub fn split(range: RangeId, mut msg: RaftMsg) -> (Self, Vec<u8>) {
+        let data = msg
+            .snapshot
+            .as_mut()
+            .map(|s| std::mem::take(&mut s.data))
+            .unwrap_or_default();
+        let len = data.len() as u64;
+        (SnapshotHead { range, msg, len }, data)
+    }
+
+    /// The head's bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        // Serialising plain structs into a Vec cannot fail.
+        postcard::to_allocvec(self).unwrap_or_default()
+    }
+
+    /// A head from a peer's bytes: a snapshot message of known types with no data of its own,
+    /// announcing at most [`MAX_SNAPSHOT`] bytes; never panics.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        if bytes.len() > MAX_FRAME {
+            return Err(DecodeError::TooLong(bytes.len()));
+        }
+        let (head, rest): (SnapshotHead, &[u8]) =
+            postcard::take_from_bytes(bytes).map_err(|_| DecodeError::Malformed)?;
+        if !rest.is_empty() {
+            return Err(DecodeError::Malformed);
+        }
+        head.msg.check()?;
+        let is_snapshot = head.msg.msg_type == MessageType::MsgSnapshot as u8
+            && head.msg.snapshot.as_ref().is_some_and(|s| s.data.is_empty());
+        if !is_snapshot {
+            return Err(DecodeError::NotASnapshot);
+        }
+        if head.len > MAX_SNAPSHOT {
+            return Err(DecodeError::SnapshotTooLarge(head.len));
+        }
+        Ok(head)
+    }
+
+    /// The message with its data back in place, as a frame of its own.
+    pub fn into_frame(mut self, data: Vec<u8>) -> Frame {
+        if let Some(s) = self.msg.snapshot.as_mut() {
+            s.data = data;
+        }
+        Frame {
+            msgs: vec![(self.range, self.msg)],
+            probes: Vec::new(),
+        }
     }
 }
 

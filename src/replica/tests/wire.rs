@@ -4,7 +4,9 @@ use proptest::collection::vec;
 use proptest::prelude::*;
 
 use crate::RangeId;
-use crate::wire::{DecodeError, Frame, LogState, Probe, RaftEntry, RaftMsg, RaftSnapshot};
+use raft::prelude::MessageType;
+
+use crate::wire::{DecodeError, Frame, LogState, MAX_SNAPSHOT, Probe, RaftEntry, RaftMsg, RaftSnapshot, SnapshotHead};
 
 fn entry() -> impl Strategy<Value = RaftEntry> {
     (
@@ -144,4 +146,115 @@ fn unknown_and_local_types_are_refused() {
     let mut trailing = frame(3, 0).encode();
     trailing.push(0);
     assert_eq!(Frame::decode(&trailing), Err(DecodeError::Malformed));
+}
+
+#[test]
+fn a_big_snapshot_leaves_its_frame_and_comes_back_whole_from_its_head() {
+    let range = RangeId {
+        first: b'a',
+        last: b'z',
+    };
+    let snapshot = |len: usize| RaftMsg {
+        msg_type: MessageType::MsgSnapshot as u8,
+        to: 2,
+        from: 1,
+        snapshot: Some(RaftSnapshot {
+            data: vec![7; len],
+            index: 40,
+            term: 3,
+            voters: vec![1, 2, 3],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let heartbeat = RaftMsg {
+        msg_type: MessageType::MsgHeartbeat as u8,
+        ..Default::default()
+    };
+    let mut frame = Frame {
+        msgs: vec![
+            (range, heartbeat.clone()),
+            (range, snapshot(10)),
+            (range, snapshot(5000)),
+        ],
+        probes: vec![],
+    };
+    let taken = frame.take_snapshots(1000);
+    assert_eq!(taken, vec![(range, snapshot(5000))]);
+    assert_eq!(frame.msgs, vec![(range, heartbeat), (range, snapshot(10))]);
+
+    let (head, data) = SnapshotHead::split(range, taken[0].1.clone());
+    assert_eq!((head.len, data.len()), (5000, 5000));
+    let decoded = SnapshotHead::decode(&head.encode()).expect("its own head decodes");
+    assert_eq!(decoded.into_frame(data).msgs, taken);
+}
+
+#[test]
+fn a_snapshot_head_that_is_no_snapshot_or_too_large_is_refused() {
+    let range = RangeId {
+        first: b'a',
+        last: b'z',
+    };
+    let head = |msg: RaftMsg, len| SnapshotHead { range, msg, len }.encode();
+    let empty_snapshot = RaftMsg {
+        msg_type: MessageType::MsgSnapshot as u8,
+        snapshot: Some(RaftSnapshot::default()),
+        ..Default::default()
+    };
+    let no_snapshot = RaftMsg {
+        snapshot: None,
+        ..empty_snapshot.clone()
+    };
+    let data_inside = RaftMsg {
+        snapshot: Some(RaftSnapshot {
+            data: vec![1],
+            ..Default::default()
+        }),
+        ..empty_snapshot.clone()
+    };
+    let append = RaftMsg {
+        msg_type: MessageType::MsgAppend as u8,
+        ..empty_snapshot.clone()
+    };
+    for msg in [no_snapshot, data_inside, append] {
+        assert_eq!(SnapshotHead::decode(&head(msg, 10)), Err(DecodeError::NotASnapshot));
+    }
+    assert_eq!(
+        SnapshotHead::decode(&head(empty_snapshot.clone(), MAX_SNAPSHOT + 1)),
+        Err(DecodeError::SnapshotTooLarge(MAX_SNAPSHOT + 1))
+    );
+    assert!(SnapshotHead::decode(&head(empty_snapshot, MAX_SNAPSHOT)).is_ok());
+    assert_eq!(SnapshotHead::decode(&[0xff; 3]), Err(DecodeError::Malformed));
+}
+
+#[test]
+fn a_frame_over_the_limit_is_sent_as_several_each_message_whole() {
+    let range = RangeId {
+        first: b'a',
+        last: b'z',
+    };
+    let append = |n: u8| RaftMsg {
+        msg_type: MessageType::MsgAppend as u8,
+        entries: vec![RaftEntry {
+            data: vec![n; 400],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let frame = Frame {
+        msgs: (0..5).map(|n| (range, append(n))).collect(),
+        probes: vec![Probe { range, answer: None }],
+    };
+    assert_eq!(frame.clone().encode_within(1 << 20), vec![frame.encode()]);
+    let parts = frame.clone().encode_within(1000);
+    assert!(parts.len() >= 3, "{} parts", parts.len());
+    let mut msgs = Vec::new();
+    let mut probes = Vec::new();
+    for part in &parts {
+        assert!(part.len() <= 1000, "a part of {} bytes", part.len());
+        let f = Frame::decode(part).expect("each part is a frame");
+        msgs.extend(f.msgs);
+        probes.extend(f.probes);
+    }
+    assert_eq!((msgs, probes), (frame.msgs, frame.probes));
 }
