@@ -114,13 +114,15 @@ pub enum Command {
     /// holding a line break or other control bytes, or that is not UTF-8, is escaped (`\n`,
     /// `\xNN`), so that each change is one line; --json gives every byte (`value_hex`).
     /// With --json, one object a line: op, bucket, key, value (no value for a delete) and the
-    /// position that orders it (owner node, the owner's epoch, seq).
+    /// position that orders it (owner node, the owner's epoch, seq; in a replicated range,
+    /// the range and its log index as seq).
     ///
-    /// Works through any node; the watch follows the bucket's owner. If the connection
-    /// breaks, the watch reconnects (through the same node, for up to --timeout) and resumes
-    /// after the last change it printed, never printing one twice. If it cannot resume
-    /// without a gap (the owner restarted or changed), or if it fell behind the owner's feed
-    /// (it keeps the last 4096 changes, 16 MiB), it says so and exits 3: start it again.
+    /// Works through any node; the watch follows the bucket's owner, or a replicated
+    /// range's leader across a failover. If the connection breaks, the watch reconnects
+    /// (through the same node, for up to --timeout) and resumes after the last change it
+    /// printed, never printing one twice. If it cannot resume without a gap (the owner
+    /// restarted or changed, a replica took over that did not hold the changes since), or if
+    /// it fell behind the feed (the last 4096 changes, 16 MiB), it says so and exits 3.
     /// SIGINT or SIGTERM end it at once, as they end any client command.
     #[command(after_help = WATCH_EXAMPLES)]
     Watch(WatchArgs),

@@ -109,7 +109,7 @@ impl Watch {
             let seen = self
                 .from
                 .as_ref()
-                .is_some_and(|p| p.node == upto.node && p.epoch == upto.epoch && event.seq <= p.seq);
+                .is_some_and(|p| p.same_feed(&upto) && event.seq <= p.seq);
             if seen {
                 continue;
             }
@@ -128,7 +128,7 @@ impl Watch {
         if self
             .from
             .as_ref()
-            .is_none_or(|p| p.seq < upto.seq || p.epoch != upto.epoch)
+            .is_none_or(|p| !p.same_feed(&upto) || p.seq < upto.seq)
         {
             self.from = Some(upto);
         }
@@ -147,11 +147,13 @@ fn print_event(bucket: &[u8], event: &WatchEvent, at: &WatchPosition, out: &mut 
         if let Some(value) = &event.value {
             bytes_field(&mut o, "value", value);
         }
-        o.insert(
-            "position".into(),
-            // The epoch in hex: a JSON number would lose its low bits in JavaScript.
-            json!({"node": at.node.as_str(), "epoch": format!("{:016x}", at.epoch), "seq": event.seq}),
-        );
+        // The epoch in hex: a JSON number would lose its low bits in JavaScript. In a
+        // replicated range, `seq` is the range's log index and `range` names it.
+        let mut position = json!({"node": at.node.as_str(), "epoch": format!("{:016x}", at.epoch), "seq": event.seq});
+        if let Some((first, last)) = at.range {
+            position["range"] = json!(format!("{}-{}", char::from(first), char::from(last)));
+        }
+        o.insert("position".into(), position);
         out.object(Value::Object(o));
         return;
     }
@@ -232,6 +234,17 @@ mod tests {
             node: NodeName::new("n1").unwrap(),
             epoch: 7,
             seq,
+            range: None,
+        }
+    }
+
+    /// A position in the replicated range a-z's log, as `node` gave it.
+    fn in_range(node: &str, seq: u64) -> WatchPosition {
+        WatchPosition {
+            node: NodeName::new(node).unwrap(),
+            epoch: 0,
+            seq,
+            range: Some((b'a', b'z')),
         }
     }
 
@@ -261,6 +274,20 @@ mod tests {
         assert_eq!(w.from, Some(at(3)), "the next poll asks after all it looked at");
         assert!(!w.print(vec![event(2), event(4)], at(4), &mut out));
         assert_eq!(w.from, Some(at(4)));
+    }
+
+    #[test]
+    fn in_a_replicated_range_a_new_leader_continues_from_the_log_index_the_last_one_gave() {
+        let mut w = watch(None);
+        let mut out = Output::new(true);
+        assert!(!w.print(vec![event(5), event(8)], in_range("n1", 9), &mut out));
+        // n2 leads now; it resends 8 (the watch asked after 9, but a change printed is never
+        // printed twice whatever the node says) and gives 11.
+        assert!(!w.print(vec![event(8), event(11)], in_range("n2", 11), &mut out));
+        assert_eq!(w.from, Some(in_range("n2", 11)));
+        // A position of a single owner's feed is another feed: taken as given.
+        assert!(!w.print(vec![event(1)], at(1), &mut out));
+        assert_eq!(w.from, Some(at(1)));
     }
 
     #[test]

@@ -30,8 +30,9 @@ pub use keyring::{KeyringOp, KeyringView, NodeKeyring};
 /// their answers, and `kvnode stats`'s figures the replicated ranges held by role, which a
 /// node of version 9 would misread. 11: `BucketOp::Watch`, `Reply::Changes` and the watch
 /// errors, for `kvnode watch`. 12: each unidirectional stream between nodes starts with a byte
-/// saying what it carries, raft frames (0) or one snapshot sent whole in chunks (1); a node of
-/// version 11 would read the byte as the start of a frame.)
+/// saying what it carries, raft frames (0) or one snapshot sent whole in chunks (1), which a
+/// node of version 11 would read as the start of a frame; and `WatchPosition::range`, for
+/// watches of replicated ranges.)
 pub const PROTOCOL_VERSION: u16 = 12;
 /// The TLS ALPN identifier of this protocol.
 pub const ALPN: &[u8] = b"kvnode/1";
@@ -476,11 +477,26 @@ pub enum BucketOp {
 
 /// Where a watch is in its owner's change feed: the owner, the feed's epoch (random at each
 /// start of the node) and the last change looked at (`seq`, 1 for the feed's first change).
+/// In a replicated range (`range` is its first and last byte), `seq` is instead the range's
+/// Raft log index, alike on every replica, `node` the replica that answered and `epoch` 0.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WatchPosition {
     pub node: NodeName,
     pub epoch: u64,
     pub seq: u64,
+    pub range: Option<(u8, u8)>,
+}
+
+impl WatchPosition {
+    /// Both are positions in one feed: the same node's since its start, or the same
+    /// replicated range's log (wherever they were given).
+    pub fn same_feed(&self, other: &WatchPosition) -> bool {
+        match (self.range, other.range) {
+            (Some(a), Some(b)) => a == b,
+            (None, None) => self.node == other.node && self.epoch == other.epoch,
+            _ => false,
+        }
+    }
 }
 
 /// One change to a watched bucket; `value` is `None` for a delete.

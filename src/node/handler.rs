@@ -162,13 +162,9 @@ impl Node {
             Err(e) => Now::Answer(Err(e)),
             Ok(Dest::Here) if matches!(req.op, BucketOp::Route) => Now::Answer(self.route_here(req)),
             // Where a watch is served: at the bucket's owner, from its change feed; sent on
-            // to it like any bucket request. (Not yet for a replicated range: once issue 25's
-            // leaders serve it, here is where it goes to the range's leader.)
-            Ok(Dest::Here) if matches!(req.op, BucketOp::Watch { .. }) => self.watch_here(req, timeout),
-            Ok(Dest::Replicated(_)) if matches!(req.op, BucketOp::Watch { .. }) => {
-                Now::Answer(Err(RemoteError::invalid(
-                    "watching a replicated range is not supported yet; watch a bucket of a single-owner range",
-                )))
+            // to it like any bucket request. (A replicated range's: at its leader, below.)
+            Ok(Dest::Here) if matches!(req.op, BucketOp::Watch { .. }) => {
+                self.watch_here(req, timeout, super::watch::Source::Node)
             }
             // A replicated range (issue 25): to its leader, by `Node::replicated`.
             Ok(Dest::Replicated(entry)) => {

@@ -16,8 +16,10 @@ use tokio::time::Instant;
 use super::Node;
 use super::ops::{self, Applied};
 use super::replicas::Refused;
+use super::watch::Source;
 use crate::names::NodeName;
 use crate::routing::Entry;
+use crate::rpc::Now;
 use crate::wire::{BucketOp, BucketRequest, RemoteError, Reply, Request};
 
 type Answer = Result<Reply, RemoteError>;
@@ -34,6 +36,8 @@ pub(super) enum Mapped {
     Read,
     /// A route query: answered by any replica from its table.
     Route,
+    /// A watch: a long poll of the range's change feed at the leader.
+    Watch,
 }
 
 /// The command a bucket operation proposes, or what else it is (see [`Mapped`]).
@@ -60,8 +64,7 @@ pub(super) fn map(bucket: &[u8], op: &BucketOp) -> Mapped {
         BucketOp::Create => Command::CreateBucket { bucket },
         BucketOp::Get { .. } | BucketOp::Keys { .. } => return Mapped::Read,
         BucketOp::Route => return Mapped::Route,
-        // Never asked: `Node::bucket_routed` serves no watch of a replicated range yet.
-        BucketOp::Watch { .. } => return Mapped::Read,
+        BucketOp::Watch { .. } => return Mapped::Watch,
     })
 }
 
@@ -143,7 +146,7 @@ impl Node {
                 }
             } else {
                 match decide(&self.name, replicas, leader.as_ref(), &req.path) {
-                    Decision::Lead => match self.lead(&req, range).await {
+                    Decision::Lead => match self.lead(&req, range, deadline).await {
                         // Deposed meanwhile: look again (the leaders' view has changed).
                         Err(Refused::NotLeader { .. }) => {}
                         Err(e) => return Err(self.refusal(e)),
@@ -172,8 +175,26 @@ impl Node {
     }
 
     /// The request at the range's leader. `Err(NotLeader)` when it no longer leads.
-    async fn lead(self: &Arc<Self>, req: &BucketRequest, range: RangeId) -> Result<Answer, Refused> {
+    async fn lead(self: &Arc<Self>, req: &BucketRequest, range: RangeId, deadline: Instant) -> Result<Answer, Refused> {
         match map(&req.bucket, &req.op) {
+            // Applied entries only, which are committed: no read-index needed. A leader
+            // deposed during the wait serves what it applied; the watch's next poll goes to
+            // the new leader, from the log index it saw.
+            Mapped::Watch => {
+                let feed = self.store.range_feed(range).ok_or(Refused::NoGroup(range))?;
+                let timeout = deadline.saturating_duration_since(Instant::now());
+                Ok(
+                    match self.watch_here(req.clone(), timeout, Source::Range(range, feed)) {
+                        Now::Answer(answer) => answer,
+                        Now::Waiting(answer) => answer.await,
+                        // `watch_here` answers or waits; it never defers or places a request.
+                        Now::Later(_) | Now::First(_) => Err(RemoteError::Internal {
+                            node: self.name.to_string(),
+                            reason: "a watch's poll was not answered".into(),
+                        }),
+                    },
+                )
+            }
             Mapped::Route => Ok(ops::route(&self.name, req.path.clone(), vec![self.name.clone()])),
             Mapped::Write(command) => {
                 let effect = self.replicas.propose(range, command).await?;

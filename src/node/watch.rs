@@ -12,28 +12,41 @@ use std::time::Duration;
 use serde_bytes::ByteBuf;
 use tokio::time::Instant;
 
+use kvnode_replica::RangeId;
+
 use super::Node;
 use crate::names::NodeName;
 use crate::rpc::Now;
 use crate::store::{Change, Feed, FeedError};
 use crate::wire::{BucketOp, BucketRequest, RemoteError, Reply, WATCH_PAGE, WatchEvent, WatchPosition};
 
+/// The feed a watch reads.
+pub(super) enum Source {
+    /// This node's own (a bucket it owns alone).
+    Node,
+    /// A replicated range's, on this replica (its leader, as `Node::replicated` routes it).
+    Range(RangeId, Arc<Feed>),
+}
+
 impl Node {
-    /// A watch of a bucket this node owns (`Node::bucket_routed` decided so: the one place
-    /// where it is decided which node serves a watch; once replication lands (issue 25), a
-    /// replicated range's watch is served at its leader, from there). Answered at once for a
-    /// new watch (where it starts), when the feed has changes for it, or cannot serve it;
-    /// else the future of the answer, which ends when a change comes, when its wait ends, or
-    /// when the node stops.
-    pub(super) fn watch_here(self: &Arc<Self>, req: BucketRequest, timeout: Duration) -> Now {
+    /// A watch of a bucket this node serves from `source` (`Node::bucket_now` decided so, for
+    /// a bucket this node owns; `Node::replicated`, at a replicated range's leader). Answered
+    /// at once for a new watch (where it starts), when the feed has changes for it, or cannot
+    /// serve it; else the future of the answer, which ends when a change comes, when its wait
+    /// ends, or when the node stops.
+    pub(super) fn watch_here(self: &Arc<Self>, req: BucketRequest, timeout: Duration, source: Source) -> Now {
         let BucketOp::Watch { key, from, wait_ms } = req.op else {
             unreachable!("watch_here is given watches only");
         };
-        let feed = Arc::clone(self.store.feed());
+        let (feed, range) = match source {
+            Source::Node => (Arc::clone(self.store.feed()), None),
+            Source::Range(range, feed) => (feed, Some(range)),
+        };
         let poll = Poll {
             me: self.name.clone(),
             bucket: req.bucket,
             key: key.map(ByteBuf::into_vec),
+            range,
         };
         let after = match poll.start(&feed, from.map(|f| *f)) {
             // A new watch is told at once where it starts: from then on, none of the
@@ -118,6 +131,8 @@ struct Poll {
     me: NodeName,
     bucket: Vec<u8>,
     key: Option<Vec<u8>>,
+    /// The replicated range whose feed is read, if it is one's.
+    range: Option<RangeId>,
 }
 
 impl Poll {
@@ -131,6 +146,22 @@ impl Poll {
             node: self.me.to_string(),
             reason,
         };
+        if let Some(range) = self.range {
+            // Log indexes: alike on every replica, whichever answered before.
+            return match from.range {
+                Some(r) if r == (range.first, range.last) => Ok(Start::After(from.seq)),
+                _ => Err(gap(format!(
+                    "the watch began at {} outside the replicated range {range}, which now holds the bucket",
+                    from.node
+                ))),
+            };
+        }
+        if from.range.is_some() {
+            return Err(gap(format!(
+                "the watch began in a replicated range, and {} now owns the bucket alone",
+                self.me
+            )));
+        }
         if from.node != self.me {
             return Err(gap(format!(
                 "the bucket was watched at {}, and its owner is now {}",
@@ -152,9 +183,12 @@ impl Poll {
 
     /// The changes after `after` for this watch, or how far the feed was looked at.
     fn read(&self, feed: &Feed, after: u64) -> Result<Read, RemoteError> {
-        let page = feed
-            .read(after, |c| self.wanted(c), WATCH_PAGE)
-            .map_err(|e| self.refused(e))?;
+        let page = match feed.read(after, |c| self.wanted(c), WATCH_PAGE) {
+            // A replica that has not applied the entry the watch saw yet (a new leader, just
+            // elected): nothing for it until it has.
+            Err(FeedError::Ahead { .. }) if self.range.is_some() => return Ok(Read::Nothing { upto: after }),
+            page => page.map_err(|e| self.refused(e))?,
+        };
         if page.changes.is_empty() {
             return Ok(Read::Nothing { upto: page.upto });
         }
@@ -175,8 +209,9 @@ impl Poll {
             events,
             upto: WatchPosition {
                 node: self.me.clone(),
-                epoch: feed.epoch(),
+                epoch: if self.range.is_some() { 0 } else { feed.epoch() },
                 seq: upto,
+                range: self.range.map(|r| (r.first, r.last)),
             },
         }
     }

@@ -10,6 +10,12 @@
 //!
 //! The feed's epoch is random at each start: positions of another process (before a
 //! restart) are known not to be comparable, so a watch cannot silently resume across one.
+//!
+//! A replicated range has a feed of its own on each of its replicas, whose positions are the
+//! range's Raft log indexes ([`Feed::starting_at`], [`Feed::push_at`]): the same entry has
+//! the same index on every replica, so a watch resumes at another replica (a new leader) from
+//! the index it saw. Such a feed knows nothing before the index it started at (a restart, a
+//! snapshot installed): a watch from before it is told it fell behind.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -81,6 +87,9 @@ struct Ring {
     changes: VecDeque<Change>,
     bytes: usize,
     last: u64,
+    /// Changes up to this position are not kept (the last dropped one, or where the feed
+    /// started); a watch asking from before it fell behind.
+    dropped: u64,
 }
 
 impl Default for Feed {
@@ -127,11 +136,57 @@ impl Feed {
     /// Appends an acknowledged change (a put when `value` is `Some`, else a delete). The
     /// store calls this in the order its writes take effect.
     pub fn push(&self, bucket: &[u8], key: &[u8], value: Option<Bytes>) {
+        self.push_change(None, bucket, key, value);
+    }
+
+    /// A replicated range's feed, knowing nothing up to `seq` (the group's applied index).
+    pub fn starting_at(seq: u64) -> Self {
+        let feed = Self::default();
+        {
+            let mut ring = feed.ring.lock().unwrap_or_else(PoisonError::into_inner);
+            ring.last = seq;
+            ring.dropped = seq;
+        }
+        feed
+    }
+
+    /// Pushes the change the range's log entry `seq` made (a [`Feed::starting_at`] feed).
+    /// An entry at or before the last position is ignored: each is pushed once, in order.
+    pub fn push_at(&self, seq: u64, bucket: &[u8], key: &[u8], value: Option<Bytes>) {
+        self.push_change(Some(seq), bucket, key, value);
+    }
+
+    /// The range's log entry `seq` applied without changing a key.
+    pub fn advance(&self, seq: u64) {
+        let mut ring = self.ring.lock().unwrap_or_else(PoisonError::into_inner);
+        ring.last = ring.last.max(seq);
+    }
+
+    /// The range jumped to `seq` (a snapshot installed): what came before is unknown here.
+    pub fn restart_at(&self, seq: u64) {
+        {
+            let mut ring = self.ring.lock().unwrap_or_else(PoisonError::into_inner);
+            ring.changes.clear();
+            ring.bytes = 0;
+            ring.last = seq;
+            ring.dropped = seq;
+        }
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            self.last.send_replace(seq);
+        }
+    }
+
+    /// Appends a change at `seq`, or at the next position when `None`.
+    fn push_change(&self, seq: Option<u64>, bucket: &[u8], key: &[u8], value: Option<Bytes>) {
         let seq = {
             let mut ring = self.ring.lock().unwrap_or_else(PoisonError::into_inner);
-            ring.last += 1;
+            let seq = seq.unwrap_or(ring.last + 1);
+            if seq <= ring.last {
+                return;
+            }
+            ring.last = seq;
             let change = Change {
-                seq: ring.last,
+                seq,
                 bucket: Bytes::copy_from_slice(bucket),
                 key: Bytes::copy_from_slice(key),
                 value,
@@ -141,8 +196,9 @@ impl Feed {
             while ring.changes.len() > 1 && (ring.changes.len() > self.max_changes || ring.bytes > self.max_bytes) {
                 let dropped = ring.changes.pop_front().expect("more than one");
                 ring.bytes -= dropped.size();
+                ring.dropped = dropped.seq;
             }
-            ring.last
+            seq
         };
         if self.waiting.load(Ordering::SeqCst) > 0 {
             self.last.send_replace(seq);
@@ -156,12 +212,12 @@ impl Feed {
         if after > ring.last {
             return Err(FeedError::Ahead { after, last: ring.last });
         }
-        let oldest = ring.changes.front().map_or(ring.last + 1, |c| c.seq);
-        if after + 1 < oldest {
+        if after < ring.dropped {
+            let oldest = ring.changes.front().map_or(ring.last + 1, |c| c.seq);
             return Err(FeedError::FellBehind { after, oldest });
         }
-        // Sequence numbers are consecutive in the ring.
-        let start = (after + 1 - oldest) as usize;
+        // Positions rise through the ring (with gaps in a range's feed).
+        let start = ring.changes.partition_point(|c| c.seq <= after);
         let mut page = Page {
             changes: Vec::new(),
             upto: ring.last,
@@ -307,5 +363,49 @@ mod tests {
         drop(waiter);
         assert_eq!(feed.waiting.load(Ordering::SeqCst), 0);
         assert_ne!(feed.epoch(), Feed::default().epoch(), "each feed has its own epoch");
+    }
+
+    #[test]
+    fn a_range_feed_is_positioned_by_log_index_and_knows_nothing_before_its_start() {
+        let feed = Feed::starting_at(10);
+        assert_eq!(feed.last(), 10);
+        assert!(matches!(
+            feed.read(9, all, 1024),
+            Err(FeedError::FellBehind { after: 9, .. })
+        ));
+        assert_eq!(seqs(&feed.read(10, all, 1024).unwrap()), Vec::<u64>::new());
+        feed.push_at(12, b"b", b"k", Some(Bytes::from_static(b"1")));
+        feed.advance(13);
+        feed.push_at(15, b"b", b"k", None);
+        // Pushed again (a re-application): ignored.
+        feed.push_at(15, b"b", b"x", None);
+        feed.push_at(11, b"b", b"x", None);
+        assert_eq!(seqs(&feed.read(10, all, 1024).unwrap()), [12, 15]);
+        assert_eq!(seqs(&feed.read(12, all, 1024).unwrap()), [15]);
+        assert_eq!(seqs(&feed.read(13, all, 1024).unwrap()), [15]);
+        assert_eq!(feed.read(15, all, 1024).unwrap().upto, 15);
+        assert!(matches!(feed.read(16, all, 1024), Err(FeedError::Ahead { .. })));
+        // A snapshot: what came before is unknown.
+        feed.restart_at(40);
+        assert!(matches!(feed.read(15, all, 1024), Err(FeedError::FellBehind { .. })));
+        assert_eq!(feed.read(40, all, 1024).unwrap().upto, 40);
+    }
+
+    #[test]
+    fn a_range_feed_past_its_bound_drops_its_oldest_and_says_so() {
+        let feed = Feed {
+            max_changes: 2,
+            ..Feed::starting_at(0)
+        };
+        for seq in [3, 5, 9] {
+            feed.push_at(seq, b"b", b"k", None);
+        }
+        // Change 3 was dropped: a watch that saw 2 missed it; one that saw 3 (or 4) did not.
+        assert!(matches!(
+            feed.read(2, all, 1024),
+            Err(FeedError::FellBehind { after: 2, oldest: 5 })
+        ));
+        assert_eq!(seqs(&feed.read(3, all, 1024).unwrap()), [5, 9]);
+        assert_eq!(seqs(&feed.read(4, all, 1024).unwrap()), [5, 9]);
     }
 }

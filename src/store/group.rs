@@ -25,6 +25,7 @@ use raft::{GetEntriesContext, RaftState, Storage, StorageError};
 
 use super::disk::DiskStore;
 use super::engine::{Applied, Op, RaftSpace, RaftWrites};
+use super::feed::Feed;
 use super::group_records::{self as rec, LogBounds};
 use super::memory::MemoryStore;
 use super::{Backend, Lookup, Store, StoreError};
@@ -49,6 +50,8 @@ pub struct NodeGroupStore {
 struct Shared {
     backend: GroupBackend,
     state: RwLock<GroupState>,
+    /// The changes applied entries made, by log index, for `kvnode watch`.
+    feed: Arc<Feed>,
 }
 
 enum GroupBackend {
@@ -237,9 +240,16 @@ impl NodeGroupStore {
             range,
             shared: Arc::new(Shared {
                 backend,
+                feed: Arc::new(Feed::starting_at(state.applied.0)),
                 state: RwLock::new(state),
             }),
         }
+    }
+
+    /// The changes this replica applied to the range since it started (or last installed a
+    /// snapshot), positioned by log index: alike on every replica.
+    pub fn feed(&self) -> &Arc<Feed> {
+        &self.shared.feed
     }
 
     /// The range this group replicates.
@@ -423,7 +433,11 @@ impl GroupStore for NodeGroupStore {
         let max = self.cache_max();
         self.write()
             .persist(snapshot, entries, hard_state, max)
-            .map_err(replica_err)
+            .map_err(replica_err)?;
+        if let Some(snap) = snapshot {
+            self.shared.feed.restart_at(snap.get_metadata().index);
+        }
+        Ok(())
     }
 
     /// The bootstrap records, unsynced: lost in a crash, the lost-state rule runs again.
@@ -438,7 +452,9 @@ impl GroupStore for NodeGroupStore {
                 .commit_unsynced(&[Op::Raft(Arc::new(writes))])
                 .map_err(replica_err)?;
         }
+        let applied = state.applied.0;
         *self.write() = state;
+        self.shared.feed.restart_at(applied);
         Ok(())
     }
 
@@ -483,6 +499,7 @@ impl GroupStore for NodeGroupStore {
             }
         };
         self.write().applied = (index, term);
+        record(&self.shared.feed, index, command, effect);
         Ok(effect)
     }
 
@@ -526,6 +543,23 @@ impl GroupStore for NodeGroupStore {
             }
         }
         Ok(())
+    }
+}
+
+/// Pushes the change an applied entry made to the range's feed (a put stored, a delete that
+/// found its key); else only moves the feed's position.
+fn record(feed: &Feed, index: u64, command: Option<&Command>, effect: Effect) {
+    match (command, effect) {
+        (
+            Some(
+                Command::Put { bucket, key, value }
+                | Command::PutExisting { bucket, key, value }
+                | Command::PutReporting { bucket, key, value },
+            ),
+            Effect::Stored | Effect::StoredNew,
+        ) => feed.push_at(index, bucket, key, Some(Bytes::copy_from_slice(value))),
+        (Some(Command::Delete { bucket, key }), Effect::Deleted) => feed.push_at(index, bucket, key, None),
+        _ => feed.advance(index),
     }
 }
 
@@ -685,6 +719,11 @@ impl Store {
         }
         held.insert(range, group.clone());
         Ok(group)
+    }
+
+    /// The change feed of the replicated range `range`, if this node holds its group.
+    pub fn range_feed(&self, range: RangeId) -> Option<Arc<Feed>> {
+        self.groups.lock().get(&range).map(|g| Arc::clone(g.feed()))
     }
 
     /// The ranges this store holds Raft state for (read at start), and any group asked for
