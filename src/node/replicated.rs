@@ -146,7 +146,7 @@ impl Node {
                 }
             } else {
                 match decide(&self.name, replicas, leader.as_ref(), &req.path) {
-                    Decision::Lead => match self.lead(&req, range, deadline).await {
+                    Decision::Lead => match self.lead(&req, range, replicas, deadline).await {
                         // Deposed meanwhile: look again (the leaders' view has changed).
                         Err(Refused::NotLeader { .. }) => {}
                         Err(e) => return Err(self.refusal(e)),
@@ -175,7 +175,13 @@ impl Node {
     }
 
     /// The request at the range's leader. `Err(NotLeader)` when it no longer leads.
-    async fn lead(self: &Arc<Self>, req: &BucketRequest, range: RangeId, deadline: Instant) -> Result<Answer, Refused> {
+    async fn lead(
+        self: &Arc<Self>,
+        req: &BucketRequest,
+        range: RangeId,
+        replicas: &[NodeName],
+        deadline: Instant,
+    ) -> Result<Answer, Refused> {
         match map(&req.bucket, &req.op) {
             // Applied entries only, which are committed: no read-index needed. A leader
             // deposed during the wait serves what it applied; the watch's next poll goes to
@@ -195,7 +201,8 @@ impl Node {
                     },
                 )
             }
-            Mapped::Route => Ok(ops::route(&self.name, req.path.clone(), vec![self.name.clone()])),
+            // (A replica answers a route query before deciding; here for completeness.)
+            Mapped::Route => Ok(ops::route(&self.name, req.path.clone(), replicas.to_vec())),
             Mapped::Write(command) => {
                 let effect = self.replicas.propose(range, command).await?;
                 Ok(answer_of(&req.op, &req.bucket, effect))
