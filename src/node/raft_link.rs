@@ -4,8 +4,8 @@
 //! [`kvnode_replica::Frame`], one round's messages of every group the two share, at most
 //! [`kvnode_replica::MAX_FRAME`] bytes.
 //!
-//! A snapshot too big for a frame ([`kvnode_replica::INLINE_SNAPSHOT`]) goes on a stream of
-//! its own, opened for it: a [`SnapshotHead`], then its data in chunks of
+//! A snapshot goes on a stream of its own, opened for it (so it neither meets the frame
+//! limit nor holds up the heartbeats behind it, and its sender learns it arrived): a [`SnapshotHead`], then its data in chunks of
 //! [`SNAPSHOT_CHUNK`], then the stream's end; the driver is told whether it arrived. Each
 //! unidirectional stream starts with one byte saying which of the two it is.
 //!

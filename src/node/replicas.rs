@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kvnode_replica::{
-    Command, Effect, Failure, Frame, GroupStore, INLINE_SNAPSHOT, NodeIds, Output, ProposalId, ProposeError, RaftMsg,
-    RangeId, ReplicaConfig, Replicas, Role, node_id,
+    Command, Effect, Failure, Frame, GroupStore, NodeIds, Output, ProposalId, ProposeError, RaftMsg, RangeId,
+    ReplicaConfig, Replicas, Role, node_id,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
@@ -46,9 +46,10 @@ pub(crate) trait Outbox: Send + Sync + 'static {
     /// Sends `frame` to node `to` (dropping it when it cannot: Raft resends what matters).
     fn send(&self, to: &NodeName, frame: Frame);
 
-    /// Sends a snapshot too big for a frame ([`INLINE_SNAPSHOT`]) to node `to` on a stream of
-    /// its own, then tells the driver whether it arrived ([`Input::SnapshotSent`]). Unless
-    /// told, the range's leader sends that replica nothing more. By default, in a frame.
+    /// Sends a snapshot to node `to` on a stream of its own, then tells the driver whether it
+    /// arrived ([`Input::SnapshotSent`]): until told, raft-rs holds that replica in snapshot
+    /// state, and a snapshot asked for is sent again at every heartbeat. By default, in a
+    /// frame (the driver's tests).
     fn send_snapshot(&self, to: &NodeName, range: RangeId, msg: RaftMsg) {
         self.send(
             to,
@@ -418,7 +419,7 @@ impl Driver {
             tracing::debug!(to, "raft frame for a node no table entry names; dropped");
             return;
         };
-        for (range, msg) in frame.take_snapshots(INLINE_SNAPSHOT) {
+        for (range, msg) in frame.take_snapshots() {
             self.outbox.send_snapshot(name, range, msg);
         }
         if !frame.is_empty() {

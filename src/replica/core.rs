@@ -3,11 +3,12 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use raft::prelude::{Entry, EntryType, Message, MessageType};
+use raft::prelude::{ConfState, Entry, EntryType, Message, MessageType};
 use raft::{Config, RawNode, Ready, StateRole};
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 
+use crate::change::{ReplicaChange, Step, next_step};
 use crate::command::{Command, ProposalId};
 use crate::ids::RangeId;
 use crate::output::{Applied, Failure, GroupWrite, Output, Persist, add_frames};
@@ -104,6 +105,9 @@ struct Group<S: GroupStore> {
     /// What the other replicas reported once all had answered: until this replica's own term
     /// and log pass it, it votes only in a later term and for a log at least as up to date.
     floor: Option<LogState>,
+    /// The replicas the range is to be held by (a move, issue 26): whenever this replica
+    /// leads, it takes the next step there ([`crate::change`]).
+    target: Option<Vec<u64>>,
 }
 
 /// A group asking the other replicas what they hold.
@@ -203,6 +207,7 @@ impl<S: GroupStore> Replicas<S> {
             probing,
             order: replicas.to_vec(),
             floor: None,
+            target: None,
         };
         redraw_timeout(&mut self.rng, self.config.election_tick, &mut group);
         self.groups.insert(range, group);
@@ -304,6 +309,34 @@ impl<S: GroupStore> Replicas<S> {
         }
     }
 
+    /// Drops the group (this node left it, or its move was abandoned before it joined),
+    /// handing back its store for the caller to clear. Refused while a round is outstanding.
+    pub fn remove_group(&mut self, range: RangeId) -> Option<S> {
+        if self.held.is_some() {
+            return None;
+        }
+        self.groups.remove(&range).map(|g| g.node.store().clone())
+    }
+
+    /// Sets the replicas `range` is to be held by (`None`: no move). Every replica is told,
+    /// so whichever leads takes the next step; a target with no replica is refused.
+    pub fn set_target(&mut self, range: RangeId, target: Option<Vec<u64>>) -> Result<(), ProposeError> {
+        let g = self.groups.get_mut(&range).ok_or(ProposeError::UnknownRange(range))?;
+        if target.as_ref().is_some_and(Vec::is_empty) {
+            return Err(ProposeError::Dropped(range));
+        }
+        g.target = target;
+        Ok(())
+    }
+
+    /// The group's configuration as this replica last applied it (voters, learners, and the
+    /// outgoing voters while joint).
+    pub fn conf(&self, range: RangeId) -> Option<ConfState> {
+        self.groups
+            .get(&range)
+            .map(|g| g.node.raft.prs().conf().to_conf_state())
+    }
+
     /// Whether the group knows its voters (bootstrapped, restarted with them, or made whole
     /// by a snapshot); `None` for a range not held.
     pub fn initialised(&self, range: RangeId) -> Option<bool> {
@@ -342,8 +375,21 @@ impl<S: GroupStore> Replicas<S> {
                 .raft
                 .prs()
                 .iter()
-                .map(|(id, p)| (*id, p.matched, p.next_idx, p.state))
+                .map(|(id, p)| (
+                    *id,
+                    p.matched,
+                    p.next_idx,
+                    p.state,
+                    p.pending_snapshot,
+                    p.pending_request_snapshot,
+                    p.recent_active
+                ))
                 .collect::<Vec<_>>()
+        ) + &format!(
+            " log {} {} {}",
+            g.node.raft.raft_log.first_index(),
+            g.node.raft.raft_log.last_index(),
+            g.node.raft.raft_log.committed
         )
     }
 
@@ -398,6 +444,14 @@ impl<S: GroupStore> Replicas<S> {
                     let ok = g.node.step(m).is_ok();
                     redraw_timeout(&mut self.rng, self.config.election_tick, g);
                     ok
+                }
+                (None, Ok(m)) if m.from == from && m.to == me && is_from_leader(&m) => {
+                    // A leader adding this node to the range's group (a move): the caller
+                    // decides whether to hold it ([`Output::unknown`]).
+                    if !self.pending.unknown.contains(&(range, from)) {
+                        self.pending.unknown.push((range, from));
+                    }
+                    false
                 }
                 _ => false,
             };
@@ -518,6 +572,9 @@ impl<S: GroupStore> Replicas<S> {
         }
         for (to, probe) in std::mem::take(&mut self.probes) {
             early.entry(to).or_default().probes.push(probe);
+        }
+        for g in self.groups.values_mut() {
+            drive_move(g);
         }
         for (&range, g) in self.groups.iter_mut() {
             note_leadership(range, g, &mut self.pending);
@@ -745,13 +802,36 @@ fn apply<S: GroupStore>(
     out: &mut Output,
 ) -> Result<(), StoreError> {
     for e in entries {
-        let proposal = ProposalId::from_context(e.get_context());
-        // Conf changes are not proposed until issue 26; an undecodable command (none is ever
-        // proposed) applies as nothing on every replica alike.
-        let command = (e.get_entry_type() == EntryType::EntryNormal && !e.get_data().is_empty())
+        let normal = e.get_entry_type() == EntryType::EntryNormal;
+        let proposal = normal.then(|| ProposalId::from_context(e.get_context())).flatten();
+        // An undecodable command (none is ever proposed) applies as nothing on every replica
+        // alike; so does a change that is none, or that raft-rs refuses (it refuses alike on
+        // every replica: the configuration before it is the same).
+        let command = (normal && !e.get_data().is_empty())
             .then(|| Command::decode(e.get_data()))
             .flatten();
-        let effect = g.node.mut_store().apply(e.index, command.as_ref())?;
+        let conf = match e.get_entry_type() {
+            EntryType::EntryConfChangeV2 => ReplicaChange::decode(e.get_context())
+                .and_then(|change| g.node.apply_conf_change(&change.to_raft()).ok()),
+            _ => None,
+        };
+        let effect = match &conf {
+            Some(cs) => {
+                let raft = &mut g.node.raft;
+                if raft.state == StateRole::Leader && !cs.voters.contains(&raft.id) {
+                    // Removed while leading: a leader never proposes its own removal, but a
+                    // predecessor's uncommitted one can commit under it. raft-rs would keep
+                    // leading outside the group (and panic on its next commit): step down,
+                    // and the remaining voters elect one of themselves.
+                    let term = raft.term;
+                    raft.become_follower(term, raft::INVALID_ID);
+                }
+                g.node.mut_store().apply_conf(e.index, cs)?;
+                out.configured.push((range, cs.clone()));
+                crate::Effect::Nothing
+            }
+            None => g.node.mut_store().apply(e.index, command.as_ref())?,
+        };
         while let Some(entry) = g.proposals.first_entry().filter(|p| *p.key() <= e.index) {
             let (index, (id, _)) = entry.remove_entry();
             if index == e.index && proposal == Some(id) {
@@ -769,6 +849,36 @@ fn apply<S: GroupStore>(
         });
     }
     Ok(())
+}
+
+/// At the leader of a range with a target ([`Replicas::set_target`]), takes the next step of
+/// the move: proposes a configuration change (one at a time: none while one is proposed and
+/// not yet applied) or hands leadership over (none while a hand-over is under way).
+fn drive_move<S: GroupStore>(g: &mut Group<S>) {
+    let raft = &g.node.raft;
+    let Some(target) = &g.target else { return };
+    if raft.state != StateRole::Leader || raft.pending_conf_index > raft.raft_log.applied {
+        return;
+    }
+    let committed = raft.raft_log.committed;
+    let prs = raft.prs();
+    let caught_up = |id: u64| prs.get(id).is_some_and(|p| p.recent_active && p.matched >= committed);
+    match next_step(&prs.conf().to_conf_state(), target, raft.id, caught_up) {
+        Step::Change(change) => {
+            // Refused only while another change is pending: taken again next round.
+            let _ = g.node.propose_conf_change(change.encode(), change.to_raft());
+        }
+        Step::Transfer(to) if raft.lead_transferee.is_none() => g.node.transfer_leader(to),
+        Step::Transfer(_) | Step::Wait | Step::Done => {}
+    }
+}
+
+/// A message only a leader sends to its followers and learners.
+fn is_from_leader(m: &Message) -> bool {
+    matches!(
+        m.get_msg_type(),
+        MessageType::MsgAppend | MessageType::MsgHeartbeat | MessageType::MsgSnapshot
+    )
 }
 
 /// Reports a new leader or term, and fails the reads a deposed leader will never confirm

@@ -41,6 +41,7 @@
 //! - `wire`: the postcard mirror of raft messages (protobuf is never decoded off the network).
 //! - `command`: what entries carry; `ids`: range ids and node ids from names.
 
+mod change;
 mod command;
 mod core;
 mod ids;
@@ -50,12 +51,13 @@ mod store;
 mod tests;
 mod wire;
 
+pub use self::change::{ChangeKind, ReplicaChange};
 pub use self::command::{Command, Effect, ProposalId};
 pub use self::core::{ProposeError, ReplicaConfig, Replicas, Role, RoundError};
 pub use self::ids::{IdError, NodeIds, RangeId, node_id};
 pub use self::output::{Applied, Failure, GroupWrite, Output, Persist};
 pub use self::store::{BOOTSTRAP_INDEX, GroupStore, MemGroupStore, RangeData, StoreError};
 pub use self::wire::{
-    DecodeError, Frame, INLINE_SNAPSHOT, LogState, MAX_FRAME, MAX_SNAPSHOT, Probe, RaftEntry, RaftMsg, RaftSnapshot,
-    SNAPSHOT_CHUNK, SnapshotHead,
+    DecodeError, Frame, LogState, MAX_FRAME, MAX_SNAPSHOT, Probe, RaftEntry, RaftMsg, RaftSnapshot, SNAPSHOT_CHUNK,
+    SnapshotHead,
 };

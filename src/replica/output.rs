@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use raft::prelude::{Entry, HardState, Message, Snapshot};
+use raft::prelude::{ConfState, Entry, HardState, Message, Snapshot};
 
 use crate::command::{Command, Effect, ProposalId};
 use crate::ids::RangeId;
@@ -81,6 +81,12 @@ pub struct Output {
     /// Groups found new by the lost-state rule and bootstrapped: the preferred leader may
     /// campaign now.
     pub bootstrapped: Vec<RangeId>,
+    /// Configuration changes applied this round, with the group's configuration after each
+    /// (a move's progress; a node that is neither voter nor learner has left the group).
+    pub configured: Vec<(RangeId, ConfState)>,
+    /// Ranges not held here whose leader sent this node a message (`(range, leader)`): a
+    /// move adding it; the caller may add the group, uninitialised, to receive a snapshot.
+    pub unknown: Vec<(RangeId, u64)>,
 }
 
 impl Output {
@@ -94,6 +100,8 @@ impl Output {
             && self.failed_reads.is_empty()
             && self.leaders.is_empty()
             && self.bootstrapped.is_empty()
+            && self.configured.is_empty()
+            && self.unknown.is_empty()
     }
 }
 

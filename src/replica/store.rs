@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use raft::prelude::{Entry, HardState, Snapshot};
+use raft::prelude::{ConfState, Entry, HardState, Snapshot};
 use raft::storage::MemStorage;
 use raft::{GetEntriesContext, RaftState, Storage, StorageError};
 
@@ -54,6 +54,10 @@ pub trait GroupStore: Storage + Clone {
     /// new leader's empty entry, a conf change), with the applied index in the same write.
     /// Says what it did, decided by the range's state at this entry (see [`Effect`]).
     fn apply(&mut self, index: u64, command: Option<&Command>) -> Result<Effect, StoreError>;
+
+    /// Applies the committed configuration change at `index`: the group's new voters and
+    /// learners, with the applied index, in one write (a crash keeps both or neither).
+    fn apply_conf(&mut self, index: u64, conf: &ConfState) -> Result<(), StoreError>;
 
     /// The index of the last applied entry.
     fn applied(&self) -> u64;
@@ -246,6 +250,12 @@ impl GroupStore for MemGroupStore {
         };
         applied.index = index;
         Ok(effect)
+    }
+
+    fn apply_conf(&mut self, index: u64, conf: &ConfState) -> Result<(), StoreError> {
+        self.log.wl().set_conf_state(conf.clone());
+        self.write().index = index;
+        Ok(())
     }
 
     fn applied(&self) -> u64 {

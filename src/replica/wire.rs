@@ -13,13 +13,8 @@ use crate::ids::RangeId;
 
 /// The largest frame a peer may send (the transport's frame limit bounds it too): raft-rs caps
 /// entries per append by `max_size_per_msg` (1 MiB), and one frame carries a round of many
-/// groups. Snapshots over [`INLINE_SNAPSHOT`] travel on a stream of their own.
+/// groups. Snapshots travel on streams of their own ([`Frame::take_snapshots`]).
 pub const MAX_FRAME: usize = 16 << 20;
-
-/// A snapshot whose data is larger than this leaves its round's frame and travels on a stream
-/// of its own ([`SnapshotHead`], then the data in chunks), so that it neither meets the frame
-/// limit nor holds up the heartbeats behind it.
-pub const INLINE_SNAPSHOT: usize = 1 << 20;
 
 /// The size of each chunk of a streamed snapshot's data.
 pub const SNAPSHOT_CHUNK: usize = 1 << 20;
@@ -156,11 +151,14 @@ impl Frame {
 }
 
 impl Frame {
-    /// Takes out the messages whose snapshot data is over `inline` bytes, to travel on streams
-    /// of their own ([`SnapshotHead`]); the frame keeps the rest.
-    pub fn take_snapshots(&mut self, inline: usize) -> Vec<(RangeId, RaftMsg)> {
-        let big = |m: &RaftMsg| m.snapshot.as_ref().is_some_and(|s| s.data.len() > inline);
-        let (out, kept) = std::mem::take(&mut self.msgs).into_iter().partition(|(_, m)| big(m));
+    /// Takes out the messages that carry a snapshot, to travel on streams of their own
+    /// ([`SnapshotHead`], then the data in chunks): none meets the frame limit or holds up the
+    /// heartbeats behind it, and the sender learns whether it arrived, which raft-rs needs
+    /// told (`report_snapshot`). The frame keeps the rest.
+    pub fn take_snapshots(&mut self) -> Vec<(RangeId, RaftMsg)> {
+        let (out, kept) = std::mem::take(&mut self.msgs)
+            .into_iter()
+            .partition(|(_, m)| m.snapshot.is_some());
         self.msgs = kept;
         out
     }

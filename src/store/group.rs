@@ -503,6 +503,40 @@ impl GroupStore for NodeGroupStore {
         Ok(effect)
     }
 
+    /// The new configuration and the applied index in one engine batch, unsynced (as
+    /// `apply`'s writes): a crash keeps both or neither, and the entry is re-applied.
+    fn apply_conf(&mut self, index: u64, conf: &ConfState) -> Result<(), kvnode_replica::StoreError> {
+        let term = self.term(index).map_err(kvnode_replica::StoreError::Raft)?;
+        if let GroupBackend::Disk(d) = &self.shared.backend {
+            let records = vec![
+                (
+                    RaftSpace::State,
+                    rec::state_key(self.range, rec::CONF),
+                    Some(rec::encode_conf(conf)),
+                ),
+                (
+                    RaftSpace::State,
+                    rec::state_key(self.range, rec::APPLIED),
+                    Some(rec::encode_index_term(index, term)),
+                ),
+            ];
+            let writes = RaftWrites {
+                replace: vec![],
+                records,
+            };
+            d.engine()
+                .commit_unsynced(&[Op::Raft(Arc::new(writes))])
+                .map_err(replica_err)?;
+        }
+        {
+            let mut s = self.write();
+            s.conf = conf.clone();
+            s.applied = (index, term);
+        }
+        self.shared.feed.advance(index);
+        Ok(())
+    }
+
     fn applied(&self) -> u64 {
         self.read().applied.0
     }

@@ -466,3 +466,32 @@ async fn an_in_memory_log_keeps_every_entry_however_many_bytes_it_holds() {
     }
     assert_eq!(all(&g, 2, 5).unwrap().len(), 3);
 }
+
+#[cfg(feature = "fjall")]
+#[tokio::test]
+async fn an_applied_configuration_change_survives_reopening_with_its_applied_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut moved = raft::prelude::ConfState::default();
+    moved.set_voters(vec![11, 22, 44]);
+    moved.set_learners(vec![55]);
+    {
+        let store = Store::open(dir.path()).unwrap();
+        let w = writer(&store);
+        let mut g = store.group(AM, Some(&VOTERS)).unwrap();
+        round(
+            &store,
+            &mut g,
+            write(AM, None, vec![entry(2, 2, None)], Some(hard(2, 11, 2))),
+        )
+        .await;
+        g.apply_conf(2, &moved).unwrap();
+        assert_eq!(g.initial_state().unwrap().conf_state, moved);
+        // A plain write's sync makes the unsynced apply durable too.
+        store.put(b"zoo", b"k", Bytes::from_static(b"z")).await.unwrap();
+        w.stop().await;
+    }
+    let store = Store::open(dir.path()).unwrap();
+    let g = store.group(AM, None).unwrap();
+    assert_eq!(g.initial_state().unwrap().conf_state, moved);
+    assert_eq!(g.applied(), 2);
+}

@@ -35,6 +35,8 @@ pub struct SimNode {
     pub reads: Vec<(RangeId, u64)>,
     pub failed_reads: Vec<(RangeId, u64)>,
     pub installed: Vec<(RangeId, u64)>,
+    /// Ranges this node left (a move took it out of the group).
+    pub left: Vec<RangeId>,
     /// The round being "synced" and the step its sync completes at.
     syncing: Option<(u64, u64)>,
 }
@@ -90,6 +92,7 @@ impl Sim {
                 reads: vec![],
                 failed_reads: vec![],
                 installed: vec![],
+                left: vec![],
                 syncing: None,
             })
             .collect();
@@ -134,6 +137,48 @@ impl Sim {
                 .expect("a fresh core holds no group");
         }
         node.core = Some(core);
+    }
+
+    /// A node joining the cluster, holding no range: a move may add it (it takes a range's
+    /// group when the range's leader first writes to it). Its index.
+    pub fn add_node(&mut self) -> usize {
+        let i = self.nodes.len();
+        let name = format!("node{}", i + 1);
+        self.nodes.push(SimNode {
+            id: node_id(&name),
+            name,
+            core: None,
+            disk: BTreeMap::new(),
+            starts: 0,
+            applied: BTreeMap::new(),
+            acked: vec![],
+            effects: BTreeMap::new(),
+            failed: vec![],
+            reads: vec![],
+            failed_reads: vec![],
+            installed: vec![],
+            left: vec![],
+            syncing: None,
+        });
+        self.start(i);
+        i
+    }
+
+    /// Node `i` drops its group of `range` and the range's data (a move it is not part of
+    /// any more is done).
+    pub fn drop_range(&mut self, i: usize, range: RangeId) {
+        let node = &mut self.nodes[i];
+        if let Some(core) = node.core.as_mut() {
+            core.remove_group(range);
+        }
+        if node.disk.remove(&range).is_some() {
+            node.left.push(range);
+        }
+    }
+
+    /// Whether node `i` holds a group of `range` that knows its configuration.
+    pub fn holds(&self, i: usize, range: RangeId) -> bool {
+        self.nodes[i].core.as_ref().and_then(|c| c.initialised(range)) == Some(true)
     }
 
     /// kill -9: the core and its unpersisted round are gone; the disk stays.
@@ -249,8 +294,20 @@ impl Sim {
             return;
         }
         let from = self.nodes[f.from].id;
+        let snapshots: Vec<(RangeId, u64)> = frame
+            .msgs
+            .iter()
+            .filter(|(_, m)| m.snapshot.is_some())
+            .map(|(r, m)| (*r, m.to))
+            .collect();
         if let Some(core) = self.nodes[f.to].core.as_mut() {
             core.handle_frame(from, frame);
+        }
+        // ... and that one did, as the node's snapshot streams report.
+        if let Some(core) = self.nodes[f.from].core.as_mut() {
+            for (range, to) in snapshots {
+                core.report_snapshot(range, to, true);
+            }
         }
     }
 
@@ -258,6 +315,12 @@ impl Sim {
         for (to, frame) in frames {
             let Some(to) = self.index_of(to) else { continue };
             if self.loss > 0.0 && self.rng.random_bool(self.loss) {
+                // A lost snapshot is reported, as a node's snapshot stream reports it.
+                if let Some(core) = self.nodes[from].core.as_mut() {
+                    for (range, m) in frame.msgs.iter().filter(|(_, m)| m.snapshot.is_some()) {
+                        core.report_snapshot(*range, m.to, false);
+                    }
+                }
                 continue;
             }
             let at = self.now + 1 + u64::from(self.rng.random_bool(0.3));
@@ -303,6 +366,19 @@ impl Sim {
             for (range, leader, term) in out.leaders {
                 self.trace.push((self.now, i, range, leader, term));
             }
+            // A range's leader writing to this node: a move adds it. It takes the group,
+            // uninitialised, and is made whole by a snapshot.
+            let node = &mut self.nodes[i];
+            for (range, _) in out.unknown {
+                if node.disk.contains_key(&range) || node.left.contains(&range) {
+                    continue;
+                }
+                let store = MemGroupStore::uninitialised();
+                node.disk.insert(range, store.clone());
+                if let Some(core) = node.core.as_mut() {
+                    core.add_group(range, store, &[]).expect("not held");
+                }
+            }
         }
     }
 
@@ -329,7 +405,8 @@ impl Sim {
                 continue;
             };
             let range = self.range_of(bucket);
-            for node in self.nodes.iter().filter(|n| n.core.is_some()) {
+            let holders = (0..self.nodes.len()).filter(|&i| self.holds(i, range));
+            for node in holders.map(|i| &self.nodes[i]) {
                 let data = node.disk[&range].data();
                 let got = data.get(bucket).and_then(|b| b.get(key));
                 assert_eq!(got, Some(value), "{}: acknowledged put of {key:?} lost", node.name);
