@@ -743,7 +743,7 @@ impl Store {
             return Ok(g.clone());
         }
         let (backend, found) = match &self.backend {
-            Backend::Memory(m) => (GroupBackend::Memory(m.clone()), None),
+            Backend::Memory(m) => (GroupBackend::Memory(m.for_group()), None),
             Backend::Disk(d) => (GroupBackend::Disk(d.clone()), load(d, range)?),
         };
         let stored = found.is_some();

@@ -495,3 +495,32 @@ async fn an_applied_configuration_change_survives_reopening_with_its_applied_ind
     assert_eq!(g.initial_state().unwrap().conf_state, moved);
     assert_eq!(g.applied(), 2);
 }
+
+#[tokio::test]
+async fn a_replicated_write_goes_to_its_range_feed_by_log_index_and_not_to_the_nodes() {
+    for (store, _dir) in stores() {
+        let _w = writer(&store);
+        let mut g = store.group(AM, Some(&VOTERS)).unwrap();
+        let (p, d) = (
+            put("apple", "k", "v1"),
+            Command::Delete {
+                bucket: b"apple".to_vec(),
+                key: b"k".to_vec(),
+            },
+        );
+        let entries = vec![entry(2, 2, Some(&p)), entry(3, 2, None), entry(4, 2, Some(&d))];
+        round(&store, &mut g, write(AM, None, entries, Some(hard(2, 11, 4)))).await;
+        for (i, c) in [(2, Some(&p)), (3, None), (4, Some(&d))] {
+            g.apply(i, c).unwrap();
+        }
+        let page = g.feed().read(1, |_| true, 1 << 20).unwrap();
+        let seen: Vec<(u64, bool)> = page.changes.iter().map(|c| (c.seq, c.value.is_some())).collect();
+        assert_eq!(seen, [(2, true), (4, false)]);
+        assert_eq!(page.upto, 4);
+        assert_eq!(
+            store.feed().last(),
+            0,
+            "the node's own feed is for single-owner buckets"
+        );
+    }
+}

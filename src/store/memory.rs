@@ -24,6 +24,9 @@ pub struct MemoryStore {
     hasher: RandomState,
     /// Each change, pushed while its bucket's lock is held: in the order they take effect.
     feed: Arc<Feed>,
+    /// Whether changes go to `feed`: not a replicated range's, which its group's feed
+    /// records by log index ([`MemoryStore::for_group`]).
+    recorded: bool,
 }
 
 impl Default for MemoryStore {
@@ -32,11 +35,21 @@ impl Default for MemoryStore {
             shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
             hasher: RandomState::new(),
             feed: Arc::default(),
+            recorded: true,
         }
     }
 }
 
 impl MemoryStore {
+    /// The same store, whose writes (a replicated range's, applied by its group) leave this
+    /// store's feed alone.
+    pub(super) fn for_group(&self) -> Self {
+        MemoryStore {
+            recorded: false,
+            ..self.clone()
+        }
+    }
+
     /// The changes this store made, for `kvnode watch`.
     pub fn feed(&self) -> &Arc<Feed> {
         &self.feed
@@ -118,7 +131,9 @@ impl MemoryStore {
     fn put_into(&self, b: &Bucket, bucket: &[u8], key: &[u8], value: Bytes) -> bool {
         let mut b = b.write().unwrap_or_else(PoisonError::into_inner);
         let new = b.insert(Box::from(key), Box::from(&value[..])).is_none();
-        self.feed.push(bucket, key, Some(value));
+        if self.recorded {
+            self.feed.push(bucket, key, Some(value));
+        }
         new
     }
 
@@ -139,7 +154,9 @@ impl MemoryStore {
         if b.remove(key).is_none() {
             return Lookup::NoKey;
         }
-        self.feed.push(bucket, key, None);
+        if self.recorded {
+            self.feed.push(bucket, key, None);
+        }
         Lookup::Found(())
     }
 
