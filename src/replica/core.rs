@@ -88,8 +88,11 @@ struct Group<S: GroupStore> {
     node: RawNode<S>,
     /// Accepted proposals of this node by log index, with the term they were appended in.
     proposals: BTreeMap<u64, (ProposalId, u64)>,
-    /// Reads asked of raft, not yet confirmed: (read id, term asked in).
-    reads_asked: Vec<(u64, u64)>,
+    /// Reads taken since the last batch was asked of raft: (read id, term taken in).
+    reads_new: Vec<(u64, u64)>,
+    /// Batches of reads asked of raft, not yet confirmed: (the batch's context, the term
+    /// asked in, its read ids). One read-index round serves every read of its batch.
+    reads_asked: Vec<(u64, u64, Vec<u64>)>,
     /// Reads confirmed, waiting for the applied index to reach theirs: (index, read id).
     reads_confirmed: VecDeque<(u64, u64)>,
     /// The leader and term last reported.
@@ -200,6 +203,7 @@ impl<S: GroupStore> Replicas<S> {
         let mut group = Group {
             node,
             proposals: BTreeMap::new(),
+            reads_new: vec![],
             reads_asked: vec![],
             reads_confirmed: VecDeque::new(),
             seen: (0, 0),
@@ -481,12 +485,15 @@ impl<S: GroupStore> Replicas<S> {
     /// Asks for a linearizable read of the range; only its leader takes it. The returned id
     /// comes back in [`Output::reads`] once a quorum confirmed the leadership and the applied
     /// state covers every write acknowledged before the call, or in `failed_reads`.
+    ///
+    /// Reads taken between two rounds share one read-index round (asked at the next
+    /// `poll_round`): its leadership check and commit index, both taken after every read of
+    /// the batch was, serve them all, so many clients' reads cost one heartbeat round.
     pub fn read_index(&mut self, range: RangeId) -> Result<u64, ProposeError> {
         let id = self.next_read;
         let g = self.leading(range)?;
-        g.node.read_index(id.to_be_bytes().to_vec());
         let term = g.node.raft.term;
-        g.reads_asked.push((id, term));
+        g.reads_new.push((id, term));
         self.next_read += 1;
         Ok(id)
     }
@@ -578,6 +585,13 @@ impl<S: GroupStore> Replicas<S> {
         }
         for (&range, g) in self.groups.iter_mut() {
             note_leadership(range, g, &mut self.pending);
+            if let Some(&(ctx, term)) = g.reads_new.first() {
+                // (Still leading in the term they were taken in: `note_leadership` failed
+                // them otherwise.)
+                g.node.read_index(ctx.to_be_bytes().to_vec());
+                let ids = g.reads_new.drain(..).map(|(id, _)| id).collect();
+                g.reads_asked.push((ctx, term, ids));
+            }
             if !g.node.has_ready() {
                 continue;
             }
@@ -585,9 +599,9 @@ impl<S: GroupStore> Replicas<S> {
             add_frames(&mut early, range, ready.take_messages());
             for rs in ready.take_read_states() {
                 let id = rs.request_ctx.as_slice().try_into().ok().map(u64::from_be_bytes);
-                if let Some(pos) = g.reads_asked.iter().position(|&(asked, _)| Some(asked) == id) {
-                    let (id, _) = g.reads_asked.remove(pos);
-                    g.reads_confirmed.push_back((rs.index, id));
+                if let Some(pos) = g.reads_asked.iter().position(|(ctx, _, _)| Some(*ctx) == id) {
+                    let (_, _, ids) = g.reads_asked.remove(pos);
+                    g.reads_confirmed.extend(ids.into_iter().map(|id| (rs.index, id)));
                 }
             }
             let snapshot = (!ready.snapshot().is_empty()).then(|| ready.snapshot().clone());
@@ -892,10 +906,17 @@ fn note_leadership<S: GroupStore>(range: RangeId, g: &mut Group<S>, pending: &mu
     }
     let leading = raft.state == StateRole::Leader;
     let term = raft.term;
-    g.reads_asked.retain(|&(id, asked)| {
+    g.reads_new.retain(|&(id, asked)| {
         let alive = leading && asked == term;
         if !alive {
             pending.failed_reads.push((range, id, leader));
+        }
+        alive
+    });
+    g.reads_asked.retain(|(_, asked, ids)| {
+        let alive = leading && *asked == term;
+        if !alive {
+            pending.failed_reads.extend(ids.iter().map(|&id| (range, id, leader)));
         }
         alive
     });

@@ -818,7 +818,9 @@ impl Store {
                 }
                 Ok(())
             }
-            Backend::Disk(_) if persist.groups.is_empty() => Ok(()),
+            // Nothing to make durable (a round of messages only: heartbeats, read-index
+            // rounds, answers): no sync to wait for.
+            Backend::Disk(_) if writes.records.is_empty() && writes.replace.is_empty() => Ok(()),
             Backend::Disk(d) => d.write(Op::Raft(Arc::new(writes))).await.map(|_| ()),
         }
     }

@@ -265,6 +265,28 @@ fn read_index_is_answered_only_by_a_leader_with_a_quorum() {
 }
 
 #[test]
+fn reads_taken_together_share_one_read_index_round() {
+    let mut sim = Sim::new(6, 3, &four_ranges());
+    elect_all(&mut sim);
+    let range = sim.ranges[0];
+    let mut acked = BTreeMap::new();
+    put(&mut sim, range, 1, &mut acked);
+    let leader = sim.leader(range).expect("a leader");
+    let before = sim.sent.1;
+    let reads: Vec<u64> = (0..50)
+        .map(|_| sim.core(leader).read_index(range).expect("leads"))
+        .collect();
+    sim.run_until(20 * STEPS_PER_TICK, |s| {
+        reads.iter().all(|id| s.nodes[leader].reads.contains(&(range, *id)))
+    })
+    .expect("every read confirmed");
+    // One heartbeat to each follower and its answer (plus what the other ranges' leaders
+    // send meanwhile), not one per read.
+    let messages = sim.sent.1 - before;
+    assert!(messages < 50, "{messages} messages for 50 reads");
+}
+
+#[test]
 fn a_restarted_node_keeps_its_log_and_catches_up() {
     let mut sim = Sim::new(8, 3, &four_ranges());
     elect_all(&mut sim);
