@@ -45,11 +45,21 @@ grep '^faults-row ' "$out" | awk '
       lost[s] += f["lost"]; viol[s] += f["violations"]; und[s] += f["undecided"]
       u = f["unavailable_ms"]
       if (u == "never") worst[s] = "never"
-      else if (u != "-" && worst[s] != "never" && u + 0 > worst[s] + 0) worst[s] = u }
+      else if (u != "-" && worst[s] != "never" && u + 0 > worst[s] + 0) worst[s] = u
+      if (f["kills_ms"] != "" && f["kills_ms"] != "-") {
+        k = split(f["kills_ms"], each, ",")
+        for (j = 1; j <= k; j++) { kills[s, ++nk[s]] = (each[j] == "never" ? 1e12 : each[j] + 0) } } }
+    function median(s,   i, j, t, a, m) {
+      m = nk[s]; if (m == 0) return "-"
+      for (i = 1; i <= m; i++) a[i] = kills[s, i]
+      for (i = 2; i <= m; i++) { t = a[i]; for (j = i - 1; j >= 1 && a[j] > t; j--) a[j + 1] = a[j]; a[j + 1] = t }
+      t = (m % 2 ? a[(m + 1) / 2] : (a[m / 2] + a[m / 2 + 1]) / 2)
+      return (t >= 1e12 ? "never" : sprintf("%d", t))
+    }
     END {
-      printf "%-18s %5s %9s %8s %7s %5s %11s %10s %16s\n", "shape", "runs", "ops", "unknown", "faults", "lost", "violations", "undecided", "max_unavail_ms"
+      printf "%-18s %5s %9s %8s %7s %5s %11s %10s %6s %17s %16s\n", "shape", "runs", "ops", "unknown", "faults", "lost", "violations", "undecided", "kills", "median_unavail_ms", "max_unavail_ms"
       for (i = 1; i <= n; i++) { s = order[i]
-        printf "%-18s %5d %9d %8d %7d %5d %11d %10d %16s\n", s, runs[s], ops[s], unk[s], faults[s], lost[s], viol[s], und[s], (worst[s] == "" ? "-" : worst[s]) }
+        printf "%-18s %5d %9d %8d %7d %5d %11d %10d %6d %17s %16s\n", s, runs[s], ops[s], unk[s], faults[s], lost[s], viol[s], und[s], nk[s], median(s), (worst[s] == "" ? "-" : worst[s]) }
     }'
 if [ $status -ne 0 ]; then
     echo "some run failed; the test's output:" >&2

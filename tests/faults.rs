@@ -156,7 +156,7 @@ impl Ran {
     /// The line `scripts/faults.sh` tabulates.
     fn row(&self, shape: &Shape) -> String {
         format!(
-            "faults-row shape={} seed={} ops={} unknown={} failed={} faults={} lost={} violations={} undecided={} unavailable_ms={}",
+            "faults-row shape={} seed={} ops={} unknown={} failed={} faults={} lost={} violations={} undecided={} unavailable_ms={} kills_ms={}",
             shape.name,
             self.seed,
             self.ops,
@@ -166,8 +166,23 @@ impl Ran {
             self.report.lost_writes.len(),
             self.report.violations().len(),
             self.report.unknown_keys().len(),
-            self.longest_unavailable()
+            self.longest_unavailable(),
+            self.each_unavailable()
         )
+    }
+
+    /// Each kill's write unavailability, comma-separated (`never` for one after which no write
+    /// succeeded), `-` for none.
+    fn each_unavailable(&self) -> String {
+        if self.unavailable.is_empty() {
+            return "-".into();
+        }
+        let each: Vec<String> = self
+            .unavailable
+            .iter()
+            .map(|u| u.map_or("never".into(), |d| d.as_millis().to_string()))
+            .collect();
+        each.join(",")
     }
 }
 
