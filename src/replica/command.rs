@@ -10,42 +10,54 @@ pub enum Command {
     /// Set a key of a bucket.
     Put {
         /// The bucket's name.
+        #[serde(with = "serde_bytes")]
         bucket: Vec<u8>,
         /// The key.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         /// The value.
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
     },
     /// Set a key of a bucket that must exist: applies as nothing, [`Effect::NoBucket`], in a
     /// bucket never created (the guide's `PUT`).
     PutExisting {
         /// The bucket's name.
+        #[serde(with = "serde_bytes")]
         bucket: Vec<u8>,
         /// The key.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         /// The value.
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
     },
     /// Set a key of a bucket and say whether it is new ([`Effect::StoredNew`]; RESP's `HSET`
     /// counts new fields).
     PutReporting {
         /// The bucket's name.
+        #[serde(with = "serde_bytes")]
         bucket: Vec<u8>,
         /// The key.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         /// The value.
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
     },
     /// Remove a key of a bucket; [`Effect::NoKey`] or [`Effect::NoBucket`] if it was not there.
     Delete {
         /// The bucket's name.
+        #[serde(with = "serde_bytes")]
         bucket: Vec<u8>,
         /// The key.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
     },
     /// Create a bucket (an empty one; creating an existing bucket changes nothing).
     CreateBucket {
         /// The bucket's name.
+        #[serde(with = "serde_bytes")]
         bucket: Vec<u8>,
     },
 }

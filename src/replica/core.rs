@@ -1,6 +1,9 @@
 //! [`Replicas`]: every Raft group this node holds, fed ticks, frames and proposals, drained one
 //! round at a time. See the crate's doc for the contract.
 
+mod lost_state;
+mod moves;
+
 use std::collections::{BTreeMap, VecDeque};
 
 use raft::prelude::{ConfState, Entry, EntryType, Message, MessageType};
@@ -8,11 +11,13 @@ use raft::{Config, RawNode, Ready, StateRole};
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 
-use crate::change::{ReplicaChange, Step, next_step};
+use self::lost_state::{Probing, ask_for_snapshot, log_state, may_step};
+use self::moves::{drive_move, is_from_leader};
+use crate::change::ReplicaChange;
 use crate::command::{Command, ProposalId};
 use crate::ids::RangeId;
 use crate::output::{Applied, Failure, GroupWrite, Output, Persist, add_frames};
-use crate::store::{BOOTSTRAP_INDEX, GroupStore, StoreError};
+use crate::store::{GroupStore, StoreError};
 use crate::wire::{Frame, LogState, Probe};
 
 /// How this node's groups run. Ticks are the caller's timer (50 ms by default, the design's
@@ -111,27 +116,6 @@ struct Group<S: GroupStore> {
     /// The replicas the range is to be held by (a move, issue 26): whenever this replica
     /// leads, it takes the next step there ([`crate::change`]).
     target: Option<Vec<u64>>,
-}
-
-/// A group asking the other replicas what they hold.
-struct Probing {
-    /// Every replica of the range (this one too): the voters if the range turns out new.
-    voters: Vec<u64>,
-    /// Each other replica's answer, once it came.
-    answers: BTreeMap<u64, Option<LogState>>,
-}
-
-impl Probing {
-    fn others(&self, me: u64) -> impl Iterator<Item = u64> + '_ {
-        self.voters.iter().copied().filter(move |&id| id != me)
-    }
-
-    /// Enough answers: every majority of the group that could have committed an entry
-    /// (this replica perhaps among it, having lost the entry) has a member among those that
-    /// answered, i.e. half the group, rounded up, answered. The rest may be down.
-    fn complete(&self) -> bool {
-        self.answers.len() >= self.voters.len().div_ceil(2)
-    }
 }
 
 /// The Ready of a group between `poll_round` and `handle_persisted`, emptied of what was
@@ -236,81 +220,6 @@ impl<S: GroupStore> Replicas<S> {
         };
         let logger = self.config.logger.new(slog::o!("range" => range.to_string()));
         RawNode::new(&cfg, store, &logger)
-    }
-
-    /// The groups whose probing is complete: decide each (see [`Replicas::add_group`]).
-    /// Only between rounds: a bootstrap replaces the group's `RawNode`.
-    fn settle_probes(&mut self) -> Result<(), raft::Error> {
-        let done: Vec<RangeId> = self
-            .groups
-            .iter()
-            .filter(|(_, g)| g.probing.as_ref().is_some_and(Probing::complete))
-            .map(|(&r, _)| r)
-            .collect();
-        for range in done {
-            let Some(probing) = self.groups.get_mut(&range).and_then(|g| g.probing.take()) else {
-                continue;
-            };
-            let reported: Vec<LogState> = probing.answers.values().flatten().copied().collect();
-            let top_term = reported.iter().map(|l| l.term).max().unwrap_or(0);
-            let best = reported
-                .iter()
-                .map(|l| (l.last_term, l.last_index))
-                .max()
-                .unwrap_or((0, 0));
-            let new = reported.iter().all(|l| l.last_index <= BOOTSTRAP_INDEX);
-            if new {
-                let g = self.groups.get_mut(&range).expect("the group probing");
-                g.node
-                    .mut_store()
-                    .bootstrap(&probing.voters)
-                    .map_err(|e| raft::Error::ConfChangeError(e.to_string()))?;
-                let store = g.node.store().clone();
-                let node = self.raw_node(range, store)?;
-                let g = self.groups.get_mut(&range).expect("the group probing");
-                g.node = node;
-                g.initialised = true;
-                redraw_timeout(&mut self.rng, self.config.election_tick, g);
-                self.pending.bootstrapped.push(range);
-            }
-            let g = self.groups.get_mut(&range).expect("the group probing");
-            g.floor = Some(LogState {
-                term: top_term,
-                last_term: best.0,
-                last_index: best.1,
-            });
-        }
-        Ok(())
-    }
-
-    /// A probe from `from`: a question is answered with what this node holds of the range
-    /// (nothing while it is itself asking, or holds no group); an answer is recorded.
-    fn handle_probe(&mut self, from: u64, probe: Probe) {
-        let range = probe.range;
-        match probe.answer {
-            None => {
-                let held = self
-                    .groups
-                    .get(&range)
-                    .filter(|g| g.probing.is_none())
-                    .map(|g| log_state(&g.node));
-                self.probes.push((
-                    from,
-                    Probe {
-                        range,
-                        answer: Some(held),
-                    },
-                ));
-            }
-            Some(answer) => {
-                let me = self.config.id;
-                if let Some(p) = self.groups.get_mut(&range).and_then(|g| g.probing.as_mut())
-                    && p.others(me).any(|id| id == from)
-                {
-                    p.answers.insert(from, answer);
-                }
-            }
-        }
     }
 
     /// Drops the group (this node left it, or its move was abandoned before it joined),
@@ -683,76 +592,6 @@ fn redraw_timeout<S: GroupStore>(rng: &mut SmallRng, election_tick: usize, g: &m
     }
 }
 
-/// What an uninitialised replica answers a leader's heartbeat with: a rejected append at the
-/// heartbeat's commit index with a snapshot request, which raft-rs's leader takes (in
-/// `Progress::maybe_decr_to`) as "send this follower a snapshot".
-fn ask_for_snapshot(heartbeat: &Message) -> Message {
-    let mut m = Message::default();
-    m.set_msg_type(MessageType::MsgAppendResponse);
-    m.to = heartbeat.from;
-    m.from = heartbeat.to;
-    m.term = heartbeat.term;
-    m.reject = true;
-    m.index = heartbeat.commit;
-    m.request_snapshot = heartbeat.commit.max(crate::store::BOOTSTRAP_INDEX);
-    m
-}
-
-fn is_vote(m: &Message) -> bool {
-    matches!(
-        m.get_msg_type(),
-        MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
-    )
-}
-
-/// Whether the group may take `m`: anything but a (pre-)vote request; a vote request only as
-/// the lost-state rule allows (none while probing; above the floor after; none at all for an
-/// uninitialised group that has no floor).
-///
-/// And a pre-vote from a candidate whose log is exactly this replica's own (last term and
-/// index) is left unanswered when the candidate ranks below this replica in the table's
-/// order: two survivors with equal logs would otherwise both pass pre-vote, split the vote,
-/// and, drawing equal timeouts, split it again (the failover's tail: 3.5 s in 200 simulated
-/// kills, 1.0 s with this). The higher-ranked one is itself a candidate as good, so no
-/// election waits on it for long, and a candidate with a better log is never held back
-/// (raft-rs's own `priority` holds back any log of the same length, even a newer one, which
-/// can leave two survivors unable to elect each other).
-fn may_step<S: GroupStore>(g: &Group<S>, m: &Message, me: u64) -> bool {
-    if !is_vote(m) {
-        return true;
-    }
-    let log = &g.node.raft.raft_log;
-    if m.get_msg_type() == MessageType::MsgRequestPreVote
-        && (m.log_term, m.index) == (log.last_term(), log.last_index())
-        && rank(&g.order, m.from) < rank(&g.order, me)
-    {
-        return false;
-    }
-    if g.probing.is_some() {
-        return false;
-    }
-    match g.floor {
-        Some(f) => m.term > f.term && (m.log_term, m.index) >= (f.last_term, f.last_index),
-        None => g.initialised,
-    }
-}
-
-/// A replica's rank in its group's table order (the preferred leader first): higher for
-/// earlier names, 0 for a node the order does not name.
-fn rank(order: &[u64], id: u64) -> usize {
-    order.iter().position(|&o| o == id).map_or(0, |i| order.len() - i)
-}
-
-/// What a replica holds of its group, as a probe's answer says it.
-fn log_state<S: GroupStore>(node: &RawNode<S>) -> LogState {
-    let log = &node.raft.raft_log;
-    LogState {
-        term: node.raft.term,
-        last_term: log.last_term(),
-        last_index: log.last_index(),
-    }
-}
-
 /// One group's part of `handle_persisted`, in raft-rs's order.
 fn complete<S: GroupStore>(
     h: Held,
@@ -863,36 +702,6 @@ fn apply<S: GroupStore>(
         });
     }
     Ok(())
-}
-
-/// At the leader of a range with a target ([`Replicas::set_target`]), takes the next step of
-/// the move: proposes a configuration change (one at a time: none while one is proposed and
-/// not yet applied) or hands leadership over (none while a hand-over is under way).
-fn drive_move<S: GroupStore>(g: &mut Group<S>) {
-    let raft = &g.node.raft;
-    let Some(target) = &g.target else { return };
-    if raft.state != StateRole::Leader || raft.pending_conf_index > raft.raft_log.applied {
-        return;
-    }
-    let committed = raft.raft_log.committed;
-    let prs = raft.prs();
-    let caught_up = |id: u64| prs.get(id).is_some_and(|p| p.recent_active && p.matched >= committed);
-    match next_step(&prs.conf().to_conf_state(), target, raft.id, caught_up) {
-        Step::Change(change) => {
-            // Refused only while another change is pending: taken again next round.
-            let _ = g.node.propose_conf_change(change.encode(), change.to_raft());
-        }
-        Step::Transfer(to) if raft.lead_transferee.is_none() => g.node.transfer_leader(to),
-        Step::Transfer(_) | Step::Wait | Step::Done => {}
-    }
-}
-
-/// A message only a leader sends to its followers and learners.
-fn is_from_leader(m: &Message) -> bool {
-    matches!(
-        m.get_msg_type(),
-        MessageType::MsgAppend | MessageType::MsgHeartbeat | MessageType::MsgSnapshot
-    )
 }
 
 /// Reports a new leader or term, and fails the reads a deposed leader will never confirm

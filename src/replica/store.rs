@@ -11,6 +11,8 @@ use raft::prelude::{ConfState, Entry, HardState, Snapshot};
 use raft::storage::MemStorage;
 use raft::{GetEntriesContext, RaftState, Storage, StorageError};
 
+use serde_bytes::{ByteBuf, Bytes};
+
 use crate::command::{Command, Effect};
 
 /// Why a group's store refused a write.
@@ -72,6 +74,34 @@ pub const BOOTSTRAP_INDEX: u64 = 1;
 
 /// A range's applied state: every bucket and its keys, as a snapshot carries them.
 pub type RangeData = BTreeMap<Vec<u8>, BTreeMap<Vec<u8>, Vec<u8>>>;
+
+/// A snapshot's data: postcard of the [`RangeData`], written with each name, key and value as
+/// bytes (the same encoding as postcard gives a `Vec<u8>`, in one copy rather than byte by
+/// byte).
+pub fn encode_range(data: &RangeData) -> Vec<u8> {
+    let view: BTreeMap<&Bytes, BTreeMap<&Bytes, &Bytes>> = data
+        .iter()
+        .map(|(bucket, keys)| {
+            let keys = keys.iter().map(|(k, v)| (Bytes::new(k), Bytes::new(v))).collect();
+            (Bytes::new(bucket), keys)
+        })
+        .collect();
+    // Maps of byte strings always serialise.
+    postcard::to_allocvec(&view).unwrap_or_default()
+}
+
+/// The [`RangeData`] of a snapshot's data; `None` for bytes that are not one.
+pub fn decode_range(bytes: &[u8]) -> Option<RangeData> {
+    let read: BTreeMap<ByteBuf, BTreeMap<ByteBuf, ByteBuf>> = postcard::from_bytes(bytes).ok()?;
+    Some(
+        read.into_iter()
+            .map(|(bucket, keys)| {
+                let keys = keys.into_iter().map(|(k, v)| (k.into_vec(), v.into_vec())).collect();
+                (bucket.into_vec(), keys)
+            })
+            .collect(),
+    )
+}
 
 #[derive(Default)]
 struct Applied {
@@ -157,7 +187,7 @@ impl Storage for MemGroupStore {
             return Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable));
         }
         let mut snap = Snapshot::default();
-        snap.set_data(postcard::to_allocvec(&applied.data).unwrap_or_default().into());
+        snap.set_data(encode_range(&applied.data).into());
         let meta = snap.mut_metadata();
         meta.index = applied.index;
         meta.term = self.log.term(applied.index)?;
@@ -174,7 +204,7 @@ impl GroupStore for MemGroupStore {
         hard_state: Option<&HardState>,
     ) -> Result<(), StoreError> {
         if let Some(snap) = snapshot {
-            let data: RangeData = postcard::from_bytes(snap.get_data()).map_err(|_| StoreError::Snapshot)?;
+            let data: RangeData = decode_range(snap.get_data()).ok_or(StoreError::Snapshot)?;
             self.log.wl().apply_snapshot(snap.clone())?;
             *self.write() = Applied {
                 index: snap.get_metadata().index,
@@ -190,7 +220,7 @@ impl GroupStore for MemGroupStore {
 
     fn bootstrap(&mut self, voters: &[u64]) -> Result<(), StoreError> {
         let mut snap = Snapshot::default();
-        snap.set_data(postcard::to_allocvec(&RangeData::new()).unwrap_or_default().into());
+        snap.set_data(encode_range(&RangeData::new()).into());
         let meta = snap.mut_metadata();
         meta.index = BOOTSTRAP_INDEX;
         meta.term = BOOTSTRAP_INDEX;

@@ -72,6 +72,7 @@ pub struct RaftMsg {
     pub request_snapshot: u64,
     pub reject: bool,
     pub reject_hint: u64,
+    #[serde(with = "serde_bytes")]
     pub context: Vec<u8>,
     pub priority: i64,
 }
@@ -83,13 +84,16 @@ pub struct RaftEntry {
     pub entry_type: u8,
     pub term: u64,
     pub index: u64,
+    #[serde(with = "serde_bytes")]
     pub data: Vec<u8>,
+    #[serde(with = "serde_bytes")]
     pub context: Vec<u8>,
 }
 
 /// `eraftpb::Snapshot` with its metadata and conf state flattened.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RaftSnapshot {
+    #[serde(with = "serde_bytes")]
     pub data: Vec<u8>,
     pub index: u64,
     pub term: u64,

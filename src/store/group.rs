@@ -408,7 +408,7 @@ impl Storage for NodeGroupStore {
             GroupBackend::Disk(d) => d.engine().range_data(first, last).map_err(raft_err)?,
         };
         let mut snap = Snapshot::default();
-        snap.set_data(postcard::to_allocvec(&data).map_err(raft_err)?.into());
+        snap.set_data(kvnode_replica::encode_range(&data).into());
         let meta = snap.mut_metadata();
         meta.index = applied;
         meta.term = self.term(applied)?;

@@ -61,7 +61,9 @@ struct EntryRec {
     entry_type: u8,
     term: u64,
     index: u64,
+    #[serde(with = "serde_bytes")]
     data: Vec<u8>,
+    #[serde(with = "serde_bytes")]
     context: Vec<u8>,
 }
 
@@ -200,8 +202,8 @@ pub(super) fn plan_round(range: RangeId, before: &LogBounds, w: &GroupWrite) -> 
                 meta.index
             ));
         }
-        let data: RangeData = postcard::from_bytes(snap.get_data())
-            .map_err(|_| format!("the snapshot at index {} does not hold a range's data", meta.index))?;
+        let data: RangeData = kvnode_replica::decode_range(snap.get_data())
+            .ok_or_else(|| format!("the snapshot at index {} does not hold a range's data", meta.index))?;
         replace = Some(Arc::new(data));
         log.extend((first..=last).map(|i| (i, None)));
         (first, last) = (meta.index + 1, meta.index);

@@ -258,3 +258,42 @@ fn a_frame_over_the_limit_is_sent_as_several_each_message_whole() {
     }
     assert_eq!((msgs, probes), (frame.msgs, frame.probes));
 }
+
+#[test]
+fn byte_fields_encode_as_a_vec_of_bytes_would_so_stored_logs_and_snapshots_read_alike() {
+    // serde_bytes only makes the copy faster: stored entries and snapshots written before it
+    // read the same.
+    let bytes: Vec<u8> = (0..=255).collect();
+    assert_eq!(
+        postcard::to_allocvec(&bytes).unwrap(),
+        postcard::to_allocvec(serde_bytes::Bytes::new(&bytes)).unwrap()
+    );
+    let mut data = crate::RangeData::new();
+    data.entry(b"apple".to_vec())
+        .or_default()
+        .insert(b"k".to_vec(), bytes.clone());
+    data.entry(b"kiwi".to_vec()).or_default();
+    let encoded = crate::encode_range(&data);
+    assert_eq!(encoded, postcard::to_allocvec(&data).unwrap());
+    assert_eq!(crate::decode_range(&encoded), Some(data));
+    assert_eq!(crate::decode_range(&[0xff, 0xff]), None);
+    let put = crate::Command::Put {
+        bucket: b"b".to_vec(),
+        key: b"k".to_vec(),
+        value: bytes.clone(),
+    };
+    #[derive(serde::Serialize)]
+    enum Plain {
+        Put {
+            bucket: Vec<u8>,
+            key: Vec<u8>,
+            value: Vec<u8>,
+        },
+    }
+    let plain = Plain::Put {
+        bucket: b"b".to_vec(),
+        key: b"k".to_vec(),
+        value: bytes,
+    };
+    assert_eq!(put.encode(), postcard::to_allocvec(&plain).unwrap());
+}
