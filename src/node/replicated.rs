@@ -133,6 +133,10 @@ impl Node {
         let mut leaders = self.replicas.leaders();
         let start = Instant::now();
         loop {
+            // A write raft-rs did not take (a leadership hand-over under way) or that a new
+            // leader's log replaced: it did not take effect, so it is proposed again, soon,
+            // within the deadline, rather than failed to the client.
+            let mut again_soon = false;
             let leader = leaders.borrow_and_update().get(&range).and_then(|v| v.leader.clone());
             // A replica answers a route query with the leader it knows (or waits for one).
             if is_replica && matches!(req.op, BucketOp::Route) {
@@ -149,6 +153,7 @@ impl Node {
                     Decision::Lead => match self.lead(&req, range, replicas, deadline).await {
                         // Deposed meanwhile: look again (the leaders' view has changed).
                         Err(Refused::NotLeader { .. }) => {}
+                        Err(Refused::Dropped(_)) => again_soon = true,
                         Err(e) => return Err(self.refusal(e)),
                         Ok(answer) => return answer,
                     },
@@ -164,8 +169,13 @@ impl Node {
                     Decision::Wait => {}
                 }
             }
-            // Woken by the next leader change, or answered at the deadline.
-            if tokio::time::timeout_at(deadline, leaders.changed()).await.is_err() {
+            // Woken by the next leader change (or, for a write to propose again, after a
+            // tick at most), or answered at the deadline.
+            let until = match again_soon {
+                true => deadline.min(Instant::now() + super::replicas::TICK),
+                false => deadline,
+            };
+            if tokio::time::timeout_at(until, leaders.changed()).await.is_err() && until == deadline {
                 return Err(RemoteError::DeadlineExceeded {
                     node: self.name.to_string(),
                     waited_ms: start.elapsed().as_millis() as u64,

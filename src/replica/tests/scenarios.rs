@@ -287,6 +287,26 @@ fn reads_taken_together_share_one_read_index_round() {
 }
 
 #[test]
+fn a_read_whose_confirmation_was_lost_is_asked_again() {
+    // A batch's read-index round whose answers are lost: raft-rs repeats the pending
+    // context in its regular heartbeats, so the read is confirmed once the links are back.
+    let mut sim = Sim::new(9, 3, &four_ranges());
+    elect_all(&mut sim);
+    let range = sim.ranges[0];
+    let mut acked = BTreeMap::new();
+    put(&mut sim, range, 1, &mut acked);
+    let leader = sim.leader(range).expect("a leader");
+    for i in (0..3).filter(|&i| i != leader) {
+        sim.cut_link(i, leader);
+    }
+    let read = sim.core(leader).read_index(range).expect("leads");
+    sim.run(3);
+    sim.heal();
+    sim.run_until(20 * STEPS_PER_TICK, |s| s.nodes[leader].reads.contains(&(range, read)))
+        .expect("the read confirmed once asked again");
+}
+
+#[test]
 fn a_restarted_node_keeps_its_log_and_catches_up() {
     let mut sim = Sim::new(8, 3, &four_ranges());
     elect_all(&mut sim);

@@ -211,6 +211,11 @@ impl Sim {
         }
     }
 
+    /// Drops everything `from` sends `to` (one way) until [`Sim::heal`].
+    pub fn cut_link(&mut self, from: usize, to: usize) {
+        self.cut.insert((from, to));
+    }
+
     pub fn heal(&mut self) {
         self.cut.clear();
     }
