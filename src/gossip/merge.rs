@@ -420,15 +420,18 @@ impl<T: Table> Gossip<T> {
             if m.state == State::Suspect && m.incarnation == incarnation {
                 let id = m.id.clone();
                 let me = self.my_id.clone();
-                // Found in poor local health: one more ping (a datagram and a stream) before
-                // the verdict, which a heal in the meantime then answers.
-                if self.is_tentative(slot) {
+                // Found in poor local health, or running out in it: one more ping (a datagram
+                // and a stream) before the verdict, which a heal in the meantime then answers.
+                if self.doubts_verdict(slot) {
                     let verdict = Update::Dead {
                         id: id.clone(),
                         incarnation,
                         by: me.clone(),
                     };
                     if self.verify_quietly(now, slot, verdict) {
+                        continue;
+                    }
+                    if self.holds_verdict(now, slot, incarnation) {
                         continue;
                     }
                 }
