@@ -92,11 +92,11 @@ impl<T: Table> Gossip<T> {
 
     /// The sender `id` claims to be alive at `incarnation`: if we hold it suspect or dead at
     /// that incarnation on a tentative verdict, it is alive again here. Returns whether it was.
-    pub(super) fn revive_on_contact(&mut self, now: Instant, id: &Ident, incarnation: u64) -> bool {
+    pub(super) fn revive_on_contact(&mut self, now: Instant, slot: Option<Slot>, id: &Ident, incarnation: u64) -> bool {
         if self.health.tentative.is_empty() {
             return false;
         }
-        let Some(slot) = self.members.find_ident(id) else {
+        let Some(slot) = slot else {
             return false;
         };
         let same = self

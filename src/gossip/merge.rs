@@ -18,12 +18,21 @@ use super::message::{Ident, MemberState, Message, Sender, SharedTable, State, Up
 const IMPLAUSIBLE_INCARNATION: u64 = u64::MAX / 2;
 
 impl<T: Table> Gossip<T> {
-    /// Every message is its sender's own claim to be alive at its incarnation.
-    pub(super) fn apply_sender(&mut self, now: Instant, sender: &Sender) {
-        if self.revive_on_contact(now, &sender.id, sender.incarnation) {
+    /// Every message is its sender's own claim to be alive at its incarnation. `slot`: where
+    /// the sender's name is in our table (`find_ident`), if it is.
+    pub(super) fn apply_sender(&mut self, now: Instant, slot: Option<Slot>, sender: &Sender) {
+        if self.revive_on_contact(now, slot, &sender.id, sender.incarnation) {
             return;
         }
-        let _ = self.apply_member(now, &sender.id, sender.incarnation, State::Alive, None, Source::Gossip);
+        let _ = self.apply_member_at(
+            now,
+            slot,
+            &sender.id,
+            sender.incarnation,
+            State::Alive,
+            None,
+            Source::Gossip,
+        );
     }
 
     /// Applies one update; returns the member's slot when the update was a stale failure
@@ -89,8 +98,10 @@ impl<T: Table> Gossip<T> {
     /// is what lets a healed partition converge in seconds: the first probe across the old cut
     /// makes the prober refute. Likewise an earlier process of a name that has started again
     /// meanwhile: it is told of the newer one.
-    pub(super) fn tell_if_written_off(&mut self, now: Instant, sender: &Sender) {
-        let Some(m) = self.members.find_ident(&sender.id).and_then(|s| self.members.get(s)) else {
+    /// `slot`: where the sender's name was in our table before its message, if it was (a
+    /// member new to us is alive, with nothing to tell).
+    pub(super) fn tell_if_written_off(&mut self, now: Instant, slot: Option<Slot>, sender: &Sender) {
+        let Some(m) = slot.and_then(|s| self.members.get(s)) else {
             return;
         };
         if m.id.generation > sender.id.generation && matches!(m.state, State::Alive | State::Suspect) {
@@ -177,11 +188,10 @@ impl<T: Table> Gossip<T> {
         seen
     }
 
-    /// Whether `id` is a member we hold dead or left (in the same generation).
-    pub(super) fn is_down(&self, id: &Ident) -> bool {
-        self.members
-            .find_ident(id)
-            .and_then(|s| self.members.get(s))
+    /// Whether `id`, found at `slot`, is a member we hold dead or left (in the same
+    /// generation).
+    pub(super) fn is_down_at(&self, slot: Option<Slot>, id: &Ident) -> bool {
+        slot.and_then(|s| self.members.get(s))
             .is_some_and(|m| m.id.generation == id.generation && matches!(m.state, State::Dead | State::Left))
     }
 
@@ -201,8 +211,29 @@ impl<T: Table> Gossip<T> {
         if id.name == self.my_id.name {
             return self.about_me(now, id, incarnation, state);
         }
+        let slot = self.members.find_ident(id);
+        self.apply_member_at(now, slot, id, incarnation, state, by, source)
+    }
+
+    /// [`Gossip::apply_member`] for a member already looked up: `found` is where `id`'s name
+    /// is in our table, if it is.
+    #[expect(clippy::too_many_arguments, reason = "apply_member's, plus the lookup done")]
+    #[must_use]
+    pub(super) fn apply_member_at(
+        &mut self,
+        now: Instant,
+        found: Option<Slot>,
+        id: &Ident,
+        incarnation: u64,
+        state: State,
+        by: Option<&Ident>,
+        source: Source,
+    ) -> Option<Slot> {
+        if id.name == self.my_id.name {
+            return self.about_me(now, id, incarnation, state);
+        }
         let now_ms = self.ms(now);
-        let Some(slot) = self.members.find_ident(id) else {
+        let Some(slot) = found else {
             // Like memberlist, news of an unknown member's failure is not worth a record.
             if state == State::Alive {
                 let slot = self.members.insert(
