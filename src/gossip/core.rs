@@ -298,8 +298,9 @@ impl<T: Table> Gossip<T> {
         let sender_was_down = self.is_down_at(sender_slot, &sender.id);
         if !is_join {
             let sender = sender.clone();
+            let held_dead = self.held_dead_at(sender_slot, &sender.id);
             self.apply_sender(now, sender_slot, &sender);
-            self.tell_if_written_off(now, sender_slot, &sender);
+            self.tell_if_written_off(now, sender_slot, &sender, held_dead);
         }
         let mut stale = Vec::new();
         let distrust = sender_was_down || self.distrusts_failures(now);

@@ -99,11 +99,42 @@ impl<T: Table> Gossip<T> {
     /// makes the prober refute. Likewise an earlier process of a name that has started again
     /// meanwhile: it is told of the newer one.
     /// `slot`: where the sender's name was in our table before its message, if it was (a
-    /// member new to us is alive, with nothing to tell).
-    pub(super) fn tell_if_written_off(&mut self, now: Instant, slot: Option<Slot>, sender: &Sender) {
+    /// member new to us is alive, with nothing to tell). `held_dead`: the incarnation at
+    /// which we held it dead before its message, if we did. A member that had refuted a
+    /// suspicion on its side of a cut comes back at a higher incarnation, which overrides
+    /// our "dead" silently: it is told all the same, once, since being declared dead is what
+    /// tells a cut-off node to withdraw its tentative verdicts (health.rs).
+    pub(super) fn tell_if_written_off(
+        &mut self,
+        now: Instant,
+        slot: Option<Slot>,
+        sender: &Sender,
+        held_dead: Option<u64>,
+    ) {
         let Some(m) = slot.and_then(|s| self.members.get(s)) else {
             return;
         };
+        if let Some(dead_at) = held_dead
+            && m.state == State::Alive
+            && m.id.generation == sender.id.generation
+            && dead_at < m.incarnation
+        {
+            let id = m.id.clone();
+            if !self.told_recently(now, &id, &id, dead_at) {
+                let by = self.my_id.clone();
+                let update = Update::Dead {
+                    id: id.clone(),
+                    incarnation: dead_at,
+                    by,
+                };
+                let notice = Message::Gossip {
+                    from: self.sender(),
+                    piggyback: vec![update],
+                };
+                self.send(id.addr, notice, false);
+            }
+            return;
+        }
         if m.id.generation > sender.id.generation && matches!(m.state, State::Alive | State::Suspect) {
             // An earlier process of a name started again since (it was paused or cut off long
             // enough to be replaced): tell it of the newer one, which makes it stop serving
@@ -186,6 +217,13 @@ impl<T: Table> Gossip<T> {
             self.notices.push((to.clone(), about.clone(), incarnation, now));
         }
         seen
+    }
+
+    /// The incarnation at which we hold `id`, found at `slot`, dead (in the same generation).
+    pub(super) fn held_dead_at(&self, slot: Option<Slot>, id: &Ident) -> Option<u64> {
+        slot.and_then(|s| self.members.get(s))
+            .filter(|m| m.id.generation == id.generation && m.state == State::Dead)
+            .map(|m| m.incarnation)
     }
 
     /// Whether `id`, found at `slot`, is a member we hold dead or left (in the same
@@ -367,11 +405,18 @@ impl<T: Table> Gossip<T> {
             State::Suspect | State::Dead | State::Left => incarnation >= mine,
         };
         if wrong {
+            // Asked before the refutation raises our awareness.
+            let cut_off = state == State::Dead || (state == State::Suspect && self.suspected_while_cut_off());
             self.refute(now, incarnation, state);
-            if state == State::Dead {
+            if cut_off {
                 self.written_off(now);
             }
             return None;
+        }
+        if state == State::Dead && incarnation < mine && self.suspected_while_cut_off() {
+            // Declared dead at an incarnation we had left behind (we refuted a suspicion on
+            // our side of a cut): still the sign that we were the one cut off.
+            self.written_off(now);
         }
         (failure && incarnation < mine).then_some(self.me)
     }

@@ -160,3 +160,99 @@ fn in_poor_health_a_death_heard_from_another_and_unconfirmed_is_only_a_suspicion
     assert_eq!(a.member("b").unwrap().state, State::Suspect);
     assert!(!events(&mut a).iter().any(|e| matches!(e, Event::MemberDead { .. })));
 }
+
+/// A cut-off node may hear of its suspicion, refute it and never hear of its death: its
+/// tentative verdicts are withdrawn all the same. In good health nothing is withdrawn.
+#[test]
+fn told_of_its_own_suspicion_in_poor_health_a_node_withdraws_its_tentative_verdicts() {
+    for poor in [true, false] {
+        let now = t0();
+        let (b, c) = (id("b", 1), id("c", 2));
+        let mut a = node_knowing(&[&b, &c], now);
+        a.awareness = POOREST;
+        let slot = a.members.find("b").unwrap();
+        a.suspect(now, slot);
+        assert_eq!(a.member("b").unwrap().state, State::Suspect);
+        if !poor {
+            a.awareness = 0;
+        }
+        let me = a.identity().clone();
+        let suspicion = Update::Suspect {
+            id: me,
+            incarnation: 0,
+            by: c.clone(),
+        };
+        a.handle_message(now, c.addr, gossip_msg(&c, vec![suspicion]));
+        let ev = events(&mut a);
+        assert!(ev.iter().any(|e| matches!(e, Event::Refuted { .. })), "{ev:?}");
+        let expect = if poor { State::Alive } else { State::Suspect };
+        assert_eq!(a.member("b").unwrap().state, expect, "in poor health: {poor}");
+    }
+}
+
+/// A cut-off node that refuted a suspicion on its side of the cut comes back at a higher
+/// incarnation, which overrides the majority's "dead" without a word: the majority member
+/// it talks to tells it all the same, and it withdraws its tentative verdicts on hearing it.
+#[test]
+fn a_member_held_dead_that_comes_back_at_a_higher_incarnation_is_told_it_was_dead() {
+    let now = t0();
+    let (x, c) = (id("x", 1), id("c", 2));
+    let mut z = node_knowing(&[&x, &c], now);
+    let dead = Update::Dead {
+        id: x.clone(),
+        incarnation: 0,
+        by: c.clone(),
+    };
+    z.handle_message(now, c.addr, gossip_msg(&c, vec![dead]));
+    let later = now + GossipConfig::default().probe_interval;
+    z.handle_timeout(later);
+    assert_eq!(z.member("x").unwrap().state, State::Dead);
+    drain(&mut z);
+    let back = Message::Gossip {
+        from: Sender {
+            id: x.clone(),
+            incarnation: 1,
+        },
+        piggyback: vec![],
+    };
+    z.handle_message(later, x.addr, back);
+    assert_eq!(z.member("x").unwrap().state, State::Alive);
+    let told = drain(&mut z).into_iter().any(|t| {
+        t.to == x.addr
+            && matches!(&t.msg, Message::Gossip { piggyback, .. }
+                if matches!(&piggyback[..], [Update::Dead { incarnation: 0, .. }]))
+    });
+    assert!(told, "x was not told it had been declared dead");
+}
+
+#[test]
+fn declared_dead_at_an_incarnation_it_left_behind_a_node_in_poor_health_withdraws_its_tentative_verdicts() {
+    for poor in [true, false] {
+        let now = t0();
+        let (b, c) = (id("b", 1), id("c", 2));
+        let mut a = node_knowing(&[&b, &c], now);
+        let me = a.identity().clone();
+        // A suspicion on its own side of the cut, refuted: incarnation 1.
+        let suspicion = Update::Suspect {
+            id: me.clone(),
+            incarnation: 0,
+            by: c.clone(),
+        };
+        a.handle_message(now, c.addr, gossip_msg(&c, vec![suspicion]));
+        assert_eq!(a.member("a").unwrap().incarnation, 1);
+        a.awareness = POOREST;
+        let slot = a.members.find("b").unwrap();
+        a.suspect(now, slot);
+        if !poor {
+            a.awareness = 0;
+        }
+        let dead = Update::Dead {
+            id: me,
+            incarnation: 0,
+            by: c.clone(),
+        };
+        a.handle_message(now, c.addr, gossip_msg(&c, vec![dead]));
+        let expect = if poor { State::Alive } else { State::Suspect };
+        assert_eq!(a.member("b").unwrap().state, expect, "in poor health: {poor}");
+    }
+}
