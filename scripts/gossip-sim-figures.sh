@@ -3,20 +3,28 @@
 #   scripts/gossip-sim-figures.sh [SEEDS]      # SEEDS=3 by default
 #   scripts/gossip-sim-figures.sh --quick      # issue 28's small-group heal at 2,000 nodes only
 #   scripts/gossip-sim-figures.sh --heal10k    # issue 28's figures: 10,000 nodes, 100 cut off,
-#                                              # seeds 1-5, loss 0 and 10 % (over an hour here)
+#                                              # seeds 1-5, loss 0 and 10 % (2-6 min each here)
 # Every run writes its CSVs and plot under target/gossip-sim/<run>/.
 set -eu
 cd "$(dirname "$0")/.."
-heal() { # nodes cut-fraction
+heal() { # nodes cut-fraction seeds
     for loss in 0 0.1; do
         for s in $(seq "$3"); do
             run="heal-$1-$loss-$s"
-            $sim --nodes "$1" --cut "$2" --loss "$loss" --seed "$s" --scenarios partition --out "$out/$run" >/dev/null
-            echo "  $1 nodes, $(metric $run cut_off_nodes) cut off $(metric $run hold_s)s, loss $loss seed $s: one membership $(metric $run heal_s)s after the heal, live members marked dead $(metric $run falsely_dead_members) ($(metric $run false_deaths_same_side_or_after_heal) verdicts), wall $(metric $run wall_s)s"
+            mkdir -p "$out/$run"
+            # The peak RSS too, where GNU time is installed.
+            if [ -x /usr/bin/time ]; then
+                /usr/bin/time -f %M -o "$out/$run/peak_rss_kb" \
+                    $sim --nodes "$1" --cut "$2" --loss "$loss" --seed "$s" --scenarios partition --out "$out/$run" >/dev/null
+            else
+                $sim --nodes "$1" --cut "$2" --loss "$loss" --seed "$s" --scenarios partition --out "$out/$run" >/dev/null
+            fi
+            echo "  $1 nodes, $(metric $run cut_off_nodes) cut off $(metric $run hold_s)s, loss $loss seed $s: one membership $(metric $run heal_s)s after the heal, live members marked dead $(metric $run falsely_dead_members) ($(metric $run false_deaths_same_side_or_after_heal) verdicts), wall $(metric $run wall_s)s$(rss $run)"
         done
     done
 }
-sim=target/release/examples/gossip_sim
+rss() { [ -f "$out/$1/peak_rss_kb" ] && echo ", peak RSS $(($(cat "$out/$1/peak_rss_kb") / 1024)) MiB" || true; }
+sim=${CARGO_TARGET_DIR:-target}/release/examples/gossip_sim
 out=target/gossip-sim
 metric() { grep "^[a-z]*,$2," "$out/$1/summary.csv" | cut -d, -f3; }
 case "${1:-}" in

@@ -306,8 +306,9 @@ fn a_node_that_left_and_restarted_at_its_address_without_joining_is_found_again(
 
 /// Issue 28: a small group cut off from a large cluster, longer than any suspicion, then
 /// healed. Its verdicts, found while its own probes went unanswered, are tentative and
-/// withdrawn once it is told it was written off: one membership again within seconds, and
-/// no live member marked dead on the way, with or without loss.
+/// withdrawn once it is told it was written off, and in that poor health it buries no one
+/// by its own hand: one membership again within seconds, and no live member marked dead on
+/// the way, with or without loss.
 #[test]
 fn a_small_group_cut_off_and_healed_writes_off_no_one() {
     let n = 300;
@@ -317,9 +318,10 @@ fn a_small_group_cut_off_and_healed_writes_off_no_one() {
         sim.run_until(Duration::from_secs(2));
         sim.partition(&[(0..cut).collect()]);
         sim.run_for(longest_suspicion(&GossipConfig::default(), n) * 2);
-        // The cut-off group has written members of the majority off.
+        // The cut-off group has given members of the majority up (suspect: it buries no
+        // one while its own probes go unanswered).
         assert!(
-            (cut..n).any(|s| sim.node(0).member(&format!("n{s}")).unwrap().state == State::Dead),
+            (cut..n).any(|s| sim.node(0).member(&format!("n{s}")).unwrap().state != State::Alive),
             "seed {seed}: node 0 wrote off no one while cut off"
         );
         sim.heal();
@@ -336,10 +338,10 @@ fn a_small_group_cut_off_and_healed_writes_off_no_one() {
             .iter()
             .filter(|d| (d.observer < cut) == (d.subject < cut) || d.at >= healed)
             .collect();
-        // The goal is none; seed 1 still has one cut-off node bury one majority member
-        // right after the heal (issue 28 left open, see BENCHMARKS.md). Before tentative
-        // verdicts it was dozens.
-        assert!(wrong.len() <= 1, "seed {seed}: {wrong:?}");
+        // Before tentative verdicts it was dozens; with them but without holding verdicts
+        // in poor health, seed 1 had a cut-off node bury a majority member 0.14 s after the
+        // heal (its last check had been sent into the cut).
+        assert!(wrong.is_empty(), "seed {seed}: {wrong:?}");
         assert_healthy(&sim);
     }
 }

@@ -253,8 +253,9 @@ impl<T: Table> Gossip<T> {
 
     fn accept_join(&mut self, now: Instant, pp: Box<PushPull<T>>, token: u32) {
         let from = pp.from.clone();
-        let was_down = self.is_down(&from.id);
-        self.apply_sender(now, &from);
+        let slot = self.members.find_ident(&from.id);
+        let was_down = self.is_down_at(slot, &from.id);
+        self.apply_sender(now, slot, &from);
         self.merge_push_pull(now, &pp, was_down);
         let reply = self.full_state(Some(token), true);
         self.send(from.id.addr, Message::PushPull(reply), true);

@@ -18,12 +18,21 @@ use super::message::{Ident, MemberState, Message, Sender, SharedTable, State, Up
 const IMPLAUSIBLE_INCARNATION: u64 = u64::MAX / 2;
 
 impl<T: Table> Gossip<T> {
-    /// Every message is its sender's own claim to be alive at its incarnation.
-    pub(super) fn apply_sender(&mut self, now: Instant, sender: &Sender) {
-        if self.revive_on_contact(now, &sender.id, sender.incarnation) {
+    /// Every message is its sender's own claim to be alive at its incarnation. `slot`: where
+    /// the sender's name is in our table (`find_ident`), if it is.
+    pub(super) fn apply_sender(&mut self, now: Instant, slot: Option<Slot>, sender: &Sender) {
+        if self.revive_on_contact(now, slot, &sender.id, sender.incarnation) {
             return;
         }
-        let _ = self.apply_member(now, &sender.id, sender.incarnation, State::Alive, None, Source::Gossip);
+        let _ = self.apply_member_at(
+            now,
+            slot,
+            &sender.id,
+            sender.incarnation,
+            State::Alive,
+            None,
+            Source::Gossip,
+        );
     }
 
     /// Applies one update; returns the member's slot when the update was a stale failure
@@ -89,10 +98,43 @@ impl<T: Table> Gossip<T> {
     /// is what lets a healed partition converge in seconds: the first probe across the old cut
     /// makes the prober refute. Likewise an earlier process of a name that has started again
     /// meanwhile: it is told of the newer one.
-    pub(super) fn tell_if_written_off(&mut self, now: Instant, sender: &Sender) {
-        let Some(m) = self.members.find_ident(&sender.id).and_then(|s| self.members.get(s)) else {
+    /// `slot`: where the sender's name was in our table before its message, if it was (a
+    /// member new to us is alive, with nothing to tell). `held_dead`: the incarnation at
+    /// which we held it dead before its message, if we did. A member that had refuted a
+    /// suspicion on its side of a cut comes back at a higher incarnation, which overrides
+    /// our "dead" silently: it is told all the same, once, since being declared dead is what
+    /// tells a cut-off node to withdraw its tentative verdicts (health.rs).
+    pub(super) fn tell_if_written_off(
+        &mut self,
+        now: Instant,
+        slot: Option<Slot>,
+        sender: &Sender,
+        held_dead: Option<u64>,
+    ) {
+        let Some(m) = slot.and_then(|s| self.members.get(s)) else {
             return;
         };
+        if let Some(dead_at) = held_dead
+            && m.state == State::Alive
+            && m.id.generation == sender.id.generation
+            && dead_at < m.incarnation
+        {
+            let id = m.id.clone();
+            if !self.told_recently(now, &id, &id, dead_at) {
+                let by = self.my_id.clone();
+                let update = Update::Dead {
+                    id: id.clone(),
+                    incarnation: dead_at,
+                    by,
+                };
+                let notice = Message::Gossip {
+                    from: self.sender(),
+                    piggyback: vec![update],
+                };
+                self.send(id.addr, notice, false);
+            }
+            return;
+        }
         if m.id.generation > sender.id.generation && matches!(m.state, State::Alive | State::Suspect) {
             // An earlier process of a name started again since (it was paused or cut off long
             // enough to be replaced): tell it of the newer one, which makes it stop serving
@@ -177,11 +219,17 @@ impl<T: Table> Gossip<T> {
         seen
     }
 
-    /// Whether `id` is a member we hold dead or left (in the same generation).
-    pub(super) fn is_down(&self, id: &Ident) -> bool {
-        self.members
-            .find_ident(id)
-            .and_then(|s| self.members.get(s))
+    /// The incarnation at which we hold `id`, found at `slot`, dead (in the same generation).
+    pub(super) fn held_dead_at(&self, slot: Option<Slot>, id: &Ident) -> Option<u64> {
+        slot.and_then(|s| self.members.get(s))
+            .filter(|m| m.id.generation == id.generation && m.state == State::Dead)
+            .map(|m| m.incarnation)
+    }
+
+    /// Whether `id`, found at `slot`, is a member we hold dead or left (in the same
+    /// generation).
+    pub(super) fn is_down_at(&self, slot: Option<Slot>, id: &Ident) -> bool {
+        slot.and_then(|s| self.members.get(s))
             .is_some_and(|m| m.id.generation == id.generation && matches!(m.state, State::Dead | State::Left))
     }
 
@@ -201,8 +249,29 @@ impl<T: Table> Gossip<T> {
         if id.name == self.my_id.name {
             return self.about_me(now, id, incarnation, state);
         }
+        let slot = self.members.find_ident(id);
+        self.apply_member_at(now, slot, id, incarnation, state, by, source)
+    }
+
+    /// [`Gossip::apply_member`] for a member already looked up: `found` is where `id`'s name
+    /// is in our table, if it is.
+    #[expect(clippy::too_many_arguments, reason = "apply_member's, plus the lookup done")]
+    #[must_use]
+    pub(super) fn apply_member_at(
+        &mut self,
+        now: Instant,
+        found: Option<Slot>,
+        id: &Ident,
+        incarnation: u64,
+        state: State,
+        by: Option<&Ident>,
+        source: Source,
+    ) -> Option<Slot> {
+        if id.name == self.my_id.name {
+            return self.about_me(now, id, incarnation, state);
+        }
         let now_ms = self.ms(now);
-        let Some(slot) = self.members.find_ident(id) else {
+        let Some(slot) = found else {
             // Like memberlist, news of an unknown member's failure is not worth a record.
             if state == State::Alive {
                 let slot = self.members.insert(
@@ -336,11 +405,18 @@ impl<T: Table> Gossip<T> {
             State::Suspect | State::Dead | State::Left => incarnation >= mine,
         };
         if wrong {
+            // Asked before the refutation raises our awareness.
+            let cut_off = state == State::Dead || (state == State::Suspect && self.suspected_while_cut_off());
             self.refute(now, incarnation, state);
-            if state == State::Dead {
+            if cut_off {
                 self.written_off(now);
             }
             return None;
+        }
+        if state == State::Dead && incarnation < mine && self.suspected_while_cut_off() {
+            // Declared dead at an incarnation we had left behind (we refuted a suspicion on
+            // our side of a cut): still the sign that we were the one cut off.
+            self.written_off(now);
         }
         (failure && incarnation < mine).then_some(self.me)
     }
@@ -420,15 +496,18 @@ impl<T: Table> Gossip<T> {
             if m.state == State::Suspect && m.incarnation == incarnation {
                 let id = m.id.clone();
                 let me = self.my_id.clone();
-                // Found in poor local health: one more ping (a datagram and a stream) before
-                // the verdict, which a heal in the meantime then answers.
-                if self.is_tentative(slot) {
+                // Found in poor local health, or running out in it: one more ping (a datagram
+                // and a stream) before the verdict, which a heal in the meantime then answers.
+                if self.doubts_verdict(slot) {
                     let verdict = Update::Dead {
                         id: id.clone(),
                         incarnation,
                         by: me.clone(),
                     };
                     if self.verify_quietly(now, slot, verdict) {
+                        continue;
+                    }
+                    if self.holds_verdict(now, slot, incarnation) {
                         continue;
                     }
                 }

@@ -294,12 +294,22 @@ impl<T: Table> Gossip<T> {
                 .members
                 .get(v.slot)
                 .is_some_and(|m| m.id == v.id && m.state == v.state && m.incarnation == v.incarnation);
+            if !unchanged {
+                continue;
+            }
             match v.verdict {
-                Some(Update::Dead { id, incarnation, by }) if unchanged => {
+                // A tentative suspicion's last check: in poor local health the member stays
+                // suspect and its suspicion starts again (health.rs).
+                Some(Update::Dead { .. })
+                    if v.state == State::Suspect && self.holds_verdict(now, v.slot, v.incarnation) => {}
+                // Another's verdict, unconfirmed: in poor local health, only our suspicion.
+                Some(Update::Dead { .. }) if v.state == State::Alive && self.in_poor_health() => {
+                    self.suspect(now, v.slot)
+                }
+                Some(Update::Dead { id, incarnation, by }) => {
                     let _ = self.apply_member(now, &id, incarnation, State::Dead, Some(&by), Source::Local);
                 }
-                _ if unchanged => self.suspect(now, v.slot),
-                _ => {}
+                _ => self.suspect(now, v.slot),
             }
         }
     }

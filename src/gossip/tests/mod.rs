@@ -4,6 +4,7 @@
 //! can step time and look at exactly what each node sent and emitted.
 
 mod fuzz;
+mod health;
 mod joining;
 mod membership;
 mod probing;
