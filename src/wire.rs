@@ -92,6 +92,14 @@ pub fn encode_frame<T: Serialize>(msg: &T, out: &mut Vec<u8>) -> Result<(), Fram
     Ok(())
 }
 
+/// Appends one frame whose payload is already bytes (a raft frame, a snapshot's chunk): the
+/// same 4-byte big-endian length as [`encode_frame`]'s, then `payload`. The caller keeps it
+/// within what the reader allows.
+pub fn frame_bytes(payload: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    out.extend_from_slice(payload);
+}
+
 /// Appends the encoding of `request` alone to `out`, to be framed later by
 /// [`encode_request_frame`]; gives back its length. On an error, `out` is left as it was.
 pub fn encode_request_body(request: &Request, out: &mut Vec<u8>) -> Result<usize, FrameError> {

@@ -24,7 +24,7 @@ use super::Node;
 use super::replicas::{Input, Outbox};
 use crate::names::NodeName;
 use crate::transport::{self, Connection, RecvStream, SendStream};
-use crate::wire::{FrameError, FrameReader};
+use crate::wire::{self, FrameError, FrameReader};
 
 /// Frames waiting for one peer's stream; more are dropped (Raft resends).
 const QUEUE: usize = 256;
@@ -124,8 +124,7 @@ impl Node {
                     tracing::warn!(%to, len = payload.len(), "raft message over the frame limit; dropped");
                     continue;
                 }
-                bytes.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-                bytes.extend_from_slice(&payload);
+                wire::frame_bytes(&payload, &mut bytes);
             }
             if bytes.is_empty() {
                 continue;
@@ -309,7 +308,8 @@ impl Node {
         };
         let head = head.encode();
         for part in std::iter::once(head.as_slice()).chain(data.chunks(SNAPSHOT_CHUNK)) {
-            let framed = [&(part.len() as u32).to_be_bytes()[..], part].concat();
+            let mut framed = Vec::with_capacity(4 + part.len());
+            wire::frame_bytes(part, &mut framed);
             match tokio::time::timeout(SNAPSHOT_CHUNK_WAIT, s.write_all(&framed)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => return Err(e.to_string()),

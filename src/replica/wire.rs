@@ -160,6 +160,10 @@ impl Frame {
     /// heartbeats behind it, and the sender learns whether it arrived, which raft-rs needs
     /// told (`report_snapshot`). The frame keeps the rest.
     pub fn take_snapshots(&mut self) -> Vec<(RangeId, RaftMsg)> {
+        // Every frame a driver sends passes here; nearly none carries a snapshot.
+        if !self.msgs.iter().any(|(_, m)| m.snapshot.is_some()) {
+            return Vec::new();
+        }
         let (out, kept) = std::mem::take(&mut self.msgs)
             .into_iter()
             .partition(|(_, m)| m.snapshot.is_some());

@@ -75,6 +75,9 @@ struct GroupState {
     cache_bytes: usize,
 }
 
+/// A Raft record of `RaftWrites`: where, its key, and its value (`None` removes it).
+type RaftRecord = (RaftSpace, Vec<u8>, Option<Vec<u8>>);
+
 /// How much of a group's log tail the cache keeps.
 #[derive(Clone, Copy)]
 struct CacheMax {
@@ -166,7 +169,7 @@ impl GroupState {
     }
 
     /// Every record of this state, for writing a bootstrapped group.
-    fn records(&self, range: RangeId) -> Vec<(RaftSpace, Vec<u8>, Option<Vec<u8>>)> {
+    fn records(&self, range: RangeId) -> Vec<RaftRecord> {
         let state = |kind, v| (RaftSpace::State, rec::state_key(range, kind), Some(v));
         vec![
             state(rec::HARD, rec::encode_hard(&self.hard)),
@@ -265,6 +268,21 @@ impl NodeGroupStore {
 
     fn write(&self) -> RwLockWriteGuard<'_, GroupState> {
         self.shared.state.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Writes a group's Raft records in one engine batch, unsynced (the next sync, of any
+    /// round or plain write, makes them durable); in memory there is nowhere to write them.
+    fn write_unsynced(&self, records: impl FnOnce() -> Vec<RaftRecord>) -> Result<(), kvnode_replica::StoreError> {
+        if let GroupBackend::Disk(d) = &self.shared.backend {
+            let writes = RaftWrites {
+                replace: vec![],
+                records: records(),
+            };
+            d.engine()
+                .commit_unsynced(&[Op::Raft(Arc::new(writes))])
+                .map_err(replica_err)?;
+        }
+        Ok(())
     }
 
     /// In memory the cache is the whole log: nothing may leave it but by compaction.
@@ -443,15 +461,7 @@ impl GroupStore for NodeGroupStore {
     /// The bootstrap records, unsynced: lost in a crash, the lost-state rule runs again.
     fn bootstrap(&mut self, voters: &[u64]) -> Result<(), kvnode_replica::StoreError> {
         let state = GroupState::bootstrap(voters);
-        if let GroupBackend::Disk(d) = &self.shared.backend {
-            let writes = RaftWrites {
-                replace: vec![],
-                records: state.records(self.range),
-            };
-            d.engine()
-                .commit_unsynced(&[Op::Raft(Arc::new(writes))])
-                .map_err(replica_err)?;
-        }
+        self.write_unsynced(|| state.records(self.range))?;
         let applied = state.applied.0;
         *self.write() = state;
         self.shared.feed.restart_at(applied);
@@ -507,8 +517,8 @@ impl GroupStore for NodeGroupStore {
     /// `apply`'s writes): a crash keeps both or neither, and the entry is re-applied.
     fn apply_conf(&mut self, index: u64, conf: &ConfState) -> Result<(), kvnode_replica::StoreError> {
         let term = self.term(index).map_err(kvnode_replica::StoreError::Raft)?;
-        if let GroupBackend::Disk(d) = &self.shared.backend {
-            let records = vec![
+        self.write_unsynced(|| {
+            vec![
                 (
                     RaftSpace::State,
                     rec::state_key(self.range, rec::CONF),
@@ -519,15 +529,8 @@ impl GroupStore for NodeGroupStore {
                     rec::state_key(self.range, rec::APPLIED),
                     Some(rec::encode_index_term(index, term)),
                 ),
-            ];
-            let writes = RaftWrites {
-                replace: vec![],
-                records,
-            };
-            d.engine()
-                .commit_unsynced(&[Op::Raft(Arc::new(writes))])
-                .map_err(replica_err)?;
-        }
+            ]
+        })?;
         {
             let mut s = self.write();
             s.conf = conf.clone();
@@ -552,7 +555,7 @@ impl GroupStore for NodeGroupStore {
             return Ok(());
         }
         let truncated = (upto - 1, self.term(upto - 1).map_err(kvnode_replica::StoreError::Raft)?);
-        if let GroupBackend::Disk(d) = &self.shared.backend {
+        self.write_unsynced(|| {
             let mut records: Vec<_> = (first..upto)
                 .map(|i| (RaftSpace::Log, rec::log_key(self.range, i), None))
                 .collect();
@@ -561,14 +564,8 @@ impl GroupStore for NodeGroupStore {
                 rec::state_key(self.range, rec::TRUNCATED),
                 Some(rec::encode_index_term(truncated.0, truncated.1)),
             ));
-            let writes = RaftWrites {
-                replace: vec![],
-                records,
-            };
-            d.engine()
-                .commit_unsynced(&[Op::Raft(Arc::new(writes))])
-                .map_err(replica_err)?;
-        }
+            records
+        })?;
         let mut s = self.write();
         s.truncated = truncated;
         while s.cache.front().is_some_and(|e| e.index < upto) {
