@@ -37,6 +37,13 @@ fn node_knowing(others: &[&Ident], now: Instant) -> Gossip {
 /// given, holds the local-health score there: at its maximum as in a small group cut off
 /// from a large cluster (whose probes and helpers are nearly all across the cut), at zero
 /// as in a node whose helpers nack. Returns when `a` first marked `b` dead, if it did.
+/// `a`, at local-health `awareness`, suspects b from `now`.
+fn suspect_b(a: &mut Gossip, now: Instant, awareness: u32) {
+    a.awareness = awareness;
+    let slot = a.members.find("b").unwrap();
+    a.suspect(now, slot);
+}
+
 fn run(a: &mut Gossip, c: &Ident, from: Instant, to: Instant, awareness: Option<u32>) -> Option<Instant> {
     let mut dead = None;
     let mut now = from;
@@ -75,9 +82,7 @@ fn in_poor_health_a_suspicion_that_runs_out_unanswered_is_held_and_the_member_is
     let now = t0();
     let (b, c) = (id("b", 1), id("c", 2));
     let mut a = node_knowing(&[&b, &c], now);
-    a.awareness = POOREST;
-    let slot = a.members.find("b").unwrap();
-    a.suspect(now, slot);
+    suspect_b(&mut a, now, POOREST);
     // Twice the longest suspicion: it ran out, its last check (a datagram and a stream)
     // went unanswered, and it started again. Before, b was dead 0.3 s after it ran out:
     // the check had been sent into a cut that healed a moment later.
@@ -100,9 +105,7 @@ fn in_poor_health_a_silent_member_is_buried_after_the_longest_stretch_of_its_sus
     let now = t0();
     let (b, c) = (id("b", 1), id("c", 2));
     let mut a = node_knowing(&[&b, &c], now);
-    a.awareness = POOREST;
-    let slot = a.members.find("b").unwrap();
-    a.suspect(now, slot);
+    suspect_b(&mut a, now, POOREST);
     let longest = longest_suspicion(3);
     let stretch = longest * (GossipConfig::default().awareness_max_multiplier - 1);
     let dead = run(&mut a, &c, now, now + longest + stretch + 2 * longest, Some(POOREST));
@@ -120,8 +123,7 @@ fn in_good_health_a_silent_member_is_buried_when_its_suspicion_runs_out() {
     let now = t0();
     let (b, c) = (id("b", 1), id("c", 2));
     let mut a = node_knowing(&[&b, &c], now);
-    let slot = a.members.find("b").unwrap();
-    a.suspect(now, slot);
+    suspect_b(&mut a, now, 0);
     let dead = run(&mut a, &c, now, now + 2 * longest_suspicion(3), Some(0)).map(|t| t - now);
     assert!(
         dead.is_some_and(|t| t <= longest_suspicion(3) + Duration::from_secs(1)),
@@ -169,9 +171,7 @@ fn told_of_its_own_suspicion_in_poor_health_a_node_withdraws_its_tentative_verdi
         let now = t0();
         let (b, c) = (id("b", 1), id("c", 2));
         let mut a = node_knowing(&[&b, &c], now);
-        a.awareness = POOREST;
-        let slot = a.members.find("b").unwrap();
-        a.suspect(now, slot);
+        suspect_b(&mut a, now, POOREST);
         assert_eq!(a.member("b").unwrap().state, State::Suspect);
         if !poor {
             a.awareness = 0;
@@ -240,9 +240,7 @@ fn declared_dead_at_an_incarnation_it_left_behind_a_node_in_poor_health_withdraw
         };
         a.handle_message(now, c.addr, gossip_msg(&c, vec![suspicion]));
         assert_eq!(a.member("a").unwrap().incarnation, 1);
-        a.awareness = POOREST;
-        let slot = a.members.find("b").unwrap();
-        a.suspect(now, slot);
+        suspect_b(&mut a, now, POOREST);
         if !poor {
             a.awareness = 0;
         }

@@ -264,14 +264,20 @@ fn read_index_is_answered_only_by_a_leader_with_a_quorum() {
     sim.check(&acked);
 }
 
-#[test]
-fn reads_taken_together_share_one_read_index_round() {
-    let mut sim = Sim::new(6, 3, &four_ranges());
+/// Three nodes, all ranges led, one put acknowledged in the first: the sim, that range and
+/// its leader.
+fn one_write_led(seed: u64) -> (Sim, RangeId, usize) {
+    let mut sim = Sim::new(seed, 3, &four_ranges());
     elect_all(&mut sim);
     let range = sim.ranges[0];
-    let mut acked = BTreeMap::new();
-    put(&mut sim, range, 1, &mut acked);
+    put(&mut sim, range, 1, &mut BTreeMap::new());
     let leader = sim.leader(range).expect("a leader");
+    (sim, range, leader)
+}
+
+#[test]
+fn reads_taken_together_share_one_read_index_round() {
+    let (mut sim, range, leader) = one_write_led(6);
     let before = sim.sent.1;
     let reads: Vec<u64> = (0..50)
         .map(|_| sim.core(leader).read_index(range).expect("leads"))
@@ -290,12 +296,7 @@ fn reads_taken_together_share_one_read_index_round() {
 fn a_read_whose_confirmation_was_lost_is_asked_again() {
     // A batch's read-index round whose answers are lost: raft-rs repeats the pending
     // context in its regular heartbeats, so the read is confirmed once the links are back.
-    let mut sim = Sim::new(9, 3, &four_ranges());
-    elect_all(&mut sim);
-    let range = sim.ranges[0];
-    let mut acked = BTreeMap::new();
-    put(&mut sim, range, 1, &mut acked);
-    let leader = sim.leader(range).expect("a leader");
+    let (mut sim, range, leader) = one_write_led(9);
     for i in (0..3).filter(|&i| i != leader) {
         sim.cut_link(i, leader);
     }

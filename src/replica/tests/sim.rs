@@ -41,6 +41,28 @@ pub struct SimNode {
     syncing: Option<(u64, u64)>,
 }
 
+impl SimNode {
+    /// A node not started yet, with `disk`, having done nothing.
+    fn new(name: String, id: u64, disk: BTreeMap<RangeId, MemGroupStore>) -> Self {
+        SimNode {
+            name,
+            id,
+            core: None,
+            disk,
+            starts: 0,
+            applied: BTreeMap::new(),
+            acked: vec![],
+            effects: BTreeMap::new(),
+            failed: vec![],
+            reads: vec![],
+            failed_reads: vec![],
+            installed: vec![],
+            left: vec![],
+            syncing: None,
+        }
+    }
+}
+
 struct InFlight {
     at: u64,
     from: usize,
@@ -78,22 +100,10 @@ impl Sim {
         let nodes = names
             .into_iter()
             .zip(&ids)
-            .map(|(name, &id)| SimNode {
-                name,
-                id,
-                core: None,
+            .map(|(name, &id)| {
                 // Nothing stored: the lost-state rule finds every range new and bootstraps it.
-                disk: ranges.iter().map(|&r| (r, MemGroupStore::uninitialised())).collect(),
-                starts: 0,
-                applied: BTreeMap::new(),
-                acked: vec![],
-                effects: BTreeMap::new(),
-                failed: vec![],
-                reads: vec![],
-                failed_reads: vec![],
-                installed: vec![],
-                left: vec![],
-                syncing: None,
+                let disk = ranges.iter().map(|&r| (r, MemGroupStore::uninitialised())).collect();
+                SimNode::new(name, id, disk)
             })
             .collect();
         let mut sim = Sim {
@@ -144,22 +154,8 @@ impl Sim {
     pub fn add_node(&mut self) -> usize {
         let i = self.nodes.len();
         let name = format!("node{}", i + 1);
-        self.nodes.push(SimNode {
-            id: node_id(&name),
-            name,
-            core: None,
-            disk: BTreeMap::new(),
-            starts: 0,
-            applied: BTreeMap::new(),
-            acked: vec![],
-            effects: BTreeMap::new(),
-            failed: vec![],
-            reads: vec![],
-            failed_reads: vec![],
-            installed: vec![],
-            left: vec![],
-            syncing: None,
-        });
+        let id = node_id(&name);
+        self.nodes.push(SimNode::new(name, id, BTreeMap::new()));
         self.start(i);
         i
     }

@@ -8,6 +8,12 @@ use raft::prelude::MessageType;
 
 use crate::wire::{DecodeError, Frame, LogState, MAX_SNAPSHOT, Probe, RaftEntry, RaftMsg, RaftSnapshot, SnapshotHead};
 
+/// The range of the snapshot and frame tests.
+const AZ: RangeId = RangeId {
+    first: b'a',
+    last: b'z',
+};
+
 fn entry() -> impl Strategy<Value = RaftEntry> {
     (
         0u8..3,
@@ -150,10 +156,7 @@ fn unknown_and_local_types_are_refused() {
 
 #[test]
 fn a_snapshot_leaves_its_frame_and_comes_back_whole_from_its_head() {
-    let range = RangeId {
-        first: b'a',
-        last: b'z',
-    };
+    let range = AZ;
     let snapshot = |len: usize| RaftMsg {
         msg_type: MessageType::MsgSnapshot as u8,
         to: 2,
@@ -191,10 +194,7 @@ fn a_snapshot_leaves_its_frame_and_comes_back_whole_from_its_head() {
 
 #[test]
 fn a_snapshot_head_that_is_no_snapshot_or_too_large_is_refused() {
-    let range = RangeId {
-        first: b'a',
-        last: b'z',
-    };
+    let range = AZ;
     let head = |msg: RaftMsg, len| SnapshotHead { range, msg, len }.encode();
     let empty_snapshot = RaftMsg {
         msg_type: MessageType::MsgSnapshot as u8,
@@ -229,10 +229,7 @@ fn a_snapshot_head_that_is_no_snapshot_or_too_large_is_refused() {
 
 #[test]
 fn a_frame_over_the_limit_is_sent_as_several_each_message_whole() {
-    let range = RangeId {
-        first: b'a',
-        last: b'z',
-    };
+    let range = AZ;
     let append = |n: u8| RaftMsg {
         msg_type: MessageType::MsgAppend as u8,
         entries: vec![RaftEntry {
