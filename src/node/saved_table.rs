@@ -16,10 +16,20 @@ const FILE: &str = "routing-table";
 
 /// Bumped if the file's layout changes; a file of another format is ignored, but for
 /// [`FORMAT_ONE_NODE`], which is read as it was written.
-const FORMAT: u8 = 2;
+const FORMAT: u8 = 3;
+/// The layout before tables carried moves (wire version 12), read as it was written.
+const FORMAT_NO_MOVES: u8 = 2;
 /// The layout before entries held replicas (wire version 5): one node per entry. A node
 /// upgraded over its data directory keeps the table it saved then.
 const FORMAT_ONE_NODE: u8 = 1;
+
+/// A table as [`FORMAT_NO_MOVES`] laid it out.
+#[derive(Deserialize)]
+struct NoMovesTable {
+    entries: Vec<Entry>,
+    version: u64,
+    setter: String,
+}
 
 /// A table as [`FORMAT_ONE_NODE`] laid it out.
 #[derive(Deserialize)]
@@ -55,14 +65,29 @@ pub fn load(path: &Path) -> Option<RoutingTable> {
         }
     };
     let decoded = match bytes.split_first() {
-        Some((&FORMAT, rest)) => postcard::from_bytes::<RoutingTable>(rest)
+        Some((&FORMAT, rest)) => postcard::from_bytes::<RoutingTable>(rest).ok().map(|t| {
+            (
+                t.entries().to_vec(),
+                t.version(),
+                t.setter().to_string(),
+                t.moves().to_vec(),
+            )
+        }),
+        Some((&FORMAT_NO_MOVES, rest)) => postcard::from_bytes::<NoMovesTable>(rest)
             .ok()
-            .map(|t| (t.entries().to_vec(), t.version(), t.setter().to_string())),
-        Some((&FORMAT_ONE_NODE, rest)) => postcard::from_bytes::<OneNodeTable>(rest).ok().map(Into::into),
+            .map(|t| (t.entries, t.version, t.setter, Vec::new())),
+        Some((&FORMAT_ONE_NODE, rest)) => postcard::from_bytes::<OneNodeTable>(rest).ok().map(|t| {
+            let (entries, version, setter) = t.into();
+            (entries, version, setter, Vec::new())
+        }),
         _ => None,
     };
     // Built again through `new`: `Deserialize` skips its overlap check.
-    let table = decoded.and_then(|(entries, version, setter)| RoutingTable::new(entries, version, setter).ok());
+    let table = decoded.and_then(|(entries, version, setter, moves)| {
+        RoutingTable::new(entries, version, setter)
+            .and_then(|t| t.with_moves(moves))
+            .ok()
+    });
     if table.is_none() {
         tracing::warn!(path = %path.display(), "the saved routing table is damaged; starting with the configured one");
     }

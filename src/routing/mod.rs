@@ -3,7 +3,10 @@
 //! Pure data and parsing; it knows no network and no gossip. Routing a request by this table,
 //! and forwarding it to the owner, is the node's (`node::handler`).
 
+mod moves;
 mod parse;
+
+pub use moves::Planned;
 
 use std::fmt;
 
@@ -49,11 +52,17 @@ impl TryFrom<EntryFields> for Entry {
 ///
 /// Two tables are compared by `(version, setter)`, then by their entries: the higher wins
 /// everywhere, so every node settles on the same table however the updates arrive.
+///
+/// `moves` (issue 26) are ranges on their way to other nodes: each names an entry's exact
+/// range and the nodes it is to be held by. Requests still follow the entry (where the data
+/// is) until the range's group has moved and its leader finishes the move, which makes the
+/// move's nodes the entry's (`docs/design/moves.md`).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct RoutingTable {
     entries: Vec<Entry>,
     version: u64,
     setter: String,
+    moves: Vec<Entry>,
 }
 
 /// Why a table specification was refused; every variant quotes the offending entry.
@@ -95,6 +104,9 @@ pub enum TableError {
     /// Two nodes of one entry whose Raft ids (hashes of their names) collide.
     #[error("routing entry {entry:?}: {reason}")]
     IdCollision { entry: String, reason: String },
+    /// A move whose range is not exactly one entry's, or that would change nothing.
+    #[error("move {entry:?}: {reason}")]
+    BadMove { entry: String, reason: String },
 }
 
 impl RoutingTable {
@@ -105,6 +117,7 @@ impl RoutingTable {
             entries: vec![Entry::single(0x00, 0xff, node.clone())],
             version: 0,
             setter: node.to_string(),
+            moves: Vec::new(),
         }
     }
 
@@ -127,7 +140,59 @@ impl RoutingTable {
             entries,
             version,
             setter: setter.into(),
+            moves: Vec::new(),
         })
+    }
+
+    /// The same table with `moves` under way, checked: each names exactly one entry's range,
+    /// once, and other nodes than the entry holds.
+    pub fn with_moves(mut self, moves: Vec<Entry>) -> Result<Self, TableError> {
+        for (i, m) in moves.iter().enumerate() {
+            let bad = |reason: &str| TableError::BadMove {
+                entry: m.to_string(),
+                reason: reason.to_string(),
+            };
+            let entry = self
+                .entries
+                .iter()
+                .find(|e| (e.first, e.last) == (m.first, m.last))
+                .ok_or_else(|| bad("its range is no entry's range"))?;
+            if moves[..i].iter().any(|o| (o.first, o.last) == (m.first, m.last)) {
+                return Err(bad("the range is moved twice"));
+            }
+            if entry.same_nodes(m) {
+                return Err(bad("it names the nodes the entry holds already"));
+            }
+        }
+        self.moves = moves;
+        Ok(self)
+    }
+
+    /// The moves under way.
+    pub fn moves(&self) -> &[Entry] {
+        &self.moves
+    }
+
+    /// The move under way of the range `first..=last`, if any.
+    pub fn move_of(&self, first: u8, last: u8) -> Option<&Entry> {
+        self.moves.iter().find(|m| (m.first, m.last) == (first, last))
+    }
+
+    /// The nodes of `entry`'s range group: its own, then a move's new ones. A range's group
+    /// runs while the entry is replicated or moving (a single owner's range becomes a group of
+    /// one for its move); `None` for a single owner's range that is not moving.
+    pub fn group_of(&self, entry: &Entry) -> Option<Vec<NodeName>> {
+        let moving = self.move_of(entry.first, entry.last);
+        if !entry.is_replicated() && moving.is_none() {
+            return None;
+        }
+        let mut nodes = entry.replicas().to_vec();
+        for n in moving.map(Entry::replicas).unwrap_or_default() {
+            if !nodes.contains(n) {
+                nodes.push(n.clone());
+            }
+        }
+        Some(nodes)
     }
 
     /// Parses `a-m=foo,n-z=bar`, `a-m=foo+bar+baz` (or a list of such entries from a config file).
@@ -196,7 +261,8 @@ impl RoutingTable {
     /// while the cluster still holds the old table) are ordered by their entries, so that
     /// every node still settles on one of them.
     pub fn supersedes(&self, other: &RoutingTable) -> bool {
-        (self.version, &self.setter, &self.entries) > (other.version, &other.setter, &other.entries)
+        (self.version, &self.setter, &self.entries, &self.moves)
+            > (other.version, &other.setter, &other.entries, &other.moves)
     }
 
     /// The same entries under a new version and setter (`route --set`).
@@ -206,9 +272,14 @@ impl RoutingTable {
         self
     }
 
-    /// Every node the table names, once each.
+    /// Every node the table names (its moves' too), once each.
     pub fn nodes(&self) -> Vec<&NodeName> {
-        let mut nodes: Vec<&NodeName> = self.entries.iter().flat_map(|e| &e.replicas).collect();
+        let mut nodes: Vec<&NodeName> = self
+            .entries
+            .iter()
+            .chain(&self.moves)
+            .flat_map(|e| &e.replicas)
+            .collect();
         nodes.sort();
         nodes.dedup();
         nodes
@@ -242,7 +313,11 @@ impl fmt::Display for RoutingTable {
             }
             write!(f, "{e}")?;
         }
-        f.write_str("]")
+        f.write_str("]")?;
+        for m in &self.moves {
+            write!(f, " moving {m}")?;
+        }
+        Ok(())
     }
 }
 
@@ -306,6 +381,11 @@ impl Entry {
         self.replicas.len() > 1
     }
 
+    /// Whether `other` names the same nodes (in any order).
+    pub fn same_nodes(&self, other: &Entry) -> bool {
+        self.replicas.len() == other.replicas.len() && self.replicas.iter().all(|r| other.replicas.contains(r))
+    }
+
     /// The range alone: `a-m`, `0x00-0x60`, or `x` for a single byte.
     pub fn range(&self) -> String {
         if self.first == self.last {
@@ -345,6 +425,7 @@ impl kvnode_gossip::Table for RoutingTable {
     /// are checked as it is decoded.
     fn check(&self) -> Result<(), String> {
         RoutingTable::new(self.entries.clone(), self.version, self.setter.clone())
+            .and_then(|t| t.with_moves(self.moves.clone()))
             .map(drop)
             .map_err(|e| e.to_string())
     }

@@ -190,6 +190,7 @@ fn replicated(entries: &[&str]) -> RoutingTable {
         entries: entries.iter().map(|e| e.parse().unwrap()).collect(),
         version: 1,
         setter: "test".into(),
+        moves: Vec::new(),
     }
 }
 
