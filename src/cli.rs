@@ -341,7 +341,7 @@ pub struct GetArgs {
 }
 
 #[derive(Args, Debug, Clone)]
-#[command(group(ArgGroup::new("what").required(true).args(["bucket", "table", "set"])))]
+#[command(group(ArgGroup::new("what").required(true).args(["bucket", "table", "set", "status"])))]
 pub struct RouteArgs {
     /// The bucket whose owner to print
     pub bucket: Option<OsString>,
@@ -352,18 +352,31 @@ pub struct RouteArgs {
     ///
     /// A table that begins with the byte '-' is given with '=': --set=-=foo,a-z=bar
     ///
-    /// A replicated entry ('a-m=foo+bar+baz') may have its nodes reordered (the first is the
-    /// preferred leader), but a table that makes, changes or drops one is refused (exit 2):
-    /// replicated ranges are set when the cluster starts, until data can move (issue 26)
+    /// A range whose nodes change moves: its new nodes join the range's group, catch up, and
+    /// only then does the table name them and the old nodes drop the data; reads and writes
+    /// go on meanwhile. The command waits until every range is where the table says (see
+    /// --no-wait, --wait-for). A range's bounds may be re-cut under the nodes that hold it
+    /// ('a-z=foo' to 'a-m=foo,n-z=bar' cuts n-z under foo, then moves it); a replicated
+    /// range's bounds stay as they are. The new nodes must be live members (else exit 2)
     #[arg(long, value_name = "SPEC")]
     pub set: Option<String>,
     /// With --set: set it only if the cluster's table is still at version N [default: the
     /// version the node holds when asked]; else exit 5, saying it changed underneath
     #[arg(long, value_name = "N", requires = "set")]
     pub if_version: Option<u64>,
-    /// With --set: allow nodes that are not members of the cluster (yet) in the table
+    /// With --set: allow nodes that are not members of the cluster (yet) in the table, and
+    /// move no data: a one-node range given to another node leaves its buckets behind
     #[arg(long, requires = "set")]
     pub force: bool,
+    /// With --set: return once the moves have started (see --status)
+    #[arg(long, requires = "set")]
+    pub no_wait: bool,
+    /// With --set: how long to wait for the moves to finish; past it, exit 3 (they go on)
+    #[arg(long, value_name = "DURATION", requires = "set", value_parser = parse_timeout, default_value = "10m")]
+    pub wait_for: Duration,
+    /// Print the moves under way (range, from, to)
+    #[arg(long)]
+    pub status: bool,
     #[command(flatten)]
     pub via: ViaArgs,
 }

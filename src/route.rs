@@ -78,16 +78,113 @@ pub(crate) async fn run(
         let Reply::Table(table) = reply else {
             return unexpected(&reply);
         };
-        print_table(&table, out);
+        if args.status {
+            print_moves(&table, out);
+        } else {
+            print_table(&table, out);
+        }
         return Ok(());
     };
     let entries = TableSpec::parse([spec.as_str()])
         .map_err(|e| ClientError::Usage(format!("invalid --set: {e}")))?
         .0;
     connected(settings, None, deadline, async |client| {
-        set_table(client, entries, &args, out).await
+        let table = set_table(client, entries, &args, out).await?;
+        match table {
+            Some(table) if !table.moves().is_empty() && !args.no_wait => {
+                let table = wait_for_moves(client, table, settings, args.wait_for).await?;
+                print_table(&table, out);
+            }
+            Some(table) => print_table(&table, out),
+            None => {}
+        }
+        Ok(())
     })
     .await
+}
+
+/// Waits until none of `set`'s moves is under way any more, each range named by its move's
+/// nodes, polling the table the node holds (a line on a terminal as each range arrives);
+/// exit 3 past `wait_for`, the moves going on.
+async fn wait_for_moves(
+    client: &Client,
+    set: RoutingTable,
+    settings: &Settings,
+    wait_for: std::time::Duration,
+) -> Result<RoutingTable, ClientError> {
+    use std::io::IsTerminal;
+    let started = Instant::now();
+    let until = started + wait_for;
+    let tty = std::io::stderr().is_terminal();
+    let mut pending: Vec<crate::routing::Entry> = set.moves().to_vec();
+    if tty {
+        for m in &pending {
+            eprintln!("moving {} to {} ...", m.range(), m);
+        }
+    }
+    loop {
+        let reply = client.call_within(Request::Table, settings.timeout).await?;
+        let Reply::Table(table) = reply else {
+            return unexpected(&reply);
+        };
+        pending.retain(|m| {
+            let moved = table.move_of(m.first, m.last).is_none()
+                && table
+                    .entries()
+                    .iter()
+                    .any(|e| (e.first, e.last) == (m.first, m.last) && e.same_nodes(m));
+            if moved && tty {
+                eprintln!("moved {} ({:.1} s)", m, started.elapsed().as_secs_f64());
+            }
+            !moved
+        });
+        if pending.is_empty() {
+            return Ok(table);
+        }
+        if Instant::now() >= until {
+            return Err(ClientError::Remote(wire::RemoteError::DeadlineExceeded {
+                node: format!(
+                    "{} (the moves of {} are not done after {:.0?}; they go on: see `kvnode route --status`)",
+                    client.describe(),
+                    pending.iter().map(|m| m.to_string()).collect::<Vec<_>>().join(", "),
+                    wait_for
+                ),
+                waited_ms: wait_for.as_millis() as u64,
+            }));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// `route --status`: each move under way, `a-m: foo -> bar`; in JSON one object a move.
+fn print_moves(table: &RoutingTable, out: &mut Output) {
+    fn nodes(e: &crate::routing::Entry) -> Vec<&str> {
+        e.replicas().iter().map(|n| n.as_str()).collect()
+    }
+    for m in table.moves() {
+        let from = table
+            .entries()
+            .iter()
+            .find(|e| (e.first, e.last) == (m.first, m.last))
+            .map(nodes)
+            .unwrap_or_default();
+        if out.is_json() {
+            out.object(json!({
+                "range": m.range(), "from": from, "to": nodes(m), "state": "moving",
+                "version": table.version(),
+            }));
+        } else {
+            out.line(&format!(
+                "{}: {} -> {} (moving)",
+                m.range(),
+                from.join("+"),
+                nodes(m).join("+")
+            ));
+        }
+    }
+    if table.moves().is_empty() && !out.is_json() {
+        out.line(&format!("no moves under way (table version {})", table.version()));
+    }
 }
 
 /// `route --set`: a compare-and-set on the version read (or given with --if-version), of a
@@ -97,7 +194,7 @@ async fn set_table(
     entries: Vec<crate::routing::Entry>,
     args: &RouteArgs,
     out: &mut Output,
-) -> Result<(), ClientError> {
+) -> Result<Option<RoutingTable>, ClientError> {
     let reply = client.call(Request::Table).await?;
     let Reply::Table(current) = reply else {
         return unexpected(&reply);
@@ -131,6 +228,7 @@ async fn set_table(
         entries,
         expected,
         forwarded: false,
+        force: args.force,
     };
     let reply = client.call(request).await?;
     let Reply::Table(table) = reply else {
@@ -147,7 +245,7 @@ async fn set_table(
                 table.setter()
             ));
         }
-        return Ok(());
+        return Ok(None);
     }
     // Members that gossip knows but not as live: their buckets fail until they are back.
     for node in table.nodes() {
@@ -159,8 +257,7 @@ async fn set_table(
             );
         }
     }
-    print_table(&table, out);
-    Ok(())
+    Ok(Some(table))
 }
 
 /// The gossip state of the owner `reply` names: `alive` when the owner answered itself (the
@@ -196,6 +293,9 @@ fn print_table(table: &RoutingTable, out: &mut Output) {
             if e.is_replicated() {
                 o["replicas"] = json!(e.replicas().iter().map(|n| n.as_str()).collect::<Vec<_>>());
             }
+            if let Some(m) = table.move_of(e.first, e.last) {
+                o["moving_to"] = json!(m.replicas().iter().map(|n| n.as_str()).collect::<Vec<_>>());
+            }
             out.object(o);
         }
     } else {
@@ -206,6 +306,9 @@ fn print_table(table: &RoutingTable, out: &mut Output) {
         }
         for e in table.entries() {
             out.line(&e.to_string());
+        }
+        for m in table.moves() {
+            out.line(&format!("# moving {m}"));
         }
     }
 }

@@ -32,8 +32,9 @@ pub use keyring::{KeyringOp, KeyringView, NodeKeyring};
 /// errors, for `kvnode watch`. 12: each unidirectional stream between nodes starts with a byte
 /// saying what it carries, raft frames (0) or one snapshot sent whole in chunks (1), which a
 /// node of version 11 would read as the start of a frame; and `WatchPosition::range`, for
-/// watches of replicated ranges.)
-pub const PROTOCOL_VERSION: u16 = 12;
+/// watches of replicated ranges. 13: a routing table carries the moves under way,
+/// `SetTableIf::force`, and `Request::FinishMove`, for moving data with the table (issue 26).)
+pub const PROTOCOL_VERSION: u16 = 13;
 /// The TLS ALPN identifier of this protocol.
 pub const ALPN: &[u8] = b"kvnode/1";
 /// The largest frame either side accepts, checked before allocating.
@@ -399,6 +400,9 @@ pub enum Request {
         entries: Vec<Entry>,
         expected: u64,
         forwarded: bool,
+        /// Set the entries as given, moving no data (`route --set --force`): a range whose
+        /// one node changes leaves its data behind. Without it, such a range moves.
+        force: bool,
     },
     /// Stop, as on SIGTERM: announce `left`, finish the requests in flight, exit
     /// (`kvnode stop NAME --via NODE`). Answered `Done` before the node stops.
@@ -410,6 +414,10 @@ pub enum Request {
     /// node applies it on every live member and answers `Reply::KeyringReport`; else (from
     /// that node) applied here alone, answered `Reply::KeyringState`. (Protocol version 8.)
     Keyring { op: KeyringOp, fan_out: bool },
+    /// Node to node: the move of `entry`'s range to `entry`'s nodes has taken effect in the
+    /// range's group (sent by its leader), so the table may name them (`Node::finish_move`).
+    /// `forwarded` as for `SetTableIf`. Answered with the table now held. (Protocol 13.)
+    FinishMove { entry: Entry, forwarded: bool },
     /// Test builds only: a request that panics inside its task.
     #[cfg(feature = "fault-injection")]
     Panic,
@@ -785,6 +793,7 @@ impl Request {
             Request::Leave => "leave",
             Request::Stats => "stats",
             Request::Keyring { .. } => "keyring",
+            Request::FinishMove { .. } => "finish-move",
             #[cfg(feature = "fault-injection")]
             Request::Panic => "panic",
             #[cfg(feature = "fault-injection")]
@@ -812,6 +821,8 @@ impl Request {
             // Each change may be repeated (installing a secret held changes nothing), but one
             // that fails part way is for the operator to see, not to be sent again unasked.
             Request::Keyring { op, .. } => *op == KeyringOp::List,
+            // Finishing a move twice changes nothing; the leader repeats it until it is seen.
+            Request::FinishMove { .. } => true,
             Request::SetTable { .. }
             | Request::SetTableIf { .. }
             | Request::Leave

@@ -32,12 +32,17 @@ impl Handler for Node {
                 reason: "a bucket request reached the node unrouted".into(),
             }),
             Request::Table => Ok(Reply::Table((*self.table()).clone())),
-            Request::SetTable { entries } => self.set_table(entries, None, false, deadline).await,
+            Request::SetTable { entries } => self.set_table(entries, None, false, false, deadline).await,
             Request::SetTableIf {
                 entries,
                 expected,
                 forwarded,
-            } => self.set_table(entries, Some(expected), forwarded, deadline).await,
+                force,
+            } => {
+                self.set_table(entries, Some(expected), forwarded, force, deadline)
+                    .await
+            }
+            Request::FinishMove { entry, forwarded } => self.finish_move(entry, forwarded, deadline).await,
             Request::Leave => {
                 // Answered first: the node drains the requests in flight, this one included,
                 // before it stops.
@@ -119,7 +124,14 @@ impl Node {
             None => Err(RemoteError::NoRoute {
                 message: table.no_entry_message(&req.bucket),
             }),
-            Some(entry) if entry.is_replicated() => Ok(Dest::Replicated(entry.clone())),
+            // A replicated range, or one on the move (its group carries it meanwhile).
+            Some(entry) if let Some(nodes) = table.group_of(entry) => Ok(Dest::Replicated(
+                kvnode_replica::RangeId {
+                    first: entry.first,
+                    last: entry.last,
+                },
+                nodes,
+            )),
             Some(entry) if *entry.preferred_leader() == self.name => Ok(Dest::Here),
             Some(entry) => Ok(Dest::There(entry.preferred_leader().clone())),
         }
@@ -167,9 +179,9 @@ impl Node {
                 self.watch_here(req, timeout, super::watch::Source::Node)
             }
             // A replicated range (issue 25): to its leader, by `Node::replicated`.
-            Ok(Dest::Replicated(entry)) => {
+            Ok(Dest::Replicated(range, nodes)) => {
                 let (node, deadline) = (Arc::clone(self), deadline());
-                let answer = node.replicated(req, entry, deadline);
+                let answer = node.replicated(req, range, nodes, deadline);
                 Now::Waiting(Box::pin(self.within(deadline, answer)))
             }
             Ok(Dest::Here) => match ops::apply(req, &self.store, &self.name) {
@@ -377,16 +389,21 @@ impl Node {
     ///
     /// The table is handed to gossip with a wait for room in its inbox, never dropped as a
     /// datagram may be when the inbox is full: the caller is told the table is set.
+    ///
+    /// A range whose nodes change is not switched over: the coordinator keeps its entry and
+    /// adds a move (`RoutingTable::plan_change`, issue 26), which the range's group carries
+    /// out and its leader then finishes ([`Node::finish_move`]); `force` sets the entries as
+    /// given instead, moving nothing.
     async fn set_table(
         self: &Arc<Self>,
         entries: Vec<crate::routing::Entry>,
         expected: Option<u64>,
         forwarded: bool,
+        force: bool,
         deadline: Instant,
     ) -> Answer {
         // Checked here too, so that a bad table is refused by the node asked, not forwarded.
         RoutingTable::new(entries.clone(), 0, "").map_err(RemoteError::invalid)?;
-        super::replicated::refuse_replica_change(self.table().entries(), &entries).map_err(RemoteError::invalid)?;
         let coordinator = self.table_coordinator();
         if !forwarded && coordinator != self.name {
             tracing::debug!(to = %coordinator, "a new routing table: sending it to the coordinator");
@@ -395,9 +412,12 @@ impl Node {
                 // What the caller read, or without a condition what this node holds.
                 expected: expected.unwrap_or_else(|| self.table().version()),
                 forwarded: true,
+                force,
             };
             return self.forward(&coordinator, request, deadline).await;
         }
+        let live =
+            |n: &NodeName| *n == self.name || self.gossip.members().iter().any(|m| m.name == *n && m.state.is_live());
         let (table, saving) = {
             let mut held = self.table.write().unwrap_or_else(PoisonError::into_inner);
             let expected = expected.unwrap_or(held.version());
@@ -409,20 +429,57 @@ impl Node {
                     setter: held.setter().to_string(),
                 });
             }
-            // Again under the lock, against the table this coordinator holds.
-            super::replicated::refuse_replica_change(held.entries(), &entries).map_err(RemoteError::invalid)?;
-            if held.entries() == entries.as_slice() && !held.setter().is_empty() {
+            // Under the lock, against the table this coordinator holds.
+            let planned = held.plan_change(&entries, force, live).map_err(RemoteError::invalid)?;
+            if held.entries() == planned.entries.as_slice()
+                && held.moves() == planned.moves.as_slice()
+                && !held.setter().is_empty()
+            {
                 // No change: no new version for gossip to spread. The caller sees the
                 // version it read, and says so.
                 return Ok(Reply::Table((**held).clone()));
             }
-            let table =
-                RoutingTable::new(entries, held.version() + 1, self.name.as_str()).map_err(RemoteError::invalid)?;
+            let table = RoutingTable::new(planned.entries, held.version() + 1, self.name.as_str())
+                .and_then(|t| t.with_moves(planned.moves))
+                .map_err(RemoteError::invalid)?;
             let saving = self.install_table(&mut held, table.clone());
             (table, saving)
         };
         if let Some(saving) = saving {
             // Set means kept: a crash right after the answer restarts with this table.
+            let _ = saving.await;
+        }
+        self.gossip.send(super::gossip::Input::SetTable(table.clone())).await;
+        Ok(Reply::Table(table))
+    }
+
+    /// A range's group has moved to `entry`'s nodes (its leader says so): the coordinator makes
+    /// them the entry's, in a new version, and drops the move. Repeated by the leader until its
+    /// table shows it; finishing a finished move changes nothing.
+    pub(super) async fn finish_move(
+        self: &Arc<Self>,
+        entry: crate::routing::Entry,
+        forwarded: bool,
+        deadline: Instant,
+    ) -> Answer {
+        let coordinator = self.table_coordinator();
+        if !forwarded && coordinator != self.name {
+            let request = Request::FinishMove { entry, forwarded: true };
+            return self.forward(&coordinator, request, deadline).await;
+        }
+        let (table, saving) = {
+            let mut held = self.table.write().unwrap_or_else(PoisonError::into_inner);
+            let Some(planned) = held.finish_move(&entry).map_err(RemoteError::invalid)? else {
+                return Ok(Reply::Table((**held).clone()));
+            };
+            let table = RoutingTable::new(planned.entries, held.version() + 1, self.name.as_str())
+                .and_then(|t| t.with_moves(planned.moves))
+                .map_err(RemoteError::invalid)?;
+            tracing::info!(range = %entry.range(), to = %entry, "a move is done: the table names the range's new nodes");
+            let saving = self.install_table(&mut held, table.clone());
+            (table, saving)
+        };
+        if let Some(saving) = saving {
             let _ = saving.await;
         }
         self.gossip.send(super::gossip::Input::SetTable(table.clone())).await;
@@ -534,6 +591,7 @@ enum Dest {
     Here,
     /// The named node does, by this node's table.
     There(NodeName),
-    /// A group of replicas does (issue 25): its leader serves it.
-    Replicated(crate::routing::Entry),
+    /// The range's group does (a replicated range, issue 25, or a moving one, issue 26): its
+    /// leader serves it. The group's nodes, the entry's first.
+    Replicated(kvnode_replica::RangeId, Vec<NodeName>),
 }

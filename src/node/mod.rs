@@ -185,10 +185,8 @@ impl Node {
             })
         });
         *held = Arc::new(table);
-        if held.entries().iter().any(crate::routing::Entry::is_replicated) {
-            // The driver starts the groups the new table names this node in.
-            let _ = self.replicas.offer(replicas::Input::Table(Arc::clone(held)));
-        }
+        // The driver starts, moves and drops the groups the new table names this node in.
+        self.replicas.set_table(Arc::clone(held));
         saving
     }
 
@@ -376,7 +374,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         keyring_file,
         keyring_change: Default::default(),
         store,
-        table: RwLock::new(Arc::new(table)),
+        table: RwLock::new(Arc::new(table.clone())),
         table_file,
         table_saved: Default::default(),
         hops: Default::default(),
@@ -391,7 +389,11 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         leave: CancellationToken::new(),
         fatal_reason: Default::default(),
         chat_out: Default::default(),
-        replicas: replicas::ReplicasHandle::new(),
+        replicas: {
+            let replicas = replicas::ReplicasHandle::new();
+            replicas.set_table(Arc::new(table));
+            replicas
+        },
         raft_links: Default::default(),
         #[cfg(feature = "fault-injection")]
         crash: Default::default(),
@@ -577,9 +579,9 @@ fn replica_driver(node: &Arc<Node>, parts_stop: &CancellationToken) -> Part {
         let (node, parts_stop) = (Arc::clone(&node), parts_stop.clone());
         Box::pin(async move {
             let outbox = Arc::new(raft_link::NodeOutbox(Arc::downgrade(&node)));
-            let table = node.table();
             tokio::select! {
-                done = node.replicas.run(node.name.clone(), node.store.clone(), table.entries(), outbox, parts_stop) => done,
+                done = node.replicas.run(node.name.clone(), node.store.clone(), outbox, parts_stop) => done,
+                never = Arc::clone(&node).finish_moves() => match never {},
                 never = node.crash_point("replicas") => match never {},
             }
         })

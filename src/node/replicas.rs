@@ -6,9 +6,11 @@
 //!
 //! Knows no quinn: frames leave through [`Outbox`] (`node::raft_link` in a node, channels in
 //! the tests here). Groups come from the routing table: each entry of two or more nodes that
-//! names this node.
+//! names this node, and each range on the move that names it (issue 26): the driver tells
+//! the group the move's nodes, publishes the moves it led to completion for the node to
+//! finish in the table, and drops a group once the table no longer names this node in it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,6 +38,10 @@ const LOG_KEEP: u64 = 10_000;
 
 /// How many inputs the inbox holds; a frame offered to a full inbox is dropped (Raft resends).
 const INBOX: usize = 4096;
+
+/// How often (in ticks) groups the table no longer names this node in are looked at again
+/// (one whose drop had to wait for its log to be applied).
+const SETTLE_TICKS: u64 = 10;
 
 /// The store under each group: the range's data in the node's store, its log and state
 /// written in the same group commit as plain puts (`store::group`).
@@ -96,8 +102,6 @@ pub(crate) enum Input {
         range: RangeId,
         done: oneshot::Sender<Result<(), Refused>>,
     },
-    /// The routing table changed: start the groups it names this node in.
-    Table(Arc<RoutingTable>),
     /// A snapshot sent on a stream of its own reached `to` whole, or did not.
     SnapshotSent {
         range: RangeId,
@@ -122,6 +126,11 @@ pub(crate) struct ReplicasHandle {
     inbox: mpsc::Sender<Input>,
     taken: Arc<tokio::sync::Mutex<mpsc::Receiver<Input>>>,
     leaders: watch::Sender<Leaders>,
+    /// The routing table the groups follow (set by the node whenever it installs one).
+    table: watch::Sender<Option<Arc<RoutingTable>>>,
+    /// The moves this node led to completion: each range's entry as its group now holds it,
+    /// for the node to finish in the table (`Node::finish_move`).
+    finished: watch::Sender<Vec<Entry>>,
     /// The applied entries a group's log keeps ([`LOG_KEEP`]; less in tests).
     log_keep: u64,
 }
@@ -133,8 +142,20 @@ impl ReplicasHandle {
             inbox,
             taken: Arc::new(tokio::sync::Mutex::new(rx)),
             leaders: watch::Sender::new(Leaders::new()),
+            table: watch::Sender::new(None),
+            finished: watch::Sender::new(Vec::new()),
             log_keep: LOG_KEEP,
         }
+    }
+
+    /// The routing table changed: the driver starts, moves and drops groups to follow it.
+    pub(crate) fn set_table(&self, table: Arc<RoutingTable>) {
+        self.table.send_replace(Some(table));
+    }
+
+    /// The moves this node's groups have completed, as published.
+    pub(crate) fn finished(&self) -> watch::Receiver<Vec<Entry>> {
+        self.finished.subscribe()
     }
 
     /// Offers an input without waiting; a full inbox drops it (a frame: Raft resends).
@@ -174,14 +195,19 @@ impl ReplicasHandle {
         &self,
         me: NodeName,
         store: Store,
-        entries: &[Entry],
         outbox: Arc<dyn Outbox>,
         stop: CancellationToken,
     ) -> Result<(), String> {
         let mut inbox = self.taken.lock().await;
+        let mut tables = self.table.subscribe();
         let mut driver = Driver::new(me, store, outbox, self.leaders.clone());
         driver.log_keep = self.log_keep;
-        driver.table(entries);
+        driver.finished = self.finished.clone();
+        let first = tables.borrow_and_update().clone();
+        if let Some(table) = first {
+            driver.table(table);
+        }
+        driver.settle().await?;
         driver.round().await?;
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -192,6 +218,17 @@ impl ReplicasHandle {
                 _ = tick.tick() => {
                     driver.replicas.handle_tick();
                     driver.hand_back();
+                    driver.publish_finished();
+                    if driver.ticks.is_multiple_of(SETTLE_TICKS) {
+                        driver.settle().await?;
+                    }
+                }
+                Ok(()) = tables.changed() => {
+                    let table = tables.borrow_and_update().clone();
+                    if let Some(table) = table {
+                        driver.table(table);
+                    }
+                    driver.settle().await?;
                 }
                 input = inbox.recv() => match input {
                     Some(input) => driver.take(input),
@@ -227,6 +264,11 @@ struct Driver {
     ticks: u64,
     handed_back: BTreeMap<RangeId, u64>,
     log_keep: u64,
+    /// The table the groups follow (none before the node sets one).
+    table: Option<Arc<RoutingTable>>,
+    /// The moves under way of ranges this node is in the group of: where each goes.
+    moves: BTreeMap<RangeId, Entry>,
+    finished: watch::Sender<Vec<Entry>>,
 }
 
 impl Driver {
@@ -250,6 +292,9 @@ impl Driver {
             ticks: 0,
             handed_back: BTreeMap::new(),
             log_keep: LOG_KEEP,
+            table: None,
+            moves: BTreeMap::new(),
+            finished: watch::Sender::new(Vec::new()),
         }
     }
 
@@ -277,7 +322,6 @@ impl Driver {
                     let _ = done.send(Err(self.refused(e)));
                 }
             },
-            Input::Table(table) => self.table(table.entries()),
             Input::SnapshotSent { range, to, delivered } => {
                 if !delivered {
                     tracing::info!(%range, %to, "a snapshot of range {range} did not reach {to}; it is sent again");
@@ -299,20 +343,19 @@ impl Driver {
         }
     }
 
-    /// Starts a group for every replicated entry naming this node that has none yet. A range
-    /// whose entry went away or changed keeps its group (moving data is issue 26's; the
-    /// table refuses such changes meanwhile).
-    fn table(&mut self, entries: &[Entry]) {
-        for entry in entries {
-            let replicas = entry.replicas();
-            if replicas.len() < 2 || !replicas.contains(&self.me) {
-                continue;
-            }
+    /// Follows the table: starts a group for every range whose group names this node (a
+    /// replicated entry, or a range on the move) and has none here yet, and tells each group
+    /// where it is to be held (a move's nodes; none when not moving). Groups the table no
+    /// longer names this node in are dropped by [`Driver::settle`].
+    fn table(&mut self, table: Arc<RoutingTable>) {
+        self.moves.clear();
+        for entry in table.entries() {
+            let Some(nodes) = table.group_of(entry) else { continue };
             let range = RangeId {
                 first: entry.first,
                 last: entry.last,
             };
-            let ids = match NodeIds::new(replicas.iter().map(NodeName::as_str)) {
+            let ids = match NodeIds::new(nodes.iter().map(NodeName::as_str)) {
                 Ok(ids) => ids,
                 Err(e) => {
                     tracing::error!(%range, error = %e, "cannot start the range's group: two of its replicas' names hash alike; rename one");
@@ -324,30 +367,153 @@ impl Driver {
                     self.names.insert(id, name);
                 }
             }
-            if self.replicas.ranges().any(|r| r == range) {
+            if !nodes.contains(&self.me) {
                 continue;
             }
-            let voters: Vec<u64> = replicas.iter().map(|n| node_id(n.as_str())).collect();
-            // What the store holds of the group, or an uninitialised one: the core then asks
-            // the other replicas whether the range is new before it bootstraps (a node cannot
-            // tell a new range from one it held and forgot).
-            let store = match self.store.group(range, None) {
-                Ok(store) => store,
-                Err(e) => {
-                    tracing::error!(%range, error = %e, "cannot open the range's group in the store");
+            let moving = table.move_of(entry.first, entry.last);
+            // During a move, leadership is handed to the first of the move's nodes.
+            let preferred = moving.map_or(entry.preferred_leader(), Entry::preferred_leader);
+            self.first.insert(range, node_id(preferred.as_str()));
+            if !self.replicas.ranges().any(|r| r == range) && !self.start_group(range, entry, moving.is_some()) {
+                continue;
+            }
+            let target = moving.map(|m| m.replicas().iter().map(|n| node_id(n.as_str())).collect());
+            if let Some(m) = moving {
+                if !self.moves.contains_key(&range) {
+                    tracing::info!(%range, to = %m, "range {range} is moving to {m}");
+                }
+                self.moves.insert(range, m.clone());
+            }
+            let _ = self.replicas.set_target(range, target);
+        }
+        self.table = Some(table);
+        self.publish_finished();
+    }
+
+    /// Starts the group of `range` here. A replica of a replicated entry takes what the store
+    /// holds of it, or an uninitialised one that asks the other replicas whether the range
+    /// is new (a node cannot tell a new range from one it held and forgot). The single owner
+    /// of a range on the move makes it a group of one over the data in place (the group's
+    /// snapshot is the range's buckets), and campaigns at once. A node the move adds starts
+    /// uninitialised and waits for the leader's snapshot, voting for nothing until then.
+    fn start_group(&mut self, range: RangeId, entry: &Entry, moving: bool) -> bool {
+        let my_id = node_id(self.me.as_str());
+        let (bootstrap, voters): (Option<Vec<u64>>, Vec<u64>) = if !entry.replicas().contains(&self.me) {
+            (None, vec![])
+        } else if entry.is_replicated() {
+            (None, entry.replicas().iter().map(|n| node_id(n.as_str())).collect())
+        } else {
+            (Some(vec![my_id]), vec![my_id])
+        };
+        let store = match self.store.group(range, bootstrap.as_deref()) {
+            Ok(store) => store,
+            Err(e) => {
+                tracing::error!(%range, error = %e, "cannot open the range's group in the store");
+                return false;
+            }
+        };
+        if let Err(e) = self.replicas.add_group(range, store, &voters) {
+            tracing::error!(%range, error = %e, "cannot start the range's group");
+            return false;
+        }
+        if bootstrap.is_some() {
+            let _ = self.replicas.campaign(range);
+        }
+        tracing::info!(%range, moving, nodes = %entry, "replica group started");
+        self.leaders.send_modify(|l| {
+            l.insert(range, LeaderView { leader: None, term: 0 });
+        });
+        true
+    }
+
+    /// Drops each group the table no longer names this node in: a move is done (the table
+    /// is finished only once the group's majority applied a configuration without this
+    /// node, so nothing here is needed any more). A node the entry names alone keeps the
+    /// range's data as its single owner, once its group has applied its whole log; any
+    /// other drops the data too. Waiting proposals and reads are answered: the write did
+    /// not take effect here (the group and its log are gone), ask again.
+    async fn settle(&mut self) -> Result<(), String> {
+        let Some(table) = self.table.clone() else { return Ok(()) };
+        let held: Vec<RangeId> = self.replicas.ranges().collect();
+        for range in held {
+            let entry = table
+                .entries()
+                .iter()
+                .find(|e| (e.first, e.last) == (range.first, range.last));
+            let in_group = entry
+                .and_then(|e| table.group_of(e))
+                .is_some_and(|nodes| nodes.contains(&self.me));
+            if in_group {
+                continue;
+            }
+            let keep_data = entry.is_some_and(|e| e.replicas() == std::slice::from_ref(&self.me));
+            if keep_data {
+                let Some(store) = self.replicas.store(range) else {
+                    continue;
+                };
+                let last = raft::Storage::last_index(store).unwrap_or(0);
+                if GroupStore::applied(store) < last {
                     continue;
                 }
-            };
-            self.first.insert(range, node_id(entry.preferred_leader().as_str()));
-            if let Err(e) = self.replicas.add_group(range, store, &voters) {
-                tracing::error!(%range, error = %e, "cannot start the range's group");
+            }
+            if self.replicas.remove_group(range).is_none() {
                 continue;
             }
-            tracing::info!(%range, replicas = ?replicas.iter().map(NodeName::as_str).collect::<Vec<_>>(), "replica group started");
+            self.store
+                .drop_group(range, keep_data)
+                .await
+                .map_err(|e| format!("range {range}'s group could not be dropped: {e}"))?;
+            tracing::info!(%range, keep_data, "this node left range {range}'s group{}", if keep_data { "; it holds the range alone" } else { " and dropped the range's data" });
+            self.first.remove(&range);
+            self.handed_back.remove(&range);
             self.leaders.send_modify(|l| {
-                l.insert(range, LeaderView { leader: None, term: 0 });
+                l.remove(&range);
             });
+            let ids: Vec<ProposalId> = self
+                .proposals
+                .iter()
+                .filter(|(_, (r, _))| *r == range)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in ids {
+                if let Some((_, done)) = self.proposals.remove(&id) {
+                    let _ = done.send(Err(Refused::Dropped(range)));
+                }
+            }
+            let reads: Vec<(RangeId, u64)> = self.reads.keys().filter(|(r, _)| *r == range).copied().collect();
+            for key in reads {
+                if let Some(done) = self.reads.remove(&key) {
+                    let _ = done.send(Err(Refused::NotLeader { range, leader: None }));
+                }
+            }
         }
+        Ok(())
+    }
+
+    /// Publishes the moves this node leads to completion: the group's configuration is the
+    /// move's nodes, as voters, with no learner and not joint.
+    fn publish_finished(&mut self) {
+        let done: Vec<Entry> = self
+            .moves
+            .iter()
+            .filter(|(range, m)| {
+                let leads = self.replicas.role(**range).is_some_and(|(r, _)| r == Role::Leader);
+                let conf = self.replicas.conf(**range);
+                leads
+                    && conf.is_some_and(|c| {
+                        let want: BTreeSet<u64> = m.replicas().iter().map(|n| node_id(n.as_str())).collect();
+                        c.learners.is_empty()
+                            && c.voters_outgoing.is_empty()
+                            && c.voters.iter().copied().collect::<BTreeSet<u64>>() == want
+                    })
+            })
+            .map(|(_, m)| m.clone())
+            .collect();
+        self.finished.send_if_modified(|f| {
+            let changed = *f != done;
+            *f = done;
+            changed
+        });
     }
 
     /// Runs rounds until there is nothing to do: one outstanding at a time.

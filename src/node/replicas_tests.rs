@@ -74,7 +74,8 @@ fn cluster_keeping(stores: [Store; 3], log_keep: u64) -> Cluster {
         let stop = CancellationToken::new();
         let (h, name, entries, s) = (Arc::clone(&handles[i]), name.clone(), entries.clone(), stop.clone());
         let store = stores[i].clone();
-        tokio::spawn(async move { h.run(name, store, &entries, wires, s).await });
+        h.set_table(Arc::new(RoutingTable::new(entries, 1, "test").unwrap()));
+        tokio::spawn(async move { h.run(name, store, wires, s).await });
         stops.push(stop);
     }
     Cluster {

@@ -18,7 +18,6 @@ use super::ops::{self, Applied};
 use super::replicas::Refused;
 use super::watch::Source;
 use crate::names::NodeName;
-use crate::routing::Entry;
 use crate::rpc::Now;
 use crate::wire::{BucketOp, BucketRequest, RemoteError, Reply, Request};
 
@@ -123,12 +122,15 @@ pub(super) fn decide(me: &NodeName, replicas: &[NodeName], leader: Option<&NodeN
 
 impl Node {
     /// Serves or forwards `req`, for the replicated range of `entry`, by `deadline`.
-    pub(super) async fn replicated(self: Arc<Self>, mut req: BucketRequest, entry: Entry, deadline: Instant) -> Answer {
-        let range = RangeId {
-            first: entry.first,
-            last: entry.last,
-        };
-        let replicas = entry.replicas();
+    /// `replicas`: the range group's nodes, the entry's first, then a move's new ones.
+    pub(super) async fn replicated(
+        self: Arc<Self>,
+        mut req: BucketRequest,
+        range: RangeId,
+        replicas: Vec<NodeName>,
+        deadline: Instant,
+    ) -> Answer {
+        let replicas = replicas.as_slice();
         let is_replica = replicas.contains(&self.name);
         let mut leaders = self.replicas.leaders();
         let start = Instant::now();
@@ -181,6 +183,34 @@ impl Node {
                     waited_ms: start.elapsed().as_millis() as u64,
                 });
             }
+        }
+    }
+
+    /// Runs for the node's life beside the replica driver: each move the driver reports done
+    /// (this node leads the range's group, which now holds the move's nodes) is finished in
+    /// the table through the coordinator, asked again every half second until the table
+    /// this node holds shows it.
+    pub(super) async fn finish_moves(self: Arc<Self>) -> std::convert::Infallible {
+        let mut finished = self.replicas.finished();
+        loop {
+            let done = finished.borrow_and_update().clone();
+            for entry in done {
+                let table = self.table();
+                if table
+                    .move_of(entry.first, entry.last)
+                    .is_none_or(|m| !m.same_nodes(&entry))
+                {
+                    continue;
+                }
+                let deadline = Instant::now() + std::time::Duration::from_secs(2);
+                match self.finish_move(entry.clone(), false, deadline).await {
+                    Ok(_) => tracing::debug!(range = %entry.range(), "move finished in the table"),
+                    Err(e) => {
+                        tracing::info!(range = %entry.range(), error = %e, "the move is done but the table could not say so yet; asking again")
+                    }
+                }
+            }
+            let _ = tokio::time::timeout(std::time::Duration::from_millis(500), finished.changed()).await;
         }
     }
 
@@ -247,70 +277,12 @@ impl Node {
     }
 }
 
-/// Refuses a table that changes which ranges are replicated, or how: a replicated range
-/// held now must stay as it is (its nodes may be reordered, which only changes the preferred
-/// leader), and no new one may appear. A replicated range is set when the cluster starts
-/// (`--table`, `routing_table`): making one later would leave the data its range holds on
-/// one node outside the group's log, and changing one would strand its data; moving data
-/// is issue 26's.
-pub(super) fn refuse_replica_change(held: &[Entry], entries: &[Entry]) -> Result<(), String> {
-    let same = |a: &Entry, b: &Entry| {
-        a.first == b.first
-            && a.last == b.last
-            && a.replicas().len() == b.replicas().len()
-            && a.replicas().iter().all(|r| b.replicas().contains(r))
-    };
-    for old in held.iter().filter(|e| e.is_replicated()) {
-        if !entries.iter().any(|e| same(e, old)) {
-            return Err(format!(
-                "the table would change the replicated range {old}: its replicas hold its data, and moving it is not built yet (issue 26); keep the entry {old} as it is (its nodes may be reordered)"
-            ));
-        }
-    }
-    for new in entries.iter().filter(|e| e.is_replicated()) {
-        if !held.iter().any(|e| same(e, new)) {
-            return Err(format!(
-                "the table would make {new} a replicated range: a replicated range is set when the cluster starts (--table or routing_table on its nodes), since the data its range holds now would stay on one node and moving it is not built yet (issue 26)"
-            ));
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn names(n: &[&str]) -> Vec<NodeName> {
         n.iter().map(|n| n.parse().unwrap()).collect()
-    }
-
-    #[test]
-    fn a_replicated_range_keeps_its_replicas() {
-        let r = names(&["n1", "n2", "n3"]);
-        let held = vec![
-            Entry::new(b'a', b'm', r.clone()).unwrap(),
-            Entry::single(b'n', b'z', r[0].clone()),
-        ];
-        let reordered = vec![
-            Entry::new(b'a', b'm', vec![r[2].clone(), r[0].clone(), r[1].clone()]).unwrap(),
-            Entry::single(b'n', b'z', r[1].clone()),
-        ];
-        assert_eq!(refuse_replica_change(&held, &reordered), Ok(()));
-        let fewer = vec![Entry::new(b'a', b'm', r[..2].to_vec()).unwrap()];
-        let why = refuse_replica_change(&held, &fewer).unwrap_err();
-        assert!(why.contains("a-m=n1+n2+n3") && why.contains("issue 26"), "{why}");
-        let moved = vec![Entry::new(b'a', b'k', r.clone()).unwrap()];
-        assert!(refuse_replica_change(&held, &moved).is_err());
-        // A one-node range made replicated later: refused; one-node ranges change freely.
-        let single = vec![Entry::single(b'a', b'z', r[0].clone())];
-        let why = refuse_replica_change(&single, &held).unwrap_err();
-        assert!(
-            why.contains("a-m=n1+n2+n3") && why.contains("when the cluster starts"),
-            "{why}"
-        );
-        let other = vec![Entry::single(b'a', b'z', r[1].clone())];
-        assert_eq!(refuse_replica_change(&single, &other), Ok(()));
     }
 
     #[test]

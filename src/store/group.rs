@@ -752,6 +752,43 @@ impl Store {
         Ok(group)
     }
 
+    /// Forgets the group of `range` (this node left it: a move is done, issue 26): its Raft
+    /// log and state go, and unless `keep_data` (this node keeps the range as its single
+    /// owner) so do the range's buckets, in one engine batch, synced. The caller has removed
+    /// the group from its core first, so nothing writes to it meanwhile.
+    pub async fn drop_group(&self, range: RangeId, keep_data: bool) -> Result<(), StoreError> {
+        self.groups.lock().remove(&range);
+        let empty = Arc::new(RangeData::new());
+        match &self.backend {
+            Backend::Memory(m) => {
+                if !keep_data {
+                    m.replace_range(range.first, range.last, &empty);
+                }
+                Ok(())
+            }
+            Backend::Disk(d) => {
+                let mut writes = RaftWrites::default();
+                if !keep_data {
+                    writes.replace.push((range.first, range.last, empty));
+                }
+                let (from, to) = rec::log_span(range, 0, None);
+                let log = d
+                    .engine()
+                    .raft_scan(RaftSpace::Log, &from, &to, false, usize::MAX)
+                    .map_err(|e| StoreError::Engine(e.0))?;
+                writes
+                    .records
+                    .extend(log.into_iter().map(|(k, _)| (RaftSpace::Log, k, None)));
+                for kind in [rec::HARD, rec::CONF, rec::APPLIED, rec::TRUNCATED] {
+                    writes
+                        .records
+                        .push((RaftSpace::State, rec::state_key(range, kind), None));
+                }
+                d.write(Op::Raft(Arc::new(writes))).await.map(|_| ())
+            }
+        }
+    }
+
     /// The change feed of the replicated range `range`, if this node holds its group.
     pub fn range_feed(&self, range: RangeId) -> Option<Arc<Feed>> {
         self.groups.lock().get(&range).map(|g| Arc::clone(g.feed()))

@@ -1,0 +1,243 @@
+//! Issue 26: a table change moves the data. `route --set` adds a move to the table; the
+//! range's group (a group of one for a single owner's range) takes in the new nodes, moves,
+//! and its leader finishes the move, after which the table names the new nodes and the old
+//! ones drop the data. Every key written before and during the move is read back.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{Home, Node};
+use kvnode::wire::{BucketOp, BucketRequest, Reply, Request};
+
+/// A client speaking the wire protocol to the node at `node` with `home`'s secret.
+async fn client(home: &Home, node: &Node) -> kvnode::client::Client {
+    let secret = kvnode::secret::SecretSource::Home(home.secret_path()).load().unwrap();
+    let target = kvnode::client::Target {
+        addr: node.addr(),
+        name: None,
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    kvnode::client::Client::connect_with(&secret, "test", &target, deadline)
+        .await
+        .unwrap()
+}
+
+fn request(bucket: &str, op: BucketOp) -> Request {
+    Request::Bucket(BucketRequest {
+        bucket: bucket.as_bytes().to_vec(),
+        op,
+        path: vec![],
+    })
+}
+
+fn put(key: &str, value: &str) -> BucketOp {
+    BucketOp::Put {
+        key: key.as_bytes().to_vec(),
+        value: value.as_bytes().to_vec(),
+    }
+}
+
+fn get(key: &str) -> BucketOp {
+    BucketOp::Get {
+        key: key.as_bytes().to_vec(),
+    }
+}
+
+/// Waits until `via` lists every one of `names` as alive.
+fn members(home: &Home, via: &str, names: &[&str]) {
+    common::wait_for("every member alive", common::PATIENCE, || {
+        let m = home.run(&["members", "--via", via]).ok();
+        names
+            .iter()
+            .all(|n| m.lines().any(|l| l.starts_with(n) && l.contains("alive")))
+            .then_some(())
+    });
+}
+
+/// Reads every `key{i}` of `bucket` through `node`, expecting `value{i}`.
+async fn read_all(c: &kvnode::client::Client, bucket: &str, keys: std::ops::Range<u64>, via: &str) {
+    for i in keys {
+        let reply = c
+            .call(request(bucket, get(&format!("key{i}"))))
+            .await
+            .unwrap_or_else(|e| panic!("get key{i} through {via}: {e}"));
+        match reply {
+            Reply::Value(v) => assert_eq!(v.as_ref(), format!("value{i}").as_bytes(), "key{i} through {via}"),
+            other => panic!("get key{i} through {via}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn ten_thousand_keys_move_from_foo_to_bar_and_are_read_back_through_each_node() {
+    let home = Home::new();
+    let table = "a-m=foo,n-z=bar";
+    let foo = home.start("foo", &["--table", table]);
+    let bar = home.start("bar", &["--table", table, "--join", "foo"]);
+    members(&home, "foo", &["foo", "bar"]);
+    let rt = common::runtime();
+    let n = 10_000;
+    rt.block_on(async {
+        let c = client(&home, &foo).await;
+        for i in 0..n {
+            let reply = c
+                .call(request("apples", put(&format!("key{i}"), &format!("value{i}"))))
+                .await
+                .unwrap();
+            assert_eq!(reply, Reply::Done);
+        }
+    });
+    let out = home.run(&["route", "--set", "a-m=bar,n-z=bar", "--via", "foo"]).ok();
+    assert!(out.lines().any(|l| l == "a-m=bar"), "{out}");
+    for via in ["foo", "bar"] {
+        let route = home.run(&["route", "apples", "--via", via]).ok();
+        assert_eq!(route, "bar\n", "asked {via}");
+    }
+    rt.block_on(async {
+        for (via, node) in [("foo", &foo), ("bar", &bar)] {
+            let c = client(&home, node).await;
+            read_all(&c, "apples", 0..n, via).await;
+        }
+    });
+    // foo dropped what it no longer holds; the status shows no move.
+    foo.wait_log("foo dropping the range's data", |l| {
+        l.contains("dropped the range's data")
+    });
+    assert!(
+        home.run(&["route", "--status", "--via", "bar"])
+            .ok()
+            .contains("no moves under way")
+    );
+}
+
+#[test]
+fn a_replicated_range_moves_to_other_nodes_while_a_writer_runs_and_loses_nothing() {
+    let home = Home::new();
+    let table = "a-m=n1+n2+n3,n-z=n1";
+    let n1 = home.start("n1", &["--table", table, "--in-memory"]);
+    let _n2 = home.start("n2", &["--table", table, "--in-memory", "--join", "n1"]);
+    let _n3 = home.start("n3", &["--table", table, "--in-memory", "--join", "n1"]);
+    let n4 = home.start("n4", &["--table", table, "--in-memory", "--join", "n1"]);
+    members(&home, "n1", &["n1", "n2", "n3", "n4"]);
+    let rt = Arc::new(common::runtime());
+    // A writer through n4 (no replica at first, the new leader at the end): every put it
+    // saw acknowledged must be readable afterwards.
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let tried = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let (rt, stop, acked, tried) = (
+            Arc::clone(&rt),
+            Arc::clone(&stop),
+            Arc::clone(&acked),
+            Arc::clone(&tried),
+        );
+        let c = rt.block_on(client(&home, &n4));
+        std::thread::spawn(move || {
+            rt.block_on(async {
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    tried.fetch_add(1, Ordering::Relaxed);
+                    if let Ok(Reply::Done) = c
+                        .call(request("apples", put(&format!("key{i}"), &format!("value{i}"))))
+                        .await
+                    {
+                        acked.lock().unwrap().push(i);
+                    }
+                    i += 1;
+                }
+            })
+        })
+    };
+    common::wait_for("some writes", common::PATIENCE, || {
+        (acked.lock().unwrap().len() > 50).then_some(())
+    });
+    let out = home.run(&["route", "--set", "a-m=n4+n2+n3,n-z=n1", "--via", "n2"]).ok();
+    assert!(out.lines().any(|l| l == "a-m=n4+n2+n3"), "{out}");
+    let before = acked.lock().unwrap().len();
+    common::wait_for("writes after the move", common::PATIENCE, || {
+        (acked.lock().unwrap().len() > before + 50).then_some(())
+    });
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    let acked = acked.lock().unwrap().clone();
+    assert!(!acked.is_empty());
+    // Every acknowledged write, through n1 (no replica any more) and n4 (the leader).
+    rt.block_on(async {
+        for (via, node) in [("n1", &n1), ("n4", &n4)] {
+            let c = client(&home, node).await;
+            for &i in &acked {
+                read_all(&c, "apples", i..i + 1, via).await;
+            }
+        }
+    });
+    let route = home.run(&["route", "apples", "--via", "n1"]).ok();
+    assert!(route.contains("n4*"), "{route}");
+    n1.wait_log("n1 dropping the range's data", |l| {
+        l.contains("dropped the range's data")
+    });
+}
+
+#[test]
+fn a_single_owner_range_becomes_replicated_and_back() {
+    let home = Home::new();
+    let table = "a-z=foo";
+    let foo = home.start("foo", &["--table", table]);
+    let _bar = home.start("bar", &["--table", table, "--join", "foo"]);
+    let baz = home.start("baz", &["--table", table, "--join", "foo"]);
+    members(&home, "foo", &["foo", "bar", "baz"]);
+    home.run(&["put", "apples", "k", "v1", "--via", "foo"]).ok();
+    let out = home.run(&["route", "--set", "a-z=foo+bar+baz", "--via", "baz"]).ok();
+    assert!(out.lines().any(|l| l == "a-z=foo+bar+baz"), "{out}");
+    home.run(&["put", "apples", "k2", "v2", "--via", "bar"]).ok();
+    // Now to baz alone: foo and bar drop it, baz keeps it as its single owner.
+    let out = home.run(&["route", "--set", "a-z=baz", "--via", "foo"]).ok();
+    assert!(out.lines().any(|l| l == "a-z=baz"), "{out}");
+    baz.wait_log("baz holding the range alone", |l| {
+        l.contains("it holds the range alone")
+    });
+    for via in ["foo", "bar", "baz"] {
+        assert_eq!(
+            home.run(&["get", "apples", "k", "--via", via]).ok(),
+            "v1\n",
+            "via {via}"
+        );
+        assert_eq!(
+            home.run(&["get", "apples", "k2", "--via", via]).ok(),
+            "v2\n",
+            "via {via}"
+        );
+    }
+    // Served by baz's store directly again: a restart keeps it.
+    drop(foo);
+    home.run(&["put", "apples", "k3", "v3", "--via", "baz"]).ok();
+    assert_eq!(home.run(&["get", "apples", "k3", "--via", "bar"]).ok(), "v3\n");
+}
+
+#[test]
+fn a_move_onto_a_node_that_is_not_live_is_refused_and_the_table_stays() {
+    let home = Home::new();
+    let table = "a-m=foo,n-z=bar";
+    let _foo = home.start("foo", &["--table", table]);
+    let mut bar = home.start("bar", &["--table", table, "--join", "foo"]);
+    members(&home, "foo", &["foo", "bar"]);
+    bar.kill9();
+    common::wait_for("bar seen dead", common::PATIENCE, || {
+        let m = home.run(&["members", "--via", "foo"]).ok();
+        m.lines()
+            .any(|l| l.starts_with("bar") && l.contains("dead"))
+            .then_some(())
+    });
+    let out = home.run(&["route", "--set", "a-m=bar,n-z=bar", "--via", "foo"]);
+    out.expect(2);
+    assert!(
+        out.stderr.contains("cannot move to bar: it is not a live member"),
+        "{}",
+        out.stderr
+    );
+    let now = home.run(&["route", "--table", "--via", "foo"]).ok();
+    assert_eq!(now.lines().skip(1).collect::<Vec<_>>(), ["a-m=foo", "n-z=bar"]);
+}
