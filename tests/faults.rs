@@ -45,6 +45,7 @@ const ONE_OWNER: Shape = Shape {
     in_memory: false,
     entries: Nodes::Owner,
     victims: Nodes::Owner,
+    moves: &[],
 };
 
 /// The keys' bucket on n1, clients talking to any node (the others forward), faults on any.
@@ -55,6 +56,7 @@ const FORWARDED_3: Shape = Shape {
     in_memory: false,
     entries: Nodes::Any,
     victims: Nodes::Any,
+    moves: &[],
 };
 
 const FORWARDED_5: Shape = Shape {
@@ -71,6 +73,7 @@ const REPLICATED_3: Shape = Shape {
     in_memory: false,
     entries: Nodes::Any,
     victims: Nodes::Owner,
+    moves: &[],
 };
 
 const REPLICATED_5: Shape = Shape {
@@ -78,6 +81,29 @@ const REPLICATED_5: Shape = Shape {
     nodes: 5,
     table: "a-z=n1+n2+n3+n4+n5",
     ..REPLICATED_3
+};
+
+/// Issue 26: the keys' range moved from one owner to the next and back while clients run
+/// and the nemesis strikes whichever node serves it (mid-move too).
+const MOVING_OWNER_3: Shape = Shape {
+    name: "moving-owner-3",
+    nodes: 3,
+    table: "a-z=n1",
+    in_memory: false,
+    entries: Nodes::Any,
+    victims: Nodes::Owner,
+    moves: &["a-z=n2", "a-z=n3", "a-z=n1"],
+};
+
+/// Issue 26: a replicated range moved around four nodes, one replica at a time.
+const MOVING_REPLICATED_4: Shape = Shape {
+    name: "moving-replicated-4",
+    nodes: 4,
+    table: "a-z=n1+n2+n3",
+    in_memory: false,
+    entries: Nodes::Any,
+    victims: Nodes::Owner,
+    moves: &["a-z=n2+n3+n4", "a-z=n3+n4+n1", "a-z=n4+n1+n2", "a-z=n1+n2+n3"],
 };
 
 /// The broken system: the owner keeps its data in memory, so a kill loses acknowledged writes.
@@ -139,6 +165,8 @@ struct Ran {
     unavailable: Vec<Option<Duration>>,
     /// Where the history was saved, if it was.
     kept: Option<PathBuf>,
+    /// Moves the mover started, and those seen done.
+    moves: (usize, usize),
 }
 
 impl Ran {
@@ -156,7 +184,7 @@ impl Ran {
     /// The line `scripts/faults.sh` tabulates.
     fn row(&self, shape: &Shape) -> String {
         format!(
-            "faults-row shape={} seed={} ops={} unknown={} failed={} faults={} lost={} violations={} undecided={} unavailable_ms={} kills_ms={}",
+            "faults-row shape={} seed={} ops={} unknown={} failed={} faults={} lost={} violations={} undecided={} unavailable_ms={} kills_ms={} moves={}/{}",
             shape.name,
             self.seed,
             self.ops,
@@ -167,7 +195,9 @@ impl Ran {
             self.report.violations().len(),
             self.report.unknown_keys().len(),
             self.longest_unavailable(),
-            self.each_unavailable()
+            self.each_unavailable(),
+            self.moves.1,
+            self.moves.0,
         )
     }
 
@@ -226,7 +256,17 @@ fn run_once(shape: &Shape, seed: u64, p: &Params, workload: Workload, crash_at_e
     let history = History::new(seed);
     let stop = AtomicBool::new(false);
     let start = Instant::now();
-    let struck = std::thread::scope(|s| {
+    let mover = Mover {
+        home: cluster.home.path().to_path_buf(),
+        hub: cluster.hub(),
+        addrs: addrs.clone(),
+        tables: shape.moves,
+    };
+    let (mut struck, moves) = std::thread::scope(|s| {
+        let moving = (!shape.moves.is_empty()).then(|| {
+            let (mover, stop, mut rng) = (&mover, &stop, rng.fork(2000));
+            s.spawn(move || mover.run(stop, &mut rng))
+        });
         for client in 0..workload.clients {
             let (history, stop, entries) = (&history, &stop, &entries);
             let (secret, addrs, hub) = (secret.clone(), addrs.clone(), hub.clone());
@@ -240,9 +280,9 @@ fn run_once(shape: &Shape, seed: u64, p: &Params, workload: Workload, crash_at_e
         let struck = nemesis::run(&mut cluster, &schedule, start, &history);
         std::thread::sleep((start + schedule.duration).saturating_duration_since(Instant::now()));
         stop.store(true, Ordering::Relaxed);
-        struck
+        let moves = moving.map_or((0, 0), |m| m.join().expect("the mover"));
+        (struck, moves)
     });
-    let mut struck = struck;
     cluster.heal();
     if crash_at_end {
         let owner = cluster.serving().expect("a node names the owner");
@@ -292,6 +332,70 @@ fn run_once(shape: &Shape, seed: u64, p: &Params, workload: Workload, crash_at_e
         struck,
         unavailable,
         kept,
+        moves,
+    }
+}
+
+/// Moves the keys' range during a run: sets each of `tables` in turn through a random node
+/// (`route --set --no-wait`), then polls `route --status` until the move is done, the run
+/// ends, or 20 s pass; a command refused (a node down, the coordinator unreachable, a
+/// move under way) is tried again with the next node.
+struct Mover {
+    home: PathBuf,
+    hub: Option<String>,
+    addrs: Vec<std::net::SocketAddr>,
+    tables: &'static [&'static str],
+}
+
+impl Mover {
+    fn run_cmd(&self, args: &[&str]) -> Option<String> {
+        let mut cmd = match &self.hub {
+            Some(hub) => {
+                let mut c = std::process::Command::new("ip");
+                c.args(["netns", "exec", hub, common::BIN]);
+                c
+            }
+            None => std::process::Command::new(common::BIN),
+        };
+        cmd.env("KVNODE_HOME", &self.home)
+            .env_remove("KVNODE_SECRET")
+            .env_remove("KVNODE_VIA")
+            .env_remove("RUST_LOG")
+            .args(args)
+            .stdin(std::process::Stdio::null());
+        let out = cmd.output().ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// (moves started, moves seen done)
+    fn run(&self, stop: &AtomicBool, rng: &mut Rng) -> (usize, usize) {
+        let (mut started, mut done) = (0, 0);
+        let mut next = 0;
+        while !stop.load(Ordering::Relaxed) {
+            let via = rng.below(self.addrs.len() as u64) as usize;
+            let via = format!("{}@{}", Shape::name_of(via), self.addrs[via]);
+            let table = self.tables[next % self.tables.len()];
+            let set = self.run_cmd(&["route", "--set", table, "--no-wait", "--timeout", "3s", "--via", &via]);
+            if set.is_none() {
+                std::thread::sleep(Duration::from_millis(200));
+                continue;
+            }
+            println!("mover: {table} set through {via}");
+            started += 1;
+            next += 1;
+            let until = Instant::now() + Duration::from_secs(20);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < until {
+                let status = self.run_cmd(&["route", "--status", "--timeout", "2s", "--via", &via]);
+                if status.is_some_and(|s| s.contains("no moves under way")) {
+                    done += 1;
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+        (started, done)
     }
 }
 
@@ -347,6 +451,16 @@ fn a_range_replicated_on_three_nodes_stays_linearizable_through_leader_faults() 
 #[test]
 fn a_range_replicated_on_five_nodes_stays_linearizable_through_leader_faults() {
     check_shape(&REPLICATED_5);
+}
+
+#[test]
+fn a_range_moved_between_single_owners_under_faults_stays_linearizable() {
+    check_shape(&MOVING_OWNER_3);
+}
+
+#[test]
+fn a_replicated_range_moved_around_four_nodes_under_faults_stays_linearizable() {
+    check_shape(&MOVING_REPLICATED_4);
 }
 
 /// The test of the test: an owner that keeps its data in memory loses what it acknowledged

@@ -20,6 +20,7 @@ async fn client(home: &Home, node: &Node) -> kvnode::client::Client {
         name: None,
     };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    // The deadline is the connection's; each call below gives its own.
     kvnode::client::Client::connect_with(&secret, "test", &target, deadline)
         .await
         .unwrap()
@@ -61,7 +62,7 @@ fn members(home: &Home, via: &str, names: &[&str]) {
 async fn read_all(c: &kvnode::client::Client, bucket: &str, keys: std::ops::Range<u64>, via: &str) {
     for i in keys {
         let reply = c
-            .call(request(bucket, get(&format!("key{i}"))))
+            .call_within(request(bucket, get(&format!("key{i}"))), Duration::from_secs(10))
             .await
             .unwrap_or_else(|e| panic!("get key{i} through {via}: {e}"));
         match reply {
@@ -174,8 +175,13 @@ fn a_replicated_range_moves_to_other_nodes_while_a_writer_runs_and_loses_nothing
             }
         }
     });
-    let route = home.run(&["route", "apples", "--via", "n1"]).ok();
-    assert!(route.contains("n4*"), "{route}");
+    // The first named leads once it holds the whole log (handed back to it).
+    common::wait_for("n4 to lead", common::PATIENCE, || {
+        home.run(&["route", "apples", "--via", "n1"])
+            .ok()
+            .contains("n4*")
+            .then_some(())
+    });
     n1.wait_log("n1 dropping the range's data", |l| {
         l.contains("dropped the range's data")
     });

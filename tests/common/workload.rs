@@ -70,6 +70,9 @@ pub struct Shape {
     pub entries: Nodes,
     /// Which nodes the nemesis strikes.
     pub victims: Nodes,
+    /// Tables a mover sets in turn during the run (`route --set`), moving the keys' range
+    /// (issue 26); none: the table stays.
+    pub moves: &'static [&'static str],
 }
 
 /// The bucket the keys live in: routed by the tables above (`a-z`, `a-m` cover it).
