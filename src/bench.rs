@@ -52,6 +52,8 @@ pub struct BenchResult {
     pub p50: Duration,
     pub p99: Duration,
     pub p999: Duration,
+    /// The slowest request: the longest pause a client saw (a move's switch, a failover).
+    pub max: Duration,
 }
 
 impl BenchResult {
@@ -206,6 +208,7 @@ async fn run_test(
         p50: pct(0.50),
         p99: pct(0.99),
         p999: pct(0.999),
+        max: pct(1.0),
     })
 }
 
@@ -265,7 +268,7 @@ fn report(r: &BenchResult, args: &BenchSettings, connections: usize, out: &mut O
     if out.is_json() {
         out.object(json!({
             "test": name, "requests": r.requests, "seconds": r.elapsed.as_secs_f64(),
-            "ops_per_sec": r.ops_per_sec(), "p50_ms": ms(r.p50), "p99_ms": ms(r.p99), "p999_ms": ms(r.p999),
+            "ops_per_sec": r.ops_per_sec(), "p50_ms": ms(r.p50), "p99_ms": ms(r.p99), "p999_ms": ms(r.p999), "max_ms": ms(r.max),
             "clients": args.clients, "connections": connections, "pipeline": args.pipeline, "data_size": args.data_size,
         }));
     } else {
