@@ -494,7 +494,13 @@ impl<S: GroupStore> Replicas<S> {
         }
         for (&range, g) in self.groups.iter_mut() {
             note_leadership(range, g, &mut self.pending);
-            if let Some(&(ctx, term)) = g.reads_new.first() {
+            // Asked only once the leader has committed an entry of its term: raft-rs drops a
+            // read-index asked before that without a word (a new leader does not know the
+            // commit index yet), and the batch would wait for an answer that never comes.
+            // Until then (a round trip after the election) the reads wait here.
+            if let Some(&(ctx, term)) = g.reads_new.first()
+                && g.node.raft.commit_to_current_term()
+            {
                 // (Still leading in the term they were taken in: `note_leadership` failed
                 // them otherwise.)
                 g.node.read_index(ctx.to_be_bytes().to_vec());

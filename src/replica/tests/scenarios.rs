@@ -588,3 +588,19 @@ fn a_checked_write_is_decided_where_it_applies_so_two_cannot_both_find_a_key() {
         assert!(n.disk[&range].data().get(&bucket).is_some_and(|b| b.is_empty()));
     }
 }
+
+#[test]
+fn a_read_taken_by_a_new_leader_before_it_commits_in_its_term_is_answered() {
+    // raft-rs drops a read-index that a leader takes before it has committed an entry of
+    // its term; the core holds such reads until it has, rather than waiting forever.
+    let (mut sim, range, leader) = one_write_led(12);
+    let next = (leader + 1) % 3;
+    let to = sim.nodes[next].id;
+    sim.core(leader).transfer_leader(range, to).expect("leads");
+    sim.run_until(20 * STEPS_PER_TICK, |s| s.role(next, range) == Some(Role::Leader))
+        .expect("the transfer");
+    // At once: its first entry of the term is not committed yet (no step has run since).
+    let read = sim.core(next).read_index(range).expect("leads");
+    sim.run_until(20 * STEPS_PER_TICK, |s| s.nodes[next].reads.contains(&(range, read)))
+        .expect("the read answered once the new leader committed in its term");
+}
