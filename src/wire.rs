@@ -33,7 +33,8 @@ pub use keyring::{KeyringOp, KeyringView, NodeKeyring};
 /// saying what it carries, raft frames (0) or one snapshot sent whole in chunks (1), which a
 /// node of version 11 would read as the start of a frame; and `WatchPosition::range`, for
 /// watches of replicated ranges. 13: a routing table carries the moves under way,
-/// `SetTableIf::force`, and `Request::FinishMove`, for moving data with the table (issue 26).)
+/// `SetTableIf::force`, and `Request::FinishMove`, for moving data with the table (issue 26);
+/// `RemoteError::LeaderMoved`.)
 pub const PROTOCOL_VERSION: u16 = 13;
 /// The TLS ALPN identifier of this protocol.
 pub const ALPN: &[u8] = b"kvnode/1";
@@ -678,6 +679,17 @@ pub enum RemoteError {
         "the watch fell behind: node {node} keeps only its last {kept}, and those after this watch's position are gone; start `kvnode watch` again (reading faster, or watching one key), and read the current values with `kvnode get`/`kvnode keys` if they matter"
     )]
     WatchFellBehind { node: String, kept: String },
+    /// A replica found that its range's leader is a node this request already crossed (the
+    /// leader moved to it meanwhile): the request was not applied, and the node before it
+    /// asks again (exit 3 if it reaches a client). (Protocol 13.)
+    #[error(
+        "range {range}'s leadership moved to {leader}, which this request already passed through, while {node} held it; it was not applied: retry it"
+    )]
+    LeaderMoved {
+        node: String,
+        range: String,
+        leader: String,
+    },
 }
 
 /// What a routing loop or a hop limit means, and what to do.
@@ -700,7 +712,8 @@ impl RemoteError {
             | ShuttingDown { .. }
             | Overloaded { .. }
             | WatchGap { .. }
-            | WatchFellBehind { .. } => 3,
+            | WatchFellBehind { .. }
+            | LeaderMoved { .. } => 3,
             AuthRefused { .. } => 4,
             NoRoute { .. } | RoutingLoop { .. } | HopLimit { .. } | TableChanged { .. } => 5,
             Internal { .. } => 6,

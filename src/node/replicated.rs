@@ -160,13 +160,29 @@ impl Node {
                         Ok(answer) => return answer,
                     },
                     Decision::Forward(to) => {
-                        req.path.push(self.name.clone());
-                        return self.forward(&to, Request::Bucket(req), deadline).await;
+                        let mut onward = req.clone();
+                        onward.path.push(self.name.clone());
+                        match self.forward(&to, Request::Bucket(onward), deadline).await {
+                            // Not applied there: the leadership moved (to this node, perhaps)
+                            // while it was on its way. Decided again, soon.
+                            Err(RemoteError::LeaderMoved { .. }) => again_soon = true,
+                            answer => return answer,
+                        }
                     }
                     Decision::Loop => {
                         let mut path: Vec<String> = req.path.iter().map(|n| n.to_string()).collect();
                         path.push(self.name.to_string());
                         return Err(RemoteError::RoutingLoop { path });
+                    }
+                    // The leader this replica knows is one the request crossed: waiting here
+                    // would hold it to its deadline (it is never sent back along its path),
+                    // so the node before is told, and asks again.
+                    Decision::Wait if let Some(l) = leader.as_ref().filter(|l| req.path.contains(l)) => {
+                        return Err(RemoteError::LeaderMoved {
+                            node: self.name.to_string(),
+                            range: range.to_string(),
+                            leader: l.to_string(),
+                        });
                     }
                     Decision::Wait => {}
                 }
