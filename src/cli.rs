@@ -341,7 +341,7 @@ pub struct GetArgs {
 }
 
 #[derive(Args, Debug, Clone)]
-#[command(group(ArgGroup::new("what").required(true).args(["bucket", "table", "set", "status"])))]
+#[command(group(ArgGroup::new("what").required(true).args(["bucket", "table", "set", "status", "balance"])))]
 pub struct RouteArgs {
     /// The bucket whose owner to print
     pub bucket: Option<OsString>,
@@ -368,11 +368,23 @@ pub struct RouteArgs {
     /// move no data: a one-node range given to another node leaves its buckets behind
     #[arg(long, requires = "set")]
     pub force: bool,
-    /// With --set: return once the moves have started (see --status)
-    #[arg(long, requires = "set")]
+    /// Spread the ranges, and their first-named nodes (preferred leaders), evenly over the
+    /// live members: prints the plan (each range that moves, from and to), then carries it out
+    /// as --set does
+    #[arg(long)]
+    pub balance: bool,
+    /// With --balance: hold each range on N nodes [default: as many as it has now]
+    #[arg(long, value_name = "N", requires = "balance")]
+    pub replicas: Option<usize>,
+    /// With --balance: print the plan and change nothing
+    #[arg(long, requires = "balance")]
+    pub dry_run: bool,
+    /// With --set or --balance: return once the moves have started (see --status)
+    #[arg(long)]
     pub no_wait: bool,
-    /// With --set: how long to wait for the moves to finish; past it, exit 3 (they go on)
-    #[arg(long, value_name = "DURATION", requires = "set", value_parser = parse_timeout, default_value = "10m")]
+    /// With --set or --balance: how long to wait for the moves to finish; past it, exit 3
+    /// (they go on)
+    #[arg(long, value_name = "DURATION", value_parser = parse_timeout, default_value = "10m")]
     pub wait_for: Duration,
     /// Print the moves under way (range, from, to)
     #[arg(long)]

@@ -73,6 +73,12 @@ pub(crate) async fn run(
         }
         return Ok(());
     }
+    if args.balance {
+        return connected(settings, None, deadline, async |client| {
+            balance(client, &args, settings, out).await
+        })
+        .await;
+    }
     let Some(spec) = &args.set else {
         let reply = ask(settings, deadline, Request::Table).await?;
         let Reply::Table(table) = reply else {
@@ -101,6 +107,63 @@ pub(crate) async fn run(
         Ok(())
     })
     .await
+}
+
+/// `route --balance`: the balanced table over the live members (`RoutingTable::balanced`),
+/// its plan printed (a line per range that moves; `--json`: one object each), then set with
+/// compare-and-set on the version read, and waited for as `--set` is.
+async fn balance(client: &Client, args: &RouteArgs, settings: &Settings, out: &mut Output) -> Result<(), ClientError> {
+    let reply = client.call(Request::Table).await?;
+    let Reply::Table(table) = reply else {
+        return unexpected(&reply);
+    };
+    let reply = client.call(Request::Members).await?;
+    let Reply::Members(members) = reply else {
+        return unexpected(&reply);
+    };
+    let live: Vec<crate::names::NodeName> = members.iter().filter(|m| m.is_live()).map(|m| m.name.clone()).collect();
+    let wanted = table.balanced(&live, args.replicas).map_err(ClientError::Usage)?;
+    let mut moving = 0;
+    for (old, new) in table.entries().iter().zip(&wanted) {
+        let moves = !old.same_nodes(new);
+        moving += usize::from(moves);
+        if out.is_json() {
+            let nodes =
+                |e: &crate::routing::Entry| e.replicas().iter().map(|n| n.as_str().to_string()).collect::<Vec<_>>();
+            out.object(json!({ "range": old.range(), "from": nodes(old), "to": nodes(new), "moves": moves }));
+        } else if moves {
+            out.line(&format!("{}: {} -> {}", old.range(), old, new));
+        } else if old != new {
+            out.line(&format!("{}: {} -> {} (first named only)", old.range(), old, new));
+        }
+    }
+    if !out.is_json() {
+        out.line(&format!(
+            "# {moving} of {} ranges move, over {} live members",
+            wanted.len(),
+            live.len()
+        ));
+    }
+    if args.dry_run || wanted.as_slice() == table.entries() {
+        return Ok(());
+    }
+    let request = Request::SetTableIf {
+        entries: wanted,
+        expected: table.version(),
+        forwarded: false,
+        force: false,
+    };
+    let reply = client.call(request).await?;
+    let Reply::Table(set) = reply else {
+        return unexpected(&reply);
+    };
+    if !set.moves().is_empty() && !args.no_wait {
+        let done = wait_for_moves(client, set, settings, args.wait_for).await?;
+        if !out.is_json() {
+            out.line(&format!("# balanced: table version {}", done.version()));
+        }
+    }
+    Ok(())
 }
 
 /// Waits until none of `set`'s moves is under way any more, each range named by its move's

@@ -58,18 +58,33 @@ fn members(home: &Home, via: &str, names: &[&str]) {
     });
 }
 
-/// Reads every `key{i}` of `bucket` through `node`, expecting `value{i}`.
-async fn read_all(c: &kvnode::client::Client, bucket: &str, keys: std::ops::Range<u64>, via: &str) {
+/// Reads every `key{i}` of `bucket` through `node`, expecting `value{i}`; the first error.
+async fn read_all(
+    c: &kvnode::client::Client,
+    bucket: &str,
+    keys: std::ops::Range<u64>,
+    via: &str,
+) -> Result<(), String> {
     for i in keys {
         let reply = c
             .call_within(request(bucket, get(&format!("key{i}"))), Duration::from_secs(10))
             .await
-            .unwrap_or_else(|e| panic!("get key{i} through {via}: {e}"));
+            .map_err(|e| format!("get key{i} through {via}: {e}"))?;
         match reply {
-            Reply::Value(v) => assert_eq!(v.as_ref(), format!("value{i}").as_bytes(), "key{i} through {via}"),
-            other => panic!("get key{i} through {via}: {other:?}"),
+            Reply::Value(v) if v.as_ref() == format!("value{i}").as_bytes() => {}
+            other => return Err(format!("get key{i} through {via}: {other:?}")),
         }
     }
+    Ok(())
+}
+
+/// Every node's log, for a failure's message.
+fn logs(nodes: &[&Node]) -> String {
+    nodes
+        .iter()
+        .map(|n| format!("--- {}\n{}", n.full(), n.stderr().join("\n")))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 #[test]
@@ -100,7 +115,9 @@ fn ten_thousand_keys_move_from_foo_to_bar_and_are_read_back_through_each_node() 
     rt.block_on(async {
         for (via, node) in [("foo", &foo), ("bar", &bar)] {
             let c = client(&home, node).await;
-            read_all(&c, "apples", 0..n, via).await;
+            read_all(&c, "apples", 0..n, via)
+                .await
+                .unwrap_or_else(|e| panic!("{e}\n{}", logs(&[&foo, &bar])));
         }
     });
     // foo dropped what it no longer holds; the status shows no move.
@@ -119,8 +136,8 @@ fn a_replicated_range_moves_to_other_nodes_while_a_writer_runs_and_loses_nothing
     let home = Home::new();
     let table = "a-m=n1+n2+n3,n-z=n1";
     let n1 = home.start("n1", &["--table", table, "--in-memory"]);
-    let _n2 = home.start("n2", &["--table", table, "--in-memory", "--join", "n1"]);
-    let _n3 = home.start("n3", &["--table", table, "--in-memory", "--join", "n1"]);
+    let n2 = home.start("n2", &["--table", table, "--in-memory", "--join", "n1"]);
+    let n3 = home.start("n3", &["--table", table, "--in-memory", "--join", "n1"]);
     let n4 = home.start("n4", &["--table", table, "--in-memory", "--join", "n1"]);
     members(&home, "n1", &["n1", "n2", "n3", "n4"]);
     let rt = Arc::new(common::runtime());
@@ -171,7 +188,9 @@ fn a_replicated_range_moves_to_other_nodes_while_a_writer_runs_and_loses_nothing
         for (via, node) in [("n1", &n1), ("n4", &n4)] {
             let c = client(&home, node).await;
             for &i in &acked {
-                read_all(&c, "apples", i..i + 1, via).await;
+                if let Err(e) = read_all(&c, "apples", i..i + 1, via).await {
+                    panic!("{e}\n{}", logs(&[&n1, &n2, &n3, &n4]));
+                }
             }
         }
     });
@@ -246,4 +265,47 @@ fn a_move_onto_a_node_that_is_not_live_is_refused_and_the_table_stays() {
     );
     let now = home.run(&["route", "--table", "--via", "foo"]).ok();
     assert_eq!(now.lines().skip(1).collect::<Vec<_>>(), ["a-m=foo", "n-z=bar"]);
+}
+
+#[test]
+fn route_balance_spreads_the_ranges_over_the_live_members_and_moves_their_data() {
+    let home = Home::new();
+    let table = "a-f=n1,g-m=n1,n-s=n1,t-z=n1";
+    let _n1 = home.start("n1", &["--table", table]);
+    let _n2 = home.start("n2", &["--table", table, "--join", "n1"]);
+    let _n3 = home.start("n3", &["--table", table, "--join", "n1"]);
+    members(&home, "n1", &["n1", "n2", "n3"]);
+    for bucket in ["apples", "hazel", "nuts", "tea"] {
+        home.run(&["put", bucket, "k", bucket, "--via", "n1"]).ok();
+    }
+    let plan = home.run(&["route", "--balance", "--dry-run", "--via", "n2"]).ok();
+    assert!(plan.contains("# 2 of 4 ranges move, over 3 live members"), "{plan}");
+    let unchanged = home.run(&["route", "--table", "--via", "n1"]).ok();
+    assert!(
+        unchanged.starts_with("# version 1,"),
+        "a dry run changes nothing: {unchanged}"
+    );
+    home.run(&["route", "--balance", "--via", "n2"]).ok();
+    let now = home.run(&["route", "--table", "--via", "n3"]).ok();
+    let mut held = std::collections::BTreeMap::new();
+    for line in now.lines().filter(|l| !l.starts_with('#')) {
+        *held.entry(line.split('=').nth(1).unwrap().to_string()).or_insert(0) += 1;
+    }
+    assert_eq!(held.len(), 3, "every member holds a range: {now}");
+    assert!(held.values().all(|&n| n <= 2), "{now}");
+    for bucket in ["apples", "hazel", "nuts", "tea"] {
+        for via in ["n1", "n2", "n3"] {
+            assert_eq!(
+                home.run(&["get", bucket, "k", "--via", via]).ok(),
+                format!("{bucket}\n")
+            );
+        }
+    }
+    let json = home
+        .run(&["route", "--balance", "--dry-run", "--json", "--via", "n1"])
+        .ok();
+    assert!(
+        json.lines().all(|l| l.contains("\"moves\":false")),
+        "balanced already: {json}"
+    );
 }

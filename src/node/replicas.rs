@@ -269,6 +269,10 @@ struct Driver {
     /// The moves under way of ranges this node is in the group of: where each goes.
     moves: BTreeMap<RangeId, Entry>,
     finished: watch::Sender<Vec<Entry>>,
+    /// Groups kept although the table names this node in none (said once each).
+    kept_voting: BTreeSet<RangeId>,
+    /// Ranges whose entry has named this node in a table of this run.
+    named: BTreeSet<RangeId>,
 }
 
 impl Driver {
@@ -295,6 +299,8 @@ impl Driver {
             table: None,
             moves: BTreeMap::new(),
             finished: watch::Sender::new(Vec::new()),
+            kept_voting: BTreeSet::new(),
+            named: BTreeSet::new(),
         }
     }
 
@@ -369,6 +375,9 @@ impl Driver {
             }
             if !nodes.contains(&self.me) {
                 continue;
+            }
+            if entry.replicas().contains(&self.me) {
+                self.named.insert(range);
             }
             let moving = table.move_of(entry.first, entry.last);
             // During a move, leadership is handed to the first of the move's nodes.
@@ -447,6 +456,22 @@ impl Driver {
                 continue;
             }
             let keep_data = entry.is_some_and(|e| e.replicas() == std::slice::from_ref(&self.me));
+            // A node a move brought in, never named by the range's entry, and still a voter of
+            // the group's configuration as it applied it: the table lost a move the group
+            // carried out (two coordinators in a partition, the other side's table kept), it
+            // did not finish one without this node. Kept, so that no voter's copy goes while
+            // the group may count on it. (An old replica of a finished move was named by the
+            // entry before; it may not have heard of its removal, and drops.)
+            let my_id = node_id(self.me.as_str());
+            if !keep_data
+                && !self.named.contains(&range)
+                && self.replicas.conf(range).is_some_and(|c| c.voters.contains(&my_id))
+            {
+                if self.kept_voting.insert(range) {
+                    tracing::warn!(%range, "the table no longer names this node for range {range}, but the range's group still counts it as a voter: it keeps the group and the data");
+                }
+                continue;
+            }
             if keep_data {
                 let Some(store) = self.replicas.store(range) else {
                     continue;

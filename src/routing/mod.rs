@@ -3,6 +3,7 @@
 //! Pure data and parsing; it knows no network and no gossip. Routing a request by this table,
 //! and forwarding it to the owner, is the node's (`node::handler`).
 
+mod balance;
 mod moves;
 mod parse;
 
