@@ -329,6 +329,30 @@ pub struct ConfigFile {
     pub supervisor: SupervisorFile,
     #[serde(default)]
     pub gossip: GossipFile,
+    /// Issue 26: the cluster balances its table by itself (see [`Balance`]).
+    pub auto_balance: Option<bool>,
+    pub balance_after: Option<ConfigDuration>,
+    pub max_moves: Option<AtLeastOne<usize>>,
+}
+
+/// `auto_balance`, `balance_after`, `max_moves`: the coordinator spreads the ranges over the
+/// live members by itself (as `route --balance` does) once a member has joined, or has been
+/// dead for `balance_after`, moving at most `max_moves` ranges at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Balance {
+    pub auto: bool,
+    pub after: Duration,
+    pub max_moves: usize,
+}
+
+impl Default for Balance {
+    fn default() -> Self {
+        Balance {
+            auto: false,
+            after: Duration::from_secs(60),
+            max_moves: 2,
+        }
+    }
 }
 
 /// How the log is written (`--log-format`, `log_format`); the flag's values are `cli`'s.
@@ -439,6 +463,7 @@ pub struct NodeConfig {
     pub limits: Limits,
     pub supervisor: SupervisorConfig,
     pub gossip: GossipConfig,
+    pub balance: Balance,
 }
 
 /// The `kvnode start` flags, as far as configuration is concerned.
@@ -613,6 +638,11 @@ impl NodeConfig {
             limits,
             supervisor,
             gossip,
+            balance: Balance {
+                auto: file.auto_balance.unwrap_or(false),
+                after: file.balance_after.map_or(Balance::default().after, |d| d.0),
+                max_moves: file.max_moves.map_or(Balance::default().max_moves, |m| m.0),
+            },
         })
     }
 }

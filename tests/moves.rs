@@ -309,3 +309,39 @@ fn route_balance_spreads_the_ranges_over_the_live_members_and_moves_their_data()
         "balanced already: {json}"
     );
 }
+
+#[test]
+fn with_auto_balance_the_cluster_spreads_its_ranges_over_members_that_join() {
+    let home = Home::new();
+    let config = |name: &str, join: &str| {
+        home.write_file(
+            &format!("{name}.toml"),
+            &format!(
+                "name = \"{name}\"\nrouting_table = [\"a-f=n1,g-m=n1,n-s=n1,t-z=n1\"]\nauto_balance = true\nmax_moves = 1\n{join}"
+            ),
+        )
+    };
+    let c1 = config("n1", "");
+    let n1 = home.start_raw("n1", &["--config", c1.to_str().unwrap()]);
+    for bucket in ["apples", "hazel", "nuts", "tea"] {
+        home.run(&["put", bucket, "k", bucket, "--via", "n1"]).ok();
+    }
+    let c2 = config("n2", "join = [\"n1\"]\n");
+    let _n2 = home.start_raw("n2", &["--config", c2.to_str().unwrap()]);
+    // No command: the coordinator (n1) moves one range at a time until n2 holds its share.
+    common::wait_for("n2 to hold two ranges", Duration::from_secs(60), || {
+        let table = home.run(&["route", "--table", "--via", "n2"]).ok();
+        (table.lines().filter(|l| l.ends_with("=n2")).count() == 2 && !table.contains("# moving")).then_some(())
+    });
+    n1.wait_log("the coordinator balancing", |l| {
+        l.contains("auto_balance: moving 1 range")
+    });
+    for bucket in ["apples", "hazel", "nuts", "tea"] {
+        for via in ["n1", "n2"] {
+            assert_eq!(
+                home.run(&["get", bucket, "k", "--via", via]).ok(),
+                format!("{bucket}\n")
+            );
+        }
+    }
+}

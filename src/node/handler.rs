@@ -394,7 +394,7 @@ impl Node {
     /// adds a move (`RoutingTable::plan_change`, issue 26), which the range's group carries
     /// out and its leader then finishes ([`Node::finish_move`]); `force` sets the entries as
     /// given instead, moving nothing.
-    async fn set_table(
+    pub(super) async fn set_table(
         self: &Arc<Self>,
         entries: Vec<crate::routing::Entry>,
         expected: Option<u64>,
@@ -488,7 +488,7 @@ impl Node {
 
     /// The node that decides every `route --set` (see [`Node::set_table`]): the live member
     /// with the lowest name, this node when it knows no other.
-    fn table_coordinator(&self) -> NodeName {
+    pub(super) fn table_coordinator(&self) -> NodeName {
         self.gossip
             .members()
             .iter()

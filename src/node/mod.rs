@@ -2,6 +2,7 @@
 //! request handlers together. The only module that knows all the others.
 
 mod admission;
+mod balance;
 mod chat_out;
 mod front;
 mod gossip;
@@ -582,6 +583,7 @@ fn replica_driver(node: &Arc<Node>, parts_stop: &CancellationToken) -> Part {
             tokio::select! {
                 done = node.replicas.run(node.name.clone(), node.store.clone(), outbox, parts_stop) => done,
                 never = Arc::clone(&node).finish_moves() => match never {},
+                never = Arc::clone(&node).auto_balance() => match never {},
                 never = node.crash_point("replicas") => match never {},
             }
         })
