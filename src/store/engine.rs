@@ -130,7 +130,15 @@ pub trait Engine: Send + Sync + 'static {
     fn range_data(&self, _first: u8, _last: u8) -> Result<RangeData, EngineError> {
         Err(no_raft())
     }
+    /// [`Engine::range_data`] as of now, read later (on another thread): a point-in-time view
+    /// is taken here, cheaply, and the returned reader walks it, while writes go on.
+    fn range_data_later(&self, _first: u8, _last: u8) -> Result<RangeReader, EngineError> {
+        Err(no_raft())
+    }
 }
+
+/// A range's data as of when it was asked for, read when called.
+pub type RangeReader = Box<dyn FnOnce() -> Result<RangeData, EngineError> + Send>;
 
 /// What an engine without Raft storage says when asked for it.
 pub fn no_raft() -> EngineError {

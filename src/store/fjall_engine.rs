@@ -460,6 +460,29 @@ impl Engine for FjallEngine {
         })
     }
 
+    fn range_data_later(&self, first: u8, last: u8) -> Result<super::engine::RangeReader, EngineError> {
+        use fjall::Readable;
+        self.with(|open| {
+            // A point-in-time view (fjall's MVCC snapshot): what the range holds now, however
+            // long the walk takes and whatever is written meanwhile.
+            let view = open.db.snapshot();
+            let (data, buckets) = (open.data.clone(), open.buckets.clone());
+            Ok(Box::new(move || {
+                let mut out = RangeData::new();
+                for guard in view.range(&buckets, range_bounds(first, last)) {
+                    let bucket = guard.key().map_err(err)?.to_vec();
+                    let prefix = bucket_prefix(&bucket);
+                    let keys = out.entry(bucket).or_default();
+                    for guard in view.prefix(&data, &prefix) {
+                        let (k, v) = guard.into_inner().map_err(err)?;
+                        keys.insert(k[prefix.len()..].to_vec(), v.to_vec());
+                    }
+                }
+                Ok(out)
+            }) as super::engine::RangeReader)
+        })
+    }
+
     fn get(&self, bucket: &[u8], key: &[u8]) -> Result<Option<Bytes>, EngineError> {
         self.with(|open| {
             Ok(open

@@ -52,6 +52,18 @@ struct Shared {
     state: RwLock<GroupState>,
     /// The changes applied entries made, by log index, for `kvnode watch`.
     feed: Arc<Feed>,
+    /// On disk, the snapshot being built off the driver's thread, or the last one built.
+    snapshot: Mutex<Option<SnapshotJob>>,
+}
+
+/// A snapshot of a group on disk, built on a thread of its own from a point-in-time view of
+/// the store: a range of a gigabyte takes seconds to read and encode, and the driver, which
+/// every range's reads and writes go through, must not wait for that.
+struct SnapshotJob {
+    /// The applied index it is taken at.
+    index: u64,
+    /// `None` while it is built.
+    ready: Option<Result<Snapshot, String>>,
 }
 
 enum GroupBackend {
@@ -245,6 +257,7 @@ impl NodeGroupStore {
                 backend,
                 feed: Arc::new(Feed::starting_at(state.applied.0)),
                 state: RwLock::new(state),
+                snapshot: Mutex::new(None),
             }),
         }
     }
@@ -421,17 +434,67 @@ impl Storage for NodeGroupStore {
             return Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable));
         }
         let (first, last) = (self.range.first, self.range.last);
-        let data = match &self.shared.backend {
-            GroupBackend::Memory(m) => m.range_data(first, last),
-            GroupBackend::Disk(d) => d.engine().range_data(first, last).map_err(raft_err)?,
+        let term = self.term(applied)?;
+        let made = move |data: &RangeData| {
+            let mut snap = Snapshot::default();
+            snap.set_data(kvnode_replica::encode_range(data).into());
+            let meta = snap.mut_metadata();
+            meta.index = applied;
+            meta.term = term;
+            meta.set_conf_state(conf.clone());
+            snap
         };
-        let mut snap = Snapshot::default();
-        snap.set_data(kvnode_replica::encode_range(&data).into());
-        let meta = snap.mut_metadata();
-        meta.index = applied;
-        meta.term = self.term(applied)?;
-        meta.set_conf_state(conf);
-        Ok(snap)
+        let disk = match &self.shared.backend {
+            GroupBackend::Memory(m) => return Ok(made(&m.range_data(first, last))),
+            GroupBackend::Disk(d) => d,
+        };
+        // On disk: built off this (the driver's) thread; raft-rs asks again at the peer's
+        // next heartbeat answer, and is told to wait until then.
+        let log_first = self.read().first();
+        let mut job = self.shared.snapshot.lock().unwrap_or_else(PoisonError::into_inner);
+        match job.as_ref() {
+            // Still of use: at or past what was asked, and the log goes on from it (an older
+            // one would need entries compaction dropped, and be sent again and again).
+            Some(SnapshotJob { index, ready }) if *index >= request_index && *index + 1 >= log_first => match ready {
+                None => return Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable)),
+                Some(Ok(snap)) => return Ok(snap.clone()),
+                // Failed: built again below.
+                Some(Err(e)) => {
+                    tracing::warn!(range = %self.range, error = %e, "a snapshot of the range could not be built; trying again")
+                }
+            },
+            _ => {}
+        }
+        // Any error but "not yet" is fatal to raft-rs: a store that cannot be read now is
+        // asked again at the next heartbeat answer.
+        let later = Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable));
+        let reader = match disk.engine().range_data_later(first, last) {
+            Ok(reader) => reader,
+            Err(e) => {
+                tracing::warn!(range = %self.range, error = %e.0, "the range could not be read for a snapshot; trying again");
+                return later;
+            }
+        };
+        *job = Some(SnapshotJob {
+            index: applied,
+            ready: None,
+        });
+        let shared = Arc::clone(&self.shared);
+        let range = self.range;
+        let spawned = std::thread::Builder::new()
+            .name(format!("snapshot {range}"))
+            .spawn(move || {
+                let built = reader().map(|data| made(&data)).map_err(|e| e.0);
+                let mut job = shared.snapshot.lock().unwrap_or_else(PoisonError::into_inner);
+                if let Some(job) = job.as_mut().filter(|j| j.index == applied) {
+                    job.ready = Some(built);
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(range = %self.range, error = %e, "no thread to build a snapshot on; trying again");
+            *job = None;
+        }
+        later
     }
 }
 

@@ -336,6 +336,59 @@ async fn compaction_drops_applied_entries_and_entries_below_answer_compacted() {
     }
 }
 
+/// The group's snapshot at `index` or later: on disk it is built on a thread of its own, and
+/// raft-rs is told to ask again until it is ready.
+async fn snapshot_of(g: &NodeGroupStore, index: u64) -> Snapshot {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match g.snapshot(index, 22) {
+            Ok(snap) => return snap,
+            Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable)) => {
+                assert!(std::time::Instant::now() < deadline, "no snapshot after 10 s");
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_snapshot_is_of_the_moment_it_was_asked_for_whatever_is_applied_while_it_is_built() {
+    for (store, _dir) in stores() {
+        let _w = writer(&store);
+        let mut g = store.group(AM, Some(&VOTERS)).unwrap();
+        let first = put("apple", "k", "1");
+        round(
+            &store,
+            &mut g,
+            write(AM, None, vec![entry(2, 2, Some(&first))], Some(hard(2, 11, 2))),
+        )
+        .await;
+        g.apply(2, Some(&first)).unwrap();
+        let asked = g.snapshot(2, 22);
+        let later = put("apple", "k", "2");
+        round(
+            &store,
+            &mut g,
+            write(AM, None, vec![entry(3, 2, Some(&later))], Some(hard(2, 11, 3))),
+        )
+        .await;
+        g.apply(3, Some(&later)).unwrap();
+        let snap = match asked {
+            Ok(snap) => snap,
+            Err(_) => snapshot_of(&g, 2).await,
+        };
+        assert_eq!(snap.get_metadata().index, 2, "{}", store.describe());
+        let data = kvnode_replica::decode_range(snap.get_data()).unwrap();
+        assert_eq!(
+            data[&b"apple".to_vec()][&b"k".to_vec()],
+            b"1".to_vec(),
+            "{}",
+            store.describe()
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_snapshot_installed_on_another_store_replaces_the_range_and_nothing_else() {
     let (sources, targets) = (stores(), stores());
@@ -351,7 +404,7 @@ async fn a_snapshot_installed_on_another_store_replaces_the_range_and_nothing_el
         from.put(b"zebra", b"z", Bytes::from_static(b"other range"))
             .await
             .unwrap();
-        let snap = g.snapshot(4, 22).unwrap();
+        let snap = snapshot_of(&g, 4).await;
         assert_eq!((snap.get_metadata().index, snap.get_metadata().term), (4, 2));
         assert!(matches!(
             g.snapshot(5, 22),
@@ -523,4 +576,25 @@ async fn a_replicated_write_goes_to_its_range_feed_by_log_index_and_not_to_the_n
             "the node's own feed is for single-owner buckets"
         );
     }
+}
+
+#[cfg(feature = "fjall")]
+#[tokio::test]
+async fn a_range_read_later_sees_the_range_as_it_was_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_with(dir.path(), EngineKind::Fjall).unwrap();
+    let _w = writer(&store);
+    store.put(b"apple", b"k", Bytes::from_static(b"1")).await.unwrap();
+    let Backend::Disk(d) = &store.backend else {
+        unreachable!("a fjall store is on disk")
+    };
+    let reader = d.engine().range_data_later(b'a', b'm').unwrap();
+    store.put(b"apple", b"k", Bytes::from_static(b"2")).await.unwrap();
+    store.put(b"banana", b"x", Bytes::from_static(b"3")).await.unwrap();
+    let data = reader().unwrap();
+    assert_eq!(data[&b"apple".to_vec()][&b"k".to_vec()], b"1".to_vec());
+    assert!(!data.contains_key(b"banana".as_slice()), "{data:?}");
+    // Read now, it is the range as it is now.
+    let now = d.engine().range_data_later(b'a', b'm').unwrap()().unwrap();
+    assert_eq!(now[&b"apple".to_vec()][&b"k".to_vec()], b"2".to_vec());
 }
