@@ -4,7 +4,7 @@
 #   scripts/bench-move.sh [BIN] [MIB] [VALUE_BYTES]
 # Loads MIB MiB (default 1024) into bucket `apples` on foo (table a-m=foo,n-z=bar), then moves
 # a-m to bar with `route --set` while one client puts into the same range through bar without
-# pause (`kvnode bench -c 1`); prints the move's time, MB/s and keys/s, and that client's
+# pause (`kvnode bench -c 1`; WRITER_VIA=foo writes through foo instead); prints the move's time, MB/s and keys/s, and that client's
 # slowest put. KVNODE_HOME is made under $TMPDIR: keep that on a real disk.
 set -eu
 bin=${1:-target/release/kvnode} mib=${2:-1024} size=${3:-65536}
@@ -26,7 +26,7 @@ echo "foo holds $loaded keys in apples; foo's data directory: $(du -sm "$KVNODE_
 # start, ~50 ms, during which nothing is measured).
 (
     while [ ! -e "$KVNODE_HOME/moved" ]; do
-        $bin bench --via bar -t put -c 1 -n 2000 --keyspace 1000 -d 100 --bucket apricots --timeout 30s --json 2>/dev/null || true
+        $bin bench --via "${WRITER_VIA:-bar}" -t put -c 1 -n 2000 --keyspace 1000 -d 100 --bucket apricots --timeout 30s --json 2>/dev/null || true
     done
 ) >"$KVNODE_HOME/writer.json" & writer=$!
 pids="$pids $writer"
