@@ -131,6 +131,7 @@ impl Node {
                     last: entry.last,
                 },
                 nodes,
+                entry.replicas().len(),
             )),
             Some(entry) if *entry.preferred_leader() == self.name => Ok(Dest::Here),
             Some(entry) => Ok(Dest::There(entry.preferred_leader().clone())),
@@ -179,9 +180,9 @@ impl Node {
                 self.watch_here(req, timeout, super::watch::Source::Node)
             }
             // A replicated range (issue 25): to its leader, by `Node::replicated`.
-            Ok(Dest::Replicated(range, nodes)) => {
+            Ok(Dest::Replicated(range, nodes, holders)) => {
                 let (node, deadline) = (Arc::clone(self), deadline());
-                let answer = node.replicated(req, range, nodes, deadline);
+                let answer = node.replicated(req, range, nodes, holders, deadline);
                 Now::Waiting(Box::pin(self.within(deadline, answer)))
             }
             Ok(Dest::Here) => match ops::apply(req, &self.store, &self.name) {
@@ -592,6 +593,6 @@ enum Dest {
     /// The named node does, by this node's table.
     There(NodeName),
     /// The range's group does (a replicated range, issue 25, or a moving one, issue 26): its
-    /// leader serves it. The group's nodes, the entry's first.
-    Replicated(kvnode_replica::RangeId, Vec<NodeName>),
+    /// leader serves it. The group's nodes, the entry's first, and how many are the entry's.
+    Replicated(kvnode_replica::RangeId, Vec<NodeName>, usize),
 }

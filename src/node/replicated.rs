@@ -103,12 +103,30 @@ pub(super) enum Decision {
 }
 
 /// The forwarding decision: `leader` is the leader this node knows of the range (a replica's
-/// own view; `None` on a node that is no replica).
-pub(super) fn decide(me: &NodeName, replicas: &[NodeName], leader: Option<&NodeName>, path: &[NodeName]) -> Decision {
-    if replicas.contains(me) {
+/// own view; `None` on a node that is no replica). The first `holders` of `replicas` are the
+/// entry's nodes; the others, a move's new ones.
+pub(super) fn decide(
+    me: &NodeName,
+    replicas: &[NodeName],
+    holders: usize,
+    leader: Option<&NodeName>,
+    path: &[NodeName],
+) -> Decision {
+    if let Some(at) = replicas.iter().position(|r| r == me) {
         return match leader {
             Some(l) if l == me => Decision::Lead,
             Some(l) if !path.contains(l) => Decision::Forward(l.clone()),
+            // A node a move is adding, that knows no leader yet (it is being sent the range,
+            // and hears of the leader once it has installed it, which takes seconds for a
+            // large range): the nodes that hold the range know; waiting would pause the
+            // range's requests sent here for the whole install.
+            None if at >= holders => match replicas[..holders.min(replicas.len())]
+                .iter()
+                .find(|r| !path.contains(r))
+            {
+                Some(r) => Decision::Forward(r.clone()),
+                None => Decision::Wait,
+            },
             _ => Decision::Wait,
         };
     }
@@ -128,6 +146,7 @@ impl Node {
         mut req: BucketRequest,
         range: RangeId,
         replicas: Vec<NodeName>,
+        holders: usize,
         deadline: Instant,
     ) -> Answer {
         let replicas = replicas.as_slice();
@@ -151,7 +170,7 @@ impl Node {
                     });
                 }
             } else {
-                match decide(&self.name, replicas, leader.as_ref(), &req.path) {
+                match decide(&self.name, replicas, holders, leader.as_ref(), &req.path) {
                     Decision::Lead => match self.lead(&req, range, replicas, deadline).await {
                         // Deposed meanwhile: look again (the leaders' view has changed).
                         Err(Refused::NotLeader { .. }) => {}
@@ -390,24 +409,40 @@ mod tests {
     fn a_replica_leads_forwards_to_its_leader_or_waits() {
         let r = names(&["n1", "n2", "n3"]);
         let [n1, n2, n3] = [&r[0], &r[1], &r[2]];
-        assert_eq!(decide(n2, &r, Some(n2), &[]), Decision::Lead);
-        assert_eq!(decide(n2, &r, Some(n3), &[]), Decision::Forward(n3.clone()));
+        assert_eq!(decide(n2, &r, r.len(), Some(n2), &[]), Decision::Lead);
+        assert_eq!(decide(n2, &r, r.len(), Some(n3), &[]), Decision::Forward(n3.clone()));
         // No leader known: wait for one.
-        assert_eq!(decide(n2, &r, None, &[]), Decision::Wait);
+        assert_eq!(decide(n2, &r, r.len(), None, &[]), Decision::Wait);
         // The leader it knows already had the request (a stale view): wait for a newer one.
-        assert_eq!(decide(n2, &r, Some(n3), std::slice::from_ref(n3)), Decision::Wait);
-        assert_eq!(decide(n1, &r, Some(n1), std::slice::from_ref(n3)), Decision::Lead);
+        assert_eq!(
+            decide(n2, &r, r.len(), Some(n3), std::slice::from_ref(n3)),
+            Decision::Wait
+        );
+        assert_eq!(
+            decide(n1, &r, r.len(), Some(n1), std::slice::from_ref(n3)),
+            Decision::Lead
+        );
+        // n3 is being added by a move to n1+n2's range and knows no leader yet: the holders
+        // know, so it sends the request to the first of them not on the path.
+        assert_eq!(decide(n3, &r, 2, None, &[]), Decision::Forward(n1.clone()));
+        assert_eq!(
+            decide(n3, &r, 2, None, std::slice::from_ref(n1)),
+            Decision::Forward(n2.clone())
+        );
+        assert_eq!(decide(n3, &r, 2, None, &r[..2]), Decision::Wait);
+        // A holder that knows no leader still waits (an election is under way).
+        assert_eq!(decide(n2, &r, 2, None, &[]), Decision::Wait);
     }
 
     #[test]
     fn a_node_that_is_no_replica_sends_to_the_first_named_not_on_the_path() {
         let r = names(&["n1", "n2", "n3"]);
         let other: NodeName = "qux".parse().unwrap();
-        assert_eq!(decide(&other, &r, None, &[]), Decision::Forward(r[0].clone()));
+        assert_eq!(decide(&other, &r, r.len(), None, &[]), Decision::Forward(r[0].clone()));
         assert_eq!(
-            decide(&other, &r, None, std::slice::from_ref(&r[0])),
+            decide(&other, &r, r.len(), None, std::slice::from_ref(&r[0])),
             Decision::Forward(r[1].clone())
         );
-        assert_eq!(decide(&other, &r, None, &r), Decision::Loop);
+        assert_eq!(decide(&other, &r, r.len(), None, &r), Decision::Loop);
     }
 }
