@@ -83,9 +83,10 @@ pub enum Command {
     /// Remove KEY from BUCKET (prints nothing on success)
     #[command(after_help = "Example:\n  kvnode delete shopping eggs --via foo")]
     Delete(KeyArgs),
-    /// Print the node that owns BUCKET, the routing table, or set a new table
+    /// Print the node that owns BUCKET, the routing table or the moves under way; set a new
+    /// table (moving the data of ranges whose nodes change), or balance it over the members
     #[command(
-        after_help = "Examples:\n  owner=$(kvnode route hello)\n  kvnode route hello --json        # with the hops taken and the range's replicas\n  kvnode route --table\n  kvnode route --set 'a-m=foo,n-z=bar'\n  kvnode route --set 'a-m=foo,n-z=bar' --if-version 3   # only over version 3"
+        after_help = "Examples:\n  owner=$(kvnode route hello)\n  kvnode route hello --json        # with the hops taken and the range's replicas\n  kvnode route --table\n  kvnode route --set 'a-m=foo,n-z=bar'\n  kvnode route --set 'a-m=foo,n-z=bar' --if-version 3   # only over version 3\n  kvnode route --status                # the moves under way\n  kvnode route --balance --dry-run     # the plan that would spread the ranges"
     )]
     Route(RouteArgs),
     /// Send a message to NODE, which prints it; no MESSAGE: one message per stdin line
