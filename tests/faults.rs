@@ -463,6 +463,123 @@ fn a_replicated_range_moved_around_four_nodes_under_faults_stays_linearizable() 
     check_shape(&MOVING_REPLICATED_4);
 }
 
+/// Issue 26's partition case: a `route --set` on each side of a partition. The range's
+/// membership changes only through a majority of its replicas, so the cut-off side's move
+/// cannot take effect (it is refused or waits), the majority's does, and after the heal
+/// every node holds the majority's table and every acknowledged write is there.
+#[test]
+fn a_route_set_on_each_side_of_a_partition_takes_effect_on_the_majority_side_only() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let net = match netns::Net::new(5) {
+        Ok(net) => net,
+        Err(why) => {
+            println!("skipped: {why}");
+            return;
+        }
+    };
+    let shape = Shape {
+        name: "partitioned-move-5",
+        nodes: 5,
+        table: "a-z=n1+n2+n3",
+        in_memory: false,
+        entries: Nodes::Any,
+        victims: Nodes::Owner,
+        moves: &[],
+    };
+    let mut cluster = Cluster::start(&shape, Some(net));
+    let put = |cluster: &Cluster, via: usize, key: &str| {
+        cluster.run(&[
+            "put",
+            workload::BUCKET,
+            key,
+            key,
+            "--via",
+            &cluster.via(via),
+            "--timeout",
+            "3s",
+        ])
+    };
+    let mut acked = Vec::new();
+    common::wait_for("a first write", common::PATIENCE, || {
+        (put(&cluster, 1, "k0").code == Some(0)).then_some(())
+    });
+    acked.push("k0".to_string());
+    cluster.partition(0);
+    // n1 alone: its move needs n2 or n3, which it cannot reach.
+    let cut_off = cluster.run_beside(
+        0,
+        &[
+            "route",
+            "--set",
+            "a-z=n1+n4+n5",
+            "--via",
+            &cluster.via(0),
+            "--wait-for",
+            "5s",
+            "--timeout",
+            "3s",
+        ],
+    );
+    assert_ne!(
+        cut_off.code,
+        Some(0),
+        "the cut-off side's move took effect: {cut_off:?}"
+    );
+    println!(
+        "the cut-off side's route --set: exit {:?}: {}",
+        cut_off.code,
+        cut_off.stderr.trim()
+    );
+    // The majority side: once it coordinates without n1, its move goes through.
+    let set = common::wait_for("the majority side's move", Duration::from_secs(60), || {
+        let out = cluster.run(&[
+            "route",
+            "--set",
+            "a-z=n2+n3+n4",
+            "--via",
+            &cluster.via(1),
+            "--wait-for",
+            "20s",
+            "--timeout",
+            "3s",
+        ]);
+        (out.code == Some(0)).then_some(out.stdout())
+    });
+    assert!(set.lines().any(|l| l == "a-z=n2+n3+n4"), "{set}");
+    for k in 1..20 {
+        let key = format!("k{k}");
+        if put(&cluster, 2 + k % 3, &key).code == Some(0) {
+            acked.push(key);
+        }
+    }
+    assert!(acked.len() > 10, "writes on the majority side: {acked:?}");
+    cluster.unpartition(0);
+    // n1 learns the majority's table by gossip, and every node serves every acknowledged write.
+    common::wait_for("n1 holding the majority's table", common::PATIENCE, || {
+        let table = cluster
+            .run(&["route", "--table", "--via", &cluster.via(0), "--timeout", "2s"])
+            .stdout();
+        (table.lines().any(|l| l == "a-z=n2+n3+n4") && !table.contains("# moving")).then_some(())
+    });
+    for i in 0..5 {
+        for key in &acked {
+            let got = common::wait_for(&format!("{key} through n{}", i + 1), common::PATIENCE, || {
+                let out = cluster.run(&[
+                    "get",
+                    workload::BUCKET,
+                    key,
+                    "--via",
+                    &cluster.via(i),
+                    "--timeout",
+                    "3s",
+                ]);
+                (out.code == Some(0)).then(|| out.stdout())
+            });
+            assert_eq!(got.trim(), key, "through n{}", i + 1);
+        }
+    }
+}
+
 /// The test of the test: an owner that keeps its data in memory loses what it acknowledged
 /// when killed; the check must say so (a lost write, named), or the test above proves nothing.
 #[test]

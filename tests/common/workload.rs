@@ -205,6 +205,34 @@ impl Cluster {
         }
     }
 
+    /// Runs a client command inside node `i`'s own namespace, where node `i` is reachable
+    /// even while it is cut off from everyone else (partitions need namespaces).
+    pub fn run_beside(&self, i: usize, args: &[&str]) -> Run {
+        let net = self
+            .net
+            .as_ref()
+            .expect("a node's own side of a partition needs namespaces");
+        let start = std::time::Instant::now();
+        let out = self
+            .home
+            .command_in(net.node_ns(i))
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run kvnode");
+        Run {
+            code: out.status.code(),
+            stdout: out.stdout,
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            elapsed: start.elapsed(),
+        }
+    }
+
+    /// `NAME@ADDR` of node `i`, for `--via`.
+    pub fn via(&self, i: usize) -> String {
+        format!("{}@{}", Shape::name_of(i), self.addrs[i])
+    }
+
     pub fn len(&self) -> usize {
         self.addrs.len()
     }
