@@ -51,8 +51,9 @@ impl Node {
             live.sort();
             live.dedup();
             let now = Instant::now();
-            down_since.retain(|n, _| !live.contains(n) && table.nodes().contains(&n));
-            for n in table.nodes() {
+            let named = table.nodes();
+            down_since.retain(|n, _| !live.contains(n) && named.contains(&n));
+            for &n in &named {
                 if !live.contains(n) {
                     down_since.entry(n.clone()).or_insert(now);
                 }
@@ -60,7 +61,6 @@ impl Node {
             if self.table_coordinator() != self.name || !table.moves().is_empty() || table.setter().is_empty() {
                 continue;
             }
-            let named = table.nodes();
             let joined = live.iter().any(|n| !named.contains(&n));
             let long_dead = down_since
                 .values()

@@ -440,14 +440,24 @@ impl Node {
                 // version it read, and says so.
                 return Ok(Reply::Table((**held).clone()));
             }
-            let table = RoutingTable::new(planned.entries, held.version() + 1, self.name.as_str())
-                .and_then(|t| t.with_moves(planned.moves))
-                .map_err(RemoteError::invalid)?;
+            let table = self.next_table(&held, planned)?;
             let saving = self.install_table(&mut held, table.clone());
             (table, saving)
         };
+        self.publish_table(table, saving).await
+    }
+
+    /// The version after `held` with `planned`'s entries and moves, set by this node.
+    fn next_table(&self, held: &RoutingTable, planned: crate::routing::Planned) -> Result<RoutingTable, RemoteError> {
+        RoutingTable::new(planned.entries, held.version() + 1, self.name.as_str())
+            .and_then(|t| t.with_moves(planned.moves))
+            .map_err(RemoteError::invalid)
+    }
+
+    /// A table this coordinator installed: once saved (set means kept: a crash right after the
+    /// answer restarts with it), handed to gossip and answered.
+    async fn publish_table(&self, table: RoutingTable, saving: Option<tokio::task::JoinHandle<()>>) -> Answer {
         if let Some(saving) = saving {
-            // Set means kept: a crash right after the answer restarts with this table.
             let _ = saving.await;
         }
         self.gossip.send(super::gossip::Input::SetTable(table.clone())).await;
@@ -473,18 +483,12 @@ impl Node {
             let Some(planned) = held.finish_move(&entry).map_err(RemoteError::invalid)? else {
                 return Ok(Reply::Table((**held).clone()));
             };
-            let table = RoutingTable::new(planned.entries, held.version() + 1, self.name.as_str())
-                .and_then(|t| t.with_moves(planned.moves))
-                .map_err(RemoteError::invalid)?;
+            let table = self.next_table(&held, planned)?;
             tracing::info!(range = %entry.range(), to = %entry, "a move is done: the table names the range's new nodes");
             let saving = self.install_table(&mut held, table.clone());
             (table, saving)
         };
-        if let Some(saving) = saving {
-            let _ = saving.await;
-        }
-        self.gossip.send(super::gossip::Input::SetTable(table.clone())).await;
-        Ok(Reply::Table(table))
+        self.publish_table(table, saving).await
     }
 
     /// The node that decides every `route --set` (see [`Node::set_table`]): the live member

@@ -186,22 +186,9 @@ impl Cluster {
 
     /// Runs a client command where the nodes are reachable.
     pub fn run(&self, args: &[&str]) -> Run {
-        let Some(net) = &self.net else {
-            return self.home.run(args);
-        };
-        let start = std::time::Instant::now();
-        let out = self
-            .home
-            .command_in(&net.hub)
-            .args(args)
-            .stdin(std::process::Stdio::null())
-            .output()
-            .expect("run kvnode");
-        Run {
-            code: out.status.code(),
-            stdout: out.stdout,
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-            elapsed: start.elapsed(),
+        match &self.net {
+            Some(net) => self.run_in(&net.hub, args),
+            None => self.home.run(args),
         }
     }
 
@@ -212,10 +199,15 @@ impl Cluster {
             .net
             .as_ref()
             .expect("a node's own side of a partition needs namespaces");
+        self.run_in(net.node_ns(i), args)
+    }
+
+    /// Runs a client command in network namespace `ns`.
+    fn run_in(&self, ns: &str, args: &[&str]) -> Run {
         let start = std::time::Instant::now();
         let out = self
             .home
-            .command_in(net.node_ns(i))
+            .command_in(ns)
             .args(args)
             .stdin(std::process::Stdio::null())
             .output()
