@@ -5,7 +5,7 @@
 # Loads MIB MiB (default 1024) into bucket `apples` on foo (table a-m=foo,n-z=bar), then moves
 # a-m to bar with `route --set` while one client puts into the same range through bar without
 # pause (`kvnode bench -c 1`; WRITER_VIA=foo writes through foo instead); prints the move's time, MB/s and keys/s, and that client's
-# slowest put. KVNODE_HOME is made under $TMPDIR: keep that on a real disk.
+# slowest put, and each node's largest resident memory during the move. KVNODE_HOME is made under $TMPDIR: keep that on a real disk.
 set -eu
 bin=${1:-target/release/kvnode} mib=${2:-1024} size=${3:-65536}
 export KVNODE_HOME="$(mktemp -d)"
@@ -13,8 +13,8 @@ pids=""
 trap 'kill $pids 2>/dev/null; wait 2>/dev/null; rm -rf "$KVNODE_HOME"' EXIT INT TERM
 keys=$((mib * 1048576 / size))
 t="--table a-m=foo,n-z=bar"
-$bin start --name foo $t -q >/dev/null 2>&1 & pids="$!"
-$bin start --name bar $t --join foo -q >/dev/null 2>&1 & pids="$pids $!"
+$bin start --name foo $t -q >/dev/null 2>&1 & foo=$! pids="$!"
+$bin start --name bar $t --join foo -q >/dev/null 2>&1 & bar=$! pids="$pids $!"
 until $bin put apples warm up --via foo --timeout 2s >/dev/null 2>&1 && $bin ping bar >/dev/null 2>&1; do sleep 0.1; done
 until $bin members --via foo | grep -q "^bar .*alive"; do sleep 0.1; done
 echo "loading $keys keys of $size bytes ($mib MiB) into apples on foo" >&2
@@ -30,11 +30,26 @@ echo "foo holds $loaded keys in apples; foo's data directory: $(du -sm "$KVNODE_
     done
 ) >"$KVNODE_HOME/writer.json" & writer=$!
 pids="$pids $writer"
+# Each node's resident memory, sampled every 0.2 s during the move: its largest (MiB).
+rss() { awk '/^VmRSS/ { print int($2 / 1024) }' "/proc/$1/status" 2>/dev/null || echo 0; }
+(
+    f=0 b=0
+    while [ ! -e "$KVNODE_HOME/moved" ]; do
+        x=$(rss $foo); [ "$x" -gt "$f" ] && f=$x
+        x=$(rss $bar); [ "$x" -gt "$b" ] && b=$x
+        sleep 0.2
+    done
+    echo "$f $b" >"$KVNODE_HOME/rss"
+) & sampler=$!
 sleep 2
+echo "resident memory before the move: foo $(rss $foo) MiB, bar $(rss $bar) MiB" >&2
 start=$(date +%s.%N)
 $bin route --set 'a-m=bar,n-z=bar' --via foo --wait-for 30m >/dev/null
 end=$(date +%s.%N)
 touch "$KVNODE_HOME/moved"
+wait $sampler 2>/dev/null || true
+read -r peak_foo peak_bar <"$KVNODE_HOME/rss"
+echo "largest resident memory during the move: foo $peak_foo MiB, bar $peak_bar MiB"
 wait $writer 2>/dev/null || true
 moved=$($bin keys apples --via bar | wc -l)
 awk -v s="$start" -v e="$end" -v k="$loaded" -v m="$moved" -v z="$size" 'BEGIN {

@@ -50,6 +50,10 @@ pub mod close {
     /// A raft stream (issue 25) carried a frame that is oversize or no raft frame: that
     /// stream is stopped with this code, the connection goes on.
     pub const BAD_RAFT_FRAME: VarInt = VarInt::from_u32(8);
+    /// A streamed snapshot (issue 26) its range's group does not take now (it holds that
+    /// much, or is taking another): the sender is told it did not arrive, and raft-rs sends
+    /// a snapshot again if one is still needed.
+    pub const SNAPSHOT_NOT_TAKEN: VarInt = VarInt::from_u32(9);
 }
 
 /// The server name every client asks for; identity comes from the secret handshake, not DNS.

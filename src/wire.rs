@@ -34,8 +34,10 @@ pub use keyring::{KeyringOp, KeyringView, NodeKeyring};
 /// node of version 11 would read as the start of a frame; and `WatchPosition::range`, for
 /// watches of replicated ranges. 13: a routing table carries the moves under way,
 /// `SetTableIf::force`, and `Request::FinishMove`, for moving data with the table (issue 26);
-/// `RemoteError::LeaderMoved`.)
-pub const PROTOCOL_VERSION: u16 = 13;
+/// `RemoteError::LeaderMoved`. 14: a snapshot stream of a range on disk carries the range in
+/// parts (`kvnode_replica::SnapshotPart`) after a head announcing no data, which a node of
+/// version 13 would take as an empty range.)
+pub const PROTOCOL_VERSION: u16 = 14;
 /// The TLS ALPN identifier of this protocol.
 pub const ALPN: &[u8] = b"kvnode/1";
 /// The largest frame either side accepts, checked before allocating.
@@ -307,6 +309,10 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 
     pub fn into_inner(self) -> R {
         self.inner
+    }
+
+    pub fn get_mut(&mut self) -> &mut R {
+        &mut self.inner
     }
 }
 

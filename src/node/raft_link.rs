@@ -17,12 +17,13 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use kvnode_replica::{Frame, MAX_FRAME, RaftMsg, RangeId, SNAPSHOT_CHUNK, SnapshotHead};
+use kvnode_replica::{Frame, MAX_FRAME, RaftMsg, RangeId, SNAPSHOT_CHUNK, SnapshotHead, SnapshotPart};
 use tokio::sync::{Semaphore, mpsc};
 
 use super::Node;
 use super::replicas::{Input, Outbox};
 use crate::names::NodeName;
+use crate::store::RangeView;
 use crate::transport::{self, Connection, RecvStream, SendStream};
 use crate::wire::{self, FrameError, FrameReader};
 
@@ -302,24 +303,33 @@ impl Node {
         if head.len > kvnode_replica::MAX_SNAPSHOT {
             return Err(format!("{} bytes is over the snapshot limit", head.len));
         }
+        // No data: the range streams from the view the snapshot was taken with.
+        let view = match data.is_empty() {
+            true => {
+                let index = head.msg.snapshot.as_ref().map_or(0, |s| s.index);
+                let view = self.store.snapshot_view(range, index);
+                Some(view.ok_or_else(|| format!("the view of the snapshot at {index} is gone; it is taken again"))?)
+            }
+            false => None,
+        };
         let heard = self.raft_links.heard_on(to).filter(Connection::is_alive);
         let Some((mut s, _)) = self.open_raft_stream(to, heard, STREAM_SNAPSHOT).await else {
             return Err("no stream to the peer".into());
         };
-        let head = head.encode();
-        for part in std::iter::once(head.as_slice()).chain(data.chunks(SNAPSHOT_CHUNK)) {
-            let mut framed = Vec::with_capacity(4 + part.len());
-            wire::frame_bytes(part, &mut framed);
-            match tokio::time::timeout(SNAPSHOT_CHUNK_WAIT, s.write_all(&framed)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(e.to_string()),
-                Err(_) => return Err(format!("a chunk waited over {SNAPSHOT_CHUNK_WAIT:?}")),
+        write_part(&mut s, &head.encode()).await?;
+        let sent = match view {
+            None => {
+                for chunk in data.chunks(SNAPSHOT_CHUNK) {
+                    write_part(&mut s, chunk).await?;
+                }
+                data.len()
             }
-        }
+            Some(view) => stream_parts(&mut s, view).await?,
+        };
         s.finish().map_err(|e| e.to_string())?;
         // Resolves once the peer has every byte (or stopped the stream: refused).
         match tokio::time::timeout(SNAPSHOT_CHUNK_WAIT, s.stopped()).await {
-            Ok(Ok(None)) => Ok(data.len()),
+            Ok(Ok(None)) => Ok(sent),
             Ok(Ok(Some(code))) => Err(format!("the peer refused it (code {code})")),
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err(format!("not acknowledged within {SNAPSHOT_CHUNK_WAIT:?}")),
@@ -342,6 +352,9 @@ impl Node {
         let head = next(reader).await?.ok_or("the stream ended before its head")?;
         let head = SnapshotHead::decode(&head).map_err(|e| e.to_string())?;
         let _room = self.raft_links.receiving.acquire().await.map_err(|e| e.to_string())?;
+        if head.len == 0 {
+            return self.install_streamed(reader, peer, head).await;
+        }
         let len = usize::try_from(head.len).map_err(|e| e.to_string())?;
         // Grown as chunks arrive, never to more than the head announced.
         let mut data = Vec::new();
@@ -366,6 +379,131 @@ impl Node {
             .await
             .map_err(|e| e.to_string())
     }
+}
+
+impl Node {
+    /// Takes in a streamed snapshot (issue 26): once the range's group says it takes it (and
+    /// stands still meanwhile), the range's data is replaced part by part as the parts come
+    /// (`Store::begin_install`, `install_part`), then the group takes the message. Anything
+    /// short of the whole stream clears the group (`Store::wipe_group`), which starts again
+    /// empty; the leader sends the snapshot again.
+    async fn install_streamed(
+        &self,
+        reader: &mut FrameReader<RecvStream>,
+        peer: &NodeName,
+        head: SnapshotHead,
+    ) -> Result<(), String> {
+        let range = head.range;
+        let (done, taken) = tokio::sync::oneshot::channel();
+        self.replicas
+            .send(Input::BeginInstall {
+                from: peer.clone(),
+                range,
+                msg: head.msg.clone(),
+                done,
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        match taken.await {
+            Ok(Ok(())) => {}
+            Ok(Err(why)) => {
+                // Not an error of the peer's: its snapshot is not needed (or not yet).
+                tracing::debug!(%peer, %range, why, "streamed snapshot of range {range} from {peer} not taken");
+                let _ = reader.get_mut().stop(transport::close::SNAPSHOT_NOT_TAKEN);
+                return Ok(());
+            }
+            Err(_) => return Err("the replica driver stopped".into()),
+        }
+        let started = std::time::Instant::now();
+        match self.write_parts(reader, range).await {
+            Ok((parts, keys)) => {
+                tracing::info!(%peer, %range, parts, keys, took = ?started.elapsed(), "snapshot of range {range} from {peer} written");
+                self.replicas
+                    .send(Input::Installed {
+                        from: peer.clone(),
+                        range,
+                        msg: head.msg,
+                    })
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            Err(why) => {
+                if let Err(e) = self.store.wipe_group(range).await {
+                    tracing::error!(%range, error = %e, "range {range}'s group could not be cleared after a snapshot cut short; it is cleared at the next start");
+                }
+                let _ = self.replicas.send(Input::InstallFailed { range }).await;
+                Err(why)
+            }
+        }
+    }
+
+    /// Clears the range, then writes the stream's parts into it until its end, whose counts
+    /// must match what came: the parts and keys written.
+    async fn write_parts(&self, reader: &mut FrameReader<RecvStream>, range: RangeId) -> Result<(u64, u64), String> {
+        self.store.begin_install(range).await.map_err(|e| e.to_string())?;
+        let (mut parts, mut keys) = (0u64, 0u64);
+        loop {
+            let bytes = match tokio::time::timeout(SNAPSHOT_CHUNK_WAIT, reader.next_frame()).await {
+                Ok(Ok(Some(bytes))) => bytes,
+                Ok(Ok(None)) => return Err("the stream ended before the snapshot's end".into()),
+                Ok(Err(e)) => return Err(e.to_string()),
+                Err(_) => return Err(format!("no part within {SNAPSHOT_CHUNK_WAIT:?}")),
+            };
+            match SnapshotPart::decode(&bytes).map_err(|e| e.to_string())? {
+                SnapshotPart::Data(data) => {
+                    parts += 1;
+                    keys += data.values().map(|k| k.len() as u64).sum::<u64>();
+                    self.store.install_part(range, data).await.map_err(|e| e.to_string())?;
+                }
+                SnapshotPart::End { parts: p, keys: k } if (p, k) == (parts, keys) => break,
+                SnapshotPart::End { parts: p, keys: k } => {
+                    return Err(format!(
+                        "the stream announced {p} parts and {k} keys, and {parts} parts and {keys} keys came"
+                    ));
+                }
+            }
+        }
+        match tokio::time::timeout(SNAPSHOT_CHUNK_WAIT, reader.next_frame()).await {
+            Ok(Ok(None)) => Ok((parts, keys)),
+            Ok(Ok(Some(_))) => Err("bytes after the snapshot's end".into()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("the stream did not end within {SNAPSHOT_CHUNK_WAIT:?}")),
+        }
+    }
+}
+
+/// Writes one length-prefixed frame of a snapshot stream, within [`SNAPSHOT_CHUNK_WAIT`].
+async fn write_part(s: &mut SendStream, bytes: &[u8]) -> Result<(), String> {
+    let mut framed = Vec::with_capacity(4 + bytes.len());
+    wire::frame_bytes(bytes, &mut framed);
+    match tokio::time::timeout(SNAPSHOT_CHUNK_WAIT, s.write_all(&framed)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("a part waited over {SNAPSHOT_CHUNK_WAIT:?}")),
+    }
+}
+
+/// Streams a range from its snapshot view, a part of about [`SNAPSHOT_CHUNK`] bytes at a time
+/// (each read on a blocking thread; flow control paces the reads to the peer's writes), then
+/// the end with the counts: the bytes sent.
+async fn stream_parts(s: &mut SendStream, view: Arc<dyn RangeView>) -> Result<usize, String> {
+    let (mut cursor, mut parts, mut keys, mut sent) = (None, 0u64, 0u64, 0usize);
+    loop {
+        let v = Arc::clone(&view);
+        let read = tokio::task::spawn_blocking(move || v.part(cursor.as_ref(), SNAPSHOT_CHUNK)).await;
+        let (data, next) = read.map_err(|e| e.to_string())?.map_err(|e| e.0)?;
+        parts += 1;
+        keys += data.values().map(|k| k.len() as u64).sum::<u64>();
+        let bytes = SnapshotPart::Data(data).encode();
+        sent += bytes.len();
+        write_part(s, &bytes).await?;
+        match next {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    write_part(s, &SnapshotPart::End { parts, keys }.encode()).await?;
+    Ok(sent)
 }
 
 impl RaftLinks {

@@ -108,6 +108,24 @@ pub(crate) enum Input {
         to: NodeName,
         delivered: bool,
     },
+    /// A streamed snapshot of `range` from `from` began to arrive: `Ok` when the group takes
+    /// it, and is held still until [`Input::Installed`] or [`Input::InstallFailed`]; only
+    /// then may its data be written (`node::raft_link`).
+    BeginInstall {
+        from: NodeName,
+        range: RangeId,
+        msg: RaftMsg,
+        done: oneshot::Sender<Result<(), String>>,
+    },
+    /// The streamed snapshot's data is in the store: the group takes the message.
+    Installed {
+        from: NodeName,
+        range: RangeId,
+        msg: RaftMsg,
+    },
+    /// The streamed snapshot did not arrive whole, and the group was cleared
+    /// (`Store::wipe_group`): it starts again empty.
+    InstallFailed { range: RangeId },
 }
 
 /// What this node knows of one range's leadership.
@@ -231,14 +249,14 @@ impl ReplicasHandle {
                     driver.settle().await?;
                 }
                 input = inbox.recv() => match input {
-                    Some(input) => driver.take(input),
+                    Some(input) => driver.take(input).await,
                     None => return Ok(()),
                 },
             }
             // Everything queued meanwhile joins this round (bounded, so ticks are not starved).
             for _ in 0..1024 {
                 match inbox.try_recv() {
-                    Ok(input) => driver.take(input),
+                    Ok(input) => driver.take(input).await,
                     Err(_) => break,
                 }
             }
@@ -304,7 +322,7 @@ impl Driver {
         }
     }
 
-    fn take(&mut self, input: Input) {
+    async fn take(&mut self, input: Input) {
         match input {
             Input::Frame { from, frame } => {
                 let dropped = self.replicas.handle_frame(node_id(from.as_str()), frame);
@@ -334,6 +352,37 @@ impl Driver {
                 }
                 self.replicas.report_snapshot(range, node_id(to.as_str()), delivered);
             }
+            Input::BeginInstall { from, range, msg, done } => {
+                let taken = self.replicas.begin_install(range, node_id(from.as_str()), &msg);
+                if taken.is_ok() {
+                    tracing::info!(%range, %from, index = msg.snapshot.as_ref().map_or(0, |s| s.index), "taking a snapshot of range {range} from {from}, streamed");
+                }
+                let _ = done.send(taken.map_err(|e| e.to_string()));
+            }
+            Input::Installed { from, range, msg } => {
+                if !self.replicas.end_install(range, node_id(from.as_str()), &msg) {
+                    // Ruled out by `begin_install`'s check; were it to happen, the range's
+                    // data is the snapshot's and the log is not: start the group again empty.
+                    tracing::error!(%range, %from, "range {range}'s group did not take the snapshot whose data it wrote; clearing it");
+                    if let Err(e) = self.store.wipe_group(range).await {
+                        tracing::error!(%range, error = %e, "range {range}'s group could not be cleared; it is cleared at the next start");
+                    }
+                    self.restart_group(range);
+                }
+            }
+            Input::InstallFailed { range } => self.restart_group(range),
+        }
+    }
+
+    /// Starts `range`'s group again from what the store holds (after it was cleared), as the
+    /// table says, if this node holds it.
+    fn restart_group(&mut self, range: RangeId) {
+        self.replicas.abort_install(range);
+        if self.replicas.remove_group(range).is_none() {
+            return;
+        }
+        if let Some(table) = self.table.clone() {
+            self.table(table);
         }
     }
 
@@ -443,7 +492,12 @@ impl Driver {
     /// not take effect here (the group and its log are gone), ask again.
     async fn settle(&mut self) -> Result<(), String> {
         let Some(table) = self.table.clone() else { return Ok(()) };
-        let held: Vec<RangeId> = self.replicas.ranges().collect();
+        // A group taking a streamed snapshot is dropped once that is done, or failed.
+        let held: Vec<RangeId> = self
+            .replicas
+            .ranges()
+            .filter(|&r| !self.replicas.installing(r))
+            .collect();
         for range in held {
             let entry = table
                 .entries()
@@ -589,7 +643,11 @@ impl Driver {
     /// Keeps each group's log bounded: once it holds more than `log_keep` applied entries
     /// ([`LOG_KEEP`]), the older half goes (a replica that far behind catches up by snapshot).
     fn compact(&mut self) {
-        let ranges: Vec<RangeId> = self.replicas.ranges().collect();
+        let ranges: Vec<RangeId> = self
+            .replicas
+            .ranges()
+            .filter(|&r| !self.replicas.installing(r))
+            .collect();
         for range in ranges {
             let Some(store) = self.replicas.store(range) else {
                 continue;

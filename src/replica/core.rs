@@ -1,6 +1,7 @@
 //! [`Replicas`]: every Raft group this node holds, fed ticks, frames and proposals, drained one
 //! round at a time. See the crate's doc for the contract.
 
+mod install;
 mod lost_state;
 mod moves;
 
@@ -11,6 +12,8 @@ use raft::{Config, RawNode, Ready, StateRole};
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 
+pub use self::install::InstallRefused;
+use self::install::is_streamed;
 use self::lost_state::{Probing, ask_for_snapshot, log_state, may_step};
 use self::moves::{drive_move, is_from_leader};
 use crate::change::ReplicaChange;
@@ -116,6 +119,9 @@ struct Group<S: GroupStore> {
     /// The replicas the range is to be held by (a move, issue 26): whenever this replica
     /// leads, it takes the next step there ([`crate::change`]).
     target: Option<Vec<u64>>,
+    /// Held still while a streamed snapshot's data is written ([`install`]): no ticks, no
+    /// messages, no rounds.
+    installing: bool,
 }
 
 /// The Ready of a group between `poll_round` and `handle_persisted`, emptied of what was
@@ -196,6 +202,7 @@ impl<S: GroupStore> Replicas<S> {
             order: replicas.to_vec(),
             floor: None,
             target: None,
+            installing: false,
         };
         redraw_timeout(&mut self.rng, self.config.election_tick, &mut group);
         self.groups.insert(range, group);
@@ -315,7 +322,7 @@ impl<S: GroupStore> Replicas<S> {
     /// every replica that has not answered.
     pub fn handle_tick(&mut self) {
         let me = self.config.id;
-        for (&range, g) in self.groups.iter_mut() {
+        for (&range, g) in self.groups.iter_mut().filter(|(_, g)| !g.installing) {
             g.node.tick();
             redraw_timeout(&mut self.rng, self.config.election_tick, g);
             if let Some(p) = &g.probing {
@@ -344,7 +351,9 @@ impl<S: GroupStore> Replicas<S> {
         for (range, msg) in frame.msgs {
             let me = self.config.id;
             let stepped = match (self.groups.get_mut(&range), msg.to_raft()) {
-                (Some(g), Ok(mut m)) if m.from == from && m.to == me && may_step(g, &m, me) => {
+                (Some(g), Ok(mut m))
+                    if m.from == from && m.to == me && !g.installing && !is_streamed(&m) && may_step(g, &m, me) =>
+                {
                     if !g.initialised && m.get_msg_type() == MessageType::MsgHeartbeat {
                         // The leader still counts what this replica held before it lost its
                         // state: raft-rs panics on a commit index past its log ("lost log"),
@@ -489,10 +498,10 @@ impl<S: GroupStore> Replicas<S> {
         for (to, probe) in std::mem::take(&mut self.probes) {
             early.entry(to).or_default().probes.push(probe);
         }
-        for g in self.groups.values_mut() {
+        for g in self.groups.values_mut().filter(|g| !g.installing) {
             drive_move(g);
         }
-        for (&range, g) in self.groups.iter_mut() {
+        for (&range, g) in self.groups.iter_mut().filter(|(_, g)| !g.installing) {
             note_leadership(range, g, &mut self.pending);
             // Asked only once the leader has committed an entry of its term: raft-rs drops a
             // read-index asked before that without a word (a new leader does not know the

@@ -53,11 +53,13 @@ mod wire;
 
 pub use self::change::{ChangeKind, ReplicaChange};
 pub use self::command::{Command, Effect, ProposalId};
-pub use self::core::{ProposeError, ReplicaConfig, Replicas, Role, RoundError};
+pub use self::core::{InstallRefused, ProposeError, ReplicaConfig, Replicas, Role, RoundError};
 pub use self::ids::{IdError, NodeIds, RangeId, node_id};
 pub use self::output::{Applied, Failure, GroupWrite, Output, Persist};
-pub use self::store::{BOOTSTRAP_INDEX, GroupStore, MemGroupStore, RangeData, StoreError, decode_range, encode_range};
+pub use self::store::{
+    BOOTSTRAP_INDEX, GroupStore, INSTALLED, MemGroupStore, RangeData, StoreError, decode_range, encode_range,
+};
 pub use self::wire::{
     DecodeError, Frame, LogState, MAX_FRAME, MAX_SNAPSHOT, Probe, RaftEntry, RaftMsg, RaftSnapshot, SNAPSHOT_CHUNK,
-    SnapshotHead,
+    SnapshotHead, SnapshotPart,
 };

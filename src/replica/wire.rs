@@ -433,3 +433,51 @@ fn entry_type(n: u8) -> Result<EntryType, DecodeError> {
         _ => Err(DecodeError::EntryType(n)),
     }
 }
+
+/// What follows a streamed snapshot's [`SnapshotHead`] (one whose message carries no data and
+/// whose `len` is 0; issue 26): parts of the range's data, each written into the receiver's
+/// store as it comes, then the end, whose counts the receiver checks against what it took.
+/// A part is at most [`MAX_FRAME`] bytes (the sender aims at [`SNAPSHOT_CHUNK`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SnapshotPart {
+    /// Buckets with some of their keys, in order; a bucket may go on in the next part.
+    Data(crate::store::RangeData),
+    /// No more parts: how many there were, and how many keys they held.
+    End { parts: u64, keys: u64 },
+}
+
+impl SnapshotPart {
+    /// The part's bytes: a tag, then the range data's encoding or the counts.
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            SnapshotPart::Data(data) => {
+                let mut out = vec![0];
+                out.extend_from_slice(&crate::store::encode_range(data));
+                out
+            }
+            SnapshotPart::End { parts, keys } => {
+                let mut out = vec![1];
+                // Serialising two integers cannot fail.
+                out.extend_from_slice(&postcard::to_allocvec(&(parts, keys)).unwrap_or_default());
+                out
+            }
+        }
+    }
+
+    /// A part from a peer's bytes; never panics.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        if bytes.len() > MAX_FRAME {
+            return Err(DecodeError::TooLong(bytes.len()));
+        }
+        match bytes.split_first() {
+            Some((0, rest)) => crate::store::decode_range(rest)
+                .map(SnapshotPart::Data)
+                .ok_or(DecodeError::Malformed),
+            Some((1, rest)) => {
+                let (parts, keys): (u64, u64) = postcard::from_bytes(rest).map_err(|_| DecodeError::Malformed)?;
+                Ok(SnapshotPart::End { parts, keys })
+            }
+            _ => Err(DecodeError::Malformed),
+        }
+    }
+}

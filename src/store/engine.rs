@@ -130,15 +130,34 @@ pub trait Engine: Send + Sync + 'static {
     fn range_data(&self, _first: u8, _last: u8) -> Result<RangeData, EngineError> {
         Err(no_raft())
     }
-    /// [`Engine::range_data`] as of now, read later (on another thread): a point-in-time view
-    /// is taken here, cheaply, and the returned reader walks it, while writes go on.
-    fn range_data_later(&self, _first: u8, _last: u8) -> Result<RangeReader, EngineError> {
+    /// [`Engine::range_data`] as of now, read later in parts (on any thread, while writes go
+    /// on): a point-in-time view is taken here, cheaply (a streamed snapshot, issue 26).
+    fn range_view(&self, _first: u8, _last: u8) -> Result<Arc<dyn RangeView>, EngineError> {
+        Err(no_raft())
+    }
+    /// Removes up to `limit` of the keys and buckets whose name's first byte is in
+    /// `first..=last`, in one batch, unsynced; `true` while some are left (a streamed
+    /// snapshot's install clears the range in parts, under a marker that a restart sees).
+    fn clear_range_part(&self, _first: u8, _last: u8, _limit: usize) -> Result<bool, EngineError> {
         Err(no_raft())
     }
 }
 
-/// A range's data as of when it was asked for, read when called.
-pub type RangeReader = Box<dyn FnOnce() -> Result<RangeData, EngineError> + Send>;
+/// Where a walk of a range's data goes on: a bucket, and the last of its keys already taken
+/// (`None`: none of them yet).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PartCursor {
+    pub bucket: Vec<u8>,
+    pub after: Option<Vec<u8>>,
+}
+
+/// A range's data as of when the view was taken, read in parts.
+pub trait RangeView: Send + Sync + 'static {
+    /// The buckets and keys from `from` on (from the range's start without), about `budget`
+    /// bytes of them (always at least one bucket or key, so a walk moves on), and where the
+    /// next part starts (`None`: this part ends the range).
+    fn part(&self, from: Option<&PartCursor>, budget: usize) -> Result<(RangeData, Option<PartCursor>), EngineError>;
+}
 
 /// What an engine without Raft storage says when asked for it.
 pub fn no_raft() -> EngineError {

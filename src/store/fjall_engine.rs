@@ -11,7 +11,8 @@ use fjall::{AbstractTree, Database, Keyspace, KeyspaceCreateOptions, PersistMode
 use kvnode_replica::RangeData;
 
 use super::engine::{
-    Applied, Engine, EngineError, KeyPage, Op, RaftSpace, RaftWrites, bucket_prefix, data_key, keys_start,
+    Applied, Engine, EngineError, KeyPage, Op, PartCursor, RaftSpace, RaftWrites, RangeView, bucket_prefix, data_key,
+    keys_start,
 };
 
 pub struct FjallEngine {
@@ -159,13 +160,19 @@ impl FjallEngine {
     /// reads are answered from is recorded before the batch is answered, whichever way it came
     /// (see `memtable`).
     fn commit_batch(&self, batch: &[Op], sync: bool) -> Result<Vec<Applied>, EngineError> {
+        self.writing(|open| open.commit(batch, sync))
+    }
+
+    /// Runs a write on the open database (reopening it first after a failed one), then
+    /// records the memtable reads may be answered from, as every write must.
+    fn writing<T>(&self, write: impl FnOnce(&Open) -> Result<T, EngineError>) -> Result<T, EngineError> {
         if self.reopen.load(Ordering::Acquire) {
             self.recover()?;
         }
         let result = self.with(|open| {
-            let applied = open.commit(batch, sync)?;
+            let done = write(open)?;
             self.remember_memtable(Some(open.data.tree.active_memtable()));
-            Ok(applied)
+            Ok(done)
         });
         if result.is_err() {
             self.remember_memtable(None);
@@ -460,26 +467,43 @@ impl Engine for FjallEngine {
         })
     }
 
-    fn range_data_later(&self, first: u8, last: u8) -> Result<super::engine::RangeReader, EngineError> {
-        use fjall::Readable;
+    fn range_view(&self, first: u8, last: u8) -> Result<Arc<dyn RangeView>, EngineError> {
+        // A point-in-time view (fjall's MVCC snapshot): what the range holds now, however
+        // long the walk takes and whatever is written meanwhile.
         self.with(|open| {
-            // A point-in-time view (fjall's MVCC snapshot): what the range holds now, however
-            // long the walk takes and whatever is written meanwhile.
-            let view = open.db.snapshot();
-            let (data, buckets) = (open.data.clone(), open.buckets.clone());
-            Ok(Box::new(move || {
-                let mut out = RangeData::new();
-                for guard in view.range(&buckets, range_bounds(first, last)) {
-                    let bucket = guard.key().map_err(err)?.to_vec();
-                    let prefix = bucket_prefix(&bucket);
-                    let keys = out.entry(bucket).or_default();
-                    for guard in view.prefix(&data, &prefix) {
-                        let (k, v) = guard.into_inner().map_err(err)?;
-                        keys.insert(k[prefix.len()..].to_vec(), v.to_vec());
+            Ok(Arc::new(FjallView {
+                view: open.db.snapshot(),
+                data: open.data.clone(),
+                buckets: open.buckets.clone(),
+                first,
+                last,
+            }) as Arc<dyn RangeView>)
+        })
+    }
+
+    fn clear_range_part(&self, first: u8, last: u8, limit: usize) -> Result<bool, EngineError> {
+        self.writing(|open| {
+            let mut writes = open.db.batch();
+            let (mut taken, mut more) = (0, false);
+            'buckets: for guard in open.buckets.range(range_bounds(first, last)) {
+                let bucket = guard.key().map_err(err)?;
+                for key in open.data.prefix(bucket_prefix(&bucket)) {
+                    if taken >= limit {
+                        more = true;
+                        break 'buckets;
                     }
+                    writes.remove(&open.data, key.key().map_err(err)?);
+                    taken += 1;
                 }
-                Ok(out)
-            }) as super::engine::RangeReader)
+                if taken >= limit {
+                    more = true;
+                    break;
+                }
+                writes.remove(&open.buckets, bucket);
+                taken += 1;
+            }
+            writes.commit().map_err(err)?;
+            Ok(more)
         })
     }
 
@@ -508,5 +532,55 @@ impl Engine for FjallEngine {
                 .map(|k| k.map(|k| Bytes::copy_from_slice(&k[prefix.len()..])));
             KeyPage::fill(keys, budget)
         })
+    }
+}
+
+/// A range as of a point in time, read in parts: a streamed snapshot's source (issue 26).
+struct FjallView {
+    view: fjall::Snapshot,
+    data: Keyspace,
+    buckets: Keyspace,
+    first: u8,
+    last: u8,
+}
+
+impl RangeView for FjallView {
+    fn part(&self, from: Option<&PartCursor>, budget: usize) -> Result<(RangeData, Option<PartCursor>), EngineError> {
+        use fjall::Readable;
+        use std::ops::Bound;
+        let (start, end) = range_bounds(self.first, self.last);
+        let start = from.map_or(start, |c| Bound::Included(c.bucket.clone()));
+        let mut out = RangeData::new();
+        // Bytes taken, and buckets begun or keys taken: a part stops at the budget only
+        // once it holds something new, so every walk moves on.
+        let (mut used, mut taken) = (0, 0);
+        for guard in self.view.range(&self.buckets, (start, end)) {
+            let bucket = guard.key().map_err(err)?.to_vec();
+            let going_on = from.filter(|c| c.bucket == bucket);
+            if going_on.is_none() {
+                if used >= budget && taken > 0 {
+                    return Ok((out, Some(PartCursor { bucket, after: None })));
+                }
+                taken += 1;
+            }
+            let prefix = bucket_prefix(&bucket);
+            let after = going_on.and_then(|c| c.after.clone());
+            used += bucket.len() + 8;
+            let keys = out.entry(bucket.clone()).or_default();
+            for guard in self.view.range(&self.data, keys_start(&bucket, after.as_deref())..) {
+                let (k, v) = guard.into_inner().map_err(err)?;
+                if !k.starts_with(&prefix) {
+                    break;
+                }
+                if used >= budget && taken > 0 {
+                    let after = keys.last_key_value().map(|(k, _)| k.clone()).or(after);
+                    return Ok((out, Some(PartCursor { bucket, after })));
+                }
+                used += k.len() + v.len() + 8;
+                taken += 1;
+                keys.insert(k[prefix.len()..].to_vec(), v.to_vec());
+            }
+        }
+        Ok((out, None))
     }
 }

@@ -24,7 +24,7 @@ use raft::prelude::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, Storage, StorageError};
 
 use super::disk::DiskStore;
-use super::engine::{Applied, Op, RaftSpace, RaftWrites};
+use super::engine::{Applied, Op, RaftSpace, RaftWrites, RangeView};
 use super::feed::Feed;
 use super::group_records::{self as rec, LogBounds};
 use super::memory::MemoryStore;
@@ -52,19 +52,14 @@ struct Shared {
     state: RwLock<GroupState>,
     /// The changes applied entries made, by log index, for `kvnode watch`.
     feed: Arc<Feed>,
-    /// On disk, the snapshot being built off the driver's thread, or the last one built.
-    snapshot: Mutex<Option<SnapshotJob>>,
+    /// On disk, the views the latest snapshots stream from, by applied index (newest last).
+    views: Mutex<VecDeque<(u64, Arc<dyn RangeView>)>>,
 }
 
-/// A snapshot of a group on disk, built on a thread of its own from a point-in-time view of
-/// the store: a range of a gigabyte takes seconds to read and encode, and the driver, which
-/// every range's reads and writes go through, must not wait for that.
-struct SnapshotJob {
-    /// The applied index it is taken at.
-    index: u64,
-    /// `None` while it is built.
-    ready: Option<Result<Snapshot, String>>,
-}
+/// How many snapshot views a group keeps: each pins the range's data as it was (old versions
+/// stay on disk while a view holds them); one per peer being caught up at once is plenty, and
+/// a stream whose view went sends the snapshot again from a newer one.
+const VIEWS: usize = 4;
 
 enum GroupBackend {
     Memory(MemoryStore),
@@ -116,6 +111,23 @@ impl std::fmt::Debug for Groups {
 }
 
 impl Groups {
+    /// The newest view of `range` taken for a snapshot at `index`, if still kept.
+    pub(super) fn view(&self, range: RangeId, index: u64) -> Option<Arc<dyn RangeView>> {
+        let group = self.lock().get(&range)?.clone();
+        let views = group.shared.views.lock().unwrap_or_else(PoisonError::into_inner);
+        views
+            .iter()
+            .rev()
+            .find(|(i, _)| *i == index)
+            .map(|(_, v)| Arc::clone(v))
+    }
+
+    /// Forgets `range`'s group (handed back): asked for again, it is loaded afresh from the
+    /// store.
+    pub(super) fn forget(&self, range: RangeId) -> Option<NodeGroupStore> {
+        self.lock().remove(&range)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<RangeId, NodeGroupStore>> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -125,7 +137,7 @@ fn entry_size(e: &Entry) -> usize {
     e.get_data().len() + e.get_context().len() + 24
 }
 
-fn group_err(range: RangeId, reason: impl Into<String>) -> StoreError {
+pub(super) fn group_err(range: RangeId, reason: impl Into<String>) -> StoreError {
     StoreError::Group {
         range: range.to_string(),
         reason: reason.into(),
@@ -257,9 +269,21 @@ impl NodeGroupStore {
                 backend,
                 feed: Arc::new(Feed::starting_at(state.applied.0)),
                 state: RwLock::new(state),
-                snapshot: Mutex::new(None),
+                views: Mutex::new(VecDeque::new()),
             }),
         }
+    }
+
+    /// Takes over `other`'s term and vote (a group started again empty in memory, where no
+    /// record keeps them: Raft's safety needs a vote never to be forgotten).
+    pub(super) fn keep_vote_of(&self, other: &NodeGroupStore) {
+        let (term, vote) = {
+            let s = other.read();
+            (s.hard.term, s.hard.vote)
+        };
+        let mut s = self.write();
+        s.hard.term = term;
+        s.hard.vote = vote;
     }
 
     /// The changes this replica applied to the range since it started (or last installed a
@@ -422,9 +446,10 @@ impl Storage for NodeGroupStore {
         Ok(self.read().last)
     }
 
-    /// A snapshot at the applied index: the range's buckets and keys there, postcard of
-    /// `RangeData` (as `MemGroupStore`'s). The whole range is held in memory for now; step 5
-    /// streams it from a read view instead.
+    /// A snapshot at the applied index. In memory, its data is the range's buckets and keys,
+    /// postcard of `RangeData` (as `MemGroupStore`'s). On disk it carries no data: the range is
+    /// streamed to the peer in parts from a point-in-time view taken here
+    /// ([`Store::snapshot_view`], `store::install`), so neither side holds it whole.
     fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
         let (applied, conf) = {
             let s = self.read();
@@ -434,67 +459,34 @@ impl Storage for NodeGroupStore {
             return Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable));
         }
         let (first, last) = (self.range.first, self.range.last);
-        let term = self.term(applied)?;
-        let made = move |data: &RangeData| {
-            let mut snap = Snapshot::default();
-            snap.set_data(kvnode_replica::encode_range(data).into());
-            let meta = snap.mut_metadata();
-            meta.index = applied;
-            meta.term = term;
-            meta.set_conf_state(conf.clone());
-            snap
-        };
-        let disk = match &self.shared.backend {
-            GroupBackend::Memory(m) => return Ok(made(&m.range_data(first, last))),
-            GroupBackend::Disk(d) => d,
-        };
-        // On disk: built off this (the driver's) thread; raft-rs asks again at the peer's
-        // next heartbeat answer, and is told to wait until then.
-        let log_first = self.read().first();
-        let mut job = self.shared.snapshot.lock().unwrap_or_else(PoisonError::into_inner);
-        match job.as_ref() {
-            // Still of use: at or past what was asked, and the log goes on from it (an older
-            // one would need entries compaction dropped, and be sent again and again).
-            Some(SnapshotJob { index, ready }) if *index >= request_index && *index + 1 >= log_first => match ready {
-                None => return Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable)),
-                Some(Ok(snap)) => return Ok(snap.clone()),
-                // Failed: built again below.
-                Some(Err(e)) => {
-                    tracing::warn!(range = %self.range, error = %e, "a snapshot of the range could not be built; trying again")
+        let mut snap = Snapshot::default();
+        let meta = snap.mut_metadata();
+        meta.index = applied;
+        meta.term = self.term(applied)?;
+        meta.set_conf_state(conf);
+        match &self.shared.backend {
+            GroupBackend::Memory(m) => {
+                snap.set_data(kvnode_replica::encode_range(&m.range_data(first, last)).into());
+            }
+            // Taken on the driver's thread, which applies the range's entries: the view is the
+            // range as of `applied`.
+            GroupBackend::Disk(d) => match d.engine().range_view(first, last) {
+                Ok(view) => {
+                    let mut views = self.shared.views.lock().unwrap_or_else(PoisonError::into_inner);
+                    if views.len() >= VIEWS {
+                        views.pop_front();
+                    }
+                    views.push_back((applied, view));
+                }
+                Err(e) => {
+                    // Any error but "not yet" is fatal to raft-rs: asked again at the next
+                    // heartbeat answer.
+                    tracing::warn!(range = %self.range, error = %e.0, "the range could not be read for a snapshot; trying again");
+                    return Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable));
                 }
             },
-            _ => {}
         }
-        // Any error but "not yet" is fatal to raft-rs: a store that cannot be read now is
-        // asked again at the next heartbeat answer.
-        let later = Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable));
-        let reader = match disk.engine().range_data_later(first, last) {
-            Ok(reader) => reader,
-            Err(e) => {
-                tracing::warn!(range = %self.range, error = %e.0, "the range could not be read for a snapshot; trying again");
-                return later;
-            }
-        };
-        *job = Some(SnapshotJob {
-            index: applied,
-            ready: None,
-        });
-        let shared = Arc::clone(&self.shared);
-        let range = self.range;
-        let spawned = std::thread::Builder::new()
-            .name(format!("snapshot {range}"))
-            .spawn(move || {
-                let built = reader().map(|data| made(&data)).map_err(|e| e.0);
-                let mut job = shared.snapshot.lock().unwrap_or_else(PoisonError::into_inner);
-                if let Some(job) = job.as_mut().filter(|j| j.index == applied) {
-                    job.ready = Some(built);
-                }
-            });
-        if let Err(e) = spawned {
-            tracing::warn!(range = %self.range, error = %e, "no thread to build a snapshot on; trying again");
-            *job = None;
-        }
-        later
+        Ok(snap)
     }
 }
 
@@ -727,6 +719,16 @@ fn data_op(command: &Command) -> Op {
 fn load(disk: &DiskStore, range: RangeId) -> Result<Option<GroupState>, StoreError> {
     let err = |e: super::engine::EngineError| group_err(range, e.0);
     let engine = disk.engine();
+    if engine
+        .raft_get(RaftSpace::State, &rec::state_key(range, rec::INSTALLING))
+        .map_err(err)?
+        .is_some()
+    {
+        // A streamed snapshot was being written when the node stopped: the range is neither
+        // its old data nor the snapshot's (`store::install`).
+        tracing::warn!(%range, "range {range} was taking a snapshot when this node stopped: its data is cleared, and the range's leader sends it again");
+        super::install::wipe(&**engine, range).map_err(err)?;
+    }
     let get = |kind| engine.raft_get(RaftSpace::State, &rec::state_key(range, kind));
     let (hard, conf, applied, truncated) = (get(rec::HARD), get(rec::CONF), get(rec::APPLIED), get(rec::TRUNCATED));
     let (hard, conf, applied, truncated) = (

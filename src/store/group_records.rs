@@ -23,6 +23,9 @@ pub(super) const CONF: u8 = 2;
 pub(super) const APPLIED: u8 = 3;
 /// The entry before the log's first (a snapshot's, or the last compacted one): index and term.
 pub(super) const TRUNCATED: u8 = 4;
+/// Present while a streamed snapshot's data is being written (`store::install`): the range's
+/// data is neither the old nor the new, and a restart clears the group.
+pub(super) const INSTALLING: u8 = 5;
 
 pub(super) fn state_key(range: RangeId, kind: u8) -> Vec<u8> {
     vec![range.first, range.last, kind]
@@ -194,6 +197,7 @@ pub(super) fn plan_round(range: RangeId, before: &LogBounds, w: &GroupWrite) -> 
     let mut state: BTreeMap<u8, Vec<u8>> = BTreeMap::new();
     let mut hard = before.hard.clone();
     let mut replace = None;
+    let mut installed = false;
     if let Some(snap) = &w.snapshot {
         let meta = snap.get_metadata();
         if meta.index < first {
@@ -202,9 +206,14 @@ pub(super) fn plan_round(range: RangeId, before: &LogBounds, w: &GroupWrite) -> 
                 meta.index
             ));
         }
-        let data: RangeData = kvnode_replica::decode_range(snap.get_data())
-            .ok_or_else(|| format!("the snapshot at index {} does not hold a range's data", meta.index))?;
-        replace = Some(Arc::new(data));
+        if snap.get_data() == kvnode_replica::INSTALLED {
+            // Streamed: the data is in place already, written under the marker this removes.
+            installed = true;
+        } else {
+            let data: RangeData = kvnode_replica::decode_range(snap.get_data())
+                .ok_or_else(|| format!("the snapshot at index {} does not hold a range's data", meta.index))?;
+            replace = Some(Arc::new(data));
+        }
         log.extend((first..=last).map(|i| (i, None)));
         (first, last) = (meta.index + 1, meta.index);
         state.insert(TRUNCATED, encode_index_term(meta.index, meta.term));
@@ -231,6 +240,7 @@ pub(super) fn plan_round(range: RangeId, before: &LogBounds, w: &GroupWrite) -> 
                 .into_iter()
                 .map(|(kind, v)| (RaftSpace::State, state_key(range, kind), Some(v))),
         )
+        .chain(installed.then(|| (RaftSpace::State, state_key(range, INSTALLING), None)))
         .collect();
     Ok(GroupRound { replace, records })
 }

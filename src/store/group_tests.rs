@@ -2,6 +2,7 @@
 //! sync per round shared with plain writes, suffix replacement, compaction, snapshots, and the
 //! unsynced apply's crash and replay. Memory and fjall alike where both apply.
 
+use std::collections::BTreeMap;
 use std::sync::Mutex as SyncMutex;
 
 use kvnode_replica::{Command, Effect, GroupStore, GroupWrite, Persist, RangeData, RangeId};
@@ -336,20 +337,49 @@ async fn compaction_drops_applied_entries_and_entries_below_answer_compacted() {
     }
 }
 
-/// The group's snapshot at `index` or later: on disk it is built on a thread of its own, and
-/// raft-rs is told to ask again until it is ready.
-async fn snapshot_of(g: &NodeGroupStore, index: u64) -> Snapshot {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+/// The data a snapshot of `from`'s group carries, in parts of about `budget` bytes: in memory
+/// the snapshot holds it whole (one part); on disk it is streamed from the view the snapshot
+/// was taken with.
+fn snapshot_parts(from: &Store, range: RangeId, snap: &Snapshot, budget: usize) -> Vec<RangeData> {
+    if !snap.get_data().is_empty() {
+        return vec![kvnode_replica::decode_range(snap.get_data()).unwrap()];
+    }
+    let view = from
+        .snapshot_view(range, snap.get_metadata().index)
+        .expect("the snapshot's view");
+    let (mut parts, mut cursor) = (vec![], None);
     loop {
-        match g.snapshot(index, 22) {
-            Ok(snap) => return snap,
-            Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable)) => {
-                assert!(std::time::Instant::now() < deadline, "no snapshot after 10 s");
-                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-            }
-            Err(e) => panic!("{e}"),
+        let (part, next) = view.part(cursor.as_ref(), budget).unwrap();
+        parts.push(part);
+        match next {
+            Some(c) => cursor = Some(c),
+            None => return parts,
         }
     }
+}
+
+/// The parts put together (a bucket may go on from one part into the next).
+fn joined(parts: Vec<RangeData>) -> RangeData {
+    let mut all = RangeData::new();
+    for part in parts {
+        for (bucket, keys) in part {
+            all.entry(bucket).or_default().extend(keys);
+        }
+    }
+    all
+}
+
+/// Installs `snap` into `to`'s group `h` as the node does: a snapshot with data in its round;
+/// a streamed one part by part under the marker, then its round with the data in place.
+async fn install(to: &Store, h: &mut NodeGroupStore, mut snap: Snapshot, parts: Vec<RangeData>) {
+    if snap.get_data().is_empty() {
+        to.begin_install(AM).await.unwrap();
+        for part in parts {
+            to.install_part(AM, part).await.unwrap();
+        }
+        snap.set_data(kvnode_replica::INSTALLED.to_vec().into());
+    }
+    round(to, h, write(AM, Some(snap), vec![], None)).await;
 }
 
 #[tokio::test]
@@ -365,7 +395,7 @@ async fn a_snapshot_is_of_the_moment_it_was_asked_for_whatever_is_applied_while_
         )
         .await;
         g.apply(2, Some(&first)).unwrap();
-        let asked = g.snapshot(2, 22);
+        let snap = g.snapshot(2, 22).unwrap();
         let later = put("apple", "k", "2");
         round(
             &store,
@@ -374,12 +404,8 @@ async fn a_snapshot_is_of_the_moment_it_was_asked_for_whatever_is_applied_while_
         )
         .await;
         g.apply(3, Some(&later)).unwrap();
-        let snap = match asked {
-            Ok(snap) => snap,
-            Err(_) => snapshot_of(&g, 2).await,
-        };
         assert_eq!(snap.get_metadata().index, 2, "{}", store.describe());
-        let data = kvnode_replica::decode_range(snap.get_data()).unwrap();
+        let data = joined(snapshot_parts(&store, AM, &snap, 1 << 20));
         assert_eq!(
             data[&b"apple".to_vec()][&b"k".to_vec()],
             b"1".to_vec(),
@@ -404,8 +430,11 @@ async fn a_snapshot_installed_on_another_store_replaces_the_range_and_nothing_el
         from.put(b"zebra", b"z", Bytes::from_static(b"other range"))
             .await
             .unwrap();
-        let snap = snapshot_of(&g, 4).await;
+        let snap = g.snapshot(4, 22).unwrap();
         assert_eq!((snap.get_metadata().index, snap.get_metadata().term), (4, 2));
+        // Parts of one key each: buckets go on from one part into the next.
+        let parts = snapshot_parts(&from, AM, &snap, 1);
+        assert_eq!(joined(parts.clone()), from.range_data(AM).unwrap());
         assert!(matches!(
             g.snapshot(5, 22),
             Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable))
@@ -417,7 +446,7 @@ async fn a_snapshot_installed_on_another_store_replaces_the_range_and_nothing_el
                 .unwrap();
         }
         let mut h = to.group(AM, None).unwrap();
-        round(&to, &mut h, write(AM, Some(snap.clone()), vec![], None)).await;
+        install(&to, &mut h, snap, parts).await;
         let check = |to: &Store, h: &NodeGroupStore| {
             assert_eq!(to.range_data(AM).unwrap(), from.range_data(AM).unwrap());
             assert_eq!(h.applied(), 4);
@@ -580,21 +609,140 @@ async fn a_replicated_write_goes_to_its_range_feed_by_log_index_and_not_to_the_n
 
 #[cfg(feature = "fjall")]
 #[tokio::test]
-async fn a_range_read_later_sees_the_range_as_it_was_when_asked() {
+async fn a_range_view_reads_the_range_as_it_was_when_taken_in_parts_of_any_size() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open_with(dir.path(), EngineKind::Fjall).unwrap();
     let _w = writer(&store);
-    store.put(b"apple", b"k", Bytes::from_static(b"1")).await.unwrap();
+    for (b, k) in [
+        ("apple", "k"),
+        ("apple", "l"),
+        ("apple", "m"),
+        ("cherry", "c"),
+        ("zoo", "z"),
+    ] {
+        store
+            .put(b.as_bytes(), k.as_bytes(), Bytes::from_static(b"1"))
+            .await
+            .unwrap();
+    }
+    store.create_bucket(b"banana").await.unwrap();
     let Backend::Disk(d) = &store.backend else {
         unreachable!("a fjall store is on disk")
     };
-    let reader = d.engine().range_data_later(b'a', b'm').unwrap();
+    let view = d.engine().range_view(b'a', b'm').unwrap();
     store.put(b"apple", b"k", Bytes::from_static(b"2")).await.unwrap();
-    store.put(b"banana", b"x", Bytes::from_static(b"3")).await.unwrap();
-    let data = reader().unwrap();
-    assert_eq!(data[&b"apple".to_vec()][&b"k".to_vec()], b"1".to_vec());
-    assert!(!data.contains_key(b"banana".as_slice()), "{data:?}");
-    // Read now, it is the range as it is now.
-    let now = d.engine().range_data_later(b'a', b'm').unwrap()().unwrap();
-    assert_eq!(now[&b"apple".to_vec()][&b"k".to_vec()], b"2".to_vec());
+    store.put(b"date", b"x", Bytes::from_static(b"3")).await.unwrap();
+    let walk = |budget: usize| {
+        let (mut all, mut cursor, mut parts) = (RangeData::new(), None, 0);
+        loop {
+            let (part, next) = view.part(cursor.as_ref(), budget).unwrap();
+            parts += 1;
+            assert!(!part.is_empty(), "every part moves on");
+            for (bucket, keys) in part {
+                all.entry(bucket).or_default().extend(keys);
+            }
+            match next {
+                Some(c) => cursor = Some(c),
+                None => return (all, parts),
+            }
+        }
+    };
+    let (whole, one) = walk(1 << 20);
+    assert_eq!(one, 1);
+    assert_eq!(whole[&b"apple".to_vec()][&b"k".to_vec()], b"1".to_vec());
+    assert!(
+        whole[&b"banana".to_vec()].is_empty(),
+        "an empty bucket is part of the range"
+    );
+    assert!(!whole.contains_key(b"date".as_slice()), "{whole:?}");
+    assert!(!whole.contains_key(b"zoo".as_slice()), "{whole:?}");
+    assert_eq!(whole.values().map(BTreeMap::len).sum::<usize>(), 4);
+    for budget in [1, 10, 30] {
+        let (small, parts) = walk(budget);
+        assert_eq!(small, whole, "budget {budget}");
+        assert!(parts > 1, "budget {budget}: {parts} part(s)");
+    }
+}
+
+#[cfg(feature = "fjall")]
+#[tokio::test]
+async fn a_streamed_install_cut_short_leaves_the_group_empty_at_the_next_start_keeping_term_and_vote() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open_with(dir.path(), EngineKind::Fjall).unwrap();
+        let w = writer(&store);
+        let mut g = store.group(AM, Some(&VOTERS)).unwrap();
+        let cmd = put("apple", "k", "old");
+        round(
+            &store,
+            &mut g,
+            write(AM, None, vec![entry(2, 2, Some(&cmd))], Some(hard(2, 11, 2))),
+        )
+        .await;
+        g.apply(2, Some(&cmd)).unwrap();
+        store
+            .put(b"zoo", b"z", Bytes::from_static(b"other range"))
+            .await
+            .unwrap();
+        store.begin_install(AM).await.unwrap();
+        let mut part = RangeData::new();
+        part.entry(b"banana".to_vec())
+            .or_default()
+            .insert(b"b".to_vec(), b"new".to_vec());
+        store.install_part(AM, part).await.unwrap();
+        // The node stops here: the snapshot's round never comes.
+        drop(g);
+        w.stop().await;
+    }
+    let store = Store::open(dir.path()).unwrap();
+    let g = store.group(AM, None).unwrap();
+    let state = g.initial_state().unwrap();
+    assert!(state.conf_state.voters.is_empty(), "uninitialised: {state:?}");
+    assert_eq!(
+        (state.hard_state.term, state.hard_state.vote, state.hard_state.commit),
+        (2, 11, 0)
+    );
+    assert_eq!((g.first_index().unwrap(), g.last_index().unwrap()), (1, 0));
+    assert!(store.range_data(AM).unwrap().is_empty());
+    assert!(store.range_log_keys(AM).is_empty());
+    assert_eq!(
+        store.get(b"zoo", b"z").await.unwrap(),
+        Lookup::Found(Bytes::from_static(b"other range"))
+    );
+    // And the marker went with it: the next start finds the group as it is now.
+    drop(g);
+    drop(store);
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(
+        store.group(AM, None).unwrap().initial_state().unwrap().hard_state.term,
+        2
+    );
+}
+
+#[tokio::test]
+async fn a_group_wiped_after_a_failed_install_is_asked_for_again_uninitialised() {
+    for (store, _dir) in stores() {
+        let _w = writer(&store);
+        let mut g = store.group(AM, Some(&VOTERS)).unwrap();
+        let cmd = put("apple", "k", "old");
+        round(
+            &store,
+            &mut g,
+            write(AM, None, vec![entry(2, 2, Some(&cmd))], Some(hard(2, 11, 2))),
+        )
+        .await;
+        g.apply(2, Some(&cmd)).unwrap();
+        store.begin_install(AM).await.unwrap();
+        store.wipe_group(AM).await.unwrap();
+        let h = store.group(AM, None).unwrap();
+        let state = h.initial_state().unwrap();
+        assert!(state.conf_state.voters.is_empty(), "{}", store.describe());
+        assert_eq!(
+            (state.hard_state.term, state.hard_state.vote),
+            (2, 11),
+            "{}",
+            store.describe()
+        );
+        assert!(store.range_data(AM).unwrap().is_empty(), "{}", store.describe());
+    }
 }

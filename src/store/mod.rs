@@ -12,6 +12,7 @@ mod group;
 mod group_records;
 #[cfg(test)]
 mod group_tests;
+mod install;
 mod memory;
 #[cfg(feature = "redb")]
 mod redb_engine;
@@ -23,7 +24,7 @@ use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 pub use disk::{DiskStore, EngineKind};
-pub use engine::{Applied, KeyPage, Op, RaftSpace, RaftWrites};
+pub use engine::{Applied, KeyPage, Op, PartCursor, RaftSpace, RaftWrites, RangeView};
 pub use feed::{Change, Feed, FeedError, MAX_BYTES as MAX_FEED_BYTES, MAX_CHANGES as MAX_FEED_CHANGES, Page, Waiter};
 pub use group::NodeGroupStore;
 pub use memory::MemoryStore;

@@ -40,7 +40,7 @@ impl<S: GroupStore> Replicas<S> {
         let done: Vec<RangeId> = self
             .groups
             .iter()
-            .filter(|(_, g)| g.probing.as_ref().is_some_and(Probing::complete))
+            .filter(|(_, g)| !g.installing && g.probing.as_ref().is_some_and(Probing::complete))
             .map(|(&r, _)| r)
             .collect();
         for range in done {

@@ -1,6 +1,7 @@
 mod change;
 mod faults;
 mod ids;
+mod install;
 mod moves;
 mod scenarios;
 mod sim;
