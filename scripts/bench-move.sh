@@ -30,8 +30,9 @@ echo "foo holds $loaded keys in apples; foo's data directory: $(du -sm "$KVNODE_
     done
 ) >"$KVNODE_HOME/writer.json" & writer=$!
 pids="$pids $writer"
-# Each node's resident memory, sampled every 0.2 s during the move: its largest (MiB).
-rss() { awk '/^VmRSS/ { print int($2 / 1024) }' "/proc/$1/status" 2>/dev/null || echo 0; }
+# Each node's resident memory, sampled every 0.2 s during the move: its largest (MiB). The
+# anonymous part (RssAnon: what the process allocated), not pages of files it read.
+rss() { awk '/^RssAnon/ { print int($2 / 1024) }' "/proc/$1/status" 2>/dev/null || echo 0; }
 (
     f=0 b=0
     while [ ! -e "$KVNODE_HOME/moved" ]; do
@@ -42,14 +43,14 @@ rss() { awk '/^VmRSS/ { print int($2 / 1024) }' "/proc/$1/status" 2>/dev/null ||
     echo "$f $b" >"$KVNODE_HOME/rss"
 ) & sampler=$!
 sleep 2
-echo "resident memory before the move: foo $(rss $foo) MiB, bar $(rss $bar) MiB" >&2
+echo "resident memory (anonymous) before the move: foo $(rss $foo) MiB, bar $(rss $bar) MiB" >&2
 start=$(date +%s.%N)
 $bin route --set 'a-m=bar,n-z=bar' --via foo --wait-for 30m >/dev/null
 end=$(date +%s.%N)
 touch "$KVNODE_HOME/moved"
 wait $sampler 2>/dev/null || true
 read -r peak_foo peak_bar <"$KVNODE_HOME/rss"
-echo "largest resident memory during the move: foo $peak_foo MiB, bar $peak_bar MiB"
+echo "largest resident memory (anonymous) during the move: foo $peak_foo MiB, bar $peak_bar MiB"
 wait $writer 2>/dev/null || true
 moved=$($bin keys apples --via bar | wc -l)
 awk -v s="$start" -v e="$end" -v k="$loaded" -v m="$moved" -v z="$size" 'BEGIN {

@@ -47,8 +47,9 @@ const STREAM_SNAPSHOT: u8 = 1;
 /// given up (the leader sends the snapshot again later).
 const SNAPSHOT_CHUNK_WAIT: Duration = Duration::from_secs(10);
 
-/// How many snapshots a node takes in at once (each is held in memory until installed);
-/// more wait, their senders held up by flow control.
+/// How many snapshots a node takes in at once (one sent whole, by an in-memory node, is held
+/// in memory until installed; a streamed one holds a part at a time); more wait, their senders
+/// held up by flow control.
 const SNAPSHOTS_IN: usize = 2;
 
 /// Each peer's queue of outgoing frames, and the task that writes them.

@@ -19,8 +19,9 @@ pub const MAX_FRAME: usize = 16 << 20;
 /// The size of each chunk of a streamed snapshot's data.
 pub const SNAPSHOT_CHUNK: usize = 1 << 20;
 
-/// The largest snapshot a node sends or takes. The data is held in memory on both sides while
-/// it travels (bounded-memory moves of larger ranges are issue 26's).
+/// The largest snapshot a node sends or takes whole (an in-memory node's: its data is held in
+/// memory on both sides while it travels). A range on disk streams in parts
+/// ([`SnapshotPart`]), of any size.
 pub const MAX_SNAPSHOT: u64 = 2 << 30;
 
 /// One round's raft messages from one node to one peer, of every group they share.

@@ -15,6 +15,16 @@ use super::engine::{
     keys_start,
 };
 
+/// The most journal fjall keeps before it flushes memtables (its default is 512 MiB): every
+/// unflushed write is held in a memtable too, so this bounds the memory a node's writes take,
+/// whatever is written (a range of a gigabyte streamed in by a move, issue 26).
+const JOURNAL: u64 = 128 << 20;
+
+/// The data keyspace's memtable size (fjall's default is 64 MiB). fjall holds writes back
+/// while a keyspace has four sealed memtables waiting to be flushed, so the data's memtables
+/// take at most five of these: 160 MiB however fast writes come.
+const MEMTABLE: u64 = 32 << 20;
+
 pub struct FjallEngine {
     dir: PathBuf,
     /// The open database; `None` only if reopening it failed (then the next write tries
@@ -232,9 +242,12 @@ impl FjallEngine {
 
 impl Open {
     fn new(dir: &Path) -> Result<Self, EngineError> {
-        let db = Database::builder(dir).open().map_err(|e| open_err(dir, e))?;
+        let db = Database::builder(dir)
+            .max_journaling_size(JOURNAL)
+            .open()
+            .map_err(|e| open_err(dir, e))?;
         let data = db
-            .keyspace("data", KeyspaceCreateOptions::default)
+            .keyspace("data", || KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE))
             .map_err(|e| open_err(dir, e))?;
         let buckets = db
             .keyspace("buckets", KeyspaceCreateOptions::default)
