@@ -85,7 +85,8 @@ pub(crate) async fn run(
             return unexpected(&reply);
         };
         if args.status {
-            print_moves(&table, out);
+            let progress = Progress::gather(&table, settings, deadline).await;
+            print_moves(&table, &progress, out);
         } else {
             print_table(&table, out);
         }
@@ -185,6 +186,9 @@ async fn wait_for_moves(
             eprintln!("moving {} to {} ...", m.range(), m);
         }
     }
+    let mut polls = 0u64;
+    // On a terminal, one line redrawn with what the moves' new nodes took in so far.
+    let mut drawn = false;
     loop {
         let reply = client.call_within(Request::Table, settings.timeout).await?;
         let Reply::Table(table) = reply else {
@@ -197,14 +201,39 @@ async fn wait_for_moves(
                     .iter()
                     .any(|e| (e.first, e.last) == (m.first, m.last) && e.same_nodes(m));
             if moved && tty {
+                if std::mem::take(&mut drawn) {
+                    eprint!("\r\x1b[K");
+                }
                 eprintln!("moved {} ({:.1} s)", m, started.elapsed().as_secs_f64());
             }
             !moved
         });
+        polls += 1;
+        if tty && !pending.is_empty() && polls.is_multiple_of(10) {
+            let progress = Progress::gather(&table, settings, Instant::now() + settings.timeout).await;
+            let (mut keys, mut bytes) = (0, 0);
+            for m in &pending {
+                for n in m.replicas() {
+                    if let Ok(Some(i)) = progress.of(n.as_str(), &m.range()) {
+                        (keys, bytes) = (keys + i.keys, bytes + i.bytes);
+                    }
+                }
+            }
+            eprint!(
+                "\r\x1b[K{} range(s) moving, {} copied so far ({:.0} s)",
+                pending.len(),
+                amount(keys, bytes),
+                started.elapsed().as_secs_f64()
+            );
+            drawn = true;
+        }
         if pending.is_empty() {
             return Ok(table);
         }
         if Instant::now() >= until {
+            if drawn {
+                eprintln!();
+            }
             return Err(ClientError::Remote(wire::RemoteError::DeadlineExceeded {
                 node: format!(
                     "{} (the moves of {} are not done after {:.0?}; they go on: see `kvnode route --status`)",
@@ -219,34 +248,168 @@ async fn wait_for_moves(
     }
 }
 
-/// `route --status`: each move under way, `a-m: foo -> bar`; in JSON one object a move.
-fn print_moves(table: &RoutingTable, out: &mut Output) {
+/// What the nodes say of the moves (`Request::Moves`): the node asked (the moves it saw finish),
+/// and each move's new nodes (what they took in so far).
+struct Progress {
+    done: Vec<wire::MoveDone>,
+    /// Per new node of a move under way: its newest install of the range, `Err` if it did not
+    /// answer.
+    installs: std::collections::HashMap<String, Result<Vec<wire::InstallReport>, String>>,
+}
+
+impl Progress {
+    /// Asks the node the command talks to, and every node a move under way adds, at once.
+    async fn gather(table: &RoutingTable, settings: &Settings, deadline: Instant) -> Progress {
+        let ask = async |node: Option<crate::names::NodeRef>| {
+            let reply = connected(settings, node.as_ref(), deadline, async |c| {
+                c.call(Request::Moves).await
+            })
+            .await;
+            match reply {
+                Ok(Reply::Moves(report)) => Ok(report),
+                Ok(_) => Err("it answered something else (a node of an older version?)".to_string()),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        let mut added: Vec<String> = table
+            .moves()
+            .iter()
+            .flat_map(|m| {
+                let from = table.entries().iter().find(|e| (e.first, e.last) == (m.first, m.last));
+                m.replicas()
+                    .iter()
+                    .filter(move |n| from.is_none_or(|e| !e.replicas().contains(n)))
+                    .map(|n| n.to_string())
+            })
+            .collect();
+        added.sort();
+        added.dedup();
+        let there = added.iter().map(|name| async {
+            let node = name
+                .parse()
+                .map(crate::names::NodeRef::Name)
+                .map_err(|e| format!("{e}"));
+            let report = match node {
+                Ok(node) => ask(Some(node)).await.map(|r| r.installs),
+                Err(e) => Err(e),
+            };
+            (name.clone(), report)
+        });
+        let (here, there) = tokio::join!(ask(None), futures_util::future::join_all(there));
+        Progress {
+            done: here.map(|r| r.done).unwrap_or_default(),
+            installs: there.into_iter().collect(),
+        }
+    }
+
+    /// What node `node` says of its copy of `range`: the newest install's state and counts.
+    fn of(&self, node: &str, range: &str) -> Result<Option<&wire::InstallReport>, &str> {
+        match self.installs.get(node) {
+            Some(Ok(installs)) => Ok(installs.iter().rev().find(|i| i.range == range)),
+            Some(Err(e)) => Err(e.as_str()),
+            None => Ok(None),
+        }
+    }
+}
+
+/// `12,345 keys, 678.9 MB`.
+fn amount(keys: u64, bytes: u64) -> String {
+    let mut k = keys.to_string();
+    let mut i = k.len();
+    while i > 3 {
+        i -= 3;
+        k.insert(i, ',');
+    }
+    format!("{k} keys, {:.1} MB", bytes as f64 / 1e6)
+}
+
+/// `route --status`: each move under way, `a-m: foo -> bar (moving; bar: 5,120 keys, 335.5 MB
+/// received in 2.1 s)`, then the moves the node asked saw finish; in JSON one object each.
+fn print_moves(table: &RoutingTable, progress: &Progress, out: &mut Output) {
     fn nodes(e: &crate::routing::Entry) -> Vec<&str> {
         e.replicas().iter().map(|n| n.as_str()).collect()
     }
     for m in table.moves() {
+        let range = m.range();
         let from = table
             .entries()
             .iter()
             .find(|e| (e.first, e.last) == (m.first, m.last))
             .map(nodes)
             .unwrap_or_default();
+        let added: Vec<&str> = nodes(m).into_iter().filter(|n| !from.contains(n)).collect();
         if out.is_json() {
+            let each: Vec<Value> = added
+                .iter()
+                .map(|n| match progress.of(n, &range) {
+                    Ok(Some(i)) => json!({
+                        "node": n, "state": i.state.as_str(), "keys": i.keys, "bytes": i.bytes,
+                        "took_ms": i.took_ms, "from": i.from,
+                    }),
+                    Ok(None) => json!({ "node": n, "state": "waiting" }),
+                    Err(e) => json!({ "node": n, "state": "unknown", "error": e }),
+                })
+                .collect();
             out.object(json!({
-                "range": m.range(), "from": from, "to": nodes(m), "state": "moving",
-                "version": table.version(),
+                "range": range, "from": from, "to": nodes(m), "state": "moving",
+                "version": table.version(), "progress": each,
             }));
-        } else {
-            out.line(&format!(
-                "{}: {} -> {} (moving)",
-                m.range(),
-                from.join("+"),
-                nodes(m).join("+")
-            ));
+            continue;
         }
+        let each: Vec<String> = added
+            .iter()
+            .map(|n| match progress.of(n, &range) {
+                Ok(Some(i)) => {
+                    let secs = i.took_ms as f64 / 1000.0;
+                    match &i.state {
+                        wire::InstallState::Receiving => {
+                            format!("{n}: {} received in {secs:.1} s", amount(i.keys, i.bytes))
+                        }
+                        wire::InstallState::Written => {
+                            format!(
+                                "{n}: {} written in {secs:.1} s, joining the group",
+                                amount(i.keys, i.bytes)
+                            )
+                        }
+                        wire::InstallState::Failed(why) => {
+                            format!("{n}: a copy failed after {secs:.1} s ({why}); it is sent again")
+                        }
+                    }
+                }
+                Ok(None) => format!("{n}: waiting for the range's data"),
+                Err(e) => format!("{n}: did not say ({e})"),
+            })
+            .collect();
+        let detail = if each.is_empty() {
+            String::new()
+        } else {
+            format!("; {}", each.join("; "))
+        };
+        out.line(&format!(
+            "{range}: {} -> {} (moving{detail})",
+            from.join("+"),
+            nodes(m).join("+")
+        ));
     }
     if table.moves().is_empty() && !out.is_json() {
         out.line(&format!("no moves under way (table version {})", table.version()));
+    }
+    for d in &progress.done {
+        if out.is_json() {
+            out.object(json!({
+                "range": d.range, "from": d.from, "to": d.to, "state": "done",
+                "version": d.version, "ago_ms": d.ago_ms,
+            }));
+        } else {
+            out.line(&format!(
+                "{}: {} -> {} (done {:.0} s ago, table version {})",
+                d.range,
+                d.from.join("+"),
+                d.to.join("+"),
+                d.ago_ms as f64 / 1000.0,
+                d.version
+            ));
+        }
     }
 }
 

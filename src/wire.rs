@@ -36,7 +36,7 @@ pub use keyring::{KeyringOp, KeyringView, NodeKeyring};
 /// `SetTableIf::force`, and `Request::FinishMove`, for moving data with the table (issue 26);
 /// `RemoteError::LeaderMoved`. 14: a snapshot stream of a range on disk carries the range in
 /// parts (`kvnode_replica::SnapshotPart`) after a head announcing no data, which a node of
-/// version 13 would take as an empty range.)
+/// version 13 would take as an empty range; `Request::Moves`.)
 pub const PROTOCOL_VERSION: u16 = 14;
 /// The TLS ALPN identifier of this protocol.
 pub const ALPN: &[u8] = b"kvnode/1";
@@ -425,6 +425,10 @@ pub enum Request {
     /// range's group (sent by its leader), so the table may name them (`Node::finish_move`).
     /// `forwarded` as for `SetTableIf`. Answered with the table now held. (Protocol 13.)
     FinishMove { entry: Entry, forwarded: bool },
+    /// What this node knows of moves (`kvnode route --status`): the ranges it took in or is
+    /// taking in, with their progress, and the moves it saw finish. Answered
+    /// [`Reply::Moves`]. (Protocol 14.)
+    Moves,
     /// Test builds only: a request that panics inside its task.
     #[cfg(feature = "fault-injection")]
     Panic,
@@ -593,6 +597,59 @@ pub enum Reply {
         events: Vec<WatchEvent>,
         upto: WatchPosition,
     },
+    /// The answer to [`Request::Moves`].
+    Moves(MovesReport),
+}
+
+/// What one node knows of moves (issue 26): the ranges it took in as a move's new node (or a
+/// replica far behind), newest last, and the moves it saw finish in the table, newest last.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MovesReport {
+    pub installs: Vec<InstallReport>,
+    pub done: Vec<MoveDone>,
+}
+
+/// A range's data streamed into this node: from which node, how much so far, and how it went.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstallReport {
+    /// `a-m`.
+    pub range: String,
+    pub from: String,
+    pub keys: u64,
+    pub bytes: u64,
+    /// Milliseconds from its start to its end, or to now while it goes on.
+    pub took_ms: u64,
+    /// Milliseconds since it ended (0 while it goes on).
+    pub ago_ms: u64,
+    pub state: InstallState,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum InstallState {
+    Receiving,
+    Written,
+    Failed(String),
+}
+
+impl InstallState {
+    /// As text and JSON spell it.
+    pub fn as_str(&self) -> &str {
+        match self {
+            InstallState::Receiving => "receiving",
+            InstallState::Written => "written",
+            InstallState::Failed(_) => "failed",
+        }
+    }
+}
+
+/// A move this node saw finish: the table version that named the move's nodes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MoveDone {
+    pub range: String,
+    pub from: Vec<String>,
+    pub to: Vec<String>,
+    pub version: u64,
+    pub ago_ms: u64,
 }
 
 /// One member as a node sees it.
@@ -813,6 +870,7 @@ impl Request {
             Request::Stats => "stats",
             Request::Keyring { .. } => "keyring",
             Request::FinishMove { .. } => "finish-move",
+            Request::Moves => "moves",
             #[cfg(feature = "fault-injection")]
             Request::Panic => "panic",
             #[cfg(feature = "fault-injection")]
@@ -836,7 +894,7 @@ impl Request {
                     | BucketOp::Create
                     | BucketOp::Watch { .. }
             ),
-            Request::Table | Request::Members | Request::Ping | Request::Stats => true,
+            Request::Table | Request::Members | Request::Ping | Request::Stats | Request::Moves => true,
             // Each change may be repeated (installing a secret held changes nothing), but one
             // that fails part way is for the operator to see, not to be sent again unasked.
             Request::Keyring { op, .. } => *op == KeyringOp::List,

@@ -124,10 +124,24 @@ fn ten_thousand_keys_move_from_foo_to_bar_and_are_read_back_through_each_node() 
     foo.wait_log("foo dropping the range's data", |l| {
         l.contains("dropped the range's data")
     });
+    let status = home.run(&["route", "--status", "--via", "bar"]).ok();
+    assert!(status.contains("no moves under way"), "{status}");
+    // The move is listed as done, by any node that saw it finish.
     assert!(
-        home.run(&["route", "--status", "--via", "bar"])
-            .ok()
-            .contains("no moves under way")
+        status.lines().any(|l| l.starts_with("a-m: foo -> bar (done ")),
+        "{status}"
+    );
+    let json = home.run(&["route", "--status", "--json", "--via", "foo"]).ok();
+    let done: serde_json::Value = serde_json::from_str(json.lines().next().unwrap_or("")).unwrap();
+    assert_eq!(
+        (&done["range"], &done["state"], &done["from"], &done["to"]),
+        (
+            &serde_json::json!("a-m"),
+            &serde_json::json!("done"),
+            &serde_json::json!(["foo"]),
+            &serde_json::json!(["bar"])
+        ),
+        "{json}"
     );
 }
 

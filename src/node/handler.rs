@@ -51,6 +51,7 @@ impl Handler for Node {
             }
             Request::Members => Ok(Reply::Members(self.members())),
             Request::Stats => Ok(Reply::Stats(Box::new(self.stats().await))),
+            Request::Moves => Ok(Reply::Moves(self.move_log.report())),
             Request::Keyring { op, fan_out } => Box::pin(self.keyring_request(op, fan_out, deadline)).await,
             Request::Ping => Ok(Reply::Pong {
                 name: self.name.clone(),

@@ -13,6 +13,7 @@ mod listen_text;
 mod ops;
 mod peers;
 mod penalty;
+mod progress;
 mod raft_link;
 mod replicas;
 mod replicated;
@@ -138,6 +139,8 @@ pub struct Node {
     replicas: replicas::ReplicasHandle,
     /// Each peer's queue of outgoing raft frames.
     raft_links: raft_link::RaftLinks,
+    /// Ranges streamed in and moves seen finish, for `route --status` (issue 26).
+    move_log: progress::MoveLog,
     /// Test builds only: switches that make a long-lived part crash.
     #[cfg(feature = "fault-injection")]
     crash: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Notify>>>,
@@ -185,6 +188,7 @@ impl Node {
                 }
             })
         });
+        self.move_log.table_changed(held, &table);
         *held = Arc::new(table);
         // The driver starts, moves and drops the groups the new table names this node in.
         self.replicas.set_table(Arc::clone(held));
@@ -396,6 +400,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
             replicas
         },
         raft_links: Default::default(),
+        move_log: Default::default(),
         #[cfg(feature = "fault-injection")]
         crash: Default::default(),
         config,

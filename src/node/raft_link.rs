@@ -25,6 +25,7 @@ use super::replicas::{Input, Outbox};
 use crate::names::NodeName;
 use crate::store::RangeView;
 use crate::transport::{self, Connection, RecvStream, SendStream};
+use crate::wire::InstallState;
 use crate::wire::{self, FrameError, FrameReader};
 
 /// Frames waiting for one peer's stream; more are dropped (Raft resends).
@@ -416,7 +417,16 @@ impl Node {
             Err(_) => return Err("the replica driver stopped".into()),
         }
         let started = std::time::Instant::now();
-        match self.write_parts(reader, range).await {
+        let id = self.move_log.begin(range, peer);
+        let written = self.write_parts(reader, range, id).await;
+        self.move_log.end(
+            id,
+            match &written {
+                Ok(_) => InstallState::Written,
+                Err(why) => InstallState::Failed(why.clone()),
+            },
+        );
+        match written {
             Ok((parts, keys)) => {
                 tracing::info!(%peer, %range, parts, keys, took = ?started.elapsed(), "snapshot of range {range} from {peer} written");
                 self.replicas
@@ -440,7 +450,12 @@ impl Node {
 
     /// Clears the range, then writes the stream's parts into it until its end, whose counts
     /// must match what came: the parts and keys written.
-    async fn write_parts(&self, reader: &mut FrameReader<RecvStream>, range: RangeId) -> Result<(u64, u64), String> {
+    async fn write_parts(
+        &self,
+        reader: &mut FrameReader<RecvStream>,
+        range: RangeId,
+        id: u64,
+    ) -> Result<(u64, u64), String> {
         self.store.begin_install(range).await.map_err(|e| e.to_string())?;
         let (mut parts, mut keys) = (0u64, 0u64);
         loop {
@@ -452,9 +467,10 @@ impl Node {
             };
             match SnapshotPart::decode(&bytes).map_err(|e| e.to_string())? {
                 SnapshotPart::Data(data) => {
-                    parts += 1;
-                    keys += data.values().map(|k| k.len() as u64).sum::<u64>();
+                    let n = data.values().map(|k| k.len() as u64).sum::<u64>();
+                    (parts, keys) = (parts + 1, keys + n);
                     self.store.install_part(range, data).await.map_err(|e| e.to_string())?;
+                    self.move_log.progress(id, n, bytes.len() as u64);
                 }
                 SnapshotPart::End { parts: p, keys: k } if (p, k) == (parts, keys) => break,
                 SnapshotPart::End { parts: p, keys: k } => {
