@@ -380,6 +380,10 @@ fn print_moves(table: &RoutingTable, progress: &Progress, out: &mut Output) {
                 Err(e) => format!("{n}: did not say ({e})"),
             })
             .collect();
+        if from == nodes(m) {
+            out.line(&format!("{range}: back to {} (a move called off)", from.join("+")));
+            continue;
+        }
         let detail = if each.is_empty() {
             String::new()
         } else {

@@ -257,6 +257,46 @@ fn a_single_owner_range_becomes_replicated_and_back() {
 }
 
 #[test]
+fn a_move_whose_new_node_stops_mid_way_is_called_off_by_setting_the_old_nodes_and_loses_nothing() {
+    let home = Home::new();
+    // n1 is the coordinator (the lowest-named live member) and holds a-m; n2 is to take it.
+    let table = "a-m=n1,n-z=n2";
+    let _n1 = home.start("n1", &["--table", table]);
+    let n2 = home.start("n2", &["--table", table, "--join", "n1"]);
+    members(&home, "n1", &["n1", "n2"]);
+    for i in 0..100 {
+        home.run(&["put", "apples", &format!("k{i}"), &format!("v{i}"), "--via", "n1"])
+            .ok();
+    }
+    // Stopped before it hears of the move: gossip still counts it live for a while, so the
+    // move is taken, and can never finish while n2 is stopped.
+    n2.signal(libc::SIGSTOP);
+    home.run(&["route", "--set", "a-m=n2,n-z=n2", "--via", "n1", "--no-wait"])
+        .ok();
+    let status = home.run(&["route", "--status", "--via", "n1"]).ok();
+    assert!(status.starts_with("a-m: n1 -> n2 (moving"), "{status}");
+    // Another change of the range re-aims the move; its old nodes call it off.
+    let out = home.run(&["route", "--set", "a-m=n1,n-z=n2", "--via", "n1", "--wait-for", "60s"]);
+    let table = out.ok();
+    assert!(table.lines().any(|l| l == "a-m=n1"), "{table}");
+    assert!(!table.contains("# moving"), "{table}");
+    for i in 0..100 {
+        assert_eq!(
+            home.run(&["get", "apples", &format!("k{i}"), "--via", "n1"]).ok(),
+            format!("v{i}\n")
+        );
+    }
+    // n2 comes back to the table without the move, and reads through it reach n1.
+    n2.signal(libc::SIGCONT);
+    common::wait_for("n2 to forward to n1", common::PATIENCE, || {
+        let got = home.run(&["get", "apples", "k7", "--via", "n2", "--timeout", "2s"]);
+        (got.stdout() == "v7\n").then_some(())
+    });
+    home.run(&["put", "apples", "k100", "v100", "--via", "n2"]).ok();
+    assert_eq!(home.run(&["get", "apples", "k100", "--via", "n1"]).ok(), "v100\n");
+}
+
+#[test]
 fn a_move_onto_a_node_that_is_not_live_is_refused_and_the_table_stays() {
     let home = Home::new();
     let table = "a-m=foo,n-z=bar";

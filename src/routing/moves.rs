@@ -23,7 +23,9 @@ impl RoutingTable {
     ///   a range whose bounds change too is first re-cut under the nodes that hold its bytes
     ///   now (`a-z=foo` to `a-m=foo,n-z=bar`: `n-z=foo`, moving to `bar`), which copies
     ///   nothing, when one set of nodes holds them all.
-    /// - Refused, saying why and what to do: a change of a range that is moving; a change
+    /// - A range that is moving keeps its entry, and its move is aimed at `wanted`'s nodes:
+    ///   other nodes re-aim it, the held ones call it off (the range goes back to them).
+    /// - Refused, saying why and what to do: a change of a moving range's bounds; a change
     ///   of a replicated range's bounds, or dropping one (a group is its range); merging
     ///   bytes held by different nodes into one range while moving it; moving a range onto a
     ///   node `live` says is down.
@@ -47,18 +49,14 @@ impl RoutingTable {
                 .collect();
             if let Some(h) = held_exact(e) {
                 if let Some(m) = self.move_of(h.first, h.last) {
-                    if e.same_nodes(m) {
-                        // Asked again while under way: no change.
-                        entries.push(h.clone());
-                        moves.push(m.clone());
-                        continue;
-                    }
-                    return Err(format!(
-                        "range {} is moving from {} to {} (see `kvnode route --status`); wait until it has moved, then set it again",
-                        h.range(),
-                        nodes_of(h),
-                        nodes_of(m)
-                    ));
+                    // Asked again while under way: no change. Other nodes: the move is
+                    // re-aimed at them; the held nodes: it is called off (its group goes back
+                    // to them). Either way the range's group goes where the move points, one
+                    // configuration change at a time, and the data never leaves the group
+                    // (never forced: the group holds the range).
+                    entries.push(h.clone());
+                    moves.push(if e.same_nodes(m) { m.clone() } else { e.clone() });
+                    continue;
                 }
                 if e.same_nodes(h) || (force && !h.is_replicated() && !e.is_replicated()) {
                     entries.push(e.clone());
@@ -232,8 +230,21 @@ mod tests {
     #[test]
     fn moving_and_replicated_ranges_refuse_what_would_strand_data() {
         let held = table("a-m=foo,n-z=bar", &["a-m=baz"]);
-        let why = plan(&held, "a-m=foo,n-z=bar").unwrap_err();
-        assert!(why.contains("is moving from foo to baz"), "{why}");
+        // Setting the held nodes calls the move off: the move points back at them.
+        assert_eq!(
+            plan(&held, "a-m=foo,n-z=bar"),
+            Ok(("a-m=foo,n-z=bar".into(), vec!["a-m=foo".into()]))
+        );
+        // Other nodes re-aim it.
+        assert_eq!(
+            plan(&held, "a-m=qux+baz,n-z=bar"),
+            Ok(("a-m=foo,n-z=bar".into(), vec!["a-m=qux+baz".into()]))
+        );
+        assert!(
+            plan(&held, "a-f=foo,g-m=foo,n-z=bar")
+                .unwrap_err()
+                .contains("which is moving")
+        );
         // Asking the move again changes nothing; another range may change meanwhile.
         assert_eq!(
             plan(&held, "a-m=baz,n-z=foo"),
