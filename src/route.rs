@@ -124,24 +124,52 @@ async fn balance(client: &Client, args: &RouteArgs, settings: &Settings, out: &m
     };
     let live: Vec<crate::names::NodeName> = members.iter().filter(|m| m.is_live()).map(|m| m.name.clone()).collect();
     let wanted = table.balanced(&live, args.replicas).map_err(ClientError::Usage)?;
-    let mut moving = 0;
-    for (old, new) in table.entries().iter().zip(&wanted) {
+    let pairs: Vec<_> = table.entries().iter().zip(&wanted).collect();
+    // What each range that moves holds, as its first node says (asked all at once).
+    let sizes = futures_util::future::join_all(pairs.iter().map(|(old, new)| async {
+        if old.same_nodes(new) {
+            return None;
+        }
+        let node = crate::names::NodeRef::Name(old.preferred_leader().clone());
+        let request = Request::RangeSize {
+            first: old.first,
+            last: old.last,
+        };
+        let deadline = Instant::now() + settings.timeout;
+        match connected(settings, Some(&node), deadline, async |c| c.call(request).await).await {
+            Ok(Reply::RangeSize { keys, bytes }) => Some((keys, bytes)),
+            _ => None,
+        }
+    }))
+    .await;
+    let (mut moving, mut total) = (0, (0, 0));
+    for ((old, new), size) in pairs.iter().zip(&sizes) {
         let moves = !old.same_nodes(new);
         moving += usize::from(moves);
+        if let Some((k, b)) = size {
+            total = (total.0 + k, total.1 + b);
+        }
         if out.is_json() {
             let nodes =
                 |e: &crate::routing::Entry| e.replicas().iter().map(|n| n.as_str().to_string()).collect::<Vec<_>>();
-            out.object(json!({ "range": old.range(), "from": nodes(old), "to": nodes(new), "moves": moves }));
+            let mut o = json!({ "range": old.range(), "from": nodes(old), "to": nodes(new), "moves": moves });
+            if let Some((keys, bytes)) = size {
+                o["keys"] = json!(keys);
+                o["bytes"] = json!(bytes);
+            }
+            out.object(o);
         } else if moves {
-            out.line(&format!("{}: {} -> {}", old.range(), old, new));
+            let size = size.map_or("size unknown".to_string(), |(k, b)| amount(k, b));
+            out.line(&format!("{}: {} -> {} ({size})", old.range(), old, new));
         } else if old != new {
             out.line(&format!("{}: {} -> {} (first named only)", old.range(), old, new));
         }
     }
     if !out.is_json() {
         out.line(&format!(
-            "# {moving} of {} ranges move, over {} live members",
+            "# {moving} of {} ranges move ({}), over {} live members",
             wanted.len(),
+            amount(total.0, total.1),
             live.len()
         ));
     }
@@ -320,7 +348,8 @@ fn amount(keys: u64, bytes: u64) -> String {
         i -= 3;
         k.insert(i, ',');
     }
-    format!("{k} keys, {:.1} MB", bytes as f64 / 1e6)
+    let noun = if keys == 1 { "key" } else { "keys" };
+    format!("{k} {noun}, {:.1} MB", bytes as f64 / 1e6)
 }
 
 /// `route --status`: each move under way, `a-m: foo -> bar (moving; bar: 5,120 keys, 335.5 MB

@@ -36,7 +36,7 @@ pub use keyring::{KeyringOp, KeyringView, NodeKeyring};
 /// `SetTableIf::force`, and `Request::FinishMove`, for moving data with the table (issue 26);
 /// `RemoteError::LeaderMoved`. 14: a snapshot stream of a range on disk carries the range in
 /// parts (`kvnode_replica::SnapshotPart`) after a head announcing no data, which a node of
-/// version 13 would take as an empty range; `Request::Moves`.)
+/// version 13 would take as an empty range; `Request::Moves` and `Request::RangeSize`.)
 pub const PROTOCOL_VERSION: u16 = 14;
 /// The TLS ALPN identifier of this protocol.
 pub const ALPN: &[u8] = b"kvnode/1";
@@ -429,6 +429,9 @@ pub enum Request {
     /// taking in, with their progress, and the moves it saw finish. Answered
     /// [`Reply::Moves`]. (Protocol 14.)
     Moves,
+    /// How many keys this node holds of range `first..=last` and their bytes (`route
+    /// --balance`'s plan). Answered [`Reply::RangeSize`]. (Protocol 14.)
+    RangeSize { first: u8, last: u8 },
     /// Test builds only: a request that panics inside its task.
     #[cfg(feature = "fault-injection")]
     Panic,
@@ -599,6 +602,11 @@ pub enum Reply {
     },
     /// The answer to [`Request::Moves`].
     Moves(MovesReport),
+    /// The answer to [`Request::RangeSize`]: keys, and their keys' and values' bytes.
+    RangeSize {
+        keys: u64,
+        bytes: u64,
+    },
 }
 
 /// What one node knows of moves (issue 26): the ranges it took in as a move's new node (or a
@@ -871,6 +879,7 @@ impl Request {
             Request::Keyring { .. } => "keyring",
             Request::FinishMove { .. } => "finish-move",
             Request::Moves => "moves",
+            Request::RangeSize { .. } => "range-size",
             #[cfg(feature = "fault-injection")]
             Request::Panic => "panic",
             #[cfg(feature = "fault-injection")]
@@ -894,7 +903,12 @@ impl Request {
                     | BucketOp::Create
                     | BucketOp::Watch { .. }
             ),
-            Request::Table | Request::Members | Request::Ping | Request::Stats | Request::Moves => true,
+            Request::Table
+            | Request::Members
+            | Request::Ping
+            | Request::Stats
+            | Request::Moves
+            | Request::RangeSize { .. } => true,
             // Each change may be repeated (installing a secret held changes nothing), but one
             // that fails part way is for the operator to see, not to be sent again unasked.
             Request::Keyring { op, .. } => *op == KeyringOp::List,

@@ -333,7 +333,16 @@ fn route_balance_spreads_the_ranges_over_the_live_members_and_moves_their_data()
         home.run(&["put", bucket, "k", bucket, "--via", "n1"]).ok();
     }
     let plan = home.run(&["route", "--balance", "--dry-run", "--via", "n2"]).ok();
-    assert!(plan.contains("# 2 of 4 ranges move, over 3 live members"), "{plan}");
+    assert!(
+        plan.contains("# 2 of 4 ranges move (2 keys, 0.0 MB), over 3 live members"),
+        "{plan}"
+    );
+    // Each range that moves, with what it holds (one key each).
+    assert_eq!(
+        plan.lines().filter(|l| l.ends_with("(1 key, 0.0 MB)")).count(),
+        2,
+        "{plan}"
+    );
     let unchanged = home.run(&["route", "--table", "--via", "n1"]).ok();
     assert!(
         unchanged.starts_with("# version 1,"),
@@ -362,6 +371,8 @@ fn route_balance_spreads_the_ranges_over_the_live_members_and_moves_their_data()
         json.lines().all(|l| l.contains("\"moves\":false")),
         "balanced already: {json}"
     );
+    // Sizes are asked of the holders of ranges that move only; here none does.
+    assert!(!json.contains("\"keys\""), "{json}");
 }
 
 #[test]

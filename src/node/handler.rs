@@ -52,6 +52,16 @@ impl Handler for Node {
             Request::Members => Ok(Reply::Members(self.members())),
             Request::Stats => Ok(Reply::Stats(Box::new(self.stats().await))),
             Request::Moves => Ok(Reply::Moves(self.move_log.report())),
+            Request::RangeSize { first, last } => {
+                let range = kvnode_replica::RangeId { first, last };
+                match self.store.range_size(range).await {
+                    Ok((keys, bytes)) => Ok(Reply::RangeSize { keys, bytes }),
+                    Err(e) => Err(RemoteError::Internal {
+                        node: self.name.to_string(),
+                        reason: format!("range {range} could not be read: {e}"),
+                    }),
+                }
+            }
             Request::Keyring { op, fan_out } => Box::pin(self.keyring_request(op, fan_out, deadline)).await,
             Request::Ping => Ok(Reply::Pong {
                 name: self.name.clone(),

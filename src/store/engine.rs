@@ -135,6 +135,11 @@ pub trait Engine: Send + Sync + 'static {
     fn range_view(&self, _first: u8, _last: u8) -> Result<Arc<dyn RangeView>, EngineError> {
         Err(no_raft())
     }
+    /// How many keys the buckets whose name's first byte is in `first..=last` hold, and
+    /// their keys' and values' bytes (a walk of the range: for `route --balance`'s plan).
+    fn range_size(&self, _first: u8, _last: u8) -> Result<(u64, u64), EngineError> {
+        Err(no_raft())
+    }
     /// Removes up to `limit` of the keys and buckets whose name's first byte is in
     /// `first..=last`, in one batch, unsynced; `true` while some are left (a streamed
     /// snapshot's install clears the range in parts, under a marker that a restart sees).

@@ -494,6 +494,22 @@ impl Engine for FjallEngine {
         })
     }
 
+    fn range_size(&self, first: u8, last: u8) -> Result<(u64, u64), EngineError> {
+        self.with(|open| {
+            let (mut keys, mut bytes) = (0, 0);
+            for guard in open.buckets.range(range_bounds(first, last)) {
+                let bucket = guard.key().map_err(err)?;
+                let prefix = bucket_prefix(&bucket).len();
+                for guard in open.data.prefix(bucket_prefix(&bucket)) {
+                    let (k, v) = guard.into_inner().map_err(err)?;
+                    keys += 1;
+                    bytes += (k.len() - prefix + v.len()) as u64;
+                }
+            }
+            Ok((keys, bytes))
+        })
+    }
+
     fn clear_range_part(&self, first: u8, last: u8, limit: usize) -> Result<bool, EngineError> {
         self.writing(|open| {
             let mut writes = open.db.batch();

@@ -746,3 +746,17 @@ async fn a_group_wiped_after_a_failed_install_is_asked_for_again_uninitialised()
         assert!(store.range_data(AM).unwrap().is_empty(), "{}", store.describe());
     }
 }
+
+#[tokio::test]
+async fn a_ranges_size_counts_its_keys_and_their_bytes_and_nothing_outside_it() {
+    for (store, _dir) in stores() {
+        let _w = writer(&store);
+        store.put(b"apple", b"k", Bytes::from_static(b"12345")).await.unwrap();
+        store.put(b"apple", b"kk", Bytes::from_static(b"1")).await.unwrap();
+        store.put(b"mango", b"x", Bytes::from_static(b"")).await.unwrap();
+        store.put(b"zoo", b"z", Bytes::from_static(b"outside")).await.unwrap();
+        store.create_bucket(b"banana").await.unwrap();
+        assert_eq!(store.range_size(AM).await.unwrap(), (3, 10), "{}", store.describe());
+        assert_eq!(store.range_size(NZ).await.unwrap(), (1, 8), "{}", store.describe());
+    }
+}

@@ -30,6 +30,22 @@ impl Store {
         self.groups.view(range, index)
     }
 
+    /// How many keys `range` holds here and their bytes (keys and values), read on a
+    /// blocking thread.
+    pub async fn range_size(&self, range: RangeId) -> Result<(u64, u64), StoreError> {
+        match &self.backend {
+            Backend::Memory(m) => Ok(m.range_size(range.first, range.last)),
+            Backend::Disk(d) => {
+                let engine = Arc::clone(d.engine());
+                let size = tokio::task::spawn_blocking(move || engine.range_size(range.first, range.last)).await;
+                match size {
+                    Ok(r) => r.map_err(|e| StoreError::Engine(e.0)),
+                    Err(e) => Err(StoreError::Engine(format!("the store's task failed: {e}"))),
+                }
+            }
+        }
+    }
+
     /// Starts replacing `range`'s data with a streamed snapshot's: the marker, synced, then
     /// the range's buckets and keys removed, in batches.
     pub async fn begin_install(&self, range: RangeId) -> Result<(), StoreError> {

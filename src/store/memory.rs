@@ -199,6 +199,20 @@ impl MemoryStore {
         data
     }
 
+    /// How many keys the range holds, and their keys' and values' bytes.
+    pub fn range_size(&self, first: u8, last: u8) -> (u64, u64) {
+        let (mut keys, mut bytes) = (0, 0);
+        for shard in self.shards.iter() {
+            let shard = shard.read().unwrap_or_else(PoisonError::into_inner);
+            for (_, bucket) in shard.iter().filter(|(name, _)| Self::in_range(name, first, last)) {
+                let bucket = bucket.read().unwrap_or_else(PoisonError::into_inner);
+                keys += bucket.len() as u64;
+                bytes += bucket.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum::<u64>();
+            }
+        }
+        (keys, bytes)
+    }
+
     /// Replaces the range's buckets and keys by `data` (a snapshot installed).
     pub fn replace_range(&self, first: u8, last: u8, data: &kvnode_replica::RangeData) {
         for shard in self.shards.iter() {
