@@ -641,7 +641,9 @@ impl Driver {
     }
 
     /// Keeps each group's log bounded: once it holds more than `log_keep` applied entries
-    /// ([`LOG_KEEP`]), the older half goes (a replica that far behind catches up by snapshot).
+    /// ([`LOG_KEEP`]), the older half goes (a replica that far behind catches up by snapshot),
+    /// but on a leader not what a follower it is catching up still needs
+    /// (`Replicas::keep_from`), until the log is four times the bound.
     fn compact(&mut self) {
         let ranges: Vec<RangeId> = self
             .replicas
@@ -655,8 +657,19 @@ impl Driver {
             let (Ok(first), applied) = (raft::Storage::first_index(store), GroupStore::applied(store)) else {
                 continue;
             };
-            if applied.saturating_sub(first) > self.log_keep
-                && let Err(e) = self.replicas.compact(range, applied - self.log_keep / 2)
+            if applied.saturating_sub(first) <= self.log_keep {
+                continue;
+            }
+            // Not past what a follower being caught up needs (a move's new node installing
+            // a large range), unless the log has grown to four times its bound.
+            let mut to = applied - self.log_keep / 2;
+            if let Some(keep) = self.replicas.keep_from(range)
+                && applied.saturating_sub(first) <= 4 * self.log_keep
+            {
+                to = to.min(keep);
+            }
+            if to > first
+                && let Err(e) = self.replicas.compact(range, to)
             {
                 tracing::warn!(%range, error = %e, "the range's log could not be compacted");
             }

@@ -448,6 +448,30 @@ impl<S: GroupStore> Replicas<S> {
         Ok(())
     }
 
+    /// Where this leader's log must start for the followers it is catching up, so that a
+    /// compaction does not leave one needing a(nother) snapshot: the entry after the snapshot
+    /// a follower is taking (a move's new node installing a large range takes seconds, while
+    /// writes go on), or after what an active follower holds. A follower not heard from within
+    /// an election timeout holds nothing back. `None` where this node does not lead.
+    pub fn keep_from(&self, range: RangeId) -> Option<u64> {
+        let g = self.groups.get(&range)?;
+        let raft = &g.node.raft;
+        if raft.state != StateRole::Leader {
+            return None;
+        }
+        let next = raft.raft_log.last_index() + 1;
+        let needed = raft
+            .prs()
+            .iter()
+            .filter(|(id, _)| **id != raft.id)
+            .filter_map(|(_, p)| match p.state {
+                raft::ProgressState::Snapshot => Some(p.pending_snapshot + 1),
+                _ if p.recent_active => Some(p.matched + 1),
+                _ => None,
+            });
+        Some(needed.fold(next, u64::min))
+    }
+
     /// Drops the range's log up to `index` (at most the applied index).
     pub fn compact(&mut self, range: RangeId, index: u64) -> Result<(), StoreError> {
         match self.groups.get_mut(&range) {

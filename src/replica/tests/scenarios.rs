@@ -604,3 +604,66 @@ fn a_read_taken_by_a_new_leader_before_it_commits_in_its_term_is_answered() {
     sim.run_until(20 * STEPS_PER_TICK, |s| s.nodes[next].reads.contains(&(range, read)))
         .expect("the read answered once the new leader committed in its term");
 }
+
+#[test]
+fn a_leader_keeps_the_log_a_follower_it_catches_up_needs_but_not_for_one_that_is_silent() {
+    let mut sim = Sim::new(5, 3, &four_ranges());
+    elect_all(&mut sim);
+    let range = sim.ranges[1];
+    let leader = sim.leader(range).expect("a leader");
+    let lagger = (leader + 1) % 3;
+    let mut acked = BTreeMap::new();
+    put(&mut sim, range, 0, &mut acked);
+    settle(&mut sim);
+    let last = |sim: &mut Sim| raft::Storage::last_index(&sim.nodes[leader].disk[&range]).unwrap();
+    let all = last(&mut sim) + 1;
+    assert_eq!(
+        sim.core(leader).keep_from(range),
+        Some(all),
+        "everyone holds everything"
+    );
+    for i in (0..3).filter(|&i| i != leader) {
+        assert_eq!(
+            sim.core(i).keep_from(range),
+            None,
+            "a follower keeps nothing for others"
+        );
+    }
+    // A follower that falls silent holds nothing back once it has been silent a while.
+    sim.isolate(lagger);
+    for n in 1..30 {
+        put(&mut sim, range, n, &mut acked);
+    }
+    sim.run(40 * STEPS_PER_TICK);
+    let all = last(&mut sim) + 1;
+    assert_eq!(sim.core(leader).keep_from(range), Some(all));
+    // Compacted past it, more written: back, it is heard from again, and the leader keeps the
+    // log from what it holds (then from the entry after the snapshot it is sent) until it has
+    // caught up.
+    let applied = sim.nodes[leader].disk[&range].applied();
+    sim.core(leader).compact(range, applied).unwrap();
+    for n in 30..35 {
+        put(&mut sim, range, n, &mut acked);
+    }
+    sim.heal();
+    // Writes go on while it catches up: the log it needs is the one after its snapshot.
+    let mut held_back = false;
+    for step in 0..200 * STEPS_PER_TICK {
+        if step % STEPS_PER_TICK == 0 {
+            let _ = sim.propose(leader, range, &unique_put(range, 1000 + step));
+        }
+        sim.step();
+        let all = last(&mut sim) + 1;
+        if let Some(keep) = sim.nodes[leader].core.as_ref().and_then(|c| c.keep_from(range)) {
+            held_back |= keep < all;
+        }
+        if sim.nodes[lagger].installed.iter().any(|&(r, _)| r == range) {
+            break;
+        }
+    }
+    assert!(held_back, "the log was held for the follower being caught up");
+    settle(&mut sim);
+    let all = last(&mut sim) + 1;
+    assert_eq!(sim.core(leader).keep_from(range), Some(all), "caught up again");
+    sim.check(&acked);
+}
