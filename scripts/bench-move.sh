@@ -42,7 +42,9 @@ rss() { awk '/^RssAnon/ { print int($2 / 1024) }' "/proc/$1/status" 2>/dev/null 
     done
     echo "$f $b" >"$KVNODE_HOME/rss"
 ) & sampler=$!
-sleep 2
+# The load leaves foo flushing and compacting for a few seconds (its memory high meanwhile):
+# the move starts once that has settled, so the figures below are the move's.
+sleep 10
 echo "resident memory (anonymous) before the move: foo $(rss $foo) MiB, bar $(rss $bar) MiB" >&2
 start=$(date +%s.%N)
 $bin route --set 'a-m=bar,n-z=bar' --via foo --wait-for 30m >/dev/null
