@@ -358,7 +358,9 @@ pub struct RouteArgs {
     /// go on meanwhile. The command waits until every range is where the table says (see
     /// --no-wait, --wait-for). A range's bounds may be re-cut under the nodes that hold it
     /// ('a-z=foo' to 'a-m=foo,n-z=bar' cuts n-z under foo, then moves it); a replicated
-    /// range's bounds stay as they are. The new nodes must be live members (else exit 2)
+    /// range's bounds stay as they are. The new nodes must be live members (else exit 2).
+    /// Setting a range that is still moving re-aims its move; setting its old nodes calls the
+    /// move off (the range goes back to them)
     #[arg(long, value_name = "SPEC")]
     pub set: Option<String>,
     /// With --set: set it only if the cluster's table is still at version N [default: the
@@ -370,8 +372,8 @@ pub struct RouteArgs {
     #[arg(long, requires = "set")]
     pub force: bool,
     /// Spread the ranges, and their first-named nodes (preferred leaders), evenly over the
-    /// live members: prints the plan (each range that moves, from and to), then carries it out
-    /// as --set does
+    /// live members: prints the plan (each range that moves, from and to, with its keys and
+    /// bytes), then carries it out as --set does
     #[arg(long)]
     pub balance: bool,
     /// With --balance: hold each range on N nodes [default: as many as it has now]
@@ -387,7 +389,8 @@ pub struct RouteArgs {
     /// (they go on)
     #[arg(long, value_name = "DURATION", value_parser = parse_timeout, default_value = "10m")]
     pub wait_for: Duration,
-    /// Print the moves under way (range, from, to)
+    /// Print the moves under way (range, from, to, and the keys and bytes each new node took
+    /// in so far), then the moves the node asked saw finish
     #[arg(long)]
     pub status: bool,
     #[command(flatten)]
