@@ -76,8 +76,10 @@ impl RoutingTable {
                 }
                 if h.is_replicated() {
                     return Err(format!(
-                        "entry {e} would change the bounds of the replicated range {h}; a replicated range's bounds cannot change yet (its group is the range): keep {} as a range of its own",
-                        h.range()
+                        "entry {e} would change the bounds of the replicated range {h}; a replicated range's bounds cannot change yet (its group is the range): keep {} as a range of its own, or move it onto one node first (the table with {}={} in its place), re-cut it there, then give the pieces their replicas",
+                        h.range(),
+                        h.range(),
+                        h.preferred_leader()
                     ));
                 }
             }
