@@ -359,8 +359,8 @@ pub struct RouteArgs {
     /// --no-wait, --wait-for). A range's bounds may be re-cut under the nodes that hold it
     /// ('a-z=foo' to 'a-m=foo,n-z=bar' cuts n-z under foo, then moves it); a replicated
     /// range's bounds stay as they are. The new nodes must be live members (else exit 2).
-    /// Setting a range that is still moving re-aims its move; setting its old nodes calls the
-    /// move off (the range goes back to them)
+    /// Setting a range that is still moving to other nodes re-aims its move; its old nodes
+    /// leave it going (see --call-off)
     #[arg(long, value_name = "SPEC")]
     pub set: Option<String>,
     /// With --set: set it only if the cluster's table is still at version N [default: the
@@ -371,6 +371,10 @@ pub struct RouteArgs {
     /// move no data: a one-node range given to another node leaves its buckets behind
     #[arg(long, requires = "set")]
     pub force: bool,
+    /// With --set: a moving range given the nodes it is on (as --table shows it) calls its
+    /// move off, and the range goes back to them (the way out of a move whose new node died)
+    #[arg(long, requires = "set")]
+    pub call_off: bool,
     /// Spread the ranges, and their first-named nodes (preferred leaders), evenly over the
     /// live members: prints the plan (each range that moves, from and to, with its keys and
     /// bytes), then carries it out as --set does

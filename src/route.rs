@@ -181,6 +181,7 @@ async fn balance(client: &Client, args: &RouteArgs, settings: &Settings, out: &m
         expected: table.version(),
         forwarded: false,
         force: false,
+        call_off: false,
     };
     let reply = client.call(request).await?;
     let Reply::Table(set) = reply else {
@@ -409,7 +410,13 @@ fn print_moves(table: &RoutingTable, progress: &Progress, out: &mut Output) {
                 Err(e) => format!("{n}: did not say ({e})"),
             })
             .collect();
-        if from == nodes(m) {
+        let same = |a: &[&str], b: &[&str]| {
+            let (mut a, mut b) = (a.to_vec(), b.to_vec());
+            a.sort_unstable();
+            b.sort_unstable();
+            a == b
+        };
+        if same(&from, &nodes(m)) {
             out.line(&format!("{range}: back to {} (a move called off)", from.join("+")));
             continue;
         }
@@ -433,6 +440,14 @@ fn print_moves(table: &RoutingTable, progress: &Progress, out: &mut Output) {
                 "range": d.range, "from": d.from, "to": d.to, "state": "done",
                 "version": d.version, "ago_ms": d.ago_ms,
             }));
+        } else if d.from.iter().all(|n| d.to.contains(n)) && d.from.len() == d.to.len() {
+            out.line(&format!(
+                "{}: {} (a move called off, back {:.0} s ago, table version {})",
+                d.range,
+                d.from.join("+"),
+                d.ago_ms as f64 / 1000.0,
+                d.version
+            ));
         } else {
             out.line(&format!(
                 "{}: {} -> {} (done {:.0} s ago, table version {})",
@@ -488,6 +503,7 @@ async fn set_table(
         expected,
         forwarded: false,
         force: args.force,
+        call_off: args.call_off,
     };
     let reply = client.call(request).await?;
     let Reply::Table(table) = reply else {

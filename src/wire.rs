@@ -410,6 +410,10 @@ pub enum Request {
         /// Set the entries as given, moving no data (`route --set --force`): a range whose
         /// one node changes leaves its data behind. Without it, such a range moves.
         force: bool,
+        /// A moving range given the nodes it is on calls its move off (`route --set
+        /// --call-off`); without it, such an entry leaves the move going (so a table read
+        /// with `route --table` and set again changes no move). (Protocol 14.)
+        call_off: bool,
     },
     /// Stop, as on SIGTERM: announce `left`, finish the requests in flight, exit
     /// (`kvnode stop NAME --via NODE`). Answered `Done` before the node stops.

@@ -275,8 +275,22 @@ fn a_move_whose_new_node_stops_mid_way_is_called_off_by_setting_the_old_nodes_an
         .ok();
     let status = home.run(&["route", "--status", "--via", "n1"]).ok();
     assert!(status.starts_with("a-m: n1 -> n2 (moving"), "{status}");
-    // Another change of the range re-aims the move; its old nodes call it off.
-    let out = home.run(&["route", "--set", "a-m=n1,n-z=n2", "--via", "n1", "--wait-for", "60s"]);
+    // Its old nodes, as `route --table` shows them, leave the move going...
+    home.run(&["route", "--set", "a-m=n1,n-z=n2", "--via", "n1", "--no-wait"])
+        .ok();
+    let table = home.run(&["route", "--table", "--via", "n1"]).ok();
+    assert!(table.contains("# moving a-m=n2"), "{table}");
+    // ... and with --call-off call it off.
+    let out = home.run(&[
+        "route",
+        "--set",
+        "a-m=n1,n-z=n2",
+        "--call-off",
+        "--via",
+        "n1",
+        "--wait-for",
+        "60s",
+    ]);
     let table = out.ok();
     assert!(table.lines().any(|l| l == "a-m=n1"), "{table}");
     assert!(!table.contains("# moving"), "{table}");

@@ -91,7 +91,7 @@ impl Node {
             tracing::info!(moving, table = %table, "auto_balance: moving {moving} range(s) to spread them over the live members");
             let deadline = Instant::now() + Duration::from_secs(5);
             if let Err(e) = self
-                .set_table(entries, Some(table.version()), true, false, deadline)
+                .set_table(entries, Some(table.version()), true, false, false, deadline)
                 .await
             {
                 tracing::info!(error = %e, "auto_balance: the table could not be set; planning again");

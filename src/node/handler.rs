@@ -32,14 +32,15 @@ impl Handler for Node {
                 reason: "a bucket request reached the node unrouted".into(),
             }),
             Request::Table => Ok(Reply::Table((*self.table()).clone())),
-            Request::SetTable { entries } => self.set_table(entries, None, false, false, deadline).await,
+            Request::SetTable { entries } => self.set_table(entries, None, false, false, false, deadline).await,
             Request::SetTableIf {
                 entries,
                 expected,
                 forwarded,
                 force,
+                call_off,
             } => {
-                self.set_table(entries, Some(expected), forwarded, force, deadline)
+                self.set_table(entries, Some(expected), forwarded, force, call_off, deadline)
                     .await
             }
             Request::FinishMove { entry, forwarded } => self.finish_move(entry, forwarded, deadline).await,
@@ -405,13 +406,15 @@ impl Node {
     /// A range whose nodes change is not switched over: the coordinator keeps its entry and
     /// adds a move (`RoutingTable::plan_change`, issue 26), which the range's group carries
     /// out and its leader then finishes ([`Node::finish_move`]); `force` sets the entries as
-    /// given instead, moving nothing.
+    /// given instead, moving nothing; `call_off` lets an entry naming a moving range's own
+    /// nodes call its move off.
     pub(super) async fn set_table(
         self: &Arc<Self>,
         entries: Vec<crate::routing::Entry>,
         expected: Option<u64>,
         forwarded: bool,
         force: bool,
+        call_off: bool,
         deadline: Instant,
     ) -> Answer {
         // Checked here too, so that a bad table is refused by the node asked, not forwarded.
@@ -425,6 +428,7 @@ impl Node {
                 expected: expected.unwrap_or_else(|| self.table().version()),
                 forwarded: true,
                 force,
+                call_off,
             };
             return self.forward(&coordinator, request, deadline).await;
         }
@@ -442,7 +446,9 @@ impl Node {
                 });
             }
             // Under the lock, against the table this coordinator holds.
-            let planned = held.plan_change(&entries, force, live).map_err(RemoteError::invalid)?;
+            let planned = held
+                .plan_change(&entries, force, call_off, live)
+                .map_err(RemoteError::invalid)?;
             if held.entries() == planned.entries.as_slice()
                 && held.moves() == planned.moves.as_slice()
                 && !held.setter().is_empty()

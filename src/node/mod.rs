@@ -442,7 +442,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         }
     });
     // glibc's malloc keeps what a burst of writes freed (a gigabyte after a bulk load or a
-    // large move, in per-thread arenas): given back every few seconds. (mimalloc returned it by
+    // large move, in per-thread arenas): given back every second. (mimalloc returned it by
     // itself, but made in-memory puts a quarter slower; BENCHMARKS.md, "Streamed moves".)
     #[cfg(target_env = "gnu")]
     {

@@ -326,7 +326,13 @@ impl Node {
                 }
                 data.len()
             }
-            Some(view) => stream_parts(&mut s, view).await?,
+            Some(view) => {
+                let index = head.msg.snapshot.as_ref().map_or(0, |s| s.index);
+                let sent = stream_parts(&mut s, view).await;
+                // Done with it either way: a snapshot sent again takes a new view.
+                self.store.release_view(range, index);
+                sent?
+            }
         };
         s.finish().map_err(|e| e.to_string())?;
         // Resolves once the peer has every byte (or stopped the stream: refused).

@@ -151,6 +151,10 @@ pub(crate) struct ReplicasHandle {
     finished: watch::Sender<Vec<Entry>>,
     /// The applied entries a group's log keeps ([`LOG_KEEP`]; less in tests).
     log_keep: u64,
+    /// The ranges whose streamed snapshot is being written (from `Input::BeginInstall` to
+    /// `Input::Installed` or `InstallFailed`): kept across runs, so that a run started while
+    /// one is written holds its group still too.
+    installing: Arc<std::sync::Mutex<BTreeSet<RangeId>>>,
 }
 
 impl ReplicasHandle {
@@ -163,6 +167,7 @@ impl ReplicasHandle {
             table: watch::Sender::new(None),
             finished: watch::Sender::new(Vec::new()),
             log_keep: LOG_KEEP,
+            installing: Arc::default(),
         }
     }
 
@@ -221,9 +226,11 @@ impl ReplicasHandle {
         let mut driver = Driver::new(me, store, outbox, self.leaders.clone());
         driver.log_keep = self.log_keep;
         driver.finished = self.finished.clone();
+        driver.installing = Arc::clone(&self.installing);
         let first = tables.borrow_and_update().clone();
         if let Some(table) = first {
             driver.table(table);
+            driver.recover_installs().await;
         }
         driver.settle().await?;
         driver.round().await?;
@@ -245,6 +252,7 @@ impl ReplicasHandle {
                     let table = tables.borrow_and_update().clone();
                     if let Some(table) = table {
                         driver.table(table);
+                        driver.recover_installs().await;
                     }
                     driver.settle().await?;
                 }
@@ -291,6 +299,8 @@ struct Driver {
     kept_voting: BTreeSet<RangeId>,
     /// Ranges whose entry has named this node in a table of this run.
     named: BTreeSet<RangeId>,
+    /// The handle's ranges whose streamed snapshot is being written.
+    installing: Arc<std::sync::Mutex<BTreeSet<RangeId>>>,
 }
 
 impl Driver {
@@ -319,6 +329,7 @@ impl Driver {
             finished: watch::Sender::new(Vec::new()),
             kept_voting: BTreeSet::new(),
             named: BTreeSet::new(),
+            installing: Arc::default(),
         }
     }
 
@@ -355,11 +366,13 @@ impl Driver {
             Input::BeginInstall { from, range, msg, done } => {
                 let taken = self.replicas.begin_install(range, node_id(from.as_str()), &msg);
                 if taken.is_ok() {
+                    self.installs().insert(range);
                     tracing::info!(%range, %from, index = msg.snapshot.as_ref().map_or(0, |s| s.index), "taking a snapshot of range {range} from {from}, streamed");
                 }
                 let _ = done.send(taken.map_err(|e| e.to_string()));
             }
             Input::Installed { from, range, msg } => {
+                self.installs().remove(&range);
                 if !self.replicas.end_install(range, node_id(from.as_str()), &msg) {
                     // Ruled out by `begin_install`'s check; were it to happen, the range's
                     // data is the snapshot's and the log is not: start the group again empty.
@@ -370,12 +383,21 @@ impl Driver {
                     self.restart_group(range);
                 }
             }
-            Input::InstallFailed { range } => self.restart_group(range),
+            Input::InstallFailed { range } => {
+                self.installs().remove(&range);
+                self.restart_group(range);
+            }
         }
     }
 
+    fn installs(&self) -> std::sync::MutexGuard<'_, BTreeSet<RangeId>> {
+        self.installing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Starts `range`'s group again from what the store holds (after it was cleared), as the
-    /// table says, if this node holds it.
+    /// table says, if this node holds it; else forgets it as `settle` does.
     fn restart_group(&mut self, range: RangeId) {
         self.replicas.abort_install(range);
         if self.replicas.remove_group(range).is_none() {
@@ -383,6 +405,32 @@ impl Driver {
         }
         if let Some(table) = self.table.clone() {
             self.table(table);
+        }
+        if !self.replicas.ranges().any(|r| r == range) {
+            self.forget(range);
+        }
+    }
+
+    /// After this run started groups: one whose streamed snapshot is still being written (by
+    /// a stream taken before the run began) is held still; one whose data is marked as being
+    /// replaced with no stream writing it (the run before stopped between the last part and
+    /// the snapshot's round) is cleared and started again empty.
+    async fn recover_installs(&mut self) {
+        let held: Vec<RangeId> = self
+            .replicas
+            .ranges()
+            .filter(|&r| !self.replicas.installing(r))
+            .collect();
+        for range in held {
+            if self.installs().contains(&range) {
+                self.replicas.hold(range);
+            } else if self.store.install_marked(range) {
+                tracing::warn!(%range, "range {range} was left part way through taking a snapshot; clearing it");
+                if let Err(e) = self.store.wipe_group(range).await {
+                    tracing::error!(%range, error = %e, "range {range}'s group could not be cleared; it is cleared at the next start");
+                }
+                self.restart_group(range);
+            }
         }
     }
 
@@ -543,30 +591,37 @@ impl Driver {
                 .await
                 .map_err(|e| format!("range {range}'s group could not be dropped: {e}"))?;
             tracing::info!(%range, keep_data, "this node left range {range}'s group{}", if keep_data { "; it holds the range alone" } else { " and dropped the range's data" });
-            self.first.remove(&range);
-            self.handed_back.remove(&range);
-            self.leaders.send_modify(|l| {
-                l.remove(&range);
-            });
-            let ids: Vec<ProposalId> = self
-                .proposals
-                .iter()
-                .filter(|(_, (r, _))| *r == range)
-                .map(|(id, _)| *id)
-                .collect();
-            for id in ids {
-                if let Some((_, done)) = self.proposals.remove(&id) {
-                    let _ = done.send(Err(Refused::Dropped(range)));
-                }
-            }
-            let reads: Vec<(RangeId, u64)> = self.reads.keys().filter(|(r, _)| *r == range).copied().collect();
-            for key in reads {
-                if let Some(done) = self.reads.remove(&key) {
-                    let _ = done.send(Err(Refused::NotLeader { range, leader: None }));
-                }
-            }
+            self.forget(range);
         }
         Ok(())
+    }
+
+    /// What this node kept for a range whose group it no longer holds: its preferred leader,
+    /// its hand-backs, its leader as published; waiting proposals and reads are answered (the
+    /// write did not take effect here: the group and its log are gone; ask again).
+    fn forget(&mut self, range: RangeId) {
+        self.first.remove(&range);
+        self.handed_back.remove(&range);
+        self.leaders.send_modify(|l| {
+            l.remove(&range);
+        });
+        let ids: Vec<ProposalId> = self
+            .proposals
+            .iter()
+            .filter(|(_, (r, _))| *r == range)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            if let Some((_, done)) = self.proposals.remove(&id) {
+                let _ = done.send(Err(Refused::Dropped(range)));
+            }
+        }
+        let reads: Vec<(RangeId, u64)> = self.reads.keys().filter(|(r, _)| *r == range).copied().collect();
+        for key in reads {
+            if let Some(done) = self.reads.remove(&key) {
+                let _ = done.send(Err(Refused::NotLeader { range, leader: None }));
+            }
+        }
     }
 
     /// Publishes the moves this node leads to completion: the group's configuration is the
@@ -654,6 +709,7 @@ impl Driver {
             let Some(store) = self.replicas.store(range) else {
                 continue;
             };
+            store.expire_views();
             let (Ok(first), applied) = (raft::Storage::first_index(store), GroupStore::applied(store)) else {
                 continue;
             };

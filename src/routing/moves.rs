@@ -24,7 +24,8 @@ impl RoutingTable {
     ///   now (`a-z=foo` to `a-m=foo,n-z=bar`: `n-z=foo`, moving to `bar`), which copies
     ///   nothing, when one set of nodes holds them all.
     /// - A range that is moving keeps its entry, and its move is aimed at `wanted`'s nodes:
-    ///   other nodes re-aim it, the held ones call it off (the range goes back to them).
+    ///   other nodes re-aim it; the held ones leave it going, or with `call_off` call it off
+    ///   (the range goes back to them).
     /// - Refused, saying why and what to do: a change of a moving range's bounds; a change
     ///   of a replicated range's bounds, or dropping one (a group is its range); merging
     ///   bytes held by different nodes into one range while moving it; moving a range onto a
@@ -36,6 +37,7 @@ impl RoutingTable {
         &self,
         wanted: &[Entry],
         force: bool,
+        call_off: bool,
         live: impl Fn(&NodeName) -> bool,
     ) -> Result<Planned, String> {
         let mut entries = Vec::with_capacity(wanted.len());
@@ -49,13 +51,15 @@ impl RoutingTable {
                 .collect();
             if let Some(h) = held_exact(e) {
                 if let Some(m) = self.move_of(h.first, h.last) {
-                    // Asked again while under way: no change. Other nodes: the move is
-                    // re-aimed at them; the held nodes: it is called off (its group goes back
-                    // to them). Either way the range's group goes where the move points, one
-                    // configuration change at a time, and the data never leaves the group
-                    // (never forced: the group holds the range).
+                    // Asked again while under way, or the held nodes (as `route --table`
+                    // shows a moving range) without `call_off`: no change. Other nodes: the
+                    // move is re-aimed at them; the held nodes with `call_off`: it is called
+                    // off (its group goes back to them). Either way the range's group goes
+                    // where the move points, one configuration change at a time, and the data
+                    // never leaves the group (never forced: the group holds the range).
                     entries.push(h.clone());
-                    moves.push(if e.same_nodes(m) { m.clone() } else { e.clone() });
+                    let unchanged = e.same_nodes(m) || (e.same_nodes(h) && !call_off);
+                    moves.push(if unchanged { m.clone() } else { e.clone() });
                     continue;
                 }
                 if e.same_nodes(h) || (force && !h.is_replicated() && !e.is_replicated()) {
@@ -120,7 +124,9 @@ impl RoutingTable {
                 ));
             }
         }
-        for m in &moves {
+        // A move already under way is not asked again (its node may have died since: a
+        // table re-set unchanged, or one that calls the move off, must still be taken).
+        for m in moves.iter().filter(|m| !self.moves.contains(m)) {
             if let Some(down) = m.replicas().iter().find(|n| !live(n)) {
                 return Err(format!(
                     "range {} cannot move to {down}: it is not a live member of the cluster; start it and let it join, then set the table again",
@@ -186,7 +192,7 @@ mod tests {
     }
 
     fn plan(held: &RoutingTable, spec: &str) -> Result<(String, Vec<String>), String> {
-        let p = held.plan_change(&wanted(spec), false, |_| true)?;
+        let p = held.plan_change(&wanted(spec), false, false, |_| true)?;
         let t = RoutingTable::new(p.entries, 1, "x").unwrap();
         Ok((
             t.entries().iter().map(|e| e.to_string()).collect::<Vec<_>>().join(","),
@@ -232,10 +238,29 @@ mod tests {
     #[test]
     fn moving_and_replicated_ranges_refuse_what_would_strand_data() {
         let held = table("a-m=foo,n-z=bar", &["a-m=baz"]);
-        // Setting the held nodes calls the move off: the move points back at them.
+        // Setting the held nodes (as `route --table` shows them) leaves the move going...
         assert_eq!(
             plan(&held, "a-m=foo,n-z=bar"),
-            Ok(("a-m=foo,n-z=bar".into(), vec!["a-m=foo".into()]))
+            Ok(("a-m=foo,n-z=bar".into(), vec!["a-m=baz".into()]))
+        );
+        // ... and with `call_off` calls it off: the move points back at them.
+        let off = held
+            .plan_change(&wanted("a-m=foo,n-z=bar"), false, true, |_| true)
+            .unwrap();
+        assert_eq!(off.moves, wanted("a-m=foo"));
+        // Both are taken when the move's node has died since (only new moves are checked).
+        let baz_down = |n: &NodeName| n.as_str() != "baz";
+        assert!(
+            held.plan_change(&wanted("a-m=foo,n-z=bar"), false, false, baz_down)
+                .is_ok()
+        );
+        assert!(
+            held.plan_change(&wanted("a-m=foo,n-z=bar"), false, true, baz_down)
+                .is_ok()
+        );
+        assert!(
+            held.plan_change(&wanted("a-m=baz,n-z=bar"), false, false, baz_down)
+                .is_ok()
         );
         // Other nodes re-aim it.
         assert_eq!(
@@ -265,17 +290,19 @@ mod tests {
     #[test]
     fn a_move_onto_a_node_that_is_down_is_refused_and_force_moves_nothing() {
         let held = table("a-m=foo,n-z=bar", &[]);
-        let down = held.plan_change(&wanted("a-m=qux,n-z=bar"), false, |n| n.as_str() != "qux");
+        let down = held.plan_change(&wanted("a-m=qux,n-z=bar"), false, false, |n| n.as_str() != "qux");
         assert!(
             down.unwrap_err()
                 .contains("cannot move to qux: it is not a live member")
         );
-        let forced = held.plan_change(&wanted("a-m=qux,n-z=bar"), true, |_| false).unwrap();
+        let forced = held
+            .plan_change(&wanted("a-m=qux,n-z=bar"), true, false, |_| false)
+            .unwrap();
         assert_eq!(forced.moves, vec![]);
         assert_eq!(forced.entries, wanted("a-m=qux,n-z=bar"));
         // Force never applies to a replicated range.
         let forced = held
-            .plan_change(&wanted("a-m=qux+foo,n-z=bar"), true, |_| true)
+            .plan_change(&wanted("a-m=qux+foo,n-z=bar"), true, false, |_| true)
             .unwrap();
         assert_eq!(forced.moves.len(), 1);
     }

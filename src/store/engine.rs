@@ -141,9 +141,17 @@ pub trait Engine: Send + Sync + 'static {
         Err(no_raft())
     }
     /// Removes up to `limit` of the keys and buckets whose name's first byte is in
-    /// `first..=last`, in one batch, unsynced; `true` while some are left (a streamed
-    /// snapshot's install clears the range in parts, under a marker that a restart sees).
-    fn clear_range_part(&self, _first: u8, _last: u8, _limit: usize) -> Result<bool, EngineError> {
+    /// `first..=last`, from `from` on (the range's start without), in one batch, unsynced;
+    /// where the next batch starts, `None` once the range is clear (a streamed snapshot's
+    /// install clears the range in parts, under a marker that a restart sees). Each batch
+    /// starts where the last ended, not over the deletions it left.
+    fn clear_range_part(
+        &self,
+        _first: u8,
+        _last: u8,
+        _limit: usize,
+        _from: Option<&PartCursor>,
+    ) -> Result<Option<PartCursor>, EngineError> {
         Err(no_raft())
     }
 }

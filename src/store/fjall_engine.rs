@@ -510,29 +510,49 @@ impl Engine for FjallEngine {
         })
     }
 
-    fn clear_range_part(&self, first: u8, last: u8, limit: usize) -> Result<bool, EngineError> {
+    fn clear_range_part(
+        &self,
+        first: u8,
+        last: u8,
+        limit: usize,
+        from: Option<&PartCursor>,
+    ) -> Result<Option<PartCursor>, EngineError> {
+        use std::ops::Bound;
         self.writing(|open| {
             let mut writes = open.db.batch();
-            let (mut taken, mut more) = (0, false);
-            'buckets: for guard in open.buckets.range(range_bounds(first, last)) {
-                let bucket = guard.key().map_err(err)?;
-                for key in open.data.prefix(bucket_prefix(&bucket)) {
+            let (mut taken, mut next) = (0, None);
+            let (start, end) = range_bounds(first, last);
+            let start = from.map_or(start, |c| Bound::Included(c.bucket.clone()));
+            'buckets: for guard in open.buckets.range((start, end)) {
+                let bucket = guard.key().map_err(err)?.to_vec();
+                let prefix = bucket_prefix(&bucket);
+                let after = from.filter(|c| c.bucket == bucket).and_then(|c| c.after.clone());
+                for key in open.data.range(keys_start(&bucket, after.as_deref())..) {
+                    let key = key.key().map_err(err)?;
+                    if !key.starts_with(&prefix) {
+                        break;
+                    }
                     if taken >= limit {
-                        more = true;
                         break 'buckets;
                     }
-                    writes.remove(&open.data, key.key().map_err(err)?);
+                    writes.remove(&open.data, key.clone());
+                    next = Some(PartCursor {
+                        bucket: bucket.clone(),
+                        after: Some(key[prefix.len()..].to_vec()),
+                    });
                     taken += 1;
                 }
                 if taken >= limit {
-                    more = true;
                     break;
                 }
-                writes.remove(&open.buckets, bucket);
+                writes.remove(&open.buckets, bucket.as_slice());
+                // Its entry is gone once this batch is written: a scan from it starts past it.
+                next = Some(PartCursor { bucket, after: None });
                 taken += 1;
             }
             writes.commit().map_err(err)?;
-            Ok(more)
+            // Stopped at the limit: the next batch goes on from the last key or bucket removed.
+            Ok(if taken >= limit { next } else { None })
         })
     }
 

@@ -52,14 +52,24 @@ struct Shared {
     state: RwLock<GroupState>,
     /// The changes applied entries made, by log index, for `kvnode watch`.
     feed: Arc<Feed>,
-    /// On disk, the views the latest snapshots stream from, by applied index (newest last).
-    views: Mutex<VecDeque<(u64, Arc<dyn RangeView>)>>,
+    /// On disk, the views the latest snapshots stream from: applied index, when taken, the
+    /// view (newest last). Each pins every keyspace's old versions (fjall's garbage collection
+    /// is database-wide), so a view goes once its stream is done ([`Store::release_view`]) or
+    /// it is older than [`VIEW_TTL`] (a stream holds its own reference meanwhile).
+    views: Mutex<VecDeque<HeldView>>,
 }
 
 /// How many snapshot views a group keeps: each pins the range's data as it was (old versions
 /// stay on disk while a view holds them); one per peer being caught up at once is plenty, and
 /// a stream whose view went sends the snapshot again from a newer one.
 const VIEWS: usize = 4;
+
+/// A snapshot's view: the applied index it is of, when it was taken, the view.
+type HeldView = (u64, std::time::Instant, Arc<dyn RangeView>);
+
+/// How long a view no stream has taken is kept: raft-rs asks for a snapshot just before it is
+/// sent, so an unclaimed one is a stream that never started.
+const VIEW_TTL: std::time::Duration = std::time::Duration::from_secs(30);
 
 enum GroupBackend {
     Memory(MemoryStore),
@@ -118,8 +128,16 @@ impl Groups {
         views
             .iter()
             .rev()
-            .find(|(i, _)| *i == index)
-            .map(|(_, v)| Arc::clone(v))
+            .find(|(i, _, _)| *i == index)
+            .map(|(_, _, v)| Arc::clone(v))
+    }
+
+    /// Lets go of `range`'s views of the snapshot at `index` (its stream is done).
+    pub(super) fn release_view(&self, range: RangeId, index: u64) {
+        if let Some(group) = self.lock().get(&range).cloned() {
+            let mut views = group.shared.views.lock().unwrap_or_else(PoisonError::into_inner);
+            views.retain(|(i, _, _)| *i != index);
+        }
     }
 
     /// Forgets `range`'s group (handed back): asked for again, it is loaded afresh from the
@@ -272,6 +290,12 @@ impl NodeGroupStore {
                 views: Mutex::new(VecDeque::new()),
             }),
         }
+    }
+
+    /// Lets go of the views no stream took within [`VIEW_TTL`].
+    pub fn expire_views(&self) {
+        let mut views = self.shared.views.lock().unwrap_or_else(PoisonError::into_inner);
+        views.retain(|(_, taken, _)| taken.elapsed() < VIEW_TTL);
     }
 
     /// Takes over `other`'s term and vote (a group started again empty in memory, where no
@@ -476,7 +500,7 @@ impl Storage for NodeGroupStore {
                     if views.len() >= VIEWS {
                         views.pop_front();
                     }
-                    views.push_back((applied, view));
+                    views.push_back((applied, std::time::Instant::now(), view));
                 }
                 Err(e) => {
                     // Any error but "not yet" is fatal to raft-rs: asked again at the next

@@ -760,3 +760,63 @@ async fn a_ranges_size_counts_its_keys_and_their_bytes_and_nothing_outside_it() 
         assert_eq!(store.range_size(NZ).await.unwrap(), (1, 8), "{}", store.describe());
     }
 }
+
+#[cfg(feature = "fjall")]
+#[tokio::test]
+async fn a_range_is_cleared_in_batches_each_going_on_where_the_last_stopped_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_with(dir.path(), EngineKind::Fjall).unwrap();
+    let _w = writer(&store);
+    for (b, k) in [
+        ("apple", "a"),
+        ("apple", "b"),
+        ("apple", "c"),
+        ("cherry", "x"),
+        ("zoo", "z"),
+    ] {
+        store
+            .put(b.as_bytes(), k.as_bytes(), Bytes::from_static(b"1"))
+            .await
+            .unwrap();
+    }
+    store.create_bucket(b"banana").await.unwrap();
+    store.create_bucket(b"Apple").await.unwrap();
+    let Backend::Disk(d) = &store.backend else {
+        unreachable!("a fjall store is on disk")
+    };
+    let (mut from, mut batches) = (None, 0);
+    loop {
+        batches += 1;
+        assert!(batches < 20, "clearing goes on");
+        match d.engine().clear_range_part(b'a', b'm', 2, from.as_ref()).unwrap() {
+            Some(next) => from = Some(next),
+            None => break,
+        }
+    }
+    // 4 keys and 3 buckets, 2 a batch.
+    assert_eq!(batches, 4);
+    assert!(store.range_data(AM).unwrap().is_empty());
+    assert_eq!(
+        store.get(b"zoo", b"z").await.unwrap(),
+        Lookup::Found(Bytes::from_static(b"1"))
+    );
+    assert!(d.engine().bucket_exists(b"Apple").unwrap(), "'A' is before the range");
+}
+
+#[cfg(feature = "fjall")]
+#[tokio::test]
+async fn a_snapshots_view_is_let_go_once_its_stream_is_done() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_with(dir.path(), EngineKind::Fjall).unwrap();
+    let _w = writer(&store);
+    let g = store.group(AM, Some(&VOTERS)).unwrap();
+    let snap = g.snapshot(1, 22).unwrap();
+    let index = snap.get_metadata().index;
+    assert!(snap.get_data().is_empty(), "streamed");
+    assert!(store.snapshot_view(AM, index).is_some());
+    // A view no stream took lives on only until it expires.
+    g.expire_views();
+    assert!(store.snapshot_view(AM, index).is_some(), "young views stay");
+    store.release_view(AM, index);
+    assert!(store.snapshot_view(AM, index).is_none());
+}

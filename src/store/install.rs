@@ -46,6 +46,23 @@ impl Store {
         }
     }
 
+    /// The stream of the snapshot of `range` at `index` is done: its view goes (a stream
+    /// still reading it keeps its own reference).
+    pub fn release_view(&self, range: RangeId, index: u64) {
+        self.groups.release_view(range, index);
+    }
+
+    /// Whether `range`'s data is marked as being replaced by a streamed snapshot.
+    pub fn install_marked(&self, range: RangeId) -> bool {
+        match &self.backend {
+            Backend::Memory(_) => false,
+            Backend::Disk(d) => d
+                .engine()
+                .raft_get(RaftSpace::State, &rec::state_key(range, rec::INSTALLING))
+                .is_ok_and(|v| v.is_some()),
+        }
+    }
+
     /// Starts replacing `range`'s data with a streamed snapshot's: the marker, synced, then
     /// the range's buckets and keys removed, in batches.
     pub async fn begin_install(&self, range: RangeId) -> Result<(), StoreError> {
@@ -135,7 +152,10 @@ impl Store {
 
 /// Removes every bucket and key of `range`, a batch at a time, unsynced.
 fn clear_range(engine: &dyn super::engine::Engine, range: RangeId) -> Result<(), EngineError> {
-    while engine.clear_range_part(range.first, range.last, CLEAR_BATCH)? {}
+    let mut from = None;
+    while let Some(next) = engine.clear_range_part(range.first, range.last, CLEAR_BATCH, from.as_ref())? {
+        from = Some(next);
+    }
     Ok(())
 }
 

@@ -99,6 +99,13 @@ impl<S: GroupStore> Replicas<S> {
         }
     }
 
+    /// Holds `range`'s group still as `begin_install` does, without its check: a streamed
+    /// snapshot taken before the caller started this core (its driver restarted) is still
+    /// being written. `false` for a range not held.
+    pub fn hold(&mut self, range: RangeId) -> bool {
+        self.groups.get_mut(&range).map(|g| g.installing = true).is_some()
+    }
+
     /// Whether `range`'s group is held still for a streamed snapshot.
     pub fn installing(&self, range: RangeId) -> bool {
         self.groups.get(&range).is_some_and(|g| g.installing)
