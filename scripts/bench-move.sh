@@ -33,6 +33,14 @@ pids="$pids $writer"
 # Each node's resident memory, sampled every 0.2 s during the move: its largest (MiB). The
 # anonymous part (RssAnon: what the process allocated), not pages of files it read.
 rss() { awk '/^RssAnon/ { print int($2 / 1024) }' "/proc/$1/status" 2>/dev/null || echo 0; }
+# The load leaves foo flushing and compacting for a while (its memory high meanwhile): the
+# move starts once that has settled (foo under 300 MiB, or after 60 s, said), so that the
+# figures below are the move's.
+sleep 2
+waited=0
+while [ "$(rss $foo)" -gt 300 ] && [ $waited -lt 120 ]; do sleep 0.5; waited=$((waited + 1)); done
+[ $waited -lt 120 ] || echo "foo's memory did not settle under 300 MiB within 60 s; moving anyway" >&2
+echo "resident memory (anonymous) before the move: foo $(rss $foo) MiB, bar $(rss $bar) MiB" >&2
 (
     f=0 b=0
     while [ ! -e "$KVNODE_HOME/moved" ]; do
@@ -42,10 +50,6 @@ rss() { awk '/^RssAnon/ { print int($2 / 1024) }' "/proc/$1/status" 2>/dev/null 
     done
     echo "$f $b" >"$KVNODE_HOME/rss"
 ) & sampler=$!
-# The load leaves foo flushing and compacting for a few seconds (its memory high meanwhile):
-# the move starts once that has settled, so the figures below are the move's.
-sleep 10
-echo "resident memory (anonymous) before the move: foo $(rss $foo) MiB, bar $(rss $bar) MiB" >&2
 start=$(date +%s.%N)
 $bin route --set 'a-m=bar,n-z=bar' --via foo --wait-for 30m >/dev/null
 end=$(date +%s.%N)
