@@ -59,10 +59,16 @@ impl Conn {
         }
     }
 
-    /// Reads until the node closes the connection; what came.
+    /// Reads until the node closes the connection; what came. A node that closes with bytes
+    /// of ours still unread (a half-sent line it had not taken in yet) resets the connection,
+    /// as TCP does: that is a close too.
     fn rest(&mut self) -> String {
         let mut rest = Vec::new();
-        self.reader.read_to_end(&mut rest).unwrap();
+        match self.reader.read_to_end(&mut rest) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            Err(e) => panic!("reading until the node closes: {e}"),
+        }
         String::from_utf8_lossy(&rest).into_owned()
     }
 }
