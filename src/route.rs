@@ -341,6 +341,17 @@ impl Progress {
     }
 }
 
+/// Whether two lists name the same nodes, in any order (a move back to the nodes a range is
+/// on: called off).
+fn same_nodes<S: AsRef<str>>(a: &[S], b: &[S]) -> bool {
+    fn sorted<S: AsRef<str>>(l: &[S]) -> Vec<&str> {
+        let mut l: Vec<&str> = l.iter().map(AsRef::as_ref).collect();
+        l.sort_unstable();
+        l
+    }
+    sorted(a) == sorted(b)
+}
+
 /// `12,345 keys, 678.9 MB`.
 fn amount(keys: u64, bytes: u64) -> String {
     let mut k = keys.to_string();
@@ -410,13 +421,7 @@ fn print_moves(table: &RoutingTable, progress: &Progress, out: &mut Output) {
                 Err(e) => format!("{n}: did not say ({e})"),
             })
             .collect();
-        let same = |a: &[&str], b: &[&str]| {
-            let (mut a, mut b) = (a.to_vec(), b.to_vec());
-            a.sort_unstable();
-            b.sort_unstable();
-            a == b
-        };
-        if same(&from, &nodes(m)) {
+        if same_nodes(&from, &nodes(m)) {
             out.line(&format!("{range}: back to {} (a move called off)", from.join("+")));
             continue;
         }
@@ -440,7 +445,7 @@ fn print_moves(table: &RoutingTable, progress: &Progress, out: &mut Output) {
                 "range": d.range, "from": d.from, "to": d.to, "state": "done",
                 "version": d.version, "ago_ms": d.ago_ms,
             }));
-        } else if d.from.iter().all(|n| d.to.contains(n)) && d.from.len() == d.to.len() {
+        } else if same_nodes(&d.from, &d.to) {
             out.line(&format!(
                 "{}: {} (a move called off, back {:.0} s ago, table version {})",
                 d.range,

@@ -306,14 +306,40 @@ impl Node {
             return Err(format!("{} bytes is over the snapshot limit", head.len));
         }
         // No data: the range streams from the view the snapshot was taken with.
+        let index = head.msg.snapshot.as_ref().map_or(0, |s| s.index);
         let view = match data.is_empty() {
             true => {
-                let index = head.msg.snapshot.as_ref().map_or(0, |s| s.index);
                 let view = self.store.snapshot_view(range, index);
                 Some(view.ok_or_else(|| format!("the view of the snapshot at {index} is gone; it is taken again"))?)
             }
             false => None,
         };
+        let streamed = view.is_some();
+        let sent = self.write_snapshot(to, &head, &data, view).await;
+        if streamed {
+            // Done with it either way: a snapshot sent again takes a new view.
+            self.store.release_view(range, index);
+        }
+        let (mut s, sent) = sent?;
+        s.finish().map_err(|e| e.to_string())?;
+        // Resolves once the peer has every byte (or stopped the stream: refused).
+        match tokio::time::timeout(SNAPSHOT_CHUNK_WAIT, s.stopped()).await {
+            Ok(Ok(None)) => Ok(sent),
+            Ok(Ok(Some(code))) => Err(format!("the peer refused it (code {code})")),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("not acknowledged within {SNAPSHOT_CHUNK_WAIT:?}")),
+        }
+    }
+
+    /// Opens a snapshot stream to `to` and writes the head, then the data (in chunks) or the
+    /// parts read from `view`: the stream, to be finished, and the bytes written.
+    async fn write_snapshot(
+        self: &Arc<Self>,
+        to: &NodeName,
+        head: &SnapshotHead,
+        data: &[u8],
+        view: Option<Arc<dyn RangeView>>,
+    ) -> Result<(SendStream, usize), String> {
         let heard = self.raft_links.heard_on(to).filter(Connection::is_alive);
         let Some((mut s, _)) = self.open_raft_stream(to, heard, STREAM_SNAPSHOT).await else {
             return Err("no stream to the peer".into());
@@ -326,22 +352,9 @@ impl Node {
                 }
                 data.len()
             }
-            Some(view) => {
-                let index = head.msg.snapshot.as_ref().map_or(0, |s| s.index);
-                let sent = stream_parts(&mut s, view).await;
-                // Done with it either way: a snapshot sent again takes a new view.
-                self.store.release_view(range, index);
-                sent?
-            }
+            Some(view) => stream_parts(&mut s, view).await?,
         };
-        s.finish().map_err(|e| e.to_string())?;
-        // Resolves once the peer has every byte (or stopped the stream: refused).
-        match tokio::time::timeout(SNAPSHOT_CHUNK_WAIT, s.stopped()).await {
-            Ok(Ok(None)) => Ok(sent),
-            Ok(Ok(Some(code))) => Err(format!("the peer refused it (code {code})")),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!("not acknowledged within {SNAPSHOT_CHUNK_WAIT:?}")),
-        }
+        Ok((s, sent))
     }
 
     /// Takes in one snapshot: its head, then its chunks up to the length the head gave, then

@@ -390,6 +390,15 @@ impl Driver {
         }
     }
 
+    /// The ranges whose groups run, not held still for a streamed snapshot: those settling,
+    /// compaction and the recovery of installs look at.
+    fn ranges_going_on(&self) -> Vec<RangeId> {
+        self.replicas
+            .ranges()
+            .filter(|&r| !self.replicas.installing(r))
+            .collect()
+    }
+
     fn installs(&self) -> std::sync::MutexGuard<'_, BTreeSet<RangeId>> {
         self.installing
             .lock()
@@ -416,11 +425,7 @@ impl Driver {
     /// replaced with no stream writing it (the run before stopped between the last part and
     /// the snapshot's round) is cleared and started again empty.
     async fn recover_installs(&mut self) {
-        let held: Vec<RangeId> = self
-            .replicas
-            .ranges()
-            .filter(|&r| !self.replicas.installing(r))
-            .collect();
+        let held = self.ranges_going_on();
         for range in held {
             if self.installs().contains(&range) {
                 self.replicas.hold(range);
@@ -541,11 +546,7 @@ impl Driver {
     async fn settle(&mut self) -> Result<(), String> {
         let Some(table) = self.table.clone() else { return Ok(()) };
         // A group taking a streamed snapshot is dropped once that is done, or failed.
-        let held: Vec<RangeId> = self
-            .replicas
-            .ranges()
-            .filter(|&r| !self.replicas.installing(r))
-            .collect();
+        let held = self.ranges_going_on();
         for range in held {
             let entry = table
                 .entries()
@@ -700,11 +701,7 @@ impl Driver {
     /// but on a leader not what a follower it is catching up still needs
     /// (`Replicas::keep_from`), until the log is four times the bound.
     fn compact(&mut self) {
-        let ranges: Vec<RangeId> = self
-            .replicas
-            .ranges()
-            .filter(|&r| !self.replicas.installing(r))
-            .collect();
+        let ranges = self.ranges_going_on();
         for range in ranges {
             let Some(store) = self.replicas.store(range) else {
                 continue;

@@ -743,11 +743,7 @@ fn data_op(command: &Command) -> Op {
 fn load(disk: &DiskStore, range: RangeId) -> Result<Option<GroupState>, StoreError> {
     let err = |e: super::engine::EngineError| group_err(range, e.0);
     let engine = disk.engine();
-    if engine
-        .raft_get(RaftSpace::State, &rec::state_key(range, rec::INSTALLING))
-        .map_err(err)?
-        .is_some()
-    {
+    if super::install::marked(&**engine, range).map_err(err)? {
         // A streamed snapshot was being written when the node stopped: the range is neither
         // its old data nor the snapshot's (`store::install`).
         tracing::warn!(%range, "range {range} was taking a snapshot when this node stopped: its data is cleared, and the range's leader sends it again");

@@ -607,25 +607,29 @@ async fn a_replicated_write_goes_to_its_range_feed_by_log_index_and_not_to_the_n
     }
 }
 
+/// A fjall store with its writer, holding `keys` (`bucket/key`, each valued `1`) and the
+/// empty `buckets`.
 #[cfg(feature = "fjall")]
-#[tokio::test]
-async fn a_range_view_reads_the_range_as_it_was_when_taken_in_parts_of_any_size() {
+async fn fjall_with(keys: &[&str], buckets: &[&str]) -> (tempfile::TempDir, Store, Writer) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open_with(dir.path(), EngineKind::Fjall).unwrap();
-    let _w = writer(&store);
-    for (b, k) in [
-        ("apple", "k"),
-        ("apple", "l"),
-        ("apple", "m"),
-        ("cherry", "c"),
-        ("zoo", "z"),
-    ] {
+    let w = writer(&store);
+    for (b, k) in keys.iter().filter_map(|bk| bk.split_once('/')) {
         store
             .put(b.as_bytes(), k.as_bytes(), Bytes::from_static(b"1"))
             .await
             .unwrap();
     }
-    store.create_bucket(b"banana").await.unwrap();
+    for b in buckets {
+        store.create_bucket(b.as_bytes()).await.unwrap();
+    }
+    (dir, store, w)
+}
+
+#[cfg(feature = "fjall")]
+#[tokio::test]
+async fn a_range_view_reads_the_range_as_it_was_when_taken_in_parts_of_any_size() {
+    let (_dir, store, _w) = fjall_with(&["apple/k", "apple/l", "apple/m", "cherry/c", "zoo/z"], &["banana"]).await;
     let Backend::Disk(d) = &store.backend else {
         unreachable!("a fjall store is on disk")
     };
@@ -764,23 +768,11 @@ async fn a_ranges_size_counts_its_keys_and_their_bytes_and_nothing_outside_it() 
 #[cfg(feature = "fjall")]
 #[tokio::test]
 async fn a_range_is_cleared_in_batches_each_going_on_where_the_last_stopped_and_nothing_else() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open_with(dir.path(), EngineKind::Fjall).unwrap();
-    let _w = writer(&store);
-    for (b, k) in [
-        ("apple", "a"),
-        ("apple", "b"),
-        ("apple", "c"),
-        ("cherry", "x"),
-        ("zoo", "z"),
-    ] {
-        store
-            .put(b.as_bytes(), k.as_bytes(), Bytes::from_static(b"1"))
-            .await
-            .unwrap();
-    }
-    store.create_bucket(b"banana").await.unwrap();
-    store.create_bucket(b"Apple").await.unwrap();
+    let (_dir, store, _w) = fjall_with(
+        &["apple/a", "apple/b", "apple/c", "cherry/x", "zoo/z"],
+        &["banana", "Apple"],
+    )
+    .await;
     let Backend::Disk(d) = &store.backend else {
         unreachable!("a fjall store is on disk")
     };

@@ -56,10 +56,7 @@ impl Store {
     pub fn install_marked(&self, range: RangeId) -> bool {
         match &self.backend {
             Backend::Memory(_) => false,
-            Backend::Disk(d) => d
-                .engine()
-                .raft_get(RaftSpace::State, &rec::state_key(range, rec::INSTALLING))
-                .is_ok_and(|v| v.is_some()),
+            Backend::Disk(d) => marked(&**d.engine(), range).unwrap_or(false),
         }
     }
 
@@ -148,6 +145,13 @@ impl Store {
             }
         }
     }
+}
+
+/// Whether the installing marker of `range` is on disk.
+pub(super) fn marked(engine: &dyn super::engine::Engine, range: RangeId) -> Result<bool, EngineError> {
+    engine
+        .raft_get(RaftSpace::State, &rec::state_key(range, rec::INSTALLING))
+        .map(|v| v.is_some())
 }
 
 /// Removes every bucket and key of `range`, a batch at a time, unsynced.
