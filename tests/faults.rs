@@ -606,3 +606,56 @@ fn an_in_memory_owner_killed_and_restarted_is_caught_losing_acknowledged_writes(
     assert_eq!((seed, saved.len()), (ran.seed, ran.ops));
     std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
 }
+
+/// Issue 25's read lease, against a pause: a leader frozen (SIGSTOP) and cut off while the
+/// others elect a new leader and acknowledge a write, then thawed while still cut off. Its
+/// ticks stood still while it was frozen, so a lease counted in ticks would still hold and
+/// serve the old value; counted by the clock it ran out, so the leader asks its majority,
+/// which it cannot reach, and serves nothing.
+#[test]
+fn a_leader_frozen_and_cut_off_serves_no_read_from_a_lease_that_ran_out() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let net = match netns::Net::new(3) {
+        Ok(net) => net,
+        Err(why) => {
+            println!("skipped: {why}");
+            return;
+        }
+    };
+    let mut cluster = Cluster::start(&REPLICATED_3, Some(net));
+    let op = |cluster: &Cluster, args: &[&str], via: usize| {
+        let via = cluster.via(via);
+        let args = [args, &["--via", &via, "--timeout", "2s"]].concat();
+        cluster.run(&args)
+    };
+    let put = |cluster: &Cluster, value: &str, via: usize| {
+        common::wait_for("a write acknowledged", Duration::from_secs(60), || {
+            (op(cluster, &["put", workload::BUCKET, "k", value], via).code == Some(0)).then_some(())
+        })
+    };
+    put(&cluster, "old", 1);
+    let leader = common::wait_for("the range's leader", common::PATIENCE, || {
+        let route = op(&cluster, &["route", workload::BUCKET, "--json"], 1).stdout();
+        let route: serde_json::Value = serde_json::from_str(route.trim()).ok()?;
+        REPLICATED_3.index_of(route["leader"].as_str()?)
+    });
+    // Reads through the leader, served under its lease.
+    for _ in 0..5 {
+        assert_eq!(op(&cluster, &["get", workload::BUCKET, "k"], leader).stdout(), "old\n");
+    }
+    cluster.pause(leader);
+    cluster.partition(leader);
+    put(&cluster, "new", (leader + 1) % 3);
+    cluster.resume(leader);
+    let via = cluster.via(leader);
+    let got = cluster.run_beside(
+        leader,
+        &["get", workload::BUCKET, "k", "--via", &via, "--timeout", "2s"],
+    );
+    assert_ne!(got.stdout(), "old\n", "a stale read from the thawed leader: {got:?}");
+    assert_ne!(got.code, Some(0), "cut off, it cannot serve a read: {got:?}");
+    cluster.unpartition(leader);
+    common::wait_for("the thawed leader serving the new value", common::PATIENCE, || {
+        (op(&cluster, &["get", workload::BUCKET, "k"], leader).stdout() == "new\n").then_some(())
+    });
+}

@@ -8,6 +8,7 @@ mod front;
 mod gossip;
 mod handler;
 mod keys;
+mod lease;
 mod listen_resp;
 mod listen_text;
 mod ops;

@@ -12,15 +12,16 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kvnode_replica::{
-    Command, Effect, Failure, Frame, GroupStore, NodeIds, Output, ProposalId, ProposeError, RaftMsg, RangeId,
-    ReplicaConfig, Replicas, Role, node_id,
+    Command, Effect, Failure, Frame, GroupStore, LeaseStanding, NodeIds, Output, ProposalId, ProposeError, RaftMsg,
+    RangeId, ReplicaConfig, Replicas, Role, node_id,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
+use super::lease::Leases;
 use crate::names::NodeName;
 use crate::routing::{Entry, RoutingTable};
 use crate::store::{NodeGroupStore, Store};
@@ -155,6 +156,8 @@ pub(crate) struct ReplicasHandle {
     /// `Input::Installed` or `InstallFailed`): kept across runs, so that a run started while
     /// one is written holds its group still too.
     installing: Arc<std::sync::Mutex<BTreeSet<RangeId>>>,
+    /// The read leases of the ranges this node leads ([`super::lease`]).
+    leases: Arc<Leases>,
 }
 
 impl ReplicasHandle {
@@ -168,7 +171,15 @@ impl ReplicasHandle {
             finished: watch::Sender::new(Vec::new()),
             log_keep: LOG_KEEP,
             installing: Arc::default(),
+            leases: Arc::default(),
         }
+    }
+
+    /// Whether this node leads `range` with a read lease that holds now: a read may then be
+    /// served from its applied state without a read-index round. Asked again after the read
+    /// ([`super::lease`]).
+    pub(crate) fn leased(&self, range: RangeId) -> bool {
+        self.leases.holds(range, Instant::now())
     }
 
     /// The routing table changed: the driver starts, moves and drops groups to follow it.
@@ -227,6 +238,9 @@ impl ReplicasHandle {
         driver.log_keep = self.log_keep;
         driver.finished = self.finished.clone();
         driver.installing = Arc::clone(&self.installing);
+        // A lease of an earlier run is not this run's to keep.
+        self.leases.clear();
+        driver.leases = Arc::clone(&self.leases);
         let first = tables.borrow_and_update().clone();
         if let Some(table) = first {
             driver.table(table);
@@ -282,7 +296,7 @@ struct Driver {
     /// Every node named in a replicated entry, by Raft id.
     names: HashMap<u64, NodeName>,
     proposals: HashMap<ProposalId, (RangeId, oneshot::Sender<Result<Effect, Refused>>)>,
-    reads: HashMap<(RangeId, u64), oneshot::Sender<Result<(), Refused>>>,
+    reads: HashMap<(RangeId, u64), WaitingRead>,
     leaders: watch::Sender<Leaders>,
     /// Each range's preferred leader (the first named), by Raft id.
     first: BTreeMap<RangeId, u64>,
@@ -301,6 +315,17 @@ struct Driver {
     named: BTreeSet<RangeId>,
     /// The handle's ranges whose streamed snapshot is being written.
     installing: Arc<std::sync::Mutex<BTreeSet<RangeId>>>,
+    leases: Arc<Leases>,
+    /// How long a lease lasts from the read-index round that renews it.
+    lease: Duration,
+}
+
+/// A read waiting for its read-index round: answered through `done`; `asked` and `standing`
+/// (where the leader stood when it came) renew the range's lease once it is confirmed.
+struct WaitingRead {
+    done: oneshot::Sender<Result<(), Refused>>,
+    asked: Instant,
+    standing: Option<LeaseStanding>,
 }
 
 impl Driver {
@@ -310,6 +335,7 @@ impl Driver {
         let incarnation = rand::random::<u64>();
         let mut config = ReplicaConfig::new(node_id(me.as_str()), rand::random::<u64>(), incarnation);
         config.logger = slog::Logger::root(TracingDrain, slog::o!());
+        let lease = TICK * u32::try_from(config.lease()).unwrap_or(0);
         leaders.send_modify(Leaders::clear);
         Driver {
             me,
@@ -330,6 +356,8 @@ impl Driver {
             kept_voting: BTreeSet::new(),
             named: BTreeSet::new(),
             installing: Arc::default(),
+            leases: Arc::default(),
+            lease,
         }
     }
 
@@ -351,7 +379,12 @@ impl Driver {
             },
             Input::Read { range, done } => match self.replicas.read_index(range) {
                 Ok(id) => {
-                    self.reads.insert((range, id), done);
+                    let waiting = WaitingRead {
+                        done,
+                        asked: Instant::now(),
+                        standing: self.replicas.lease_standing(range),
+                    };
+                    self.reads.insert((range, id), waiting);
                 }
                 Err(e) => {
                     let _ = done.send(Err(self.refused(e)));
@@ -412,6 +445,7 @@ impl Driver {
         if self.replicas.remove_group(range).is_none() {
             return;
         }
+        self.leases.end(range);
         if let Some(table) = self.table.clone() {
             self.table(table);
         }
@@ -587,6 +621,7 @@ impl Driver {
             if self.replicas.remove_group(range).is_none() {
                 continue;
             }
+            self.leases.end(range);
             self.store
                 .drop_group(range, keep_data)
                 .await
@@ -619,7 +654,7 @@ impl Driver {
         }
         let reads: Vec<(RangeId, u64)> = self.reads.keys().filter(|(r, _)| *r == range).copied().collect();
         for key in reads {
-            if let Some(done) = self.reads.remove(&key) {
+            if let Some(WaitingRead { done, .. }) = self.reads.remove(&key) {
                 let _ = done.send(Err(Refused::NotLeader { range, leader: None }));
             }
         }
@@ -654,6 +689,9 @@ impl Driver {
     /// Runs rounds until there is nothing to do: one outstanding at a time.
     async fn round(&mut self) -> Result<(), String> {
         while let Some(round) = self.replicas.poll_round() {
+            // Before any of the round's messages goes: a transfer the round asks for (a
+            // move's step) ends the lease before its target can campaign.
+            self.end_stale_leases();
             for (to, frame) in &round.send_early {
                 self.send(*to, frame.clone());
             }
@@ -667,9 +705,16 @@ impl Driver {
                 .handle_persisted(round.round)
                 .map_err(|e| format!("the replica groups cannot go on: {e}"))?;
             self.release(out);
+            self.end_stale_leases();
             self.compact();
         }
         Ok(())
+    }
+
+    /// Ends each lease whose range no longer stands where the lease was taken (a term, a
+    /// transfer, a configuration, the group gone).
+    fn end_stale_leases(&self) {
+        self.leases.keep(|range| self.replicas.lease_standing(range));
     }
 
     /// Hands each range this node leads back to its preferred leader (the first named) once
@@ -690,6 +735,7 @@ impl Driver {
                 && self.replicas.caught_up(range, first)
             {
                 tracing::info!(%range, to = ?self.names.get(&first), "handing range {range} back to its preferred leader");
+                self.leases.end(range);
                 let _ = self.replicas.transfer_leader(range, first);
                 self.handed_back.insert(range, self.ticks);
             }
@@ -771,12 +817,17 @@ impl Driver {
             }
         }
         for (range, id) in out.reads {
-            if let Some(done) = self.reads.remove(&(range, id)) {
-                let _ = done.send(Ok(()));
+            if let Some(read) = self.reads.remove(&(range, id)) {
+                if let Some(standing) = read.standing
+                    && self.replicas.lease_standing(range) == Some(standing)
+                {
+                    self.leases.renew(range, standing, read.asked, self.lease);
+                }
+                let _ = read.done.send(Ok(()));
             }
         }
         for (range, id, leader) in out.failed_reads {
-            if let Some(done) = self.reads.remove(&(range, id)) {
+            if let Some(WaitingRead { done, .. }) = self.reads.remove(&(range, id)) {
                 let leader = leader.and_then(|l| self.names.get(&l).cloned());
                 let _ = done.send(Err(Refused::NotLeader { range, leader }));
             }

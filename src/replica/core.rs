@@ -33,6 +33,12 @@ pub struct ReplicaConfig {
     pub election_tick: usize,
     /// A leader heartbeats every this many ticks.
     pub heartbeat_tick: usize,
+    /// How long a leader's read lease lasts, in ticks, from a heartbeat round a majority
+    /// answered ([`Replicas::lease_standing`]); 0: no leases. At most `election_tick - 3`,
+    /// so a follower, which refuses votes for `election_tick - 1` ticks at least after it
+    /// last heard from its leader, outlasts the lease by two ticks of clock drift. A group
+    /// created here gives no vote for `lease_ticks + 2` ticks ([`Group::votes_held`]).
+    pub lease_ticks: usize,
     /// Seeds the election timeouts, so a simulation replays exactly (see the crate's doc).
     pub seed: u64,
     /// Differs at every start of the node (a boot counter, or random): part of each
@@ -52,12 +58,39 @@ impl ReplicaConfig {
             id,
             election_tick: 10,
             heartbeat_tick: 2,
+            lease_ticks: 7,
             seed,
             incarnation,
             max_size_per_msg: 1 << 20,
             logger: slog::Logger::root(slog::Discard, slog::o!()),
         }
     }
+
+    /// The lease in ticks, bounded as [`ReplicaConfig::lease_ticks`] says.
+    pub fn lease(&self) -> usize {
+        self.lease_ticks.min(self.election_tick.saturating_sub(3))
+    }
+
+    /// How many ticks a group created here gives no vote for: the longest lease a leader
+    /// may hold on this replica's last answer before it went (a restart forgets whom it
+    /// answered), counted in ticks that may come early by one.
+    pub(crate) fn votes_held(&self) -> usize {
+        match self.lease() {
+            0 => 0,
+            lease => lease + 2,
+        }
+    }
+}
+
+/// Where a leader stands for a read lease ([`Replicas::lease_standing`]): a lease taken at
+/// one standing holds only while the standing is the same.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaseStanding {
+    /// The leader's term.
+    pub term: u64,
+    /// Changes within the term that end a lease: a leadership transfer asked, a
+    /// configuration applied.
+    pub changes: u64,
 }
 
 /// A replica's part in its group.
@@ -122,6 +155,11 @@ struct Group<S: GroupStore> {
     /// Held still while a streamed snapshot's data is written ([`install`]): no ticks, no
     /// messages, no rounds.
     installing: bool,
+    /// Ticks left before this replica gives votes ([`ReplicaConfig::votes_held`]): a replica
+    /// that restarted does not know which leader's lease its last answer backs.
+    votes_held: usize,
+    /// [`LeaseStanding::changes`].
+    lease_changes: u64,
 }
 
 /// The Ready of a group between `poll_round` and `handle_persisted`, emptied of what was
@@ -184,7 +222,15 @@ impl<S: GroupStore> Replicas<S> {
                 set: "groups",
             });
         }
-        let initialised = !store.initial_state()?.conf_state.voters.is_empty();
+        let state = store.initial_state()?;
+        let initialised = !state.conf_state.voters.is_empty();
+        // A replica whose stored term is still its bootstrap's never answered a leader (an
+        // answer is sent only once the term it learned is durable): it backs no lease.
+        let votes_held = if initialised && state.hard_state.term <= crate::store::BOOTSTRAP_INDEX {
+            0
+        } else {
+            self.config.votes_held()
+        };
         let node = self.raw_node(range, store)?;
         let probing = (!initialised && !replicas.is_empty()).then(|| Probing {
             voters: replicas.to_vec(),
@@ -203,6 +249,8 @@ impl<S: GroupStore> Replicas<S> {
             floor: None,
             target: None,
             installing: false,
+            votes_held,
+            lease_changes: 0,
         };
         redraw_timeout(&mut self.rng, self.config.election_tick, &mut group);
         self.groups.insert(range, group);
@@ -221,7 +269,9 @@ impl<S: GroupStore> Replicas<S> {
             // leader, and a leader cut off from its majority steps down.
             pre_vote: true,
             check_quorum: true,
-            // Read-index confirmed by a heartbeat round, never a clock-based lease.
+            // Read-index confirmed by a heartbeat round; raft-rs's `LeaseBased` counts its
+            // lease in ticks, which stand still while the process is frozen. The node keeps
+            // a lease of its own on the clock ([`Replicas::lease_standing`]).
             read_only_option: raft::ReadOnlyOption::Safe,
             ..Config::default()
         };
@@ -324,6 +374,7 @@ impl<S: GroupStore> Replicas<S> {
         let me = self.config.id;
         for (&range, g) in self.groups.iter_mut().filter(|(_, g)| !g.installing) {
             g.node.tick();
+            g.votes_held = g.votes_held.saturating_sub(1);
             redraw_timeout(&mut self.rng, self.config.election_tick, g);
             if let Some(p) = &g.probing {
                 for to in p.others(me).filter(|id| !p.answers.contains_key(id)) {
@@ -444,8 +495,35 @@ impl<S: GroupStore> Replicas<S> {
     /// Hands the range's leadership to `to` (the preferred leader, once caught up).
     pub fn transfer_leader(&mut self, range: RangeId, to: u64) -> Result<(), ProposeError> {
         let g = self.leading(range)?;
-        g.node.transfer_leader(to);
+        transfer(g, to);
         Ok(())
+    }
+
+    /// Where this node stands for a read lease on `range`: `Some` only while it leads, has
+    /// committed an entry of its term (so its applied state holds every write acknowledged
+    /// in earlier terms once it applied that far) and hands its leadership to no one.
+    ///
+    /// The caller keeps the lease (the core has no clock): a read-index round asked at time
+    /// `t` at standing `s` and confirmed (in [`Output::reads`]) while the standing is still
+    /// `s` lets this leader serve reads from its applied state until `t` plus
+    /// [`ReplicaConfig::lease`] ticks, as long as the standing stays `s`. No other leader can
+    /// be elected before then: a majority answered a heartbeat sent after `t`, and each of
+    /// them refuses votes for `election_tick - 1` ticks after it (raft-rs's check-quorum
+    /// lease), or, restarted since, for [`ReplicaConfig::votes_held`] ticks after its start.
+    /// A transfer's campaign passes that refusal, so asking for one changes the standing; so
+    /// does applying a configuration, whose majorities are other ones.
+    pub fn lease_standing(&self, range: RangeId) -> Option<LeaseStanding> {
+        let g = self.groups.get(&range)?;
+        let raft = &g.node.raft;
+        (self.config.lease() > 0
+            && raft.state == StateRole::Leader
+            && raft.lead_transferee.is_none()
+            && raft.commit_to_current_term()
+            && !g.installing)
+            .then_some(LeaseStanding {
+                term: raft.term,
+                changes: g.lease_changes,
+            })
     }
 
     /// Where this leader's log must start for the followers it is catching up, so that a
@@ -631,6 +709,15 @@ fn redraw_timeout<S: GroupStore>(rng: &mut SmallRng, election_tick: usize, g: &m
     }
 }
 
+/// Hands the group's leadership to `to`, ending its lease first: the target campaigns at
+/// once, and the voters let a transfer's campaign through although they heard from this
+/// leader just now. (A read-index round asked before, confirmed after the transfer gave up,
+/// must not renew the lease either: the standing stays changed.)
+fn transfer<S: GroupStore>(g: &mut Group<S>, to: u64) {
+    g.lease_changes += 1;
+    g.node.transfer_leader(to);
+}
+
 /// One group's part of `handle_persisted`, in raft-rs's order.
 fn complete<S: GroupStore>(
     h: Held,
@@ -704,7 +791,8 @@ fn apply<S: GroupStore>(
             .flatten();
         let conf = match e.get_entry_type() {
             EntryType::EntryConfChangeV2 => ReplicaChange::decode(e.get_context())
-                .and_then(|change| g.node.apply_conf_change(&change.to_raft()).ok()),
+                .and_then(|change| g.node.apply_conf_change(&change.to_raft()).ok())
+                .inspect(|_| g.lease_changes += 1),
             _ => None,
         };
         let effect = match &conf {

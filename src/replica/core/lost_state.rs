@@ -66,6 +66,9 @@ impl<S: GroupStore> Replicas<S> {
                 let g = self.groups.get_mut(&range).expect("the group probing");
                 g.node = node;
                 g.initialised = true;
+                // No replica holds an entry past the bootstrap, so no leader ever committed
+                // one of its term: no lease stands on this replica's answers.
+                g.votes_held = 0;
                 redraw_timeout(&mut self.rng, self.config.election_tick, g);
                 self.pending.bootstrapped.push(range);
             }
@@ -147,6 +150,9 @@ pub(super) fn is_vote(m: &Message) -> bool {
 pub(super) fn may_step<S: GroupStore>(g: &Group<S>, m: &Message, me: u64) -> bool {
     if !is_vote(m) {
         return true;
+    }
+    if g.votes_held > 0 {
+        return false;
     }
     let log = &g.node.raft.raft_log;
     if m.get_msg_type() == MessageType::MsgRequestPreVote

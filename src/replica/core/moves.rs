@@ -24,7 +24,7 @@ pub(super) fn drive_move<S: GroupStore>(g: &mut Group<S>) {
             // Refused only while another change is pending: taken again next round.
             let _ = g.node.propose_conf_change(change.encode(), change.to_raft());
         }
-        Step::Transfer(to) if raft.lead_transferee.is_none() => g.node.transfer_leader(to),
+        Step::Transfer(to) if raft.lead_transferee.is_none() => super::transfer(g, to),
         Step::Transfer(_) | Step::Wait | Step::Done => {}
     }
 }

@@ -2,6 +2,7 @@ mod change;
 mod faults;
 mod ids;
 mod install;
+mod lease;
 mod moves;
 mod scenarios;
 mod sim;

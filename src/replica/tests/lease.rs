@@ -1,0 +1,136 @@
+//! Read leases (issue 25): the vote a replica holds back after a restart, and the standing a
+//! leader's lease is taken at.
+
+use raft::prelude::{HardState, Message, MessageType};
+
+use crate::{Frame, GroupStore, MemGroupStore, RaftMsg, RangeId, ReplicaConfig, Replicas, Role};
+
+const RANGE: RangeId = RangeId {
+    first: b'a',
+    last: b'z',
+};
+const ME: u64 = 1;
+const CANDIDATE: u64 = 2;
+const VOTERS: [u64; 3] = [1, 2, 3];
+
+/// A replica of `RANGE` whose store holds the bootstrap and a term of `term`, started now.
+fn started_at_term(term: u64) -> Replicas<MemGroupStore> {
+    let mut store = MemGroupStore::bootstrap(&VOTERS);
+    let mut hs = HardState::default();
+    (hs.term, hs.commit) = (term, 1);
+    store.persist(None, &[], Some(&hs)).unwrap();
+    let mut r = Replicas::new(ReplicaConfig::new(ME, 7, 1));
+    r.add_group(RANGE, store, &VOTERS).unwrap();
+    r
+}
+
+/// A vote request from `CANDIDATE` for `term`, its log as long as the bootstrap's.
+fn vote_request(kind: MessageType, term: u64) -> Frame {
+    let mut m = Message::default();
+    m.set_msg_type(kind);
+    (m.from, m.to, m.term, m.log_term, m.index) = (CANDIDATE, ME, term, 1, 1);
+    Frame {
+        msgs: vec![(RANGE, RaftMsg::from_raft(&m))],
+        probes: vec![],
+    }
+}
+
+/// The vote answers of the rounds left to run.
+fn answers(r: &mut Replicas<MemGroupStore>) -> Vec<Message> {
+    let mut sent = vec![];
+    while let Some(p) = r.poll_round() {
+        let out = r.handle_persisted(p.round).unwrap();
+        let frames = p.send_early.into_iter().chain(out.frames);
+        sent.extend(frames.flat_map(|(_, f)| f.msgs).map(|(_, m)| m.to_raft().unwrap()));
+    }
+    sent.retain(|m| {
+        matches!(
+            m.get_msg_type(),
+            MessageType::MsgRequestVoteResponse | MessageType::MsgRequestPreVoteResponse
+        )
+    });
+    sent
+}
+
+#[test]
+fn a_replica_that_answered_leaders_gives_no_vote_until_any_lease_on_it_is_over() {
+    let config = ReplicaConfig::new(ME, 7, 1);
+    let held = config.lease() + 2;
+    assert!(
+        config.lease() > 0 && held < config.election_tick,
+        "the default takes leases"
+    );
+    let mut r = started_at_term(4);
+    for tick in 0..held {
+        for kind in [MessageType::MsgRequestPreVote, MessageType::MsgRequestVote] {
+            assert_eq!(
+                r.handle_frame(CANDIDATE, vote_request(kind, 5)),
+                1,
+                "tick {tick}: dropped"
+            );
+        }
+        assert!(answers(&mut r).is_empty(), "tick {tick}: no answer");
+        r.handle_tick();
+    }
+    assert_eq!(
+        r.handle_frame(CANDIDATE, vote_request(MessageType::MsgRequestVote, 5)),
+        0
+    );
+    let sent = answers(&mut r);
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert!(!sent[0].reject, "the vote is given once the hold is over");
+}
+
+#[test]
+fn a_replica_still_at_its_bootstrap_term_votes_at_once() {
+    // It never answered a leader: no lease stands on it, and a new cluster elects in one
+    // round trip.
+    let mut r = started_at_term(1);
+    assert_eq!(
+        r.handle_frame(CANDIDATE, vote_request(MessageType::MsgRequestVote, 2)),
+        0
+    );
+    let sent = answers(&mut r);
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert!(!sent[0].reject);
+}
+
+#[test]
+fn no_leases_no_hold() {
+    let mut config = ReplicaConfig::new(ME, 7, 1);
+    config.lease_ticks = 0;
+    let mut store = MemGroupStore::bootstrap(&VOTERS);
+    let mut hs = HardState::default();
+    (hs.term, hs.commit) = (4, 1);
+    store.persist(None, &[], Some(&hs)).unwrap();
+    let mut r = Replicas::new(config);
+    r.add_group(RANGE, store, &VOTERS).unwrap();
+    assert_eq!(
+        r.handle_frame(CANDIDATE, vote_request(MessageType::MsgRequestVote, 5)),
+        0
+    );
+    assert!(r.lease_standing(RANGE).is_none(), "not a leader");
+}
+
+/// A group of one, led here once its first entry of the term is committed.
+fn sole_leader() -> Replicas<MemGroupStore> {
+    let mut r = Replicas::new(ReplicaConfig::new(ME, 7, 1));
+    r.add_group(RANGE, MemGroupStore::bootstrap(&[ME]), &[ME]).unwrap();
+    r.campaign(RANGE).unwrap();
+    while r.poll_round().is_some_and(|p| r.handle_persisted(p.round).is_ok()) {}
+    assert_eq!(r.role(RANGE).map(|(role, _)| role), Some(Role::Leader));
+    r
+}
+
+#[test]
+fn a_lease_stands_while_the_leader_keeps_its_term_and_hands_off_nothing() {
+    let mut r = sole_leader();
+    let standing = r
+        .lease_standing(RANGE)
+        .expect("a leader with its term's entry committed");
+    r.handle_tick();
+    assert_eq!(r.lease_standing(RANGE), Some(standing), "ticks change nothing");
+    // Asking for a transfer ends it (the target's campaign passes the voters' lease).
+    let _ = r.transfer_leader(RANGE, 3);
+    assert_ne!(r.lease_standing(RANGE), Some(standing));
+}
