@@ -88,8 +88,8 @@ impl ReplicaConfig {
 pub struct LeaseStanding {
     /// The leader's term.
     pub term: u64,
-    /// Changes within the term that end a lease: a leadership transfer asked, a
-    /// configuration applied.
+    /// Changes within the term that end a lease: a configuration applied (a transfer asked
+    /// ends leases for the rest of the term).
     pub changes: u64,
 }
 
@@ -160,6 +160,9 @@ struct Group<S: GroupStore> {
     votes_held: usize,
     /// [`LeaseStanding::changes`].
     lease_changes: u64,
+    /// The term this replica last asked a leadership transfer in: no lease for the rest of
+    /// it ([`transfer`]).
+    transferred_in: Option<u64>,
 }
 
 /// The Ready of a group between `poll_round` and `handle_persisted`, emptied of what was
@@ -251,6 +254,7 @@ impl<S: GroupStore> Replicas<S> {
             installing: false,
             votes_held,
             lease_changes: 0,
+            transferred_in: None,
         };
         redraw_timeout(&mut self.rng, self.config.election_tick, &mut group);
         self.groups.insert(range, group);
@@ -510,14 +514,16 @@ impl<S: GroupStore> Replicas<S> {
     /// be elected before then: a majority answered a heartbeat sent after `t`, and each of
     /// them refuses votes for `election_tick - 1` ticks after it (raft-rs's check-quorum
     /// lease), or, restarted since, for [`ReplicaConfig::votes_held`] ticks after its start.
-    /// A transfer's campaign passes that refusal, so asking for one changes the standing; so
-    /// does applying a configuration, whose majorities are other ones.
+    /// A transfer's campaign passes that refusal, so once one is asked there is no lease for
+    /// the rest of the term; applying a configuration, whose majorities are other ones,
+    /// changes the standing.
     pub fn lease_standing(&self, range: RangeId) -> Option<LeaseStanding> {
         let g = self.groups.get(&range)?;
         let raft = &g.node.raft;
         (self.config.lease() > 0
             && raft.state == StateRole::Leader
             && raft.lead_transferee.is_none()
+            && g.transferred_in != Some(raft.term)
             && raft.commit_to_current_term()
             && !g.installing)
             .then_some(LeaseStanding {
@@ -711,10 +717,13 @@ fn redraw_timeout<S: GroupStore>(rng: &mut SmallRng, election_tick: usize, g: &m
 
 /// Hands the group's leadership to `to`, ending its lease first: the target campaigns at
 /// once, and the voters let a transfer's campaign through although they heard from this
-/// leader just now. (A read-index round asked before, confirmed after the transfer gave up,
-/// must not renew the lease either: the standing stays changed.)
+/// leader just now. No lease is taken again in this term, even once raft-rs gives the
+/// transfer up: the target may take its message (`MsgTimeoutNow`) any time later (it was
+/// frozen, the message was slow) and campaign then, past the voters' refusal. A leader
+/// elected in a later term is out of that message's reach.
 fn transfer<S: GroupStore>(g: &mut Group<S>, to: u64) {
     g.lease_changes += 1;
+    g.transferred_in = Some(g.node.raft.term);
     g.node.transfer_leader(to);
 }
 
