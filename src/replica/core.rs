@@ -789,55 +789,88 @@ fn apply<S: GroupStore>(
     entries: Vec<Entry>,
     out: &mut Output,
 ) -> Result<(), StoreError> {
-    for e in entries {
-        let normal = e.get_entry_type() == EntryType::EntryNormal;
-        let proposal = normal.then(|| ProposalId::from_context(e.get_context())).flatten();
-        // An undecodable command (none is ever proposed) applies as nothing on every replica
-        // alike; so does a change that is none, or that raft-rs refuses (it refuses alike on
-        // every replica: the configuration before it is the same).
-        let command = (normal && !e.get_data().is_empty())
-            .then(|| Command::decode(e.get_data()))
-            .flatten();
-        let conf = match e.get_entry_type() {
-            EntryType::EntryConfChangeV2 => ReplicaChange::decode(e.get_context())
-                .and_then(|change| g.node.apply_conf_change(&change.to_raft()).ok())
-                .inspect(|_| g.lease_changes += 1),
-            _ => None,
+    let mut rest = entries.as_slice();
+    while !rest.is_empty() {
+        // A configuration change alone; the entries up to the next one in one store write.
+        let is_change = |e: &Entry| e.get_entry_type() == EntryType::EntryConfChangeV2;
+        let len = if is_change(&rest[0]) {
+            1
+        } else {
+            rest.iter().position(is_change).unwrap_or(rest.len())
         };
-        let effect = match &conf {
-            Some(cs) => {
-                let raft = &mut g.node.raft;
-                if raft.state == StateRole::Leader && !cs.voters.contains(&raft.id) {
-                    // Removed while leading: a leader never proposes its own removal, but a
-                    // predecessor's uncommitted one can commit under it. raft-rs would keep
-                    // leading outside the group (and panic on its next commit): step down,
-                    // and the remaining voters elect one of themselves.
-                    let term = raft.term;
-                    raft.become_follower(term, raft::INVALID_ID);
+        let (part, after) = rest.split_at(len);
+        rest = after;
+        let decoded: Vec<(Option<ProposalId>, Option<Command>)> = part
+            .iter()
+            .map(|e| {
+                let normal = e.get_entry_type() == EntryType::EntryNormal;
+                let proposal = normal.then(|| ProposalId::from_context(e.get_context())).flatten();
+                // An undecodable command (none is ever proposed) applies as nothing on every
+                // replica alike.
+                let command = (normal && !e.get_data().is_empty())
+                    .then(|| Command::decode(e.get_data()))
+                    .flatten();
+                (proposal, command)
+            })
+            .collect();
+        let effects = if is_change(&part[0]) {
+            vec![apply_change(range, g, &part[0], out)?]
+        } else {
+            let run: Vec<(u64, Option<&Command>)> = part
+                .iter()
+                .zip(&decoded)
+                .map(|(e, (_, command))| (e.index, command.as_ref()))
+                .collect();
+            g.node.mut_store().apply_run(&run)?
+        };
+        for ((e, (proposal, command)), effect) in part.iter().zip(decoded).zip(effects) {
+            while let Some(entry) = g.proposals.first_entry().filter(|p| *p.key() <= e.index) {
+                let (index, (id, _)) = entry.remove_entry();
+                if index == e.index && proposal == Some(id) {
+                    out.acked.push((id, effect));
+                } else {
+                    out.failed.push((id, Failure::Overwritten));
                 }
-                g.node.mut_store().apply_conf(e.index, cs)?;
-                out.configured.push((range, cs.clone()));
-                crate::Effect::Nothing
             }
-            None => g.node.mut_store().apply(e.index, command.as_ref())?,
-        };
-        while let Some(entry) = g.proposals.first_entry().filter(|p| *p.key() <= e.index) {
-            let (index, (id, _)) = entry.remove_entry();
-            if index == e.index && proposal == Some(id) {
-                out.acked.push((id, effect));
-            } else {
-                out.failed.push((id, Failure::Overwritten));
-            }
+            out.applied.push(Applied {
+                range,
+                index: e.index,
+                term: e.term,
+                proposal,
+                command,
+            });
         }
-        out.applied.push(Applied {
-            range,
-            index: e.index,
-            term: e.term,
-            proposal,
-            command,
-        });
     }
     Ok(())
+}
+
+/// Applies a committed configuration change: a change that is none, or that raft-rs refuses
+/// (it refuses alike on every replica: the configuration before it is the same), applies as
+/// nothing.
+fn apply_change<S: GroupStore>(
+    range: RangeId,
+    g: &mut Group<S>,
+    e: &Entry,
+    out: &mut Output,
+) -> Result<crate::Effect, StoreError> {
+    let conf = ReplicaChange::decode(e.get_context())
+        .and_then(|change| g.node.apply_conf_change(&change.to_raft()).ok())
+        .inspect(|_| g.lease_changes += 1);
+    let Some(cs) = conf else {
+        return g.node.mut_store().apply(e.index, None);
+    };
+    let raft = &mut g.node.raft;
+    if raft.state == StateRole::Leader && !cs.voters.contains(&raft.id) {
+        // Removed while leading: a leader never proposes its own removal, but a
+        // predecessor's uncommitted one can commit under it. raft-rs would keep leading
+        // outside the group (and panic on its next commit): step down, and the remaining
+        // voters elect one of themselves.
+        let term = raft.term;
+        raft.become_follower(term, raft::INVALID_ID);
+    }
+    g.node.mut_store().apply_conf(e.index, &cs)?;
+    out.configured.push((range, cs));
+    Ok(crate::Effect::Nothing)
 }
 
 /// Reports a new leader or term, and fails the reads a deposed leader will never confirm

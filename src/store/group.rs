@@ -592,6 +592,39 @@ impl GroupStore for NodeGroupStore {
         Ok(effect)
     }
 
+    /// The run's writes and its last applied index in one engine batch, unsynced: a leader's
+    /// round of many entries costs one journal write, not one each. The engine applies a
+    /// batch in order with reads in between (a delete sees a put before it), so each effect
+    /// is the one `apply` alone would give.
+    fn apply_run(&mut self, run: &[(u64, Option<&Command>)]) -> Result<Vec<Effect>, kvnode_replica::StoreError> {
+        let (Some(&(last, _)), GroupBackend::Disk(d)) = (run.last(), &self.shared.backend) else {
+            return run.iter().map(|&(index, command)| self.apply(index, command)).collect();
+        };
+        let term = self.term(last).map_err(kvnode_replica::StoreError::Raft)?;
+        let mut ops: Vec<Op> = run.iter().filter_map(|(_, c)| c.map(data_op)).collect();
+        ops.push(Op::Raft(Arc::new(RaftWrites {
+            replace: vec![],
+            records: vec![(
+                RaftSpace::State,
+                rec::state_key(self.range, rec::APPLIED),
+                Some(rec::encode_index_term(last, term)),
+            )],
+        })));
+        let mut applied = d.engine().commit_unsynced(&ops).map_err(replica_err)?.into_iter();
+        let effects: Vec<Effect> = run
+            .iter()
+            .map(|(_, command)| match (command, command.and_then(|_| applied.next())) {
+                (Some(_), Some(a)) => effect_of(a),
+                _ => Effect::Nothing,
+            })
+            .collect();
+        self.write().applied = (last, term);
+        for (&(index, command), &effect) in run.iter().zip(&effects) {
+            record(&self.shared.feed, index, command, effect);
+        }
+        Ok(effects)
+    }
+
     /// The new configuration and the applied index in one engine batch, unsynced (as
     /// `apply`'s writes): a crash keeps both or neither, and the entry is re-applied.
     fn apply_conf(&mut self, index: u64, conf: &ConfState) -> Result<(), kvnode_replica::StoreError> {

@@ -509,19 +509,34 @@ async fn what_an_entry_does_is_decided_where_it_applies_on_both_stores() {
         (create, Effect::Created(false)),
         (cmd(existing, "fig"), Effect::Stored),
     ];
-    for (store, _dir) in stores() {
+    // One entry at a time, and all in one run (a leader's round): the same effects.
+    for (one_run, (store, _dir)) in [false, true]
+        .into_iter()
+        .flat_map(|r| stores().into_iter().map(move |s| (r, s)))
+    {
         let w = writer(&store);
         let mut g = store.group(AM, Some(&VOTERS)).unwrap();
         let entries: Vec<Entry> = (0..steps.len())
             .map(|i| entry(2 + i as u64, 2, Some(&steps[i].0)))
             .collect();
         round(&store, &mut g, write(AM, None, entries, Some(hard(2, 11, 11)))).await;
-        for (i, (command, effect)) in steps.iter().enumerate() {
-            assert_eq!(
-                g.apply(2 + i as u64, Some(command)).unwrap(),
-                *effect,
-                "step {i}: {command:?}"
-            );
+        if one_run {
+            let run: Vec<(u64, Option<&Command>)> = steps
+                .iter()
+                .enumerate()
+                .map(|(i, (c, _))| (2 + i as u64, Some(c)))
+                .collect();
+            let want: Vec<Effect> = steps.iter().map(|(_, e)| *e).collect();
+            assert_eq!(g.apply_run(&run).unwrap(), want);
+            assert_eq!(g.applied(), 11);
+        } else {
+            for (i, (command, effect)) in steps.iter().enumerate() {
+                assert_eq!(
+                    g.apply(2 + i as u64, Some(command)).unwrap(),
+                    *effect,
+                    "step {i}: {command:?}"
+                );
+            }
         }
         assert_eq!(g.apply(12, None).ok(), None, "no entry 12 was written");
         assert_eq!(store.get(b"apple", b"k").await.unwrap(), Lookup::NoKey);
