@@ -191,8 +191,28 @@ impl Node {
             Ok(Dest::Here) if matches!(req.op, BucketOp::Watch { .. }) => {
                 self.watch_here(req, timeout, super::watch::Source::Node)
             }
-            // A replicated range (issue 25): to its leader, by `Node::replicated`.
+            // A replicated range (issue 25): to its leader, by `Node::replicated`; a read at
+            // the leader under its lease is answered here, as on one node, once the lease is
+            // seen to have held past the read (`super::lease`).
             Ok(Dest::Replicated(range, nodes, holders)) => {
+                if matches!(req.op, BucketOp::Get { .. } | BucketOp::Keys { .. }) && self.replicas.leased(range) {
+                    match ops::apply(req.clone(), &self.store, &self.name) {
+                        Applied::Now(answer) if self.replicas.leased(range) => return Now::Answer(answer),
+                        // The lease ran out meanwhile: the way every request goes.
+                        Applied::Now(_) => {}
+                        Applied::Later(answer) => {
+                            let (node, deadline) = (Arc::clone(self), deadline());
+                            let answer = async move {
+                                let answer = answer.await;
+                                if node.replicas.leased(range) {
+                                    return answer;
+                                }
+                                node.replicated(req, range, nodes, holders, deadline).await
+                            };
+                            return Now::Waiting(Box::pin(self.within(deadline, answer)));
+                        }
+                    }
+                }
                 let (node, deadline) = (Arc::clone(self), deadline());
                 let answer = node.replicated(req, range, nodes, holders, deadline);
                 Now::Waiting(Box::pin(self.within(deadline, answer)))
