@@ -45,6 +45,7 @@ fn frame(msg: RaftMsg) -> Frame {
     Frame {
         msgs: vec![(RANGE, msg)],
         probes: vec![],
+        removed: vec![],
     }
 }
 

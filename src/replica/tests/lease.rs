@@ -32,6 +32,7 @@ fn vote_request(kind: MessageType, term: u64) -> Frame {
     Frame {
         msgs: vec![(RANGE, RaftMsg::from_raft(&m))],
         probes: vec![],
+        removed: vec![],
     }
 }
 
