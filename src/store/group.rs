@@ -292,6 +292,19 @@ impl NodeGroupStore {
         }
     }
 
+    /// The write of the group's applied index and its entry's term, as an applied entry's
+    /// batch ends.
+    fn applied_op(&self, index: u64, term: u64) -> Op {
+        Op::Raft(Arc::new(RaftWrites {
+            replace: vec![],
+            records: vec![(
+                RaftSpace::State,
+                rec::state_key(self.range, rec::APPLIED),
+                Some(rec::encode_index_term(index, term)),
+            )],
+        }))
+    }
+
     /// Lets go of the views no stream took within [`VIEW_TTL`].
     pub fn expire_views(&self) {
         let mut views = self.shared.views.lock().unwrap_or_else(PoisonError::into_inner);
@@ -563,8 +576,9 @@ impl GroupStore for NodeGroupStore {
     ///
     /// The effect (a delete that found its key, a put into a bucket that must exist, a put
     /// that reports a new key) is decided here, from the range's state at this entry: the
-    /// driver applies a group's entries one at a time, and no plain write touches a
-    /// replicated range's buckets, so the check and the write are one step.
+    /// driver applies a group's entries in order (alone or in runs, `apply_run`), and no
+    /// plain write touches a replicated range's buckets, so the check and the write are one
+    /// step.
     fn apply(&mut self, index: u64, command: Option<&Command>) -> Result<Effect, kvnode_replica::StoreError> {
         let term = self.term(index).map_err(kvnode_replica::StoreError::Raft)?;
         let effect = match &self.shared.backend {
@@ -572,14 +586,7 @@ impl GroupStore for NodeGroupStore {
             GroupBackend::Disk(d) => {
                 let mut ops = Vec::with_capacity(2);
                 ops.extend(command.map(data_op));
-                ops.push(Op::Raft(Arc::new(RaftWrites {
-                    replace: vec![],
-                    records: vec![(
-                        RaftSpace::State,
-                        rec::state_key(self.range, rec::APPLIED),
-                        Some(rec::encode_index_term(index, term)),
-                    )],
-                })));
+                ops.push(self.applied_op(index, term));
                 let applied = d.engine().commit_unsynced(&ops).map_err(replica_err)?;
                 match (command, applied.first()) {
                     (Some(_), Some(&a)) => effect_of(a),
@@ -602,14 +609,7 @@ impl GroupStore for NodeGroupStore {
         };
         let term = self.term(last).map_err(kvnode_replica::StoreError::Raft)?;
         let mut ops: Vec<Op> = run.iter().filter_map(|(_, c)| c.map(data_op)).collect();
-        ops.push(Op::Raft(Arc::new(RaftWrites {
-            replace: vec![],
-            records: vec![(
-                RaftSpace::State,
-                rec::state_key(self.range, rec::APPLIED),
-                Some(rec::encode_index_term(last, term)),
-            )],
-        })));
+        ops.push(self.applied_op(last, term));
         let mut applied = d.engine().commit_unsynced(&ops).map_err(replica_err)?.into_iter();
         let effects: Vec<Effect> = run
             .iter()
