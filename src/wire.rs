@@ -36,10 +36,8 @@ pub use keyring::{KeyringOp, KeyringView, NodeKeyring};
 /// `SetTableIf::force`, and `Request::FinishMove`, for moving data with the table (issue 26);
 /// `RemoteError::LeaderMoved`. 14: a snapshot stream of a range on disk carries the range in
 /// parts (`kvnode_replica::SnapshotPart`) after a head announcing no data, which a node of
-/// version 13 would take as an empty range; `Request::Moves` and `Request::RangeSize`. 15: a
-/// raft frame carries `removed`, the answers to vote requests from a node a group no longer
-/// counts, which a node of version 14 would read as the frame's end.)
-pub const PROTOCOL_VERSION: u16 = 15;
+/// version 13 would take as an empty range; `Request::Moves` and `Request::RangeSize`.)
+pub const PROTOCOL_VERSION: u16 = 14;
 /// The TLS ALPN identifier of this protocol.
 pub const ALPN: &[u8] = b"kvnode/1";
 /// The largest frame either side accepts, checked before allocating.

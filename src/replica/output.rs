@@ -87,10 +87,6 @@ pub struct Output {
     /// Ranges not held here whose leader sent this node a message (`(range, leader)`): a
     /// move adding it; the caller may add the group, uninitialised, to receive a snapshot.
     pub unknown: Vec<(RangeId, u64)>,
-    /// Groups a voter of whose configuration (`(range, voter)`) said its applied
-    /// configuration leaves this node out, while this node holds nothing past it: this node
-    /// was removed (a move called off or re-aimed while it was down), and may drop the group.
-    pub removed: Vec<(RangeId, u64)>,
 }
 
 impl Output {
@@ -106,7 +102,6 @@ impl Output {
             && self.bootstrapped.is_empty()
             && self.configured.is_empty()
             && self.unknown.is_empty()
-            && self.removed.is_empty()
     }
 }
 

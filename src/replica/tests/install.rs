@@ -45,7 +45,6 @@ fn frame(msg: RaftMsg) -> Frame {
     Frame {
         msgs: vec![(RANGE, msg)],
         probes: vec![],
-        removed: vec![],
     }
 }
 

@@ -32,7 +32,6 @@ fn vote_request(kind: MessageType, term: u64) -> Frame {
     Frame {
         msgs: vec![(RANGE, RaftMsg::from_raft(&m))],
         probes: vec![],
-        removed: vec![],
     }
 }
 

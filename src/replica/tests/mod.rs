@@ -4,7 +4,6 @@ mod ids;
 mod install;
 mod lease;
 mod moves;
-mod removed;
 mod scenarios;
 mod sim;
 mod wire;

@@ -6,9 +6,7 @@ use proptest::prelude::*;
 use crate::RangeId;
 use raft::prelude::MessageType;
 
-use crate::wire::{
-    DecodeError, Frame, LogState, MAX_SNAPSHOT, Probe, RaftEntry, RaftMsg, RaftSnapshot, Removed, SnapshotHead,
-};
+use crate::wire::{DecodeError, Frame, LogState, MAX_SNAPSHOT, Probe, RaftEntry, RaftMsg, RaftSnapshot, SnapshotHead};
 
 /// The range of the snapshot and frame tests.
 const AZ: RangeId = RangeId {
@@ -106,12 +104,10 @@ proptest! {
     fn any_frame_round_trips_through_bytes_and_raft(
         msgs in vec((any::<u8>(), any::<u8>(), message()), 0..6),
         probes in vec((any::<u8>(), any::<u8>(), any::<Option<Option<(u64, u64, u64)>>>().prop_map(|a| a.map(|s| s.map(|(term, last_term, last_index)| LogState { term, last_term, last_index })))), 0..4),
-        removed in vec((any::<u8>(), any::<u8>(), any::<u64>()), 0..3),
     ) {
         let frame = Frame {
             msgs: msgs.into_iter().map(|(first, last, m)| (RangeId { first, last }, m)).collect(),
             probes: probes.into_iter().map(|(first, last, answer)| Probe { range: RangeId { first, last }, answer }).collect(),
-            removed: removed.into_iter().map(|(first, last, applied)| Removed { range: RangeId { first, last }, applied }).collect(),
         };
         let decoded = Frame::decode(&frame.encode()).expect("its own encoding decodes");
         prop_assert_eq!(&decoded, &frame);
@@ -149,7 +145,6 @@ fn unknown_and_local_types_are_refused() {
             },
         )],
         probes: vec![],
-        removed: vec![],
     };
     assert_eq!(Frame::decode(&frame(19, 0).encode()), Err(DecodeError::MessageType(19)));
     assert_eq!(Frame::decode(&frame(3, 3).encode()), Err(DecodeError::EntryType(3)));
@@ -186,7 +181,6 @@ fn a_snapshot_leaves_its_frame_and_comes_back_whole_from_its_head() {
             (range, snapshot(5000)),
         ],
         probes: vec![],
-        removed: vec![],
     };
     let taken = frame.take_snapshots();
     assert_eq!(taken, vec![(range, snapshot(10)), (range, snapshot(5000))]);
@@ -247,7 +241,6 @@ fn a_frame_over_the_limit_is_sent_as_several_each_message_whole() {
     let frame = Frame {
         msgs: (0..5).map(|n| (range, append(n))).collect(),
         probes: vec![Probe { range, answer: None }],
-        removed: vec![],
     };
     assert_eq!(frame.clone().encode_within(1 << 20), vec![frame.encode()]);
     let parts = frame.clone().encode_within(1000);
