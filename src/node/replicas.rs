@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kvnode_replica::{
     Command, Effect, Failure, Frame, GroupStore, LeaseStanding, NodeIds, Output, ProposalId, ProposeError, RaftMsg,
@@ -179,7 +179,7 @@ impl ReplicasHandle {
     /// served from its applied state without a read-index round. Asked again after the read
     /// ([`super::lease`]).
     pub(crate) fn leased(&self, range: RangeId) -> bool {
-        self.leases.holds(range, Instant::now())
+        self.leases.holds(range, super::lease::now())
     }
 
     /// The routing table changed: the driver starts, moves and drops groups to follow it.
@@ -324,7 +324,7 @@ struct Driver {
 /// (where the leader stood when it came) renew the range's lease once it is confirmed.
 struct WaitingRead {
     done: oneshot::Sender<Result<(), Refused>>,
-    asked: Instant,
+    asked: Option<Duration>,
     standing: Option<LeaseStanding>,
 }
 
@@ -381,7 +381,7 @@ impl Driver {
                 Ok(id) => {
                     let waiting = WaitingRead {
                         done,
-                        asked: Instant::now(),
+                        asked: super::lease::now(),
                         standing: self.replicas.lease_standing(range),
                     };
                     self.reads.insert((range, id), waiting);

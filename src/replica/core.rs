@@ -406,10 +406,22 @@ impl<S: GroupStore> Replicas<S> {
         for (range, msg) in frame.msgs {
             let me = self.config.id;
             let stepped = match (self.groups.get_mut(&range), msg.to_raft()) {
+                // A leadership transfer is asked by this node's driver alone (hand-backs, a
+                // move's steps), never by a peer: it ends the leader's lease for the term.
                 (Some(g), Ok(mut m))
-                    if m.from == from && m.to == me && !g.installing && !is_streamed(&m) && may_step(g, &m, me) =>
+                    if m.from == from
+                        && m.to == me
+                        && !g.installing
+                        && !is_streamed(&m)
+                        && m.get_msg_type() != MessageType::MsgTransferLeader
+                        && may_step(g, &m, me) =>
                 {
                     if !g.initialised && m.get_msg_type() == MessageType::MsgHeartbeat {
+                        // Not counted towards a read-index round (its context dropped): the
+                        // lost-state rule may yet replace this replica's raft state with a new
+                        // range's, which forgets having heard from a leader and votes at once,
+                        // so it must back no lease.
+                        m.context = Default::default();
                         // The leader still counts what this replica held before it lost its
                         // state: raft-rs panics on a commit index past its log ("lost log"),
                         // and an idle leader would never look. So the commit is clamped, and

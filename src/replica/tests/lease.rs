@@ -141,3 +141,59 @@ fn a_lease_stands_while_the_leader_keeps_its_term_and_hands_off_nothing() {
     assert_eq!(r.role(RANGE), Some((Role::Leader, standing.term)));
     assert_eq!(r.lease_standing(RANGE), None);
 }
+
+/// A heartbeat carrying a read-index round's context, from `CANDIDATE` as leader of `term`.
+fn heartbeat_with_context(term: u64) -> Frame {
+    let mut m = Message::default();
+    m.set_msg_type(MessageType::MsgHeartbeat);
+    (m.from, m.to, m.term) = (CANDIDATE, ME, term);
+    m.context = b"read-round-7".to_vec().into();
+    Frame {
+        msgs: vec![(RANGE, RaftMsg::from_raft(&m))],
+        probes: vec![],
+    }
+}
+
+/// The contexts of the heartbeat answers the rounds left to run send.
+fn answered_contexts(r: &mut Replicas<MemGroupStore>) -> Vec<Vec<u8>> {
+    let mut sent = vec![];
+    while let Some(p) = r.poll_round() {
+        let out = r.handle_persisted(p.round).unwrap();
+        let frames = p.send_early.into_iter().chain(out.frames);
+        sent.extend(frames.flat_map(|(_, f)| f.msgs).map(|(_, m)| m.to_raft().unwrap()));
+    }
+    sent.iter()
+        .filter(|m| m.get_msg_type() == MessageType::MsgHeartbeatResponse)
+        .map(|m| m.context.to_vec())
+        .collect()
+}
+
+#[test]
+fn a_replica_without_state_backs_no_read_round_but_one_with_state_does() {
+    // Without state, the lost-state rule may yet start it afresh (no leader heard of, votes
+    // at once): its answer must not count towards a leader's read-index round (a lease).
+    let mut empty = Replicas::new(ReplicaConfig::new(ME, 7, 1));
+    empty.add_group(RANGE, MemGroupStore::uninitialised(), &VOTERS).unwrap();
+    empty.handle_frame(CANDIDATE, heartbeat_with_context(3));
+    assert_eq!(answered_contexts(&mut empty), vec![Vec::<u8>::new()]);
+    let mut held = started_at_term(2);
+    held.handle_frame(CANDIDATE, heartbeat_with_context(3));
+    assert_eq!(answered_contexts(&mut held), vec![b"read-round-7".to_vec()]);
+}
+
+#[test]
+fn a_peer_cannot_ask_for_a_leadership_transfer() {
+    // Only this node's driver asks for one, and a transfer ends the lease for the term.
+    let mut r = sole_leader();
+    let standing = r.lease_standing(RANGE);
+    assert!(standing.is_some());
+    let mut m = Message::default();
+    m.set_msg_type(MessageType::MsgTransferLeader);
+    (m.from, m.to, m.term) = (CANDIDATE, ME, 0);
+    let frame = Frame {
+        msgs: vec![(RANGE, RaftMsg::from_raft(&m))],
+        probes: vec![],
+    };
+    assert_eq!(r.handle_frame(CANDIDATE, frame), 1, "dropped");
+    assert_eq!(r.lease_standing(RANGE), standing);
+}
