@@ -467,16 +467,16 @@ fn a_replicated_range_moved_around_four_nodes_under_faults_stays_linearizable() 
 /// membership changes only through a majority of its replicas, so the cut-off side's move
 /// cannot take effect (it is refused or waits), the majority's does, and after the heal
 /// every node holds the majority's table and every acknowledged write is there.
+/// Network namespaces for `n` nodes, for a test that needs partitions; `None` (the reason
+/// printed: the test skips itself) where they cannot be made, as without root.
+fn namespaces_or_skip(n: usize) -> Option<netns::Net> {
+    netns::Net::new(n).map_err(|why| println!("skipped: {why}")).ok()
+}
+
 #[test]
 fn a_route_set_on_each_side_of_a_partition_takes_effect_on_the_majority_side_only() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let net = match netns::Net::new(5) {
-        Ok(net) => net,
-        Err(why) => {
-            println!("skipped: {why}");
-            return;
-        }
-    };
+    let Some(net) = namespaces_or_skip(5) else { return };
     let shape = Shape {
         name: "partitioned-move-5",
         nodes: 5,
@@ -615,13 +615,7 @@ fn an_in_memory_owner_killed_and_restarted_is_caught_losing_acknowledged_writes(
 #[test]
 fn a_leader_frozen_and_cut_off_serves_no_read_from_a_lease_that_ran_out() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let net = match netns::Net::new(3) {
-        Ok(net) => net,
-        Err(why) => {
-            println!("skipped: {why}");
-            return;
-        }
-    };
+    let Some(net) = namespaces_or_skip(3) else { return };
     let mut cluster = Cluster::start(&REPLICATED_3, Some(net));
     let op = |cluster: &Cluster, args: &[&str], via: usize| {
         let via = cluster.via(via);

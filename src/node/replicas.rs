@@ -735,7 +735,7 @@ impl Driver {
                 && self.replicas.caught_up(range, first)
             {
                 tracing::info!(%range, to = ?self.names.get(&first), "handing range {range} back to its preferred leader");
-                self.leases.end(range);
+                // (Its lease ends before the transfer's message goes: `round` ends stale ones.)
                 let _ = self.replicas.transfer_leader(range, first);
                 self.handed_back.insert(range, self.ticks);
             }

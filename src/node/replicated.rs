@@ -282,15 +282,9 @@ impl Node {
                 let effect = self.replicas.propose(range, command).await?;
                 Ok(answer_of(&req.op, &req.bucket, effect))
             }
+            // (A read under the leader's lease was answered where it was routed,
+            // `Node::bucket_routed`; here a read-index round, which renews the lease.)
             Mapped::Read => {
-                // Under a lease, no round: read, then see that the lease held past the read
-                // (`super::lease`); otherwise a read-index round, which renews the lease.
-                if self.replicas.leased(range) {
-                    let answer = self.here(req.clone()).await;
-                    if self.replicas.leased(range) {
-                        return Ok(answer);
-                    }
-                }
                 self.replicas.read(range).await?;
                 Ok(self.here(req.clone()).await)
             }

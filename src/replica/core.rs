@@ -734,7 +734,6 @@ fn redraw_timeout<S: GroupStore>(rng: &mut SmallRng, election_tick: usize, g: &m
 /// frozen, the message was slow) and campaign then, past the voters' refusal. A leader
 /// elected in a later term is out of that message's reach.
 fn transfer<S: GroupStore>(g: &mut Group<S>, to: u64) {
-    g.lease_changes += 1;
     g.transferred_in = Some(g.node.raft.term);
     g.node.transfer_leader(to);
 }

@@ -15,11 +15,16 @@ const VOTERS: [u64; 3] = [1, 2, 3];
 
 /// A replica of `RANGE` whose store holds the bootstrap and a term of `term`, started now.
 fn started_at_term(term: u64) -> Replicas<MemGroupStore> {
+    started_with(ReplicaConfig::new(ME, 7, 1), term)
+}
+
+/// The same with `config`.
+fn started_with(config: ReplicaConfig, term: u64) -> Replicas<MemGroupStore> {
     let mut store = MemGroupStore::bootstrap(&VOTERS);
     let mut hs = HardState::default();
     (hs.term, hs.commit) = (term, 1);
     store.persist(None, &[], Some(&hs)).unwrap();
-    let mut r = Replicas::new(ReplicaConfig::new(ME, 7, 1));
+    let mut r = Replicas::new(config);
     r.add_group(RANGE, store, &VOTERS).unwrap();
     r
 }
@@ -99,12 +104,7 @@ fn a_replica_still_at_its_bootstrap_term_votes_at_once() {
 fn no_leases_no_hold() {
     let mut config = ReplicaConfig::new(ME, 7, 1);
     config.lease_ticks = 0;
-    let mut store = MemGroupStore::bootstrap(&VOTERS);
-    let mut hs = HardState::default();
-    (hs.term, hs.commit) = (4, 1);
-    store.persist(None, &[], Some(&hs)).unwrap();
-    let mut r = Replicas::new(config);
-    r.add_group(RANGE, store, &VOTERS).unwrap();
+    let mut r = started_with(config, 4);
     assert_eq!(
         r.handle_frame(CANDIDATE, vote_request(MessageType::MsgRequestVote, 5)),
         0
