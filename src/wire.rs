@@ -36,8 +36,11 @@ pub use keyring::{KeyringOp, KeyringView, NodeKeyring};
 /// `SetTableIf::force`, and `Request::FinishMove`, for moving data with the table (issue 26);
 /// `RemoteError::LeaderMoved`. 14: a snapshot stream of a range on disk carries the range in
 /// parts (`kvnode_replica::SnapshotPart`) after a head announcing no data, which a node of
-/// version 13 would take as an empty range; `Request::Moves` and `Request::RangeSize`.)
-pub const PROTOCOL_VERSION: u16 = 14;
+/// version 13 would take as an empty range; `Request::Moves` and `Request::RangeSize`. 15: each
+/// raft message, probe and snapshot head carries its group's generation, and a routing table
+/// the generation of each range's group (`kvnode_replica::Generation`, issue 26), which a node
+/// of version 14 would misread.)
+pub const PROTOCOL_VERSION: u16 = 15;
 /// The TLS ALPN identifier of this protocol.
 pub const ALPN: &[u8] = b"kvnode/1";
 /// The largest frame either side accepts, checked before allocating.

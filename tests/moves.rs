@@ -257,6 +257,67 @@ fn a_single_owner_range_becomes_replicated_and_back() {
 }
 
 #[test]
+fn a_replica_of_an_ended_group_joins_the_ranges_next_group_afresh_and_loses_nothing() {
+    // A range's group ends (moved onto one node) while one of its replicas is down; the range
+    // is then replicated again, naming that replica. Its old group's state (its term, its
+    // log) is of another history than the new group's, which starts at index 1, term 1: it
+    // must retire it and take the new group's snapshot, not take part with it.
+    let home = Home::new();
+    let table = "a-z=foo";
+    let foo = home.start("foo", &["--table", table]);
+    let bar = home.start("bar", &["--table", table, "--join", "foo"]);
+    let mut baz = home.start("baz", &["--table", table, "--join", "foo"]);
+    members(&home, "foo", &["foo", "bar", "baz"]);
+    home.run(&["route", "--set", "a-z=foo+bar+baz", "--via", "foo"]).ok();
+    for i in 0..20 {
+        home.run(&["put", "apples", &format!("k{i}"), "old", "--via", "foo"])
+            .ok();
+    }
+    baz.wait_log("baz to apply the writes", |l| l.contains("snapshot installed"));
+    common::wait_for("baz to hold the last write", common::PATIENCE, || {
+        let got = home.run(&["get", "apples", "k19", "--via", "baz"]);
+        (got.stdout() == "old\n").then_some(())
+    });
+    baz.kill9();
+    let out = home.run(&["route", "--set", "a-z=foo", "--via", "foo"]).ok();
+    assert!(out.lines().any(|l| l == "a-z=foo"), "{out}");
+    for i in 0..20 {
+        home.run(&["put", "apples", &format!("k{i}"), &format!("new{i}"), "--via", "foo"])
+            .ok();
+    }
+    // Back with its old group on disk, which the table no longer runs.
+    let baz = home.start("baz", &["--table", table, "--join", "foo"]);
+    members(&home, "foo", &["foo", "bar", "baz"]);
+    let out = home.run(&["route", "--set", "a-z=foo+bar+baz", "--via", "foo"]).ok();
+    assert!(out.lines().any(|l| l == "a-z=foo+bar+baz"), "{out}");
+    baz.wait_log("baz retiring its old group", |l| {
+        l.contains("was of an earlier history")
+    });
+    baz.wait_log("baz made whole by the new group", |l| l.contains("snapshot installed"));
+    home.run(&["put", "apples", "k20", "new20", "--via", "baz"]).ok();
+    for via in ["foo", "bar", "baz"] {
+        for i in 0..=20 {
+            let got = home.run(&["get", "apples", &format!("k{i}"), "--via", via]);
+            assert_eq!(
+                got.stdout(),
+                format!("new{i}\n"),
+                "k{i} via {via}\n{}",
+                logs(&[&foo, &bar, &baz])
+            );
+        }
+    }
+    // Without foo, bar and baz hold every write between them.
+    drop(foo);
+    for i in 0..=20 {
+        let got = common::wait_for("a read without foo", common::PATIENCE, || {
+            let got = home.run(&["get", "apples", &format!("k{i}"), "--via", "bar", "--timeout", "2s"]);
+            (got.code == Some(0)).then_some(got.stdout())
+        });
+        assert_eq!(got, format!("new{i}\n"), "k{i}\n{}", logs(&[&bar, &baz]));
+    }
+}
+
+#[test]
 fn a_move_whose_new_node_stops_mid_way_is_called_off_by_setting_the_old_nodes_and_loses_nothing() {
     let home = Home::new();
     // n1 is the coordinator (the lowest-named live member) and holds a-m; n2 is to take it.

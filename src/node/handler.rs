@@ -484,10 +484,12 @@ impl Node {
         self.publish_table(table, saving).await
     }
 
-    /// The version after `held` with `planned`'s entries and moves, set by this node.
+    /// The version after `held` with `planned`'s entries and moves, set by this node; each
+    /// range's group keeps its generation, and a group born here gets a new one.
     fn next_table(&self, held: &RoutingTable, planned: crate::routing::Planned) -> Result<RoutingTable, RemoteError> {
         RoutingTable::new(planned.entries, held.version() + 1, self.name.as_str())
             .and_then(|t| t.with_moves(planned.moves))
+            .map(|t| t.with_generations(Some(held)))
             .map_err(RemoteError::invalid)
     }
 

@@ -295,7 +295,8 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     };
     let table = match &config.table {
         Some(entries) => RoutingTable::new(entries.clone(), 1, config.name.as_str())
-            .expect("validated when the configuration was resolved"),
+            .expect("validated when the configuration was resolved")
+            .with_generations(None),
         None if config.join.is_empty() => RoutingTable::owns_everything(&config.name),
         // A node joining a cluster with no table of its own has no opinion: the empty setter
         // loses to any table the cluster already holds, so a new node never takes over

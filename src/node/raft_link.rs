@@ -17,7 +17,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use kvnode_replica::{Frame, MAX_FRAME, RaftMsg, RangeId, SNAPSHOT_CHUNK, SnapshotHead, SnapshotPart};
+use kvnode_replica::{Frame, Generation, MAX_FRAME, RaftMsg, RangeId, SNAPSHOT_CHUNK, SnapshotHead, SnapshotPart};
 use tokio::sync::{Semaphore, mpsc};
 
 use super::Node;
@@ -88,9 +88,9 @@ impl Outbox for NodeOutbox {
         }
     }
 
-    fn send_snapshot(&self, to: &NodeName, range: RangeId, msg: RaftMsg) {
+    fn send_snapshot(&self, to: &NodeName, range: RangeId, generation: Generation, msg: RaftMsg) {
         if let Some(node) = self.0.upgrade() {
-            node.send_snapshot(to, range, msg);
+            node.send_snapshot(to, range, generation, msg);
         }
     }
 }
@@ -267,7 +267,7 @@ impl Node {
     /// Sends a snapshot to `to` on a stream of its own (one per peer and range at a time; a
     /// second while one travels is dropped, the first one's report stands for it), then tells
     /// the driver whether it arrived.
-    fn send_snapshot(self: &Arc<Self>, to: &NodeName, range: RangeId, msg: RaftMsg) {
+    fn send_snapshot(self: &Arc<Self>, to: &NodeName, range: RangeId, generation: Generation, msg: RaftMsg) {
         let key = (to.clone(), range);
         if !self
             .raft_links
@@ -282,7 +282,7 @@ impl Node {
         self.tasks.spawn(async move {
             let (to, range) = key;
             let started = std::time::Instant::now();
-            let outcome = node.stream_snapshot(&to, range, msg).await;
+            let outcome = node.stream_snapshot(&to, range, generation, msg).await;
             node.raft_links.sending.lock().unwrap_or_else(PoisonError::into_inner).remove(&(to.clone(), range));
             match &outcome {
                 Ok(len) => tracing::info!(%range, %to, bytes = len, took = ?started.elapsed(), "snapshot of range {range} sent to {to}"),
@@ -300,8 +300,14 @@ impl Node {
 
     /// Writes the snapshot's head and chunks on a new stream and waits until the peer has
     /// read them all: the data's length, or why not.
-    async fn stream_snapshot(self: &Arc<Self>, to: &NodeName, range: RangeId, msg: RaftMsg) -> Result<usize, String> {
-        let (head, data) = SnapshotHead::split(range, msg);
+    async fn stream_snapshot(
+        self: &Arc<Self>,
+        to: &NodeName,
+        range: RangeId,
+        generation: Generation,
+        msg: RaftMsg,
+    ) -> Result<usize, String> {
+        let (head, data) = SnapshotHead::split(range, generation, msg);
         if head.len > kvnode_replica::MAX_SNAPSHOT {
             return Err(format!("{} bytes is over the snapshot limit", head.len));
         }
@@ -420,6 +426,7 @@ impl Node {
             .send(Input::BeginInstall {
                 from: peer.clone(),
                 range,
+                generation: head.generation,
                 msg: head.msg.clone(),
                 done,
             })

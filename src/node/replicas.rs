@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kvnode_replica::{
-    Command, Effect, Failure, Frame, GroupStore, LeaseStanding, NodeIds, Output, ProposalId, ProposeError, RaftMsg,
-    RangeId, ReplicaConfig, Replicas, Role, node_id,
+    Command, Effect, Failure, Frame, Generation, GroupStore, LeaseStanding, NodeIds, Output, ProposalId, ProposeError,
+    RaftMsg, RangeId, ReplicaConfig, Replicas, Role, node_id,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
@@ -57,11 +57,11 @@ pub(crate) trait Outbox: Send + Sync + 'static {
     /// arrived ([`Input::SnapshotSent`]): until told, raft-rs holds that replica in snapshot
     /// state, and a snapshot asked for is sent again at every heartbeat. By default, in a
     /// frame (the driver's tests).
-    fn send_snapshot(&self, to: &NodeName, range: RangeId, msg: RaftMsg) {
+    fn send_snapshot(&self, to: &NodeName, range: RangeId, generation: Generation, msg: RaftMsg) {
         self.send(
             to,
             Frame {
-                msgs: vec![(range, msg)],
+                msgs: vec![(range, generation, msg)],
                 probes: Vec::new(),
             },
         );
@@ -115,6 +115,7 @@ pub(crate) enum Input {
     BeginInstall {
         from: NodeName,
         range: RangeId,
+        generation: Generation,
         msg: RaftMsg,
         done: oneshot::Sender<Result<(), String>>,
     },
@@ -311,6 +312,12 @@ struct Driver {
     finished: watch::Sender<Vec<Entry>>,
     /// Groups kept although the table names this node in none (said once each).
     kept_voting: BTreeSet<RangeId>,
+    /// Ranges whose group here (running, or on disk) is of another history than the one the
+    /// table gives the range ([`Generation`]): retired by `settle` ([`Driver::retire`]),
+    /// then the table's group starts.
+    stale: BTreeSet<RangeId>,
+    /// Of those, the ones `retire` keeps for now (said once each).
+    stale_kept: BTreeSet<RangeId>,
     /// Ranges whose entry has named this node in a table of this run.
     named: BTreeSet<RangeId>,
     /// The handle's ranges whose streamed snapshot is being written.
@@ -354,6 +361,8 @@ impl Driver {
             moves: BTreeMap::new(),
             finished: watch::Sender::new(Vec::new()),
             kept_voting: BTreeSet::new(),
+            stale: BTreeSet::new(),
+            stale_kept: BTreeSet::new(),
             named: BTreeSet::new(),
             installing: Arc::default(),
             leases: Arc::default(),
@@ -396,8 +405,16 @@ impl Driver {
                 }
                 self.replicas.report_snapshot(range, node_id(to.as_str()), delivered);
             }
-            Input::BeginInstall { from, range, msg, done } => {
-                let taken = self.replicas.begin_install(range, node_id(from.as_str()), &msg);
+            Input::BeginInstall {
+                from,
+                range,
+                generation,
+                msg,
+                done,
+            } => {
+                let taken = self
+                    .replicas
+                    .begin_install(range, generation, node_id(from.as_str()), &msg);
                 if taken.is_ok() {
                     self.installs().insert(range);
                     tracing::info!(%range, %from, index = msg.snapshot.as_ref().map_or(0, |s| s.index), "taking a snapshot of range {range} from {from}, streamed");
@@ -519,8 +536,15 @@ impl Driver {
             // During a move, leadership is handed to the first of the move's nodes.
             let preferred = moving.map_or(entry.preferred_leader(), Entry::preferred_leader);
             self.first.insert(range, node_id(preferred.as_str()));
-            if !self.replicas.ranges().any(|r| r == range) && !self.start_group(range, entry, moving.is_some()) {
-                continue;
+            let generation = table.generation_of(entry.first, entry.last);
+            match self.replicas.generation(range) {
+                Some(held) if held != generation => {
+                    self.stale.insert(range);
+                    continue;
+                }
+                Some(_) => {}
+                None if !self.start_group(range, generation, entry, moving.is_some()) => continue,
+                None => {}
             }
             let target = moving.map(|m| m.replicas().iter().map(|n| node_id(n.as_str())).collect());
             if let Some(m) = moving {
@@ -541,7 +565,9 @@ impl Driver {
     /// of a range on the move makes it a group of one over the data in place (the group's
     /// snapshot is the range's buckets), and campaigns at once. A node the move adds starts
     /// uninitialised and waits for the leader's snapshot, voting for nothing until then.
-    fn start_group(&mut self, range: RangeId, entry: &Entry, moving: bool) -> bool {
+    /// A group of `generation` (the table's): one found on disk of another is left for
+    /// [`Driver::retire`].
+    fn start_group(&mut self, range: RangeId, generation: Generation, entry: &Entry, moving: bool) -> bool {
         let my_id = node_id(self.me.as_str());
         let (bootstrap, voters): (Option<Vec<u64>>, Vec<u64>) = if !entry.replicas().contains(&self.me) {
             (None, vec![])
@@ -550,14 +576,18 @@ impl Driver {
         } else {
             (Some(vec![my_id]), vec![my_id])
         };
-        let store = match self.store.group(range, bootstrap.as_deref()) {
+        let store = match self.store.group(range, generation, bootstrap.as_deref()) {
             Ok(store) => store,
             Err(e) => {
                 tracing::error!(%range, error = %e, "cannot open the range's group in the store");
                 return false;
             }
         };
-        if let Err(e) = self.replicas.add_group(range, store, &voters) {
+        if store.generation() != generation {
+            self.stale.insert(range);
+            return false;
+        }
+        if let Err(e) = self.replicas.add_group(range, generation, store, &voters) {
             tracing::error!(%range, error = %e, "cannot start the range's group");
             return false;
         }
@@ -579,6 +609,14 @@ impl Driver {
     /// not take effect here (the group and its log are gone), ask again.
     async fn settle(&mut self) -> Result<(), String> {
         let Some(table) = self.table.clone() else { return Ok(()) };
+        let mut retired = false;
+        for range in std::mem::take(&mut self.stale) {
+            retired |= self.retire(range, &table).await?;
+        }
+        if retired {
+            // The table's groups of the retired ranges start.
+            self.table(Arc::clone(&table));
+        }
         // A group taking a streamed snapshot is dropped once that is done, or failed.
         let held = self.ranges_going_on();
         for range in held {
@@ -630,6 +668,94 @@ impl Driver {
             self.forget(range);
         }
         Ok(())
+    }
+
+    /// Retires `range`'s group held here (running, or found on disk) of another history than
+    /// the one `table` gives the range, whose group names this node: `true` once it is gone,
+    /// for the table's group to start.
+    ///
+    /// Its history is over. A coordinator gives a range's group a new generation only when
+    /// the table it replaces ran no group of the range (`RoutingTable::with_generations`):
+    /// the old group had finished into one node (its data that node's), so nothing it holds
+    /// elsewhere is needed; this node missed that (down, or cut off). Its records go, and its
+    /// data too unless the table names this node the range's only owner: a single owner's
+    /// range starting to move, whose new group is born over the data in place (once the old
+    /// group has applied all it holds).
+    ///
+    /// Kept, and said, when this node is that single owner and its old group still counts
+    /// other nodes: the table lost a move that group made (two coordinators in a partition,
+    /// the other side's group still running), whose acknowledged writes may be on those
+    /// nodes alone. The new group then waits for a table naming the old group's nodes.
+    async fn retire(&mut self, range: RangeId, table: &RoutingTable) -> Result<bool, String> {
+        let Some(entry) = table
+            .entries()
+            .iter()
+            .find(|e| (e.first, e.last) == (range.first, range.last))
+        else {
+            return Ok(false);
+        };
+        let generation = table.generation_of(range.first, range.last);
+        let running = self.replicas.generation(range).is_some();
+        let store = match self.replicas.store(range) {
+            Some(store) => store.clone(),
+            None => self
+                .store
+                .group(range, generation, None)
+                .map_err(|e| format!("range {range}'s group could not be read: {e}"))?,
+        };
+        let old = store.generation();
+        if old == generation {
+            // Retired already (or this table gives the old history back): start it.
+            return Ok(!running);
+        }
+        if self.replicas.installing(range) {
+            self.stale.insert(range);
+            return Ok(false);
+        }
+        let my_id = node_id(self.me.as_str());
+        let alone = entry.replicas() == std::slice::from_ref(&self.me);
+        if alone {
+            let conf = match self.replicas.conf(range) {
+                Some(conf) => conf,
+                None => {
+                    raft::Storage::initial_state(&store)
+                        .map_err(|e| format!("range {range}'s group could not be read: {e}"))?
+                        .conf_state
+                }
+            };
+            let counted = conf
+                .voters
+                .iter()
+                .chain(&conf.voters_outgoing)
+                .chain(&conf.learners)
+                .chain(&conf.learners_next);
+            if counted.into_iter().any(|&id| id != my_id) {
+                if self.stale_kept.insert(range) {
+                    tracing::error!(%range, %old, new = %generation, "range {range}'s group here (history {old}) still counts other nodes, but the table starts a new group (history {generation}) from this node's data: a move the table lost (a partition) may have writes on those nodes; the old group is kept, the new one waits; set a table naming the old group's nodes for {range}");
+                }
+                return Ok(false);
+            }
+            let last = raft::Storage::last_index(&store).unwrap_or(0);
+            if running && GroupStore::applied(&store) < last {
+                self.stale.insert(range);
+                return Ok(false);
+            }
+        }
+        if running {
+            if self.replicas.remove_group(range).is_none() {
+                self.stale.insert(range);
+                return Ok(false);
+            }
+            self.leases.end(range);
+        }
+        self.store
+            .drop_group(range, alone)
+            .await
+            .map_err(|e| format!("range {range}'s group could not be dropped: {e}"))?;
+        self.forget(range);
+        self.stale_kept.remove(&range);
+        tracing::warn!(%range, %old, new = %generation, keep_data = alone, "range {range}'s group here was of an earlier history ({old}), which has ended: dropped{}, for the table's group ({generation})", if alone { ", the range's data kept" } else { " with the range's data" });
+        Ok(true)
     }
 
     /// What this node kept for a range whose group it no longer holds: its preferred leader,
@@ -780,8 +906,8 @@ impl Driver {
             tracing::debug!(to, "raft frame for a node no table entry names; dropped");
             return;
         };
-        for (range, msg) in frame.take_snapshots() {
-            self.outbox.send_snapshot(name, range, msg);
+        for (range, generation, msg) in frame.take_snapshots() {
+            self.outbox.send_snapshot(name, range, generation, msg);
         }
         if !frame.is_empty() {
             self.outbox.send(name, frame);

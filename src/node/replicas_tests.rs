@@ -248,7 +248,7 @@ async fn a_groups_log_is_compacted_on_every_replica_as_writes_go_on() {
     // Every replica drops its older entries once past 40 applied ones.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     for store in &stores {
-        let group = store.group(RANGE, None).unwrap();
+        let group = store.group(RANGE, Generation::LEGACY, None).unwrap();
         loop {
             let (first, applied) = (raft::Storage::first_index(&group).unwrap(), group.applied());
             if applied >= 200 && applied - first <= 40 {
@@ -276,6 +276,45 @@ async fn leadership_goes_back_to_the_preferred_leader_once_it_is_back() {
     c.cut.lock().unwrap().clear();
     // Caught up, n1 is handed the range back (checked once a second).
     c.led_by(0, Duration::from_secs(10)).await;
+    for s in &c.stops {
+        s.cancel();
+    }
+}
+
+#[tokio::test]
+async fn a_group_of_an_earlier_history_is_retired_and_the_tables_group_starts_afresh() {
+    let stores: [Store; 3] = std::array::from_fn(|_| Store::in_memory());
+    let c = cluster_on(stores.clone());
+    let leader = c.leader(None, Duration::from_secs(5)).await;
+    c.handles[leader].propose(RANGE, put("old")).await.unwrap();
+    // The range's group born again (a table that gives it another generation): each node
+    // drops the running group and its data, and the new group starts as a new range.
+    let entries = vec![Entry::new(b'a', b'z', c.names.clone()).unwrap()];
+    let table = RoutingTable::new(entries, 2, "test").unwrap().with_generations(None);
+    let generation = table.generation_of(b'a', b'z');
+    assert_ne!(generation, Generation::LEGACY);
+    let table = Arc::new(table);
+    for h in &c.handles {
+        h.set_table(Arc::clone(&table));
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let leader = c.leader(None, Duration::from_secs(10)).await;
+        if c.handles[leader].propose(RANGE, put("new")).await.is_ok() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no write taken by the new group"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for (i, store) in stores.iter().enumerate() {
+        let group = store.group(RANGE, Generation::LEGACY, None).unwrap();
+        assert_eq!(group.generation(), generation, "node {i}'s group");
+        let old = store.get(b"apples", b"old").await.unwrap();
+        assert!(!matches!(old, crate::store::Lookup::Found(_)), "node {i} kept {old:?}");
+    }
     for s in &c.stops {
         s.cancel();
     }

@@ -14,14 +14,25 @@ use crate::routing::{Entry, RoutingTable};
 /// The file's name under the data directory.
 const FILE: &str = "routing-table";
 
-/// Bumped if the file's layout changes; a file of another format is ignored, but for
-/// [`FORMAT_ONE_NODE`], which is read as it was written.
-const FORMAT: u8 = 3;
+/// Bumped if the file's layout changes; a file of an older format is read as it was written.
+const FORMAT: u8 = 4;
+/// The layout before tables carried their groups' generations (wire version 15): every group
+/// of such a table has `Generation::LEGACY`, as its groups' records have.
+const FORMAT_NO_GENERATIONS: u8 = 3;
 /// The layout before tables carried moves (wire version 12), read as it was written.
 const FORMAT_NO_MOVES: u8 = 2;
 /// The layout before entries held replicas (wire version 5): one node per entry. A node
 /// upgraded over its data directory keeps the table it saved then.
 const FORMAT_ONE_NODE: u8 = 1;
+
+/// A table as [`FORMAT_NO_GENERATIONS`] laid it out.
+#[derive(Deserialize)]
+struct NoGenerationsTable {
+    entries: Vec<Entry>,
+    version: u64,
+    setter: String,
+    moves: Vec<Entry>,
+}
 
 /// A table as [`FORMAT_NO_MOVES`] laid it out.
 #[derive(Deserialize)]
@@ -65,14 +76,19 @@ pub fn load(path: &Path) -> Option<RoutingTable> {
         }
     };
     let decoded = match bytes.split_first() {
-        Some((&FORMAT, rest)) => postcard::from_bytes::<RoutingTable>(rest).ok().map(|t| {
-            (
-                t.entries().to_vec(),
-                t.version(),
-                t.setter().to_string(),
-                t.moves().to_vec(),
-            )
-        }),
+        Some((&FORMAT, rest)) => {
+            // `Deserialize` skips the whole table's checks: made here.
+            let table = postcard::from_bytes::<RoutingTable>(rest)
+                .ok()
+                .filter(|t| kvnode_gossip::Table::check(t).is_ok());
+            if table.is_none() {
+                tracing::warn!(path = %path.display(), "the saved routing table is damaged; starting with the configured one");
+            }
+            return table;
+        }
+        Some((&FORMAT_NO_GENERATIONS, rest)) => postcard::from_bytes::<NoGenerationsTable>(rest)
+            .ok()
+            .map(|t| (t.entries, t.version, t.setter, t.moves)),
         Some((&FORMAT_NO_MOVES, rest)) => postcard::from_bytes::<NoMovesTable>(rest)
             .ok()
             .map(|t| (t.entries, t.version, t.setter, Vec::new())),
@@ -164,9 +180,36 @@ mod tests {
         // Overlapping entries that serde alone would accept.
         let mut overlapping = vec![FORMAT];
         let entries = [table.entries(), table.entries()].concat();
-        overlapping.extend(postcard::to_stdvec(&(entries, 9u64, "foo")).unwrap());
+        let (moves, generations) = (Vec::<Entry>::new(), Vec::<(u8, u8, kvnode_replica::Generation)>::new());
+        overlapping.extend(postcard::to_stdvec(&(entries, 9u64, "foo", moves, generations)).unwrap());
         std::fs::write(&path, overlapping).unwrap();
         assert_eq!(load(&path), None, "overlapping");
+    }
+
+    #[test]
+    fn a_table_keeps_its_groups_generations_and_one_saved_before_them_has_the_legacy_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = path(dir.path());
+        let table = RoutingTable::parse(["a-m=foo+bar+baz,n-z=bar"], 7, "foo")
+            .unwrap()
+            .with_generations(None);
+        let generation = table.generation_of(b'a', b'm');
+        assert_ne!(generation, kvnode_replica::Generation::LEGACY);
+        save(&path, &table).unwrap();
+        assert_eq!(load(&path).map(|t| t.generation_of(b'a', b'm')), Some(generation));
+        // Format 3, as wire version 14 wrote it: no generations.
+        let mut old = vec![FORMAT_NO_GENERATIONS];
+        old.extend(postcard::to_stdvec(&(table.entries(), 7u64, "foo", Vec::<Entry>::new())).unwrap());
+        std::fs::write(&path, old).unwrap();
+        let loaded = load(&path).expect("an older format loads");
+        assert_eq!(loaded.entries(), table.entries());
+        assert_eq!(loaded.generation_of(b'a', b'm'), kvnode_replica::Generation::LEGACY);
+        // A generation given to a range that runs no group is damage.
+        let mut bad = vec![FORMAT];
+        let generations = vec![(b'n', b'z', generation)];
+        bad.extend(postcard::to_stdvec(&(table.entries(), 7u64, "foo", Vec::<Entry>::new(), generations)).unwrap());
+        std::fs::write(&path, bad).unwrap();
+        assert_eq!(load(&path), None);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use self::lost_state::{Probing, ask_for_snapshot, log_state, may_step};
 use self::moves::{drive_move, is_from_leader};
 use crate::change::ReplicaChange;
 use crate::command::{Command, ProposalId};
-use crate::ids::RangeId;
+use crate::ids::{Generation, RangeId};
 use crate::output::{Applied, Failure, GroupWrite, Output, Persist, add_frames};
 use crate::store::{GroupStore, StoreError};
 use crate::wire::{Frame, LogState, Probe};
@@ -127,6 +127,9 @@ pub enum ProposeError {
 
 struct Group<S: GroupStore> {
     node: RawNode<S>,
+    /// Which history of the range this replica belongs to ([`Generation`]): its messages
+    /// carry it, and it steps only messages that carry it.
+    generation: Generation,
     /// Accepted proposals of this node by log index, with the term they were appended in.
     proposals: BTreeMap<u64, (ProposalId, u64)>,
     /// Reads taken since the last batch was asked of raft: (read id, term taken in).
@@ -185,7 +188,7 @@ pub struct Replicas<S: GroupStore> {
     next_round: u64,
     held: Option<(u64, Vec<Held>)>,
     /// Messages of the core's own, sent with the next round's early frames.
-    outbox: Vec<(RangeId, Message)>,
+    outbox: Vec<(RangeId, Generation, Message)>,
     /// Probes and answers to send with the next round's early frames: (to, probe).
     probes: Vec<(u64, Probe)>,
     /// Events found while polling, released with the round.
@@ -217,8 +220,15 @@ impl<S: GroupStore> Replicas<S> {
     /// have answered, the group bootstraps if the range is new ([`Output::bootstrapped`]),
     /// else it waits for a leader's snapshot, voting meanwhile only as the lost-state rule
     /// allows. With no `replicas`, such a group just waits for a snapshot and never votes.
-    /// Replaces nothing: a range already held is refused.
-    pub fn add_group(&mut self, range: RangeId, store: S, replicas: &[u64]) -> Result<(), raft::Error> {
+    /// Replaces nothing: a range already held is refused. `generation` is the group's
+    /// history ([`Generation`]), as the table gives it: only its messages reach the group.
+    pub fn add_group(
+        &mut self,
+        range: RangeId,
+        generation: Generation,
+        store: S,
+        replicas: &[u64],
+    ) -> Result<(), raft::Error> {
         if self.groups.contains_key(&range) {
             return Err(raft::Error::Exists {
                 id: self.config.id,
@@ -241,6 +251,7 @@ impl<S: GroupStore> Replicas<S> {
         });
         let mut group = Group {
             node,
+            generation,
             proposals: BTreeMap::new(),
             reads_new: vec![],
             reads_asked: vec![],
@@ -367,6 +378,11 @@ impl<S: GroupStore> Replicas<S> {
         )
     }
 
+    /// The history of `range`'s group held here ([`Generation`]), if one is.
+    pub fn generation(&self, range: RangeId) -> Option<Generation> {
+        self.groups.get(&range).map(|g| g.generation)
+    }
+
     /// The group's store (for the caller's reads of the applied state).
     pub fn store(&self, range: RangeId) -> Option<&S> {
         self.groups.get(&range).map(|g| g.node.store())
@@ -382,7 +398,12 @@ impl<S: GroupStore> Replicas<S> {
             redraw_timeout(&mut self.rng, self.config.election_tick, g);
             if let Some(p) = &g.probing {
                 for to in p.others(me).filter(|id| !p.answers.contains_key(id)) {
-                    self.probes.push((to, Probe { range, answer: None }));
+                    let probe = Probe {
+                        range,
+                        generation: g.generation,
+                        answer: None,
+                    };
+                    self.probes.push((to, probe));
                 }
             }
             // Past the floor, raft's own vote check covers what the floor stood for.
@@ -396,16 +417,21 @@ impl<S: GroupStore> Replicas<S> {
     }
 
     /// A frame from the peer `from` (authenticated by the transport). Messages that claim
-    /// another sender, are for another node or a range not held here are dropped: their count
-    /// is returned (raft resends what matters).
+    /// another sender, are for another node, a range not held here or another history of it
+    /// (generation) are dropped: their count is returned (raft resends what matters).
     pub fn handle_frame(&mut self, from: u64, frame: Frame) -> usize {
         let mut dropped = 0;
         for probe in frame.probes {
             self.handle_probe(from, probe);
         }
-        for (range, msg) in frame.msgs {
+        for (range, generation, msg) in frame.msgs {
             let me = self.config.id;
-            let stepped = match (self.groups.get_mut(&range), msg.to_raft()) {
+            let group = self.groups.get_mut(&range);
+            if group.as_ref().is_some_and(|g| g.generation != generation) {
+                dropped += 1;
+                continue;
+            }
+            let stepped = match (group, msg.to_raft()) {
                 // A leadership transfer is asked by this node's driver alone (hand-backs, a
                 // move's steps), never by a peer: it ends the leader's lease for the term.
                 (Some(g), Ok(mut m))
@@ -427,7 +453,7 @@ impl<S: GroupStore> Replicas<S> {
                         // and an idle leader would never look. So the commit is clamped, and
                         // the replica answers as raft-rs's `request_snapshot` would have (it
                         // cannot on an empty log): a rejected append asking for a snapshot.
-                        self.outbox.push((range, ask_for_snapshot(&m)));
+                        self.outbox.push((range, generation, ask_for_snapshot(&m)));
                         m.commit = m.commit.min(g.node.raft.raft_log.last_index());
                     }
                     let ok = g.node.step(m).is_ok();
@@ -612,8 +638,8 @@ impl<S: GroupStore> Replicas<S> {
         }
         let mut held = vec![];
         let mut early: BTreeMap<u64, Frame> = BTreeMap::new();
-        for (range, m) in std::mem::take(&mut self.outbox) {
-            add_frames(&mut early, range, vec![m]);
+        for (range, generation, m) in std::mem::take(&mut self.outbox) {
+            add_frames(&mut early, range, generation, vec![m]);
         }
         for (to, probe) in std::mem::take(&mut self.probes) {
             early.entry(to).or_default().probes.push(probe);
@@ -640,7 +666,7 @@ impl<S: GroupStore> Replicas<S> {
                 continue;
             }
             let mut ready = g.node.ready();
-            add_frames(&mut early, range, ready.take_messages());
+            add_frames(&mut early, range, g.generation, ready.take_messages());
             for rs in ready.take_read_states() {
                 let id = rs.request_ctx.as_slice().try_into().ok().map(u64::from_be_bytes);
                 if let Some(pos) = g.reads_asked.iter().position(|(ctx, _, _)| Some(*ctx) == id) {
@@ -764,13 +790,13 @@ fn complete<S: GroupStore>(
         }
     }
     // Votes and follower acknowledgements: only now that the round is durable.
-    add_frames(frames, range, h.persisted_msgs);
+    add_frames(frames, range, g.generation, h.persisted_msgs);
     apply(range, g, h.committed, out).map_err(err)?;
     let mut light = g.node.advance(h.ready);
     if let Some(commit) = light.commit_index() {
         g.node.mut_store().set_commit(commit).map_err(err)?;
     }
-    add_frames(frames, range, light.take_messages());
+    add_frames(frames, range, g.generation, light.take_messages());
     apply(range, g, light.take_committed_entries(), out).map_err(err)?;
     g.node.advance_apply();
     // An entry replaced in the log is gone for good (Log Matching): a deposed leader's

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 /// A replicated range, named as the routing table names it: the first and last byte of the
-/// bucket names it holds (`a-m` is `{ first: b'a', last: b'm' }`). Issue 26's splits add a
-/// generation; until then a range's bounds are its identity.
+/// bucket names it holds (`a-m` is `{ first: b'a', last: b'm' }`). One range may have had
+/// several groups over time; [`Generation`] tells their histories apart.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct RangeId {
     /// The first byte of the range's bucket names.
@@ -19,6 +19,54 @@ pub struct RangeId {
 impl std::fmt::Display for RangeId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}-{}", char::from(self.first), char::from(self.last))
+    }
+}
+
+/// Which history of a range's group a replica belongs to (issue 26). A range's group may be
+/// born more than once (replicated, then held by one node, then replicated again starts at
+/// index 1, term 1 anew); a replica of an earlier history must never vote in, or be voted
+/// for by, a later one, whose terms and log it does not share. The routing table gives each
+/// group's generation when the group is born and keeps it while the group lives; every
+/// message, probe and snapshot carries its group's, and a replica steps only its own.
+///
+/// [`Generation::LEGACY`] (0) is the generation of every group and table from before
+/// generations; [`Generation::derive`] never gives it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Generation(pub u64);
+
+impl Generation {
+    /// Groups and tables from before generations.
+    pub const LEGACY: Generation = Generation(0);
+
+    /// The generation of `range`'s group born with `nodes` in the table of `version` set by
+    /// `setter`: the same on every node that reads that table (a configuration file's table
+    /// is derived again at each start), different for every table that births one
+    /// (SipHash-2-4 with a key of its own, stable across releases as [`node_id`] is).
+    pub fn derive<'a>(
+        version: u64,
+        setter: &'a str,
+        range: RangeId,
+        nodes: impl IntoIterator<Item = &'a str>,
+    ) -> Generation {
+        const GENERATION_KEY: (u64, u64) = (0x6b76_6e6f_6465_2d67, 0x656e_6572_6174_696f);
+        // Each name with its length before it, so that no two lists read alike.
+        let mut bytes = Vec::with_capacity(64);
+        bytes.extend_from_slice(&version.to_be_bytes());
+        bytes.extend_from_slice(&[range.first, range.last]);
+        for name in std::iter::once(setter).chain(nodes) {
+            bytes.extend_from_slice(&(name.len() as u64).to_be_bytes());
+            bytes.extend_from_slice(name.as_bytes());
+        }
+        match siphash24(GENERATION_KEY, &bytes) {
+            0 => Generation(1),
+            g => Generation(g),
+        }
+    }
+}
+
+impl std::fmt::Display for Generation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:016x}", self.0)
     }
 }
 

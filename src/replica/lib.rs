@@ -54,7 +54,7 @@ mod wire;
 pub use self::change::{ChangeKind, ReplicaChange};
 pub use self::command::{Command, Effect, ProposalId};
 pub use self::core::{InstallRefused, LeaseStanding, ProposeError, ReplicaConfig, Replicas, Role, RoundError};
-pub use self::ids::{IdError, NodeIds, RangeId, node_id};
+pub use self::ids::{Generation, IdError, NodeIds, RangeId, node_id};
 pub use self::output::{Applied, Failure, GroupWrite, Output, Persist};
 pub use self::store::{
     BOOTSTRAP_INDEX, GroupStore, INSTALLED, MemGroupStore, RangeData, StoreError, decode_range, encode_range,

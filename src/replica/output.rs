@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use raft::prelude::{ConfState, Entry, HardState, Message, Snapshot};
 
 use crate::command::{Command, Effect, ProposalId};
-use crate::ids::RangeId;
+use crate::ids::{Generation, RangeId};
 use crate::wire::{Frame, RaftMsg};
 
 /// Why an accepted proposal will never be acknowledged.
@@ -106,12 +106,17 @@ impl Output {
 }
 
 /// Adds raft's messages to the frames of their destinations (one frame per peer per round).
-pub(crate) fn add_frames(frames: &mut BTreeMap<u64, Frame>, range: RangeId, msgs: Vec<Message>) {
+pub(crate) fn add_frames(
+    frames: &mut BTreeMap<u64, Frame>,
+    range: RangeId,
+    generation: Generation,
+    msgs: Vec<Message>,
+) {
     for m in msgs {
         frames
             .entry(m.to)
             .or_default()
             .msgs
-            .push((range, RaftMsg::from_raft(&m)));
+            .push((range, generation, RaftMsg::from_raft(&m)));
     }
 }

@@ -9,7 +9,7 @@
 use raft::prelude::{ConfState, Entry, EntryType, Message, MessageType, Snapshot, SnapshotMetadata};
 use serde::{Deserialize, Serialize};
 
-use crate::ids::RangeId;
+use crate::ids::{Generation, RangeId};
 
 /// The largest frame a peer may send (the transport's frame limit bounds it too): raft-rs caps
 /// entries per append by `max_size_per_msg` (1 MiB), and one frame carries a round of many
@@ -27,8 +27,9 @@ pub const MAX_SNAPSHOT: u64 = 2 << 30;
 /// One round's raft messages from one node to one peer, of every group they share.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Frame {
-    /// Each message with the range whose group it belongs to.
-    pub msgs: Vec<(RangeId, RaftMsg)>,
+    /// Each message with the range whose group it belongs to, and the group's generation
+    /// (a replica steps only its own history's messages).
+    pub msgs: Vec<(RangeId, Generation, RaftMsg)>,
     /// Probes of replicas that may have lost their state, and answers to them (the core's
     /// lost-state rule; `docs/design/replication.md`).
     pub probes: Vec<Probe>,
@@ -40,6 +41,9 @@ pub struct Frame {
 pub struct Probe {
     /// The range asked about.
     pub range: RangeId,
+    /// The asking group's generation: the answer is what the answering node holds of that
+    /// history of the range (nothing, if it holds another).
+    pub generation: Generation,
     /// `None`: a question. `Some`: the answer, itself `None` when the answering node holds
     /// no state for the range (or is itself still asking).
     pub answer: Option<Option<LogState>>,
@@ -148,7 +152,7 @@ impl Frame {
         if !rest.is_empty() {
             return Err(DecodeError::Malformed);
         }
-        for (_, m) in &frame.msgs {
+        for (_, _, m) in &frame.msgs {
             m.check()?;
         }
         Ok(frame)
@@ -160,14 +164,14 @@ impl Frame {
     /// ([`SnapshotHead`], then the data in chunks): none meets the frame limit or holds up the
     /// heartbeats behind it, and the sender learns whether it arrived, which raft-rs needs
     /// told (`report_snapshot`). The frame keeps the rest.
-    pub fn take_snapshots(&mut self) -> Vec<(RangeId, RaftMsg)> {
+    pub fn take_snapshots(&mut self) -> Vec<(RangeId, Generation, RaftMsg)> {
         // Every frame a driver sends passes here; nearly none carries a snapshot.
-        if !self.msgs.iter().any(|(_, m)| m.snapshot.is_some()) {
+        if !self.msgs.iter().any(|(_, _, m)| m.snapshot.is_some()) {
             return Vec::new();
         }
         let (out, kept) = std::mem::take(&mut self.msgs)
             .into_iter()
-            .partition(|(_, m)| m.snapshot.is_some());
+            .partition(|(_, _, m)| m.snapshot.is_some());
         self.msgs = kept;
         out
     }
@@ -209,6 +213,8 @@ impl Frame {
 pub struct SnapshotHead {
     /// The range whose group the message belongs to.
     pub range: RangeId,
+    /// The group's generation.
+    pub generation: Generation,
     /// The message, its snapshot's data empty.
     pub msg: RaftMsg,
     /// How many bytes of data follow.
@@ -217,14 +223,22 @@ pub struct SnapshotHead {
 
 impl SnapshotHead {
     /// Splits a snapshot message into its head and its data.
-    pub fn split(range: RangeId, mut msg: RaftMsg) -> (Self, Vec<u8>) {
+    pub fn split(range: RangeId, generation: Generation, mut msg: RaftMsg) -> (Self, Vec<u8>) {
         let data = msg
             .snapshot
             .as_mut()
             .map(|s| std::mem::take(&mut s.data))
             .unwrap_or_default();
         let len = data.len() as u64;
-        (SnapshotHead { range, msg, len }, data)
+        (
+            SnapshotHead {
+                range,
+                generation,
+                msg,
+                len,
+            },
+            data,
+        )
     }
 
     /// The head's bytes.
@@ -262,7 +276,7 @@ impl SnapshotHead {
             s.data = data;
         }
         Frame {
-            msgs: vec![(self.range, self.msg)],
+            msgs: vec![(self.range, self.generation, self.msg)],
             probes: Vec::new(),
         }
     }

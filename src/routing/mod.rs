@@ -11,6 +11,7 @@ pub use moves::Planned;
 
 use std::fmt;
 
+use kvnode_replica::{Generation, RangeId};
 use serde::{Deserialize, Serialize};
 
 use crate::names::{NodeName, escape_bytes};
@@ -58,12 +59,18 @@ impl TryFrom<EntryFields> for Entry {
 /// range and the nodes it is to be held by. Requests still follow the entry (where the data
 /// is) until the range's group has moved and its leader finishes the move, which makes the
 /// move's nodes the entry's (`docs/design/moves.md`).
+///
+/// `generations` (issue 26) name the history of each range's group ([`Generation`]): given
+/// when the group is born (a new replicated range, or a single owner's range starting to
+/// move), kept while it lives ([`RoutingTable::with_generations`]). A range whose group is
+/// not listed (a table from before generations) has [`Generation::LEGACY`].
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct RoutingTable {
     entries: Vec<Entry>,
     version: u64,
     setter: String,
     moves: Vec<Entry>,
+    generations: Vec<(u8, u8, Generation)>,
 }
 
 /// Why a table specification was refused; every variant quotes the offending entry.
@@ -119,6 +126,7 @@ impl RoutingTable {
             version: 0,
             setter: node.to_string(),
             moves: Vec::new(),
+            generations: Vec::new(),
         }
     }
 
@@ -142,6 +150,7 @@ impl RoutingTable {
             version,
             setter: setter.into(),
             moves: Vec::new(),
+            generations: Vec::new(),
         })
     }
 
@@ -163,6 +172,45 @@ impl RoutingTable {
         }
         self.moves = moves;
         Ok(self)
+    }
+
+    /// The same table with a generation for each range whose group runs: `prev`'s where
+    /// `prev` ran a group of the same range (the group lives on: moved, re-ordered, or a move
+    /// re-aimed), else a new one, born here. `prev` is the table this one replaces at the
+    /// coordinator; `None` for a table of a configuration file, whose groups are born with
+    /// it: derived without the setter, so that every node's copy of one configuration, each
+    /// set by the node itself, gives the same groups the same generation.
+    pub fn with_generations(mut self, prev: Option<&RoutingTable>) -> Self {
+        let setter = if prev.is_some() { self.setter.as_str() } else { "" };
+        let generations = self
+            .entries
+            .iter()
+            .filter_map(|e| {
+                let nodes = self.group_of(e)?;
+                let lives_on = prev.and_then(|p| {
+                    let held = p.entries.iter().find(|h| (h.first, h.last) == (e.first, e.last))?;
+                    p.group_of(held)?;
+                    Some(p.generation_of(e.first, e.last))
+                });
+                let range = RangeId {
+                    first: e.first,
+                    last: e.last,
+                };
+                let born = || Generation::derive(self.version, setter, range, nodes.iter().map(NodeName::as_str));
+                Some((e.first, e.last, lives_on.unwrap_or_else(born)))
+            })
+            .collect();
+        self.generations = generations;
+        self
+    }
+
+    /// The generation of the group of the range `first..=last` ([`Generation::LEGACY`] for a
+    /// range this table gives none).
+    pub fn generation_of(&self, first: u8, last: u8) -> Generation {
+        self.generations
+            .iter()
+            .find(|(f, l, _)| (*f, *l) == (first, last))
+            .map_or(Generation::LEGACY, |(_, _, g)| *g)
     }
 
     /// The moves under way.
@@ -258,8 +306,19 @@ impl RoutingTable {
     /// while the cluster still holds the old table) are ordered by their entries, so that
     /// every node still settles on one of them.
     pub fn supersedes(&self, other: &RoutingTable) -> bool {
-        (self.version, &self.setter, &self.entries, &self.moves)
-            > (other.version, &other.setter, &other.entries, &other.moves)
+        (
+            self.version,
+            &self.setter,
+            &self.entries,
+            &self.moves,
+            &self.generations,
+        ) > (
+            other.version,
+            &other.setter,
+            &other.entries,
+            &other.moves,
+            &other.generations,
+        )
     }
 
     /// The same entries under a new version and setter (`route --set`).
@@ -423,8 +482,22 @@ impl kvnode_gossip::Table for RoutingTable {
     fn check(&self) -> Result<(), String> {
         RoutingTable::new(self.entries.clone(), self.version, self.setter.clone())
             .and_then(|t| t.with_moves(self.moves.clone()))
-            .map(drop)
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        for (i, &(first, last, _)) in self.generations.iter().enumerate() {
+            let group = self
+                .entries
+                .iter()
+                .find(|e| (e.first, e.last) == (first, last))
+                .and_then(|e| self.group_of(e));
+            if group.is_none() || self.generations[..i].iter().any(|&(f, l, _)| (f, l) == (first, last)) {
+                return Err(format!(
+                    "the table gives a generation to range {}-{}, which runs no group or has one already",
+                    byte_to_string(first),
+                    byte_to_string(last)
+                ));
+            }
+        }
+        Ok(())
     }
 }
 

@@ -191,6 +191,7 @@ fn replicated(entries: &[&str]) -> RoutingTable {
         version: 1,
         setter: "test".into(),
         moves: Vec::new(),
+        generations: Vec::new(),
     }
 }
 
@@ -353,4 +354,49 @@ mod round_trip {
             prop_assert_eq!(RoutingTable::parse([inner.as_str()], 1, "test").unwrap(), t, "{}", shown);
         }
     }
+}
+
+#[test]
+fn a_group_keeps_its_generation_while_it_lives_and_one_born_again_gets_a_new_one() {
+    use kvnode_replica::Generation;
+    let parse = |spec: &str, version, setter: &str| RoutingTable::parse([spec], version, setter).unwrap();
+    let held = parse("a-m=foo+bar+baz,n-z=qux", 3, "foo").with_generations(None);
+    let g = held.generation_of(b'a', b'm');
+    assert_ne!(g, Generation::LEGACY);
+    assert_eq!(
+        held.generation_of(b'n', b'z'),
+        Generation::LEGACY,
+        "a single owner runs no group"
+    );
+    // Every node's copy of one configuration, each set by the node itself, agrees.
+    let bars = parse("a-m=foo+bar+baz,n-z=qux", 3, "bar").with_generations(None);
+    assert_eq!(bars.generation_of(b'a', b'm'), g);
+    // On the move, re-ordered, moved: the same group, the same history. A single owner's
+    // range starting to move is a group born.
+    let moves = vec!["a-m=bar+baz+quux".parse().unwrap(), "n-z=qux+foo".parse().unwrap()];
+    let moving = parse("a-m=baz+foo+bar,n-z=qux", 4, "foo")
+        .with_moves(moves)
+        .unwrap()
+        .with_generations(Some(&held));
+    assert_eq!(moving.generation_of(b'a', b'm'), g);
+    let born = moving.generation_of(b'n', b'z');
+    assert_ne!(born, Generation::LEGACY);
+    let moved = parse("a-m=bar+baz+quux,n-z=qux+foo", 5, "foo").with_generations(Some(&moving));
+    assert_eq!(
+        (moved.generation_of(b'a', b'm'), moved.generation_of(b'n', b'z')),
+        (g, born)
+    );
+    // Finished onto one node, then replicated again: another history.
+    let single = parse("a-m=bar,n-z=qux+foo", 6, "foo").with_generations(Some(&moved));
+    assert_eq!(single.generation_of(b'a', b'm'), Generation::LEGACY);
+    let again = parse("a-m=bar+baz+quux,n-z=qux+foo", 7, "foo").with_generations(Some(&single));
+    let reborn = again.generation_of(b'a', b'm');
+    assert!(![Generation::LEGACY, g, born].contains(&reborn), "{reborn}");
+    // The same birth by another coordinator (a partition's other side) is another history.
+    let elsewhere = parse("a-m=bar+baz+quux,n-z=qux+foo", 7, "bar").with_generations(Some(&single));
+    assert_ne!(elsewhere.generation_of(b'a', b'm'), reborn);
+    // Tables differing only in generations are still ordered, so every node keeps one.
+    let configured = parse("a-m=bar+baz+quux,n-z=qux+foo", 7, "foo").with_generations(None);
+    assert_ne!(configured.generation_of(b'a', b'm'), reborn);
+    assert!(configured.supersedes(&again) != again.supersedes(&configured));
 }

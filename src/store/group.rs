@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use bytes::Bytes;
-use kvnode_replica::{BOOTSTRAP_INDEX, Command, Effect, GroupStore, Persist, RangeData, RangeId};
+use kvnode_replica::{BOOTSTRAP_INDEX, Command, Effect, Generation, GroupStore, Persist, RangeData, RangeId};
 use raft::prelude::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, Storage, StorageError};
 
@@ -44,6 +44,8 @@ const READ_PAGE: usize = 64;
 #[derive(Clone)]
 pub struct NodeGroupStore {
     range: RangeId,
+    /// Which history of the range's group this is (issue 26).
+    generation: Generation,
     shared: Arc<Shared>,
 }
 
@@ -280,9 +282,10 @@ impl GroupState {
 }
 
 impl NodeGroupStore {
-    fn new(range: RangeId, backend: GroupBackend, state: GroupState) -> Self {
+    fn new(range: RangeId, generation: Generation, backend: GroupBackend, state: GroupState) -> Self {
         NodeGroupStore {
             range,
+            generation,
             shared: Arc::new(Shared {
                 backend,
                 feed: Arc::new(Feed::starting_at(state.applied.0)),
@@ -330,6 +333,12 @@ impl NodeGroupStore {
     }
 
     /// The range this group replicates.
+    /// The history of the range's group this store holds: the one it was created with, or,
+    /// for a group found on disk, the one recorded then.
+    pub fn generation(&self) -> Generation {
+        self.generation
+    }
+
     pub fn range(&self) -> RangeId {
         self.range
     }
@@ -773,7 +782,7 @@ fn data_op(command: &Command) -> Op {
 }
 
 /// A group's state as `raft_state` and `raft_log` hold it; `None` if they hold nothing of it.
-fn load(disk: &DiskStore, range: RangeId) -> Result<Option<GroupState>, StoreError> {
+fn load(disk: &DiskStore, range: RangeId) -> Result<Option<(GroupState, Generation)>, StoreError> {
     let err = |e: super::engine::EngineError| group_err(range, e.0);
     let engine = disk.engine();
     if super::install::marked(&**engine, range).map_err(err)? {
@@ -838,7 +847,11 @@ fn load(disk: &DiskStore, range: RangeId) -> Result<Option<GroupState>, StoreErr
             s.applied.0, s.truncated.0, s.last
         )));
     }
-    Ok(Some(s))
+    let generation = match get(rec::GENERATION).map_err(err)? {
+        Some(v) => rec::decode_generation(&v).map_err(damaged)?,
+        None => Generation::LEGACY,
+    };
+    Ok(Some((s, generation)))
 }
 
 impl Store {
@@ -852,7 +865,15 @@ impl Store {
     /// here keeps them (the table refuses to make such a range replicated until issue 26).
     /// The bootstrap records are written unsynced: lost in a crash, the same bootstrap runs
     /// again.
-    pub fn group(&self, range: RangeId, bootstrap: Option<&[u64]>) -> Result<NodeGroupStore, StoreError> {
+    ///
+    /// A group created here is of `generation` (recorded with it); one found keeps the
+    /// generation it was created with, which the caller compares with the table's.
+    pub fn group(
+        &self,
+        range: RangeId,
+        generation: Generation,
+        bootstrap: Option<&[u64]>,
+    ) -> Result<NodeGroupStore, StoreError> {
         let mut held = self.groups.lock();
         if let Some(g) = held.get(&range) {
             return Ok(g.clone());
@@ -861,11 +882,22 @@ impl Store {
             Backend::Memory(m) => (GroupBackend::Memory(m.for_group()), None),
             Backend::Disk(d) => (GroupBackend::Disk(d.clone()), load(d, range)?),
         };
-        let stored = found.is_some();
-        let mut group = NodeGroupStore::new(range, backend, found.unwrap_or_else(GroupState::uninitialised));
-        if let (false, Some(voters)) = (stored, bootstrap) {
-            group.bootstrap(voters).map_err(|e| group_err(range, e.to_string()))?;
-        }
+        let group = match found {
+            Some((state, stored)) => NodeGroupStore::new(range, stored, backend, state),
+            None => {
+                let mut group = NodeGroupStore::new(range, generation, backend, GroupState::uninitialised());
+                group
+                    .write_unsynced(|| {
+                        let key = rec::state_key(range, rec::GENERATION);
+                        vec![(RaftSpace::State, key, Some(rec::encode_generation(generation)))]
+                    })
+                    .map_err(|e| group_err(range, e.to_string()))?;
+                if let Some(voters) = bootstrap {
+                    group.bootstrap(voters).map_err(|e| group_err(range, e.to_string()))?;
+                }
+                group
+            }
+        };
         held.insert(range, group.clone());
         Ok(group)
     }
@@ -897,7 +929,7 @@ impl Store {
                 writes
                     .records
                     .extend(log.into_iter().map(|(k, _)| (RaftSpace::Log, k, None)));
-                for kind in [rec::HARD, rec::CONF, rec::APPLIED, rec::TRUNCATED] {
+                for kind in [rec::HARD, rec::CONF, rec::APPLIED, rec::TRUNCATED, rec::GENERATION] {
                     writes
                         .records
                         .push((RaftSpace::State, rec::state_key(range, kind), None));
@@ -921,7 +953,9 @@ impl Store {
                 .engine()
                 .raft_scan(RaftSpace::State, &[], &[0xff; 4], false, usize::MAX)
                 .map_err(|e| StoreError::Engine(e.0))?;
+            // A generation alone is an uninitialised group's: no state.
             ranges.extend(all.iter().filter_map(|(k, _)| match k.as_slice() {
+                [_, _, rec::GENERATION] => None,
                 [first, last, ..] => Some(RangeId {
                     first: *first,
                     last: *last,

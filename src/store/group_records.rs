@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use kvnode_replica::{GroupWrite, RangeData, RangeId};
+use kvnode_replica::{Generation, GroupWrite, RangeData, RangeId};
 use raft::prelude::{ConfState, Entry, EntryType, HardState};
 use serde::{Deserialize, Serialize};
 
@@ -26,6 +26,9 @@ pub(super) const TRUNCATED: u8 = 4;
 /// Present while a streamed snapshot's data is being written (`store::install`): the range's
 /// data is neither the old nor the new, and a restart clears the group.
 pub(super) const INSTALLING: u8 = 5;
+/// The group's history (`Generation`, issue 26), written when the group is created here;
+/// a group with state and no such record is of the generation before generations.
+pub(super) const GENERATION: u8 = 6;
 
 pub(super) fn state_key(range: RangeId, kind: u8) -> Vec<u8> {
     vec![range.first, range.last, kind]
@@ -161,6 +164,14 @@ pub(super) fn decode_conf(bytes: &[u8]) -> Result<ConfState, String> {
     cs.set_learners_next(rec.learners_next);
     cs.auto_leave = rec.auto_leave;
     Ok(cs)
+}
+
+pub(super) fn encode_generation(generation: Generation) -> Vec<u8> {
+    to_bytes(&generation)
+}
+
+pub(super) fn decode_generation(bytes: &[u8]) -> Result<Generation, String> {
+    postcard::from_bytes(bytes).map_err(|e| format!("the generation record is damaged ({e})"))
 }
 
 pub(super) fn encode_index_term(index: u64, term: u64) -> Vec<u8> {

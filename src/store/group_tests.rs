@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex as SyncMutex;
 
-use kvnode_replica::{Command, Effect, GroupStore, GroupWrite, Persist, RangeData, RangeId};
+use kvnode_replica::{Command, Effect, Generation, GroupStore, GroupWrite, Persist, RangeData, RangeId};
 use raft::prelude::{Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, Storage, StorageError};
 
@@ -119,20 +119,51 @@ fn stores() -> Vec<(Store, Option<tempfile::TempDir>)> {
 
 #[cfg(feature = "fjall")]
 #[tokio::test]
+async fn a_group_keeps_the_generation_it_was_created_with_until_it_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let (first, next) = (Generation(5), Generation(6));
+    {
+        let store = Store::open(dir.path()).unwrap();
+        let w = writer(&store);
+        assert_eq!(store.group(AM, first, Some(&VOTERS)).unwrap().generation(), first);
+        // A plain write's sync makes the unsynced records durable too.
+        store.put(b"zoo", b"k", Bytes::from_static(b"z")).await.unwrap();
+        w.stop().await;
+    }
+    let store = Store::open(dir.path()).unwrap();
+    let w = writer(&store);
+    // Found on disk: the history it was created with, whichever the caller asks for.
+    assert_eq!(store.group(AM, next, None).unwrap().generation(), first);
+    store.wipe_group(AM).await.unwrap();
+    let wiped = store.group(AM, next, None).unwrap();
+    assert_eq!(wiped.generation(), first, "a wipe keeps the history (and the vote)");
+    store.drop_group(AM, false).await.unwrap();
+    let again = store.group(AM, next, None).unwrap();
+    assert_eq!(
+        again.generation(),
+        next,
+        "dropped: a group asked for anew is of the new history"
+    );
+    assert_eq!(again.initial_state().unwrap().conf_state.voters, Vec::<u64>::new());
+    w.stop().await;
+}
+
+#[cfg(feature = "fjall")]
+#[tokio::test]
 async fn a_groups_log_hard_state_conf_state_and_applied_index_survive_reopening() {
     let dir = tempfile::tempdir().unwrap();
     let (p, q) = (put("apple", "k", "v1"), put("kiwi", "x", "y"));
     {
         let store = Store::open(dir.path()).unwrap();
         let w = writer(&store);
-        let mut g = store.group(AM, Some(&VOTERS)).unwrap();
+        let mut g = store.group(AM, Generation::LEGACY, Some(&VOTERS)).unwrap();
         assert_eq!(g.applied(), 1);
         assert_eq!((g.first_index().unwrap(), g.last_index().unwrap()), (2, 1));
         let entries = vec![entry(2, 2, None), entry(3, 2, Some(&p)), entry(4, 2, Some(&q))];
         round(&store, &mut g, write(AM, None, entries, Some(hard(2, 11, 3)))).await;
         g.apply(2, None).unwrap();
         g.apply(3, Some(&p)).unwrap();
-        let other = store.group(NZ, None).unwrap();
+        let other = store.group(NZ, Generation::LEGACY, None).unwrap();
         assert_eq!(other.initial_state().unwrap().conf_state.voters, Vec::<u64>::new());
         // A plain write's sync makes the unsynced apply durable too.
         store.put(b"zoo", b"k", Bytes::from_static(b"z")).await.unwrap();
@@ -144,7 +175,7 @@ async fn a_groups_log_hard_state_conf_state_and_applied_index_survive_reopening(
         vec![AM],
         "an uninitialised group wrote nothing"
     );
-    let g = store.group(AM, None).unwrap();
+    let g = store.group(AM, Generation::LEGACY, None).unwrap();
     let state = g.initial_state().unwrap();
     assert_eq!(state.hard_state, hard(2, 11, 3));
     assert_eq!(state.conf_state.voters, VOTERS.to_vec());
@@ -224,8 +255,8 @@ async fn an_entry_append_and_a_plain_put_queued_together_are_made_durable_by_one
         backend: Backend::Disk(disk),
         groups: Arc::default(),
     };
-    let _g = store.group(AM, Some(&VOTERS)).unwrap();
-    let _h = store.group(NZ, Some(&VOTERS)).unwrap();
+    let _g = store.group(AM, Generation::LEGACY, Some(&VOTERS)).unwrap();
+    let _h = store.group(NZ, Generation::LEGACY, Some(&VOTERS)).unwrap();
     // Both are queued before the writer runs (this runtime has one thread: the spawned
     // tasks run at the yields), so the writer finds them together.
     let plain = tokio::spawn({
@@ -267,7 +298,7 @@ async fn an_entry_append_and_a_plain_put_queued_together_are_made_durable_by_one
 async fn entries_replace_a_suffix_from_the_first_ones_index() {
     for (store, dir) in stores() {
         let _w = writer(&store);
-        let mut g = store.group(AM, Some(&VOTERS)).unwrap();
+        let mut g = store.group(AM, Generation::LEGACY, Some(&VOTERS)).unwrap();
         let first: Vec<_> = (2..=6).map(|i| entry(i, 2, None)).collect();
         round(&store, &mut g, write(AM, None, first, Some(hard(2, 0, 1)))).await;
         round(
@@ -300,7 +331,7 @@ async fn entries_replace_a_suffix_from_the_first_ones_index() {
         if let Some(dir) = dir {
             drop(store);
             let store = Store::open(dir.path()).unwrap();
-            check(&store.group(AM, None).unwrap());
+            check(&store.group(AM, Generation::LEGACY, None).unwrap());
             let tail = store.range_log_keys(AM);
             assert_eq!(tail, [2, 3, 4, 5], "the replaced entry 6 is gone from raft_log");
         }
@@ -311,7 +342,7 @@ async fn entries_replace_a_suffix_from_the_first_ones_index() {
 async fn compaction_drops_applied_entries_and_entries_below_answer_compacted() {
     for (store, dir) in stores() {
         let _w = writer(&store);
-        let mut g = store.group(AM, Some(&VOTERS)).unwrap();
+        let mut g = store.group(AM, Generation::LEGACY, Some(&VOTERS)).unwrap();
         let entries: Vec<_> = (2..=10).map(|i| entry(i, 2, None)).collect();
         round(&store, &mut g, write(AM, None, entries, Some(hard(2, 0, 10)))).await;
         for i in 2..=7 {
@@ -331,7 +362,7 @@ async fn compaction_drops_applied_entries_and_entries_below_answer_compacted() {
         if let Some(dir) = dir {
             drop(store);
             let store = Store::open(dir.path()).unwrap();
-            check(&store.group(AM, None).unwrap());
+            check(&store.group(AM, Generation::LEGACY, None).unwrap());
             assert_eq!(store.range_log_keys(AM), [7, 8, 9, 10]);
         }
     }
@@ -386,7 +417,7 @@ async fn install(to: &Store, h: &mut NodeGroupStore, mut snap: Snapshot, parts: 
 async fn a_snapshot_is_of_the_moment_it_was_asked_for_whatever_is_applied_while_it_is_built() {
     for (store, _dir) in stores() {
         let _w = writer(&store);
-        let mut g = store.group(AM, Some(&VOTERS)).unwrap();
+        let mut g = store.group(AM, Generation::LEGACY, Some(&VOTERS)).unwrap();
         let first = put("apple", "k", "1");
         round(
             &store,
@@ -420,7 +451,7 @@ async fn a_snapshot_installed_on_another_store_replaces_the_range_and_nothing_el
     let (sources, targets) = (stores(), stores());
     for ((from, _d1), (to, dir)) in sources.into_iter().zip(targets) {
         let (_w1, _w2) = (writer(&from), writer(&to));
-        let mut g = from.group(AM, Some(&VOTERS)).unwrap();
+        let mut g = from.group(AM, Generation::LEGACY, Some(&VOTERS)).unwrap();
         let cmds = [put("apple", "k", "1"), put("kiwi", "x", "2"), put("apple", "j", "3")];
         let entries: Vec<_> = cmds.iter().zip(2..).map(|(c, i)| entry(i, 2, Some(c))).collect();
         round(&from, &mut g, write(AM, None, entries, Some(hard(2, 11, 4)))).await;
@@ -445,7 +476,7 @@ async fn a_snapshot_installed_on_another_store_replaces_the_range_and_nothing_el
                 .await
                 .unwrap();
         }
-        let mut h = to.group(AM, None).unwrap();
+        let mut h = to.group(AM, Generation::LEGACY, None).unwrap();
         install(&to, &mut h, snap, parts).await;
         let check = |to: &Store, h: &NodeGroupStore| {
             assert_eq!(to.range_data(AM).unwrap(), from.range_data(AM).unwrap());
@@ -466,7 +497,7 @@ async fn a_snapshot_installed_on_another_store_replaces_the_range_and_nothing_el
         if let Some(dir) = dir {
             drop(to);
             let to = Store::open(dir.path()).unwrap();
-            check(&to, &to.group(AM, None).unwrap());
+            check(&to, &to.group(AM, Generation::LEGACY, None).unwrap());
         }
     }
 }
@@ -515,7 +546,7 @@ async fn what_an_entry_does_is_decided_where_it_applies_on_both_stores() {
         .flat_map(|r| stores().into_iter().map(move |s| (r, s)))
     {
         let w = writer(&store);
-        let mut g = store.group(AM, Some(&VOTERS)).unwrap();
+        let mut g = store.group(AM, Generation::LEGACY, Some(&VOTERS)).unwrap();
         let entries: Vec<Entry> = (0..steps.len())
             .map(|i| entry(2 + i as u64, 2, Some(&steps[i].0)))
             .collect();
@@ -554,7 +585,7 @@ async fn an_in_memory_log_keeps_every_entry_however_many_bytes_it_holds() {
     // whole log, so no size may push an entry out of it. Three entries of 3 MiB each are over
     // the disk cache's byte bound.
     let store = Store::in_memory();
-    let mut g = store.group(AM, Some(&VOTERS)).unwrap();
+    let mut g = store.group(AM, Generation::LEGACY, Some(&VOTERS)).unwrap();
     let big = put("b", "k", &"x".repeat(3 << 20));
     let entries: Vec<_> = (2..=4).map(|i| entry(i, 2, Some(&big))).collect();
     round(&store, &mut g, write(AM, None, entries, Some(hard(2, 0, 1)))).await;
@@ -574,7 +605,7 @@ async fn an_applied_configuration_change_survives_reopening_with_its_applied_ind
     {
         let store = Store::open(dir.path()).unwrap();
         let w = writer(&store);
-        let mut g = store.group(AM, Some(&VOTERS)).unwrap();
+        let mut g = store.group(AM, Generation::LEGACY, Some(&VOTERS)).unwrap();
         round(
             &store,
             &mut g,
@@ -588,7 +619,7 @@ async fn an_applied_configuration_change_survives_reopening_with_its_applied_ind
         w.stop().await;
     }
     let store = Store::open(dir.path()).unwrap();
-    let g = store.group(AM, None).unwrap();
+    let g = store.group(AM, Generation::LEGACY, None).unwrap();
     assert_eq!(g.initial_state().unwrap().conf_state, moved);
     assert_eq!(g.applied(), 2);
 }
@@ -597,7 +628,7 @@ async fn an_applied_configuration_change_survives_reopening_with_its_applied_ind
 async fn a_replicated_write_goes_to_its_range_feed_by_log_index_and_not_to_the_nodes() {
     for (store, _dir) in stores() {
         let _w = writer(&store);
-        let mut g = store.group(AM, Some(&VOTERS)).unwrap();
+        let mut g = store.group(AM, Generation::LEGACY, Some(&VOTERS)).unwrap();
         let (p, d) = (
             put("apple", "k", "v1"),
             Command::Delete {
@@ -690,7 +721,7 @@ async fn a_streamed_install_cut_short_leaves_the_group_empty_at_the_next_start_k
     {
         let store = Store::open_with(dir.path(), EngineKind::Fjall).unwrap();
         let w = writer(&store);
-        let mut g = store.group(AM, Some(&VOTERS)).unwrap();
+        let mut g = store.group(AM, Generation::LEGACY, Some(&VOTERS)).unwrap();
         let cmd = put("apple", "k", "old");
         round(
             &store,
@@ -714,7 +745,7 @@ async fn a_streamed_install_cut_short_leaves_the_group_empty_at_the_next_start_k
         w.stop().await;
     }
     let store = Store::open(dir.path()).unwrap();
-    let g = store.group(AM, None).unwrap();
+    let g = store.group(AM, Generation::LEGACY, None).unwrap();
     let state = g.initial_state().unwrap();
     assert!(state.conf_state.voters.is_empty(), "uninitialised: {state:?}");
     assert_eq!(
@@ -733,7 +764,13 @@ async fn a_streamed_install_cut_short_leaves_the_group_empty_at_the_next_start_k
     drop(store);
     let store = Store::open(dir.path()).unwrap();
     assert_eq!(
-        store.group(AM, None).unwrap().initial_state().unwrap().hard_state.term,
+        store
+            .group(AM, Generation::LEGACY, None)
+            .unwrap()
+            .initial_state()
+            .unwrap()
+            .hard_state
+            .term,
         2
     );
 }
@@ -742,7 +779,7 @@ async fn a_streamed_install_cut_short_leaves_the_group_empty_at_the_next_start_k
 async fn a_group_wiped_after_a_failed_install_is_asked_for_again_uninitialised() {
     for (store, _dir) in stores() {
         let _w = writer(&store);
-        let mut g = store.group(AM, Some(&VOTERS)).unwrap();
+        let mut g = store.group(AM, Generation::LEGACY, Some(&VOTERS)).unwrap();
         let cmd = put("apple", "k", "old");
         round(
             &store,
@@ -753,7 +790,7 @@ async fn a_group_wiped_after_a_failed_install_is_asked_for_again_uninitialised()
         g.apply(2, Some(&cmd)).unwrap();
         store.begin_install(AM).await.unwrap();
         store.wipe_group(AM).await.unwrap();
-        let h = store.group(AM, None).unwrap();
+        let h = store.group(AM, Generation::LEGACY, None).unwrap();
         let state = h.initial_state().unwrap();
         assert!(state.conf_state.voters.is_empty(), "{}", store.describe());
         assert_eq!(
@@ -816,7 +853,7 @@ async fn a_snapshots_view_is_let_go_once_its_stream_is_done() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open_with(dir.path(), EngineKind::Fjall).unwrap();
     let _w = writer(&store);
-    let g = store.group(AM, Some(&VOTERS)).unwrap();
+    let g = store.group(AM, Generation::LEGACY, Some(&VOTERS)).unwrap();
     let snap = g.snapshot(1, 22).unwrap();
     let index = snap.get_metadata().index;
     assert!(snap.get_data().is_empty(), "streamed");

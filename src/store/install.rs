@@ -135,7 +135,7 @@ impl Store {
                 m.replace_range(range.first, range.last, &RangeData::new());
                 // Nothing on disk keeps the term and vote: the new group takes them over.
                 if let Some(held) = held {
-                    self.group(range, None)?.keep_vote_of(&held);
+                    self.group(range, held.generation(), None)?.keep_vote_of(&held);
                 }
                 Ok(())
             }

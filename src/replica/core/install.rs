@@ -10,7 +10,7 @@ use raft::StateRole;
 use raft::eraftpb::Message;
 
 use super::{Replicas, may_step};
-use crate::ids::RangeId;
+use crate::ids::{Generation, RangeId};
 use crate::store::{GroupStore, INSTALLED};
 use crate::wire::RaftMsg;
 
@@ -23,6 +23,8 @@ pub enum InstallRefused {
     Busy(RangeId),
     #[error("the message is not a streamed snapshot from its sender to this node")]
     NotForMe,
+    #[error("range {0}'s group here is of another history (generation) than the snapshot's")]
+    OtherHistory(RangeId),
     #[error("the group would not take it (it holds that much already, or is not in its configuration)")]
     NotNeeded,
 }
@@ -34,10 +36,20 @@ impl<S: GroupStore> Replicas<S> {
     /// caller may then replace the range's data. Mirrors raft-rs 0.7's `step` and `restore`:
     /// a term not older than the group's, not a leader of that term, an index not below the
     /// commit index, this replica in the snapshot's configuration, and not an entry the log
-    /// already holds (which raft-rs takes as "commit up to there", with no data).
-    pub fn begin_install(&mut self, range: RangeId, from: u64, msg: &RaftMsg) -> Result<(), InstallRefused> {
+    /// already holds (which raft-rs takes as "commit up to there", with no data); and the
+    /// group's own history, `generation`.
+    pub fn begin_install(
+        &mut self,
+        range: RangeId,
+        generation: Generation,
+        from: u64,
+        msg: &RaftMsg,
+    ) -> Result<(), InstallRefused> {
         let me = self.config.id;
         let g = self.groups.get_mut(&range).ok_or(InstallRefused::NoGroup(range))?;
+        if g.generation != generation {
+            return Err(InstallRefused::OtherHistory(range));
+        }
         if g.installing {
             return Err(InstallRefused::Busy(range));
         }

@@ -82,28 +82,34 @@ impl<S: GroupStore> Replicas<S> {
         Ok(())
     }
 
-    /// A probe from `from`: a question is answered with what this node holds of the range
-    /// (nothing while it is itself asking, or holds no group); an answer is recorded.
+    /// A probe from `from`: a question is answered with what this node holds of that history
+    /// of the range (nothing while it is itself asking, or holds no group of that generation);
+    /// an answer about the asking group's own history is recorded, any other dropped.
     pub(super) fn handle_probe(&mut self, from: u64, probe: Probe) {
-        let range = probe.range;
+        let (range, generation) = (probe.range, probe.generation);
         match probe.answer {
             None => {
                 let held = self
                     .groups
                     .get(&range)
-                    .filter(|g| g.probing.is_none())
+                    .filter(|g| g.probing.is_none() && g.generation == generation)
                     .map(|g| log_state(&g.node));
                 self.probes.push((
                     from,
                     Probe {
                         range,
+                        generation,
                         answer: Some(held),
                     },
                 ));
             }
             Some(answer) => {
                 let me = self.config.id;
-                if let Some(p) = self.groups.get_mut(&range).and_then(|g| g.probing.as_mut())
+                if let Some(p) = self
+                    .groups
+                    .get_mut(&range)
+                    .filter(|g| g.generation == generation)
+                    .and_then(|g| g.probing.as_mut())
                     && p.others(me).any(|id| id == from)
                 {
                     p.answers.insert(from, answer);

@@ -1,6 +1,7 @@
 //! Streamed snapshots (issue 26, `core::install`): taken only when raft-rs would restore
 //! them, the group held still while the data is written, then restored exactly once.
 
+use super::GEN;
 use raft::prelude::{Message, MessageType};
 
 use crate::{Frame, INSTALLED, InstallRefused, MemGroupStore, RaftMsg, RangeId, ReplicaConfig, Replicas};
@@ -15,7 +16,7 @@ const ME: u64 = 2;
 /// A node whose group of the range is new to it (a node a move adds).
 fn newcomer() -> Replicas<MemGroupStore> {
     let mut r = Replicas::new(ReplicaConfig::new(ME, 7, 1));
-    r.add_group(RANGE, MemGroupStore::uninitialised(), &[]).unwrap();
+    r.add_group(RANGE, GEN, MemGroupStore::uninitialised(), &[]).unwrap();
     r
 }
 
@@ -43,7 +44,7 @@ fn heartbeat(term: u64) -> RaftMsg {
 
 fn frame(msg: RaftMsg) -> Frame {
     Frame {
-        msgs: vec![(RANGE, msg)],
+        msgs: vec![(RANGE, GEN, msg)],
         probes: vec![],
     }
 }
@@ -60,7 +61,7 @@ fn rounds(r: &mut Replicas<MemGroupStore>) -> (Vec<(u64, Vec<u8>)>, Vec<Message>
         }
         let out = r.handle_persisted(p.round).unwrap();
         let frames = p.send_early.into_iter().chain(out.frames);
-        sent.extend(frames.flat_map(|(_, f)| f.msgs).map(|(_, m)| m.to_raft().unwrap()));
+        sent.extend(frames.flat_map(|(_, f)| f.msgs).map(|(_, _, m)| m.to_raft().unwrap()));
     }
     (snaps, sent)
 }
@@ -82,9 +83,18 @@ fn a_streamed_snapshot_or_one_said_installed_is_never_taken_from_a_frame() {
 fn a_streamed_snapshot_holds_the_group_still_until_its_data_is_in_place_then_is_restored_once() {
     let mut r = newcomer();
     let msg = snapshot(3, 10, &[LEADER], &[ME], b"");
-    r.begin_install(RANGE, LEADER, &msg).unwrap();
+    // Another history's snapshot is never taken, whatever it holds.
+    assert_eq!(
+        r.begin_install(RANGE, crate::Generation(GEN.0 + 1), LEADER, &msg),
+        Err(InstallRefused::OtherHistory(RANGE))
+    );
+    assert!(!r.installing(RANGE));
+    r.begin_install(RANGE, GEN, LEADER, &msg).unwrap();
     assert!(r.installing(RANGE));
-    assert_eq!(r.begin_install(RANGE, LEADER, &msg), Err(InstallRefused::Busy(RANGE)));
+    assert_eq!(
+        r.begin_install(RANGE, GEN, LEADER, &msg),
+        Err(InstallRefused::Busy(RANGE))
+    );
     // Held still: nothing stepped, no election however long it waits, no round.
     assert_eq!(r.handle_frame(LEADER, frame(heartbeat(3))), 1);
     for _ in 0..100 {
@@ -103,12 +113,18 @@ fn a_streamed_snapshot_holds_the_group_still_until_its_data_is_in_place_then_is_
     );
     assert_eq!(r.initialised(RANGE), Some(true));
     // The same snapshot again, or an older one: the group holds it already.
-    assert_eq!(r.begin_install(RANGE, LEADER, &msg), Err(InstallRefused::NotNeeded));
+    assert_eq!(
+        r.begin_install(RANGE, GEN, LEADER, &msg),
+        Err(InstallRefused::NotNeeded)
+    );
     let older = snapshot(3, 8, &[LEADER], &[ME], b"");
-    assert_eq!(r.begin_install(RANGE, LEADER, &older), Err(InstallRefused::NotNeeded));
+    assert_eq!(
+        r.begin_install(RANGE, GEN, LEADER, &older),
+        Err(InstallRefused::NotNeeded)
+    );
     // A newer one is taken.
     let newer = snapshot(4, 20, &[LEADER, ME], &[], b"");
-    assert_eq!(r.begin_install(RANGE, LEADER, &newer), Ok(()));
+    assert_eq!(r.begin_install(RANGE, GEN, LEADER, &newer), Ok(()));
     assert!(r.end_install(RANGE, LEADER, &newer));
     assert_eq!(rounds(&mut r).0, [(20, INSTALLED.to_vec())]);
 }
@@ -118,14 +134,14 @@ fn a_streamed_snapshot_not_for_this_replica_or_of_an_older_term_is_refused_befor
     let mut r = newcomer();
     let not_named = snapshot(3, 10, &[LEADER], &[], b"");
     assert_eq!(
-        r.begin_install(RANGE, LEADER, &not_named),
+        r.begin_install(RANGE, GEN, LEADER, &not_named),
         Err(InstallRefused::NotNeeded)
     );
     let msg = snapshot(3, 10, &[LEADER], &[ME], b"");
-    assert_eq!(r.begin_install(RANGE, 9, &msg), Err(InstallRefused::NotForMe));
+    assert_eq!(r.begin_install(RANGE, GEN, 9, &msg), Err(InstallRefused::NotForMe));
     let with_data = snapshot(3, 10, &[LEADER], &[ME], b"\x00");
     assert_eq!(
-        r.begin_install(RANGE, LEADER, &with_data),
+        r.begin_install(RANGE, GEN, LEADER, &with_data),
         Err(InstallRefused::NotForMe)
     );
     let other = RangeId {
@@ -133,17 +149,20 @@ fn a_streamed_snapshot_not_for_this_replica_or_of_an_older_term_is_refused_befor
         last: b'9',
     };
     assert_eq!(
-        r.begin_install(other, LEADER, &msg),
+        r.begin_install(other, GEN, LEADER, &msg),
         Err(InstallRefused::NoGroup(other))
     );
     // A term seen, then a snapshot of an older one.
     assert_eq!(r.handle_frame(LEADER, frame(heartbeat(5))), 0);
     rounds(&mut r);
-    assert_eq!(r.begin_install(RANGE, LEADER, &msg), Err(InstallRefused::NotNeeded));
+    assert_eq!(
+        r.begin_install(RANGE, GEN, LEADER, &msg),
+        Err(InstallRefused::NotNeeded)
+    );
     assert!(!r.installing(RANGE));
     // Called off: the group goes on as it was.
     let current = snapshot(5, 10, &[LEADER], &[ME], b"");
-    r.begin_install(RANGE, LEADER, &current).unwrap();
+    r.begin_install(RANGE, GEN, LEADER, &current).unwrap();
     r.abort_install(RANGE);
     assert!(!r.installing(RANGE));
     assert_eq!(r.handle_frame(LEADER, frame(heartbeat(5))), 0);

@@ -1,6 +1,7 @@
 //! Read leases (issue 25): the vote a replica holds back after a restart, and the standing a
 //! leader's lease is taken at.
 
+use super::GEN;
 use raft::prelude::{HardState, Message, MessageType};
 
 use crate::{Frame, GroupStore, MemGroupStore, RaftMsg, RangeId, ReplicaConfig, Replicas, Role};
@@ -25,7 +26,7 @@ fn started_with(config: ReplicaConfig, term: u64) -> Replicas<MemGroupStore> {
     (hs.term, hs.commit) = (term, 1);
     store.persist(None, &[], Some(&hs)).unwrap();
     let mut r = Replicas::new(config);
-    r.add_group(RANGE, store, &VOTERS).unwrap();
+    r.add_group(RANGE, GEN, store, &VOTERS).unwrap();
     r
 }
 
@@ -35,7 +36,7 @@ fn vote_request(kind: MessageType, term: u64) -> Frame {
     m.set_msg_type(kind);
     (m.from, m.to, m.term, m.log_term, m.index) = (CANDIDATE, ME, term, 1, 1);
     Frame {
-        msgs: vec![(RANGE, RaftMsg::from_raft(&m))],
+        msgs: vec![(RANGE, GEN, RaftMsg::from_raft(&m))],
         probes: vec![],
     }
 }
@@ -46,7 +47,7 @@ fn answers(r: &mut Replicas<MemGroupStore>) -> Vec<Message> {
     while let Some(p) = r.poll_round() {
         let out = r.handle_persisted(p.round).unwrap();
         let frames = p.send_early.into_iter().chain(out.frames);
-        sent.extend(frames.flat_map(|(_, f)| f.msgs).map(|(_, m)| m.to_raft().unwrap()));
+        sent.extend(frames.flat_map(|(_, f)| f.msgs).map(|(_, _, m)| m.to_raft().unwrap()));
     }
     sent.retain(|m| {
         matches!(
@@ -115,7 +116,7 @@ fn no_leases_no_hold() {
 /// A group of one, led here once its first entry of the term is committed.
 fn sole_leader() -> Replicas<MemGroupStore> {
     let mut r = Replicas::new(ReplicaConfig::new(ME, 7, 1));
-    r.add_group(RANGE, MemGroupStore::bootstrap(&[ME]), &[ME]).unwrap();
+    r.add_group(RANGE, GEN, MemGroupStore::bootstrap(&[ME]), &[ME]).unwrap();
     r.campaign(RANGE).unwrap();
     while r.poll_round().is_some_and(|p| r.handle_persisted(p.round).is_ok()) {}
     assert_eq!(r.role(RANGE).map(|(role, _)| role), Some(Role::Leader));
@@ -149,7 +150,7 @@ fn heartbeat_with_context(term: u64) -> Frame {
     (m.from, m.to, m.term) = (CANDIDATE, ME, term);
     m.context = b"read-round-7".to_vec().into();
     Frame {
-        msgs: vec![(RANGE, RaftMsg::from_raft(&m))],
+        msgs: vec![(RANGE, GEN, RaftMsg::from_raft(&m))],
         probes: vec![],
     }
 }
@@ -160,7 +161,7 @@ fn answered_contexts(r: &mut Replicas<MemGroupStore>) -> Vec<Vec<u8>> {
     while let Some(p) = r.poll_round() {
         let out = r.handle_persisted(p.round).unwrap();
         let frames = p.send_early.into_iter().chain(out.frames);
-        sent.extend(frames.flat_map(|(_, f)| f.msgs).map(|(_, m)| m.to_raft().unwrap()));
+        sent.extend(frames.flat_map(|(_, f)| f.msgs).map(|(_, _, m)| m.to_raft().unwrap()));
     }
     sent.iter()
         .filter(|m| m.get_msg_type() == MessageType::MsgHeartbeatResponse)
@@ -173,7 +174,9 @@ fn a_replica_without_state_backs_no_read_round_but_one_with_state_does() {
     // Without state, the lost-state rule may yet start it afresh (no leader heard of, votes
     // at once): its answer must not count towards a leader's read-index round (a lease).
     let mut empty = Replicas::new(ReplicaConfig::new(ME, 7, 1));
-    empty.add_group(RANGE, MemGroupStore::uninitialised(), &VOTERS).unwrap();
+    empty
+        .add_group(RANGE, GEN, MemGroupStore::uninitialised(), &VOTERS)
+        .unwrap();
     empty.handle_frame(CANDIDATE, heartbeat_with_context(3));
     assert_eq!(answered_contexts(&mut empty), vec![Vec::<u8>::new()]);
     let mut held = started_at_term(2);
@@ -191,7 +194,7 @@ fn a_peer_cannot_ask_for_a_leadership_transfer() {
     m.set_msg_type(MessageType::MsgTransferLeader);
     (m.from, m.to, m.term) = (CANDIDATE, ME, 0);
     let frame = Frame {
-        msgs: vec![(RANGE, RaftMsg::from_raft(&m))],
+        msgs: vec![(RANGE, GEN, RaftMsg::from_raft(&m))],
         probes: vec![],
     };
     assert_eq!(r.handle_frame(CANDIDATE, frame), 1, "dropped");

@@ -1,5 +1,6 @@
 mod change;
 mod faults;
+mod generation;
 mod ids;
 mod install;
 mod lease;
@@ -7,3 +8,6 @@ mod moves;
 mod scenarios;
 mod sim;
 mod wire;
+
+/// The generation the tests give their groups.
+pub(crate) const GEN: crate::ids::Generation = crate::ids::Generation(7);

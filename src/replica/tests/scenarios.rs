@@ -1,6 +1,7 @@
 //! The replica core in the simulator: elections, replication, failover, catch-up by log and
 //! by snapshot, a deposed leader, read-index, replay.
 
+use super::GEN;
 use std::collections::BTreeMap;
 
 use super::sim::{STEP_MS, STEPS_PER_TICK, Sim, four_ranges, unique_put};
@@ -508,13 +509,14 @@ fn messages_that_claim_another_sender_or_receiver_are_dropped() {
     };
     let frame = crate::Frame {
         msgs: vec![
-            (range, vote(c, a)), // claims to be c, sent by b
-            (range, vote(b, c)), // for c, delivered to a
+            (range, GEN, vote(c, a)), // claims to be c, sent by b
+            (range, GEN, vote(b, c)), // for c, delivered to a
             (
                 crate::RangeId {
                     first: b'0',
                     last: b'9',
                 },
+                GEN,
                 vote(b, a),
             ), // a range a does not hold
         ],

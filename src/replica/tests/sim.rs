@@ -3,6 +3,7 @@
 //! One step is 10 ms of virtual time; the groups tick every 5 steps (50 ms, the design's tick).
 //! Frames cross the network encoded, so every message goes through the postcard mirror.
 
+use super::GEN;
 use std::collections::{BTreeMap, BTreeSet};
 
 use rand::rngs::SmallRng;
@@ -143,7 +144,7 @@ impl Sim {
         let incarnation = (i as u64) << 32 | node.starts;
         let mut core = Replicas::new(ReplicaConfig::new(node.id, seed, incarnation));
         for (&range, store) in &node.disk {
-            core.add_group(range, store.clone(), &ids)
+            core.add_group(range, GEN, store.clone(), &ids)
                 .expect("a fresh core holds no group");
         }
         node.core = Some(core);
@@ -286,7 +287,7 @@ impl Sim {
         if lost {
             // The transport tells the sender a snapshot did not arrive, as step 4's will.
             if let Some(core) = self.nodes[f.from].core.as_mut() {
-                for (range, m) in &frame.msgs {
+                for (range, _, m) in &frame.msgs {
                     if m.snapshot.is_some() {
                         core.report_snapshot(*range, m.to, false);
                     }
@@ -298,8 +299,8 @@ impl Sim {
         let snapshots: Vec<(RangeId, u64)> = frame
             .msgs
             .iter()
-            .filter(|(_, m)| m.snapshot.is_some())
-            .map(|(r, m)| (*r, m.to))
+            .filter(|(_, _, m)| m.snapshot.is_some())
+            .map(|(r, _, m)| (*r, m.to))
             .collect();
         if let Some(core) = self.nodes[f.to].core.as_mut() {
             core.handle_frame(from, frame);
@@ -318,7 +319,7 @@ impl Sim {
             if self.loss > 0.0 && self.rng.random_bool(self.loss) {
                 // A lost snapshot is reported, as a node's snapshot stream reports it.
                 if let Some(core) = self.nodes[from].core.as_mut() {
-                    for (range, m) in frame.msgs.iter().filter(|(_, m)| m.snapshot.is_some()) {
+                    for (range, _, m) in frame.msgs.iter().filter(|(_, _, m)| m.snapshot.is_some()) {
                         core.report_snapshot(*range, m.to, false);
                     }
                 }
@@ -377,7 +378,7 @@ impl Sim {
                 let store = MemGroupStore::uninitialised();
                 node.disk.insert(range, store.clone());
                 if let Some(core) = node.core.as_mut() {
-                    core.add_group(range, store, &[]).expect("not held");
+                    core.add_group(range, GEN, store, &[]).expect("not held");
                 }
             }
         }

@@ -6,6 +6,8 @@ use proptest::prelude::*;
 use crate::RangeId;
 use raft::prelude::MessageType;
 
+use super::GEN;
+use crate::ids::Generation;
 use crate::wire::{DecodeError, Frame, LogState, MAX_SNAPSHOT, Probe, RaftEntry, RaftMsg, RaftSnapshot, SnapshotHead};
 
 /// The range of the snapshot and frame tests.
@@ -102,16 +104,16 @@ fn message() -> impl Strategy<Value = RaftMsg> {
 proptest! {
     #[test]
     fn any_frame_round_trips_through_bytes_and_raft(
-        msgs in vec((any::<u8>(), any::<u8>(), message()), 0..6),
-        probes in vec((any::<u8>(), any::<u8>(), any::<Option<Option<(u64, u64, u64)>>>().prop_map(|a| a.map(|s| s.map(|(term, last_term, last_index)| LogState { term, last_term, last_index })))), 0..4),
+        msgs in vec((any::<u8>(), any::<u8>(), any::<u64>(), message()), 0..6),
+        probes in vec((any::<u8>(), any::<u8>(), any::<u64>(), any::<Option<Option<(u64, u64, u64)>>>().prop_map(|a| a.map(|s| s.map(|(term, last_term, last_index)| LogState { term, last_term, last_index })))), 0..4),
     ) {
         let frame = Frame {
-            msgs: msgs.into_iter().map(|(first, last, m)| (RangeId { first, last }, m)).collect(),
-            probes: probes.into_iter().map(|(first, last, answer)| Probe { range: RangeId { first, last }, answer }).collect(),
+            msgs: msgs.into_iter().map(|(first, last, g, m)| (RangeId { first, last }, Generation(g), m)).collect(),
+            probes: probes.into_iter().map(|(first, last, g, answer)| Probe { range: RangeId { first, last }, generation: Generation(g), answer }).collect(),
         };
         let decoded = Frame::decode(&frame.encode()).expect("its own encoding decodes");
         prop_assert_eq!(&decoded, &frame);
-        for (_, m) in &decoded.msgs {
+        for (_, _, m) in &decoded.msgs {
             let raft = m.to_raft().expect("valid types");
             prop_assert_eq!(&RaftMsg::from_raft(&raft), m);
         }
@@ -120,7 +122,7 @@ proptest! {
     #[test]
     fn arbitrary_bytes_never_panic(bytes in vec(any::<u8>(), 0..512)) {
         if let Ok(frame) = Frame::decode(&bytes) {
-            for (_, m) in &frame.msgs {
+            for (_, _, m) in &frame.msgs {
                 prop_assert!(m.to_raft().is_ok());
             }
         }
@@ -135,6 +137,7 @@ fn unknown_and_local_types_are_refused() {
                 first: b'a',
                 last: b'm',
             },
+            GEN,
             RaftMsg {
                 msg_type,
                 entries: vec![RaftEntry {
@@ -176,17 +179,17 @@ fn a_snapshot_leaves_its_frame_and_comes_back_whole_from_its_head() {
     };
     let mut frame = Frame {
         msgs: vec![
-            (range, heartbeat.clone()),
-            (range, snapshot(10)),
-            (range, snapshot(5000)),
+            (range, GEN, heartbeat.clone()),
+            (range, GEN, snapshot(10)),
+            (range, GEN, snapshot(5000)),
         ],
         probes: vec![],
     };
     let taken = frame.take_snapshots();
-    assert_eq!(taken, vec![(range, snapshot(10)), (range, snapshot(5000))]);
-    assert_eq!(frame.msgs, vec![(range, heartbeat)]);
+    assert_eq!(taken, vec![(range, GEN, snapshot(10)), (range, GEN, snapshot(5000))]);
+    assert_eq!(frame.msgs, vec![(range, GEN, heartbeat)]);
 
-    let (head, data) = SnapshotHead::split(range, taken[1].1.clone());
+    let (head, data) = SnapshotHead::split(range, GEN, taken[1].2.clone());
     assert_eq!((head.len, data.len()), (5000, 5000));
     let decoded = SnapshotHead::decode(&head.encode()).expect("its own head decodes");
     assert_eq!(decoded.into_frame(data).msgs, taken[1..]);
@@ -195,7 +198,15 @@ fn a_snapshot_leaves_its_frame_and_comes_back_whole_from_its_head() {
 #[test]
 fn a_snapshot_head_that_is_no_snapshot_or_too_large_is_refused() {
     let range = AZ;
-    let head = |msg: RaftMsg, len| SnapshotHead { range, msg, len }.encode();
+    let head = |msg: RaftMsg, len| {
+        SnapshotHead {
+            range,
+            generation: GEN,
+            msg,
+            len,
+        }
+        .encode()
+    };
     let empty_snapshot = RaftMsg {
         msg_type: MessageType::MsgSnapshot as u8,
         snapshot: Some(RaftSnapshot::default()),
@@ -239,8 +250,12 @@ fn a_frame_over_the_limit_is_sent_as_several_each_message_whole() {
         ..Default::default()
     };
     let frame = Frame {
-        msgs: (0..5).map(|n| (range, append(n))).collect(),
-        probes: vec![Probe { range, answer: None }],
+        msgs: (0..5).map(|n| (range, GEN, append(n))).collect(),
+        probes: vec![Probe {
+            range,
+            generation: GEN,
+            answer: None,
+        }],
     };
     assert_eq!(frame.clone().encode_within(1 << 20), vec![frame.encode()]);
     let parts = frame.clone().encode_within(1000);
