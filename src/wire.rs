@@ -38,8 +38,8 @@ pub use keyring::{KeyringOp, KeyringView, NodeKeyring};
 /// parts (`kvnode_replica::SnapshotPart`) after a head announcing no data, which a node of
 /// version 13 would take as an empty range; `Request::Moves` and `Request::RangeSize`. 15: each
 /// raft message, probe and snapshot head carries its group's generation, and a routing table
-/// the generation of each range's group (`kvnode_replica::Generation`, issue 26), which a node
-/// of version 14 would misread.)
+/// the generation of each range's group (`kvnode_replica::Generation`, issue 26); a raft frame
+/// carries `removed`, the answers to vote requests from a node a group no longer counts.)
 pub const PROTOCOL_VERSION: u16 = 15;
 /// The TLS ALPN identifier of this protocol.
 pub const ALPN: &[u8] = b"kvnode/1";

@@ -371,6 +371,48 @@ fn a_move_whose_new_node_stops_mid_way_is_called_off_by_setting_the_old_nodes_an
     assert_eq!(home.run(&["get", "apples", "k100", "--via", "n1"]).ok(), "v100\n");
 }
 
+/// A voter that a move removed while it was down (killed, and the range moved off it) finds at
+/// its restart a group whose configuration still counts it, in a table that names it nowhere.
+/// The voters it then asks for votes tell it their configuration leaves it out, and it drops
+/// the group and the range's data, rather than keep them for ever as a voter the table lost.
+#[test]
+fn a_voter_removed_while_it_was_down_learns_so_at_its_restart_and_drops_the_range() {
+    let home = Home::new();
+    let table = "a-m=n1+n2+n4,n-z=n1";
+    let n1 = home.start("n1", &["--table", table]);
+    let n2 = home.start("n2", &["--table", table, "--join", "n1"]);
+    let n3 = home.start("n3", &["--table", table, "--join", "n1"]);
+    let mut n4 = home.start("n4", &["--table", table, "--join", "n1"]);
+    members(&home, "n1", &["n1", "n2", "n3", "n4"]);
+    for i in 0..20 {
+        common::wait_for("a put", common::PATIENCE, || {
+            let out = home.run(&["put", "apples", &format!("k{i}"), "v", "--via", "n1", "--timeout", "2s"]);
+            (out.code == Some(0)).then_some(())
+        });
+    }
+    n4.kill9();
+    let out = home.run(&[
+        "route",
+        "--set",
+        "a-m=n1+n2+n3,n-z=n1",
+        "--via",
+        "n1",
+        "--wait-for",
+        "60s",
+    ]);
+    assert!(
+        out.ok().lines().any(|l| l == "a-m=n1+n2+n3"),
+        "{}",
+        logs(&[&n1, &n2, &n3])
+    );
+    let n4 = home.start("n4", &["--join", "n1"]);
+    n4.wait_log("n4 told it was left out", |l| l.contains("no longer counts this node"));
+    n4.wait_log("n4 dropping the range", |l| {
+        l.contains("left range a-m's group") && l.contains("dropped the range's data")
+    });
+    assert_eq!(home.run(&["get", "apples", "k19", "--via", "n4"]).ok(), "v\n");
+}
+
 #[test]
 fn a_move_onto_a_node_that_is_not_live_is_refused_and_the_table_stays() {
     let home = Home::new();

@@ -62,7 +62,7 @@ pub(crate) trait Outbox: Send + Sync + 'static {
             to,
             Frame {
                 msgs: vec![(range, generation, msg)],
-                probes: Vec::new(),
+                ..Frame::default()
             },
         );
     }
@@ -246,6 +246,7 @@ impl ReplicasHandle {
         if let Some(table) = first {
             driver.table(table);
             driver.recover_installs().await;
+            driver.resume_stored();
         }
         driver.settle().await?;
         driver.round().await?;
@@ -268,6 +269,7 @@ impl ReplicasHandle {
                     if let Some(table) = table {
                         driver.table(table);
                         driver.recover_installs().await;
+                        driver.resume_stored();
                     }
                     driver.settle().await?;
                 }
@@ -318,6 +320,11 @@ struct Driver {
     stale: BTreeSet<RangeId>,
     /// Of those, the ones `retire` keeps for now (said once each).
     stale_kept: BTreeSet<RangeId>,
+    /// Groups a voter of said its configuration leaves this node out, while this node held
+    /// nothing past it (`Output::removed`), with the last index this node's log held when the
+    /// core checked: not kept for voting while the log is still that (a log that grew since
+    /// may hold a configuration that counts this node again).
+    removed: BTreeMap<RangeId, u64>,
     /// Ranges whose entry has named this node in a table of this run.
     named: BTreeSet<RangeId>,
     /// The handle's ranges whose streamed snapshot is being written.
@@ -363,6 +370,7 @@ impl Driver {
             kept_voting: BTreeSet::new(),
             stale: BTreeSet::new(),
             stale_kept: BTreeSet::new(),
+            removed: BTreeMap::new(),
             named: BTreeSet::new(),
             installing: Arc::default(),
             leases: Arc::default(),
@@ -373,7 +381,11 @@ impl Driver {
     async fn take(&mut self, input: Input) {
         match input {
             Input::Frame { from, frame } => {
-                let dropped = self.replicas.handle_frame(node_id(from.as_str()), frame);
+                // A node no entry names can still be answered (a replica a move removed
+                // while it was away, asking for votes: `Frame::removed` tells it).
+                let id = node_id(from.as_str());
+                self.names.entry(id).or_insert_with(|| from.clone());
+                let dropped = self.replicas.handle_frame(id, frame);
                 if dropped > 0 {
                     tracing::trace!(%from, dropped, "raft messages dropped (not for a group held here, or not from their sender)");
                 }
@@ -559,6 +571,77 @@ impl Driver {
         self.publish_finished();
     }
 
+    /// With each table: starts each group the store holds (and none runs of) that the table
+    /// does not name this node in, when the configuration stored with it counts this node as
+    /// a voter, the table runs a group of its range of the same history (generation), and no
+    /// range this node holds by the table overlaps it. A voter the range was
+    /// moved off while it was down (killed, and restarted since) so learns from the group's
+    /// other voters that they no longer count it (`Output::removed`), and [`Driver::settle`]
+    /// then drops the group and its data; until then it keeps them, as any voter the table
+    /// does not name ("kept voting"). Without this, its group's records and data would stay
+    /// on disk, unserved, for good.
+    fn resume_stored(&mut self) {
+        let Some(table) = self.table.clone() else { return };
+        let stored = match self.store.groups() {
+            Ok(stored) => stored,
+            Err(e) => {
+                tracing::warn!(error = %e, "the groups on this node's store could not be listed");
+                return;
+            }
+        };
+        let my_id = node_id(self.me.as_str());
+        for range in stored {
+            if self.replicas.ranges().any(|r| r == range) || self.holds_overlapping(&table, range) {
+                continue;
+            }
+            let entry = table
+                .entries()
+                .iter()
+                .find(|e| (e.first, e.last) == (range.first, range.last));
+            let Some(nodes) = entry.and_then(|e| table.group_of(e)) else {
+                continue;
+            };
+            if nodes.contains(&self.me) {
+                // `Driver::table` starts it, or `Driver::retire` retires it.
+                continue;
+            }
+            let generation = table.generation_of(range.first, range.last);
+            let Ok(store) = self.store.group(range, generation, None) else {
+                continue;
+            };
+            if store.generation() != generation {
+                continue;
+            }
+            let Ok(state) = raft::Storage::initial_state(&store) else {
+                continue;
+            };
+            let conf = &state.conf_state;
+            if !conf.voters.contains(&my_id) && !conf.voters_outgoing.contains(&my_id) {
+                continue;
+            }
+            let voters = conf.voters.clone();
+            match self.replicas.add_group(range, generation, store, &voters) {
+                Ok(()) => {
+                    tracing::info!(%range, "range {range}'s group is on this node's disk with this node a voter, though the table names other nodes: started, to learn from its voters whether they still count this node")
+                }
+                Err(e) => {
+                    tracing::warn!(%range, error = %e, "range {range}'s group on this node's disk could not be started")
+                }
+            }
+        }
+    }
+
+    /// Whether the table names this node for a range that overlaps `range` with other bounds
+    /// (a single owner's, a group's, or a move's new nodes).
+    fn holds_overlapping(&self, table: &RoutingTable, range: RangeId) -> bool {
+        table.entries().iter().any(|e| {
+            (e.first, e.last) != (range.first, range.last)
+                && e.first <= range.last
+                && range.first <= e.last
+                && (e.replicas().contains(&self.me) || table.group_of(e).is_some_and(|n| n.contains(&self.me)))
+        })
+    }
+
     /// Starts the group of `range` here. A replica of a replicated entry takes what the store
     /// holds of it, or an uninitialised one that asks the other replicas whether the range
     /// is new (a node cannot tell a new range from one it held and forgot). The single owner
@@ -640,6 +723,7 @@ impl Driver {
             let my_id = node_id(self.me.as_str());
             if !keep_data
                 && !self.named.contains(&range)
+                && !self.told_removed(range)
                 && self.replicas.conf(range).is_some_and(|c| c.voters.contains(&my_id))
             {
                 if self.kept_voting.insert(range) {
@@ -660,11 +744,22 @@ impl Driver {
                 continue;
             }
             self.leases.end(range);
+            // Never the data of a range this node holds by another entry (its bounds cut
+            // differently since): kept, with the group's records gone.
+            let keep_data = keep_data || self.holds_overlapping(&table, range);
             self.store
                 .drop_group(range, keep_data)
                 .await
                 .map_err(|e| format!("range {range}'s group could not be dropped: {e}"))?;
-            tracing::info!(%range, keep_data, "this node left range {range}'s group{}", if keep_data { "; it holds the range alone" } else { " and dropped the range's data" });
+            let what = match (
+                keep_data,
+                entry.is_some_and(|e| e.replicas() == std::slice::from_ref(&self.me)),
+            ) {
+                (false, _) => " and dropped the range's data",
+                (true, true) => "; it holds the range alone",
+                (true, false) => "; the range's data stays, as this node holds some of it by another entry",
+            };
+            tracing::info!(%range, keep_data, "this node left range {range}'s group{what}");
             self.forget(range);
         }
         Ok(())
@@ -758,11 +853,23 @@ impl Driver {
         Ok(true)
     }
 
+    /// Whether a voter of the range's group told this node it was left out, and its log has
+    /// not grown since.
+    fn told_removed(&self, range: RangeId) -> bool {
+        let last = self
+            .replicas
+            .store(range)
+            .and_then(|s| raft::Storage::last_index(s).ok());
+        last.is_some() && self.removed.get(&range).copied() == last
+    }
+
     /// What this node kept for a range whose group it no longer holds: its preferred leader,
     /// its hand-backs, its leader as published; waiting proposals and reads are answered (the
     /// write did not take effect here: the group and its log are gone; ask again).
     fn forget(&mut self, range: RangeId) {
         self.first.remove(&range);
+        self.removed.remove(&range);
+        self.kept_voting.remove(&range);
         self.handed_back.remove(&range);
         self.leaders.send_modify(|l| {
             l.remove(&range);
@@ -928,6 +1035,14 @@ impl Driver {
         }
         for (to, frame) in out.frames {
             self.send(to, frame);
+        }
+        for (range, by, last) in out.removed {
+            // The last index the core saw when it believed the notice: entries appended since
+            // (a re-add's, perhaps in the same frame) make the log differ, and the notice void.
+            if self.removed.insert(range, last) != Some(last) {
+                let by = self.names.get(&by).map_or_else(|| by.to_string(), |n| n.to_string());
+                tracing::info!(%range, %by, "{by} says range {range}'s group no longer counts this node (a move called off or re-aimed while it was away)");
+            }
         }
         for (id, effect) in out.acked {
             if let Some((_, done)) = self.proposals.remove(&id) {

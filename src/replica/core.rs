@@ -14,14 +14,14 @@ use rand::{RngExt, SeedableRng};
 
 pub use self::install::InstallRefused;
 use self::install::is_streamed;
-use self::lost_state::{Probing, ask_for_snapshot, log_state, may_step};
+use self::lost_state::{Probing, ask_for_snapshot, is_vote, log_state, may_step};
 use self::moves::{drive_move, is_from_leader};
 use crate::change::ReplicaChange;
 use crate::command::{Command, ProposalId};
 use crate::ids::{Generation, RangeId};
 use crate::output::{Applied, Failure, GroupWrite, Output, Persist, add_frames};
 use crate::store::{GroupStore, StoreError};
-use crate::wire::{Frame, LogState, Probe};
+use crate::wire::{Frame, LogState, Probe, Removed};
 
 /// How this node's groups run. Ticks are the caller's timer (50 ms by default, the design's
 /// figure): every timeout here is in ticks.
@@ -191,6 +191,8 @@ pub struct Replicas<S: GroupStore> {
     outbox: Vec<(RangeId, Generation, Message)>,
     /// Probes and answers to send with the next round's early frames: (to, probe).
     probes: Vec<(u64, Probe)>,
+    /// Answers to vote requests from nodes a group no longer counts: (to, answer).
+    removed: Vec<(u64, Removed)>,
     /// Events found while polling, released with the round.
     pending: Output,
 }
@@ -209,6 +211,7 @@ impl<S: GroupStore> Replicas<S> {
             held: None,
             outbox: vec![],
             probes: vec![],
+            removed: vec![],
             pending: Output::default(),
         }
     }
@@ -424,12 +427,28 @@ impl<S: GroupStore> Replicas<S> {
         for probe in frame.probes {
             self.handle_probe(from, probe);
         }
+        for removed in frame.removed {
+            self.handle_removed(from, removed);
+        }
         for (range, generation, msg) in frame.msgs {
             let me = self.config.id;
             let group = self.groups.get_mut(&range);
             if group.as_ref().is_some_and(|g| g.generation != generation) {
                 dropped += 1;
                 continue;
+            }
+            // A vote asked by a node this group's applied configuration leaves out: told so.
+            if let (Some(g), Ok(m)) = (group.as_ref(), msg.to_raft())
+                && is_vote(&m)
+                && m.from == from
+                && let Some(applied) = leaves_out(g, from)
+            {
+                let removed = Removed {
+                    range,
+                    generation,
+                    applied,
+                };
+                self.removed.push((from, removed));
             }
             let stepped = match (group, msg.to_raft()) {
                 // A leadership transfer is asked by this node's driver alone (hand-backs, a
@@ -473,6 +492,41 @@ impl<S: GroupStore> Replicas<S> {
             dropped += usize::from(!stepped);
         }
         dropped
+    }
+
+    /// A replica of `from`'s group says its applied configuration leaves this node out. Taken
+    /// (in [`Output::removed`]) only from a voter of this node's own configuration, and only
+    /// when this node's log holds nothing past the sender's applied index: every entry it
+    /// holds is then held by the majority that committed that configuration, so nothing this
+    /// node acknowledged is counted on it alone, and it is not a voter of any configuration
+    /// since (it would hold that configuration's entries).
+    ///
+    /// Of this group's own history only (its generation): a replica of another history is
+    /// no voter of this one whatever its id.
+    fn handle_removed(&mut self, from: u64, removed: Removed) {
+        let Some(g) = self
+            .groups
+            .get(&removed.range)
+            .filter(|g| g.generation == removed.generation)
+        else {
+            return;
+        };
+        let raft = &g.node.raft;
+        let voter = raft.prs().conf().voters().contains(from);
+        let last = raft.raft_log.last_index();
+        if g.initialised
+            && !g.installing
+            && voter
+            && raft.state != StateRole::Leader
+            && last <= removed.applied
+            && !self
+                .pending
+                .removed
+                .iter()
+                .any(|&(r, by, _)| (r, by) == (removed.range, from))
+        {
+            self.pending.removed.push((removed.range, from, last));
+        }
     }
 
     /// Proposes a write to the range; only its leader takes it. Acknowledged in a later
@@ -644,6 +698,9 @@ impl<S: GroupStore> Replicas<S> {
         for (to, probe) in std::mem::take(&mut self.probes) {
             early.entry(to).or_default().probes.push(probe);
         }
+        for (to, removed) in std::mem::take(&mut self.removed) {
+            early.entry(to).or_default().removed.push(removed);
+        }
         for g in self.groups.values_mut().filter(|g| !g.installing) {
             drive_move(g);
         }
@@ -751,6 +808,16 @@ fn redraw_timeout<S: GroupStore>(rng: &mut SmallRng, election_tick: usize, g: &m
     if raft.election_elapsed == 0 {
         raft.set_randomized_election_timeout(rng.random_range(election_tick..2 * election_tick));
     }
+}
+
+/// The applied index of `g`, when its applied configuration leaves `id` out (neither voter,
+/// outgoing voter nor learner): the answer to a vote request from `id`.
+fn leaves_out<S: GroupStore>(g: &Group<S>, id: u64) -> Option<u64> {
+    let conf = g.node.raft.prs().conf().to_conf_state();
+    let counted = [&conf.voters, &conf.voters_outgoing, &conf.learners, &conf.learners_next]
+        .iter()
+        .any(|ids| ids.contains(&id));
+    (g.initialised && !g.installing && !counted).then(|| g.node.raft.raft_log.applied)
 }
 
 /// Hands the group's leadership to `to`, ending its lease first: the target campaigns at

@@ -60,6 +60,6 @@ pub use self::store::{
     BOOTSTRAP_INDEX, GroupStore, INSTALLED, MemGroupStore, RangeData, StoreError, decode_range, encode_range,
 };
 pub use self::wire::{
-    DecodeError, Frame, LogState, MAX_FRAME, MAX_SNAPSHOT, Probe, RaftEntry, RaftMsg, RaftSnapshot, SNAPSHOT_CHUNK,
-    SnapshotHead, SnapshotPart,
+    DecodeError, Frame, LogState, MAX_FRAME, MAX_SNAPSHOT, Probe, RaftEntry, RaftMsg, RaftSnapshot, Removed,
+    SNAPSHOT_CHUNK, SnapshotHead, SnapshotPart,
 };

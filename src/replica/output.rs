@@ -87,6 +87,11 @@ pub struct Output {
     /// Ranges not held here whose leader sent this node a message (`(range, leader)`): a
     /// move adding it; the caller may add the group, uninitialised, to receive a snapshot.
     pub unknown: Vec<(RangeId, u64)>,
+    /// Groups a voter of whose configuration (`(range, voter, last)`) said its applied
+    /// configuration leaves this node out, while this node's log held nothing past it (its
+    /// last index `last` then): this node was removed (a move called off or re-aimed while it
+    /// was down), and may drop the group while its log is still that.
+    pub removed: Vec<(RangeId, u64, u64)>,
 }
 
 impl Output {
@@ -102,6 +107,7 @@ impl Output {
             && self.bootstrapped.is_empty()
             && self.configured.is_empty()
             && self.unknown.is_empty()
+            && self.removed.is_empty()
     }
 }
 

@@ -33,6 +33,22 @@ pub struct Frame {
     /// Probes of replicas that may have lost their state, and answers to them (the core's
     /// lost-state rule; `docs/design/replication.md`).
     pub probes: Vec<Probe>,
+    /// Answers to vote requests from a node the sender's group no longer counts.
+    pub removed: Vec<Removed>,
+}
+
+/// "Your vote request is from a node my group of `range` does not count: my applied
+/// configuration, at `applied`, leaves you out." A replica that a move made a voter and
+/// removed again while it was down learns so this way (`Replicas::handle_frame`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Removed {
+    /// The range.
+    pub range: RangeId,
+    /// The sender's group's history: only a replica of the same one takes it.
+    pub generation: Generation,
+    /// The sender's applied index: its configuration, which leaves the receiver out, is
+    /// committed, and so is every entry up to here.
+    pub applied: u64,
 }
 
 /// A replica without stored state for `range` asks every other replica what it holds; each
@@ -187,12 +203,12 @@ impl Frame {
         let second = if first.msgs.len() >= 2 {
             Frame {
                 msgs: first.msgs.split_off(first.msgs.len() / 2),
-                probes: Vec::new(),
+                ..Frame::default()
             }
         } else {
             Frame {
-                msgs: Vec::new(),
                 probes: std::mem::take(&mut first.probes),
+                ..Frame::default()
             }
         };
         let mut out = first.encode_within(max);
@@ -202,7 +218,7 @@ impl Frame {
 
     /// Nothing to send.
     pub fn is_empty(&self) -> bool {
-        self.msgs.is_empty() && self.probes.is_empty()
+        self.msgs.is_empty() && self.probes.is_empty() && self.removed.is_empty()
     }
 }
 
@@ -277,7 +293,7 @@ impl SnapshotHead {
         }
         Frame {
             msgs: vec![(self.range, self.generation, self.msg)],
-            probes: Vec::new(),
+            ..Frame::default()
         }
     }
 }

@@ -37,6 +37,7 @@ fn heartbeat(generation: Generation, term: u64) -> Frame {
     Frame {
         msgs: vec![(RANGE, generation, RaftMsg::from_raft(&m))],
         probes: vec![],
+        removed: vec![],
     }
 }
 
@@ -48,6 +49,7 @@ fn probe(generation: Generation, answer: Option<Option<LogState>>) -> Frame {
             generation,
             answer,
         }],
+        removed: vec![],
     }
 }
 

@@ -46,6 +46,7 @@ fn frame(msg: RaftMsg) -> Frame {
     Frame {
         msgs: vec![(RANGE, GEN, msg)],
         probes: vec![],
+        removed: vec![],
     }
 }
 

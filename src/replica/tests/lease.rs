@@ -38,6 +38,7 @@ fn vote_request(kind: MessageType, term: u64) -> Frame {
     Frame {
         msgs: vec![(RANGE, GEN, RaftMsg::from_raft(&m))],
         probes: vec![],
+        removed: vec![],
     }
 }
 
@@ -152,6 +153,7 @@ fn heartbeat_with_context(term: u64) -> Frame {
     Frame {
         msgs: vec![(RANGE, GEN, RaftMsg::from_raft(&m))],
         probes: vec![],
+        removed: vec![],
     }
 }
 
@@ -196,6 +198,7 @@ fn a_peer_cannot_ask_for_a_leadership_transfer() {
     let frame = Frame {
         msgs: vec![(RANGE, GEN, RaftMsg::from_raft(&m))],
         probes: vec![],
+        removed: vec![],
     };
     assert_eq!(r.handle_frame(CANDIDATE, frame), 1, "dropped");
     assert_eq!(r.lease_standing(RANGE), standing);

@@ -521,6 +521,7 @@ fn messages_that_claim_another_sender_or_receiver_are_dropped() {
             ), // a range a does not hold
         ],
         probes: vec![],
+        removed: vec![],
     };
     assert_eq!(sim.core(0).handle_frame(b, frame), 3);
     assert!(

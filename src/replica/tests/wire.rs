@@ -8,7 +8,9 @@ use raft::prelude::MessageType;
 
 use super::GEN;
 use crate::ids::Generation;
-use crate::wire::{DecodeError, Frame, LogState, MAX_SNAPSHOT, Probe, RaftEntry, RaftMsg, RaftSnapshot, SnapshotHead};
+use crate::wire::{
+    DecodeError, Frame, LogState, MAX_SNAPSHOT, Probe, RaftEntry, RaftMsg, RaftSnapshot, Removed, SnapshotHead,
+};
 
 /// The range of the snapshot and frame tests.
 const AZ: RangeId = RangeId {
@@ -106,10 +108,12 @@ proptest! {
     fn any_frame_round_trips_through_bytes_and_raft(
         msgs in vec((any::<u8>(), any::<u8>(), any::<u64>(), message()), 0..6),
         probes in vec((any::<u8>(), any::<u8>(), any::<u64>(), any::<Option<Option<(u64, u64, u64)>>>().prop_map(|a| a.map(|s| s.map(|(term, last_term, last_index)| LogState { term, last_term, last_index })))), 0..4),
+        removed in vec((any::<u8>(), any::<u8>(), any::<u64>(), any::<u64>()), 0..3),
     ) {
         let frame = Frame {
             msgs: msgs.into_iter().map(|(first, last, g, m)| (RangeId { first, last }, Generation(g), m)).collect(),
             probes: probes.into_iter().map(|(first, last, g, answer)| Probe { range: RangeId { first, last }, generation: Generation(g), answer }).collect(),
+            removed: removed.into_iter().map(|(first, last, g, applied)| Removed { range: RangeId { first, last }, generation: Generation(g), applied }).collect(),
         };
         let decoded = Frame::decode(&frame.encode()).expect("its own encoding decodes");
         prop_assert_eq!(&decoded, &frame);
@@ -148,6 +152,7 @@ fn unknown_and_local_types_are_refused() {
             },
         )],
         probes: vec![],
+        removed: vec![],
     };
     assert_eq!(Frame::decode(&frame(19, 0).encode()), Err(DecodeError::MessageType(19)));
     assert_eq!(Frame::decode(&frame(3, 3).encode()), Err(DecodeError::EntryType(3)));
@@ -184,6 +189,7 @@ fn a_snapshot_leaves_its_frame_and_comes_back_whole_from_its_head() {
             (range, GEN, snapshot(5000)),
         ],
         probes: vec![],
+        removed: vec![],
     };
     let taken = frame.take_snapshots();
     assert_eq!(taken, vec![(range, GEN, snapshot(10)), (range, GEN, snapshot(5000))]);
@@ -256,6 +262,7 @@ fn a_frame_over_the_limit_is_sent_as_several_each_message_whole() {
             generation: GEN,
             answer: None,
         }],
+        removed: vec![],
     };
     assert_eq!(frame.clone().encode_within(1 << 20), vec![frame.encode()]);
     let parts = frame.clone().encode_within(1000);
