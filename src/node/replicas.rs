@@ -677,6 +677,7 @@ impl Driver {
         if bootstrap.is_some() {
             let _ = self.replicas.campaign(range);
         }
+        self.stale_kept.remove(&range);
         tracing::info!(%range, moving, nodes = %entry, "replica group started");
         self.leaders.send_modify(|l| {
             l.insert(range, LeaderView { leader: None, term: 0 });
@@ -769,18 +770,17 @@ impl Driver {
     /// the one `table` gives the range, whose group names this node: `true` once it is gone,
     /// for the table's group to start.
     ///
-    /// Its history is over. A coordinator gives a range's group a new generation only when
-    /// the table it replaces ran no group of the range (`RoutingTable::with_generations`):
-    /// the old group had finished into one node (its data that node's), so nothing it holds
+    /// Only a history the table lists as ended ([`RoutingTable::has_ended`]: its group
+    /// finished into one node, whose data carried the range on) is dropped: nothing it holds
     /// elsewhere is needed; this node missed that (down, or cut off). Its records go, and its
     /// data too unless the table names this node the range's only owner: a single owner's
-    /// range starting to move, whose new group is born over the data in place (once the old
-    /// group has applied all it holds).
+    /// range starting to move, whose new group is born over the data in place, once the old
+    /// group has applied everything it committed (found on disk behind that, it runs again
+    /// under its own history until it has).
     ///
-    /// Kept, and said, when this node is that single owner and its old group still counts
-    /// other nodes: the table lost a move that group made (two coordinators in a partition,
-    /// the other side's group still running), whose acknowledged writes may be on those
-    /// nodes alone. The new group then waits for a table naming the old group's nodes.
+    /// Any other history is kept, and said once: this node's table may be behind the
+    /// cluster's (a start-up table), or the table lost a move that group made (two
+    /// coordinators at once), whose acknowledged writes may be on its nodes alone.
     async fn retire(&mut self, range: RangeId, table: &RoutingTable) -> Result<bool, String> {
         let Some(entry) = table
             .entries()
@@ -789,6 +789,10 @@ impl Driver {
         else {
             return Ok(false);
         };
+        if !table.group_of(entry).is_some_and(|nodes| nodes.contains(&self.me)) {
+            // Not this node's to start: `settle` decides about a group the table leaves it out of.
+            return Ok(false);
+        }
         let generation = table.generation_of(range.first, range.last);
         let running = self.replicas.generation(range).is_some();
         let store = match self.replicas.store(range) {
@@ -803,21 +807,22 @@ impl Driver {
             // Retired already (or this table gives the old history back): start it.
             return Ok(!running);
         }
+        if !table.has_ended(range.first, range.last, old) {
+            if self.stale_kept.insert(range) {
+                tracing::warn!(%range, %old, new = %generation, version = table.version(), "range {range}'s group here is of history {old}, which the table (version {}) does not say has ended, though it gives the range history {generation}: kept, and the table's group not started, until a table says it ended (this node's table may be behind the cluster's) or gives it back", table.version());
+            }
+            return Ok(false);
+        }
         if self.replicas.installing(range) {
             self.stale.insert(range);
             return Ok(false);
         }
-        let my_id = node_id(self.me.as_str());
         let alone = entry.replicas() == std::slice::from_ref(&self.me);
         if alone {
-            let conf = match self.replicas.conf(range) {
-                Some(conf) => conf,
-                None => {
-                    raft::Storage::initial_state(&store)
-                        .map_err(|e| format!("range {range}'s group could not be read: {e}"))?
-                        .conf_state
-                }
-            };
+            let state = raft::Storage::initial_state(&store)
+                .map_err(|e| format!("range {range}'s group could not be read: {e}"))?;
+            let my_id = node_id(self.me.as_str());
+            let conf = self.replicas.conf(range).unwrap_or(state.conf_state);
             let counted = conf
                 .voters
                 .iter()
@@ -826,12 +831,23 @@ impl Driver {
                 .chain(&conf.learners_next);
             if counted.into_iter().any(|&id| id != my_id) {
                 if self.stale_kept.insert(range) {
-                    tracing::error!(%range, %old, new = %generation, "range {range}'s group here (history {old}) still counts other nodes, but the table starts a new group (history {generation}) from this node's data: a move the table lost (a partition) may have writes on those nodes; the old group is kept, the new one waits; set a table naming the old group's nodes for {range}");
+                    tracing::error!(%range, %old, new = %generation, "range {range}'s group here (history {old}) still counts other nodes, but the table starts a new group (history {generation}) from this node's data: the old group is kept, the new one waits; set a table naming the old group's nodes for {range}");
                 }
                 return Ok(false);
             }
+            let applied = GroupStore::applied(&store);
+            if !running && applied < state.hard_state.commit {
+                // Committed entries not applied yet (applies are written unsynced): run the old
+                // group, alone, until it has applied them, then retire it.
+                let voters = conf.voters.clone();
+                if let Err(e) = self.replicas.add_group(range, old, store, &voters) {
+                    tracing::error!(%range, error = %e, "range {range}'s old group could not be started to apply its log");
+                }
+                self.stale.insert(range);
+                return Ok(false);
+            }
             let last = raft::Storage::last_index(&store).unwrap_or(0);
-            if running && GroupStore::applied(&store) < last {
+            if running && applied < last {
                 self.stale.insert(range);
                 return Ok(false);
             }

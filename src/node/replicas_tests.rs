@@ -281,18 +281,34 @@ async fn leadership_goes_back_to_the_preferred_leader_once_it_is_back() {
     }
 }
 
+/// The three nodes' entry for `RANGE`, or the first node's alone.
+fn all_three(c: &Cluster) -> Vec<Entry> {
+    vec![Entry::new(b'a', b'z', c.names.clone()).unwrap()]
+}
+
+fn first_alone(c: &Cluster) -> Vec<Entry> {
+    vec![Entry::single(b'a', b'z', c.names[0].clone())]
+}
+
 #[tokio::test]
-async fn a_group_of_an_earlier_history_is_retired_and_the_tables_group_starts_afresh() {
+async fn a_group_of_an_ended_history_is_retired_and_the_tables_group_starts_afresh() {
     let stores: [Store; 3] = std::array::from_fn(|_| Store::in_memory());
     let c = cluster_on(stores.clone());
     let leader = c.leader(None, Duration::from_secs(5)).await;
     c.handles[leader].propose(RANGE, put("old")).await.unwrap();
-    // The range's group born again (a table that gives it another generation): each node
-    // drops the running group and its data, and the new group starts as a new range.
-    let entries = vec![Entry::new(b'a', b'z', c.names.clone()).unwrap()];
-    let table = RoutingTable::new(entries, 2, "test").unwrap().with_generations(None);
+    // The range's group ended (held by one node) and was born again, in tables these nodes
+    // get only the last of: each drops the running group and its data, and the new group
+    // starts as a new range.
+    let first = RoutingTable::new(all_three(&c), 1, "test").unwrap();
+    let between = RoutingTable::new(first_alone(&c), 2, "test")
+        .unwrap()
+        .with_generations(Some(&first));
+    let table = RoutingTable::new(all_three(&c), 3, "test")
+        .unwrap()
+        .with_generations(Some(&between));
     let generation = table.generation_of(b'a', b'z');
     assert_ne!(generation, Generation::LEGACY);
+    assert!(table.has_ended(b'a', b'z', Generation::LEGACY));
     let table = Arc::new(table);
     for h in &c.handles {
         h.set_table(Arc::clone(&table));
@@ -314,6 +330,38 @@ async fn a_group_of_an_earlier_history_is_retired_and_the_tables_group_starts_af
         assert_eq!(group.generation(), generation, "node {i}'s group");
         let old = store.get(b"apples", b"old").await.unwrap();
         assert!(!matches!(old, crate::store::Lookup::Found(_)), "node {i} kept {old:?}");
+    }
+    for s in &c.stops {
+        s.cancel();
+    }
+}
+
+#[tokio::test]
+async fn a_group_whose_history_the_table_does_not_say_ended_is_kept_and_goes_on() {
+    let stores: [Store; 3] = std::array::from_fn(|_| Store::in_memory());
+    let c = cluster_on(stores.clone());
+    c.led_by(0, Duration::from_secs(10)).await;
+    c.handles[0].propose(RANGE, put("before")).await.unwrap();
+    // A table giving the range another history without saying this one ended (a start-up
+    // table behind the cluster's, or a coordinator that never saw this group): nothing is
+    // dropped, the table's group waits, and this one still takes writes.
+    let single = RoutingTable::new(first_alone(&c), 8, "x").unwrap();
+    let table = RoutingTable::new(all_three(&c), 9, "x")
+        .unwrap()
+        .with_generations(Some(&single));
+    assert_ne!(table.generation_of(b'a', b'z'), Generation::LEGACY);
+    assert!(!table.has_ended(b'a', b'z', Generation::LEGACY));
+    let table = Arc::new(table);
+    for h in &c.handles {
+        h.set_table(Arc::clone(&table));
+    }
+    // Taken after the table (a driver looks at a new table before its next input).
+    c.handles[0].propose(RANGE, put("after")).await.unwrap();
+    for (i, store) in stores.iter().enumerate() {
+        let group = store.group(RANGE, Generation::LEGACY, None).unwrap();
+        assert_eq!(group.generation(), Generation::LEGACY, "node {i}'s group");
+        let before = store.get(b"apples", b"before").await.unwrap();
+        assert!(matches!(before, crate::store::Lookup::Found(_)), "node {i}: {before:?}");
     }
     for s in &c.stops {
         s.cancel();

@@ -180,8 +180,8 @@ mod tests {
         // Overlapping entries that serde alone would accept.
         let mut overlapping = vec![FORMAT];
         let entries = [table.entries(), table.entries()].concat();
-        let (moves, generations) = (Vec::<Entry>::new(), Vec::<(u8, u8, kvnode_replica::Generation)>::new());
-        overlapping.extend(postcard::to_stdvec(&(entries, 9u64, "foo", moves, generations)).unwrap());
+        let (moves, none) = (Vec::<Entry>::new(), Vec::<(u8, u8, kvnode_replica::Generation)>::new());
+        overlapping.extend(postcard::to_stdvec(&(entries, 9u64, "foo", moves, none.clone(), none)).unwrap());
         std::fs::write(&path, overlapping).unwrap();
         assert_eq!(load(&path), None, "overlapping");
     }
@@ -190,13 +190,16 @@ mod tests {
     fn a_table_keeps_its_groups_generations_and_one_saved_before_them_has_the_legacy_one() {
         let dir = tempfile::tempdir().unwrap();
         let path = path(dir.path());
+        // a-m's group born at version 7 (after a single owner's), n-z's ended.
+        let before = RoutingTable::parse(["a-m=foo,n-z=bar+foo"], 6, "foo").unwrap();
         let table = RoutingTable::parse(["a-m=foo+bar+baz,n-z=bar"], 7, "foo")
             .unwrap()
-            .with_generations(None);
+            .with_generations(Some(&before));
         let generation = table.generation_of(b'a', b'm');
         assert_ne!(generation, kvnode_replica::Generation::LEGACY);
+        assert!(table.has_ended(b'n', b'z', kvnode_replica::Generation::LEGACY));
         save(&path, &table).unwrap();
-        assert_eq!(load(&path).map(|t| t.generation_of(b'a', b'm')), Some(generation));
+        assert_eq!(load(&path), Some(table.clone()));
         // Format 3, as wire version 14 wrote it: no generations.
         let mut old = vec![FORMAT_NO_GENERATIONS];
         old.extend(postcard::to_stdvec(&(table.entries(), 7u64, "foo", Vec::<Entry>::new())).unwrap());
@@ -206,8 +209,12 @@ mod tests {
         assert_eq!(loaded.generation_of(b'a', b'm'), kvnode_replica::Generation::LEGACY);
         // A generation given to a range that runs no group is damage.
         let mut bad = vec![FORMAT];
-        let generations = vec![(b'n', b'z', generation)];
-        bad.extend(postcard::to_stdvec(&(table.entries(), 7u64, "foo", Vec::<Entry>::new(), generations)).unwrap());
+        let (generations, ended) = (
+            vec![(b'n', b'z', generation)],
+            Vec::<(u8, u8, kvnode_replica::Generation)>::new(),
+        );
+        let fields = (table.entries(), 7u64, "foo", Vec::<Entry>::new(), generations, ended);
+        bad.extend(postcard::to_stdvec(&fields).unwrap());
         std::fs::write(&path, bad).unwrap();
         assert_eq!(load(&path), None);
     }

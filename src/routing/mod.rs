@@ -63,7 +63,10 @@ impl TryFrom<EntryFields> for Entry {
 /// `generations` (issue 26) name the history of each range's group ([`Generation`]): given
 /// when the group is born (a new replicated range, or a single owner's range starting to
 /// move), kept while it lives ([`RoutingTable::with_generations`]). A range whose group is
-/// not listed (a table from before generations) has [`Generation::LEGACY`].
+/// not listed (born with a configuration file's table, or before generations) has
+/// [`Generation::LEGACY`]. `ended` lists, per range, the newest histories whose group the
+/// cluster saw end (finished into one node, whose data carried the range on): a replica of
+/// one of those may drop what it holds of it; of any other it may not.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct RoutingTable {
     entries: Vec<Entry>,
@@ -71,7 +74,12 @@ pub struct RoutingTable {
     setter: String,
     moves: Vec<Entry>,
     generations: Vec<(u8, u8, Generation)>,
+    ended: Vec<(u8, u8, Generation)>,
 }
+
+/// How many ended histories a table keeps per range: a replica away for longer than this
+/// many rebirths of its range keeps its old group (and says so) rather than drop it unproven.
+const ENDED_KEPT: usize = 4;
 
 /// Why a table specification was refused; every variant quotes the offending entry.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -127,6 +135,7 @@ impl RoutingTable {
             setter: node.to_string(),
             moves: Vec::new(),
             generations: Vec::new(),
+            ended: Vec::new(),
         }
     }
 
@@ -151,6 +160,7 @@ impl RoutingTable {
             setter: setter.into(),
             moves: Vec::new(),
             generations: Vec::new(),
+            ended: Vec::new(),
         })
     }
 
@@ -174,34 +184,74 @@ impl RoutingTable {
         Ok(self)
     }
 
-    /// The same table with a generation for each range whose group runs: `prev`'s where
-    /// `prev` ran a group of the same range (the group lives on: moved, re-ordered, or a move
-    /// re-aimed), else a new one, born here. `prev` is the table this one replaces at the
-    /// coordinator; `None` for a table of a configuration file, whose groups are born with
-    /// it: derived without the setter, so that every node's copy of one configuration, each
-    /// set by the node itself, gives the same groups the same generation.
+    /// The same table with a generation for each range whose group runs, and the histories
+    /// that ended. `prev` is the table this one replaces at the coordinator:
+    /// - a range whose group `prev` ran too keeps its generation (the group lives on: moved,
+    ///   re-ordered, a move re-aimed); any other group is born here and gets a new one;
+    /// - a group `prev` ran that this table does not (finished into one node) has ended, and
+    ///   joins `prev`'s ended histories (the newest [`ENDED_KEPT`] of each range are kept).
+    ///
+    /// `None` for a table of a configuration file: its groups are [`Generation::LEGACY`],
+    /// as every node's copy of one configuration (each set by the node itself) must agree,
+    /// and as the groups of a cluster from before generations are.
     pub fn with_generations(mut self, prev: Option<&RoutingTable>) -> Self {
-        let setter = if prev.is_some() { self.setter.as_str() } else { "" };
-        let generations = self
-            .entries
-            .iter()
-            .filter_map(|e| {
-                let nodes = self.group_of(e)?;
-                let lives_on = prev.and_then(|p| {
-                    let held = p.entries.iter().find(|h| (h.first, h.last) == (e.first, e.last))?;
-                    p.group_of(held)?;
-                    Some(p.generation_of(e.first, e.last))
-                });
-                let range = RangeId {
-                    first: e.first,
-                    last: e.last,
-                };
-                let born = || Generation::derive(self.version, setter, range, nodes.iter().map(NodeName::as_str));
-                Some((e.first, e.last, lives_on.unwrap_or_else(born)))
-            })
-            .collect();
+        let Some(prev) = prev else {
+            self.generations.clear();
+            self.ended.clear();
+            return self;
+        };
+        let mut generations = Vec::new();
+        for e in &self.entries {
+            let Some(nodes) = self.group_of(e) else { continue };
+            let lives_on = prev
+                .entries
+                .iter()
+                .find(|h| (h.first, h.last) == (e.first, e.last))
+                .and_then(|h| prev.group_of(h))
+                .map(|_| prev.generation_of(e.first, e.last));
+            let range = RangeId {
+                first: e.first,
+                last: e.last,
+            };
+            let generation = lives_on.unwrap_or_else(|| {
+                Generation::derive(self.version, &self.setter, range, nodes.iter().map(NodeName::as_str))
+            });
+            if generation != Generation::LEGACY {
+                generations.push((e.first, e.last, generation));
+            }
+        }
         self.generations = generations;
+        let mut ended = prev.ended.clone();
+        for h in prev.entries.iter().filter(|h| prev.group_of(h).is_some()) {
+            let lives_on = self
+                .entries
+                .iter()
+                .find(|e| (e.first, e.last) == (h.first, h.last))
+                .is_some_and(|e| self.group_of(e).is_some());
+            if !lives_on {
+                ended.push((h.first, h.last, prev.generation_of(h.first, h.last)));
+            }
+        }
+        // The newest of each range, in the order they ended.
+        let mut kept = Vec::with_capacity(ended.len());
+        for (i, &(first, last, g)) in ended.iter().enumerate().rev() {
+            let newer = ended[i + 1..]
+                .iter()
+                .filter(|&&(f, l, _)| (f, l) == (first, last))
+                .count();
+            if newer < ENDED_KEPT && !kept.contains(&(first, last, g)) {
+                kept.push((first, last, g));
+            }
+        }
+        kept.reverse();
+        self.ended = kept;
         self
+    }
+
+    /// Whether the group of the range `first..=last` of history `generation` has ended (see
+    /// [`RoutingTable::with_generations`]).
+    pub fn has_ended(&self, first: u8, last: u8, generation: Generation) -> bool {
+        self.ended.contains(&(first, last, generation))
     }
 
     /// The generation of the group of the range `first..=last` ([`Generation::LEGACY`] for a
@@ -312,12 +362,14 @@ impl RoutingTable {
             &self.entries,
             &self.moves,
             &self.generations,
+            &self.ended,
         ) > (
             other.version,
             &other.setter,
             &other.entries,
             &other.moves,
             &other.generations,
+            &other.ended,
         )
     }
 

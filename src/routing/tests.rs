@@ -192,6 +192,7 @@ fn replicated(entries: &[&str]) -> RoutingTable {
         setter: "test".into(),
         moves: Vec::new(),
         generations: Vec::new(),
+        ended: Vec::new(),
     }
 }
 
@@ -360,17 +361,15 @@ mod round_trip {
 fn a_group_keeps_its_generation_while_it_lives_and_one_born_again_gets_a_new_one() {
     use kvnode_replica::Generation;
     let parse = |spec: &str, version, setter: &str| RoutingTable::parse([spec], version, setter).unwrap();
+    // A configuration file's groups are of the legacy history on every node (each node sets
+    // its copy itself), as the groups of a cluster from before generations are.
     let held = parse("a-m=foo+bar+baz,n-z=qux", 3, "foo").with_generations(None);
-    let g = held.generation_of(b'a', b'm');
-    assert_ne!(g, Generation::LEGACY);
+    assert_eq!(held.generation_of(b'a', b'm'), Generation::LEGACY);
     assert_eq!(
-        held.generation_of(b'n', b'z'),
-        Generation::LEGACY,
-        "a single owner runs no group"
+        held,
+        parse("a-m=foo+bar+baz,n-z=qux", 3, "foo"),
+        "the same as a table without generations"
     );
-    // Every node's copy of one configuration, each set by the node itself, agrees.
-    let bars = parse("a-m=foo+bar+baz,n-z=qux", 3, "bar").with_generations(None);
-    assert_eq!(bars.generation_of(b'a', b'm'), g);
     // On the move, re-ordered, moved: the same group, the same history. A single owner's
     // range starting to move is a group born.
     let moves = vec!["a-m=bar+baz+quux".parse().unwrap(), "n-z=qux+foo".parse().unwrap()];
@@ -378,25 +377,49 @@ fn a_group_keeps_its_generation_while_it_lives_and_one_born_again_gets_a_new_one
         .with_moves(moves)
         .unwrap()
         .with_generations(Some(&held));
-    assert_eq!(moving.generation_of(b'a', b'm'), g);
+    assert_eq!(moving.generation_of(b'a', b'm'), Generation::LEGACY);
     let born = moving.generation_of(b'n', b'z');
     assert_ne!(born, Generation::LEGACY);
     let moved = parse("a-m=bar+baz+quux,n-z=qux+foo", 5, "foo").with_generations(Some(&moving));
     assert_eq!(
         (moved.generation_of(b'a', b'm'), moved.generation_of(b'n', b'z')),
-        (g, born)
+        (Generation::LEGACY, born)
     );
-    // Finished onto one node, then replicated again: another history.
+    assert!(!moved.has_ended(b'a', b'm', Generation::LEGACY));
+    // Finished onto one node: that history ended. Replicated again: another one.
     let single = parse("a-m=bar,n-z=qux+foo", 6, "foo").with_generations(Some(&moved));
-    assert_eq!(single.generation_of(b'a', b'm'), Generation::LEGACY);
+    assert!(single.has_ended(b'a', b'm', Generation::LEGACY));
     let again = parse("a-m=bar+baz+quux,n-z=qux+foo", 7, "foo").with_generations(Some(&single));
     let reborn = again.generation_of(b'a', b'm');
-    assert!(![Generation::LEGACY, g, born].contains(&reborn), "{reborn}");
+    assert!(![Generation::LEGACY, born].contains(&reborn), "{reborn}");
+    assert!(again.has_ended(b'a', b'm', Generation::LEGACY), "still listed");
+    assert!(!again.has_ended(b'a', b'm', reborn) && !again.has_ended(b'n', b'z', born));
     // The same birth by another coordinator (a partition's other side) is another history.
     let elsewhere = parse("a-m=bar+baz+quux,n-z=qux+foo", 7, "bar").with_generations(Some(&single));
     assert_ne!(elsewhere.generation_of(b'a', b'm'), reborn);
     // Tables differing only in generations are still ordered, so every node keeps one.
     let configured = parse("a-m=bar+baz+quux,n-z=qux+foo", 7, "foo").with_generations(None);
-    assert_ne!(configured.generation_of(b'a', b'm'), reborn);
     assert!(configured.supersedes(&again) != again.supersedes(&configured));
+    // Only the newest few ended histories of a range are kept.
+    let mut t = again;
+    let mut ended = vec![Generation::LEGACY, reborn];
+    for version in 8..20 {
+        let spec = if version % 2 == 0 {
+            "a-m=bar,n-z=qux+foo"
+        } else {
+            "a-m=bar+baz,n-z=qux+foo"
+        };
+        let next = parse(spec, version, "foo").with_generations(Some(&t));
+        if version % 2 == 1 {
+            ended.push(next.generation_of(b'a', b'm'));
+        }
+        t = next;
+    }
+    let listed: Vec<_> = ended.iter().filter(|g| t.has_ended(b'a', b'm', **g)).collect();
+    assert_eq!(
+        listed,
+        ended[ended.len() - 1 - ENDED_KEPT..ended.len() - 1]
+            .iter()
+            .collect::<Vec<_>>()
+    );
 }
