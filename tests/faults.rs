@@ -106,6 +106,27 @@ const MOVING_REPLICATED_4: Shape = Shape {
     moves: &["a-z=n2+n3+n4", "a-z=n3+n4+n1", "a-z=n4+n1+n2", "a-z=n1+n2+n3"],
 };
 
+/// Issue 26: a replicated range's group ended (the range moved onto one node) and born again
+/// (replicated anew from that node), over and over, with a different single owner each time,
+/// while the nemesis strikes whichever node serves it: a replica killed in one history comes
+/// back in a later one, and must retire its old group (generations), never take part with it.
+const REBORN_3: Shape = Shape {
+    name: "reborn-3",
+    nodes: 3,
+    table: "a-z=n1+n2+n3",
+    in_memory: false,
+    entries: Nodes::Any,
+    victims: Nodes::Owner,
+    moves: &[
+        "a-z=n1",
+        "a-z=n1+n2+n3",
+        "a-z=n2",
+        "a-z=n2+n3+n1",
+        "a-z=n3",
+        "a-z=n3+n1+n2",
+    ],
+};
+
 /// The broken system: the owner keeps its data in memory, so a kill loses acknowledged writes.
 const IN_MEMORY_OWNER: Shape = Shape {
     name: "in-memory-owner-3",
@@ -461,6 +482,11 @@ fn a_range_moved_between_single_owners_under_faults_stays_linearizable() {
 #[test]
 fn a_replicated_range_moved_around_four_nodes_under_faults_stays_linearizable() {
     check_shape(&MOVING_REPLICATED_4);
+}
+
+#[test]
+fn a_range_moved_onto_one_node_and_replicated_again_under_faults_stays_linearizable() {
+    check_shape(&REBORN_3);
 }
 
 /// Issue 26's partition case: a `route --set` on each side of a partition. The range's

@@ -265,6 +265,7 @@ impl Node {
         if self.config.join.is_empty() || (only_self && seeds.is_empty()) {
             // Nothing to join (or told to join only itself): it starts the cluster.
             self.gossip.set_joined();
+            self.joined();
         }
         for seed in seeds {
             core.join(now, seed);
@@ -445,6 +446,7 @@ impl Node {
                 Event::Joined { seed, members } => {
                     self.gossip.set_joined();
                     tracing::info!(%seed, members, "joined the cluster");
+                    self.joined();
                 }
                 Event::JoinFailed { seed, reason } => {
                     match self.gossip.saved.as_ref().filter(|s| s.rejoins_through(seed)) {

@@ -195,9 +195,23 @@ impl Node {
         });
         self.move_log.table_changed(held, &table);
         *held = Arc::new(table);
-        // The driver starts, moves and drops the groups the new table names this node in.
-        self.replicas.set_table(Arc::clone(held));
+        // The driver starts, moves and drops the groups the new table names this node in
+        // (once this node has joined its cluster: see `Node::joined`).
+        if self.gossip.joined() {
+            self.replicas.set_table(Arc::clone(held));
+        }
         saving
+    }
+
+    /// This node has joined its cluster (or has none to join): from now on its replica groups
+    /// follow its table, which now holds the cluster's (the member it joined through sent
+    /// it), or one newer. Before, a joining node's table is its start-up one, which may be
+    /// far behind the cluster's (the configured table: it would start, even bootstrap,
+    /// groups the cluster ended long ago). The flag is set before the table is read, and
+    /// `install_table` reads the flag under the table's lock, so no table is missed.
+    pub(super) fn joined(&self) {
+        let table = self.table.read().unwrap_or_else(PoisonError::into_inner).clone();
+        self.replicas.set_table(table);
     }
 
     /// Where node `name` can be reached: gossip membership, the local directory, then
@@ -385,7 +399,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         keyring_file,
         keyring_change: Default::default(),
         store,
-        table: RwLock::new(Arc::new(table.clone())),
+        table: RwLock::new(Arc::new(table)),
         table_file,
         table_saved: Default::default(),
         hops: Default::default(),
@@ -400,11 +414,9 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         leave: CancellationToken::new(),
         fatal_reason: Default::default(),
         chat_out: Default::default(),
-        replicas: {
-            let replicas = replicas::ReplicasHandle::new();
-            replicas.set_table(Arc::new(table));
-            replicas
-        },
+        // The replica driver gets its first table once the node has joined its cluster, or
+        // found it has none to join (`Node::joined`).
+        replicas: replicas::ReplicasHandle::new(),
         raft_links: Default::default(),
         move_log: Default::default(),
         #[cfg(feature = "fault-injection")]

@@ -599,6 +599,9 @@ impl Driver {
                 .iter()
                 .find(|e| (e.first, e.last) == (range.first, range.last));
             let Some(nodes) = entry.and_then(|e| table.group_of(e)) else {
+                if entry.is_some_and(|e| e.replicas() == std::slice::from_ref(&self.me)) {
+                    self.replay_alone(range);
+                }
                 continue;
             };
             if nodes.contains(&self.me) {
@@ -622,11 +625,42 @@ impl Driver {
             let voters = conf.voters.clone();
             match self.replicas.add_group(range, generation, store, &voters) {
                 Ok(()) => {
+                    // It asks for votes only to be told it was removed: never for real ones,
+                    // so it can never lead (a history from before generations, one id for
+                    // several, might otherwise win the newer one's votes).
+                    self.replicas.mute(range);
                     tracing::info!(%range, "range {range}'s group is on this node's disk with this node a voter, though the table names other nodes: started, to learn from its voters whether they still count this node")
                 }
                 Err(e) => {
                     tracing::warn!(%range, error = %e, "range {range}'s group on this node's disk could not be started")
                 }
+            }
+        }
+    }
+
+    /// Runs again a group found on disk of a range the table names this node alone for (the
+    /// group ended here, a move finished onto this node, and the node stopped before it
+    /// dropped the group), when its log holds entries it has not applied: applies are written
+    /// unsynced, so a crash may have lost some whose writes were acknowledged. Alone, it
+    /// elects itself and applies them; then `settle` drops it, keeping the data.
+    fn replay_alone(&mut self, range: RangeId) {
+        let Ok(store) = self.store.group(range, Generation::LEGACY, None) else {
+            return;
+        };
+        let Ok(state) = raft::Storage::initial_state(&store) else {
+            return;
+        };
+        let last = raft::Storage::last_index(&store).unwrap_or(0);
+        if GroupStore::applied(&store) >= last {
+            return;
+        }
+        let (generation, voters) = (store.generation(), state.conf_state.voters.clone());
+        match self.replicas.add_group(range, generation, store, &voters) {
+            Ok(()) => {
+                tracing::warn!(%range, "range {range}'s group, ended here, is on this node's disk with entries it has not applied: started until it has applied them")
+            }
+            Err(e) => {
+                tracing::error!(%range, error = %e, "range {range}'s group on this node's disk could not be started to apply its log")
             }
         }
     }
@@ -725,7 +759,10 @@ impl Driver {
             if !keep_data
                 && !self.named.contains(&range)
                 && !self.told_removed(range)
-                && self.replicas.conf(range).is_some_and(|c| c.voters.contains(&my_id))
+                && self
+                    .replicas
+                    .conf(range)
+                    .is_some_and(|c| c.voters.contains(&my_id) || c.voters_outgoing.contains(&my_id))
             {
                 if self.kept_voting.insert(range) {
                     tracing::warn!(%range, "the table no longer names this node for range {range}, but the range's group still counts it as a voter: it keeps the group and the data");
@@ -821,8 +858,18 @@ impl Driver {
         if alone {
             let state = raft::Storage::initial_state(&store)
                 .map_err(|e| format!("range {range}'s group could not be read: {e}"))?;
-            let my_id = node_id(self.me.as_str());
             let conf = self.replicas.conf(range).unwrap_or(state.conf_state);
+            if GroupStore::applied(&store) < raft::Storage::last_index(&store).unwrap_or(0) {
+                // Entries not applied yet (applies are written unsynced: a crash may have lost
+                // some whose writes were acknowledged): the old group runs, under its own
+                // history, until it has applied them; looked at again at each settle.
+                if !running && let Err(e) = self.replicas.add_group(range, old, store, &conf.voters) {
+                    tracing::error!(%range, error = %e, "range {range}'s old group could not be started to apply its log");
+                }
+                self.stale.insert(range);
+                return Ok(false);
+            }
+            let my_id = node_id(self.me.as_str());
             let counted = conf
                 .voters
                 .iter()
@@ -833,21 +880,6 @@ impl Driver {
                 if self.stale_kept.insert(range) {
                     tracing::error!(%range, %old, new = %generation, "range {range}'s group here (history {old}) still counts other nodes, but the table starts a new group (history {generation}) from this node's data: the old group is kept, the new one waits; set a table naming the old group's nodes for {range}");
                 }
-                return Ok(false);
-            }
-            let applied = GroupStore::applied(&store);
-            if !running && applied < state.hard_state.commit {
-                // Committed entries not applied yet (applies are written unsynced): run the old
-                // group, alone, until it has applied them, then retire it.
-                let voters = conf.voters.clone();
-                if let Err(e) = self.replicas.add_group(range, old, store, &voters) {
-                    tracing::error!(%range, error = %e, "range {range}'s old group could not be started to apply its log");
-                }
-                self.stale.insert(range);
-                return Ok(false);
-            }
-            let last = raft::Storage::last_index(&store).unwrap_or(0);
-            if running && applied < last {
                 self.stale.insert(range);
                 return Ok(false);
             }

@@ -166,6 +166,8 @@ struct Group<S: GroupStore> {
     /// The term this replica last asked a leadership transfer in: no lease for the rest of
     /// it ([`transfer`]).
     transferred_in: Option<u64>,
+    /// Asks for pre-votes only, never for votes ([`Replicas::mute`]).
+    muted: bool,
 }
 
 /// The Ready of a group between `poll_round` and `handle_persisted`, emptied of what was
@@ -269,6 +271,7 @@ impl<S: GroupStore> Replicas<S> {
             votes_held,
             lease_changes: 0,
             transferred_in: None,
+            muted: false,
         };
         redraw_timeout(&mut self.rng, self.config.election_tick, &mut group);
         self.groups.insert(range, group);
@@ -379,6 +382,15 @@ impl<S: GroupStore> Replicas<S> {
             g.node.raft.raft_log.last_index(),
             g.node.raft.raft_log.committed
         )
+    }
+
+    /// From now on `range`'s replica asks for pre-votes but never for votes, so it can never
+    /// lead: for a group the caller runs only to hear whether the others still count it (a
+    /// vote request of a node a group leaves out is answered with [`crate::Removed`]).
+    pub fn mute(&mut self, range: RangeId) {
+        if let Some(g) = self.groups.get_mut(&range) {
+            g.muted = true;
+        }
     }
 
     /// The history of `range`'s group held here ([`Generation`]), if one is.
@@ -723,7 +735,7 @@ impl<S: GroupStore> Replicas<S> {
                 continue;
             }
             let mut ready = g.node.ready();
-            add_frames(&mut early, range, g.generation, ready.take_messages());
+            add_frames(&mut early, range, g.generation, outgoing(g, ready.take_messages()));
             for rs in ready.take_read_states() {
                 let id = rs.request_ctx.as_slice().try_into().ok().map(u64::from_be_bytes);
                 if let Some(pos) = g.reads_asked.iter().position(|(ctx, _, _)| Some(*ctx) == id) {
@@ -820,6 +832,14 @@ fn leaves_out<S: GroupStore>(g: &Group<S>, id: u64) -> Option<u64> {
     (g.initialised && !g.installing && !counted).then(|| g.node.raft.raft_log.applied)
 }
 
+/// The messages of `g` that may go: all of them, but a muted replica's vote requests.
+fn outgoing<S: GroupStore>(g: &Group<S>, mut msgs: Vec<Message>) -> Vec<Message> {
+    if g.muted {
+        msgs.retain(|m| m.get_msg_type() != MessageType::MsgRequestVote);
+    }
+    msgs
+}
+
 /// Hands the group's leadership to `to`, ending its lease first: the target campaigns at
 /// once, and the voters let a transfer's campaign through although they heard from this
 /// leader just now. No lease is taken again in this term, even once raft-rs gives the
@@ -857,13 +877,13 @@ fn complete<S: GroupStore>(
         }
     }
     // Votes and follower acknowledgements: only now that the round is durable.
-    add_frames(frames, range, g.generation, h.persisted_msgs);
+    add_frames(frames, range, g.generation, outgoing(g, h.persisted_msgs));
     apply(range, g, h.committed, out).map_err(err)?;
     let mut light = g.node.advance(h.ready);
     if let Some(commit) = light.commit_index() {
         g.node.mut_store().set_commit(commit).map_err(err)?;
     }
-    add_frames(frames, range, g.generation, light.take_messages());
+    add_frames(frames, range, g.generation, outgoing(g, light.take_messages()));
     apply(range, g, light.take_committed_entries(), out).map_err(err)?;
     g.node.advance_apply();
     // An entry replaced in the log is gone for good (Log Matching): a deposed leader's

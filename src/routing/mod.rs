@@ -79,7 +79,7 @@ pub struct RoutingTable {
 
 /// How many ended histories a table keeps per range: a replica away for longer than this
 /// many rebirths of its range keeps its old group (and says so) rather than drop it unproven.
-const ENDED_KEPT: usize = 4;
+const ENDED_KEPT: usize = 16;
 
 /// Why a table specification was refused; every variant quotes the offending entry.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -189,7 +189,8 @@ impl RoutingTable {
     /// - a range whose group `prev` ran too keeps its generation (the group lives on: moved,
     ///   re-ordered, a move re-aimed); any other group is born here and gets a new one;
     /// - a group `prev` ran that this table does not (finished into one node) has ended, and
-    ///   joins `prev`'s ended histories (the newest [`ENDED_KEPT`] of each range are kept).
+    ///   joins `prev`'s ended histories (the newest [`ENDED_KEPT`] of each range are kept:
+    ///   a few bytes each, in every table gossip carries).
     ///
     /// `None` for a table of a configuration file: its groups are [`Generation::LEGACY`],
     /// as every node's copy of one configuration (each set by the node itself) must agree,

@@ -403,7 +403,7 @@ fn a_group_keeps_its_generation_while_it_lives_and_one_born_again_gets_a_new_one
     // Only the newest few ended histories of a range are kept.
     let mut t = again;
     let mut ended = vec![Generation::LEGACY, reborn];
-    for version in 8..20 {
+    for version in 8..50 {
         let spec = if version % 2 == 0 {
             "a-m=bar,n-z=qux+foo"
         } else {

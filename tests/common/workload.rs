@@ -101,6 +101,13 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// Every running node's log kept (`FAULT_LOGS`), as a killed one's was.
+    pub fn keep_logs(&self) {
+        for node in self.nodes.iter().flatten() {
+            keep_log(node);
+        }
+    }
+
     /// Starts every node of `shape`; the second and later join the first. With `net`, each
     /// node in its own namespace of it (and clients must [`Cluster::enter`] it); else on
     /// loopback.
@@ -241,6 +248,7 @@ impl Cluster {
     pub fn kill(&mut self, i: usize) {
         if let Some(mut node) = self.nodes[i].take() {
             node.kill9();
+            keep_log(&node);
         }
         self.stopped[i] = false;
     }
@@ -474,8 +482,30 @@ pub fn final_reads(history: &History, client: usize, cluster: &Cluster, workload
             final_reads_here(history, client, cluster, workload);
         })
         .join()
-        .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        .unwrap_or_else(|panic| {
+            cluster.keep_logs();
+            std::panic::resume_unwind(panic)
+        });
     });
+    cluster.keep_logs();
+}
+
+/// With `FAULT_LOGS=DIR`, appends `node`'s log (stderr) to `DIR/NAME.log`: each process of a
+/// run's nodes, killed or at the end, for reading what a failed seed's nodes did.
+pub fn keep_log(node: &Node) {
+    let Some(dir) = std::env::var_os("FAULT_LOGS") else {
+        return;
+    };
+    let path = std::path::Path::new(&dir).join(format!("{}.log", node.name));
+    let text = node.stderr().join("\n");
+    let appended = std::fs::create_dir_all(&dir).and_then(|()| {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
+        writeln!(f, "--- {}\n{text}", node.name)
+    });
+    if let Err(e) = appended {
+        eprintln!("cannot keep {}'s log in {}: {e}", node.name, path.display());
+    }
 }
 
 fn final_reads_here(history: &History, client: usize, cluster: &Cluster, workload: Workload) {

@@ -2,7 +2,7 @@
 //! re-aimed) learns that it was removed from the answer to its vote requests
 //! (`Frame::removed`), and only when it holds nothing past the configuration that left it out.
 
-use raft::prelude::{Entry, HardState};
+use raft::prelude::{Entry, HardState, MessageType};
 
 use super::GEN;
 use crate::{Frame, Generation, GroupStore, MemGroupStore, Output, RangeId, ReplicaConfig, Replicas, Role};
@@ -136,4 +136,55 @@ fn a_replica_of_another_history_asking_for_votes_is_not_told_anything() {
     }
     let (answers, _) = rounds(&mut p, X);
     assert!(answers.iter().all(|f| f.removed.is_empty()), "{answers:?}");
+}
+
+#[test]
+fn a_muted_replica_asks_for_pre_votes_only_is_still_told_and_never_asks_for_a_vote() {
+    let (mut x, mut p) = (node(X, &[X, P, 3], 0), node(P, &[P, 3, 4], 0));
+    x.mute(RANGE);
+    let asked = vote_requests(&mut x);
+    let types: Vec<MessageType> = asked
+        .iter()
+        .flat_map(|f| &f.msgs)
+        .map(|(_, _, m)| m.to_raft().unwrap().get_msg_type())
+        .collect();
+    assert_eq!(types, vec![MessageType::MsgRequestPreVote]);
+    // Told, from the answer to its pre-vote request.
+    for f in asked {
+        p.handle_frame(X, f);
+    }
+    let (answers, _) = rounds(&mut p, X);
+    for f in answers {
+        x.handle_frame(P, f);
+    }
+    assert_eq!(rounds(&mut x, P).1.removed, vec![(RANGE, P, 1)]);
+    // Granted its pre-votes, it becomes a candidate, but no vote request leaves it.
+    let mut y = node(X, &[X, P, 3], 0);
+    y.mute(RANGE);
+    let term = match vote_requests(&mut y).first().map(|f| f.msgs[0].2.to_raft().unwrap()) {
+        Some(m) => m.term,
+        None => unreachable!("asked"),
+    };
+    for from in [P, 3] {
+        let mut grant = raft::prelude::Message::default();
+        grant.set_msg_type(MessageType::MsgRequestPreVoteResponse);
+        (grant.from, grant.to, grant.term) = (from, X, term);
+        let frame = Frame {
+            msgs: vec![(RANGE, GEN, crate::RaftMsg::from_raft(&grant))],
+            ..Frame::default()
+        };
+        y.handle_frame(from, frame);
+    }
+    let (sent, _) = rounds(&mut y, P);
+    assert!(
+        matches!(y.role(RANGE), Some((Role::Candidate, _))),
+        "{:?}",
+        y.role(RANGE)
+    );
+    assert!(
+        sent.iter()
+            .flat_map(|f| &f.msgs)
+            .all(|(_, _, m)| m.to_raft().unwrap().get_msg_type() != MessageType::MsgRequestVote),
+        "a vote request left a muted replica"
+    );
 }
