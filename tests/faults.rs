@@ -14,7 +14,8 @@
 //! `FAULT_SEEDS` runs that many seeds per shape (from the first); `FAULT_DURATION` (seconds,
 //! default 8) is each run's length; `FAULT_KILLS` makes the first strikes that many kills;
 //! `FAULT_NETNS=0` runs on loopback without partitions; `FAULT_KEEP=1` keeps every history,
-//! not only failing ones. `scripts/faults.sh` sets them and tabulates the `faults-row` lines.
+//! not only failing ones; `FAULT_LOGS=DIR` keeps every node process's log in `DIR/NAME.log`.
+//! `scripts/faults.sh` sets them and tabulates the `faults-row` lines.
 //! A kept history is checked again, without a cluster, by `CHECK_HISTORY=path cargo test
 //! --release --test history_checker -- --ignored a_kept_history`.
 
