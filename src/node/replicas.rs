@@ -594,10 +594,7 @@ impl Driver {
             if self.replicas.ranges().any(|r| r == range) || self.holds_overlapping(&table, range) {
                 continue;
             }
-            let entry = table
-                .entries()
-                .iter()
-                .find(|e| (e.first, e.last) == (range.first, range.last));
+            let entry = table.entry_for(range.first, range.last);
             let Some(nodes) = entry.and_then(|e| table.group_of(e)) else {
                 if entry.is_some_and(|e| e.replicas() == std::slice::from_ref(&self.me)) {
                     self.replay_alone(range);
@@ -654,8 +651,13 @@ impl Driver {
         if GroupStore::applied(&store) >= last {
             return;
         }
-        let (generation, voters) = (store.generation(), state.conf_state.voters.clone());
-        match self.replicas.add_group(range, generation, store, &voters) {
+        self.start_to_apply(range, store, &state.conf_state.voters);
+    }
+
+    /// Starts `range`'s group found on disk, under its own history, to apply the entries its
+    /// log holds past its applied index ([`Driver::replay_alone`], [`Driver::retire`]).
+    fn start_to_apply(&mut self, range: RangeId, store: GroupStoreImpl, voters: &[u64]) {
+        match self.replicas.add_group(range, store.generation(), store, voters) {
             Ok(()) => {
                 tracing::warn!(%range, "range {range}'s group, ended here, is on this node's disk with entries it has not applied: started until it has applied them")
             }
@@ -738,10 +740,7 @@ impl Driver {
         // A group taking a streamed snapshot is dropped once that is done, or failed.
         let held = self.ranges_going_on();
         for range in held {
-            let entry = table
-                .entries()
-                .iter()
-                .find(|e| (e.first, e.last) == (range.first, range.last));
+            let entry = table.entry_for(range.first, range.last);
             let in_group = entry
                 .and_then(|e| table.group_of(e))
                 .is_some_and(|nodes| nodes.contains(&self.me));
@@ -819,11 +818,7 @@ impl Driver {
     /// cluster's (a start-up table), or the table lost a move that group made (two
     /// coordinators at once), whose acknowledged writes may be on its nodes alone.
     async fn retire(&mut self, range: RangeId, table: &RoutingTable) -> Result<bool, String> {
-        let Some(entry) = table
-            .entries()
-            .iter()
-            .find(|e| (e.first, e.last) == (range.first, range.last))
-        else {
+        let Some(entry) = table.entry_for(range.first, range.last) else {
             return Ok(false);
         };
         if !table.group_of(entry).is_some_and(|nodes| nodes.contains(&self.me)) {
@@ -863,8 +858,8 @@ impl Driver {
                 // Entries not applied yet (applies are written unsynced: a crash may have lost
                 // some whose writes were acknowledged): the old group runs, under its own
                 // history, until it has applied them; looked at again at each settle.
-                if !running && let Err(e) = self.replicas.add_group(range, old, store, &conf.voters) {
-                    tracing::error!(%range, error = %e, "range {range}'s old group could not be started to apply its log");
+                if !running {
+                    self.start_to_apply(range, store, &conf.voters);
                 }
                 self.stale.insert(range);
                 return Ok(false);

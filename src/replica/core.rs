@@ -449,9 +449,11 @@ impl<S: GroupStore> Replicas<S> {
                 dropped += 1;
                 continue;
             }
+            // Converted once: every message of every round passes here.
+            let raft = msg.to_raft();
             // A vote asked by a node this group's applied configuration leaves out: told so.
-            if let (Some(g), Ok(m)) = (group.as_ref(), msg.to_raft())
-                && is_vote(&m)
+            if let (Some(g), Ok(m)) = (group.as_ref(), raft.as_ref())
+                && is_vote(m)
                 && m.from == from
                 && let Some(applied) = leaves_out(g, from)
             {
@@ -462,7 +464,7 @@ impl<S: GroupStore> Replicas<S> {
                 };
                 self.removed.push((from, removed));
             }
-            let stepped = match (group, msg.to_raft()) {
+            let stepped = match (group, raft) {
                 // A leadership transfer is asked by this node's driver alone (hand-backs, a
                 // move's steps), never by a peer: it ends the leader's lease for the term.
                 (Some(g), Ok(mut m))

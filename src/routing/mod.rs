@@ -205,9 +205,7 @@ impl RoutingTable {
         for e in &self.entries {
             let Some(nodes) = self.group_of(e) else { continue };
             let lives_on = prev
-                .entries
-                .iter()
-                .find(|h| (h.first, h.last) == (e.first, e.last))
+                .entry_for(e.first, e.last)
                 .and_then(|h| prev.group_of(h))
                 .map(|_| prev.generation_of(e.first, e.last));
             let range = RangeId {
@@ -225,9 +223,7 @@ impl RoutingTable {
         let mut ended = prev.ended.clone();
         for h in prev.entries.iter().filter(|h| prev.group_of(h).is_some()) {
             let lives_on = self
-                .entries
-                .iter()
-                .find(|e| (e.first, e.last) == (h.first, h.last))
+                .entry_for(h.first, h.last)
                 .is_some_and(|e| self.group_of(e).is_some());
             if !lives_on {
                 ended.push((h.first, h.last, prev.generation_of(h.first, h.last)));
@@ -262,6 +258,11 @@ impl RoutingTable {
             .iter()
             .find(|(f, l, _)| (*f, *l) == (first, last))
             .map_or(Generation::LEGACY, |(_, _, g)| *g)
+    }
+
+    /// The entry of exactly the range `first..=last`, if the table has one.
+    pub fn entry_for(&self, first: u8, last: u8) -> Option<&Entry> {
+        self.entries.iter().find(|e| (e.first, e.last) == (first, last))
     }
 
     /// The moves under way.
@@ -537,11 +538,7 @@ impl kvnode_gossip::Table for RoutingTable {
             .and_then(|t| t.with_moves(self.moves.clone()))
             .map_err(|e| e.to_string())?;
         for (i, &(first, last, _)) in self.generations.iter().enumerate() {
-            let group = self
-                .entries
-                .iter()
-                .find(|e| (e.first, e.last) == (first, last))
-                .and_then(|e| self.group_of(e));
+            let group = self.entry_for(first, last).and_then(|e| self.group_of(e));
             if group.is_none() || self.generations[..i].iter().any(|&(f, l, _)| (f, l) == (first, last)) {
                 return Err(format!(
                     "the table gives a generation to range {}-{}, which runs no group or has one already",

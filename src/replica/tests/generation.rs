@@ -55,13 +55,7 @@ fn probe(generation: Generation, answer: Option<Option<LogState>>) -> Frame {
 
 /// Every probe the rounds left to run send.
 fn probes_sent(r: &mut Replicas<MemGroupStore>) -> Vec<Probe> {
-    let mut sent = vec![];
-    while let Some(p) = r.poll_round() {
-        let out = r.handle_persisted(p.round).unwrap();
-        let frames = p.send_early.into_iter().chain(out.frames);
-        sent.extend(frames.flat_map(|(_, f)| f.probes));
-    }
-    sent
+    super::frames_sent(r).into_iter().flat_map(|f| f.probes).collect()
 }
 
 #[test]

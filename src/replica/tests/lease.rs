@@ -44,12 +44,7 @@ fn vote_request(kind: MessageType, term: u64) -> Frame {
 
 /// The vote answers of the rounds left to run.
 fn answers(r: &mut Replicas<MemGroupStore>) -> Vec<Message> {
-    let mut sent = vec![];
-    while let Some(p) = r.poll_round() {
-        let out = r.handle_persisted(p.round).unwrap();
-        let frames = p.send_early.into_iter().chain(out.frames);
-        sent.extend(frames.flat_map(|(_, f)| f.msgs).map(|(_, _, m)| m.to_raft().unwrap()));
-    }
+    let mut sent = super::messages_sent(r);
     sent.retain(|m| {
         matches!(
             m.get_msg_type(),
@@ -159,13 +154,8 @@ fn heartbeat_with_context(term: u64) -> Frame {
 
 /// The contexts of the heartbeat answers the rounds left to run send.
 fn answered_contexts(r: &mut Replicas<MemGroupStore>) -> Vec<Vec<u8>> {
-    let mut sent = vec![];
-    while let Some(p) = r.poll_round() {
-        let out = r.handle_persisted(p.round).unwrap();
-        let frames = p.send_early.into_iter().chain(out.frames);
-        sent.extend(frames.flat_map(|(_, f)| f.msgs).map(|(_, _, m)| m.to_raft().unwrap()));
-    }
-    sent.iter()
+    super::messages_sent(r)
+        .iter()
         .filter(|m| m.get_msg_type() == MessageType::MsgHeartbeatResponse)
         .map(|m| m.context.to_vec())
         .collect()
