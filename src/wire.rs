@@ -39,8 +39,10 @@ pub use keyring::{KeyringOp, KeyringView, NodeKeyring};
 /// version 13 would take as an empty range; `Request::Moves` and `Request::RangeSize`. 15: each
 /// raft message, probe and snapshot head carries its group's generation, and a routing table
 /// the generation of each range's group (`kvnode_replica::Generation`, issue 26); a raft frame
-/// carries `removed`, the answers to vote requests from a node a group no longer counts.)
-pub const PROTOCOL_VERSION: u16 = 15;
+/// carries `removed`, the answers to vote requests from a node a group no longer counts. 16: a
+/// routing table carries `then`, the table to plan once its moves are done (a replicated
+/// range split or merged by way of one node).)
+pub const PROTOCOL_VERSION: u16 = 16;
 /// The TLS ALPN identifier of this protocol.
 pub const ALPN: &[u8] = b"kvnode/1";
 /// The largest frame either side accepts, checked before allocating.

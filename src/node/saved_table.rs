@@ -15,7 +15,10 @@ use crate::routing::{Entry, RoutingTable};
 const FILE: &str = "routing-table";
 
 /// Bumped if the file's layout changes; a file of an older format is read as it was written.
-const FORMAT: u8 = 4;
+const FORMAT: u8 = 5;
+/// The layout before tables carried the table to follow once their moves are done (wire
+/// version 16): read with none to follow.
+const FORMAT_NO_THEN: u8 = 4;
 /// The layout before tables carried their groups' generations (wire version 15): every group
 /// of such a table has `Generation::LEGACY`, as its groups' records have.
 const FORMAT_NO_GENERATIONS: u8 = 3;
@@ -24,6 +27,17 @@ const FORMAT_NO_MOVES: u8 = 2;
 /// The layout before entries held replicas (wire version 5): one node per entry. A node
 /// upgraded over its data directory keeps the table it saved then.
 const FORMAT_ONE_NODE: u8 = 1;
+
+/// A table as [`FORMAT_NO_THEN`] laid it out.
+#[derive(Deserialize)]
+struct NoThenTable {
+    entries: Vec<Entry>,
+    version: u64,
+    setter: String,
+    moves: Vec<Entry>,
+    generations: Vec<(u8, u8, kvnode_replica::Generation)>,
+    ended: Vec<(u8, u8, kvnode_replica::Generation)>,
+}
 
 /// A table as [`FORMAT_NO_GENERATIONS`] laid it out.
 #[derive(Deserialize)]
@@ -81,6 +95,15 @@ pub fn load(path: &Path) -> Option<RoutingTable> {
             let table = postcard::from_bytes::<RoutingTable>(rest)
                 .ok()
                 .filter(|t| kvnode_gossip::Table::check(t).is_ok());
+            if table.is_none() {
+                tracing::warn!(path = %path.display(), "the saved routing table is damaged; starting with the configured one");
+            }
+            return table;
+        }
+        Some((&FORMAT_NO_THEN, rest)) => {
+            let table = postcard::from_bytes::<NoThenTable>(rest).ok().and_then(|t| {
+                RoutingTable::restored(t.entries, t.version, t.setter, t.moves, t.generations, t.ended).ok()
+            });
             if table.is_none() {
                 tracing::warn!(path = %path.display(), "the saved routing table is damaged; starting with the configured one");
             }
@@ -181,7 +204,8 @@ mod tests {
         let mut overlapping = vec![FORMAT];
         let entries = [table.entries(), table.entries()].concat();
         let (moves, none) = (Vec::<Entry>::new(), Vec::<(u8, u8, kvnode_replica::Generation)>::new());
-        overlapping.extend(postcard::to_stdvec(&(entries, 9u64, "foo", moves, none.clone(), none)).unwrap());
+        let then = Vec::<Entry>::new();
+        overlapping.extend(postcard::to_stdvec(&(entries, 9u64, "foo", moves, none.clone(), none, then)).unwrap());
         std::fs::write(&path, overlapping).unwrap();
         assert_eq!(load(&path), None, "overlapping");
     }
@@ -214,6 +238,46 @@ mod tests {
             Vec::<(u8, u8, kvnode_replica::Generation)>::new(),
         );
         let fields = (table.entries(), 7u64, "foo", Vec::<Entry>::new(), generations, ended);
+        bad.extend(postcard::to_stdvec(&(fields.clone(), Vec::<Entry>::new())).unwrap());
+        std::fs::write(&path, bad).unwrap();
+        assert_eq!(load(&path), None);
+        // Format 4, as wire version 15 wrote it: generations, nothing to follow.
+        let mut old = vec![FORMAT_NO_THEN];
+        let sound = (
+            table.entries(),
+            7u64,
+            "foo",
+            Vec::<Entry>::new(),
+            vec![(b'a', b'm', generation)],
+            vec![(b'n', b'z', kvnode_replica::Generation::LEGACY)],
+        );
+        old.extend(postcard::to_stdvec(&sound).unwrap());
+        std::fs::write(&path, old).unwrap();
+        assert_eq!(load(&path), Some(table.clone()));
+        let mut old = vec![FORMAT_NO_THEN];
+        old.extend(postcard::to_stdvec(&fields).unwrap());
+        std::fs::write(&path, old).unwrap();
+        assert_eq!(load(&path), None, "a generation for a range without a group, format 4");
+    }
+
+    #[test]
+    fn a_table_keeps_the_table_it_is_to_follow() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = path(dir.path());
+        let then = RoutingTable::parse(["a-f=foo+bar+baz,g-m=foo+bar+baz"], 0, "").unwrap();
+        let table = RoutingTable::parse(["a-m=foo+bar+baz"], 7, "foo")
+            .unwrap()
+            .with_moves(vec!["a-m=foo".parse().unwrap()])
+            .unwrap()
+            .with_then(then.entries().to_vec())
+            .unwrap();
+        save(&path, &table).unwrap();
+        assert_eq!(load(&path), Some(table.clone()));
+        // Overlapping entries to follow are damage.
+        let mut bad = vec![FORMAT];
+        let none = Vec::<(u8, u8, kvnode_replica::Generation)>::new();
+        let then = [then.entries(), then.entries()].concat();
+        let fields = (table.entries(), 7u64, "foo", table.moves(), none.clone(), none, then);
         bad.extend(postcard::to_stdvec(&fields).unwrap());
         std::fs::write(&path, bad).unwrap();
         assert_eq!(load(&path), None);

@@ -67,6 +67,11 @@ impl TryFrom<EntryFields> for Entry {
 /// [`Generation::LEGACY`]. `ended` lists, per range, the newest histories whose group the
 /// cluster saw end (finished into one node, whose data carried the range on): a replica of
 /// one of those may drop what it holds of it; of any other it may not.
+///
+/// `then` (issue 26), when not empty, is the table `route --set` asked for, to be planned
+/// once the moves are done: a replicated range's bounds change (a split, a merge) by moving
+/// the bytes onto one node first (these moves), re-cutting them there, and giving the pieces
+/// their replicas ([`RoutingTable::plan_change`]).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct RoutingTable {
     entries: Vec<Entry>,
@@ -75,6 +80,7 @@ pub struct RoutingTable {
     moves: Vec<Entry>,
     generations: Vec<(u8, u8, Generation)>,
     ended: Vec<(u8, u8, Generation)>,
+    then: Vec<Entry>,
 }
 
 /// How many ended histories a table keeps per range: a replica away for longer than this
@@ -136,6 +142,7 @@ impl RoutingTable {
             moves: Vec::new(),
             generations: Vec::new(),
             ended: Vec::new(),
+            then: Vec::new(),
         }
     }
 
@@ -161,7 +168,41 @@ impl RoutingTable {
             moves: Vec::new(),
             generations: Vec::new(),
             ended: Vec::new(),
+            then: Vec::new(),
         })
+    }
+
+    /// The same table with `then` to be planned once its moves are done, checked as a
+    /// table's entries are (none: nothing to follow).
+    pub fn with_then(mut self, then: Vec<Entry>) -> Result<Self, TableError> {
+        if !then.is_empty() {
+            RoutingTable::new(then.clone(), 0, "")?;
+        }
+        self.then = then;
+        Ok(self)
+    }
+
+    /// The table to be planned once the moves are done (empty: none).
+    pub fn then(&self) -> &[Entry] {
+        &self.then
+    }
+
+    /// A table as saved before it carried `then` (saved-table format 4), checked.
+    pub fn restored(
+        entries: Vec<Entry>,
+        version: u64,
+        setter: String,
+        moves: Vec<Entry>,
+        generations: Vec<(u8, u8, Generation)>,
+        ended: Vec<(u8, u8, Generation)>,
+    ) -> Result<Self, String> {
+        let mut table = RoutingTable::new(entries, version, setter)
+            .and_then(|t| t.with_moves(moves))
+            .map_err(|e| e.to_string())?;
+        table.generations = generations;
+        table.ended = ended;
+        kvnode_gossip::Table::check(&table)?;
+        Ok(table)
     }
 
     /// The same table with `moves` under way, checked: each names exactly one entry's range,
@@ -365,6 +406,7 @@ impl RoutingTable {
             &self.moves,
             &self.generations,
             &self.ended,
+            &self.then,
         ) > (
             other.version,
             &other.setter,
@@ -372,6 +414,7 @@ impl RoutingTable {
             &other.moves,
             &other.generations,
             &other.ended,
+            &other.then,
         )
     }
 
@@ -426,6 +469,16 @@ impl fmt::Display for RoutingTable {
         f.write_str("]")?;
         for m in &self.moves {
             write!(f, " moving {m}")?;
+        }
+        if !self.then.is_empty() {
+            f.write_str(" then [")?;
+            for (i, e) in self.then.iter().enumerate() {
+                if i > 0 {
+                    f.write_str(", ")?;
+                }
+                write!(f, "{e}")?;
+            }
+            f.write_str("]")?;
         }
         Ok(())
     }
@@ -536,6 +589,7 @@ impl kvnode_gossip::Table for RoutingTable {
     fn check(&self) -> Result<(), String> {
         RoutingTable::new(self.entries.clone(), self.version, self.setter.clone())
             .and_then(|t| t.with_moves(self.moves.clone()))
+            .and_then(|t| t.with_then(self.then.clone()))
             .map_err(|e| e.to_string())?;
         for (i, &(first, last, _)) in self.generations.iter().enumerate() {
             let group = self.entry_for(first, last).and_then(|e| self.group_of(e));

@@ -8,11 +8,13 @@
 use super::{Entry, RoutingTable};
 use crate::names::NodeName;
 
-/// A table change's entries and moves, as the coordinator publishes them.
+/// A table change's entries and moves, as the coordinator publishes them, and the table to
+/// plan once those moves are done (empty: none; see [`RoutingTable::then`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Planned {
     pub entries: Vec<Entry>,
     pub moves: Vec<Entry>,
+    pub then: Vec<Entry>,
 }
 
 impl RoutingTable {
@@ -26,10 +28,14 @@ impl RoutingTable {
     /// - A range that is moving keeps its entry, and its move is aimed at `wanted`'s nodes:
     ///   other nodes re-aim it; the held ones leave it going, or with `call_off` call it off
     ///   (the range goes back to them).
-    /// - Refused, saying why and what to do: a change of a moving range's bounds; a change
-    ///   of a replicated range's bounds, or dropping one (a group is its range); merging
-    ///   bytes held by different nodes into one range while moving it; moving a range onto a
-    ///   node `live` says is down.
+    /// - A change of a replicated range's bounds (a split, a merge), or a merge of bytes
+    ///   different nodes hold, cannot be made in one step (a group is its range): the bytes
+    ///   are first moved onto one node that holds them ([`RoutingTable::gathered`]), and
+    ///   `wanted` becomes the plan's `then`, planned again by the coordinator once the moves
+    ///   are done (re-cut there, the pieces moved to their nodes).
+    /// - Refused, saying why and what to do: a change of a moving range's bounds; dropping a
+    ///   replicated range's bytes (no entry covers them); moving a range onto a node `live`
+    ///   says is down.
     ///
     /// `force`: the table as given, moving nothing (the data of a range that changes nodes
     /// stays where it was, unreachable): only for single-owner ranges, as before issue 26.
@@ -39,6 +45,138 @@ impl RoutingTable {
         force: bool,
         call_off: bool,
         live: impl Fn(&NodeName) -> bool,
+    ) -> Result<Planned, String> {
+        if !self.then.is_empty() && !self.moves.is_empty() && same_entries(&self.then, wanted) {
+            // Asked again while its first step is under way: no change.
+            return Ok(Planned {
+                entries: self.entries.clone(),
+                moves: self.moves.clone(),
+                then: self.then.clone(),
+            });
+        }
+        match self.gathered(wanted, force, &live)? {
+            None => self.plan_direct(wanted, force, call_off, &live),
+            Some(first) => {
+                let mut planned = self.plan_direct(&first, force, call_off, &live)?;
+                planned.then = wanted.to_vec();
+                Ok(planned)
+            }
+        }
+    }
+
+    /// The first step towards `wanted` when it re-cuts bytes that no one node holds alone
+    /// (`None` when there are none): `wanted` with each such group of overlapping ranges
+    /// (entries held and wanted, overlapping one another) replaced by the held entries, each
+    /// moved onto one node: the live node that holds the most of them, then the one
+    /// `wanted` names most, then the one named first most (their groups' likely leader),
+    /// then the first by name.
+    fn gathered(
+        &self,
+        wanted: &[Entry],
+        force: bool,
+        live: &impl Fn(&NodeName) -> bool,
+    ) -> Result<Option<Vec<Entry>>, String> {
+        let held = &self.entries;
+        let overlap = |a: &Entry, b: &Entry| a.first <= b.last && b.first <= a.last;
+        for h in held.iter().filter(|h| h.is_replicated()) {
+            let covered = (h.first..=h.last).all(|b| wanted.iter().any(|e| e.first <= b && b <= e.last));
+            if !covered && !wanted.iter().any(|e| (e.first, e.last) == (h.first, h.last)) {
+                return Err(format!(
+                    "the table would drop bytes of the replicated range {h} (no entry covers them all); its group holds them: keep an entry for {}, or cover its bytes with other ranges (that splits or merges it)",
+                    h.range()
+                ));
+            }
+        }
+        // Components of the overlap graph, held entries 0.., wanted ones held.len()...
+        let n = held.len() + wanted.len();
+        let at = |i: usize| {
+            if i < held.len() {
+                &held[i]
+            } else {
+                &wanted[i - held.len()]
+            }
+        };
+        let mut component: Vec<usize> = (0..n).collect();
+        loop {
+            let mut changed = false;
+            for i in 0..n {
+                for j in 0..n {
+                    if overlap(at(i), at(j)) && component[j] < component[i] {
+                        component[i] = component[j];
+                        changed = true;
+                    }
+                }
+            }
+            if !changed {
+                break;
+            }
+        }
+        let mut first = Vec::new();
+        let mut any = false;
+        let mut roots: Vec<usize> = component.clone();
+        roots.sort_unstable();
+        roots.dedup();
+        for root in roots {
+            let hs: Vec<&Entry> = (0..held.len())
+                .filter(|&i| component[i] == root)
+                .map(|i| &held[i])
+                .collect();
+            let ws: Vec<&Entry> = (held.len()..n)
+                .filter(|&i| component[i] == root)
+                .map(|i| &wanted[i - held.len()])
+                .collect();
+            let recut = ws
+                .iter()
+                .any(|e| !hs.iter().any(|h| (h.first, h.last) == (e.first, e.last)));
+            let mut owners: Vec<&NodeName> = hs.iter().map(|h| h.preferred_leader()).collect();
+            owners.sort();
+            owners.dedup();
+            let needs = recut && (hs.iter().any(|h| h.is_replicated()) || (owners.len() > 1 && !force));
+            if !needs {
+                first.extend(ws.into_iter().cloned());
+                continue;
+            }
+            any = true;
+            if let Some(h) = hs.iter().find(|h| self.move_of(h.first, h.last).is_some()) {
+                return Err(format!(
+                    "the table would change the bounds of range {}, which is moving (see `kvnode route --status`); wait until it has moved",
+                    h.range()
+                ));
+            }
+            if let Some(down) = ws.iter().flat_map(|e| e.replicas()).find(|n| !live(n)) {
+                return Err(format!(
+                    "the table names {down} for bytes it re-cuts, and {down} is not a live member of the cluster; start it and let it join, then set the table again"
+                ));
+            }
+            let mut candidates: Vec<&NodeName> = hs.iter().flat_map(|h| h.replicas()).filter(|n| live(n)).collect();
+            candidates.sort();
+            candidates.dedup();
+            let count = |node: &NodeName, of: &[&Entry]| of.iter().filter(|e| e.replicas().contains(node)).count();
+            let Some(gatherer) = candidates.into_iter().max_by_key(|node| {
+                let leads = hs.iter().filter(|h| h.preferred_leader() == *node).count();
+                (count(node, &hs), count(node, &ws), leads, std::cmp::Reverse(*node))
+            }) else {
+                return Err(format!(
+                    "no node that holds {} is live, and the table re-cuts it; start one of them, then set the table again",
+                    hs.iter().map(|h| h.to_string()).collect::<Vec<_>>().join(", ")
+                ));
+            };
+            first.extend(hs.iter().map(|h| Entry::single(h.first, h.last, gatherer.clone())));
+        }
+        if !any {
+            return Ok(None);
+        }
+        first.sort_by_key(|e| e.first);
+        Ok(Some(first))
+    }
+
+    /// [`RoutingTable::plan_change`] when no bytes need gathering first.
+    fn plan_direct(
+        &self,
+        wanted: &[Entry],
+        force: bool,
+        call_off: bool,
+        live: &impl Fn(&NodeName) -> bool,
     ) -> Result<Planned, String> {
         let mut entries = Vec::with_capacity(wanted.len());
         let mut moves = Vec::new();
@@ -80,10 +218,7 @@ impl RoutingTable {
                 }
                 if h.is_replicated() {
                     return Err(format!(
-                        "entry {e} would change the bounds of the replicated range {h}; a replicated range's bounds cannot change yet (its group is the range): keep {} as a range of its own, or move it onto one node first (the table with {}={} in its place), re-cut it there, then give the pieces their replicas",
-                        h.range(),
-                        h.range(),
-                        h.preferred_leader()
+                        "entry {e} would change the bounds of the replicated range {h} in one step (its group is the range); its bytes are moved onto one node first, and this table is not that step",
                     ));
                 }
             }
@@ -134,7 +269,11 @@ impl RoutingTable {
                 ));
             }
         }
-        Ok(Planned { entries, moves })
+        Ok(Planned {
+            entries,
+            moves,
+            then: Vec::new(),
+        })
     }
 
     /// The entries and moves once the move of `done`'s range to `done`'s nodes has taken
@@ -159,6 +298,7 @@ impl RoutingTable {
                     })
                     .collect(),
                 moves: self.moves.iter().filter(|o| *o != m).cloned().collect(),
+                then: self.then.clone(),
             })),
             (Some(e), None) if e.same_nodes(done) => Ok(None),
             _ => Err(format!(
@@ -169,6 +309,16 @@ impl RoutingTable {
             )),
         }
     }
+}
+
+/// Whether two lists hold the same entries, in any order.
+fn same_entries(a: &[Entry], b: &[Entry]) -> bool {
+    let sorted = |l: &[Entry]| {
+        let mut l = l.to_vec();
+        l.sort();
+        l
+    };
+    sorted(a) == sorted(b)
 }
 
 /// `foo+bar`
@@ -225,10 +375,7 @@ mod tests {
         );
         // Bytes nobody held: nothing to move.
         assert_eq!(plan(&held, "0-9=bar,a-z=foo"), Ok(("0-9=bar,a-z=foo".into(), vec![])));
-        // A merge of two owners' bytes while moving them: refused, saying what to do.
         let held = table("a-m=foo,n-z=bar", &[]);
-        let why = plan(&held, "a-z=baz").unwrap_err();
-        assert!(why.contains("merge bytes held by bar and foo"), "{why}");
         assert_eq!(
             plan(&held, "a-f=foo,g-m=foo,n-z=bar"),
             Ok(("a-f=foo,g-m=foo,n-z=bar".into(), vec![]))
@@ -279,12 +426,113 @@ mod tests {
         );
         assert!(plan(&held, "n-z=bar").unwrap_err().contains("must keep an entry"));
         let held = table("a-m=foo+bar+baz,n-z=foo", &[]);
+        assert!(plan(&held, "n-z=foo").unwrap_err().contains("would drop bytes"));
         assert!(
-            plan(&held, "a-f=foo+bar+baz,g-z=foo")
+            plan(&held, "a-f=foo+bar+baz,n-z=foo")
                 .unwrap_err()
-                .contains("bounds cannot change")
+                .contains("would drop bytes")
         );
-        assert!(plan(&held, "n-z=foo").unwrap_err().contains("drop or re-cut"));
+    }
+
+    /// The whole plan: entries, moves, then.
+    fn planned(held: &RoutingTable, spec: &str, live: impl Fn(&NodeName) -> bool) -> Result<[String; 3], String> {
+        let p = held.plan_change(&wanted(spec), false, false, live)?;
+        let list = |l: &[Entry]| l.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(",");
+        Ok([list(&p.entries), list(&p.moves), list(&p.then)])
+    }
+
+    /// The table once `plan`'s moves are done.
+    fn moved(held: &RoutingTable, plan: &[String; 3]) -> RoutingTable {
+        let entries: Vec<Entry> = held
+            .entries()
+            .iter()
+            .map(|e| {
+                let to: Vec<Entry> = wanted(&plan[1]);
+                to.into_iter()
+                    .find(|m| (m.first, m.last) == (e.first, e.last))
+                    .unwrap_or_else(|| e.clone())
+            })
+            .collect();
+        RoutingTable::new(entries, held.version() + 2, "x")
+            .unwrap()
+            .with_then(wanted(&plan[2]))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_replicated_range_is_split_and_merged_by_way_of_one_node() {
+        let all = |_: &NodeName| true;
+        // A split: the range moves onto the node that holds most of what is re-cut, then is
+        // re-cut there and the halves move to their nodes.
+        let held = table("a-m=bar+foo+baz,n-z=foo", &[]);
+        let first = planned(&held, "a-f=foo+bar+baz,g-z=foo", all).unwrap();
+        assert_eq!(
+            first,
+            [
+                "a-m=bar+foo+baz,n-z=foo".to_string(),
+                "a-m=foo".into(),
+                "a-f=foo+bar+baz,g-z=foo".into()
+            ]
+        );
+        let halfway = moved(&held, &first);
+        assert_eq!(
+            halfway.to_string(),
+            "[a-m=foo, n-z=foo] then [a-f=foo+bar+baz, g-z=foo]"
+        );
+        assert_eq!(
+            planned(&halfway, "a-f=foo+bar+baz,g-z=foo", all).unwrap(),
+            ["a-f=foo,g-z=foo".to_string(), "a-f=foo+bar+baz".into(), String::new()]
+        );
+        // Asked again while the first step is under way: no change.
+        let under_way = held
+            .clone()
+            .with_moves(wanted(&first[1]))
+            .unwrap()
+            .with_then(wanted(&first[2]))
+            .unwrap();
+        assert_eq!(planned(&under_way, "g-z=foo,a-f=foo+bar+baz", all).unwrap(), first);
+        // A merge of two groups with different nodes, and of two single owners' bytes:
+        // gathered on a node that holds some (the most, then the first by name).
+        let held = table("a-f=foo+bar+baz,g-m=qux+bar+quux,n-z=foo", &[]);
+        assert_eq!(
+            planned(&held, "a-m=foo+bar+baz,n-z=foo", all).unwrap(),
+            [
+                "a-f=foo+bar+baz,g-m=qux+bar+quux,n-z=foo".to_string(),
+                "a-f=bar,g-m=bar".into(),
+                "a-m=foo+bar+baz,n-z=foo".into()
+            ]
+        );
+        let held = table("a-m=foo,n-z=bar", &[]);
+        let first = planned(&held, "a-z=baz", all).unwrap();
+        assert_eq!(
+            first,
+            ["a-m=foo,n-z=bar".to_string(), "a-m=bar".into(), "a-z=baz".into()]
+        );
+        assert_eq!(
+            planned(&moved(&held, &first), "a-z=baz", all).unwrap(),
+            ["a-z=bar".to_string(), "a-z=baz".into(), String::new()]
+        );
+        // Ranges the re-cut does not touch change in the first step.
+        let held = table("a-m=foo+bar+baz,n-z=foo", &[]);
+        assert_eq!(
+            planned(&held, "a-f=foo+bar+baz,g-m=foo+bar+baz,n-z=bar", all).unwrap(),
+            [
+                "a-m=foo+bar+baz,n-z=foo".to_string(),
+                "a-m=foo,n-z=bar".into(),
+                "a-f=foo+bar+baz,g-m=foo+bar+baz,n-z=bar".into()
+            ]
+        );
+        // Refused: a node of the table to follow is down; no node holding the bytes is live;
+        // a range under way.
+        let qux_down = |n: &NodeName| n.as_str() != "qux";
+        let why = planned(&held, "a-f=foo+bar+qux,g-z=foo", qux_down).unwrap_err();
+        assert!(why.contains("names qux for bytes it re-cuts"), "{why}");
+        let held = table("a-m=foo+bar,n-z=foo", &[]);
+        let why = planned(&held, "a-z=baz", |n| n.as_str() == "baz").unwrap_err();
+        assert!(why.contains("no node that holds"), "{why}");
+        let held = table("a-m=foo+bar,n-z=foo", &["a-m=foo+baz"]);
+        let why = planned(&held, "a-z=foo+bar", all).unwrap_err();
+        assert!(why.contains("which is moving"), "{why}");
     }
 
     #[test]

@@ -193,6 +193,7 @@ fn replicated(entries: &[&str]) -> RoutingTable {
         moves: Vec::new(),
         generations: Vec::new(),
         ended: Vec::new(),
+        then: Vec::new(),
     }
 }
 
