@@ -96,10 +96,10 @@ pub(crate) async fn run(
         .map_err(|e| ClientError::Usage(format!("invalid --set: {e}")))?
         .0;
     connected(settings, None, deadline, async |client| {
-        let table = set_table(client, entries, &args, out).await?;
+        let table = set_table(client, entries.clone(), &args, out).await?;
         match table {
-            Some(table) if !table.moves().is_empty() && !args.no_wait => {
-                let table = wait_for_moves(client, table, settings, args.wait_for).await?;
+            Some(table) if (!table.moves().is_empty() || !table.then().is_empty()) && !args.no_wait => {
+                let table = wait_for_moves(client, table, &entries, settings, args.wait_for).await?;
                 print_table(&table, out);
             }
             Some(table) => print_table(&table, out),
@@ -177,7 +177,7 @@ async fn balance(client: &Client, args: &RouteArgs, settings: &Settings, out: &m
         return Ok(());
     }
     let request = Request::SetTableIf {
-        entries: wanted,
+        entries: wanted.clone(),
         expected: table.version(),
         forwarded: false,
         force: false,
@@ -188,7 +188,7 @@ async fn balance(client: &Client, args: &RouteArgs, settings: &Settings, out: &m
         return unexpected(&reply);
     };
     if !set.moves().is_empty() && !args.no_wait {
-        let done = wait_for_moves(client, set, settings, args.wait_for).await?;
+        let done = wait_for_moves(client, set, &wanted, settings, args.wait_for).await?;
         if !out.is_json() {
             out.line(&format!("# balanced: table version {}", done.version()));
         }
@@ -196,12 +196,14 @@ async fn balance(client: &Client, args: &RouteArgs, settings: &Settings, out: &m
     Ok(())
 }
 
-/// Waits until none of `set`'s moves is under way any more, each range named by its move's
-/// nodes, polling the table the node holds (a line on a terminal as each range arrives);
+/// Waits until every entry of `wanted` is in the table the node holds, with its nodes and
+/// no move under way, and the table has nothing more to follow (a split or merge takes two
+/// steps: `RoutingTable::then`), polling (a line on a terminal as each range arrives);
 /// exit 3 past `wait_for`, the moves going on.
 async fn wait_for_moves(
     client: &Client,
     set: RoutingTable,
+    wanted: &[crate::routing::Entry],
     settings: &Settings,
     wait_for: std::time::Duration,
 ) -> Result<RoutingTable, ClientError> {
@@ -209,10 +211,28 @@ async fn wait_for_moves(
     let started = Instant::now();
     let until = started + wait_for;
     let tty = std::io::stderr().is_terminal();
-    let mut pending: Vec<crate::routing::Entry> = set.moves().to_vec();
+    let placed = |table: &RoutingTable, m: &crate::routing::Entry| {
+        table.move_of(m.first, m.last).is_none()
+            && table
+                .entries()
+                .iter()
+                .any(|e| (e.first, e.last) == (m.first, m.last) && e.same_nodes(m))
+    };
+    let mut pending: Vec<crate::routing::Entry> = wanted.iter().filter(|m| !placed(&set, m)).cloned().collect();
     if tty {
-        for m in &pending {
+        for m in set.moves() {
             eprintln!("moving {} to {} ...", m.range(), m);
+        }
+        if !set.then().is_empty() {
+            let recut: Vec<String> = pending
+                .iter()
+                .filter(|m| set.entry_for(m.first, m.last).is_none())
+                .map(ToString::to_string)
+                .collect();
+            eprintln!(
+                "then re-cutting them there into {}, and moving the pieces to their nodes ...",
+                recut.join(", ")
+            );
         }
     }
     let mut polls = 0u64;
@@ -224,11 +244,7 @@ async fn wait_for_moves(
             return unexpected(&reply);
         };
         pending.retain(|m| {
-            let moved = table.move_of(m.first, m.last).is_none()
-                && table
-                    .entries()
-                    .iter()
-                    .any(|e| (e.first, e.last) == (m.first, m.last) && e.same_nodes(m));
+            let moved = placed(&table, m);
             if moved && tty {
                 if std::mem::take(&mut drawn) {
                     eprint!("\r\x1b[K");
@@ -256,7 +272,7 @@ async fn wait_for_moves(
             );
             drawn = true;
         }
-        if pending.is_empty() {
+        if pending.is_empty() && table.then().is_empty() {
             return Ok(table);
         }
         if Instant::now() >= until {
@@ -436,7 +452,25 @@ fn print_moves(table: &RoutingTable, progress: &Progress, out: &mut Output) {
             nodes(m).join("+")
         ));
     }
-    if table.moves().is_empty() && !out.is_json() {
+    // A split or merge's second step: the ranges re-cut once the moves are done.
+    for e in table
+        .then()
+        .iter()
+        .filter(|e| table.entry_for(e.first, e.last).is_none())
+    {
+        if out.is_json() {
+            out.object(json!({
+                "range": e.range(), "to": nodes(e), "state": "re-cut", "version": table.version(),
+            }));
+        } else {
+            out.line(&format!(
+                "{}: -> {} (a re-cut, once the moves above are done)",
+                e.range(),
+                nodes(e).join("+")
+            ));
+        }
+    }
+    if table.moves().is_empty() && table.then().is_empty() && !out.is_json() {
         out.line(&format!("no moves under way (table version {})", table.version()));
     }
     for d in &progress.done {
@@ -589,6 +623,10 @@ fn print_table(table: &RoutingTable, out: &mut Output) {
         }
         for m in table.moves() {
             out.line(&format!("# moving {m}"));
+        }
+        if !table.then().is_empty() {
+            let then: Vec<String> = table.then().iter().map(ToString::to_string).collect();
+            out.line(&format!("# then {} (once the moves are done)", then.join(",")));
         }
     }
 }

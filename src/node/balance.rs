@@ -58,7 +58,11 @@ impl Node {
                     down_since.entry(n.clone()).or_insert(now);
                 }
             }
-            if self.table_coordinator() != self.name || !table.moves().is_empty() || table.setter().is_empty() {
+            if self.table_coordinator() != self.name
+                || !table.moves().is_empty()
+                || !table.then().is_empty()
+                || table.setter().is_empty()
+            {
                 continue;
             }
             let joined = live.iter().any(|n| !named.contains(&n));

@@ -452,8 +452,7 @@ impl Node {
             };
             return self.forward(&coordinator, request, deadline).await;
         }
-        let live =
-            |n: &NodeName| *n == self.name || self.gossip.members().iter().any(|m| m.name == *n && m.state.is_live());
+        let live = |n: &NodeName| self.live_member(n);
         let (table, saving) = {
             let mut held = self.table.write().unwrap_or_else(PoisonError::into_inner);
             let expected = expected.unwrap_or(held.version());
@@ -471,6 +470,7 @@ impl Node {
                 .map_err(RemoteError::invalid)?;
             if held.entries() == planned.entries.as_slice()
                 && held.moves() == planned.moves.as_slice()
+                && held.then() == planned.then.as_slice()
                 && !held.setter().is_empty()
             {
                 // No change: no new version for gossip to spread. The caller sees the
@@ -484,11 +484,12 @@ impl Node {
         self.publish_table(table, saving).await
     }
 
-    /// The version after `held` with `planned`'s entries and moves, set by this node; each
-    /// range's group keeps its generation, and a group born here gets a new one.
+    /// The version after `held` with `planned`'s entries, moves and table to follow, set by
+    /// this node; each range's group keeps its generation, and a group born here gets a new one.
     fn next_table(&self, held: &RoutingTable, planned: crate::routing::Planned) -> Result<RoutingTable, RemoteError> {
         RoutingTable::new(planned.entries, held.version() + 1, self.name.as_str())
             .and_then(|t| t.with_moves(planned.moves))
+            .and_then(|t| t.with_then(planned.then))
             .map(|t| t.with_generations(Some(held)))
             .map_err(RemoteError::invalid)
     }
@@ -528,6 +529,50 @@ impl Node {
             (table, saving)
         };
         self.publish_table(table, saving).await
+    }
+
+    /// At the coordinator, once the table's moves are done: plans the table it is to follow
+    /// (`RoutingTable::then`: a split or merge whose bytes were moved onto one node first),
+    /// as `route --set` would have, and publishes it. `Err` says why a plan is refused now
+    /// (a node it names is down); the caller tries again later, and `route --set` may
+    /// replace the table meanwhile.
+    pub(super) async fn follow_then(self: &Arc<Self>) -> Result<(), String> {
+        if self.table_coordinator() != self.name {
+            return Ok(());
+        }
+        let (table, saving) = {
+            let mut held = self.table.write().unwrap_or_else(PoisonError::into_inner);
+            if held.then().is_empty() || !held.moves().is_empty() {
+                return Ok(());
+            }
+            let then = held.then().to_vec();
+            let planned = held
+                .plan_change(&then, false, false, |n| self.live_member(n))
+                .map_err(|why| {
+                    format!(
+                        "the table's next step, {}, cannot be taken yet: {why}",
+                        RoutingTable::new(then.clone(), 0, "").map_or_else(|_| "?".into(), |t| t.to_string())
+                    )
+                })?;
+            let table = self.next_table(&held, planned).map_err(|e| e.to_string())?;
+            tracing::info!(table = %table, "the ranges to re-cut are each on one node now: re-cut there, and moving to their nodes");
+            let saving = self.install_table(&mut held, table.clone());
+            (table, saving)
+        };
+        self.publish_table(table, saving)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Whether `node` is this node or a live member of its cluster (by its gossip).
+    fn live_member(&self, node: &NodeName) -> bool {
+        *node == self.name
+            || self
+                .gossip
+                .members()
+                .iter()
+                .any(|m| m.name == *node && m.state.is_live())
     }
 
     /// The node that decides every `route --set` (see [`Node::set_table`]): the live member

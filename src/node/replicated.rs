@@ -224,9 +224,11 @@ impl Node {
     /// Runs for the node's life beside the replica driver: each move the driver reports done
     /// (this node leads the range's group, which now holds the move's nodes) is finished in
     /// the table through the coordinator, asked again every half second until the table
-    /// this node holds shows it.
+    /// this node holds shows it. At the coordinator, a table to follow once the moves are
+    /// done is planned here too ([`Node::follow_then`]).
     pub(super) async fn finish_moves(self: Arc<Self>) -> std::convert::Infallible {
         let mut finished = self.replicas.finished();
+        let mut refused = None;
         loop {
             let done = finished.borrow_and_update().clone();
             for entry in done {
@@ -244,6 +246,14 @@ impl Node {
                         tracing::info!(range = %entry.range(), error = %e, "the move is done but the table could not say so yet; asking again")
                     }
                 }
+            }
+            match self.follow_then().await {
+                Ok(()) => refused = None,
+                Err(why) if refused.as_ref() != Some(&why) => {
+                    tracing::warn!("{why}; tried again every half second");
+                    refused = Some(why);
+                }
+                Err(_) => {}
             }
             let _ = tokio::time::timeout(std::time::Duration::from_millis(500), finished.changed()).await;
         }
