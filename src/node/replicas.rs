@@ -327,6 +327,14 @@ struct Driver {
     removed: BTreeMap<RangeId, u64>,
     /// Ranges whose entry has named this node in a table of this run.
     named: BTreeSet<RangeId>,
+    /// Ranges whose group the table starts here, waiting for this node's group of a range
+    /// that overlaps it with other bounds to go first (a split or merge: see
+    /// [`Driver::overlapped`]).
+    blocked: BTreeSet<RangeId>,
+    /// Groups on disk (not running) of ranges that overlap a group the table starts here,
+    /// whose history ended while this node was away: `settle` drops their records, keeping
+    /// the data, before that group starts ([`Driver::overlapped`]).
+    orphans: BTreeSet<RangeId>,
     /// The handle's ranges whose streamed snapshot is being written.
     installing: Arc<std::sync::Mutex<BTreeSet<RangeId>>>,
     leases: Arc<Leases>,
@@ -372,6 +380,8 @@ impl Driver {
             stale_kept: BTreeSet::new(),
             removed: BTreeMap::new(),
             named: BTreeSet::new(),
+            blocked: BTreeSet::new(),
+            orphans: BTreeSet::new(),
             installing: Arc::default(),
             leases: Arc::default(),
             lease,
@@ -520,6 +530,7 @@ impl Driver {
     /// longer names this node in are dropped by [`Driver::settle`].
     fn table(&mut self, table: Arc<RoutingTable>) {
         self.moves.clear();
+        let was_blocked = std::mem::take(&mut self.blocked);
         for entry in table.entries() {
             let Some(nodes) = table.group_of(entry) else { continue };
             let range = RangeId {
@@ -555,6 +566,13 @@ impl Driver {
                     continue;
                 }
                 Some(_) => {}
+                None if self.overlapped(&table, range) => {
+                    if !was_blocked.contains(&range) {
+                        tracing::info!(%range, "range {range}'s group waits for this node's group of an overlapping range (cut differently before) to apply its log and end");
+                    }
+                    self.blocked.insert(range);
+                    continue;
+                }
                 None if !self.start_group(range, generation, entry, moving.is_some()) => continue,
                 None => {}
             }
@@ -667,6 +685,70 @@ impl Driver {
         }
     }
 
+    /// Whether `range`'s group must wait before it starts here: this node runs a group of a
+    /// range that overlaps it with other bounds (the table split or merged it since), which
+    /// [`Driver::settle`] ends first, once it has applied its log where this node carries
+    /// the data on ([`Driver::carries_on`]). Two groups never write the same bytes here, and
+    /// a group born over the data in place starts from everything the old one committed.
+    ///
+    /// Groups of such ranges found on disk (not running): one that ended onto this node
+    /// alone (its configuration counts this node alone: configurations are applied synced)
+    /// with entries it has not applied (applies are written unsynced) runs alone to apply
+    /// them first, as [`Driver::replay_alone`] does; one whose history the table says ended
+    /// has its records dropped by `settle` first (`orphans`: this node missed its end, and
+    /// its log must never be applied over the bytes' newer data); any other is left as it is.
+    fn overlapped(&mut self, table: &RoutingTable, range: RangeId) -> bool {
+        let other = |r: RangeId| r != range && r.first <= range.last && range.first <= r.last;
+        if self.replicas.ranges().any(other) {
+            return true;
+        }
+        let stored = match self.store.groups() {
+            Ok(stored) => stored,
+            Err(e) => {
+                tracing::warn!(error = %e, "the groups on this node's store could not be listed");
+                return false;
+            }
+        };
+        let mut wait = false;
+        for old in stored.into_iter().filter(|&r| other(r)) {
+            let Ok(store) = self.store.group(old, Generation::LEGACY, None) else {
+                continue;
+            };
+            let Ok(state) = raft::Storage::initial_state(&store) else {
+                continue;
+            };
+            let last = raft::Storage::last_index(&store).unwrap_or(0);
+            if GroupStore::applied(&store) < last && self.alone_in(&state.conf_state) && self.carries_on(table, old) {
+                self.start_to_apply(old, store, &state.conf_state.voters);
+                wait = true;
+            } else if table.has_ended(old.first, old.last, store.generation()) {
+                self.orphans.insert(old);
+                wait = true;
+            }
+        }
+        wait
+    }
+
+    /// Whether the table names this node the single owner of a range that overlaps `range`
+    /// with other bounds: the range's bytes here carry on there (a split or merge gathered
+    /// them onto this node).
+    fn carries_on(&self, table: &RoutingTable, range: RangeId) -> bool {
+        table.entries().iter().any(|e| {
+            (e.first, e.last) != (range.first, range.last)
+                && e.first <= range.last
+                && range.first <= e.last
+                && e.replicas() == std::slice::from_ref(&self.me)
+        })
+    }
+
+    /// Whether a group's configuration is this node alone (it commits and applies alone).
+    fn alone_in(&self, conf: &raft::prelude::ConfState) -> bool {
+        conf.voters == [node_id(self.me.as_str())]
+            && conf.voters_outgoing.is_empty()
+            && conf.learners.is_empty()
+            && conf.learners_next.is_empty()
+    }
+
     /// Whether the table names this node for a range that overlaps `range` with other bounds
     /// (a single owner's, a group's, or a move's new nodes).
     fn holds_overlapping(&self, table: &RoutingTable, range: RangeId) -> bool {
@@ -733,12 +815,24 @@ impl Driver {
         for range in std::mem::take(&mut self.stale) {
             retired |= self.retire(range, &table).await?;
         }
+        for range in std::mem::take(&mut self.orphans) {
+            if self.replicas.ranges().any(|r| r == range) {
+                continue;
+            }
+            self.store
+                .drop_group(range, true)
+                .await
+                .map_err(|e| format!("range {range}'s group could not be dropped: {e}"))?;
+            tracing::info!(%range, "range {range}'s group on this node's disk is of a history that ended while this node was away, and a group of overlapping bytes starts here: its records dropped, the data kept for that group");
+            retired = true;
+        }
         if retired {
             // The table's groups of the retired ranges start.
             self.table(Arc::clone(&table));
         }
         // A group taking a streamed snapshot is dropped once that is done, or failed.
         let held = self.ranges_going_on();
+        let mut dropped = false;
         for range in held {
             let entry = table.entry_for(range.first, range.last);
             let in_group = entry
@@ -747,7 +841,13 @@ impl Driver {
             if in_group {
                 continue;
             }
-            let keep_data = entry.is_some_and(|e| e.replicas() == std::slice::from_ref(&self.me));
+            // This node alone carries the range's data on: the entry names it alone, or (the
+            // range split or merged since) an entry of other bounds does, and the group, which
+            // ended onto this node, counts it alone.
+            let keep_data = entry.is_some_and(|e| e.replicas() == std::slice::from_ref(&self.me))
+                || (entry.is_none()
+                    && self.carries_on(&table, range)
+                    && self.replicas.conf(range).is_some_and(|c| self.alone_in(&c)));
             // A node a move brought in, never named by the range's entry, and still a voter of
             // the group's configuration as it applied it: the table lost a move the group
             // carried out (two coordinators in a partition, the other side's table kept), it
@@ -798,6 +898,11 @@ impl Driver {
             };
             tracing::info!(%range, keep_data, "this node left range {range}'s group{what}");
             self.forget(range);
+            dropped = true;
+        }
+        if dropped && !self.blocked.is_empty() {
+            // Groups of overlapping ranges were waiting for this one to go.
+            self.table(Arc::clone(&table));
         }
         Ok(())
     }
@@ -854,26 +959,22 @@ impl Driver {
             let state = raft::Storage::initial_state(&store)
                 .map_err(|e| format!("range {range}'s group could not be read: {e}"))?;
             let conf = self.replicas.conf(range).unwrap_or(state.conf_state);
+            // Checked first: a group that ended onto this node counts it alone (configurations
+            // are applied synced); one that counts others ended elsewhere, and its log must
+            // never be applied over this node's data, which came by another way since.
+            if !self.alone_in(&conf) {
+                if self.stale_kept.insert(range) {
+                    tracing::error!(%range, %old, new = %generation, "range {range}'s group here (history {old}) still counts other nodes, but the table starts a new group (history {generation}) from this node's data: the old group is kept, the new one waits; set a table naming the old group's nodes for {range}");
+                }
+                self.stale.insert(range);
+                return Ok(false);
+            }
             if GroupStore::applied(&store) < raft::Storage::last_index(&store).unwrap_or(0) {
                 // Entries not applied yet (applies are written unsynced: a crash may have lost
                 // some whose writes were acknowledged): the old group runs, under its own
                 // history, until it has applied them; looked at again at each settle.
                 if !running {
                     self.start_to_apply(range, store, &conf.voters);
-                }
-                self.stale.insert(range);
-                return Ok(false);
-            }
-            let my_id = node_id(self.me.as_str());
-            let counted = conf
-                .voters
-                .iter()
-                .chain(&conf.voters_outgoing)
-                .chain(&conf.learners)
-                .chain(&conf.learners_next);
-            if counted.into_iter().any(|&id| id != my_id) {
-                if self.stale_kept.insert(range) {
-                    tracing::error!(%range, %old, new = %generation, "range {range}'s group here (history {old}) still counts other nodes, but the table starts a new group (history {generation}) from this node's data: the old group is kept, the new one waits; set a table naming the old group's nodes for {range}");
                 }
                 self.stale.insert(range);
                 return Ok(false);

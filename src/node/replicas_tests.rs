@@ -367,3 +367,69 @@ async fn a_group_whose_history_the_table_does_not_say_ended_is_kept_and_goes_on(
         s.cancel();
     }
 }
+
+/// A node away while its group's history ended elsewhere (it never saw the move off it),
+/// back with a table that cuts the bytes differently and starts a group of some of them
+/// here: the old group's records go first (its log must never be applied over the bytes'
+/// newer data), the data stays for the new group, which then starts.
+#[tokio::test]
+async fn a_group_of_an_ended_history_on_disk_goes_before_a_group_of_overlapping_bytes_starts() {
+    let stores: [Store; 3] = std::array::from_fn(|_| Store::in_memory());
+    let c = cluster_on(stores.clone());
+    let leader = c.leader(None, Duration::from_secs(5)).await;
+    c.handles[leader].propose(RANGE, put("old")).await.unwrap();
+    let n3 = stores[2].clone();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !matches!(n3.get(b"apples", b"old").await.unwrap(), crate::store::Lookup::Found(_)) {
+        assert!(tokio::time::Instant::now() < deadline, "n3 never applied the write");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for s in &c.stops {
+        s.cancel();
+    }
+    // The group ended onto n1 (version 2); version 3 re-cuts the bytes, n3 the owner of
+    // a-m, which starts moving (a group of one over n3's data).
+    let first = RoutingTable::new(all_three(&c), 1, "test").unwrap();
+    let ended = RoutingTable::new(first_alone(&c), 2, "test")
+        .unwrap()
+        .with_generations(Some(&first));
+    let (a_m, n_z) = (
+        Entry::single(b'a', b'm', c.names[2].clone()),
+        Entry::single(b'n', b'z', c.names[0].clone()),
+    );
+    let moving = Entry::new(b'a', b'm', vec![c.names[2].clone(), c.names[0].clone()]).unwrap();
+    let table = RoutingTable::new(vec![a_m, n_z], 3, "test")
+        .unwrap()
+        .with_moves(vec![moving])
+        .unwrap()
+        .with_generations(Some(&ended));
+    assert!(table.has_ended(b'a', b'z', Generation::LEGACY));
+    let handle = Arc::new(ReplicasHandle::new());
+    handle.set_table(Arc::new(table));
+    let wires = Arc::new(Wires {
+        from: c.names[2].clone(),
+        to: Mutex::new(HashMap::new()),
+        cut: Arc::new(Mutex::new(vec![])),
+    });
+    let stop = CancellationToken::new();
+    let (h, name, store, s) = (Arc::clone(&handle), c.names[2].clone(), n3.clone(), stop.clone());
+    tokio::spawn(async move { h.run(name, store, wires, s).await });
+    let a_m = RangeId {
+        first: b'a',
+        last: b'm',
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while n3.groups().unwrap() != vec![a_m] {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "n3's groups: {:?}",
+            n3.groups().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let old = n3.get(b"apples", b"old").await.unwrap();
+    assert!(matches!(old, crate::store::Lookup::Found(_)), "{old:?}");
+    // The new group leads alone and takes writes over the data in place.
+    handle.propose(a_m, put("new")).await.unwrap();
+    stop.cancel();
+}

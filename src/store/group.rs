@@ -368,6 +368,19 @@ impl NodeGroupStore {
         Ok(())
     }
 
+    /// As [`NodeGroupStore::write_unsynced`], and synced before it returns (with every write
+    /// before it in the journal).
+    fn write_synced(&self, records: impl FnOnce() -> Vec<RaftRecord>) -> Result<(), kvnode_replica::StoreError> {
+        if let GroupBackend::Disk(d) = &self.shared.backend {
+            let writes = RaftWrites {
+                replace: vec![],
+                records: records(),
+            };
+            d.engine().commit(&[Op::Raft(Arc::new(writes))]).map_err(replica_err)?;
+        }
+        Ok(())
+    }
+
     /// In memory the cache is the whole log: nothing may leave it but by compaction.
     fn cache_max(&self) -> CacheMax {
         match self.shared.backend {
@@ -634,11 +647,14 @@ impl GroupStore for NodeGroupStore {
         Ok(effects)
     }
 
-    /// The new configuration and the applied index in one engine batch, unsynced (as
-    /// `apply`'s writes): a crash keeps both or neither, and the entry is re-applied.
+    /// The new configuration and the applied index in one engine batch, synced (with every
+    /// apply before it): a configuration, once applied, is never lost to a crash. A node
+    /// that finds its group counting it alone knows the group ended onto it (a move onto
+    /// this node finishes only once its leader, this node, applied that configuration); one
+    /// counting others did not end here (`node::replicas`). Rare: one sync per change.
     fn apply_conf(&mut self, index: u64, conf: &ConfState) -> Result<(), kvnode_replica::StoreError> {
         let term = self.term(index).map_err(kvnode_replica::StoreError::Raft)?;
-        self.write_unsynced(|| {
+        self.write_synced(|| {
             vec![
                 (
                     RaftSpace::State,
