@@ -128,6 +128,26 @@ const REBORN_3: Shape = Shape {
     ],
 };
 
+/// Issue 26: the keys' replicated range split and merged, over and over (each by way of one
+/// node: the bytes moved onto it, re-cut there, the pieces moved to their nodes), the keys'
+/// bucket (`faults`, first byte `f`) in a different piece each time, while the nemesis
+/// strikes whichever node serves it.
+const SPLIT_MERGE_3: Shape = Shape {
+    name: "split-merge-3",
+    nodes: 3,
+    table: "a-z=n1+n2+n3",
+    in_memory: false,
+    entries: Nodes::Any,
+    victims: Nodes::Owner,
+    moves: &[
+        "a-m=n2+n3+n1,n-z=n3+n1+n2",
+        "a-e=n3+n1+n2,f-m=n1+n2+n3,n-z=n3+n1+n2",
+        "a-z=n2+n3+n1",
+        "a-f=n1+n2+n3,g-z=n3+n2+n1",
+        "a-z=n1+n2+n3",
+    ],
+};
+
 /// The broken system: the owner keeps its data in memory, so a kill loses acknowledged writes.
 const IN_MEMORY_OWNER: Shape = Shape {
     name: "in-memory-owner-3",
@@ -488,6 +508,11 @@ fn a_replicated_range_moved_around_four_nodes_under_faults_stays_linearizable() 
 #[test]
 fn a_range_moved_onto_one_node_and_replicated_again_under_faults_stays_linearizable() {
     check_shape(&REBORN_3);
+}
+
+#[test]
+fn a_replicated_range_split_and_merged_under_faults_stays_linearizable_as_it_is_moved() {
+    check_shape(&SPLIT_MERGE_3);
 }
 
 /// Issue 26's partition case: a `route --set` on each side of a partition. The range's

@@ -527,3 +527,76 @@ fn with_auto_balance_the_cluster_spreads_its_ranges_over_members_that_join() {
         }
     }
 }
+
+/// A split and a merge of a replicated range (issue 26): each goes by way of one node (the
+/// range's bytes moved onto it, re-cut there, the pieces moved to their nodes), while a
+/// writer runs on both halves; every acknowledged write reads back through every node.
+#[test]
+fn a_replicated_range_is_split_and_merged_while_a_writer_runs_and_loses_nothing() {
+    let home = Home::new();
+    let table = "a-z=n1+n2+n3";
+    let n1 = home.start("n1", &["--table", table]);
+    let n2 = home.start("n2", &["--table", table, "--join", "n1"]);
+    let n3 = home.start("n3", &["--table", table, "--join", "n1"]);
+    members(&home, "n1", &["n1", "n2", "n3"]);
+    let rt = Arc::new(common::runtime());
+    let stop = Arc::new(AtomicBool::new(false));
+    // (bucket, i) of each acknowledged put.
+    let acked = Arc::new(Mutex::new(Vec::<(&str, u64)>::new()));
+    let writer = {
+        let (rt, stop, acked) = (Arc::clone(&rt), Arc::clone(&stop), Arc::clone(&acked));
+        let c = rt.block_on(client(&home, &n2));
+        std::thread::spawn(move || {
+            rt.block_on(async {
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let bucket = if i.is_multiple_of(2) { "apples" } else { "pears" };
+                    let put = request(bucket, put(&format!("key{i}"), &format!("value{i}")));
+                    if let Ok(Reply::Done) = c.call_within(put, Duration::from_secs(5)).await {
+                        acked.lock().unwrap().push((bucket, i));
+                    }
+                    i += 1;
+                }
+            })
+        })
+    };
+    let more_writes = |what: &str| {
+        let before = acked.lock().unwrap().len();
+        common::wait_for(what, common::PATIENCE, || {
+            (acked.lock().unwrap().len() > before + 50).then_some(())
+        });
+    };
+    more_writes("writes before the split");
+    let split = "a-m=n1+n2+n3,n-z=n3+n2+n1";
+    let out = home.run(&["route", "--set", split, "--via", "n2"]).ok();
+    assert!(
+        out.lines().any(|l| l == "a-m=n1+n2+n3") && out.lines().any(|l| l == "n-z=n3+n2+n1"),
+        "{out}\n{}",
+        logs(&[&n1, &n2, &n3])
+    );
+    more_writes("writes after the split");
+    let out = home.run(&["route", "--set", "a-z=n2+n3+n1", "--via", "n3"]).ok();
+    assert!(
+        out.lines().any(|l| l == "a-z=n2+n3+n1"),
+        "{out}\n{}",
+        logs(&[&n1, &n2, &n3])
+    );
+    more_writes("writes after the merge");
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    let acked = acked.lock().unwrap().clone();
+    rt.block_on(async {
+        for (via, node) in [("n1", &n1), ("n2", &n2), ("n3", &n3)] {
+            let c = client(&home, node).await;
+            for &(bucket, i) in &acked {
+                if let Err(e) = read_all(&c, bucket, i..i + 1, via).await {
+                    panic!("{e}\n{}", logs(&[&n1, &n2, &n3]));
+                }
+            }
+        }
+    });
+    // Both steps of each are in the table's history: nothing is left to follow.
+    let shown = home.run(&["route", "--table", "--via", "n1"]).ok();
+    assert!(!shown.contains("# then"), "{shown}");
+    assert!(shown.lines().any(|l| l == "a-z=n2+n3+n1"), "{shown}");
+}

@@ -150,6 +150,11 @@ impl Home {
             Some(ns) => self.command_in(ns),
             None => self.command(),
         };
+        // `KVNODE_TEST_LOG` (say `info,kvnode::node=debug`) is every node's `RUST_LOG`, for a
+        // failure's investigation; the default is the node's own.
+        if let Ok(filter) = std::env::var("KVNODE_TEST_LOG") {
+            cmd.env("RUST_LOG", filter);
+        }
         cmd.arg("start")
             .args(args)
             .stdin(Stdio::null())
