@@ -357,8 +357,11 @@ pub struct RouteArgs {
     /// only then does the table name them and the old nodes drop the data; reads and writes
     /// go on meanwhile. The command waits until every range is where the table says (see
     /// --no-wait, --wait-for). A range's bounds may be re-cut under the nodes that hold it
-    /// ('a-z=foo' to 'a-m=foo,n-z=bar' cuts n-z under foo, then moves it); a replicated
-    /// range's bounds stay as they are. The new nodes must be live members (else exit 2).
+    /// ('a-z=foo' to 'a-m=foo,n-z=bar' cuts n-z under foo, then moves it). A replicated
+    /// range is split or merged by way of one node: its bytes move onto one node that holds
+    /// them, are re-cut there, and the pieces move to their nodes (two table versions;
+    /// `route --table` shows the second as '# then ...' meanwhile). The new nodes must be
+    /// live members (else exit 2).
     /// Setting a range that is still moving to other nodes re-aims its move; its old nodes
     /// leave it going (see --call-off)
     #[arg(long, value_name = "SPEC")]

@@ -209,6 +209,9 @@ struct Ran {
     kept: Option<PathBuf>,
     /// Moves the mover started, and those seen done.
     moves: (usize, usize),
+    /// With moves: whether the table was settled (no move under way, no step to follow) within
+    /// a minute of healing, as every move must finish once every node is back.
+    settled: Option<bool>,
 }
 
 impl Ran {
@@ -338,6 +341,24 @@ fn run_once(shape: &Shape, seed: u64, p: &Params, workload: Workload, crash_at_e
         cluster.restart(owner);
     }
     workload::final_reads(&history, workload.clients, &cluster, workload);
+    let settled = (!shape.moves.is_empty()).then(|| {
+        let until = Instant::now() + Duration::from_secs(60);
+        let via = format!("{}@{}", Shape::name_of(0), addrs[0]);
+        loop {
+            let status = mover.run_cmd(&["route", "--status", "--timeout", "2s", "--via", &via]);
+            if status.is_some_and(|s| s.contains("no moves under way")) {
+                break true;
+            }
+            if Instant::now() >= until {
+                println!(
+                    "route --status 60 s after healing: {:?}",
+                    mover.run_cmd(&["route", "--status", "--via", &via])
+                );
+                break false;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    });
     let records = history.records();
     let report = history::check(&records, Budget::default());
     let unavailable = struck
@@ -375,6 +396,7 @@ fn run_once(shape: &Shape, seed: u64, p: &Params, workload: Workload, crash_at_e
         unavailable,
         kept,
         moves,
+        settled,
     }
 }
 
@@ -464,6 +486,18 @@ fn check_shape(shape: &Shape) {
             ran.report.unread_keys
         );
         assert!(ran.ops >= 100, "only {} operations", ran.ops);
+        if let Some(settled) = ran.settled {
+            // A run whose moves all waited (or were refused) would check nothing of them.
+            assert!(
+                ran.moves.1 >= 1,
+                "no move finished during the run (seed {seed}): {:?}",
+                ran.moves
+            );
+            assert!(
+                settled,
+                "the table still had a move under way or a step to follow a minute after healing (seed {seed})"
+            );
+        }
         if let Some(path) = &ran.kept {
             println!("history kept at {}", path.display());
         }

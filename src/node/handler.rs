@@ -217,6 +217,16 @@ impl Node {
                 let answer = node.replicated(req, range, nodes, holders, deadline);
                 Now::Waiting(Box::pin(self.within(deadline, answer)))
             }
+            // A group of this node's still covers the bucket (it ended here: a move onto this
+            // node, or a split or merge gathered here, and it is applying the last of its log,
+            // or running again after a restart to apply what it had not): the request waits
+            // for it to end, so that no write taken now is overwritten by an older one the
+            // group applies after it.
+            Ok(Dest::Here) if self.ending_here(&req.bucket) => {
+                let (node, deadline) = (Arc::clone(self), deadline());
+                let answer = async move { node.here_once_ended(req, deadline).await };
+                Now::Waiting(Box::pin(self.within(deadline, answer)))
+            }
             Ok(Dest::Here) => match ops::apply(req, &self.store, &self.name) {
                 Applied::Now(answer) => Now::Answer(answer),
                 Applied::Later(answer) => Now::Waiting(Box::pin(self.within(deadline(), answer))),
@@ -487,7 +497,17 @@ impl Node {
     /// The version after `held` with `planned`'s entries, moves and table to follow, set by
     /// this node; each range's group keeps its generation, and a group born here gets a new one.
     fn next_table(&self, held: &RoutingTable, planned: crate::routing::Planned) -> Result<RoutingTable, RemoteError> {
-        RoutingTable::new(planned.entries, held.version() + 1, self.name.as_str())
+        Self::table_after(held, planned, self.name.as_str())
+    }
+
+    /// The version after `held` with `planned`'s entries, moves and table to follow, as set
+    /// by `setter` (see [`Node::next_table`]).
+    fn table_after(
+        held: &RoutingTable,
+        planned: crate::routing::Planned,
+        setter: &str,
+    ) -> Result<RoutingTable, RemoteError> {
+        RoutingTable::new(planned.entries, held.version() + 1, setter)
             .and_then(|t| t.with_moves(planned.moves))
             .and_then(|t| t.with_then(planned.then))
             .map(|t| t.with_generations(Some(held)))
@@ -554,7 +574,10 @@ impl Node {
                         RoutingTable::new(then.clone(), 0, "").map_or_else(|_| "?".into(), |t| t.to_string())
                     )
                 })?;
-            let table = self.next_table(&held, planned).map_err(|e| e.to_string())?;
+            // Set in the name of the table it follows: a function of that table alone, so two
+            // nodes that both believe they coordinate (membership still settling) make the
+            // same table, with the same generations for the groups it starts.
+            let table = Self::table_after(&held, planned, held.setter()).map_err(|e| e.to_string())?;
             tracing::info!(table = %table, "the ranges to re-cut are each on one node now: re-cut there, and moving to their nodes");
             let saving = self.install_table(&mut held, table.clone());
             (table, saving)

@@ -677,6 +677,10 @@ impl Driver {
     fn start_to_apply(&mut self, range: RangeId, store: GroupStoreImpl, voters: &[u64]) {
         match self.replicas.add_group(range, store.generation(), store, voters) {
             Ok(()) => {
+                // Published, so that requests for its bytes wait for it (`Node::ending_here`).
+                self.leaders.send_modify(|l| {
+                    l.insert(range, LeaderView { leader: None, term: 0 });
+                });
                 tracing::warn!(%range, "range {range}'s group, ended here, is on this node's disk with entries it has not applied: started until it has applied them")
             }
             Err(e) => {

@@ -301,6 +301,37 @@ impl Node {
         }
     }
 
+    /// Whether a replica group runs on this node over `bucket`'s first byte. Asked of a bucket
+    /// the table gives this node alone (no group): such a group is one that ended here and is
+    /// still applying its log (`replicas::Driver::settle`, `overlapped`, `retire`).
+    pub(super) fn ending_here(&self, bucket: &[u8]) -> bool {
+        let Some(&first) = bucket.first() else { return false };
+        self.replicas
+            .leaders()
+            .borrow()
+            .keys()
+            .any(|r| r.first <= first && first <= r.last)
+    }
+
+    /// The request at this node once no group here covers its bucket ([`Node::ending_here`]):
+    /// waits for the groups' ends (each applies what it committed, then goes), up to `deadline`.
+    pub(super) async fn here_once_ended(&self, req: BucketRequest, deadline: Instant) -> Answer {
+        let mut leaders = self.replicas.leaders();
+        let start = Instant::now();
+        while self.ending_here(&req.bucket) {
+            if tokio::time::timeout_at(deadline, leaders.changed()).await.is_err() {
+                return Err(RemoteError::DeadlineExceeded {
+                    node: format!(
+                        "{} (a replica group of this node that covers the bucket has not ended: it is applying the last of its log)",
+                        self.name
+                    ),
+                    waited_ms: start.elapsed().as_millis() as u64,
+                });
+            }
+        }
+        self.here(req).await
+    }
+
     /// Applies a read to this node's store (where the range's applied data lives).
     async fn here(&self, req: BucketRequest) -> Answer {
         match ops::apply(req, &self.store, &self.name) {

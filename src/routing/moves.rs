@@ -35,7 +35,8 @@ impl RoutingTable {
     ///   are done (re-cut there, the pieces moved to their nodes).
     /// - Refused, saying why and what to do: a change of a moving range's bounds; dropping a
     ///   replicated range's bytes (no entry covers them); moving a range onto a node `live`
-    ///   says is down.
+    ///   says is down; a split or merge with `force`; another table while a split or merge's
+    ///   first step is under way, unless `call_off` (which replaces it).
     ///
     /// `force`: the table as given, moving nothing (the data of a range that changes nodes
     /// stays where it was, unreachable): only for single-owner ranges, as before issue 26.
@@ -46,16 +47,25 @@ impl RoutingTable {
         call_off: bool,
         live: impl Fn(&NodeName) -> bool,
     ) -> Result<Planned, String> {
-        if !self.then.is_empty() && !self.moves.is_empty() && same_entries(&self.then, wanted) {
-            // Asked again while its first step is under way: no change.
-            return Ok(Planned {
-                entries: self.entries.clone(),
-                moves: self.moves.clone(),
-                then: self.then.clone(),
-            });
+        if !self.then.is_empty() && !self.moves.is_empty() && !call_off {
+            if same_entries(&self.then, wanted) {
+                // Asked again while its first step is under way: no change.
+                return Ok(Planned {
+                    entries: self.entries.clone(),
+                    moves: self.moves.clone(),
+                    then: self.then.clone(),
+                });
+            }
+            return Err(format!(
+                "a split or merge is under way: its ranges are moving onto one node before the table becomes {} (see `kvnode route --status`); wait until it is done, or set the table you want with --call-off, which calls it off",
+                self.then.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(",")
+            ));
         }
         match self.gathered(wanted, force, &live)? {
             None => self.plan_direct(wanted, force, call_off, &live),
+            Some(_) if force => Err(
+                "the table splits or merges a replicated range, which --force cannot do (its group holds the bytes): leave --force out, and the bytes move onto one node, are re-cut there, and the pieces move to their nodes".to_string(),
+            ),
             Some(first) => {
                 let mut planned = self.plan_direct(&first, force, call_off, &live)?;
                 planned.then = wanted.to_vec();
@@ -491,6 +501,18 @@ mod tests {
             .with_then(wanted(&first[2]))
             .unwrap();
         assert_eq!(planned(&under_way, "g-z=foo,a-f=foo+bar+baz", all).unwrap(), first);
+        // Another table meanwhile is refused, unless it calls the split off.
+        let why = planned(&under_way, "a-m=bar+foo+baz,n-z=bar", all).unwrap_err();
+        assert!(why.contains("a split or merge is under way"), "{why}");
+        let off = under_way
+            .plan_change(&wanted("a-m=bar+foo+baz,n-z=foo"), false, true, all)
+            .unwrap();
+        assert_eq!((off.moves, off.then), (wanted("a-m=bar+foo+baz"), vec![]));
+        // --force never splits: it would hand bytes over without them.
+        let why = held
+            .plan_change(&wanted("a-f=foo+bar+baz,g-z=foo"), true, false, all)
+            .unwrap_err();
+        assert!(why.contains("--force cannot"), "{why}");
         // A merge of two groups with different nodes, and of two single owners' bytes:
         // gathered on a node that holds some (the most, then the first by name).
         let held = table("a-f=foo+bar+baz,g-m=qux+bar+quux,n-z=foo", &[]);
