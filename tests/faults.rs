@@ -487,12 +487,9 @@ fn check_shape(shape: &Shape) {
         );
         assert!(ran.ops >= 100, "only {} operations", ran.ops);
         if let Some(settled) = ran.settled {
-            // A run whose moves all waited (or were refused) would check nothing of them.
-            assert!(
-                ran.moves.1 >= 1,
-                "no move finished during the run (seed {seed}): {:?}",
-                ran.moves
-            );
+            // A run whose tables were all refused would check nothing of moves; one started
+            // must be done once every node is back (a short run may end before it is).
+            assert!(ran.moves.0 >= 1, "no table set during the run (seed {seed})");
             assert!(
                 settled,
                 "the table still had a move under way or a step to follow a minute after healing (seed {seed})"

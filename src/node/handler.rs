@@ -222,10 +222,31 @@ impl Node {
             // or running again after a restart to apply what it had not): the request waits
             // for it to end, so that no write taken now is overwritten by an older one the
             // group applies after it.
+            // The stream is not read on meanwhile (`Now::First`): its later requests take
+            // effect after this one, as they came. Routed again once the group has ended: the
+            // table may have changed meanwhile (a split's next step gives the bytes a group).
             Ok(Dest::Here) if self.ending_here(&req.bucket) => {
                 let (node, deadline) = (Arc::clone(self), deadline());
-                let answer = async move { node.here_once_ended(req, deadline).await };
-                Now::Waiting(Box::pin(self.within(deadline, answer)))
+                Now::First(Box::pin(async move {
+                    if let Err(e) = node.until_ended(&req.bucket, deadline).await {
+                        return Now::Answer(Err(e));
+                    }
+                    match node.route(&req) {
+                        Err(e) => Now::Answer(Err(e)),
+                        Ok(Dest::Here) => match ops::apply(req, &node.store, &node.name) {
+                            Applied::Now(answer) => Now::Answer(answer),
+                            Applied::Later(answer) => Now::Waiting(Box::pin(node.within(deadline, answer))),
+                        },
+                        Ok(Dest::Replicated(range, nodes, holders)) => {
+                            let answer = Arc::clone(&node).replicated(req, range, nodes, holders, deadline);
+                            Now::Waiting(Box::pin(node.within(deadline, answer)))
+                        }
+                        Ok(Dest::There(_)) => Now::Answer(Err(RemoteError::Overloaded {
+                            node: node.name.to_string(),
+                            reason: "the table gave the bucket to another node while the request waited here for a replica group to end; it was not applied: retry it".into(),
+                        })),
+                    }
+                }))
             }
             Ok(Dest::Here) => match ops::apply(req, &self.store, &self.name) {
                 Applied::Now(answer) => Now::Answer(answer),
@@ -566,14 +587,12 @@ impl Node {
                 return Ok(());
             }
             let then = held.then().to_vec();
-            let planned = held
-                .plan_change(&then, false, false, |n| self.live_member(n))
-                .map_err(|why| {
-                    format!(
-                        "the table's next step, {}, cannot be taken yet: {why}",
-                        RoutingTable::new(then.clone(), 0, "").map_or_else(|_| "?".into(), |t| t.to_string())
-                    )
-                })?;
+            let planned = held.plan_then(|n| self.live_member(n)).map_err(|why| {
+                format!(
+                    "the table's next step, {}, cannot be taken yet: {why}",
+                    RoutingTable::new(then.clone(), 0, "").map_or_else(|_| "?".into(), |t| t.to_string())
+                )
+            })?;
             // Set in the name of the table it follows: a function of that table alone, so two
             // nodes that both believe they coordinate (membership still settling) make the
             // same table, with the same generations for the groups it starts.

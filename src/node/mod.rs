@@ -424,6 +424,10 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         config,
     });
 
+    // Before anything is served: a group on disk that may yet apply entries over bytes this
+    // node serves alone holds requests for them until the replica driver has decided.
+    node.replicas.hold_unapplied(&node.store);
+
     // Two stops: `serve.stopping` drains requests; `parts_stop` then ends the long-lived parts,
     // after the requests that need them (the store's writer) are done.
     let parts_stop = CancellationToken::new();

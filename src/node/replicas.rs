@@ -159,6 +159,11 @@ pub(crate) struct ReplicasHandle {
     installing: Arc<std::sync::Mutex<BTreeSet<RangeId>>>,
     /// The read leases of the ranges this node leads ([`super::lease`]).
     leases: Arc<Leases>,
+    /// Groups on this node's disk with entries they have not applied, until the driver has
+    /// followed its first table of a run (and started those it replays: then in `leaders`).
+    /// A request for bytes the table gives this node alone waits meanwhile
+    /// (`Node::ending_here`): such a group may yet apply older writes over them.
+    unapplied: std::sync::Mutex<BTreeSet<RangeId>>,
 }
 
 impl ReplicasHandle {
@@ -173,6 +178,42 @@ impl ReplicasHandle {
             log_keep: LOG_KEEP,
             installing: Arc::default(),
             leases: Arc::default(),
+            unapplied: Default::default(),
+        }
+    }
+
+    /// Notes the groups on `store` with entries they have not applied (see `unapplied`):
+    /// before the node serves, and at the start of each run of the driver.
+    pub(crate) fn hold_unapplied(&self, store: &Store) {
+        let held: BTreeSet<RangeId> = store
+            .groups()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|&range| {
+                store
+                    .group(range, Generation::LEGACY, None)
+                    .is_ok_and(|group| GroupStore::applied(&group) < raft::Storage::last_index(&group).unwrap_or(0))
+            })
+            .collect();
+        *self.unapplied.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = held;
+    }
+
+    /// Whether a group on disk with unapplied entries covers `byte`, while the driver has not
+    /// yet followed its first table (see `unapplied`).
+    pub(crate) fn unapplied_covers(&self, byte: u8) -> bool {
+        self.unapplied
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .any(|r| r.first <= byte && byte <= r.last)
+    }
+
+    /// The driver has followed its first table: what it replays is in `leaders` now.
+    fn release_unapplied(&self) {
+        let had = std::mem::take(&mut *self.unapplied.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        if !had.is_empty() {
+            // Wakes the requests waiting on `leaders` to look again.
+            self.leaders.send_modify(|_| {});
         }
     }
 
@@ -234,6 +275,7 @@ impl ReplicasHandle {
         stop: CancellationToken,
     ) -> Result<(), String> {
         let mut inbox = self.taken.lock().await;
+        self.hold_unapplied(&store);
         let mut tables = self.table.subscribe();
         let mut driver = Driver::new(me, store, outbox, self.leaders.clone());
         driver.log_keep = self.log_keep;
@@ -243,12 +285,16 @@ impl ReplicasHandle {
         self.leases.clear();
         driver.leases = Arc::clone(&self.leases);
         let first = tables.borrow_and_update().clone();
+        let followed = first.is_some();
         if let Some(table) = first {
             driver.table(table);
             driver.recover_installs().await;
             driver.resume_stored();
         }
         driver.settle().await?;
+        if followed {
+            self.release_unapplied();
+        }
         driver.round().await?;
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -272,6 +318,7 @@ impl ReplicasHandle {
                         driver.resume_stored();
                     }
                     driver.settle().await?;
+                    self.release_unapplied();
                 }
                 input = inbox.recv() => match input {
                     Some(input) => driver.take(input).await,
@@ -609,7 +656,16 @@ impl Driver {
         };
         let my_id = node_id(self.me.as_str());
         for range in stored {
-            if self.replicas.ranges().any(|r| r == range) || self.holds_overlapping(&table, range) {
+            if self.replicas.ranges().any(|r| r == range) {
+                continue;
+            }
+            if table.entry_for(range.first, range.last).is_none() && self.carries_on(&table, range) {
+                // Cut differently since it ended onto this node (a split or merge gathered
+                // here): replayed alone if it has entries it has not applied.
+                self.replay_alone(range);
+                continue;
+            }
+            if self.holds_overlapping(&table, range) {
                 continue;
             }
             let entry = table.entry_for(range.first, range.last);
@@ -666,7 +722,9 @@ impl Driver {
             return;
         };
         let last = raft::Storage::last_index(&store).unwrap_or(0);
-        if GroupStore::applied(&store) >= last {
+        // Only a group that ended onto this node counts it alone (configurations are applied
+        // synced); another one's log must never be applied over this node's data.
+        if GroupStore::applied(&store) >= last || !self.alone_in(&state.conf_state) {
             return;
         }
         self.start_to_apply(range, store, &state.conf_state.voters);

@@ -301,24 +301,28 @@ impl Node {
         }
     }
 
-    /// Whether a replica group runs on this node over `bucket`'s first byte. Asked of a bucket
-    /// the table gives this node alone (no group): such a group is one that ended here and is
-    /// still applying its log (`replicas::Driver::settle`, `overlapped`, `retire`).
+    /// Whether a replica group runs on this node over `bucket`'s first byte, or one on its
+    /// disk with entries it has not applied may yet run (the driver has not followed a table
+    /// since it started). Asked of a bucket the table gives this node alone (no group): such
+    /// a group ended here and may still apply its log (`replicas::Driver::settle`,
+    /// `overlapped`, `retire`, `replay_alone`).
     pub(super) fn ending_here(&self, bucket: &[u8]) -> bool {
         let Some(&first) = bucket.first() else { return false };
-        self.replicas
-            .leaders()
-            .borrow()
-            .keys()
-            .any(|r| r.first <= first && first <= r.last)
+        self.replicas.unapplied_covers(first)
+            || self
+                .replicas
+                .leaders()
+                .borrow()
+                .keys()
+                .any(|r| r.first <= first && first <= r.last)
     }
 
-    /// The request at this node once no group here covers its bucket ([`Node::ending_here`]):
-    /// waits for the groups' ends (each applies what it committed, then goes), up to `deadline`.
-    pub(super) async fn here_once_ended(&self, req: BucketRequest, deadline: Instant) -> Answer {
+    /// Waits until no group here covers `bucket` ([`Node::ending_here`]): each applies what
+    /// it committed, then goes. `Err` past `deadline`.
+    pub(super) async fn until_ended(&self, bucket: &[u8], deadline: Instant) -> Result<(), RemoteError> {
         let mut leaders = self.replicas.leaders();
         let start = Instant::now();
-        while self.ending_here(&req.bucket) {
+        while self.ending_here(bucket) {
             if tokio::time::timeout_at(deadline, leaders.changed()).await.is_err() {
                 return Err(RemoteError::DeadlineExceeded {
                     node: format!(
@@ -329,7 +333,7 @@ impl Node {
                 });
             }
         }
-        self.here(req).await
+        Ok(())
     }
 
     /// Applies a read to this node's store (where the range's applied data lives).

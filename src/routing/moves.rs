@@ -35,8 +35,8 @@ impl RoutingTable {
     ///   are done (re-cut there, the pieces moved to their nodes).
     /// - Refused, saying why and what to do: a change of a moving range's bounds; dropping a
     ///   replicated range's bytes (no entry covers them); moving a range onto a node `live`
-    ///   says is down; a split or merge with `force`; another table while a split or merge's
-    ///   first step is under way, unless `call_off` (which replaces it).
+    ///   says is down; a split or merge with `force`; another table while a split or merge
+    ///   is under way (a `then` not yet taken), unless `call_off` (which replaces it).
     ///
     /// `force`: the table as given, moving nothing (the data of a range that changes nodes
     /// stays where it was, unreachable): only for single-owner ranges, as before issue 26.
@@ -47,9 +47,10 @@ impl RoutingTable {
         call_off: bool,
         live: impl Fn(&NodeName) -> bool,
     ) -> Result<Planned, String> {
-        if !self.then.is_empty() && !self.moves.is_empty() && !call_off {
+        if !self.then.is_empty() && !call_off {
             if same_entries(&self.then, wanted) {
-                // Asked again while its first step is under way: no change.
+                // Asked again before its second step is taken: no change (the coordinator
+                // takes it, `Node::follow_then`).
                 return Ok(Planned {
                     entries: self.entries.clone(),
                     moves: self.moves.clone(),
@@ -57,17 +58,34 @@ impl RoutingTable {
                 });
             }
             return Err(format!(
-                "a split or merge is under way: its ranges are moving onto one node before the table becomes {} (see `kvnode route --status`); wait until it is done, or set the table you want with --call-off, which calls it off",
+                "a split or merge is under way: its ranges move onto one node, then the table becomes {} (see `kvnode route --status`); wait until it is done, or call it off: set the table `kvnode route --table` shows now, with --call-off",
                 self.then.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(",")
             ));
         }
-        match self.gathered(wanted, force, &live)? {
-            None => self.plan_direct(wanted, force, call_off, &live),
+        self.plan_fresh(wanted, force, call_off, &live)
+    }
+
+    /// The plan of the table's `then`, once its moves are done (`Node::follow_then`): as
+    /// [`RoutingTable::plan_change`] would plan it were no split or merge under way.
+    pub fn plan_then(&self, live: impl Fn(&NodeName) -> bool) -> Result<Planned, String> {
+        self.plan_fresh(&self.then, false, false, &live)
+    }
+
+    /// [`RoutingTable::plan_change`] past the split or merge under way.
+    fn plan_fresh(
+        &self,
+        wanted: &[Entry],
+        force: bool,
+        call_off: bool,
+        live: &impl Fn(&NodeName) -> bool,
+    ) -> Result<Planned, String> {
+        match self.gathered(wanted, force, live)? {
+            None => self.plan_direct(wanted, force, call_off, live),
             Some(_) if force => Err(
                 "the table splits or merges a replicated range, which --force cannot do (its group holds the bytes): leave --force out, and the bytes move onto one node, are re-cut there, and the pieces move to their nodes".to_string(),
             ),
             Some(first) => {
-                let mut planned = self.plan_direct(&first, force, call_off, &live)?;
+                let mut planned = self.plan_direct(&first, force, call_off, live)?;
                 planned.then = wanted.to_vec();
                 Ok(planned)
             }
@@ -489,9 +507,20 @@ mod tests {
             halfway.to_string(),
             "[a-m=foo, n-z=foo] then [a-f=foo+bar+baz, g-z=foo]"
         );
+        let list = |l: &[Entry]| l.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(",");
+        let second = halfway.plan_then(all).unwrap();
+        assert_eq!(
+            [list(&second.entries), list(&second.moves), list(&second.then)],
+            ["a-f=foo,g-z=foo".to_string(), "a-f=foo+bar+baz".into(), String::new()]
+        );
+        // Asked again between the steps: no change (the coordinator takes the second).
         assert_eq!(
             planned(&halfway, "a-f=foo+bar+baz,g-z=foo", all).unwrap(),
-            ["a-f=foo,g-z=foo".to_string(), "a-f=foo+bar+baz".into(), String::new()]
+            [
+                "a-m=foo,n-z=foo".to_string(),
+                String::new(),
+                "a-f=foo+bar+baz,g-z=foo".into()
+            ]
         );
         // Asked again while the first step is under way: no change.
         let under_way = held
@@ -530,8 +559,9 @@ mod tests {
             first,
             ["a-m=foo,n-z=bar".to_string(), "a-m=bar".into(), "a-z=baz".into()]
         );
+        let second = moved(&held, &first).plan_then(all).unwrap();
         assert_eq!(
-            planned(&moved(&held, &first), "a-z=baz", all).unwrap(),
+            [list(&second.entries), list(&second.moves), list(&second.then)],
             ["a-z=bar".to_string(), "a-z=baz".into(), String::new()]
         );
         // Ranges the re-cut does not touch change in the first step.
