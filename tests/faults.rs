@@ -135,11 +135,6 @@ const REBORN_3: Shape = Shape {
 /// strikes whichever node serves it.
 const SPLIT_MERGE_3: Shape = Shape {
     name: "split-merge-3",
-    nodes: 3,
-    table: "a-z=n1+n2+n3",
-    in_memory: false,
-    entries: Nodes::Any,
-    victims: Nodes::Owner,
     moves: &[
         "a-m=n2+n3+n1,n-z=n3+n1+n2",
         "a-e=n3+n1+n2,f-m=n1+n2+n3,n-z=n3+n1+n2",
@@ -147,6 +142,7 @@ const SPLIT_MERGE_3: Shape = Shape {
         "a-f=n1+n2+n3,g-z=n3+n2+n1",
         "a-z=n1+n2+n3",
     ],
+    ..REBORN_3
 };
 
 /// The broken system: the owner keeps its data in memory, so a kill loses acknowledged writes.

@@ -586,12 +586,9 @@ impl Node {
             if held.then().is_empty() || !held.moves().is_empty() {
                 return Ok(());
             }
-            let then = held.then().to_vec();
             let planned = held.plan_then(|n| self.live_member(n)).map_err(|why| {
-                format!(
-                    "the table's next step, {}, cannot be taken yet: {why}",
-                    RoutingTable::new(then.clone(), 0, "").map_or_else(|_| "?".into(), |t| t.to_string())
-                )
+                let then: Vec<String> = held.then().iter().map(ToString::to_string).collect();
+                format!("the table's next step, {}, cannot be taken yet: {why}", then.join(","))
             })?;
             // Set in the name of the table it follows: a function of that table alone, so two
             // nodes that both believe they coordinate (membership still settling) make the

@@ -198,14 +198,18 @@ impl ReplicasHandle {
         *self.unapplied.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = held;
     }
 
-    /// Whether a group on disk with unapplied entries covers `byte`, while the driver has not
-    /// yet followed its first table (see `unapplied`).
-    pub(crate) fn unapplied_covers(&self, byte: u8) -> bool {
-        self.unapplied
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .iter()
-            .any(|r| r.first <= byte && byte <= r.last)
+    /// Whether a group this node runs covers `byte` (as published in `leaders`), or one on
+    /// disk with unapplied entries does while the driver has not yet followed its first
+    /// table (see `unapplied`). Cheap: a read of the published map and a mutex, no subscribe.
+    pub(crate) fn covers(&self, byte: u8) -> bool {
+        let within = |r: &RangeId| r.first <= byte && byte <= r.last;
+        self.leaders.borrow().keys().any(within)
+            || self
+                .unapplied
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .iter()
+                .any(within)
     }
 
     /// The driver has followed its first table: what it replays is in `leaders` now.
@@ -795,12 +799,7 @@ impl Driver {
     /// with other bounds: the range's bytes here carry on there (a split or merge gathered
     /// them onto this node).
     fn carries_on(&self, table: &RoutingTable, range: RangeId) -> bool {
-        table.entries().iter().any(|e| {
-            (e.first, e.last) != (range.first, range.last)
-                && e.first <= range.last
-                && range.first <= e.last
-                && e.replicas() == std::slice::from_ref(&self.me)
-        })
+        cut_differently(table, range).any(|e| e.replicas() == std::slice::from_ref(&self.me))
     }
 
     /// Whether a group's configuration is this node alone (it commits and applies alone).
@@ -814,12 +813,8 @@ impl Driver {
     /// Whether the table names this node for a range that overlaps `range` with other bounds
     /// (a single owner's, a group's, or a move's new nodes).
     fn holds_overlapping(&self, table: &RoutingTable, range: RangeId) -> bool {
-        table.entries().iter().any(|e| {
-            (e.first, e.last) != (range.first, range.last)
-                && e.first <= range.last
-                && range.first <= e.last
-                && (e.replicas().contains(&self.me) || table.group_of(e).is_some_and(|n| n.contains(&self.me)))
-        })
+        cut_differently(table, range)
+            .any(|e| e.replicas().contains(&self.me) || table.group_of(e).is_some_and(|n| n.contains(&self.me)))
     }
 
     /// Starts the group of `range` here. A replica of a replicated entry takes what the store
@@ -1305,6 +1300,13 @@ impl Driver {
             });
         }
     }
+}
+
+/// The table's entries that overlap `range` with other bounds.
+fn cut_differently(table: &RoutingTable, range: RangeId) -> impl Iterator<Item = &Entry> {
+    table.entries().iter().filter(move |e| {
+        (e.first, e.last) != (range.first, range.last) && e.first <= range.last && range.first <= e.last
+    })
 }
 
 /// raft-rs's log lines, into tracing: warnings and errors as such, the rest at debug.

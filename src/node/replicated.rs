@@ -307,14 +307,7 @@ impl Node {
     /// a group ended here and may still apply its log (`replicas::Driver::settle`,
     /// `overlapped`, `retire`, `replay_alone`).
     pub(super) fn ending_here(&self, bucket: &[u8]) -> bool {
-        let Some(&first) = bucket.first() else { return false };
-        self.replicas.unapplied_covers(first)
-            || self
-                .replicas
-                .leaders()
-                .borrow()
-                .keys()
-                .any(|r| r.first <= first && first <= r.last)
+        bucket.first().is_some_and(|&first| self.replicas.covers(first))
     }
 
     /// Waits until no group here covers `bucket` ([`Node::ending_here`]): each applies what

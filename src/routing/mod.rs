@@ -459,26 +459,24 @@ impl RoutingTable {
 impl fmt::Display for RoutingTable {
     /// `[a-m=foo, n-z=bar]`
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[")?;
-        for (i, e) in self.entries.iter().enumerate() {
-            if i > 0 {
-                f.write_str(", ")?;
-            }
-            write!(f, "{e}")?;
-        }
-        f.write_str("]")?;
-        for m in &self.moves {
-            write!(f, " moving {m}")?;
-        }
-        if !self.then.is_empty() {
-            f.write_str(" then [")?;
-            for (i, e) in self.then.iter().enumerate() {
+        /// `[a-m=foo, n-z=bar]`
+        fn list(f: &mut fmt::Formatter<'_>, entries: &[Entry]) -> fmt::Result {
+            f.write_str("[")?;
+            for (i, e) in entries.iter().enumerate() {
                 if i > 0 {
                     f.write_str(", ")?;
                 }
                 write!(f, "{e}")?;
             }
-            f.write_str("]")?;
+            f.write_str("]")
+        }
+        list(f, &self.entries)?;
+        for m in &self.moves {
+            write!(f, " moving {m}")?;
+        }
+        if !self.then.is_empty() {
+            f.write_str(" then ")?;
+            list(f, &self.then)?;
         }
         Ok(())
     }

@@ -105,7 +105,6 @@ impl RoutingTable {
         live: &impl Fn(&NodeName) -> bool,
     ) -> Result<Option<Vec<Entry>>, String> {
         let held = &self.entries;
-        let overlap = |a: &Entry, b: &Entry| a.first <= b.last && b.first <= a.last;
         for h in held.iter().filter(|h| h.is_replicated()) {
             let covered = (h.first..=h.last).all(|b| wanted.iter().any(|e| e.first <= b && b <= e.last));
             if !covered && !wanted.iter().any(|e| (e.first, e.last) == (h.first, h.last)) {
@@ -115,44 +114,27 @@ impl RoutingTable {
                 ));
             }
         }
-        // Components of the overlap graph, held entries 0.., wanted ones held.len()...
-        let n = held.len() + wanted.len();
-        let at = |i: usize| {
-            if i < held.len() {
-                &held[i]
-            } else {
-                &wanted[i - held.len()]
+        // The groups of overlapping ranges, held and wanted: in order of their first bytes,
+        // an entry joins the group before it when it starts within that group's bytes.
+        let mut all: Vec<(bool, &Entry)> = held
+            .iter()
+            .map(|h| (true, h))
+            .chain(wanted.iter().map(|w| (false, w)))
+            .collect();
+        all.sort_by_key(|(_, e)| e.first);
+        let mut groups: Vec<(u8, Vec<&Entry>, Vec<&Entry>)> = Vec::new();
+        for (is_held, e) in all {
+            match groups.last_mut() {
+                Some((last, ..)) if e.first <= *last => *last = (*last).max(e.last),
+                _ => groups.push((e.last, vec![], vec![])),
             }
-        };
-        let mut component: Vec<usize> = (0..n).collect();
-        loop {
-            let mut changed = false;
-            for i in 0..n {
-                for j in 0..n {
-                    if overlap(at(i), at(j)) && component[j] < component[i] {
-                        component[i] = component[j];
-                        changed = true;
-                    }
-                }
-            }
-            if !changed {
-                break;
+            if let Some((_, hs, ws)) = groups.last_mut() {
+                if is_held { hs.push(e) } else { ws.push(e) }
             }
         }
         let mut first = Vec::new();
         let mut any = false;
-        let mut roots: Vec<usize> = component.clone();
-        roots.sort_unstable();
-        roots.dedup();
-        for root in roots {
-            let hs: Vec<&Entry> = (0..held.len())
-                .filter(|&i| component[i] == root)
-                .map(|i| &held[i])
-                .collect();
-            let ws: Vec<&Entry> = (held.len()..n)
-                .filter(|&i| component[i] == root)
-                .map(|i| &wanted[i - held.len()])
-                .collect();
+        for (_, hs, ws) in groups {
             let recut = ws
                 .iter()
                 .any(|e| !hs.iter().any(|h| (h.first, h.last) == (e.first, e.last)));
@@ -464,9 +446,13 @@ mod tests {
 
     /// The whole plan: entries, moves, then.
     fn planned(held: &RoutingTable, spec: &str, live: impl Fn(&NodeName) -> bool) -> Result<[String; 3], String> {
-        let p = held.plan_change(&wanted(spec), false, false, live)?;
+        held.plan_change(&wanted(spec), false, false, live).map(|p| steps(&p))
+    }
+
+    /// A plan's entries, moves and then, each as a table is written.
+    fn steps(p: &Planned) -> [String; 3] {
         let list = |l: &[Entry]| l.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(",");
-        Ok([list(&p.entries), list(&p.moves), list(&p.then)])
+        [list(&p.entries), list(&p.moves), list(&p.then)]
     }
 
     /// The table once `plan`'s moves are done.
@@ -507,10 +493,8 @@ mod tests {
             halfway.to_string(),
             "[a-m=foo, n-z=foo] then [a-f=foo+bar+baz, g-z=foo]"
         );
-        let list = |l: &[Entry]| l.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(",");
-        let second = halfway.plan_then(all).unwrap();
         assert_eq!(
-            [list(&second.entries), list(&second.moves), list(&second.then)],
+            steps(&halfway.plan_then(all).unwrap()),
             ["a-f=foo,g-z=foo".to_string(), "a-f=foo+bar+baz".into(), String::new()]
         );
         // Asked again between the steps: no change (the coordinator takes the second).
@@ -559,9 +543,8 @@ mod tests {
             first,
             ["a-m=foo,n-z=bar".to_string(), "a-m=bar".into(), "a-z=baz".into()]
         );
-        let second = moved(&held, &first).plan_then(all).unwrap();
         assert_eq!(
-            [list(&second.entries), list(&second.moves), list(&second.then)],
+            steps(&moved(&held, &first).plan_then(all).unwrap()),
             ["a-z=bar".to_string(), "a-z=baz".into(), String::new()]
         );
         // Ranges the re-cut does not touch change in the first step.
