@@ -446,6 +446,9 @@ impl Node {
                 Event::Joined { seed, members } => {
                     self.gossip.set_joined();
                     tracing::info!(%seed, members, "joined the cluster");
+                    if let Some(table) = self.restore_held(|n| core.member(n.as_str()).is_some()) {
+                        core.set_table(Instant::now(), table);
+                    }
                     self.joined();
                 }
                 Event::JoinFailed { seed, reason } => {

@@ -117,6 +117,9 @@ pub struct Node {
     table_file: Option<std::path::PathBuf>,
     /// The table last written there; a save that lost the race to a newer one is skipped.
     table_saved: Arc<std::sync::Mutex<Option<RoutingTable>>>,
+    /// A joining node's saved table, newer than its configured one, until it has joined
+    /// ([`Node::restore_held`]).
+    held_when_stopped: std::sync::Mutex<Option<RoutingTable>>,
     peers: PeerPool,
     /// The connection each forwarding target was last reached on, while it stays open: a hop
     /// then costs no name resolution (which may read the node directory).
@@ -176,31 +179,96 @@ impl Node {
     /// decided it wins: [`Node::offer_table`], or a compare-and-set of `route --set`).
     fn install_table(&self, held: &mut Arc<RoutingTable>, table: RoutingTable) -> Option<tokio::task::JoinHandle<()>> {
         tracing::info!(version = table.version(), setter = table.setter(), table = %table, "routing table changed");
-        let saving = self.table_file.as_ref().map(|path| {
-            // Off the event loop and off the table's lock (an fsync may take a while); the
-            // newest table is the one left on disk, whatever order the saves run in.
-            let (path, newest, saved) = (path.clone(), table.clone(), Arc::clone(&self.table_saved));
-            tokio::task::spawn_blocking(move || {
-                let mut saved = saved.lock().unwrap_or_else(PoisonError::into_inner);
-                if saved.as_ref().is_some_and(|s| !newest.supersedes(s)) {
-                    return;
-                }
-                match saved_table::save(&path, &newest) {
-                    Ok(()) => *saved = Some(newest),
-                    Err(e) => {
-                        tracing::warn!(path = %path.display(), error = %e, "cannot save the routing table; a restart may begin with an older one")
-                    }
-                }
-            })
-        });
         self.move_log.table_changed(held, &table);
         *held = Arc::new(table);
         // The driver starts, moves and drops the groups the new table names this node in
         // (once this node has joined its cluster: see `Node::joined`).
-        if self.gossip.joined() {
-            self.replicas.set_table(Arc::clone(held));
+        let driver = self.gossip.joined().then(|| self.replicas.table_sender());
+        self.save_table(Arc::clone(held), driver)
+    }
+
+    /// Saves `newest` (a durable node), then hands it to `driver`. Off the event loop and
+    /// off the table's lock (an fsync may take a while); the newest table is the one left on
+    /// disk, whatever order the saves run in.
+    ///
+    /// The driver gets the table only once it is on disk: what the driver does by a table
+    /// (drop a group's records, start a new history) must never outlive the table across a
+    /// restart. A table this node made (a finished move, a split's next step) may be
+    /// nowhere else yet; a restart that began with an older one would find groups gone that
+    /// it still counts on.
+    fn save_table(
+        &self,
+        newest: Arc<RoutingTable>,
+        driver: Option<tokio::sync::watch::Sender<Option<Arc<RoutingTable>>>>,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let Some(path) = self.table_file.clone() else {
+            if let Some(driver) = driver {
+                replicas::follow_table(&driver, newest);
+            }
+            return None;
+        };
+        let saved = Arc::clone(&self.table_saved);
+        Some(tokio::task::spawn_blocking(move || {
+            let mut saved = saved.lock().unwrap_or_else(PoisonError::into_inner);
+            // Not over a newer table (or the same one): that one is on disk.
+            if saved.as_ref().is_none_or(|s| newest.supersedes(s)) {
+                match saved_table::save(&path, &newest) {
+                    Ok(()) => *saved = Some((*newest).clone()),
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), error = %e, "cannot save the routing table; a restart may begin with an older one")
+                    }
+                }
+            }
+            if let Some(driver) = driver {
+                replicas::follow_table(&driver, newest);
+            }
+        }))
+    }
+
+    /// A joining node has joined (before its groups follow any table): the table it held
+    /// when it stopped, newer than its configured one, is taken back when it is newer than
+    /// the cluster's too, the cluster's names this node, and every node it names is one the
+    /// cluster knows (`known`); the table, for gossip to spread. The newest table may have
+    /// been on this node alone when it stopped (one it made: a finished move, a split's next
+    /// step), and its groups followed it. Any other is passed over, said, and the cluster's
+    /// saved in its place: the data directory may be another cluster's.
+    pub(super) fn restore_held(&self, known: impl Fn(&NodeName) -> bool) -> Option<RoutingTable> {
+        let saved = self
+            .held_when_stopped
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()?;
+        let held = self.table();
+        if !saved.supersedes(&held) {
+            // The cluster's table is as new or newer: saved over this one as it came.
+            return None;
         }
-        saving
+        let unknown: Vec<String> = saved
+            .nodes()
+            .into_iter()
+            .filter(|n| **n != self.name && !known(n))
+            .map(ToString::to_string)
+            .collect();
+        let named = held.nodes().contains(&&self.name) || held.then().iter().any(|e| e.replicas().contains(&self.name));
+        if !unknown.is_empty() || !named {
+            let why = match named {
+                true => format!("names nodes the cluster does not know ({})", unknown.join(", ")),
+                false => "the cluster's table does not name this node".to_string(),
+            };
+            tracing::warn!(
+                saved = %saved, cluster = %held,
+                "the table this node held when it stopped is newer than the cluster's, but {why}: passed over for the cluster's (this data directory may be another cluster's)"
+            );
+            *self.table_saved.lock().unwrap_or_else(PoisonError::into_inner) = None;
+            let _ = self.save_table(held, None);
+            return None;
+        }
+        tracing::warn!(
+            version = saved.version(), setter = saved.setter(), table = %saved, cluster = %held,
+            "rejoined with the newer table this node held when it stopped (it may have been the only node holding it): the cluster takes it"
+        );
+        self.offer_table(saved.clone());
+        Some(saved)
     }
 
     /// This node has joined its cluster (or has none to join): from now on its replica groups
@@ -319,15 +387,18 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
     };
     // A durable node that starts a cluster (no `join`) begins with the table it held when
     // it stopped, if that is newer than its configured one: it is the cluster's memory, and
-    // members joining it learn the table from it. A node that joins takes the cluster's
-    // table instead (a data directory reused in another cluster must not take it over), and
-    // a table the node itself set at the same version is the configured one, edited since.
+    // members joining it learn the table from it. A node that joins begins with its
+    // configured table, and takes the one it held back once it has joined, if that is newer
+    // than the cluster's and names only nodes the cluster knows (`Node::restore_held`): a
+    // data directory reused in another cluster must not take over its routing. A table the
+    // node itself set at the same version is the configured one, edited since.
     let table_file = (!config.in_memory).then(|| saved_table::path(&config.data_dir));
-    let saved = table_file
-        .as_deref()
-        .filter(|_| config.join.is_empty())
-        .and_then(saved_table::load);
-    let table = match saved_table::restores(saved, &table) {
+    let saved = table_file.as_deref().and_then(saved_table::load);
+    let (saved, held_when_stopped) = match saved_table::restores(saved, &table) {
+        Some(saved) if !config.join.is_empty() => (None, Some(saved)),
+        restored => (restored, None),
+    };
+    let table = match saved {
         Some(saved) => {
             tracing::warn!(
                 version = saved.version(), setter = saved.setter(), table = %saved, configured = %table,
@@ -401,7 +472,10 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         store,
         table: RwLock::new(Arc::new(table)),
         table_file,
-        table_saved: Default::default(),
+        // What is on disk: the cluster's table, older, does not overwrite it before the node
+        // has decided which one it follows.
+        table_saved: Arc::new(std::sync::Mutex::new(held_when_stopped.clone())),
+        held_when_stopped: std::sync::Mutex::new(held_when_stopped),
         hops: Default::default(),
         directory,
         serve,

@@ -166,6 +166,17 @@ pub(crate) struct ReplicasHandle {
     unapplied: std::sync::Mutex<BTreeSet<RangeId>>,
 }
 
+/// Hands `table` to the driver's watch unless the driver has one that supersedes it.
+pub(crate) fn follow_table(tx: &watch::Sender<Option<Arc<RoutingTable>>>, table: Arc<RoutingTable>) {
+    tx.send_if_modified(|held| {
+        let newer = held.as_ref().is_none_or(|h| table.supersedes(h) || **h == *table);
+        if newer {
+            *held = Some(table);
+        }
+        newer
+    });
+}
+
 impl ReplicasHandle {
     pub(crate) fn new() -> Self {
         let (inbox, rx) = mpsc::channel(INBOX);
@@ -229,8 +240,15 @@ impl ReplicasHandle {
     }
 
     /// The routing table changed: the driver starts, moves and drops groups to follow it.
+    /// Never one older than the driver has (tables saved out of order hand theirs in late).
     pub(crate) fn set_table(&self, table: Arc<RoutingTable>) {
-        self.table.send_replace(Some(table));
+        follow_table(&self.table, table);
+    }
+
+    /// Where the tables for the driver go, for a task that hands one in later
+    /// ([`ReplicasHandle::set_table`]'s rule holds there too, by [`follow_table`]).
+    pub(crate) fn table_sender(&self) -> watch::Sender<Option<Arc<RoutingTable>>> {
+        self.table.clone()
     }
 
     /// The moves this node's groups have completed, as published.

@@ -214,3 +214,45 @@ fn a_move_called_off_before_its_swap_takes_its_learner_out_again() {
         sim.check(&acked);
     }
 }
+
+/// A move onto one node, the preferred one, from a group led by another: the leader removes
+/// the third voter, hands leadership to the target (which may not have applied that change
+/// yet, and then cannot campaign), and the target is killed at every step of that and
+/// restarted. The move always finishes: the target applies the change on its restart and
+/// campaigns, and the other voter's pre-votes (refused while the logs are equal, the target
+/// ranking first) never hold it up. (A stall of this shape was seen once in the fault test;
+/// the core is not its cause.)
+#[test]
+fn a_move_onto_its_preferred_node_finishes_though_that_node_is_killed_at_the_hand_over() {
+    let seeds: u64 = std::env::var("MOVE_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(300);
+    for seed in 0..seeds {
+        let mut sim = Sim::new(seed, 3, &[RANGE]);
+        let (first, last) = (sim.nodes[0].id, sim.nodes[2].id);
+        // Node 3, ranked last in the group's order, leads.
+        sim.run_until(4_000, |s| s.leader(RANGE).is_some()).expect("a leader");
+        let l = sim.leader(RANGE).expect("a leader");
+        if l != 2 {
+            sim.core(l).transfer_leader(RANGE, last).expect("leads");
+            sim.run_until(4_000, |s| s.leader(RANGE) == Some(2))
+                .expect("node 3 leads");
+        }
+        let mut acked = BTreeMap::new();
+        put(&mut sim, 0, &mut acked, 4_000).expect("a put");
+        let target = vec![first];
+        for i in 0..3 {
+            sim.core(i).set_target(RANGE, Some(target.clone())).unwrap();
+        }
+        // Unkilled, the move takes 13 steps: killed at each of the first 18, down 0-6 ticks.
+        sim.run(seed % 18);
+        sim.kill(0);
+        sim.run(seed % 7 * STEPS_PER_TICK);
+        sim.start(0);
+        sim.core(0).set_target(RANGE, Some(target.clone())).unwrap();
+        sim.run_until(20_000, |s| moved(s, &target))
+            .unwrap_or_else(|| panic!("seed {seed}: the move onto node 1 did not finish"));
+        sim.check(&acked);
+    }
+}
