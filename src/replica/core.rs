@@ -168,6 +168,9 @@ struct Group<S: GroupStore> {
     transferred_in: Option<u64>,
     /// Asks for pre-votes only, never for votes ([`Replicas::mute`]).
     muted: bool,
+    /// Pre-votes left unanswered by rank since this replica last knew a leader
+    /// ([`lost_state::outranks`]).
+    rank_holds: u32,
 }
 
 /// The Ready of a group between `poll_round` and `handle_persisted`, emptied of what was
@@ -272,6 +275,7 @@ impl<S: GroupStore> Replicas<S> {
             lease_changes: 0,
             transferred_in: None,
             muted: false,
+            rank_holds: 0,
         };
         redraw_timeout(&mut self.rng, self.config.election_tick, &mut group);
         self.groups.insert(range, group);
@@ -472,9 +476,12 @@ impl<S: GroupStore> Replicas<S> {
                         && m.to == me
                         && !g.installing
                         && !is_streamed(&m)
-                        && m.get_msg_type() != MessageType::MsgTransferLeader
-                        && may_step(g, &m, me) =>
+                        && m.get_msg_type() != MessageType::MsgTransferLeader =>
                 {
+                    if !may_step(g, &m, me) {
+                        dropped += 1;
+                        continue;
+                    }
                     if !g.initialised && m.get_msg_type() == MessageType::MsgHeartbeat {
                         // Not counted towards a read-index round (its context dropped): the
                         // lost-state rule may yet replace this replica's raft state with a new
@@ -1004,6 +1011,9 @@ fn apply_change<S: GroupStore>(
 fn note_leadership<S: GroupStore>(range: RangeId, g: &mut Group<S>, pending: &mut Output) {
     let raft = &g.node.raft;
     let leader = Some(raft.leader_id).filter(|&id| id != raft::INVALID_ID);
+    if leader.is_some() {
+        g.rank_holds = 0;
+    }
     if (raft.leader_id, raft.term) != g.seen {
         g.seen = (raft.leader_id, raft.term);
         pending.leaders.push((range, leader, raft.term));

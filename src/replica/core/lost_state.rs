@@ -147,24 +147,20 @@ pub(super) fn is_vote(m: &Message) -> bool {
 ///
 /// And a pre-vote from a candidate whose log is exactly this replica's own (last term and
 /// index) is left unanswered when the candidate ranks below this replica in the table's
-/// order: two survivors with equal logs would otherwise both pass pre-vote, split the vote,
-/// and, drawing equal timeouts, split it again (the failover's tail: 3.5 s in 200 simulated
-/// kills, 1.0 s with this). The higher-ranked one is itself a candidate as good, so no
-/// election waits on it for long, and a candidate with a better log is never held back
-/// (raft-rs's own `priority` holds back any log of the same length, even a newer one, which
-/// can leave two survivors unable to elect each other).
-pub(super) fn may_step<S: GroupStore>(g: &Group<S>, m: &Message, me: u64) -> bool {
+/// order ([`outranks`]): two survivors with equal logs would otherwise both pass pre-vote,
+/// split the vote, and, drawing equal timeouts, split it again (the failover's tail: 3.5 s
+/// in 200 simulated kills, 1.0 s with this). A candidate with a better log is never held
+/// back (raft-rs's own `priority` holds back any log of the same length, even a newer one,
+/// which can leave two survivors unable to elect each other).
+pub(super) fn may_step<S: GroupStore>(g: &mut Group<S>, m: &Message, me: u64) -> bool {
     if !is_vote(m) {
         return true;
     }
     if g.votes_held > 0 {
         return false;
     }
-    let log = &g.node.raft.raft_log;
-    if m.get_msg_type() == MessageType::MsgRequestPreVote
-        && (m.log_term, m.index) == (log.last_term(), log.last_index())
-        && rank(&g.order, m.from) < rank(&g.order, me)
-    {
+    if outranks(g, m, me) {
+        g.rank_holds += 1;
         return false;
     }
     if g.probing.is_some() {
@@ -174,6 +170,32 @@ pub(super) fn may_step<S: GroupStore>(g: &Group<S>, m: &Message, me: u64) -> boo
         Some(f) => m.term > f.term && (m.log_term, m.index) >= (f.last_term, f.last_index),
         None => g.initialised,
     }
+}
+
+/// How many pre-votes in a row a replica leaves unanswered by rank ([`outranks`]) before it
+/// answers them anyway: a lower-ranked candidate asks again after each of its election
+/// timeouts, so this replica has one to two of its own to be elected first.
+pub(super) const RANK_HOLDS: u32 = 2;
+
+/// Whether pre-vote `m` is left unanswered because this replica ranks above its candidate
+/// and their logs are equal ([`may_step`]), on the ground that this replica is itself a
+/// candidate as good and will be elected soon. Only while that holds: it is a voter, not
+/// muted ([`crate::Replicas::mute`]: it asks for no votes), with no committed entry left to
+/// apply (raft-rs refuses to campaign with a configuration change committed and not
+/// applied), and it has not held back [`RANK_HOLDS`] pre-votes in a row
+/// without a leader since. Without that bound, a higher-ranked replica that could not win
+/// (its campaign refused, or never reaching the other voter) left the group with no leader
+/// for good: the two-voter stall of issue 26's fault runs.
+pub(super) fn outranks<S: GroupStore>(g: &Group<S>, m: &Message, me: u64) -> bool {
+    let raft = &g.node.raft;
+    let log = &raft.raft_log;
+    m.get_msg_type() == MessageType::MsgRequestPreVote
+        && (m.log_term, m.index) == (log.last_term(), log.last_index())
+        && rank(&g.order, m.from) < rank(&g.order, me)
+        && raft.promotable()
+        && !g.muted
+        && log.applied >= log.committed
+        && g.rank_holds < RANK_HOLDS
 }
 
 /// A replica's rank in its group's table order (the preferred leader first): higher for

@@ -5,6 +5,7 @@ mod ids;
 mod install;
 mod lease;
 mod moves;
+mod rank;
 mod removed;
 mod scenarios;
 mod sim;
