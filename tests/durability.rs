@@ -535,7 +535,7 @@ fn a_node_rejoining_with_the_newest_table_gives_it_to_the_cluster() {
     assert!(set.contains("version 2"), "{set}");
     foo.kill9();
     // bar starts the cluster again with the table it held (version 1); foo rejoins it.
-    let _bar = home.start("bar", &[&table[..], &["--data-dir", &bar_dir]].concat());
+    let mut bar = home.start("bar", &[&table[..], &["--data-dir", &bar_dir]].concat());
     assert!(table_via(&home, "bar").contains("version 1"));
     let mut foo = home.start(
         "foo",
@@ -549,6 +549,7 @@ fn a_node_rejoining_with_the_newest_table_gives_it_to_the_cluster() {
         (t.contains("version 2") && t.contains("a-m=foo") && t.contains("n-z=foo")).then_some(())
     });
     foo.terminate();
+    bar.terminate();
     // Another cluster, whose table does not name foo: foo's saved table (newer) stays out.
     let _baz = home.start("baz", &["--table", "a-z=baz", "--data-dir", &baz_dir]);
     let foo = home.start("foo", &["--data-dir", &foo_dir, "--join", "baz"]);

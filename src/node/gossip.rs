@@ -265,6 +265,9 @@ impl Node {
         if self.config.join.is_empty() || (only_self && seeds.is_empty()) {
             // Nothing to join (or told to join only itself): it starts the cluster.
             self.gossip.set_joined();
+            if let Some(table) = self.restore_held(|_| false) {
+                core.set_table(now, table);
+            }
             self.joined();
         }
         for seed in seeds {

@@ -214,9 +214,12 @@ impl Node {
             if saved.as_ref().is_none_or(|s| newest.supersedes(s)) {
                 match saved_table::save(&path, &newest) {
                     Ok(()) => *saved = Some((*newest).clone()),
-                    Err(e) => {
-                        tracing::warn!(path = %path.display(), error = %e, "cannot save the routing table; a restart may begin with an older one")
-                    }
+                    // Followed all the same: a node whose disk refuses a small file cannot
+                    // keep its groups' records either, and stopping its groups would not help.
+                    Err(e) => tracing::error!(
+                        path = %path.display(), error = %e,
+                        "cannot save the routing table; its replica groups follow it all the same, and a restart may begin with an older one and find groups gone that it still counts on"
+                    ),
                 }
             }
             if let Some(driver) = driver {
@@ -228,46 +231,56 @@ impl Node {
     /// A joining node has joined (before its groups follow any table): the table it held
     /// when it stopped, newer than its configured one, is taken back when it is newer than
     /// the cluster's too, the cluster's names this node, and every node it names is one the
-    /// cluster knows (`known`); the table, for gossip to spread. The newest table may have
-    /// been on this node alone when it stopped (one it made: a finished move, a split's next
-    /// step), and its groups followed it. Any other is passed over, said, and the cluster's
-    /// saved in its place: the data directory may be another cluster's.
-    pub(super) fn restore_held(&self, known: impl Fn(&NodeName) -> bool) -> Option<RoutingTable> {
+    /// cluster knows (a member gossip knows, `members`, or a node the cluster's table names);
+    /// the table, for gossip to spread. The newest table may have been on this node alone
+    /// when it stopped (one it made: a finished move, a split's next step), and its groups
+    /// followed it. Any other is passed over, said, and the cluster's saved in its place: the
+    /// data directory may be another cluster's (a table naming nodes long gone would send
+    /// requests there).
+    pub(super) fn restore_held(&self, members: impl Fn(&NodeName) -> bool) -> Option<RoutingTable> {
         let saved = self
             .held_when_stopped
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take()?;
-        let held = self.table();
+        // Decided and installed under the table's lock: nothing newer comes in between.
+        let mut held = self.table.write().unwrap_or_else(PoisonError::into_inner);
         if !saved.supersedes(&held) {
             // The cluster's table is as new or newer: saved over this one as it came.
             return None;
         }
+        let cluster = Arc::clone(&held);
+        let names =
+            |n: &NodeName| cluster.nodes().contains(&n) || cluster.then().iter().any(|e| e.replicas().contains(n));
         let unknown: Vec<String> = saved
             .nodes()
             .into_iter()
-            .filter(|n| **n != self.name && !known(n))
+            .filter(|n| **n != self.name && !members(n) && !names(n))
             .map(ToString::to_string)
             .collect();
-        let named = held.nodes().contains(&&self.name) || held.then().iter().any(|e| e.replicas().contains(&self.name));
-        if !unknown.is_empty() || !named {
-            let why = match named {
-                true => format!("names nodes the cluster does not know ({})", unknown.join(", ")),
-                false => "the cluster's table does not name this node".to_string(),
-            };
+        let why = match (names(&self.name), unknown.is_empty()) {
+            (true, true) => None,
+            (false, _) => Some("the cluster's table does not name this node".to_string()),
+            (true, false) => Some(format!(
+                "it names nodes the cluster does not know ({})",
+                unknown.join(", ")
+            )),
+        };
+        if let Some(why) = why {
             tracing::warn!(
-                saved = %saved, cluster = %held,
+                saved = %saved, cluster = %cluster,
                 "the table this node held when it stopped is newer than the cluster's, but {why}: passed over for the cluster's (this data directory may be another cluster's)"
             );
+            drop(held);
             *self.table_saved.lock().unwrap_or_else(PoisonError::into_inner) = None;
-            let _ = self.save_table(held, None);
+            let _ = self.save_table(cluster, None);
             return None;
         }
         tracing::warn!(
-            version = saved.version(), setter = saved.setter(), table = %saved, cluster = %held,
+            version = saved.version(), setter = saved.setter(), table = %saved, cluster = %cluster,
             "rejoined with the newer table this node held when it stopped (it may have been the only node holding it): the cluster takes it"
         );
-        self.offer_table(saved.clone());
+        let _ = self.install_table(&mut held, saved.clone());
         Some(saved)
     }
 
@@ -276,10 +289,11 @@ impl Node {
     /// it), or one newer. Before, a joining node's table is its start-up one, which may be
     /// far behind the cluster's (the configured table: it would start, even bootstrap,
     /// groups the cluster ended long ago). The flag is set before the table is read, and
-    /// `install_table` reads the flag under the table's lock, so no table is missed.
+    /// `install_table` reads the flag under the table's lock, so no table is missed. Handed
+    /// over once saved, as every table is ([`Node::save_table`]).
     pub(super) fn joined(&self) {
         let table = self.table.read().unwrap_or_else(PoisonError::into_inner).clone();
-        self.replicas.set_table(table);
+        let _ = self.save_table(table, Some(self.replicas.table_sender()));
     }
 
     /// Where node `name` can be reached: gossip membership, the local directory, then

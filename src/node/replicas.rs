@@ -239,14 +239,15 @@ impl ReplicasHandle {
         self.leases.holds(range, super::lease::now())
     }
 
-    /// The routing table changed: the driver starts, moves and drops groups to follow it.
-    /// Never one older than the driver has (tables saved out of order hand theirs in late).
+    /// Hands the driver `table` now (the tests' way; a node's goes through the save).
+    #[cfg(test)]
     pub(crate) fn set_table(&self, table: Arc<RoutingTable>) {
         follow_table(&self.table, table);
     }
 
-    /// Where the tables for the driver go, for a task that hands one in later
-    /// ([`ReplicasHandle::set_table`]'s rule holds there too, by [`follow_table`]).
+    /// Where the routing tables for the driver go (it starts, moves and drops groups to
+    /// follow them), by [`follow_table`]: handed in by the task that saved each
+    /// (`Node::save_table`).
     pub(crate) fn table_sender(&self) -> watch::Sender<Option<Arc<RoutingTable>>> {
         self.table.clone()
     }

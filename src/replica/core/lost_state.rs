@@ -159,17 +159,19 @@ pub(super) fn may_step<S: GroupStore>(g: &mut Group<S>, m: &Message, me: u64) ->
     if g.votes_held > 0 {
         return false;
     }
-    if outranks(g, m, me) {
-        g.rank_holds += 1;
-        return false;
-    }
     if g.probing.is_some() {
         return false;
     }
-    match g.floor {
+    let floor = match g.floor {
         Some(f) => m.term > f.term && (m.log_term, m.index) >= (f.last_term, f.last_index),
         None => g.initialised,
+    };
+    // Counted only for a pre-vote the rules above would let through.
+    if floor && outranks(g, m, me) {
+        g.rank_holds += 1;
+        return false;
     }
+    floor
 }
 
 /// How many pre-votes in a row a replica leaves unanswered by rank ([`outranks`]) before it
