@@ -105,7 +105,7 @@ impl Node {
             tx
         });
         if queue.try_send(frame).is_err() {
-            tracing::trace!(%to, "raft frame dropped: the peer's queue is full");
+            tracing::debug!(%to, "raft frame dropped: the peer's queue is full (its stream cannot be opened or written)");
         }
     }
 
@@ -165,23 +165,32 @@ impl Node {
         kind: u8,
     ) -> Option<(SendStream, usize)> {
         let deadline = tokio::time::Instant::now() + CONNECT;
+        let on_heard = heard.is_some();
         let opened = tokio::time::timeout_at(deadline, async {
             let conn = match heard {
                 Some(c) => c,
-                None => self.hop(to, deadline).await.ok()?.connection().clone(),
+                None => self
+                    .hop(to, deadline)
+                    .await
+                    .map_err(|e| format!("no connection: {e}"))?
+                    .connection()
+                    .clone(),
             };
             let id = conn.stable_id();
-            let mut s = conn.open_uni().await.ok()?;
-            s.write_all(&[kind]).await.ok()?;
-            Some((s, id))
+            let mut s = conn.open_uni().await.map_err(|e| format!("no stream: {e}"))?;
+            s.write_all(&[kind])
+                .await
+                .map_err(|e| format!("the stream broke: {e}"))?;
+            Ok::<_, String>((s, id))
         });
-        match opened.await {
-            Ok(Some(s)) => Some(s),
-            _ => {
-                tracing::trace!(%to, "cannot open a raft stream yet");
-                None
-            }
-        }
+        let why = match opened.await {
+            Ok(Ok(s)) => return Some(s),
+            Ok(Err(why)) => why,
+            Err(_) => format!("not open within {CONNECT:?}"),
+        };
+        // At debug level: a peer that is down is said by gossip; this is for investigations.
+        tracing::debug!(%to, on_heard, error = %why, "cannot open a raft stream yet; the frame is dropped (Raft resends)");
+        None
     }
 
     /// Reads the raft streams node `peer` opens on `conn`, handing their frames to the driver.
