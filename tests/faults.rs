@@ -174,8 +174,9 @@ struct Params {
     keep: bool,
     /// `FAULT_SETTLE=1`: a shape with moves must have a settled table a minute after
     /// healing (`scripts/faults.sh` sets it). Off in `cargo test`, where an unsettled table
-    /// is printed: a rare stall of a move onto one node, that node killed mid-move, is known
-    /// and open (issue 26's note), and must not make the suite flaky.
+    /// is printed: a rare stall of a move onto one node under kills and partitions (two
+    /// causes mended at stop 39, one run not diagnosed: issue 26's note) must not make the
+    /// suite flaky.
     settle: bool,
 }
 

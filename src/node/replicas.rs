@@ -33,6 +33,10 @@ pub(crate) const TICK: Duration = Duration::from_millis(50);
 /// longest election timeout (20 ticks, 1 s), so a transfer that failed has timed out first.
 const HAND_BACK_TICKS: u32 = 20;
 
+/// How long a range held here may have no leader before the driver warns of it (and again
+/// as long again): 10 s at the design's tick.
+const LEADERLESS_TICKS: u64 = 200;
+
 /// The applied entries a group's log keeps before the older half is dropped: memory and disk
 /// stay bounded under any number of writes.
 const LOG_KEEP: u64 = 10_000;
@@ -328,6 +332,7 @@ impl ReplicasHandle {
                 _ = tick.tick() => {
                     driver.replicas.handle_tick();
                     driver.hand_back();
+                    driver.warn_leaderless();
                     driver.publish_finished();
                     if driver.ticks.is_multiple_of(SETTLE_TICKS) {
                         driver.settle().await?;
@@ -376,6 +381,9 @@ struct Driver {
     /// Ticks of this run, and the tick each range was last handed back at.
     ticks: u64,
     handed_back: BTreeMap<RangeId, u64>,
+    /// The tick each range held here was last seen to have no leader from
+    /// ([`Driver::warn_leaderless`]).
+    leaderless: BTreeMap<RangeId, u64>,
     log_keep: u64,
     /// The table the groups follow (none before the node sets one).
     table: Option<Arc<RoutingTable>>,
@@ -441,6 +449,7 @@ impl Driver {
             first: BTreeMap::new(),
             ticks: 0,
             handed_back: BTreeMap::new(),
+            leaderless: BTreeMap::new(),
             log_keep: LOG_KEEP,
             table: None,
             moves: BTreeMap::new(),
@@ -1195,6 +1204,26 @@ impl Driver {
         }
     }
 
+    /// Warns, every [`LEADERLESS_TICKS`], of each range held here that has had no leader
+    /// that long, with what this replica knows of its group (an election that cannot
+    /// succeed: voters down or cut off, or a stall to investigate).
+    fn warn_leaderless(&mut self) {
+        let ticks = self.ticks;
+        self.leaderless
+            .retain(|range, _| self.replicas.ranges().any(|r| r == *range));
+        // Only groups the table runs here (not one resumed from disk to hear whether its
+        // voters still count this node).
+        for (&range, &since) in self.leaderless.iter().filter(|(r, _)| self.first.contains_key(r)) {
+            let waited = ticks.saturating_sub(since);
+            if waited == 0 || !waited.is_multiple_of(LEADERLESS_TICKS) {
+                continue;
+            }
+            let seconds = waited * TICK.as_millis() as u64 / 1000;
+            let state = self.replicas.describe(range).unwrap_or_default();
+            tracing::warn!(%range, seconds, %state, "range {range} has had no leader for {seconds} s; this replica: {state}");
+        }
+    }
+
     /// Keeps each group's log bounded: once it holds more than `log_keep` applied entries
     /// ([`LOG_KEEP`]), the older half goes (a replica that far behind catches up by snapshot),
     /// but on a leader not what a follower it is catching up still needs
@@ -1297,6 +1326,14 @@ impl Driver {
             return;
         }
         for &(range, leader, term) in &out.leaders {
+            match leader {
+                None => {
+                    self.leaderless.entry(range).or_insert(self.ticks);
+                }
+                Some(_) => {
+                    self.leaderless.remove(&range);
+                }
+            }
             let name = leader.and_then(|l| self.names.get(&l).cloned());
             let role = self.replicas.role(range).map(|(r, _)| r);
             let led = self.leaders.borrow().get(&range).and_then(|v| v.leader.clone()) == Some(self.me.clone());

@@ -349,6 +349,35 @@ impl<S: GroupStore> Replicas<S> {
         Some(g.node.raft.leader_id).filter(|&id| id != raft::INVALID_ID)
     }
 
+    /// What this replica knows of `range`'s group, for a log line when the group has been
+    /// without a leader for long: role, term and vote, its log (last entry, commit, applied),
+    /// its configuration, and what holds its votes back.
+    pub fn describe(&self, range: RangeId) -> Option<String> {
+        let g = self.groups.get(&range)?;
+        let raft = &g.node.raft;
+        let log = &raft.raft_log;
+        let conf = raft.prs().conf().to_conf_state();
+        Some(format!(
+            "{:?} at term {} (voted for {}), log to {} (term {}), committed {}, applied {}; voters {:?}, outgoing {:?}, learners {:?}; promotable {}, muted {}, pre-votes held by rank {}, votes held {} ticks, probing {}, installing {}",
+            raft.state,
+            raft.term,
+            raft.vote,
+            log.last_index(),
+            log.last_term(),
+            log.committed,
+            log.applied,
+            conf.voters,
+            conf.voters_outgoing,
+            conf.learners,
+            raft.promotable(),
+            g.muted,
+            g.rank_holds,
+            g.votes_held,
+            g.probing.is_some(),
+            g.installing,
+        ))
+    }
+
     /// This replica's role and term in the group.
     pub fn role(&self, range: RangeId) -> Option<(Role, u64)> {
         let g = self.groups.get(&range)?;
