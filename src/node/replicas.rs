@@ -892,8 +892,8 @@ impl Driver {
     /// is finished only once the group's majority applied a configuration without this
     /// node, so nothing here is needed any more). A node the entry names alone keeps the
     /// range's data as its single owner, once its group has applied its whole log; any
-    /// other drops the data too. Waiting proposals and reads are answered: the write did
-    /// not take effect here (the group and its log are gone), ask again.
+    /// other drops the data too. Waiting proposals and reads are answered
+    /// ([`Driver::forget`]: a waiting write's outcome is unknown).
     async fn settle(&mut self) -> Result<(), String> {
         let Some(table) = self.table.clone() else { return Ok(()) };
         let mut retired = false;
@@ -1093,8 +1093,13 @@ impl Driver {
     }
 
     /// What this node kept for a range whose group it no longer holds: its preferred leader,
-    /// its hand-backs, its leader as published; waiting proposals and reads are answered (the
-    /// write did not take effect here: the group and its log are gone; ask again).
+    /// its hand-backs, its leader as published; waiting proposals and reads are answered. A
+    /// waiting write's outcome is unknown: its entry is in this node's log, which is gone,
+    /// but it may be in the other replicas' logs too, and a leader of theirs may commit it.
+    /// Answered "dropped" (before), the request was proposed again, and applied twice when
+    /// the first one committed after all: a linearizability violation found by the fault
+    /// test (`moving-replicated-4`, seed 1796449900: a put seen, overwritten, then seen
+    /// again).
     fn forget(&mut self, range: RangeId) {
         self.first.remove(&range);
         self.removed.remove(&range);
@@ -1111,7 +1116,7 @@ impl Driver {
             .collect();
         for id in ids {
             if let Some((_, done)) = self.proposals.remove(&id) {
-                let _ = done.send(Err(Refused::Dropped(range)));
+                let _ = done.send(Err(Refused::Unknown(range)));
             }
         }
         let reads: Vec<(RangeId, u64)> = self.reads.keys().filter(|(r, _)| *r == range).copied().collect();

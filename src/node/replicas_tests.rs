@@ -433,3 +433,42 @@ async fn a_group_of_an_ended_history_on_disk_goes_before_a_group_of_overlapping_
     handle.propose(a_m, put("new")).await.unwrap();
     stop.cancel();
 }
+
+/// A write waiting in the log of a group this node then leaves is answered "unknown", never
+/// "dropped": its entry may be in the other replicas' logs and commit there, and a caller
+/// told "dropped" proposes it again (the request path does), applying it twice.
+#[tokio::test]
+async fn a_write_waiting_in_a_group_this_node_leaves_is_answered_unknown() {
+    let stores: [Store; 3] = std::array::from_fn(|_| Store::in_memory());
+    let c = cluster_on(stores.clone());
+    let leader = c.leader(None, Duration::from_secs(5)).await;
+    let log_end = |i: usize| {
+        let group = stores[i].group(RANGE, Generation::LEGACY, None).unwrap();
+        raft::Storage::last_index(&group).unwrap()
+    };
+    let before = log_end(leader);
+    // Cut off, the leader takes a write into its log that it cannot commit.
+    c.cut.lock().unwrap().push(c.names[leader].clone());
+    let h = Arc::clone(&c.handles[leader]);
+    let waiting = tokio::spawn(async move { h.propose(RANGE, put("maybe")).await });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while log_end(leader) == before {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the write never reached the log"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The table moves the range to the two others: the leader leaves the group.
+    let others: Vec<NodeName> = (0..3).filter(|&i| i != leader).map(|i| c.names[i].clone()).collect();
+    let table = RoutingTable::new(vec![Entry::new(b'a', b'z', others).unwrap()], 2, "test").unwrap();
+    c.handles[leader].set_table(Arc::new(table));
+    let answer = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("answered once the group is gone")
+        .unwrap();
+    assert_eq!(answer, Err(Refused::Unknown(RANGE)));
+    for s in &c.stops {
+        s.cancel();
+    }
+}
