@@ -250,8 +250,9 @@ impl Node {
             return None;
         }
         let cluster = Arc::clone(&held);
-        let names =
-            |n: &NodeName| cluster.nodes().contains(&n) || cluster.then().iter().any(|e| e.replicas().contains(n));
+        let mut named = cluster.nodes();
+        named.extend(cluster.then().iter().flat_map(|e| e.replicas()));
+        let names = |n: &NodeName| named.contains(&n);
         let unknown: Vec<String> = saved
             .nodes()
             .into_iter()

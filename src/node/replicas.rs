@@ -1105,6 +1105,7 @@ impl Driver {
         self.removed.remove(&range);
         self.kept_voting.remove(&range);
         self.handed_back.remove(&range);
+        self.leaderless.remove(&range);
         self.leaders.send_modify(|l| {
             l.remove(&range);
         });
@@ -1214,8 +1215,6 @@ impl Driver {
     /// succeed: voters down or cut off, or a stall to investigate).
     fn warn_leaderless(&mut self) {
         let ticks = self.ticks;
-        self.leaderless
-            .retain(|range, _| self.replicas.ranges().any(|r| r == *range));
         // Only groups the table runs here (not one resumed from disk to hear whether its
         // voters still count this node).
         for (&range, &since) in self.leaderless.iter().filter(|(r, _)| self.first.contains_key(r)) {

@@ -41,6 +41,14 @@ fn put(sim: &mut Sim, n: u64, acked: &mut BTreeMap<ProposalId, Command>, limit: 
     None
 }
 
+/// How many seeds a randomised move test runs: `MOVE_SEEDS`, else `default`.
+fn move_seeds(default: u64) -> u64 {
+    std::env::var("MOVE_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
 /// Every live replica named by `target` holds the range with exactly `target` as voters, and
 /// no learners.
 fn moved(sim: &Sim, target: &[u64]) -> bool {
@@ -169,10 +177,7 @@ fn a_range_moves_to_three_new_nodes_and_its_leader_hands_over() {
 
 #[test]
 fn a_move_survives_loss_and_its_leader_killed_midway() {
-    let seeds: u64 = std::env::var("MOVE_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(30);
+    let seeds = move_seeds(30);
     for seed in 0..seeds {
         run_move(seed, &[1, 3, 4], 0.05, Some(12 + seed % 5));
     }
@@ -224,10 +229,7 @@ fn a_move_called_off_before_its_swap_takes_its_learner_out_again() {
 /// the core is not its cause.)
 #[test]
 fn a_move_onto_its_preferred_node_finishes_though_that_node_is_killed_at_the_hand_over() {
-    let seeds: u64 = std::env::var("MOVE_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(300);
+    let seeds = move_seeds(300);
     for seed in 0..seeds {
         let mut sim = Sim::new(seed, 3, &[RANGE]);
         let (first, last) = (sim.nodes[0].id, sim.nodes[2].id);
