@@ -78,7 +78,7 @@ pub(crate) enum Refused {
     /// Another replica leads (if known): ask it.
     #[error("not the leader of range {range}")]
     NotLeader { range: RangeId, leader: Option<NodeName> },
-    /// The entry was overwritten by a new leader's log: it never took effect.
+    /// Not taken into the log, or another entry committed at its index: it never took effect.
     #[error("range {0}: the write was dropped by a change of leader; it did not take effect, retry it")]
     Dropped(RangeId),
     /// The write may or may not have taken effect.

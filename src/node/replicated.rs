@@ -154,8 +154,8 @@ impl Node {
         let mut leaders = self.replicas.leaders();
         let start = Instant::now();
         loop {
-            // A write raft-rs did not take (a leadership hand-over under way) or that a new
-            // leader's log replaced: it did not take effect, so it is proposed again, soon,
+            // A write raft-rs did not take (a leadership hand-over under way) or at whose index
+            // a new leader committed another entry: it did not take effect, so it is proposed again, soon,
             // within the deadline, rather than failed to the client.
             let mut again_soon = false;
             let leader = leaders.borrow_and_update().get(&range).and_then(|v| v.leader.clone());

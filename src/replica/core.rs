@@ -924,16 +924,10 @@ fn complete<S: GroupStore>(
     add_frames(frames, range, g.generation, outgoing(g, light.take_messages()));
     apply(range, g, light.take_committed_entries(), out).map_err(err)?;
     g.node.advance_apply();
-    // An entry replaced in the log is gone for good (Log Matching): a deposed leader's
-    // proposals fail as soon as its log is overwritten, not when the log grows past them.
-    let log = &g.node.raft.raft_log;
-    g.proposals.retain(|&index, &mut (id, term)| {
-        let kept = log.term(index).is_ok_and(|t| t == term);
-        if !kept {
-            out.failed.push((id, Failure::Overwritten));
-        }
-        kept
-    });
+    // A deposed leader's proposal whose entry a new leader's log overwrote here is not failed
+    // yet: the entry may live on in another replica, which a majority can still elect and
+    // which then commits it (five replicas, or a move's joint configuration). Only the entry
+    // committed at its index settles it, in `apply`.
     let applied = g.node.store().applied();
     while let Some(&(_, id)) = g.reads_confirmed.front().filter(|(index, _)| *index <= applied) {
         g.reads_confirmed.pop_front();

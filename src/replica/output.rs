@@ -12,7 +12,7 @@ use crate::wire::{Frame, RaftMsg};
 /// Why an accepted proposal will never be acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failure {
-    /// Another entry took its place in the log (its leader was deposed first): not applied.
+    /// Another entry was committed at its index (its leader was deposed first): never applied.
     Overwritten,
     /// A snapshot covered its index; it may or may not be in the state.
     Unknown,

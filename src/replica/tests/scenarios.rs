@@ -228,7 +228,11 @@ fn a_leader_cut_off_from_its_majority_never_acknowledges() {
     put(&mut sim, range, 1, &mut acked);
     sim.heal();
     settle(&mut sim);
-    sim.run(40 * STEPS_PER_TICK);
+    // Its stranded entries are settled only once others commit at their indexes.
+    for n in 2..7 {
+        put(&mut sim, range, n, &mut acked);
+    }
+    settle(&mut sim);
     sim.check(&acked);
     for id in &stranded {
         assert!(
@@ -240,6 +244,88 @@ fn a_leader_cut_off_from_its_majority_never_acknowledges() {
             "{id:?} reported as never applied"
         );
     }
+}
+
+/// Five replicas (as a joint configuration during a move may hold): a leader's entry that
+/// reached one other replica is overwritten in the leader's own log by a new leader that
+/// lacked it, and yet commits, through the replica that kept it. Reported as never applied
+/// when overwritten, the request path would propose it again and it would apply twice: only
+/// the entry committed at its index settles a proposal.
+#[test]
+fn an_overwritten_entry_that_commits_after_all_is_acknowledged_not_reported_dropped() {
+    let mut sim = Sim::new(21, 5, &four_ranges()[..1]);
+    let range = sim.ranges[0];
+    let (p, h, others) = (0, 1, [2, 3, 4]);
+    sim.core(p).campaign(range).expect("held");
+    sim.run_until(100, |s| s.leader(range) == Some(p))
+        .expect("node 0 leads");
+    let mut acked = BTreeMap::new();
+    put(&mut sim, range, 1, &mut acked);
+    settle(&mut sim);
+    // The leader reaches only `h`: its entry is on two replicas of five, not committed.
+    for o in others {
+        sim.cut_link(p, o);
+    }
+    let cmd = unique_put(range, 2);
+    let id = sim.propose(p, range, &cmd).expect("leads");
+    sim.run(4);
+    assert!(!sim.nodes[p].acked.contains(&id), "two of five do not commit");
+    // The other three elect one of them, which reaches only the old leader: its log
+    // overwrites the entry there, and it cannot commit (two of five).
+    sim.isolate(p);
+    sim.isolate(h);
+    let new = sim
+        .run_until(400 * STEPS_PER_TICK, |s| {
+            s.leader(range).is_some_and(|l| others.contains(&l))
+        })
+        .and_then(|_| sim.leader(range))
+        .expect("the other three elect a leader");
+    for o in others.into_iter().filter(|&o| o != new) {
+        sim.cut_link(new, o);
+        sim.cut_link(o, new);
+    }
+    sim.mend_link(new, p);
+    sim.mend_link(p, new);
+    let term = sim.nodes[new]
+        .core
+        .as_ref()
+        .and_then(|c| c.role(range))
+        .expect("held")
+        .1;
+    sim.run_until(100 * STEPS_PER_TICK, |s| {
+        s.nodes[p].core.as_ref().and_then(|c| c.role(range)) == Some((Role::Follower, term))
+    })
+    .expect("the old leader follows the new one");
+    sim.run(4 * STEPS_PER_TICK);
+    let log = |s: &Sim| s.nodes[p].core.as_ref().and_then(|c| c.describe(range)).expect("held");
+    assert!(
+        log(&sim).contains(&format!("(term {term})")),
+        "overwritten: {}",
+        log(&sim)
+    );
+    // `h`, which kept the entry, is elected by the two that never heard from the new leader,
+    // and commits it.
+    sim.isolate(p);
+    sim.isolate(new);
+    for o in others.into_iter().filter(|&o| o != new) {
+        sim.mend_link(h, o);
+        sim.mend_link(o, h);
+    }
+    sim.core(h).campaign(range).expect("held");
+    sim.run_until(400 * STEPS_PER_TICK, |s| s.leader(range) == Some(h))
+        .expect("the replica that kept the entry is elected");
+    sim.heal();
+    let committed = |s: &Sim, i: usize| s.nodes[i].applied[&range].values().any(|a| a.proposal == Some(id));
+    sim.run_until(200 * STEPS_PER_TICK, |s| (0..5).all(|i| committed(s, i)))
+        .expect("the entry commits, and every replica applies it");
+    settle(&mut sim);
+    assert!(
+        !sim.nodes[p].failed.iter().any(|f| f.0 == id),
+        "reported as never applied, yet applied"
+    );
+    assert!(sim.nodes[p].acked.contains(&id), "acknowledged where it was proposed");
+    acked.insert(id, cmd);
+    sim.check(&acked);
 }
 
 #[test]

@@ -213,6 +213,11 @@ impl Sim {
         self.cut.insert((from, to));
     }
 
+    /// Lets `from` reach `to` again (one way).
+    pub fn mend_link(&mut self, from: usize, to: usize) {
+        self.cut.remove(&(from, to));
+    }
+
     pub fn heal(&mut self) {
         self.cut.clear();
     }
