@@ -62,8 +62,8 @@ pub(super) fn apply(req: BucketRequest, store: &Store, node: &NodeName) -> Appli
 /// Makes the bucket exist; one that exists is left as it is (the guide's `CREATE`).
 fn create(store: &Store, node: &NodeName, bucket: Vec<u8>) -> Applied {
     if let Some(m) = store.memory() {
-        m.create_bucket(&bucket);
-        return Applied::Now(Ok(Reply::Done));
+        let done = store.fenced(&bucket, || m.create_bucket(&bucket));
+        return Applied::Now(done.map(|_| Reply::Done).map_err(|e| internal(node, e)));
     }
     let (store, node) = (store.clone(), node.clone());
     Applied::Later(Box::pin(async move {
@@ -74,8 +74,8 @@ fn create(store: &Store, node: &NodeName, bucket: Vec<u8>) -> Applied {
 
 fn put(store: &Store, node: &NodeName, bucket: Vec<u8>, key: Vec<u8>, value: Vec<u8>) -> Applied {
     if let Some(m) = store.memory() {
-        m.put(&bucket, &key, Bytes::from(value));
-        return Applied::Now(Ok(Reply::Done));
+        let done = store.fenced(&bucket, || m.put(&bucket, &key, Bytes::from(value)));
+        return Applied::Now(done.map(|()| Reply::Done).map_err(|e| internal(node, e)));
     }
     let (store, node) = (store.clone(), node.clone());
     Applied::Later(Box::pin(async move {
@@ -90,8 +90,8 @@ fn put(store: &Store, node: &NodeName, bucket: Vec<u8>, key: Vec<u8>, value: Vec
 /// A put that says whether the key is new (RESP's `HSET`).
 fn put_reporting(store: &Store, node: &NodeName, bucket: Vec<u8>, key: Vec<u8>, value: Vec<u8>) -> Applied {
     if let Some(m) = store.memory() {
-        let new = m.put_reporting(&bucket, &key, Bytes::from(value));
-        return Applied::Now(Ok(Reply::Stored { new }));
+        let done = store.fenced(&bucket, || m.put_reporting(&bucket, &key, Bytes::from(value)));
+        return Applied::Now(done.map(|new| Reply::Stored { new }).map_err(|e| internal(node, e)));
     }
     let (store, node) = (store.clone(), node.clone());
     Applied::Later(Box::pin(async move {
@@ -106,7 +106,11 @@ fn put_reporting(store: &Store, node: &NodeName, bucket: Vec<u8>, key: Vec<u8>, 
 /// A put into a bucket that must exist already (the guide's `PUT`).
 fn put_existing(store: &Store, node: &NodeName, bucket: Vec<u8>, key: Vec<u8>, value: Vec<u8>) -> Applied {
     if let Some(m) = store.memory() {
-        return Applied::Now(stored(m.put_existing(&bucket, &key, Bytes::from(value)), bucket));
+        let done = store.fenced(&bucket, || m.put_existing(&bucket, &key, Bytes::from(value)));
+        return Applied::Now(match done {
+            Ok(found) => stored(found, bucket),
+            Err(e) => Err(internal(node, e)),
+        });
     }
     let (store, node) = (store.clone(), node.clone());
     Applied::Later(Box::pin(async move {
@@ -140,7 +144,11 @@ fn get(store: &Store, node: &NodeName, bucket: Vec<u8>, key: Vec<u8>) -> Applied
 
 fn delete(store: &Store, node: &NodeName, bucket: Vec<u8>, key: Vec<u8>) -> Applied {
     if let Some(m) = store.memory() {
-        return Applied::Now(removed(m.delete(&bucket, &key), bucket, key));
+        let done = store.fenced(&bucket, || m.delete(&bucket, &key));
+        return Applied::Now(match done {
+            Ok(found) => removed(found, bucket, key),
+            Err(e) => Err(internal(node, e)),
+        });
     }
     let (store, node) = (store.clone(), node.clone());
     Applied::Later(Box::pin(async move {
@@ -180,9 +188,16 @@ pub(super) fn route(node: &NodeName, mut path: Vec<NodeName>, replicas: Vec<Node
 }
 
 fn internal(node: &NodeName, e: StoreError) -> RemoteError {
-    RemoteError::Internal {
-        node: node.to_string(),
-        reason: e.to_string(),
+    match e {
+        // Not applied: the client may retry it (the table now routes it to the group).
+        StoreError::Moving { .. } => RemoteError::Overloaded {
+            node: node.to_string(),
+            reason: e.to_string(),
+        },
+        _ => RemoteError::Internal {
+            node: node.to_string(),
+            reason: e.to_string(),
+        },
     }
 }
 

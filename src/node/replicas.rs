@@ -418,6 +418,8 @@ struct Driver {
     leases: Arc<Leases>,
     /// How long a lease lasts from the read-index round that renews it.
     lease: Duration,
+    /// The ranges of the store's fence: the groups running here ([`Driver::fence`]).
+    fenced: BTreeSet<RangeId>,
 }
 
 /// A read waiting for its read-index round: answered through `done`; `asked` and `standing`
@@ -437,6 +439,8 @@ impl Driver {
         config.logger = slog::Logger::root(TracingDrain, slog::o!());
         let lease = TICK * u32::try_from(config.lease()).unwrap_or(0);
         leaders.send_modify(Leaders::clear);
+        // No group runs yet: plain writes go anywhere the table sends them.
+        store.set_fences([]);
         Driver {
             me,
             store,
@@ -464,6 +468,20 @@ impl Driver {
             installing: Arc::default(),
             leases: Arc::default(),
             lease,
+            fenced: BTreeSet::new(),
+        }
+    }
+
+    /// Fences the store to the groups running here (`store::fence`): plain writes of their
+    /// bytes are refused. Called before each round is written, so a group born over a single
+    /// owner's data (a move's start) writes nothing, and takes no snapshot, before every
+    /// plain write of its bytes is in the store or refused; and when a group is forgotten,
+    /// before requests stop waiting for it, so the bytes' single owner writes them again.
+    fn fence(&mut self) {
+        let running: BTreeSet<RangeId> = self.replicas.ranges().collect();
+        if running != self.fenced {
+            self.store.set_fences(running.iter().map(|r| (r.first, r.last)));
+            self.fenced = running;
         }
     }
 
@@ -1101,6 +1119,7 @@ impl Driver {
     /// test (`moving-replicated-4`, seed 1796449900: a put seen, overwritten, then seen
     /// again).
     fn forget(&mut self, range: RangeId) {
+        self.fence();
         self.first.remove(&range);
         self.removed.remove(&range);
         self.kept_voting.remove(&range);
@@ -1157,6 +1176,7 @@ impl Driver {
     /// Runs rounds until there is nothing to do: one outstanding at a time.
     async fn round(&mut self) -> Result<(), String> {
         while let Some(round) = self.replicas.poll_round() {
+            self.fence();
             // Before any of the round's messages goes: a transfer the round asks for (a
             // move's step) ends the lease before its target can campaign.
             self.end_stale_leases();

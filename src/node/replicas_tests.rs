@@ -434,6 +434,60 @@ async fn a_group_of_an_ended_history_on_disk_goes_before_a_group_of_overlapping_
     stop.cancel();
 }
 
+/// While a range's group runs on a node, a plain write of its bytes there is refused, not
+/// applied (a write the table routed to a single owner just before a move made the range a
+/// group must not reach the data behind the group's back, nor after its snapshot went to the
+/// move's new node). Once the group has ended onto a node alone, its plain writes go in.
+#[tokio::test]
+async fn plain_writes_of_a_running_groups_bytes_are_refused_until_it_has_ended() {
+    let stores: [Store; 3] = std::array::from_fn(|_| Store::in_memory());
+    let c = cluster_on(stores.clone());
+    let leader = c.leader(None, Duration::from_secs(5)).await;
+    c.handles[leader].propose(RANGE, put("k")).await.unwrap();
+    let plain = |s: &Store| {
+        let s = s.clone();
+        async move { s.put(b"apples", b"plain", bytes::Bytes::from_static(b"1")).await }
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    for (i, store) in stores.iter().enumerate() {
+        // Fenced before the group's first round: by now every node has written one.
+        while !matches!(plain(store).await, Err(crate::store::StoreError::Moving { .. })) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "node {i} took a plain write of a-z"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            store.get(b"apples", b"plain").await.unwrap(),
+            crate::store::Lookup::NoKey,
+            "node {i}"
+        );
+    }
+    // The group ends onto n1, the range's single owner now.
+    let first = RoutingTable::new(all_three(&c), 1, "test").unwrap();
+    let alone = Arc::new(
+        RoutingTable::new(first_alone(&c), 2, "test")
+            .unwrap()
+            .with_generations(Some(&first)),
+    );
+    for h in &c.handles {
+        h.set_table(Arc::clone(&alone));
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while let Err(e) = plain(&stores[0]).await {
+        assert!(tokio::time::Instant::now() < deadline, "n1 never wrote a-z again: {e}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        stores[0].groups().unwrap().is_empty(),
+        "written only once the group is gone"
+    );
+    for s in &c.stops {
+        s.cancel();
+    }
+}
+
 /// A write waiting in the log of a group this node then leaves is answered "unknown", never
 /// "dropped": its entry may be in the other replicas' logs and commit there, and a caller
 /// told "dropped" proposes it again (the request path does), applying it twice.

@@ -63,6 +63,9 @@ struct Pending {
     done: oneshot::Sender<Result<Applied, EngineError>>,
 }
 
+/// A write in the writer's queue ([`DiskStore::queue`]).
+pub(super) struct Queued(oneshot::Receiver<Result<Applied, EngineError>>);
+
 /// The durable store; cheap to clone.
 #[derive(Clone)]
 pub struct DiskStore {
@@ -156,10 +159,21 @@ impl DiskStore {
 
     /// Queues a write and waits until it is durable.
     pub async fn write(&self, op: Op) -> Result<Applied, StoreError> {
+        let answer = self.queue(op)?;
+        self.written(answer).await
+    }
+
+    /// Queues a write (first in, first out), at once.
+    pub(super) fn queue(&self, op: Op) -> Result<Queued, StoreError> {
         let (done, answer) = oneshot::channel();
         self.writes
             .send(Pending { op, done })
             .map_err(|_| StoreError::Engine("the store is closed".into()))?;
+        Ok(Queued(answer))
+    }
+
+    /// Waits until a queued write is durable.
+    pub(super) async fn written(&self, Queued(answer): Queued) -> Result<Applied, StoreError> {
         match answer.await {
             Ok(result) => result.map_err(|e| self.engine_err(e)),
             Err(_) => Err(StoreError::Engine(

@@ -254,6 +254,7 @@ async fn an_entry_append_and_a_plain_put_queued_together_are_made_durable_by_one
     let store = Store {
         backend: Backend::Disk(disk),
         groups: Arc::default(),
+        fences: Arc::default(),
     };
     let _g = store.group(AM, Generation::LEGACY, Some(&VOTERS)).unwrap();
     let _h = store.group(NZ, Generation::LEGACY, Some(&VOTERS)).unwrap();

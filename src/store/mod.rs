@@ -6,6 +6,7 @@
 mod disk;
 mod engine;
 mod feed;
+mod fence;
 #[cfg(feature = "fjall")]
 mod fjall_engine;
 mod group;
@@ -55,6 +56,12 @@ pub enum StoreError {
     /// out of order, or a damaged store).
     #[error("replicated range {range}: {reason}")]
     Group { range: String, reason: String },
+    /// A plain write of a bucket whose bytes a replica group here runs over now (the table
+    /// that made it a group came as the write was on its way): not applied.
+    #[error(
+        "the write to bucket {bucket:?} was not applied: its range has just become a replicated range (a move or a new table), whose replica group takes its writes; retry it"
+    )]
+    Moving { bucket: String },
 }
 
 /// The node's store, cheap to clone.
@@ -63,6 +70,8 @@ pub struct Store {
     backend: Backend,
     /// The Raft groups asked for (`Store::group`), one cache each.
     groups: Arc<group::Groups>,
+    /// The bytes the groups running here cover: no plain write goes there (`fence`).
+    fences: Arc<fence::Fences>,
 }
 
 #[derive(Clone, Debug)]
@@ -77,6 +86,7 @@ impl Store {
         Self {
             backend: Backend::Memory(MemoryStore::default()),
             groups: Arc::default(),
+            fences: Arc::default(),
         }
     }
 
@@ -89,6 +99,7 @@ impl Store {
         Ok(Self {
             backend: Backend::Disk(DiskStore::open(dir, kind)?),
             groups: Arc::default(),
+            fences: Arc::default(),
         })
     }
 
@@ -98,6 +109,29 @@ impl Store {
             Backend::Memory(_) => "in memory".into(),
             Backend::Disk(d) => format!("on disk at {}", d.path().display()),
         }
+    }
+
+    /// Fences exactly `ranges`, the bytes of the replica groups running on this node: plain
+    /// writes there are refused ([`StoreError::Moving`]) from now on, and those under way are
+    /// applied (memory) or queued (disk) before this returns (`fence`).
+    pub fn set_fences(&self, ranges: impl IntoIterator<Item = (u8, u8)>) {
+        self.fences.set(ranges);
+    }
+
+    /// Runs `write`, a plain write of `bucket` to the memory store ([`Store::memory`]),
+    /// unless a replica group here covers the bucket (`fence`).
+    pub fn fenced<T>(&self, bucket: &[u8], write: impl FnOnce() -> T) -> Result<T, StoreError> {
+        self.fences.pass(bucket).map(|_pass| write())
+    }
+
+    /// Queues a plain write of `bucket` unless a replica group here covers it; waits until
+    /// it is durable.
+    async fn plain(&self, d: &DiskStore, bucket: &[u8], op: Op) -> Result<Applied, StoreError> {
+        let queued = {
+            let _pass = self.fences.pass(bucket)?;
+            d.queue(op)?
+        };
+        d.written(queued).await
     }
 
     /// The store's long-lived part: the group-commit writer (nothing to do in memory).
@@ -115,6 +149,7 @@ impl Store {
     pub async fn put(&self, bucket: &[u8], key: &[u8], value: Bytes) -> Result<(), StoreError> {
         match &self.backend {
             Backend::Memory(m) => {
+                let _pass = self.fences.pass(bucket)?;
                 m.put(bucket, key, value);
                 Ok(())
             }
@@ -124,7 +159,7 @@ impl Store {
                     key: Bytes::copy_from_slice(key),
                     value,
                 };
-                d.write(op).await.map(|_| ())
+                self.plain(d, bucket, op).await.map(|_| ())
             }
         }
     }
@@ -133,14 +168,17 @@ impl Store {
     /// new (`true`) or its value was replaced. Returns once durable.
     pub async fn put_reporting(&self, bucket: &[u8], key: &[u8], value: Bytes) -> Result<bool, StoreError> {
         match &self.backend {
-            Backend::Memory(m) => Ok(m.put_reporting(bucket, key, value)),
+            Backend::Memory(m) => {
+                let _pass = self.fences.pass(bucket)?;
+                Ok(m.put_reporting(bucket, key, value))
+            }
             Backend::Disk(d) => {
                 let op = Op::PutReporting {
                     bucket: Bytes::copy_from_slice(bucket),
                     key: Bytes::copy_from_slice(key),
                     value,
                 };
-                Ok(d.write(op).await? == Applied::StoredNew)
+                Ok(self.plain(d, bucket, op).await? == Applied::StoredNew)
             }
         }
     }
@@ -149,14 +187,17 @@ impl Store {
     /// if not). Returns once durable.
     pub async fn put_existing(&self, bucket: &[u8], key: &[u8], value: Bytes) -> Result<Lookup<()>, StoreError> {
         match &self.backend {
-            Backend::Memory(m) => Ok(m.put_existing(bucket, key, value)),
+            Backend::Memory(m) => {
+                let _pass = self.fences.pass(bucket)?;
+                Ok(m.put_existing(bucket, key, value))
+            }
             Backend::Disk(d) => {
                 let op = Op::PutExisting {
                     bucket: Bytes::copy_from_slice(bucket),
                     key: Bytes::copy_from_slice(key),
                     value,
                 };
-                Ok(match d.write(op).await? {
+                Ok(match self.plain(d, bucket, op).await? {
                     Applied::NoBucket => Lookup::NoBucket,
                     _ => Lookup::Found(()),
                 })
@@ -169,6 +210,7 @@ impl Store {
     pub async fn create_bucket(&self, bucket: &[u8]) -> Result<(), StoreError> {
         match &self.backend {
             Backend::Memory(m) => {
+                let _pass = self.fences.pass(bucket)?;
                 m.create_bucket(bucket);
                 Ok(())
             }
@@ -176,7 +218,7 @@ impl Store {
                 let op = Op::CreateBucket {
                     bucket: Bytes::copy_from_slice(bucket),
                 };
-                d.write(op).await.map(|_| ())
+                self.plain(d, bucket, op).await.map(|_| ())
             }
         }
     }
@@ -234,13 +276,16 @@ impl Store {
     /// Removes `key`; `NoKey`/`NoBucket` when there was nothing to remove.
     pub async fn delete(&self, bucket: &[u8], key: &[u8]) -> Result<Lookup<()>, StoreError> {
         match &self.backend {
-            Backend::Memory(m) => Ok(m.delete(bucket, key)),
+            Backend::Memory(m) => {
+                let _pass = self.fences.pass(bucket)?;
+                Ok(m.delete(bucket, key))
+            }
             Backend::Disk(d) => {
                 let op = Op::Delete {
                     bucket: Bytes::copy_from_slice(bucket),
                     key: Bytes::copy_from_slice(key),
                 };
-                Ok(match d.write(op).await? {
+                Ok(match self.plain(d, bucket, op).await? {
                     Applied::Deleted => Lookup::Found(()),
                     Applied::NoKey => Lookup::NoKey,
                     Applied::NoBucket | Applied::Stored | Applied::StoredNew | Applied::Created(_) => Lookup::NoBucket,
@@ -296,6 +341,45 @@ mod tests {
         stop.cancel();
         writer.await.unwrap().unwrap();
         out
+    }
+
+    /// A plain write of bytes a replica group runs over here is refused and not applied, in
+    /// memory and on disk, whichever the write; once the fence is lifted it goes through.
+    #[tokio::test]
+    async fn a_plain_write_of_fenced_bytes_is_refused_and_not_applied() {
+        let dirs: Vec<_> = kinds().into_iter().map(|k| (k, tempfile::tempdir().unwrap())).collect();
+        let mut stores = vec![Store::in_memory()];
+        stores.extend(dirs.iter().map(|(k, d)| Store::open_with(d.path(), *k).unwrap()));
+        let v = || Bytes::from_static(b"v");
+        for store in &stores {
+            with_writer(store, async {
+                store.put(b"apples", b"k", v()).await.unwrap();
+                store.set_fences([(b'a', b'm')]);
+                let refused = [
+                    store.put(b"apples", b"x", v()).await.err(),
+                    store.put_reporting(b"apples", b"x", v()).await.err(),
+                    store.put_existing(b"apples", b"x", v()).await.err(),
+                    store.create_bucket(b"melons").await.err(),
+                    store.delete(b"apples", b"k").await.err(),
+                ];
+                for r in refused {
+                    assert!(
+                        matches!(r, Some(StoreError::Moving { .. })),
+                        "{r:?} ({})",
+                        store.describe()
+                    );
+                }
+                assert_eq!(store.get(b"apples", b"x").await.unwrap(), Lookup::NoKey);
+                assert_eq!(store.get(b"apples", b"k").await.unwrap(), Lookup::Found(v()));
+                assert_eq!(store.get(b"melons", b"x").await.unwrap(), Lookup::NoBucket);
+                // Other bytes are written as ever.
+                store.put(b"nuts", b"x", v()).await.unwrap();
+                store.set_fences([]);
+                store.put(b"apples", b"x", v()).await.unwrap();
+                assert_eq!(store.get(b"apples", b"x").await.unwrap(), Lookup::Found(v()));
+            })
+            .await;
+        }
     }
 
     #[tokio::test]
