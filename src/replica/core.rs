@@ -132,6 +132,9 @@ struct Group<S: GroupStore> {
     generation: Generation,
     /// Accepted proposals of this node by log index, with the term they were appended in.
     proposals: BTreeMap<u64, (ProposalId, u64)>,
+    /// Proposals of an earlier term whose index a proposal of this term took, unsettled:
+    /// answered "unknown" at the next round (their entries may yet commit elsewhere).
+    superseded: Vec<ProposalId>,
     /// Reads taken since the last batch was asked of raft: (read id, term taken in).
     reads_new: Vec<(u64, u64)>,
     /// Batches of reads asked of raft, not yet confirmed: (the batch's context, the term
@@ -261,6 +264,7 @@ impl<S: GroupStore> Replicas<S> {
             node,
             generation,
             proposals: BTreeMap::new(),
+            superseded: vec![],
             reads_new: vec![],
             reads_asked: vec![],
             reads_confirmed: VecDeque::new(),
@@ -592,7 +596,11 @@ impl<S: GroupStore> Replicas<S> {
             .map_err(|_| ProposeError::Dropped(range))?;
         let index = g.node.raft.raft_log.last_index();
         let term = g.node.raft.term;
-        g.proposals.insert(index, (id, term));
+        // A proposal this node made as leader in an earlier term, at an index a new leader's
+        // log overwrote here, and not settled yet (nothing committed reaches it).
+        if let Some((old, _)) = g.proposals.insert(index, (id, term)) {
+            g.superseded.push(old);
+        }
         self.next_proposal += 1;
         Ok(id)
     }
@@ -927,7 +935,11 @@ fn complete<S: GroupStore>(
     // A deposed leader's proposal whose entry a new leader's log overwrote here is not failed
     // yet: the entry may live on in another replica, which a majority can still elect and
     // which then commits it (five replicas, or a move's joint configuration). Only the entry
-    // committed at its index settles it, in `apply`.
+    // committed at its index settles it, in `apply`; or, if this node leads again first and
+    // proposes at its index, it is answered "unknown".
+    for id in g.superseded.drain(..) {
+        out.failed.push((id, Failure::Unknown));
+    }
     let applied = g.node.store().applied();
     while let Some(&(_, id)) = g.reads_confirmed.front().filter(|(index, _)| *index <= applied) {
         g.reads_confirmed.pop_front();

@@ -14,7 +14,8 @@ use crate::wire::{Frame, RaftMsg};
 pub enum Failure {
     /// Another entry was committed at its index (its leader was deposed first): never applied.
     Overwritten,
-    /// A snapshot covered its index; it may or may not be in the state.
+    /// A snapshot covered its index, or this node proposed anew at its index as leader again
+    /// before anything settled it: it may or may not take effect.
     Unknown,
 }
 

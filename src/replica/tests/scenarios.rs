@@ -328,6 +328,50 @@ fn an_overwritten_entry_that_commits_after_all_is_acknowledged_not_reported_drop
     sim.check(&acked);
 }
 
+/// A deposed leader's entries overwritten by a shorter log, then the node leading again and
+/// proposing at one of their indexes before anything settled it: that old proposal is
+/// answered "unknown" (it is no longer tracked by index), never left without an answer.
+#[test]
+fn a_proposal_whose_index_the_same_node_reuses_as_leader_again_is_answered_unknown() {
+    let mut sim = Sim::new(22, 3, &four_ranges()[..1]);
+    let range = sim.ranges[0];
+    let p = 0;
+    sim.core(p).campaign(range).expect("held");
+    sim.run_until(100, |s| s.leader(range) == Some(p))
+        .expect("node 0 leads");
+    let mut acked = BTreeMap::new();
+    put(&mut sim, range, 1, &mut acked);
+    settle(&mut sim);
+    sim.isolate(p);
+    let old: Vec<ProposalId> = (2..5)
+        .map(|n| sim.propose(p, range, &unique_put(range, n)).expect("still leads"))
+        .collect();
+    let new = sim
+        .run_until(400 * STEPS_PER_TICK, |s| s.leader(range).is_some_and(|l| l != p))
+        .and_then(|_| sim.leader(range))
+        .expect("the other two elect a leader");
+    // Back, it takes the new leader's log (its empty entry overwrites the first of the three),
+    // and is handed the leadership: its own empty entry takes the second's index.
+    sim.heal();
+    settle(&mut sim);
+    let to = sim.nodes[p].id;
+    sim.core(new).transfer_leader(range, to).expect("leads");
+    sim.run_until(100 * STEPS_PER_TICK, |s| s.leader(range) == Some(p))
+        .expect("leads again");
+    let id = sim.propose(p, range, &unique_put(range, 9)).expect("leads");
+    sim.run_until(100 * STEPS_PER_TICK, |s| s.nodes[p].acked.contains(&id))
+        .expect("the new write is acknowledged");
+    settle(&mut sim);
+    let failed = &sim.nodes[p].failed;
+    assert!(failed.contains(&(old[0], Failure::Overwritten)), "{failed:?}");
+    assert!(failed.contains(&(old[1], Failure::Overwritten)), "{failed:?}");
+    assert!(failed.contains(&(old[2], Failure::Unknown)), "{failed:?}");
+    for id in &old {
+        assert!(!sim.nodes[p].acked.contains(id));
+    }
+    sim.check(&acked);
+}
+
 #[test]
 fn read_index_is_answered_only_by_a_leader_with_a_quorum() {
     let mut sim = Sim::new(6, 3, &four_ranges());
