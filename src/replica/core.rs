@@ -130,8 +130,8 @@ struct Group<S: GroupStore> {
     /// Which history of the range this replica belongs to ([`Generation`]): its messages
     /// carry it, and it steps only messages that carry it.
     generation: Generation,
-    /// Accepted proposals of this node by log index, with the term they were appended in.
-    proposals: BTreeMap<u64, (ProposalId, u64)>,
+    /// Accepted proposals of this node by log index.
+    proposals: BTreeMap<u64, ProposalId>,
     /// Proposals of an earlier term whose index a proposal of this term took, unsettled:
     /// answered "unknown" at the next round (their entries may yet commit elsewhere).
     superseded: Vec<ProposalId>,
@@ -595,10 +595,9 @@ impl<S: GroupStore> Replicas<S> {
             .propose(id.to_context(), command.encode())
             .map_err(|_| ProposeError::Dropped(range))?;
         let index = g.node.raft.raft_log.last_index();
-        let term = g.node.raft.term;
         // A proposal this node made as leader in an earlier term, at an index a new leader's
         // log overwrote here, and not settled yet (nothing committed reaches it).
-        if let Some((old, _)) = g.proposals.insert(index, (id, term)) {
+        if let Some(old) = g.proposals.insert(index, id) {
             g.superseded.push(old);
         }
         self.next_proposal += 1;
@@ -919,7 +918,7 @@ fn complete<S: GroupStore>(
         out.installed.push((range, index));
         // The snapshot may or may not hold them: neither acknowledged nor denied.
         while let Some(entry) = g.proposals.first_entry().filter(|e| *e.key() <= index) {
-            out.failed.push((entry.remove().0, Failure::Unknown));
+            out.failed.push((entry.remove(), Failure::Unknown));
         }
     }
     // Votes and follower acknowledgements: only now that the round is durable.
@@ -993,7 +992,7 @@ fn apply<S: GroupStore>(
         };
         for ((e, (proposal, command)), effect) in part.iter().zip(decoded).zip(effects) {
             while let Some(entry) = g.proposals.first_entry().filter(|p| *p.key() <= e.index) {
-                let (index, (id, _)) = entry.remove_entry();
+                let (index, id) = entry.remove_entry();
                 if index == e.index && proposal == Some(id) {
                     out.acked.push((id, effect));
                 } else {
