@@ -581,6 +581,7 @@ impl Driver {
         if self.replicas.remove_group(range).is_none() {
             return;
         }
+        self.answer_waiting(range);
         self.leases.end(range);
         if let Some(table) = self.table.clone() {
             self.table(table);
@@ -1128,6 +1129,13 @@ impl Driver {
         self.leaders.send_modify(|l| {
             l.remove(&range);
         });
+        self.answer_waiting(range);
+    }
+
+    /// Answers the proposals and reads waiting on `range`'s group, which is gone from the
+    /// core (with what it knew of them): a write "unknown" (its entry may be in the other
+    /// replicas' logs, and commit there), a read "not the leader".
+    fn answer_waiting(&mut self, range: RangeId) {
         let ids: Vec<ProposalId> = self
             .proposals
             .iter()

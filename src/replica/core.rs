@@ -130,11 +130,11 @@ struct Group<S: GroupStore> {
     /// Which history of the range this replica belongs to ([`Generation`]): its messages
     /// carry it, and it steps only messages that carry it.
     generation: Generation,
-    /// Accepted proposals of this node by log index.
-    proposals: BTreeMap<u64, ProposalId>,
-    /// Proposals of an earlier term whose index a proposal of this term took, unsettled:
-    /// answered "unknown" at the next round (their entries may yet commit elsewhere).
-    superseded: Vec<ProposalId>,
+    /// Accepted proposals of this node by log index and the term they were appended in (a
+    /// node leading again may propose at the index of one of its earlier term's, unsettled).
+    proposals: BTreeMap<(u64, u64), ProposalId>,
+    /// The highest term of an entry this replica has applied (or of a snapshot installed).
+    applied_term: u64,
     /// Reads taken since the last batch was asked of raft: (read id, term taken in).
     reads_new: Vec<(u64, u64)>,
     /// Batches of reads asked of raft, not yet confirmed: (the batch's context, the term
@@ -264,7 +264,7 @@ impl<S: GroupStore> Replicas<S> {
             node,
             generation,
             proposals: BTreeMap::new(),
-            superseded: vec![],
+            applied_term: 0,
             reads_new: vec![],
             reads_asked: vec![],
             reads_confirmed: VecDeque::new(),
@@ -595,11 +595,7 @@ impl<S: GroupStore> Replicas<S> {
             .propose(id.to_context(), command.encode())
             .map_err(|_| ProposeError::Dropped(range))?;
         let index = g.node.raft.raft_log.last_index();
-        // A proposal this node made as leader in an earlier term, at an index a new leader's
-        // log overwrote here, and not settled yet (nothing committed reaches it).
-        if let Some(old) = g.proposals.insert(index, id) {
-            g.superseded.push(old);
-        }
+        g.proposals.insert((index, g.node.raft.term), id);
         self.next_proposal += 1;
         Ok(id)
     }
@@ -917,9 +913,11 @@ fn complete<S: GroupStore>(
         let index = snap.get_metadata().index;
         out.installed.push((range, index));
         // The snapshot may or may not hold them: neither acknowledged nor denied.
-        while let Some(entry) = g.proposals.first_entry().filter(|e| *e.key() <= index) {
+        while let Some(entry) = g.proposals.first_entry().filter(|e| e.key().0 <= index) {
             out.failed.push((entry.remove(), Failure::Unknown));
         }
+        // Past it, a proposal of an older term never commits (below).
+        settle_older(g, snap.get_metadata().term, out);
     }
     // Votes and follower acknowledgements: only now that the round is durable.
     add_frames(frames, range, g.generation, outgoing(g, h.persisted_msgs));
@@ -932,13 +930,9 @@ fn complete<S: GroupStore>(
     apply(range, g, light.take_committed_entries(), out).map_err(err)?;
     g.node.advance_apply();
     // A deposed leader's proposal whose entry a new leader's log overwrote here is not failed
-    // yet: the entry may live on in another replica, which a majority can still elect and
-    // which then commits it (five replicas, or a move's joint configuration). Only the entry
-    // committed at its index settles it, in `apply`; or, if this node leads again first and
-    // proposes at its index, it is answered "unknown".
-    for id in g.superseded.drain(..) {
-        out.failed.push((id, Failure::Unknown));
-    }
+    // then: the entry may live on in another replica, which a majority can still elect and
+    // which then commits it (five replicas, or a move's joint configuration). Only what
+    // commits settles it, in `apply`.
     let applied = g.node.store().applied();
     while let Some(&(_, id)) = g.reads_confirmed.front().filter(|(index, _)| *index <= applied) {
         g.reads_confirmed.pop_front();
@@ -991,8 +985,8 @@ fn apply<S: GroupStore>(
             g.node.mut_store().apply_run(&run)?
         };
         for ((e, (proposal, command)), effect) in part.iter().zip(decoded).zip(effects) {
-            while let Some(entry) = g.proposals.first_entry().filter(|p| *p.key() <= e.index) {
-                let (index, id) = entry.remove_entry();
+            while let Some(entry) = g.proposals.first_entry().filter(|p| p.key().0 <= e.index) {
+                let ((index, _), id) = entry.remove_entry();
                 if index == e.index && proposal == Some(id) {
                     out.acked.push((id, effect));
                 } else {
@@ -1007,8 +1001,30 @@ fn apply<S: GroupStore>(
                 command,
             });
         }
+        if let Some(last) = part.last() {
+            settle_older(g, last.term, out);
+        }
     }
     Ok(())
+}
+
+/// Fails, as never to apply, every proposal of a term older than `term`, that of an entry
+/// now committed (applied, or a snapshot's last): terms never go down along a log, and every
+/// later leader's log holds the committed one, so whatever commits past it is of `term` or
+/// newer. (Proposals at or below the entry's index are settled by the caller.) Looked at
+/// only when the applied term grows: once per leadership change.
+fn settle_older<S: GroupStore>(g: &mut Group<S>, term: u64, out: &mut Output) {
+    if term <= g.applied_term {
+        return;
+    }
+    g.applied_term = term;
+    g.proposals.retain(|&(_, t), &mut id| {
+        let older = t < term;
+        if older {
+            out.failed.push((id, Failure::Overwritten));
+        }
+        !older
+    });
 }
 
 /// Applies a committed configuration change: a change that is none, or that raft-rs refuses

@@ -12,10 +12,10 @@ use crate::wire::{Frame, RaftMsg};
 /// Why an accepted proposal will never be acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failure {
-    /// Another entry was committed at its index (its leader was deposed first): never applied.
+    /// Another entry was committed at its index, or an entry of a newer term before it (its
+    /// leader was deposed first): never applied.
     Overwritten,
-    /// A snapshot covered its index, or this node proposed anew at its index as leader again
-    /// before anything settled it: it may or may not take effect.
+    /// A snapshot covered its index; it may or may not be in the state.
     Unknown,
 }
 
