@@ -581,13 +581,15 @@ impl Driver {
         if self.replicas.remove_group(range).is_none() {
             return;
         }
-        self.answer_waiting(range);
         self.leases.end(range);
         if let Some(table) = self.table.clone() {
             self.table(table);
         }
         if !self.replicas.ranges().any(|r| r == range) {
             self.forget(range);
+        } else {
+            // The core's record of them went with the group it removed.
+            self.answer_waiting(range);
         }
     }
 

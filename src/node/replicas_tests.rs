@@ -526,3 +526,29 @@ async fn a_write_waiting_in_a_group_this_node_leaves_is_answered_unknown() {
         s.cancel();
     }
 }
+
+/// A group started again after a streamed snapshot failed to install (its data cleared)
+/// answers the writes that waited in it "unknown", as a group dropped does: the core's record
+/// of them went with the group it removed.
+#[tokio::test]
+async fn a_write_waiting_in_a_group_restarted_after_a_failed_install_is_answered_unknown() {
+    let c = cluster();
+    let leader = c.leader(None, Duration::from_secs(5)).await;
+    c.handles[leader].propose(RANGE, put("k")).await.unwrap();
+    // Cut off, the leader holds its next write without a majority to commit it.
+    c.cut.lock().unwrap().push(c.names[leader].clone());
+    let waiting = c.handles[leader].propose(RANGE, put("waits"));
+    tokio::pin!(waiting);
+    let early = tokio::time::timeout(Duration::from_millis(50), &mut waiting).await;
+    assert!(early.is_err(), "answered before the restart: {early:?}");
+    c.handles[leader]
+        .inbox
+        .send(Input::InstallFailed { range: RANGE })
+        .await
+        .unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(5), waiting).await;
+    assert_eq!(answer, Ok(Err(Refused::Unknown(RANGE))));
+    for s in &c.stops {
+        s.cancel();
+    }
+}

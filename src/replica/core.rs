@@ -986,8 +986,10 @@ fn apply<S: GroupStore>(
         };
         for ((e, (proposal, command)), effect) in part.iter().zip(decoded).zip(effects) {
             while let Some(entry) = g.proposals.first_entry().filter(|p| p.key().0 <= e.index) {
-                let ((index, _), id) = entry.remove_entry();
-                if index == e.index && proposal == Some(id) {
+                // An entry is its index and term (a proposal id alone could repeat across
+                // nodes whose incarnations are boot counters).
+                let ((index, term), id) = entry.remove_entry();
+                if index == e.index && term == e.term && proposal == Some(id) {
                     out.acked.push((id, effect));
                 } else {
                     out.failed.push((id, Failure::Overwritten));

@@ -374,6 +374,67 @@ fn a_deposed_leaders_proposals_past_the_new_log_are_settled_once_a_newer_term_co
     sim.check(&acked);
 }
 
+/// A deposed leader's proposals, overwritten here by a newer term's entry that has not
+/// committed, and the node elected again and proposing at their indexes before anything
+/// settled them: both proposals of each index are kept (by index and term), the new ones
+/// acknowledged, the old ones failed, none left unanswered.
+#[test]
+fn proposals_of_two_terms_at_one_index_are_each_settled() {
+    let mut sim = Sim::new(22, 3, &four_ranges()[..1]);
+    let range = sim.ranges[0];
+    let p = 0;
+    sim.core(p).campaign(range).expect("held");
+    sim.run_until(100, |s| s.leader(range) == Some(p))
+        .expect("node 0 leads");
+    let mut acked = BTreeMap::new();
+    put(&mut sim, range, 1, &mut acked);
+    settle(&mut sim);
+    sim.isolate(p);
+    let old: Vec<ProposalId> = (2..6)
+        .map(|n| sim.propose(p, range, &unique_put(range, n)).expect("still leads"))
+        .collect();
+    let q = sim
+        .run_until(400 * STEPS_PER_TICK, |s| s.leader(range).is_some_and(|l| l != p))
+        .and_then(|_| sim.leader(range))
+        .expect("the other two elect a leader");
+    let r = 3 - p - q;
+    // q's empty entry reaches p alone, and q never hears back: it does not commit.
+    sim.cut_link(q, r);
+    sim.cut_link(r, q);
+    sim.mend_link(q, p);
+    let term = sim.nodes[q].core.as_ref().and_then(|c| c.role(range)).expect("held").1;
+    let log = |s: &Sim| s.nodes[p].core.as_ref().and_then(|c| c.describe(range)).expect("held");
+    sim.run_until(100 * STEPS_PER_TICK, |s| log(s).contains(&format!("(term {term})")))
+        .expect("p takes q's entry");
+    assert!(
+        sim.nodes[p].failed.is_empty(),
+        "nothing of the newer term committed yet"
+    );
+    // q away, p and r elect p (its log is the newer), which proposes at the old indexes.
+    sim.isolate(q);
+    sim.mend_link(p, r);
+    sim.mend_link(r, p);
+    sim.run_until(400 * STEPS_PER_TICK, |s| s.role(p, range) == Some(Role::Leader))
+        .expect("p leads again");
+    let fresh: Vec<ProposalId> = (10..16)
+        .map(|n| sim.propose(p, range, &unique_put(range, n)).expect("leads"))
+        .collect();
+    sim.run_until(100 * STEPS_PER_TICK, |s| {
+        fresh.iter().all(|id| s.nodes[p].acked.contains(id))
+    })
+    .expect("the new writes are acknowledged");
+    sim.heal();
+    settle(&mut sim);
+    for id in &old {
+        assert!(
+            sim.nodes[p].failed.contains(&(*id, Failure::Overwritten)),
+            "{id:?} not answered: {:?}",
+            sim.nodes[p].failed
+        );
+    }
+    sim.check(&acked);
+}
+
 #[test]
 fn read_index_is_answered_only_by_a_leader_with_a_quorum() {
     let mut sim = Sim::new(6, 3, &four_ranges());
