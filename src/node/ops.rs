@@ -188,16 +188,11 @@ pub(super) fn route(node: &NodeName, mut path: Vec<NodeName>, replicas: Vec<Node
 }
 
 fn internal(node: &NodeName, e: StoreError) -> RemoteError {
+    let (node, reason) = (node.to_string(), e.to_string());
     match e {
         // Not applied: the client may retry it (the table now routes it to the group).
-        StoreError::Moving { .. } => RemoteError::Overloaded {
-            node: node.to_string(),
-            reason: e.to_string(),
-        },
-        _ => RemoteError::Internal {
-            node: node.to_string(),
-            reason: e.to_string(),
-        },
+        StoreError::Moving { .. } => RemoteError::Overloaded { node, reason },
+        _ => RemoteError::Internal { node, reason },
     }
 }
 

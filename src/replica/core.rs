@@ -132,6 +132,9 @@ struct Group<S: GroupStore> {
     generation: Generation,
     /// Accepted proposals of this node by log index and the term they were appended in (a
     /// node leading again may propose at the index of one of its earlier term's, unsettled).
+    /// Only what commits settles one ([`apply`], [`settle_older`]): not an entry a new
+    /// leader's log overwrote here, which may live on in another replica that a majority can
+    /// still elect (five replicas, or a move's joint configuration).
     proposals: BTreeMap<(u64, u64), ProposalId>,
     /// The highest term of an entry this replica has applied (or of a snapshot installed).
     applied_term: u64,
@@ -929,10 +932,6 @@ fn complete<S: GroupStore>(
     add_frames(frames, range, g.generation, outgoing(g, light.take_messages()));
     apply(range, g, light.take_committed_entries(), out).map_err(err)?;
     g.node.advance_apply();
-    // A deposed leader's proposal whose entry a new leader's log overwrote here is not failed
-    // then: the entry may live on in another replica, which a majority can still elect and
-    // which then commits it (five replicas, or a move's joint configuration). Only what
-    // commits settles it, in `apply`.
     let applied = g.node.store().applied();
     while let Some(&(_, id)) = g.reads_confirmed.front().filter(|(index, _)| *index <= applied) {
         g.reads_confirmed.pop_front();

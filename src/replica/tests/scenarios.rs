@@ -282,18 +282,13 @@ fn an_overwritten_entry_that_commits_after_all_is_acknowledged_not_reported_drop
     }
     sim.mend_link(new, p);
     sim.mend_link(p, new);
-    let term = sim.nodes[new]
-        .core
-        .as_ref()
-        .and_then(|c| c.role(range))
-        .expect("held")
-        .1;
+    let term = sim.term(new, range).expect("held");
     sim.run_until(100 * STEPS_PER_TICK, |s| {
-        s.nodes[p].core.as_ref().and_then(|c| c.role(range)) == Some((Role::Follower, term))
+        s.role(p, range) == Some(Role::Follower) && s.term(p, range) == Some(term)
     })
     .expect("the old leader follows the new one");
     sim.run(4 * STEPS_PER_TICK);
-    let log = |s: &Sim| s.nodes[p].core.as_ref().and_then(|c| c.describe(range)).expect("held");
+    let log = |s: &Sim| s.describe(p, range);
     assert!(
         log(&sim).contains(&format!("(term {term})")),
         "overwritten: {}",
@@ -324,12 +319,10 @@ fn an_overwritten_entry_that_commits_after_all_is_acknowledged_not_reported_drop
     sim.check(&acked);
 }
 
-/// A deposed leader's entries overwritten by a shorter log, most of them past the new
-/// leader's log: each is settled as never applied once the first entry of the newer term
-/// commits here (nothing of an older term commits past it), not left to the request's
-/// deadline; and the node, leading again, proposing at their indexes, loses none.
-#[test]
-fn a_deposed_leaders_proposals_past_the_new_log_are_settled_once_a_newer_term_commits() {
+/// Three nodes, one range: node 0 leads it with one write acknowledged, is cut off, takes four
+/// writes it cannot commit, and the other two elect one of them. The sim, the range, the
+/// acknowledged writes, node 0's four stranded proposals and the new leader.
+fn deposed_holding_four() -> (Sim, RangeId, BTreeMap<ProposalId, Command>, Vec<ProposalId>, usize) {
     let mut sim = Sim::new(22, 3, &four_ranges()[..1]);
     let range = sim.ranges[0];
     let p = 0;
@@ -347,6 +340,17 @@ fn a_deposed_leaders_proposals_past_the_new_log_are_settled_once_a_newer_term_co
         .run_until(400 * STEPS_PER_TICK, |s| s.leader(range).is_some_and(|l| l != p))
         .and_then(|_| sim.leader(range))
         .expect("the other two elect a leader");
+    (sim, range, acked, old, new)
+}
+
+/// A deposed leader's entries overwritten by a shorter log, most of them past the new
+/// leader's log: each is settled as never applied once the first entry of the newer term
+/// commits here (nothing of an older term commits past it), not left to the request's
+/// deadline; and the node, leading again, proposing at their indexes, loses none.
+#[test]
+fn a_deposed_leaders_proposals_past_the_new_log_are_settled_once_a_newer_term_commits() {
+    let (mut sim, range, acked, old, new) = deposed_holding_four();
+    let p = 0;
     // Back, it takes the new leader's log: its empty entry overwrites the first of the four.
     sim.heal();
     let settled = |s: &Sim| {
@@ -380,32 +384,18 @@ fn a_deposed_leaders_proposals_past_the_new_log_are_settled_once_a_newer_term_co
 /// acknowledged, the old ones failed, none left unanswered.
 #[test]
 fn proposals_of_two_terms_at_one_index_are_each_settled() {
-    let mut sim = Sim::new(22, 3, &four_ranges()[..1]);
-    let range = sim.ranges[0];
+    let (mut sim, range, acked, old, q) = deposed_holding_four();
     let p = 0;
-    sim.core(p).campaign(range).expect("held");
-    sim.run_until(100, |s| s.leader(range) == Some(p))
-        .expect("node 0 leads");
-    let mut acked = BTreeMap::new();
-    put(&mut sim, range, 1, &mut acked);
-    settle(&mut sim);
-    sim.isolate(p);
-    let old: Vec<ProposalId> = (2..6)
-        .map(|n| sim.propose(p, range, &unique_put(range, n)).expect("still leads"))
-        .collect();
-    let q = sim
-        .run_until(400 * STEPS_PER_TICK, |s| s.leader(range).is_some_and(|l| l != p))
-        .and_then(|_| sim.leader(range))
-        .expect("the other two elect a leader");
     let r = 3 - p - q;
     // q's empty entry reaches p alone, and q never hears back: it does not commit.
     sim.cut_link(q, r);
     sim.cut_link(r, q);
     sim.mend_link(q, p);
-    let term = sim.nodes[q].core.as_ref().and_then(|c| c.role(range)).expect("held").1;
-    let log = |s: &Sim| s.nodes[p].core.as_ref().and_then(|c| c.describe(range)).expect("held");
-    sim.run_until(100 * STEPS_PER_TICK, |s| log(s).contains(&format!("(term {term})")))
-        .expect("p takes q's entry");
+    let term = sim.term(q, range).expect("held");
+    sim.run_until(100 * STEPS_PER_TICK, |s| {
+        s.describe(p, range).contains(&format!("(term {term})"))
+    })
+    .expect("p takes q's entry");
     assert!(
         sim.nodes[p].failed.is_empty(),
         "nothing of the newer term committed yet"

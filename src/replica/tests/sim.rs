@@ -241,6 +241,18 @@ impl Sim {
         Some(self.nodes[i].core.as_ref()?.role(range)?.0)
     }
 
+    /// The term node `i`'s replica of `range` is at.
+    pub fn term(&self, i: usize, range: RangeId) -> Option<u64> {
+        Some(self.nodes[i].core.as_ref()?.role(range)?.1)
+    }
+
+    /// Node `i`'s view of its replica of `range` ([`Replicas::describe`]).
+    pub fn describe(&self, i: usize, range: RangeId) -> String {
+        let core = self.nodes[i].core.as_ref();
+        core.and_then(|c| c.describe(range))
+            .unwrap_or_else(|| "not held".into())
+    }
+
     pub fn core(&mut self, i: usize) -> &mut Replicas<MemGroupStore> {
         self.nodes[i].core.as_mut().expect("node is alive")
     }
