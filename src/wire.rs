@@ -7,6 +7,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use bytes::{Buf, BytesMut};
+use kvnode_replica::Generation;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_bytes::ByteBuf;
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -41,8 +42,9 @@ pub use keyring::{KeyringOp, KeyringView, NodeKeyring};
 /// the generation of each range's group (`kvnode_replica::Generation`, issue 26); a raft frame
 /// carries `removed`, the answers to vote requests from a node a group no longer counts. 16: a
 /// routing table carries `then`, the table to plan once its moves are done (a replicated
-/// range split or merged by way of one node).)
-pub const PROTOCOL_VERSION: u16 = 16;
+/// range split or merged by way of one node). 17: `Request::FinishMove` carries `ended`, the
+/// history a move into one node sealed there, without which such a move is not finished.)
+pub const PROTOCOL_VERSION: u16 = 17;
 /// The TLS ALPN identifier of this protocol.
 pub const ALPN: &[u8] = b"kvnode/1";
 /// The largest frame either side accepts, checked before allocating.
@@ -433,7 +435,15 @@ pub enum Request {
     /// Node to node: the move of `entry`'s range to `entry`'s nodes has taken effect in the
     /// range's group (sent by its leader), so the table may name them (`Node::finish_move`).
     /// `forwarded` as for `SetTableIf`. Answered with the table now held. (Protocol 13.)
-    FinishMove { entry: Entry, forwarded: bool },
+    /// `ended`: the move ends the group (`entry` is one node), and this is the history its
+    /// only voter sealed (`store::ended`): taken whatever move the table holds of the range,
+    /// as long as the table runs that history; a move into one node is finished only with
+    /// it. (Protocol 17.)
+    FinishMove {
+        entry: Entry,
+        ended: Option<Generation>,
+        forwarded: bool,
+    },
     /// What this node knows of moves (`kvnode route --status`): the ranges it took in or is
     /// taking in, with their progress, and the moves it saw finish. Answered
     /// [`Reply::Moves`]. (Protocol 14.)

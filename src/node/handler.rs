@@ -43,7 +43,11 @@ impl Handler for Node {
                 self.set_table(entries, Some(expected), forwarded, force, call_off, deadline)
                     .await
             }
-            Request::FinishMove { entry, forwarded } => self.finish_move(entry, forwarded, deadline).await,
+            Request::FinishMove {
+                entry,
+                ended,
+                forwarded,
+            } => self.finish_move(entry, ended, forwarded, deadline).await,
             Request::Leave => {
                 // Answered first: the node drains the requests in flight, this one included,
                 // before it stops.
@@ -551,21 +555,33 @@ impl Node {
     pub(super) async fn finish_move(
         self: &Arc<Self>,
         entry: crate::routing::Entry,
+        ended: Option<kvnode_replica::Generation>,
         forwarded: bool,
         deadline: Instant,
     ) -> Answer {
         let coordinator = self.table_coordinator();
         if !forwarded && coordinator != self.name {
-            let request = Request::FinishMove { entry, forwarded: true };
+            let request = Request::FinishMove {
+                entry,
+                ended,
+                forwarded: true,
+            };
             return self.forward(&coordinator, request, deadline).await;
         }
         let (table, saving) = {
             let mut held = self.table.write().unwrap_or_else(PoisonError::into_inner);
-            let Some(planned) = held.finish_move(&entry).map_err(RemoteError::invalid)? else {
+            let Some(planned) = held.finish_move(&entry, ended).map_err(RemoteError::invalid)? else {
                 return Ok(Reply::Table((**held).clone()));
             };
             let table = self.next_table(&held, planned)?;
-            tracing::info!(range = %entry.range(), to = %entry, "a move is done: the table names the range's new nodes");
+            match ended {
+                Some(history) => {
+                    tracing::info!(range = %entry.range(), to = %entry, %history, "a move is done: the range's group ended onto one node, which holds the range now")
+                }
+                None => {
+                    tracing::info!(range = %entry.range(), to = %entry, "a move is done: the table names the range's new nodes")
+                }
+            }
             let saving = self.install_table(&mut held, table.clone());
             (table, saving)
         };

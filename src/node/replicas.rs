@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use super::lease::Leases;
 use crate::names::NodeName;
 use crate::routing::{Entry, RoutingTable};
-use crate::store::{NodeGroupStore, Store};
+use crate::store::{Ended, NodeGroupStore, Store};
 
 /// The driver's tick: elections after 10–20 silent ticks (0.5–1 s), heartbeats every 2.
 pub(crate) const TICK: Duration = Duration::from_millis(50);
@@ -141,6 +141,17 @@ pub(crate) struct LeaderView {
     pub term: u64,
 }
 
+/// A move this node's group completed, for the node to finish in the table
+/// (`Node::finish_move`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Finished {
+    /// The range's entry as its group now holds it.
+    pub entry: Entry,
+    /// The move ends the group (`entry` is this node alone): the history sealed here
+    /// (`store::ended`), which may be finished whatever move the table holds of the range.
+    pub ended: Option<Generation>,
+}
+
 /// Every range this node is a replica of, and its leader as last seen.
 pub(crate) type Leaders = BTreeMap<RangeId, LeaderView>;
 
@@ -152,9 +163,9 @@ pub(crate) struct ReplicasHandle {
     leaders: watch::Sender<Leaders>,
     /// The routing table the groups follow (set by the node whenever it installs one).
     table: watch::Sender<Option<Arc<RoutingTable>>>,
-    /// The moves this node led to completion: each range's entry as its group now holds it,
-    /// for the node to finish in the table (`Node::finish_move`).
-    finished: watch::Sender<Vec<Entry>>,
+    /// The moves this node led to completion, for the node to finish in the table
+    /// (`Node::finish_move`).
+    finished: watch::Sender<Vec<Finished>>,
     /// The applied entries a group's log keeps ([`LOG_KEEP`]; less in tests).
     log_keep: u64,
     /// The ranges whose streamed snapshot is being written (from `Input::BeginInstall` to
@@ -257,7 +268,7 @@ impl ReplicasHandle {
     }
 
     /// The moves this node's groups have completed, as published.
-    pub(crate) fn finished(&self) -> watch::Receiver<Vec<Entry>> {
+    pub(crate) fn finished(&self) -> watch::Receiver<Vec<Finished>> {
         self.finished.subscribe()
     }
 
@@ -305,6 +316,7 @@ impl ReplicasHandle {
         self.hold_unapplied(&store);
         let mut tables = self.table.subscribe();
         let mut driver = Driver::new(me, store, outbox, self.leaders.clone());
+        driver.note_ended()?;
         driver.log_keep = self.log_keep;
         driver.finished = self.finished.clone();
         driver.installing = Arc::clone(&self.installing);
@@ -389,7 +401,14 @@ struct Driver {
     table: Option<Arc<RoutingTable>>,
     /// The moves under way of ranges this node is in the group of: where each goes.
     moves: BTreeMap<RangeId, Entry>,
-    finished: watch::Sender<Vec<Entry>>,
+    finished: watch::Sender<Vec<Finished>>,
+    /// The histories sealed onto this node (`store::ended`) of the ranges whose group the
+    /// table runs: each group takes no target (it never changes its configuration again),
+    /// and each is published as finished onto this node.
+    sealed: BTreeMap<RangeId, Generation>,
+    /// Ranges whose group the table runs, of a history that ended here and that this node
+    /// dropped: not started again (said once each).
+    ended_kept: BTreeSet<RangeId>,
     /// Groups kept although the table names this node in none (said once each).
     kept_voting: BTreeSet<RangeId>,
     /// Ranges whose group here (running, or on disk) is of another history than the one the
@@ -458,6 +477,8 @@ impl Driver {
             table: None,
             moves: BTreeMap::new(),
             finished: watch::Sender::new(Vec::new()),
+            sealed: BTreeMap::new(),
+            ended_kept: BTreeSet::new(),
             kept_voting: BTreeSet::new(),
             stale: BTreeSet::new(),
             stale_kept: BTreeSet::new(),
@@ -470,6 +491,19 @@ impl Driver {
             lease,
             fenced: BTreeSet::new(),
         }
+    }
+
+    /// Tells the core every history that ended here (`store::ended`), whose probes it must
+    /// never answer "nothing held".
+    fn note_ended(&mut self) -> Result<(), String> {
+        let ended = self
+            .store
+            .ended_all()
+            .map_err(|e| format!("the ranges' ended histories could not be read: {e}"))?;
+        for (range, e) in ended {
+            self.replicas.note_ended(range, e.generation);
+        }
+        Ok(())
     }
 
     /// Fences the store to the groups running here (`store::fence`): plain writes of their
@@ -631,6 +665,7 @@ impl Driver {
     /// longer names this node in are dropped by [`Driver::settle`].
     fn table(&mut self, table: Arc<RoutingTable>) {
         self.moves.clear();
+        self.sealed.clear();
         let was_blocked = std::mem::take(&mut self.blocked);
         for entry in table.entries() {
             let Some(nodes) = table.group_of(entry) else { continue };
@@ -638,6 +673,15 @@ impl Driver {
                 first: entry.first,
                 last: entry.last,
             };
+            match self.store.ended(range) {
+                Ok(Some(Ended { generation, here: true }))
+                    if generation == table.generation_of(range.first, range.last) =>
+                {
+                    self.sealed.insert(range, generation);
+                }
+                Ok(_) => {}
+                Err(e) => tracing::error!(%range, error = %e, "range {range}'s ended record could not be read"),
+            }
             let ids = match NodeIds::new(nodes.iter().map(NodeName::as_str)) {
                 Ok(ids) => ids,
                 Err(e) => {
@@ -676,6 +720,12 @@ impl Driver {
                 }
                 None if !self.start_group(range, generation, entry, moving.is_some()) => continue,
                 None => {}
+            }
+            if self.sealed.contains_key(&range) {
+                // Sealed here: its configuration never changes again (whatever move the table
+                // holds: another coordinator's table may have re-aimed it after the seal).
+                let _ = self.replicas.set_target(range, None);
+                continue;
             }
             let target = moving.map(|m| m.replicas().iter().map(|n| node_id(n.as_str())).collect());
             if let Some(m) = moving {
@@ -875,7 +925,21 @@ impl Driver {
     /// uninitialised and waits for the leader's snapshot, voting for nothing until then.
     /// A group of `generation` (the table's): one found on disk of another is left for
     /// [`Driver::retire`].
+    ///
+    /// Never a history that ended here and whose group this node dropped (`store::ended`):
+    /// started empty, it would take part in that history again, and with every replica in
+    /// the same case they would agree the range is new and bootstrap it over nothing (a
+    /// table of another coordinator, still running the history, won over the one that ended
+    /// it). The range waits for a table that says where its data went (this node, if the
+    /// history was sealed here: it says so, `publish_finished`).
     fn start_group(&mut self, range: RangeId, generation: Generation, entry: &Entry, moving: bool) -> bool {
+        if self.ended_here_and_dropped(range, generation) {
+            if self.ended_kept.insert(range) {
+                tracing::warn!(%range, %generation, "the table runs range {range}'s group of history {generation}, which ended and which this node dropped: not started again; the range waits for a table that says where its data is");
+            }
+            return false;
+        }
+        self.ended_kept.remove(&range);
         let my_id = node_id(self.me.as_str());
         let (bootstrap, voters): (Option<Vec<u64>>, Vec<u64>) = if !entry.replicas().contains(&self.me) {
             (None, vec![])
@@ -910,6 +974,19 @@ impl Driver {
         true
     }
 
+    /// Whether the store says `range`'s history `generation` ended, and holds no group of it.
+    fn ended_here_and_dropped(&self, range: RangeId, generation: Generation) -> bool {
+        let ended = match self.store.ended(range) {
+            Ok(ended) => ended,
+            Err(e) => {
+                tracing::error!(%range, error = %e, "range {range}'s ended record could not be read");
+                return false;
+            }
+        };
+        ended.is_some_and(|e| e.generation == generation)
+            && self.store.groups().is_ok_and(|held| !held.contains(&range))
+    }
+
     /// Drops each group the table no longer names this node in: a move is done (the table
     /// is finished only once the group's majority applied a configuration without this
     /// node, so nothing here is needed any more). A node the entry names alone keeps the
@@ -927,7 +1004,7 @@ impl Driver {
                 continue;
             }
             self.store
-                .drop_group(range, true)
+                .drop_group(range, true, None)
                 .await
                 .map_err(|e| format!("range {range}'s group could not be dropped: {e}"))?;
             tracing::info!(%range, "range {range}'s group on this node's disk is of a history that ended while this node was away, and a group of overlapping bytes starts here: its records dropped, the data kept for that group");
@@ -984,6 +1061,17 @@ impl Driver {
                     continue;
                 }
             }
+            // The table runs no group of the range: its history ended (onto this node, when it
+            // carries the data on). Remembered, so that this node never starts it again.
+            let ended = entry
+                .and_then(|e| table.group_of(e))
+                .is_none()
+                .then(|| self.replicas.generation(range))
+                .flatten()
+                .map(|generation| Ended {
+                    generation,
+                    here: keep_data,
+                });
             if self.replicas.remove_group(range).is_none() {
                 continue;
             }
@@ -992,9 +1080,12 @@ impl Driver {
             // differently since): kept, with the group's records gone.
             let keep_data = keep_data || self.holds_overlapping(&table, range);
             self.store
-                .drop_group(range, keep_data)
+                .drop_group(range, keep_data, ended)
                 .await
                 .map_err(|e| format!("range {range}'s group could not be dropped: {e}"))?;
+            if let Some(e) = ended {
+                self.replicas.note_ended(range, e.generation);
+            }
             let what = match (
                 keep_data,
                 entry.is_some_and(|e| e.replicas() == std::slice::from_ref(&self.me)),
@@ -1094,10 +1185,17 @@ impl Driver {
             }
             self.leases.end(range);
         }
+        // Its history ended (the table says so): never started again here. Onto this node
+        // when it carries the data on (its configuration counts this node alone).
+        let ended = Ended {
+            generation: old,
+            here: alone,
+        };
         self.store
-            .drop_group(range, alone)
+            .drop_group(range, alone, Some(ended))
             .await
             .map_err(|e| format!("range {range}'s group could not be dropped: {e}"))?;
+        self.replicas.note_ended(range, old);
         self.forget(range);
         self.stale_kept.remove(&range);
         tracing::warn!(%range, %old, new = %generation, keep_data = alone, "range {range}'s group here was of an earlier history ({old}), which has ended: dropped{}, for the table's group ({generation})", if alone { ", the range's data kept" } else { " with the range's data" });
@@ -1159,29 +1257,76 @@ impl Driver {
     }
 
     /// Publishes the moves this node leads to completion: the group's configuration is the
-    /// move's nodes, as voters, with no learner and not joint.
+    /// move's nodes, as voters, with no learner and not joint. A move into this node alone
+    /// ends the group: it is sealed first ([`Driver::seal`]), and published, as every history
+    /// sealed here that the table still runs, as ended onto this node.
     fn publish_finished(&mut self) {
-        let done: Vec<Entry> = self
-            .moves
-            .iter()
-            .filter(|(range, m)| {
-                let leads = self.replicas.role(**range).is_some_and(|(r, _)| r == Role::Leader);
-                let conf = self.replicas.conf(**range);
-                leads
-                    && conf.is_some_and(|c| {
-                        let want: BTreeSet<u64> = m.replicas().iter().map(|n| node_id(n.as_str())).collect();
-                        c.learners.is_empty()
-                            && c.voters_outgoing.is_empty()
-                            && c.voters.iter().copied().collect::<BTreeSet<u64>>() == want
-                    })
-            })
-            .map(|(_, m)| m.clone())
-            .collect();
+        let mut done = Vec::new();
+        let mut seal = Vec::new();
+        for (range, m) in &self.moves {
+            let leads = self.replicas.role(*range).is_some_and(|(r, _)| r == Role::Leader);
+            let conf = self.replicas.conf(*range);
+            let want: BTreeSet<u64> = m.replicas().iter().map(|n| node_id(n.as_str())).collect();
+            let there = leads
+                && conf.is_some_and(|c| {
+                    c.learners.is_empty()
+                        && c.voters_outgoing.is_empty()
+                        && c.voters.iter().copied().collect::<BTreeSet<u64>>() == want
+                });
+            if !there {
+                continue;
+            }
+            if m.is_replicated() {
+                done.push(Finished {
+                    entry: m.clone(),
+                    ended: None,
+                });
+            } else {
+                seal.push(*range);
+            }
+        }
+        for range in seal {
+            self.seal(range);
+        }
+        for (range, &generation) in &self.sealed {
+            done.push(Finished {
+                entry: Entry::single(range.first, range.last, self.me.clone()),
+                ended: Some(generation),
+            });
+        }
         self.finished.send_if_modified(|f| {
             let changed = *f != done;
             *f = done;
             changed
         });
+    }
+
+    /// Seals `range`'s group onto this node, its only voter (`store::ended`): recorded,
+    /// synced, before anything says the history ended. Only while it leads with no
+    /// configuration change in its log unapplied (a leader's own, or, new, its whole log),
+    /// so the configuration it applied, this node alone, is its last: from the seal on, the
+    /// driver gives the group no target. Its writes go on, on this node alone.
+    fn seal(&mut self, range: RangeId) {
+        let Some(generation) = self.replicas.generation(range) else {
+            return;
+        };
+        let current = self
+            .table
+            .as_ref()
+            .is_some_and(|t| t.generation_of(range.first, range.last) == generation);
+        if !current || self.replicas.changing(range) != Some(false) {
+            return;
+        }
+        let sealed = Ended { generation, here: true };
+        if let Err(e) = self.store.mark_ended(range, sealed) {
+            tracing::error!(%range, error = %e, "range {range}'s group could not be sealed onto this node; its move is finished once it can be");
+            return;
+        }
+        // From now on it takes no target (the table may re-aim the move: it stays here).
+        let _ = self.replicas.set_target(range, None);
+        self.moves.remove(&range);
+        self.sealed.insert(range, generation);
+        tracing::info!(%range, %generation, "range {range}'s group has moved onto this node alone, and is sealed here: its configuration never changes again");
     }
 
     /// Runs rounds until there is nothing to do: one outstanding at a time.

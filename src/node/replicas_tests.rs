@@ -552,3 +552,178 @@ async fn a_write_waiting_in_a_group_restarted_after_a_failed_install_is_answered
         s.cancel();
     }
 }
+
+/// What node `i` publishes as finished, polled until `wanted` or `within`.
+async fn finished_as(c: &Cluster, i: usize, wanted: &[Finished], within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut finished = c.handles[i].finished();
+    loop {
+        if finished.borrow_and_update().as_slice() == wanted {
+            return;
+        }
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        assert!(
+            !left.is_zero(),
+            "{} publishes {:?}, not {wanted:?}",
+            c.names[i],
+            *finished.borrow()
+        );
+        let _ = tokio::time::timeout(left, finished.changed()).await;
+    }
+}
+
+/// The configuration node `i` applied, as its store holds it.
+fn conf_of(stores: &[Store], i: usize) -> raft::prelude::ConfState {
+    let group = stores[i].group(RANGE, Generation::LEGACY, None).unwrap();
+    raft::Storage::initial_state(&group).unwrap().conf_state
+}
+
+/// A move into one node ends the range's group there: before the node says so, it seals the
+/// group (`store::ended`), which then never changes its configuration again. A table of
+/// another coordinator that re-aims the move after the seal (a partition) moves nothing:
+/// the group's data stays on that node alone, which says the history ended onto it, and
+/// writes go on there. Before, the group followed the re-aimed move while the stale
+/// coordinator's table said its history had ended, and a later birth of the range retired
+/// the copies holding the writes acknowledged since.
+#[tokio::test]
+async fn a_group_sealed_onto_one_node_never_follows_a_re_aimed_move() {
+    let stores: [Store; 3] = std::array::from_fn(|_| Store::in_memory());
+    let c = cluster_on(stores.clone());
+    c.leader(None, Duration::from_secs(5)).await;
+    let n1 = Entry::single(b'a', b'z', c.names[0].clone());
+    let into_n1 = Arc::new(
+        RoutingTable::new(all_three(&c), 2, "test")
+            .unwrap()
+            .with_moves(vec![n1.clone()])
+            .unwrap(),
+    );
+    for h in &c.handles {
+        h.set_table(Arc::clone(&into_n1));
+    }
+    let sealed = Finished {
+        entry: n1.clone(),
+        ended: Some(Generation::LEGACY),
+    };
+    finished_as(&c, 0, std::slice::from_ref(&sealed), Duration::from_secs(20)).await;
+    assert_eq!(
+        stores[0].ended(RANGE).unwrap(),
+        Some(Ended {
+            generation: Generation::LEGACY,
+            here: true
+        })
+    );
+    // The other coordinator's table, which re-aimed the move at n2 and n3.
+    let re_aimed = Arc::new(
+        RoutingTable::new(all_three(&c), 3, "other")
+            .unwrap()
+            .with_moves(vec![Entry::new(b'a', b'z', c.names[1..].to_vec()).unwrap()])
+            .unwrap(),
+    );
+    for h in &c.handles {
+        h.set_table(Arc::clone(&re_aimed));
+    }
+    // Taken after the table (the driver looks at tables before its inbox).
+    c.handles[0].propose(RANGE, put("after")).await.unwrap();
+    finished_as(&c, 0, std::slice::from_ref(&sealed), Duration::from_secs(1)).await;
+    // A leader with a target takes its first step within a tick or two: watched for a
+    // second (twenty ticks), the configuration stays n1 alone.
+    let n1_id = node_id(c.names[0].as_str());
+    let until = tokio::time::Instant::now() + Duration::from_secs(1);
+    while tokio::time::Instant::now() < until {
+        let conf = conf_of(&stores, 0);
+        assert_eq!(
+            (conf.voters.as_slice(), conf.learners.as_slice()),
+            (&[n1_id][..], &[][..]),
+            "the sealed group changed its configuration"
+        );
+        c.handles[0].propose(RANGE, put("more")).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for s in &c.stops {
+        s.cancel();
+    }
+}
+
+/// Once a history ended (the table says so) and every node dropped its group, a table that
+/// runs that history again (another coordinator's, kept by gossip over the one that ended
+/// it) starts it nowhere: started empty, the replicas would agree the range is new and
+/// bootstrap it over nothing, and reads would miss every write of the range. The node the
+/// history was sealed onto says so, for the table to name it again.
+#[tokio::test]
+async fn a_history_that_ended_is_not_started_again_over_nothing() {
+    let stores: [Store; 3] = std::array::from_fn(|_| Store::in_memory());
+    let c = cluster_on(stores.clone());
+    let leader = c.leader(None, Duration::from_secs(5)).await;
+    c.handles[leader].propose(RANGE, put("kept")).await.unwrap();
+    let n1 = Entry::single(b'a', b'z', c.names[0].clone());
+    let first = RoutingTable::new(all_three(&c), 1, "test").unwrap();
+    let into_n1 = RoutingTable::new(all_three(&c), 2, "test")
+        .unwrap()
+        .with_moves(vec![n1.clone()])
+        .unwrap()
+        .with_generations(Some(&first));
+    let into_n1 = Arc::new(into_n1);
+    for h in &c.handles {
+        h.set_table(Arc::clone(&into_n1));
+    }
+    let sealed = Finished {
+        entry: n1.clone(),
+        ended: Some(Generation::LEGACY),
+    };
+    finished_as(&c, 0, std::slice::from_ref(&sealed), Duration::from_secs(20)).await;
+    // The coordinator's finished table: every node drops the group, n1 keeping the data.
+    let planned = into_n1.finish_move(&n1, Some(Generation::LEGACY)).unwrap().unwrap();
+    let done = Arc::new(
+        RoutingTable::new(planned.entries, 3, "test")
+            .unwrap()
+            .with_generations(Some(&into_n1)),
+    );
+    assert!(done.has_ended(b'a', b'z', Generation::LEGACY));
+    for h in &c.handles {
+        h.set_table(Arc::clone(&done));
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while stores.iter().any(|s| !s.groups().unwrap().is_empty()) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the group was not dropped everywhere"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for (i, store) in stores.iter().enumerate() {
+        let here = i == 0;
+        assert_eq!(
+            store.ended(RANGE).unwrap(),
+            Some(Ended {
+                generation: Generation::LEGACY,
+                here
+            }),
+            "node {i}"
+        );
+    }
+    // The other lineage's table, running the ended history on all three (newer: kept).
+    let again = Arc::new(RoutingTable::new(all_three(&c), 4, "other").unwrap());
+    for h in &c.handles {
+        h.set_table(Arc::clone(&again));
+    }
+    finished_as(&c, 0, std::slice::from_ref(&sealed), Duration::from_secs(5)).await;
+    // Started empty anywhere, the three would bootstrap within an election or two (about
+    // a second): watched for two, no group runs, and n1 still holds the range's data.
+    let until = tokio::time::Instant::now() + Duration::from_secs(2);
+    while tokio::time::Instant::now() < until {
+        for (i, h) in c.handles.iter().enumerate() {
+            assert!(
+                !h.leaders().borrow().contains_key(&RANGE),
+                "node {i} started the ended history again"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(matches!(
+        stores[0].get(b"apples", b"kept").await.unwrap(),
+        crate::store::Lookup::Found(_)
+    ));
+    for s in &c.stops {
+        s.cancel();
+    }
+}

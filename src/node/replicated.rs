@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use super::Node;
 use super::ops::{self, Applied};
-use super::replicas::Refused;
+use super::replicas::{Finished, Refused};
 use super::watch::Source;
 use crate::names::NodeName;
 use crate::rpc::Now;
@@ -231,16 +231,25 @@ impl Node {
         let mut refused = None;
         loop {
             let done = finished.borrow_and_update().clone();
-            for entry in done {
+            for Finished { entry, ended } in done {
                 let table = self.table();
-                if table
-                    .move_of(entry.first, entry.last)
-                    .is_none_or(|m| !m.same_nodes(&entry))
-                {
+                let wanted = match ended {
+                    // The table still runs the history sealed onto this node.
+                    Some(history) => {
+                        table
+                            .entry_for(entry.first, entry.last)
+                            .is_some_and(|e| table.group_of(e).is_some())
+                            && table.generation_of(entry.first, entry.last) == history
+                    }
+                    None => table
+                        .move_of(entry.first, entry.last)
+                        .is_some_and(|m| m.same_nodes(&entry)),
+                };
+                if !wanted {
                     continue;
                 }
                 let deadline = Instant::now() + std::time::Duration::from_secs(2);
-                match self.finish_move(entry.clone(), false, deadline).await {
+                match self.finish_move(entry.clone(), ended, false, deadline).await {
                     Ok(_) => tracing::debug!(range = %entry.range(), "move finished in the table"),
                     Err(e) => {
                         tracing::info!(range = %entry.range(), error = %e, "the move is done but the table could not say so yet; asking again")

@@ -204,6 +204,8 @@ pub struct Replicas<S: GroupStore> {
     probes: Vec<(u64, Probe)>,
     /// Answers to vote requests from nodes a group no longer counts: (to, answer).
     removed: Vec<(u64, Removed)>,
+    /// Each range's history that ended here, its group gone ([`Replicas::note_ended`]).
+    ended: BTreeMap<RangeId, Generation>,
     /// Events found while polling, released with the round.
     pending: Output,
 }
@@ -223,8 +225,18 @@ impl<S: GroupStore> Replicas<S> {
             outbox: vec![],
             probes: vec![],
             removed: vec![],
+            ended: BTreeMap::new(),
             pending: Output::default(),
         }
+    }
+
+    /// Notes that `range`'s history `generation` ended while this node held it (the caller
+    /// dropped its group, or remembers doing so): a probe of that history, which asks
+    /// whether the range is new, is never answered "nothing held" from here. Replicas that
+    /// all dropped an ended history (a table that ran it again won over the one that ended
+    /// it) so never agree to bootstrap it over nothing.
+    pub fn note_ended(&mut self, range: RangeId, generation: Generation) {
+        self.ended.insert(range, generation);
     }
 
     /// Takes a group on its store, `replicas` being the ids of every replica the table names
@@ -337,6 +349,15 @@ impl<S: GroupStore> Replicas<S> {
         self.groups
             .get(&range)
             .map(|g| g.node.raft.prs().conf().to_conf_state())
+    }
+
+    /// Whether a configuration change is in the group's log and not yet applied here (a
+    /// leader proposes one at a time; a new leader counts its whole log as one until it has
+    /// applied it); `None` for a range not held.
+    pub fn changing(&self, range: RangeId) -> Option<bool> {
+        self.groups
+            .get(&range)
+            .map(|g| g.node.raft.pending_conf_index > g.node.raft.raft_log.applied)
     }
 
     /// Whether the group knows its voters (bootstrapped, restarted with them, or made whole

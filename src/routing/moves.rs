@@ -5,6 +5,8 @@
 //!
 //! Pure table logic: the coordinator (`Node::set_table`) calls it under the table's lock.
 
+use kvnode_replica::Generation;
+
 use super::{Entry, RoutingTable};
 use crate::names::NodeName;
 
@@ -289,34 +291,68 @@ impl RoutingTable {
     /// The entries and moves once the move of `done`'s range to `done`'s nodes has taken
     /// effect in its group: the move's nodes become the entry's. `Ok(None)`: nothing to do
     /// (finished already); `Err` when the table holds no such move (another table replaced it).
-    pub fn finish_move(&self, done: &Entry) -> Result<Option<Planned>, String> {
+    ///
+    /// A move into one node ends the range's group (that node's data carries the range on,
+    /// and the group's history joins `ended`), so it is taken only with `ended`, the
+    /// history its only voter sealed (`store::ended`): a sealed group never changes its
+    /// configuration again, so no other node can hold writes of it that this one lacks. With
+    /// `ended`, the range's entry becomes `done` whatever move the table holds of it, as long
+    /// as the table runs that history: a table of another coordinator (a partition) may have
+    /// re-aimed the move after the group was sealed, and only the group knows where its data is.
+    pub fn finish_move(&self, done: &Entry, ended: Option<Generation>) -> Result<Option<Planned>, String> {
         let entry = self
             .entries
             .iter()
             .find(|e| (e.first, e.last) == (done.first, done.last));
-        match (entry, self.move_of(done.first, done.last)) {
-            (Some(_), Some(m)) if m.same_nodes(done) => Ok(Some(Planned {
-                entries: self
-                    .entries
-                    .iter()
-                    .map(|e| {
-                        if (e.first, e.last) == (m.first, m.last) {
-                            m.clone()
-                        } else {
-                            e.clone()
-                        }
-                    })
-                    .collect(),
-                moves: self.moves.iter().filter(|o| *o != m).cloned().collect(),
-                then: self.then.clone(),
-            })),
-            (Some(e), None) if e.same_nodes(done) => Ok(None),
-            _ => Err(format!(
+        let generation = self.generation_of(done.first, done.last);
+        let runs = entry.is_some_and(|e| self.group_of(e).is_some());
+        let finished = |m: &Entry| Planned {
+            entries: self
+                .entries
+                .iter()
+                .map(|e| {
+                    if (e.first, e.last) == (m.first, m.last) {
+                        m.clone()
+                    } else {
+                        e.clone()
+                    }
+                })
+                .collect(),
+            moves: self
+                .moves
+                .iter()
+                .filter(|o| (o.first, o.last) != (m.first, m.last))
+                .cloned()
+                .collect(),
+            then: self.then.clone(),
+        };
+        let no_move = || {
+            format!(
                 "the table (version {}) holds no move of {} to {}",
                 self.version,
                 done.range(),
                 nodes_of(done)
+            )
+        };
+        match (entry, self.move_of(done.first, done.last), ended) {
+            (Some(e), _, _) if !runs && e.same_nodes(done) => Ok(None),
+            (Some(_), _, Some(sealed)) if !done.is_replicated() && runs && sealed == generation => {
+                Ok(Some(finished(done)))
+            }
+            (Some(_), _, Some(sealed)) => Err(format!(
+                "the table (version {}) runs no group of history {sealed} for range {}, which ended onto {}",
+                self.version,
+                done.range(),
+                nodes_of(done)
             )),
+            (Some(_), Some(m), None) if m.same_nodes(done) && done.is_replicated() => Ok(Some(finished(m))),
+            (Some(_), Some(m), None) if m.same_nodes(done) => Err(format!(
+                "the move of {} to {} ends the range's group, and is finished only once its group is sealed there",
+                done.range(),
+                nodes_of(done)
+            )),
+            (Some(e), None, None) if e.same_nodes(done) => Ok(None),
+            _ => Err(no_move()),
         }
     }
 }
@@ -593,14 +629,59 @@ mod tests {
     #[test]
     fn a_finished_move_makes_its_nodes_the_entry() {
         let held = table("a-m=foo,n-z=bar", &["a-m=baz+qux", "n-z=foo"]);
-        let done = held.finish_move(&"a-m=qux+baz".parse().unwrap()).unwrap().unwrap();
+        let done = held
+            .finish_move(&"a-m=qux+baz".parse().unwrap(), None)
+            .unwrap()
+            .unwrap();
         assert_eq!(done.entries, wanted("a-m=baz+qux,n-z=bar"));
         assert_eq!(done.moves, vec!["n-z=foo".parse().unwrap()]);
         let after = RoutingTable::new(done.entries, 4, "foo")
             .unwrap()
             .with_moves(done.moves)
             .unwrap();
-        assert_eq!(after.finish_move(&"a-m=baz+qux".parse().unwrap()), Ok(None));
-        assert!(after.finish_move(&"a-m=foo".parse().unwrap()).is_err());
+        assert_eq!(after.finish_move(&"a-m=baz+qux".parse().unwrap(), None), Ok(None));
+        assert!(after.finish_move(&"a-m=foo".parse().unwrap(), None).is_err());
+    }
+
+    #[test]
+    fn a_move_into_one_node_is_finished_only_by_the_history_sealed_there() {
+        let held = table("a-m=foo+bar+baz,n-z=bar", &["a-m=qux"]);
+        let history = held.generation_of(b'a', b'm');
+        let qux: Entry = "a-m=qux".parse().unwrap();
+        // Not sealed: the group could still change its configuration (another coordinator's
+        // table), so its history is not over.
+        let why = held.finish_move(&qux, None).unwrap_err();
+        assert!(why.contains("sealed"), "{why}");
+        // Sealed, but another history of the range (a stale request).
+        let other = Generation(history.0 + 1);
+        let why = held.finish_move(&qux, Some(other)).unwrap_err();
+        assert!(why.contains("runs no group of history"), "{why}");
+        let done = held.finish_move(&qux, Some(history)).unwrap().unwrap();
+        assert_eq!(done.entries, wanted("a-m=qux,n-z=bar"));
+        assert_eq!(done.moves, vec![]);
+        let after = RoutingTable::new(done.entries, 4, "foo")
+            .unwrap()
+            .with_generations(Some(&held));
+        assert!(after.has_ended(b'a', b'm', history));
+        assert_eq!(after.finish_move(&qux, Some(history)), Ok(None));
+    }
+
+    #[test]
+    fn a_history_sealed_onto_one_node_finishes_whatever_move_the_table_holds() {
+        // The other side of a partition re-aimed the move after the group was sealed onto
+        // qux: the group, not the table, says where its data is.
+        let held = table("a-m=foo+bar+baz,n-z=bar", &["a-m=bar+quux+zed"]);
+        let history = held.generation_of(b'a', b'm');
+        let qux: Entry = "a-m=qux".parse().unwrap();
+        let done = held.finish_move(&qux, Some(history)).unwrap().unwrap();
+        assert_eq!(done.entries, wanted("a-m=qux,n-z=bar"));
+        assert_eq!(done.moves, vec![]);
+        // No move at all (a table from before the move): the same.
+        let held = table("a-m=foo+bar+baz,n-z=bar", &[]);
+        let done = held.finish_move(&qux, Some(history)).unwrap().unwrap();
+        assert_eq!(done.entries, wanted("a-m=qux,n-z=bar"));
+        // A table that runs no group there (the range a single owner's) takes none.
+        let held = table("a-m=foo,n-z=bar", &[]);
+        assert!(held.finish_move(&qux, Some(history)).is_err());
     }
 }

@@ -28,7 +28,7 @@ use super::engine::{Applied, Op, RaftSpace, RaftWrites, RangeView};
 use super::feed::Feed;
 use super::group_records::{self as rec, LogBounds};
 use super::memory::MemoryStore;
-use super::{Backend, Lookup, Store, StoreError};
+use super::{Backend, Ended, Lookup, Store, StoreError};
 
 /// On disk, the cache keeps at most this many of a group's newest entries...
 const CACHE_ENTRIES: usize = 1024;
@@ -922,13 +922,19 @@ impl Store {
     /// log and state go, and unless `keep_data` (this node keeps the range as its single
     /// owner) so do the range's buckets, in one engine batch, synced. The caller has removed
     /// the group from its core first, so nothing writes to it meanwhile.
-    pub async fn drop_group(&self, range: RangeId, keep_data: bool) -> Result<(), StoreError> {
+    ///
+    /// `ended`: the group's history ended (`store::ended`), recorded in the same batch. The
+    /// range's ended record is never dropped with the group.
+    pub async fn drop_group(&self, range: RangeId, keep_data: bool, ended: Option<Ended>) -> Result<(), StoreError> {
         self.groups.lock().remove(&range);
         let empty = Arc::new(RangeData::new());
         match &self.backend {
             Backend::Memory(m) => {
                 if !keep_data {
                     m.replace_range(range.first, range.last, &empty);
+                }
+                if let Some(ended) = ended {
+                    self.ended_in_memory().insert(range, ended);
                 }
                 Ok(())
             }
@@ -937,6 +943,7 @@ impl Store {
                 if !keep_data {
                     writes.replace.push((range.first, range.last, empty));
                 }
+                writes.records.extend(ended.map(|e| e.record(range)));
                 let (from, to) = rec::log_span(range, 0, None);
                 let log = d
                     .engine()
@@ -969,9 +976,10 @@ impl Store {
                 .engine()
                 .raft_scan(RaftSpace::State, &[], &[0xff; 4], false, usize::MAX)
                 .map_err(|e| StoreError::Engine(e.0))?;
-            // A generation alone is an uninitialised group's: no state.
+            // A generation alone is an uninitialised group's: no state; an ended record
+            // outlives its group.
             ranges.extend(all.iter().filter_map(|(k, _)| match k.as_slice() {
-                [_, _, rec::GENERATION] => None,
+                [_, _, rec::GENERATION | rec::ENDED] => None,
                 [first, last, ..] => Some(RangeId {
                     first: *first,
                     last: *last,

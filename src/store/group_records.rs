@@ -29,6 +29,9 @@ pub(super) const INSTALLING: u8 = 5;
 /// The group's history (`Generation`, issue 26), written when the group is created here;
 /// a group with state and no such record is of the generation before generations.
 pub(super) const GENERATION: u8 = 6;
+/// The range's newest ended history (`store::ended`): kept when the group's other records
+/// are dropped.
+pub(super) const ENDED: u8 = 7;
 
 pub(super) fn state_key(range: RangeId, kind: u8) -> Vec<u8> {
     vec![range.first, range.last, kind]

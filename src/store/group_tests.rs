@@ -117,6 +117,47 @@ fn stores() -> Vec<(Store, Option<tempfile::TempDir>)> {
     out
 }
 
+/// A range's ended history (`store::ended`): recorded synced by `mark_ended`, or with the
+/// drop of its group in the same batch; kept when the group is dropped; on disk, read back
+/// after a restart; never taken for a group's state.
+#[tokio::test]
+async fn a_ranges_ended_history_outlives_its_group_and_a_restart() {
+    let sealed = Ended {
+        generation: Generation(5),
+        here: true,
+    };
+    let elsewhere = Ended {
+        generation: Generation(6),
+        here: false,
+    };
+    let mut dirs = vec![];
+    for (store, dir) in stores() {
+        let w = writer(&store);
+        store.group(AM, sealed.generation, Some(&VOTERS)).unwrap();
+        assert_eq!(store.ended(AM).unwrap(), None);
+        store.mark_ended(AM, sealed).unwrap();
+        assert_eq!(store.groups().unwrap(), vec![AM], "the group runs on");
+        store.drop_group(AM, true, None).await.unwrap();
+        assert_eq!(store.ended(AM).unwrap(), Some(sealed), "a drop keeps it");
+        store.group(NZ, elsewhere.generation, Some(&VOTERS)).unwrap();
+        store.drop_group(NZ, false, Some(elsewhere)).await.unwrap();
+        assert_eq!(store.ended(NZ).unwrap(), Some(elsewhere));
+        assert_eq!(store.groups().unwrap(), Vec::<RangeId>::new(), "no group's state");
+        let mut all = store.ended_all().unwrap();
+        all.sort_by_key(|(r, _)| *r);
+        assert_eq!(all, vec![(AM, sealed), (NZ, elsewhere)]);
+        w.stop().await;
+        dirs.extend(dir);
+    }
+    #[cfg(feature = "fjall")]
+    for dir in dirs {
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.ended(AM).unwrap(), Some(sealed));
+        assert_eq!(store.ended(NZ).unwrap(), Some(elsewhere));
+        assert_eq!(store.groups().unwrap(), Vec::<RangeId>::new());
+    }
+}
+
 #[cfg(feature = "fjall")]
 #[tokio::test]
 async fn a_group_keeps_the_generation_it_was_created_with_until_it_is_dropped() {
@@ -137,7 +178,7 @@ async fn a_group_keeps_the_generation_it_was_created_with_until_it_is_dropped() 
     store.wipe_group(AM).await.unwrap();
     let wiped = store.group(AM, next, None).unwrap();
     assert_eq!(wiped.generation(), first, "a wipe keeps the history (and the vote)");
-    store.drop_group(AM, false).await.unwrap();
+    store.drop_group(AM, false, None).await.unwrap();
     let again = store.group(AM, next, None).unwrap();
     assert_eq!(
         again.generation(),
@@ -255,6 +296,7 @@ async fn an_entry_append_and_a_plain_put_queued_together_are_made_durable_by_one
         backend: Backend::Disk(disk),
         groups: Arc::default(),
         fences: Arc::default(),
+        ended: Arc::default(),
     };
     let _g = store.group(AM, Generation::LEGACY, Some(&VOTERS)).unwrap();
     let _h = store.group(NZ, Generation::LEGACY, Some(&VOTERS)).unwrap();

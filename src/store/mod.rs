@@ -4,6 +4,7 @@
 //! (`--in-memory`, like the tutorial) or a durable embedded engine with group commit.
 
 mod disk;
+mod ended;
 mod engine;
 mod feed;
 mod fence;
@@ -25,6 +26,7 @@ use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 pub use disk::{DiskStore, EngineKind};
+pub use ended::Ended;
 pub use engine::{Applied, KeyPage, Op, PartCursor, RaftSpace, RaftWrites, RangeView};
 pub use feed::{Change, Feed, FeedError, MAX_BYTES as MAX_FEED_BYTES, MAX_CHANGES as MAX_FEED_CHANGES, Page, Waiter};
 pub use group::NodeGroupStore;
@@ -72,6 +74,8 @@ pub struct Store {
     groups: Arc<group::Groups>,
     /// The bytes the groups running here cover: no plain write goes there (`fence`).
     fences: Arc<fence::Fences>,
+    /// The ranges' ended histories, in memory (on disk: `ENDED` records; `ended`).
+    ended: Arc<std::sync::Mutex<std::collections::BTreeMap<kvnode_replica::RangeId, Ended>>>,
 }
 
 #[derive(Clone, Debug)]
@@ -87,6 +91,7 @@ impl Store {
             backend: Backend::Memory(MemoryStore::default()),
             groups: Arc::default(),
             fences: Arc::default(),
+            ended: Arc::default(),
         }
     }
 
@@ -100,6 +105,7 @@ impl Store {
             backend: Backend::Disk(DiskStore::open(dir, kind)?),
             groups: Arc::default(),
             fences: Arc::default(),
+            ended: Arc::default(),
         })
     }
 

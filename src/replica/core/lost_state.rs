@@ -89,9 +89,12 @@ impl<S: GroupStore> Replicas<S> {
         let (range, generation) = (probe.range, probe.generation);
         match probe.answer {
             None => {
-                let held = self
-                    .groups
-                    .get(&range)
+                let group = self.groups.get(&range);
+                if group.is_none() && self.ended.get(&range) == Some(&generation) {
+                    // This node held that history, which ended: not new, and nothing to say.
+                    return;
+                }
+                let held = group
                     .filter(|g| g.probing.is_none() && g.generation == generation)
                     .map(|g| log_state(&g.node));
                 self.probes.push((

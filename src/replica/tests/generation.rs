@@ -90,6 +90,27 @@ fn a_probe_of_another_history_is_answered_with_nothing_held() {
     );
 }
 
+/// A history that ended while this node held it (its group dropped since) is not new: a
+/// probe of it, asking whether the range is new, gets no answer from here, so replicas that
+/// all dropped it never agree to bootstrap it over nothing. Any other history is answered.
+#[test]
+fn a_probe_of_a_history_that_ended_here_is_not_answered() {
+    let mut r = held();
+    r.remove_group(RANGE);
+    r.note_ended(RANGE, GEN);
+    r.handle_frame(PEER, probe(GEN, None));
+    assert_eq!(probes_sent(&mut r), vec![]);
+    r.handle_frame(PEER, probe(OTHER, None));
+    assert_eq!(
+        probes_sent(&mut r),
+        vec![Probe {
+            range: RANGE,
+            generation: OTHER,
+            answer: Some(None)
+        }]
+    );
+}
+
 #[test]
 fn answers_about_another_history_do_not_count_towards_the_lost_state_rule() {
     // A replica without state asks the others; were answers about another history counted,
