@@ -275,6 +275,27 @@ async fn wait_for_moves(
         if pending.is_empty() && table.then().is_empty() {
             return Ok(table);
         }
+        // A range no longer moving, named on other nodes than asked, with no re-cut to come:
+        // another table won (a group sealed onto one node before this move could take
+        // effect, or a set of another coordinator). Waiting would not bring it.
+        let overtaken = pending.iter().find(|m| {
+            table.then().is_empty()
+                && table.move_of(m.first, m.last).is_none()
+                && table
+                    .entry_for(m.first, m.last)
+                    .is_some_and(|e| (e.first, e.last) == (m.first, m.last) && !e.same_nodes(m))
+        });
+        if overtaken.is_some() && table.version() > set.version() {
+            if drawn {
+                eprintln!();
+            }
+            return Err(ClientError::Remote(wire::RemoteError::TableChanged {
+                node: client.describe(),
+                expected: set.version(),
+                found: table.version(),
+                setter: table.setter().to_string(),
+            }));
+        }
         if Instant::now() >= until {
             if drawn {
                 eprintln!();

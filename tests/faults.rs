@@ -555,16 +555,16 @@ fn a_replicated_range_split_and_merged_under_faults_stays_linearizable_as_it_is_
     check_shape(&SPLIT_MERGE_3);
 }
 
-/// Issue 26's partition case: a `route --set` on each side of a partition. The range's
-/// membership changes only through a majority of its replicas, so the cut-off side's move
-/// cannot take effect (it is refused or waits), the majority's does, and after the heal
-/// every node holds the majority's table and every acknowledged write is there.
 /// Network namespaces for `n` nodes, for a test that needs partitions; `None` (the reason
 /// printed: the test skips itself) where they cannot be made, as without root.
 fn namespaces_or_skip(n: usize) -> Option<netns::Net> {
     netns::Net::new(n).map_err(|why| println!("skipped: {why}")).ok()
 }
 
+/// Issue 26's partition case: a `route --set` on each side of a partition. The range's
+/// membership changes only through a majority of its replicas, so the cut-off side's move
+/// cannot take effect (it is refused or waits), the majority's does, and after the heal
+/// every node holds the majority's table and every acknowledged write is there.
 #[test]
 fn a_route_set_on_each_side_of_a_partition_takes_effect_on_the_majority_side_only() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
@@ -653,6 +653,150 @@ fn a_route_set_on_each_side_of_a_partition_takes_effect_on_the_majority_side_onl
             .stdout();
         (table.lines().any(|l| l == "a-z=n2+n3+n4") && !table.contains("# moving")).then_some(())
     });
+    for i in 0..5 {
+        for key in &acked {
+            let got = common::wait_for(&format!("{key} through n{}", i + 1), common::PATIENCE, || {
+                let out = cluster.run(&[
+                    "get",
+                    workload::BUCKET,
+                    key,
+                    "--via",
+                    &cluster.via(i),
+                    "--timeout",
+                    "3s",
+                ]);
+                (out.code == Some(0)).then(|| out.stdout())
+            });
+            assert_eq!(got.trim(), key, "through n{}", i + 1);
+        }
+    }
+}
+
+/// Two coordinators at once, and a move into one node: the cluster split in two, each side
+/// coordinating its own tables. On the side with a majority of the range's group, the range
+/// moves onto n3 alone (its group ends there, and n3 takes writes as its single owner); the
+/// other side re-aims the move three times, which its group, without a majority there,
+/// never carries out, but which gives its table the higher version: after the heal, gossip
+/// keeps that table, which still runs the ended group. Before stop 41, the nodes that had
+/// dropped the group started it again from nothing under that table, and the range was lost
+/// (its old replica elected over their empty copies, without the writes n3 took) or left with
+/// no leader. Now n3 sealed the group before the move was finished, and says so to the
+/// coordinator of the table kept: the range is named on n3 again, and every acknowledged
+/// write reads back through every node.
+#[test]
+fn a_move_into_one_node_on_one_side_of_a_split_and_re_aims_on_the_other_lose_no_write() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(net) = namespaces_or_skip(5) else { return };
+    let shape = Shape {
+        name: "sealed-move-5",
+        nodes: 5,
+        table: "a-z=n3+n4+n5",
+        in_memory: false,
+        entries: Nodes::Any,
+        victims: Nodes::Owner,
+        moves: &[],
+    };
+    let mut cluster = Cluster::start(&shape, Some(net));
+    let put = |cluster: &Cluster, via: usize, key: &str| {
+        cluster.run(&[
+            "put",
+            workload::BUCKET,
+            key,
+            key,
+            "--via",
+            &cluster.via(via),
+            "--timeout",
+            "3s",
+        ])
+    };
+    let table_via = |cluster: &Cluster, i: usize, beside: bool| {
+        let args = ["route", "--table", "--via", &cluster.via(i), "--timeout", "2s"];
+        let out = if beside {
+            cluster.run_beside(i, &args)
+        } else {
+            cluster.run(&args)
+        };
+        out.stdout()
+    };
+    let mut acked = Vec::new();
+    common::wait_for("a first write", common::PATIENCE, || {
+        (put(&cluster, 0, "k0").code == Some(0)).then_some(())
+    });
+    acked.push("k0".to_string());
+    // n2 and n5 on their own; n1 (coordinating), n3 and n4 with the clients.
+    let side_b = [1, 4];
+    cluster.split(&side_b, false);
+    let set = common::wait_for("the move into n3", Duration::from_secs(60), || {
+        let out = cluster.run(&[
+            "route",
+            "--set",
+            "a-z=n3",
+            "--via",
+            &cluster.via(0),
+            "--wait-for",
+            "20s",
+            "--timeout",
+            "3s",
+        ]);
+        (out.code == Some(0)).then(|| out.stdout())
+    });
+    assert!(set.lines().any(|l| l == "a-z=n3"), "{set}");
+    for k in 1..20 {
+        let key = format!("k{k}");
+        if put(&cluster, [0, 2, 3][k % 3], &key).code == Some(0) {
+            acked.push(key);
+        }
+    }
+    assert!(acked.len() > 10, "writes on n3: {acked:?}");
+    let side_a = table_via(&cluster, 0, false);
+    println!("side A's table:\n{side_a}");
+    // Side B, once n2 coordinates it: each table re-aims the move (none can take effect).
+    for target in ["a-z=n2+n5", "a-z=n5", "a-z=n2+n5"] {
+        common::wait_for(&format!("side B's {target}"), Duration::from_secs(60), || {
+            let out = cluster.run_beside(
+                1,
+                &[
+                    "route",
+                    "--set",
+                    target,
+                    "--no-wait",
+                    "--via",
+                    &cluster.via(1),
+                    "--timeout",
+                    "3s",
+                ],
+            );
+            (out.code == Some(0)).then_some(())
+        });
+    }
+    let side_b_table = table_via(&cluster, 1, true);
+    println!("side B's table:\n{side_b_table}");
+    let version = |table: &str| -> u64 {
+        let line = table.lines().find(|l| l.starts_with("# version ")).unwrap_or_default();
+        line["# version ".len().min(line.len())..]
+            .split(',')
+            .next()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    assert!(
+        version(&side_b_table) > version(&side_a),
+        "side B's table must be the one gossip keeps"
+    );
+    cluster.split(&side_b, true);
+    // The kept table runs the group n3 sealed: n3 says so, and the range is named on n3.
+    let healed = common::wait_for("every node's table naming n3 alone", Duration::from_secs(90), || {
+        let tables: Vec<String> = (0..5).map(|i| table_via(&cluster, i, false)).collect();
+        tables
+            .iter()
+            .all(|t| t.lines().any(|l| l == "a-z=n3") && !t.contains("# moving"))
+            .then(|| tables[0].clone())
+    });
+    println!("healed:\n{healed}");
+    assert!(
+        version(&healed) > version(&side_b_table),
+        "finished over side B's table: {healed}"
+    );
     for i in 0..5 {
         for key in &acked {
             let got = common::wait_for(&format!("{key} through n{}", i + 1), common::PATIENCE, || {

@@ -332,10 +332,33 @@ fn a_move_whose_new_node_stops_mid_way_is_called_off_by_setting_the_old_nodes_an
     // Stopped before it hears of the move: gossip still counts it live for a while, so the
     // move is taken, and can never finish while n2 is stopped.
     n2.signal(libc::SIGSTOP);
-    home.run(&["route", "--set", "a-m=n2,n-z=n2", "--via", "n1", "--no-wait"])
-        .ok();
-    let status = home.run(&["route", "--status", "--via", "n1"]).ok();
-    assert!(status.starts_with("a-m: n1 -> n2 (moving"), "{status}");
+    std::thread::scope(|scope| {
+        // The set waits for its move; once the move is called off (below), it says another
+        // table won, rather than wait to its deadline.
+        let waiting =
+            scope.spawn(|| home.run(&["route", "--set", "a-m=n2,n-z=n2", "--via", "n1", "--wait-for", "120s"]));
+        common::wait_for("the move under way", common::PATIENCE, || {
+            let status = home.run(&["route", "--status", "--via", "n1"]).stdout();
+            status.starts_with("a-m: n1 -> n2 (moving").then_some(())
+        });
+        call_off_and_check(&home);
+        let waited = waiting.join().unwrap();
+        assert_eq!(waited.code, Some(5), "{waited:?}");
+        assert!(waited.stderr.contains("changed underneath"), "{}", waited.stderr);
+    });
+    // n2 comes back to the table without the move, and reads through it reach n1.
+    n2.signal(libc::SIGCONT);
+    common::wait_for("n2 to forward to n1", common::PATIENCE, || {
+        let got = home.run(&["get", "apples", "k7", "--via", "n2", "--timeout", "2s"]);
+        (got.stdout() == "v7\n").then_some(())
+    });
+    home.run(&["put", "apples", "k100", "v100", "--via", "n2"]).ok();
+    assert_eq!(home.run(&["get", "apples", "k100", "--via", "n1"]).ok(), "v100\n");
+}
+
+/// The old nodes, as `route --table` shows a moving range, leave the move going; with
+/// `--call-off` they call it off, and every write is where it was.
+fn call_off_and_check(home: &Home) {
     // Its old nodes, as `route --table` shows them, leave the move going...
     home.run(&["route", "--set", "a-m=n1,n-z=n2", "--via", "n1", "--no-wait"])
         .ok();
@@ -361,14 +384,6 @@ fn a_move_whose_new_node_stops_mid_way_is_called_off_by_setting_the_old_nodes_an
             format!("v{i}\n")
         );
     }
-    // n2 comes back to the table without the move, and reads through it reach n1.
-    n2.signal(libc::SIGCONT);
-    common::wait_for("n2 to forward to n1", common::PATIENCE, || {
-        let got = home.run(&["get", "apples", "k7", "--via", "n2", "--timeout", "2s"]);
-        (got.stdout() == "v7\n").then_some(())
-    });
-    home.run(&["put", "apples", "k100", "v100", "--via", "n2"]).ok();
-    assert_eq!(home.run(&["get", "apples", "k100", "--via", "n1"]).ok(), "v100\n");
 }
 
 /// A voter that a move removed while it was down (killed, and the range moved off it) finds at

@@ -573,12 +573,19 @@ impl Node {
             let Some(planned) = held.finish_move(&entry, ended).map_err(RemoteError::invalid)? else {
                 return Ok(Reply::Table((**held).clone()));
             };
+            let replaced = held
+                .move_of(entry.first, entry.last)
+                .filter(|m| !m.same_nodes(&entry))
+                .cloned();
             let table = self.next_table(&held, planned)?;
-            match ended {
-                Some(history) => {
+            match (ended, replaced) {
+                (Some(history), Some(replaced)) => {
+                    tracing::warn!(range = %entry.range(), to = %entry, %history, %replaced, "range {}'s group was sealed onto {entry} before the table's move to {replaced} could take effect (a table of another coordinator, or a move re-aimed late): the range is named there, and that move is dropped", entry.range())
+                }
+                (Some(history), None) => {
                     tracing::info!(range = %entry.range(), to = %entry, %history, "a move is done: the range's group ended onto one node, which holds the range now")
                 }
-                None => {
+                (None, _) => {
                     tracing::info!(range = %entry.range(), to = %entry, "a move is done: the table names the range's new nodes")
                 }
             }

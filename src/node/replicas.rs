@@ -406,8 +406,9 @@ struct Driver {
     /// table runs: each group takes no target (it never changes its configuration again),
     /// and each is published as finished onto this node.
     sealed: BTreeMap<RangeId, Generation>,
-    /// Ranges whose group the table runs, of a history that ended here and that this node
-    /// dropped: not started again (said once each).
+    /// Ranges whose group the table runs, of a history that ended and that this node
+    /// dropped: started only to take a live leader's snapshot, or (sealed here) not at all
+    /// (said once each).
     ended_kept: BTreeSet<RangeId>,
     /// Groups kept although the table names this node in none (said once each).
     kept_voting: BTreeSet<RangeId>,
@@ -431,7 +432,7 @@ struct Driver {
     /// Groups on disk (not running) of ranges that overlap a group the table starts here,
     /// whose history ended while this node was away: `settle` drops their records, keeping
     /// the data, before that group starts ([`Driver::overlapped`]).
-    orphans: BTreeSet<RangeId>,
+    orphans: BTreeMap<RangeId, Generation>,
     /// The handle's ranges whose streamed snapshot is being written.
     installing: Arc<std::sync::Mutex<BTreeSet<RangeId>>>,
     leases: Arc<Leases>,
@@ -485,7 +486,7 @@ impl Driver {
             removed: BTreeMap::new(),
             named: BTreeSet::new(),
             blocked: BTreeSet::new(),
-            orphans: BTreeSet::new(),
+            orphans: BTreeMap::new(),
             installing: Arc::default(),
             leases: Arc::default(),
             lease,
@@ -501,7 +502,12 @@ impl Driver {
             .ended_all()
             .map_err(|e| format!("the ranges' ended histories could not be read: {e}"))?;
         for (range, e) in ended {
-            self.replicas.note_ended(range, e.generation);
+            match e {
+                Some(e) => self.replicas.note_ended(range, e.generation),
+                None => {
+                    tracing::error!(%range, "range {range}'s ended record is damaged: its lost-state probes are answered as if it had none")
+                }
+            }
         }
         Ok(())
     }
@@ -673,6 +679,7 @@ impl Driver {
                 first: entry.first,
                 last: entry.last,
             };
+            let mut unreadable = false;
             match self.store.ended(range) {
                 Ok(Some(Ended { generation, here: true }))
                     if generation == table.generation_of(range.first, range.last) =>
@@ -680,7 +687,11 @@ impl Driver {
                     self.sealed.insert(range, generation);
                 }
                 Ok(_) => {}
-                Err(e) => tracing::error!(%range, error = %e, "range {range}'s ended record could not be read"),
+                Err(e) => {
+                    // Perhaps sealed: the group takes no target (and no seal is claimed).
+                    tracing::error!(%range, error = %e, "range {range}'s ended record could not be read; its group here takes no part in moves");
+                    unreadable = true;
+                }
             }
             let ids = match NodeIds::new(nodes.iter().map(NodeName::as_str)) {
                 Ok(ids) => ids,
@@ -721,7 +732,7 @@ impl Driver {
                 None if !self.start_group(range, generation, entry, moving.is_some()) => continue,
                 None => {}
             }
-            if self.sealed.contains_key(&range) {
+            if self.sealed.contains_key(&range) || unreadable {
                 // Sealed here: its configuration never changes again (whatever move the table
                 // holds: another coordinator's table may have re-aimed it after the seal).
                 let _ = self.replicas.set_target(range, None);
@@ -736,8 +747,49 @@ impl Driver {
             }
             let _ = self.replicas.set_target(range, target);
         }
+        self.review_seals(&table);
         self.table = Some(table);
         self.publish_finished();
+    }
+
+    /// Gives up the seals made here whose group is gone and whose bytes this node may no
+    /// longer hold alone: the table neither runs that history (when this node says where its
+    /// data is) nor names this node the range's single owner. The range's bytes may leave
+    /// this node from there (moved, re-cut, born into a new group), so "the history ended
+    /// onto this node" would no longer say where its data is.
+    fn review_seals(&mut self, table: &RoutingTable) {
+        let records = match self.store.ended_all() {
+            Ok(records) => records,
+            Err(e) => {
+                tracing::error!(error = %e, "the ranges' ended histories could not be read");
+                return;
+            }
+        };
+        let held = self.store.groups().unwrap_or_default();
+        for (range, ended) in records {
+            let Some(e) = ended.filter(|e| e.here) else { continue };
+            if held.contains(&range) || self.replicas.ranges().any(|r| r == range) {
+                continue;
+            }
+            let entry = table.entry_for(range.first, range.last);
+            let runs = entry.is_some_and(|x| table.group_of(x).is_some())
+                && table.generation_of(range.first, range.last) == e.generation;
+            let alone =
+                entry.is_some_and(|x| x.replicas() == std::slice::from_ref(&self.me) && table.group_of(x).is_none());
+            if runs || alone {
+                continue;
+            }
+            let given_up = Ended {
+                generation: e.generation,
+                here: false,
+            };
+            match self.store.mark_ended(range, given_up) {
+                Ok(()) => {
+                    tracing::info!(%range, generation = %e.generation, "range {range}'s history {} was sealed here, and the table gives its bytes to others now: this node no longer says where its data is", e.generation)
+                }
+                Err(err) => tracing::error!(%range, error = %err, "range {range}'s ended record could not be written"),
+            }
+        }
     }
 
     /// With each table: starts each group the store holds (and none runs of) that the table
@@ -888,7 +940,7 @@ impl Driver {
                 self.start_to_apply(old, store, &state.conf_state.voters);
                 wait = true;
             } else if table.has_ended(old.first, old.last, store.generation()) {
-                self.orphans.insert(old);
+                self.orphans.insert(old, store.generation());
                 wait = true;
             }
         }
@@ -926,22 +978,35 @@ impl Driver {
     /// A group of `generation` (the table's): one found on disk of another is left for
     /// [`Driver::retire`].
     ///
-    /// Never a history that ended here and whose group this node dropped (`store::ended`):
-    /// started empty, it would take part in that history again, and with every replica in
-    /// the same case they would agree the range is new and bootstrap it over nothing (a
-    /// table of another coordinator, still running the history, won over the one that ended
-    /// it). The range waits for a table that says where its data went (this node, if the
-    /// history was sealed here: it says so, `publish_finished`).
+    /// A history that ended and whose group this node dropped (`store::ended`) starts
+    /// uninitialised without asking whether the range is new, as a move's new node does: it
+    /// takes a live leader's snapshot, and bootstraps nothing. Else, every replica in the same
+    /// case (a table of another coordinator, still running the history, won over the one
+    /// that ended it), they would agree the range is new and bootstrap it over nothing. The
+    /// range then waits for a table that says where its data is. One sealed here does not
+    /// start at all: its data is this node's, which says so (`publish_finished`).
     fn start_group(&mut self, range: RangeId, generation: Generation, entry: &Entry, moving: bool) -> bool {
-        if self.ended_here_and_dropped(range, generation) {
-            if self.ended_kept.insert(range) {
-                tracing::warn!(%range, %generation, "the table runs range {range}'s group of history {generation}, which ended and which this node dropped: not started again; the range waits for a table that says where its data is");
+        let ended = self.ended_and_dropped(range, generation);
+        match ended {
+            Some(Ended { here: true, .. }) => {
+                // Sealed here: no other node holds it, and its data is this node's already.
+                if self.ended_kept.insert(range) {
+                    tracing::warn!(%range, %generation, "the table runs range {range}'s group of history {generation}, which was sealed onto this node and ended: not started again; this node says where its data is");
+                }
+                return false;
             }
-            return false;
+            Some(_) => {
+                if self.ended_kept.insert(range) {
+                    tracing::warn!(%range, %generation, "the table runs range {range}'s group of history {generation}, which ended, and which this node dropped: started empty, to take a live leader's snapshot only (it asks no one whether the range is new); the range waits for a table that says where its data is");
+                }
+            }
+            None => {
+                self.ended_kept.remove(&range);
+            }
         }
-        self.ended_kept.remove(&range);
+        let ended = ended.is_some();
         let my_id = node_id(self.me.as_str());
-        let (bootstrap, voters): (Option<Vec<u64>>, Vec<u64>) = if !entry.replicas().contains(&self.me) {
+        let (bootstrap, voters): (Option<Vec<u64>>, Vec<u64>) = if ended || !entry.replicas().contains(&self.me) {
             (None, vec![])
         } else if entry.is_replicated() {
             (None, entry.replicas().iter().map(|n| node_id(n.as_str())).collect())
@@ -974,17 +1039,46 @@ impl Driver {
         true
     }
 
-    /// Whether the store says `range`'s history `generation` ended, and holds no group of it.
-    fn ended_here_and_dropped(&self, range: RangeId, generation: Generation) -> bool {
-        let ended = match self.store.ended(range) {
-            Ok(ended) => ended,
+    /// The record a drop of `range`'s group of `generation`, whose history the table says
+    /// ended, keeps: a seal made here stays one (only [`Driver::seal`] makes one); any other
+    /// is a history that ended elsewhere.
+    fn ended_on_drop(&self, range: RangeId, generation: Generation) -> Ended {
+        let sealed = matches!(self.store.ended(range), Ok(Some(e)) if e.here && e.generation == generation);
+        Ended {
+            generation,
+            here: sealed,
+        }
+    }
+
+    /// Whether the group of `range` running here was sealed here (an unreadable record
+    /// counts as sealed: the data is kept).
+    fn sealed_here(&self, range: RangeId) -> bool {
+        let Some(generation) = self.replicas.generation(range) else {
+            return false;
+        };
+        match self.store.ended(range) {
+            Ok(ended) => ended.is_some_and(|e| e.here && e.generation == generation),
             Err(e) => {
-                tracing::error!(%range, error = %e, "range {range}'s ended record could not be read");
-                return false;
+                tracing::error!(%range, error = %e, "range {range}'s ended record could not be read; its group is kept");
+                true
+            }
+        }
+    }
+
+    /// The store's record of `range`'s history `generation` having ended, when it holds no
+    /// group of it (an unreadable record counts as one of a history that ended elsewhere).
+    fn ended_and_dropped(&self, range: RangeId, generation: Generation) -> Option<Ended> {
+        let ended = match self.store.ended(range) {
+            Ok(ended) => ended.filter(|e| e.generation == generation),
+            Err(e) => {
+                tracing::error!(%range, error = %e, "range {range}'s ended record could not be read; taken as ended");
+                Some(Ended {
+                    generation,
+                    here: false,
+                })
             }
         };
-        ended.is_some_and(|e| e.generation == generation)
-            && self.store.groups().is_ok_and(|held| !held.contains(&range))
+        ended.filter(|_| !self.store.groups().is_ok_and(|held| held.contains(&range)))
     }
 
     /// Drops each group the table no longer names this node in: a move is done (the table
@@ -999,14 +1093,16 @@ impl Driver {
         for range in std::mem::take(&mut self.stale) {
             retired |= self.retire(range, &table).await?;
         }
-        for range in std::mem::take(&mut self.orphans) {
+        for (range, generation) in std::mem::take(&mut self.orphans) {
             if self.replicas.ranges().any(|r| r == range) {
                 continue;
             }
+            let ended = self.ended_on_drop(range, generation);
             self.store
-                .drop_group(range, true, None)
+                .drop_group(range, true, Some(ended))
                 .await
                 .map_err(|e| format!("range {range}'s group could not be dropped: {e}"))?;
+            self.replicas.note_ended(range, generation);
             tracing::info!(%range, "range {range}'s group on this node's disk is of a history that ended while this node was away, and a group of overlapping bytes starts here: its records dropped, the data kept for that group");
             retired = true;
         }
@@ -1032,6 +1128,15 @@ impl Driver {
                 || (entry.is_none()
                     && self.carries_on(&table, range)
                     && self.replicas.conf(range).is_some_and(|c| self.alone_in(&c)));
+            // Sealed here: the range's data is on this node alone, whatever the table says
+            // (another coordinator's may name other nodes); kept until a table names this node
+            // its single owner, or runs the group again (and this node says where it ended).
+            if !keep_data && self.sealed_here(range) {
+                if self.kept_voting.insert(range) {
+                    tracing::warn!(%range, "the table no longer names this node for range {range}, but the range's group was sealed here, its data on this node alone: it keeps the group and the data");
+                }
+                continue;
+            }
             // A node a move brought in, never named by the range's entry, and still a voter of
             // the group's configuration as it applied it: the table lost a move the group
             // carried out (two coordinators in a partition, the other side's table kept), it
@@ -1061,17 +1166,13 @@ impl Driver {
                     continue;
                 }
             }
-            // The table runs no group of the range: its history ended (onto this node, when it
-            // carries the data on). Remembered, so that this node never starts it again.
-            let ended = entry
-                .and_then(|e| table.group_of(e))
-                .is_none()
-                .then(|| self.replicas.generation(range))
-                .flatten()
-                .map(|generation| Ended {
-                    generation,
-                    here: keep_data,
-                });
+            // A history the table says ended is remembered, so that this node never takes
+            // part in it again from nothing.
+            let ended = self
+                .replicas
+                .generation(range)
+                .filter(|&g| table.has_ended(range.first, range.last, g))
+                .map(|g| self.ended_on_drop(range, g));
             if self.replicas.remove_group(range).is_none() {
                 continue;
             }
@@ -1101,6 +1202,9 @@ impl Driver {
         if dropped && !self.blocked.is_empty() {
             // Groups of overlapping ranges were waiting for this one to go.
             self.table(Arc::clone(&table));
+        } else if dropped {
+            // A group sealed here may be gone now.
+            self.review_seals(&table);
         }
         Ok(())
     }
@@ -1185,12 +1289,8 @@ impl Driver {
             }
             self.leases.end(range);
         }
-        // Its history ended (the table says so): never started again here. Onto this node
-        // when it carries the data on (its configuration counts this node alone).
-        let ended = Ended {
-            generation: old,
-            here: alone,
-        };
+        // Its history ended (the table says so): never taken part in again from nothing.
+        let ended = self.ended_on_drop(range, old);
         self.store
             .drop_group(range, alone, Some(ended))
             .await

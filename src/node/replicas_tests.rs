@@ -483,6 +483,13 @@ async fn plain_writes_of_a_running_groups_bytes_are_refused_until_it_has_ended()
         stores[0].groups().unwrap().is_empty(),
         "written only once the group is gone"
     );
+    // The table ended the history onto n1 without a seal there (made by hand here): n1
+    // remembers it ended, and claims nothing (only a seal says where a history's data is).
+    let ended = Ended {
+        generation: Generation::LEGACY,
+        here: false,
+    };
+    assert_eq!(stores[0].ended(RANGE).unwrap(), Some(ended));
     for s in &c.stops {
         s.cancel();
     }
@@ -646,9 +653,10 @@ async fn a_group_sealed_onto_one_node_never_follows_a_re_aimed_move() {
 
 /// Once a history ended (the table says so) and every node dropped its group, a table that
 /// runs that history again (another coordinator's, kept by gossip over the one that ended
-/// it) starts it nowhere: started empty, the replicas would agree the range is new and
-/// bootstrap it over nothing, and reads would miss every write of the range. The node the
-/// history was sealed onto says so, for the table to name it again.
+/// it) finds no replica to bootstrap it: each starts it empty, asking no one whether the
+/// range is new, and answers no one who asks (agreeing it was new, they would bootstrap it
+/// over nothing, and reads would miss every write of the range). The node the history was
+/// sealed onto says so, for the table to name it again.
 #[tokio::test]
 async fn a_history_that_ended_is_not_started_again_over_nothing() {
     let stores: [Store; 3] = std::array::from_fn(|_| Store::in_memory());
@@ -707,15 +715,14 @@ async fn a_history_that_ended_is_not_started_again_over_nothing() {
         h.set_table(Arc::clone(&again));
     }
     finished_as(&c, 0, std::slice::from_ref(&sealed), Duration::from_secs(5)).await;
-    // Started empty anywhere, the three would bootstrap within an election or two (about
-    // a second): watched for two, no group runs, and n1 still holds the range's data.
+    // Asking one another whether the range is new, the three would bootstrap it within an
+    // election or two (about a second): watched for two, no group of it has a leader, and
+    // n1 still holds the range's data.
     let until = tokio::time::Instant::now() + Duration::from_secs(2);
     while tokio::time::Instant::now() < until {
         for (i, h) in c.handles.iter().enumerate() {
-            assert!(
-                !h.leaders().borrow().contains_key(&RANGE),
-                "node {i} started the ended history again"
-            );
+            let leader = h.leaders().borrow().get(&RANGE).and_then(|v| v.leader.clone());
+            assert_eq!(leader, None, "node {i} sees the ended history running again");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -723,6 +730,72 @@ async fn a_history_that_ended_is_not_started_again_over_nothing() {
         stores[0].get(b"apples", b"kept").await.unwrap(),
         crate::store::Lookup::Found(_)
     ));
+    // A table that gives the range's bytes to another node: n1 no longer says the history
+    // ended onto it (the bytes may leave it from there).
+    let elsewhere =
+        Arc::new(RoutingTable::new(vec![Entry::single(b'a', b'z', c.names[1].clone())], 5, "other").unwrap());
+    for h in &c.handles {
+        h.set_table(Arc::clone(&elsewhere));
+    }
+    let given_up = Some(Ended {
+        generation: Generation::LEGACY,
+        here: false,
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while stores[0].ended(RANGE).unwrap() != given_up {
+        assert!(tokio::time::Instant::now() < deadline, "n1 still claims the history");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    finished_as(&c, 0, &[], Duration::from_secs(5)).await;
+    for s in &c.stops {
+        s.cancel();
+    }
+}
+
+/// A group sealed onto this node holds the range's only copy: a table that names this node
+/// nowhere for the range (another coordinator's, which never saw the move) does not make it
+/// drop the group or the data, however it was named before; it says the history ended here.
+#[tokio::test]
+async fn a_group_sealed_here_is_kept_with_its_data_by_a_table_that_names_other_nodes() {
+    let stores: [Store; 3] = std::array::from_fn(|_| Store::in_memory());
+    let c = cluster_on(stores.clone());
+    let leader = c.leader(None, Duration::from_secs(5)).await;
+    c.handles[leader].propose(RANGE, put("kept")).await.unwrap();
+    let n1 = Entry::single(b'a', b'z', c.names[0].clone());
+    let into_n1 = Arc::new(
+        RoutingTable::new(all_three(&c), 2, "test")
+            .unwrap()
+            .with_moves(vec![n1.clone()])
+            .unwrap(),
+    );
+    for h in &c.handles {
+        h.set_table(Arc::clone(&into_n1));
+    }
+    let sealed = Finished {
+        entry: n1.clone(),
+        ended: Some(Generation::LEGACY),
+    };
+    finished_as(&c, 0, std::slice::from_ref(&sealed), Duration::from_secs(20)).await;
+    // The range's group on n2 and n3 alone, in a table of the other lineage.
+    let others =
+        Arc::new(RoutingTable::new(vec![Entry::new(b'a', b'z', c.names[1..].to_vec()).unwrap()], 3, "other").unwrap());
+    for h in &c.handles {
+        h.set_table(Arc::clone(&others));
+    }
+    c.handles[0].propose(RANGE, put("after")).await.unwrap();
+    finished_as(&c, 0, std::slice::from_ref(&sealed), Duration::from_secs(1)).await;
+    // `settle` looks every ten ticks: watched for a second, n1 keeps the group and the data.
+    let until = tokio::time::Instant::now() + Duration::from_secs(1);
+    while tokio::time::Instant::now() < until {
+        assert_eq!(stores[0].groups().unwrap(), vec![RANGE], "n1 dropped the sealed group");
+        for key in ["kept", "after"] {
+            assert!(matches!(
+                stores[0].get(b"apples", key.as_bytes()).await.unwrap(),
+                crate::store::Lookup::Found(_)
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     for s in &c.stops {
         s.cancel();
     }

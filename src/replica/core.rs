@@ -232,9 +232,10 @@ impl<S: GroupStore> Replicas<S> {
 
     /// Notes that `range`'s history `generation` ended while this node held it (the caller
     /// dropped its group, or remembers doing so): a probe of that history, which asks
-    /// whether the range is new, is never answered "nothing held" from here. Replicas that
-    /// all dropped an ended history (a table that ran it again won over the one that ended
-    /// it) so never agree to bootstrap it over nothing.
+    /// whether the range is new, is never answered "nothing held" from here (neither with
+    /// no group of it, nor with one started again empty, waiting for a live leader's
+    /// snapshot). Replicas that all dropped an ended history (a table that ran it again won
+    /// over the one that ended it) so never agree to bootstrap it over nothing.
     pub fn note_ended(&mut self, range: RangeId, generation: Generation) {
         self.ended.insert(range, generation);
     }
@@ -351,9 +352,10 @@ impl<S: GroupStore> Replicas<S> {
             .map(|g| g.node.raft.prs().conf().to_conf_state())
     }
 
-    /// Whether a configuration change is in the group's log and not yet applied here (a
-    /// leader proposes one at a time; a new leader counts its whole log as one until it has
-    /// applied it); `None` for a range not held.
+    /// At a leader: whether a configuration change is in the group's log and not yet
+    /// applied (a leader proposes one at a time; a new leader counts its whole log as one
+    /// until it has applied it). Meaningless elsewhere (raft-rs keeps the mark at leaders
+    /// only). `None` for a range not held.
     pub fn changing(&self, range: RangeId) -> Option<bool> {
         self.groups
             .get(&range)

@@ -70,32 +70,28 @@ impl Store {
         }
     }
 
-    /// Every range's newest ended history this node knows.
-    pub fn ended_all(&self) -> Result<Vec<(RangeId, Ended)>, StoreError> {
+    /// Every range's newest ended history this node knows; `None` for a damaged record.
+    pub fn ended_all(&self) -> Result<Vec<(RangeId, Option<Ended>)>, StoreError> {
         match &self.backend {
-            Backend::Memory(_) => Ok(self.ended_in_memory().iter().map(|(r, e)| (*r, *e)).collect()),
+            Backend::Memory(_) => Ok(self.ended_in_memory().iter().map(|(r, e)| (*r, Some(*e))).collect()),
             Backend::Disk(d) => {
                 let all = d
                     .engine()
                     .raft_scan(RaftSpace::State, &[], &[0xff; 4], false, usize::MAX)
                     .map_err(|e| StoreError::Engine(e.0))?;
-                let mut ended = Vec::new();
-                for (key, value) in all {
-                    if let [first, last, rec::ENDED] = key.as_slice() {
-                        let range = RangeId {
-                            first: *first,
-                            last: *last,
-                        };
-                        let e = postcard::from_bytes(&value).map_err(|e| {
-                            group_err(
-                                range,
-                                format!("the ended record is damaged ({e}); the store is damaged"),
-                            )
-                        })?;
-                        ended.push((range, e));
-                    }
-                }
-                Ok(ended)
+                Ok(all
+                    .into_iter()
+                    .filter_map(|(key, value)| match key.as_slice() {
+                        [first, last, rec::ENDED] => Some((
+                            RangeId {
+                                first: *first,
+                                last: *last,
+                            },
+                            postcard::from_bytes(&value).ok(),
+                        )),
+                        _ => None,
+                    })
+                    .collect())
             }
         }
     }

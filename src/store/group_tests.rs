@@ -145,7 +145,7 @@ async fn a_ranges_ended_history_outlives_its_group_and_a_restart() {
         assert_eq!(store.groups().unwrap(), Vec::<RangeId>::new(), "no group's state");
         let mut all = store.ended_all().unwrap();
         all.sort_by_key(|(r, _)| *r);
-        assert_eq!(all, vec![(AM, sealed), (NZ, elsewhere)]);
+        assert_eq!(all, vec![(AM, Some(sealed)), (NZ, Some(elsewhere))]);
         w.stop().await;
         dirs.extend(dir);
     }

@@ -89,6 +89,24 @@ impl Net {
     }
 }
 
+impl Net {
+    /// Splits the switch in two: the nodes of `side` move to a bridge of their own (`apart`),
+    /// where they reach one another and no one else (clients in the hub reach the others
+    /// only); or back to the one bridge. Two sides, each able to elect a coordinator.
+    pub fn split(&self, side: &[usize], apart: bool) {
+        let hub = self.hub.as_str();
+        if apart {
+            // Made once per cluster: a second split finds it.
+            let _ = ip(&["-n", hub, "link", "add", "br1", "type", "bridge"]);
+            ip(&["-n", hub, "link", "set", "br1", "up"]).unwrap_or_else(|e| panic!("{e}"));
+        }
+        let bridge = if apart { "br1" } else { "br0" };
+        for &i in side {
+            ip(&["-n", hub, "link", "set", &format!("p{i}"), "master", bridge]).unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+}
+
 impl Drop for Net {
     fn drop(&mut self) {
         for ns in self.nodes.iter().chain(std::iter::once(&self.hub)) {

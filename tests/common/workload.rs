@@ -191,6 +191,16 @@ impl Cluster {
         self.net.as_ref().expect("partitions need namespaces").link(i, true);
     }
 
+    /// Splits the cluster in two: the nodes of `side` reach one another and no one else
+    /// (clients reach them only [`Cluster::run_beside`] one of them); the rest stay with the
+    /// clients. `heal`: one cluster again.
+    pub fn split(&mut self, side: &[usize], heal: bool) {
+        self.net
+            .as_ref()
+            .expect("partitions need namespaces")
+            .split(side, !heal);
+    }
+
     /// Runs a client command where the nodes are reachable.
     pub fn run(&self, args: &[&str]) -> Run {
         match &self.net {

@@ -89,14 +89,13 @@ impl<S: GroupStore> Replicas<S> {
         let (range, generation) = (probe.range, probe.generation);
         match probe.answer {
             None => {
-                let group = self.groups.get(&range);
-                if group.is_none() && self.ended.get(&range) == Some(&generation) {
-                    // This node held that history, which ended: not new, and nothing to say.
+                let group = self.groups.get(&range).filter(|g| g.generation == generation);
+                if self.ended.get(&range) == Some(&generation) && group.is_none_or(|g| !g.initialised) {
+                    // This node held that history, which ended, and holds nothing of it now
+                    // (or waits for a live leader's snapshot): not new, and nothing to say.
                     return;
                 }
-                let held = group
-                    .filter(|g| g.probing.is_none() && g.generation == generation)
-                    .map(|g| log_state(&g.node));
+                let held = group.filter(|g| g.probing.is_none()).map(|g| log_state(&g.node));
                 self.probes.push((
                     from,
                     Probe {

@@ -109,6 +109,10 @@ fn a_probe_of_a_history_that_ended_here_is_not_answered() {
             answer: Some(None)
         }]
     );
+    // Started again empty, to take a live leader's snapshot only: still nothing to say.
+    r.add_group(RANGE, GEN, MemGroupStore::uninitialised(), &[]).unwrap();
+    r.handle_frame(PEER, probe(GEN, None));
+    assert_eq!(probes_sent(&mut r), vec![]);
 }
 
 #[test]
