@@ -393,7 +393,8 @@ pub struct RouteArgs {
     #[arg(long)]
     pub no_wait: bool,
     /// With --set or --balance: how long to wait for the moves to finish; past it, exit 3
-    /// (they go on)
+    /// (they go on). A move another table overtook (its range named elsewhere, no longer
+    /// moving) ends the wait with exit 5
     #[arg(long, value_name = "DURATION", value_parser = parse_timeout, default_value = "10m")]
     pub wait_for: Duration,
     /// Print the moves under way (range, from, to, and the keys and bytes each new node took

@@ -501,11 +501,16 @@ impl Driver {
             .store
             .ended_all()
             .map_err(|e| format!("the ranges' ended histories could not be read: {e}"))?;
-        for (range, e) in ended {
-            match e {
-                Some(e) => self.replicas.note_ended(range, e.generation),
+        for (range, list) in ended {
+            match list {
+                Some(list) => {
+                    for e in list.iter().rev() {
+                        self.replicas.note_ended(range, Some(e.generation));
+                    }
+                }
                 None => {
-                    tracing::error!(%range, "range {range}'s ended record is damaged: its lost-state probes are answered as if it had none")
+                    tracing::error!(%range, "range {range}'s ended record is damaged: no lost-state probe of the range is answered while this node holds nothing of it");
+                    self.replicas.note_ended(range, None);
                 }
             }
         }
@@ -680,9 +685,13 @@ impl Driver {
                 last: entry.last,
             };
             let mut unreadable = false;
+            let generation = table.generation_of(range.first, range.last);
             match self.store.ended(range) {
-                Ok(Some(Ended { generation, here: true }))
-                    if generation == table.generation_of(range.first, range.last) =>
+                // Claimed while this node runs no other history of the range (its bytes
+                // are the sealed history's: a seal is given up when another starts here).
+                Ok(list)
+                    if list.contains(&Ended { generation, here: true })
+                        && self.replicas.generation(range).is_none_or(|g| g == generation) =>
                 {
                     self.sealed.insert(range, generation);
                 }
@@ -765,10 +774,27 @@ impl Driver {
                 return;
             }
         };
-        let held = self.store.groups().unwrap_or_default();
-        for (range, ended) in records {
-            let Some(e) = ended.filter(|e| e.here) else { continue };
-            if held.contains(&range) || self.replicas.ranges().any(|r| r == range) {
+        let held = match self.store.groups() {
+            Ok(held) => held,
+            Err(e) => {
+                tracing::error!(error = %e, "the groups on this node's store could not be listed");
+                return;
+            }
+        };
+        let seals = records
+            .into_iter()
+            .filter_map(|(range, list)| Some((range, list?.into_iter().find(|e| e.here)?)));
+        for (range, e) in seals {
+            // The sealed group itself, still here (running, or on disk).
+            let running = self.replicas.generation(range);
+            let stored = || {
+                held.contains(&range)
+                    && self
+                        .store
+                        .group(range, e.generation, None)
+                        .is_ok_and(|g| g.generation() == e.generation)
+            };
+            if running == Some(e.generation) || (running.is_none() && stored()) {
                 continue;
             }
             let entry = table.entry_for(range.first, range.last);
@@ -1004,6 +1030,12 @@ impl Driver {
                 self.ended_kept.remove(&range);
             }
         }
+        // Another history of the range starts here: this node's bytes of it may become that
+        // one's, so no history sealed here may be said to be on them any more.
+        if let Err(e) = self.store.unseal(range, generation) {
+            tracing::error!(%range, error = %e, "range {range}'s seals here could not be given up; its group does not start");
+            return false;
+        }
         let ended = ended.is_some();
         let my_id = node_id(self.me.as_str());
         let (bootstrap, voters): (Option<Vec<u64>>, Vec<u64>) = if ended || !entry.replicas().contains(&self.me) {
@@ -1042,11 +1074,18 @@ impl Driver {
     /// The record a drop of `range`'s group of `generation`, whose history the table says
     /// ended, keeps: a seal made here stays one (only [`Driver::seal`] makes one); any other
     /// is a history that ended elsewhere.
-    fn ended_on_drop(&self, range: RangeId, generation: Generation) -> Ended {
-        let sealed = matches!(self.store.ended(range), Ok(Some(e)) if e.here && e.generation == generation);
-        Ended {
-            generation,
-            here: sealed,
+    /// `None` when the record cannot be read: the caller keeps the group (dropped, a seal
+    /// it holds could be lost).
+    fn ended_on_drop(&self, range: RangeId, generation: Generation) -> Option<Ended> {
+        match self.store.ended(range) {
+            Ok(list) => Some(Ended {
+                generation,
+                here: list.contains(&Ended { generation, here: true }),
+            }),
+            Err(e) => {
+                tracing::error!(%range, error = %e, "range {range}'s ended record could not be read; its group is kept");
+                None
+            }
         }
     }
 
@@ -1057,7 +1096,7 @@ impl Driver {
             return false;
         };
         match self.store.ended(range) {
-            Ok(ended) => ended.is_some_and(|e| e.here && e.generation == generation),
+            Ok(list) => list.contains(&Ended { generation, here: true }),
             Err(e) => {
                 tracing::error!(%range, error = %e, "range {range}'s ended record could not be read; its group is kept");
                 true
@@ -1069,7 +1108,7 @@ impl Driver {
     /// group of it (an unreadable record counts as one of a history that ended elsewhere).
     fn ended_and_dropped(&self, range: RangeId, generation: Generation) -> Option<Ended> {
         let ended = match self.store.ended(range) {
-            Ok(ended) => ended.filter(|e| e.generation == generation),
+            Ok(list) => list.into_iter().find(|e| e.generation == generation),
             Err(e) => {
                 tracing::error!(%range, error = %e, "range {range}'s ended record could not be read; taken as ended");
                 Some(Ended {
@@ -1097,12 +1136,14 @@ impl Driver {
             if self.replicas.ranges().any(|r| r == range) {
                 continue;
             }
-            let ended = self.ended_on_drop(range, generation);
+            let Some(ended) = self.ended_on_drop(range, generation) else {
+                continue;
+            };
             self.store
                 .drop_group(range, true, Some(ended))
                 .await
                 .map_err(|e| format!("range {range}'s group could not be dropped: {e}"))?;
-            self.replicas.note_ended(range, generation);
+            self.replicas.note_ended(range, Some(generation));
             tracing::info!(%range, "range {range}'s group on this node's disk is of a history that ended while this node was away, and a group of overlapping bytes starts here: its records dropped, the data kept for that group");
             retired = true;
         }
@@ -1168,11 +1209,17 @@ impl Driver {
             }
             // A history the table says ended is remembered, so that this node never takes
             // part in it again from nothing.
-            let ended = self
+            let ended = match self
                 .replicas
                 .generation(range)
                 .filter(|&g| table.has_ended(range.first, range.last, g))
-                .map(|g| self.ended_on_drop(range, g));
+            {
+                Some(g) => match self.ended_on_drop(range, g) {
+                    Some(ended) => Some(ended),
+                    None => continue,
+                },
+                None => None,
+            };
             if self.replicas.remove_group(range).is_none() {
                 continue;
             }
@@ -1185,7 +1232,7 @@ impl Driver {
                 .await
                 .map_err(|e| format!("range {range}'s group could not be dropped: {e}"))?;
             if let Some(e) = ended {
-                self.replicas.note_ended(range, e.generation);
+                self.replicas.note_ended(range, Some(e.generation));
             }
             let what = match (
                 keep_data,
@@ -1282,6 +1329,11 @@ impl Driver {
                 return Ok(false);
             }
         }
+        // Its history ended (the table says so): never taken part in again from nothing.
+        let Some(ended) = self.ended_on_drop(range, old) else {
+            self.stale.insert(range);
+            return Ok(false);
+        };
         if running {
             if self.replicas.remove_group(range).is_none() {
                 self.stale.insert(range);
@@ -1289,13 +1341,11 @@ impl Driver {
             }
             self.leases.end(range);
         }
-        // Its history ended (the table says so): never taken part in again from nothing.
-        let ended = self.ended_on_drop(range, old);
         self.store
             .drop_group(range, alone, Some(ended))
             .await
             .map_err(|e| format!("range {range}'s group could not be dropped: {e}"))?;
-        self.replicas.note_ended(range, old);
+        self.replicas.note_ended(range, Some(old));
         self.forget(range);
         self.stale_kept.remove(&range);
         tracing::warn!(%range, %old, new = %generation, keep_data = alone, "range {range}'s group here was of an earlier history ({old}), which has ended: dropped{}, for the table's group ({generation})", if alone { ", the range's data kept" } else { " with the range's data" });

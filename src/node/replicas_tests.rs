@@ -489,7 +489,7 @@ async fn plain_writes_of_a_running_groups_bytes_are_refused_until_it_has_ended()
         generation: Generation::LEGACY,
         here: false,
     };
-    assert_eq!(stores[0].ended(RANGE).unwrap(), Some(ended));
+    assert_eq!(stores[0].ended(RANGE).unwrap(), vec![ended]);
     for s in &c.stops {
         s.cancel();
     }
@@ -614,10 +614,10 @@ async fn a_group_sealed_onto_one_node_never_follows_a_re_aimed_move() {
     finished_as(&c, 0, std::slice::from_ref(&sealed), Duration::from_secs(20)).await;
     assert_eq!(
         stores[0].ended(RANGE).unwrap(),
-        Some(Ended {
+        vec![Ended {
             generation: Generation::LEGACY,
             here: true
-        })
+        }]
     );
     // The other coordinator's table, which re-aimed the move at n2 and n3.
     let re_aimed = Arc::new(
@@ -702,10 +702,10 @@ async fn a_history_that_ended_is_not_started_again_over_nothing() {
         let here = i == 0;
         assert_eq!(
             store.ended(RANGE).unwrap(),
-            Some(Ended {
+            vec![Ended {
                 generation: Generation::LEGACY,
                 here
-            }),
+            }],
             "node {i}"
         );
     }
@@ -737,10 +737,10 @@ async fn a_history_that_ended_is_not_started_again_over_nothing() {
     for h in &c.handles {
         h.set_table(Arc::clone(&elsewhere));
     }
-    let given_up = Some(Ended {
+    let given_up = vec![Ended {
         generation: Generation::LEGACY,
         here: false,
-    });
+    }];
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while stores[0].ended(RANGE).unwrap() != given_up {
         assert!(tokio::time::Instant::now() < deadline, "n1 still claims the history");
@@ -794,6 +794,87 @@ async fn a_group_sealed_here_is_kept_with_its_data_by_a_table_that_names_other_n
                 crate::store::Lookup::Found(_)
             ));
         }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for s in &c.stops {
+        s.cancel();
+    }
+}
+
+/// A seal says the history's data is this node's bytes of the range: once another history of
+/// the range starts here (born over those bytes, or taking a snapshot into them), the seal
+/// is given up, and a table that runs the sealed history again hears no claim from it.
+#[tokio::test]
+async fn a_seal_is_given_up_when_another_history_of_the_range_starts_here() {
+    let stores: [Store; 3] = std::array::from_fn(|_| Store::in_memory());
+    let c = cluster_on(stores.clone());
+    c.leader(None, Duration::from_secs(5)).await;
+    let n1 = Entry::single(b'a', b'z', c.names[0].clone());
+    let first = RoutingTable::new(all_three(&c), 1, "test").unwrap();
+    let into_n1 = RoutingTable::new(all_three(&c), 2, "test")
+        .unwrap()
+        .with_moves(vec![n1.clone()])
+        .unwrap()
+        .with_generations(Some(&first));
+    let into_n1 = Arc::new(into_n1);
+    for h in &c.handles {
+        h.set_table(Arc::clone(&into_n1));
+    }
+    let sealed = Finished {
+        entry: n1.clone(),
+        ended: Some(Generation::LEGACY),
+    };
+    finished_as(&c, 0, std::slice::from_ref(&sealed), Duration::from_secs(20)).await;
+    let planned = into_n1.finish_move(&n1, Some(Generation::LEGACY)).unwrap().unwrap();
+    let done = Arc::new(
+        RoutingTable::new(planned.entries, 3, "test")
+            .unwrap()
+            .with_generations(Some(&into_n1)),
+    );
+    for h in &c.handles {
+        h.set_table(Arc::clone(&done));
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !stores[0].groups().unwrap().is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "n1 kept the group");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The range replicated again: a new history, started on n1 over its bytes.
+    let reborn = Arc::new(
+        RoutingTable::new(all_three(&c), 4, "test")
+            .unwrap()
+            .with_generations(Some(&done)),
+    );
+    assert_ne!(reborn.generation_of(b'a', b'z'), Generation::LEGACY);
+    for h in &c.handles {
+        h.set_table(Arc::clone(&reborn));
+    }
+    let given_up = vec![Ended {
+        generation: Generation::LEGACY,
+        here: false,
+    }];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while stores[0].ended(RANGE).unwrap() != given_up {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "n1 still claims the ended history"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The other lineage's table, running the sealed history again: watched for a second
+    // (claims are published at every tick), no claim.
+    let again = Arc::new(RoutingTable::new(all_three(&c), 5, "other").unwrap());
+    for h in &c.handles {
+        h.set_table(Arc::clone(&again));
+    }
+    let finished = c.handles[0].finished();
+    let until = tokio::time::Instant::now() + Duration::from_secs(1);
+    while tokio::time::Instant::now() < until {
+        assert_eq!(
+            *finished.borrow(),
+            vec![],
+            "n1 claims a history its bytes are no longer"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     for s in &c.stops {

@@ -189,6 +189,10 @@ struct Held {
     persisted_msgs: Vec<Message>,
 }
 
+/// How many ended histories of a range [`Replicas::note_ended`] keeps (the node's store keeps
+/// as many).
+pub const ENDED_NOTED: usize = 16;
+
 /// Every Raft group this node holds (see the crate's doc).
 pub struct Replicas<S: GroupStore> {
     config: ReplicaConfig,
@@ -204,8 +208,9 @@ pub struct Replicas<S: GroupStore> {
     probes: Vec<(u64, Probe)>,
     /// Answers to vote requests from nodes a group no longer counts: (to, answer).
     removed: Vec<(u64, Removed)>,
-    /// Each range's history that ended here, its group gone ([`Replicas::note_ended`]).
-    ended: BTreeMap<RangeId, Generation>,
+    /// Each range's histories that ended here, newest last, at most [`ENDED_NOTED`]; `None`
+    /// for any history ([`Replicas::note_ended`]).
+    ended: BTreeMap<RangeId, Vec<Option<Generation>>>,
     /// Events found while polling, released with the round.
     pending: Output,
 }
@@ -236,8 +241,23 @@ impl<S: GroupStore> Replicas<S> {
     /// no group of it, nor with one started again empty, waiting for a live leader's
     /// snapshot). Replicas that all dropped an ended history (a table that ran it again won
     /// over the one that ended it) so never agree to bootstrap it over nothing.
-    pub fn note_ended(&mut self, range: RangeId, generation: Generation) {
-        self.ended.insert(range, generation);
+    ///
+    /// `None`: any history of the range (the caller cannot read which: a damaged record).
+    pub fn note_ended(&mut self, range: RangeId, generation: Option<Generation>) {
+        let noted = self.ended.entry(range).or_default();
+        if !noted.contains(&generation) {
+            noted.push(generation);
+            if noted.len() > ENDED_NOTED {
+                noted.remove(0);
+            }
+        }
+    }
+
+    /// Whether `range`'s history `generation` ended here ([`Replicas::note_ended`]).
+    pub(crate) fn ended_here(&self, range: RangeId, generation: Generation) -> bool {
+        self.ended
+            .get(&range)
+            .is_some_and(|noted| noted.iter().any(|g| g.is_none_or(|g| g == generation)))
     }
 
     /// Takes a group on its store, `replicas` being the ids of every replica the table names

@@ -53,7 +53,9 @@ mod wire;
 
 pub use self::change::{ChangeKind, ReplicaChange};
 pub use self::command::{Command, Effect, ProposalId};
-pub use self::core::{InstallRefused, LeaseStanding, ProposeError, ReplicaConfig, Replicas, Role, RoundError};
+pub use self::core::{
+    ENDED_NOTED, InstallRefused, LeaseStanding, ProposeError, ReplicaConfig, Replicas, Role, RoundError,
+};
 pub use self::ids::{Generation, IdError, NodeIds, RangeId, node_id};
 pub use self::output::{Applied, Failure, GroupWrite, Output, Persist};
 pub use self::store::{

@@ -923,9 +923,19 @@ impl Store {
     /// owner) so do the range's buckets, in one engine batch, synced. The caller has removed
     /// the group from its core first, so nothing writes to it meanwhile.
     ///
-    /// `ended`: the group's history ended (`store::ended`), recorded in the same batch. The
-    /// range's ended record is never dropped with the group.
+    /// The range's ended histories (`store::ended`) stay, in the same batch: with `ended`
+    /// among them (the group's history ended), and, when the data goes, every seal given up
+    /// (this node's bytes of the range are no sealed history's any more).
     pub async fn drop_group(&self, range: RangeId, keep_data: bool, ended: Option<Ended>) -> Result<(), StoreError> {
+        let before = self.ended(range)?;
+        let mut list = before.clone();
+        if let Some(e) = ended {
+            list = super::ended::with(list, e);
+        }
+        if !keep_data {
+            list = super::ended::unsealed(list);
+        }
+        let changed = list != before;
         self.groups.lock().remove(&range);
         let empty = Arc::new(RangeData::new());
         match &self.backend {
@@ -933,8 +943,8 @@ impl Store {
                 if !keep_data {
                     m.replace_range(range.first, range.last, &empty);
                 }
-                if let Some(ended) = ended {
-                    self.ended_in_memory().insert(range, ended);
+                if changed {
+                    self.ended_in_memory().insert(range, list);
                 }
                 Ok(())
             }
@@ -943,7 +953,9 @@ impl Store {
                 if !keep_data {
                     writes.replace.push((range.first, range.last, empty));
                 }
-                writes.records.extend(ended.map(|e| e.record(range)));
+                if changed {
+                    writes.records.push(super::ended::record(range, &list));
+                }
                 let (from, to) = rec::log_span(range, 0, None);
                 let log = d
                     .engine()

@@ -117,43 +117,67 @@ fn stores() -> Vec<(Store, Option<tempfile::TempDir>)> {
     out
 }
 
-/// A range's ended history (`store::ended`): recorded synced by `mark_ended`, or with the
-/// drop of its group in the same batch; kept when the group is dropped; on disk, read back
-/// after a restart; never taken for a group's state.
+/// A range's ended histories (`store::ended`): recorded synced by `mark_ended`, or with the
+/// drop of its group in the same batch; kept when the group is dropped, a seal given up when
+/// the range's data goes or another history starts (`unseal`); the newest sixteen, newest
+/// first; on disk, read back after a restart; never taken for a group's state.
 #[tokio::test]
-async fn a_ranges_ended_history_outlives_its_group_and_a_restart() {
-    let sealed = Ended {
-        generation: Generation(5),
-        here: true,
-    };
-    let elsewhere = Ended {
-        generation: Generation(6),
-        here: false,
+async fn a_ranges_ended_histories_outlive_its_group_and_a_restart() {
+    let ended = |g: u64, here: bool| Ended {
+        generation: Generation(g),
+        here,
     };
     let mut dirs = vec![];
     for (store, dir) in stores() {
         let w = writer(&store);
-        store.group(AM, sealed.generation, Some(&VOTERS)).unwrap();
-        assert_eq!(store.ended(AM).unwrap(), None);
-        store.mark_ended(AM, sealed).unwrap();
+        store.group(AM, Generation(5), Some(&VOTERS)).unwrap();
+        assert_eq!(store.ended(AM).unwrap(), vec![]);
+        store.mark_ended(AM, ended(5, true)).unwrap();
         assert_eq!(store.groups().unwrap(), vec![AM], "the group runs on");
         store.drop_group(AM, true, None).await.unwrap();
-        assert_eq!(store.ended(AM).unwrap(), Some(sealed), "a drop keeps it");
-        store.group(NZ, elsewhere.generation, Some(&VOTERS)).unwrap();
-        store.drop_group(NZ, false, Some(elsewhere)).await.unwrap();
-        assert_eq!(store.ended(NZ).unwrap(), Some(elsewhere));
+        assert_eq!(
+            store.ended(AM).unwrap(),
+            vec![ended(5, true)],
+            "a drop keeping the data keeps it"
+        );
+        store.group(AM, Generation(7), Some(&VOTERS)).unwrap();
+        store.drop_group(AM, false, Some(ended(7, false))).await.unwrap();
+        assert_eq!(
+            store.ended(AM).unwrap(),
+            vec![ended(7, false), ended(5, false)],
+            "the data gone, so is the seal"
+        );
+        store.group(NZ, Generation(6), Some(&VOTERS)).unwrap();
+        store.drop_group(NZ, true, Some(ended(6, false))).await.unwrap();
+        store.mark_ended(NZ, ended(8, true)).unwrap();
+        store.unseal(NZ, Generation(8)).unwrap();
+        assert_eq!(store.ended(NZ).unwrap(), vec![ended(8, true), ended(6, false)]);
+        store.unseal(NZ, Generation(9)).unwrap();
+        assert_eq!(store.ended(NZ).unwrap(), vec![ended(8, false), ended(6, false)]);
         assert_eq!(store.groups().unwrap(), Vec::<RangeId>::new(), "no group's state");
         let mut all = store.ended_all().unwrap();
         all.sort_by_key(|(r, _)| *r);
-        assert_eq!(all, vec![(AM, Some(sealed)), (NZ, Some(elsewhere))]);
+        assert_eq!(
+            all,
+            vec![
+                (AM, Some(vec![ended(7, false), ended(5, false)])),
+                (NZ, Some(vec![ended(8, false), ended(6, false)]))
+            ]
+        );
+        for g in 100..100 + ENDED_KEPT as u64 + 4 {
+            store.mark_ended(NZ, ended(g, false)).unwrap();
+        }
+        let kept = store.ended(NZ).unwrap();
+        assert_eq!(kept.len(), ENDED_KEPT);
+        assert_eq!(kept[0], ended(100 + ENDED_KEPT as u64 + 3, false), "newest first");
         w.stop().await;
         dirs.extend(dir);
     }
     #[cfg(feature = "fjall")]
     for dir in dirs {
         let store = Store::open(dir.path()).unwrap();
-        assert_eq!(store.ended(AM).unwrap(), Some(sealed));
-        assert_eq!(store.ended(NZ).unwrap(), Some(elsewhere));
+        assert_eq!(store.ended(AM).unwrap(), vec![ended(7, false), ended(5, false)]);
+        assert_eq!(store.ended(NZ).unwrap().len(), ENDED_KEPT);
         assert_eq!(store.groups().unwrap(), Vec::<RangeId>::new());
     }
 }

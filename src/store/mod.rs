@@ -26,7 +26,7 @@ use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 pub use disk::{DiskStore, EngineKind};
-pub use ended::Ended;
+pub use ended::{ENDED_KEPT, Ended};
 pub use engine::{Applied, KeyPage, Op, PartCursor, RaftSpace, RaftWrites, RangeView};
 pub use feed::{Change, Feed, FeedError, MAX_BYTES as MAX_FEED_BYTES, MAX_CHANGES as MAX_FEED_CHANGES, Page, Waiter};
 pub use group::NodeGroupStore;
@@ -75,7 +75,7 @@ pub struct Store {
     /// The bytes the groups running here cover: no plain write goes there (`fence`).
     fences: Arc<fence::Fences>,
     /// The ranges' ended histories, in memory (on disk: `ENDED` records; `ended`).
-    ended: Arc<std::sync::Mutex<std::collections::BTreeMap<kvnode_replica::RangeId, Ended>>>,
+    ended: Arc<std::sync::Mutex<std::collections::BTreeMap<kvnode_replica::RangeId, Vec<Ended>>>>,
 }
 
 #[derive(Clone, Debug)]

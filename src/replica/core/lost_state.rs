@@ -90,7 +90,7 @@ impl<S: GroupStore> Replicas<S> {
         match probe.answer {
             None => {
                 let group = self.groups.get(&range).filter(|g| g.generation == generation);
-                if self.ended.get(&range) == Some(&generation) && group.is_none_or(|g| !g.initialised) {
+                if self.ended_here(range, generation) && group.is_none_or(|g| !g.initialised) {
                     // This node held that history, which ended, and holds nothing of it now
                     // (or waits for a live leader's snapshot): not new, and nothing to say.
                     return;

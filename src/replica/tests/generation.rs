@@ -97,7 +97,7 @@ fn a_probe_of_another_history_is_answered_with_nothing_held() {
 fn a_probe_of_a_history_that_ended_here_is_not_answered() {
     let mut r = held();
     r.remove_group(RANGE);
-    r.note_ended(RANGE, GEN);
+    r.note_ended(RANGE, Some(GEN));
     r.handle_frame(PEER, probe(GEN, None));
     assert_eq!(probes_sent(&mut r), vec![]);
     r.handle_frame(PEER, probe(OTHER, None));
@@ -111,6 +111,18 @@ fn a_probe_of_a_history_that_ended_here_is_not_answered() {
     );
     // Started again empty, to take a live leader's snapshot only: still nothing to say.
     r.add_group(RANGE, GEN, MemGroupStore::uninitialised(), &[]).unwrap();
+    r.handle_frame(PEER, probe(GEN, None));
+    assert_eq!(probes_sent(&mut r), vec![]);
+}
+
+/// A range whose ended histories the caller cannot read (a damaged record): no probe of
+/// any history of it is answered while this node holds nothing of it.
+#[test]
+fn a_probe_of_a_range_whose_ended_histories_are_unknown_is_not_answered() {
+    let mut r = held();
+    r.remove_group(RANGE);
+    r.note_ended(RANGE, None);
+    r.handle_frame(PEER, probe(OTHER, None));
     r.handle_frame(PEER, probe(GEN, None));
     assert_eq!(probes_sent(&mut r), vec![]);
 }
