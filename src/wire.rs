@@ -43,7 +43,8 @@ pub use keyring::{KeyringOp, KeyringView, NodeKeyring};
 /// carries `removed`, the answers to vote requests from a node a group no longer counts. 16: a
 /// routing table carries `then`, the table to plan once its moves are done (a replicated
 /// range split or merged by way of one node). 17: `Request::FinishMove` carries `ended`, the
-/// history a move into one node sealed there, without which such a move is not finished.)
+/// history a move into one node sealed there, without which such a move is not finished, and
+/// `under`, the table it was finished by.)
 pub const PROTOCOL_VERSION: u16 = 17;
 /// The TLS ALPN identifier of this protocol.
 pub const ALPN: &[u8] = b"kvnode/1";
@@ -438,10 +439,14 @@ pub enum Request {
     /// `ended`: the move ends the group (`entry` is one node), and this is the history its
     /// only voter sealed (`store::ended`): taken whatever move the table holds of the range,
     /// as long as the table runs that history; a move into one node is finished only with
-    /// it. (Protocol 17.)
+    /// it. `under`: the version and setter of the table the sender finished the move by; a
+    /// coordinator holding an older table refuses (the sender asks again once gossip brought
+    /// it the newer one), so a finish never lands on a table without the move's history
+    /// behind it. (Protocol 17.)
     FinishMove {
         entry: Entry,
         ended: Option<Generation>,
+        under: (u64, String),
         forwarded: bool,
     },
     /// What this node knows of moves (`kvnode route --status`): the ranges it took in or is

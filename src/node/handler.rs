@@ -46,8 +46,9 @@ impl Handler for Node {
             Request::FinishMove {
                 entry,
                 ended,
+                under,
                 forwarded,
-            } => self.finish_move(entry, ended, forwarded, deadline).await,
+            } => self.finish_move(entry, ended, under, forwarded, deadline).await,
             Request::Leave => {
                 // Answered first: the node drains the requests in flight, this one included,
                 // before it stops.
@@ -556,6 +557,7 @@ impl Node {
         self: &Arc<Self>,
         entry: crate::routing::Entry,
         ended: Option<kvnode_replica::Generation>,
+        under: (u64, String),
         forwarded: bool,
         deadline: Instant,
     ) -> Answer {
@@ -564,13 +566,15 @@ impl Node {
             let request = Request::FinishMove {
                 entry,
                 ended,
+                under,
                 forwarded: true,
             };
             return self.forward(&coordinator, request, deadline).await;
         }
         let (table, saving) = {
             let mut held = self.table.write().unwrap_or_else(PoisonError::into_inner);
-            let Some(planned) = held.finish_move(&entry, ended).map_err(RemoteError::invalid)? else {
+            let under = (under.0, under.1.as_str());
+            let Some(planned) = held.finish_move(&entry, ended, under).map_err(RemoteError::invalid)? else {
                 return Ok(Reply::Table((**held).clone()));
             };
             let replaced = held

@@ -1012,7 +1012,13 @@ impl Driver {
     /// range then waits for a table that says where its data is. One sealed here does not
     /// start at all: its data is this node's, which says so (`publish_finished`).
     fn start_group(&mut self, range: RangeId, generation: Generation, entry: &Entry, moving: bool) -> bool {
-        let ended = self.ended_and_dropped(range, generation);
+        let ended = match self.ended_and_dropped(range, generation) {
+            Ok(ended) => ended,
+            Err(e) => {
+                tracing::error!(%range, error = %e, "range {range}'s group does not start");
+                return false;
+            }
+        };
         match ended {
             Some(Ended { here: true, .. }) => {
                 // Sealed here: no other node holds it, and its data is this node's already.
@@ -1105,19 +1111,19 @@ impl Driver {
     }
 
     /// The store's record of `range`'s history `generation` having ended, when it holds no
-    /// group of it (an unreadable record counts as one of a history that ended elsewhere).
-    fn ended_and_dropped(&self, range: RangeId, generation: Generation) -> Option<Ended> {
-        let ended = match self.store.ended(range) {
-            Ok(list) => list.into_iter().find(|e| e.generation == generation),
-            Err(e) => {
-                tracing::error!(%range, error = %e, "range {range}'s ended record could not be read; taken as ended");
-                Some(Ended {
-                    generation,
-                    here: false,
-                })
-            }
-        };
-        ended.filter(|_| !self.store.groups().is_ok_and(|held| held.contains(&range)))
+    /// group of it. `Err` when the record or the groups cannot be read: nothing is started.
+    fn ended_and_dropped(&self, range: RangeId, generation: Generation) -> Result<Option<Ended>, String> {
+        let ended = self
+            .store
+            .ended(range)
+            .map_err(|e| format!("range {range}'s ended record could not be read: {e}"))?
+            .into_iter()
+            .find(|e| e.generation == generation);
+        let held = self
+            .store
+            .groups()
+            .map_err(|e| format!("the groups on this node's store could not be listed: {e}"))?;
+        Ok(ended.filter(|_| !held.contains(&range)))
     }
 
     /// Drops each group the table no longer names this node in: a move is done (the table

@@ -680,7 +680,10 @@ async fn a_history_that_ended_is_not_started_again_over_nothing() {
     };
     finished_as(&c, 0, std::slice::from_ref(&sealed), Duration::from_secs(20)).await;
     // The coordinator's finished table: every node drops the group, n1 keeping the data.
-    let planned = into_n1.finish_move(&n1, Some(Generation::LEGACY)).unwrap().unwrap();
+    let planned = into_n1
+        .finish_move(&n1, Some(Generation::LEGACY), (0, ""))
+        .unwrap()
+        .unwrap();
     let done = Arc::new(
         RoutingTable::new(planned.entries, 3, "test")
             .unwrap()
@@ -825,7 +828,10 @@ async fn a_seal_is_given_up_when_another_history_of_the_range_starts_here() {
         ended: Some(Generation::LEGACY),
     };
     finished_as(&c, 0, std::slice::from_ref(&sealed), Duration::from_secs(20)).await;
-    let planned = into_n1.finish_move(&n1, Some(Generation::LEGACY)).unwrap().unwrap();
+    let planned = into_n1
+        .finish_move(&n1, Some(Generation::LEGACY), (0, ""))
+        .unwrap()
+        .unwrap();
     let done = Arc::new(
         RoutingTable::new(planned.entries, 3, "test")
             .unwrap()

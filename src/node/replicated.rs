@@ -249,7 +249,8 @@ impl Node {
                     continue;
                 }
                 let deadline = Instant::now() + std::time::Duration::from_secs(2);
-                match self.finish_move(entry.clone(), ended, false, deadline).await {
+                let under = (table.version(), table.setter().to_string());
+                match self.finish_move(entry.clone(), ended, under, false, deadline).await {
                     Ok(_) => tracing::debug!(range = %entry.range(), "move finished in the table"),
                     Err(e) => {
                         tracing::info!(range = %entry.range(), error = %e, "the move is done but the table could not say so yet; asking again")

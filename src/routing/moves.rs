@@ -299,7 +299,27 @@ impl RoutingTable {
     /// `ended`, the range's entry becomes `done` whatever move the table holds of it, as long
     /// as the table runs that history: a table of another coordinator (a partition) may have
     /// re-aimed the move after the group was sealed, and only the group knows where its data is.
-    pub fn finish_move(&self, done: &Entry, ended: Option<Generation>) -> Result<Option<Planned>, String> {
+    ///
+    /// `under`: the version and setter of the table the move was finished by. A table older
+    /// than that refuses (asked again once gossip brought the newer one): the move's history
+    /// may not be in it (a coordinator one table behind), and a table it finished would win
+    /// over the sender's by setter, undoing what the tables between did.
+    pub fn finish_move(
+        &self,
+        done: &Entry,
+        ended: Option<Generation>,
+        under: (u64, &str),
+    ) -> Result<Option<Planned>, String> {
+        if (self.version, self.setter.as_str()) < under {
+            return Err(format!(
+                "this table (version {}, set by {}) is older than the one the move of {} was finished by (version {}, set by {}); asked again once gossip has brought it",
+                self.version,
+                self.setter,
+                done.range(),
+                under.0,
+                under.1
+            ));
+        }
         let entry = self
             .entries
             .iter()
@@ -630,7 +650,7 @@ mod tests {
     fn a_finished_move_makes_its_nodes_the_entry() {
         let held = table("a-m=foo,n-z=bar", &["a-m=baz+qux", "n-z=foo"]);
         let done = held
-            .finish_move(&"a-m=qux+baz".parse().unwrap(), None)
+            .finish_move(&"a-m=qux+baz".parse().unwrap(), None, (0, ""))
             .unwrap()
             .unwrap();
         assert_eq!(done.entries, wanted("a-m=baz+qux,n-z=bar"));
@@ -639,8 +659,11 @@ mod tests {
             .unwrap()
             .with_moves(done.moves)
             .unwrap();
-        assert_eq!(after.finish_move(&"a-m=baz+qux".parse().unwrap(), None), Ok(None));
-        assert!(after.finish_move(&"a-m=foo".parse().unwrap(), None).is_err());
+        assert_eq!(
+            after.finish_move(&"a-m=baz+qux".parse().unwrap(), None, (0, "")),
+            Ok(None)
+        );
+        assert!(after.finish_move(&"a-m=foo".parse().unwrap(), None, (0, "")).is_err());
     }
 
     #[test]
@@ -650,20 +673,37 @@ mod tests {
         let qux: Entry = "a-m=qux".parse().unwrap();
         // Not sealed: the group could still change its configuration (another coordinator's
         // table), so its history is not over.
-        let why = held.finish_move(&qux, None).unwrap_err();
+        let why = held.finish_move(&qux, None, (0, "")).unwrap_err();
         assert!(why.contains("sealed"), "{why}");
         // Sealed, but another history of the range (a stale request).
         let other = Generation(history.0 + 1);
-        let why = held.finish_move(&qux, Some(other)).unwrap_err();
+        let why = held.finish_move(&qux, Some(other), (0, "")).unwrap_err();
         assert!(why.contains("runs no group of history"), "{why}");
-        let done = held.finish_move(&qux, Some(history)).unwrap().unwrap();
+        let done = held.finish_move(&qux, Some(history), (0, "")).unwrap().unwrap();
         assert_eq!(done.entries, wanted("a-m=qux,n-z=bar"));
         assert_eq!(done.moves, vec![]);
         let after = RoutingTable::new(done.entries, 4, "foo")
             .unwrap()
             .with_generations(Some(&held));
         assert!(after.has_ended(b'a', b'm', history));
-        assert_eq!(after.finish_move(&qux, Some(history)), Ok(None));
+        assert_eq!(after.finish_move(&qux, Some(history), (0, "")), Ok(None));
+    }
+
+    #[test]
+    fn a_table_older_than_the_one_a_move_was_finished_by_takes_no_finish() {
+        // A coordinator one table behind the sender (version 3 where the sender's is 4, or
+        // the same version by a lower setter) may lack the move's history, and its finished
+        // table would win over the sender's by setter.
+        let held = table("a-m=foo+bar+baz,n-z=bar", &["a-m=qux"]);
+        let history = held.generation_of(b'a', b'm');
+        let qux: Entry = "a-m=qux".parse().unwrap();
+        for under in [(4, "foo"), (3, "goo")] {
+            let why = held.finish_move(&qux, Some(history), under).unwrap_err();
+            assert!(why.contains("older than the one the move"), "{why}");
+        }
+        for under in [(3, "foo"), (3, "bar"), (2, "zed")] {
+            assert!(held.finish_move(&qux, Some(history), under).unwrap().is_some());
+        }
     }
 
     #[test]
@@ -673,15 +713,15 @@ mod tests {
         let held = table("a-m=foo+bar+baz,n-z=bar", &["a-m=bar+quux+zed"]);
         let history = held.generation_of(b'a', b'm');
         let qux: Entry = "a-m=qux".parse().unwrap();
-        let done = held.finish_move(&qux, Some(history)).unwrap().unwrap();
+        let done = held.finish_move(&qux, Some(history), (0, "")).unwrap().unwrap();
         assert_eq!(done.entries, wanted("a-m=qux,n-z=bar"));
         assert_eq!(done.moves, vec![]);
         // No move at all (a table from before the move): the same.
         let held = table("a-m=foo+bar+baz,n-z=bar", &[]);
-        let done = held.finish_move(&qux, Some(history)).unwrap().unwrap();
+        let done = held.finish_move(&qux, Some(history), (0, "")).unwrap().unwrap();
         assert_eq!(done.entries, wanted("a-m=qux,n-z=bar"));
         // A table that runs no group there (the range a single owner's) takes none.
         let held = table("a-m=foo,n-z=bar", &[]);
-        assert!(held.finish_move(&qux, Some(history)).is_err());
+        assert!(held.finish_move(&qux, Some(history), (0, "")).is_err());
     }
 }

@@ -926,16 +926,27 @@ impl Store {
     /// The range's ended histories (`store::ended`) stay, in the same batch: with `ended`
     /// among them (the group's history ended), and, when the data goes, every seal given up
     /// (this node's bytes of the range are no sealed history's any more).
+    ///
+    /// A damaged record is left as it is (it claims no seal, and it keeps the core from
+    /// answering the range's probes: `Driver::note_ended`).
     pub async fn drop_group(&self, range: RangeId, keep_data: bool, ended: Option<Ended>) -> Result<(), StoreError> {
-        let before = self.ended(range)?;
-        let mut list = before.clone();
-        if let Some(e) = ended {
-            list = super::ended::with(list, e);
-        }
-        if !keep_data {
-            list = super::ended::unsealed(list);
-        }
-        let changed = list != before;
+        let (list, changed) = match self.ended(range) {
+            Ok(before) => {
+                let mut list = before.clone();
+                if let Some(e) = ended {
+                    list = super::ended::with(list, e);
+                }
+                if !keep_data {
+                    list = super::ended::unsealed(list);
+                }
+                let changed = list != before;
+                (list, changed)
+            }
+            Err(e) => {
+                tracing::error!(%range, error = %e, "range {range}'s ended record is left as it is");
+                (Vec::new(), false)
+            }
+        };
         self.groups.lock().remove(&range);
         let empty = Arc::new(RangeData::new());
         match &self.backend {
