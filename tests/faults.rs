@@ -561,6 +561,42 @@ fn namespaces_or_skip(n: usize) -> Option<netns::Net> {
     netns::Net::new(n).map_err(|why| println!("skipped: {why}")).ok()
 }
 
+/// `put KEY KEY` (the key its own value) through node `via`, within 3 s.
+fn put_through(cluster: &Cluster, via: usize, key: &str) -> common::Run {
+    cluster.run(&[
+        "put",
+        workload::BUCKET,
+        key,
+        key,
+        "--via",
+        &cluster.via(via),
+        "--timeout",
+        "3s",
+    ])
+}
+
+/// Every key of `acked` reads back as its own value through every node (each polled until
+/// [`common::PATIENCE`]).
+fn every_key_reads_back(cluster: &Cluster, acked: &[String]) {
+    for i in 0..cluster.len() {
+        for key in acked {
+            let got = common::wait_for(&format!("{key} through n{}", i + 1), common::PATIENCE, || {
+                let out = cluster.run(&[
+                    "get",
+                    workload::BUCKET,
+                    key,
+                    "--via",
+                    &cluster.via(i),
+                    "--timeout",
+                    "3s",
+                ]);
+                (out.code == Some(0)).then(|| out.stdout())
+            });
+            assert_eq!(got.trim(), key, "through n{}", i + 1);
+        }
+    }
+}
+
 /// Issue 26's partition case: a `route --set` on each side of a partition. The range's
 /// membership changes only through a majority of its replicas, so the cut-off side's move
 /// cannot take effect (it is refused or waits), the majority's does, and after the heal
@@ -579,21 +615,9 @@ fn a_route_set_on_each_side_of_a_partition_takes_effect_on_the_majority_side_onl
         moves: &[],
     };
     let mut cluster = Cluster::start(&shape, Some(net));
-    let put = |cluster: &Cluster, via: usize, key: &str| {
-        cluster.run(&[
-            "put",
-            workload::BUCKET,
-            key,
-            key,
-            "--via",
-            &cluster.via(via),
-            "--timeout",
-            "3s",
-        ])
-    };
     let mut acked = Vec::new();
     common::wait_for("a first write", common::PATIENCE, || {
-        (put(&cluster, 1, "k0").code == Some(0)).then_some(())
+        (put_through(&cluster, 1, "k0").code == Some(0)).then_some(())
     });
     acked.push("k0".to_string());
     cluster.partition(0);
@@ -640,7 +664,7 @@ fn a_route_set_on_each_side_of_a_partition_takes_effect_on_the_majority_side_onl
     assert!(set.lines().any(|l| l == "a-z=n2+n3+n4"), "{set}");
     for k in 1..20 {
         let key = format!("k{k}");
-        if put(&cluster, 2 + k % 3, &key).code == Some(0) {
+        if put_through(&cluster, 2 + k % 3, &key).code == Some(0) {
             acked.push(key);
         }
     }
@@ -653,23 +677,7 @@ fn a_route_set_on_each_side_of_a_partition_takes_effect_on_the_majority_side_onl
             .stdout();
         (table.lines().any(|l| l == "a-z=n2+n3+n4") && !table.contains("# moving")).then_some(())
     });
-    for i in 0..5 {
-        for key in &acked {
-            let got = common::wait_for(&format!("{key} through n{}", i + 1), common::PATIENCE, || {
-                let out = cluster.run(&[
-                    "get",
-                    workload::BUCKET,
-                    key,
-                    "--via",
-                    &cluster.via(i),
-                    "--timeout",
-                    "3s",
-                ]);
-                (out.code == Some(0)).then(|| out.stdout())
-            });
-            assert_eq!(got.trim(), key, "through n{}", i + 1);
-        }
-    }
+    every_key_reads_back(&cluster, &acked);
 }
 
 /// Two coordinators at once, and a move into one node: the cluster split in two, each side
@@ -697,18 +705,6 @@ fn a_move_into_one_node_on_one_side_of_a_split_and_re_aims_on_the_other_lose_no_
         moves: &[],
     };
     let mut cluster = Cluster::start(&shape, Some(net));
-    let put = |cluster: &Cluster, via: usize, key: &str| {
-        cluster.run(&[
-            "put",
-            workload::BUCKET,
-            key,
-            key,
-            "--via",
-            &cluster.via(via),
-            "--timeout",
-            "3s",
-        ])
-    };
     let table_via = |cluster: &Cluster, i: usize, beside: bool| {
         let args = ["route", "--table", "--via", &cluster.via(i), "--timeout", "2s"];
         let out = if beside {
@@ -720,7 +716,7 @@ fn a_move_into_one_node_on_one_side_of_a_split_and_re_aims_on_the_other_lose_no_
     };
     let mut acked = Vec::new();
     common::wait_for("a first write", common::PATIENCE, || {
-        (put(&cluster, 0, "k0").code == Some(0)).then_some(())
+        (put_through(&cluster, 0, "k0").code == Some(0)).then_some(())
     });
     acked.push("k0".to_string());
     // n2 and n5 on their own; n1 (coordinating), n3 and n4 with the clients.
@@ -743,7 +739,7 @@ fn a_move_into_one_node_on_one_side_of_a_split_and_re_aims_on_the_other_lose_no_
     assert!(set.lines().any(|l| l == "a-z=n3"), "{set}");
     for k in 1..20 {
         let key = format!("k{k}");
-        if put(&cluster, [0, 2, 3][k % 3], &key).code == Some(0) {
+        if put_through(&cluster, [0, 2, 3][k % 3], &key).code == Some(0) {
             acked.push(key);
         }
     }
@@ -797,23 +793,7 @@ fn a_move_into_one_node_on_one_side_of_a_split_and_re_aims_on_the_other_lose_no_
         version(&healed) > version(&side_b_table),
         "finished over side B's table: {healed}"
     );
-    for i in 0..5 {
-        for key in &acked {
-            let got = common::wait_for(&format!("{key} through n{}", i + 1), common::PATIENCE, || {
-                let out = cluster.run(&[
-                    "get",
-                    workload::BUCKET,
-                    key,
-                    "--via",
-                    &cluster.via(i),
-                    "--timeout",
-                    "3s",
-                ]);
-                (out.code == Some(0)).then(|| out.stdout())
-            });
-            assert_eq!(got.trim(), key, "through n{}", i + 1);
-        }
-    }
+    every_key_reads_back(&cluster, &acked);
 }
 
 /// The test of the test: an owner that keeps its data in memory loses what it acknowledged

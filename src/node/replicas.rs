@@ -686,13 +686,10 @@ impl Driver {
             };
             let mut unreadable = false;
             let generation = table.generation_of(range.first, range.last);
-            match self.store.ended(range) {
+            match self.store.sealed(range, generation) {
                 // Claimed while this node runs no other history of the range (its bytes
                 // are the sealed history's: a seal is given up when another starts here).
-                Ok(list)
-                    if list.contains(&Ended { generation, here: true })
-                        && self.replicas.generation(range).is_none_or(|g| g == generation) =>
-                {
+                Ok(true) if self.replicas.generation(range).is_none_or(|g| g == generation) => {
                     self.sealed.insert(range, generation);
                 }
                 Ok(_) => {}
@@ -1083,11 +1080,8 @@ impl Driver {
     /// `None` when the record cannot be read: the caller keeps the group (dropped, a seal
     /// it holds could be lost).
     fn ended_on_drop(&self, range: RangeId, generation: Generation) -> Option<Ended> {
-        match self.store.ended(range) {
-            Ok(list) => Some(Ended {
-                generation,
-                here: list.contains(&Ended { generation, here: true }),
-            }),
+        match self.store.sealed(range, generation) {
+            Ok(here) => Some(Ended { generation, here }),
             Err(e) => {
                 tracing::error!(%range, error = %e, "range {range}'s ended record could not be read; its group is kept");
                 None
@@ -1101,13 +1095,10 @@ impl Driver {
         let Some(generation) = self.replicas.generation(range) else {
             return false;
         };
-        match self.store.ended(range) {
-            Ok(list) => list.contains(&Ended { generation, here: true }),
-            Err(e) => {
-                tracing::error!(%range, error = %e, "range {range}'s ended record could not be read; its group is kept");
-                true
-            }
-        }
+        self.store.sealed(range, generation).unwrap_or_else(|e| {
+            tracing::error!(%range, error = %e, "range {range}'s ended record could not be read; its group is kept");
+            true
+        })
     }
 
     /// The store's record of `range`'s history `generation` having ended, when it holds no

@@ -87,6 +87,13 @@ fn cluster_keeping(stores: [Store; 3], log_keep: u64) -> Cluster {
 }
 
 impl Cluster {
+    /// Hands every node `table`.
+    fn set_table(&self, table: &Arc<RoutingTable>) {
+        for h in &self.handles {
+            h.set_table(Arc::clone(table));
+        }
+    }
+
     /// Waits until every node agrees node `i` leads (the preferred leader campaigns at its
     /// bootstrap, and is handed the range back if another won the first election).
     async fn led_by(&self, i: usize, within: Duration) {
@@ -310,9 +317,7 @@ async fn a_group_of_an_ended_history_is_retired_and_the_tables_group_starts_afre
     assert_ne!(generation, Generation::LEGACY);
     assert!(table.has_ended(b'a', b'z', Generation::LEGACY));
     let table = Arc::new(table);
-    for h in &c.handles {
-        h.set_table(Arc::clone(&table));
-    }
+    c.set_table(&table);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let leader = c.leader(None, Duration::from_secs(10)).await;
@@ -352,9 +357,7 @@ async fn a_group_whose_history_the_table_does_not_say_ended_is_kept_and_goes_on(
     assert_ne!(table.generation_of(b'a', b'z'), Generation::LEGACY);
     assert!(!table.has_ended(b'a', b'z', Generation::LEGACY));
     let table = Arc::new(table);
-    for h in &c.handles {
-        h.set_table(Arc::clone(&table));
-    }
+    c.set_table(&table);
     // Taken after the table (a driver looks at a new table before its next input).
     c.handles[0].propose(RANGE, put("after")).await.unwrap();
     for (i, store) in stores.iter().enumerate() {
@@ -471,9 +474,7 @@ async fn plain_writes_of_a_running_groups_bytes_are_refused_until_it_has_ended()
             .unwrap()
             .with_generations(Some(&first)),
     );
-    for h in &c.handles {
-        h.set_table(Arc::clone(&alone));
-    }
+    c.set_table(&alone);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while let Err(e) = plain(&stores[0]).await {
         assert!(tokio::time::Instant::now() < deadline, "n1 never wrote a-z again: {e}");
@@ -585,6 +586,57 @@ fn conf_of(stores: &[Store], i: usize) -> raft::prelude::ConfState {
     raft::Storage::initial_state(&group).unwrap().conf_state
 }
 
+/// Moves the range into n1 alone by a table of `version` (its generations from `prev`, when
+/// given), handed to every node; returns once n1 has sealed the group and says so: the
+/// table, n1's entry, and what n1 publishes.
+async fn sealed_onto_n1(
+    c: &Cluster,
+    version: u64,
+    prev: Option<&RoutingTable>,
+) -> (Arc<RoutingTable>, Entry, Finished) {
+    let n1 = Entry::single(b'a', b'z', c.names[0].clone());
+    let mut table = RoutingTable::new(all_three(c), version, "test")
+        .unwrap()
+        .with_moves(vec![n1.clone()])
+        .unwrap();
+    if let Some(prev) = prev {
+        table = table.with_generations(Some(prev));
+    }
+    let table = Arc::new(table);
+    c.set_table(&table);
+    let sealed = Finished {
+        entry: n1.clone(),
+        ended: Some(Generation::LEGACY),
+    };
+    finished_as(c, 0, std::slice::from_ref(&sealed), Duration::from_secs(20)).await;
+    (table, n1, sealed)
+}
+
+/// The coordinator's table finishing `into` with n1's seal, handed to every node; returns
+/// once every node has dropped the group.
+async fn finished_onto_n1(c: &Cluster, stores: &[Store], into: &RoutingTable, n1: &Entry) -> Arc<RoutingTable> {
+    let planned = into
+        .finish_move(n1, Some(Generation::LEGACY), (0, ""))
+        .unwrap()
+        .unwrap();
+    let done = Arc::new(
+        RoutingTable::new(planned.entries, into.version() + 1, "test")
+            .unwrap()
+            .with_generations(Some(into)),
+    );
+    assert!(done.has_ended(b'a', b'z', Generation::LEGACY));
+    c.set_table(&done);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while stores.iter().any(|s| !s.groups().unwrap().is_empty()) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the group was not dropped everywhere"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    done
+}
+
 /// A move into one node ends the range's group there: before the node says so, it seals the
 /// group (`store::ended`), which then never changes its configuration again. A table of
 /// another coordinator that re-aims the move after the seal (a partition) moves nothing:
@@ -597,21 +649,7 @@ async fn a_group_sealed_onto_one_node_never_follows_a_re_aimed_move() {
     let stores: [Store; 3] = std::array::from_fn(|_| Store::in_memory());
     let c = cluster_on(stores.clone());
     c.leader(None, Duration::from_secs(5)).await;
-    let n1 = Entry::single(b'a', b'z', c.names[0].clone());
-    let into_n1 = Arc::new(
-        RoutingTable::new(all_three(&c), 2, "test")
-            .unwrap()
-            .with_moves(vec![n1.clone()])
-            .unwrap(),
-    );
-    for h in &c.handles {
-        h.set_table(Arc::clone(&into_n1));
-    }
-    let sealed = Finished {
-        entry: n1.clone(),
-        ended: Some(Generation::LEGACY),
-    };
-    finished_as(&c, 0, std::slice::from_ref(&sealed), Duration::from_secs(20)).await;
+    let (_, _, sealed) = sealed_onto_n1(&c, 2, None).await;
     assert_eq!(
         stores[0].ended(RANGE).unwrap(),
         vec![Ended {
@@ -626,9 +664,7 @@ async fn a_group_sealed_onto_one_node_never_follows_a_re_aimed_move() {
             .with_moves(vec![Entry::new(b'a', b'z', c.names[1..].to_vec()).unwrap()])
             .unwrap(),
     );
-    for h in &c.handles {
-        h.set_table(Arc::clone(&re_aimed));
-    }
+    c.set_table(&re_aimed);
     // Taken after the table (the driver looks at tables before its inbox).
     c.handles[0].propose(RANGE, put("after")).await.unwrap();
     finished_as(&c, 0, std::slice::from_ref(&sealed), Duration::from_secs(1)).await;
@@ -663,44 +699,10 @@ async fn a_history_that_ended_is_not_started_again_over_nothing() {
     let c = cluster_on(stores.clone());
     let leader = c.leader(None, Duration::from_secs(5)).await;
     c.handles[leader].propose(RANGE, put("kept")).await.unwrap();
-    let n1 = Entry::single(b'a', b'z', c.names[0].clone());
     let first = RoutingTable::new(all_three(&c), 1, "test").unwrap();
-    let into_n1 = RoutingTable::new(all_three(&c), 2, "test")
-        .unwrap()
-        .with_moves(vec![n1.clone()])
-        .unwrap()
-        .with_generations(Some(&first));
-    let into_n1 = Arc::new(into_n1);
-    for h in &c.handles {
-        h.set_table(Arc::clone(&into_n1));
-    }
-    let sealed = Finished {
-        entry: n1.clone(),
-        ended: Some(Generation::LEGACY),
-    };
-    finished_as(&c, 0, std::slice::from_ref(&sealed), Duration::from_secs(20)).await;
+    let (into_n1, n1, sealed) = sealed_onto_n1(&c, 2, Some(&first)).await;
     // The coordinator's finished table: every node drops the group, n1 keeping the data.
-    let planned = into_n1
-        .finish_move(&n1, Some(Generation::LEGACY), (0, ""))
-        .unwrap()
-        .unwrap();
-    let done = Arc::new(
-        RoutingTable::new(planned.entries, 3, "test")
-            .unwrap()
-            .with_generations(Some(&into_n1)),
-    );
-    assert!(done.has_ended(b'a', b'z', Generation::LEGACY));
-    for h in &c.handles {
-        h.set_table(Arc::clone(&done));
-    }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while stores.iter().any(|s| !s.groups().unwrap().is_empty()) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the group was not dropped everywhere"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    finished_onto_n1(&c, &stores, &into_n1, &n1).await;
     for (i, store) in stores.iter().enumerate() {
         let here = i == 0;
         assert_eq!(
@@ -714,9 +716,7 @@ async fn a_history_that_ended_is_not_started_again_over_nothing() {
     }
     // The other lineage's table, running the ended history on all three (newer: kept).
     let again = Arc::new(RoutingTable::new(all_three(&c), 4, "other").unwrap());
-    for h in &c.handles {
-        h.set_table(Arc::clone(&again));
-    }
+    c.set_table(&again);
     finished_as(&c, 0, std::slice::from_ref(&sealed), Duration::from_secs(5)).await;
     // Asking one another whether the range is new, the three would bootstrap it within an
     // election or two (about a second): watched for two, no group of it has a leader, and
@@ -737,9 +737,7 @@ async fn a_history_that_ended_is_not_started_again_over_nothing() {
     // ended onto it (the bytes may leave it from there).
     let elsewhere =
         Arc::new(RoutingTable::new(vec![Entry::single(b'a', b'z', c.names[1].clone())], 5, "other").unwrap());
-    for h in &c.handles {
-        h.set_table(Arc::clone(&elsewhere));
-    }
+    c.set_table(&elsewhere);
     let given_up = vec![Ended {
         generation: Generation::LEGACY,
         here: false,
@@ -764,27 +762,11 @@ async fn a_group_sealed_here_is_kept_with_its_data_by_a_table_that_names_other_n
     let c = cluster_on(stores.clone());
     let leader = c.leader(None, Duration::from_secs(5)).await;
     c.handles[leader].propose(RANGE, put("kept")).await.unwrap();
-    let n1 = Entry::single(b'a', b'z', c.names[0].clone());
-    let into_n1 = Arc::new(
-        RoutingTable::new(all_three(&c), 2, "test")
-            .unwrap()
-            .with_moves(vec![n1.clone()])
-            .unwrap(),
-    );
-    for h in &c.handles {
-        h.set_table(Arc::clone(&into_n1));
-    }
-    let sealed = Finished {
-        entry: n1.clone(),
-        ended: Some(Generation::LEGACY),
-    };
-    finished_as(&c, 0, std::slice::from_ref(&sealed), Duration::from_secs(20)).await;
+    let (_, _, sealed) = sealed_onto_n1(&c, 2, None).await;
     // The range's group on n2 and n3 alone, in a table of the other lineage.
     let others =
         Arc::new(RoutingTable::new(vec![Entry::new(b'a', b'z', c.names[1..].to_vec()).unwrap()], 3, "other").unwrap());
-    for h in &c.handles {
-        h.set_table(Arc::clone(&others));
-    }
+    c.set_table(&others);
     c.handles[0].propose(RANGE, put("after")).await.unwrap();
     finished_as(&c, 0, std::slice::from_ref(&sealed), Duration::from_secs(1)).await;
     // `settle` looks every ten ticks: watched for a second, n1 keeps the group and the data.
@@ -812,39 +794,9 @@ async fn a_seal_is_given_up_when_another_history_of_the_range_starts_here() {
     let stores: [Store; 3] = std::array::from_fn(|_| Store::in_memory());
     let c = cluster_on(stores.clone());
     c.leader(None, Duration::from_secs(5)).await;
-    let n1 = Entry::single(b'a', b'z', c.names[0].clone());
     let first = RoutingTable::new(all_three(&c), 1, "test").unwrap();
-    let into_n1 = RoutingTable::new(all_three(&c), 2, "test")
-        .unwrap()
-        .with_moves(vec![n1.clone()])
-        .unwrap()
-        .with_generations(Some(&first));
-    let into_n1 = Arc::new(into_n1);
-    for h in &c.handles {
-        h.set_table(Arc::clone(&into_n1));
-    }
-    let sealed = Finished {
-        entry: n1.clone(),
-        ended: Some(Generation::LEGACY),
-    };
-    finished_as(&c, 0, std::slice::from_ref(&sealed), Duration::from_secs(20)).await;
-    let planned = into_n1
-        .finish_move(&n1, Some(Generation::LEGACY), (0, ""))
-        .unwrap()
-        .unwrap();
-    let done = Arc::new(
-        RoutingTable::new(planned.entries, 3, "test")
-            .unwrap()
-            .with_generations(Some(&into_n1)),
-    );
-    for h in &c.handles {
-        h.set_table(Arc::clone(&done));
-    }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !stores[0].groups().unwrap().is_empty() {
-        assert!(tokio::time::Instant::now() < deadline, "n1 kept the group");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let (into_n1, n1, _) = sealed_onto_n1(&c, 2, Some(&first)).await;
+    let done = finished_onto_n1(&c, &stores, &into_n1, &n1).await;
     // The range replicated again: a new history, started on n1 over its bytes.
     let reborn = Arc::new(
         RoutingTable::new(all_three(&c), 4, "test")
@@ -852,9 +804,7 @@ async fn a_seal_is_given_up_when_another_history_of_the_range_starts_here() {
             .with_generations(Some(&done)),
     );
     assert_ne!(reborn.generation_of(b'a', b'z'), Generation::LEGACY);
-    for h in &c.handles {
-        h.set_table(Arc::clone(&reborn));
-    }
+    c.set_table(&reborn);
     let given_up = vec![Ended {
         generation: Generation::LEGACY,
         here: false,
@@ -870,9 +820,7 @@ async fn a_seal_is_given_up_when_another_history_of_the_range_starts_here() {
     // The other lineage's table, running the sealed history again: watched for a second
     // (claims are published at every tick), no claim.
     let again = Arc::new(RoutingTable::new(all_three(&c), 5, "other").unwrap());
-    for h in &c.handles {
-        h.set_table(Arc::clone(&again));
-    }
+    c.set_table(&again);
     let finished = c.handles[0].finished();
     let until = tokio::time::Instant::now() + Duration::from_secs(1);
     while tokio::time::Instant::now() < until {

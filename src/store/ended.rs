@@ -98,6 +98,11 @@ impl Store {
         }
     }
 
+    /// Whether `range`'s history `generation` is sealed here.
+    pub fn sealed(&self, range: RangeId, generation: Generation) -> Result<bool, StoreError> {
+        Ok(self.ended(range)?.contains(&Ended { generation, here: true }))
+    }
+
     /// Every range's ended histories this node knows; `None` for a damaged record.
     pub fn ended_all(&self) -> Result<Vec<RangeEnded>, StoreError> {
         match &self.backend {

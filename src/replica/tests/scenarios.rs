@@ -364,6 +364,16 @@ fn a_deposed_leaders_proposals_past_the_new_log_are_settled_once_a_newer_term_co
     sim.core(new).transfer_leader(range, to).expect("leads");
     sim.run_until(100 * STEPS_PER_TICK, |s| s.leader(range) == Some(p))
         .expect("leads again");
+    fresh_writes_acked(&mut sim, p, range);
+    settle(&mut sim);
+    for id in &old {
+        assert!(!sim.nodes[p].acked.contains(id));
+    }
+    sim.check(&acked);
+}
+
+/// Proposes six new writes at `p` (leading), and returns once each is acknowledged.
+fn fresh_writes_acked(sim: &mut Sim, p: usize, range: RangeId) {
     let fresh: Vec<ProposalId> = (10..16)
         .map(|n| sim.propose(p, range, &unique_put(range, n)).expect("leads"))
         .collect();
@@ -371,11 +381,6 @@ fn a_deposed_leaders_proposals_past_the_new_log_are_settled_once_a_newer_term_co
         fresh.iter().all(|id| s.nodes[p].acked.contains(id))
     })
     .expect("the new writes are acknowledged");
-    settle(&mut sim);
-    for id in &old {
-        assert!(!sim.nodes[p].acked.contains(id));
-    }
-    sim.check(&acked);
 }
 
 /// A deposed leader's proposals, overwritten here by a newer term's entry that has not
@@ -406,13 +411,7 @@ fn proposals_of_two_terms_at_one_index_are_each_settled() {
     sim.mend_link(r, p);
     sim.run_until(400 * STEPS_PER_TICK, |s| s.role(p, range) == Some(Role::Leader))
         .expect("p leads again");
-    let fresh: Vec<ProposalId> = (10..16)
-        .map(|n| sim.propose(p, range, &unique_put(range, n)).expect("leads"))
-        .collect();
-    sim.run_until(100 * STEPS_PER_TICK, |s| {
-        fresh.iter().all(|id| s.nodes[p].acked.contains(id))
-    })
-    .expect("the new writes are acknowledged");
+    fresh_writes_acked(&mut sim, p, range);
     sim.heal();
     settle(&mut sim);
     for id in &old {
